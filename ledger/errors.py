@@ -1,0 +1,46 @@
+"""Errors raised by the ledger package.
+
+Every decoder of outside bytes raises only `LedgerError` subclasses; each carries a stable,
+machine-readable `code` and, where it applies, the byte offset or field that was wrong.
+"""
+
+from __future__ import annotations
+
+
+class LedgerError(Exception):
+    """Base of every error the ledger package raises on bad input or failed verification."""
+
+    code = "LedgerError"
+
+    def __init__(self, message: str, *, offset: int | None = None, field: str | None = None):
+        self.offset = offset
+        self.field = field
+        where = []
+        if offset is not None:
+            where.append(f"offset={offset}")
+        if field is not None:
+            where.append(f"field={field}")
+        super().__init__(f"{message} ({', '.join(where)})" if where else message)
+
+
+class DecodeError(LedgerError):
+    """Bytes that do not follow the format (truncated, oversized, wrong type or version)."""
+
+    code = "DecodeError"
+
+
+class VerificationError(LedgerError):
+    """Well-formed data whose signature, proof, digest or chain does not check out."""
+
+    code = "VerificationError"
+
+
+class AuditError(LedgerError):
+    """A ledger directory that fails validation; `seqno` is the first bad transaction."""
+
+    code = "AuditError"
+
+    def __init__(self, message: str, *, seqno: int | None = None, **kwargs: object) -> None:
+        self.seqno = seqno
+        prefix = f"seqno {seqno}: " if seqno is not None else ""
+        super().__init__(prefix + message, **kwargs)  # type: ignore[arg-type]
