@@ -1,0 +1,549 @@
+"""Ledger chunk files on disk, byte-compatible with CCF (FORMATS §1.1-1.2).
+
+A chunk file is ``u64 table_offset | entry* | u32 position*``. While a chunk is being
+appended to it is named ``ledger_<first>`` and its table_offset is 0; it is *completed* (offset
+table written, then the header, then renamed ``ledger_<first>-<last>``) right after an entry
+whose header carries FLAG_FORCE_CHUNK_AFTER, and *committed* by renaming it
+``ledger_<first>-<last>.committed``. Chunk boundaries therefore follow from entry flags alone,
+which the enclave sets identically on every node (see `ChunkPolicy`).
+
+The writer is the host's side: `append` only writes, `flush` fsyncs (group commit) and
+reports the highest durable seqno. The reader is the auditor's side: it validates names,
+contiguity, offset tables and entry counts, and raises only DecodeError / AuditError.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import re
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from ledger.entry import (
+    ENTRY_SIZE_BYTES_MAX,
+    ENTRY_VERSION,
+    FLAG_FORCE_CHUNK_AFTER,
+    HEADER_SIZE,
+)
+from ledger.errors import AuditError, DecodeError
+
+logger = logging.getLogger(__name__)
+
+CHUNK_HEADER_SIZE = 8
+COMMITTED_SUFFIX = ".committed"
+RECOVERY_SUFFIX = ".recovery"
+IGNORED_SUFFIX = ".ignored"
+# Positions in the offset table are u32, so a complete chunk cannot exceed 4 GiB.
+CHUNK_FILE_BYTES_MAX = 2**32 - 1
+DEFAULT_CHUNK_SIZE_BYTES = 5_000_000
+
+_U64 = struct.Struct("<Q")
+_HEADER = struct.Struct("<BBHI")
+_IV_SEQNO_OFFSET = HEADER_SIZE + 16  # the IV's u64 seqno follows the 16-byte GCM tag
+_NAME = re.compile(
+    r"^ledger_(?P<first>[0-9]{1,19})(?:-(?P<last>[0-9]{1,19}))?"
+    r"(?P<committed>\.committed)?(?P<recovery>\.recovery)?(?P<ignored>\.ignored)?$"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkName:
+    """A parsed chunk file name."""
+
+    filename: str
+    first: int
+    last: int | None
+    committed: bool
+    recovery: bool
+    ignored: bool
+
+    @property
+    def complete(self) -> bool:
+        return self.last is not None
+
+
+def parse_chunk_name(filename: str) -> ChunkName:
+    """Parse ``ledger_<a>[-<b>][.committed][.recovery][.ignored]``; anything else is a DecodeError."""
+    match = _NAME.match(filename)
+    if match is None:
+        raise DecodeError(f"not a ledger chunk name: {filename!r}", field="filename")
+    first = int(match["first"])
+    last = int(match["last"]) if match["last"] is not None else None
+    if first < 1 or (last is not None and last < first):
+        raise DecodeError(f"bad seqno range in chunk name {filename!r}", field="filename")
+    committed = match["committed"] is not None
+    if committed and last is None:
+        raise DecodeError(f"committed chunk without an end seqno: {filename!r}", field="filename")
+    return ChunkName(
+        filename=filename,
+        first=first,
+        last=last,
+        committed=committed,
+        recovery=match["recovery"] is not None,
+        ignored=match["ignored"] is not None,
+    )
+
+
+def chunk_positions(data: bytes | memoryview, name: str = "") -> tuple[list[int], int]:
+    """Entry positions of one chunk file's bytes and the end of the entry region.
+
+    Uses the offset table when the header points at one (checking it against the entry
+    headers), and walks entry headers from offset 8 otherwise.
+    """
+    size = len(data)
+    if size < CHUNK_HEADER_SIZE:
+        raise DecodeError(f"chunk {name} shorter than its header", offset=0, field="table_offset")
+    if size > CHUNK_FILE_BYTES_MAX:
+        raise DecodeError(f"chunk {name} exceeds 4 GiB", offset=0, field="file_size")
+    (table_offset,) = _U64.unpack_from(data, 0)
+    end = size
+    if table_offset:
+        if table_offset < CHUNK_HEADER_SIZE or table_offset > size:
+            raise DecodeError(
+                f"chunk {name}: table offset {table_offset} outside file of {size} bytes",
+                offset=0,
+                field="table_offset",
+            )
+        if (size - table_offset) % 4:
+            raise DecodeError(
+                f"chunk {name}: offset table length not a multiple of 4",
+                offset=table_offset,
+                field="offset_table",
+            )
+        end = table_offset
+    positions = walk_entries(data, CHUNK_HEADER_SIZE, end, name=name)
+    if table_offset:
+        count = (size - table_offset) // 4
+        table = list(struct.unpack_from(f"<{count}I", data, table_offset))
+        if table != positions:
+            raise DecodeError(
+                f"chunk {name}: offset table does not match the entries",
+                offset=table_offset,
+                field="offset_table",
+            )
+    return positions, end
+
+
+def walk_entries(data: bytes | memoryview, start: int, end: int, *, name: str = "") -> list[int]:
+    """Positions of back-to-back entries filling data[start:end] exactly."""
+    positions: list[int] = []
+    pos = start
+    unpack = _HEADER.unpack_from
+    while pos < end:
+        if end - pos < HEADER_SIZE:
+            raise DecodeError(f"chunk {name}: truncated entry header", offset=pos, field="header")
+        version, _flags, lo, hi = unpack(data, pos)
+        entry_size = lo | (hi << 16)
+        if version != ENTRY_VERSION:
+            raise DecodeError(
+                f"chunk {name}: unsupported entry version {version}", offset=pos, field="version"
+            )
+        if entry_size > ENTRY_SIZE_BYTES_MAX or entry_size > end - pos - HEADER_SIZE:
+            raise DecodeError(
+                f"chunk {name}: entry size {entry_size} exceeds chunk", offset=pos + 2, field="size"
+            )
+        positions.append(pos)
+        pos += HEADER_SIZE + entry_size
+    return positions
+
+
+class ChunkPolicy:
+    """Decides which signature entry closes a chunk, from the entries themselves.
+
+    The enclave feeds it every entry it appends (`record`) and asks `flags_for_signature`
+    when it builds a signature: the first signature once the chunk holds at least
+    `chunk_size_bytes` gets FLAG_FORCE_CHUNK_AFTER. Because the inputs are the ledger's own
+    bytes, every node cuts chunks at the same seqnos (as CCF does).
+    """
+
+    def __init__(self, chunk_size_bytes: int = DEFAULT_CHUNK_SIZE_BYTES) -> None:
+        assert chunk_size_bytes > 0
+        self.chunk_size_bytes = chunk_size_bytes
+        self.bytes_in_chunk = 0
+
+    def flags_for_signature(self, entry_size_bytes: int = 0) -> int:
+        if self.bytes_in_chunk + entry_size_bytes >= self.chunk_size_bytes:
+            return FLAG_FORCE_CHUNK_AFTER
+        return 0
+
+    def record(self, entry_size_bytes: int, flags: int) -> None:
+        """Account for one appended entry (of `entry_size_bytes` bytes incl. header)."""
+        if flags & FLAG_FORCE_CHUNK_AFTER:
+            self.bytes_in_chunk = 0
+        else:
+            self.bytes_in_chunk += entry_size_bytes
+
+    def reset(self, bytes_in_chunk: int = 0) -> None:
+        """Resynchronise after a rollback or restart (bytes since the last chunk boundary)."""
+        assert bytes_in_chunk >= 0
+        self.bytes_in_chunk = bytes_in_chunk
+
+
+@dataclass(slots=True)
+class _OpenChunk:
+    """The chunk being appended to: file descriptor, first seqno, entry positions."""
+
+    first: int
+    fd: int
+    positions: list[int]
+    size_bytes: int
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LedgerWriter:
+    """Appends raw entries to chunk files in `directory`; reopening resumes the directory.
+
+    `chunk_size_bytes` is kept for callers that build a matching `ChunkPolicy` (`.policy`);
+    the writer itself cuts chunks only where entry flags say so.
+    """
+
+    def __init__(self, directory: str, *, chunk_size_bytes: int = DEFAULT_CHUNK_SIZE_BYTES) -> None:
+        self.directory = directory
+        self.chunk_size_bytes = chunk_size_bytes
+        os.makedirs(directory, exist_ok=True)
+        # Complete chunks, in order: (first, last, committed). Only names are kept in memory.
+        self._complete: list[tuple[int, int, bool]] = []
+        self._open: _OpenChunk | None = None
+        self._dirty_fds: list[int] = []  # completed chunks not yet fsynced (closed after)
+        self._dir_dirty = False
+        self.last_seqno = 0
+        self.committed_seqno = 0
+        self.durable_seqno = 0
+        self.recovered_torn_bytes = 0
+        self._resume()
+
+    # -- naming ----------------------------------------------------------------------------
+
+    def _path(self, first: int, last: int | None = None, committed: bool = False) -> str:
+        name = f"ledger_{first}" if last is None else f"ledger_{first}-{last}"
+        return os.path.join(self.directory, name + (COMMITTED_SUFFIX if committed else ""))
+
+    # -- resume ----------------------------------------------------------------------------
+
+    def _resume(self) -> None:
+        names: list[ChunkName] = []
+        for filename in os.listdir(self.directory):
+            if not filename.startswith("ledger_"):
+                continue
+            parsed = parse_chunk_name(filename)
+            if parsed.recovery or parsed.ignored:
+                continue
+            names.append(parsed)
+        names.sort(key=lambda c: c.first)
+        expected = names[0].first if names else 1
+        for i, chunk in enumerate(names):
+            if chunk.first != expected:
+                raise AuditError("chunk files are not contiguous", seqno=expected)
+            if chunk.last is None:
+                if i != len(names) - 1:
+                    raise AuditError("in-progress chunk is not the last one", seqno=chunk.first)
+                self._resume_open(chunk)
+            else:
+                self._complete.append((chunk.first, chunk.last, chunk.committed))
+                if chunk.committed:
+                    self.committed_seqno = chunk.last
+                self.last_seqno = chunk.last
+                expected = chunk.last + 1
+        self.durable_seqno = self.last_seqno
+        if self.last_seqno:
+            logger.info(
+                "resumed ledger directory=%s last_seqno=%d committed_seqno=%d",
+                self.directory,
+                self.last_seqno,
+                self.committed_seqno,
+            )
+
+    def _resume_open(self, chunk: ChunkName) -> None:
+        path = os.path.join(self.directory, chunk.filename)
+        with open(path, "rb") as f:
+            data = f.read()
+        if len(data) >= CHUNK_HEADER_SIZE and _U64.unpack_from(data, 0)[0]:
+            # Crashed between writing the offset table and renaming: finish the completion.
+            complete_positions, _end = chunk_positions(data, chunk.filename)
+            last = chunk.first + len(complete_positions) - 1
+            os.rename(path, self._path(chunk.first, last))
+            self._complete.append((chunk.first, last, False))
+            self.last_seqno = last
+            return
+        # Keep every whole entry; a crash may have left a torn last entry (or a partly
+        # written offset table), which CCF also discards on restart.
+        positions: list[int] = []
+        pos = CHUNK_HEADER_SIZE
+        size = len(data)
+        while size - pos >= HEADER_SIZE:
+            version, _flags, lo, hi = _HEADER.unpack_from(data, pos)
+            entry_size = lo | (hi << 16)
+            if version != ENTRY_VERSION or entry_size > size - pos - HEADER_SIZE:
+                break
+            positions.append(pos)
+            pos += HEADER_SIZE + entry_size
+        fd = os.open(path, os.O_RDWR)
+        if size < CHUNK_HEADER_SIZE:
+            os.pwrite(fd, bytes(CHUNK_HEADER_SIZE), 0)
+            pos = CHUNK_HEADER_SIZE
+        if pos < size:
+            self.recovered_torn_bytes = size - pos
+            logger.warning(
+                "truncating torn chunk tail file=%s dropped_bytes=%d", chunk.filename, size - pos
+            )
+        os.ftruncate(fd, pos)
+        os.fsync(fd)
+        self._open = _OpenChunk(first=chunk.first, fd=fd, positions=positions, size_bytes=pos)
+        self.last_seqno = chunk.first + len(positions) - 1
+
+    # -- append / flush --------------------------------------------------------------------
+
+    def append(self, seqno: int, raw_entry: bytes) -> None:
+        """Write one entry (no fsync). Seqnos must be contiguous."""
+        if seqno != self.last_seqno + 1:
+            raise ValueError(f"append seqno {seqno} after {self.last_seqno}")
+        if len(raw_entry) < HEADER_SIZE:
+            raise ValueError("entry shorter than its header")
+        version, flags, lo, hi = _HEADER.unpack_from(raw_entry, 0)
+        assert version == ENTRY_VERSION and (lo | (hi << 16)) == len(raw_entry) - HEADER_SIZE
+        if self._open is None:
+            path = self._path(seqno)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.write(fd, bytes(CHUNK_HEADER_SIZE))
+            self._open = _OpenChunk(first=seqno, fd=fd, positions=[], size_bytes=CHUNK_HEADER_SIZE)
+            self._dir_dirty = True
+        chunk = self._open
+        if (
+            chunk.size_bytes + len(raw_entry) + 4 * (len(chunk.positions) + 1)
+            > CHUNK_FILE_BYTES_MAX
+        ):
+            raise ValueError("chunk would exceed 4 GiB; the chunk policy must cut earlier")
+        written = os.pwrite(chunk.fd, raw_entry, chunk.size_bytes)
+        if written != len(raw_entry):
+            raise OSError(f"short write of entry {seqno}")
+        chunk.positions.append(chunk.size_bytes)
+        chunk.size_bytes += len(raw_entry)
+        self.last_seqno = seqno
+        if flags & FLAG_FORCE_CHUNK_AFTER:
+            self._complete_open_chunk()
+
+    def _complete_open_chunk(self) -> None:
+        chunk = self._open
+        assert chunk is not None and chunk.positions
+        last = chunk.first + len(chunk.positions) - 1
+        table = struct.pack(f"<{len(chunk.positions)}I", *chunk.positions)
+        os.pwrite(chunk.fd, table, chunk.size_bytes)
+        # The header goes last: a reader that sees a table offset also sees the table.
+        os.pwrite(chunk.fd, _U64.pack(chunk.size_bytes), 0)
+        os.rename(self._path(chunk.first), self._path(chunk.first, last))
+        self._dirty_fds.append(chunk.fd)
+        self._dir_dirty = True
+        self._complete.append((chunk.first, last, False))
+        self._open = None
+
+    def flush(self) -> int:
+        """fsync everything appended so far; returns the highest durable seqno."""
+        for fd in self._dirty_fds:
+            os.fsync(fd)
+            os.close(fd)
+        self._dirty_fds.clear()
+        if self._open is not None:
+            os.fsync(self._open.fd)
+        if self._dir_dirty:
+            _fsync_dir(self.directory)
+            self._dir_dirty = False
+        self.durable_seqno = self.last_seqno
+        return self.durable_seqno
+
+    # -- commit / truncate -----------------------------------------------------------------
+
+    def commit(self, seqno: int) -> None:
+        """Mark complete chunks ending at or before `seqno` committed (rename)."""
+        assert seqno <= self.last_seqno, "cannot commit beyond the last entry"
+        if seqno <= self.committed_seqno:
+            return
+        for i, (first, last, committed) in enumerate(self._complete):
+            if committed or last > seqno:
+                continue
+            os.rename(self._path(first, last), self._path(first, last, committed=True))
+            self._complete[i] = (first, last, True)
+            self._dir_dirty = True
+        self.committed_seqno = seqno
+
+    def truncate(self, seqno: int) -> None:
+        """Drop every entry after `seqno` (never below the committed point)."""
+        assert seqno >= self.committed_seqno, "cannot truncate committed entries"
+        if seqno >= self.last_seqno:
+            return
+        # Make what stays durable and close completed chunks' fds before touching files.
+        self.flush()
+        if self._open is not None:
+            chunk = self._open
+            if seqno >= chunk.first:
+                keep = seqno - chunk.first + 1
+                new_size = chunk.positions[keep]
+                del chunk.positions[keep:]
+                os.ftruncate(chunk.fd, new_size)
+                chunk.size_bytes = new_size
+                self.last_seqno = seqno
+                self.durable_seqno = min(self.durable_seqno, seqno)
+                return
+            os.close(chunk.fd)
+            os.unlink(self._path(chunk.first))
+            self._open = None
+        while self._complete and self._complete[-1][0] > seqno:
+            first, last, committed = self._complete.pop()
+            assert not committed
+            os.unlink(self._path(first, last))
+        if self._complete and self._complete[-1][1] > seqno:
+            # Reopen the chunk holding `seqno` as in-progress, without its table and tail.
+            first, last, committed = self._complete.pop()
+            assert not committed
+            path = self._path(first, last)
+            fd = os.open(path, os.O_RDWR)
+            with open(path, "rb") as f:
+                data = f.read()
+            positions, _end = chunk_positions(data, os.path.basename(path))
+            keep = seqno - first + 1
+            new_size = positions[keep]
+            os.ftruncate(fd, new_size)
+            os.pwrite(fd, bytes(CHUNK_HEADER_SIZE), 0)
+            os.rename(path, self._path(first))
+            self._open = _OpenChunk(
+                first=first, fd=fd, positions=positions[:keep], size_bytes=new_size
+            )
+        self._dir_dirty = True
+        self.last_seqno = seqno
+        self.durable_seqno = min(self.durable_seqno, seqno)
+
+    def close(self) -> None:
+        self.flush()
+        if self._open is not None:
+            os.close(self._open.fd)
+            self._open = None
+
+    def __enter__(self) -> LedgerWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LedgerReader:
+    """Reads the chunks of a ledger directory in order, validating their structure.
+
+    `committed_only` and `read_recovery_files` follow `ccf.ledger.Ledger`; `.ignored` files
+    are never read. Chunks are read one at a time, so memory stays bounded by a chunk.
+    """
+
+    def __init__(
+        self,
+        directory: str,
+        *,
+        committed_only: bool = False,
+        read_recovery_files: bool = False,
+    ) -> None:
+        self.directory = directory
+        by_base: dict[str, ChunkName] = {}
+        for filename in sorted(os.listdir(directory)):
+            if not filename.startswith("ledger_"):
+                continue
+            parsed = parse_chunk_name(filename)
+            if parsed.ignored or (parsed.recovery and not read_recovery_files):
+                continue
+            if committed_only and not parsed.committed:
+                continue
+            # A chunk present both as-is and as .recovery is read once, preferring the plain file.
+            base = filename.removesuffix(RECOVERY_SUFFIX)
+            if base not in by_base or by_base[base].recovery:
+                by_base[base] = parsed
+        chunks = list(by_base.values())
+        chunks.sort(key=lambda c: c.first)
+        for a, b in itertools.pairwise(chunks):
+            if a.last is None:
+                raise AuditError(
+                    f"chunk {b.filename} follows in-progress chunk {a.filename}", seqno=b.first
+                )
+            if a.last + 1 != b.first:
+                raise AuditError(
+                    f"non-contiguous chunks {a.filename} and {b.filename}", seqno=a.last + 1
+                )
+        self.chunks: list[ChunkName] = chunks
+        self._cache: tuple[int, bytes, list[int]] | None = None
+
+    @property
+    def first_seqno(self) -> int:
+        return self.chunks[0].first if self.chunks else 1
+
+    @property
+    def last_seqno(self) -> int:
+        """Last seqno held (reads the in-progress chunk if there is one); 0 if empty."""
+        if not self.chunks:
+            return 0
+        tail = self.chunks[-1]
+        if tail.last is not None:
+            return tail.last
+        _data, positions = self._load(len(self.chunks) - 1)
+        return tail.first + len(positions) - 1
+
+    def _load(self, index: int) -> tuple[bytes, list[int]]:
+        if self._cache is not None and self._cache[0] == index:
+            return self._cache[1], self._cache[2]
+        chunk = self.chunks[index]
+        path = os.path.join(self.directory, chunk.filename)
+        if os.path.getsize(path) > CHUNK_FILE_BYTES_MAX:
+            raise DecodeError(f"chunk {chunk.filename} exceeds 4 GiB", field="file_size")
+        with open(path, "rb") as f:
+            data = f.read()
+        positions, _end = chunk_positions(data, chunk.filename)
+        if chunk.last is not None and chunk.last - chunk.first + 1 != len(positions):
+            raise AuditError(
+                f"chunk {chunk.filename} holds {len(positions)} entries, its name says "
+                f"{chunk.last - chunk.first + 1}",
+                seqno=chunk.first + min(len(positions), chunk.last - chunk.first + 1),
+            )
+        self._cache = (index, data, positions)
+        return data, positions
+
+    def chunk_data(self) -> Iterator[tuple[ChunkName, bytes, list[int]]]:
+        """(name, file bytes, entry positions) per chunk, in seqno order."""
+        for index, chunk in enumerate(self.chunks):
+            data, positions = self._load(index)
+            yield chunk, data, positions
+
+    def entries(self, start: int = 1, end: int | None = None) -> Iterator[tuple[int, bytes]]:
+        """(seqno, raw entry) for start ≤ seqno ≤ end (end None = to the last entry)."""
+        for index, chunk in enumerate(self.chunks):
+            if chunk.last is not None and chunk.last < start:
+                continue
+            if end is not None and chunk.first > end:
+                return
+            data, positions = self._load(index)
+            for i in range(max(0, start - chunk.first), len(positions)):
+                seqno = chunk.first + i
+                if end is not None and seqno > end:
+                    return
+                pos = positions[i]
+                yield seqno, data[pos : pos + _entry_len(data, pos)]
+
+    def get(self, seqno: int) -> bytes:
+        for _, raw in self.entries(seqno, seqno):
+            return raw
+        raise KeyError(f"seqno {seqno} not in ledger")
+
+
+def _entry_len(data: bytes, pos: int) -> int:
+    _version, _flags, lo, hi = _HEADER.unpack_from(data, pos)
+    length: int = HEADER_SIZE + (lo | (hi << 16))
+    return length
+
+
+def entry_iv_seqno(data: bytes | memoryview, pos: int) -> int:
+    """The IV seqno of the entry at `pos` (caller has checked the entry's bounds)."""
+    value: int = _U64.unpack_from(data, pos + _IV_SEQNO_OFFSET)[0]
+    return value

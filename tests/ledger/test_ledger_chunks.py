@@ -1,0 +1,198 @@
+"""Promises of ledger.chunks: CCF-compatible chunk files, group fsync, truncation, recovery."""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import ccf.ledger
+import pytest
+
+from ledger.chunks import ChunkPolicy, LedgerReader, LedgerWriter, parse_chunk_name
+from ledger.entry import (
+    FLAG_FORCE_CHUNK_AFTER,
+    commit_evidence,
+    commit_evidence_digest,
+    encode_entry,
+)
+from ledger.errors import AuditError, DecodeError
+
+SECRET = bytes(range(32))
+
+
+def _raw(seqno: int, *, cut: bool = False, size: int = 10) -> bytes:
+    return encode_entry(
+        seqno=seqno,
+        view=1,
+        public={"public:t": {seqno.to_bytes(8, "little"): b"v" * size}},
+        private={"p": {b"k": b"secret"}},
+        secret=SECRET,
+        commit_evidence_digest=commit_evidence_digest(commit_evidence(SECRET, 1, seqno)),
+        flags=FLAG_FORCE_CHUNK_AFTER if cut else 0,
+    )
+
+
+def _write(directory: Path, count: int, cut_every: int = 4) -> dict[int, bytes]:
+    entries = {s: _raw(s, cut=s % cut_every == 0) for s in range(1, count + 1)}
+    with LedgerWriter(str(directory)) as writer:
+        for seqno, raw in entries.items():
+            writer.append(seqno, raw)
+    return entries
+
+
+def test_chunk_is_completed_after_flagged_entry_with_ccf_names(tmp_path: Path) -> None:
+    _write(tmp_path, 10)
+    assert sorted(os.listdir(tmp_path)) == ["ledger_1-4", "ledger_5-8", "ledger_9"]
+    data = (tmp_path / "ledger_1-4").read_bytes()
+    table_offset = struct.unpack_from("<Q", data)[0]
+    positions = struct.unpack_from("<4I", data, table_offset)
+    assert positions[0] == 8 and len(data) == table_offset + 16
+    assert struct.unpack_from("<Q", (tmp_path / "ledger_9").read_bytes())[0] == 0
+
+
+def test_writer_reader_round_trip_across_chunks(tmp_path: Path) -> None:
+    entries = _write(tmp_path, 10)
+    reader = LedgerReader(str(tmp_path))
+    assert reader.last_seqno == 10
+    assert dict(reader.entries()) == entries
+    assert dict(reader.entries(3, 6)) == {s: entries[s] for s in range(3, 7)}
+    assert reader.get(7) == entries[7]
+
+
+def test_commit_renames_complete_chunks_and_ccf_reads_them(tmp_path: Path) -> None:
+    entries = _write(tmp_path, 10)
+    writer = LedgerWriter(str(tmp_path))
+    writer.commit(9)
+    writer.close()
+    assert sorted(os.listdir(tmp_path)) == [
+        "ledger_1-4.committed",
+        "ledger_5-8.committed",
+        "ledger_9",
+    ]
+    ccf_raw = [tx.get_raw_tx() for tx in ccf.ledger.Ledger([str(tmp_path)]).transactions()]
+    assert ccf_raw == [entries[s] for s in range(1, 9)]
+    committed = LedgerReader(str(tmp_path), committed_only=True)
+    assert committed.last_seqno == 8
+
+
+def test_flush_returns_highest_durable_seqno(tmp_path: Path) -> None:
+    writer = LedgerWriter(str(tmp_path))
+    for seqno in range(1, 6):
+        writer.append(seqno, _raw(seqno, cut=seqno == 3))
+    assert writer.durable_seqno == 0
+    assert writer.flush() == 5
+    writer.close()
+
+
+def test_truncate_then_append_within_open_chunk(tmp_path: Path) -> None:
+    entries = _write(tmp_path, 10)
+    with LedgerWriter(str(tmp_path)) as writer:
+        writer.truncate(9)
+        replacement = _raw(10, size=99)
+        writer.append(10, replacement)
+    assert dict(LedgerReader(str(tmp_path)).entries()) == {**entries, 10: replacement}
+
+
+def test_truncate_across_chunk_files_reopens_the_holding_chunk(tmp_path: Path) -> None:
+    entries = _write(tmp_path, 10)
+    with LedgerWriter(str(tmp_path)) as writer:
+        writer.truncate(2)
+        assert writer.last_seqno == 2
+        assert sorted(os.listdir(tmp_path)) == ["ledger_1"]
+        for seqno in range(3, 7):
+            writer.append(seqno, _raw(seqno, cut=seqno == 5))
+    assert sorted(os.listdir(tmp_path)) == ["ledger_1-5", "ledger_6"]
+    read = dict(LedgerReader(str(tmp_path)).entries())
+    assert read[2] == entries[2] and read[5] == _raw(5, cut=True) and len(read) == 6
+
+
+def test_truncate_at_a_chunk_end_keeps_the_chunk_complete(tmp_path: Path) -> None:
+    _write(tmp_path, 10)
+    with LedgerWriter(str(tmp_path)) as writer:
+        writer.truncate(8)
+    assert sorted(os.listdir(tmp_path)) == ["ledger_1-4", "ledger_5-8"]
+
+
+def test_truncate_below_committed_point_is_refused(tmp_path: Path) -> None:
+    _write(tmp_path, 10)
+    writer = LedgerWriter(str(tmp_path))
+    writer.commit(8)
+    with pytest.raises(AssertionError):
+        writer.truncate(7)
+    writer.close()
+
+
+def test_reopening_resumes_after_a_torn_last_entry(tmp_path: Path) -> None:
+    entries = _write(tmp_path, 10)
+    path = tmp_path / "ledger_9"
+    whole = path.read_bytes()
+    path.write_bytes(whole + _raw(11)[:30])  # a crash in the middle of writing entry 11
+    writer = LedgerWriter(str(tmp_path))
+    assert writer.last_seqno == 10
+    assert writer.recovered_torn_bytes == 30
+    assert path.read_bytes() == whole
+    writer.append(11, _raw(11))
+    writer.close()
+    assert dict(LedgerReader(str(tmp_path)).entries()) == {**entries, 11: _raw(11)}
+
+
+def test_reopening_finishes_a_completion_interrupted_before_rename(tmp_path: Path) -> None:
+    _write(tmp_path, 8)
+    os.rename(tmp_path / "ledger_5-8", tmp_path / "ledger_5")
+    writer = LedgerWriter(str(tmp_path))
+    assert writer.last_seqno == 8
+    writer.close()
+    assert sorted(os.listdir(tmp_path)) == ["ledger_1-4", "ledger_5-8"]
+
+
+def test_reader_rejects_gap_between_chunks(tmp_path: Path) -> None:
+    _write(tmp_path, 8)
+    os.rename(tmp_path / "ledger_5-8", tmp_path / "ledger_6-9")
+    with pytest.raises(AuditError) as info:
+        LedgerReader(str(tmp_path))
+    assert info.value.seqno == 5
+
+
+def test_reader_rejects_entry_count_that_disagrees_with_name(tmp_path: Path) -> None:
+    _write(tmp_path, 8)
+    os.rename(tmp_path / "ledger_5-8", tmp_path / "ledger_5-9")
+    with pytest.raises(AuditError):
+        list(LedgerReader(str(tmp_path)).entries())
+
+
+def test_reader_rejects_offset_table_that_disagrees_with_entries(tmp_path: Path) -> None:
+    _write(tmp_path, 8)
+    path = tmp_path / "ledger_1-4"
+    data = bytearray(path.read_bytes())
+    table_offset = struct.unpack_from("<Q", data)[0]
+    data[table_offset + 4] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(DecodeError) as info:
+        list(LedgerReader(str(tmp_path)).entries())
+    assert info.value.field == "offset_table"
+
+
+def test_reader_skips_ignored_and_recovery_files_like_ccf(tmp_path: Path) -> None:
+    _write(tmp_path, 8)
+    os.rename(tmp_path / "ledger_5-8", tmp_path / "ledger_5-8.committed.recovery")
+    (tmp_path / "ledger_9-12.ignored").write_bytes(b"junk")
+    assert LedgerReader(str(tmp_path)).last_seqno == 4
+    assert LedgerReader(str(tmp_path), read_recovery_files=True).last_seqno == 8
+
+
+def test_chunk_names_are_validated() -> None:
+    assert parse_chunk_name("ledger_5-9.committed").last == 9
+    assert parse_chunk_name("ledger_10").last is None
+    for bad in ("ledger_x", "ledger_9-5", "ledger_0-3", "ledger_5.committed", "ledger_1-2.txt"):
+        with pytest.raises(DecodeError):
+            parse_chunk_name(bad)
+
+
+def test_chunk_policy_flags_first_signature_past_the_threshold() -> None:
+    policy = ChunkPolicy(chunk_size_bytes=1000)
+    assert policy.flags_for_signature(100) == 0
+    policy.record(950, 0)
+    assert policy.flags_for_signature(100) == FLAG_FORCE_CHUNK_AFTER
+    policy.record(100, FLAG_FORCE_CHUNK_AFTER)
+    assert policy.bytes_in_chunk == 0
