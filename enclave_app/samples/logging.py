@@ -1,0 +1,126 @@
+"""The sample logging application: the app the sandbox serves, and the developer guide's example.
+
+It keeps messages by integer id, like CCF's logging sample: private ones in the private map
+``records`` (encrypted in the ledger), public ones in ``public:records`` (in clear), both with
+u64 little-endian keys and UTF-8 string values. Every endpoint needs a registered user's TLS
+client certificate (``auth="user_cert"``).
+
+    POST   /app/log/private        {"id": 42, "msg": "hello"}   -> true
+    GET    /app/log/private?id=42                               -> {"msg": "hello"}
+    POST   /app/log/public         {"id": 42, "msg": "hello"}   -> true
+    GET    /app/log/public?id=42                                -> {"msg": "hello"}
+    DELETE /app/log/private?id=42                               -> 204
+    GET    /app/log/private/count                               -> {"count": 0}
+
+Set ``"record_claim": true`` in a POST to bind SHA-256(msg) into the transaction's ledger leaf
+as its claims digest: the receipt of that transaction then proves the message.
+
+How the framework helps: the pydantic models below validate input before a handler runs (a bad
+id answers 422 and writes nothing); GET handlers are read-only and never create a transaction;
+a POST handler's writes are committed only if it answers 2xx.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from enclave_app.app import App, Context
+from enclave_app.errors import HttpError
+from enclave_app.kv import STR, U64, U64_MAX
+
+PRIVATE_RECORDS = "records"
+PUBLIC_RECORDS = "public:records"
+MSG_BYTES_MAX = 64 * 1024
+
+app = App("logging")
+
+
+def _fits(msg: str) -> str:
+    if len(msg.encode("utf-8")) > MSG_BYTES_MAX:
+        raise ValueError(f"msg is longer than {MSG_BYTES_MAX} bytes in UTF-8")
+    return msg
+
+
+class LogRecord(BaseModel):
+    """A message to record under an id."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: int = Field(ge=0, le=U64_MAX)
+    msg: Annotated[str, AfterValidator(_fits)]
+    record_claim: bool = False
+
+
+class LogQuery(BaseModel):
+    """Which record to read or delete."""
+
+    id: int = Field(ge=0, le=U64_MAX)
+
+
+class LogMessage(BaseModel):
+    """A recorded message."""
+
+    msg: str
+
+
+class LogCount(BaseModel):
+    """How many records a map holds."""
+
+    count: int
+
+
+def _record(ctx: Context, map_name: str) -> bool:
+    record: LogRecord = ctx.body
+    ctx.tx.view(map_name, U64, STR).put(record.id, record.msg)
+    if record.record_claim:
+        ctx.set_claims_digest(hashlib.sha256(record.msg.encode("utf-8")).digest())
+    return True
+
+
+def _read(ctx: Context, map_name: str) -> LogMessage:
+    query: LogQuery = ctx.query
+    msg = ctx.tx.view(map_name, U64, STR).get(query.id)
+    if msg is None:
+        raise HttpError(404, "ResourceNotFound", f"No such record: {query.id}")
+    return LogMessage(msg=msg)
+
+
+@app.post("/log/private", auth="user_cert", body=LogRecord)
+def record_private(ctx: Context) -> bool:
+    """Record a private message (encrypted in the ledger)."""
+    return _record(ctx, PRIVATE_RECORDS)
+
+
+@app.get("/log/private", auth="user_cert", query=LogQuery, response=LogMessage)
+def get_private(ctx: Context) -> LogMessage:
+    """Read a private message by id (404 if absent)."""
+    return _read(ctx, PRIVATE_RECORDS)
+
+
+@app.post("/log/public", auth="user_cert", body=LogRecord)
+def record_public(ctx: Context) -> bool:
+    """Record a public message (in clear in the ledger)."""
+    return _record(ctx, PUBLIC_RECORDS)
+
+
+@app.get("/log/public", auth="user_cert", query=LogQuery, response=LogMessage)
+def get_public(ctx: Context) -> LogMessage:
+    """Read a public message by id (404 if absent)."""
+    return _read(ctx, PUBLIC_RECORDS)
+
+
+@app.delete("/log/private", auth="user_cert", query=LogQuery)
+def delete_private(ctx: Context) -> None:
+    """Delete a private message by id (204; 404 if absent)."""
+    query: LogQuery = ctx.query
+    if not ctx.tx.view(PRIVATE_RECORDS, U64, STR).remove(query.id):
+        raise HttpError(404, "ResourceNotFound", f"No such record: {query.id}")
+
+
+@app.get("/log/private/count", auth="user_cert", response=LogCount)
+def count_private(ctx: Context) -> LogCount:
+    """Count the private messages (reads the whole map: a demo, not for large maps)."""
+    return LogCount(count=sum(1 for _ in ctx.tx.items(PRIVATE_RECORDS)))
