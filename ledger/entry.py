@@ -296,7 +296,7 @@ def read_header(data: bytes | bytearray | memoryview, offset: int = 0) -> tuple[
     return version, flags, lo | (hi << 16)
 
 
-def _decode_tables(
+def decode_tables(
     buf: bytes, start: int, end: int, *, base: int, snapshot: bool = False
 ) -> WriteSet:
     """Parse table records in buf[start:end]; `base` maps buffer offsets to entry offsets."""
@@ -490,7 +490,7 @@ def decode_entry(data: bytes | bytearray | memoryview, offset: int = 0) -> tuple
             )
         view_history = struct.unpack_from(f"<{vh_len // 8}Q", raw, pos)
         pos += vh_len
-    public = _decode_tables(raw, pos, pd_end, base=offset, snapshot=is_snapshot)
+    public = decode_tables(raw, pos, pd_end, base=offset, snapshot=is_snapshot)
     entry = Entry(
         seqno=iv_seqno,
         view=iv_view & 0x7FFFFFFF,
@@ -525,7 +525,7 @@ def decrypt_private(entry: Entry, secret: bytes) -> WriteSet:
             "GCM tag does not authenticate the entry", field="gcm_tag"
         ) from None
     base = PUBLIC_DOMAIN_OFFSET + entry.public_size
-    return _decode_tables(
+    return decode_tables(
         plaintext, 0, len(plaintext), base=base, snapshot=entry.entry_type == ENTRY_TYPE_SNAPSHOT
     )
 

@@ -1,0 +1,459 @@
+"""Offline validation of a whole ledger directory, in constant memory.
+
+Checks what `ccf.ledger.LedgerValidator.add_transaction` checks (FORMATS §3), in the same
+order per transaction, plus the structural rules CCF's tools leave implicit:
+
+- chunk files are well formed and contiguous, seqnos run 1, 2, 3, … and the IV seqno
+  equals the public-domain seqno and the position in the ledger;
+- node status and endorsed certificates are tracked from `public:ccf.gov.nodes.*`;
+- every `public:ccf.internal.signatures` entry is signed by a known, non-Pending node over
+  the root of the tree of all earlier leaves, and that root is the recomputed one;
+- `public:ccf.gov.service.info` status transitions are legal (§4.3) and its `cert` verifies
+  every later `public:ccf.internal.cose_signatures` COSE_Sign1 over the same root;
+- deprecated entry types are refused unless `accept_deprecated_entry_types`.
+
+Only the Merkle frontier (one hash per set bit of the tree size) and the governance state
+needed for signatures are kept, so memory does not grow with the ledger. Private domains are
+never decrypted, and public tables are decoded only when the entry can hold one of the
+tables above (a table's name appears verbatim in the public domain when it is present).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from ledger import merkle
+from ledger.chunks import LedgerReader
+from ledger.entry import (
+    DEPRECATED_ENTRY_TYPES,
+    ENTRY_TYPE_SNAPSHOT,
+    ENTRY_TYPE_WRITE_SET,
+    ENTRY_TYPE_WRITE_SET_WITH_COMMIT_EVIDENCE,
+    ENTRY_TYPE_WRITE_SET_WITH_COMMIT_EVIDENCE_AND_CLAIMS,
+    ENTRY_VERSION,
+    FLAG_FORCE_CHUNK_AFTER,
+    PUBLIC_DOMAIN_OFFSET,
+    WriteSet,
+    decode_tables,
+)
+from ledger.errors import AuditError, LedgerError, VerificationError
+from ledger.signatures import (
+    parse_cose_signature,
+    parse_signature,
+    verify_cose_root_signature,
+    verify_root,
+)
+
+logger = logging.getLogger(__name__)
+
+NODES_INFO = "public:ccf.gov.nodes.info"
+ENDORSED_CERTS = "public:ccf.gov.nodes.endorsed_certificates"
+SIGNATURES = "public:ccf.internal.signatures"
+COSE_SIGNATURES = "public:ccf.internal.cose_signatures"
+SERVICE_INFO = "public:ccf.gov.service.info"
+SINGLETON_KEY = bytes(8)
+
+# Any table the validator reacts to starts with one of these prefixes; an entry whose public
+# domain contains neither byte string cannot hold such a table and is not decoded.
+_INTERESTING_PREFIXES = (
+    b"public:ccf.gov.nodes.",
+    b"public:ccf.internal.",
+    b"public:ccf.gov.service.info",
+)
+
+SIGNATURE_JSON_BYTES_MAX = 1024 * 1024
+NODE_INFO_JSON_BYTES_MAX = 4 * 1024 * 1024
+
+_SERVICE_TRANSITIONS: dict[str, frozenset[str]] = {
+    "Opening": frozenset({"Open", "WaitingForRecoveryShares"}),
+    "Recovering": frozenset({"WaitingForRecoveryShares"}),
+    "WaitingForRecoveryShares": frozenset({"Open"}),
+    "Open": frozenset({"Recovering"}),
+}
+
+_HEADER = struct.Struct("<BBHI")
+_IV = struct.Struct("<QI")
+_U64 = struct.Struct("<Q")
+_TYPE_SEQNO = struct.Struct("<Bq")
+
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditReport:
+    """What an audit established about a ledger directory."""
+
+    transactions: int
+    signatures: int
+    cose_signatures: int
+    last_seqno: int
+    last_view: int
+    last_signed_txid: str | None
+    # Transactions after the last signature: well formed, but not covered by any root.
+    unsigned_transactions: int
+    service_status: str | None
+    service_cert_pem: str | None
+    chunks: int
+    deprecated_entries: int
+    nodes: dict[str, str] = field(default_factory=dict)
+    root: bytes = b""
+
+
+class MerkleFrontier:
+    """The right edge of CCF's Merkle tree: enough to append leaves and compute the root.
+
+    Holds one perfect-subtree root per set bit of the size (≤ 64 hashes), largest first.
+    """
+
+    __slots__ = ("_nodes", "size")
+
+    def __init__(self) -> None:
+        self._nodes: list[bytes] = [merkle.ZERO_LEAF]  # leaf 0 is 32 zero bytes, not hashed
+        self.size = 1
+
+    def append(self, leaf: bytes) -> None:
+        nodes = self._nodes
+        nodes.append(leaf)
+        index = self.size
+        self.size = index + 1
+        sha256 = hashlib.sha256
+        # Each trailing 1 bit of the old size closes a pair of equal perfect subtrees.
+        while index & 1:
+            right = nodes.pop()
+            nodes[-1] = sha256(nodes[-1] + right).digest()
+            index >>= 1
+
+    def root(self) -> bytes:
+        nodes = self._nodes
+        acc = nodes[-1]
+        for node in reversed(nodes[:-1]):
+            acc = hashlib.sha256(node + acc).digest()
+        return acc
+
+
+def check_consistency(
+    old_root: bytes, old_size: int, new_root: bytes, new_size: int, proof: Sequence[bytes]
+) -> None:
+    """Check that the tree `old_root` (of `old_size` leaves) is a prefix of `new_root`.
+
+    Raises VerificationError when the consistency proof does not show it.
+    """
+    if not merkle.verify_consistency(old_size, new_size, old_root, new_root, proof):
+        raise VerificationError(
+            f"no consistency between tree sizes {old_size} and {new_size}", field="proof"
+        )
+
+
+class _Auditor:
+    """Validator state: the frontier plus what the governance tables say about signers."""
+
+    def __init__(self, *, accept_deprecated: bool) -> None:
+        self.accept_deprecated = accept_deprecated
+        self.frontier = MerkleFrontier()
+        self.node_status: dict[str, str] = {}
+        self.node_certs: dict[str, bytes] = {}
+        self.service_status: str | None = None
+        self.service_cert: str | None = None
+        self.signatures = 0
+        self.cose_signatures = 0
+        self.deprecated = 0
+        self.last_signed: tuple[int, int] | None = None
+        self._keys: dict[bytes, ec.EllipticCurvePublicKey] = {}
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _public_key(self, pem: bytes, seqno: int, what: str) -> ec.EllipticCurvePublicKey:
+        key = self._keys.get(pem)
+        if key is None:
+            try:
+                loaded = x509.load_pem_x509_certificate(pem).public_key()
+            except ValueError as exc:
+                raise AuditError(f"{what} is not a PEM certificate: {exc}", seqno=seqno) from None
+            if not isinstance(loaded, ec.EllipticCurvePublicKey):
+                raise AuditError(f"{what} does not hold an ECDSA key", seqno=seqno)
+            if len(self._keys) > 1024:  # certificates rotate rarely; bound the cache anyway
+                self._keys.clear()
+            self._keys[pem] = key = loaded
+        return key
+
+    @staticmethod
+    def _json(value: bytes | None, seqno: int, what: str, limit: int) -> Any:
+        if value is None:
+            raise AuditError(f"{what} removed", seqno=seqno)
+        if len(value) > limit:
+            raise AuditError(f"{what} exceeds {limit} bytes", seqno=seqno)
+        try:
+            return json.loads(value)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise AuditError(f"{what} is not JSON: {exc}", seqno=seqno) from None
+
+    # -- one transaction ---------------------------------------------------------------------
+
+    def governance(self, tables: WriteSet, seqno: int, view: int) -> None:
+        """Steps 1-5 of LedgerValidator.add_transaction for an entry with interesting tables."""
+        self_signed: set[str] = set()
+        for key, value in tables.get(NODES_INFO, {}).items():
+            node_id = key.decode(errors="replace")
+            if value is None:
+                # CCF's tool pops unconditionally; a removal of an unknown id is harmless here.
+                self.node_status.pop(node_id, None)
+                continue
+            info = self._json(value, seqno, f"nodes.info[{node_id}]", NODE_INFO_JSON_BYTES_MAX)
+            if not isinstance(info, dict) or not isinstance(info.get("status"), str):
+                raise AuditError(f"nodes.info[{node_id}] has no status", seqno=seqno)
+            if isinstance(info.get("cert"), str):  # 1.x: the node's self-signed cert
+                self.node_certs[node_id] = info["cert"].encode()
+                self_signed.add(node_id)
+            self.node_status[node_id] = info["status"]
+        for key, value in tables.get(ENDORSED_CERTS, {}).items():
+            node_id = key.decode(errors="replace")
+            if node_id in self_signed:
+                raise AuditError(
+                    f"node {node_id} has both a self-signed and an endorsed certificate",
+                    seqno=seqno,
+                )
+            if value is None:
+                self.node_certs.pop(node_id, None)
+            else:
+                self.node_certs[node_id] = value
+        signatures = tables.get(SIGNATURES)
+        if signatures:
+            self.signatures += 1
+            for value in signatures.values():
+                self._check_signature(value, seqno, view)
+        service = tables.get(SERVICE_INFO)
+        if service is not None:
+            self._check_service(service.get(SINGLETON_KEY), seqno)
+        cose_table = tables.get(COSE_SIGNATURES)
+        if cose_table is not None:
+            self._check_cose(cose_table.get(SINGLETON_KEY), seqno)
+
+    def _check_signature(self, value: bytes | None, seqno: int, view: int) -> None:
+        if value is None:
+            raise AuditError("signature removed", seqno=seqno)
+        try:
+            sig = parse_signature(value)
+        except LedgerError as exc:
+            raise AuditError(f"malformed signature record: {exc}", seqno=seqno) from None
+        if (sig.seqno, sig.view) != (seqno, view):
+            # CCF's tool does not look, but a signature always names its own TxID.
+            raise AuditError(
+                f"signature record names {sig.view}.{sig.seqno}, not its txid {view}.{seqno}",
+                seqno=seqno,
+            )
+        node_id = sig.node_id
+        status = self.node_status.get(node_id)
+        if status is None:
+            raise AuditError(f"signing node {node_id} is not part of the network", seqno=seqno)
+        if status == "Pending":
+            raise AuditError(f"signing node {node_id} is still Pending", seqno=seqno)
+        cert = self.node_certs.get(node_id)
+        if cert is None:
+            raise AuditError(f"signing node {node_id} has no certificate", seqno=seqno)
+        key = self._public_key(cert, seqno, f"certificate of node {node_id}")
+        if sig.cert_pem is not None:
+            embedded = self._public_key(sig.cert_pem.encode(), seqno, "signature cert")
+            if _spki(embedded) != _spki(key):
+                raise AuditError(f"public key mismatch for node {node_id}", seqno=seqno)
+        try:
+            verify_root(key, sig.root, sig.sig)
+        except LedgerError as exc:
+            raise AuditError(
+                f"invalid root signature by node {node_id}: {exc}", seqno=seqno
+            ) from None
+        expected = self.frontier.root()
+        if sig.root != expected:
+            raise AuditError(
+                f"signed root {sig.root.hex()} differs from computed root {expected.hex()}",
+                seqno=seqno,
+            )
+        self.last_signed = (view, seqno)
+
+    def _check_service(self, value: bytes | None, seqno: int) -> None:
+        info = self._json(value, seqno, "service.info", NODE_INFO_JSON_BYTES_MAX)
+        if not isinstance(info, dict) or not isinstance(info.get("status"), str):
+            raise AuditError("service.info has no status", seqno=seqno)
+        status = info["status"]
+        previous = self.service_status
+        # Any → Opening (disaster recovery) and same → same are always allowed (§4.3).
+        if status != "Opening" and previous is not None and previous != status:
+            allowed = _SERVICE_TRANSITIONS.get(previous, frozenset())
+            if status not in allowed:
+                raise AuditError(
+                    f"illegal service status transition {previous} -> {status}", seqno=seqno
+                )
+        cert = info.get("cert")
+        if not isinstance(cert, str):
+            raise AuditError("service.info has no cert", seqno=seqno)
+        self.service_status = status
+        self.service_cert = cert
+
+    def _check_cose(self, value: bytes | None, seqno: int) -> None:
+        if self.service_cert is None:
+            raise AuditError("COSE signature before any service certificate", seqno=seqno)
+        if value is None:
+            raise AuditError("cose signature removed", seqno=seqno)
+        try:
+            key = self._public_key(self.service_cert.encode(), seqno, "service certificate")
+            verify_cose_root_signature(parse_cose_signature(value), key, self.frontier.root())
+        except LedgerError as exc:
+            raise AuditError(f"invalid COSE root signature: {exc}", seqno=seqno) from None
+        self.cose_signatures += 1
+
+
+def _spki(key: ec.EllipticCurvePublicKey) -> bytes:
+    return key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def audit(
+    directory: str,
+    *,
+    service_cert_pem: str | None = None,
+    progress: ProgressCallback | None = None,
+    accept_deprecated_entry_types: bool = False,
+    committed_only: bool = True,
+) -> AuditReport:
+    """Validate every transaction of the ledger in `directory`; AuditError at the first bad one.
+
+    `service_cert_pem`, when given, must be the service identity the ledger ends with.
+    `committed_only` (default, as `ccf.ledger.Ledger`) reads only `*.committed` chunks.
+    """
+    try:
+        reader = LedgerReader(directory, committed_only=committed_only)
+    except LedgerError as exc:
+        raise _as_audit_error(exc) from None
+    if not reader.chunks:
+        raise AuditError(f"no ledger chunks in {directory}")
+    if reader.chunks[0].first != 1:
+        raise AuditError("ledger does not start at seqno 1", seqno=1)
+    total = max(c.last or c.first for c in reader.chunks)
+    state = _Auditor(accept_deprecated=accept_deprecated_entry_types)
+    seqno = 0
+    view = 0
+    chunk_count = 0
+    try:
+        for chunk, data, positions in reader.chunk_data():
+            chunk_count += 1
+            seqno, view = _audit_chunk(state, data, positions, chunk.first, chunk.complete)
+            total = max(total, seqno)
+            if progress is not None:
+                progress(seqno, total)
+    except AuditError:
+        raise
+    except LedgerError as exc:
+        raise _as_audit_error(exc) from None
+    if service_cert_pem is not None:
+        if state.service_cert is None:
+            raise AuditError("ledger records no service certificate")
+        given = state._public_key(service_cert_pem.encode(), seqno, "given service certificate")
+        found = state._public_key(state.service_cert.encode(), seqno, "service certificate")
+        if _spki(given) != _spki(found):
+            raise AuditError("ledger's service identity is not the given service certificate")
+    last_signed = state.last_signed
+    return AuditReport(
+        transactions=seqno,
+        signatures=state.signatures,
+        cose_signatures=state.cose_signatures,
+        last_seqno=seqno,
+        last_view=view,
+        last_signed_txid=f"{last_signed[0]}.{last_signed[1]}" if last_signed else None,
+        unsigned_transactions=seqno - (last_signed[1] if last_signed else 0),
+        service_status=state.service_status,
+        service_cert_pem=state.service_cert,
+        chunks=chunk_count,
+        deprecated_entries=state.deprecated,
+        nodes=dict(state.node_status),
+        root=state.frontier.root(),
+    )
+
+
+def _as_audit_error(exc: LedgerError) -> AuditError:
+    if isinstance(exc, AuditError):
+        return exc
+    return AuditError(f"{type(exc).__name__}: {exc}")
+
+
+def _audit_chunk(
+    state: _Auditor, data: bytes, positions: list[int], first: int, complete: bool
+) -> tuple[int, int]:
+    """Validate one chunk's entries (positions already checked by the reader)."""
+    sha256 = hashlib.sha256
+    header = _HEADER.unpack_from
+    iv = _IV.unpack_from
+    u64 = _U64.unpack_from
+    type_seqno = _TYPE_SEQNO.unpack_from
+    frontier = state.frontier
+    append = frontier.append
+    find = data.find
+    view = 0
+    seqno = first - 1
+    last_index = len(positions) - 1
+    mv = memoryview(data)
+    for index, pos in enumerate(positions):
+        seqno = first + index
+        assert frontier.size == seqno, "tree size must equal the next seqno"
+        version, flags, lo, hi = header(data, pos)
+        end = pos + 8 + (lo | (hi << 16))
+        iv_seqno, iv_view = iv(data, pos + 24)
+        (public_size,) = u64(data, pos + 36)
+        pd = pos + PUBLIC_DOMAIN_OFFSET
+        pd_end = pd + public_size
+        if version != ENTRY_VERSION or pd_end > end or public_size < 17:
+            raise AuditError("malformed entry header", seqno=seqno)
+        entry_type, public_seqno = type_seqno(data, pd)
+        if iv_seqno != seqno or public_seqno != seqno:
+            raise AuditError(
+                f"entry seqnos (IV {iv_seqno}, public {public_seqno}) do not match position",
+                seqno=seqno,
+            )
+        view = iv_view & 0x7FFFFFFF
+        if flags & FLAG_FORCE_CHUNK_AFTER and (index != last_index or not complete):
+            raise AuditError("entry forces a chunk end but the chunk continues", seqno=seqno)
+        wsd = sha256(mv[pos:end]).digest()
+        if entry_type == ENTRY_TYPE_WRITE_SET_WITH_COMMIT_EVIDENCE_AND_CLAIMS:
+            if public_size < 81:
+                raise AuditError("public domain too short", seqno=seqno)
+            # public domain: type, seqno, claims digest, commit evidence digest, ...
+            leaf = sha256(wsd + data[pd + 41 : pd + 73] + data[pd + 9 : pd + 41]).digest()
+            tables_at = pd + 81
+        else:
+            if entry_type in DEPRECATED_ENTRY_TYPES:
+                if not state.accept_deprecated:
+                    raise AuditError(f"deprecated entry type {entry_type}", seqno=seqno)
+                state.deprecated += 1
+            if entry_type == ENTRY_TYPE_WRITE_SET_WITH_COMMIT_EVIDENCE:
+                if public_size < 49:
+                    raise AuditError("public domain too short", seqno=seqno)
+                leaf = sha256(wsd + data[pd + 9 : pd + 41]).digest()
+                tables_at = pd + 49
+            elif entry_type == ENTRY_TYPE_WRITE_SET:
+                leaf = wsd
+                tables_at = pd + 17
+            elif entry_type == ENTRY_TYPE_SNAPSHOT:
+                raise AuditError("snapshot entry inside a ledger chunk", seqno=seqno)
+            else:
+                raise AuditError(f"unsupported entry type {entry_type}", seqno=seqno)
+        if (
+            find(_INTERESTING_PREFIXES[0], tables_at, pd_end) >= 0
+            or find(_INTERESTING_PREFIXES[1], tables_at, pd_end) >= 0
+            or find(_INTERESTING_PREFIXES[2], tables_at, pd_end) >= 0
+        ):
+            try:
+                tables = decode_tables(data, tables_at, pd_end, base=0)
+            except LedgerError as exc:
+                raise AuditError(f"bad public domain: {exc}", seqno=seqno) from None
+            state.governance(tables, seqno, view)
+        append(leaf)
+    return seqno, view
