@@ -50,7 +50,8 @@ import pydantic
 _log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
-MAX_FRAME_BYTES = 64 * 1024 * 1024
+# One ledger entry may be 64 MiB (ledger.entry.ENTRY_SIZE_BYTES_MAX): leave room for framing.
+MAX_FRAME_BYTES = 65 * 1024 * 1024
 MAX_STRING_CHARS = 64 * 1024
 MAX_FDS_PER_FRAME = 4
 MAX_CONFIG_BYTES = 1024 * 1024
@@ -371,7 +372,10 @@ def encode_frame(frame: Frame) -> bytes:
             body[name] = check(getattr(frame, name))
         except InterfaceError as e:
             raise InterfaceError(f"{cls.__name__}.{name}: {e}") from None
-    data: bytes = msgpack.packb([PROTOCOL_VERSION, cls.__name__, body], use_bin_type=True)
+    try:
+        data: bytes = msgpack.packb([PROTOCOL_VERSION, cls.__name__, body], use_bin_type=True)
+    except (ValueError, OverflowError, TypeError) as e:
+        raise InterfaceError(f"{cls.__name__}: cannot encode: {type(e).__name__}") from None
     if len(data) > MAX_FRAME_BYTES:
         raise InterfaceError(f"{cls.__name__} frame of {len(data)} bytes exceeds MAX_FRAME_BYTES")
     return data
