@@ -1,0 +1,143 @@
+"""Offline auditing: receipts and ledger directories, no network access.
+
+An auditor holds the service certificate, receipts and ledger files, and trusts no node.
+These functions wrap ledger.receipt and ledger.audit so that every failure is one typed
+`CharterError` (ReceiptInvalid, LedgerAuditFailed, IdentityError).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from client.errors import IdentityError, LedgerAuditFailed, ReceiptInvalid
+from client.identity import load_cert_pem, read_bounded
+from client.sdk import verify_json_receipt
+from ledger.audit import AuditReport, ProgressCallback, audit
+from ledger.errors import AuditError, LedgerError
+
+log = logging.getLogger(__name__)
+
+# A JSON receipt is a few KB (a proof of ~log2(n) hashes plus two certificates); a COSE one
+# is smaller. 1 MiB leaves room for long endorsement chains after many recoveries.
+RECEIPT_FILE_BYTES_MAX = 1024 * 1024
+# Tagged COSE_Sign1 starts with CBOR tag 18 = 0xd2.
+COSE_SIGN1_TAG_BYTE = 0xD2
+ZERO_CLAIMS_DIGEST = bytes(32)
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptCheck:
+    """What a verified receipt proves: its kind, the signed Merkle root, the tx if known."""
+
+    kind: str  # "json" or "cose"
+    root_hex: str | None
+    txid: str | None
+    node_id: str | None
+
+
+def _txid_from_evidence(evidence: object) -> str | None:
+    # commit evidence is "ce:V.S:hex"; it names the transaction the receipt is for.
+    if isinstance(evidence, str) and evidence.startswith("ce:"):
+        parts = evidence.split(":")
+        if len(parts) == 3:
+            return parts[1]
+    return None
+
+
+def verify_receipt_bytes(
+    data: bytes, service_cert_pem: str, *, claims_digest: bytes | None = None
+) -> ReceiptCheck:
+    """Verify a JSON or COSE receipt (detected from its first byte)."""
+    if data[:1] == bytes([COSE_SIGN1_TAG_BYTE]):
+        return _verify_cose(data, service_cert_pem, claims_digest)
+    try:
+        receipt = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ReceiptInvalid(f"receipt is neither JSON nor COSE: {e}") from None
+    if not isinstance(receipt, dict):
+        raise ReceiptInvalid("a JSON receipt must be an object")
+    root = verify_json_receipt(receipt, service_cert_pem)
+    components = receipt.get("leaf_components")
+    evidence = components.get("commit_evidence") if isinstance(components, dict) else None
+    node_id = receipt.get("node_id")
+    return ReceiptCheck(
+        kind="json",
+        root_hex=root.hex(),
+        txid=_txid_from_evidence(evidence),
+        node_id=node_id if isinstance(node_id, str) else None,
+    )
+
+
+def _verify_cose(data: bytes, service_cert_pem: str, claims_digest: bytes | None) -> ReceiptCheck:
+    from ledger.receipt import verify_cose_receipt
+
+    from ledger.errors import LedgerError
+
+    claims = ZERO_CLAIMS_DIGEST if claims_digest is None else claims_digest
+    if len(claims) != 32:
+        raise ReceiptInvalid("a claims digest is 32 bytes")
+    try:
+        header: dict[Any, Any] = verify_cose_receipt(data, service_cert_pem, claims)
+    except LedgerError as e:
+        raise ReceiptInvalid(f"COSE receipt does not verify: {e}", code=e.code) from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise ReceiptInvalid(f"COSE receipt is malformed: {e!r}") from None
+    ccf_v1 = header.get("ccf.v1") if isinstance(header, dict) else None
+    sig_txid = ccf_v1.get("txid") if isinstance(ccf_v1, dict) else None
+    # The COSE header names the *signature* transaction; the receipt's own tx is inside the
+    # proof, which ledger.receipt already checked.
+    return ReceiptCheck(
+        kind="cose",
+        root_hex=None,
+        txid=sig_txid if isinstance(sig_txid, str) else None,
+        node_id=None,
+    )
+
+
+def verify_receipt_file(
+    path: str | Path, service_cert: str | Path, *, claims_digest: bytes | None = None
+) -> ReceiptCheck:
+    """Verify a receipt file (JSON or COSE) against a service certificate file."""
+    cert_pem = load_cert_pem(Path(service_cert), "service certificate")
+    data = read_bounded(Path(path), RECEIPT_FILE_BYTES_MAX, "receipt file")
+    if not data:
+        raise ReceiptInvalid(f"receipt file {path} is empty")
+    return verify_receipt_bytes(data, cert_pem, claims_digest=claims_digest)
+
+
+def audit_ledger(
+    directory: str | Path,
+    *,
+    service_cert: str | Path | None = None,
+    progress: ProgressCallback | None = None,
+    accept_deprecated_entry_types: bool = False,
+) -> AuditReport:
+    """Validate a whole ledger directory with ledger.audit; returns its AuditReport.
+
+    `progress(seqno, total)` is called after each chunk. With `service_cert`, the ledger must
+    end with that service identity. Raises LedgerAuditFailed carrying the first bad seqno.
+    """
+    path = Path(directory)
+    if not path.exists():
+        raise IdentityError(f"ledger directory not found: {path}")
+    if not path.is_dir():
+        raise IdentityError(f"not a ledger directory: {path}")
+    cert_pem = load_cert_pem(Path(service_cert), "service certificate") if service_cert else None
+    try:
+        report = audit(
+            str(path),
+            service_cert_pem=cert_pem,
+            progress=progress,
+            accept_deprecated_entry_types=accept_deprecated_entry_types,
+        )
+    except AuditError as e:
+        message = str(e).removeprefix(f"seqno {e.seqno}: ")
+        raise LedgerAuditFailed(message, seqno=e.seqno, code=e.code) from None
+    except LedgerError as e:
+        raise LedgerAuditFailed(str(e), code=e.code) from None
+    log.info("ledger audited directory=%s transactions=%d", path, report.transactions)
+    return report

@@ -1,0 +1,617 @@
+"""The `charter` command line: identities, governance, service state, nodes, sandbox, bench.
+
+Receipts and ledgers live in client.cli_ledger; shared options and error handling in
+client.cli_common. Entry point `charter = client.cli:main` (pyproject.toml).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from client.cli_common import (
+    CertOpt,
+    JsonOpt,
+    KeyOpt,
+    MemberOpt,
+    NetworkOpt,
+    NodeOpt,
+    ServiceCertOpt,
+    Target,
+    UrlOpt,
+    fail,
+    guarded,
+    print_json,
+    resolve_target,
+    run_async,
+    stdout,
+)
+from client.cli_ledger import ledger_app, receipt_app
+from client.errors import IdentityError
+from client.identity import load_cert_pem, load_json_file
+from client.member import Member, Proposal
+from client.sdk import CharterClient
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+app = typer.Typer(
+    name="charter",
+    help="Charter: confidential, verifiable replicated services (CCF-style). "
+    "Run `charter COMMAND --help` for each command's options and an example.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+node_app = typer.Typer(help="Run a node process.", no_args_is_help=True)
+app.add_typer(node_app, name="node")
+app.add_typer(receipt_app, name="receipt")
+app.add_typer(ledger_app, name="ledger")
+
+
+def _client(t: Target, *, tls_identity: bool = False) -> CharterClient:
+    if tls_identity:
+        return CharterClient(t.url, t.service_cert, cert_path=t.cert, key_path=t.key)
+    return CharterClient(t.url, t.service_cert)
+
+
+def _short(ident: str | None, n: int = 12) -> str:
+    return "-" if not ident else (ident[:n] + "…" if len(ident) > n else ident)
+
+
+# --- keygen -------------------------------------------------------------------------------------
+
+
+@app.command()
+@guarded
+def keygen(
+    name: Annotated[str, typer.Argument(help="Participant name, e.g. member0 or user1.")],
+    directory: Annotated[Path, typer.Option("--dir", help="Where to write the files.")] = Path(),
+    enc_key: Annotated[
+        bool, typer.Option("--enc-key", help="Also make an RSA-OAEP recovery encryption key.")
+    ] = False,
+    rsa_bits: Annotated[int, typer.Option(help="RSA key size (>= 2048).")] = 2048,
+    days: Annotated[int, typer.Option(help="Certificate validity in days.")] = 365,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing files.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Make a member or user identity: NAME_privk.pem (0600) and NAME_cert.pem (P-384).
+
+    Example: charter keygen member1 --enc-key --dir workspace/
+    """
+    from client.keygen import generate_identity
+
+    r = generate_identity(
+        name, directory, encryption_key=enc_key, rsa_bits=rsa_bits, days=days, overwrite=force
+    )
+    files = {
+        "cert": str(r.cert_path),
+        "key": str(r.key_path),
+        "encryption_key": str(r.enc_priv_path) if r.enc_priv_path else None,
+        "encryption_public_key": str(r.enc_pub_path) if r.enc_pub_path else None,
+    }
+    if as_json:
+        print_json({"name": r.name, "id": r.id, **files})
+        return
+    stdout.print(f"id    {r.id}")
+    for what, path in files.items():
+        if path:
+            stdout.print(f"{what:<5} {path}")
+
+
+# --- governance ---------------------------------------------------------------------------------
+
+
+def _actions_from_file(path: Path) -> list[dict[str, Any]]:
+    doc = load_json_file(path, "proposal file")
+    actions = doc.get("actions") if isinstance(doc, dict) else doc
+    if not isinstance(actions, list):
+        raise IdentityError(
+            f'proposal file {path} must hold {{"actions": [...]}} or a list of actions'
+        )
+    return actions
+
+
+def _actions_from_flags(
+    *,
+    open_service: bool,
+    service_cert_pem: str | None,
+    add_user: list[Path],
+    remove_user: list[str],
+    add_member: list[Path],
+    member_enc_key: Path | None,
+    remove_member: list[str],
+    trust_node: list[str],
+    remove_node: list[str],
+) -> list[dict[str, Any]]:
+    actions: list[dict[str, Any]] = []
+    for cert in add_user:
+        actions.append({"name": "set_user", "args": {"cert": load_cert_pem(cert, "user cert")}})
+    for uid in remove_user:
+        actions.append({"name": "remove_user", "args": {"user_id": uid}})
+    if member_enc_key is not None and len(add_member) != 1:
+        raise IdentityError("--member-enc-key goes with exactly one --add-member")
+    for cert in add_member:
+        args: dict[str, Any] = {"cert": load_cert_pem(cert, "member cert")}
+        if member_enc_key is not None:
+            from client.identity import PEM_FILE_BYTES_MAX, read_bounded
+
+            enc = read_bounded(member_enc_key, PEM_FILE_BYTES_MAX, "encryption public key")
+            args["encryption_pub_key"] = enc.decode("ascii", errors="replace")
+        actions.append({"name": "set_member", "args": args})
+    for mid in remove_member:
+        actions.append({"name": "remove_member", "args": {"member_id": mid}})
+    for nid in trust_node:
+        actions.append({"name": "transition_node_to_trusted", "args": {"node_id": nid}})
+    for nid in remove_node:
+        actions.append({"name": "remove_node", "args": {"node_id": nid}})
+    if open_service:
+        args = {"next_service_identity": service_cert_pem} if service_cert_pem else {}
+        actions.append({"name": "transition_service_to_open", "args": args})
+    return actions
+
+
+def _print_proposal(p: Proposal) -> None:
+    stdout.print(f"proposal {p.proposal_id}")
+    stdout.print(f"state    {p.state} ({p.ballot_count} ballot(s))")
+    if p.txid is not None:
+        stdout.print(f"txid     {p.txid}")
+    if p.failure:
+        stdout.print(f"failure  {p.failure.get('reason', p.failure)}")
+
+
+@app.command()
+@guarded
+def propose(
+    file: Annotated[
+        Path | None, typer.Argument(help='JSON file: {"actions": [{"name", "args"}]}.')
+    ] = None,
+    open_service: Annotated[
+        bool, typer.Option("--open-service", help="transition_service_to_open")
+    ] = False,
+    add_user: Annotated[list[Path] | None, typer.Option("--add-user", help="set_user CERT")] = None,
+    remove_user: Annotated[
+        list[str] | None, typer.Option("--remove-user", help="remove_user ID")
+    ] = None,
+    add_member: Annotated[
+        list[Path] | None, typer.Option("--add-member", help="set_member CERT")
+    ] = None,
+    member_enc_key: Annotated[
+        Path | None, typer.Option("--member-enc-key", help="RSA public key for --add-member.")
+    ] = None,
+    remove_member: Annotated[
+        list[str] | None, typer.Option("--remove-member", help="remove_member ID")
+    ] = None,
+    trust_node: Annotated[
+        list[str] | None, typer.Option("--trust-node", help="transition_node_to_trusted ID")
+    ] = None,
+    remove_node: Annotated[
+        list[str] | None, typer.Option("--remove-node", help="remove_node ID")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Ask the service what would happen; store nothing.")
+    ] = False,
+    network: NetworkOpt = None,
+    url: UrlOpt = None,
+    service_cert: ServiceCertOpt = None,
+    cert: CertOpt = None,
+    key: KeyOpt = None,
+    member: MemberOpt = None,
+    node: NodeOpt = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Submit a proposal signed by a member, from a JSON file or from flags.
+
+    Example: charter propose --network workspace/sandbox/network.json --member 0 --add-user user1_cert.pem --open-service
+    """
+    t = resolve_target(
+        network=network, url=url, service_cert=service_cert, cert=cert, key=key,
+        member=member, node=node, identity="member",
+    )  # fmt: skip
+    from_flags = _actions_from_flags(
+        open_service=open_service,
+        service_cert_pem=load_cert_pem(t.service_cert, "service certificate")
+        if open_service
+        else None,
+        add_user=add_user or [],
+        remove_user=remove_user or [],
+        add_member=add_member or [],
+        member_enc_key=member_enc_key,
+        remove_member=remove_member or [],
+        trust_node=trust_node or [],
+        remove_node=remove_node or [],
+    )
+    if file is not None and from_flags:
+        raise IdentityError("give a proposal file or action flags, not both")
+    actions = _actions_from_file(file) if file is not None else from_flags
+    if not actions:
+        raise IdentityError("nothing to propose: give a JSON file or an action flag")
+    assert t.cert is not None and t.key is not None
+
+    async def go() -> Any:
+        async with _client(t) as c:
+            m = Member(c, t.cert, t.key)  # type: ignore[arg-type]
+            return await (m.dry_run(actions) if dry_run else m.propose(actions))
+
+    result = run_async(go())
+    if dry_run:
+        if as_json:
+            print_json(result)
+        else:
+            stdout.print_json(json.dumps(result))
+        return
+    if as_json:
+        print_json(result.to_json())
+    else:
+        _print_proposal(result)
+
+
+@app.command()
+@guarded
+def vote(
+    proposal_id: Annotated[str, typer.Argument(help="Proposal id (64 hex digits).")],
+    approve: Annotated[
+        bool | None, typer.Option("--approve/--reject", help="Your ballot (required).")
+    ] = None,
+    network: NetworkOpt = None,
+    url: UrlOpt = None,
+    service_cert: ServiceCertOpt = None,
+    cert: CertOpt = None,
+    key: KeyOpt = None,
+    member: MemberOpt = None,
+    node: NodeOpt = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Vote on an open proposal as a member.
+
+    Example: charter vote 3f2a…e1 --approve --network workspace/sandbox/network.json --member 1
+    """
+    if approve is None:
+        fail("say --approve or --reject", 2)
+    t = resolve_target(
+        network=network, url=url, service_cert=service_cert, cert=cert, key=key,
+        member=member, node=node, identity="member",
+    )  # fmt: skip
+
+    async def go() -> Proposal:
+        async with _client(t) as c:
+            return await Member(c, t.cert, t.key).vote(proposal_id, approve)  # type: ignore[arg-type]
+
+    p = run_async(go())
+    print_json(p.to_json()) if as_json else _print_proposal(p)
+
+
+@app.command()
+@guarded
+def withdraw(
+    proposal_id: Annotated[str, typer.Argument(help="Proposal id (64 hex digits).")],
+    network: NetworkOpt = None,
+    url: UrlOpt = None,
+    service_cert: ServiceCertOpt = None,
+    cert: CertOpt = None,
+    key: KeyOpt = None,
+    member: MemberOpt = None,
+    node: NodeOpt = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Withdraw one of your open proposals.
+
+    Example: charter withdraw 3f2a…e1 --network workspace/sandbox/network.json --member 0
+    """
+    t = resolve_target(
+        network=network, url=url, service_cert=service_cert, cert=cert, key=key,
+        member=member, node=node, identity="member",
+    )  # fmt: skip
+
+    async def go() -> Proposal | None:
+        async with _client(t) as c:
+            return await Member(c, t.cert, t.key).withdraw(proposal_id)  # type: ignore[arg-type]
+
+    p = run_async(go())
+    if p is None:
+        print_json(None) if as_json else stdout.print("no such proposal (nothing withdrawn)")
+        return
+    print_json(p.to_json()) if as_json else _print_proposal(p)
+
+
+@app.command()
+@guarded
+def ack(
+    network: NetworkOpt = None,
+    url: UrlOpt = None,
+    service_cert: ServiceCertOpt = None,
+    cert: CertOpt = None,
+    key: KeyOpt = None,
+    member: MemberOpt = None,
+    node: NodeOpt = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Activate a newly added member by acknowledging the service's state digest.
+
+    Example: charter ack --network workspace/sandbox/network.json --member 1
+    """
+    t = resolve_target(
+        network=network, url=url, service_cert=service_cert, cert=cert, key=key,
+        member=member, node=node, identity="member",
+    )  # fmt: skip
+
+    async def go() -> tuple[str, str]:
+        async with _client(t) as c:
+            m = Member(c, t.cert, t.key)  # type: ignore[arg-type]
+            return m.id, await m.ack()
+
+    member_id, digest = run_async(go())
+    if as_json:
+        print_json({"memberId": member_id, "stateDigest": digest})
+    else:
+        stdout.print(f"member {member_id} acknowledged state digest {digest}")
+
+
+@app.command()
+@guarded
+def proposals(
+    state: Annotated[
+        str | None, typer.Option("--state", help="Only proposals in this state, e.g. Open.")
+    ] = None,
+    network: NetworkOpt = None,
+    url: UrlOpt = None,
+    service_cert: ServiceCertOpt = None,
+    node: NodeOpt = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """List governance proposals in a table.
+
+    Example: charter proposals --network workspace/sandbox/network.json --state Open
+    """
+    t = resolve_target(network=network, url=url, service_cert=service_cert, node=node)
+
+    async def go() -> list[Proposal]:
+        async with _client(t) as c:
+            items = await c.get_list("/gov/members/proposals")
+            return [Proposal.from_json(p) for p in items]
+
+    found = [p for p in run_async(go()) if state is None or p.state == state]
+    if as_json:
+        print_json([p.to_json() for p in found])
+        return
+    table = Table("proposal id", "proposer", "state", "ballots", "final votes")
+    for p in found:
+        votes = ", ".join(
+            f"{_short(k, 8)}:{'yes' if v else 'no'}" for k, v in p.final_votes.items()
+        )
+        table.add_row(p.proposal_id, _short(p.proposer_id), p.state, str(p.ballot_count), votes)
+    stdout.print(table)
+
+
+def _listing(t: Target, what: str) -> list[dict[str, Any]]:
+    async def go() -> list[dict[str, Any]]:
+        async with _client(t) as c:
+            if what == "members":
+                return await c.members()
+            if what == "users":
+                return await c.users()
+            return await c.nodes()
+
+    return run_async(go())
+
+
+@app.command()
+@guarded
+def members(
+    network: NetworkOpt = None,
+    url: UrlOpt = None,
+    service_cert: ServiceCertOpt = None,
+    node: NodeOpt = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the consortium's members.
+
+    Example: charter members --network workspace/sandbox/network.json
+    """
+    t = resolve_target(network=network, url=url, service_cert=service_cert, node=node)
+    items = _listing(t, "members")
+    if as_json:
+        print_json(items)
+        return
+    table = Table("member id", "status", "recovery role")
+    for m in items:
+        table.add_row(
+            str(m.get("memberId", "?")), str(m.get("status", "?")), str(m.get("recoveryRole", "-"))
+        )
+    stdout.print(table)
+
+
+@app.command()
+@guarded
+def users(
+    network: NetworkOpt = None,
+    url: UrlOpt = None,
+    service_cert: ServiceCertOpt = None,
+    node: NodeOpt = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the service's users.
+
+    Example: charter users --network workspace/sandbox/network.json --json
+    """
+    t = resolve_target(network=network, url=url, service_cert=service_cert, node=node)
+    items = _listing(t, "users")
+    if as_json:
+        print_json(items)
+        return
+    table = Table("user id", "user data")
+    for u in items:
+        table.add_row(str(u.get("userId", "?")), json.dumps(u.get("userData")))
+    stdout.print(table)
+
+
+@app.command()
+@guarded
+def nodes(
+    network: NetworkOpt = None,
+    url: UrlOpt = None,
+    service_cert: ServiceCertOpt = None,
+    node: NodeOpt = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the network's nodes, their status and which is primary.
+
+    Example: charter nodes --url https://127.0.0.1:8000 --service-cert service_cert.pem
+    """
+    t = resolve_target(network=network, url=url, service_cert=service_cert, node=node)
+    items = _listing(t, "nodes")
+    if as_json:
+        print_json(items)
+        return
+    table = Table("node id", "status", "primary", "rpc address")
+    for n in items:
+        rpc = n.get("rpc_interfaces")
+        addresses = (
+            ", ".join(
+                str(i.get("published_address") or i.get("bind_address"))
+                for i in rpc.values()
+                if isinstance(i, dict)
+            )
+            if isinstance(rpc, dict)
+            else "-"
+        )
+        table.add_row(
+            str(n.get("node_id", "?")),
+            str(n.get("status", "?")),
+            "yes" if n.get("primary") else "",
+            addresses,
+        )
+    stdout.print(table)
+
+
+@app.command()
+@guarded
+def status(
+    network: NetworkOpt = None,
+    url: UrlOpt = None,
+    service_cert: ServiceCertOpt = None,
+    node: NodeOpt = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show the service status, the node's state and the last committed transaction.
+
+    Example: charter status --network workspace/sandbox/network.json
+    """
+    t = resolve_target(network=network, url=url, service_cert=service_cert, node=node)
+
+    async def go() -> dict[str, Any]:
+        async with _client(t) as c:
+            net = await c.network()
+            state = await c.node_state()
+            commit = await c.commit()
+            return {"network": net, "node": state, "commit": str(commit)}
+
+    info = run_async(go())
+    if as_json:
+        print_json(info)
+        return
+    net, st = info["network"], info["node"]
+    stdout.print(f"service   {net.get('service_status', '?')} (view {net.get('current_view')})")
+    stdout.print(f"primary   {net.get('primary_id', '-')}")
+    stdout.print(f"node      {st.get('node_id', '?')} {st.get('state', '?')}")
+    stdout.print(f"committed {info['commit']}")
+
+
+# --- processes: node, sandbox, bench ------------------------------------------------------------
+
+
+def _node_command(config: Path) -> list[str]:
+    doc = load_json_file(config, "node config")
+    if not isinstance(doc, dict):
+        raise IdentityError(f"node config {config} must be a JSON object")
+    return [sys.executable, "-m", "host", "--config", str(config)]
+
+
+def _exec_node(config: Path, print_only: bool) -> None:
+    cmd = _node_command(config)
+    if print_only:
+        stdout.print(" ".join(cmd))
+        return
+    # Replace this process: signals and the exit status then belong to the node itself.
+    os.execv(cmd[0], cmd)
+
+
+PrintCmdOpt = Annotated[
+    bool, typer.Option("--print-command", help="Print the command instead of running it.")
+]
+
+
+@node_app.command("start")
+@guarded
+def node_start(
+    config: Annotated[Path, typer.Argument(help="Node config (JSON) that starts a network.")],
+    print_command: PrintCmdOpt = False,
+) -> None:
+    """Start the first node of a new network (runs `python -m host --config FILE`).
+
+    Example: charter node start workspace/node0/node.json
+    """
+    _exec_node(config, print_command)
+
+
+@node_app.command("join")
+@guarded
+def node_join(
+    config: Annotated[Path, typer.Argument(help="Node config (JSON) that joins a network.")],
+    print_command: PrintCmdOpt = False,
+) -> None:
+    """Start a node that joins an existing network (its config names the target node).
+
+    Example: charter node join workspace/node1/node.json
+    """
+    _exec_node(config, print_command)
+
+
+PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+@app.command(context_settings=PASSTHROUGH)
+@guarded
+def sandbox(ctx: typer.Context) -> None:
+    """Start a local network serving the sample app; extra arguments go to the sandbox.
+
+    Example: charter sandbox --nodes 3
+    """
+    try:
+        from client.sandbox import run
+    except ImportError:
+        fail("the sandbox is not available in this version (client/sandbox.py is missing)")
+    code = run(list(ctx.args))
+    raise typer.Exit(int(code or 0))
+
+
+@app.command(context_settings=PASSTHROUGH)
+@guarded
+def bench(ctx: typer.Context) -> None:
+    """Run the benchmark (scripts/bench.py); extra arguments go to it.
+
+    Example: charter bench --network workspace/sandbox/network.json
+    """
+    script = REPO_ROOT / "scripts" / "bench.py"
+    if not script.is_file():
+        fail(f"the benchmark is not available in this version ({script} is missing)")
+    done = subprocess.run([sys.executable, str(script), *ctx.args], check=False)
+    raise typer.Exit(done.returncode)
+
+
+def main() -> None:
+    """Console entry point."""
+    logging.basicConfig(
+        level=logging.DEBUG if os.environ.get("CHARTER_DEBUG") else logging.WARNING,
+        format="%(levelname)s %(name)s %(message)s",
+    )
+    app()
