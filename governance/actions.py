@@ -1,0 +1,628 @@
+"""Governance actions: for each, a pydantic argument schema, a check against the current
+state, and an apply function that writes CCF's governance tables.
+
+`check` runs when a proposal is created (so bad proposals are refused up front) and again
+just before `apply` when the proposal is accepted (the state may have moved). `apply`
+returns `Effects` for what governance cannot do itself because it needs the enclave's keys
+(endorsing a node certificate, opening the service, rekeying the ledger); the runtime
+performs them in the same transaction. Node certificate endorsement needs the service key,
+so `transition_node_to_trusted` only records the node as Trusted and asks for it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, JsonValue, StringConstraints, ValidationError
+
+from governance import tables as t
+from governance.constitution import Constitution, parse_constitution, store_constitution
+from governance.errors import GovernanceError
+from governance.tx import KvTx
+from ledger import certs
+from ledger.errors import LedgerError
+
+logger = logging.getLogger(__name__)
+
+HexId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+Pem = Annotated[str, StringConstraints(min_length=1, max_length=certs.MAX_CERT_PEM_BYTES)]
+Measurement = Annotated[str, StringConstraints(pattern=r"^(?:[0-9a-f]{2}){1,128}$")]
+RecoveryRole = Literal["NonParticipant", "Participant", "Owner"]
+
+DEFAULT_MAX_NODE_CERT_VALIDITY_DAYS = 365
+MAX_RECOVERY_THRESHOLD = 254
+
+
+class Args(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeEndorsement:
+    """A node the runtime must issue a service-endorsed certificate for."""
+
+    node_id: str
+    valid_from: str | None = None
+    validity_period_days: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Effects:
+    """What an accepted proposal asks of the runtime beyond its KV writes."""
+
+    endorse_nodes: tuple[NodeEndorsement, ...] = ()
+    open_service: bool = False
+    rekey: bool = False
+    refresh_recovery_shares: bool = False
+    members_changed: bool = False
+    users_changed: bool = False
+    nodes_changed: bool = False
+    retired_nodes: tuple[str, ...] = ()
+
+    def merge(self, other: Effects) -> Effects:
+        return Effects(
+            endorse_nodes=self.endorse_nodes + other.endorse_nodes,
+            open_service=self.open_service or other.open_service,
+            rekey=self.rekey or other.rekey,
+            refresh_recovery_shares=self.refresh_recovery_shares or other.refresh_recovery_shares,
+            members_changed=self.members_changed or other.members_changed,
+            users_changed=self.users_changed or other.users_changed,
+            nodes_changed=self.nodes_changed or other.nodes_changed,
+            retired_nodes=self.retired_nodes + other.retired_nodes,
+        )
+
+    @property
+    def empty(self) -> bool:
+        return self == Effects()
+
+
+NO_EFFECTS = Effects()
+
+
+@dataclass(frozen=True, slots=True)
+class ActionContext:
+    """Inputs an action may use besides the KV: no clocks, no I/O."""
+
+    proposal_id: str
+    now_s: int
+    merkle_root: bytes
+
+
+def _invalid(message: str) -> GovernanceError:
+    return GovernanceError("ProposalFailedToValidate", message, 400)
+
+
+# ---------------------------------------------------------------------------------------
+# Members
+
+
+class SetMemberArgs(Args):
+    cert: Pem
+    encryption_pub_key: Pem | None = None
+    member_data: JsonValue = None
+    recovery_role: RecoveryRole | None = None
+
+
+class MemberIdArgs(Args):
+    member_id: HexId
+
+
+class SetMemberDataArgs(Args):
+    member_id: HexId
+    member_data: JsonValue = None
+
+
+def _load_member_cert(pem: str) -> str:
+    """The member id of a usable member certificate (ECDSA, for COSE signing)."""
+    try:
+        cert = certs.load_cert(pem)
+    except LedgerError as exc:
+        raise _invalid(f"cert is not a PEM certificate: {exc}") from None
+    if not hasattr(cert.public_key(), "curve"):
+        raise _invalid("member cert must hold an ECDSA key (COSE requests are ECDSA)")
+    return certs.cert_id(cert)
+
+
+def check_set_member(tx: KvTx, args: SetMemberArgs) -> None:
+    _load_member_cert(args.cert)
+    if args.encryption_pub_key is not None:
+        try:
+            key = certs.load_public_key(args.encryption_pub_key)
+        except LedgerError as exc:
+            raise _invalid(f"encryption_pub_key is not a PEM public key: {exc}") from None
+        key_size = getattr(key, "key_size", None)
+        if hasattr(key, "curve") or not isinstance(key_size, int):
+            raise _invalid("encryption_pub_key must be an RSA key")
+        if key_size < certs.RSA_ENCRYPTION_KEY_BITS_MIN:
+            raise _invalid(
+                f"encryption_pub_key must be at least {certs.RSA_ENCRYPTION_KEY_BITS_MIN} bits"
+            )
+    if args.recovery_role in ("Participant", "Owner") and args.encryption_pub_key is None:
+        raise _invalid(f"recovery_role {args.recovery_role} needs an encryption_pub_key")
+
+
+def apply_set_member(tx: KvTx, args: SetMemberArgs, ctx: ActionContext) -> Effects:
+    member_id = _load_member_cert(args.cert)
+    key = t.id_key(member_id)
+    tx.put(t.MEMBERS_CERTS, key, args.cert.encode())
+    info: dict[str, Any] = {"status": "Accepted", "member_data": args.member_data}
+    if args.encryption_pub_key is not None:
+        tx.put(t.MEMBERS_ENCRYPTION_PUBLIC_KEYS, key, args.encryption_pub_key.encode())
+        info["recovery_role"] = args.recovery_role or "Participant"
+    else:
+        tx.remove(t.MEMBERS_ENCRYPTION_PUBLIC_KEYS, key)
+        info["recovery_role"] = args.recovery_role or "NonParticipant"
+    t.put_json(tx, t.MEMBERS_INFO, key, info)
+    # The new member activates by acking this digest (FORMATS §6 :ack).
+    t.put_json(tx, t.MEMBERS_ACKS, key, {"state_digest": ctx.merkle_root.hex()})
+    tx.remove(t.RETIRED_MEMBERS, key)
+    return Effects(members_changed=True)
+
+
+def check_remove_member(tx: KvTx, args: MemberIdArgs) -> None:
+    info = t.member_info(tx, args.member_id)
+    if info is None:
+        raise _invalid(f"member {args.member_id} does not exist")
+    active = t.active_member_ids(tx)
+    if active == [args.member_id]:
+        raise _invalid("cannot remove the last active member")
+
+
+def apply_remove_member(tx: KvTx, args: MemberIdArgs, ctx: ActionContext) -> Effects:
+    key = t.id_key(args.member_id)
+    info = t.member_info(tx, args.member_id) or {}
+    was_recovery = tx.get(t.MEMBERS_ENCRYPTION_PUBLIC_KEYS, key) is not None
+    for map_name in (
+        t.MEMBERS_CERTS,
+        t.MEMBERS_ENCRYPTION_PUBLIC_KEYS,
+        t.MEMBERS_INFO,
+        t.MEMBERS_ACKS,
+        t.HISTORY,
+        t.COSE_HISTORY,
+    ):
+        tx.remove(map_name, key)
+    t.put_json(tx, t.RETIRED_MEMBERS, key, {"proposal_id": ctx.proposal_id})
+    # As CCF: removing an active recovery member rotates the ledger secret so that the
+    # shares it held no longer open future ledger suffixes.
+    rekey = was_recovery and info.get("status") == "Active"
+    return Effects(members_changed=True, rekey=rekey, refresh_recovery_shares=rekey)
+
+
+def check_set_member_data(tx: KvTx, args: SetMemberDataArgs) -> None:
+    if t.member_info(tx, args.member_id) is None:
+        raise _invalid(f"member {args.member_id} does not exist")
+
+
+def apply_set_member_data(tx: KvTx, args: SetMemberDataArgs, ctx: ActionContext) -> Effects:
+    info = t.member_info(tx, args.member_id)
+    assert info is not None, "checked before apply"
+    info["member_data"] = args.member_data
+    t.put_json(tx, t.MEMBERS_INFO, t.id_key(args.member_id), info)
+    return NO_EFFECTS
+
+
+# ---------------------------------------------------------------------------------------
+# Users
+
+
+class SetUserArgs(Args):
+    cert: Pem
+    user_data: JsonValue = None
+
+
+class UserIdArgs(Args):
+    user_id: HexId
+
+
+class SetUserDataArgs(Args):
+    user_id: HexId
+    user_data: JsonValue = None
+
+
+def _user_id(pem: str) -> str:
+    try:
+        return certs.cert_id(certs.load_cert(pem))
+    except LedgerError as exc:
+        raise _invalid(f"cert is not a PEM certificate: {exc}") from None
+
+
+def check_set_user(tx: KvTx, args: SetUserArgs) -> None:
+    _user_id(args.cert)
+
+
+def apply_set_user(tx: KvTx, args: SetUserArgs, ctx: ActionContext) -> Effects:
+    key = t.id_key(_user_id(args.cert))
+    tx.put(t.USERS_CERTS, key, args.cert.encode())
+    if args.user_data is None:
+        tx.remove(t.USERS_INFO, key)
+    else:
+        t.put_json(tx, t.USERS_INFO, key, {"user_data": args.user_data})
+    return Effects(users_changed=True)
+
+
+def _check_user_exists(tx: KvTx, user_id: str) -> None:
+    if tx.get(t.USERS_CERTS, t.id_key(user_id)) is None:
+        raise _invalid(f"user {user_id} does not exist")
+
+
+def check_remove_user(tx: KvTx, args: UserIdArgs) -> None:
+    _check_user_exists(tx, args.user_id)
+
+
+def apply_remove_user(tx: KvTx, args: UserIdArgs, ctx: ActionContext) -> Effects:
+    key = t.id_key(args.user_id)
+    tx.remove(t.USERS_CERTS, key)
+    tx.remove(t.USERS_INFO, key)
+    return Effects(users_changed=True)
+
+
+def check_set_user_data(tx: KvTx, args: SetUserDataArgs) -> None:
+    _check_user_exists(tx, args.user_id)
+
+
+def apply_set_user_data(tx: KvTx, args: SetUserDataArgs, ctx: ActionContext) -> Effects:
+    t.put_json(tx, t.USERS_INFO, t.id_key(args.user_id), {"user_data": args.user_data})
+    return NO_EFFECTS
+
+
+# ---------------------------------------------------------------------------------------
+# Nodes
+
+
+class TrustNodeArgs(Args):
+    node_id: HexId
+    valid_from: Annotated[str, StringConstraints(min_length=1, max_length=40)] | None = None
+    validity_period_days: int | None = None
+
+
+class NodeIdArgs(Args):
+    node_id: HexId
+
+
+class MeasurementArgs(Args):
+    measurement: Measurement
+
+
+def _parse_valid_from(text: str) -> datetime.datetime:
+    """ISO 8601, or the ASN.1 UTCTime/GeneralizedTime text CCF's tooling passes."""
+    for fmt in ("%y%m%d%H%M%SZ", "%Y%m%d%H%M%SZ"):
+        try:
+            return datetime.datetime.strptime(text, fmt).replace(tzinfo=datetime.UTC)
+        except ValueError:
+            pass
+    try:
+        return datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise _invalid(f"valid_from {text!r} is not a date") from None
+
+
+def _node_status(tx: KvTx, node_id: str) -> tuple[dict[str, Any], str]:
+    info = t.node_info(tx, node_id)
+    if info is None:
+        raise _invalid(f"node {node_id} does not exist")
+    return info, str(info.get("status"))
+
+
+def check_trust_node(tx: KvTx, args: TrustNodeArgs) -> None:
+    _, status = _node_status(tx, args.node_id)
+    if status == "Retired":
+        raise _invalid(f"node {args.node_id} is retired")
+    if args.valid_from is not None:
+        _parse_valid_from(args.valid_from)
+    if args.validity_period_days is not None:
+        limit = t.service_config(tx).get(
+            "maximum_node_certificate_validity_days", DEFAULT_MAX_NODE_CERT_VALIDITY_DAYS
+        )
+        if not 1 <= args.validity_period_days <= int(limit):
+            raise _invalid(f"validity_period_days must be between 1 and {limit}")
+
+
+def apply_trust_node(tx: KvTx, args: TrustNodeArgs, ctx: ActionContext) -> Effects:
+    info, status = _node_status(tx, args.node_id)
+    if status == "Trusted":
+        return NO_EFFECTS  # idempotent, as CCF: an already trusted node keeps its cert
+    assert status == "Pending", status
+    info["status"] = "Trusted"
+    t.put_json(tx, t.NODES_INFO, t.id_key(args.node_id), info)
+    endorsement = NodeEndorsement(args.node_id, args.valid_from, args.validity_period_days)
+    return Effects(endorse_nodes=(endorsement,), nodes_changed=True)
+
+
+def check_remove_node(tx: KvTx, args: NodeIdArgs) -> None:
+    _, status = _node_status(tx, args.node_id)
+    if status == "Trusted":
+        trusted = [
+            k
+            for k, raw in tx.items(t.NODES_INFO)
+            if (t.load_json(raw, what=t.NODES_INFO) or {}).get("status") == "Trusted"
+        ]
+        if len(trusted) <= 1:
+            raise _invalid("cannot remove the last trusted node")
+
+
+def apply_remove_node(tx: KvTx, args: NodeIdArgs, ctx: ActionContext) -> Effects:
+    info, status = _node_status(tx, args.node_id)
+    key = t.id_key(args.node_id)
+    if status == "Pending":
+        tx.remove(t.NODES_INFO, key)
+        tx.remove(t.NODES_ENDORSED_CERTIFICATES, key)
+        return Effects(nodes_changed=True)
+    if status == "Retired":
+        return NO_EFFECTS
+    info["status"] = "Retired"
+    info["retired_committed"] = False
+    t.put_json(tx, t.NODES_INFO, key, info)
+    return Effects(nodes_changed=True, retired_nodes=(args.node_id,))
+
+
+def check_add_measurement(tx: KvTx, args: MeasurementArgs) -> None:
+    return None
+
+
+def apply_add_measurement(tx: KvTx, args: MeasurementArgs, ctx: ActionContext) -> Effects:
+    t.put_json(tx, t.NODES_VIRTUAL_MEASUREMENTS, args.measurement.encode(), t.ALLOWED_TO_JOIN)
+    return NO_EFFECTS
+
+
+def check_remove_measurement(tx: KvTx, args: MeasurementArgs) -> None:
+    if tx.get(t.NODES_VIRTUAL_MEASUREMENTS, args.measurement.encode()) is None:
+        raise _invalid(f"measurement {args.measurement} is not allowed to join")
+
+
+def apply_remove_measurement(tx: KvTx, args: MeasurementArgs, ctx: ActionContext) -> Effects:
+    tx.remove(t.NODES_VIRTUAL_MEASUREMENTS, args.measurement.encode())
+    return NO_EFFECTS
+
+
+# ---------------------------------------------------------------------------------------
+# Service
+
+
+class OpenServiceArgs(Args):
+    next_service_identity: Pem | None = None
+    previous_service_identity: Pem | None = None
+
+
+class ConstitutionArgs(Args):
+    # Validated into a Constitution by check_set_constitution (a clearer error than nesting).
+    constitution: dict[str, JsonValue]
+
+
+class RecoveryThresholdArgs(Args):
+    recovery_threshold: int
+
+
+class NoArgs(Args):
+    pass
+
+
+class ServiceConfigArgs(Args):
+    reconfiguration_type: Literal["OneTransaction", "TwoTransaction"] | None = None
+    recovery_threshold: int | None = None
+    recent_cose_proposals_window_size: int | None = None
+    maximum_node_certificate_validity_days: int | None = None
+    maximum_service_certificate_validity_days: int | None = None
+
+
+def _same_pem(a: str, b: str) -> bool:
+    return a.strip() == b.strip()
+
+
+def check_open_service(tx: KvTx, args: OpenServiceArgs) -> None:
+    info = t.service_info(tx)
+    if info is None:
+        raise _invalid("the service has not been started")
+    if info.get("status") != "Opening":
+        raise _invalid(f"service is {info.get('status')}, not Opening")
+    if args.next_service_identity is not None and not _same_pem(
+        args.next_service_identity, str(info.get("cert", ""))
+    ):
+        raise _invalid("next_service_identity is not this service's certificate")
+
+
+def apply_open_service(tx: KvTx, args: OpenServiceArgs, ctx: ActionContext) -> Effects:
+    info = t.service_info(tx)
+    assert info is not None and info.get("status") == "Opening"
+    info["status"] = "Open"
+    t.put_json(tx, t.SERVICE_INFO, t.SINGLETON_KEY, info)
+    return Effects(open_service=True)
+
+
+def check_set_constitution(tx: KvTx, args: ConstitutionArgs) -> None:
+    parse_constitution(args.constitution)
+
+
+def apply_set_constitution(tx: KvTx, args: ConstitutionArgs, ctx: ActionContext) -> Effects:
+    constitution: Constitution = parse_constitution(args.constitution)
+    store_constitution(tx, constitution)
+    return NO_EFFECTS
+
+
+def _recovery_member_count(tx: KvTx) -> int:
+    return sum(1 for _ in tx.items(t.MEMBERS_ENCRYPTION_PUBLIC_KEYS))
+
+
+def _check_threshold(tx: KvTx, threshold: int) -> None:
+    if not 1 <= threshold <= MAX_RECOVERY_THRESHOLD:
+        raise _invalid(f"recovery_threshold must be between 1 and {MAX_RECOVERY_THRESHOLD}")
+    recovery_members = _recovery_member_count(tx)
+    if recovery_members and threshold > recovery_members:
+        raise _invalid(
+            f"recovery_threshold {threshold} exceeds the {recovery_members} recovery members"
+        )
+
+
+def check_set_recovery_threshold(tx: KvTx, args: RecoveryThresholdArgs) -> None:
+    _check_threshold(tx, args.recovery_threshold)
+
+
+def apply_set_recovery_threshold(
+    tx: KvTx, args: RecoveryThresholdArgs, ctx: ActionContext
+) -> Effects:
+    config = t.service_config(tx)
+    if config.get("recovery_threshold") == args.recovery_threshold:
+        return NO_EFFECTS
+    config["recovery_threshold"] = args.recovery_threshold
+    t.put_json(tx, t.SERVICE_CONFIG, t.SINGLETON_KEY, config)
+    return Effects(refresh_recovery_shares=True)
+
+
+def check_rekey(tx: KvTx, args: NoArgs) -> None:
+    info = t.service_info(tx)
+    if info is None or info.get("status") != "Open":
+        raise _invalid("the ledger can only be rekeyed once the service is open")
+
+
+def apply_rekey(tx: KvTx, args: NoArgs, ctx: ActionContext) -> Effects:
+    # The new ledger secret is made and recorded by the runtime, which holds the secrets;
+    # the accepted proposal in proposals_info is the governance record of the request.
+    return Effects(rekey=True)
+
+
+def check_service_config(tx: KvTx, args: ServiceConfigArgs) -> None:
+    values = args.model_dump(exclude_none=True)
+    if not values:
+        raise _invalid("set_service_configuration needs at least one setting")
+    if args.recovery_threshold is not None:
+        _check_threshold(tx, args.recovery_threshold)
+    bounds = {
+        "recent_cose_proposals_window_size": (1, 10_000),
+        "maximum_node_certificate_validity_days": (1, 3650),
+        "maximum_service_certificate_validity_days": (1, 3650),
+    }
+    for name, (low, high) in bounds.items():
+        value = values.get(name)
+        if value is not None and not low <= value <= high:
+            raise _invalid(f"{name} must be between {low} and {high}")
+
+
+def apply_service_config(tx: KvTx, args: ServiceConfigArgs, ctx: ActionContext) -> Effects:
+    config = t.service_config(tx)
+    values = args.model_dump(exclude_none=True)
+    threshold_changed = (
+        "recovery_threshold" in values
+        and config.get("recovery_threshold") != values["recovery_threshold"]
+    )
+    config.update(values)
+    t.put_json(tx, t.SERVICE_CONFIG, t.SINGLETON_KEY, config)
+    return Effects(refresh_recovery_shares=threshold_changed)
+
+
+# ---------------------------------------------------------------------------------------
+# Registry
+
+
+@dataclass(frozen=True, slots=True)
+class ActionSpec:
+    name: str
+    args_model: type[Args]
+    check: Callable[[KvTx, Any], None]
+    apply: Callable[[KvTx, Any, ActionContext], Effects]
+    # Accepting this action changes what other open proposals mean (CCF's default
+    # constitution invalidates them for the same actions), so they are Dropped.
+    drops_open_proposals: bool = False
+
+
+_SPECS = (
+    ActionSpec("set_member", SetMemberArgs, check_set_member, apply_set_member),
+    ActionSpec("remove_member", MemberIdArgs, check_remove_member, apply_remove_member),
+    ActionSpec("set_member_data", SetMemberDataArgs, check_set_member_data, apply_set_member_data),
+    ActionSpec("set_user", SetUserArgs, check_set_user, apply_set_user),
+    ActionSpec("remove_user", UserIdArgs, check_remove_user, apply_remove_user),
+    ActionSpec("set_user_data", SetUserDataArgs, check_set_user_data, apply_set_user_data),
+    ActionSpec("transition_node_to_trusted", TrustNodeArgs, check_trust_node, apply_trust_node),
+    ActionSpec("remove_node", NodeIdArgs, check_remove_node, apply_remove_node),
+    ActionSpec(
+        "add_node_measurement",
+        MeasurementArgs,
+        check_add_measurement,
+        apply_add_measurement,
+        drops_open_proposals=True,
+    ),
+    ActionSpec(
+        "remove_node_measurement",
+        MeasurementArgs,
+        check_remove_measurement,
+        apply_remove_measurement,
+        drops_open_proposals=True,
+    ),
+    ActionSpec(
+        "transition_service_to_open", OpenServiceArgs, check_open_service, apply_open_service
+    ),
+    ActionSpec(
+        "set_constitution",
+        ConstitutionArgs,
+        check_set_constitution,
+        apply_set_constitution,
+        drops_open_proposals=True,
+    ),
+    ActionSpec(
+        "set_recovery_threshold",
+        RecoveryThresholdArgs,
+        check_set_recovery_threshold,
+        apply_set_recovery_threshold,
+    ),
+    ActionSpec("trigger_ledger_rekey", NoArgs, check_rekey, apply_rekey),
+    ActionSpec(
+        "set_service_configuration", ServiceConfigArgs, check_service_config, apply_service_config
+    ),
+)
+
+ACTIONS: dict[str, ActionSpec] = {spec.name: spec for spec in _SPECS}
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedAction:
+    spec: ActionSpec
+    args: Args
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+def parse_action(name: str, args: Any) -> ParsedAction:
+    """Schema validation only: UnknownAction or InvalidActionArgs (400)."""
+    spec = ACTIONS.get(name)
+    if spec is None:
+        raise GovernanceError("UnknownAction", f"unknown action {name!r}", 400)
+    try:
+        parsed = spec.args_model.model_validate({} if args is None else args)
+    except ValidationError as exc:
+        details = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(args)'}: {err['msg']}"
+            for err in exc.errors()[:5]
+        )
+        raise GovernanceError(
+            "InvalidActionArgs", f"invalid arguments for {name}: {details}", 400
+        ) from None
+    return ParsedAction(spec, parsed)
+
+
+def check_action(tx: KvTx, action: ParsedAction) -> None:
+    """State validation: ProposalFailedToValidate (400) if it could not apply now."""
+    action.spec.check(tx, action.args)
+
+
+def apply_action(tx: KvTx, action: ParsedAction, ctx: ActionContext) -> Effects:
+    action.spec.check(tx, action.args)
+    effects = action.spec.apply(tx, action.args, ctx)
+    logger.info("action applied name=%s proposal_id=%s", action.name, ctx.proposal_id)
+    return effects
+
+
+__all__ = [
+    "ACTIONS",
+    "ActionContext",
+    "ActionSpec",
+    "Effects",
+    "NodeEndorsement",
+    "ParsedAction",
+    "apply_action",
+    "check_action",
+    "parse_action",
+]

@@ -1,0 +1,256 @@
+"""Verification of signed member requests (COSE_Sign1 envelopes, FORMATS §6).
+
+A request is accepted only if: it decodes within the size limit; its `kid` is the id of a
+member whose certificate is in `members.certs`; the signature verifies with that
+certificate; `ccf.gov.msg.type` is the endpoint's; `ccf.gov.msg.created_at` lies within the
+configured window around `now`; `ccf.gov.msg.proposal_id` (ballots, withdrawals) equals the
+URL's; the member has the required status; and the envelope has not been seen before.
+
+Verification reads the KV and never writes it: the caller records the request (replay
+entry, history) only once the whole operation is known to succeed, so a refused request
+leaves the KV unchanged whatever the transaction layer does with a raised error.
+
+Replay protection: proposals use CCF's `cose_recent_proposals` window (key
+`"{created_at:010d}:{hex H(signature)}"`, value the proposal id; a created_at older than the
+median kept entry is refused). Other messages are kept in Charter's `recent_requests` table
+with the same key; entries older than the created_at window are pruned, since the window
+already refuses them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from governance import tables as t
+from governance.errors import GovernanceError
+from governance.tx import KvTx
+from ledger import certs, cose
+from ledger.errors import LedgerError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_RECENT_PROPOSALS_WINDOW_SIZE = 100
+MAX_CREATED_AT = 9_999_999_999
+# Governance bodies are small JSON documents; a constitution or a batch of certificates
+# is well under this. Bounds the CBOR we decode from unauthenticated callers.
+MAX_ENVELOPE_BYTES = 1024 * 1024
+
+MSG_TYPES_NEEDING_ACTIVE_MEMBER = frozenset({"proposal", "ballot", "withdrawal"})
+
+
+@dataclass(frozen=True, slots=True)
+class RequestPolicy:
+    """How far `created_at` may be from the service's `now`: past and future, in seconds."""
+
+    max_age_s: int = 600
+    max_future_s: int = 60
+    max_envelope_bytes: int = MAX_ENVELOPE_BYTES
+
+    def __post_init__(self) -> None:
+        assert self.max_age_s > 0 and self.max_future_s >= 0 and self.max_envelope_bytes > 0
+
+
+DEFAULT_POLICY = RequestPolicy()
+
+
+@dataclass(frozen=True, slots=True)
+class SignedRequest:
+    """A verified member request."""
+
+    member_id: str
+    msg_type: str
+    created_at: int
+    proposal_id: str | None
+    payload: bytes
+    signature: bytes
+    envelope: bytes
+
+    @property
+    def replay_key(self) -> bytes:
+        digest = hashlib.sha256(self.signature).hexdigest()
+        return f"{self.created_at:010d}:{digest}".encode()
+
+    @property
+    def signature_digest(self) -> bytes:
+        return hashlib.sha256(self.signature).digest()
+
+
+def _auth_error(code: str, message: str) -> GovernanceError:
+    return GovernanceError(code, message, 401)
+
+
+def _header_text(protected: dict[Any, Any], label: str) -> str | None:
+    value = protected.get(label)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise GovernanceError("InvalidCoseSign1", f"header {label} must be text", 400)
+    return value
+
+
+def verify_request(
+    tx: KvTx,
+    envelope: bytes,
+    *,
+    msg_type: str,
+    now_s: int,
+    policy: RequestPolicy = DEFAULT_POLICY,
+    path_proposal_id: str | None = None,
+    path_member_id: str | None = None,
+) -> SignedRequest:
+    """Check a member's COSE_Sign1 request for an endpoint expecting `msg_type`."""
+    assert msg_type in cose.GOV_MSG_TYPES, msg_type
+    if len(envelope) > policy.max_envelope_bytes:
+        raise GovernanceError(
+            "RequestTooLarge",
+            f"request of {len(envelope)} bytes exceeds {policy.max_envelope_bytes}",
+            413,
+        )
+    try:
+        msg = cose.decode_sign1(envelope, max_bytes=policy.max_envelope_bytes)
+    except LedgerError as exc:
+        raise GovernanceError("InvalidCoseSign1", f"body is not a COSE_Sign1: {exc}", 400) from None
+    if msg.payload is None:
+        raise GovernanceError("InvalidCoseSign1", "payload must be embedded", 400)
+
+    kid = msg.kid
+    try:
+        member_id = kid.decode("ascii") if kid is not None else ""
+    except UnicodeDecodeError:
+        member_id = ""
+    if not t.is_hex_id(member_id):
+        raise _auth_error("InvalidKid", "kid must be the member id (64 lowercase hex digits)")
+    cert_pem = tx.get(t.MEMBERS_CERTS, t.id_key(member_id))
+    if cert_pem is None:
+        if tx.get(t.RETIRED_MEMBERS, t.id_key(member_id)) is not None:
+            raise GovernanceError("MemberRetired", f"member {member_id} has been removed", 403)
+        raise _auth_error("UnknownMember", f"kid {member_id} is not a known member")
+    try:
+        cert = certs.load_cert(cert_pem)
+        if certs.cert_id(cert) != member_id:
+            raise GovernanceError("InternalError", "members.certs holds a mismatched cert", 500)
+        cose.verify_sign1(msg, cert)
+    except LedgerError as exc:
+        raise _auth_error("InvalidSignature", f"signature does not verify: {exc}") from None
+
+    signed_type = _header_text(msg.protected, cose.GOV_MSG_TYPE)
+    if signed_type != msg_type:
+        raise _auth_error(
+            "InvalidMessageType", f"expected ccf.gov.msg.type {msg_type!r}, got {signed_type!r}"
+        )
+    created_at = msg.protected.get(cose.GOV_MSG_CREATED_AT)
+    if isinstance(created_at, bool) or not isinstance(created_at, int):
+        raise GovernanceError("InvalidCreatedAt", "ccf.gov.msg.created_at must be an int", 400)
+    if not 0 <= created_at <= MAX_CREATED_AT:
+        raise GovernanceError("InvalidCreatedAt", "ccf.gov.msg.created_at out of range", 400)
+    if created_at < now_s - policy.max_age_s:
+        raise GovernanceError(
+            "RequestExpired",
+            f"created_at {created_at} is more than {policy.max_age_s}s before now {now_s}",
+            400,
+        )
+    if created_at > now_s + policy.max_future_s:
+        raise GovernanceError(
+            "RequestInFuture",
+            f"created_at {created_at} is more than {policy.max_future_s}s after now {now_s}",
+            400,
+        )
+
+    signed_proposal_id = _header_text(msg.protected, cose.GOV_MSG_PROPOSAL_ID)
+    if msg_type in cose.GOV_MSG_TYPES_WITH_PROPOSAL_ID and (
+        signed_proposal_id is None or signed_proposal_id != path_proposal_id
+    ):
+        raise GovernanceError(
+            "InvalidResourceName", "authenticated proposal id does not match URL", 400
+        )
+    if path_member_id is not None and path_member_id != member_id:
+        raise GovernanceError(
+            "InvalidResourceName", "authenticated member id does not match URL", 400
+        )
+
+    info = t.member_info(tx, member_id)
+    status = None if info is None else info.get("status")
+    if msg_type in MSG_TYPES_NEEDING_ACTIVE_MEMBER and status != "Active":
+        raise GovernanceError("MemberNotActive", f"member {member_id} is {status}, not Active", 403)
+
+    request = SignedRequest(
+        member_id=member_id,
+        msg_type=msg_type,
+        created_at=created_at,
+        proposal_id=signed_proposal_id,
+        payload=msg.payload,
+        signature=msg.signature,
+        envelope=bytes(envelope),
+    )
+    _check_not_replayed(tx, request)
+    return request
+
+
+def _check_not_replayed(tx: KvTx, request: SignedRequest) -> None:
+    if request.msg_type == "proposal":
+        colliding = tx.get(t.COSE_RECENT_PROPOSALS, request.replay_key)
+        if colliding is not None:
+            raise GovernanceError(
+                "ProposalReplay",
+                f"proposal submission replay, already exists as proposal {colliding.decode()}",
+                400,
+            )
+        keys = sorted(k for k, _ in tx.items(t.COSE_RECENT_PROPOSALS))
+        if keys:
+            # As CCF: a new proposal must not be older than the median one kept.
+            median_created_at = keys[len(keys) // 2].split(b":", 1)[0]
+            if request.replay_key.split(b":", 1)[0] < median_created_at:
+                raise GovernanceError(
+                    "ProposalCreatedTooLongAgo",
+                    f"proposal created too long ago, created_at must be greater than "
+                    f"{median_created_at.decode()}",
+                    400,
+                )
+    elif tx.get(t.RECENT_REQUESTS, request.replay_key) is not None:
+        raise GovernanceError("RequestReplay", "this signed request was already submitted", 400)
+
+
+def record_request(
+    tx: KvTx,
+    request: SignedRequest,
+    *,
+    now_s: int,
+    policy: RequestPolicy = DEFAULT_POLICY,
+    proposal_id: str | None = None,
+) -> None:
+    """Write the replay entry of an accepted request (after all other checks passed)."""
+    if request.msg_type == "proposal":
+        assert proposal_id is not None
+        _record_proposal(tx, request, proposal_id)
+        return
+    cutoff = f"{max(now_s - policy.max_age_s, 0):010d}:".encode()
+    for key, _ in list(tx.items(t.RECENT_REQUESTS)):
+        if key < cutoff:
+            tx.remove(t.RECENT_REQUESTS, key)
+    t.put_json(
+        tx,
+        t.RECENT_REQUESTS,
+        request.replay_key,
+        {"member_id": request.member_id, "msg_type": request.msg_type},
+    )
+
+
+def _record_proposal(tx: KvTx, request: SignedRequest, proposal_id: str) -> None:
+    window = t.service_config(tx).get(
+        "recent_cose_proposals_window_size", DEFAULT_RECENT_PROPOSALS_WINDOW_SIZE
+    )
+    window = max(int(window), 1)
+    keys = sorted(k for k, _ in tx.items(t.COSE_RECENT_PROPOSALS))
+    tx.put(t.COSE_RECENT_PROPOSALS, request.replay_key, proposal_id.encode())
+    # Keep only the most recent `window` entries, oldest (smallest key) dropped first.
+    excess = len(keys) + 1 - window
+    for key in keys[: max(excess, 0)]:
+        tx.remove(t.COSE_RECENT_PROPOSALS, key)
+
+
+def record_history(tx: KvTx, request: SignedRequest) -> None:
+    """Keep the member's latest governance request, as CCF's `cose_history`."""
+    tx.put(t.COSE_HISTORY, t.id_key(request.member_id), request.envelope)

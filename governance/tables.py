@@ -1,0 +1,129 @@
+"""CCF's governance table names and their key/value encodings (FORMATS §1.7, §4).
+
+Keys of id-keyed maps are the ASCII bytes of the 64-hex-digit id; single-value tables use
+the 8-byte zero key; JSON values are written compact with sorted keys, as CCF's nlohmann
+writer does, so that ledgers read the same in CCF's tools. Certificates are raw PEM bytes.
+
+Two tables are Charter's own (CCF has no equivalent), named under `public:ccf.gov.charter.`
+so that they travel with the governance history: `recent_requests` (replay protection for
+signed requests other than proposals) and `retired_members` (ids of removed members, so a
+removed member's request gets a specific error).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from governance.errors import GovernanceError
+from governance.tx import KvTx
+
+MEMBERS_CERTS = "public:ccf.gov.members.certs"
+MEMBERS_INFO = "public:ccf.gov.members.info"
+MEMBERS_ENCRYPTION_PUBLIC_KEYS = "public:ccf.gov.members.encryption_public_keys"
+MEMBERS_ACKS = "public:ccf.gov.members.acks"
+USERS_CERTS = "public:ccf.gov.users.certs"
+USERS_INFO = "public:ccf.gov.users.info"
+NODES_INFO = "public:ccf.gov.nodes.info"
+NODES_ENDORSED_CERTIFICATES = "public:ccf.gov.nodes.endorsed_certificates"
+# Charter's nodes run on the `virtual` platform, whose accepted measurements CCF keeps here
+# (key: the measurement string, value: JSON "AllowedToJoin").
+NODES_VIRTUAL_MEASUREMENTS = "public:ccf.gov.nodes.virtual.measurements"
+SERVICE_INFO = "public:ccf.gov.service.info"
+SERVICE_CONFIG = "public:ccf.gov.service.config"
+CONSTITUTION = "public:ccf.gov.constitution"
+PROPOSALS = "public:ccf.gov.proposals"
+PROPOSALS_INFO = "public:ccf.gov.proposals_info"
+COSE_RECENT_PROPOSALS = "public:ccf.gov.cose_recent_proposals"
+HISTORY = "public:ccf.gov.history"
+COSE_HISTORY = "public:ccf.gov.cose_history"
+RECENT_REQUESTS = "public:ccf.gov.charter.recent_requests"
+RETIRED_MEMBERS = "public:ccf.gov.charter.retired_members"
+
+SINGLETON_KEY = bytes(8)
+
+# Values are governance documents, not application data: a megabyte is generous and bounds
+# what a hostile ledger or a buggy writer can make us parse.
+MAX_JSON_VALUE_BYTES = 1024 * 1024
+
+_HEX_ID = re.compile(r"[0-9a-f]{64}")
+
+ALLOWED_TO_JOIN = "AllowedToJoin"
+
+
+def is_hex_id(value: str) -> bool:
+    """A member, user, node or proposal id: 64 lowercase hex digits."""
+    return _HEX_ID.fullmatch(value) is not None
+
+
+def id_key(entity_id: str) -> bytes:
+    assert is_hex_id(entity_id), entity_id
+    return entity_id.encode("ascii")
+
+
+def key_to_id(key: bytes) -> str:
+    return key.decode("ascii")
+
+
+def dump_json(value: Any) -> bytes:
+    """CCF's JSON encoding: compact separators, sorted keys, UTF-8."""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
+
+
+def load_json(data: bytes, *, what: str) -> Any:
+    if len(data) > MAX_JSON_VALUE_BYTES:
+        raise GovernanceError("InternalError", f"{what} value exceeds size limit", 500)
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise GovernanceError("InternalError", f"{what} value is not JSON: {exc}", 500) from None
+
+
+def get_json(tx: KvTx, map_name: str, key: bytes) -> Any | None:
+    raw = tx.get(map_name, key)
+    return None if raw is None else load_json(raw, what=map_name)
+
+
+def get_json_object(tx: KvTx, map_name: str, key: bytes) -> dict[str, Any] | None:
+    value = get_json(tx, map_name, key)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise GovernanceError("InternalError", f"{map_name} value is not a JSON object", 500)
+    return value
+
+
+def put_json(tx: KvTx, map_name: str, key: bytes, value: Any) -> None:
+    tx.put(map_name, key, dump_json(value))
+
+
+def get_text(tx: KvTx, map_name: str, key: bytes) -> str | None:
+    raw = tx.get(map_name, key)
+    return None if raw is None else raw.decode("utf-8", errors="strict")
+
+
+def service_info(tx: KvTx) -> dict[str, Any] | None:
+    return get_json_object(tx, SERVICE_INFO, SINGLETON_KEY)
+
+
+def service_config(tx: KvTx) -> dict[str, Any]:
+    return get_json_object(tx, SERVICE_CONFIG, SINGLETON_KEY) or {}
+
+
+def member_info(tx: KvTx, member_id: str) -> dict[str, Any] | None:
+    return get_json_object(tx, MEMBERS_INFO, id_key(member_id))
+
+
+def active_member_ids(tx: KvTx) -> list[str]:
+    """Ids of members whose status is Active, sorted (deterministic across nodes)."""
+    active = []
+    for key, raw in tx.items(MEMBERS_INFO):
+        info = load_json(raw, what=MEMBERS_INFO)
+        if isinstance(info, dict) and info.get("status") == "Active":
+            active.append(key_to_id(key))
+    return sorted(active)
+
+
+def node_info(tx: KvTx, node_id: str) -> dict[str, Any] | None:
+    return get_json_object(tx, NODES_INFO, id_key(node_id))
