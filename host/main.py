@@ -1,0 +1,333 @@
+"""The host process: binds ports, starts and supervises the enclave, serves its I/O.
+
+`python -m host --config node.json`. The host restarts nothing silently: when the enclave
+process exits the host logs `enclave exited with code X` and exits non-zero. On SIGTERM or
+SIGINT it asks the enclave to shut down, waits briefly, stops it and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+from enclave_app.interface import (
+    ChannelClosed,
+    ClientConnection,
+    ControlChannel,
+    Fatal,
+    Frame,
+    InterfaceError,
+    Log,
+    NodeConfig,
+    NodeMessage,
+    SendToNode,
+    Shutdown,
+    Start,
+    Started,
+    Tick,
+    load_config,
+)
+from host.relay import Relay, split_address
+from host.storage import STORAGE_FRAMES, Storage, StorageWorker, write_atomically
+
+_log = logging.getLogger(__name__)
+_enclave_log = logging.getLogger("enclave")
+
+PORTS_FILE_NAME = "ports.json"
+LOG_FILE_NAME = "host.log"
+SHUTDOWN_GRACE_S = 5.0
+KILL_GRACE_S = 2.0
+FATAL_GRACE_S = 2.0
+ACCEPT_BACKLOG = 512
+ENCLAVE_LOG_CHARS_MAX = 4096
+# Only what Python needs: the enclave inherits no secrets or settings from the operator.
+_ENV_PASSTHROUGH = ("PATH", "PYTHONPATH", "LANG", "LC_ALL", "TZ")
+
+
+def enclave_environment() -> dict[str, str]:
+    env = {k: os.environ[k] for k in _ENV_PASSTHROUGH if k in os.environ}
+    env.setdefault("PATH", os.defpath)
+    return env
+
+
+def _format_address(sockname: tuple[str, int], host: str) -> str:
+    return f"{host}:{sockname[1]}"
+
+
+class Host:
+    """One node's host process state; `run()` returns the process exit code."""
+
+    def __init__(self, config: NodeConfig, *, enclave_argv: list[str] | None = None) -> None:
+        self.config = config
+        self.enclave_argv = enclave_argv or [sys.executable, "-m", "enclave_app.main"]
+        assert config.ledger_dir is not None and config.snapshots_dir is not None
+        self.storage = Storage(
+            workspace=config.workspace,
+            ledger_dir=config.ledger_dir,
+            snapshots_dir=config.snapshots_dir,
+            chunk_size_bytes=config.ledger_chunk_bytes,
+        )
+        self.relay = Relay(config.node_to_node_address, self._on_node_message)
+        self.channel: ControlChannel | None = None
+        self.process: asyncio.subprocess.Process | None = None
+        self.rpc_address = config.rpc_address
+        self.ports: dict[str, object] = {}
+        self._stop = asyncio.Event()
+        self._stop_reason = ""
+        self._exit_code = 0
+        self.storage_worker = StorageWorker(self.storage, self._reply, self._on_storage_failure)
+        self._next_conn_id = 1
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- setup ---------------------------------------------------------------------------
+
+    def _bind_client_socket(self) -> socket.socket:
+        host, port = split_address(self.config.rpc_address)
+        sock = socket.create_server((host, port), backlog=ACCEPT_BACKLOG, reuse_port=False)
+        sock.setblocking(False)
+        self.rpc_address = _format_address(sock.getsockname(), host)
+        return sock
+
+    def _write_ports(self) -> None:
+        write_atomically(
+            self.config.workspace / PORTS_FILE_NAME,
+            json.dumps(self.ports, indent=2).encode(),
+        )
+
+    async def _spawn_enclave(self) -> ControlChannel:
+        host_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                *self.enclave_argv,
+                "--control-fd",
+                str(child_end.fileno()),
+                pass_fds=[child_end.fileno()],
+                env=enclave_environment(),
+                stdin=asyncio.subprocess.DEVNULL,
+                cwd=str(self.config.workspace),
+            )
+        finally:
+            child_end.close()
+        _log.info("enclave started pid=%d", self.process.pid)
+        return ControlChannel(host_end, name="host")
+
+    # -- running -------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        listener = self._bind_client_socket()
+        n2n_address = await self.relay.start()
+        self.ports = {
+            "rpc_address": self.rpc_address,
+            "node_to_node_address": n2n_address,
+            "host_pid": os.getpid(),
+        }
+        self._write_ports()
+        _log.info("listening rpc_address=%s node_to_node_address=%s", self.rpc_address, n2n_address)
+        self.channel = await self._spawn_enclave()
+        assert self.process is not None
+        self.ports["enclave_pid"] = self.process.pid
+        self._write_ports()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._request_stop, f"signal {sig.name}", 0)
+
+        config = self.config.model_dump(mode="json")
+        config["rpc_address"] = self.rpc_address
+        config["node_to_node_address"] = n2n_address
+        if config.get("published_rpc_address") is None:
+            config["published_rpc_address"] = self.rpc_address
+        self.channel.send(
+            Start(
+                config=config,
+                sealed=self.storage.load_sealed(),
+                ledger_last_seqno=self.storage.last_seqno,
+            )
+        )
+        self._tasks = [
+            loop.create_task(self._accept_loop(listener), name="accept"),
+            loop.create_task(self._tick_loop(), name="tick"),
+            loop.create_task(self._frame_loop(), name="frames"),
+            loop.create_task(self.storage_worker.run(), name="storage"),
+            loop.create_task(self._watch_enclave(), name="watch"),
+        ]
+        for t in self._tasks:
+            t.add_done_callback(self._task_done)
+        await self._stop.wait()
+        await self._shutdown()
+        listener.close()
+        return self._exit_code
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            _log.error("host task failed task=%s error=%r", task.get_name(), repr(exc))
+            self._request_stop(f"task {task.get_name()} failed", 1)
+
+    def _request_stop(self, reason: str, exit_code: int) -> None:
+        if self._stop.is_set():
+            return
+        _log.info("stopping reason=%r", reason)
+        self._stop_reason = reason
+        self._exit_code = exit_code
+        self._stop.set()
+
+    async def _shutdown(self) -> None:
+        proc = self.process
+        assert proc is not None and self.channel is not None
+        if proc.returncode is None:
+            with contextlib.suppress(InterfaceError):
+                self.channel.send(Shutdown())
+            grace_s = SHUTDOWN_GRACE_S if self._exit_code == 0 else FATAL_GRACE_S
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), grace_s)
+        if proc.returncode is None:
+            _log.warning("enclave did not stop in time, terminating pid=%d", proc.pid)
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), KILL_GRACE_S)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self.channel.close()
+        await self.relay.close()
+        self.storage.close()
+        _log.info("host stopped exit_code=%d", self._exit_code)
+
+    async def _watch_enclave(self) -> None:
+        assert self.process is not None
+        code = await self.process.wait()
+        if not self._stop.is_set():
+            _log.error("enclave exited with code %s", code)
+            self._request_stop(f"enclave exited with code {code}", 1)
+
+    async def _accept_loop(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        assert self.channel is not None
+        while True:
+            try:
+                conn, addr = await loop.sock_accept(listener)
+            except OSError as e:  # EMFILE and friends: keep serving once fds free up
+                _log.error("accept failed error=%r", str(e))
+                await asyncio.sleep(0.1)
+                continue
+            conn_id = self._next_conn_id
+            self._next_conn_id += 1
+            try:
+                self.channel.send(
+                    ClientConnection(conn_id=conn_id, peer=f"{addr[0]}:{addr[1]}"),
+                    fds=[conn.fileno()],
+                )
+            except InterfaceError as e:
+                _log.warning("client connection dropped conn_id=%d reason=%r", conn_id, str(e))
+            finally:
+                conn.close()  # the enclave has its own copy now
+
+    async def _tick_loop(self) -> None:
+        assert self.channel is not None
+        period_s = self.config.tick_ms / 1000
+        while True:
+            await asyncio.sleep(period_s)
+            with contextlib.suppress(InterfaceError):
+                self.channel.send(Tick(now_ms=time.time_ns() // 1_000_000))
+
+    def _on_node_message(self, from_address: str, payload: bytes) -> None:
+        if self.channel is None or self.channel.closed:
+            return
+        try:
+            self.channel.send(NodeMessage(from_address=from_address, payload=payload))
+        except InterfaceError as e:
+            _log.warning("node message dropped from=%s reason=%r", from_address, str(e))
+
+    async def _frame_loop(self) -> None:
+        assert self.channel is not None
+        try:
+            async for frame, fds in self.channel:
+                for fd in fds:  # no enclave frame carries fds
+                    os.close(fd)
+                if isinstance(frame, STORAGE_FRAMES):
+                    await self.storage_worker.submit(frame)
+                elif isinstance(frame, SendToNode):
+                    self.relay.send(frame.address, frame.payload)
+                elif isinstance(frame, Started):
+                    _log.info("enclave started node_id=%s status=%s", frame.node_id, frame.status)
+                    self.ports["node_id"] = frame.node_id
+                    self._write_ports()
+                elif isinstance(frame, Log):
+                    level = frame.level if 0 < frame.level <= logging.CRITICAL else logging.INFO
+                    _enclave_log.log(level, "%s", frame.message[:ENCLAVE_LOG_CHARS_MAX])
+                elif isinstance(frame, Fatal):
+                    _log.error("enclave fatal error reason=%r", frame.reason)
+                    self._request_stop(f"enclave fatal error: {frame.reason}", 1)
+                else:
+                    _log.warning("unexpected frame from enclave type=%s", type(frame).__name__)
+        except ChannelClosed as e:
+            _log.error("control channel failed reason=%r", str(e))
+        # The channel is gone: the enclave is exiting; the watcher reports its exit code.
+        if not self._stop.is_set():
+            _log.warning("control channel closed by the enclave")
+            with contextlib.suppress(TimeoutError):
+                assert self.process is not None
+                await asyncio.wait_for(self.process.wait(), FATAL_GRACE_S)
+            self._request_stop("control channel closed", 1)
+
+    def _reply(self, frame: Frame) -> None:
+        assert self.channel is not None
+        try:
+            self.channel.send(frame)
+        except InterfaceError as e:
+            _log.warning("reply dropped type=%s reason=%r", type(frame).__name__, str(e))
+
+    def _on_storage_failure(self, reason: str) -> None:
+        self._request_stop(reason, 1)
+
+
+def setup_logging(workspace: Path) -> None:
+    fmt = logging.Formatter(
+        "%(asctime)s level=%(levelname)s logger=%(name)s %(message)s", "%Y-%m-%dT%H:%M:%S"
+    )
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    for handler in (
+        logging.StreamHandler(sys.stderr),
+        logging.FileHandler(workspace / LOG_FILE_NAME),
+    ):
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m host", description="Charter host process")
+    parser.add_argument("--config", required=True, help="node config file (JSON)")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+        config.workspace.mkdir(parents=True, exist_ok=True)
+    except (InterfaceError, OSError) as e:
+        print(f"charter host: {e}", file=sys.stderr)
+        return 2
+    setup_logging(config.workspace)
+
+    async def run() -> int:
+        return await Host(config).run()
+
+    try:
+        return asyncio.run(run())
+    except Exception as e:
+        _log.exception("host failed error=%r", str(e))
+        return 1

@@ -1,0 +1,304 @@
+"""The host's disk: ledger chunks, snapshots and the sealed blob, for the enclave's frames.
+
+Everything here is blocking file I/O; `host.main` calls it from one storage task (in a thread
+for the slow parts) so operations stay in the order the enclave sent them. Nothing read from
+disk is trusted by the enclave, which checks entries against its Merkle tree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from enclave_app.interface import (
+    MAX_FRAME_BYTES,
+    CommitUpTo,
+    Durable,
+    EntriesRead,
+    Frame,
+    ReadEntries,
+    ReadLatestSnapshot,
+    SnapshotRead,
+    StoreSealed,
+    Truncate,
+    WriteEntries,
+    WriteSnapshot,
+    parse_snapshot_name,
+    snapshot_file_name,
+)
+from ledger.chunks import LedgerReader, LedgerWriter
+
+_log = logging.getLogger(__name__)
+
+# Replies must fit one frame: leave room for msgpack overhead per entry and the envelope.
+READ_REPLY_BYTES_MAX = MAX_FRAME_BYTES - 1024 * 1024
+_ENTRY_OVERHEAD_BYTES = 8
+SNAPSHOT_BYTES_MAX = MAX_FRAME_BYTES - 1024 * 1024
+SEALED_BYTES_MAX = 16 * 1024 * 1024
+SEALED_FILE_NAME = "sealed.bin"
+STORAGE_QUEUE_FRAMES_MAX = 1024
+STORAGE_FRAMES = (
+    WriteEntries,
+    Truncate,
+    CommitUpTo,
+    ReadEntries,
+    WriteSnapshot,
+    ReadLatestSnapshot,
+    StoreSealed,
+)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write, fsync, rename over `path`, fsync the directory: all or nothing after a crash."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _read_limited(path: Path, limit_bytes: int) -> bytes | None:
+    """File contents, or None (logged) when the file is larger than `limit_bytes`."""
+    with path.open("rb") as f:
+        data = f.read(limit_bytes + 1)
+    if len(data) > limit_bytes:
+        _log.error("file too large file=%s limit_bytes=%d", path.name, limit_bytes)
+        return None
+    return data
+
+
+class Storage:
+    """Ledger writer + snapshot directory + sealed blob of one node's workspace."""
+
+    def __init__(
+        self,
+        *,
+        workspace: Path,
+        ledger_dir: Path,
+        snapshots_dir: Path,
+        chunk_size_bytes: int,
+    ) -> None:
+        self.workspace = workspace
+        self.ledger_dir = ledger_dir
+        self.snapshots_dir = snapshots_dir
+        for d in (workspace, ledger_dir, snapshots_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self._writer = LedgerWriter(str(ledger_dir), chunk_size_bytes=chunk_size_bytes)
+        self._unflushed = False
+        self.durable_seqno = self._writer.durable_seqno
+
+    # -- ledger --------------------------------------------------------------------------
+
+    @property
+    def last_seqno(self) -> int:
+        return self._writer.last_seqno
+
+    @property
+    def needs_flush(self) -> bool:
+        return self._unflushed
+
+    def write_entries(self, entries: list[tuple[int, bytes]]) -> bool:
+        """Append entries (no fsync). False (logged) if they do not follow the ledger."""
+        for seqno, raw in entries:
+            try:
+                self._writer.append(seqno, raw)
+            except (ValueError, AssertionError) as e:
+                _log.error(
+                    "rejected ledger write seqno=%d last_seqno=%d reason=%r",
+                    seqno,
+                    self._writer.last_seqno,
+                    str(e),
+                )
+                return False
+            self._unflushed = True
+        return True
+
+    def flush(self) -> int:
+        """fsync what was appended (one group); returns the highest durable seqno."""
+        self.durable_seqno = self._writer.flush()
+        self._unflushed = False
+        return self.durable_seqno
+
+    def truncate(self, seqno: int) -> bool:
+        if seqno < self._writer.committed_seqno:
+            _log.error(
+                "refused truncation below commit seqno=%d committed_seqno=%d",
+                seqno,
+                self._writer.committed_seqno,
+            )
+            return False
+        self._writer.truncate(seqno)
+        self.durable_seqno = min(self.durable_seqno, seqno)
+        return True
+
+    def commit(self, seqno: int) -> None:
+        # Only durable entries can be committed on this node's disk.
+        if seqno > self.durable_seqno:
+            _log.warning(
+                "commit beyond durable entries seqno=%d durable_seqno=%d",
+                seqno,
+                self.durable_seqno,
+            )
+            seqno = self.durable_seqno
+        self._writer.commit(seqno)
+
+    def read_entries(self, request_id: int, from_seqno: int, to_seqno: int) -> EntriesRead:
+        """Entries from_seqno..to_seqno, cut short to fit one reply frame.
+
+        Entries not yet fsynced are visible too (the writer uses pwrite); the enclave checks
+        whatever it reads against its Merkle tree anyway.
+        """
+        entries: list[bytes] = []
+        first = max(from_seqno, 1)
+        if from_seqno > to_seqno or first > self.last_seqno:
+            return EntriesRead(request_id=request_id, entries=entries, first_seqno=first)
+        total_bytes = 0
+        reader = LedgerReader(str(self.ledger_dir))
+        for _seqno, raw in reader.entries(first, min(to_seqno, self.last_seqno)):
+            total_bytes += len(raw) + _ENTRY_OVERHEAD_BYTES
+            if total_bytes > READ_REPLY_BYTES_MAX:
+                break
+            entries.append(raw)
+        if not entries:
+            _log.warning("ledger read returned nothing from_seqno=%d", first)
+        return EntriesRead(request_id=request_id, entries=entries, first_seqno=first)
+
+    def close(self) -> None:
+        self._writer.close()
+
+    # -- snapshots -----------------------------------------------------------------------
+
+    def write_snapshot(self, seqno: int, evidence_seqno: int, data: bytes, committed: bool) -> None:
+        pending = self.snapshots_dir / snapshot_file_name(seqno, evidence_seqno, False)
+        final = self.snapshots_dir / snapshot_file_name(seqno, evidence_seqno, committed)
+        if committed and not data:
+            if not pending.exists():
+                _log.error("no uncommitted snapshot to commit seqno=%d", seqno)
+                return
+            os.replace(pending, final)
+            _fsync_dir(self.snapshots_dir)
+        else:
+            write_atomically(final, data)
+            if committed and pending.exists():
+                pending.unlink()
+        _log.info(
+            "snapshot stored seqno=%d evidence_seqno=%d committed=%s",
+            seqno,
+            evidence_seqno,
+            committed,
+        )
+
+    def latest_committed_snapshot(self) -> tuple[str, bytes] | None:
+        best: tuple[int, str] | None = None
+        for name in os.listdir(self.snapshots_dir):
+            parsed = parse_snapshot_name(name)
+            if parsed is None or not parsed[2]:
+                continue
+            if best is None or parsed[0] > best[0]:
+                best = (parsed[0], name)
+        if best is None:
+            return None
+        data = _read_limited(self.snapshots_dir / best[1], SNAPSHOT_BYTES_MAX)
+        return None if data is None else (best[1], data)
+
+    def read_latest_snapshot(self, request_id: int) -> SnapshotRead:
+        found = self.latest_committed_snapshot()
+        if found is None:
+            return SnapshotRead(request_id=request_id, name=None, data=None)
+        return SnapshotRead(request_id=request_id, name=found[0], data=found[1])
+
+    # -- sealed blob ---------------------------------------------------------------------
+
+    def store_sealed(self, blob: bytes) -> None:
+        if len(blob) > SEALED_BYTES_MAX:
+            _log.error("sealed blob too large size_bytes=%d", len(blob))
+            return
+        write_atomically(self.workspace / SEALED_FILE_NAME, blob)
+
+    def load_sealed(self) -> bytes | None:
+        path = self.workspace / SEALED_FILE_NAME
+        if not path.exists():
+            return None
+        return _read_limited(path, SEALED_BYTES_MAX)
+
+
+class StorageWorker:
+    """Runs the enclave's storage frames in order and group-commits ledger writes.
+
+    Writes that queue up while one fsync runs are appended and then share the next fsync,
+    after which the worker replies `Durable(highest durable seqno)`. Slow calls run in a
+    thread so that ticks, accepts and relaying continue meanwhile; one worker task means
+    the writer is never used from two threads at once.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        reply: Callable[[Frame], None],
+        on_failure: Callable[[str], None],
+    ) -> None:
+        self.storage = storage
+        self._reply = reply
+        self._on_failure = on_failure
+        self._queue: asyncio.Queue[Frame] = asyncio.Queue(STORAGE_QUEUE_FRAMES_MAX)
+        self.fsync_count = 0
+
+    async def submit(self, frame: Frame) -> None:
+        assert isinstance(frame, STORAGE_FRAMES)
+        await self._queue.put(frame)
+
+    async def run(self) -> None:
+        while True:
+            frame = await self._queue.get()
+            await self._handle(frame)
+            while not self._queue.empty():
+                await self._handle(self._queue.get_nowait())
+            if self.storage.needs_flush:
+                await self._flush()
+
+    async def _flush(self) -> None:
+        durable = await asyncio.to_thread(self.storage.flush)
+        self.fsync_count += 1
+        self._reply(Durable(seqno=durable))
+
+    async def _handle(self, frame: Frame) -> None:
+        s = self.storage
+        if isinstance(frame, WriteEntries):
+            if not s.write_entries(frame.entries):
+                self._on_failure("enclave sent a ledger write that does not follow the ledger")
+        elif isinstance(frame, Truncate):
+            await asyncio.to_thread(s.truncate, frame.seqno)
+        elif isinstance(frame, CommitUpTo):
+            if s.needs_flush:
+                await self._flush()
+            await asyncio.to_thread(s.commit, frame.seqno)
+        elif isinstance(frame, ReadEntries):
+            reply = await asyncio.to_thread(
+                s.read_entries, frame.request_id, frame.from_seqno, frame.to_seqno
+            )
+            self._reply(reply)
+        elif isinstance(frame, WriteSnapshot):
+            await asyncio.to_thread(
+                s.write_snapshot, frame.seqno, frame.evidence_seqno, frame.data, frame.committed
+            )
+        elif isinstance(frame, ReadLatestSnapshot):
+            self._reply(await asyncio.to_thread(s.read_latest_snapshot, frame.request_id))
+        elif isinstance(frame, StoreSealed):
+            await asyncio.to_thread(s.store_sealed, frame.blob)

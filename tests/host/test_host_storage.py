@@ -1,0 +1,192 @@
+"""The host's storage: real ledger chunk files, snapshots, sealed blob, group fsync."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from enclave_app import interface as itf
+from enclave_app.interface import ControlChannel
+from host import storage as storage_mod
+from host.storage import Storage, StorageWorker
+from ledger.chunks import LedgerReader
+from ledger.entry import FLAG_FORCE_CHUNK_AFTER, encode_entry
+
+
+def entry(seqno: int, *, last_in_chunk: bool = False, size: int = 10) -> bytes:
+    return encode_entry(
+        seqno=seqno,
+        view=2,
+        public={"public:records": {b"k%d" % seqno: b"v" * size}},
+        private={},
+        secret=bytes(32),
+        commit_evidence_digest=bytes(32),
+        flags=FLAG_FORCE_CHUNK_AFTER if last_in_chunk else 0,
+    )
+
+
+def make_storage(tmp_path: Path) -> Storage:
+    return Storage(
+        workspace=tmp_path / "ws",
+        ledger_dir=tmp_path / "ws" / "ledger",
+        snapshots_dir=tmp_path / "ws" / "snapshots",
+        chunk_size_bytes=5_000_000,
+    )
+
+
+def test_written_entries_become_durable_and_readable_after_restart(tmp_path: Path) -> None:
+    s = make_storage(tmp_path)
+    raws = [entry(i, last_in_chunk=(i == 5)) for i in range(1, 9)]
+    assert s.write_entries(list(enumerate(raws, start=1)))
+    assert s.needs_flush
+    assert s.flush() == 8
+    assert not s.needs_flush
+    s.close()
+    reader = LedgerReader(str(tmp_path / "ws" / "ledger"))
+    assert [raw for _, raw in reader.entries()] == raws
+    again = make_storage(tmp_path)
+    assert again.last_seqno == 8
+    assert again.read_entries(1, 1, 8).entries == raws
+    again.close()
+
+
+def test_ledger_write_that_skips_a_seqno_is_refused(tmp_path: Path) -> None:
+    s = make_storage(tmp_path)
+    assert s.write_entries([(1, entry(1))])
+    assert not s.write_entries([(3, entry(3))])
+    assert s.last_seqno == 1
+    s.close()
+
+
+def test_read_entries_returns_the_range_and_stops_at_the_end(tmp_path: Path) -> None:
+    s = make_storage(tmp_path)
+    raws = {i: entry(i, last_in_chunk=(i % 4 == 0)) for i in range(1, 11)}
+    s.write_entries(list(raws.items()))
+    got = s.read_entries(7, 3, 6)
+    assert (got.request_id, got.first_seqno, got.entries) == (7, 3, [raws[i] for i in range(3, 7)])
+    assert s.read_entries(8, 9, 1000).entries == [raws[9], raws[10]]
+    assert s.read_entries(9, 11, 20).entries == []
+    assert s.read_entries(9, 5, 4).entries == []
+    s.close()
+
+
+def test_read_entries_reply_is_cut_to_fit_one_frame(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = make_storage(tmp_path)
+    raws = [entry(i, size=1000) for i in range(1, 21)]
+    s.write_entries(list(enumerate(raws, start=1)))
+    monkeypatch.setattr(storage_mod, "READ_REPLY_BYTES_MAX", 5 * (len(raws[0]) + 8))
+    assert s.read_entries(1, 1, 20).entries == raws[:5]
+    s.close()
+
+
+def test_truncate_drops_the_suffix_and_writing_resumes_there(tmp_path: Path) -> None:
+    s = make_storage(tmp_path)
+    s.write_entries([(i, entry(i, last_in_chunk=(i == 3))) for i in range(1, 7)])
+    s.flush()
+    assert s.truncate(2)
+    assert s.last_seqno == 2
+    new3 = entry(3, size=99)
+    assert s.write_entries([(3, new3)])
+    assert s.flush() == 3
+    assert s.read_entries(1, 1, 10).entries[-1] == new3
+    s.close()
+
+
+def test_commit_marks_complete_chunks_and_truncation_below_commit_is_refused(
+    tmp_path: Path,
+) -> None:
+    s = make_storage(tmp_path)
+    s.write_entries([(i, entry(i, last_in_chunk=(i in (3, 6)))) for i in range(1, 9)])
+    s.flush()
+    s.commit(6)
+    names = sorted(os.listdir(tmp_path / "ws" / "ledger"))
+    assert names == ["ledger_1-3.committed", "ledger_4-6.committed", "ledger_7"]
+    assert not s.truncate(5)
+    assert s.last_seqno == 8
+    s.close()
+
+
+def test_commit_never_goes_beyond_durable_entries(tmp_path: Path) -> None:
+    s = make_storage(tmp_path)
+    s.write_entries([(i, entry(i, last_in_chunk=(i == 2))) for i in range(1, 5)])
+    s.commit(4)  # nothing fsynced yet: nothing may be marked committed
+    assert not any(n.endswith(".committed") for n in os.listdir(tmp_path / "ws" / "ledger"))
+    s.flush()
+    s.commit(4)
+    assert "ledger_1-2.committed" in os.listdir(tmp_path / "ws" / "ledger")
+    s.close()
+
+
+def test_latest_committed_snapshot_is_served_and_uncommitted_ones_are_not(tmp_path: Path) -> None:
+    s = make_storage(tmp_path)
+    assert s.read_latest_snapshot(1) == itf.SnapshotRead(request_id=1, name=None, data=None)
+    s.write_snapshot(10, 12, b"snap10", committed=False)
+    assert s.read_latest_snapshot(2).name is None
+    s.write_snapshot(10, 12, b"", committed=True)  # mark the pending one committed
+    s.write_snapshot(20, 22, b"snap20", committed=False)
+    s.write_snapshot(5, 6, b"snap5", committed=True)
+    got = s.read_latest_snapshot(3)
+    assert (got.name, got.data) == ("snapshot_10_12.committed", b"snap10")
+    s.write_snapshot(20, 22, b"snap20", committed=True)  # data given again: replaces pending
+    names = sorted(os.listdir(tmp_path / "ws" / "snapshots"))
+    assert names == [
+        "snapshot_10_12.committed",
+        "snapshot_20_22.committed",
+        "snapshot_5_6.committed",
+    ]
+    assert s.read_latest_snapshot(4).data == b"snap20"
+    s.close()
+
+
+def test_sealed_blob_is_stored_atomically_and_given_back(tmp_path: Path) -> None:
+    s = make_storage(tmp_path)
+    assert s.load_sealed() is None
+    s.store_sealed(b"first")
+    s.store_sealed(b"second")
+    assert s.load_sealed() == b"second"
+    assert sorted(os.listdir(tmp_path / "ws")) == ["ledger", "sealed.bin", "snapshots"]
+    s.close()
+
+
+async def test_worker_group_commits_writes_and_replies_durable_over_the_channel(
+    tmp_path: Path,
+) -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    host_end, enclave = ControlChannel(a, name="host"), ControlChannel(b, name="enclave")
+    failures: list[str] = []
+    worker = StorageWorker(make_storage(tmp_path), host_end.send, failures.append)
+
+    async def host_loop() -> None:
+        async for frame, _ in host_end:
+            await worker.submit(frame)
+
+    tasks = [asyncio.create_task(worker.run()), asyncio.create_task(host_loop())]
+    raws = {i: entry(i, last_in_chunk=(i % 50 == 0)) for i in range(1, 201)}
+    for i in range(1, 201):  # one frame per entry, sent back to back
+        enclave.send(itf.WriteEntries(entries=[(i, raws[i])]))
+    durable = 0
+    while durable < 200:
+        frame, _ = await asyncio.wait_for(enclave.receive(), 10)
+        assert isinstance(frame, itf.Durable) and frame.seqno > durable
+        durable = frame.seqno
+    assert worker.fsync_count < 200  # writes that queued up shared an fsync
+    enclave.send(itf.ReadEntries(request_id=4, from_seqno=199, to_seqno=300))
+    reply, _ = await asyncio.wait_for(enclave.receive(), 10)
+    assert reply == itf.EntriesRead(request_id=4, entries=[raws[199], raws[200]], first_seqno=199)
+    enclave.send(itf.WriteEntries(entries=[(500, entry(500))]))
+    enclave.send(itf.ReadLatestSnapshot(request_id=5))
+    reply, _ = await asyncio.wait_for(enclave.receive(), 10)
+    assert reply == itf.SnapshotRead(request_id=5, name=None, data=None)
+    assert failures == ["enclave sent a ledger write that does not follow the ledger"]
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    worker.storage.close()
+    host_end.close()
+    enclave.close()
