@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 PEM_FILE_BYTES_MAX = 64 * 1024
 JSON_FILE_BYTES_MAX = 4 * 1024 * 1024
 
-_TXID_RE = re.compile(r"^(\d{1,19})\.(\d{1,19})$")
+_TXID_RE = re.compile(r"^([0-9]{1,19})\.([0-9]{1,19})$")
 
 
 @dataclass(frozen=True, slots=True)

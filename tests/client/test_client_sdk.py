@@ -1,0 +1,195 @@
+"""CharterClient against a real TLS server: pinning, typed errors, commit and receipt polling."""
+
+from __future__ import annotations
+
+import hashlib
+import ssl
+
+import pytest
+from aiohttp import web
+from conftest import Pki, StartServer
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from client.errors import (
+    CommitTimeout,
+    ConnectionFailed,
+    Forbidden,
+    IdentityError,
+    InvalidInput,
+    NotFound,
+    ServiceUnavailable,
+    TransactionInvalid,
+)
+from client.identity import TxId
+from client.sdk import CharterClient
+
+
+def _json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(body, status=status, headers=headers)
+
+
+async def test_client_trusts_a_node_cert_issued_by_the_pinned_service_cert(
+    pki: Pki, tls_server: StartServer
+) -> None:
+    async def state(_: web.Request) -> web.Response:
+        return _json({"node_id": "ab" * 32, "state": "PartOfNetwork", "last_signed_seqno": 7})
+
+    url = await tls_server({"/node/state": state})
+    async with CharterClient(url, pki.service_cert) as c:
+        assert (await c.node_state())["last_signed_seqno"] == 7
+
+
+async def test_node_cert_from_another_service_is_refused(pki: Pki, tls_server: StartServer) -> None:
+    async def state(_: web.Request) -> web.Response:
+        return _json({"state": "PartOfNetwork"})
+
+    url = await tls_server({"/node/state": state}, rogue=True)
+    async with CharterClient(url, pki.service_cert) as c:
+        with pytest.raises(ConnectionFailed, match="TLS"):
+            await c.node_state()
+
+
+async def test_unreachable_service_raises_connection_failed(pki: Pki, closed_port_url: str) -> None:
+    async with CharterClient(closed_port_url, pki.service_cert) as c:
+        with pytest.raises(ConnectionFailed, match="cannot connect"):
+            await c.network()
+
+
+async def test_service_error_becomes_typed_exception_with_service_code(
+    pki: Pki, tls_server: StartServer
+) -> None:
+    async def handler(request: web.Request) -> web.Response:
+        status = int(request.query["status"])
+        return _json({"error": {"code": f"Code{status}", "message": "nope"}}, status=status)
+
+    url = await tls_server({"/app/x": handler})
+    async with CharterClient(url, pki.service_cert) as c:
+        for status, cls in ((400, InvalidInput), (403, Forbidden), (404, NotFound)):
+            with pytest.raises(cls) as info:
+                await c.get_json("/app/x", params={"status": str(status)})
+            assert (info.value.status, info.value.code) == (status, f"Code{status}")
+            assert info.value.message == "nope"
+        with pytest.raises(ServiceUnavailable):
+            await c.get_json("/app/x", params={"status": "503"})
+
+
+async def test_raw_get_returns_status_headers_body_and_txid(
+    pki: Pki, tls_server: StartServer
+) -> None:
+    async def handler(_: web.Request) -> web.Response:
+        return _json({"ok": True}, status=201, headers={"x-ms-ccf-transaction-id": "3.42"})
+
+    url = await tls_server({"/app/log": handler})
+    async with CharterClient(url, pki.service_cert) as c:
+        status, headers, body = await c.post("/app/log", json={"msg": "hi"})
+        assert (status, body) == (201, {"ok": True})
+        assert headers["x-ms-ccf-transaction-id"] == "3.42"
+        assert (await c.post("/app/log", json={})).txid == TxId(3, 42)
+
+
+async def test_wait_for_commit_polls_until_committed(pki: Pki, tls_server: StartServer) -> None:
+    polls: list[str] = []
+
+    async def tx(request: web.Request) -> web.Response:
+        polls.append(request.query["transaction_id"])
+        status = "Committed" if len(polls) >= 3 else "Pending"
+        return _json({"transaction_id": "2.9", "status": status})
+
+    url = await tls_server({"/node/tx": tx})
+    async with CharterClient(url, pki.service_cert) as c:
+        assert await c.wait_for_commit("2.9", timeout_s=5) == TxId(2, 9)
+    assert polls == ["2.9"] * 3
+
+
+async def test_invalid_transaction_is_reported_not_waited_for(
+    pki: Pki, tls_server: StartServer
+) -> None:
+    async def tx(_: web.Request) -> web.Response:
+        return _json({"transaction_id": "2.9", "status": "Invalid"})
+
+    url = await tls_server({"/node/tx": tx})
+    async with CharterClient(url, pki.service_cert) as c:
+        with pytest.raises(TransactionInvalid):
+            await c.wait_for_commit(TxId(2, 9), timeout_s=5)
+
+
+async def test_pending_transaction_times_out(pki: Pki, tls_server: StartServer) -> None:
+    async def tx(_: web.Request) -> web.Response:
+        return _json({"transaction_id": "2.9", "status": "Pending"})
+
+    url = await tls_server({"/node/tx": tx})
+    async with CharterClient(url, pki.service_cert) as c:
+        with pytest.raises(CommitTimeout):
+            await c.wait_for_commit("2.9", timeout_s=0.2)
+
+
+async def test_receipt_is_retried_while_service_answers_202(
+    pki: Pki, tls_server: StartServer
+) -> None:
+    calls = 0
+
+    async def receipt(_: web.Request) -> web.Response:
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            return web.Response(status=202, headers={"Retry-After": "0"})
+        return _json({"node_id": "n", "proof": []})
+
+    url = await tls_server({"/node/receipt": receipt})
+    async with CharterClient(url, pki.service_cert) as c:
+        assert (await c.receipt("2.5", timeout_s=5))["node_id"] == "n"
+    assert calls == 3
+
+
+async def test_user_client_cert_is_presented_in_tls(pki: Pki, tls_server: StartServer) -> None:
+    async def whoami(request: web.Request) -> web.Response:
+        sslobj = request.transport.get_extra_info("ssl_object")  # type: ignore[union-attr]
+        der = sslobj.getpeercert(binary_form=True)
+        return _json({"id": hashlib.sha256(der).hexdigest() if der else None})
+
+    url = await tls_server({"/app/whoami": whoami}, client_ca=pki.user.cert_path)
+    async with CharterClient(
+        url, pki.service_cert, cert_path=pki.user.cert_path, key_path=pki.user.key_path
+    ) as c:
+        assert (await c.get_json("/app/whoami"))["id"] == pki.user.id
+    async with CharterClient(url, pki.service_cert) as anonymous:
+        assert (await anonymous.get_json("/app/whoami"))["id"] is None
+
+
+async def test_client_cert_without_matching_key_is_refused_before_connecting(pki: Pki) -> None:
+    with pytest.raises(IdentityError, match="cannot be used"):
+        async with CharterClient(
+            "https://127.0.0.1:1",
+            pki.service_cert,
+            cert_path=pki.user.cert_path,
+            key_path=pki.member.key_path,
+        ):
+            pass
+
+
+async def test_plain_http_url_is_refused(pki: Pki) -> None:
+    with pytest.raises(IdentityError, match="https"):
+        CharterClient("http://127.0.0.1:8000", pki.service_cert)
+
+
+async def test_paged_lists_follow_next_link(pki: Pki, tls_server: StartServer) -> None:
+    async def members(request: web.Request) -> web.Response:
+        if request.query.get("page") == "2":
+            return _json({"value": [{"memberId": "b"}]})
+        return _json({"value": [{"memberId": "a"}], "nextLink": "/gov/service/members?page=2"})
+
+    url = await tls_server({"/gov/service/members": members})
+    async with CharterClient(url, pki.service_cert) as c:
+        assert [m["memberId"] for m in await c.members()] == ["a", "b"]
+
+
+def test_service_cert_pinning_context_has_one_trust_anchor(pki: Pki) -> None:
+    from client.sdk import build_ssl_context
+
+    ctx = build_ssl_context(pki.service_cert)
+    anchors = ctx.get_ca_certs(binary_form=True)
+    service = x509.load_pem_x509_certificate(pki.service_cert.read_bytes())
+    assert len(anchors) == 1
+    assert anchors[0] == service.public_bytes(serialization.Encoding.DER)
+    assert ctx.check_hostname and ctx.verify_mode == ssl.CERT_REQUIRED
