@@ -99,9 +99,7 @@ async def tls_server(pki: Pki) -> AsyncIterator[StartServer]:
         site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
         await site.start()
         runners.append(runner)
-        server = site._server
-        assert server is not None
-        port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        port = runner.addresses[0][1]
         return f"https://127.0.0.1:{port}"
 
     yield start

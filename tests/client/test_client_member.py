@@ -12,7 +12,7 @@ from aiohttp import web
 from ccf.cose import create_cose_sign1, validate_cose_sign1
 from conftest import Pki, StartServer
 from cryptography import x509
-from pycose.messages import Sign1Message
+from pycose.messages.sign1message import Sign1Message
 
 from client.errors import InvalidInput
 from client.identity import Identity
@@ -39,7 +39,7 @@ def test_envelope_verifies_with_ccf_and_pycose(pki: Pki) -> None:
     payload = b'{"actions":[]}'
     env = gov_envelope(ident.key, ident.id, "proposal", payload)
     public_key = x509.load_pem_x509_certificate(ident.cert_pem.encode()).public_key()
-    validate_cose_sign1(public_key, env)  # raises if the signature is wrong
+    validate_cose_sign1(public_key, env)  # type: ignore[no-untyped-call]  # raises if bad
     msg = Sign1Message.decode(env)
     assert msg.payload == payload
     assert msg.phdr["ccf.gov.msg.type"] == "proposal"
@@ -48,8 +48,11 @@ def test_envelope_verifies_with_ccf_and_pycose(pki: Pki) -> None:
 
 def test_envelope_protected_header_is_byte_identical_to_ccf_tooling(pki: Pki) -> None:
     ident = Identity.load(pki.member.cert_path, pki.member.key_path)
-    headers = {"ccf.gov.msg.type": "ballot", "ccf.gov.msg.proposal_id": PROPOSAL_ID}
-    headers["ccf.gov.msg.created_at"] = 1_700_000_000
+    headers: dict[str, Any] = {
+        "ccf.gov.msg.type": "ballot",
+        "ccf.gov.msg.proposal_id": PROPOSAL_ID,
+        "ccf.gov.msg.created_at": 1_700_000_000,
+    }
     ours = gov_envelope(
         ident.key, ident.id, "ballot", b"{}", proposal_id=PROPOSAL_ID, created_at=1_700_000_000
     )
