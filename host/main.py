@@ -265,7 +265,7 @@ class Host:
                 elif isinstance(frame, SendToNode):
                     self.relay.send(frame.address, frame.payload)
                 elif isinstance(frame, Started):
-                    _log.info("enclave started node_id=%s status=%s", frame.node_id, frame.status)
+                    _log.info("enclave ready node_id=%s status=%s", frame.node_id, frame.status)
                     self.ports["node_id"] = frame.node_id
                     self._write_ports()
                 elif isinstance(frame, Log):

@@ -138,7 +138,7 @@ class Relay:
         self._on_message = on_message
         self._server: asyncio.Server | None = None
         self._peers: dict[str, _Peer] = {}
-        self._inbound: set[asyncio.Task[None]] = set()
+        self._inbound: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self.address = listen_address  # the bound address once started
 
     async def start(self) -> str:
@@ -164,7 +164,7 @@ class Relay:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._inbound.add(task)
+        self._inbound[task] = writer
         peer = writer.get_extra_info("peername")
         try:
             hello = await _read_frame(reader, MAX_HELLO_BYTES)
@@ -176,18 +176,23 @@ class Relay:
         except (ValueError, UnicodeDecodeError, OSError) as e:
             _log.warning("relay inbound connection dropped peer=%s reason=%r", peer, str(e))
         finally:
-            self._inbound.discard(task)
+            self._inbound.pop(task, None)
             writer.close()
 
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-        tasks = [p.task for p in self._peers.values()] + list(self._inbound)
+        # Inbound handlers end on their own once their sockets close (cancelling them would
+        # make asyncio's stream callback log a spurious error on Python 3.11).
+        inbound = list(self._inbound.items())
+        for _, writer in inbound:
+            writer.close()
+        tasks = [p.task for p in self._peers.values()]
         for t in tasks:
             t.cancel()
-        for t in tasks:
+        for t in tasks + [t for t, _ in inbound]:
             with contextlib.suppress(BaseException):
-                await t
+                await asyncio.wait_for(t, 1.0)
         self._peers.clear()
         if self._server is not None:
             with contextlib.suppress(Exception):

@@ -1,0 +1,122 @@
+"""`python -m host` as a real process: config errors, and supervision of the real enclave."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ledger.certs import cert_pem, key_pem, new_key, self_signed_cert
+
+REPO = Path(__file__).resolve().parents[2]
+HAS_ENCLAVE = (REPO / "enclave_app" / "main.py").exists()
+
+
+def run_host(config: Path, timeout_s: float = 20) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "host", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        cwd=REPO,
+    )
+
+
+def test_invalid_config_exits_with_a_clear_message(tmp_path: Path) -> None:
+    config = tmp_path / "node.json"
+    config.write_text(json.dumps({"workspace": "ws", "tick_ms": -1, "start": {"mode": "start"}}))
+    result = run_host(config)
+    assert result.returncode == 2
+    assert "invalid config" in result.stderr
+    assert "tick_ms" in result.stderr
+    assert "at least one member" in result.stderr
+
+
+def test_missing_config_file_exits_with_a_clear_message(tmp_path: Path) -> None:
+    result = run_host(tmp_path / "nope.json")
+    assert result.returncode == 2
+    assert "cannot read config" in result.stderr
+
+
+def _start_config(tmp_path: Path) -> Path:
+    key = new_key()
+    (tmp_path / "member0_privk.pem").write_text(key_pem(key))
+    (tmp_path / "member0_cert.pem").write_text(cert_pem(self_signed_cert(key, "member0", ca=False)))
+    config = tmp_path / "node.json"
+    config.write_text(
+        json.dumps(
+            {
+                "workspace": "ws",
+                "start": {"mode": "start", "members": [{"cert": "member0_cert.pem"}]},
+            }
+        )
+    )
+    return config
+
+
+def _wait_for_ports(workspace: Path, key: str, timeout_s: float = 20) -> dict[str, object]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ports: dict[str, object] = json.loads((workspace / "ports.json").read_text())
+        except (OSError, ValueError):
+            ports = {}
+        if key in ports:
+            return ports
+        time.sleep(0.05)
+    raise AssertionError(f"{key} never appeared in ports.json")
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not HAS_ENCLAVE, reason="enclave_app/main.py not written yet")
+def test_host_exits_with_a_clear_message_when_the_enclave_is_killed(tmp_path: Path) -> None:
+    config = _start_config(tmp_path)
+    host = subprocess.Popen(
+        [sys.executable, "-m", "host", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    try:
+        ports = _wait_for_ports(tmp_path / "ws", "enclave_pid")
+        os.kill(int(str(ports["enclave_pid"])), signal.SIGKILL)
+        _, stderr = host.communicate(timeout=20)
+    finally:
+        if host.poll() is None:
+            host.kill()
+            host.wait()
+    assert host.returncode != 0
+    assert "enclave exited with code -9" in stderr
+    assert "enclave exited with code -9" in (tmp_path / "ws" / "host.log").read_text()
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not HAS_ENCLAVE, reason="enclave_app/main.py not written yet")
+def test_sigterm_stops_host_and_enclave_with_exit_code_zero(tmp_path: Path) -> None:
+    config = _start_config(tmp_path)
+    host = subprocess.Popen(
+        [sys.executable, "-m", "host", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    try:
+        ports = _wait_for_ports(tmp_path / "ws", "enclave_pid")
+        enclave_pid = int(str(ports["enclave_pid"]))
+        host.send_signal(signal.SIGTERM)
+        host.communicate(timeout=20)
+    finally:
+        if host.poll() is None:
+            host.kill()
+            host.wait()
+    assert host.returncode == 0
+    with pytest.raises(ProcessLookupError):
+        os.kill(enclave_pid, 0)
