@@ -277,3 +277,48 @@ def test_memory_per_leaf_stays_under_100_bytes() -> None:
     finally:
         tracemalloc.stop()
     assert (after - before) / tree.size < 100
+
+
+# ----------------------------------------------- mixed operations across batches
+
+
+@settings(max_examples=25, derandomize=True, deadline=None)
+@given(st.data())
+def test_any_sequence_of_appends_reads_truncates_and_drops_matches_a_fresh_build(
+    data: st.DataObject,
+) -> None:
+    # Sizes cross the 1024-leaf hashing batches, so deferred hashing meets every operation.
+    pool = random_leaves(6000, seed=26)[1:]
+    tree = MerkleTree()
+    history = [bytes(32)]  # the leaves the tree should hold, in order
+    for _ in range(data.draw(st.integers(3, 12))):
+        operation = data.draw(st.sampled_from(["append", "extend", "read", "truncate", "drop"]))
+        if operation == "append":
+            for _ in range(data.draw(st.integers(1, 1500))):
+                leaf = pool[len(history) % len(pool)]
+                tree.append(leaf)
+                history.append(leaf)
+        elif operation == "extend":
+            batch = pool[: data.draw(st.integers(0, 2500))]
+            tree.extend(batch)
+            history.extend(batch)
+        elif operation == "read":
+            size = data.draw(st.integers(max(tree.min_index, 1), tree.size))
+            assert tree.root_at(size) == build(history[:size]).root()
+        elif operation == "truncate":
+            size = data.draw(st.integers(max(tree.min_index, 1), tree.size))
+            tree.truncate(size)
+            del history[size:]
+        else:
+            tree.drop_prefix(data.draw(st.integers(tree.min_index, tree.size)))
+    reference = build(history)
+    assert tree.size == len(history)
+    assert tree.root() == reference.root()
+    first = tree.min_index
+    for index in {first, (first + tree.size - 1) // 2, tree.size - 1}:
+        if index < tree.size:
+            assert tree.leaf(index) == history[index]
+            assert tree.inclusion_proof(index) == reference.inclusion_proof(index)
+    if first < tree.size:
+        again = MerkleTree.deserialise(tree.serialise(first, tree.size - 1))
+        assert again.root() == reference.root()
