@@ -330,6 +330,8 @@ class App:
         policies = (auth,) if isinstance(auth, str) else tuple(auth)
         if not policies or not set(policies) <= AUTH_POLICIES:
             raise ValueError(f"auth must be among {sorted(AUTH_POLICIES)}, got {policies}")
+        if not path.startswith("/"):
+            raise ValueError(f"a path starts with '/': {path!r}")
         full_path = self.prefix + path
         pattern, params = _compile_template(full_path)
         for model, what in ((query, "query"), (path_params, "path_params")):
@@ -473,9 +475,12 @@ class App:
             return Outcome(error_response(exc.status, exc.code, exc.message), False, None)
         except Exception as exc:
             # The message and locals may hold private values: log the type and frames only.
-            frames = "".join(traceback.format_list(traceback.extract_tb(exc.__traceback__)))
+            frames = " <- ".join(
+                f"{frame.filename}:{frame.lineno} {frame.name}"
+                for frame in reversed(traceback.extract_tb(exc.__traceback__))
+            )
             logger.error(
-                "handler failed method=%s path=%s error=%s\n%s",
+                "handler failed method=%s path=%s error=%s at=%s",
                 endpoint.method,
                 endpoint.path,
                 type(exc).__name__,
