@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from governance import acks, proposals
-from governance.actions import NO_EFFECTS, Effects
+from governance.effects import NO_EFFECTS, Effects
 from governance.requests import DEFAULT_POLICY, RequestPolicy, verify_request
 from governance.tx import KvTx
 

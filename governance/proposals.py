@@ -17,16 +17,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from governance import tables as t
-from governance.actions import (
-    NO_EFFECTS,
-    ActionContext,
-    Effects,
-    ParsedAction,
-    apply_action,
-    check_action,
-    parse_action,
-)
+from governance.actions import ParsedAction, apply_action, check_action, parse_action
 from governance.constitution import check_proposer, load_constitution, resolve
+from governance.effects import NO_EFFECTS, ActionContext, Effects
 from governance.errors import GovernanceError
 from governance.overlay import Overlay
 from governance.requests import (

@@ -1,0 +1,60 @@
+"""What an action asks of the runtime, and what it may read besides the KV.
+
+Governance cannot sign anything with the service key nor touch ledger secrets, so an
+accepted proposal returns `Effects` that the runtime performs in the same transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class NodeEndorsement:
+    """A node the runtime must issue a service-endorsed certificate for."""
+
+    node_id: str
+    valid_from: str | None = None
+    validity_period_days: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Effects:
+    """What an accepted proposal asks of the runtime beyond its KV writes."""
+
+    endorse_nodes: tuple[NodeEndorsement, ...] = ()
+    open_service: bool = False
+    rekey: bool = False
+    refresh_recovery_shares: bool = False
+    members_changed: bool = False
+    users_changed: bool = False
+    nodes_changed: bool = False
+    retired_nodes: tuple[str, ...] = ()
+
+    def merge(self, other: Effects) -> Effects:
+        return Effects(
+            endorse_nodes=self.endorse_nodes + other.endorse_nodes,
+            open_service=self.open_service or other.open_service,
+            rekey=self.rekey or other.rekey,
+            refresh_recovery_shares=self.refresh_recovery_shares or other.refresh_recovery_shares,
+            members_changed=self.members_changed or other.members_changed,
+            users_changed=self.users_changed or other.users_changed,
+            nodes_changed=self.nodes_changed or other.nodes_changed,
+            retired_nodes=self.retired_nodes + other.retired_nodes,
+        )
+
+    @property
+    def empty(self) -> bool:
+        return self == Effects()
+
+
+NO_EFFECTS = Effects()
+
+
+@dataclass(frozen=True, slots=True)
+class ActionContext:
+    """Inputs an action may use besides the KV: no clocks, no I/O."""
+
+    proposal_id: str
+    now_s: int
+    merkle_root: bytes

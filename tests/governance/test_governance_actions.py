@@ -1,0 +1,369 @@
+"""Each governance action: its happy path through a real proposal, and its bad arguments."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from gov_testkit import Network, member, start_network
+
+from governance import handlers, proposals, queries
+from governance import tables as t
+from governance.actions import ACTIONS, parse_action
+from governance.errors import GovernanceError
+from ledger import certs
+
+PENDING_NODE = "cd" * 32
+
+
+@pytest.fixture()
+def net() -> Network:
+    return start_network()
+
+
+def accepted(net: Network, name: str, args: dict[str, Any]) -> Any:
+    result = net.pass_proposal([{"name": name, "args": args}])
+    assert result.body["proposalState"] == "Accepted", result.body
+    return result
+
+
+def refused_at_creation(net: Network, name: str, args: dict[str, Any]) -> GovernanceError:
+    envelope = net.members[0].sign(
+        "proposal", {"actions": [{"name": name, "args": args}]}, created_at=net.now_s
+    )
+    return net.refused(handlers.create_proposal, envelope, now_s=net.now_s, merkle_root=net.root)
+
+
+def add_pending_node(net: Network, node_id: str = PENDING_NODE) -> None:
+    # What the runtime writes when a node asks to join.
+    tx = net.store.begin()
+    t.put_json(tx, t.NODES_INFO, node_id.encode(), {"status": "Pending", "node_data": None})
+    net.store.commit(tx, net.store.version + 1)
+
+
+def rsa_pem() -> str:
+    return certs.public_key_pem(certs.new_rsa_encryption_key().public_key())
+
+
+def test_every_listed_action_is_registered() -> None:
+    assert set(ACTIONS) == {
+        "set_member",
+        "remove_member",
+        "set_member_data",
+        "set_user",
+        "remove_user",
+        "set_user_data",
+        "transition_node_to_trusted",
+        "remove_node",
+        "add_node_measurement",
+        "remove_node_measurement",
+        "transition_service_to_open",
+        "set_constitution",
+        "set_recovery_threshold",
+        "trigger_ledger_rekey",
+        "set_service_configuration",
+    }
+
+
+def test_set_member_adds_an_accepted_member_who_can_then_activate(net: Network) -> None:
+    newcomer = member("newcomer")
+    enc = rsa_pem()
+    accepted(
+        net,
+        "set_member",
+        {"cert": newcomer.cert_pem, "encryption_pub_key": enc, "member_data": {"org": "x"}},
+    )
+    tx = net.store.begin()
+    info = queries.member(tx, newcomer.id)
+    assert info["status"] == "Accepted"
+    assert info["memberData"] == {"org": "x"}
+    assert info["recoveryRole"] == "Participant"
+    assert info["publicEncryptionKey"] == enc
+    ack = t.get_json_object(tx, t.MEMBERS_ACKS, newcomer.id.encode())
+    assert ack is not None and len(ack["state_digest"]) == 64
+    net.activate(newcomer)
+    assert queries.member(net.store.begin(), newcomer.id)["status"] == "Active"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"cert": "not a cert"},
+        {"cert": member("x").cert_pem, "encryption_pub_key": "junk"},
+        {"cert": member("x").cert_pem, "recovery_role": "Owner"},
+    ],
+)
+def test_set_member_with_unusable_material_fails_validation(
+    net: Network, args: dict[str, Any]
+) -> None:
+    assert refused_at_creation(net, "set_member", args).code == "ProposalFailedToValidate"
+
+
+def test_set_member_refuses_an_ec_key_for_encryption(net: Network) -> None:
+    ec_pem = certs.public_key_pem(certs.new_key().public_key())
+    args = {"cert": member("x").cert_pem, "encryption_pub_key": ec_pem}
+    assert refused_at_creation(net, "set_member", args).code == "ProposalFailedToValidate"
+
+
+def test_remove_member_deletes_its_records(net: Network) -> None:
+    leaver = net.members[2]
+    result = accepted(net, "remove_member", {"member_id": leaver.id})
+    assert result.effects.members_changed and not result.effects.rekey
+    tx = net.store.begin()
+    for map_name in (t.MEMBERS_CERTS, t.MEMBERS_INFO, t.MEMBERS_ACKS, t.COSE_HISTORY):
+        assert tx.get(map_name, leaver.id.encode()) is None
+    assert tx.get(t.RETIRED_MEMBERS, leaver.id.encode()) is not None
+
+
+def test_remove_member_of_an_unknown_member_fails_validation(net: Network) -> None:
+    err = refused_at_creation(net, "remove_member", {"member_id": "0" * 64})
+    assert err.code == "ProposalFailedToValidate"
+
+
+def test_last_active_member_cannot_be_removed() -> None:
+    net = start_network(("alone",))
+    err = refused_at_creation(net, "remove_member", {"member_id": net.members[0].id})
+    assert err.code == "ProposalFailedToValidate"
+
+
+def test_set_member_data_replaces_member_data(net: Network) -> None:
+    who = net.members[1]
+    accepted(net, "set_member_data", {"member_id": who.id, "member_data": [1, 2]})
+    assert queries.member(net.store.begin(), who.id)["memberData"] == [1, 2]
+
+
+@pytest.mark.parametrize("args", [{"member_id": "xyz"}, {"member_data": 1}, {}])
+def test_set_member_data_bad_args_are_refused(net: Network, args: dict[str, Any]) -> None:
+    assert refused_at_creation(net, "set_member_data", args).code == "InvalidActionArgs"
+
+
+def test_user_lifecycle_set_data_remove(net: Network) -> None:
+    user = member("user-a")
+    result = accepted(net, "set_user", {"cert": user.cert_pem, "user_data": {"role": "r"}})
+    assert result.effects.users_changed
+    assert queries.user(net.store.begin(), user.id)["userData"] == {"role": "r"}
+    accepted(net, "set_user_data", {"user_id": user.id, "user_data": "new"})
+    assert queries.user(net.store.begin(), user.id)["userData"] == "new"
+    accepted(net, "remove_user", {"user_id": user.id})
+    assert queries.users(net.store.begin()) == {"value": []}
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "code"),
+    [
+        ("set_user", {"cert": 5}, "InvalidActionArgs"),
+        ("set_user", {"cert": "-----BEGIN CERTIFICATE-----\n"}, "ProposalFailedToValidate"),
+        ("remove_user", {"user_id": "ab" * 32}, "ProposalFailedToValidate"),
+        ("set_user_data", {"user_id": "ab" * 32, "user_data": 1}, "ProposalFailedToValidate"),
+        ("remove_user", {}, "InvalidActionArgs"),
+    ],
+)
+def test_user_action_bad_args_are_refused(
+    net: Network, name: str, args: dict[str, Any], code: str
+) -> None:
+    assert refused_at_creation(net, name, args).code == code
+
+
+def test_transition_node_to_trusted_records_trust_and_asks_for_an_endorsement(
+    net: Network,
+) -> None:
+    add_pending_node(net)
+    result = accepted(
+        net,
+        "transition_node_to_trusted",
+        {"node_id": PENDING_NODE, "valid_from": "20251124000000Z", "validity_period_days": 30},
+    )
+    (endorsement,) = result.effects.endorse_nodes
+    assert endorsement.node_id == PENDING_NODE and endorsement.validity_period_days == 30
+    assert queries.node(net.store.begin(), PENDING_NODE)["status"] == "Trusted"
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        ({"node_id": "ee" * 32}, "ProposalFailedToValidate"),
+        ({"node_id": PENDING_NODE, "validity_period_days": 9999}, "ProposalFailedToValidate"),
+        ({"node_id": PENDING_NODE, "valid_from": "tomorrow"}, "ProposalFailedToValidate"),
+        ({"node_id": PENDING_NODE, "validity_period_days": "30"}, "InvalidActionArgs"),
+        ({"node": PENDING_NODE}, "InvalidActionArgs"),
+    ],
+)
+def test_transition_node_to_trusted_bad_args_are_refused(
+    net: Network, args: dict[str, Any], code: str
+) -> None:
+    add_pending_node(net)
+    assert refused_at_creation(net, "transition_node_to_trusted", args).code == code
+
+
+def test_remove_node_deletes_pending_and_retires_trusted(net: Network) -> None:
+    add_pending_node(net)
+    accepted(net, "remove_node", {"node_id": PENDING_NODE})
+    assert t.node_info(net.store.begin(), PENDING_NODE) is None
+    add_pending_node(net)
+    accepted(net, "transition_node_to_trusted", {"node_id": PENDING_NODE})
+    result = accepted(net, "remove_node", {"node_id": net.node_id})
+    assert result.effects.retired_nodes == (net.node_id,)
+    info = t.node_info(net.store.begin(), net.node_id)
+    assert info is not None and info["status"] == "Retired" and info["retired_committed"] is False
+
+
+def test_last_trusted_node_cannot_be_removed(net: Network) -> None:
+    err = refused_at_creation(net, "remove_node", {"node_id": net.node_id})
+    assert err.code == "ProposalFailedToValidate"
+
+
+def test_node_measurements_are_added_and_removed(net: Network) -> None:
+    measurement = "ab" * 32
+    accepted(net, "add_node_measurement", {"measurement": measurement})
+    tx = net.store.begin()
+    assert tx.get(t.NODES_VIRTUAL_MEASUREMENTS, measurement.encode()) == b'"AllowedToJoin"'
+    assert queries.join_policy(tx)["virtual"]["measurements"] == [measurement]
+    accepted(net, "remove_node_measurement", {"measurement": measurement})
+    assert queries.join_policy(net.store.begin())["virtual"]["measurements"] == []
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "code"),
+    [
+        ("add_node_measurement", {"measurement": "XYZ"}, "InvalidActionArgs"),
+        ("add_node_measurement", {"measurement": "abc"}, "InvalidActionArgs"),
+        ("remove_node_measurement", {"measurement": "abcd"}, "ProposalFailedToValidate"),
+    ],
+)
+def test_measurement_bad_args_are_refused(
+    net: Network, name: str, args: dict[str, Any], code: str
+) -> None:
+    assert refused_at_creation(net, name, args).code == code
+
+
+def test_service_cannot_be_opened_twice(net: Network) -> None:
+    result = accepted(
+        net, "transition_service_to_open", {"next_service_identity": net.service_cert_pem}
+    )
+    assert result.effects.open_service
+    err = refused_at_creation(net, "transition_service_to_open", {})
+    assert err.code == "ProposalFailedToValidate"
+
+
+def test_open_with_a_foreign_service_identity_is_refused(net: Network) -> None:
+    other = certs.cert_pem(certs.service_cert(certs.new_key()))
+    err = refused_at_creation(net, "transition_service_to_open", {"next_service_identity": other})
+    assert err.code == "ProposalFailedToValidate"
+
+
+def test_set_constitution_replaces_the_rules(net: Network) -> None:
+    doc = {"default": {"approvals": 1}}
+    accepted(net, "set_constitution", {"constitution": doc})
+    stored = queries.constitution(net.store.begin())
+    assert stored["default"]["approvals"] == 1
+    first = net.members[0]
+    change = [{"name": "set_member_data", "args": {"member_id": first.id, "member_data": 1}}]
+    pid = net.propose(first, change).body["proposalId"]
+    assert net.vote(first, pid).body["proposalState"] == "Accepted"  # one approval is enough
+
+
+def test_set_constitution_with_a_bad_document_is_refused(net: Network) -> None:
+    err = refused_at_creation(
+        net, "set_constitution", {"constitution": {"default": {"approvals": -1}}}
+    )
+    assert err.code == "InvalidConstitution"
+
+
+def test_set_recovery_threshold_updates_service_config(net: Network) -> None:
+    result = accepted(net, "set_recovery_threshold", {"recovery_threshold": 3})
+    assert result.effects.refresh_recovery_shares
+    assert t.service_config(net.store.begin())["recovery_threshold"] == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        ({"recovery_threshold": 0}, "ProposalFailedToValidate"),
+        ({"recovery_threshold": 255}, "ProposalFailedToValidate"),
+        ({"recovery_threshold": 2.0}, "InvalidActionArgs"),
+        ({}, "InvalidActionArgs"),
+    ],
+)
+def test_set_recovery_threshold_bad_args_are_refused(
+    net: Network, args: dict[str, Any], code: str
+) -> None:
+    assert refused_at_creation(net, "set_recovery_threshold", args).code == code
+
+
+def test_recovery_threshold_cannot_exceed_the_recovery_members(net: Network) -> None:
+    accepted(net, "set_member", {"cert": member("r1").cert_pem, "encryption_pub_key": rsa_pem()})
+    err = refused_at_creation(net, "set_recovery_threshold", {"recovery_threshold": 2})
+    assert err.code == "ProposalFailedToValidate"
+
+
+def test_trigger_ledger_rekey_asks_the_runtime_to_rekey_once_open(net: Network) -> None:
+    err = refused_at_creation(net, "trigger_ledger_rekey", {})
+    assert err.code == "ProposalFailedToValidate"
+    accepted(net, "transition_service_to_open", {})
+    result = accepted(net, "trigger_ledger_rekey", {})
+    assert result.effects.rekey
+    assert (
+        refused_at_creation(net, "trigger_ledger_rekey", {"now": True}).code == "InvalidActionArgs"
+    )
+
+
+def test_set_service_configuration_merges_settings(net: Network) -> None:
+    accepted(
+        net,
+        "set_service_configuration",
+        {"recent_cose_proposals_window_size": 5, "maximum_node_certificate_validity_days": 10},
+    )
+    config = t.service_config(net.store.begin())
+    assert config["recent_cose_proposals_window_size"] == 5
+    assert config["maximum_node_certificate_validity_days"] == 10
+    assert config["reconfiguration_type"] == "OneTransaction"
+    info = queries.service_info(net.store.begin())
+    assert info["configuration"]["recentCoseProposalsWindowSize"] == 5
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        ({}, "ProposalFailedToValidate"),
+        ({"recent_cose_proposals_window_size": 0}, "ProposalFailedToValidate"),
+        ({"reconfiguration_type": "Sometimes"}, "InvalidActionArgs"),
+        ({"colour": "blue"}, "InvalidActionArgs"),
+    ],
+)
+def test_set_service_configuration_bad_args_are_refused(
+    net: Network, args: dict[str, Any], code: str
+) -> None:
+    assert refused_at_creation(net, "set_service_configuration", args).code == code
+
+
+def test_recent_proposals_window_is_bounded_by_the_configured_size(net: Network) -> None:
+    accepted(net, "set_service_configuration", {"recent_cose_proposals_window_size": 3})
+    first = net.members[0]
+    for i in range(6):
+        change = [{"name": "set_member_data", "args": {"member_id": first.id, "member_data": i}}]
+        net.propose(first, change, created_at=net.now_s + i)
+    assert len(list(net.store.begin().items(t.COSE_RECENT_PROPOSALS))) == 3
+
+
+def test_failing_apply_marks_the_proposal_failed_and_changes_nothing_else(net: Network) -> None:
+    user = member("user-b")
+    accepted(net, "set_user", {"cert": user.cert_pem})
+    # Both actions validate against the current state, but the second cannot apply after
+    # the first: the proposal must fail as a whole.
+    twice = [{"name": "remove_user", "args": {"user_id": user.id}}] * 2
+    result = net.pass_proposal(twice)
+    assert result.body["proposalState"] == "Failed"
+    assert "does not exist" in result.body["failure"]["reason"]
+    assert result.effects.empty
+    assert queries.user(net.store.begin(), user.id)["userId"] == user.id
+
+
+def test_parse_action_reports_unknown_and_malformed(net: Network) -> None:
+    with pytest.raises(GovernanceError) as unknown:
+        parse_action("nope", {})
+    assert unknown.value.code == "UnknownAction"
+    with pytest.raises(GovernanceError) as bad:
+        parse_action("remove_user", {"user_id": 1})
+    assert bad.value.code == "InvalidActionArgs"
+    assert json.dumps(proposals.list_proposals(net.store.begin())) == '{"value": []}'
