@@ -11,13 +11,13 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from client.errors import IdentityError, LedgerAuditFailed, ReceiptInvalid
 from client.identity import load_cert_pem, read_bounded
 from client.sdk import verify_json_receipt
 from ledger.audit import AuditReport, ProgressCallback, audit
 from ledger.errors import AuditError, LedgerError
+from ledger.receipt import decode_cose_receipt, verify_cose_receipt
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def verify_receipt_bytes(
         raise ReceiptInvalid(f"receipt is neither JSON nor COSE: {e}") from None
     if not isinstance(receipt, dict):
         raise ReceiptInvalid("a JSON receipt must be an object")
-    root = verify_json_receipt(receipt, service_cert_pem)
+    root = verify_json_receipt(receipt, service_cert_pem, claims_digest=claims_digest)
     components = receipt.get("leaf_components")
     evidence = components.get("commit_evidence") if isinstance(components, dict) else None
     node_id = receipt.get("node_id")
@@ -73,27 +73,20 @@ def verify_receipt_bytes(
 
 
 def _verify_cose(data: bytes, service_cert_pem: str, claims_digest: bytes | None) -> ReceiptCheck:
-    from ledger.receipt import verify_cose_receipt
-
-    from ledger.errors import LedgerError
-
-    claims = ZERO_CLAIMS_DIGEST if claims_digest is None else claims_digest
-    if len(claims) != 32:
-        raise ReceiptInvalid("a claims digest is 32 bytes")
     try:
-        header: dict[Any, Any] = verify_cose_receipt(data, service_cert_pem, claims)
+        _, proofs = decode_cose_receipt(data)
+        first = proofs[0].leaf_components if proofs else None
+        if claims_digest is None:
+            # No expectation given: check the receipt proves the claims digest it carries.
+            carried = first.claims_digest if first is not None else None
+            claims_digest = carried if carried is not None else ZERO_CLAIMS_DIGEST
+        verify_cose_receipt(data, service_cert_pem, claims_digest)
     except LedgerError as e:
         raise ReceiptInvalid(f"COSE receipt does not verify: {e}", code=e.code) from None
-    except (KeyError, TypeError, ValueError) as e:
-        raise ReceiptInvalid(f"COSE receipt is malformed: {e!r}") from None
-    ccf_v1 = header.get("ccf.v1") if isinstance(header, dict) else None
-    sig_txid = ccf_v1.get("txid") if isinstance(ccf_v1, dict) else None
-    # The COSE header names the *signature* transaction; the receipt's own tx is inside the
-    # proof, which ledger.receipt already checked.
     return ReceiptCheck(
         kind="cose",
         root_hex=None,
-        txid=sig_txid if isinstance(sig_txid, str) else None,
+        txid=_txid_from_evidence(first.commit_evidence) if first is not None else None,
         node_id=None,
     )
 

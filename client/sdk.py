@@ -37,6 +37,8 @@ from client.errors import (
     error_from_response,
 )
 from client.identity import TxId, load_cert_pem
+from ledger.errors import LedgerError
+from ledger.receipt import verify_json_receipt as ledger_verify_json_receipt
 
 log = logging.getLogger(__name__)
 
@@ -380,17 +382,14 @@ class CharterClient:
         return await self.get_list("/gov/service/users")
 
 
-def verify_json_receipt(receipt: dict[str, Any], service_cert_pem: str) -> bytes:
-    """Verify a JSON receipt with ledger.receipt; failures become `ReceiptInvalid`."""
-    from ledger.receipt import verify_json_receipt as ledger_verify
+def verify_json_receipt(
+    receipt: dict[str, Any], service_cert_pem: str, *, claims_digest: bytes | None = None
+) -> bytes:
+    """Verify a JSON receipt with ledger.receipt; failures become `ReceiptInvalid`.
 
-    from ledger.errors import LedgerError
-
+    With `claims_digest`, the receipt must also carry exactly that claims digest.
+    """
     try:
-        return ledger_verify(receipt, service_cert_pem)
+        return ledger_verify_json_receipt(receipt, service_cert_pem, claims_digest=claims_digest)
     except LedgerError as e:
         raise ReceiptInvalid(f"receipt does not verify: {e}", code=e.code) from None
-    except (KeyError, TypeError, ValueError) as e:
-        # A receipt of the wrong shape; ledger.receipt should say DecodeError, but a caller
-        # must get one typed error whatever the input was.
-        raise ReceiptInvalid(f"receipt is malformed: {e!r}") from None
