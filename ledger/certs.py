@@ -327,6 +327,44 @@ def endorse(
     )
 
 
+def endorse_previous_service_identity(
+    previous_service_cert: x509.Certificate,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    issuer_cert: x509.Certificate,
+    *,
+    days: int = 365,
+) -> x509.Certificate:
+    """After a recovery: the previous service key, certified as a CA by the new service key.
+
+    Receipts signed by nodes of the previous service carry this in `service_endorsements`
+    so that they still verify against the new service cert (node → previous → current).
+    """
+    if issuer_cert.public_key() != issuer_key.public_key():
+        raise ValueError("issuer key does not match issuer certificate")
+    previous_key = previous_service_cert.public_key()
+    if not isinstance(previous_key, ec.EllipticCurvePublicKey):
+        raise ValueError("service keys must be ECDSA")
+    not_before, not_after = _validity(days)
+    issuer_ski = issuer_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(previous_service_cert.subject)
+        .issuer_name(issuer_cert.subject)
+        .public_key(previous_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(max(not_before, issuer_cert.not_valid_before_utc))
+        .not_valid_after(min(not_after, issuer_cert.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(_key_usage(digital_signature=False, cert_sign=True), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(previous_key), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski.value),
+            critical=False,
+        )
+    )
+    return builder.sign(issuer_key, _hash_for(issuer_key))
+
+
 def node_csr(key: ec.EllipticCurvePrivateKey, common_name: str = "CCF Node") -> str:
     """PEM CSR a node publishes in `nodes.info.certificate_signing_request`."""
     csr = (
