@@ -111,20 +111,69 @@ def test_endorse_refuses_a_mismatched_issuer_key(
         )
 
 
-def test_identity_cert_is_a_self_signed_tls_client_cert(tmp_path: Path) -> None:
-    key = certs.new_key()
-    cert = certs.identity_cert(key, "user0")
-    assert not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+def _write_identity(
+    tmp_path: Path, name: str, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate
+) -> tuple[Path, Path]:
+    cert_path, key_path = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
+    cert_path.write_text(certs.cert_pem(cert))
+    key_path.write_text(certs.key_pem(key))
+    return cert_path, key_path
+
+
+def _tls_handshake(client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext) -> bytes | None:
+    """Run a TLS handshake in memory; returns the client cert DER the server saw."""
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    client = client_ctx.wrap_bio(c_in, c_out, server_hostname="127.0.0.1")
+    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    done = {"client": False, "server": False}
+    for _ in range(10):  # a TLS 1.3 handshake needs 2-3 flights
+        for name, end in (("client", client), ("server", server)):
+            if not done[name]:
+                try:
+                    end.do_handshake()
+                    done[name] = True
+                except ssl.SSLWantReadError:
+                    pass
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+        if all(done.values()):
+            break
+    assert all(done.values()), "handshake did not finish"
+    return server.getpeercert(binary_form=True)
+
+
+def test_identity_cert_authenticates_a_tls_client_to_a_node_endorsed_by_the_service(
+    tmp_path: Path, service: tuple[ec.EllipticCurvePrivateKey, x509.Certificate]
+) -> None:
+    user_key = certs.new_key()
+    user = certs.identity_cert(user_key, "user0")
+    assert not user.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    eku = user.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert ExtendedKeyUsageOID.CLIENT_AUTH in eku
-    cert.verify_directly_issued_by(cert)
-    # Python's ssl must accept it as a client cert and as a trust anchor (DESIGN §3).
-    (tmp_path / "c.pem").write_text(certs.cert_pem(cert))
-    (tmp_path / "k.pem").write_text(certs.key_pem(key))
-    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    client.load_cert_chain(tmp_path / "c.pem", tmp_path / "k.pem")
-    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server.load_verify_locations(cadata=certs.cert_pem(cert))
+    user.verify_directly_issued_by(user)
+    node_key = certs.new_key()
+    node = certs.endorse_public_key(
+        node_key.public_key(), "CCF Node", service[0], service[1], san_ips=["127.0.0.1"], days=5
+    )
+    # Server: the node cert; trust anchors = registered user certs (DESIGN §3).
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(*_write_identity(tmp_path, "node", node_key, node))
+    server_ctx.verify_mode = ssl.CERT_REQUIRED
+    server_ctx.load_verify_locations(cadata=certs.cert_pem(user))
+    # Client: pins the service cert, checks the node's IP SAN, presents its identity.
+    client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client_ctx.load_verify_locations(cadata=certs.cert_pem(service[1]))
+    client_ctx.load_cert_chain(*_write_identity(tmp_path, "user", user_key, user))
+    seen = _tls_handshake(client_ctx, server_ctx)
+    assert seen == user.public_bytes(serialization.Encoding.DER)
+    # An unregistered identity is refused by the server.
+    stranger_key = certs.new_key()
+    stranger = certs.identity_cert(stranger_key, "stranger")
+    client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client_ctx.load_verify_locations(cadata=certs.cert_pem(service[1]))
+    client_ctx.load_cert_chain(*_write_identity(tmp_path, "s", stranger_key, stranger))
+    with pytest.raises(ssl.SSLError):
+        _tls_handshake(client_ctx, server_ctx)
 
 
 def test_ids_are_sha256_of_der() -> None:

@@ -50,7 +50,7 @@ def test_random_bytes_raise_only_decode_error(data: bytes) -> None:
     _decode_and_verify(b"\xd2\x84" + data)  # inside the 4-array
 
 
-@_FUZZ
+@settings(_FUZZ, max_examples=3000)
 @given(
     st.sampled_from([_VALID, _VALID_DETACHED]),
     st.lists(
