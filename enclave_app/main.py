@@ -1,0 +1,293 @@
+"""The enclave process: `python -m enclave_app.main --control-fd N` (started by the host).
+
+This is the thin runtime loop around `Node`: it reads host frames from the control channel,
+serves the client sockets the host passes in (TLS terminates here, with aiohttp), and sends
+whatever frames the node produced back to the host after every event.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import itertools
+import logging
+import os
+import socket
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from enclave_app import interface as itf
+from enclave_app import node_endpoints
+from enclave_app.app import App
+from enclave_app.node import Node
+from enclave_app.platform import VirtualPlatform
+
+LOG = logging.getLogger("enclave")
+
+# Bodies beyond this are refused before they are read (endpoints may set lower limits).
+MAX_REQUEST_BODY_BYTES = 8 * 1024 * 1024
+READ_BATCH_ENTRIES = 10_000
+
+
+class Runtime:
+    """Owns the control channel, the HTTP server and the node."""
+
+    def __init__(self, channel: itf.ControlChannel) -> None:
+        self.channel = channel
+        self.node: Node | None = None
+        self.server: web.Server | None = None
+        self.pending_reads: dict[int, asyncio.Future[itf.EntriesRead]] = {}
+        self.request_ids = itertools.count(1)
+        self.stopping = asyncio.Event()
+        self.connections = 0
+
+    # ------------------------------------------------------------------ frames to the host
+    def flush(self) -> None:
+        node = self.node
+        if node is None or not node.outbox:
+            return
+        frames, node.outbox = node.outbox, []
+        for frame in frames:
+            self.channel.send(frame)
+
+    def fatal(self, reason: str) -> None:
+        LOG.error("event=fatal reason=%s", reason)
+        with contextlib.suppress(itf.InterfaceError):
+            self.channel.send(itf.Fatal(reason[:1000]))
+        self.stopping.set()
+
+    # ------------------------------------------------------------------ start
+    async def start(self, frame: itf.Start) -> None:
+        config = itf.NodeConfig.model_validate(frame.config)
+        platform = VirtualPlatform(Path(config.workspace))
+        app = _load_app(config.app)
+        node = Node(config, platform, app, extra_apps=())
+        self.node = node
+        node.routes.include(node_endpoints.build(node))
+        _include_governance(node)
+        if frame.sealed is not None:
+            node.resume(frame.sealed)
+            await self._replay_own_ledger(frame.ledger_last_seqno)
+            node.resumed()
+        elif config.start.mode == "start":
+            if frame.ledger_last_seqno > 0:
+                raise RuntimeError(
+                    "the ledger directory holds a ledger but no sealed state was found: "
+                    "refusing to start a new network over it"
+                )
+            node.start_new_network(_initial_members(config), _constitution(config))
+        else:
+            raise RuntimeError(f"start mode {config.start.mode!r} is not supported yet")
+        self.flush()
+        self.channel.send(
+            itf.Started(node.node_id, node.state, {"service_status": node.service_status()})
+        )
+
+    async def _replay_own_ledger(self, last_seqno: int) -> None:
+        assert self.node is not None
+        next_seqno = 1
+        while next_seqno <= last_seqno:
+            request_id = next(self.request_ids)
+            future: asyncio.Future[itf.EntriesRead] = asyncio.get_running_loop().create_future()
+            self.pending_reads[request_id] = future
+            to = min(last_seqno, next_seqno + READ_BATCH_ENTRIES - 1)
+            self.channel.send(itf.ReadEntries(request_id, next_seqno, to))
+            reply = await future
+            if reply.first_seqno != next_seqno or not reply.entries:
+                raise RuntimeError(f"host returned no entries from seqno {next_seqno}")
+            for raw in reply.entries:
+                self.node.replay(raw)
+            next_seqno += len(reply.entries)
+        LOG.info("event=own_ledger_replayed last_seqno=%d", last_seqno)
+
+    # ------------------------------------------------------------------ the loop
+    async def run(self) -> int:
+        frame, fds = await self.channel.receive()
+        _close(fds)
+        if not isinstance(frame, itf.Start):
+            LOG.error("event=bad_first_frame type=%s", type(frame).__name__)
+            return 2
+        loop = asyncio.get_running_loop()
+        self.server = web.Server(self.handle_http, loop=loop)
+        frames = loop.create_task(self.frame_loop())
+        try:
+            await self.start(frame)
+        except Exception as exc:
+            LOG.error("event=start_failed\n%s", traceback.format_exc())
+            self.fatal(f"start failed: {type(exc).__name__}: {exc}")
+            await asyncio.sleep(0.2)
+            return 1
+        await self.stopping.wait()
+        frames.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await frames
+        await self.server.shutdown(1.0)
+        await self.channel.drain()
+        return 0
+
+    async def frame_loop(self) -> None:
+        try:
+            async for frame, fds in self.channel:
+                try:
+                    self.on_frame(frame, fds)
+                except Exception as exc:
+                    LOG.error("event=frame_failed\n%s", traceback.format_exc())
+                    self.fatal(f"{type(frame).__name__} failed: {type(exc).__name__}: {exc}")
+                    return
+        except itf.ChannelClosed as exc:
+            LOG.error("event=control_channel_closed reason=%s", exc)
+        self.stopping.set()
+
+    def on_frame(self, frame: itf.Frame, fds: list[int]) -> None:
+        node = self.node
+        if isinstance(frame, itf.ClientConnection):
+            self.accept(fds[0])
+            return
+        _close(fds)
+        if isinstance(frame, itf.EntriesRead):
+            future = self.pending_reads.pop(frame.request_id, None)
+            if future is not None and not future.done():
+                future.set_result(frame)
+        elif isinstance(frame, itf.Shutdown):
+            LOG.info("event=shutdown_requested")
+            self.stopping.set()
+        elif node is None:
+            return
+        elif isinstance(frame, itf.Tick):
+            node.tick(frame.now_ms)
+        elif isinstance(frame, itf.Durable):
+            node.durable(frame.seqno)
+        elif isinstance(frame, itf.NodeMessage):
+            node.receive_from_peer(frame.payload) if hasattr(node, "receive_from_peer") else None
+        else:
+            LOG.warning("event=unexpected_frame type=%s", type(frame).__name__)
+        self.flush()
+
+    def accept(self, fd: int) -> None:
+        sock = socket.socket(fileno=fd)
+        node = self.node
+        if node is None or not node.tls.ready or self.server is None:
+            sock.close()
+            return
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(
+            loop.connect_accepted_socket(self.server, sock, ssl=node.tls.context)
+        )
+        task.add_done_callback(_log_connection_failure)
+
+    # ------------------------------------------------------------------ HTTP
+    async def handle_http(self, request: web.BaseRequest) -> web.StreamResponse:
+        node = self.node
+        if node is None:
+            return _json_error(503, "ServiceNotReady", "The node is starting")
+        length = request.content_length
+        if length is not None and length > MAX_REQUEST_BODY_BYTES:
+            return _json_error(413, "RequestTooLarge", "Request body is too large")
+        body = await request.content.read(MAX_REQUEST_BODY_BYTES + 1)
+        if len(body) > MAX_REQUEST_BODY_BYTES:
+            return _json_error(413, "RequestTooLarge", "Request body is too large")
+        peer_der = None
+        ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+        if ssl_object is not None:
+            peer_der = ssl_object.getpeercert(binary_form=True)
+        try:
+            result = node.handle(
+                request.method,
+                request.path,
+                request.query_string,
+                request.headers,
+                body,
+                peer_der,
+            )
+        except Exception:
+            LOG.error("event=request_failed path=%s\n%s", request.path, traceback.format_exc())
+            self.flush()
+            return _json_error(500, "InternalError", "Internal error")
+        self.flush()
+        headers = dict(result.headers)
+        if result.content_type:
+            headers["Content-Type"] = result.content_type
+        return web.Response(status=result.status, body=result.body, headers=headers)
+
+
+def _json_error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+def _log_connection_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        LOG.info("event=tls_handshake_failed error=%s", type(task.exception()).__name__)
+
+
+def _close(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _load_app(module_path: str) -> App:
+    module = importlib.import_module(module_path)
+    app = getattr(module, "app", None)
+    if not isinstance(app, App):
+        raise RuntimeError(f"{module_path} has no `app = App(...)`")
+    return app
+
+
+def _include_governance(node: Node) -> None:
+    from enclave_app.gov_endpoints import GovHooks, make_gov_app
+
+    hooks = GovHooks(
+        merkle_root=node.merkle_root, now_s=node.now_s, apply_effects=node.apply_effects
+    )
+    node.routes.include(make_gov_app(hooks))
+
+
+def _initial_members(config: itf.NodeConfig) -> list[dict[str, Any]]:
+    members = []
+    for member in config.start.members:
+        entry: dict[str, Any] = {"cert": Path(member.cert).read_text()}
+        if member.encryption_key is not None:
+            entry["encryption_public_key"] = Path(member.encryption_key).read_text()
+        if member.data is not None:
+            entry["member_data"] = member.data
+        members.append(entry)
+    return members
+
+
+def _constitution(config: itf.NodeConfig) -> Any:
+    if config.start.constitution is None:
+        return None
+    from governance.constitution import Constitution
+
+    return Constitution.model_validate_json(Path(config.start.constitution).read_bytes())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="enclave_app.main")
+    parser.add_argument("--control-fd", type=int, required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s enclave %(levelname)s %(name)s %(message)s",
+    )
+
+    async def run() -> int:
+        channel = itf.ControlChannel.from_fd(args.control_fd, name="enclave")
+        return await Runtime(channel).run()
+
+    try:
+        return asyncio.run(run())
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,668 @@
+"""The enclave's node: one object that owns the KV store, the history, Raft and the keys.
+
+`Node` does no I/O. The runtime loop (`enclave_app.main`) feeds it events (a request, a
+tick, a durability report, a peer message) and sends the frames it leaves in `outbox` to the
+host. Every write transaction runs to completion inside one call, in order, so handlers see
+a serial history and nothing ever conflicts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from consensus import LogEntry, Raft, RaftConfig, Role, StartState
+from consensus.errors import ConsensusError
+from enclave_app import interface as itf
+from enclave_app.app import App, Caller, HttpResponse, error_response
+from enclave_app.identity import Identity
+from enclave_app.kv import Store, Tx
+from enclave_app.platform import VirtualPlatform
+from enclave_app.tls import ServerTls
+from governance import tables as gt
+from governance.effects import Effects
+from governance.errors import GovernanceError
+from ledger import certs, receipt
+from ledger.chunks import ChunkPolicy
+from ledger.entry import ZERO_DIGEST, decode_entry, decrypt_private
+from ledger.history import History
+
+LOG = logging.getLogger(__name__)
+
+TXID_HEADER = "x-ms-ccf-transaction-id"
+# Backpressure (DESIGN §6): beyond this many uncommitted transactions writes get 503.
+MAX_UNCOMMITTED_TX = 10_000
+# Ticks come from the untrusted host clock: a jump never advances Raft by more than this.
+MAX_TICK_ELAPSED_MS = 1_000
+RETRY_AFTER_S = "1"
+
+
+@dataclass(frozen=True, slots=True)
+class TxStatus:
+    UNKNOWN = "Unknown"
+    PENDING = "Pending"
+    COMMITTED = "Committed"
+    INVALID = "Invalid"
+
+
+class Node:
+    """The trusted half of a Charter node."""
+
+    def __init__(
+        self,
+        config: itf.NodeConfig,
+        platform: VirtualPlatform,
+        app: App,
+        *,
+        extra_apps: tuple[App, ...] = (),
+        clock_s: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.platform = platform
+        self.clock_s = clock_s
+        self.store = Store()
+        self.history = History()
+        self.chunks = ChunkPolicy(config.ledger_chunk_bytes)
+        # (seqno, bytes in the open chunk after it) for the uncommitted suffix, so a
+        # rollback restores the chunk policy to where it stood.
+        self._chunk_marks: deque[tuple[int, int]] = deque()
+        self.identity: Identity | None = None
+        self.raft: Raft | None = None
+        self.tls = ServerTls()
+        self.outbox: list[itf.Frame] = []
+        self.commit_seqno = 0
+        self.applied_seqno = 0
+        # (view, first seqno of that view) for every view in the log, ascending.
+        self.views: list[tuple[int, int]] = []
+        self.txs_since_signature = 0
+        self.last_signature_ms = 0
+        self.last_tick_ms: int | None = None
+        self.state = "Uninitialized"
+        self.started_at_s = clock_s()
+        self.metrics: dict[str, int] = {
+            "requests": 0,
+            "writes": 0,
+            "errors": 0,
+            "signatures": 0,
+            "rollbacks": 0,
+        }
+        self.routes = App("charter", prefix="", api_path=None)
+        for extra in extra_apps:
+            self.routes.include(extra)
+        self.routes.include(app)
+        self.store.add_hook(gt.USERS_CERTS, lambda *_: self._refresh_client_cas())
+        self.store.add_hook(gt.MEMBERS_CERTS, lambda *_: self._refresh_client_cas())
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def node_id(self) -> str:
+        assert self.identity is not None
+        return self.identity.node_id
+
+    @property
+    def is_primary(self) -> bool:
+        return self.raft is not None and self.raft.role is Role.PRIMARY
+
+    def service_status(self) -> str | None:
+        info = gt.service_info(self.store.begin())
+        return None if info is None else str(info.get("status"))
+
+    def now_s(self) -> int:
+        return int(self.clock_s())
+
+    # ------------------------------------------------------------------ start
+    def raft_config(self) -> RaftConfig:
+        low, high = self.config.consensus.election_timeout_ms
+        return RaftConfig(
+            election_timeout_min_ms=low,
+            election_timeout_max_ms=max(high, low + 1),
+            heartbeat_interval_ms=self.config.consensus.heartbeat_ms,
+        )
+
+    def start_new_network(self, members: list[dict[str, Any]], constitution: Any) -> None:
+        """Genesis: create the service identity and the first ledger transactions."""
+        from governance import genesis
+
+        node_key = certs.new_key()
+        service_key = certs.new_key()
+        service_cert = certs.service_cert(service_key)
+        identity = Identity(
+            node_key=node_key,
+            service_key=service_key,
+            service_cert_pem=certs.cert_pem(service_cert),
+        )
+        identity.add_ledger_secret(1)
+        identity.node_cert_pem = self._endorse(identity, node_key.public_key())
+        self.identity = identity
+        self.tls.set_identity(identity.node_cert_pem, certs.key_pem(node_key))
+        self.raft = Raft(
+            identity.node_id,
+            config=self.raft_config(),
+            start=StartState(configuration=frozenset({identity.node_id})),
+            rng_seed=int.from_bytes(os.urandom(8), "little"),
+        )
+        self.raft.campaign()
+        self._drain_ready()
+        assert self.is_primary, "a one-node configuration elects itself"
+        tx = self.store.begin()
+        genesis.bootstrap(
+            tx,
+            members=[genesis.InitialMember(**m) for m in members],
+            service_cert_pem=identity.service_cert_pem,
+            node_id=identity.node_id,
+            node_info=self._node_info("Trusted"),
+            node_endorsed_cert_pem=identity.node_cert_pem,
+            constitution=constitution,
+            service_config=genesis.ServiceConfig(**self.config.start.service_config),
+            create_txid=f"{self.raft.view}.{self.raft.last_index + 1}",
+        )
+        self.commit_tx(tx)
+        self.emit_signature()
+        self.state = "PartOfNetwork"
+        self.seal()
+        LOG.info("event=network_started node_id=%s", identity.node_id)
+
+    def _endorse(self, identity: Identity, public_key: Any) -> str:
+        assert identity.service_key is not None
+        host = self._rpc_host()
+        san_ips = [host] if host.replace(".", "").isdigit() else []
+        san_dns = ["localhost"] + ([] if san_ips else [host])
+        return certs.cert_pem(
+            certs.endorse(
+                public_key,
+                identity.service_key,
+                identity.service_cert,
+                san_ips=san_ips or ["127.0.0.1"],
+                san_dns=san_dns,
+            )
+        )
+
+    def _rpc_host(self) -> str:
+        address = self.config.published_rpc_address or self.config.rpc_address
+        return address.rpartition(":")[0]
+
+    def _node_info(self, status: str) -> dict[str, Any]:
+        assert self.identity is not None
+        rpc = self.config.published_rpc_address or self.config.rpc_address
+        report = self.platform.report(self.identity.public_key_der)
+        return {
+            "status": status,
+            "quote_info": {
+                "format": report.format,
+                "quote": __import__("base64").b64encode(report.to_bytes()).decode(),
+                "endorsements": "",
+            },
+            "code_digest": report.measurement,
+            "public_key": certs.public_key_pem(self.identity.node_key.public_key()),
+            "encryption_pub_key": "",
+            "certificate_signing_request": "",
+            "node_data": None,
+            "ledger_secret_seqno": 0,
+            "retired_committed": False,
+            "node_to_node_interface": {
+                "bind_address": self.config.node_to_node_address,
+                "published_address": self.config.node_to_node_address,
+                "protocol": "tcp",
+            },
+            "rpc_interfaces": {
+                "primary_rpc_interface": {
+                    "bind_address": self.config.rpc_address,
+                    "published_address": rpc,
+                    "protocol": "tcp",
+                }
+            },
+        }
+
+    def seal(self) -> None:
+        assert self.identity is not None
+        if self.raft is not None:
+            self.identity.term = self.raft.term
+            self.identity.voted_for = self.raft.voted_for
+        self.outbox.append(itf.StoreSealed(self.platform.seal(self.identity.to_bytes())))
+
+    # ------------------------------------------------------------------ restart
+    def resume(self, sealed: bytes) -> None:
+        """Restart under the same identity: unseal, then `replay` the ledger, then `resumed`."""
+        self.identity = Identity.from_bytes(self.platform.unseal(sealed))
+        self.tls.set_identity(self.identity.node_cert_pem, certs.key_pem(self.identity.node_key))
+        self.state = "ReadingOwnLedger"
+        self._replayed: list[LogEntry] = []
+
+    def replay(self, raw: bytes) -> None:
+        """One entry of the node's own ledger, read back from the untrusted host: decode,
+        decrypt and check it against the history (signed roots must match)."""
+        assert self.identity is not None and self.raft is None
+        entry, _ = decode_entry(raw)
+        seqno = entry.seqno
+        secret = self.identity.secret_for(seqno)
+        record = self.history.append_raw(raw, secret=secret)
+        write_set = dict(entry.public)
+        if entry.private_ciphertext:
+            write_set.update(decrypt_private(entry, secret))
+        self.store.apply(write_set, seqno)
+        self.applied_seqno = seqno
+        self._note_view(entry.view, seqno)
+        self._record_chunk(seqno, len(raw), entry.flags)
+        self._replayed.append(
+            LogEntry(
+                seqno,
+                entry.view,
+                raw,
+                record.is_signature,
+                self._configuration_if_changed(write_set),
+            )
+        )
+
+    def resumed(self) -> None:
+        """All of the own ledger is replayed: restart Raft on it and carry on."""
+        assert self.identity is not None
+        entries = self._replayed
+        self._replayed = []
+        # Only what was signed survives: an unsigned tail cannot have been committed
+        # (Raft commits only at signatures), so drop it everywhere.
+        last_sig = self.history.last_signature
+        keep = last_sig.seqno if last_sig is not None else 0
+        if keep < self.applied_seqno:
+            self._rollback(keep)
+            entries = [e for e in entries if e.index <= keep]
+        configuration = self._voters()
+        self.raft = Raft.restore(
+            self.identity.node_id,
+            config=self.raft_config(),
+            start=StartState(
+                configuration=configuration,
+                term=self.identity.term,
+                voted_for=self.identity.voted_for,
+            ),
+            entries=entries,
+            rng_seed=int.from_bytes(os.urandom(8), "little"),
+        )
+        if configuration == frozenset({self.identity.node_id}):
+            self.raft.campaign()
+        self.state = "PartOfNetwork"
+        self._drain_ready()
+        self._refresh_client_cas()
+        LOG.info("event=resumed node_id=%s seqno=%d", self.identity.node_id, self.applied_seqno)
+
+    def _voters(self) -> frozenset[str]:
+        tx = self.store.begin()
+        voters = {
+            key.decode()
+            for key, value in tx.items(gt.NODES_INFO)
+            if gt.load_json(value, what="node info").get("status") == "Trusted"
+        }
+        return frozenset(voters)
+
+    def _configuration_if_changed(self, write_set: Mapping[str, Any]) -> frozenset[str] | None:
+        if gt.NODES_INFO not in write_set:
+            return None
+        return self._voters()
+
+    # ------------------------------------------------------------------ transactions
+    def commit_tx(self, tx: Tx, claims_digest: bytes | None = None) -> tuple[int, int]:
+        """Append a write transaction (primary only); returns its (view, seqno)."""
+        assert self.raft is not None and self.identity is not None
+        view, seqno = self.raft.view, self.raft.last_index + 1
+        write_set = tx.write_set()
+        public = {name: w for name, w in write_set.items() if name.startswith("public:")}
+        private = {name: w for name, w in write_set.items() if not name.startswith("public:")}
+        record = self.history.add_transaction(
+            seqno=seqno,
+            view=view,
+            public=public,
+            private=private,
+            secret=self.identity.secret_for(seqno),
+            claims_digest=claims_digest or ZERO_DIGEST,
+        )
+        self.store.commit(tx, seqno)
+        configuration = None
+        if gt.NODES_INFO in write_set:
+            voters = self._voters()
+            if voters != self.raft.configuration:
+                configuration = voters
+        proposed = self.raft.propose(record.raw, signature=False, configuration=configuration)
+        assert proposed == (view, seqno)
+        self._appended(view, seqno, len(record.raw), 0)
+        self.txs_since_signature += 1
+        self.metrics["writes"] += 1
+        if self.txs_since_signature >= self.config.signatures.tx_count:
+            self.emit_signature()
+        return view, seqno
+
+    def emit_signature(self) -> None:
+        """Sign the Merkle root (node key, and the service key as COSE) in a transaction."""
+        assert self.raft is not None and self.identity is not None
+        assert self.identity.service_key is not None
+        view, seqno = self.raft.view, self.raft.last_index + 1
+        flags = self.chunks.flags_for_signature()
+        record = self.history.add_signature(
+            seqno=seqno,
+            view=view,
+            node_id=self.identity.node_id,
+            node_key=self.identity.node_key,
+            node_cert_pem=self.identity.node_cert_pem,
+            service_key=self.identity.service_key,
+            secret=self.identity.secret_for(seqno),
+            iat=self.now_s(),
+            flags=flags,
+        )
+        entry, _ = decode_entry(record.raw)
+        self.store.apply(dict(entry.public), seqno)
+        self.raft.propose(record.raw, signature=True)
+        self._appended(view, seqno, len(record.raw), flags)
+        self.txs_since_signature = 0
+        self.last_signature_ms = self.last_tick_ms or 0
+        self.metrics["signatures"] += 1
+
+    def _appended(self, view: int, seqno: int, size: int, flags: int) -> None:
+        self.applied_seqno = seqno
+        self._note_view(view, seqno)
+        self._record_chunk(seqno, size, flags)
+
+    def _record_chunk(self, seqno: int, size: int, flags: int) -> None:
+        self.chunks.record(size, flags)
+        self._chunk_marks.append((seqno, self.chunks.bytes_in_chunk))
+
+    def _note_view(self, view: int, seqno: int) -> None:
+        if not self.views or self.views[-1][0] != view:
+            assert not self.views or self.views[-1][0] < view
+            self.views.append((view, seqno))
+
+    def view_at(self, seqno: int) -> int | None:
+        if seqno < 1 or seqno > self.applied_seqno:
+            return None
+        found = None
+        for view, first in self.views:
+            if first > seqno:
+                break
+            found = view
+        return found
+
+    # ------------------------------------------------------------------ governance hooks
+    def merkle_root(self) -> bytes:
+        return self.history.tree.root()
+
+    def apply_effects(self, tx: Tx, effects: Effects) -> None:
+        """Carry out what an accepted proposal asks beyond its own KV writes, in its tx."""
+        assert self.identity is not None
+        for endorsement in effects.endorse_nodes:
+            info = gt.node_info(tx, endorsement.node_id)
+            if info is None or not info.get("public_key"):
+                raise GovernanceError(
+                    "InvalidNode", f"node {endorsement.node_id} has no public key", 400
+                )
+            public_key = certs.load_public_key(info["public_key"])
+            tx.put(
+                gt.NODES_ENDORSED_CERTIFICATES,
+                gt.id_key(endorsement.node_id),
+                self._endorse(self.identity, public_key).encode(),
+            )
+        if effects.rekey:
+            LOG.info("event=rekey_requested (recorded; rotation lands with recovery)")
+
+    # ------------------------------------------------------------------ Raft plumbing
+    def _drain_ready(self) -> None:
+        """Act on everything Raft produced: rollback, apply, persist, send, commit."""
+        assert self.raft is not None
+        ready = self.raft.ready()
+        if ready.hard_state is not None and self.identity is not None:
+            self.seal()
+        if ready.truncate_to is not None and ready.truncate_to < self.applied_seqno:
+            self._rollback(ready.truncate_to)
+            self.outbox.append(itf.Truncate(ready.truncate_to))
+        if ready.entries:
+            for entry in ready.entries:
+                if entry.index > self.applied_seqno:
+                    self._apply_replicated(entry)
+            self.outbox.append(itf.WriteEntries([(e.index, e.data) for e in ready.entries]))
+        for peer, message in ready.messages:
+            self.send_to_peer(peer, message)
+        if ready.commit_index is not None and ready.commit_index > self.commit_seqno:
+            self._on_commit(ready.commit_index)
+        if ready.role_changed:
+            LOG.info(
+                "event=role_changed role=%s view=%d leader=%s",
+                ready.role.value,
+                ready.view,
+                ready.leader_id,
+            )
+            if ready.role is Role.PRIMARY and self.state == "PartOfNetwork":
+                # A new primary signs at once, so what it inherited can commit.
+                self.emit_signature()
+                self._drain_ready()
+
+    def send_to_peer(self, peer: str, message: Any) -> None:
+        """Node-to-node delivery; a one-node network has no peers."""
+        LOG.debug("event=drop_peer_message peer=%s", peer)
+
+    def _apply_replicated(self, entry: LogEntry) -> None:
+        assert self.identity is not None
+        decoded, _ = decode_entry(entry.data)
+        if decoded.seqno != entry.index or decoded.view != entry.term:
+            raise ConsensusError("replicated entry does not match its log position")
+        secret = self.identity.secret_for(entry.index)
+        self.history.append_raw(entry.data, secret=secret)
+        write_set = dict(decoded.public)
+        if decoded.private_ciphertext:
+            write_set.update(decrypt_private(decoded, secret))
+        self.store.apply(write_set, entry.index)
+        self._appended(entry.term, entry.index, len(entry.data), decoded.flags)
+
+    def _rollback(self, seqno: int) -> None:
+        LOG.warning("event=rollback from=%d to=%d", self.applied_seqno, seqno)
+        self.metrics["rollbacks"] += 1
+        self.store.rollback(seqno)
+        self.history.truncate(seqno)
+        self.applied_seqno = seqno
+        while self.views and self.views[-1][1] > seqno:
+            self.views.pop()
+        while self._chunk_marks and self._chunk_marks[-1][0] > seqno:
+            self._chunk_marks.pop()
+        self.chunks.reset(self._chunk_marks[-1][1] if self._chunk_marks else 0)
+
+    def _on_commit(self, seqno: int) -> None:
+        self.commit_seqno = seqno
+        self.store.compact(seqno)
+        while len(self._chunk_marks) > 1 and self._chunk_marks[1][0] <= seqno:
+            self._chunk_marks.popleft()
+        self.outbox.append(itf.CommitUpTo(seqno))
+
+    # ------------------------------------------------------------------ host events
+    def tick(self, now_ms: int) -> None:
+        if self.raft is None:
+            return
+        elapsed = 0 if self.last_tick_ms is None else now_ms - self.last_tick_ms
+        self.last_tick_ms = now_ms
+        self.raft.tick(max(0, min(elapsed, MAX_TICK_ELAPSED_MS)))
+        if (
+            self.is_primary
+            and self.txs_since_signature > 0
+            and now_ms - self.last_signature_ms >= self.config.signatures.delay_ms
+        ):
+            self.emit_signature()
+        self._drain_ready()
+
+    def durable(self, seqno: int) -> None:
+        if self.raft is None:
+            return
+        self.raft.durable(seqno)
+        self._drain_ready()
+
+    # ------------------------------------------------------------------ requests
+    def _refresh_client_cas(self) -> None:
+        tx = self.store.begin()
+        pems = [v.decode() for _, v in tx.items(gt.USERS_CERTS)]
+        pems += [v.decode() for _, v in tx.items(gt.MEMBERS_CERTS)]
+        self.tls.set_client_cas(pems)
+
+    def authenticate(self, policies: tuple[str, ...], tx: Tx, peer_der: bytes | None) -> Caller:
+        """The caller under the endpoint's policies, or raise 401 (`_AuthError`)."""
+        if "none" in policies or "member_cose" in policies:
+            # COSE-signed endpoints verify the envelope themselves (it is in the body).
+            anonymous = Caller("anonymous", "")
+            if peer_der is None:
+                return anonymous
+        if peer_der is not None:
+            cert_id = certs.cert_id(certs.load_cert(_der_to_pem(peer_der)))
+            key = gt.id_key(cert_id)
+            if "user_cert" in policies:
+                pem = tx.get(gt.USERS_CERTS, key)
+                if pem is not None:
+                    info = tx.get(gt.USERS_INFO, key)
+                    data = gt.load_json(info, what="user info") if info else {}
+                    return Caller("user", cert_id, pem.decode(), data)
+            if "member_cert" in policies:
+                pem = tx.get(gt.MEMBERS_CERTS, key)
+                if pem is not None:
+                    return Caller("member", cert_id, pem.decode())
+        if "none" in policies or "member_cose" in policies:
+            return Caller("anonymous", "")
+        raise _AuthError()
+
+    def handle(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        peer_der: bytes | None,
+    ) -> HttpResponse:
+        """Serve one HTTP request to completion."""
+        self.metrics["requests"] += 1
+        response = self._handle(method, path, query, headers, body, peer_der)
+        if response.status >= 400:
+            self.metrics["errors"] += 1
+        return response
+
+    def _handle(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        peer_der: bytes | None,
+    ) -> HttpResponse:
+        match = self.routes.match(method, path)
+        if match is None:
+            return self.routes.no_route_response(method, path)
+        endpoint = match.endpoint
+        if self.raft is None or self.identity is None:
+            return _unavailable("ServiceNotReady", "The node is starting")
+        if path.startswith("/app/") and endpoint.include_in_api and self.service_status() != "Open":
+            return _unavailable("FrontendNotOpen", "The service is not open yet")
+        tx = self.store.begin()
+        try:
+            caller = self.authenticate(endpoint.auth, tx, peer_der)
+        except _AuthError:
+            return error_response(401, "InvalidAuthentication", "Caller is not authorised")
+        if not endpoint.read_only:
+            if not self.is_primary:
+                return self.forward(method, path, query, headers, body, peer_der)
+            if self.applied_seqno - self.commit_seqno > MAX_UNCOMMITTED_TX:
+                return _unavailable("TooManyPendingTransactions", "Retry later")
+        outcome = self.routes.invoke(
+            match, tx=tx, caller=caller, body=body, query=query, headers=headers
+        )
+        response = outcome.response
+        if outcome.commit:
+            view, seqno = self.commit_tx(tx, outcome.claims_digest)
+            self._drain_ready()
+            response = HttpResponse(
+                response.status,
+                response.body,
+                {**response.headers, TXID_HEADER: f"{view}.{seqno}"},
+                response.content_type,
+            )
+        return response
+
+    def forward(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        peer_der: bytes | None,
+    ) -> HttpResponse:
+        """Writes sent to a backup: without node-to-node forwarding, point at the primary."""
+        primary = self.raft.leader_id if self.raft else None
+        return _unavailable("NotPrimary", f"This node is a backup; primary: {primary}")
+
+    # ------------------------------------------------------------------ status and receipts
+    def tx_status(self, view: int, seqno: int) -> str:
+        local_view = self.view_at(seqno)
+        if seqno <= self.commit_seqno:
+            return TxStatus.COMMITTED if local_view == view else TxStatus.INVALID
+        if local_view == view:
+            return TxStatus.PENDING
+        if local_view is None:
+            current = self.raft.view if self.raft else 0
+            return (
+                TxStatus.INVALID
+                if view < current and seqno <= self.applied_seqno
+                else (TxStatus.UNKNOWN)
+            )
+        return TxStatus.INVALID if view < local_view else TxStatus.UNKNOWN
+
+    def receipt(self, view: int, seqno: int, *, cose: bool = False) -> HttpResponse:
+        status = self.tx_status(view, seqno)
+        if status == TxStatus.INVALID:
+            return error_response(404, "TransactionInvalid", f"{view}.{seqno} is invalid")
+        if status == TxStatus.UNKNOWN:
+            return error_response(404, "TransactionNotFound", f"{view}.{seqno} is unknown")
+        material = self.history.receipt_material(seqno) if status == TxStatus.COMMITTED else None
+        if material is None or material[1].seqno > self.commit_seqno:
+            return HttpResponse(
+                202,
+                b'{"status":"Pending"}',
+                {"Retry-After": RETRY_AFTER_S},
+                "application/json",
+            )
+        proof, signature = material
+        wsd, evidence, claims = self.history.leaf_components(seqno)
+        assert evidence is not None, "the enclave holds the ledger secret"
+        if cose:
+            body = receipt.build_cose_receipt(
+                signature.cose_sign1,
+                write_set_digest=wsd,
+                commit_evidence=evidence,
+                claims_digest=claims,
+                proof=proof,
+            )
+            return HttpResponse(200, body, {}, "application/cose")
+        doc = receipt.build_json_receipt(
+            node_cert_pem=signature.node_cert_pem or "",
+            node_id=signature.node_id,
+            signature=signature.signature,
+            proof=proof,
+            write_set_digest=wsd,
+            commit_evidence=evidence,
+            claims_digest=claims,
+        )
+        import json
+
+        return HttpResponse(200, json.dumps(doc).encode(), {}, "application/json")
+
+
+class _AuthError(Exception):
+    pass
+
+
+def _unavailable(code: str, message: str) -> HttpResponse:
+    response = error_response(503, code, message)
+    return HttpResponse(503, response.body, {"Retry-After": RETRY_AFTER_S}, response.content_type)
+
+
+def _der_to_pem(der: bytes) -> str:
+    import base64
+    import textwrap
+
+    body = "\n".join(textwrap.wrap(base64.b64encode(der).decode(), 64))
+    return f"-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----\n"

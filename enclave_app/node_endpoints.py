@@ -1,0 +1,143 @@
+"""Built-in `/node/…` endpoints, with CCF's paths and field names (DESIGN §9)."""
+
+from __future__ import annotations
+
+import base64
+import re
+from typing import TYPE_CHECKING, Any
+
+import pydantic
+
+from enclave_app.app import App, Context, HttpResponse, Response
+from enclave_app.errors import HttpError
+from governance import tables as gt
+
+if TYPE_CHECKING:
+    from enclave_app.node import Node
+
+VERSION = "charter-0.1.0"
+_TXID = re.compile(r"([0-9]{1,19})\.([0-9]{1,19})")
+
+
+class TxQuery(pydantic.BaseModel):
+    transaction_id: str
+
+
+def parse_txid(text: str) -> tuple[int, int]:
+    found = _TXID.fullmatch(text)
+    if found is None:
+        raise HttpError(400, "InvalidInput", "transaction_id must look like <view>.<seqno>")
+    view, seqno = int(found.group(1)), int(found.group(2))
+    if view < 1 or seqno < 1:
+        raise HttpError(400, "InvalidInput", "view and seqno start at 1")
+    return view, seqno
+
+
+def _as_response(raw: HttpResponse) -> Response:
+    body: Any = raw.body
+    return Response(raw.status, body, dict(raw.headers), raw.content_type)
+
+
+def build(node: Node) -> App:
+    """The /node app of `node` (handlers read the node's live state)."""
+    app = App("node", prefix="/node")
+
+    @app.get("/state", auth="none")
+    def state(ctx: Context) -> dict[str, Any]:
+        """This node's id, state and last signed seqno."""
+        last = node.history.last_signature
+        return {
+            "node_id": node.node_id,
+            "state": node.state,
+            "last_signed_seqno": last.seqno if last else 0,
+            "startup_seqno": 0,
+        }
+
+    @app.get("/network", auth="none")
+    def network(ctx: Context) -> dict[str, Any]:
+        """Service status, certificate, current view and primary."""
+        info = gt.service_info(ctx.tx) or {}
+        raft = node.raft
+        return {
+            "service_status": info.get("status"),
+            "service_certificate": info.get("cert"),
+            "current_view": raft.view if raft else 0,
+            "primary_id": raft.leader_id if raft else None,
+            "recovery_target_seqno": None,
+            "current_service_create_seqno": None,
+        }
+
+    @app.get("/network/nodes", auth="none")
+    def nodes(ctx: Context) -> dict[str, Any]:
+        """Every node in governance: status, addresses, and which is primary."""
+        primary = node.raft.leader_id if node.raft else None
+        found = []
+        for key, value in ctx.tx.items(gt.NODES_INFO):
+            info = gt.load_json(value, what=gt.NODES_INFO)
+            node_id = gt.key_to_id(key)
+            found.append(
+                {
+                    "node_id": node_id,
+                    "status": info.get("status"),
+                    "primary": node_id == primary,
+                    "rpc_interfaces": info.get("rpc_interfaces", {}),
+                    "node_to_node_interface": info.get("node_to_node_interface", {}),
+                    "node_data": info.get("node_data"),
+                    "last_written": ctx.tx.version_of(gt.NODES_INFO, key),
+                }
+            )
+        return {"nodes": found}
+
+    @app.get("/commit", auth="none")
+    def commit(ctx: Context) -> dict[str, Any]:
+        """The latest committed transaction id."""
+        seqno = node.commit_seqno
+        return {"transaction_id": f"{node.view_at(seqno) or 0}.{seqno}"}
+
+    @app.get("/tx", auth="none", query=TxQuery)
+    def tx_status(ctx: Context) -> dict[str, Any]:
+        """Status of a transaction: Unknown, Pending, Committed or Invalid."""
+        view, seqno = parse_txid(ctx.query.transaction_id)
+        return {"transaction_id": ctx.query.transaction_id, "status": node.tx_status(view, seqno)}
+
+    @app.get("/receipt", auth="none", query=TxQuery)
+    def json_receipt(ctx: Context) -> Response:
+        """The JSON receipt of a committed transaction (202 while not yet available)."""
+        view, seqno = parse_txid(ctx.query.transaction_id)
+        return _as_response(node.receipt(view, seqno))
+
+    @app.get("/receipt/cose", auth="none", query=TxQuery)
+    def cose_receipt(ctx: Context) -> Response:
+        """The COSE receipt of a committed transaction (202 while not yet available)."""
+        view, seqno = parse_txid(ctx.query.transaction_id)
+        return _as_response(node.receipt(view, seqno, cose=True))
+
+    @app.get("/quotes/self", auth="none")
+    def quote(ctx: Context) -> dict[str, Any]:
+        """This node's attestation report (virtual platform: not backed by hardware)."""
+        assert node.identity is not None
+        report = node.platform.report(node.identity.public_key_der)
+        return {
+            "node_id": node.node_id,
+            "format": report.format,
+            "raw": base64.b64encode(report.to_bytes()).decode(),
+            "endorsements": "",
+            "measurement": report.measurement,
+        }
+
+    @app.get("/version", auth="none")
+    def version(ctx: Context) -> dict[str, Any]:
+        """Software version and platform."""
+        return {"ccf_version": VERSION, "platform": node.platform.name, "unsafe": False}
+
+    @app.get("/metrics", auth="none")
+    def metrics(ctx: Context) -> dict[str, Any]:
+        """Request counters and consensus progress."""
+        return {
+            **node.metrics,
+            "commit_seqno": node.commit_seqno,
+            "last_seqno": node.applied_seqno,
+            "uncommitted": node.applied_seqno - node.commit_seqno,
+        }
+
+    return app

@@ -1,0 +1,156 @@
+"""The attestation and sealing platform behind which the enclave runs.
+
+Only the `virtual` platform exists today. It has the interface an SEV-SNP or SGX platform
+implements (a code measurement, a report binding data chosen by the enclave, sealing bound to
+the measurement) but no hardware root of trust: its reports are plain JSON anyone could write
+and its sealing key is a file in the workspace. It protects nothing, and says so in every
+report it produces.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+LOG = logging.getLogger(__name__)
+
+VIRTUAL_FORMAT = "Insecure_Virtual"
+# The packages whose code runs inside the enclave process: the measurement covers them all.
+ENCLAVE_PACKAGES = ("enclave_app", "ledger", "consensus", "governance")
+REPORT_MAX_BYTES = 16 * 1024
+SEALED_MAX_BYTES = 1024 * 1024
+SEAL_NONCE_BYTES = 12
+
+
+class PlatformError(Exception):
+    """A report or sealed blob that cannot be parsed or does not verify."""
+
+    code = "InvalidAttestation"
+
+
+def code_measurement(root: Path | None = None) -> str:
+    """SHA-256 over the enclave's code files (path and content, in a stable order), as hex."""
+    base = root or Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for package in ENCLAVE_PACKAGES:
+        for path in sorted((base / package).rglob("*.py")):
+            relative = path.relative_to(base).as_posix()
+            content = path.read_bytes()
+            digest.update(len(relative).to_bytes(8, "little") + relative.encode())
+            digest.update(len(content).to_bytes(8, "little") + content)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """An attestation report: which code runs, and the data it vouches for (a key hash)."""
+
+    format: str
+    measurement: str
+    report_data: str
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(
+            {
+                "format": self.format,
+                "measurement": self.measurement,
+                "report_data": self.report_data,
+                "warning": "virtual platform: this report is not backed by hardware",
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Report:
+        if len(raw) > REPORT_MAX_BYTES:
+            raise PlatformError(f"report is {len(raw)} bytes, over {REPORT_MAX_BYTES}")
+        try:
+            doc = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise PlatformError(f"report is not JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise PlatformError("report is not a JSON object")
+        fields = {}
+        for name in ("format", "measurement", "report_data"):
+            value = doc.get(name)
+            if not isinstance(value, str) or len(value) > 256:
+                raise PlatformError(f"report field {name!r} missing or not a short string")
+            fields[name] = value
+        return cls(**fields)
+
+
+class VirtualPlatform:
+    """Attestation and sealing without a TEE. Never use it where confidentiality matters."""
+
+    name = "virtual"
+
+    def __init__(self, workspace: Path, measurement: str | None = None) -> None:
+        self.workspace = workspace
+        self.measurement = measurement or code_measurement()
+
+    # -- attestation -------------------------------------------------------------------------
+    def report(self, public_key_der: bytes) -> Report:
+        """A report binding this code's measurement to the SHA-256 of a node public key."""
+        return Report(
+            format=VIRTUAL_FORMAT,
+            measurement=self.measurement,
+            report_data=hashlib.sha256(public_key_der).hexdigest(),
+        )
+
+    @staticmethod
+    def verify_report(
+        raw: bytes, *, public_key_der: bytes, accepted_measurements: set[str]
+    ) -> Report:
+        """Check a joining node's report: right format, accepted code, bound to its key."""
+        report = Report.from_bytes(raw)
+        if report.format != VIRTUAL_FORMAT:
+            raise PlatformError(f"unsupported report format {report.format!r}")
+        if report.report_data != hashlib.sha256(public_key_der).hexdigest():
+            raise PlatformError("report is not bound to the joining node's public key")
+        if report.measurement not in accepted_measurements:
+            raise PlatformError(f"measurement {report.measurement[:16]}… is not accepted")
+        return report
+
+    # -- sealing -----------------------------------------------------------------------------
+    def _sealing_key(self) -> bytes:
+        path = self.workspace / "virtual_sealing_key.bin"
+        if not path.exists():
+            LOG.warning("event=sealing_key_created path=%s protects=nothing", path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(os.urandom(32))
+        key = path.read_bytes()
+        if len(key) != 32:
+            raise PlatformError("virtual sealing key file is damaged")
+        return key
+
+    def seal(self, plaintext: bytes) -> bytes:
+        """Encrypt for this platform and this code measurement only."""
+        nonce = os.urandom(SEAL_NONCE_BYTES)
+        sealed = AESGCM(self._sealing_key()).encrypt(nonce, plaintext, self.measurement.encode())
+        return nonce + sealed
+
+    def unseal(self, blob: bytes) -> bytes:
+        if not SEAL_NONCE_BYTES + 16 <= len(blob) <= SEALED_MAX_BYTES:
+            raise PlatformError("sealed blob has an impossible size")
+        try:
+            return AESGCM(self._sealing_key()).decrypt(
+                blob[:SEAL_NONCE_BYTES], blob[SEAL_NONCE_BYTES:], self.measurement.encode()
+            )
+        except Exception:
+            raise PlatformError(
+                "cannot unseal: sealed by other code (measurement changed) or damaged"
+            ) from None
+
+
+def report_b64(report: Report) -> str:
+    return base64.b64encode(report.to_bytes()).decode()
