@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import pydantic
-import pydantic_core
 
 from enclave_app.app_openapi import build_openapi
 from enclave_app.errors import HttpError
@@ -53,6 +52,9 @@ CLAIMS_DIGEST_BYTES = 32
 JSON_CONTENT_TYPE = "application/json"
 TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
 BINARY_CONTENT_TYPE = "application/octet-stream"
+
+# Renders any JSON-able value, pydantic models nested in dicts and lists included.
+_JSON_ANY: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(Any)
 
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -203,7 +205,7 @@ class Context:
 
 
 def error_response(status: int, code: str, message: str) -> HttpResponse:
-    body = pydantic_core.to_json({"error": {"code": code, "message": message}})
+    body = _JSON_ANY.dump_json({"error": {"code": code, "message": message}})
     return HttpResponse(status, body, {}, JSON_CONTENT_TYPE)
 
 
@@ -216,18 +218,22 @@ def _render_body(body: Any) -> tuple[bytes, str | None]:
         return body.encode("utf-8"), TEXT_CONTENT_TYPE
     if isinstance(body, pydantic.BaseModel):
         return body.model_dump_json(by_alias=True).encode("utf-8"), JSON_CONTENT_TYPE
-    return pydantic_core.to_json(body), JSON_CONTENT_TYPE
+    return _JSON_ANY.dump_json(body, by_alias=True), JSON_CONTENT_TYPE
 
 
 def _render(result: Any, ctx: Context) -> HttpResponse:
     headers = dict(ctx.response_headers)
     if isinstance(result, Response):
+        status = result.status
         body, content_type = _render_body(result.body)
         headers.update(result.headers)
-        return HttpResponse(result.status, body, headers, result.content_type or content_type)
-    body, content_type = _render_body(result)
-    default_status = 204 if result is None else 200
-    return HttpResponse(ctx.status or default_status, body, headers, content_type)
+        content_type = result.content_type or content_type
+    else:
+        body, content_type = _render_body(result)
+        status = ctx.status or (204 if result is None else 200)
+    if not 100 <= status <= 599:
+        raise ValueError(f"bad HTTP status {status}")
+    return HttpResponse(status, body, headers, content_type)
 
 
 def _validation_message(where: str, exc: pydantic.ValidationError) -> str:

@@ -332,13 +332,14 @@ def test_get_put_commit_take_microseconds() -> None:
     store = Store()
     rounds = 20_000
     keys = [i.to_bytes(8, "little") for i in range(rounds)]
-    started = time.perf_counter()
+    # CPU time: other test workers share the 2 cores.
+    started = time.process_time()
     for key in keys:
         tx = store.begin()
         tx.get("m", key)
         tx.put("m", key, b"value")
         store.commit(tx, store.version + 1)
-    per_tx_us = (time.perf_counter() - started) / rounds * 1e6
+    per_tx_us = (time.process_time() - started) / rounds * 1e6
     # Measured ~5 us on the 2-core dev machine; the bound leaves room for a loaded CI box.
     assert per_tx_us < 50, per_tx_us
     store.compact(store.version)

@@ -209,14 +209,17 @@ def test_snapshot_and_restore_of_100k_keys_take_well_under_a_second() -> None:
         i.to_bytes(8, "little"): b"value-%d" % i for i in range(100_000)
     }
     store.apply({"records": writes}, 1)
-    started = time.perf_counter()
-    public, private = store.snapshot()
-    snapshot_s = time.perf_counter() - started
-    started = time.perf_counter()
-    restored = Store()
-    restored.restore(public, private, seqno=1)
-    restore_s = time.perf_counter() - started
+    # Best of three in CPU time: other test workers share the 2 cores.
+    snapshot_s = restore_s = float("inf")
+    for _ in range(3):
+        started = time.process_time()
+        public, private = store.snapshot()
+        snapshot_s = min(snapshot_s, time.process_time() - started)
+        started = time.process_time()
+        restored = Store()
+        restored.restore(public, private, seqno=1)
+        restore_s = min(restore_s, time.process_time() - started)
     # Measured ~0.12 s and ~0.09 s on the 2-core dev machine.
-    assert snapshot_s < 0.6, snapshot_s
-    assert restore_s < 0.6, restore_s
+    assert snapshot_s < 0.5, snapshot_s
+    assert restore_s < 0.5, restore_s
     assert restored.begin().get("records", (99_999).to_bytes(8, "little")) == b"value-99999"
