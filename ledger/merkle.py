@@ -153,11 +153,14 @@ class MerkleTree:
     def _range_root(self, lo: int, hi: int) -> bytes:
         """Root of the RFC 9162 subtree over leaves [lo, hi); lo is aligned as in the tree."""
         assert 0 <= lo < hi
+        width = hi - lo
+        if not width & (width - 1):  # a perfect subtree: one stored node, most proof steps
+            level = width.bit_length() - 1
+            return self._node(level, lo >> level)
         # The subtree is the fold, right to left, of the perfect subtrees given by the bits
         # of its size, largest first.
         nodes: list[bytes] = []
         offset = lo
-        width = hi - lo
         for level in range(width.bit_length() - 1, -1, -1):
             if width >> level & 1:
                 assert offset % (1 << level) == 0, "range is not a node of this tree"
