@@ -24,6 +24,12 @@ class GovResult:
     body: dict[str, Any] | None
     effects: Effects = NO_EFFECTS
 
+    @property
+    def json(self) -> dict[str, Any]:
+        """The body of a 200 answer (asserting there is one)."""
+        assert self.body is not None, self.status
+        return self.body
+
 
 def create_proposal(
     tx: KvTx,

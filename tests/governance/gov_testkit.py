@@ -113,13 +113,16 @@ class Network:
     def propose(self, who: Member, actions: list[dict[str, Any]], **sign: Any) -> GovResult:
         sign.setdefault("created_at", self.now_s)
         envelope = who.sign("proposal", {"actions": actions}, **sign)
-        return self.run(handlers.create_proposal, envelope, now_s=self.now_s, merkle_root=self.root)
+        result: GovResult = self.run(
+            handlers.create_proposal, envelope, now_s=self.now_s, merkle_root=self.root
+        )
+        return result
 
     def vote(self, who: Member, proposal_id: str, ballot: str = "approve") -> GovResult:
         envelope = who.sign(
             "ballot", {"ballot": ballot}, proposal_id=proposal_id, created_at=self.now_s
         )
-        return self.run(
+        result: GovResult = self.run(
             handlers.submit_ballot,
             envelope,
             proposal_id=proposal_id,
@@ -127,6 +130,7 @@ class Network:
             now_s=self.now_s,
             merkle_root=self.root,
         )
+        return result
 
     def activate(self, who: Member) -> None:
         update = who.sign("state_digest", b"", created_at=self.now_s)
@@ -136,16 +140,16 @@ class Network:
             member_id=who.id,
             now_s=self.now_s,
             merkle_root=self.root,
-        ).body["stateDigest"]
+        ).json["stateDigest"]
         ack = who.sign("ack", {"stateDigest": digest}, created_at=self.now_s)
         self.run(handlers.ack_state_digest, ack, member_id=who.id, now_s=self.now_s)
 
     def pass_proposal(self, actions: list[dict[str, Any]]) -> GovResult:
         """Propose with the first member and approve with as many as needed."""
         result = self.propose(self.members[0], actions)
-        pid = result.body["proposalId"]
+        pid = result.json["proposalId"]
         for voter in self.members:
-            if result.body["proposalState"] != "Open":
+            if result.json["proposalState"] != "Open":
                 break
             result = self.vote(voter, pid)
         return result

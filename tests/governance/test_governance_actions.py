@@ -24,7 +24,7 @@ def net() -> Network:
 
 def accepted(net: Network, name: str, args: dict[str, Any]) -> Any:
     result = net.pass_proposal([{"name": name, "args": args}])
-    assert result.body["proposalState"] == "Accepted", result.body
+    assert result.json["proposalState"] == "Accepted", result.json
     return result
 
 
@@ -259,8 +259,8 @@ def test_set_constitution_replaces_the_rules(net: Network) -> None:
     assert stored["default"]["approvals"] == 1
     first = net.members[0]
     change = [{"name": "set_member_data", "args": {"member_id": first.id, "member_data": 1}}]
-    pid = net.propose(first, change).body["proposalId"]
-    assert net.vote(first, pid).body["proposalState"] == "Accepted"  # one approval is enough
+    pid = net.propose(first, change).json["proposalId"]
+    assert net.vote(first, pid).json["proposalState"] == "Accepted"  # one approval is enough
 
 
 def test_set_constitution_with_a_bad_document_is_refused(net: Network) -> None:
@@ -353,8 +353,8 @@ def test_failing_apply_marks_the_proposal_failed_and_changes_nothing_else(net: N
     # the first: the proposal must fail as a whole.
     twice = [{"name": "remove_user", "args": {"user_id": user.id}}] * 2
     result = net.pass_proposal(twice)
-    assert result.body["proposalState"] == "Failed"
-    assert "does not exist" in result.body["failure"]["reason"]
+    assert result.json["proposalState"] == "Failed"
+    assert "does not exist" in result.json["failure"]["reason"]
     assert result.effects.empty
     assert queries.user(net.store.begin(), user.id)["userId"] == user.id
 

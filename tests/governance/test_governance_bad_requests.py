@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from gov_testkit import NOW_S, Network, member, start_network
 
@@ -22,7 +24,7 @@ def create(net: Network, envelope: bytes) -> object:
 
 
 def open_proposal(net: Network) -> str:
-    return str(net.propose(net.members[0], OPEN).body["proposalId"])
+    return str(net.propose(net.members[0], OPEN).json["proposalId"])
 
 
 def ballot_refusal(net: Network, envelope: bytes, pid: str, member_id: str) -> object:
@@ -49,7 +51,7 @@ def test_tampered_signature_is_rejected(net: Network) -> None:
 
 def test_signature_by_another_key_under_a_members_kid_is_rejected(net: Network) -> None:
     impostor = member("impostor")
-    protected = {
+    protected: dict[int | str, Any] = {
         cose.HEADER_KID: net.members[0].id.encode(),
         cose.GOV_MSG_TYPE: "proposal",
         cose.GOV_MSG_CREATED_AT: net.now_s,
@@ -67,7 +69,7 @@ def test_unknown_member_is_rejected(net: Network) -> None:
 def test_removed_member_is_rejected_as_retired(net: Network) -> None:
     leaver = net.members[2]
     result = net.pass_proposal([{"name": "remove_member", "args": {"member_id": leaver.id}}])
-    assert result.body["proposalState"] == "Accepted"
+    assert result.json["proposalState"] == "Accepted"
     envelope = leaver.sign("proposal", {"actions": OPEN}, created_at=net.now_s)
     check(create(net, envelope), "MemberRetired", 403)
 
@@ -80,13 +82,13 @@ def test_accepted_but_not_active_member_may_not_propose() -> None:
 
 @pytest.mark.parametrize("kid", [b"", b"zz" * 32, b"AB" * 32, None])
 def test_malformed_or_missing_kid_is_rejected(net: Network, kid: bytes | None) -> None:
-    protected: dict[object, object] = {
+    protected: dict[int | str, Any] = {
         cose.GOV_MSG_TYPE: "proposal",
         cose.GOV_MSG_CREATED_AT: net.now_s,
     }
     if kid is not None:
         protected[cose.HEADER_KID] = kid
-    envelope = cose.sign1(net.members[0].key, protected, b'{"actions": []}')  # type: ignore[arg-type]
+    envelope = cose.sign1(net.members[0].key, protected, b'{"actions": []}')
     check(create(net, envelope), "InvalidKid", 401)
 
 
@@ -106,7 +108,10 @@ def test_created_at_in_the_future_is_rejected(net: Network) -> None:
 
 
 def test_missing_created_at_is_rejected(net: Network) -> None:
-    protected = {cose.HEADER_KID: net.members[0].id.encode(), cose.GOV_MSG_TYPE: "proposal"}
+    protected: dict[int | str, Any] = {
+        cose.HEADER_KID: net.members[0].id.encode(),
+        cose.GOV_MSG_TYPE: "proposal",
+    }
     envelope = cose.sign1(net.members[0].key, protected, b'{"actions": []}')
     check(create(net, envelope), "InvalidCreatedAt", 400)
 
@@ -149,8 +154,8 @@ def test_second_ballot_by_the_same_member_is_rejected(net: Network) -> None:
 
 def test_ballot_on_a_closed_proposal_is_rejected(net: Network) -> None:
     result = net.pass_proposal(OPEN)
-    pid = result.body["proposalId"]
-    assert result.body["proposalState"] == "Accepted"
+    pid = result.json["proposalId"]
+    assert result.json["proposalState"] == "Accepted"
     late = net.members[2]
     envelope = late.sign("ballot", {"ballot": "approve"}, proposal_id=pid, created_at=net.now_s)
     check(ballot_refusal(net, envelope, pid, late.id), "ProposalNotOpen", 400)
@@ -230,7 +235,7 @@ def test_body_that_is_not_cose_sign1_is_rejected(net: Network, body: bytes) -> N
 
 
 def test_detached_payload_is_rejected(net: Network) -> None:
-    protected = {
+    protected: dict[int | str, Any] = {
         cose.HEADER_KID: net.members[0].id.encode(),
         cose.GOV_MSG_TYPE: "proposal",
         cose.GOV_MSG_CREATED_AT: net.now_s,

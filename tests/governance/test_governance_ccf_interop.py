@@ -55,8 +55,8 @@ def test_ccf_signed_proposal_and_ballots_open_the_service(tmp_path: Path) -> Non
     proposal = json.dumps({"actions": [{"name": "transition_service_to_open", "args": {}}]})
     envelope = ccf_sign(tmp_path, net, 0, "proposal", proposal.encode())
     created = net.run(handlers.create_proposal, envelope, now_s=net.now_s, merkle_root=net.root)
-    pid = created.body["proposalId"]
-    assert created.body["proposalState"] == "Open"
+    pid = created.json["proposalId"]
+    assert created.json["proposalState"] == "Open"
     for index in (1, 2):
         ballot = ccf_sign(tmp_path, net, index, "ballot", b'{"ballot": "approve"}', pid)
         result = net.run(
@@ -67,7 +67,7 @@ def test_ccf_signed_proposal_and_ballots_open_the_service(tmp_path: Path) -> Non
             now_s=net.now_s,
             merkle_root=net.root,
         )
-    assert result.body["proposalState"] == "Accepted"
+    assert result.json["proposalState"] == "Accepted"
     assert queries.service_status(net.store.begin()) == "Open"
 
 
@@ -81,7 +81,7 @@ def test_ccf_signed_state_digest_ack_activates_a_member(tmp_path: Path) -> None:
         member_id=who.id,
         now_s=net.now_s,
         merkle_root=net.root,
-    ).body
+    ).json
     ack = ccf_sign(
         tmp_path, net, 0, "ack", json.dumps({"stateDigest": body["stateDigest"]}).encode()
     )

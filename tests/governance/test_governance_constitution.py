@@ -113,31 +113,31 @@ def test_member_outside_the_proposer_list_may_not_propose() -> None:
 def test_constitution_change_drops_other_open_proposals() -> None:
     net = start_network()
     first, second, third = net.members
-    pending = net.propose(second, OPEN).body["proposalId"]
+    pending = net.propose(second, OPEN).json["proposalId"]
     strict = {"default": {"approvals": "unanimous"}}
     change = net.propose(first, [{"name": "set_constitution", "args": {"constitution": strict}}])
-    change_id = change.body["proposalId"]
+    change_id = change.json["proposalId"]
     net.vote(first, change_id)
-    assert net.vote(second, change_id).body["proposalState"] == "Accepted"
+    assert net.vote(second, change_id).json["proposalState"] == "Accepted"
     tx = net.store.begin()
     assert proposals.get_proposal(tx, pending)["proposalState"] == "Dropped"
     # The new rules are in force: two approvals no longer suffice.
-    fresh = net.propose(first, OPEN).body["proposalId"]
+    fresh = net.propose(first, OPEN).json["proposalId"]
     net.vote(first, fresh)
-    assert net.vote(second, fresh).body["proposalState"] == "Open"
-    assert net.vote(third, fresh).body["proposalState"] == "Accepted"
+    assert net.vote(second, fresh).json["proposalState"] == "Open"
+    assert net.vote(third, fresh).json["proposalState"] == "Accepted"
 
 
 def test_proposal_made_invalid_by_another_is_dropped() -> None:
     net = start_network(("d0", "d1", "d2"))
     user_cert = net.members[0].cert_pem  # any certificate will do for a user
     added = net.pass_proposal([{"name": "set_user", "args": {"cert": user_cert}}])
-    assert added.body["proposalState"] == "Accepted"
+    assert added.json["proposalState"] == "Accepted"
     user_id = net.members[0].id
     set_data = net.propose(
         net.members[1], [{"name": "set_user_data", "args": {"user_id": user_id, "user_data": 1}}]
-    ).body["proposalId"]
+    ).json["proposalId"]
     removed = net.pass_proposal([{"name": "remove_user", "args": {"user_id": user_id}}])
-    assert removed.body["proposalState"] == "Accepted"
+    assert removed.json["proposalState"] == "Accepted"
     info = proposals.get_proposal(net.store.begin(), set_data)
     assert info["proposalState"] == "Dropped"

@@ -43,20 +43,20 @@ def test_three_members_open_the_service_with_two_approvals() -> None:
     proposer, second, third = net.members
     created = net.propose(proposer, [{"name": "transition_service_to_open", "args": {}}])
     assert created.status == 200
-    pid = created.body["proposalId"]
-    assert created.body == {
+    pid = created.json["proposalId"]
+    assert created.json == {
         "proposalId": pid,
         "proposerId": proposer.id,
         "proposalState": "Open",
         "ballotCount": 0,
     }
     first_vote = net.vote(second, pid)
-    assert first_vote.body["proposalState"] == "Open"
-    assert first_vote.body["ballotCount"] == 1
+    assert first_vote.json["proposalState"] == "Open"
+    assert first_vote.json["ballotCount"] == 1
     assert not first_vote.effects.open_service
     accepted = net.vote(third, pid)
-    assert accepted.body["proposalState"] == "Accepted"
-    assert accepted.body["finalVotes"] == {second.id: True, third.id: True}
+    assert accepted.json["proposalState"] == "Accepted"
+    assert accepted.json["finalVotes"] == {second.id: True, third.id: True}
     assert accepted.effects.open_service
     tx = net.store.begin()
     assert queries.service_status(tx) == "Open"
