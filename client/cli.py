@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from client.cli_common import (
     CertOpt,
@@ -62,6 +62,11 @@ def _client(t: Target, *, tls_identity: bool = False) -> CharterClient:
     if tls_identity:
         return CharterClient(t.url, t.service_cert, cert_path=t.cert, key_path=t.key)
     return CharterClient(t.url, t.service_cert)
+
+
+def _id_column(header: str) -> Column:
+    # Ids are 64 hex digits and get copied into other commands: never cut them, fold them.
+    return Column(header, overflow="fold", min_width=16)
 
 
 def _short(ident: str | None, n: int = 12) -> str:
@@ -383,7 +388,7 @@ def proposals(
     if as_json:
         print_json([p.to_json() for p in found])
         return
-    table = Table("proposal id", "proposer", "state", "ballots", "final votes")
+    table = Table(_id_column("proposal id"), "proposer", "state", "ballots", "final votes")
     for p in found:
         votes = ", ".join(
             f"{_short(k, 8)}:{'yes' if v else 'no'}" for k, v in p.final_votes.items()
@@ -422,7 +427,7 @@ def members(
     if as_json:
         print_json(items)
         return
-    table = Table("member id", "status", "recovery role")
+    table = Table(_id_column("member id"), "status", "recovery role")
     for m in items:
         table.add_row(
             str(m.get("memberId", "?")), str(m.get("status", "?")), str(m.get("recoveryRole", "-"))
@@ -448,7 +453,7 @@ def users(
     if as_json:
         print_json(items)
         return
-    table = Table("user id", "user data")
+    table = Table(_id_column("user id"), "user data")
     for u in items:
         table.add_row(str(u.get("userId", "?")), json.dumps(u.get("userData")))
     stdout.print(table)
@@ -472,7 +477,7 @@ def nodes(
     if as_json:
         print_json(items)
         return
-    table = Table("node id", "status", "primary", "rpc address")
+    table = Table(_id_column("node id"), "status", "primary", "rpc address")
     for n in items:
         rpc = n.get("rpc_interfaces")
         addresses = (

@@ -7,16 +7,25 @@ stands in for the parts of a node a test does not exercise, so that the SDK's ow
 
 from __future__ import annotations
 
+import asyncio
+import json
 import socket
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
 
 from client.keygen import KeygenResult, generate_identity
+from client.member import COSE_CONTENT_TYPE
+from enclave_app.kv import Store
+from governance import tables as t
+from governance.requests import verify_request
 from ledger import certs
 
 
@@ -114,3 +123,84 @@ def closed_port_url() -> str:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     return f"https://127.0.0.1:{port}"
+
+
+class ThreadedServer:
+    """The scripted TLS server on its own event loop in a thread, for synchronous callers
+    (the CLI runs `asyncio.run` itself, which cannot nest inside a test's running loop)."""
+
+    def __init__(self, pki: Pki) -> None:
+        self.pki = pki
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.runners: list[web.AppRunner] = []
+
+    def start(self, routes: dict[str, Handler]) -> str:
+        async def go() -> str:
+            app = web.Application()
+            for path, handler in routes.items():
+                app.router.add_route("*", path, handler)
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(self.pki.node_cert, self.pki.node_key)
+            runner = web.AppRunner(app)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx).start()
+            self.runners.append(runner)
+            return f"https://127.0.0.1:{runner.addresses[0][1]}"
+
+        return asyncio.run_coroutine_threadsafe(go(), self.loop).result(timeout=10)
+
+    def close(self) -> None:
+        async def cleanup() -> None:
+            for runner in self.runners:
+                await runner.cleanup()
+
+        asyncio.run_coroutine_threadsafe(cleanup(), self.loop).result(timeout=10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()
+
+
+@pytest.fixture
+def threaded_server(pki: Pki) -> Iterator[ThreadedServer]:
+    server = ThreadedServer(pki)
+    yield server
+    server.close()
+
+
+def member_tx(pki: Pki, status: str = "Active") -> Any:
+    """A KV transaction in which member0 is registered, as governance stores it."""
+    tx = Store().begin()
+    key = t.id_key(pki.member.id)
+    tx.put(t.MEMBERS_CERTS, key, pki.member.cert_path.read_bytes())
+    t.put_json(tx, t.MEMBERS_INFO, key, {"status": status})
+    return tx
+
+
+class GovRecorder:
+    """Records the member requests a scripted /gov endpoint received, verified by governance."""
+
+    def __init__(self, pki: Pki) -> None:
+        self.pki = pki
+        self.seen: list[tuple[str, str, dict[str, Any] | None]] = []
+
+    def handler(self, msg_type: str, answer: Any, status: int = 200) -> Any:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            assert request.query["api-version"] == "2024-07-01"
+            assert request.content_type == COSE_CONTENT_TYPE
+            body = await request.read()
+            pid = request.match_info.get("pid")
+            req = verify_request(
+                member_tx(self.pki), body, msg_type=msg_type, now_s=int(time.time()),
+                path_proposal_id=pid, path_member_id=request.match_info.get("mid"),
+            )  # fmt: skip
+            payload = json.loads(req.payload) if req.payload else None
+            self.seen.append((msg_type, request.path, payload))
+            if status == 204:
+                return web.Response(status=204)
+            return web.json_response(
+                answer, status=status, headers={"x-ms-ccf-transaction-id": "2.30"}
+            )
+
+        return handle

@@ -2,36 +2,23 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 import cbor2
 import pytest
-from aiohttp import web
 from ccf.cose import create_cose_sign1, validate_cose_sign1
-from conftest import Pki, StartServer
+from conftest import GovRecorder, Pki, StartServer, member_tx
 from cryptography import x509
 from pycose.messages.sign1message import Sign1Message
 
 from client.errors import InvalidInput
 from client.identity import Identity
-from client.member import COSE_CONTENT_TYPE, Member, gov_envelope
+from client.member import Member, gov_envelope
 from client.sdk import CharterClient
-from enclave_app.kv import Store
-from governance import tables as t
 from governance.requests import verify_request
 
 PROPOSAL_ID = "ab" * 32
-
-
-def _member_tx(pki: Pki, status: str = "Active") -> Any:
-    """A KV transaction in which member0 is registered, as governance stores it."""
-    tx = Store().begin()
-    key = t.id_key(pki.member.id)
-    tx.put(t.MEMBERS_CERTS, key, pki.member.cert_path.read_bytes())
-    t.put_json(tx, t.MEMBERS_INFO, key, {"status": status})
-    return tx
 
 
 def test_envelope_verifies_with_ccf_and_pycose(pki: Pki) -> None:
@@ -75,7 +62,7 @@ def test_governance_accepts_member_envelopes_of_every_kind(pki: Pki) -> None:
     ):
         env = gov_envelope(ident.key, ident.id, msg_type, b"{}", proposal_id=proposal_id)
         req = verify_request(
-            _member_tx(pki), env, msg_type=msg_type, now_s=now, path_proposal_id=proposal_id
+            member_tx(pki), env, msg_type=msg_type, now_s=now, path_proposal_id=proposal_id
         )
         assert (req.member_id, req.msg_type, req.proposal_id) == (ident.id, msg_type, proposal_id)
 
@@ -86,34 +73,6 @@ def test_ballot_without_proposal_id_is_refused_before_signing(pki: Pki) -> None:
         gov_envelope(ident.key, ident.id, "ballot", b"{}")
     with pytest.raises(ValueError, match="unknown"):
         gov_envelope(ident.key, ident.id, "sneaky", b"{}")
-
-
-class GovRecorder:
-    """Records the member requests a scripted /gov endpoint received, verified by governance."""
-
-    def __init__(self, pki: Pki) -> None:
-        self.pki = pki
-        self.seen: list[tuple[str, str, dict[str, Any] | None]] = []
-
-    def handler(self, msg_type: str, answer: Any, status: int = 200) -> Any:
-        async def handle(request: web.Request) -> web.StreamResponse:
-            assert request.query["api-version"] == "2024-07-01"
-            assert request.content_type == COSE_CONTENT_TYPE
-            body = await request.read()
-            pid = request.match_info.get("pid")
-            req = verify_request(
-                _member_tx(self.pki), body, msg_type=msg_type, now_s=int(time.time()),
-                path_proposal_id=pid, path_member_id=request.match_info.get("mid"),
-            )  # fmt: skip
-            payload = json.loads(req.payload) if req.payload else None
-            self.seen.append((msg_type, request.path, payload))
-            if status == 204:
-                return web.Response(status=204)
-            return web.json_response(
-                answer, status=status, headers={"x-ms-ccf-transaction-id": "2.30"}
-            )
-
-        return handle
 
 
 def _proposal(state: str = "Open", ballots: int = 0) -> dict[str, Any]:

@@ -1,0 +1,391 @@
+"""The `charter` command line: help for every command, and every failure as one clear line."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from conftest import GovRecorder, Pki, ThreadedServer
+from typer.testing import CliRunner, Result
+
+from client.cli import REPO_ROOT, app
+from ledger.chunks import LedgerReader
+
+CCF_LEDGER = Path("/work/shared/ccf-ledgers/current")
+PROPOSAL_ID = "ab" * 32
+
+COMMANDS = [
+    ["keygen"], ["propose"], ["vote"], ["withdraw"], ["ack"], ["proposals"], ["members"],
+    ["users"], ["nodes"], ["status"], ["sandbox"], ["bench"], ["node", "start"],
+    ["node", "join"], ["receipt", "get"], ["receipt", "verify"], ["ledger", "audit"],
+    ["ledger", "read"],
+]  # fmt: skip
+
+# Wide enough that tables keep 64-digit ids on one line.
+runner = CliRunner(env={"COLUMNS": "200"})
+
+
+def run(*args: str | Path) -> Result:
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_fails_cleanly(result: Result, pattern: str, exit_code: int | None = None) -> None:
+    """Non-zero exit, one `error:` line on stderr matching `pattern`, no traceback."""
+    assert result.exit_code != 0, result.output
+    if exit_code is not None:
+        assert result.exit_code == exit_code, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert pattern.lower() in lines[0].lower(), lines[0]
+
+
+@pytest.fixture
+def network_file(pki: Pki, tmp_path: Path) -> Any:
+    """Write a sandbox-style network.json naming `url` and the test identities."""
+
+    def write(url: str) -> Path:
+        doc = {
+            "service_cert": str(pki.service_cert),
+            "nodes": [{"rpc_address": url.removeprefix("https://")}],
+            "members": [
+                {"id": pki.member.id, "cert": str(pki.member.cert_path),
+                 "key": str(pki.member.key_path)},
+            ],
+            "users": [{"cert": str(pki.user.cert_path), "key": str(pki.user.key_path)}],
+        }  # fmt: skip
+        path = tmp_path / "network.json"
+        path.write_text(json.dumps(doc))
+        return path
+
+    return write
+
+
+# --- help -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c))
+def test_every_command_has_help_with_an_example(command: list[str]) -> None:
+    result = run(*command, "--help")
+    assert result.exit_code == 0, result.output
+    assert "Example" in result.output
+    assert f"charter {' '.join(command)}" in result.output
+
+
+def test_top_level_help_lists_every_command() -> None:
+    result = run("--help")
+    assert result.exit_code == 0
+    for command in {c[0] for c in COMMANDS}:
+        assert command in result.output
+
+
+# --- keygen ---------------------------------------------------------------------------------------
+
+
+def test_keygen_json_output_names_files_and_id(tmp_path: Path) -> None:
+    result = run("keygen", "member3", "--dir", tmp_path, "--enc-key", "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert Path(out["cert"]).is_file() and Path(out["encryption_public_key"]).is_file()
+    assert len(out["id"]) == 64
+
+
+def test_keygen_errors_are_one_line(tmp_path: Path) -> None:
+    assert_fails_cleanly(run("keygen", "m", "--dir", tmp_path / "missing"), "not found")
+    assert run("keygen", "m", "--dir", tmp_path).exit_code == 0
+    assert_fails_cleanly(run("keygen", "m", "--dir", tmp_path), "already exists")
+    assert_fails_cleanly(run("keygen", "m", "--dir", tmp_path, "--rsa-bits", "1024"), "2048")
+
+
+# --- governance: errors before and at the network -------------------------------------------------
+
+
+def _member_args(pki: Pki, url: str) -> list[str | Path]:
+    return [
+        "--url", url, "--service-cert", pki.service_cert,
+        "--cert", pki.member.cert_path, "--key", pki.member.key_path,
+    ]  # fmt: skip
+
+
+def test_propose_error_paths(pki: Pki, tmp_path: Path, closed_port_url: str) -> None:
+    args = _member_args(pki, closed_port_url)
+    assert_fails_cleanly(run("propose", tmp_path / "nope.json", *args), "not found")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"actions": [')
+    assert_fails_cleanly(run("propose", bad, *args), "not valid JSON")
+    bad.write_text('{"actions": {"name": "x"}}')
+    assert_fails_cleanly(run("propose", bad, *args), "list of actions")
+    bad.write_text('{"actions": [{"name": "set_user", "args": {"cert": 5}}]}')
+    assert_fails_cleanly(run("propose", bad, *args), "set_user")
+    assert_fails_cleanly(run("propose", *args), "nothing to propose")
+    assert_fails_cleanly(
+        run("propose", bad, "--open-service", *args), "proposal file or action flags"
+    )
+    assert_fails_cleanly(run("propose", "--add-user", tmp_path / "no_cert.pem", *args), "not found")
+    # A well-formed proposal to a closed port: the network error, in one line.
+    assert_fails_cleanly(run("propose", "--add-user", pki.user.cert_path, *args), "cannot connect")
+
+
+def test_wrong_key_type_is_refused_with_a_clear_message(pki: Pki, closed_port_url: str) -> None:
+    args: list[str | Path] = ["--url", closed_port_url, "--service-cert", pki.service_cert]
+    rsa_key: list[str | Path] = ["--cert", pki.member.cert_path, "--key", pki.rsa_key]
+    assert_fails_cleanly(run("propose", "--open-service", *args, *rsa_key), "EC")
+    cert_as_key: list[str | Path] = ["--cert", pki.member.cert_path, "--key", pki.member.cert_path]
+    assert_fails_cleanly(run("vote", PROPOSAL_ID, "--approve", *args, *cert_as_key), "not a PEM")
+    mismatched: list[str | Path] = ["--cert", pki.member.cert_path, "--key", pki.user.key_path]
+    assert_fails_cleanly(run("withdraw", PROPOSAL_ID, *args, *mismatched), "does not match")
+    assert_fails_cleanly(run("ack", *args, "--cert", pki.member.cert_path), "both --cert")
+
+
+def test_vote_needs_a_ballot_and_a_valid_proposal_id(pki: Pki, closed_port_url: str) -> None:
+    args = _member_args(pki, closed_port_url)
+    assert_fails_cleanly(run("vote", PROPOSAL_ID, *args), "--approve or --reject", 2)
+    assert_fails_cleanly(run("vote", "not-an-id", "--reject", *args), "64 lowercase hex")
+    assert_fails_cleanly(run("vote", PROPOSAL_ID, "--reject", *args), "cannot connect")
+    assert_fails_cleanly(run("withdraw", PROPOSAL_ID, *args), "cannot connect")
+    assert_fails_cleanly(run("ack", *args), "cannot connect")
+
+
+@pytest.mark.parametrize("command", ["proposals", "members", "users", "nodes", "status"])
+def test_read_commands_fail_cleanly_when_service_unreachable(
+    command: str, pki: Pki, closed_port_url: str, tmp_path: Path
+) -> None:
+    assert_fails_cleanly(
+        run(command, "--url", closed_port_url, "--service-cert", pki.service_cert),
+        "cannot connect",
+    )
+    assert_fails_cleanly(run(command, "--service-cert", pki.service_cert), "--url or --network")
+    assert_fails_cleanly(run(command, "--url", closed_port_url), "--service-cert or --network")
+    assert_fails_cleanly(
+        run(command, "--url", closed_port_url, "--service-cert", tmp_path / "x.pem"), "not found"
+    )
+    not_a_cert = tmp_path / "garbage.pem"
+    not_a_cert.write_text("hello")
+    assert_fails_cleanly(
+        run(command, "--url", closed_port_url, "--service-cert", not_a_cert), "not a PEM"
+    )
+    bad_network = tmp_path / "network.json"
+    bad_network.write_text("[1, 2")
+    assert_fails_cleanly(run(command, "--network", bad_network), "not valid JSON")
+
+
+def test_member_index_beyond_network_file_is_reported(
+    network_file: Any, closed_port_url: str
+) -> None:
+    net = network_file(closed_port_url)
+    assert_fails_cleanly(run("propose", "--open-service", "--network", net, "--member", "4"),
+                         "no member 4")  # fmt: skip
+
+
+# --- governance and reads against a scripted TLS service ------------------------------------------
+
+
+def _proposal(state: str = "Open") -> dict[str, Any]:
+    return {"proposalId": PROPOSAL_ID, "proposerId": "cd" * 32, "proposalState": state,
+            "ballotCount": 1, "finalVotes": {"cd" * 32: True}}  # fmt: skip
+
+
+def test_propose_and_vote_through_a_network_file(
+    pki: Pki, threaded_server: ThreadedServer, network_file: Any
+) -> None:
+    gov = GovRecorder(pki)
+    url = threaded_server.start(
+        {
+            "/gov/members/proposals:create": gov.handler("proposal", _proposal()),
+            "/gov/members/proposals/{pid}/ballots/{mid}:submit": gov.handler(
+                "ballot", _proposal("Accepted")
+            ),
+        }
+    )
+    net = network_file(url)
+    result = run("propose", "--network", net, "--member", "0", "--add-user",
+                 pki.user.cert_path, "--open-service", "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["proposalId"] == PROPOSAL_ID
+    actions = gov.seen[0][2]["actions"]  # type: ignore[index]
+    assert [a["name"] for a in actions] == ["set_user", "transition_service_to_open"]
+    assert actions[1]["args"]["next_service_identity"] == pki.service_cert.read_text()
+    result = run("vote", PROPOSAL_ID, "--approve", "--network", net)
+    assert result.exit_code == 0, result.output
+    assert "Accepted" in result.stdout
+    assert gov.seen[1][2] == {"ballot": "approve"}
+
+
+def test_service_errors_print_the_service_code(
+    pki: Pki, threaded_server: ThreadedServer, network_file: Any
+) -> None:
+    async def refuse(_: web.Request) -> web.Response:
+        body = {"error": {"code": "ProposalNotOpen", "message": "proposal is not open"}}
+        return web.json_response(body, status=400)
+
+    url = threaded_server.start({"/gov/members/proposals/{pid}/ballots/{mid}:submit": refuse})
+    result = run("vote", PROPOSAL_ID, "--reject", "--network", network_file(url))
+    assert_fails_cleanly(result, "HTTP 400 ProposalNotOpen: proposal is not open")
+
+
+def test_read_commands_show_tables_and_json(
+    pki: Pki, threaded_server: ThreadedServer, network_file: Any
+) -> None:
+    def answer(body: Any) -> Any:
+        async def handle(_: web.Request) -> web.Response:
+            return web.json_response(body)
+
+        return handle
+
+    node = {"node_id": "ef" * 32, "status": "Trusted", "primary": True,
+            "rpc_interfaces": {"primary_rpc_interface": {"published_address": "127.0.0.1:8000"}}}  # fmt: skip
+    url = threaded_server.start(
+        {
+            "/gov/members/proposals": answer({"value": [_proposal(), _proposal("Accepted")]}),
+            "/gov/service/members": answer(
+                {"value": [{"memberId": pki.member.id, "status": "Active"}]}
+            ),
+            "/gov/service/users": answer({"value": [{"userId": pki.user.id, "userData": None}]}),
+            "/node/network/nodes": answer({"nodes": [node]}),
+            "/node/network": answer({"service_status": "Open", "current_view": 2}),
+            "/node/state": answer({"node_id": "ef" * 32, "state": "PartOfNetwork"}),
+            "/node/commit": answer({"transaction_id": "2.17"}),
+        }
+    )
+    net = network_file(url)
+    result = run("proposals", "--network", net, "--state", "Open", "--json")
+    assert result.exit_code == 0, result.output
+    assert [p["proposalState"] for p in json.loads(result.stdout)] == ["Open"]
+    table = run("proposals", "--network", net)
+    assert PROPOSAL_ID in table.stdout and "Accepted" in table.stdout
+    assert pki.member.id in run("members", "--network", net).stdout
+    assert json.loads(run("users", "--network", net, "--json").stdout)[0]["userId"] == pki.user.id
+    nodes = run("nodes", "--network", net)
+    assert "ef" * 32 in nodes.stdout and "127.0.0.1:8000" in nodes.stdout
+    status = json.loads(run("status", "--network", net, "--json").stdout)
+    assert status["commit"] == "2.17" and status["network"]["service_status"] == "Open"
+
+
+# --- receipts -------------------------------------------------------------------------------------
+
+
+def test_receipt_get_error_paths(pki: Pki, closed_port_url: str) -> None:
+    args: list[str | Path] = ["--url", closed_port_url, "--service-cert", pki.service_cert]
+    assert_fails_cleanly(run("receipt", "get", "2-5", *args), "transaction id")
+    assert_fails_cleanly(run("receipt", "get", "2.5", *args), "cannot connect")
+
+
+def test_receipt_verify_accepts_good_and_rejects_tampered_files(
+    tmp_path: Path,
+) -> None:
+    from test_client_auditor import _app_seqno, _receipts
+
+    from ledger.generate import generate_ledger
+
+    (tmp_path / "ledger").mkdir()
+    g = generate_ledger(str(tmp_path / "ledger"), transactions=12, signature_interval=4, seed=3)
+    cert = tmp_path / "service_cert.pem"
+    cert.write_text(g.service_cert_pem)
+    seqno = _app_seqno(g)
+    json_receipt, cose_receipt = _receipts(g, seqno)
+    (tmp_path / "r.json").write_text(json.dumps(json_receipt))
+    (tmp_path / "r.cose").write_bytes(cose_receipt)
+    for name in ("r.json", "r.cose"):
+        result = run("receipt", "verify", tmp_path / name, "--service-cert", cert, "--json")
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["transaction_id"] == f"{g.view}.{seqno}"
+    json_receipt["signature"] = "AAAA"
+    (tmp_path / "bad.json").write_text(json.dumps(json_receipt))
+    assert_fails_cleanly(
+        run("receipt", "verify", tmp_path / "bad.json", "--service-cert", cert), "receipt"
+    )
+    assert_fails_cleanly(run("receipt", "verify", tmp_path / "none.json", "--service-cert", cert),
+                         "not found")  # fmt: skip
+    assert_fails_cleanly(run("receipt", "verify", tmp_path / "r.json"), "--service-cert")
+    assert_fails_cleanly(
+        run("receipt", "verify", tmp_path / "r.cose", "--service-cert", cert,
+            "--claims-digest", "zz"), "hex",
+    )  # fmt: skip
+
+
+# --- ledgers --------------------------------------------------------------------------------------
+
+
+def test_ledger_audit_reports_a_valid_ccf_ledger() -> None:
+    result = run("ledger", "audit", CCF_LEDGER)
+    assert result.exit_code == 0, result.output
+    assert "OK" in result.stdout and "14 transactions" in result.stdout
+    doc = json.loads(run("ledger", "audit", CCF_LEDGER, "--json").stdout)
+    assert doc["valid"] and doc["last_txid"] == "2.14"
+
+
+def test_ledger_audit_exits_1_with_the_first_bad_seqno(tmp_path: Path) -> None:
+    copy = tmp_path / "ledger"
+    shutil.copytree(CCF_LEDGER, copy)
+    reader = LedgerReader(str(CCF_LEDGER))
+    entry = reader.get(5)
+    chunk = next(copy.iterdir())
+    data = bytearray(chunk.read_bytes())
+    at = data.find(entry)
+    data[at + len(entry) - 1] ^= 0x01
+    chunk.write_bytes(bytes(data))
+    result = run("ledger", "audit", copy)
+    assert_fails_cleanly(result, "first bad seqno", 1)
+    assert "seqno 5" in result.stderr or "seqno 6" in result.stderr
+    doc = json.loads(run("ledger", "audit", copy, "--json").stdout)
+    assert doc["valid"] is False and doc["first_bad_seqno"] in (5, 6)
+
+
+def test_ledger_audit_and_read_error_paths(tmp_path: Path) -> None:
+    assert_fails_cleanly(run("ledger", "audit", tmp_path / "missing"), "not found")
+    assert_fails_cleanly(run("ledger", "audit", tmp_path), "no ledger chunks")
+    assert_fails_cleanly(run("ledger", "read", tmp_path / "missing"), "not found")
+    assert_fails_cleanly(run("ledger", "read", CCF_LEDGER, "--from", "5", "--to", "3"), "--to", 2)
+    (tmp_path / "ledger_1-3.committed").write_bytes(b"\x00" * 7)
+    assert_fails_cleanly(run("ledger", "read", tmp_path), "ledger")
+
+
+def test_ledger_read_dumps_entries_and_governance_history() -> None:
+    result = run("ledger", "read", CCF_LEDGER, "--to", "4")
+    assert result.exit_code == 0, result.output
+    assert "2.1 " in result.stdout and "2.4 " in result.stdout and "2.5 " not in result.stdout
+    assert "public:ccf.gov.members.info" in result.stdout
+    gov = run("ledger", "read", CCF_LEDGER, "--governance").stdout
+    assert "transition_service_to_open" in gov and "service is Open" in gov
+    assert "public:ccf.internal.signatures" not in gov
+    lines = run("ledger", "read", CCF_LEDGER, "--json").stdout.splitlines()
+    entries = [json.loads(line) for line in lines]
+    assert [e["seqno"] for e in entries] == list(range(1, 15))
+    assert sum(e["signature"] for e in entries) == 6
+
+
+# --- processes ------------------------------------------------------------------------------------
+
+
+def test_node_start_and_join_check_the_config_and_build_the_host_command(tmp_path: Path) -> None:
+    for sub in ("start", "join"):
+        assert_fails_cleanly(run("node", sub, tmp_path / "node.json"), "not found")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    assert_fails_cleanly(run("node", "start", bad), "not valid JSON")
+    good = tmp_path / "node.json"
+    good.write_text("{}")
+    result = run("node", "join", good, "--print-command")
+    assert result.exit_code == 0
+    assert f"-m host --config {good}" in result.stdout
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("client.sandbox") is not None, reason="the sandbox exists now"
+)
+def test_sandbox_fails_clearly_while_not_available() -> None:
+    assert_fails_cleanly(run("sandbox"), "not available")
+
+
+@pytest.mark.skipif(
+    (REPO_ROOT / "scripts" / "bench.py").exists(), reason="the benchmark exists now"
+)
+def test_bench_fails_clearly_while_not_available() -> None:
+    assert_fails_cleanly(run("bench", "--duration", "1"), "not available")
