@@ -1,1 +1,50 @@
-"""Charter package."""
+"""Charter's consensus: Raft as a sans-IO state machine (DESIGN §6). Imports nothing of ours."""
+
+from consensus.codec import MAX_MESSAGE_BYTES, decode_message, encode_message
+from consensus.errors import ConfigurationError, ConsensusError, DecodeError, NotPrimaryError
+from consensus.messages import (
+    AppendEntries,
+    AppendEntriesResponse,
+    Message,
+    PreVote,
+    PreVoteResponse,
+    RequestVote,
+    RequestVoteResponse,
+    TimeoutNow,
+)
+from consensus.raft import Raft
+from consensus.types import (
+    EntryRequest,
+    HardState,
+    LogEntry,
+    RaftConfig,
+    Ready,
+    Role,
+    StartState,
+)
+
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "AppendEntries",
+    "AppendEntriesResponse",
+    "ConfigurationError",
+    "ConsensusError",
+    "DecodeError",
+    "EntryRequest",
+    "HardState",
+    "LogEntry",
+    "Message",
+    "NotPrimaryError",
+    "PreVote",
+    "PreVoteResponse",
+    "Raft",
+    "RaftConfig",
+    "Ready",
+    "RequestVote",
+    "RequestVoteResponse",
+    "Role",
+    "StartState",
+    "TimeoutNow",
+    "decode_message",
+    "encode_message",
+]

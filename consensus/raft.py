@@ -1,0 +1,769 @@
+"""Raft as a state machine without I/O: inputs are method calls, outputs come from `ready()`.
+
+CCF calls terms "views" and log indices "seqnos". Departures from textbook Raft, all from
+CCF or etcd:
+- commit advances only to entries flagged as signatures, and counts, for each voter
+  including the primary, only the entries its host reported durable (`durable()`);
+- pre-vote and check-quorum (a primary that has not heard from a majority within an election
+  timeout steps down; a node that hears from a primary ignores vote requests for that long);
+- a configuration (voter set) is in force as soon as its entry is appended; it changes one
+  node at a time, only once the previous change and an entry of the current view are
+  committed; a node whose removal is committed retires (a retiring primary first hands over
+  with TimeoutNow).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+
+from consensus.errors import ConfigurationError, ConsensusError, NotPrimaryError
+from consensus.log import RaftLog
+from consensus.messages import (
+    AppendEntries,
+    AppendEntriesResponse,
+    Message,
+    PreVote,
+    PreVoteResponse,
+    RequestVote,
+    RequestVoteResponse,
+    TimeoutNow,
+)
+from consensus.progress import Progress
+from consensus.types import (
+    EntryRequest,
+    HardState,
+    LogEntry,
+    RaftConfig,
+    Ready,
+    Role,
+    StartState,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class Raft:
+    """One node's Raft. Not thread safe: the runtime calls it from one task."""
+
+    def __init__(
+        self,
+        node_id: str,
+        *,
+        config: RaftConfig | None = None,
+        start: StartState | None = None,
+        state: StartState | None = None,
+        rng_seed: int = 0,
+    ) -> None:
+        st = start if start is not None else state
+        if st is None:
+            raise ConsensusError("a StartState is required", code="BadStartState")
+        if not node_id:
+            raise ConsensusError("empty node id", code="BadStartState")
+        self.id = node_id
+        self._cfg = config if config is not None else RaftConfig()
+        self._rng = random.Random(rng_seed)
+        self._log = RaftLog(st.last_index, st.last_term, st.configuration)
+        self._term = max(st.term, st.last_term)
+        self._voted_for: str | None = st.voted_for if st.term == self._term else None
+        self._commit_index = st.commit_index
+        self._durable_index = st.last_index
+        self._role = Role.BACKUP
+        self._leader_id: str | None = None
+        self._learners: set[str] = set()
+        self._election_elapsed_ms = 0
+        self._heartbeat_elapsed_ms = 0
+        self._timeout_ms = 0
+        self._votes: dict[str, bool] = {}
+        self._progress: dict[str, Progress] = {}
+        # Highest index known to match the current primary's log (follower side).
+        self._verified_index = 0
+        self._durable_reported = 0
+        self._commit_sent = 0
+        # Pending outputs, handed over by ready().
+        self._msgs: list[tuple[str, Message]] = []
+        self._unstable: list[LogEntry] = []
+        self._truncate_to: int | None = None
+        self._commit_changed = False
+        self._hard_dirty = False
+        self._role_changed = False
+        self._entry_requests: list[EntryRequest] = []
+        self._reset_election_timer()
+
+    @classmethod
+    def restore(
+        cls,
+        node_id: str,
+        *,
+        config: RaftConfig | None = None,
+        start: StartState,
+        entries: Sequence[LogEntry],
+        rng_seed: int = 0,
+    ) -> Raft:
+        """Restart on a durable log: `entries` follow `start.last_index` and are durable."""
+        raft = cls(node_id, config=config, start=start, rng_seed=rng_seed)
+        prev_index, prev_term = start.last_index, start.last_term
+        for e in entries:
+            if e.index != prev_index + 1 or e.term < prev_term:
+                raise ConsensusError(f"restored entry {e.index} out of order", code="BadRestore")
+            prev_index, prev_term = e.index, e.term
+        raft._log.extend(list(entries))
+        raft._durable_index = raft._log.last_index
+        if raft._term < raft._log.last_term:
+            raft._term, raft._voted_for = raft._log.last_term, None
+        if raft._commit_index > raft._log.last_index:
+            raise ConsensusError("commit index beyond the restored log", code="BadRestore")
+        raft._check_retired()
+        return raft
+
+    # -- read-only state ---------------------------------------------------------------------
+    @property
+    def view(self) -> int:
+        return self._term
+
+    @property
+    def term(self) -> int:
+        return self._term
+
+    @property
+    def role(self) -> Role:
+        return self._role
+
+    @property
+    def leader_id(self) -> str | None:
+        return self._leader_id
+
+    @property
+    def last_index(self) -> int:
+        return self._log.last_index
+
+    @property
+    def last_term(self) -> int:
+        return self._log.last_term
+
+    @property
+    def commit_index(self) -> int:
+        return self._commit_index
+
+    @property
+    def durable_index(self) -> int:
+        return self._durable_index
+
+    @property
+    def voted_for(self) -> str | None:
+        return self._voted_for
+
+    @property
+    def configuration(self) -> frozenset[str]:
+        """Voters in force (the latest configuration appended, committed or not)."""
+        return self._log.configuration
+
+    @property
+    def learners(self) -> frozenset[str]:
+        return frozenset(self._learners - self._log.configuration)
+
+    @property
+    def log(self) -> RaftLog:
+        return self._log
+
+    def term_at(self, index: int) -> int | None:
+        return self._log.term_at(index)
+
+    def entry(self, index: int) -> LogEntry:
+        return self._log.entry(index)
+
+    def is_caught_up(self, node_id: str) -> bool:
+        """On the primary: has `node_id` durably replicated everything committed so far?"""
+        pr = self._progress.get(node_id)
+        return (
+            self._role is Role.PRIMARY and pr is not None and pr.match_index >= self._commit_index
+        )
+
+    def peer_match_index(self, node_id: str) -> int:
+        pr = self._progress.get(node_id)
+        return pr.match_index if pr is not None else 0
+
+    # -- inputs ------------------------------------------------------------------------------
+    def tick(self, elapsed_ms: int | None = None) -> None:
+        """Advance time. Without an argument, one heartbeat interval passes."""
+        if elapsed_ms is None:
+            elapsed_ms = self._cfg.heartbeat_interval_ms
+        assert elapsed_ms >= 0
+        if self._role is Role.RETIRED:
+            return
+        self._election_elapsed_ms += elapsed_ms
+        if self._role is Role.PRIMARY:
+            self._tick_primary(elapsed_ms)
+        elif self._election_elapsed_ms >= self._timeout_ms:
+            self._reset_election_timer()
+            if self._can_campaign():
+                self._campaign(pre_vote=self._cfg.pre_vote)
+
+    def campaign(self) -> None:
+        """Start an election now (bootstrap of a fresh network, tests)."""
+        if self._role is not Role.PRIMARY and self._can_campaign():
+            self._campaign(pre_vote=self._cfg.pre_vote)
+
+    def propose(
+        self, data: bytes, *, signature: bool, configuration: frozenset[str] | None = None
+    ) -> tuple[int, int]:
+        """Append an entry on the primary; returns its (view, seqno)."""
+        if self._role is not Role.PRIMARY:
+            raise NotPrimaryError(f"{self.id} is not primary (primary: {self._leader_id})")
+        if len(data) > self._cfg.max_entry_bytes:
+            raise ConsensusError("entry too large", code="EntryTooLarge")
+        if configuration is not None:
+            self._check_configuration_change(configuration)
+        index = self._log.last_index + 1
+        entry = LogEntry(index, self._term, data, signature, configuration)
+        self._log.append(entry)
+        self._unstable.append(entry)
+        if configuration is not None:
+            self._on_primary_configuration(index, configuration)
+        return self._term, index
+
+    def durable(self, seqno: int, view: int | None = None) -> None:
+        """The host made every entry up to `seqno` durable. Pass the entry's `view` when a
+        report may refer to writes made before a truncation: a mismatch is then ignored."""
+        if self._role is Role.RETIRED or seqno <= self._durable_index:
+            return
+        seqno = min(seqno, self._log.last_index)
+        if view is not None and self._log.term_at(seqno) != view:
+            return
+        self._durable_index = seqno
+        if self._role is Role.PRIMARY:
+            self._maybe_commit()
+        elif self._leader_id is not None and self._leader_id != self.id:
+            self._report_durable()
+
+    def add_learner(self, node_id: str) -> None:
+        """Replicate to `node_id` without counting it (a joining node catching up)."""
+        if node_id == self.id:
+            return
+        self._learners.add(node_id)
+        if self._role is Role.PRIMARY and node_id not in self._progress:
+            self._progress[node_id] = Progress(self._log.last_index + 1)
+
+    def remove_learner(self, node_id: str) -> None:
+        self._learners.discard(node_id)
+        pr = self._progress.get(node_id)
+        if pr is not None and node_id not in self._log.configuration and pr.removal_index is None:
+            del self._progress[node_id]
+
+    def compact(self, index: int) -> None:
+        """Forget entries up to `index` (at most the commit index) from memory."""
+        index = min(index, self._commit_index, self._durable_index)
+        if index > self._log.first_index - 1:
+            self._log.compact(index)
+
+    def provide_entries(self, peer: str, entries: Sequence[LogEntry]) -> None:
+        """Answer an EntryRequest with entries read back from the ledger."""
+        pr = self._progress.get(peer)
+        if self._role is not Role.PRIMARY or pr is None or not pr.awaiting_entries or not entries:
+            return
+        for k, e in enumerate(entries):
+            known = self._log.term_at(e.index)
+            if (known is not None and known != e.term) or e.index != entries[0].index + k:
+                raise ConsensusError("provided entries do not match the log", code="BadEntries")
+        batch = list(entries)
+        prev = batch[0].index - 1
+        prev_term = self._log.term_at(prev)
+        if prev_term is None:
+            # Below our start point: the first provided entry serves as the anchor.
+            first = batch.pop(0)
+            prev, prev_term = first.index, first.term
+        pr.awaiting_entries = False
+        pr.probing, pr.paused = True, True
+        self._send(
+            peer,
+            AppendEntries(self._term, self.id, prev, prev_term, tuple(batch), self._commit_index),
+        )
+
+    def step(self, m: Message) -> None:
+        """Handle one message from a peer."""
+        if self._role is Role.RETIRED or m.sender == self.id:
+            return
+        if m.term > self._term:
+            forced = isinstance(m, RequestVote) and m.forced
+            if isinstance(m, PreVote | RequestVote) and self._in_lease() and not forced:
+                return
+            if isinstance(m, PreVote) or (isinstance(m, PreVoteResponse) and m.granted):
+                pass  # pre-votes never change anyone's term
+            else:
+                leader = m.sender if isinstance(m, AppendEntries) else None
+                self._become_follower(m.term, leader)
+        elif m.term < self._term:
+            if isinstance(m, AppendEntries):
+                # Tell a stale primary about the newer view so that it steps down.
+                self._send(m.sender, AppendEntriesResponse(self._term, self.id, False, 0, 0))
+            elif isinstance(m, PreVote):
+                self._send(m.sender, PreVoteResponse(self._term, self.id, False))
+            return
+        if isinstance(m, AppendEntries):
+            self._on_append(m)
+        elif isinstance(m, AppendEntriesResponse):
+            if self._role is Role.PRIMARY:
+                self._on_append_response(m)
+        elif isinstance(m, RequestVote):
+            self._on_request_vote(m)
+        elif isinstance(m, PreVote):
+            self._on_pre_vote(m)
+        elif isinstance(m, RequestVoteResponse):
+            if self._role is Role.CANDIDATE and m.term == self._term:
+                self._on_vote(m.sender, m.granted)
+        elif isinstance(m, PreVoteResponse):
+            if self._role is Role.PRE_CANDIDATE and m.term == self._term + 1:
+                self._on_vote(m.sender, m.granted)
+        elif isinstance(m, TimeoutNow) and self._role is Role.BACKUP and self._can_campaign():
+            logger.info("handover node=%s view=%d", self.id, self._term)
+            self._campaign(pre_vote=False, forced=True)
+
+    def ready(self) -> Ready:
+        """Collect every output since the last call."""
+        if self._role is Role.PRIMARY:
+            for peer, pr in self._progress.items():
+                self._send_entries(peer, pr)
+            if self._commit_sent < self._commit_index:
+                self._send_commit()
+        hard = HardState(self._term, self._voted_for) if self._hard_dirty else None
+        r = Ready(
+            messages=self._msgs,
+            entries=self._unstable,
+            truncate_to=self._truncate_to,
+            commit_index=self._commit_index if self._commit_changed else None,
+            hard_state=hard,
+            role=self._role,
+            role_changed=self._role_changed,
+            leader_id=self._leader_id,
+            view=self._term,
+            entry_requests=self._entry_requests,
+        )
+        self._msgs, self._unstable, self._entry_requests = [], [], []
+        self._truncate_to = None
+        self._commit_changed = self._hard_dirty = self._role_changed = False
+        return r
+
+    # -- roles -------------------------------------------------------------------------------
+    def _set_role(self, role: Role) -> None:
+        if role is not self._role:
+            logger.info(
+                "role node=%s view=%d %s->%s", self.id, self._term, self._role.value, role.value
+            )
+            self._role = role
+            self._role_changed = True
+
+    def _reset_election_timer(self) -> None:
+        self._election_elapsed_ms = 0
+        lo, hi = self._cfg.election_timeout_min_ms, self._cfg.election_timeout_max_ms
+        self._timeout_ms = self._rng.randrange(lo, hi)
+
+    def _in_lease(self) -> bool:
+        return (
+            self._cfg.check_quorum
+            and self._leader_id is not None
+            and self._election_elapsed_ms < self._cfg.election_timeout_min_ms
+        )
+
+    def _can_campaign(self) -> bool:
+        return self._role is not Role.RETIRED and self.id in self._log.configuration
+
+    def _become_follower(self, term: int, leader: str | None) -> None:
+        assert term >= self._term
+        if term > self._term:
+            self._term, self._voted_for = term, None
+            self._hard_dirty = True
+            self._verified_index = 0
+            self._durable_reported = 0
+        self._leader_id = leader
+        self._progress.clear()
+        self._votes.clear()
+        self._set_role(Role.BACKUP)
+        self._reset_election_timer()
+
+    def _campaign(self, *, pre_vote: bool, forced: bool = False) -> None:
+        self._votes = {self.id: True}
+        self._leader_id = None
+        self._progress.clear()
+        self._reset_election_timer()
+        last_index, last_term = self._log.last_index, self._log.last_term
+        if pre_vote:
+            self._set_role(Role.PRE_CANDIDATE)
+            msg: Message = PreVote(self._term + 1, self.id, last_index, last_term)
+        else:
+            self._term += 1
+            self._voted_for = self.id
+            self._hard_dirty = True
+            self._verified_index = 0
+            self._set_role(Role.CANDIDATE)
+            msg = RequestVote(self._term, self.id, last_index, last_term, forced)
+        for voter in sorted(self._log.configuration):
+            if voter != self.id:
+                self._send(voter, msg)
+        self._tally()
+
+    def _on_vote(self, voter: str, granted: bool) -> None:
+        if voter in self._log.configuration and voter not in self._votes:
+            self._votes[voter] = granted
+            self._tally()
+
+    def _tally(self) -> None:
+        voters = self._log.configuration
+        need = len(voters) // 2 + 1
+        yes = sum(1 for v, g in self._votes.items() if g and v in voters)
+        no = sum(1 for v, g in self._votes.items() if not g and v in voters)
+        if yes >= need:
+            if self._role is Role.PRE_CANDIDATE:
+                self._campaign(pre_vote=False)
+            else:
+                self._become_primary()
+        elif no >= need:
+            self._become_follower(self._term, None)
+
+    def _become_primary(self) -> None:
+        assert self._role is Role.CANDIDATE
+        self._set_role(Role.PRIMARY)
+        self._leader_id = self.id
+        self._votes.clear()
+        self._election_elapsed_ms = 0
+        self._heartbeat_elapsed_ms = 0
+        nxt = self._log.last_index + 1
+        self._progress = {}
+        for peer in sorted(self._log.configuration | self._learners):
+            if peer != self.id:
+                self._progress[peer] = Progress(nxt)
+        self._commit_sent = self._commit_index
+        logger.info("primary node=%s view=%d last=%d", self.id, self._term, nxt - 1)
+        self._heartbeat()  # claim the view at once rather than one interval later
+        # The runtime now appends a signature entry in this view: only that can commit.
+
+    def _tick_primary(self, elapsed_ms: int) -> None:
+        self._heartbeat_elapsed_ms += elapsed_ms
+        if (
+            self._cfg.check_quorum
+            and self._election_elapsed_ms >= self._cfg.election_timeout_min_ms
+        ):
+            self._election_elapsed_ms = 0
+            voters = self._log.configuration
+            active = sum(
+                1
+                for v in voters
+                if v == self.id or (v in self._progress and self._progress[v].recent_active)
+            )
+            for pr in self._progress.values():
+                pr.recent_active = False
+            if active < len(voters) // 2 + 1:
+                logger.warning("check-quorum lost node=%s view=%d", self.id, self._term)
+                self._become_follower(self._term, None)
+                return
+        if self._heartbeat_elapsed_ms >= self._cfg.heartbeat_interval_ms:
+            self._heartbeat_elapsed_ms = 0
+            self._heartbeat()
+
+    def _heartbeat(self) -> None:
+        for peer, pr in self._progress.items():
+            if pr.awaiting_entries:
+                continue
+            if pr.probing:
+                pr.paused = False
+                self._send_entries(peer, pr, empty_ok=True)
+                continue
+            if pr.inflight and pr.acked_index == pr.acked_at_heartbeat:
+                # Nothing acknowledged for a whole interval: assume loss and resend.
+                pr.become_probe(pr.acked_index + 1)
+                self._send_entries(peer, pr, empty_ok=True)
+            else:
+                self._send_heartbeat(peer, pr)
+            pr.acked_at_heartbeat = pr.acked_index
+
+    def _send_heartbeat(self, peer: str, pr: Progress) -> None:
+        prev = pr.acked_index
+        prev_term = self._log.term_at(prev)
+        if prev_term is None:
+            return
+        self._send(
+            peer, AppendEntries(self._term, self.id, prev, prev_term, (), self._commit_index)
+        )
+
+    def _send_commit(self) -> None:
+        """Tell idle peers that commit advanced (busy peers learn it from the next batch)."""
+        self._commit_sent = self._commit_index
+        busy = {to for to, m in self._msgs if isinstance(m, AppendEntries)}
+        for peer, pr in self._progress.items():
+            if peer not in busy and not pr.probing and not pr.awaiting_entries:
+                self._send_heartbeat(peer, pr)
+
+    # -- replication, primary side -----------------------------------------------------------
+    def _send_entries(self, peer: str, pr: Progress, *, empty_ok: bool = False) -> None:
+        log, cfg = self._log, self._cfg
+        last = log.last_index
+        for _ in range(cfg.max_inflight_messages):
+            if pr.awaiting_entries or (pr.probing and pr.paused):
+                return
+            lo = pr.next_index
+            if lo > last and not (pr.probing and empty_ok):
+                return
+            if not pr.probing and (
+                len(pr.inflight) >= cfg.max_inflight_messages
+                or pr.inflight_bytes >= cfg.max_inflight_bytes
+            ):
+                return
+            prev_term = log.term_at(lo - 1)
+            if lo <= last and (lo < log.first_index or prev_term is None):
+                hi = min(log.first_index - 1, lo + cfg.max_batch_entries - 1)
+                pr.awaiting_entries = True
+                self._entry_requests.append(EntryRequest(peer, lo, max(lo, hi)))
+                return
+            assert prev_term is not None
+            if lo <= last:
+                hi = log.batch_end(lo, cfg.max_batch_entries, cfg.max_batch_bytes)
+                entries = tuple(log.slice(lo, hi))
+            else:
+                hi, entries = lo - 1, ()
+            msg = AppendEntries(self._term, self.id, lo - 1, prev_term, entries, self._commit_index)
+            self._msgs.append((peer, msg))
+            if pr.probing:
+                pr.paused = True
+                return
+            pr.next_index = hi + 1
+            size = log.bytes_between(lo, hi)
+            pr.inflight.append((hi, size))
+            pr.inflight_bytes += size
+
+    def _on_append_response(self, m: AppendEntriesResponse) -> None:
+        pr = self._progress.get(m.sender)
+        if pr is None:
+            return
+        pr.recent_active = True
+        last = self._log.last_index
+        if m.success:
+            acked = min(m.last_index, last)
+            pr.on_ack(acked)
+            durable = min(m.durable_index, last)
+            if durable > pr.match_index:
+                pr.match_index = durable
+                self._maybe_commit()
+                if self._role is not Role.PRIMARY:
+                    return
+            if pr.probing and m.last_index >= pr.next_index - 1:
+                pr.become_replicate()
+            if pr.removal_index is not None and self._done_with_removed(m.sender, pr):
+                return
+            self._send_entries(m.sender, pr)
+            return
+        # Rejected: ignore stale answers, else skip back a whole term and probe from there.
+        if m.reject_index <= pr.match_index:
+            return  # durable on the peer: an old answer
+        if pr.probing and m.reject_index != pr.next_index - 1:
+            return
+        if m.reject_index <= pr.acked_index:
+            # The peer lost entries it had acknowledged but not made durable (it crashed), or
+            # this is an old answer: trust only what it made durable.
+            pr.acked_index = pr.match_index
+        nxt = m.hint_index
+        if m.hint_term:
+            mine = self._log.last_index_of_term(m.hint_term)
+            if mine is not None:
+                nxt = mine + 1
+        nxt = max(pr.acked_index + 1, min(nxt, m.reject_index))
+        pr.become_probe(nxt)
+        self._send_entries(m.sender, pr, empty_ok=True)
+
+    def _done_with_removed(self, peer: str, pr: Progress) -> bool:
+        assert pr.removal_index is not None
+        if self._commit_index >= pr.removal_index and pr.acked_index >= pr.removal_index:
+            # It holds its removal and we have told it that the removal is committed.
+            self._send_heartbeat(peer, pr)
+            del self._progress[peer]
+            return True
+        return False
+
+    def _maybe_commit(self) -> None:
+        voters = self._log.configuration
+        matches = sorted(
+            (
+                self._durable_index
+                if v == self.id
+                else (self._progress[v].match_index if v in self._progress else 0)
+            )
+            for v in voters
+        )
+        quorum_index = matches[(len(matches) - 1) // 2]
+        sig = self._log.last_signature_at_or_below(quorum_index)
+        # Raft's rule: only an entry of the current view is committed by counting replicas.
+        if sig > self._commit_index and self._log.term_at(sig) == self._term:
+            self._advance_commit(sig)
+
+    def _advance_commit(self, index: int) -> None:
+        assert index >= self._commit_index, "commit index never moves back"
+        assert index <= self._log.last_index
+        if index == self._commit_index:
+            return
+        self._commit_index = index
+        self._commit_changed = True
+        if self._role is Role.PRIMARY:
+            for peer, pr in list(self._progress.items()):
+                if pr.removal_index is not None and pr.removal_index <= index:
+                    self._done_with_removed(peer, pr)
+        self._check_retired()
+
+    def _check_retired(self) -> None:
+        log = self._log
+        if self.id in log.configuration or log.configuration_index > self._commit_index:
+            return
+        if not log.was_voter_before_latest(self.id):
+            return
+        if self._role is Role.RETIRED:
+            return
+        if self._role is Role.PRIMARY:
+            self._hand_over()
+        logger.info("retired node=%s view=%d", self.id, self._term)
+        self._set_role(Role.RETIRED)
+        self._leader_id = None
+        self._progress.clear()
+
+    def _hand_over(self) -> None:
+        """A primary whose removal is committed asks the most up-to-date voter to campaign."""
+        best: tuple[int, str] | None = None
+        for peer, pr in self._progress.items():
+            if peer in self._log.configuration and (best is None or pr.match_index > best[0]):
+                best = (pr.match_index, peer)
+        if best is not None:
+            self._send(best[1], TimeoutNow(self._term, self.id))
+
+    def _check_configuration_change(self, new: frozenset[str]) -> None:
+        old = self._log.configuration
+        if not new:
+            raise ConfigurationError("a configuration needs at least one voter")
+        if len(old ^ new) != 1:
+            raise ConfigurationError("configurations change one node at a time")
+        if self._log.configuration_index > self._commit_index:
+            raise ConfigurationError(
+                "the previous configuration change is not yet committed",
+                code="ConfigurationChangeInProgress",
+            )
+        if self._log.term_at(self._commit_index) != self._term:
+            raise ConfigurationError(
+                "no entry of this view is committed yet", code="ConfigurationChangeInProgress"
+            )
+        added = new - old
+        for node in added:
+            if node != self.id and not self.is_caught_up(node):
+                raise ConfigurationError(f"{node} has not caught up", code="NotCaughtUp")
+
+    def _on_primary_configuration(self, index: int, new: frozenset[str]) -> None:
+        for node in sorted(new):
+            if node != self.id and node not in self._progress:
+                self._progress[node] = Progress(self._log.last_index + 1)
+        for node, pr in self._progress.items():
+            pr.removal_index = index if node not in new and node not in self._learners else None
+        self._maybe_commit()
+
+    # -- replication, follower side ----------------------------------------------------------
+    def _on_append(self, m: AppendEntries) -> None:
+        if self._role is not Role.BACKUP or self._leader_id != m.sender:
+            self._become_follower(m.term, m.sender)
+        self._election_elapsed_ms = 0
+        log = self._log
+        prev, prev_term, entries = m.prev_index, m.prev_term, m.entries
+        if entries and (
+            entries[0].index != prev + 1
+            or entries[-1].index != prev + len(entries)
+            or entries[0].term < prev_term
+            or entries[-1].term > m.term
+        ):
+            raise ConsensusError("malformed AppendEntries", code="MalformedMessage")
+        if prev < self._commit_index:
+            # Our committed prefix is in every later primary's log (Leader Completeness), so
+            # it matches: skip what it covers and check nothing below it.
+            entries = entries[min(self._commit_index - prev, len(entries)) :]
+            prev = self._commit_index
+        else:
+            local_term = log.term_at(prev)
+            if local_term != prev_term:
+                self._reject(m, prev, local_term)
+                return
+        start = 0
+        last = log.last_index
+        while start < len(entries) and entries[start].index <= last:
+            e = entries[start]
+            if log.term_at(e.index) != e.term:
+                self._truncate(e.index - 1)
+                break
+            start += 1
+        if start < len(entries):
+            new = entries[start:]
+            log.extend(new)
+            self._unstable.extend(new)
+        verified = prev + len(entries)
+        if verified > self._verified_index:
+            self._verified_index = verified
+        if m.leader_commit > self._commit_index:
+            target = min(m.leader_commit, verified)
+            if target < m.leader_commit:
+                target = log.last_signature_at_or_below(target)
+            if target > self._commit_index:
+                self._advance_commit(target)
+        durable = min(self._durable_index, self._verified_index)
+        self._durable_reported = max(self._durable_reported, durable)
+        self._send(m.sender, AppendEntriesResponse(self._term, self.id, True, verified, durable))
+
+    def _reject(self, m: AppendEntries, prev: int, local_term: int | None) -> None:
+        log = self._log
+        if local_term is None and prev > log.last_index:
+            hint_index, hint_term = log.last_index + 1, 0
+        elif local_term is None:
+            hint_index, hint_term = self._commit_index + 1, 0
+        else:
+            hint_term = local_term
+            hint_index = log.first_index_of_term_at(prev)
+        self._send(
+            m.sender,
+            AppendEntriesResponse(
+                self._term, self.id, False, 0, 0, m.prev_index, max(1, hint_index), hint_term
+            ),
+        )
+
+    def _truncate(self, index: int) -> None:
+        assert index >= self._commit_index, "never truncate committed entries"
+        assert self._role is not Role.PRIMARY, "a primary never overwrites its log"
+        logger.info("truncate node=%s to=%d last=%d", self.id, index, self._log.last_index)
+        self._log.truncate(index)
+        if self._truncate_to is None or index < self._truncate_to:
+            self._truncate_to = index
+        while self._unstable and self._unstable[-1].index > index:
+            self._unstable.pop()
+        self._durable_index = min(self._durable_index, index)
+        self._durable_reported = min(self._durable_reported, index)
+
+    def _report_durable(self) -> None:
+        assert self._leader_id is not None
+        durable = min(self._durable_index, self._verified_index)
+        if durable > self._durable_reported:
+            self._durable_reported = durable
+            self._send(
+                self._leader_id,
+                AppendEntriesResponse(self._term, self.id, True, self._verified_index, durable),
+            )
+
+    # -- votes -------------------------------------------------------------------------------
+    def _log_up_to_date(self, last_term: int, last_index: int) -> bool:
+        return (last_term, last_index) >= (self._log.last_term, self._log.last_index)
+
+    def _on_request_vote(self, m: RequestVote) -> None:
+        can_vote = self._voted_for == m.sender or (
+            self._voted_for is None and self._leader_id is None
+        )
+        granted = can_vote and self._log_up_to_date(m.last_term, m.last_index)
+        if granted:
+            self._voted_for = m.sender
+            self._hard_dirty = True
+            self._election_elapsed_ms = 0
+        self._send(m.sender, RequestVoteResponse(self._term, self.id, granted))
+
+    def _on_pre_vote(self, m: PreVote) -> None:
+        granted = m.term > self._term and self._log_up_to_date(m.last_term, m.last_index)
+        self._send(m.sender, PreVoteResponse(m.term if granted else self._term, self.id, granted))
+
+    def _send(self, to: str, msg: Message) -> None:
+        self._msgs.append((to, msg))

@@ -1,0 +1,150 @@
+"""Values shared by the Raft core, its messages and its caller: entries, roles, config, Ready."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from consensus.errors import ConsensusError
+
+if TYPE_CHECKING:
+    from consensus.messages import Message
+
+
+class Role(enum.Enum):
+    """A node's role. CCF calls the leader "Primary" and followers "Backup"."""
+
+    PRIMARY = "Primary"
+    BACKUP = "Backup"
+    PRE_CANDIDATE = "PreCandidate"
+    CANDIDATE = "Candidate"
+    # Its removal from the configuration is committed: it neither votes nor campaigns again.
+    RETIRED = "Retired"
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """One log entry (a ledger transaction). `index` is CCF's seqno, `term` its view.
+
+    `data` is opaque to consensus. `configuration`, when set, is the set of voter node ids
+    that takes effect as soon as this entry is appended.
+    """
+
+    index: int
+    term: int
+    data: bytes
+    signature: bool = False
+    configuration: frozenset[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RaftConfig:
+    """Tunables. Times are in milliseconds of whatever clock the caller ticks with."""
+
+    election_timeout_min_ms: int = 1000
+    election_timeout_max_ms: int = 2000
+    heartbeat_interval_ms: int = 100
+    pre_vote: bool = True
+    check_quorum: bool = True
+    # One AppendEntries carries at most this many entries and (beyond its first entry) bytes.
+    max_batch_entries: int = 1000
+    max_batch_bytes: int = 1 << 20
+    # Bound on unacknowledged entry bytes and messages in flight to one peer (pipelining).
+    max_inflight_bytes: int = 4 << 20
+    max_inflight_messages: int = 64
+    # Bound on the size of one entry's data, enforced on propose and when decoding.
+    max_entry_bytes: int = 16 << 20
+
+    def __post_init__(self) -> None:
+        if not 0 < self.election_timeout_min_ms < self.election_timeout_max_ms:
+            raise ConsensusError("election timeout range must be 0 < min < max", code="BadConfig")
+        if not 0 < self.heartbeat_interval_ms < self.election_timeout_min_ms:
+            raise ConsensusError(
+                "heartbeat must be shorter than election timeout", code="BadConfig"
+            )
+        if self.max_batch_entries < 1 or self.max_batch_bytes < 1:
+            raise ConsensusError("batch bounds must be positive", code="BadConfig")
+        if self.max_inflight_bytes < 1 or self.max_inflight_messages < 1:
+            raise ConsensusError("in-flight bounds must be positive", code="BadConfig")
+
+
+@dataclass(frozen=True, slots=True)
+class StartState:
+    """Where a node starts.
+
+    `last_index`/`last_term` are the point the node's log starts after: (0, 0) for a fresh
+    network, the snapshot's (seqno, view) for a snapshot start, and the snapshot (or 0, 0)
+    that durable entries passed to `Raft.restore` follow. `configuration` is the voter set in
+    force at that point. `commit_index` is what the node knows to be committed (at least
+    `last_index` for a snapshot). `term`/`voted_for` are the durable hard state, if any.
+    """
+
+    configuration: frozenset[str]
+    last_index: int = 0
+    last_term: int = 0
+    commit_index: int = 0
+    term: int = 0
+    voted_for: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.last_index < 0 or self.last_term < 0 or self.term < 0:
+            raise ConsensusError("negative index or term", code="BadStartState")
+        if (self.last_index == 0) != (self.last_term == 0):
+            raise ConsensusError(
+                "last_index and last_term must both be 0 or both set", code="BadStartState"
+            )
+        if self.commit_index < self.last_index:
+            raise ConsensusError(
+                "a start point is committed: commit_index >= last_index", code="BadStartState"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class HardState:
+    """What the caller must make durable before sending the messages of the same Ready."""
+
+    term: int
+    voted_for: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class EntryRequest:
+    """The primary needs entries [from_index, to_index] (compacted from memory) for `peer`;
+    answer with `Raft.provide_entries`."""
+
+    peer: str
+    from_index: int
+    to_index: int
+
+
+@dataclass(slots=True)
+class Ready:
+    """Everything the core produced since the previous `ready()` call, in the order the
+    caller must act on it: persist `hard_state`, truncate the stored log to `truncate_to`
+    (drop every entry above it), append `entries`, then send `messages`; apply up to
+    `commit_index`. Report durability later with `Raft.durable()`.
+    """
+
+    messages: list[tuple[str, Message]] = field(default_factory=list)
+    entries: list[LogEntry] = field(default_factory=list)
+    truncate_to: int | None = None
+    commit_index: int | None = None
+    hard_state: HardState | None = None
+    role: Role = Role.BACKUP
+    role_changed: bool = False
+    leader_id: str | None = None
+    view: int = 0
+    entry_requests: list[EntryRequest] = field(default_factory=list)
+
+    @property
+    def has_output(self) -> bool:
+        return bool(
+            self.messages
+            or self.entries
+            or self.truncate_to is not None
+            or self.commit_index is not None
+            or self.hard_state is not None
+            or self.role_changed
+            or self.entry_requests
+        )
