@@ -380,9 +380,11 @@ class App:
         if endpoint.pattern is None:
             methods = self._exact.setdefault(endpoint.path, {})
         else:
-            methods = self._templates.get(endpoint.path, {})
+            # Templates differing only in parameter names are one route shape.
+            shape = _PARAM.sub("{}", endpoint.path)
+            methods = self._templates.get(shape, {})
             if not methods:
-                self._templates[endpoint.path] = methods
+                self._templates[shape] = methods
                 literal_chars = len(_PARAM.sub("", endpoint.path))
                 self._template_order.append((literal_chars, endpoint.pattern, methods))
                 # Most literal characters first, so ".../{id}:withdraw" beats ".../{id}".
@@ -432,8 +434,10 @@ class App:
                 continue
             found = pattern.fullmatch(path)
             if found is not None:
-                params = {k: urllib.parse.unquote(v) for k, v in found.groupdict().items()}
-                return Match(methods[method], params)
+                endpoint = methods[method]
+                # By position: this method's template may name its parameters differently.
+                values = (urllib.parse.unquote(value) for value in found.groups())
+                return Match(endpoint, dict(zip(endpoint.params, values, strict=True)))
         return None
 
     def allowed_methods(self, path: str) -> list[str]:

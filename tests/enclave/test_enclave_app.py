@@ -189,6 +189,23 @@ def test_path_parameters_are_percent_decoded(app: App) -> None:
     assert match.endpoint.path == "/app/proposals/{proposal_id}"
 
 
+def test_methods_of_one_route_shape_keep_their_own_parameter_names(store: Store) -> None:
+    app = App("shapes")
+
+    @app.get("/things/{thing_id}", auth="none")
+    def read(ctx: Context) -> Any:
+        return ctx.path
+
+    @app.delete("/things/{name}", auth="none")
+    def forget(ctx: Context) -> Any:
+        return ctx.path
+
+    assert json.loads(call(app, store, "GET", "/app/things/a").response.body) == {"thing_id": "a"}
+    assert json.loads(call(app, store, "DELETE", "/app/things/b").response.body) == {"name": "b"}
+    with pytest.raises(ValueError):
+        app.get("/things/{other}", auth="none")(read)
+
+
 def test_the_more_literal_template_wins(app: App, store: Store) -> None:
     outcome = call(app, store, "POST", "/app/proposals/abc:withdraw")
     assert json.loads(outcome.response.body) == {"withdrawn": "abc"}
