@@ -381,6 +381,8 @@ class Store:
         write_set = tx.write_set()
         self._apply(write_set, seqno, "commit")
         tx._closed = True
+        # The committed state is the Tx's own view, so it may still read until the next change.
+        tx._generation = self._generation
         return write_set
 
     def apply(self, write_set: WriteSet, seqno: int) -> None:

@@ -142,6 +142,8 @@ def test_committed_transaction_cannot_write_again() -> None:
     with pytest.raises(KVError) as raised:
         tx.put("m", b"k", b"again")
     assert raised.value.code == "TransactionClosed"
+    assert tx.get("m", b"k") == b"v"
+    assert tx.version_of("m", b"k") == 1
 
 
 def test_keys_and_values_must_be_bytes() -> None:
