@@ -203,3 +203,12 @@ def test_governance_tables_written_by_the_routes_have_ccf_names(harness: Harness
     names = set(net.store.map_names())
     assert {t.PROPOSALS, t.PROPOSALS_INFO, t.COSE_RECENT_PROPOSALS, t.COSE_HISTORY} <= names
     assert all(n.startswith("public:ccf.gov.") for n in names)
+
+
+def test_gov_openapi_document_lists_the_colon_routes(harness: Harness) -> None:
+    match = harness.app.match("GET", "/gov/api")
+    assert match is not None
+    outcome = harness.app.invoke(match, tx=harness.net.store.begin(), caller=ANONYMOUS)
+    paths = json.loads(outcome.response.body)["paths"]
+    assert "/gov/members/proposals:create" in paths
+    assert "/gov/members/proposals/{proposalId}/ballots/{memberId}:submit" in paths
