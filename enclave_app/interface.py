@@ -551,6 +551,10 @@ class ControlChannel:
                     sent = self._sock.sendmsg(views)
             except (BlockingIOError, InterruptedError):
                 return
+            except (ConnectionResetError, BrokenPipeError):
+                self._eof = True
+                self._close("peer closed the channel", error=False)
+                return
             except OSError as e:
                 self._close(f"send failed: {errno.errorcode.get(e.errno or 0, e)}", error=True)
                 return
@@ -582,6 +586,11 @@ class ControlChannel:
         try:
             data, anc, flags, _ = self._sock.recvmsg(_RECV_CHUNK_BYTES, _ANC_BUF_BYTES)
         except (BlockingIOError, InterruptedError):
+            return
+        except (ConnectionResetError, BrokenPipeError):
+            # The peer exited with our frames unread (e.g. ticks during shutdown): a hang-up.
+            self._eof = True
+            self._close("peer closed the channel", error=False)
             return
         except OSError as e:
             self._close(f"receive failed: {errno.errorcode.get(e.errno or 0, e)}", error=True)

@@ -124,6 +124,10 @@ class Host:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        # Before anything observable (ports.json, the enclave pid), so a prompt SIGTERM is
+        # always a clean stop.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._request_stop, f"signal {sig.name}", 0)
         listener = self._bind_client_socket()
         n2n_address = await self.relay.start()
         self.ports = {
@@ -137,8 +141,6 @@ class Host:
         assert self.process is not None
         self.ports["enclave_pid"] = self.process.pid
         self._write_ports()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._request_stop, f"signal {sig.name}", 0)
 
         config = self.config.model_dump(mode="json")
         config["rpc_address"] = self.rpc_address
@@ -206,6 +208,7 @@ class Host:
                 await t
         self.channel.close()
         await self.relay.close()
+        await self.storage_worker.wait_idle()
         self.storage.close()
         _log.info("host stopped exit_code=%d", self._exit_code)
 

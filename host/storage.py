@@ -12,6 +12,7 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from enclave_app.interface import (
     MAX_FRAME_BYTES,
@@ -32,6 +33,7 @@ from enclave_app.interface import (
 from ledger.chunks import LedgerReader, LedgerWriter
 
 _log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Replies must fit one frame: leave room for msgpack overhead per entry and the envelope.
 READ_REPLY_BYTES_MAX = MAX_FRAME_BYTES - 1024 * 1024
@@ -258,7 +260,21 @@ class StorageWorker:
         self._reply = reply
         self._on_failure = on_failure
         self._queue: asyncio.Queue[Frame] = asyncio.Queue(STORAGE_QUEUE_FRAMES_MAX)
+        self._in_flight: asyncio.Future[Any] | None = None
         self.fsync_count = 0
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking storage call in a thread. Shielded: cancelling `run()` never leaves
+        a call running behind `wait_idle()`'s back while the writer is closed."""
+        fut = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+        self._in_flight = fut
+        result: T = await asyncio.shield(fut)
+        return result
+
+    async def wait_idle(self) -> None:
+        """Wait for a thread call still running (after `run()` was cancelled)."""
+        if self._in_flight is not None and not self._in_flight.done():
+            await asyncio.wait([self._in_flight])
 
     async def submit(self, frame: Frame) -> None:
         assert isinstance(frame, STORAGE_FRAMES)
@@ -274,7 +290,7 @@ class StorageWorker:
                 await self._flush()
 
     async def _flush(self) -> None:
-        durable = await asyncio.to_thread(self.storage.flush)
+        durable = await self._call(self.storage.flush)
         self.fsync_count += 1
         self._reply(Durable(seqno=durable))
 
@@ -284,21 +300,21 @@ class StorageWorker:
             if not s.write_entries(frame.entries):
                 self._on_failure("enclave sent a ledger write that does not follow the ledger")
         elif isinstance(frame, Truncate):
-            await asyncio.to_thread(s.truncate, frame.seqno)
+            await self._call(s.truncate, frame.seqno)
         elif isinstance(frame, CommitUpTo):
             if s.needs_flush:
                 await self._flush()
-            await asyncio.to_thread(s.commit, frame.seqno)
+            await self._call(s.commit, frame.seqno)
         elif isinstance(frame, ReadEntries):
-            reply = await asyncio.to_thread(
+            reply = await self._call(
                 s.read_entries, frame.request_id, frame.from_seqno, frame.to_seqno
             )
             self._reply(reply)
         elif isinstance(frame, WriteSnapshot):
-            await asyncio.to_thread(
+            await self._call(
                 s.write_snapshot, frame.seqno, frame.evidence_seqno, frame.data, frame.committed
             )
         elif isinstance(frame, ReadLatestSnapshot):
-            self._reply(await asyncio.to_thread(s.read_latest_snapshot, frame.request_id))
+            self._reply(await self._call(s.read_latest_snapshot, frame.request_id))
         elif isinstance(frame, StoreSealed):
-            await asyncio.to_thread(s.store_sealed, frame.blob)
+            await self._call(s.store_sealed, frame.blob)
