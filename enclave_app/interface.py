@@ -14,8 +14,15 @@ Semantics the host implements (see host/):
   path absolute and `rpc_address` / `node_to_node_address` replaced by the addresses the host
   actually bound (port 0 resolved), `published_rpc_address` defaulting to `rpc_address`.
 - `Tick.now_ms` is the host's wall clock in ms since the Unix epoch: untrusted, may jump.
+- `ClientConnection` frames may follow `Start` at once, before the enclave sent `Started`;
+  the host closes its copy of the socket as soon as the frame is queued.
+- `Started(node_id, status, info)`: `info` is free-form plain data for the operator; the host
+  logs it and adds `node_id` to `<workspace>/ports.json`.
 - `WriteEntries` is appended in order; after the next group fsync the host answers
-  `Durable(highest durable seqno)`. `Truncate(seqno)` drops entries > seqno.
+  `Durable(highest durable seqno)`. `Truncate(seqno)` drops entries > seqno (refused below
+  the committed seqno) and is not answered. `CommitUpTo(seqno)` marks complete chunks
+  ending at or below min(seqno, durable seqno) committed. A write that does not follow the
+  ledger's last seqno stops the node.
 - `ReadEntries(request_id, from, to)` is answered by `EntriesRead` holding the entries
   `first_seqno..` in order; it may hold fewer than asked (frame size cap, end of ledger) and
   is empty when none are available.

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -120,3 +122,42 @@ def test_sigterm_stops_host_and_enclave_with_exit_code_zero(tmp_path: Path) -> N
     assert host.returncode == 0
     with pytest.raises(ProcessLookupError):
         os.kill(enclave_pid, 0)
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not HAS_ENCLAVE, reason="enclave_app/main.py not written yet")
+def test_client_connections_accepted_by_the_host_are_served_by_the_enclave(
+    tmp_path: Path,
+) -> None:
+    config = _start_config(tmp_path)
+    host = subprocess.Popen(
+        [sys.executable, "-m", "host", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=REPO,
+    )
+    try:
+        ports = _wait_for_ports(tmp_path / "ws", "node_id")
+        address, port = str(ports["rpc_address"]).rsplit(":", 1)
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE  # only the hand-over is under test, not the PKI
+        for _ in range(3):  # several connections, each passed over the control channel
+            with (
+                socket.create_connection((address, int(port)), timeout=10) as raw,
+                ctx.wrap_socket(raw) as tls,
+            ):
+                tls.sendall(b"GET /node/state HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                response = b""
+                while chunk := tls.recv(65536):
+                    response += chunk
+            assert response.startswith(b"HTTP/1.1 200")
+            assert str(ports["node_id"]).encode() in response
+    finally:
+        host.send_signal(signal.SIGTERM)
+        try:
+            host.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            host.kill()
+            host.wait()
+    assert host.returncode == 0
