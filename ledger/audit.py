@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -168,7 +169,7 @@ class _Auditor:
         if key is None:
             try:
                 loaded = x509.load_pem_x509_certificate(pem).public_key()
-            except ValueError as exc:
+            except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
                 raise AuditError(f"{what} is not a PEM certificate: {exc}", seqno=seqno) from None
             if not isinstance(loaded, ec.EllipticCurvePublicKey):
                 raise AuditError(f"{what} does not hold an ECDSA key", seqno=seqno)
@@ -189,7 +190,7 @@ class _Auditor:
             raise AuditError(f"{what} exceeds {limit} bytes", seqno=seqno)
         try:
             return json.loads(value)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise AuditError(f"{what} is not JSON: {exc}", seqno=seqno) from None
 
     # -- one transaction ---------------------------------------------------------------------

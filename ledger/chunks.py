@@ -127,6 +127,18 @@ def chunk_positions(data: bytes | memoryview, name: str = "") -> tuple[list[int]
     return positions, end
 
 
+def parse_chunk(data: bytes | memoryview, chunk: ChunkName) -> list[int]:
+    """Entry positions of a chunk file's bytes, checked against the range in its name."""
+    positions, _end = chunk_positions(data, chunk.filename)
+    if chunk.last is not None and chunk.last - chunk.first + 1 != len(positions):
+        expected = chunk.last - chunk.first + 1
+        raise AuditError(
+            f"chunk {chunk.filename} holds {len(positions)} entries, its name says {expected}",
+            seqno=chunk.first + min(len(positions), expected),
+        )
+    return positions
+
+
 def walk_entries(data: bytes | memoryview, start: int, end: int, *, name: str = "") -> list[int]:
     """Positions of back-to-back entries filling data[start:end] exactly."""
     positions: list[int] = []
@@ -500,13 +512,7 @@ class LedgerReader:
             raise DecodeError(f"chunk {chunk.filename} exceeds 4 GiB", field="file_size")
         with open(path, "rb") as f:
             data = f.read()
-        positions, _end = chunk_positions(data, chunk.filename)
-        if chunk.last is not None and chunk.last - chunk.first + 1 != len(positions):
-            raise AuditError(
-                f"chunk {chunk.filename} holds {len(positions)} entries, its name says "
-                f"{chunk.last - chunk.first + 1}",
-                seqno=chunk.first + min(len(positions), chunk.last - chunk.first + 1),
-            )
+        positions = parse_chunk(data, chunk)
         self._cache = (index, data, positions)
         return data, positions
 
