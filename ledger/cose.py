@@ -174,12 +174,77 @@ def with_unprotected(data: bytes, unprotected: HeaderMap) -> bytes:
     )
 
 
-def cbor_decode_exact(data: bytes, *, what: str) -> Any:
-    """Decode one CBOR item that must span all of `data`; any failure is a DecodeError.
+# Bounds for the pre-scan below: our formats nest at most ~6 deep and hold a few dozen
+# items (payloads are single byte strings), so these only ever stop hostile input.
+MAX_CBOR_DEPTH = 16
+MAX_CBOR_ITEMS = 10_000
 
-    cbor2 raises a variety of exceptions on hostile input (and builds semantic-tag objects
-    that may themselves fail), so everything is caught here and turned into DecodeError.
+
+def check_plain_cbor(data: bytes, *, top_tag: int | None = None, what: str = "CBOR") -> None:
+    """Check that `data` is exactly one well-formed, definite-length CBOR item without tags
+    (except `top_tag` on the outermost item), within depth and item-count bounds.
+
+    Why: cbor2 decodes semantic tags eagerly, and some are CPU bombs on hostile input
+    (tag 30 rationals and tag 4 decimal fractions over bignums run a gcd/exponentiation
+    that takes seconds for a few hundred KiB). None of our formats uses them, so they are
+    refused here before cbor2 sees the bytes.
     """
+    end = len(data)
+    pos = 0
+    pending = [1]  # items still expected in each open container; [1] = the top item
+    items = 0
+    top = True
+    while pending:
+        if pending[-1] == 0:
+            pending.pop()
+            continue
+        pending[-1] -= 1
+        items += 1
+        if items > MAX_CBOR_ITEMS:
+            raise DecodeError(f"too many CBOR items in {what}", offset=pos, field=what)
+        if pos >= end:
+            raise DecodeError(f"truncated {what}", offset=pos, field=what)
+        initial = data[pos]
+        major, info = initial >> 5, initial & 0x1F
+        pos += 1
+        if info < 24:
+            arg = info
+        elif info <= 27:
+            size = 1 << (info - 24)
+            if pos + size > end:
+                raise DecodeError(f"truncated {what}", offset=pos, field=what)
+            arg = int.from_bytes(data[pos : pos + size], "big")
+            pos += size
+        else:
+            # 28-30 are reserved; 31 is an indefinite length or a break: not in our formats
+            raise DecodeError(f"unsupported CBOR encoding in {what}", offset=pos - 1, field=what)
+        if major in (2, 3):
+            if arg > end - pos:
+                raise DecodeError(f"truncated {what}", offset=pos, field=what)
+            pos += arg
+        elif major in (4, 5):
+            count = arg * (2 if major == 5 else 1)
+            if count > end - pos:  # every item takes at least one byte
+                raise DecodeError(f"truncated {what}", offset=pos, field=what)
+            if len(pending) >= MAX_CBOR_DEPTH:
+                raise DecodeError(f"{what} nests too deeply", offset=pos, field=what)
+            pending.append(count)
+        elif major == 6:
+            if not (top and top_tag is not None and arg == top_tag):
+                raise DecodeError(f"unexpected CBOR tag {arg} in {what}", offset=pos, field=what)
+            pending[-1] += 1  # the tagged item follows
+        top = False
+    if pos != end:
+        raise DecodeError(f"trailing bytes after {what}", offset=pos, field=what)
+
+
+def cbor_decode_exact(data: bytes, *, what: str, top_tag: int | None = None) -> Any:
+    """Decode one plain CBOR item that must span all of `data`; raises DecodeError only.
+
+    cbor2 raises a variety of exceptions on hostile input, so after the pre-scan anything
+    it raises is still caught here and turned into DecodeError.
+    """
+    check_plain_cbor(data, top_tag=top_tag, what=what)
     fp = io.BytesIO(data)
     try:
         value = cbor2.CBORDecoder(fp).decode()
@@ -213,7 +278,7 @@ def decode_sign1(data: bytes, *, max_bytes: int = DEFAULT_MAX_SIGN1_BYTES) -> Si
     data = bytes(data)
     if len(data) > max_bytes:
         raise DecodeError(f"COSE_Sign1 of {len(data)} bytes exceeds limit {max_bytes}")
-    item = cbor_decode_exact(data, what="COSE_Sign1")
+    item = cbor_decode_exact(data, what="COSE_Sign1", top_tag=COSE_SIGN1_TAG)
     if isinstance(item, cbor2.CBORTag):
         if item.tag != COSE_SIGN1_TAG:
             raise DecodeError(f"unexpected CBOR tag {item.tag}", field="tag")

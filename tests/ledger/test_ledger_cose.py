@@ -232,7 +232,7 @@ def test_mismatched_alg_header_is_refused_when_signing() -> None:
 @pytest.mark.parametrize(
     ("data", "reason"),
     [
-        (b"", "invalid CBOR"),
+        (b"", "truncated"),
         (cbor2.dumps(cbor2.CBORTag(17, [b"", {}, b"", b""])), "tag"),
         (cbor2.dumps(cbor2.CBORTag(18, [b"", {}, b""])), "array of 4"),
         (cbor2.dumps([b"", {}, b"", b""]) + b"\0", "trailing"),
@@ -244,12 +244,35 @@ def test_mismatched_alg_header_is_refused_when_signing() -> None:
         (cbor2.dumps([b"", [], b"", b""]), "not a map"),
         (cbor2.dumps([b"", {}, "text", b""]), "payload"),
         (cbor2.dumps([b"", {}, b"", None]), "signature"),
-        (b"\x81" * 5000, "invalid CBOR"),
+        (b"\x81" * 5000, "nests too deeply"),
+        (b"\x9f\x40\x40\x40\x40\xff", "unsupported"),  # indefinite-length array
+        (b"\xd2\xd2\x84\x40\xa0\x40\x40", "tag 18"),  # tag inside the tag
+        (cbor2.dumps([b"", {}, b"", b""])[:-1], "truncated"),
+        (cbor2.dumps([b"", {}, b"", b"\0" * 10])[:-1], "truncated"),
+        (b"\x84\x40\xa0\x40\x5b" + b"\xff" * 8, "truncated"),
+        (b"\x84\x40\xbb" + b"\x7f" * 8, "truncated"),
+        (b"\x84\x40\xa0\x40\x5c", "unsupported"),
+        (cbor2.dumps([b"", {}, b"", b""]) + b"\0", "trailing"),
+        (cbor2.dumps([b"", {1: [0] * 20_000}, b"", b""]), "too many"),
     ],
 )
 def test_malformed_messages_raise_decode_error(data: bytes, reason: str) -> None:
     with pytest.raises(DecodeError, match=reason):
         cose.decode_sign1(data)
+
+
+def test_semantic_tag_cpu_bombs_are_refused_before_cbor2_sees_them() -> None:
+    # A rational (tag 30) of two 100 KB bignums makes cbor2 spend seconds in gcd.
+    bomb = b"\xd8\x1e\x82" + (b"\xc2\x5a" + (100_000).to_bytes(4, "big") + b"\x7b" * 100_000) * 2
+    for inner in (
+        cbor2.dumps([cbor2.dumps({1: -35}), {}, b"", b""])[:-1] + bomb,
+        b"\xd2\x84" + b"\x41\xa0" + b"\xa1\x01" + bomb + b"\x40\x40",
+    ):
+        with pytest.raises(DecodeError, match="tag 30"):
+            cose.decode_sign1(inner)
+    protected_with_bomb = cbor2.dumps([b"\xa1\x01" + bomb, {}, b"", b""])
+    with pytest.raises(DecodeError, match="tag 30"):
+        cose.decode_sign1(protected_with_bomb)
 
 
 def test_oversized_message_is_rejected_before_parsing() -> None:
