@@ -455,6 +455,9 @@ _ANC_BUF_BYTES = socket.CMSG_SPACE(4 * MAX_FDS_PER_FRAME * 4)
 _MAX_OUTGOING_BYTES = 2 * MAX_FRAME_BYTES + 16 * 1024 * 1024
 _DRAIN_LOW_BYTES = 4 * 1024 * 1024
 _MAX_PENDING_FRAMES = 4096
+_MAX_PENDING_BYTES = 2 * MAX_FRAME_BYTES
+# Each queued fd is a dup held by this process: bound them well below the fd limit.
+MAX_QUEUED_FDS = 256
 _MAX_SEGMENTS_PER_SEND = 64
 
 
@@ -488,9 +491,11 @@ class ControlChannel:
         self._inbuf = bytearray()
         self._inbuf_pos = 0  # stream offset of _inbuf[0]
         self._fd_marks: collections.deque[tuple[int, list[int]]] = collections.deque()
-        self._frames: collections.deque[tuple[Frame, list[int]]] = collections.deque()
+        self._frames: collections.deque[tuple[Frame, list[int], int]] = collections.deque()
+        self._pending_bytes = 0
         self._out: collections.deque[tuple[memoryview, list[int]]] = collections.deque()
         self._out_bytes = 0
+        self._out_fds = 0
         self._waiter: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
         self._reading = True
@@ -523,8 +528,11 @@ class ControlChannel:
         body = encode_frame(frame)
         if self._out_bytes + len(body) + 4 > _MAX_OUTGOING_BYTES:
             raise InterfaceError(f"channel {self.name}: outgoing buffer full")
+        if fds and self._out_fds + len(fds) > MAX_QUEUED_FDS:
+            raise InterfaceError(f"channel {self.name}: too many fds queued")
         data = LENGTH_PREFIX.pack(len(body)) + body
         owned = [os.dup(fd) for fd in fds]
+        self._out_fds += len(owned)
         self._out.append((memoryview(data), owned))
         self._out_bytes += len(data)
         if len(self._out) == 1:
@@ -548,6 +556,7 @@ class ControlChannel:
                     anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
                     sent = self._sock.sendmsg([view], anc)
                     _close_fds(fds)  # the kernel holds them now
+                    self._out_fds -= len(fds)
                     fds.clear()
                 else:
                     views: list[memoryview] = []
@@ -640,7 +649,9 @@ class ControlChannel:
         if off:
             del buf[:off]
             self._inbuf_pos += off
-        if self._reading and len(self._frames) >= _MAX_PENDING_FRAMES:
+        if self._reading and (
+            len(self._frames) >= _MAX_PENDING_FRAMES or self._pending_bytes >= _MAX_PENDING_BYTES
+        ):
             self._loop.remove_reader(self._fd)  # backpressure until the consumer catches up
             self._reading = False
 
@@ -669,7 +680,8 @@ class ControlChannel:
                 str(e),
             )
             return
-        self._frames.append((frame, fds))
+        self._frames.append((frame, fds, len(body)))
+        self._pending_bytes += len(body)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
@@ -683,11 +695,17 @@ class ControlChannel:
                 await self._waiter
             finally:
                 self._waiter = None
-        item = self._frames.popleft()
-        if not self._reading and not self._closed and len(self._frames) < _MAX_PENDING_FRAMES // 2:
+        frame, fds, size_bytes = self._frames.popleft()
+        self._pending_bytes -= size_bytes
+        if (
+            not self._reading
+            and not self._closed
+            and len(self._frames) < _MAX_PENDING_FRAMES // 2
+            and self._pending_bytes < _MAX_PENDING_BYTES // 2
+        ):
             self._loop.add_reader(self._fd, self._on_readable)
             self._reading = True
-        return item
+        return frame, fds
 
     def __aiter__(self) -> ControlChannel:
         return self
@@ -718,6 +736,7 @@ class ControlChannel:
             _close_fds(fds)
         self._out.clear()
         self._out_bytes = 0
+        self._out_fds = 0
         for _, fds in self._fd_marks:
             _close_fds(fds)
         self._fd_marks.clear()

@@ -26,6 +26,7 @@ MAX_HELLO_BYTES = 1024
 PEER_QUEUE_BYTES_MAX = 128 * 1024 * 1024
 PEER_QUEUE_FRAMES_MAX = 10_000
 MAX_PEERS = 256
+MAX_INBOUND_CONNECTIONS = 256
 BACKOFF_INITIAL_S = 0.05
 BACKOFF_MAX_S = 2.0
 CONNECT_TIMEOUT_S = 5.0
@@ -101,6 +102,8 @@ class _Peer:
                 await self._pump(reader, writer)
             except (OSError, ConnectionError) as e:
                 _log.info("relay connection lost peer=%s error=%r", self.address, str(e))
+            except Exception as e:  # never let one peer's surprise end its reconnect loop
+                _log.error("relay peer failed peer=%s error=%r", self.address, repr(e))
             finally:
                 writer.close()
                 with contextlib.suppress(Exception):
@@ -164,6 +167,10 @@ class Relay:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        if len(self._inbound) >= MAX_INBOUND_CONNECTIONS:
+            _log.warning("too many inbound relay connections, refusing one")
+            writer.close()
+            return
         self._inbound[task] = writer
         peer = writer.get_extra_info("peername")
         try:

@@ -232,3 +232,34 @@ async def test_fds_held_for_unsent_frames_are_released_on_close() -> None:
     os.close(r)
     os.close(w)
     b.close()
+
+
+async def test_receiver_pauses_reading_when_frames_pile_up_and_resumes(
+    pair: tuple[ControlChannel, ControlChannel],
+) -> None:
+    host, enclave = pair
+    count = 60_000  # far more than the receiver keeps pending: it must stop reading, resume
+    for i in range(count):
+        host.send(itf.Tick(now_ms=i))
+    await asyncio.sleep(0.2)
+    # At most the bound plus the frames of the one read that crossed it.
+    assert enclave.pending() < 4096 + 256 * 1024 // 20 < count
+    for i in range(count):
+        frame, _ = await asyncio.wait_for(enclave.receive(), 5)
+        assert frame == itf.Tick(now_ms=i)
+
+
+async def test_sender_refuses_to_hold_more_than_the_fd_bound() -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    host = ControlChannel(a, name="host")
+    for i in range(40):  # fill the socket so fd frames stay queued in the channel
+        host.send(itf.NodeMessage(from_address=str(i), payload=bytes(1024 * 1024)))
+    r, w = os.pipe()
+    for conn_id in range(itf.MAX_QUEUED_FDS):
+        host.send(itf.ClientConnection(conn_id=conn_id, peer="p"), fds=[r])
+    with pytest.raises(InterfaceError, match="too many fds queued"):
+        host.send(itf.ClientConnection(conn_id=999, peer="p"), fds=[r])
+    host.close()
+    os.close(r)
+    os.close(w)
+    b.close()
