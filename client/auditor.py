@@ -108,11 +108,14 @@ def audit_ledger(
     service_cert: str | Path | None = None,
     progress: ProgressCallback | None = None,
     accept_deprecated_entry_types: bool = False,
+    include_uncommitted: bool = False,
 ) -> AuditReport:
     """Validate a whole ledger directory with ledger.audit; returns its AuditReport.
 
     `progress(seqno, total)` is called after each chunk. With `service_cert`, the ledger must
-    end with that service identity. Raises LedgerAuditFailed carrying the first bad seqno.
+    end with that service identity. Only `*.committed` chunks are read (as `ccf.ledger`
+    does) unless `include_uncommitted`, e.g. for a running node's directory. Raises
+    LedgerAuditFailed carrying the first bad seqno.
     """
     path = Path(directory)
     if not path.exists():
@@ -120,12 +123,19 @@ def audit_ledger(
     if not path.is_dir():
         raise IdentityError(f"not a ledger directory: {path}")
     cert_pem = load_cert_pem(Path(service_cert), "service certificate") if service_cert else None
+    names = [p.name for p in path.iterdir() if p.name.startswith("ledger_")]
+    if not include_uncommitted and names and not any(".committed" in n for n in names):
+        raise LedgerAuditFailed(
+            f"no committed chunks in {path}, only in-progress ones (a running node's ledger?): "
+            "audit them with --include-uncommitted"
+        )
     try:
         report = audit(
             str(path),
             service_cert_pem=cert_pem,
             progress=progress,
             accept_deprecated_entry_types=accept_deprecated_entry_types,
+            committed_only=not include_uncommitted,
         )
     except AuditError as e:
         message = str(e).removeprefix(f"seqno {e.seqno}: ")

@@ -182,6 +182,12 @@ def ledger_audit(
         bool,
         typer.Option("--accept-deprecated", help="Accept CCF's deprecated entry types 0/2/3."),
     ] = False,
+    include_uncommitted: Annotated[
+        bool,
+        typer.Option(
+            "--include-uncommitted", help="Also read in-progress chunks (a running node's)."
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Validate a whole ledger offline: entries, Merkle roots, node and service signatures.
@@ -194,7 +200,10 @@ def ledger_audit(
     if as_json:
         try:
             report = audit_ledger(
-                directory, service_cert=cert, accept_deprecated_entry_types=accept_deprecated
+                directory,
+                service_cert=cert,
+                accept_deprecated_entry_types=accept_deprecated,
+                include_uncommitted=include_uncommitted,
             )
         except LedgerAuditFailed as e:
             print_json({"valid": False, "first_bad_seqno": e.seqno, "error": e.message})
@@ -219,6 +228,7 @@ def ledger_audit(
             service_cert=cert,
             progress=progress,
             accept_deprecated_entry_types=accept_deprecated,
+            include_uncommitted=include_uncommitted,
         )
     summary = _report_json(report)
     stdout.print(f"OK: ledger {directory} is valid")

@@ -222,7 +222,14 @@ class CharterClient:
             reason = e.os_error.strerror or str(e.os_error)
             raise ConnectionFailed(f"cannot connect to {self.url}: {reason}") from None
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
-            raise ConnectionFailed(f"connection to {self.url} failed: {e}") from None
+            # With TLS 1.3 a server that rejects the client certificate says so only by
+            # closing the connection after the handshake; name the likely cause.
+            hint = (
+                f" (is the client certificate {self.cert_path} registered with the service?)"
+                if self.cert_path is not None
+                else ""
+            )
+            raise ConnectionFailed(f"connection to {self.url} failed: {e}{hint}") from None
         except aiohttp.ClientPayloadError as e:
             raise ConnectionFailed(f"incomplete response from {self.url}: {e}") from None
         except TimeoutError:
