@@ -768,6 +768,15 @@ def _check_address(v: str) -> str:
 Address = Annotated[str, pydantic.AfterValidator(_check_address)]
 
 
+def _resolve_path(v: Path, info: pydantic.ValidationInfo) -> Path:
+    # load_config passes the config file's directory: relative paths are relative to it.
+    base = (info.context or {}).get("base_dir")
+    return v if base is None or v.is_absolute() else Path(base) / v
+
+
+ConfigPath = Annotated[Path, pydantic.AfterValidator(_resolve_path)]
+
+
 class SignaturesConfig(_Model):
     tx_count: int = pydantic.Field(default=100, ge=1)
     delay_ms: int = pydantic.Field(default=50, ge=1)
@@ -792,20 +801,20 @@ class ConsensusConfig(_Model):
 
 
 class MemberConfig(_Model):
-    cert: Path
-    encryption_key: Path | None = None
+    cert: ConfigPath
+    encryption_key: ConfigPath | None = None
     data: Any = None
 
 
 class JoinConfig(_Model):
     target: Address
-    service_cert: Path
+    service_cert: ConfigPath
 
 
 class StartConfig(_Model):
     mode: Literal["start", "join", "recover"] = "start"
     members: list[MemberConfig] = []
-    constitution: Path | None = None
+    constitution: ConfigPath | None = None
     service_config: dict[str, Any] = {}
     join: JoinConfig | None = None
 
@@ -821,9 +830,9 @@ class StartConfig(_Model):
 class NodeConfig(_Model):
     """The operator's node config. `load_config` makes every path absolute."""
 
-    workspace: Path
-    ledger_dir: Path | None = None
-    snapshots_dir: Path | None = None
+    workspace: ConfigPath
+    ledger_dir: ConfigPath | None = None
+    snapshots_dir: ConfigPath | None = None
     rpc_address: Address = "127.0.0.1:0"
     published_rpc_address: Address | None = None
     node_to_node_address: Address = "127.0.0.1:0"
@@ -846,27 +855,6 @@ class NodeConfig(_Model):
         return self
 
 
-def _absolute(data: Any, base: Path, keys: frozenset[str]) -> Any:
-    if isinstance(data, dict):
-        return {
-            k: (
-                str(base / v)
-                if k in keys and isinstance(v, str)
-                else _absolute(v, base, keys if k != "data" else frozenset())
-            )
-            for k, v in data.items()
-        }
-    if isinstance(data, list):
-        return [_absolute(x, base, keys) for x in data]
-    return data
-
-
-_PATH_KEYS = frozenset(
-    {"workspace", "ledger_dir", "snapshots_dir", "cert", "encryption_key", "constitution"}
-    | {"service_cert"}
-)
-
-
 def load_config(path: str | os.PathLike[str]) -> NodeConfig:
     """Read and validate a JSON node config; relative paths are relative to the file."""
     p = Path(path)
@@ -883,9 +871,8 @@ def load_config(path: str | os.PathLike[str]) -> NodeConfig:
         raise InterfaceError(f"config {p} is not valid JSON: {e}") from None
     if not isinstance(data, dict):
         raise InterfaceError(f"config {p} must be a JSON object")
-    data = _absolute(data, p.resolve().parent, _PATH_KEYS)
     try:
-        return NodeConfig.model_validate(data)
+        return NodeConfig.model_validate(data, context={"base_dir": p.resolve().parent})
     except pydantic.ValidationError as e:
         problems = "; ".join(
             f"{'.'.join(str(x) for x in err['loc']) or '(top)'}: {err['msg']}" for err in e.errors()

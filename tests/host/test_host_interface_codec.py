@@ -241,17 +241,31 @@ def test_minimal_config_gets_documented_defaults_and_absolute_paths(tmp_path: Pa
     assert decode_frame(encode_frame(start)) == start
 
 
-def test_member_data_is_not_rewritten_as_a_path(tmp_path: Path) -> None:
+def test_member_data_and_service_config_are_not_rewritten_as_paths(tmp_path: Path) -> None:
     path = _write_config(
         tmp_path,
         {
             "workspace": "/abs/ws",
-            "start": {"mode": "start", "members": [{"cert": "/m.pem", "data": {"cert": "keep"}}]},
+            "start": {
+                "mode": "start",
+                "members": [{"cert": "/m.pem", "data": {"cert": "keep"}}],
+                "service_config": {"cert": "keep"},
+            },
         },
     )
     config = itf.load_config(path)
     assert config.workspace == Path("/abs/ws")
     assert config.start.members[0].data == {"cert": "keep"}
+    assert config.start.service_config == {"cert": "keep"}
+
+
+def test_config_sent_in_start_validates_again_unchanged_in_the_enclave(tmp_path: Path) -> None:
+    path = _write_config(
+        tmp_path,
+        {"workspace": "ws", "start": {"mode": "start", "members": [{"cert": "m.pem"}]}},
+    )
+    config = itf.load_config(path)
+    assert itf.NodeConfig.model_validate(config.model_dump(mode="json")) == config
 
 
 @pytest.mark.parametrize(
