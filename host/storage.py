@@ -31,6 +31,7 @@ from enclave_app.interface import (
     snapshot_file_name,
 )
 from ledger.chunks import LedgerReader, LedgerWriter
+from ledger.errors import LedgerError
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -117,8 +118,14 @@ class Storage:
         return self._unflushed
 
     def write_entries(self, entries: list[tuple[int, bytes]]) -> bool:
-        """Append entries (no fsync). False (logged) if they do not follow the ledger."""
+        """Append entries (no fsync). False (logged) if they do not follow the ledger.
+
+        Re-sending an entry the ledger already holds byte for byte is harmless and skipped;
+        a different entry at a held seqno needs a `Truncate` first.
+        """
         for seqno, raw in entries:
+            if 0 < seqno <= self._writer.last_seqno and self._holds(seqno, raw):
+                continue
             try:
                 self._writer.append(seqno, raw)
             except (ValueError, AssertionError) as e:
@@ -132,9 +139,16 @@ class Storage:
             self._unflushed = True
         return True
 
+    def _holds(self, seqno: int, raw: bytes) -> bool:
+        try:
+            return LedgerReader(str(self.ledger_dir)).get(seqno) == raw
+        except (KeyError, LedgerError):
+            return False
+
     def flush(self) -> int:
         """fsync what was appended (one group); returns the highest durable seqno."""
         self.durable_seqno = self._writer.flush()
+        assert self.durable_seqno == self._writer.last_seqno
         self._unflushed = False
         return self.durable_seqno
 

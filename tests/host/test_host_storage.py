@@ -62,6 +62,18 @@ def test_ledger_write_that_skips_a_seqno_is_refused(tmp_path: Path) -> None:
     s.close()
 
 
+def test_resent_identical_entries_are_skipped_but_a_conflicting_one_is_refused(
+    tmp_path: Path,
+) -> None:
+    s = make_storage(tmp_path)
+    assert s.write_entries([(1, entry(1)), (2, entry(2))])
+    assert s.write_entries([(2, entry(2)), (3, entry(3))])
+    assert s.last_seqno == 3
+    assert not s.write_entries([(3, entry(3, size=77))])
+    assert s.read_entries(1, 3, 3).entries == [entry(3)]
+    s.close()
+
+
 def test_read_entries_returns_the_range_and_stops_at_the_end(tmp_path: Path) -> None:
     s = make_storage(tmp_path)
     raws = {i: entry(i, last_in_chunk=(i % 4 == 0)) for i in range(1, 11)}
