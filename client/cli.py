@@ -581,15 +581,31 @@ def node_join(
     _exec_node(config, print_command)
 
 
+@node_app.command("recover")
+@guarded
+def node_recover(
+    config: Annotated[Path, typer.Argument(help="Node config (JSON) that recovers a network.")],
+    print_command: PrintCmdOpt = False,
+) -> None:
+    """Start a node in recovery mode on an old ledger (its config says so).
+
+    Example: charter node recover workspace/node0/recover.json
+    """
+    _exec_node(config, print_command)
+
+
 PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
 @app.command(context_settings=PASSTHROUGH)
 @guarded
 def sandbox(ctx: typer.Context) -> None:
-    """Start a local network serving the sample app; extra arguments go to the sandbox.
+    """Start a local network serving the sample app, open it, and keep it up until Ctrl-C.
 
-    Example: charter sandbox --nodes 3
+    Sandbox options: --nodes N (default 3), --workspace DIR (default workspace/sandbox),
+    --port-base PORT, --app logging|acl|MODULE. It writes DIR/network.json for --network.
+
+    Example: charter sandbox --nodes 3 --workspace workspace/sandbox
     """
     try:
         from client.sandbox import run

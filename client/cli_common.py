@@ -113,10 +113,6 @@ MemberOpt = Annotated[
     int | None,
     typer.Option("--member", help="Use member N of the --network file as identity.", min=0),
 ]
-UserOpt = Annotated[
-    int | None,
-    typer.Option("--user", help="Use user N of the --network file as identity.", min=0),
-]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 NodeOpt = Annotated[
     int, typer.Option("--node", help="With --network: which node to talk to.", min=0)

@@ -22,7 +22,7 @@ PROPOSAL_ID = "ab" * 32
 COMMANDS = [
     ["keygen"], ["propose"], ["vote"], ["withdraw"], ["ack"], ["proposals"], ["members"],
     ["users"], ["nodes"], ["status"], ["sandbox"], ["bench"], ["node", "start"],
-    ["node", "join"], ["receipt", "get"], ["receipt", "verify"], ["ledger", "audit"],
+    ["node", "join"], ["node", "recover"], ["receipt", "get"], ["receipt", "verify"], ["ledger", "audit"],
     ["ledger", "read"],
 ]  # fmt: skip
 
@@ -365,7 +365,7 @@ def test_ledger_read_dumps_entries_and_governance_history() -> None:
 
 
 def test_node_start_and_join_check_the_config_and_build_the_host_command(tmp_path: Path) -> None:
-    for sub in ("start", "join"):
+    for sub in ("start", "join", "recover"):
         assert_fails_cleanly(run("node", sub, tmp_path / "node.json"), "not found")
     bad = tmp_path / "bad.json"
     bad.write_text("{")
