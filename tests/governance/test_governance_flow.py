@@ -6,7 +6,7 @@ import json
 
 from gov_testkit import start_network
 
-from governance import queries
+from governance import handlers, proposals, queries
 from governance import tables as t
 
 
@@ -77,3 +77,42 @@ def test_governance_json_is_compact_with_sorted_keys() -> None:
     assert raw is not None
     assert raw == json.dumps(json.loads(raw), separators=(",", ":"), sort_keys=True).encode()
     assert tx.get(t.SERVICE_INFO, bytes(8)) is not None
+
+
+def test_majority_of_rejections_rejects_without_applying() -> None:
+    net = start_network()
+    proposer, second, third = net.members
+    pid = net.propose(proposer, [{"name": "transition_service_to_open", "args": {}}]).json[
+        "proposalId"
+    ]
+    net.vote(second, pid, "reject")
+    result = net.vote(third, pid, "reject")
+    assert result.json["proposalState"] == "Rejected"
+    assert result.json["finalVotes"] == {second.id: False, third.id: False}
+    assert result.effects.empty
+    assert queries.service_status(net.store.begin()) == "Opening"
+
+
+def test_withdrawn_proposal_takes_no_more_ballots_and_closed_ones_are_purged() -> None:
+    net = start_network()
+    proposer, second, _ = net.members
+    pid = net.propose(proposer, [{"name": "transition_service_to_open", "args": {}}]).json[
+        "proposalId"
+    ]
+    withdrawal = proposer.sign("withdrawal", b"", proposal_id=pid, created_at=net.now_s)
+    result = net.run(handlers.withdraw_proposal, withdrawal, proposal_id=pid, now_s=net.now_s)
+    assert result.json["proposalState"] == "Withdrawn"
+    ballot = second.sign("ballot", {"ballot": "approve"}, proposal_id=pid, created_at=net.now_s)
+    err = net.refused(
+        handlers.submit_ballot,
+        ballot,
+        proposal_id=pid,
+        member_id=second.id,
+        now_s=net.now_s,
+        merkle_root=net.root,
+    )
+    assert err.code == "ProposalNotOpen"
+    # As CCF: when another proposal closes, earlier closed ones are forgotten.
+    net.pass_proposal([{"name": "set_member_data", "args": {"member_id": second.id}}])
+    listed = {p["proposalId"] for p in proposals.list_proposals(net.store.begin())["value"]}
+    assert pid not in listed
