@@ -63,13 +63,14 @@ class Overlay:
         self._writes.setdefault(map_name, {})[key] = None
 
     def items(self, map_name: str) -> Iterator[tuple[bytes, bytes]]:
-        table = self._writes.get(map_name, {})
-        for key, value in self._base.items(map_name):
-            if key not in table:
-                yield key, value
-        for key, maybe in table.items():
-            if maybe is not None:
-                yield key, maybe
+        """Merged view, sorted by key like the store's own `items`."""
+        merged = dict(self._base.items(map_name))
+        for key, maybe in self._writes.get(map_name, {}).items():
+            if maybe is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = maybe
+        return iter(sorted(merged.items()))
 
     def changes(self) -> list[KvChange]:
         """Buffered writes, dropping removals of keys that never existed (no-ops)."""
