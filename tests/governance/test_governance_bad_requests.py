@@ -8,6 +8,7 @@ import pytest
 from gov_testkit import NOW_S, Network, member, start_network
 
 from governance import handlers
+from governance import tables as t
 from governance.requests import MAX_ENVELOPE_BYTES
 from ledger import cose
 
@@ -274,3 +275,13 @@ def test_ack_before_any_digest_update_is_rejected() -> None:
     ack = who.sign("ack", {"stateDigest": ""}, created_at=net.now_s)
     err = net.refused(handlers.ack_state_digest, ack, member_id=who.id, now_s=NOW_S)
     check(err, "StateDigestMismatch", 400)
+
+
+def test_replay_records_of_expired_requests_are_pruned(net: Network) -> None:
+    pid = open_proposal(net)
+    net.vote(net.members[1], pid, "reject")
+    assert len(list(net.store.begin().items(t.RECENT_REQUESTS))) == 7  # 3 updates, 3 acks, 1 ballot
+    net.now_s += 601  # every recorded request is now outside the created_at window
+    net.vote(net.members[2], pid, "reject")
+    recent = list(net.store.begin().items(t.RECENT_REQUESTS))
+    assert len(recent) == 1 and recent[0][0].startswith(str(net.now_s).encode())
