@@ -37,6 +37,8 @@ class Identity:
     # Raft's hard state (term, vote) rides along: it must survive a restart too.
     term: int = 0
     voted_for: str | None = None
+    # Node-to-node channel epoch: one more on every start, so frame nonces never repeat.
+    epoch: int = 0
 
     @property
     def node_id(self) -> str:
@@ -75,6 +77,7 @@ class Identity:
             "ledger_secrets": [[start, secret] for start, secret in self.ledger_secrets],
             "term": self.term,
             "voted_for": self.voted_for,
+            "epoch": self.epoch,
         }
         packed: bytes = msgpack.packb(doc, use_bin_type=True)
         return packed
@@ -95,6 +98,7 @@ class Identity:
                 ledger_secrets=secrets,
                 term=int(doc["term"]),
                 voted_for=doc["voted_for"],
+                epoch=int(doc.get("epoch", 0)),
             )
         except IdentityError:
             raise

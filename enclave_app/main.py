@@ -15,6 +15,7 @@ import itertools
 import logging
 import os
 import socket
+import ssl
 import sys
 import traceback
 from pathlib import Path
@@ -24,8 +25,8 @@ from aiohttp import web
 
 from enclave_app import interface as itf
 from enclave_app import node_endpoints
-from enclave_app.app import App
-from enclave_app.node import Node
+from enclave_app.app import App, HttpResponse
+from enclave_app.node import TXID_HEADER, Forwarded, Node
 from enclave_app.platform import VirtualPlatform
 
 LOG = logging.getLogger("enclave")
@@ -33,6 +34,12 @@ LOG = logging.getLogger("enclave")
 # Bodies beyond this are refused before they are read (endpoints may set lower limits).
 MAX_REQUEST_BODY_BYTES = 8 * 1024 * 1024
 READ_BATCH_ENTRIES = 10_000
+JOIN_POLL_S = 0.5
+FORWARD_TIMEOUT_S = 5.0
+# A forwarded write is answered once this backup has applied it too, so the client's
+# next read here sees its own write ("read your writes" through a backup).
+LOCAL_APPLY_WAIT_S = 2.0
+RETIRED_LINGER_S = 2.0
 
 
 class Runtime:
@@ -46,6 +53,7 @@ class Runtime:
         self.request_ids = itertools.count(1)
         self.stopping = asyncio.Event()
         self.connections = 0
+        self.forwarded: dict[int, asyncio.Future[HttpResponse]] = {}
 
     # ------------------------------------------------------------------ frames to the host
     def flush(self) -> None:
@@ -69,12 +77,18 @@ class Runtime:
         app = _load_app(config.app)
         node = Node(config, platform, app, extra_apps=())
         self.node = node
+        node.on_forward_response = self._forward_answered
         node.routes.include(node_endpoints.build(node))
         _include_governance(node)
         if frame.sealed is not None:
             node.resume(frame.sealed)
             await self._replay_own_ledger(frame.ledger_last_seqno)
             node.resumed()
+        elif config.start.mode == "join":
+            node.start_joining()
+            self.flush()
+            asyncio.get_running_loop().create_task(self._join(config))
+            return
         elif config.start.mode == "start":
             if frame.ledger_last_seqno > 0:
                 raise RuntimeError(
@@ -88,6 +102,42 @@ class Runtime:
         self.channel.send(
             itf.Started(node.node_id, node.state, {"service_status": node.service_status()})
         )
+
+    async def _join(self, config: itf.NodeConfig) -> None:
+        """Ask the target node to join until governance trusts this node."""
+        import aiohttp
+
+        node = self.node
+        assert node is not None and config.start.join is not None
+        target = config.start.join.target
+        ctx = ssl.create_default_context(cafile=str(config.start.join.service_cert))
+        ctx.check_hostname = False  # the service cert is the only trust anchor we accept
+        url = f"https://{target}/node/join"
+        started = False
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=ctx), timeout=aiohttp.ClientTimeout(total=10)
+        ) as session:
+            while not self.stopping.is_set():
+                try:
+                    async with session.post(url, json=node.join_request_body()) as response:
+                        doc = await response.json(content_type=None)
+                        if response.status == 200 and isinstance(doc, dict):
+                            done = node.on_join_response(doc)
+                            self.flush()
+                            if not started:
+                                started = True
+                                self.channel.send(itf.Started(node.node_id, node.state, {}))
+                            if done:
+                                self.channel.send(itf.Started(node.node_id, node.state, {}))
+                                return
+                        elif response.status in (401, 403):
+                            self.fatal(f"join refused: {doc}")
+                            return
+                        else:
+                            LOG.info("event=join_retry status=%d", response.status)
+                except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                    LOG.info("event=join_retry error=%s", type(exc).__name__)
+                await asyncio.sleep(JOIN_POLL_S)
 
     async def _replay_own_ledger(self, last_seqno: int) -> None:
         assert self.node is not None
@@ -164,10 +214,13 @@ class Runtime:
         elif isinstance(frame, itf.Durable):
             node.durable(frame.seqno)
         elif isinstance(frame, itf.NodeMessage):
-            node.receive_from_peer(frame.payload) if hasattr(node, "receive_from_peer") else None
+            node.receive_from_peer(frame.payload)
         else:
             LOG.warning("event=unexpected_frame type=%s", type(frame).__name__)
         self.flush()
+        if node is not None and node.retired and not self.stopping.is_set():
+            LOG.info("event=stopping_retired_node")
+            asyncio.get_running_loop().call_later(RETIRED_LINGER_S, self.stopping.set)
 
     def accept(self, fd: int) -> None:
         sock = socket.socket(fileno=fd)
@@ -181,6 +234,30 @@ class Runtime:
             loop.connect_accepted_socket(self.server, sock, ssl=node.tls.context)
         )
         task.add_done_callback(_log_connection_failure)
+
+    # ------------------------------------------------------------------ forwarding
+    def _forward_answered(self, forward_id: int, response: HttpResponse) -> None:
+        future = self.forwarded.pop(forward_id, None)
+        if future is not None and not future.done():
+            future.set_result(response)
+
+    async def _await_forward(self, forwarded: Forwarded) -> HttpResponse:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[HttpResponse] = loop.create_future()
+        self.forwarded[forwarded.forward_id] = future
+        try:
+            response = await asyncio.wait_for(future, FORWARD_TIMEOUT_S)
+        except TimeoutError:
+            self.forwarded.pop(forwarded.forward_id, None)
+            return _forward_timeout()
+        txid = response.headers.get(TXID_HEADER)
+        node = self.node
+        if txid and node is not None:
+            seqno = int(txid.rpartition(".")[2])
+            deadline = loop.time() + LOCAL_APPLY_WAIT_S
+            while node.applied_seqno < seqno and loop.time() < deadline:
+                await asyncio.sleep(0.002)
+        return response
 
     # ------------------------------------------------------------------ HTTP
     async def handle_http(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -211,10 +288,17 @@ class Runtime:
             self.flush()
             return _json_error(500, "InternalError", "Internal error")
         self.flush()
+        if isinstance(result, Forwarded):
+            result = await self._await_forward(result)
         headers = dict(result.headers)
         if result.content_type:
             headers["Content-Type"] = result.content_type
         return web.Response(status=result.status, body=result.body, headers=headers)
+
+
+def _forward_timeout() -> HttpResponse:
+    body = b'{"error":{"code":"ForwardingTimeout","message":"The primary did not answer"}}'
+    return HttpResponse(503, body, {"Retry-After": "1"}, "application/json")
 
 
 def _json_error(status: int, code: str, message: str) -> web.Response:

@@ -8,6 +8,8 @@ a serial history and nothing ever conflicts.
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import os
 import time
@@ -16,13 +18,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from consensus import LogEntry, Raft, RaftConfig, Role, StartState
+import msgpack
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from consensus import LogEntry, Raft, RaftConfig, Role, StartState, decode_message, encode_message
 from consensus.errors import ConsensusError
 from enclave_app import interface as itf
 from enclave_app.app import App, Caller, HttpResponse, error_response
+from enclave_app.channels import ChannelError, Channels, open_sealed, seal_to
+from enclave_app.errors import HttpError
 from enclave_app.identity import Identity
 from enclave_app.kv import Store, Tx
-from enclave_app.platform import VirtualPlatform
+from enclave_app.platform import PlatformError, VirtualPlatform
 from enclave_app.tls import ServerTls
 from governance import tables as gt
 from governance.effects import Effects
@@ -40,6 +47,8 @@ MAX_UNCOMMITTED_TX = 10_000
 # Ticks come from the untrusted host clock: a jump never advances Raft by more than this.
 MAX_TICK_ELAPSED_MS = 1_000
 RETRY_AFTER_S = "1"
+# The Raft voters, as a ledger table (CCF keeps the equivalent in its internal maps).
+CONFIGURATION_TABLE = "public:ccf.internal.configuration"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +82,15 @@ class Node:
         self._chunk_marks: deque[tuple[int, int]] = deque()
         self.identity: Identity | None = None
         self.raft: Raft | None = None
+        self.channels: Channels | None = None
+        # node id -> node-to-node address of every peer we may talk to
+        self.peer_addresses: dict[str, str] = {}
+        # Entries a joining node received before it holds the ledger secrets.
+        self.deferred: list[LogEntry] = []
+        self.forwards = 0
+        # Called with (forward id, response) when a forwarded request's answer arrives.
+        self.on_forward_response: Callable[[int, HttpResponse], None] = lambda *_: None
+        self.retired = False
         self.tls = ServerTls()
         self.outbox: list[itf.Frame] = []
         self.commit_seqno = 0
@@ -97,6 +115,7 @@ class Node:
         self.routes.include(app)
         self.store.add_hook(gt.USERS_CERTS, lambda *_: self._refresh_client_cas())
         self.store.add_hook(gt.MEMBERS_CERTS, lambda *_: self._refresh_client_cas())
+        self.store.add_hook(gt.NODES_INFO, lambda *_: self._refresh_peers())
 
     # ------------------------------------------------------------------ properties
     @property
@@ -138,8 +157,7 @@ class Node:
         )
         identity.add_ledger_secret(1)
         identity.node_cert_pem = self._endorse(identity, node_key.public_key())
-        self.identity = identity
-        self.tls.set_identity(identity.node_cert_pem, certs.key_pem(node_key))
+        self._set_identity(identity)
         self.raft = Raft(
             identity.node_id,
             config=self.raft_config(),
@@ -161,11 +179,26 @@ class Node:
             service_config=genesis.ServiceConfig(**self.config.start.service_config),
             create_txid=f"{self.raft.view}.{self.raft.last_index + 1}",
         )
+        gt.put_json(tx, CONFIGURATION_TABLE, gt.SINGLETON_KEY, {"voters": [identity.node_id]})
+        # The first node's own code is the first one allowed to join.
+        gt.put_json(
+            tx,
+            gt.NODES_VIRTUAL_MEASUREMENTS,
+            self.platform.measurement.encode(),
+            gt.ALLOWED_TO_JOIN,
+        )
         self.commit_tx(tx)
         self.emit_signature()
         self.state = "PartOfNetwork"
         self.seal()
         LOG.info("event=network_started node_id=%s", identity.node_id)
+
+    def _set_identity(self, identity: Identity) -> None:
+        identity.epoch += 1
+        self.identity = identity
+        self.channels = Channels(identity.node_key, epoch=identity.epoch)
+        if identity.node_cert_pem:
+            self.tls.set_identity(identity.node_cert_pem, certs.key_pem(identity.node_key))
 
     def _endorse(self, identity: Identity, public_key: Any) -> str:
         assert identity.service_key is not None
@@ -228,8 +261,7 @@ class Node:
     # ------------------------------------------------------------------ restart
     def resume(self, sealed: bytes) -> None:
         """Restart under the same identity: unseal, then `replay` the ledger, then `resumed`."""
-        self.identity = Identity.from_bytes(self.platform.unseal(sealed))
-        self.tls.set_identity(self.identity.node_cert_pem, certs.key_pem(self.identity.node_key))
+        self._set_identity(Identity.from_bytes(self.platform.unseal(sealed)))
         self.state = "ReadingOwnLedger"
         self._replayed: list[LogEntry] = []
 
@@ -287,21 +319,59 @@ class Node:
         self.state = "PartOfNetwork"
         self._drain_ready()
         self._refresh_client_cas()
+        self._refresh_peers()
         LOG.info("event=resumed node_id=%s seqno=%d", self.identity.node_id, self.applied_seqno)
 
     def _voters(self) -> frozenset[str]:
-        tx = self.store.begin()
-        voters = {
-            key.decode()
-            for key, value in tx.items(gt.NODES_INFO)
-            if gt.load_json(value, what="node info").get("status") == "Trusted"
-        }
-        return frozenset(voters)
+        """The Raft configuration recorded in the ledger (CONFIGURATION_TABLE)."""
+        raw = self.store.begin().get(CONFIGURATION_TABLE, gt.SINGLETON_KEY)
+        if raw is None:
+            return frozenset()
+        return frozenset(gt.load_json(raw, what=CONFIGURATION_TABLE)["voters"])
 
-    def _configuration_if_changed(self, write_set: Mapping[str, Any]) -> frozenset[str] | None:
-        if gt.NODES_INFO not in write_set:
+    def _trusted_nodes(self) -> frozenset[str]:
+        trusted = set()
+        for key, value in self.store.begin().items(gt.NODES_INFO):
+            if gt.load_json(value, what=gt.NODES_INFO).get("status") == "Trusted":
+                trusted.add(gt.key_to_id(key))
+        return frozenset(trusted)
+
+    @staticmethod
+    def _configuration_if_changed(write_set: Mapping[str, Any]) -> frozenset[str] | None:
+        raw = write_set.get(CONFIGURATION_TABLE, {}).get(gt.SINGLETON_KEY)
+        if raw is None:
             return None
-        return self._voters()
+        return frozenset(gt.load_json(raw, what=CONFIGURATION_TABLE)["voters"])
+
+    def _maybe_reconfigure(self) -> None:
+        """Primary: move the Raft configuration one node towards the trusted nodes.
+
+        Governance decides who is trusted; consensus decides when the change is safe (the
+        previous change committed, an added node caught up). The change itself is a ledger
+        transaction writing CONFIGURATION_TABLE, so every replica sees it at the same seqno.
+        """
+        assert self.raft is not None
+        current = self.raft.configuration
+        desired = self._trusted_nodes()
+        if not desired or desired == current:
+            return
+        removed = sorted(current - desired)
+        added = sorted(node for node in desired - current if self.raft.is_caught_up(node))
+        if removed:
+            new = current - {removed[0]}
+        elif added:
+            new = current | {added[0]}
+        else:
+            return
+        try:
+            # Consensus' own admission rules; nothing is changed if they refuse.
+            self.raft._check_configuration_change(new)
+        except ConsensusError:
+            return
+        tx = self.store.begin()
+        gt.put_json(tx, CONFIGURATION_TABLE, gt.SINGLETON_KEY, {"voters": sorted(new)})
+        self.commit_tx(tx)
+        LOG.info("event=reconfigure voters=%d", len(new))
 
     # ------------------------------------------------------------------ transactions
     def commit_tx(self, tx: Tx, claims_digest: bytes | None = None) -> tuple[int, int]:
@@ -320,11 +390,9 @@ class Node:
             claims_digest=claims_digest or ZERO_DIGEST,
         )
         self.store.commit(tx, seqno)
-        configuration = None
-        if gt.NODES_INFO in write_set:
-            voters = self._voters()
-            if voters != self.raft.configuration:
-                configuration = voters
+        configuration = self._configuration_if_changed(write_set)
+        if configuration == self.raft.configuration:
+            configuration = None
         proposed = self.raft.propose(record.raw, signature=False, configuration=configuration)
         assert proposed == (view, seqno)
         self._appended(view, seqno, len(record.raw), 0)
@@ -415,9 +483,13 @@ class Node:
         if ready.truncate_to is not None and ready.truncate_to < self.applied_seqno:
             self._rollback(ready.truncate_to)
             self.outbox.append(itf.Truncate(ready.truncate_to))
+        if ready.truncate_to is not None:
+            self.deferred = [e for e in self.deferred if e.index <= ready.truncate_to]
         if ready.entries:
             for entry in ready.entries:
-                if entry.index > self.applied_seqno:
+                if self.identity is not None and not self.identity.ledger_secrets:
+                    self.deferred.append(entry)  # a joiner without secrets yet
+                elif entry.index > self.applied_seqno:
                     self._apply_replicated(entry)
             self.outbox.append(itf.WriteEntries([(e.index, e.data) for e in ready.entries]))
         for peer, message in ready.messages:
@@ -432,13 +504,118 @@ class Node:
                 ready.leader_id,
             )
             if ready.role is Role.PRIMARY and self.state == "PartOfNetwork":
-                # A new primary signs at once, so what it inherited can commit.
+                # A new primary signs at once, so what it inherited can commit, and
+                # replicates to the nodes still waiting to be trusted.
+                self._refresh_peers()
                 self.emit_signature()
                 self._drain_ready()
+            elif ready.role is Role.RETIRED and not self.retired:
+                self.retired = True
+                self.state = "Retired"
+                LOG.info("event=retired node_id=%s", self.node_id)
+
+    # ------------------------------------------------------------------ node-to-node
+    def _refresh_peers(self) -> None:
+        """Learn every non-retired node's identity key and address from governance."""
+        if self.channels is None:
+            return
+        for key, value in self.store.begin().items(gt.NODES_INFO):
+            info = gt.load_json(value, what=gt.NODES_INFO)
+            node_id = gt.key_to_id(key)
+            if node_id == self.channels.own_id or not isinstance(info, dict):
+                continue
+            if info.get("status") == "Retired":
+                self.peer_addresses.pop(node_id, None)
+                continue
+            self._know_peer(
+                node_id,
+                str(info.get("public_key", "")),
+                str(info.get("node_to_node_interface", {}).get("published_address", "")),
+            )
+            if info.get("status") == "Pending" and self.is_primary and self.raft is not None:
+                # A joining node catches up as a learner before governance trusts it.
+                self.raft.add_learner(node_id)
+
+    def _know_peer(self, node_id: str, public_key_pem: str, address: str) -> None:
+        assert self.channels is not None
+        public_key = certs.load_public_key(public_key_pem)
+        if certs.node_id(public_key) != node_id:  # type: ignore[arg-type]
+            LOG.warning("event=peer_key_mismatch node=%s", node_id[:16])
+            return
+        self.channels.know(public_key)  # type: ignore[arg-type]
+        if address:
+            self.peer_addresses[node_id] = address
+
+    def _send_n2n(self, peer: str, message: list[Any]) -> None:
+        address = self.peer_addresses.get(peer)
+        if address is None or self.channels is None:
+            LOG.debug("event=no_route_to_peer peer=%s", peer[:16])
+            return
+        try:
+            payload = self.channels.seal(peer, msgpack.packb(message, use_bin_type=True))
+        except ChannelError as exc:
+            LOG.warning("event=n2n_seal_failed peer=%s reason=%s", peer[:16], exc)
+            return
+        self.outbox.append(itf.SendToNode(peer, address, payload))
 
     def send_to_peer(self, peer: str, message: Any) -> None:
-        """Node-to-node delivery; a one-node network has no peers."""
-        LOG.debug("event=drop_peer_message peer=%s", peer)
+        self._send_n2n(peer, ["raft", encode_message(message)])
+
+    def receive_from_peer(self, payload: bytes) -> None:
+        """A sealed frame relayed by the host: open, check, dispatch; bad frames are dropped."""
+        if self.channels is None:
+            return
+        try:
+            sender, plaintext = self.channels.open(payload)
+            message = msgpack.unpackb(plaintext, raw=False, max_bin_len=len(plaintext))
+            if not isinstance(message, list) or not message or not isinstance(message[0], str):
+                raise ChannelError("not a node-to-node message")
+            kind = message[0]
+            if kind == "raft" and self.raft is not None:
+                self.raft.step(decode_message(bytes(message[1])))
+                self._drain_ready()
+            elif kind == "fwd":
+                self._serve_forwarded(sender, message)
+            elif kind == "fwd_resp":
+                _, forward_id, status, headers, content_type, body = message
+                self.on_forward_response(
+                    int(forward_id),
+                    HttpResponse(int(status), bytes(body), dict(headers), content_type),
+                )
+        except ChannelError as exc:
+            self.channels.dropped += 1
+            LOG.warning("event=n2n_frame_dropped reason=%s", exc)
+        except (ConsensusError, ValueError, TypeError, msgpack.UnpackException) as exc:
+            self.channels.dropped += 1
+            LOG.warning("event=n2n_message_dropped error=%s", type(exc).__name__)
+
+    def _serve_forwarded(self, sender: str, message: list[Any]) -> None:
+        """Run a write a backup forwarded with its caller's identity, and answer it."""
+        _, forward_id, method, path, query, headers, body, peer_der = message
+        if gt.node_info(self.store.begin(), sender) is None:
+            LOG.warning("event=forward_from_unknown_node node=%s", sender[:16])
+            return
+        response = self._handle(
+            str(method),
+            str(path),
+            str(query),
+            dict(headers),
+            bytes(body),
+            bytes(peer_der) if peer_der else None,
+            forwarded=True,
+        )
+        assert isinstance(response, HttpResponse), "a forwarded request is never re-forwarded"
+        self._send_n2n(
+            sender,
+            [
+                "fwd_resp",
+                forward_id,
+                response.status,
+                list(response.headers.items()),
+                response.content_type,
+                response.body,
+            ],
+        )
 
     def _apply_replicated(self, entry: LogEntry) -> None:
         assert self.identity is not None
@@ -485,6 +662,8 @@ class Node:
             and now_ms - self.last_signature_ms >= self.config.signatures.delay_ms
         ):
             self.emit_signature()
+        if self.is_primary and self.state == "PartOfNetwork":
+            self._maybe_reconfigure()
         self._drain_ready()
 
     def durable(self, seqno: int) -> None:
@@ -532,11 +711,11 @@ class Node:
         headers: Mapping[str, str],
         body: bytes,
         peer_der: bytes | None,
-    ) -> HttpResponse:
-        """Serve one HTTP request to completion."""
+    ) -> HttpResponse | Forwarded:
+        """Serve one HTTP request, or hand back a `Forwarded` whose answer will come."""
         self.metrics["requests"] += 1
         response = self._handle(method, path, query, headers, body, peer_der)
-        if response.status >= 400:
+        if isinstance(response, HttpResponse) and response.status >= 400:
             self.metrics["errors"] += 1
         return response
 
@@ -548,7 +727,9 @@ class Node:
         headers: Mapping[str, str],
         body: bytes,
         peer_der: bytes | None,
-    ) -> HttpResponse:
+        *,
+        forwarded: bool = False,
+    ) -> HttpResponse | Forwarded:
         match = self.routes.match(method, path)
         if match is None:
             return self.routes.no_route_response(method, path)
@@ -564,6 +745,8 @@ class Node:
             return error_response(401, "InvalidAuthentication", "Caller is not authorised")
         if not endpoint.read_only:
             if not self.is_primary:
+                if forwarded:
+                    return _unavailable("NotPrimary", "The primary changed; retry")
                 return self.forward(method, path, query, headers, body, peer_der)
             if self.applied_seqno - self.commit_seqno > MAX_UNCOMMITTED_TX:
                 return _unavailable("TooManyPendingTransactions", "Retry later")
@@ -590,10 +773,165 @@ class Node:
         headers: Mapping[str, str],
         body: bytes,
         peer_der: bytes | None,
-    ) -> HttpResponse:
-        """Writes sent to a backup: without node-to-node forwarding, point at the primary."""
+    ) -> HttpResponse | Forwarded:
+        """A write sent to a backup goes to the primary over the node-to-node channel."""
         primary = self.raft.leader_id if self.raft else None
-        return _unavailable("NotPrimary", f"This node is a backup; primary: {primary}")
+        if primary is None or primary not in self.peer_addresses:
+            return _unavailable("NoPrimary", "No primary is known; retry shortly")
+        self.forwards += 1
+        self._send_n2n(
+            primary,
+            [
+                "fwd",
+                self.forwards,
+                method,
+                path,
+                query,
+                [(k, v) for k, v in headers.items() if k.lower() in _FORWARDED_HEADERS],
+                body,
+                peer_der or b"",
+            ],
+        )
+        return Forwarded(self.forwards, primary)
+
+    # ------------------------------------------------------------------ joining (both sides)
+    def join_request(self, tx: Tx, request: Mapping[str, str]) -> dict[str, Any]:
+        """Primary side of a join: check the report, record the node Pending, or hand a
+        trusted node what it needs (service key and ledger secrets, sealed to its key)."""
+        try:
+            public_key = certs.load_public_key(request["public_key"])
+            report = base64.b64decode(request["quote"], validate=True)
+        except Exception:
+            raise HttpError(400, "InvalidInput", "public_key or quote is malformed") from None
+        if not isinstance(public_key, ec.EllipticCurvePublicKey):
+            raise HttpError(400, "InvalidInput", "node keys are ECDSA keys")
+        node_id = certs.node_id(public_key)
+        accepted = {key.decode() for key, _ in tx.items(gt.NODES_VIRTUAL_MEASUREMENTS)}
+        try:
+            verified = self.platform.verify_report(
+                report, public_key_der=certs.spki_der(public_key), accepted_measurements=accepted
+            )
+        except PlatformError as exc:
+            LOG.warning("event=join_refused node=%s reason=%s", node_id[:16], exc)
+            raise HttpError(403, "InvalidQuote", str(exc)) from None
+        info = gt.node_info(tx, node_id)
+        if info is None:
+            joiner = {
+                **self._node_info("Pending"),
+                "public_key": request["public_key"],
+                "quote_info": {
+                    "format": verified.format,
+                    "quote": request["quote"],
+                    "endorsements": "",
+                },
+                "code_digest": verified.measurement,
+                "node_to_node_interface": {
+                    "bind_address": request["node_to_node_address"],
+                    "published_address": request["node_to_node_address"],
+                    "protocol": "tcp",
+                },
+                "rpc_interfaces": {
+                    "primary_rpc_interface": {
+                        "bind_address": request["rpc_address"],
+                        "published_address": request["rpc_address"],
+                        "protocol": "tcp",
+                    }
+                },
+            }
+            gt.put_json(tx, gt.NODES_INFO, gt.id_key(node_id), joiner)
+            LOG.info("event=join_pending node=%s", node_id[:16])
+            return {"node_id": node_id, "node_status": "Pending", "peers": self._peers(tx)}
+        status = info.get("status")
+        if status == "Pending":
+            return {"node_id": node_id, "node_status": "Pending", "peers": self._peers(tx)}
+        if status != "Trusted":
+            raise HttpError(403, "NodeRetired", f"node {node_id} is {status}")
+        assert self.identity is not None and self.identity.service_key is not None
+        endorsed = tx.get(gt.NODES_ENDORSED_CERTIFICATES, gt.id_key(node_id))
+        secrets = msgpack.packb(
+            {
+                "service_key": certs.key_pem(self.identity.service_key),
+                "ledger_secrets": [[s, k] for s, k in self.identity.ledger_secrets],
+            },
+            use_bin_type=True,
+        )
+        return {
+            "node_id": node_id,
+            "node_status": "Trusted",
+            "peers": self._peers(tx),
+            "network_info": {
+                "service_cert": self.identity.service_cert_pem,
+                "endorsed_cert": endorsed.decode() if endorsed else "",
+                "secrets": base64.b64encode(seal_to(public_key, secrets)).decode(),
+            },
+        }
+
+    def _peers(self, tx: Tx) -> list[dict[str, str]]:
+        peers = []
+        for key, value in tx.items(gt.NODES_INFO):
+            info = gt.load_json(value, what=gt.NODES_INFO)
+            if isinstance(info, dict) and info.get("status") in ("Trusted", "Pending"):
+                peers.append(
+                    {
+                        "node_id": gt.key_to_id(key),
+                        "public_key": str(info.get("public_key", "")),
+                        "address": str(
+                            info.get("node_to_node_interface", {}).get("published_address", "")
+                        ),
+                    }
+                )
+        return peers
+
+    def start_joining(self) -> None:
+        """Joiner side: a fresh identity, sealed at once so a restart keeps it."""
+        self._set_identity(Identity(node_key=certs.new_key()))
+        self.state = "Pending"
+        self.seal()
+
+    def join_request_body(self) -> dict[str, str]:
+        assert self.identity is not None
+        report = self.platform.report(self.identity.public_key_der)
+        return {
+            "public_key": certs.public_key_pem(self.identity.node_key.public_key()),
+            "quote": base64.b64encode(report.to_bytes()).decode(),
+            "rpc_address": self.config.published_rpc_address or self.config.rpc_address,
+            "node_to_node_address": self.config.node_to_node_address,
+        }
+
+    def on_join_response(self, doc: Mapping[str, Any]) -> bool:
+        """Act on the primary's answer; True once this node is part of the network."""
+        assert self.identity is not None
+        for peer in doc.get("peers", []):
+            if peer.get("node_id") != self.identity.node_id:
+                self._know_peer(str(peer["node_id"]), str(peer["public_key"]), str(peer["address"]))
+        if self.raft is None:
+            self.raft = Raft(
+                self.identity.node_id,
+                config=self.raft_config(),
+                start=StartState(configuration=frozenset()),
+                rng_seed=int.from_bytes(os.urandom(8), "little"),
+            )
+        if doc.get("node_status") != "Trusted":
+            return False
+        info = doc["network_info"]
+        secrets = msgpack.unpackb(
+            open_sealed(self.identity.node_key, base64.b64decode(info["secrets"])), raw=False
+        )
+        self.identity.service_key = certs.load_key(secrets["service_key"])
+        self.identity.service_cert_pem = str(info["service_cert"])
+        self.identity.ledger_secrets = [(int(s), bytes(k)) for s, k in secrets["ledger_secrets"]]
+        self.identity.node_cert_pem = str(info["endorsed_cert"])
+        self.tls.set_identity(self.identity.node_cert_pem, certs.key_pem(self.identity.node_key))
+        deferred, self.deferred = self.deferred, []
+        for entry in deferred:
+            if entry.index > self.applied_seqno:
+                self._apply_replicated(entry)
+        self.state = "PartOfNetwork"
+        self.seal()
+        self._refresh_client_cas()
+        self._refresh_peers()
+        LOG.info("event=joined node_id=%s applied=%d", self.identity.node_id, self.applied_seqno)
+        return True
 
     # ------------------------------------------------------------------ status and receipts
     def tx_status(self, view: int, seqno: int) -> str:
@@ -646,13 +984,23 @@ class Node:
             commit_evidence=evidence,
             claims_digest=claims,
         )
-        import json
 
         return HttpResponse(200, json.dumps(doc).encode(), {}, "application/json")
 
 
 class _AuthError(Exception):
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class Forwarded:
+    """A request sent on to the primary; its answer arrives via `on_forward_response`."""
+
+    forward_id: int
+    primary: str
+
+
+_FORWARDED_HEADERS = frozenset({"content-type", "accept"})
 
 
 def _unavailable(code: str, message: str) -> HttpResponse:

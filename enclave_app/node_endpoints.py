@@ -20,7 +20,18 @@ _TXID = re.compile(r"([0-9]{1,19})\.([0-9]{1,19})")
 
 
 class TxQuery(pydantic.BaseModel):
-    transaction_id: str
+    transaction_id: str = pydantic.Field(max_length=48)
+
+
+class JoinRequest(pydantic.BaseModel):
+    """What a joining node presents: its key, its attestation report, its addresses."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    public_key: str = pydantic.Field(max_length=4096)
+    quote: str = pydantic.Field(max_length=32 * 1024)
+    rpc_address: str = pydantic.Field(max_length=256)
+    node_to_node_address: str = pydantic.Field(max_length=256)
 
 
 def parse_txid(text: str) -> tuple[int, int]:
@@ -124,6 +135,12 @@ def build(node: Node) -> App:
             "endorsements": "",
             "measurement": report.measurement,
         }
+
+    @app.post("/join", auth="none", body=JoinRequest, max_body_bytes=64 * 1024)
+    def join(ctx: Context) -> dict[str, Any]:
+        """A node asks to join: recorded Pending, or, once trusted, given the network's
+        secrets sealed to its key."""
+        return node.join_request(ctx.tx, ctx.body.model_dump())
 
     @app.get("/version", auth="none")
     def version(ctx: Context) -> dict[str, Any]:
