@@ -215,6 +215,9 @@ class Node:
             )
         )
 
+    def _n2n_published(self) -> str:
+        return self.config.published_node_to_node_address or self.config.node_to_node_address
+
     def _rpc_host(self) -> str:
         address = self.config.published_rpc_address or self.config.rpc_address
         return address.rpartition(":")[0]
@@ -239,7 +242,7 @@ class Node:
             "retired_committed": False,
             "node_to_node_interface": {
                 "bind_address": self.config.node_to_node_address,
-                "published_address": self.config.node_to_node_address,
+                "published_address": self._n2n_published(),
                 "protocol": "tcp",
             },
             "rpc_interfaces": {
@@ -895,7 +898,7 @@ class Node:
             "public_key": certs.public_key_pem(self.identity.node_key.public_key()),
             "quote": base64.b64encode(report.to_bytes()).decode(),
             "rpc_address": self.config.published_rpc_address or self.config.rpc_address,
-            "node_to_node_address": self.config.node_to_node_address,
+            "node_to_node_address": self._n2n_published(),
         }
 
     def on_join_response(self, doc: Mapping[str, Any]) -> bool:
