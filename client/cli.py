@@ -43,6 +43,7 @@ from client.sdk import CharterClient
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+BENCH_SCRIPT = REPO_ROOT / "scripts" / "bench.py"
 
 app = typer.Typer(
     name="charter",
@@ -622,7 +623,7 @@ def bench(ctx: typer.Context) -> None:
 
     Example: charter bench --network workspace/sandbox/network.json
     """
-    script = REPO_ROOT / "scripts" / "bench.py"
+    script = BENCH_SCRIPT
     if not script.is_file():
         fail(f"the benchmark is not available in this version ({script} is missing)")
     done = subprocess.run([sys.executable, str(script), *ctx.args], check=False)
