@@ -21,6 +21,7 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,6 +145,8 @@ class Sandbox:
         signature_tx_count: int = 100,
         signature_delay_ms: int = 50,
         election_timeout_ms: tuple[int, int] = (1000, 2000),
+        ledger_chunk_bytes: int = 5_000_000,
+        configure_node: Callable[[int, dict[str, Any]], None] | None = None,
     ) -> None:
         if nodes < 1:
             raise SandboxError("a network needs at least one node")
@@ -154,6 +157,9 @@ class Sandbox:
         self.signature_tx_count = signature_tx_count
         self.signature_delay_ms = signature_delay_ms
         self.election_timeout_ms = election_timeout_ms
+        self.ledger_chunk_bytes = ledger_chunk_bytes
+        # Lets a caller (tests) adjust each node's config before it is written.
+        self.configure_node = configure_node
         self.nodes: list[NodeProcess] = []
         self.resumed = False
 
@@ -236,8 +242,11 @@ class Sandbox:
                 "election_timeout_ms": list(self.election_timeout_ms),
                 "heartbeat_ms": 100,
             },
+            "ledger_chunk_bytes": self.ledger_chunk_bytes,
             "start": start,
         }
+        if self.configure_node is not None:
+            self.configure_node(i, config)
         config_path.write_text(json.dumps(config, indent=2))
         return node
 
@@ -306,11 +315,36 @@ class Sandbox:
             await asyncio.sleep(0.2)
         raise SandboxError("no primary was elected in time")
 
+    async def add_node(self) -> NodeProcess:
+        """Grow the network: start one more node, which joins, and trust it by governance."""
+        node = self._node(len(self.nodes))
+        self.nodes.append(node)
+        self.node_count = len(self.nodes)
+        node.start()
+        await asyncio.to_thread(node.wait_started)
+        await self.trust_node(node.node_id)
+        self.write_network()
+        return node
+
+    async def retire_node(self, node: NodeProcess) -> None:
+        """Shrink the network: remove a node by governance (it retires and stops)."""
+        for other in self.nodes:
+            if other is node or other.process is None or other.process.poll() is not None:
+                continue
+            with contextlib.suppress(Exception):
+                async with self.client(other) as client:
+                    await self.pass_proposal(
+                        client, [{"name": "remove_node", "args": {"node_id": node.node_id}}]
+                    )
+                    return
+        raise SandboxError(f"no live node accepted the removal of node {node.index}")
+
     def member_identities(self) -> list[tuple[Path, Path]]:
         return [self.member_paths(i)[:2] for i in range(MEMBER_COUNT)]
 
     def client(self, node: NodeProcess | None = None, *, user: int | None = None) -> CharterClient:
-        target = node or self.nodes[0]
+        live = [n for n in self.nodes if n.process is not None and n.process.poll() is None]
+        target = node or (live[0] if live else self.nodes[0])
         cert = key = None
         if user is not None:
             cert, key = self.user_paths(user)
