@@ -22,8 +22,9 @@ _VALID_DETACHED = cose.sign1(
     detached=True,
     unprotected={396: {-1: [cbor2.dumps({1: [bytes(32), "ce:2.9:00", bytes(32)], 2: []})]}},
 )
+# Inputs fed to decode_sign1: 4000 x 3 random + 2000 x 2 mutated = 16,000, deterministic.
 _FUZZ = settings(
-    max_examples=5000,
+    max_examples=4000,
     derandomize=True,
     deadline=None,
     database=None,
@@ -50,7 +51,7 @@ def test_random_bytes_raise_only_decode_error(data: bytes) -> None:
     _decode_and_verify(b"\xd2\x84" + data)  # inside the 4-array
 
 
-@settings(_FUZZ, max_examples=3000)
+@settings(_FUZZ, max_examples=2000)
 @given(
     st.sampled_from([_VALID, _VALID_DETACHED]),
     st.lists(

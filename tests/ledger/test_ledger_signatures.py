@@ -277,7 +277,7 @@ def test_txid_must_be_view_dot_seqno(
             signatures.cose_root_signature(service[0], ROOT, txid=bad, iat=0)
 
 
-@settings(max_examples=600, derandomize=True, deadline=None, database=None)
+@settings(max_examples=400, derandomize=True, deadline=None, database=None)
 @given(
     st.one_of(
         st.binary(max_size=300),
