@@ -89,6 +89,7 @@ class Raft:
         self._hard_dirty = False
         self._role_changed = False
         self._entry_requests: list[EntryRequest] = []
+        self._unsent = False  # entries proposed since the last broadcast
         self._reset_election_timer()
 
     @classmethod
@@ -219,6 +220,7 @@ class Raft:
         entry = LogEntry(index, self._term, data, signature, configuration)
         self._log.append(entry)
         self._unstable.append(entry)
+        self._unsent = True
         if configuration is not None:
             self._on_primary_configuration(index, configuration)
         return self._term, index
@@ -319,11 +321,30 @@ class Raft:
             logger.info("handover node=%s view=%d", self.id, self._term)
             self._campaign(pre_vote=False, forced=True)
 
+    def has_ready(self) -> bool:
+        """Would `ready()` return any output? (Cheap; for the runtime's loop.)"""
+        return bool(
+            self._msgs
+            or self._unstable
+            or self._truncate_to is not None
+            or self._commit_changed
+            or self._hard_dirty
+            or self._role_changed
+            or self._entry_requests
+            or (
+                self._role is Role.PRIMARY
+                and (self._unsent or self._commit_sent < self._commit_index)
+            )
+        )
+
     def ready(self) -> Ready:
         """Collect every output since the last call."""
         if self._role is Role.PRIMARY:
-            for peer, pr in self._progress.items():
-                self._send_entries(peer, pr)
+            if self._unsent:
+                # Proposals since the last call go out together: this is where batching happens.
+                self._unsent = False
+                for peer, pr in self._progress.items():
+                    self._send_entries(peer, pr)
             if self._commit_sent < self._commit_index:
                 self._send_commit()
         hard = HardState(self._term, self._voted_for) if self._hard_dirty else None
