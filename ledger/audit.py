@@ -21,10 +21,15 @@ tables above (a table's name appears verbatim in the public domain when it is pr
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
+import multiprocessing
+import os
 import struct
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,9 +39,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ledger import cose, merkle
-from ledger.chunks import LedgerReader
+from ledger.chunks import CHUNK_FILE_BYTES_MAX, ChunkName, LedgerReader, parse_chunk
 from ledger.entry import (
-    DEPRECATED_ENTRY_TYPES,
     ENTRY_TYPE_SNAPSHOT,
     ENTRY_TYPE_WRITE_SET,
     ENTRY_TYPE_WRITE_SET_WITH_COMMIT_EVIDENCE,
@@ -77,6 +81,7 @@ _SERVICE_TRANSITIONS: dict[str, frozenset[str]] = {
 # Fixed fields of an entry from its start: header (version, flags, u48 size), GCM tag
 # (skipped), IV (seqno, view), public_size, then the public domain's entry type and seqno.
 _FIXED = struct.Struct("<BBHI16xQIQBq")
+_U64 = struct.Struct("<Q")
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -124,6 +129,22 @@ class MerkleFrontier:
             right = nodes.pop()
             nodes[-1] = sha256(nodes[-1] + right).digest()
             index >>= 1
+
+    def extend(self, leaves: bytes, start: int, stop: int) -> None:
+        """Append the 32-byte leaves found in leaves[start:stop]."""
+        assert (stop - start) % 32 == 0
+        nodes = self._nodes
+        size = self.size
+        sha256 = hashlib.sha256
+        for offset in range(start, stop, 32):
+            nodes.append(leaves[offset : offset + 32])
+            carry = size
+            size += 1
+            while carry & 1:
+                right = nodes.pop()
+                nodes[-1] = sha256(nodes[-1] + right).digest()
+                carry >>= 1
+        self.size = size
 
     def root(self) -> bytes:
         nodes = self._nodes
@@ -192,6 +213,33 @@ class _Auditor:
             return json.loads(value)
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise AuditError(f"{what} is not JSON: {exc}", seqno=seqno) from None
+
+    # -- one chunk ---------------------------------------------------------------------------
+
+    def absorb(self, scan: _ChunkScan) -> tuple[int, int]:
+        """Apply a chunk scan in seqno order: leaves into the tree, special entries through
+        the validator's checks before their own leaf; then the scan's error, if any."""
+        frontier = self.frontier
+        first = scan.first
+        leaves = scan.leaves
+        cursor = 0
+        for seqno, view, tables_bytes in scan.special:
+            index = seqno - first
+            frontier.extend(leaves, cursor * 32, index * 32)
+            cursor = index
+            assert frontier.size == seqno, "tree size must equal the next seqno"
+            try:
+                tables = decode_tables(tables_bytes, 0, len(tables_bytes), base=0)
+            except LedgerError as exc:
+                raise AuditError(f"bad public domain: {exc}", seqno=seqno) from None
+            self.governance(tables, seqno, view)
+        frontier.extend(leaves, cursor * 32, len(leaves))
+        self.deprecated += scan.deprecated
+        if scan.error is not None:
+            raise AuditError(
+                scan.error[1].removeprefix(f"seqno {scan.error[0]}: "), seqno=scan.error[0]
+            )
+        return frontier.size - 1, scan.last_view
 
     # -- one transaction ---------------------------------------------------------------------
 
@@ -324,6 +372,22 @@ class _Key:
     kid: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class _ChunkScan:
+    """What scanning one chunk found: leaves in order, the entries the validator must look
+    at (seqno, view, public table bytes), and the first structural error if any.
+
+    Built without any validator state, so chunks can be scanned in other processes.
+    """
+
+    first: int
+    leaves: bytes  # 32 bytes per entry, up to (excluding) the first bad entry
+    special: tuple[tuple[int, int, bytes], ...]
+    last_view: int
+    deprecated: int
+    error: tuple[int, str] | None
+
+
 def audit(
     directory: str,
     *,
@@ -331,11 +395,14 @@ def audit(
     progress: ProgressCallback | None = None,
     accept_deprecated_entry_types: bool = False,
     committed_only: bool = True,
+    workers: int = 0,
 ) -> AuditReport:
     """Validate every transaction of the ledger in `directory`; AuditError at the first bad one.
 
     `service_cert_pem`, when given, must be the service identity the ledger ends with.
     `committed_only` (default, as `ccf.ledger.Ledger`) reads only `*.committed` chunks.
+    `workers` > 0 scans chunks (reading, hashing, structure checks) in that many forked
+    processes while this one applies the validator's checks in order; results are the same.
     """
     try:
         reader = LedgerReader(directory, committed_only=committed_only)
@@ -347,20 +414,17 @@ def audit(
         raise AuditError("ledger does not start at seqno 1", seqno=1)
     total = max(c.last or c.first for c in reader.chunks)
     state = _Auditor(accept_deprecated=accept_deprecated_entry_types)
-    seqno = 0
-    view = 0
-    chunk_count = 0
-    try:
-        for chunk, data, positions in reader.chunk_data():
-            chunk_count += 1
-            seqno, view = _audit_chunk(state, data, positions, chunk.first, chunk.complete)
-            total = max(total, seqno)
-            if progress is not None:
-                progress(seqno, total)
-    except AuditError:
-        raise
-    except LedgerError as exc:
-        raise _as_audit_error(exc) from None
+    seqno = view = chunk_count = 0
+    jobs = [
+        (os.path.join(directory, c.filename), c.first, c.last, accept_deprecated_entry_types)
+        for c in reader.chunks
+    ]
+    for scan in _scans(jobs, workers):
+        chunk_count += 1
+        seqno, view = state.absorb(scan)
+        total = max(total, seqno)
+        if progress is not None:
+            progress(seqno, total)
     if service_cert_pem is not None:
         if state.service_cert is None:
             raise AuditError("ledger records no service certificate")
@@ -386,106 +450,148 @@ def audit(
     )
 
 
+_Job = tuple[str, int, int | None, bool]
+
+
+def _scans(jobs: list[_Job], workers: int) -> Iterator[_ChunkScan]:
+    """Chunk scans in order; with workers, at most workers + 1 are in flight (bounded memory)."""
+    if workers <= 0 or len(jobs) < 2:
+        for job in jobs:
+            yield _scan_chunk(*job)
+        return
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        pending: deque[Future[_ChunkScan]] = deque()
+        queued = iter(jobs)
+        for job in itertools.islice(queued, workers + 1):
+            pending.append(pool.submit(_scan_chunk, *job))
+        while pending:
+            scan = pending.popleft().result()
+            job_next = next(queued, None)
+            if job_next is not None:
+                pending.append(pool.submit(_scan_chunk, *job_next))
+            yield scan
+            if scan.error is not None:
+                for future in pending:
+                    future.cancel()
+                return
+
+
 def _as_audit_error(exc: LedgerError) -> AuditError:
     if isinstance(exc, AuditError):
         return exc
     return AuditError(f"{type(exc).__name__}: {exc}")
 
 
-def _audit_chunk(
-    state: _Auditor, data: bytes, positions: list[int], first: int, complete: bool
-) -> tuple[int, int]:
-    """Validate one chunk's entries (their bounds were already checked by the reader).
+def _scan_chunk(path: str, first: int, last: int | None, accept_deprecated: bool) -> _ChunkScan:
+    """Read and check one chunk file: structure, seqnos, entry types, leaves (no crypto)."""
+    leaves: list[bytes] = []
+    special: list[tuple[int, int, bytes]] = []
+    counters = [0, 0]  # last view, deprecated entries
+    error: tuple[int, str] | None = None
+    try:
+        with open(path, "rb") as f:
+            data = f.read(CHUNK_FILE_BYTES_MAX + 1)
+        name = ChunkName(os.path.basename(path), first, last, False, False, False)
+        positions = parse_chunk(data, name, walk=False)
+        _scan_entries(
+            data, positions, first, last is not None, accept_deprecated, leaves, special, counters
+        )
+    except AuditError as exc:
+        error = (exc.seqno if exc.seqno is not None else first + len(leaves), str(exc))
+    except LedgerError as exc:
+        error = (first + len(leaves), f"{type(exc).__name__}: {exc}")
+    except OSError as exc:
+        error = (first, f"cannot read chunk {path}: {exc}")
+    return _ChunkScan(first, b"".join(leaves), tuple(special), counters[0], counters[1], error)
 
-    This is the hot loop: one struct unpack for the fixed fields, one SHA-256 of the entry,
-    one of the leaf, the frontier update inlined, and a C-speed substring test that decides
+
+def _scan_entries(
+    data: bytes,
+    positions: list[int],
+    first: int,
+    complete: bool,
+    accept_deprecated: bool,
+    leaves: list[bytes],
+    special: list[tuple[int, int, bytes]],
+    counters: list[int],
+) -> None:
+    """The hot loop over one chunk's entries; appends leaves and special entries.
+
+    Positions came from the offset table unchecked (`walk=False`): every entry must end
+    exactly where the next one starts and the last one where the entries end, so a bad
+    table is caught here at no extra cost. Per entry: one struct unpack for the fixed fields,
+    one SHA-256 of the entry, one of the leaf, and a C-speed substring test that decides
     whether the public tables need decoding at all.
     """
     sha256 = hashlib.sha256
     fixed = _FIXED.unpack_from
+    fixed_size = _FIXED.size
     find = data.find
-    frontier = state.frontier
-    nodes = frontier._nodes
-    size = frontier.size
-    accept_deprecated = state.accept_deprecated
+    add_leaf = leaves.append
     view = 0
     seqno = first - 1
-    last_index = len(positions) - 1
+    (table_offset,) = _U64.unpack_from(data, 0)
+    entries_end = table_offset or len(data)
+    bounds = positions[1:]
+    bounds.append(entries_end)
+    last_pos = positions[-1] if positions else -1
     mv = memoryview(data)
-    try:
-        for index, pos in enumerate(positions):
-            seqno = first + index
-            if len(data) - pos < _FIXED.size:
-                raise AuditError("entry too short", seqno=seqno)
-            version, flags, lo, hi, iv_seqno, iv_view, public_size, entry_type, public_seqno = (
-                fixed(data, pos)
+    for pos, next_pos in zip(positions, bounds, strict=True):
+        seqno += 1
+        if next_pos - pos < fixed_size or next_pos > entries_end:
+            raise AuditError(f"entry at offset {pos} too short or misplaced", seqno=seqno)
+        version, flags, lo, hi, iv_seqno, iv_view, public_size, entry_type, public_seqno = fixed(
+            data, pos
+        )
+        end = pos + 8 + (lo | (hi << 16))
+        if end != next_pos:
+            raise AuditError(
+                f"entry at offset {pos} ends at {end}, next entry starts at {next_pos}",
+                seqno=seqno,
             )
-            end = pos + 8 + (lo | (hi << 16))
-            pd = pos + PUBLIC_DOMAIN_OFFSET
-            pd_end = pd + public_size
-            if version != ENTRY_VERSION or pd_end > end or public_size < 17:
-                raise AuditError("malformed entry header", seqno=seqno)
-            if iv_seqno != seqno or public_seqno != seqno:
-                raise AuditError(
-                    f"entry seqnos (IV {iv_seqno}, public {public_seqno}) do not match position",
-                    seqno=seqno,
-                )
-            view = iv_view & 0x7FFFFFFF
-            if flags & FLAG_FORCE_CHUNK_AFTER and (index != last_index or not complete):
-                raise AuditError("entry forces a chunk end but the chunk continues", seqno=seqno)
-            wsd = sha256(mv[pos:end]).digest()
-            if entry_type == ENTRY_TYPE_WRITE_SET_WITH_COMMIT_EVIDENCE_AND_CLAIMS:
-                if public_size < 81:
-                    raise AuditError("public domain too short", seqno=seqno)
-                # Public domain: type, seqno, claims digest, commit evidence digest, …; the
-                # leaf hashes them in the order wsd, evidence, claims.
-                leaf = sha256(wsd + data[pd + 41 : pd + 73] + data[pd + 9 : pd + 41]).digest()
-                tables_at = pd + 81
-            else:
-                leaf, tables_at = _legacy_leaf(state, data, wsd, entry_type, pd, public_size, seqno)
-                if entry_type in DEPRECATED_ENTRY_TYPES and not accept_deprecated:
-                    raise AuditError(f"deprecated entry type {entry_type}", seqno=seqno)
-            # Every table the validator reacts to is named "public:ccf.…"; if those bytes do
-            # not occur, the entry cannot hold one and its tables need not be decoded.
-            if find(b"public:ccf.", tables_at, pd_end) >= 0:
-                frontier.size = size
-                try:
-                    tables = decode_tables(data, tables_at, pd_end, base=0)
-                except LedgerError as exc:
-                    raise AuditError(f"bad public domain: {exc}", seqno=seqno) from None
-                state.governance(tables, seqno, view)
-            # Append the leaf to the frontier: each trailing 1 bit of the old size closes a
-            # pair of equal perfect subtrees.
-            nodes.append(leaf)
-            carry = size
-            size += 1
-            while carry & 1:
-                right = nodes.pop()
-                nodes[-1] = sha256(nodes[-1] + right).digest()
-                carry >>= 1
-    finally:
-        frontier.size = size
-    assert frontier.size == seqno + 1, "tree size must equal the next seqno"
-    return seqno, view
+        pd = pos + PUBLIC_DOMAIN_OFFSET
+        pd_end = pd + public_size
+        if version != ENTRY_VERSION or pd_end > end or public_size < 17:
+            raise AuditError("malformed entry header", seqno=seqno)
+        if iv_seqno != seqno or public_seqno != seqno:
+            raise AuditError(
+                f"entry seqnos (IV {iv_seqno}, public {public_seqno}) do not match position",
+                seqno=seqno,
+            )
+        view = iv_view & 0x7FFFFFFF
+        if flags and flags & FLAG_FORCE_CHUNK_AFTER and (pos != last_pos or not complete):
+            raise AuditError("entry forces a chunk end but the chunk continues", seqno=seqno)
+        wsd = sha256(mv[pos:end]).digest()
+        if entry_type == ENTRY_TYPE_WRITE_SET_WITH_COMMIT_EVIDENCE_AND_CLAIMS:
+            if public_size < 81:
+                raise AuditError("public domain too short", seqno=seqno)
+            # Public domain: type, seqno, claims digest, commit evidence digest, …; the
+            # leaf hashes them in the order wsd, evidence, claims.
+            add_leaf(sha256(wsd + data[pd + 41 : pd + 73] + data[pd + 9 : pd + 41]).digest())
+            tables_at = pd + 81
+        else:
+            leaf, tables_at = _legacy_leaf(data, wsd, entry_type, pd, public_size, seqno)
+            if not accept_deprecated:
+                raise AuditError(f"deprecated entry type {entry_type}", seqno=seqno)
+            counters[1] += 1
+            add_leaf(leaf)
+        # Every table the validator reacts to is named "public:ccf.…"; if those bytes do
+        # not occur, the entry cannot hold one and its tables need not be decoded.
+        if find(b"public:ccf.", tables_at, pd_end) >= 0:
+            special.append((seqno, view, data[tables_at:pd_end]))
+    counters[0] = view
 
 
 def _legacy_leaf(
-    state: _Auditor,
-    data: bytes,
-    wsd: bytes,
-    entry_type: int,
-    pd: int,
-    public_size: int,
-    seqno: int,
+    data: bytes, wsd: bytes, entry_type: int, pd: int, public_size: int, seqno: int
 ) -> tuple[bytes, int]:
-    """Leaf and table offset of entry types other than 4 (as ccf.ledger computes them)."""
+    """Leaf and table offset of the deprecated entry types (as ccf.ledger computes them)."""
     if entry_type == ENTRY_TYPE_WRITE_SET_WITH_COMMIT_EVIDENCE:
         if public_size < 49:
             raise AuditError("public domain too short", seqno=seqno)
-        state.deprecated += 1
         return hashlib.sha256(wsd + data[pd + 9 : pd + 41]).digest(), pd + 49
     if entry_type == ENTRY_TYPE_WRITE_SET:
-        state.deprecated += 1
         return wsd, pd + 17
     if entry_type == ENTRY_TYPE_SNAPSHOT:
         raise AuditError("snapshot entry inside a ledger chunk", seqno=seqno)

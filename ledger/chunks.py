@@ -87,11 +87,16 @@ def parse_chunk_name(filename: str) -> ChunkName:
     )
 
 
-def chunk_positions(data: bytes | memoryview, name: str = "") -> tuple[list[int], int]:
+def chunk_positions(
+    data: bytes | memoryview, name: str = "", *, walk: bool = True
+) -> tuple[list[int], int]:
     """Entry positions of one chunk file's bytes and the end of the entry region.
 
     Uses the offset table when the header points at one (checking it against the entry
-    headers), and walks entry headers from offset 8 otherwise.
+    headers), and walks entry headers from offset 8 otherwise. With `walk=False` a table's
+    positions are returned unchecked beyond the first one: the caller (the auditor, which
+    reads every header anyway) must check that each entry ends where the next one starts
+    and the last one at the returned end.
     """
     size = len(data)
     if size < CHUNK_HEADER_SIZE:
@@ -114,22 +119,33 @@ def chunk_positions(data: bytes | memoryview, name: str = "") -> tuple[list[int]
                 field="offset_table",
             )
         end = table_offset
-    positions = walk_entries(data, CHUNK_HEADER_SIZE, end, name=name)
-    if table_offset:
         count = (size - table_offset) // 4
         table = list(struct.unpack_from(f"<{count}I", data, table_offset))
-        if table != positions:
-            raise DecodeError(
-                f"chunk {name}: offset table does not match the entries",
-                offset=table_offset,
-                field="offset_table",
-            )
+        if not walk:
+            first_ok = table[0] == CHUNK_HEADER_SIZE if table else end == CHUNK_HEADER_SIZE
+            if not first_ok:
+                raise DecodeError(
+                    f"chunk {name}: offset table does not start at the first entry",
+                    offset=table_offset,
+                    field="offset_table",
+                )
+            return table, end
+    positions = walk_entries(data, CHUNK_HEADER_SIZE, end, name=name)
+    if table_offset and table != positions:
+        raise DecodeError(
+            f"chunk {name}: offset table does not match the entries",
+            offset=table_offset,
+            field="offset_table",
+        )
     return positions, end
 
 
-def parse_chunk(data: bytes | memoryview, chunk: ChunkName) -> list[int]:
-    """Entry positions of a chunk file's bytes, checked against the range in its name."""
-    positions, _end = chunk_positions(data, chunk.filename)
+def parse_chunk(data: bytes | memoryview, chunk: ChunkName, *, walk: bool = True) -> list[int]:
+    """Entry positions of a chunk file's bytes, checked against the range in its name.
+
+    `walk=False`: see `chunk_positions`; the caller checks the entries' bounds.
+    """
+    positions, _end = chunk_positions(data, chunk.filename, walk=walk)
     if chunk.last is not None and chunk.last - chunk.first + 1 != len(positions):
         expected = chunk.last - chunk.first + 1
         raise AuditError(
@@ -503,8 +519,8 @@ class LedgerReader:
         _data, positions = self._load(len(self.chunks) - 1)
         return tail.first + len(positions) - 1
 
-    def _load(self, index: int) -> tuple[bytes, list[int]]:
-        if self._cache is not None and self._cache[0] == index:
+    def _load(self, index: int, *, walk: bool = True) -> tuple[bytes, list[int]]:
+        if walk and self._cache is not None and self._cache[0] == index:
             return self._cache[1], self._cache[2]
         chunk = self.chunks[index]
         path = os.path.join(self.directory, chunk.filename)
@@ -512,14 +528,19 @@ class LedgerReader:
             raise DecodeError(f"chunk {chunk.filename} exceeds 4 GiB", field="file_size")
         with open(path, "rb") as f:
             data = f.read()
-        positions = parse_chunk(data, chunk)
-        self._cache = (index, data, positions)
+        positions = parse_chunk(data, chunk, walk=walk)
+        if walk:
+            self._cache = (index, data, positions)
         return data, positions
 
-    def chunk_data(self) -> Iterator[tuple[ChunkName, bytes, list[int]]]:
-        """(name, file bytes, entry positions) per chunk, in seqno order."""
+    def chunk_data(self, *, walk: bool = True) -> Iterator[tuple[ChunkName, bytes, list[int]]]:
+        """(name, file bytes, entry positions) per chunk, in seqno order.
+
+        `walk=False` skips checking offset tables against entry headers: for callers that
+        check every entry's bounds themselves (see `chunk_positions`).
+        """
         for index, chunk in enumerate(self.chunks):
-            data, positions = self._load(index)
+            data, positions = self._load(index, walk=walk)
             yield chunk, data, positions
 
     def entries(self, start: int = 1, end: int | None = None) -> Iterator[tuple[int, bytes]]:
