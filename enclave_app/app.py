@@ -153,6 +153,7 @@ class Context:
         "path",
         "query",
         "response_headers",
+        "runtime",
         "status",
         "tx",
     )
@@ -167,9 +168,13 @@ class Context:
         query: Any,
         path: Any,
         headers: Mapping[str, str],
+        runtime: Any = None,
     ) -> None:
         self.tx = tx
         self.caller = caller
+        # The node's read-only view for apps (`enclave_app.runtime_view.RuntimeView`), or
+        # None when a handler runs outside a node (unit tests).
+        self.runtime = runtime
         self.endpoint = endpoint
         # A validated model instance when the endpoint declared one, else raw bytes / strings.
         self.body = body
@@ -472,11 +477,13 @@ class App:
         body: bytes = b"",
         query: str = "",
         headers: Mapping[str, str] | None = None,
+        runtime: Any = None,
     ) -> Outcome:
         """Validate the request, run the handler on ``tx`` and render the outcome."""
         endpoint = match.endpoint
         try:
             ctx = self._context(endpoint, match, tx, caller, body, query, headers or {})
+            ctx.runtime = runtime
         except HttpError as exc:
             return Outcome(error_response(exc.status, exc.code, exc.message), False, None)
         try:

@@ -30,6 +30,7 @@ from enclave_app.errors import HttpError
 from enclave_app.identity import Identity
 from enclave_app.kv import Store, Tx
 from enclave_app.platform import PlatformError, VirtualPlatform
+from enclave_app.runtime_view import RuntimeView
 from enclave_app.tls import ServerTls
 from governance import tables as gt
 from governance.effects import Effects
@@ -91,6 +92,7 @@ class Node:
         # Called with (forward id, response) when a forwarded request's answer arrives.
         self.on_forward_response: Callable[[int, HttpResponse], None] = lambda *_: None
         self.retired = False
+        self.runtime_view = RuntimeView(self)
         self.tls = ServerTls()
         self.outbox: list[itf.Frame] = []
         self.commit_seqno = 0
@@ -754,7 +756,13 @@ class Node:
             if self.applied_seqno - self.commit_seqno > MAX_UNCOMMITTED_TX:
                 return _unavailable("TooManyPendingTransactions", "Retry later")
         outcome = self.routes.invoke(
-            match, tx=tx, caller=caller, body=body, query=query, headers=headers
+            match,
+            tx=tx,
+            caller=caller,
+            body=body,
+            query=query,
+            headers=headers,
+            runtime=self.runtime_view,
         )
         response = outcome.response
         if outcome.commit:

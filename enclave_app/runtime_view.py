@@ -1,0 +1,69 @@
+"""What an application handler may know about the node it runs on (`ctx.runtime`).
+
+Read-only facts and lookups, so that apps such as the ACL-compatible sample can answer
+"what is the status of transaction V.S", "give me its receipt" or "which transaction id will
+this write get" without reaching into the node's internals.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from enclave_app.node import Node
+
+
+class RuntimeView:
+    """A handler's window on the node (`ctx.runtime`)."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    @property
+    def node_id(self) -> str:
+        return self._node.node_id
+
+    @property
+    def commit_txid(self) -> tuple[int, int]:
+        """(view, seqno) of the last committed transaction."""
+        seqno = self._node.commit_seqno
+        return self._node.view_at(seqno) or 0, seqno
+
+    @property
+    def pending_txid(self) -> tuple[int, int] | None:
+        """(view, seqno) the transaction being executed will have if it commits (a write on
+        the primary); None on a backup or in a read-only endpoint."""
+        raft = self._node.raft
+        if raft is None or not self._node.is_primary:
+            return None
+        return raft.view, raft.last_index + 1
+
+    def tx_status(self, view: int, seqno: int) -> str:
+        """Unknown, Pending, Committed or Invalid."""
+        return self._node.tx_status(view, seqno)
+
+    def receipt(self, view: int, seqno: int) -> tuple[int, dict[str, Any] | None]:
+        """(200, CCF JSON receipt) once available; (202, None) while pending; (404, None)."""
+        response = self._node.receipt(view, seqno)
+        if response.status != 200:
+            return response.status, None
+        doc: dict[str, Any] = json.loads(response.body)
+        return 200, doc
+
+    @property
+    def service_certificate(self) -> str:
+        identity = self._node.identity
+        return identity.service_cert_pem if identity is not None else ""
+
+    def attestation(self) -> dict[str, Any]:
+        """This node's attestation report (format, measurement, raw report)."""
+        identity = self._node.identity
+        assert identity is not None
+        report = self._node.platform.report(identity.public_key_der)
+        return {
+            "node_id": self._node.node_id,
+            "format": report.format,
+            "measurement": report.measurement,
+            "raw": report.to_bytes().decode(),
+        }
