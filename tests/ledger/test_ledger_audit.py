@@ -220,3 +220,34 @@ def test_consistency_proofs_are_checked() -> None:
     check_consistency(tree.root_at(17), 17, tree.root_at(50), 50, proof)
     with pytest.raises(VerificationError):
         check_consistency(tree.root_at(18), 17, tree.root_at(50), 50, proof)
+
+
+def test_forked_workers_report_exactly_what_a_serial_audit_reports(
+    small_ledger: GeneratedLedger,
+) -> None:
+    assert audit(small_ledger.directory, workers=2) == audit(small_ledger.directory)
+
+
+def test_forked_workers_report_the_first_failure(
+    small_ledger: GeneratedLedger, copy_ledger: Copy
+) -> None:
+    directory = copy_ledger(small_ledger.directory)
+    for seqno in (150, 300):
+        path, pos, raw = _locate(directory, seqno)
+        _flip(path, pos + len(raw) - 1)
+    with pytest.raises(AuditError) as serial:
+        audit(str(directory))
+    with pytest.raises(AuditError) as parallel:
+        audit(str(directory), workers=2)
+    assert serial.value.seqno == parallel.value.seqno
+    assert serial.value.seqno is not None and 150 <= serial.value.seqno < 300
+
+
+def test_command_line_audit_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    from ledger.__main__ import main
+
+    assert main(["audit", str(CCF_LEDGERS / "current")]) == 0
+    assert "last signed txid: 2.14" in capsys.readouterr().out
+    assert main(["audit", str(CCF_LEDGERS / "deprecated-entry-types")]) == 1
+    assert "deprecated entry type" in capsys.readouterr().err
+    assert main(["audit", "--accept-deprecated", str(CCF_LEDGERS / "deprecated-entry-types")]) == 0
