@@ -297,12 +297,21 @@ class LedgerWriter:
             data = f.read()
         if len(data) >= CHUNK_HEADER_SIZE and _U64.unpack_from(data, 0)[0]:
             # Crashed between writing the offset table and renaming: finish the completion.
-            complete_positions, _end = chunk_positions(data, chunk.filename)
-            last = chunk.first + len(complete_positions) - 1
-            os.rename(path, self._path(chunk.first, last))
-            self._complete.append((chunk.first, last, False))
-            self.last_seqno = last
-            return
+            try:
+                complete_positions, _end = chunk_positions(data, chunk.filename)
+            except DecodeError:
+                # The header reached the disk but not all of the table: reopen the chunk
+                # as in-progress; the walk below cuts the partial table off.
+                logger.warning("discarding partial offset table file=%s", chunk.filename)
+                data = bytes(CHUNK_HEADER_SIZE) + data[CHUNK_HEADER_SIZE:]
+                with open(path, "r+b") as f:
+                    f.write(bytes(CHUNK_HEADER_SIZE))
+            else:
+                last = chunk.first + len(complete_positions) - 1
+                os.rename(path, self._path(chunk.first, last))
+                self._complete.append((chunk.first, last, False))
+                self.last_seqno = last
+                return
         # Keep every whole entry; a crash may have left a torn last entry (or a partly
         # written offset table), which CCF also discards on restart.
         positions: list[int] = []

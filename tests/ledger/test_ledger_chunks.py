@@ -196,3 +196,15 @@ def test_chunk_policy_flags_first_signature_past_the_threshold() -> None:
     assert policy.flags_for_signature(100) == FLAG_FORCE_CHUNK_AFTER
     policy.record(100, FLAG_FORCE_CHUNK_AFTER)
     assert policy.bytes_in_chunk == 0
+
+
+def test_reopening_discards_an_offset_table_that_did_not_fully_reach_disk(tmp_path: Path) -> None:
+    entries = _write(tmp_path, 8)
+    data = (tmp_path / "ledger_5-8").read_bytes()
+    os.unlink(tmp_path / "ledger_5-8")
+    (tmp_path / "ledger_5").write_bytes(data[:-6])  # header written, table cut short
+    with LedgerWriter(str(tmp_path)) as writer:
+        assert writer.last_seqno == 8
+        assert writer.recovered_torn_bytes == 10
+        writer.append(9, _raw(9, cut=True))
+    assert dict(LedgerReader(str(tmp_path)).entries()) == {**entries, 9: _raw(9, cut=True)}
