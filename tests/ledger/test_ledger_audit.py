@@ -63,6 +63,15 @@ def test_tampered_real_ccf_ledger_is_rejected(copy_ledger: Copy) -> None:
     assert info.value.seqno == 5  # the next signature's root no longer matches
 
 
+def test_tampered_real_deprecated_ledger_is_rejected(copy_ledger: Copy) -> None:
+    directory = copy_ledger(CCF_LEDGERS / "deprecated-entry-types")
+    path, pos, raw = _locate(directory, 20)  # an entry with an encrypted private domain
+    _flip(path, pos + len(raw) - 1)
+    with pytest.raises(AuditError) as info:
+        audit(str(directory), accept_deprecated_entry_types=True)
+    assert info.value.seqno is not None and 20 < info.value.seqno <= 26
+
+
 def test_generated_ledger_validates_with_its_service_certificate(
     small_ledger: GeneratedLedger,
 ) -> None:
