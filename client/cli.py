@@ -30,6 +30,7 @@ from client.cli_common import (
     fail,
     guarded,
     print_json,
+    print_table,
     resolve_target,
     run_async,
     stdout,
@@ -395,7 +396,7 @@ def proposals(
             f"{_short(k, 8)}:{'yes' if v else 'no'}" for k, v in p.final_votes.items()
         )
         table.add_row(p.proposal_id, _short(p.proposer_id), p.state, str(p.ballot_count), votes)
-    stdout.print(table)
+    print_table(table)
 
 
 def _listing(t: Target, what: str) -> list[dict[str, Any]]:
@@ -433,7 +434,7 @@ def members(
         table.add_row(
             str(m.get("memberId", "?")), str(m.get("status", "?")), str(m.get("recoveryRole", "-"))
         )
-    stdout.print(table)
+    print_table(table)
 
 
 @app.command()
@@ -457,7 +458,7 @@ def users(
     table = Table(_id_column("user id"), "user data")
     for u in items:
         table.add_row(str(u.get("userId", "?")), json.dumps(u.get("userData")))
-    stdout.print(table)
+    print_table(table)
 
 
 @app.command()
@@ -496,7 +497,7 @@ def nodes(
             "yes" if n.get("primary") else "",
             addresses,
         )
-    stdout.print(table)
+    print_table(table)
 
 
 @app.command()

@@ -20,6 +20,7 @@ from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from client.errors import CharterError, IdentityError, LedgerAuditFailed
 from client.identity import Network
@@ -80,6 +81,18 @@ def guarded(fn: Callable[P, T]) -> Callable[P, T]:
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
+
+
+# Piped output has no terminal width; rich would assume 80 columns and fold 64-digit ids,
+# which breaks `charter members | grep`. Tables sent to a pipe get this width instead.
+PIPE_TABLE_WIDTH = 240
+
+
+def print_table(table: Table) -> None:
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=PIPE_TABLE_WIDTH)
+    console.print(table)
 
 
 def print_json(value: Any) -> None:

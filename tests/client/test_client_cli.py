@@ -27,8 +27,7 @@ COMMANDS = [
     ["ledger", "read"],
 ]  # fmt: skip
 
-# Wide enough that tables keep 64-digit ids on one line.
-runner = CliRunner(env={"COLUMNS": "200"})
+runner = CliRunner()
 
 
 def run(*args: str | Path) -> Result:
