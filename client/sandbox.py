@@ -269,6 +269,7 @@ class Sandbox:
             await asyncio.to_thread(node.wait_started)
             if not self.resumed:
                 await self.trust_node(node.node_id)
+            await self.wait_part_of_network(node)
         await self.wait_for_primary()
         self.write_network()
 
@@ -323,8 +324,20 @@ class Sandbox:
         node.start()
         await asyncio.to_thread(node.wait_started)
         await self.trust_node(node.node_id)
+        await self.wait_part_of_network(node)
         self.write_network()
         return node
+
+    async def wait_part_of_network(self, node: NodeProcess, timeout_s: float = 30.0) -> None:
+        """Wait until a joining node is trusted, holds the secrets and serves TLS."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                async with self.client(node) as client:
+                    if (await client.node_state()).get("state") == "PartOfNetwork":
+                        return
+            await asyncio.sleep(0.1)
+        raise SandboxError(f"node {node.index} did not join in {timeout_s:.0f}s; see {node.log_path}")
 
     async def retire_node(self, node: NodeProcess) -> None:
         """Shrink the network: remove a node by governance (it retires and stops)."""

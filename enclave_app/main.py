@@ -49,7 +49,7 @@ class Runtime:
         self.channel = channel
         self.node: Node | None = None
         self.server: web.Server | None = None
-        self.pending_reads: dict[int, asyncio.Future[itf.EntriesRead]] = {}
+        self.pending_reads: dict[int, asyncio.Future[Any]] = {}
         self.request_ids = itertools.count(1)
         self.stopping = asyncio.Event()
         self.connections = 0
@@ -139,9 +139,24 @@ class Runtime:
                     LOG.info("event=join_retry error=%s", type(exc).__name__)
                 await asyncio.sleep(JOIN_POLL_S)
 
+    async def _request(self, frame_for: Any) -> Any:
+        request_id = next(self.request_ids)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.pending_reads[request_id] = future
+        self.channel.send(frame_for(request_id))
+        return await future
+
     async def _replay_own_ledger(self, last_seqno: int) -> None:
         assert self.node is not None
         next_seqno = 1
+        if last_seqno > 0:
+            first = await self._request(lambda rid: itf.ReadEntries(rid, 1, 1))
+            if not first.entries:
+                # This node joined from a snapshot: its ledger starts after it.
+                snapshot = await self._request(lambda rid: itf.ReadLatestSnapshot(rid))
+                if snapshot.data is None:
+                    raise RuntimeError("the ledger starts after seqno 1 but no snapshot exists")
+                next_seqno = self.node.resume_from_snapshot(snapshot.data) + 1
         while next_seqno <= last_seqno:
             request_id = next(self.request_ids)
             future: asyncio.Future[itf.EntriesRead] = asyncio.get_running_loop().create_future()
@@ -200,7 +215,7 @@ class Runtime:
             self.accept(fds[0])
             return
         _close(fds)
-        if isinstance(frame, itf.EntriesRead):
+        if isinstance(frame, itf.EntriesRead | itf.SnapshotRead):
             future = self.pending_reads.pop(frame.request_id, None)
             if future is not None and not future.done():
                 future.set_result(frame)

@@ -39,6 +39,8 @@ from ledger import certs, receipt
 from ledger.chunks import ChunkPolicy
 from ledger.entry import ZERO_DIGEST, decode_entry, decrypt_private
 from ledger.history import History
+from ledger.merkle import MerkleTree
+from ledger.snapshot import Snapshot, decode_snapshot, encode_snapshot, snapshot_digest
 
 LOG = logging.getLogger(__name__)
 
@@ -48,6 +50,8 @@ MAX_UNCOMMITTED_TX = 10_000
 # Ticks come from the untrusted host clock: a jump never advances Raft by more than this.
 MAX_TICK_ELAPSED_MS = 1_000
 RETRY_AFTER_S = "1"
+SNAPSHOT_EVIDENCE_TABLE = "public:ccf.internal.snapshot_evidence"
+TREE_TABLE = "public:ccf.internal.tree"
 # The Raft voters, as a ledger table (CCF keeps the equivalent in its internal maps).
 CONFIGURATION_TABLE = "public:ccf.internal.configuration"
 
@@ -93,6 +97,15 @@ class Node:
         self.on_forward_response: Callable[[int, HttpResponse], None] = lambda *_: None
         self.retired = False
         self.runtime_view = RuntimeView(self)
+        self.last_snapshot_seqno = 0
+        # (snapshot seqno, evidence seqno, snapshot entry) until its evidence commits.
+        self.pending_snapshot: tuple[int, int, bytes] | None = None
+        # The latest committed snapshot file (entry + receipt), served to joining nodes.
+        self.latest_snapshot: bytes | None = None
+        # A joiner's snapshot, kept until the ledger secrets arrive to open it.
+        self.join_snapshot: Snapshot | None = None
+        # (seqno, view) the replayed ledger follows: a snapshot's, or (0, 0).
+        self._replay_base = (0, 0)
         self.tls = ServerTls()
         self.outbox: list[itf.Frame] = []
         self.commit_seqno = 0
@@ -308,12 +321,16 @@ class Node:
             self._rollback(keep)
             entries = [e for e in entries if e.index <= keep]
         configuration = self._voters()
+        base_seqno, base_view = self._replay_base
         self.raft = Raft.restore(
             self.identity.node_id,
             config=self.raft_config(),
             start=StartState(
                 configuration=configuration,
-                term=self.identity.term,
+                last_index=base_seqno,
+                last_term=base_view,
+                commit_index=base_seqno,
+                term=max(self.identity.term, base_view),
                 voted_for=self.identity.voted_for,
             ),
             entries=entries,
@@ -431,6 +448,113 @@ class Node:
         self.txs_since_signature = 0
         self.last_signature_ms = self.last_tick_ms or 0
         self.metrics["signatures"] += 1
+        if seqno - self.last_snapshot_seqno >= self.config.snapshots.tx_count:
+            self._take_snapshot(seqno, view)
+
+    # ------------------------------------------------------------------ snapshots
+    def _take_snapshot(self, seqno: int, view: int) -> None:
+        """Snapshot the state at the signature `seqno` (primary), and record its evidence."""
+        assert self.identity is not None and self.store.version == seqno
+        public, private = self.store.snapshot()
+        entry = encode_snapshot(
+            seqno=seqno,
+            view=view,
+            hash_at_snapshot=self.history.tree.leaf(seqno),
+            view_history=self._view_history(),
+            public_tables=public,
+            private_tables=private,
+            secret=self.identity.secret_for(seqno),
+        )
+        self.last_snapshot_seqno = seqno
+        tx = self.store.begin()
+        gt.put_json(
+            tx,
+            SNAPSHOT_EVIDENCE_TABLE,
+            gt.SINGLETON_KEY,
+            {"hash": snapshot_digest(entry), "version": seqno},
+        )
+        _, evidence_seqno = self.commit_tx(tx)
+        self.pending_snapshot = (seqno, evidence_seqno, entry)
+        self.outbox.append(itf.WriteSnapshot(seqno, evidence_seqno, entry, False))
+        LOG.info("event=snapshot_taken seqno=%d evidence=%d", seqno, evidence_seqno)
+
+    def _view_history(self) -> list[int]:
+        """CCF's view history: index = view, value = first seqno of that view."""
+        history: list[int] = []
+        for view, first in self.views:
+            while len(history) < view:
+                history.append(first)
+            history.append(first)
+        return history
+
+    def _finish_snapshot(self) -> None:
+        """Once the evidence and a signature after it are committed, the file is complete."""
+        if self.pending_snapshot is None:
+            return
+        seqno, evidence_seqno, entry = self.pending_snapshot
+        if evidence_seqno > self.commit_seqno:
+            return
+        material = self.history.receipt_material(evidence_seqno)
+        if material is None or material[1].seqno > self.commit_seqno:
+            return
+        response = self.receipt(self.view_at(evidence_seqno) or 0, evidence_seqno)
+        if response.status != 200:
+            return
+        data = entry + response.body
+        self.outbox.append(itf.WriteSnapshot(seqno, evidence_seqno, data, True))
+        self.latest_snapshot = data
+        self.pending_snapshot = None
+        LOG.info("event=snapshot_committed seqno=%d", seqno)
+
+    def _install_snapshot(self, snapshot: Snapshot, private: bytes) -> None:
+        """Take a snapshot's point as the start of this node's state, tree and views."""
+        self.store.restore(snapshot.public_tables, private, snapshot.seqno)
+        tree_bytes = self.store.begin().get(TREE_TABLE, gt.SINGLETON_KEY)
+        if tree_bytes is None:
+            raise ConsensusError("snapshot holds no Merkle tree")
+        tree = MerkleTree.deserialise(tree_bytes)
+        if tree.size != snapshot.seqno:
+            raise ConsensusError("snapshot tree does not end at the snapshot")
+        tree.append(snapshot.hash_at_snapshot)
+        self.history.tree = tree
+        self.views = []
+        for view, first in enumerate(snapshot.view_history):
+            if first and first <= snapshot.seqno and (not self.views or self.views[-1][1] < first):
+                self.views.append((view, first))
+        self.applied_seqno = self.commit_seqno = snapshot.seqno
+        self.last_snapshot_seqno = snapshot.seqno
+        self._replay_base = (snapshot.seqno, snapshot.view)
+
+    def _start_from_snapshot(self, snapshot: Snapshot) -> None:
+        """A joiner: start its log after the snapshot; private state opens once trusted."""
+        assert self.identity is not None
+        self._install_snapshot(snapshot, b"")
+        self.join_snapshot = snapshot
+        # Keep it beside the ledger, so a restart of this node can start from it too.
+        evidence = _evidence_seqno(snapshot)
+        if evidence is not None and self.latest_snapshot is None:
+            data = snapshot.entry + json.dumps(snapshot.receipt).encode()
+            self.outbox.append(itf.WriteSnapshot(snapshot.seqno, evidence, data, True))
+        self.raft = Raft(
+            self.identity.node_id,
+            config=self.raft_config(),
+            start=StartState(
+                configuration=self._voters(),
+                last_index=snapshot.seqno,
+                last_term=snapshot.view,
+                commit_index=snapshot.seqno,
+            ),
+            rng_seed=int.from_bytes(os.urandom(8), "little"),
+        )
+        LOG.info("event=joining_from_snapshot seqno=%d", snapshot.seqno)
+
+    def resume_from_snapshot(self, data: bytes) -> int:
+        """Restart of a node whose ledger starts after a snapshot: install it first."""
+        assert self.identity is not None
+        snapshot = decode_snapshot(data)
+        private = snapshot.decrypt_private(self.identity.secret_for(snapshot.seqno))
+        self._install_snapshot(snapshot, private)
+        return snapshot.seqno
 
     def _appended(self, view: int, seqno: int, size: int, flags: int) -> None:
         self.applied_seqno = seqno
@@ -653,6 +777,7 @@ class Node:
         while len(self._chunk_marks) > 1 and self._chunk_marks[1][0] <= seqno:
             self._chunk_marks.popleft()
         self.outbox.append(itf.CommitUpTo(seqno))
+        self._finish_snapshot()
 
     # ------------------------------------------------------------------ host events
     def tick(self, now_ms: int) -> None:
@@ -851,10 +976,10 @@ class Node:
             }
             gt.put_json(tx, gt.NODES_INFO, gt.id_key(node_id), joiner)
             LOG.info("event=join_pending node=%s", node_id[:16])
-            return {"node_id": node_id, "node_status": "Pending", "peers": self._peers(tx)}
+            return self._pending_answer(tx, node_id, request)
         status = info.get("status")
         if status == "Pending":
-            return {"node_id": node_id, "node_status": "Pending", "peers": self._peers(tx)}
+            return self._pending_answer(tx, node_id, request)
         if status != "Trusted":
             raise HttpError(403, "NodeRetired", f"node {node_id} is {status}")
         assert self.identity is not None and self.identity.service_key is not None
@@ -876,6 +1001,16 @@ class Node:
                 "secrets": base64.b64encode(seal_to(public_key, secrets)).decode(),
             },
         }
+
+    def _pending_answer(self, tx: Tx, node_id: str, request: Mapping[str, Any]) -> dict[str, Any]:
+        answer: dict[str, Any] = {
+            "node_id": node_id,
+            "node_status": "Pending",
+            "peers": self._peers(tx),
+        }
+        if request.get("want_snapshot") and self.latest_snapshot is not None:
+            answer["snapshot"] = base64.b64encode(self.latest_snapshot).decode()
+        return answer
 
     def _peers(self, tx: Tx) -> list[dict[str, str]]:
         peers = []
@@ -899,10 +1034,11 @@ class Node:
         self.state = "Pending"
         self.seal()
 
-    def join_request_body(self) -> dict[str, str]:
+    def join_request_body(self) -> dict[str, Any]:
         assert self.identity is not None
         report = self.platform.report(self.identity.public_key_der)
         return {
+            "want_snapshot": self.raft is None,
             "public_key": certs.public_key_pem(self.identity.node_key.public_key()),
             "quote": base64.b64encode(report.to_bytes()).decode(),
             "rpc_address": self.config.published_rpc_address or self.config.rpc_address,
@@ -915,6 +1051,8 @@ class Node:
         for peer in doc.get("peers", []):
             if peer.get("node_id") != self.identity.node_id:
                 self._know_peer(str(peer["node_id"]), str(peer["public_key"]), str(peer["address"]))
+        if self.raft is None and doc.get("snapshot"):
+            self._start_from_snapshot(decode_snapshot(base64.b64decode(doc["snapshot"])))
         if self.raft is None:
             self.raft = Raft(
                 self.identity.node_id,
@@ -933,6 +1071,10 @@ class Node:
         self.identity.ledger_secrets = [(int(s), bytes(k)) for s, k in secrets["ledger_secrets"]]
         self.identity.node_cert_pem = str(info["endorsed_cert"])
         self.tls.set_identity(self.identity.node_cert_pem, certs.key_pem(self.identity.node_key))
+        if self.join_snapshot is not None:
+            snapshot, self.join_snapshot = self.join_snapshot, None
+            private = snapshot.decrypt_private(self.identity.secret_for(snapshot.seqno))
+            self.store.restore(snapshot.public_tables, private, snapshot.seqno)
         deferred, self.deferred = self.deferred, []
         for entry in deferred:
             if entry.index > self.applied_seqno:
@@ -997,6 +1139,15 @@ class Node:
         )
 
         return HttpResponse(200, json.dumps(doc).encode(), {}, "application/json")
+
+
+def _evidence_seqno(snapshot: Snapshot) -> int | None:
+    """The evidence transaction's seqno, from the receipt's commit evidence "ce:V.S:…"."""
+    receipt = snapshot.receipt or {}
+    evidence = str(receipt.get("leaf_components", {}).get("commit_evidence", ""))
+    txid = evidence.split(":")[1] if evidence.count(":") == 2 else ""
+    seqno = txid.rpartition(".")[2]
+    return int(seqno) if seqno.isdigit() else None
 
 
 class _AuthError(Exception):

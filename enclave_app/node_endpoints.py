@@ -32,6 +32,7 @@ class JoinRequest(pydantic.BaseModel):
     quote: str = pydantic.Field(max_length=32 * 1024)
     rpc_address: str = pydantic.Field(max_length=256)
     node_to_node_address: str = pydantic.Field(max_length=256)
+    want_snapshot: bool = False
 
 
 def parse_txid(text: str) -> tuple[int, int]:

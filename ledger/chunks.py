@@ -342,7 +342,10 @@ class LedgerWriter:
 
     def append(self, seqno: int, raw_entry: bytes) -> None:
         """Write one entry (no fsync). Seqnos must be contiguous."""
-        if seqno != self.last_seqno + 1:
+        # An empty directory may start anywhere: a node that joined from a snapshot at S
+        # keeps ledger files from S + 1 on, as CCF's nodes do.
+        starts_empty = self.last_seqno == 0 and self._open is None
+        if seqno != self.last_seqno + 1 and not (starts_empty and seqno > 0):
             raise ValueError(f"append seqno {seqno} after {self.last_seqno}")
         if len(raw_entry) < HEADER_SIZE:
             raise ValueError("entry shorter than its header")
