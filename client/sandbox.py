@@ -337,7 +337,9 @@ class Sandbox:
                     if (await client.node_state()).get("state") == "PartOfNetwork":
                         return
             await asyncio.sleep(0.1)
-        raise SandboxError(f"node {node.index} did not join in {timeout_s:.0f}s; see {node.log_path}")
+        raise SandboxError(
+            f"node {node.index} did not join in {timeout_s:.0f}s; see {node.log_path}"
+        )
 
     async def retire_node(self, node: NodeProcess) -> None:
         """Shrink the network: remove a node by governance (it retires and stops)."""
