@@ -12,7 +12,7 @@ import zlib
 from collections import deque
 from dataclasses import dataclass, field
 
-from consensus import LogEntry, Message, Raft, RaftConfig, Role, StartState
+from consensus import EntryRequest, LogEntry, Message, Raft, RaftConfig, Role, StartState
 
 FAST = RaftConfig(
     election_timeout_min_ms=100,
@@ -51,6 +51,7 @@ class Cluster:
         self.cut: set[str] = set()  # isolated nodes: their messages are dropped
         self.down: set[str] = set()
         self.delivered = 0
+        self.served_requests: list[EntryRequest] = []
         st = start if start is not None else StartState(configuration=frozenset(voters))
         for node_id in voters:
             self.add(node_id, st)
@@ -84,6 +85,12 @@ class Cluster:
             for to, msg in r.messages:
                 if node_id not in self.cut and to not in self.cut:
                     self.queue.append((node_id, to, msg))
+            for req in r.entry_requests:
+                # The runtime reads compacted entries back from its ledger files.
+                base = disk.start.last_index
+                stored = disk.entries[req.from_index - base - 1 : req.to_index - base]
+                self.served_requests.append(req)
+                raft.provide_entries(req.peer, stored)
             if self.auto_durable and disk.durable_count < len(disk.entries):
                 self.make_durable(node_id)
 
@@ -94,6 +101,7 @@ class Cluster:
         if count > 0:
             last = disk.entries[count - 1]
             self.nodes[node_id].durable(last.index, last.term)
+            self.process(node_id)
 
     def deliver(self, limit: int = 100_000) -> int:
         """Deliver queued messages (and what they cause) until quiet; returns how many."""

@@ -1,0 +1,207 @@
+"""Membership, starting points and log maintenance: joins, retirement, snapshots, restarts."""
+
+from __future__ import annotations
+
+import pytest
+from consensus_cluster import Cluster
+
+from consensus import (
+    ConfigurationError,
+    ConsensusError,
+    LogEntry,
+    Raft,
+    Role,
+    StartState,
+)
+
+ABC = ["a", "b", "c"]
+
+
+def _grow(c: Cluster, primary: str, n: int) -> None:
+    for k in range(n):
+        c.propose(primary, f"tx{k}".encode(), signature=k % 5 == 4)
+
+
+def test_single_node_network_bootstraps_and_commits_on_its_own() -> None:
+    c = Cluster(["a"])
+    a = c.elect("a")
+    assert a.role is Role.PRIMARY and a.commit_index == 1
+    _, seqno = c.propose("a", b"x", signature=True)
+    assert a.commit_index == seqno == 2
+
+
+def test_single_node_becomes_primary_on_its_first_election_timeout() -> None:
+    c = Cluster(["a"])
+    c.run_for(300)
+    assert c.nodes["a"].role is Role.PRIMARY
+
+
+def test_joining_node_catches_up_as_learner_before_it_counts() -> None:
+    c = Cluster(ABC)
+    a = c.elect("a")
+    _grow(c, "a", 20)
+    c.add("d", StartState(configuration=frozenset()))
+    for r in c.nodes.values():
+        r.add_learner("d")
+    assert not a.is_caught_up("d")
+    with pytest.raises(ConfigurationError) as info:
+        a.propose(b"add d", signature=True, configuration=a.configuration | {"d"})
+    assert info.value.code == "NotCaughtUp"
+    c.run_for(60)
+    assert c.nodes["d"].last_index == a.last_index
+    assert a.is_caught_up("d")
+    assert c.nodes["d"].role is Role.BACKUP and "d" not in a.configuration
+    c.propose("a", b"add d", signature=True)  # nothing counts d yet
+    a.propose(b"add d", signature=True, configuration=a.configuration | {"d"})
+    assert "d" in a.configuration  # in force as soon as appended, before commit
+    c.process("a")
+    c.deliver()
+    assert a.commit_index == a.last_index
+    assert c.nodes["d"].configuration == frozenset("abcd")
+
+
+def test_configuration_changes_one_node_at_a_time() -> None:
+    c = Cluster(ABC)
+    a = c.elect("a")
+    with pytest.raises(ConfigurationError):
+        a.propose(b"x", signature=True, configuration=frozenset({"a"}))
+    with pytest.raises(ConfigurationError):
+        a.propose(b"x", signature=True, configuration=frozenset())
+
+
+def test_a_second_configuration_change_waits_for_the_first_to_commit() -> None:
+    c = Cluster(["a", "b", "c", "d"])
+    a = c.elect("a")
+    a.propose(b"rm d", signature=True, configuration=frozenset(ABC))
+    with pytest.raises(ConfigurationError) as info:
+        a.propose(b"rm c", signature=True, configuration=frozenset({"a", "b"}))
+    assert info.value.code == "ConfigurationChangeInProgress"
+    c.process("a")
+    c.deliver()
+    a.propose(b"rm c", signature=True, configuration=frozenset({"a", "b"}))
+
+
+def test_removed_backup_retires_once_its_removal_commits() -> None:
+    c = Cluster(ABC)
+    a = c.elect("a")
+    a.propose(b"rm c", signature=True, configuration=frozenset({"a", "b"}))
+    c.process("a")
+    c.deliver()
+    c.run_for(40)
+    assert c.nodes["c"].role is Role.RETIRED
+    _grow(c, "a", 5)
+    assert a.commit_index == a.last_index  # a and b are the majority now
+
+
+def test_retiring_primary_hands_over_once_its_removal_commits() -> None:
+    c = Cluster(ABC)
+    a = c.elect("a")
+    _grow(c, "a", 5)
+    a.propose(b"rm a", signature=True, configuration=frozenset({"b", "c"}))
+    c.process("a")
+    c.deliver()
+    c.run_for(40)
+    assert a.role is Role.RETIRED
+    new = c.primary()
+    assert new in ("b", "c")
+    assert c.nodes[new].view == a.view + 1  # TimeoutNow: no election timeout was needed
+    c.propose(new, b"after", signature=True)
+    assert c.nodes[new].commit_index == c.nodes[new].last_index
+    # A retired node no longer campaigns or answers: its view stays where it retired.
+    retired_view = a.view
+    c.run_for(1000)
+    assert a.role is Role.RETIRED and a.view == retired_view
+    assert not a.has_ready()
+
+
+def test_node_started_from_a_snapshot_replicates_from_the_snapshot_point() -> None:
+    c = Cluster(ABC)
+    a = c.elect("a")
+    _grow(c, "a", 10)
+    snap = a.commit_index
+    view = a.term_at(snap)
+    assert view is not None
+    start = StartState(
+        configuration=a.configuration, last_index=snap, last_term=view, commit_index=snap
+    )
+    c.add("d", start)
+    for r in c.nodes.values():
+        r.add_learner("d")
+    _grow(c, "a", 3)
+    c.run_for(60)
+    d = c.nodes["d"]
+    assert d.last_index == a.last_index
+    assert [e.index for e in c.disks["d"].entries] == list(range(snap + 1, a.last_index + 1))
+
+
+def test_restart_resumes_from_durable_log_and_hard_state() -> None:
+    c = Cluster(ABC)
+    c.elect("a")
+    _grow(c, "a", 6)
+    c.crash("b")
+    b = c.restart("b")
+    assert b.last_index == c.nodes["a"].last_index
+    assert b.view == c.nodes["a"].view
+    assert b.role is Role.BACKUP
+    c.run_for(60)
+    assert b.leader_id == "a" and b.commit_index == c.nodes["a"].commit_index
+
+
+def test_restore_refuses_entries_that_do_not_follow_on() -> None:
+    start = StartState(configuration=frozenset(ABC))
+    with pytest.raises(ConsensusError):
+        Raft.restore("a", start=start, entries=[LogEntry(2, 1, b"gap")])
+
+
+def test_truncation_is_reported_before_the_entries_that_replace_it() -> None:
+    c = Cluster(ABC)
+    c.elect("a")
+    c.isolate("a")
+    c.nodes["a"].propose(b"doomed", signature=True)
+    c.process("a")
+    c.run_for(400)
+    new = c.primary()
+    assert new is not None and new != "a"
+    c.propose(new, b"winner", signature=True)
+    c.heal()
+    a = c.nodes["a"]
+    outputs = []
+    for _ in range(40):
+        c.tick_all(10)
+        while c.queue:
+            src, to, msg = c.queue.popleft()
+            if to in c.cut or src in c.cut:
+                continue
+            c.nodes[to].step(msg)
+            if to == "a":
+                r = a.ready()
+                if r.truncate_to is not None or r.entries:
+                    outputs.append((r.truncate_to, [e.index for e in r.entries]))
+                c.disks["a"].entries[
+                    (r.truncate_to if r.truncate_to is not None else len(c.disks["a"].entries)) :
+                ] = []
+                c.disks["a"].entries.extend(r.entries)
+                for dst, m in r.messages:
+                    c.queue.append(("a", dst, m))
+                if r.entries:
+                    a.durable(r.entries[-1].index, r.entries[-1].term)
+            else:
+                c.process(to)
+    assert outputs and outputs[0][0] == 1  # the doomed entry 2 goes, entry 1 stays
+    assert outputs[0][1][0] == 2
+    assert c.log_of("a") == c.log_of(new)
+
+
+def test_compacted_entries_are_requested_from_the_runtime_for_a_lagging_peer() -> None:
+    c = Cluster(ABC)
+    a = c.elect("a")
+    c.isolate("c")
+    _grow(c, "a", 20)
+    a.compact(a.commit_index)
+    assert a.log.first_index == a.commit_index + 1
+    c.heal()
+    c.run_for(100)
+    assert c.served_requests and c.served_requests[0].peer == "c"
+    assert c.served_requests[0].from_index <= c.nodes["c"].commit_index + 1
+    assert c.nodes["c"].last_index == a.last_index
+    assert c.log_of("c") == c.log_of("a")
