@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import ssl
 import subprocess
@@ -296,6 +297,33 @@ async def fetch_and_verify_receipts(
     return ReceiptResult(
         verified, failed, time.monotonic() - started_s, first_error[0] if first_error else None
     )
+
+
+def process_cpu_s(pid: int | None) -> float | None:
+    """CPU time (user + system) a process has used so far, from /proc; None if unknown.
+
+    CPU per request is steadier than requests per second on a shared machine: it does not
+    move when other work takes the cores, so it is reported next to the rates.
+    """
+    if pid is None:
+        return None
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 2 (comm) is in parentheses and may hold spaces: split after the last ')'.
+    fields = stat[stat.rfind(")") + 2 :].split()
+    try:
+        ticks = int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15
+    except (IndexError, ValueError):
+        return None
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ms_per_request(before_s: float | None, after_s: float | None, count: int) -> float | None:
+    if before_s is None or after_s is None or count <= 0:
+        return None
+    return round((after_s - before_s) * 1000.0 / count, 3)
 
 
 # --- the ceiling: a trivial aiohttp TLS server in its own process -------------------------------

@@ -70,7 +70,7 @@ class Target:
     user_cert: Path
     user_key: Path
     nodes: int
-    enclave_pid: int | None
+    pids: dict[str, int]  # "enclave"/"host" -> pid of the primary's processes, if known
 
 
 # --- finding the primary ------------------------------------------------------------------------
@@ -96,8 +96,9 @@ async def target_from_network(path: Path) -> Target:
     cert, key = network.user(0)
     url, index = await _primary_url(list(network.urls), network.service_cert)
     raw = json.loads(path.read_text())
-    pid = raw.get("nodes", [{}] * (index + 1))[index].get("enclave_pid")
-    return Target(url, network.service_cert, cert, key, len(network.urls), pid)
+    node = raw.get("nodes", [{}] * (index + 1))[index]
+    pids = {k: int(node[f"{k}_pid"]) for k in ("enclave", "host") if node.get(f"{k}_pid")}
+    return Target(url, network.service_cert, cert, key, len(network.urls), pids)
 
 
 @contextlib.asynccontextmanager
@@ -109,8 +110,9 @@ async def own_network(nodes: int, workspace: Path) -> AsyncIterator[Target]:
         primary_id = await sandbox.wait_for_primary()
         primary = next(n for n in sandbox.nodes if n.node_id == primary_id)
         cert, key = sandbox.user_paths(0)
-        pid = primary.ports.get("enclave_pid")
-        yield Target(primary.url, sandbox.service_cert_path, cert, key, nodes, pid)
+        ports = primary.ports
+        pids = {k: int(ports[f"{k}_pid"]) for k in ("enclave", "host") if ports.get(f"{k}_pid")}
+        yield Target(primary.url, sandbox.service_cert_path, cert, key, nodes, pids)
     finally:
         await asyncio.to_thread(sandbox.stop)
 
@@ -152,27 +154,62 @@ def latency_fields(latencies_ms: tuple[float, ...]) -> dict[str, float | None]:
     }
 
 
+class CpuMeter:
+    """CPU used by some processes (and this load generator) between two points in time."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.before = self._read()
+
+    def _read(self) -> dict[str, float | None]:
+        now: dict[str, float | None] = {n: bench.process_cpu_s(p) for n, p in self.pids.items()}
+        now["loadgen"] = time.process_time()
+        return now
+
+    def per_request_ms(self, count: int) -> dict[str, float | None]:
+        after = self._read()
+        return {n: bench.cpu_ms_per_request(self.before[n], after[n], count) for n in after}
+
+
+@dataclass(frozen=True, slots=True)
+class CeilingPhase:
+    load: bench.LoadResult
+    server_cpu_ms_per_req: float | None
+    loadgen_cpu_ms_per_req: float | None
+
+
 async def measure_ceiling(
     server: bench.CeilingServer, args: argparse.Namespace, progress: Progress, label: str
-) -> bench.LoadResult:
+) -> CeilingPhase:
+    meter = CpuMeter({"server": server.pid} if server.pid else {})
     with progress_task(progress, f"ceiling {label}", args.duration_s) as tick:
-        return await bench.run_load(
+        load = await bench.run_load(
             server.url,
             bench.ceiling_client_context(server.pki),
             clients=args.clients,
             duration_s=args.duration_s,
             on_progress=tick,
         )
+    cpu = meter.per_request_ms(load.requests_ok)
+    return CeilingPhase(load, cpu.get("server"), cpu["loadgen"])
 
 
-def ceiling_fields(loads: list[bench.LoadResult]) -> dict[str, Any]:
+def _mean(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return round(sum(known) / len(known), 3) if known else None
+
+
+def ceiling_fields(phases: list[CeilingPhase]) -> dict[str, Any]:
     """The ceiling over every phase of the run (they bracket the node phases)."""
+    loads = [phase.load for phase in phases]
     rates = [load.req_per_s for load in loads if load.requests_ok]
     latencies = tuple(ms for load in loads for ms in load.latencies_ms)
     result: dict[str, Any] = {
         "ceiling_req_per_s": round(sum(rates) / len(rates), 1) if rates else None,
         "ceiling_phases_req_per_s": [round(r, 1) for r in rates],
         "ceiling_errors": sum(load.errors for load in loads),
+        "ceiling_server_cpu_ms_per_req": _mean([p.server_cpu_ms_per_req for p in phases]),
+        "ceiling_loadgen_cpu_ms_per_req": _mean([p.loadgen_cpu_ms_per_req for p in phases]),
     }
     result.update({f"ceiling_{k}": v for k, v in latency_fields(latencies).items()})
     first_error = next((load.first_error for load in loads if load.first_error), None)
@@ -185,7 +222,11 @@ async def measure_node(
     target: Target, args: argparse.Namespace, progress: Progress, profile: Path | None
 ) -> dict[str, Any]:
     ssl_ctx = build_ssl_context(target.service_cert, target.user_cert, target.user_key)
-    profiler = start_profiler(target.enclave_pid, profile, args.duration_s)
+    profilers = [
+        start_profiler(name, pid, target.nodes, profile, args.duration_s)
+        for name, pid in target.pids.items()
+    ]
+    meter = CpuMeter(target.pids)
     try:
         with progress_task(progress, f"{target.nodes} node(s) writes", args.duration_s) as tick:
             load = await bench.run_load(
@@ -196,14 +237,20 @@ async def measure_node(
                 on_progress=tick,
             )
     finally:
-        if profiler is not None:
-            finish_profiler(profiler, profile)
+        for profiler in profilers:
+            if profiler is not None:
+                finish_profiler(profiler)
+    cpu = meter.per_request_ms(load.requests_ok)
     result: dict[str, Any] = {
         "nodes": target.nodes,
         "clients": args.clients,
         "writes_ok": load.requests_ok,
         "write_errors": load.errors,
         "write_req_per_s": round(load.req_per_s, 1),
+        # The primary's processes only; with more nodes the backups use CPU too.
+        "enclave_cpu_ms_per_tx": cpu.get("enclave"),
+        "host_cpu_ms_per_tx": cpu.get("host"),
+        "loadgen_cpu_ms_per_req": cpu["loadgen"],
     }
     result.update(latency_fields(load.latencies_ms))
     if load.first_error:
@@ -256,30 +303,39 @@ def failed_run(nodes: int, clients: int, error: BaseException) -> dict[str, Any]
 # --- optional profiling of the primary's enclave with py-spy (for developers) ----------------------
 
 
-def start_profiler(pid: int | None, directory: Path | None, duration_s: float) -> Any:
-    if directory is None or pid is None:
+def start_profiler(
+    name: str, pid: int, nodes: int, directory: Path | None, duration_s: float
+) -> tuple[subprocess.Popen[bytes], Path] | None:
+    """py-spy the primary's `name` process during the load (collapsed stacks in `directory`)."""
+    if directory is None:
         return None
     exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(exe).exists():
         err.print("[yellow]--profile-dir: py-spy not found (pip install py-spy); not profiling")
         return None
-    directory.mkdir(parents=True, exist_ok=True)
-    raw = directory / f"enclave-{pid}.txt"
-    cmd = [exe, "record", "-p", str(pid), "-d", str(int(duration_s) + 1), "-r", "200"]
+    raw = directory / f"{name}-{nodes}node-{pid}.txt"
+    cmd = [exe, "record", "-p", str(pid), "-d", str(int(duration_s) + 1), "-r", "100"]
     cmd += ["-f", "raw", "-o", str(raw), "--nonblocking"]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), raw
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except OSError as e:  # profiling is an extra: it never fails the measurement
+        err.print(f"[yellow]--profile-dir: cannot profile ({e}); going on without")
+        return None
+    return proc, raw
 
 
-def finish_profiler(handle: Any, directory: Path | None) -> None:
+def finish_profiler(handle: tuple[subprocess.Popen[bytes], Path]) -> None:
     proc, raw = handle
     try:
         proc.wait(30)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-    if raw.exists() and directory is not None:
-        (directory / f"{raw.stem}-top.txt").write_text(profile_summary(raw))
-        err.print(f"profile of the enclave: {raw} (top functions in {raw.stem}-top.txt)")
+    if raw.exists():
+        top = raw.with_name(f"{raw.stem}-top.txt")
+        top.write_text(profile_summary(raw))
+        err.print(f"profile: {raw} (top functions in {top.name})")
 
 
 def profile_summary(raw: Path, top: int = PROFILE_TOP) -> str:
@@ -297,6 +353,8 @@ def profile_summary(raw: Path, top: int = PROFILE_TOP) -> str:
         self_samples[frames[-1]] += count
         for frame in set(frames):
             incl_samples[frame] += count
+    if total == 0:
+        return "no samples\n"
     lines = [f"samples {total}", "", "self%  function"]
     lines += [f"{100 * n / total:5.1f}  {f}" for f, n in self_samples.most_common(top)]
     lines += ["", "incl%  function"]
@@ -324,7 +382,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     phases and dividing by their mean keeps the ratio honest when the load changes.
     """
     runs: list[dict[str, Any]] = []
-    ceilings: list[bench.LoadResult] = []
+    ceilings: list[CeilingPhase] = []
     with tempfile.TemporaryDirectory(prefix="charter-bench-") as tmp_name:
         tmp = Path(tmp_name)
         workspace_root = args.workspace.resolve() if args.workspace else tmp
@@ -360,16 +418,26 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def summarise(
-    args: argparse.Namespace, runs: list[dict[str, Any]], ceilings: list[bench.LoadResult]
+    args: argparse.Namespace, runs: list[dict[str, Any]], ceilings: list[CeilingPhase]
 ) -> dict[str, Any]:
     assert len(ceilings) == len(runs) + 1
     for i, r in enumerate(runs):
-        around = [c.req_per_s for c in ceilings[i : i + 2] if c.requests_ok]
+        around = [c.load.req_per_s for c in ceilings[i : i + 2] if c.load.requests_ok]
         ceiling_rate = sum(around) / len(around) if around else None
         rate = r.get("committed_tx_per_s")
         r["ceiling_req_per_s"] = round(ceiling_rate, 1) if ceiling_rate else None
         r["ceiling_ratio"] = round(rate / ceiling_rate, 3) if rate and ceiling_rate else None
-    result: dict[str, Any] = {**runs[0], **ceiling_fields(ceilings)}
+    ceiling = ceiling_fields(ceilings)
+    for r in runs:
+        # CPU per request, ceiling server ÷ primary node (enclave + host): the same ratio as
+        # ceiling_ratio if CPU were the only limit, and steady when other work shares the cores.
+        node_ms = [r.get("enclave_cpu_ms_per_tx"), r.get("host_cpu_ms_per_tx")]
+        server_ms = ceiling["ceiling_server_cpu_ms_per_req"]
+        if server_ms and all(node_ms):
+            r["cpu_ceiling_ratio"] = round(server_ms / sum(node_ms), 3)  # type: ignore[arg-type]
+        else:
+            r["cpu_ceiling_ratio"] = None
+    result: dict[str, Any] = {**runs[0], **ceiling}
     # The headline ceiling is the one the headline run is divided by.
     result["ceiling_req_per_s"] = runs[0]["ceiling_req_per_s"]
     result["duration_s"] = args.duration_s
