@@ -142,8 +142,9 @@ class CharterClient:
         cert_path: str | Path | None = None,
         key_path: str | Path | None = None,
         request_timeout_s: float = REQUEST_TIMEOUT_S_DEFAULT,
+        response_bytes_max: int = RESPONSE_BYTES_MAX,
     ) -> None:
-        assert request_timeout_s > 0
+        assert request_timeout_s > 0 and response_bytes_max > 0
         self.url = url.rstrip("/")
         if not self.url.startswith("https://"):
             raise IdentityError(f"service URL must start with https://, got {url!r}")
@@ -151,6 +152,7 @@ class CharterClient:
         self.cert_path = Path(cert_path) if cert_path is not None else None
         self.key_path = Path(key_path) if key_path is not None else None
         self.request_timeout_s = request_timeout_s
+        self.response_bytes_max = response_bytes_max
         self._session: aiohttp.ClientSession | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -202,10 +204,15 @@ class CharterClient:
             async with self._session.request(
                 method, url, json=json, data=data, headers=headers, params=params
             ) as resp:
+                if (resp.content_length or 0) > self.response_bytes_max:
+                    raise ProtocolError(
+                        f"response to {method} {path} announces {resp.content_length} bytes, "
+                        f"over the {self.response_bytes_max}-byte limit"
+                    )
                 body = bytearray()
                 async for chunk in resp.content.iter_chunked(64 * 1024):
                     body += chunk
-                    if len(body) > RESPONSE_BYTES_MAX:
+                    if len(body) > self.response_bytes_max:
                         raise ProtocolError(f"response to {method} {path} exceeds size limit")
                 content_type = resp.headers.get("Content-Type", "")
                 result = Response(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import ssl
+import time
 
 import pytest
 from aiohttp import web
@@ -18,6 +19,7 @@ from client.errors import (
     IdentityError,
     InvalidInput,
     NotFound,
+    ProtocolError,
     ServiceUnavailable,
     TransactionInvalid,
 )
@@ -193,3 +195,49 @@ def test_service_cert_pinning_context_has_one_trust_anchor(pki: Pki) -> None:
     assert len(anchors) == 1
     assert anchors[0] == service.public_bytes(serialization.Encoding.DER)
     assert ctx.check_hostname and ctx.verify_mode == ssl.CERT_REQUIRED
+
+
+async def test_oversized_responses_are_refused(pki: Pki, tls_server: StartServer) -> None:
+    async def big(request: web.Request) -> web.StreamResponse:
+        if request.query.get("chunked"):
+            # No Content-Length: the limit must hold while streaming too.
+            resp = web.StreamResponse()
+            resp.enable_chunked_encoding()
+            await resp.prepare(request)
+            for _ in range(10):
+                await resp.write(b"x" * 1000)
+            await resp.write_eof()
+            return resp
+        return web.Response(body=b"x" * 10_000)
+
+    url = await tls_server({"/app/big": big})
+    async with CharterClient(url, pki.service_cert, response_bytes_max=4096) as c:
+        with pytest.raises(ProtocolError, match="limit"):
+            await c.get("/app/big")
+        with pytest.raises(ProtocolError, match="size limit"):
+            await c.get("/app/big", params={"chunked": "1"})
+
+
+async def test_body_labelled_json_that_is_not_json_is_a_protocol_error(
+    pki: Pki, tls_server: StartServer
+) -> None:
+    async def liar(_: web.Request) -> web.Response:
+        return web.Response(body=b"{oops", content_type="application/json")
+
+    url = await tls_server({"/node/state": liar})
+    async with CharterClient(url, pki.service_cert) as c:
+        with pytest.raises(ProtocolError, match="not JSON"):
+            await c.node_state()
+
+
+async def test_receipt_wait_gives_up_at_the_deadline(pki: Pki, tls_server: StartServer) -> None:
+    async def never(_: web.Request) -> web.Response:
+        return web.Response(status=202, headers={"Retry-After": "60"})
+
+    url = await tls_server({"/node/receipt": never})
+    async with CharterClient(url, pki.service_cert) as c:
+        started = time.monotonic()
+        with pytest.raises(CommitTimeout):
+            await c.receipt("2.5", timeout_s=0.3)
+        # Retry-After is honoured but capped by the caller's deadline.
+        assert time.monotonic() - started < 2
