@@ -82,7 +82,6 @@ class Host:
         self.rpc_address = config.rpc_address
         self.ports: dict[str, object] = {}
         self._stop = asyncio.Event()
-        self._stop_reason = ""
         self._exit_code = 0
         self.storage_worker = StorageWorker(self.storage, self._reply, self._on_storage_failure)
         self._next_conn_id = 1
@@ -128,6 +127,8 @@ class Host:
         # always a clean stop.
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._request_stop, f"signal {sig.name}", 0)
+        # A previous run's file would point scripts at dead ports and pids.
+        (self.config.workspace / PORTS_FILE_NAME).unlink(missing_ok=True)
         listener = self._bind_client_socket()
         n2n_address = await self.relay.start()
         self.ports = {
@@ -180,7 +181,6 @@ class Host:
         if self._stop.is_set():
             return
         _log.info("stopping reason=%r", reason)
-        self._stop_reason = reason
         self._exit_code = exit_code
         self._stop.set()
 

@@ -184,7 +184,7 @@ _msgpack_values = st.recursive(
 )
 
 
-@settings(max_examples=400, derandomize=True, deadline=None)
+@settings(max_examples=200, derandomize=True, deadline=None)
 @given(
     tag=st.sampled_from(
         [*sorted(t.__name__ for t in itf.HOST_TO_ENCLAVE + itf.ENCLAVE_TO_HOST), "x"]

@@ -62,64 +62,75 @@ def _start_config(tmp_path: Path) -> Path:
     return config
 
 
-def _wait_for_ports(workspace: Path, key: str, timeout_s: float = 20) -> dict[str, object]:
+def _start_host(tmp_path: Path) -> subprocess.Popen[bytes]:
+    config = _start_config(tmp_path)
+    with (tmp_path / "host.stderr").open("wb") as stderr:
+        return subprocess.Popen(
+            [sys.executable, "-m", "host", "--config", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            cwd=REPO,
+        )
+
+
+def _stderr(tmp_path: Path) -> str:
+    return (tmp_path / "host.stderr").read_text(errors="replace")
+
+
+def _wait_for_ports(
+    host: subprocess.Popen[bytes], tmp_path: Path, key: str, timeout_s: float = 60
+) -> dict[str, object]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        if host.poll() is not None:
+            raise AssertionError(f"host exited early:\n{_stderr(tmp_path)[-3000:]}")
         try:
-            ports: dict[str, object] = json.loads((workspace / "ports.json").read_text())
+            ports: dict[str, object] = json.loads((tmp_path / "ws" / "ports.json").read_text())
         except (OSError, ValueError):
             ports = {}
         if key in ports:
             return ports
         time.sleep(0.05)
-    raise AssertionError(f"{key} never appeared in ports.json")
+    raise AssertionError(f"{key} never appeared in ports.json:\n{_stderr(tmp_path)[-3000:]}")
+
+
+def _stop(host: subprocess.Popen[bytes]) -> None:
+    if host.poll() is None:
+        host.send_signal(signal.SIGTERM)
+    try:
+        host.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        host.kill()
+        host.wait()
 
 
 @pytest.mark.e2e
 @pytest.mark.skipif(not HAS_ENCLAVE, reason="enclave_app/main.py not written yet")
 def test_host_exits_with_a_clear_message_when_the_enclave_is_killed(tmp_path: Path) -> None:
-    config = _start_config(tmp_path)
-    host = subprocess.Popen(
-        [sys.executable, "-m", "host", "--config", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-    )
+    host = _start_host(tmp_path)
     try:
-        ports = _wait_for_ports(tmp_path / "ws", "enclave_pid")
+        ports = _wait_for_ports(host, tmp_path, "enclave_pid")
         os.kill(int(str(ports["enclave_pid"])), signal.SIGKILL)
-        _, stderr = host.communicate(timeout=20)
+        host.wait(timeout=30)
     finally:
-        if host.poll() is None:
-            host.kill()
-            host.wait()
-    assert host.returncode != 0
-    assert "enclave exited with code -9" in stderr
+        _stop(host)
+    assert host.returncode == 1
+    assert "enclave exited with code -9" in _stderr(tmp_path)
     assert "enclave exited with code -9" in (tmp_path / "ws" / "host.log").read_text()
 
 
 @pytest.mark.e2e
 @pytest.mark.skipif(not HAS_ENCLAVE, reason="enclave_app/main.py not written yet")
 def test_sigterm_stops_host_and_enclave_with_exit_code_zero(tmp_path: Path) -> None:
-    config = _start_config(tmp_path)
-    host = subprocess.Popen(
-        [sys.executable, "-m", "host", "--config", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-    )
+    host = _start_host(tmp_path)
     try:
-        ports = _wait_for_ports(tmp_path / "ws", "enclave_pid")
+        ports = _wait_for_ports(host, tmp_path, "enclave_pid")
         enclave_pid = int(str(ports["enclave_pid"]))
         host.send_signal(signal.SIGTERM)
-        host.communicate(timeout=20)
+        host.wait(timeout=30)
     finally:
-        if host.poll() is None:
-            host.kill()
-            host.wait()
-    assert host.returncode == 0
+        _stop(host)
+    assert host.returncode == 0, _stderr(tmp_path)[-3000:]
     with pytest.raises(ProcessLookupError):
         os.kill(enclave_pid, 0)
 
@@ -129,22 +140,16 @@ def test_sigterm_stops_host_and_enclave_with_exit_code_zero(tmp_path: Path) -> N
 def test_client_connections_accepted_by_the_host_are_served_by_the_enclave(
     tmp_path: Path,
 ) -> None:
-    config = _start_config(tmp_path)
-    host = subprocess.Popen(
-        [sys.executable, "-m", "host", "--config", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=REPO,
-    )
+    host = _start_host(tmp_path)
     try:
-        ports = _wait_for_ports(tmp_path / "ws", "node_id")
+        ports = _wait_for_ports(host, tmp_path, "node_id")
         address, port = str(ports["rpc_address"]).rsplit(":", 1)
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE  # only the hand-over is under test, not the PKI
         for _ in range(3):  # several connections, each passed over the control channel
             with (
-                socket.create_connection((address, int(port)), timeout=10) as raw,
+                socket.create_connection((address, int(port)), timeout=30) as raw,
                 ctx.wrap_socket(raw) as tls,
             ):
                 tls.sendall(b"GET /node/state HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -154,10 +159,5 @@ def test_client_connections_accepted_by_the_host_are_served_by_the_enclave(
             assert response.startswith(b"HTTP/1.1 200")
             assert str(ports["node_id"]).encode() in response
     finally:
-        host.send_signal(signal.SIGTERM)
-        try:
-            host.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            host.kill()
-            host.wait()
-    assert host.returncode == 0
+        _stop(host)
+    assert host.returncode == 0, _stderr(tmp_path)[-3000:]
