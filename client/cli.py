@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -36,15 +34,13 @@ from client.cli_common import (
     stdout,
 )
 from client.cli_ledger import ledger_app, receipt_app
+from client.cli_process import PASSTHROUGH, bench, node_app, sandbox
 from client.errors import IdentityError
-from client.identity import load_cert_pem, load_json_file
+from client.identity import PEM_FILE_BYTES_MAX, load_cert_pem, load_json_file, read_bounded
 from client.member import Member, Proposal
 from client.sdk import CharterClient
 
 log = logging.getLogger(__name__)
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-BENCH_SCRIPT = REPO_ROOT / "scripts" / "bench.py"
 
 app = typer.Typer(
     name="charter",
@@ -54,8 +50,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-node_app = typer.Typer(help="Run a node process.", no_args_is_help=True)
 app.add_typer(node_app, name="node")
+app.command(context_settings=PASSTHROUGH)(sandbox)
+app.command(context_settings=PASSTHROUGH)(bench)
 app.add_typer(receipt_app, name="receipt")
 app.add_typer(ledger_app, name="ledger")
 
@@ -109,10 +106,10 @@ def keygen(
     if as_json:
         print_json({"name": r.name, "id": r.id, **files})
         return
-    stdout.print(f"id    {r.id}")
+    stdout.print(f"{'id':<22} {r.id}")
     for what, path in files.items():
         if path:
-            stdout.print(f"{what:<5} {path}")
+            stdout.print(f"{what:<22} {path}")
 
 
 # --- governance ---------------------------------------------------------------------------------
@@ -150,8 +147,6 @@ def _actions_from_flags(
     for cert in add_member:
         args: dict[str, Any] = {"cert": load_cert_pem(cert, "member cert")}
         if member_enc_key is not None:
-            from client.identity import PEM_FILE_BYTES_MAX, read_bounded
-
             enc = read_bounded(member_enc_key, PEM_FILE_BYTES_MAX, "encryption public key")
             args["encryption_pub_key"] = enc.decode("ascii", errors="replace")
         actions.append({"name": "set_member", "args": args})
@@ -531,104 +526,6 @@ def status(
     stdout.print(f"primary   {net.get('primary_id', '-')}")
     stdout.print(f"node      {st.get('node_id', '?')} {st.get('state', '?')}")
     stdout.print(f"committed {info['commit']}")
-
-
-# --- processes: node, sandbox, bench ------------------------------------------------------------
-
-
-def _node_command(config: Path) -> list[str]:
-    doc = load_json_file(config, "node config")
-    if not isinstance(doc, dict):
-        raise IdentityError(f"node config {config} must be a JSON object")
-    return [sys.executable, "-m", "host", "--config", str(config)]
-
-
-def _exec_node(config: Path, print_only: bool) -> None:
-    cmd = _node_command(config)
-    if print_only:
-        stdout.print(" ".join(cmd))
-        return
-    # Replace this process: signals and the exit status then belong to the node itself.
-    os.execv(cmd[0], cmd)
-
-
-PrintCmdOpt = Annotated[
-    bool, typer.Option("--print-command", help="Print the command instead of running it.")
-]
-
-
-@node_app.command("start")
-@guarded
-def node_start(
-    config: Annotated[Path, typer.Argument(help="Node config (JSON) that starts a network.")],
-    print_command: PrintCmdOpt = False,
-) -> None:
-    """Start the first node of a new network (runs `python -m host --config FILE`).
-
-    Example: charter node start workspace/node0/node.json
-    """
-    _exec_node(config, print_command)
-
-
-@node_app.command("join")
-@guarded
-def node_join(
-    config: Annotated[Path, typer.Argument(help="Node config (JSON) that joins a network.")],
-    print_command: PrintCmdOpt = False,
-) -> None:
-    """Start a node that joins an existing network (its config names the target node).
-
-    Example: charter node join workspace/node1/node.json
-    """
-    _exec_node(config, print_command)
-
-
-@node_app.command("recover")
-@guarded
-def node_recover(
-    config: Annotated[Path, typer.Argument(help="Node config (JSON) that recovers a network.")],
-    print_command: PrintCmdOpt = False,
-) -> None:
-    """Start a node in recovery mode on an old ledger (its config says so).
-
-    Example: charter node recover workspace/node0/recover.json
-    """
-    _exec_node(config, print_command)
-
-
-PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
-
-
-@app.command(context_settings=PASSTHROUGH)
-@guarded
-def sandbox(ctx: typer.Context) -> None:
-    """Start a local network serving the sample app, open it, and keep it up until Ctrl-C.
-
-    Sandbox options: --nodes N (default 3), --workspace DIR (default workspace/sandbox),
-    --port-base PORT, --app logging|acl|MODULE. It writes DIR/network.json for --network.
-
-    Example: charter sandbox --nodes 3 --workspace workspace/sandbox
-    """
-    try:
-        from client.sandbox import run
-    except ImportError:
-        fail("the sandbox is not available in this version (client/sandbox.py is missing)")
-    code = run(list(ctx.args))
-    raise typer.Exit(int(code or 0))
-
-
-@app.command(context_settings=PASSTHROUGH)
-@guarded
-def bench(ctx: typer.Context) -> None:
-    """Run the benchmark (scripts/bench.py); extra arguments go to it.
-
-    Example: charter bench --network workspace/sandbox/network.json
-    """
-    script = BENCH_SCRIPT
-    if not script.is_file():
-        fail(f"the benchmark is not available in this version ({script} is missing)")
-    done = subprocess.run([sys.executable, str(script), *ctx.args], check=False)
-    raise typer.Exit(done.returncode)
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from aiohttp import web
 from conftest import GovRecorder, Pki, ThreadedServer
 from typer.testing import CliRunner, Result
 
-from client import cli
+from client import cli_process
 from client.cli import app
 from ledger.chunks import LedgerReader
 
@@ -386,7 +386,7 @@ def test_sandbox_fails_clearly_when_not_installed(monkeypatch: pytest.MonkeyPatc
 def test_bench_fails_clearly_when_the_script_is_missing(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(cli, "BENCH_SCRIPT", tmp_path / "bench.py")
+    monkeypatch.setattr(cli_process, "BENCH_SCRIPT", tmp_path / "bench.py")
     assert_fails_cleanly(run("bench", "--duration", "1"), "not available")
 
 
@@ -398,7 +398,7 @@ def test_bench_passes_its_arguments_and_exit_status_through(
     script.write_text(
         f"import json, sys\njson.dump(sys.argv[1:], open({str(out)!r}, 'w'))\nsys.exit(3)\n"
     )
-    monkeypatch.setattr(cli, "BENCH_SCRIPT", script)
+    monkeypatch.setattr(cli_process, "BENCH_SCRIPT", script)
     result = run("bench", "--duration", "1", "--clients", "4")
     assert result.exit_code == 3
     assert json.loads(out.read_text()) == ["--duration", "1", "--clients", "4"]
