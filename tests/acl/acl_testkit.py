@@ -1,0 +1,68 @@
+"""Helpers for the ACL tests: real sandboxes serving the ACL app, and SDK clients.
+
+The clients are the unmodified `azure-confidentialledger` SDK: a TLS client certificate
+(`ConfidentialLedgerCertificateCredential`, a PEM holding the user's key and cert, as
+`requests` wants it) and the service certificate as `ledger_certificate_path`, the only
+trust anchor, with hostname checks against the URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from azure.confidentialledger import (
+    ConfidentialLedgerCertificateCredential,
+    ConfidentialLedgerClient,
+)
+
+from client.sandbox import Sandbox
+
+ACL_APP = "enclave_app.samples.acl"
+
+
+def start_sandbox(workspace: Path, nodes: int) -> Sandbox:
+    sandbox = Sandbox(workspace, nodes=nodes, app=ACL_APP, signature_delay_ms=20)
+    try:
+        asyncio.run(sandbox.start())
+    except BaseException:
+        sandbox.stop()
+        raise
+    return sandbox
+
+
+def credential_pem(sandbox: Sandbox, cert: Path, key: Path) -> Path:
+    """The key and certificate in one PEM file (what `requests` takes as a client cert)."""
+    combined = cert.parent / f"{cert.stem}_with_key.pem"
+    if not combined.exists():
+        combined.write_text(key.read_text() + cert.read_text())
+    return combined
+
+
+def sdk_client(
+    sandbox: Sandbox,
+    *,
+    node: int = 0,
+    identity: tuple[Path, Path] | None = None,
+    host: str = "127.0.0.1",
+) -> ConfidentialLedgerClient:
+    """An SDK client of node ``node`` as ``identity`` (cert, key; default user0)."""
+    cert, key = identity or sandbox.user_paths(0)
+    port = sandbox.nodes[node].rpc_address.rsplit(":", 1)[1]
+    return ConfidentialLedgerClient(
+        f"https://{host}:{port}",
+        credential=ConfidentialLedgerCertificateCredential(str(credential_pem(sandbox, cert, key))),
+        ledger_certificate_path=str(sandbox.service_cert_path),
+    )
+
+
+def anonymous_client(sandbox: Sandbox) -> ConfidentialLedgerClient:
+    """An SDK client presenting no client certificate (``connection_cert=None``)."""
+    cert, key = sandbox.user_paths(0)
+    port = sandbox.nodes[0].rpc_address.rsplit(":", 1)[1]
+    return ConfidentialLedgerClient(
+        f"https://127.0.0.1:{port}",
+        credential=ConfidentialLedgerCertificateCredential(str(credential_pem(sandbox, cert, key))),
+        ledger_certificate_path=str(sandbox.service_cert_path),
+        connection_cert=None,
+    )
