@@ -51,8 +51,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(node_app, name="node")
-app.command(context_settings=PASSTHROUGH)(sandbox)
-app.command(context_settings=PASSTHROUGH)(bench)
 app.add_typer(receipt_app, name="receipt")
 app.add_typer(ledger_app, name="ledger")
 
@@ -526,6 +524,11 @@ def status(
     stdout.print(f"primary   {net.get('primary_id', '-')}")
     stdout.print(f"node      {st.get('node_id', '?')} {st.get('state', '?')}")
     stdout.print(f"committed {info['commit']}")
+
+
+# Registered last so that `charter --help` lists the everyday commands first.
+app.command(context_settings=PASSTHROUGH)(sandbox)
+app.command(context_settings=PASSTHROUGH)(bench)
 
 
 def main() -> None:
