@@ -720,7 +720,8 @@ class Raft:
         if verified > self._verified_index:
             self._verified_index = verified
         if m.leader_commit > self._commit_index:
-            target = min(m.leader_commit, verified)
+            # Everything up to _verified_index matches this primary's log (same view).
+            target = min(m.leader_commit, self._verified_index)
             if target < m.leader_commit:
                 target = log.last_signature_at_or_below(target)
             if target > self._commit_index:
@@ -750,6 +751,7 @@ class Raft:
         assert self._role is not Role.PRIMARY, "a primary never overwrites its log"
         logger.info("truncate node=%s to=%d last=%d", self.id, index, self._log.last_index)
         self._log.truncate(index)
+        self._verified_index = min(self._verified_index, index)
         if self._truncate_to is None or index < self._truncate_to:
             self._truncate_to = index
         while self._unstable and self._unstable[-1].index > index:
