@@ -260,3 +260,22 @@ def test_command_line_audit_exit_codes(capsys: pytest.CaptureFixture[str]) -> No
     assert main(["audit", str(CCF_LEDGERS / "deprecated-entry-types")]) == 1
     assert "deprecated entry type" in capsys.readouterr().err
     assert main(["audit", "--accept-deprecated", str(CCF_LEDGERS / "deprecated-entry-types")]) == 0
+
+
+def test_forked_workers_report_a_bad_root_signature_before_later_damage(
+    small_ledger: GeneratedLedger, copy_ledger: Copy
+) -> None:
+    directory = copy_ledger(small_ledger.directory)
+    signed = small_ledger.signature_seqnos[4]
+    path, pos, raw = _locate(directory, signed)
+    at = raw.index(b'"sig":"') + 20
+    data = bytearray(path.read_bytes())
+    data[pos + at] = ord("A") if data[pos + at] != ord("A") else ord("B")  # still base64
+    path.write_bytes(bytes(data))
+    later_path, later_pos, _ = _locate(directory, 390)
+    _flip(later_path, later_pos + 30)  # IV seqno of a much later entry
+    with pytest.raises(AuditError, match="root signature") as serial:
+        audit(str(directory), workers=0)
+    with pytest.raises(AuditError, match="root signature") as parallel:
+        audit(str(directory), workers=2)
+    assert serial.value.seqno == parallel.value.seqno == signed
