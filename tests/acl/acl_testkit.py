@@ -9,13 +9,17 @@ trust anchor, with hostname checks against the URL.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from pathlib import Path
 
 from azure.confidentialledger import (
     ConfidentialLedgerCertificateCredential,
     ConfidentialLedgerClient,
 )
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
+from client.keygen import generate_identity
 from client.sandbox import Sandbox
 
 ACL_APP = "enclave_app.samples.acl"
@@ -66,3 +70,23 @@ def anonymous_client(sandbox: Sandbox) -> ConfidentialLedgerClient:
         ledger_certificate_path=str(sandbox.service_cert_path),
         connection_cert=None,
     )
+
+
+def add_governance_user(sandbox: Sandbox, name: str) -> tuple[Path, Path]:
+    """A new user registered by governance (proposal + ballots): it can open TLS sessions."""
+    identity = generate_identity(name, sandbox.workspace / "users")
+
+    async def propose() -> None:
+        async with sandbox.client() as client:
+            action = {"name": "set_user", "args": {"cert": identity.cert_path.read_text()}}
+            await sandbox.pass_proposal(client, [action])
+
+    asyncio.run(propose())
+    return identity.cert_path, identity.key_path
+
+
+def acl_user_id(cert: Path) -> str:
+    """The id ACL gives a certificate user: its SHA-256 fingerprint, as `5F:23:…`."""
+    der = x509.load_pem_x509_certificate(cert.read_bytes()).public_bytes(Encoding.DER)
+    digest = hashlib.sha256(der).hexdigest().upper()
+    return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
