@@ -528,8 +528,3 @@ def decrypt_private(entry: Entry, secret: bytes) -> WriteSet:
     return decode_tables(
         plaintext, 0, len(plaintext), base=base, snapshot=entry.entry_type == ENTRY_TYPE_SNAPSHOT
     )
-
-
-def entry_leaf_of(entry: Entry) -> bytes:
-    """Leaf of an already decoded entry (same rules as `entry_leaf`)."""
-    return entry_leaf(entry.raw)
