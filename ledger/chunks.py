@@ -231,8 +231,9 @@ def _fsync_dir(directory: str) -> None:
 class LedgerWriter:
     """Appends raw entries to chunk files in `directory`; reopening resumes the directory.
 
-    `chunk_size_bytes` is kept for callers that build a matching `ChunkPolicy` (`.policy`);
-    the writer itself cuts chunks only where entry flags say so.
+    `chunk_size_bytes` is kept for callers that build a matching `ChunkPolicy`; the writer
+    itself cuts chunks only where entry flags say so. An empty directory may start at any
+    seqno (a node that joined from a snapshot); after that, seqnos are contiguous.
     """
 
     def __init__(self, directory: str, *, chunk_size_bytes: int = DEFAULT_CHUNK_SIZE_BYTES) -> None:

@@ -208,3 +208,17 @@ def test_reopening_discards_an_offset_table_that_did_not_fully_reach_disk(tmp_pa
         assert writer.recovered_torn_bytes == 10
         writer.append(9, _raw(9, cut=True))
     assert dict(LedgerReader(str(tmp_path)).entries()) == {**entries, 9: _raw(9, cut=True)}
+
+
+def test_an_empty_directory_may_start_after_a_snapshot_seqno(tmp_path: Path) -> None:
+    with LedgerWriter(str(tmp_path)) as writer:
+        writer.append(501, _raw(501))
+        writer.append(502, _raw(502, cut=True))
+        with pytest.raises(ValueError):
+            writer.append(504, _raw(504))
+    assert sorted(os.listdir(tmp_path)) == ["ledger_501-502"]
+    reader = LedgerReader(str(tmp_path))
+    assert (reader.first_seqno, reader.last_seqno) == (501, 502)
+    with LedgerWriter(str(tmp_path)) as writer:
+        assert writer.last_seqno == 502
+        writer.append(503, _raw(503))
