@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from pathlib import Path
+from typing import Any
 
 from azure.confidentialledger import (
     ConfidentialLedgerCertificateCredential,
     ConfidentialLedgerClient,
 )
+from ccf import receipt as ccf_receipt
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -23,6 +25,8 @@ from client.keygen import generate_identity
 from client.sandbox import Sandbox
 
 ACL_APP = "enclave_app.samples.acl"
+# How often the SDK's pollers ask again (its default is 0.5 s).
+POLL_S = 0.05
 
 
 def start_sandbox(workspace: Path, nodes: int) -> Sandbox:
@@ -90,3 +94,41 @@ def acl_user_id(cert: Path) -> str:
     der = x509.load_pem_x509_certificate(cert.read_bytes()).public_bytes(Encoding.DER)
     digest = hashlib.sha256(der).hexdigest().upper()
     return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
+
+
+def snake_receipt(acl_receipt: dict[str, Any]) -> dict[str, Any]:
+    """ACL's camelCase receipt back in CCF's schema (the same values, CCF's key names)."""
+    lc = acl_receipt["leafComponents"]
+    return {
+        "cert": acl_receipt["cert"],
+        "is_signature_transaction": False,
+        "leaf_components": {
+            "claims_digest": lc["claimsDigest"],
+            "commit_evidence": lc["commitEvidence"],
+            "write_set_digest": lc["writeSetDigest"],
+        },
+        "node_id": acl_receipt["nodeId"],
+        "proof": acl_receipt["proof"],
+        "service_endorsements": acl_receipt.get("serviceEndorsements", []),
+        "signature": acl_receipt["signature"],
+    }
+
+
+def ccf_verify(acl_receipt: dict[str, Any], service_pem: str) -> None:
+    """CCF's own receipt helpers: leaf from its components, root from the proof, the node's
+    signature over the root, and the node certificate's endorsement by the service."""
+    lc = acl_receipt["leafComponents"]
+    leaf = hashlib.sha256(
+        bytes.fromhex(lc["writeSetDigest"])
+        + hashlib.sha256(lc["commitEvidence"].encode()).digest()
+        + bytes.fromhex(lc["claimsDigest"])
+    ).hexdigest()
+    root = ccf_receipt.root(leaf, acl_receipt["proof"])
+    node_cert = x509.load_pem_x509_certificate(acl_receipt["cert"].encode())
+    ccf_receipt.verify(root, acl_receipt["signature"], node_cert)
+    service = x509.load_pem_x509_certificate(service_pem.encode())
+    endorsements = [
+        x509.load_pem_x509_certificate(pem.encode())
+        for pem in acl_receipt.get("serviceEndorsements", [])
+    ]
+    ccf_receipt.check_endorsements(node_cert, service, endorsements)

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 from typing import Any
 
 import pytest
-from acl_testkit import sdk_client
+from acl_testkit import POLL_S, ccf_verify, sdk_client, snake_receipt
 from azure.confidentialledger import ConfidentialLedgerClient
 from azure.confidentialledger.receipt import compute_claims_digest, verify_receipt
-from ccf import receipt as ccf_receipt
-from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from client.sandbox import Sandbox
@@ -20,8 +17,6 @@ from ledger.errors import LedgerError
 from ledger.receipt import verify_json_receipt
 
 pytestmark = pytest.mark.e2e
-
-POLL_S = 0.05
 
 
 def write(client: ConfidentialLedgerClient, contents: str, collection: str | None) -> str:
@@ -32,44 +27,6 @@ def write(client: ConfidentialLedgerClient, contents: str, collection: str | Non
     assert result["collectionId"] == (collection or DEFAULT_COLLECTION)
     txid: str = result["transactionId"]
     return txid
-
-
-def snake_receipt(acl_receipt: dict[str, Any]) -> dict[str, Any]:
-    """ACL's camelCase receipt back in CCF's schema (the same values, CCF's key names)."""
-    lc = acl_receipt["leafComponents"]
-    return {
-        "cert": acl_receipt["cert"],
-        "is_signature_transaction": False,
-        "leaf_components": {
-            "claims_digest": lc["claimsDigest"],
-            "commit_evidence": lc["commitEvidence"],
-            "write_set_digest": lc["writeSetDigest"],
-        },
-        "node_id": acl_receipt["nodeId"],
-        "proof": acl_receipt["proof"],
-        "service_endorsements": acl_receipt.get("serviceEndorsements", []),
-        "signature": acl_receipt["signature"],
-    }
-
-
-def ccf_verify(acl_receipt: dict[str, Any], service_pem: str) -> None:
-    """CCF's own receipt helpers: leaf from its components, root from the proof, the node's
-    signature over the root, and the node certificate's endorsement by the service."""
-    lc = acl_receipt["leafComponents"]
-    leaf = hashlib.sha256(
-        bytes.fromhex(lc["writeSetDigest"])
-        + hashlib.sha256(lc["commitEvidence"].encode()).digest()
-        + bytes.fromhex(lc["claimsDigest"])
-    ).hexdigest()
-    root = ccf_receipt.root(leaf, acl_receipt["proof"])
-    node_cert = x509.load_pem_x509_certificate(acl_receipt["cert"].encode())
-    ccf_receipt.verify(root, acl_receipt["signature"], node_cert)
-    service = x509.load_pem_x509_certificate(service_pem.encode())
-    endorsements = [
-        x509.load_pem_x509_certificate(pem.encode())
-        for pem in acl_receipt.get("serviceEndorsements", [])
-    ]
-    ccf_receipt.check_endorsements(node_cert, service, endorsements)
 
 
 @pytest.fixture(scope="module")

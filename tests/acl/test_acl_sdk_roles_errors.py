@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from acl_testkit import (
+    POLL_S,
     acl_user_id,
     add_governance_user,
     anonymous_client,
@@ -31,8 +32,6 @@ from enclave_app.samples.acl_model import CONTENTS_BYTES_MAX
 from ledger import certs
 
 pytestmark = pytest.mark.e2e
-
-POLL_S = 0.05
 
 
 @pytest.fixture(scope="module")
