@@ -627,6 +627,9 @@ class ControlChannel:
         end = self._inbuf_pos + len(self._inbuf) + len(data)
         if fds:
             self._fd_marks.append((end - 1, fds))
+            if len(self._fd_marks) > MAX_QUEUED_FDS:  # fds without their frames: not our peer
+                self._close("too many fds received without their frames", error=True)
+                return
         self._inbuf += data
         self._parse()
 

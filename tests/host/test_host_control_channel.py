@@ -263,3 +263,20 @@ async def test_sender_refuses_to_hold_more_than_the_fd_bound() -> None:
     os.close(r)
     os.close(w)
     b.close()
+
+
+async def test_flood_of_fds_without_frames_closes_the_channel_and_leaks_nothing() -> None:
+    raw, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    baseline = len(os.listdir("/proc/self/fd"))
+    enclave = ControlChannel(b, name="enclave")
+    r, w = os.pipe()
+    raw.sendall(LENGTH_PREFIX.pack(100_000))  # a frame that never completes
+    for _ in range(itf.MAX_QUEUED_FDS + 10):
+        socket.send_fds(raw, [b"x"], [r])
+    with pytest.raises(ChannelClosed, match="too many fds"):
+        await asyncio.wait_for(enclave.receive(), 10)
+    os.close(r)
+    os.close(w)
+    raw.close()
+    # Every fd the channel received was closed, and so was its socket.
+    assert len(os.listdir("/proc/self/fd")) == baseline - 2
