@@ -16,6 +16,8 @@ import typer
 from rich.table import Column, Table
 
 from client.cli_common import (
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
     CertOpt,
     JsonOpt,
     KeyOpt,
@@ -531,10 +533,27 @@ app.command(context_settings=PASSTHROUGH)(sandbox)
 app.command(context_settings=PASSTHROUGH)(bench)
 
 
-def main() -> None:
-    """Console entry point."""
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: returns the exit status (the console script exits with it).
+
+    Usage errors (unknown option, missing argument) become one `error:` line too, with a
+    pointer to the command's --help, instead of typer's multi-line panel.
+    """
     logging.basicConfig(
         level=logging.DEBUG if os.environ.get("CHARTER_DEBUG") else logging.WARNING,
         format="%(levelname)s %(name)s %(message)s",
     )
-    app()
+    try:
+        result = app(argv, prog_name="charter", standalone_mode=False)
+    except typer.TyperException as e:
+        if type(e).__name__ == "NoArgsIsHelpError":
+            return EXIT_USAGE  # the help text has been printed already
+        ctx = getattr(e, "ctx", None)
+        where = ctx.command_path if ctx is not None else "charter"
+        message = " ".join(str(getattr(e, "format_message", e.__str__)()).split())
+        typer.echo(f"error: {message} (see `{where} --help`)", err=True)
+        return EXIT_USAGE
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("error: interrupted", err=True)
+        return EXIT_INTERRUPTED
+    return result if isinstance(result, int) else 0

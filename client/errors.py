@@ -29,8 +29,11 @@ class CharterError(Exception):
         super().__init__(message)
 
     def __str__(self) -> str:
-        where = f"HTTP {self.status} " if self.status is not None else ""
-        return f"{where}{self.code}: {self.message}"
+        # The service's code is what its operators search for; a client-side error's class
+        # name would only be noise in the one line a user reads.
+        if self.status is not None:
+            return f"HTTP {self.status} {self.code}: {self.message}"
+        return self.message
 
 
 # --- errors answered by the service ----------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -402,3 +403,21 @@ def test_bench_passes_its_arguments_and_exit_status_through(
     result = run("bench", "--duration", "1", "--clients", "4")
     assert result.exit_code == 3
     assert json.loads(out.read_text()) == ["--duration", "1", "--clients", "4"]
+
+
+def test_installed_entry_point_reports_usage_and_runtime_errors_in_one_line(
+    tmp_path: Path,
+) -> None:
+    # The real console script in a real process: what a user's shell sees.
+    charter = Path(sys.executable).parent / "charter"
+    cases = [
+        (["vote", PROPOSAL_ID, "--bogus"], 2, "no such option: --bogus"),
+        (["ledger", "audit", str(tmp_path / "missing")], 1, "not found"),
+    ]
+    for argv, code, pattern in cases:
+        done = subprocess.run([charter, *argv], capture_output=True, text=True, timeout=60)
+        assert done.returncode == code, (argv, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+        assert pattern in lines[0].lower()
+        assert "Traceback" not in done.stdout + done.stderr

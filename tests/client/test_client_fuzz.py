@@ -43,7 +43,7 @@ def test_random_bytes_are_rejected_as_invalid_receipts(data: bytes) -> None:
     _only_receipt_invalid(data)
 
 
-@settings(max_examples=300, derandomize=True, deadline=None)
+@settings(max_examples=150, derandomize=True, deadline=None)
 @given(receipt_like)
 def test_receipt_shaped_json_is_rejected_as_invalid(receipt: dict[str, Any]) -> None:
     _only_receipt_invalid(json.dumps(receipt).encode())
@@ -55,7 +55,7 @@ def test_cose_shaped_cbor_is_rejected_as_invalid(parts: list[Any]) -> None:
     _only_receipt_invalid(cbor2.dumps(cbor2.CBORTag(18, parts)))
 
 
-@settings(max_examples=300, derandomize=True)
+@settings(max_examples=200, derandomize=True, deadline=None)
 @given(st.integers(300, 599), json_values | st.binary(max_size=100))
 def test_any_error_answer_becomes_one_line_typed_error(status: int, body: Any) -> None:
     err = error_from_response(status, body)
