@@ -34,6 +34,7 @@ LOG = logging.getLogger("enclave")
 # Bodies beyond this are refused before they are read (endpoints may set lower limits).
 MAX_REQUEST_BODY_BYTES = 8 * 1024 * 1024
 READ_BATCH_ENTRIES = 10_000
+READ_CHUNK_BYTES = 256 * 1024
 JOIN_POLL_S = 0.5
 FORWARD_TIMEOUT_S = 5.0
 # A forwarded write is answered once this backup has applied it too, so the client's
@@ -282,9 +283,16 @@ class Runtime:
         length = request.content_length
         if length is not None and length > MAX_REQUEST_BODY_BYTES:
             return _json_error(413, "RequestTooLarge", "Request body is too large")
-        body = await request.content.read(MAX_REQUEST_BODY_BYTES + 1)
-        if len(body) > MAX_REQUEST_BODY_BYTES:
-            return _json_error(413, "RequestTooLarge", "Request body is too large")
+        # `read(n)` returns what is buffered now, not the whole body: read to the end,
+        # refusing as soon as the body passes the limit.
+        parts: list[bytes] = []
+        received = 0
+        while chunk := await request.content.read(READ_CHUNK_BYTES):
+            received += len(chunk)
+            if received > MAX_REQUEST_BODY_BYTES:
+                return _json_error(413, "RequestTooLarge", "Request body is too large")
+            parts.append(chunk)
+        body = b"".join(parts)
         peer_der = None
         ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
         if ssl_object is not None:
