@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
+import random
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from e2e_linearizability import Op, check_registers
 from e2e_support import (
     alive,
     ccf_validate,
@@ -33,8 +37,10 @@ from e2e_support import (
 )
 from relay import FaultyRelay
 
+from client.errors import CharterError
 from client.identity import TxId
 from client.sandbox import NodeProcess, Sandbox
+from client.sdk import CharterClient
 from ledger import certs
 
 pytestmark = pytest.mark.e2e
@@ -267,3 +273,165 @@ async def test_writes_committed_before_primary_kill_survive_and_ledgers_agree(
     ccf_validate(victim.directory / "workspace" / "ledger")
     common = min(committed_chunk_end(n.directory / "workspace" / "ledger") for n in net.nodes)
     _compare_ledgers(net, list(net.nodes), min(common, seqno))
+
+
+# ---------------------------------------------------------------------------------------------
+# Promise 10: linearizability across a primary crash
+
+LIN_KEYS = (8001, 8002)
+LIN_CLIENTS = 4
+LIN_OPS_PER_CLIENT = 45
+LIN_KILL_AFTER_OPS = 70
+LIN_CONFIRM_TIMEOUT_S = 15.0
+LIN_REQUEST_TIMEOUT_S = 8.0
+
+
+class _Cluster:
+    """What the clients of the linearizability test share: connections, the primary guess,
+    and which write produced each (unique) value."""
+
+    def __init__(self, sb: Sandbox) -> None:
+        self.sb = sb
+        self.clients: dict[int, CharterClient] = {}
+        self.primary = 0
+        self.txid_of: dict[str, TxId | None] = {}
+        self.done_ops = 0
+
+    async def client(self, index: int) -> CharterClient:
+        c = self.clients.get(index)
+        if c is None:
+            node = self.sb.nodes[index]
+            c = CharterClient(
+                node.url,
+                self.sb.service_cert_path,
+                cert_path=self.sb.user_paths(0)[0],
+                key_path=self.sb.user_paths(0)[1],
+                request_timeout_s=LIN_REQUEST_TIMEOUT_S,
+            )
+            await c.__aenter__()
+            self.clients[index] = c
+        return c
+
+    def live(self) -> list[int]:
+        return [n.index for n in self.sb.nodes if alive(n)]
+
+    async def rediscover(self) -> None:
+        ids = {n.node_id: n.index for n in self.sb.nodes}
+        for index in self.live():
+            with contextlib.suppress(CharterError):
+                primary = (await (await self.client(index)).network()).get("primary_id")
+                if primary in ids and alive(self.sb.nodes[ids[primary]]):
+                    self.primary = ids[primary]
+                    return
+        await asyncio.sleep(0.1)
+
+    async def status(self, txid: TxId, prefer: int) -> str:
+        """Committed / Invalid, or "unknown" after the confirmation timeout."""
+        deadline = time.monotonic() + LIN_CONFIRM_TIMEOUT_S
+        while time.monotonic() < deadline:
+            for index in [prefer, *self.live()]:
+                if not alive(self.sb.nodes[index]):
+                    continue
+                with contextlib.suppress(CharterError):
+                    s = await (await self.client(index)).tx_status(txid)
+                    if s in ("Committed", "Invalid"):
+                        return s
+                    break
+            await asyncio.sleep(0.02)
+        return "unknown"
+
+    async def close(self) -> None:
+        for c in self.clients.values():
+            with contextlib.suppress(Exception):
+                await c.close()
+
+
+async def _lin_client(cluster: _Cluster, me: int, rng: random.Random, history: list[Op]) -> None:
+    for n in range(LIN_OPS_PER_CLIENT):
+        key = rng.choice(LIN_KEYS)
+        if rng.random() < 0.5:
+            value = f"c{me}-{n}"
+            cluster.txid_of[value] = None
+            target = rng.choice(cluster.live())  # any node: backups forward to the primary
+            start = time.monotonic()
+            try:
+                c = await cluster.client(target)
+                r = await c.post("/app/log/private", json={"id": key, "msg": value})
+                if r.status != 200 or r.txid is None:
+                    raise CharterError(f"write answered {r.status}")
+                cluster.txid_of[value] = r.txid
+                outcome = await cluster.status(r.txid, target)
+            except CharterError:
+                outcome = "unknown"
+                await cluster.rediscover()
+            if outcome == "Committed":
+                history.append(Op(me, key, "write", value, start, time.monotonic()))
+            elif outcome == "unknown":
+                history.append(Op(me, key, "write", value, start, None))
+            # Invalid: rolled back, so it never took effect and is left out.
+        else:
+            target = cluster.primary
+            start = time.monotonic()
+            try:
+                c = await cluster.client(target)
+                r = await c.get("/app/log/private", params={"id": str(key)})
+                if r.status not in (200, 404):
+                    raise CharterError(f"read answered {r.status}")
+                seen = r.body["msg"] if r.status == 200 else None
+            except CharterError:
+                await cluster.rediscover()
+                continue  # a failed read has no effect: nothing to record
+            # A read counts once what it saw is known to be committed (the client checks the
+            # writer's transaction, as CCF advises); a read of a rolled-back write is dropped.
+            if seen is not None:
+                txid = cluster.txid_of.get(seen)
+                deadline = time.monotonic() + LIN_CONFIRM_TIMEOUT_S
+                while txid is None and time.monotonic() < deadline:
+                    await asyncio.sleep(0.02)
+                    txid = cluster.txid_of.get(seen)
+                if txid is None or await cluster.status(txid, target) != "Committed":
+                    continue
+            history.append(Op(me, key, "read", seen, start, time.monotonic()))
+        cluster.done_ops += 1
+
+
+async def test_concurrent_reads_and_writes_stay_linearizable_across_a_primary_kill(
+    net: Sandbox,
+) -> None:
+    p = await primary_index(net)
+    victim = net.nodes[p]
+    cluster = _Cluster(net)
+    cluster.primary = p
+    history: list[Op] = []
+    rng = random.Random(2024)
+    killed_at: float | None = None
+
+    async def killer() -> None:
+        nonlocal killed_at
+        while cluster.done_ops < LIN_KILL_AFTER_OPS:
+            await asyncio.sleep(0.01)
+        await asyncio.to_thread(victim.kill)
+        killed_at = time.monotonic()
+
+    try:
+        await asyncio.gather(
+            killer(),
+            *(
+                _lin_client(cluster, me, random.Random(rng.random()), history)
+                for me in range(LIN_CLIENTS)
+            ),
+        )
+    finally:
+        await cluster.close()
+    assert killed_at is not None
+    writes_after_kill = [o for o in history if o.kind == "write" and o.invoke_s > killed_at]
+    assert any(o.complete_s is not None for o in writes_after_kill), (
+        "no write committed after the kill"
+    )
+    reads = [o for o in history if o.kind == "read"]
+    assert len(reads) >= 40 and len(history) >= 120, (len(reads), len(history))
+    verdict = check_registers(history)
+    assert verdict.ok, f"not linearizable on key {verdict.key}:\n{verdict.detail}\n{log_tails(net)}"
+
+    await _restart(net, victim)
+    await _converged(net)
