@@ -319,6 +319,7 @@ class Node:
         keep = last_sig.seqno if last_sig is not None else 0
         if keep < self.applied_seqno:
             self._rollback(keep)
+            self.outbox.append(itf.Truncate(keep))
             entries = [e for e in entries if e.index <= keep]
         configuration = self._voters()
         base_seqno, base_view = self._replay_base
