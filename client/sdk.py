@@ -33,6 +33,7 @@ from client.errors import (
     IdentityError,
     ProtocolError,
     ReceiptInvalid,
+    ServiceUnavailable,
     TransactionInvalid,
     error_from_response,
 )
@@ -227,7 +228,9 @@ class CharterClient:
             raise ConnectionFailed(f"TLS handshake with {self.url} failed: {e}") from None
         except aiohttp.ClientConnectorError as e:
             reason = e.os_error.strerror or str(e.os_error)
-            raise ConnectionFailed(f"cannot connect to {self.url}: {reason}") from None
+            raise ConnectionFailed(
+                f"cannot connect to {self.url}: {reason} (is the node running at that address?)"
+            ) from None
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
             # With TLS 1.3 a server that rejects the client certificate says so only by
             # closing the connection after the handshake; name the likely cause.
@@ -337,7 +340,11 @@ class CharterClient:
         deadline = time.monotonic() + timeout_s
         interval_s = POLL_INTERVAL_S_MIN
         while True:
-            status = await self.tx_status(txid)
+            try:
+                status = await self.tx_status(txid)
+            except ServiceUnavailable as e:
+                # An election or backpressure: the answer will come, keep polling.
+                status = f"unknown ({e.code})"
             if status == "Committed":
                 return txid
             if status == "Invalid":
@@ -353,7 +360,8 @@ class CharterClient:
         interval_s = POLL_INTERVAL_S_MIN
         while True:
             r = await self.get(path, params={"transaction_id": str(txid)})
-            if r.status != 202:
+            # 202: not signed yet; 503: no primary or overloaded. Both say "ask again".
+            if r.status not in (202, 503):
                 return self.check(r)
             remaining_s = deadline - time.monotonic()
             if remaining_s <= 0:

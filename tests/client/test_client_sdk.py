@@ -241,3 +241,28 @@ async def test_receipt_wait_gives_up_at_the_deadline(pki: Pki, tls_server: Start
             await c.receipt("2.5", timeout_s=0.3)
         # Retry-After is honoured but capped by the caller's deadline.
         assert time.monotonic() - started < 2
+
+
+async def test_commit_and_receipt_polling_ride_out_service_unavailable(
+    pki: Pki, tls_server: StartServer
+) -> None:
+    calls = {"tx": 0, "receipt": 0}
+    busy = {"error": {"code": "ServiceUnavailable", "message": "no primary"}}
+
+    async def tx(_: web.Request) -> web.Response:
+        calls["tx"] += 1
+        if calls["tx"] < 3:
+            return _json(busy, status=503)
+        return _json({"transaction_id": "3.4", "status": "Committed"})
+
+    async def receipt(_: web.Request) -> web.Response:
+        calls["receipt"] += 1
+        if calls["receipt"] < 3:
+            return _json(busy, status=503, headers={"Retry-After": "0"})
+        return _json({"node_id": "n"})
+
+    url = await tls_server({"/node/tx": tx, "/node/receipt": receipt})
+    async with CharterClient(url, pki.service_cert) as c:
+        assert await c.wait_for_commit("3.4", timeout_s=5) == TxId(3, 4)
+        assert (await c.receipt("3.4", timeout_s=5))["node_id"] == "n"
+    assert calls == {"tx": 3, "receipt": 3}
