@@ -25,6 +25,10 @@ from client.keygen import generate_identity
 from client.sandbox import Sandbox
 
 ACL_APP = "enclave_app.samples.acl"
+# The SDK's client as tests use it. Its `begin_*` pollers and ItemPaged results come from
+# modules it patches in at import time, which mypy does not see.
+SdkClient = Any
+
 # How often the SDK's pollers ask again (its default is 0.5 s).
 POLL_S = 0.05
 
@@ -53,7 +57,7 @@ def sdk_client(
     node: int = 0,
     identity: tuple[Path, Path] | None = None,
     host: str = "127.0.0.1",
-) -> ConfidentialLedgerClient:
+) -> SdkClient:
     """An SDK client of node ``node`` as ``identity`` (cert, key; default user0)."""
     cert, key = identity or sandbox.user_paths(0)
     port = sandbox.nodes[node].rpc_address.rsplit(":", 1)[1]
@@ -64,7 +68,7 @@ def sdk_client(
     )
 
 
-def anonymous_client(sandbox: Sandbox) -> ConfidentialLedgerClient:
+def anonymous_client(sandbox: Sandbox) -> SdkClient:
     """An SDK client presenting no client certificate (``connection_cert=None``)."""
     cert, key = sandbox.user_paths(0)
     port = sandbox.nodes[0].rpc_address.rsplit(":", 1)[1]

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from acl_testkit import sdk_client, start_sandbox
-from azure.confidentialledger import ConfidentialLedgerClient
+from acl_testkit import SdkClient, sdk_client, start_sandbox
 
 from client.sandbox import Sandbox
 
@@ -22,7 +21,7 @@ def acl_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
 
 
 @pytest.fixture(scope="session")
-def admin(acl_sandbox: Sandbox) -> Iterator[ConfidentialLedgerClient]:
+def admin(acl_sandbox: Sandbox) -> Iterator[SdkClient]:
     """user0, a governance user, hence an Administrator."""
     with sdk_client(acl_sandbox) as client:
         yield client

@@ -6,8 +6,7 @@ import copy
 from typing import Any
 
 import pytest
-from acl_testkit import POLL_S, ccf_verify, sdk_client, snake_receipt
-from azure.confidentialledger import ConfidentialLedgerClient
+from acl_testkit import POLL_S, SdkClient, ccf_verify, sdk_client, snake_receipt
 from azure.confidentialledger.receipt import compute_claims_digest, verify_receipt
 from cryptography.exceptions import InvalidSignature
 
@@ -19,7 +18,7 @@ from ledger.receipt import verify_json_receipt
 pytestmark = pytest.mark.e2e
 
 
-def write(client: ConfidentialLedgerClient, contents: str, collection: str | None) -> str:
+def write(client: SdkClient, contents: str, collection: str | None) -> str:
     poller = client.begin_create_ledger_entry(
         {"contents": contents}, collection_id=collection, polling_interval=POLL_S
     )
@@ -30,7 +29,7 @@ def write(client: ConfidentialLedgerClient, contents: str, collection: str | Non
 
 
 @pytest.fixture(scope="module")
-def written(admin: ConfidentialLedgerClient) -> dict[str, list[tuple[str, str]]]:
+def written(admin: SdkClient) -> dict[str, list[tuple[str, str]]]:
     """Entries in two collections and the default one: collection -> [(txid, contents)]."""
     out: dict[str, list[tuple[str, str]]] = {"alpha": [], "beta": [], DEFAULT_COLLECTION: []}
     for i in range(3):
@@ -44,7 +43,7 @@ def written(admin: ConfidentialLedgerClient) -> dict[str, list[tuple[str, str]]]
 
 
 def test_entries_written_to_two_collections_are_committed_and_read_back(
-    admin: ConfidentialLedgerClient, written: dict[str, list[tuple[str, str]]]
+    admin: SdkClient, written: dict[str, list[tuple[str, str]]]
 ) -> None:
     for collection, entries in written.items():
         for txid, contents in entries:
@@ -64,7 +63,7 @@ def test_entries_written_to_two_collections_are_committed_and_read_back(
 
 
 def test_current_entry_is_the_latest_of_its_collection(
-    admin: ConfidentialLedgerClient, written: dict[str, list[tuple[str, str]]]
+    admin: SdkClient, written: dict[str, list[tuple[str, str]]]
 ) -> None:
     for collection in ("alpha", "beta"):
         txid, contents = written[collection][-1]
@@ -74,14 +73,14 @@ def test_current_entry_is_the_latest_of_its_collection(
 
 
 def test_collections_list_every_collection_written_to(
-    admin: ConfidentialLedgerClient, written: dict[str, list[tuple[str, str]]]
+    admin: SdkClient, written: dict[str, list[tuple[str, str]]]
 ) -> None:
     names = {c["collectionId"] for c in admin.list_collections()}
     assert set(written) <= names
 
 
 def test_listing_returns_a_collections_entries_in_order_and_honours_the_range(
-    admin: ConfidentialLedgerClient, written: dict[str, list[tuple[str, str]]]
+    admin: SdkClient, written: dict[str, list[tuple[str, str]]]
 ) -> None:
     for collection in ("alpha", "beta"):
         listed = list(admin.list_ledger_entries(collection_id=collection))
@@ -100,7 +99,7 @@ def test_listing_returns_a_collections_entries_in_order_and_honours_the_range(
 
 
 def test_listing_more_than_a_page_follows_next_link_to_every_entry(
-    admin: ConfidentialLedgerClient,
+    admin: SdkClient,
 ) -> None:
     count = PAGE_ENTRIES_MAX + 7
     txids = []
@@ -118,7 +117,7 @@ def test_listing_more_than_a_page_follows_next_link_to_every_entry(
 
 def test_receipt_verifies_with_the_sdk_charter_and_ccf_with_its_application_claims(
     acl_sandbox: Sandbox,
-    admin: ConfidentialLedgerClient,
+    admin: SdkClient,
     written: dict[str, list[tuple[str, str]]],
 ) -> None:
     service_pem = acl_sandbox.service_cert_path.read_text()
@@ -152,7 +151,7 @@ def _tamper_proof(receipt: dict[str, Any]) -> None:
 @pytest.mark.parametrize("tamper", [_tamper_write_set, _tamper_proof])
 def test_tampered_receipt_fails_the_sdk_charter_and_ccf(
     acl_sandbox: Sandbox,
-    admin: ConfidentialLedgerClient,
+    admin: SdkClient,
     written: dict[str, list[tuple[str, str]]],
     tamper: Any,
 ) -> None:
@@ -171,7 +170,7 @@ def test_tampered_receipt_fails_the_sdk_charter_and_ccf(
 
 def test_receipt_with_altered_claims_fails_the_sdk_and_charter(
     acl_sandbox: Sandbox,
-    admin: ConfidentialLedgerClient,
+    admin: SdkClient,
     written: dict[str, list[tuple[str, str]]],
 ) -> None:
     service_pem = acl_sandbox.service_cert_path.read_text()

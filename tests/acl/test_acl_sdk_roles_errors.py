@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from acl_testkit import (
     POLL_S,
+    SdkClient,
     acl_user_id,
     add_governance_user,
     anonymous_client,
@@ -40,7 +41,7 @@ def bob_paths(acl_sandbox: Sandbox) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def bob(acl_sandbox: Sandbox, bob_paths: tuple[Path, Path]) -> Iterator[ConfidentialLedgerClient]:
+def bob(acl_sandbox: Sandbox, bob_paths: tuple[Path, Path]) -> Iterator[SdkClient]:
     with sdk_client(acl_sandbox, identity=bob_paths) as client:
         yield client
 
@@ -50,7 +51,7 @@ def bob_id(bob_paths: tuple[Path, Path]) -> str:
     return acl_user_id(bob_paths[0])
 
 
-def set_role(admin: ConfidentialLedgerClient, user_id: str, role: str) -> None:
+def set_role(admin: SdkClient, user_id: str, role: str) -> None:
     assert admin.create_or_update_user(user_id, {"assignedRole": role}) == {
         "assignedRole": role,
         "userId": user_id,
@@ -66,7 +67,7 @@ def status_and_code(exc: HttpResponseError) -> tuple[int | None, str | None]:
 
 
 def test_governance_user_without_a_role_record_is_an_administrator(
-    acl_sandbox: Sandbox, admin: ConfidentialLedgerClient
+    acl_sandbox: Sandbox, admin: SdkClient
 ) -> None:
     # A fresh governance user, never given an ACL role, so this does not depend on order.
     cert, _ = add_governance_user(acl_sandbox, "carol")
@@ -75,7 +76,7 @@ def test_governance_user_without_a_role_record_is_an_administrator(
 
 
 def test_reader_reads_but_can_neither_write_nor_manage_users(
-    admin: ConfidentialLedgerClient, bob: ConfidentialLedgerClient, bob_id: str
+    admin: SdkClient, bob: SdkClient, bob_id: str
 ) -> None:
     txid = admin.begin_create_ledger_entry(
         {"contents": "for readers"}, collection_id="roles", polling_interval=POLL_S
@@ -95,8 +96,8 @@ def test_reader_reads_but_can_neither_write_nor_manage_users(
 
 def test_contributor_writes_entries_but_cannot_manage_users(
     acl_sandbox: Sandbox,
-    admin: ConfidentialLedgerClient,
-    bob: ConfidentialLedgerClient,
+    admin: SdkClient,
+    bob: SdkClient,
     bob_id: str,
 ) -> None:
     set_role(admin, bob_id, "Contributor")
@@ -113,7 +114,7 @@ def test_contributor_writes_entries_but_cannot_manage_users(
 
 
 def test_removed_user_loses_access_until_given_a_role_again(
-    admin: ConfidentialLedgerClient, bob: ConfidentialLedgerClient, bob_id: str
+    admin: SdkClient, bob: SdkClient, bob_id: str
 ) -> None:
     set_role(admin, bob_id, "Reader")
     admin.delete_user(bob_id)
@@ -127,9 +128,7 @@ def test_removed_user_loses_access_until_given_a_role_again(
     assert isinstance(list(bob.list_collections()), list)
 
 
-def test_user_ids_are_fingerprints_in_either_spelling(
-    admin: ConfidentialLedgerClient, bob_id: str
-) -> None:
+def test_user_ids_are_fingerprints_in_either_spelling(admin: SdkClient, bob_id: str) -> None:
     lower_hex = bob_id.replace(":", "").lower()
     assert admin.create_or_update_user(lower_hex, {"assignedRole": "Reader"})["userId"] == bob_id
     assert admin.get_user(bob_id)["assignedRole"] == "Reader"
@@ -148,7 +147,7 @@ def test_caller_without_a_client_certificate_is_unauthenticated(acl_sandbox: San
 
 
 def test_unknown_transaction_is_not_found_and_wait_for_commit_gives_up(
-    admin: ConfidentialLedgerClient,
+    admin: SdkClient,
 ) -> None:
     far = "1.999999999"
     with pytest.raises(ResourceNotFoundError) as status:
@@ -162,9 +161,7 @@ def test_unknown_transaction_is_not_found_and_wait_for_commit_gives_up(
         admin.begin_wait_for_commit(far, polling_interval=POLL_S).result()
 
 
-def test_transaction_without_a_ledger_entry_is_not_found(
-    admin: ConfidentialLedgerClient, bob_id: str
-) -> None:
+def test_transaction_without_a_ledger_entry_is_not_found(admin: SdkClient, bob_id: str) -> None:
     # A role change is a transaction, but it wrote no ledger entry.
     set_role(admin, bob_id, "Reader")
     # The PATCH answer carries no transaction id for the SDK, so use the receipt of an entry
@@ -182,9 +179,7 @@ def test_transaction_without_a_ledger_entry_is_not_found(
         admin.get_current_ledger_entry(collection_id="never written")
 
 
-def test_malformed_input_is_a_400_with_acls_error_shape(
-    admin: ConfidentialLedgerClient, bob_id: str
-) -> None:
+def test_malformed_input_is_a_400_with_acls_error_shape(admin: SdkClient, bob_id: str) -> None:
     with pytest.raises(HttpResponseError) as txid:
         admin.get_transaction_status("not-a-txid")
     assert status_and_code(txid.value) == (400, "InvalidTransactionId")
@@ -215,7 +210,7 @@ def test_api_versions_other_than_2022_05_13_are_refused(acl_sandbox: Sandbox) ->
 
 
 def test_administrator_cannot_demote_or_remove_themselves(
-    acl_sandbox: Sandbox, admin: ConfidentialLedgerClient
+    acl_sandbox: Sandbox, admin: SdkClient
 ) -> None:
     me = acl_user_id(acl_sandbox.user_paths(0)[0])
     with pytest.raises(ResourceExistsError) as demote:
@@ -230,7 +225,7 @@ def test_administrator_cannot_demote_or_remove_themselves(
 
 
 def test_governance_and_quotes_come_from_charters_own_state(
-    acl_sandbox: Sandbox, admin: ConfidentialLedgerClient
+    acl_sandbox: Sandbox, admin: SdkClient
 ) -> None:
     constitution = admin.get_constitution()
     assert constitution["digest"] == hashlib.sha256(constitution["script"].encode()).hexdigest()
