@@ -10,9 +10,14 @@ force from the moment it is appended, and reverts on truncation), and cumulative
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
+from itertools import accumulate
+from operator import attrgetter
 
 from consensus.errors import ConsensusError
 from consensus.types import LogEntry
+
+_data = attrgetter("data")
 
 
 class RaftLog:
@@ -148,29 +153,58 @@ class RaftLog:
 
     # -- writing -----------------------------------------------------------------------------
     def append(self, entry: LogEntry) -> None:
-        assert entry.index == self.last_index + 1, (entry.index, self.last_index)
-        assert entry.term >= self.last_term, "terms never decrease along the log"
-        self._add(entry)
+        self.extend((entry,))
 
-    def extend(self, entries: tuple[LogEntry, ...] | list[LogEntry]) -> None:
-        """Append entries that follow on from the last one (checked by the caller)."""
-        for entry in entries:
-            self._add(entry)
-
-    def _add(self, entry: LogEntry) -> None:
-        index = entry.index
-        if entry.term != self._term_start_terms[-1]:
-            if entry.term < self._term_start_terms[-1] or index != self.last_index + 1:
-                raise ConsensusError("entry out of order", code="LogOrder")
+    def append_new(
+        self, term: int, data: bytes, signature: bool, configuration: frozenset[str] | None
+    ) -> LogEntry:
+        """Create and append the next entry (the primary's hot path: one call per entry)."""
+        entries = self._entries
+        index = self._base_index + len(entries) + 1
+        if term != self._term_start_terms[-1]:
+            if term < self._term_start_terms[-1]:
+                raise ConsensusError("view goes backwards along the log", code="LogOrder")
             self._term_start_indices.append(index)
-            self._term_start_terms.append(entry.term)
-        self._entries.append(entry)
-        self._cum_bytes.append(self._cum_bytes[-1] + len(entry.data))
-        if entry.signature:
+            self._term_start_terms.append(term)
+        entry = LogEntry(index, term, data, signature, configuration)
+        entries.append(entry)
+        cum = self._cum_bytes
+        cum.append(cum[-1] + len(data))
+        if signature:
             self._sig_indices.append(index)
-        if entry.configuration is not None:
+        if configuration is not None:
             self._config_indices.append(index)
-            self._configs.append(entry.configuration)
+            self._configs.append(configuration)
+        return entry
+
+    def extend(self, entries: Sequence[LogEntry]) -> None:
+        """Append entries that follow on from the last one, in bulk (a backup's hot path)."""
+        if not entries:
+            return
+        if entries[0].index != self.last_index + 1:
+            raise ConsensusError("entries do not follow on from the log", code="LogOrder")
+        starts, terms = self._term_start_indices, self._term_start_terms
+        if entries[0].term == entries[-1].term == terms[-1]:
+            pass  # the common case: one view throughout, no new term start
+        else:
+            prev = terms[-1]
+            for e in entries:
+                if e.term != prev:
+                    if e.term < prev:
+                        raise ConsensusError("view goes backwards along the log", code="LogOrder")
+                    starts.append(e.index)
+                    terms.append(e.term)
+                    prev = e.term
+        self._entries.extend(entries)
+        cum = self._cum_bytes
+        cum.extend(accumulate(map(len, map(_data, entries)), initial=cum[-1]))
+        del cum[-len(entries) - 1]  # accumulate repeated the starting total
+        self._sig_indices.extend([e.index for e in entries if e.signature])
+        configs = [e for e in entries if e.configuration is not None]
+        for e in configs:
+            assert e.configuration is not None
+            self._config_indices.append(e.index)
+            self._configs.append(e.configuration)
 
     def truncate(self, index: int) -> None:
         """Drop every entry above `index` (which must be held or be the base point)."""

@@ -216,14 +216,12 @@ class Raft:
             raise ConsensusError("entry too large", code="EntryTooLarge")
         if configuration is not None:
             self._check_configuration_change(configuration)
-        index = self._log.last_index + 1
-        entry = LogEntry(index, self._term, data, signature, configuration)
-        self._log.append(entry)
+        entry = self._log.append_new(self._term, data, signature, configuration)
         self._unstable.append(entry)
         self._unsent = True
         if configuration is not None:
-            self._on_primary_configuration(index, configuration)
-        return self._term, index
+            self._on_primary_configuration(entry.index, configuration)
+        return self._term, entry.index
 
     def durable(self, seqno: int, view: int | None = None) -> None:
         """The host made every entry up to `seqno` durable. Pass the entry's `view` when a

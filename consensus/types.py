@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from consensus.errors import ConsensusError
 
@@ -23,15 +23,17 @@ class Role(enum.Enum):
     RETIRED = "Retired"
 
 
-@dataclass(frozen=True, slots=True)
-class LogEntry:
+class LogEntry(NamedTuple):
     """One log entry (a ledger transaction). `index` is CCF's seqno, `term` its view.
 
     `data` is opaque to consensus. `configuration`, when set, is the set of voter node ids
     that takes effect as soon as this entry is appended.
+
+    A NamedTuple rather than a frozen dataclass: one is made per proposed entry, and a frozen
+    dataclass's __init__ (object.__setattr__ per field) costs three times as much.
     """
 
-    index: int
+    index: int  # type: ignore[assignment]  # the seqno; shadows tuple.index on purpose
     term: int
     data: bytes
     signature: bool = False

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import zlib
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from consensus import EntryRequest, LogEntry, Message, Raft, RaftConfig, Role, StartState
@@ -52,6 +53,8 @@ class Cluster:
         self.down: set[str] = set()
         self.delivered = 0
         self.served_requests: list[EntryRequest] = []
+        # Optional transformation of every message sent (e.g. through the wire codec).
+        self.wire: Callable[[Message], Message] | None = None
         st = start if start is not None else StartState(configuration=frozenset(voters))
         for node_id in voters:
             self.add(node_id, st)
@@ -84,7 +87,7 @@ class Cluster:
                 disk.commits.append(r.commit_index)
             for to, msg in r.messages:
                 if node_id not in self.cut and to not in self.cut:
-                    self.queue.append((node_id, to, msg))
+                    self.queue.append((node_id, to, msg if self.wire is None else self.wire(msg)))
             for req in r.entry_requests:
                 # The runtime reads compacted entries back from its ledger files.
                 base = disk.start.last_index
