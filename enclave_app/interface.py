@@ -503,6 +503,8 @@ class ControlChannel:
         self._closed = False
         self.close_reason: str | None = None
         self.dropped_frames = 0
+        # Called with every frame body sent and received (tests capture the boundary).
+        self.tap: Callable[[bytes], None] | None = None
         self._loop.add_reader(self._fd, self._on_readable)
 
     @classmethod
@@ -526,6 +528,8 @@ class ControlChannel:
         if len(fds) != type(frame).FD_COUNT:
             raise InterfaceError(f"{type(frame).__name__} carries {type(frame).FD_COUNT} fds")
         body = encode_frame(frame)
+        if self.tap is not None:
+            self.tap(body)
         if self._out_bytes + len(body) + 4 > _MAX_OUTGOING_BYTES:
             raise InterfaceError(f"channel {self.name}: outgoing buffer full")
         if fds and self._out_fds + len(fds) > MAX_QUEUED_FDS:
@@ -647,6 +651,8 @@ class ControlChannel:
                 break
             start = self._inbuf_pos + off
             body = bytes(buf[off + 4 : off + 4 + length])
+            if self.tap is not None:
+                self.tap(body)
             off += 4 + length
             self._deliver(body, start, self._inbuf_pos + off)
         if off:

@@ -43,6 +43,7 @@ _log = logging.getLogger(__name__)
 _enclave_log = logging.getLogger("enclave")
 
 PORTS_FILE_NAME = "ports.json"
+CAPTURE_ENV = "CHARTER_CAPTURE_CONTROL_FRAMES"
 LOG_FILE_NAME = "host.log"
 SHUTDOWN_GRACE_S = 5.0
 KILL_GRACE_S = 2.0
@@ -117,7 +118,18 @@ class Host:
         finally:
             child_end.close()
         _log.info("enclave started pid=%d", self.process.pid)
-        return ControlChannel(host_end, name="host")
+        channel = ControlChannel(host_end, name="host")
+        capture = os.environ.get(CAPTURE_ENV)
+        if capture:
+            # Every frame crossing the boundary, as the host sees it (privacy tests read it).
+            out = open(capture, "ab")  # noqa: SIM115 - lives as long as the channel
+
+            def tap(body: bytes) -> None:
+                out.write(len(body).to_bytes(4, "big") + body)
+                out.flush()
+
+            channel.tap = tap
+        return channel
 
     # -- running -------------------------------------------------------------------------
 
