@@ -35,9 +35,10 @@ from enclave_app.tls import ServerTls
 from governance import tables as gt
 from governance.effects import Effects
 from governance.errors import GovernanceError
-from ledger import certs, receipt
+from ledger import certs, cose, receipt
 from ledger.chunks import ChunkPolicy
 from ledger.entry import ZERO_DIGEST, decode_entry, decrypt_private
+from ledger.errors import LedgerError
 from ledger.history import History
 from ledger.merkle import MerkleTree
 from ledger.snapshot import Snapshot, decode_snapshot, encode_snapshot, snapshot_digest
@@ -50,6 +51,7 @@ MAX_UNCOMMITTED_TX = 10_000
 # Ticks come from the untrusted host clock: a jump never advances Raft by more than this.
 MAX_TICK_ELAPSED_MS = 1_000
 RETRY_AFTER_S = "1"
+MAX_COSE_REQUEST_BYTES = 1024 * 1024
 SNAPSHOT_EVIDENCE_TABLE = "public:ccf.internal.snapshot_evidence"
 TREE_TABLE = "public:ccf.internal.tree"
 # The Raft voters, as a ledger table (CCF keeps the equivalent in its internal maps).
@@ -811,12 +813,12 @@ class Node:
         self.tls.set_client_cas(pems)
 
     def authenticate(self, policies: tuple[str, ...], tx: Tx, peer_der: bytes | None) -> Caller:
-        """The caller under the endpoint's policies, or raise 401 (`_AuthError`)."""
-        if "none" in policies or "member_cose" in policies:
-            # COSE-signed endpoints verify the envelope themselves (it is in the body).
-            anonymous = Caller("anonymous", "")
-            if peer_der is None:
-                return anonymous
+        """The caller under the endpoint's certificate policies, or raise `_AuthError`.
+
+        (COSE-signed requests are checked by `member_from_cose`, the body being the proof.)
+        """
+        if "none" in policies and peer_der is None:
+            return Caller("anonymous", "")
         if peer_der is not None:
             cert_id = certs.cert_id(certs.load_cert(_der_to_pem(peer_der)))
             key = gt.id_key(cert_id)
@@ -830,9 +832,26 @@ class Node:
                 pem = tx.get(gt.MEMBERS_CERTS, key)
                 if pem is not None:
                     return Caller("member", cert_id, pem.decode())
-        if "none" in policies or "member_cose" in policies:
+        if "none" in policies:
             return Caller("anonymous", "")
         raise _AuthError()
+
+    @staticmethod
+    def member_from_cose(tx: Tx, body: bytes) -> tuple[Caller, bytes] | None:
+        """An active member's COSE_Sign1 request: (caller, signed payload), else None."""
+        try:
+            message = cose.decode_sign1(body, max_bytes=MAX_COSE_REQUEST_BYTES)
+            member_id = (message.kid or b"").decode("ascii")
+            if not gt.is_hex_id(member_id) or message.payload is None:
+                return None
+            pem = tx.get(gt.MEMBERS_CERTS, gt.id_key(member_id))
+            info = gt.member_info(tx, member_id)
+            if pem is None or info is None or info.get("status") != "Active":
+                return None
+            cose.verify_sign1(message, certs.load_cert(pem))
+        except (LedgerError, UnicodeDecodeError, ValueError):
+            return None
+        return Caller("member", member_id, pem.decode()), message.payload
 
     def handle(
         self,
@@ -873,7 +892,10 @@ class Node:
         try:
             caller = self.authenticate(endpoint.auth, tx, peer_der)
         except _AuthError:
-            return error_response(401, "InvalidAuthentication", "Caller is not authorised")
+            signed = self.member_from_cose(tx, body) if "member_cose" in endpoint.auth else None
+            if signed is None:
+                return error_response(401, "InvalidAuthentication", "Caller is not authorised")
+            caller, body = signed
         if not endpoint.read_only:
             if not self.is_primary:
                 if forwarded:
