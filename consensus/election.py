@@ -1,0 +1,230 @@
+"""A Raft node's state and its elections: roles, views, timers, pre-vote and votes.
+
+`Raft` (raft.py) builds replication, commit and membership on top of this class; the split
+keeps each module to one idea. Nothing here does I/O: outgoing messages are queued in
+`_msgs` and handed out by `Raft.ready()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+
+from consensus.errors import ConsensusError
+from consensus.log import RaftLog
+from consensus.messages import (
+    Message,
+    PreVote,
+    PreVoteResponse,
+    RequestVote,
+    RequestVoteResponse,
+)
+from consensus.progress import Progress
+from consensus.types import EntryRequest, LogEntry, RaftConfig, Role, StartState
+
+logger = logging.getLogger(__name__)
+
+
+class RaftState:
+    """State shared by every role, and the election half of Raft."""
+
+    def __init__(
+        self,
+        node_id: str,
+        *,
+        config: RaftConfig | None = None,
+        start: StartState | None = None,
+        state: StartState | None = None,
+        rng_seed: int = 0,
+    ) -> None:
+        st = start if start is not None else state
+        if st is None:
+            raise ConsensusError("a StartState is required", code="BadStartState")
+        if not node_id:
+            raise ConsensusError("empty node id", code="BadStartState")
+        self.id = node_id
+        self._cfg = config if config is not None else RaftConfig()
+        self._rng = random.Random(rng_seed)
+        self._log = RaftLog(st.last_index, st.last_term, st.configuration)
+        self._term = max(st.term, st.last_term)
+        self._voted_for: str | None = st.voted_for if st.term == self._term else None
+        self._commit_index = st.commit_index
+        self._durable_index = st.last_index
+        self._role = Role.BACKUP
+        self._leader_id: str | None = None
+        self._learners: set[str] = set()
+        self._election_elapsed_ms = 0
+        self._heartbeat_elapsed_ms = 0
+        self._timeout_ms = 0
+        self._votes: dict[str, bool] = {}
+        self._progress: dict[str, Progress] = {}
+        # Highest index known to match the current primary's log (follower side).
+        self._verified_index = 0
+        self._durable_reported = 0
+        self._commit_sent = 0
+        # Pending outputs, handed over by ready().
+        self._msgs: list[tuple[str, Message]] = []
+        self._unstable: list[LogEntry] = []
+        self._truncate_to: int | None = None
+        self._commit_changed = False
+        self._hard_dirty = False
+        self._role_changed = False
+        self._entry_requests: list[EntryRequest] = []
+        self._unsent = False  # entries proposed since the last broadcast
+        self._reset_election_timer()
+
+    # -- read-only state ---------------------------------------------------------------------
+    @property
+    def view(self) -> int:
+        return self._term
+
+    @property
+    def term(self) -> int:
+        return self._term
+
+    @property
+    def role(self) -> Role:
+        return self._role
+
+    @property
+    def leader_id(self) -> str | None:
+        return self._leader_id
+
+    @property
+    def last_index(self) -> int:
+        return self._log.last_index
+
+    @property
+    def last_term(self) -> int:
+        return self._log.last_term
+
+    @property
+    def commit_index(self) -> int:
+        return self._commit_index
+
+    @property
+    def durable_index(self) -> int:
+        return self._durable_index
+
+    @property
+    def voted_for(self) -> str | None:
+        return self._voted_for
+
+    @property
+    def configuration(self) -> frozenset[str]:
+        """Voters in force (the latest configuration appended, committed or not)."""
+        return self._log.configuration
+
+    @property
+    def learners(self) -> frozenset[str]:
+        return frozenset(self._learners - self._log.configuration)
+
+    @property
+    def log(self) -> RaftLog:
+        return self._log
+
+    def term_at(self, index: int) -> int | None:
+        return self._log.term_at(index)
+
+    def entry(self, index: int) -> LogEntry:
+        return self._log.entry(index)
+
+    # -- roles and elections -----------------------------------------------------------------
+    def _set_role(self, role: Role) -> None:
+        if role is not self._role:
+            logger.info(
+                "role node=%s view=%d %s->%s", self.id, self._term, self._role.value, role.value
+            )
+            self._role = role
+            self._role_changed = True
+
+    def _reset_election_timer(self) -> None:
+        self._election_elapsed_ms = 0
+        lo, hi = self._cfg.election_timeout_min_ms, self._cfg.election_timeout_max_ms
+        self._timeout_ms = self._rng.randrange(lo, hi)
+
+    def _in_lease(self) -> bool:
+        return (
+            self._cfg.check_quorum
+            and self._leader_id is not None
+            and self._election_elapsed_ms < self._cfg.election_timeout_min_ms
+        )
+
+    def _can_campaign(self) -> bool:
+        return self._role is not Role.RETIRED and self.id in self._log.configuration
+
+    def _become_follower(self, term: int, leader: str | None) -> None:
+        assert term >= self._term
+        if term > self._term:
+            self._term, self._voted_for = term, None
+            self._hard_dirty = True
+            self._verified_index = 0
+            self._durable_reported = 0
+        self._leader_id = leader
+        self._progress.clear()
+        self._votes.clear()
+        self._set_role(Role.BACKUP)
+        self._reset_election_timer()
+
+    def _campaign(self, *, pre_vote: bool, forced: bool = False) -> None:
+        self._votes = {self.id: True}
+        self._leader_id = None
+        self._progress.clear()
+        self._reset_election_timer()
+        last_index, last_term = self._log.last_index, self._log.last_term
+        if pre_vote:
+            self._set_role(Role.PRE_CANDIDATE)
+            msg: Message = PreVote(self._term + 1, self.id, last_index, last_term)
+        else:
+            self._term += 1
+            self._voted_for = self.id
+            self._hard_dirty = True
+            self._verified_index = 0
+            self._set_role(Role.CANDIDATE)
+            msg = RequestVote(self._term, self.id, last_index, last_term, forced)
+        for voter in sorted(self._log.configuration):
+            if voter != self.id:
+                self._send(voter, msg)
+        self._tally()
+
+    def _on_vote(self, voter: str, granted: bool) -> None:
+        if voter in self._log.configuration and voter not in self._votes:
+            self._votes[voter] = granted
+            self._tally()
+
+    def _tally(self) -> None:
+        voters = self._log.configuration
+        need = len(voters) // 2 + 1
+        yes = sum(1 for v, g in self._votes.items() if g and v in voters)
+        no = sum(1 for v, g in self._votes.items() if not g and v in voters)
+        if yes >= need:
+            if self._role is Role.PRE_CANDIDATE:
+                self._campaign(pre_vote=False)
+            else:
+                self._become_primary()
+        elif no >= need:
+            self._become_follower(self._term, None)
+
+    def _log_up_to_date(self, last_term: int, last_index: int) -> bool:
+        return (last_term, last_index) >= (self._log.last_term, self._log.last_index)
+
+    def _on_request_vote(self, m: RequestVote) -> None:
+        can_vote = self._voted_for == m.sender or (
+            self._voted_for is None and self._leader_id is None
+        )
+        granted = can_vote and self._log_up_to_date(m.last_term, m.last_index)
+        if granted:
+            self._voted_for = m.sender
+            self._hard_dirty = True
+            self._election_elapsed_ms = 0
+        self._send(m.sender, RequestVoteResponse(self._term, self.id, granted))
+
+    def _on_pre_vote(self, m: PreVote) -> None:
+        granted = m.term > self._term and self._log_up_to_date(m.last_term, m.last_index)
+        self._send(m.sender, PreVoteResponse(m.term if granted else self._term, self.id, granted))
+
+    def _send(self, to: str, msg: Message) -> None:
+        self._msgs.append((to, msg))
+
+    def _become_primary(self) -> None:
+        raise NotImplementedError  # Raft implements it: it sets up replication
