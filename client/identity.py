@@ -91,8 +91,8 @@ def load_private_key(path: Path, what: str = "private key") -> ec.EllipticCurveP
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         kind = type(key).__name__.removeprefix("_").replace("PrivateKey", "")
         raise IdentityError(
-            f"{what} {path} is a {kind or 'non-EC'} key; members and users need an EC "
-            "(ECDSA P-384/P-256) key, e.g. from `charter keygen`"
+            f"{what} {path} is not an EC key ({kind or 'unknown type'}); members and users "
+            "sign with ECDSA P-384/P-256 keys, e.g. from `charter keygen`"
         )
     return key
 

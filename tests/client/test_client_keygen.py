@@ -71,3 +71,28 @@ def test_identity_with_mismatched_key_is_rejected(tmp_path: Path) -> None:
     b = generate_identity("b", tmp_path)
     with pytest.raises(IdentityError, match="does not match"):
         Identity.load(a.cert_path, b.key_path)
+
+
+def test_encrypted_and_non_ec_keys_are_refused_with_the_reason(tmp_path: Path) -> None:
+    r = generate_identity("m", tmp_path)
+    key = serialization.load_pem_private_key(r.key_path.read_bytes(), None)
+    locked = tmp_path / "locked.pem"
+    locked.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"pw"),
+        )
+    )
+    with pytest.raises(IdentityError, match="encrypted"):
+        Identity.load(r.cert_path, locked)
+    rsa_path = tmp_path / "rsa.pem"
+    rsa_path.write_bytes(
+        rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    with pytest.raises(IdentityError, match=r"not an EC key \(RSA\)"):
+        Identity.load(r.cert_path, rsa_path)
