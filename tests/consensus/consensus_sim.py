@@ -16,6 +16,7 @@ from __future__ import annotations
 import heapq
 import os
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 
 from consensus import (
@@ -82,6 +83,7 @@ class SimNode:
     alive: bool = True
     last_commit: int = 0
     was_primary_in: int = -1
+    last_role: Role = Role.BACKUP
 
     @property
     def base(self) -> int:
@@ -117,6 +119,7 @@ class Simulation:
         self.primaries: dict[int, str] = {}
         self.seen: dict[tuple[int, int], tuple[bytes, int | None]] = {}
         self.pending_joins: set[str] = set()
+        self.stats: Counter[str] = Counter()
         self.proposals = 0
         self.healed_at_ms: int | None = None
         self.commit_at_heal = 0
@@ -143,6 +146,7 @@ class Simulation:
         return node
 
     def crash(self, node: SimNode) -> None:
+        self.stats["crashes"] += 1
         node.alive = False
         node.staged = list(node.durable)  # unflushed writes are lost
 
@@ -243,6 +247,7 @@ class Simulation:
         if r.hard_state is not None:
             node.term, node.voted_for = r.hard_state.term, r.hard_state.voted_for
         if r.truncate_to is not None:
+            self.stats["truncations"] += 1
             del node.staged[max(0, r.truncate_to - node.base) :]
         if r.entries:
             assert r.entries[0].index == node.base + len(node.staged) + 1, "Ready gap"
@@ -255,8 +260,11 @@ class Simulation:
             self._propose(node, signature=True)
         if r.role is Role.RETIRED and node.node_id in self.nodes:
             self._retire(node)
+        node.last_role = r.role
 
     def _retire(self, node: SimNode) -> None:
+        retired_primary = node.last_role is Role.PRIMARY
+        self.stats["retired_primaries" if retired_primary else "retired_backups"] += 1
         del self.nodes[node.node_id]
         self.group.pop(node.node_id, None)
 
@@ -267,8 +275,10 @@ class Simulation:
     def _send(self, src: str, to: str, msg: Message) -> None:
         f = self.faults
         if self.rng.random() < f.loss:
+            self.stats["lost"] += 1
             return
         copies = 2 if self.rng.random() < f.duplicate else 1
+        self.stats["duplicates"] += copies - 1
         payload: Message | bytes = encode_message(msg) if self.encode else msg
         for _ in range(copies):
             at = self.now_ms + self.rng.randint(0, f.max_delay_ms)
@@ -328,6 +338,7 @@ class Simulation:
                 commit_index=c,
             )
         node = self._add_node(start)
+        self.stats["joins_from_snapshot" if start.last_index else "joins"] += 1
         self.group[node.node_id] = self.group[primary.node_id]
         self.pending_joins.add(node.node_id)
         for other in self.nodes.values():
@@ -357,6 +368,7 @@ class Simulation:
             if not node.alive and r.random() < f.restart:
                 self.restart(node)
         if r.random() < f.partition:
+            self.stats["partitions"] += 1
             ids = sorted(self.nodes)
             for node_id in ids:
                 self.group[node_id] = r.randint(0, 1)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 
 import pytest
 from consensus_sim import Simulation, seed_from_env
@@ -26,12 +27,27 @@ def _quiet_consensus_logs() -> None:
 def test_sim_safety_and_liveness_hold_under_faults(chunk: int) -> None:
     per = SEEDS // CHUNKS
     commits = 0
+    seen: Counter[str] = Counter()
     for seed in range(chunk * per, (chunk + 1) * per):
         sim = Simulation(seed)
         sim.run(STEPS)  # raises SafetyViolation naming the seed and the replay command
         commits += len(sim.committed) - 1
-    # The runs must do real work, not stall safely: entries get committed under faults.
+        seen.update(sim.stats)
+    # The runs must do real work, not stall safely: entries get committed under faults...
     assert commits > per * 100
+    # ...and every kind of fault and membership change must actually have happened.
+    for kind in (
+        "crashes",
+        "truncations",
+        "partitions",
+        "lost",
+        "duplicates",
+        "joins",
+        "joins_from_snapshot",
+        "retired_backups",
+        "retired_primaries",
+    ):
+        assert seen[kind] > 0, f"no {kind} in seeds of chunk {chunk}: {dict(seen)}"
 
 
 def test_sim_replay_one_seed() -> None:
