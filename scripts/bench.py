@@ -65,7 +65,8 @@ ROUNDS_MAX = 10
 PROFILE_TOP = 25
 
 err = Console(stderr=True)
-out = Console()
+# Not on a terminal (piped, or `charter bench` captured): wide enough for the whole table.
+out = Console(width=None if sys.stdout.isatty() else 120)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +101,9 @@ async def _primary_url(urls: list[str], service_cert: Path) -> tuple[str, int]:
 
 async def target_from_network(path: Path) -> Target:
     network = Network.load(path)
+    for url in network.urls:
+        if not url.startswith("https://127.0.0.1:"):
+            raise RuntimeError(f"the benchmark only drives nodes on 127.0.0.1, not {url}")
     cert, key = network.user(0)
     url, index = await _primary_url(list(network.urls), network.service_cert)
     raw = json.loads(path.read_text())
@@ -303,6 +307,7 @@ def failed_run(nodes: int, clients: int, error: BaseException) -> dict[str, Any]
         "p90_ms": None,
         "p99_ms": None,
         "receipts_per_s": None,
+        "ceiling_ratio": None,
         "error": message[-2000:],
     }
 
@@ -469,7 +474,8 @@ def summarise(
     assert runs and ceilings
     result: dict[str, Any] = {**runs[0], **ceiling_fields(ceilings)}
     # The headline ceiling is the one the headline run is divided by.
-    result["ceiling_req_per_s"] = runs[0].get("ceiling_req_per_s")
+    # (A run that failed was divided by nothing: then the mean over the whole run.)
+    result["ceiling_req_per_s"] = runs[0].get("ceiling_req_per_s") or result["ceiling_req_per_s"]
     result["duration_s"] = args.duration_s
     if args.compare_nodes:
         first, last = runs[0], runs[-1]

@@ -55,6 +55,33 @@ def test_charter_bench_last_line_reports_sane_committed_throughput(tmp_path: Pat
     assert json.loads(results.read_text()) == last
 
 
+@pytest.mark.timeout(60)
+def test_bench_reports_null_figures_and_the_error_when_the_network_fails(tmp_path: Path) -> None:
+    # A network whose node is not on 127.0.0.1 is refused before any request is sent; the
+    # ceiling is still measured and the last line still carries every field.
+    service_cert = bench.make_ceiling_pki(tmp_path / "pki").ca_cert
+    network = tmp_path / "network.json"
+    network.write_text(
+        json.dumps(
+            {
+                "service_cert": str(service_cert),
+                "nodes": [{"rpc_address": "10.0.0.1:8000"}],
+                "users": [{"cert": "u_cert.pem", "key": "u_privk.pem"}],
+            }
+        )
+    )
+    cmd = [sys.executable, str(REPO_ROOT / "scripts" / "bench.py"), "--network", str(network)]
+    cmd += ["--clients", "2", "--duration-s", "0.5", "--out", str(tmp_path / "r.json")]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=55)
+    assert done.returncode == 1
+    last = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "127.0.0.1" in last["error"]
+    for name in ("committed_tx_per_s", "p50_ms", "p99_ms", "receipts_per_s", "ceiling_ratio"):
+        assert name in last and last[name] is None
+    assert last["ceiling_req_per_s"] > 0
+    assert last["clients"] == 2
+
+
 def test_percentile_is_a_latency_that_was_seen() -> None:
     latencies = [5.0, 1.0, 3.0, 2.0, 4.0]
     assert bench.percentile_ms(latencies, 50) == 3.0
