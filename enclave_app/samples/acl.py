@@ -262,10 +262,13 @@ def get_receipt(ctx: Context) -> dict[str, Any]:
     of the ledger entry written there; ``Loading`` while the receipt is not yet available."""
     _require(ctx, Role.READER)
     txid = parse_txid(ctx.path["transactionId"])
-    status = _status(ctx, txid)
+    loading = {"state": "Loading", "transactionId": str(txid), "receipt": None}
+    if _status(ctx, txid) != COMMITTED:
+        return loading
     code, receipt = _runtime(ctx).receipt(txid.view, txid.seqno)
-    if status != COMMITTED or code == 202:
-        return {"state": "Loading", "transactionId": str(txid), "receipt": None}
+    if code == 202:
+        # Committed, but the signature that covers it is not yet known to be committed here.
+        return loading
     if code != 200 or receipt is None:
         raise HttpError(404, "TransactionNotFound", f"No receipt for {txid}")
     answer: dict[str, Any] = {
