@@ -30,6 +30,7 @@ class Disk:
     term: int = 0
     voted_for: str | None = None
     commit: int = 0
+    durable_commit: int = 0
     commits: list[int] = field(default_factory=list)  # every commit index reported, in order
 
 
@@ -101,6 +102,10 @@ class Cluster:
         disk = self.disks[node_id]
         count = len(disk.entries) if upto is None else upto - disk.start.last_index
         disk.durable_count = max(disk.durable_count, count)
+        # The commit index is persisted with the flush, never above what it made durable.
+        disk.durable_commit = max(
+            disk.durable_commit, min(disk.commit, disk.start.last_index + disk.durable_count)
+        )
         if count > 0:
             last = disk.entries[count - 1]
             self.nodes[node_id].durable(last.index, last.term)
@@ -186,7 +191,7 @@ class Cluster:
             configuration=s.configuration,
             last_index=s.last_index,
             last_term=s.last_term,
-            commit_index=max(s.commit_index, min(disk.commit, last)),
+            commit_index=max(s.commit_index, min(disk.durable_commit, last)),
             term=disk.term,
             voted_for=disk.voted_for,
         )

@@ -79,6 +79,8 @@ class SimNode:
     durable: list[LogEntry] = field(default_factory=list)  # what survives a crash
     term: int = 0
     voted_for: str | None = None
+    # The commit index the host persisted with its last fsync: never above what that fsync
+    # made durable, so a restart never calls an unflushed (maybe stale) entry committed.
     known_commit: int = 0
     alive: bool = True
     last_commit: int = 0
@@ -235,7 +237,6 @@ class Simulation:
             for i in range(node.last_commit + 1, c + 1):
                 self._check_committed_entry(node, i)
             node.last_commit = c
-            node.known_commit = max(node.known_commit, c)
 
     # -- the runtime's side of Ready ---------------------------------------------------------
     def process(self, node: SimNode) -> None:
@@ -406,6 +407,7 @@ class Simulation:
             if node.alive and node.staged and r.random() < 0.4:
                 last = node.staged[-1]
                 node.durable = list(node.staged)
+                node.known_commit = max(node.known_commit, min(node.last_commit, last.index))
                 node.raft.durable(last.index, last.term)
                 self.process(node)
         primary = self.primary()
