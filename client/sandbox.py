@@ -446,6 +446,25 @@ def _tail(path: Path, lines: int = 20) -> str:
 APPS = {"logging": "enclave_app.samples.logging", "acl": "enclave_app.samples.acl"}
 
 
+def _example_lines(
+    sandbox: Sandbox, url: str, cert: Path, user_cert: Path, user_key: Path
+) -> list[str]:
+    """A ready command that writes a record with the app being served."""
+    if sandbox.app == APPS["acl"]:
+        return [
+            "Write a ledger entry as user0 (Azure Confidential Ledger API; see docs/acl.md):",
+            f"  curl '{url}/app/transactions?api-version=2022-05-13' --cacert {cert} \\",
+            f"    --cert {user_cert} --key {user_key} \\",
+            """    -H 'Content-Type: application/json' -d '{"contents": "hello"}' -i""",
+        ]
+    return [
+        "Write a private record as user0:",
+        f"  curl {url}/app/log/private --cacert {cert} \\",
+        f"    --cert {user_cert} --key {user_key} \\",
+        """    -H 'Content-Type: application/json' -d '{"id": 1, "msg": "hello"}' -i""",
+    ]
+
+
 def panel_text(sandbox: Sandbox) -> str:
     user_cert, user_key = sandbox.user_paths(0)
     first = sandbox.nodes[0]
@@ -462,10 +481,7 @@ def panel_text(sandbox: Sandbox) -> str:
         f"Users (keys, certs):   {sandbox.workspace / 'users'}",
         f"Network description:   {sandbox.network_path}",
         "",
-        "Write a private record as user0:",
-        f"  curl {first.url}/app/log/private --cacert {cert} \\",
-        f"    --cert {user_cert} --key {user_key} \\",
-        '    -H \'Content-Type: application/json\' -d \'{"id": 1, "msg": "hello"}\' -i',
+        *_example_lines(sandbox, first.url, cert, user_cert, user_key),
         "",
         "Get and verify the receipt of the transaction id it returned (x-ms-ccf-transaction-id):",
         f"  charter receipt get <txid> --network {sandbox.network_path} --verify",
@@ -488,7 +504,6 @@ async def _status_line(sandbox: Sandbox) -> str:
 
 async def _serve(sandbox: Sandbox) -> int:
     from rich.console import Console
-    from rich.panel import Panel
 
     console = Console()
     stop = asyncio.Event()
@@ -502,7 +517,10 @@ async def _serve(sandbox: Sandbox) -> int:
     except BaseException:
         sandbox.stop()
         raise
-    console.print(Panel(panel_text(sandbox), title="Charter sandbox is open", expand=False))
+    # A ruled panel whose lines never wrap, so the commands copy and paste whole.
+    console.rule("[bold]Charter sandbox is open")
+    console.print(panel_text(sandbox), soft_wrap=True, highlight=False, markup=False)
+    console.rule()
     console.print("Press Ctrl-C to stop.")
     last_commit = None
     last_time = time.monotonic()
