@@ -7,13 +7,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+from client_helpers import app_seqno, receipts_for
 
 from client.auditor import audit_ledger, verify_receipt_bytes, verify_receipt_file
 from client.errors import IdentityError, LedgerAuditFailed, ReceiptInvalid
 from ledger import certs
 from ledger.chunks import LedgerReader
 from ledger.generate import GeneratedLedger, generate_ledger
-from ledger.receipt import build_cose_receipt, build_json_receipt
 
 CCF_LEDGER = Path("/work/shared/ccf-ledgers/current")
 CCF_DEPRECATED_LEDGER = Path("/work/shared/ccf-ledgers/deprecated-entry-types")
@@ -29,30 +29,6 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> tuple[GeneratedLedger
     )
     (d / "service_cert.pem").write_text(g.service_cert_pem)
     return g, d
-
-
-def _app_seqno(g: GeneratedLedger) -> int:
-    # An ordinary transaction covered by a later signature.
-    return next(s for s in range(g.open_seqno + 1, g.last_seqno) if not g.history.is_signature(s))
-
-
-def _receipts(g: GeneratedLedger, seqno: int) -> tuple[dict[str, object], bytes]:
-    material = g.history.receipt_material(seqno)
-    assert material is not None
-    proof, sig = material
-    wsd, evidence, claims = g.history.leaf_components(seqno)
-    assert evidence is not None and sig.node_cert_pem is not None
-    json_receipt = build_json_receipt(
-        node_cert_pem=sig.node_cert_pem,
-        node_id=sig.node_id,
-        signature=sig.signature,
-        proof=proof,
-        write_set_digest=wsd,
-        commit_evidence=evidence,
-        claims_digest=claims,
-    )
-    cose_receipt = build_cose_receipt(sig.cose_sign1, (wsd, evidence, claims), proof)
-    return json_receipt, cose_receipt
 
 
 def test_generated_ledger_audits_clean_against_its_service_cert(
@@ -88,7 +64,7 @@ def test_tampered_ledger_names_the_first_bad_seqno(
     copy = tmp_path / "ledger"
     shutil.copytree(d / "ledger", copy)
     # Flip the last byte of the entry at `target` (inside its encrypted private domain).
-    target = _app_seqno(g)
+    target = app_seqno(g)
     entry = LedgerReader(str(d / "ledger")).get(target)
     for chunk in sorted(copy.iterdir()):
         data = bytearray(chunk.read_bytes())
@@ -127,8 +103,8 @@ def test_json_and_cose_receipts_verify_offline_and_name_their_transaction(
     generated: tuple[GeneratedLedger, Path], tmp_path: Path
 ) -> None:
     g, d = generated
-    seqno = _app_seqno(g)
-    json_receipt, cose_receipt = _receipts(g, seqno)
+    seqno = app_seqno(g)
+    json_receipt, cose_receipt = receipts_for(g, seqno)
     (tmp_path / "r.json").write_text(json.dumps(json_receipt))
     (tmp_path / "r.cose").write_bytes(cose_receipt)
     for name, kind in (("r.json", "json"), ("r.cose", "cose")):
@@ -141,7 +117,7 @@ def test_tampered_receipts_are_rejected(
 ) -> None:
     g, d = generated
     service = (d / "service_cert.pem").read_text()
-    json_receipt, cose_receipt = _receipts(g, _app_seqno(g))
+    json_receipt, cose_receipt = receipts_for(g, app_seqno(g))
     components = dict(json_receipt["leaf_components"])  # type: ignore[call-overload]
     components["write_set_digest"] = "00" * 32
     bad_json = {**json_receipt, "leaf_components": components}
@@ -159,7 +135,7 @@ def test_receipt_checked_against_another_service_is_rejected(
     generated: tuple[GeneratedLedger, Path],
 ) -> None:
     g, _ = generated
-    json_receipt, cose_receipt = _receipts(g, _app_seqno(g))
+    json_receipt, cose_receipt = receipts_for(g, app_seqno(g))
     other = certs.cert_pem(certs.service_cert(certs.new_key()))
     for data in (json.dumps(json_receipt).encode(), cose_receipt):
         with pytest.raises(ReceiptInvalid):

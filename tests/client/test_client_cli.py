@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from conftest import GovRecorder, Pki, ThreadedServer
+from client_helpers import GovRecorder, Pki, ThreadedServer, app_seqno, receipts_for
 from typer.testing import CliRunner, Result
 
 from client import cli_process
@@ -281,16 +281,14 @@ def test_receipt_get_error_paths(pki: Pki, closed_port_url: str) -> None:
 def test_receipt_verify_accepts_good_and_rejects_tampered_files(
     tmp_path: Path,
 ) -> None:
-    from test_client_auditor import _app_seqno, _receipts
-
     from ledger.generate import generate_ledger
 
     (tmp_path / "ledger").mkdir()
     g = generate_ledger(str(tmp_path / "ledger"), transactions=12, signature_interval=4, seed=3)
     cert = tmp_path / "service_cert.pem"
     cert.write_text(g.service_cert_pem)
-    seqno = _app_seqno(g)
-    json_receipt, cose_receipt = _receipts(g, seqno)
+    seqno = app_seqno(g)
+    json_receipt, cose_receipt = receipts_for(g, seqno)
     (tmp_path / "r.json").write_text(json.dumps(json_receipt))
     (tmp_path / "r.cose").write_bytes(cose_receipt)
     for name in ("r.json", "r.cose"):

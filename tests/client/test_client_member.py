@@ -8,7 +8,7 @@ from typing import Any
 import cbor2
 import pytest
 from ccf.cose import create_cose_sign1, validate_cose_sign1
-from conftest import GovRecorder, Pki, StartServer, member_tx
+from client_helpers import GovRecorder, Pki, StartServer, member_tx
 from cryptography import x509
 from pycose.messages.sign1message import Sign1Message
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 from aiohttp import web
-from conftest import Pki, StartServer
+from client_helpers import Pki, StartServer
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
