@@ -244,6 +244,16 @@ def ledger_audit(
     stdout.print(f"  root {summary['root']}")
     if cert is not None:
         stdout.print(f"  service identity matches {cert}")
+    if not include_uncommitted:
+        pending = [
+            p.name
+            for p in directory.iterdir()
+            if p.name.startswith("ledger_") and not p.name.endswith((".committed", ".ignored"))
+        ]
+        if pending:
+            stdout.print(
+                f"  not read: {len(pending)} uncommitted chunk(s); add --include-uncommitted"
+            )
 
 
 @ledger_app.command("read")

@@ -419,3 +419,17 @@ def test_installed_entry_point_reports_usage_and_runtime_errors_in_one_line(
         assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
         assert pattern in lines[0].lower()
         assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_ledger_audit_says_which_chunks_it_did_not_read(tmp_path: Path) -> None:
+    copy = tmp_path / "ledger"
+    shutil.copytree(CCF_LEDGER, copy)
+    # An in-progress chunk after the committed ones (as on a running node).
+    (copy / "ledger_15").write_bytes(b"\x00" * 8)
+    result = run("ledger", "audit", copy)
+    assert result.exit_code == 0, result.output
+    assert "not read: 1 uncommitted chunk(s)" in result.stdout
+    only_new = tmp_path / "fresh"
+    only_new.mkdir()
+    (only_new / "ledger_1").write_bytes(b"\x00" * 8)
+    assert_fails_cleanly(run("ledger", "audit", only_new), "--include-uncommitted")
