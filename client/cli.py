@@ -136,6 +136,8 @@ def _actions_from_flags(
     remove_member: list[str],
     trust_node: list[str],
     remove_node: list[str],
+    recovery_threshold: int | None = None,
+    rekey: bool = False,
 ) -> list[dict[str, Any]]:
     actions: list[dict[str, Any]] = []
     for cert in add_user:
@@ -156,6 +158,12 @@ def _actions_from_flags(
         actions.append({"name": "transition_node_to_trusted", "args": {"node_id": nid}})
     for nid in remove_node:
         actions.append({"name": "remove_node", "args": {"node_id": nid}})
+    if recovery_threshold is not None:
+        actions.append(
+            {"name": "set_recovery_threshold", "args": {"recovery_threshold": recovery_threshold}}
+        )
+    if rekey:
+        actions.append({"name": "trigger_ledger_rekey", "args": {}})
     if open_service:
         args = {"next_service_identity": service_cert_pem} if service_cert_pem else {}
         actions.append({"name": "transition_service_to_open", "args": args})
@@ -199,6 +207,10 @@ def propose(
     remove_node: Annotated[
         list[str] | None, typer.Option("--remove-node", help="remove_node ID")
     ] = None,
+    recovery_threshold: Annotated[
+        int | None, typer.Option("--recovery-threshold", help="set_recovery_threshold N")
+    ] = None,
+    rekey: Annotated[bool, typer.Option("--rekey", help="trigger_ledger_rekey")] = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Ask the service what would happen; store nothing.")
     ] = False,
@@ -231,6 +243,8 @@ def propose(
         remove_member=remove_member or [],
         trust_node=trust_node or [],
         remove_node=remove_node or [],
+        recovery_threshold=recovery_threshold,
+        rekey=rekey,
     )
     if file is not None and from_flags:
         raise IdentityError("give a proposal file or action flags, not both")

@@ -433,3 +433,30 @@ def test_ledger_audit_says_which_chunks_it_did_not_read(tmp_path: Path) -> None:
     only_new.mkdir()
     (only_new / "ledger_1").write_bytes(b"\x00" * 8)
     assert_fails_cleanly(run("ledger", "audit", only_new), "--include-uncommitted")
+
+
+def test_every_propose_flag_becomes_its_governance_action(
+    pki: Pki, threaded_server: ThreadedServer, network_file: Any
+) -> None:
+    gov = GovRecorder(pki)
+    url = threaded_server.start(
+        {"/gov/members/proposals:create": gov.handler("proposal", _proposal())}
+    )
+    node_id = "ef" * 32
+    result = run(
+        "propose", "--network", network_file(url),
+        "--add-user", pki.user.cert_path, "--remove-user", pki.user.id,
+        "--add-member", pki.member.cert_path,
+        "--member-enc-key", pki.member.enc_pub_path,  # type: ignore[arg-type]
+        "--remove-member", pki.member.id, "--trust-node", node_id, "--remove-node", node_id,
+        "--recovery-threshold", "1", "--rekey", "--open-service",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    actions = gov.seen[0][2]["actions"]  # type: ignore[index]
+    assert [a["name"] for a in actions] == [
+        "set_user", "remove_user", "set_member", "remove_member", "transition_node_to_trusted",
+        "remove_node", "set_recovery_threshold", "trigger_ledger_rekey",
+        "transition_service_to_open",
+    ]  # fmt: skip
+    assert actions[2]["args"]["encryption_pub_key"].startswith("-----BEGIN PUBLIC KEY-----")
+    assert actions[6]["args"] == {"recovery_threshold": 1}
