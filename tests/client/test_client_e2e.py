@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import ccf.cose
+import ccf.receipt
 import pytest
+from cryptography import x509
 from typer.testing import CliRunner
 
 from client.auditor import audit_ledger, verify_receipt_bytes
@@ -48,6 +52,21 @@ async def test_user_write_commits_and_its_receipts_verify_offline(sandbox: Sandb
     service = sandbox.service_cert_path.read_text()
     assert verify_receipt_bytes(json.dumps(receipt).encode(), service).txid == str(r.txid)
     assert verify_receipt_bytes(cose, service).txid == str(r.txid)
+    # CCF's own verifiers accept what the SDK fetched (FORMATS §5).
+    service_cert = x509.load_pem_x509_certificate(service.encode())
+    node_cert = x509.load_pem_x509_certificate(receipt["cert"].encode())
+    components = receipt["leaf_components"]
+    leaf = hashlib.sha256(
+        bytes.fromhex(components["write_set_digest"])
+        + hashlib.sha256(components["commit_evidence"].encode()).digest()
+        + bytes.fromhex(components["claims_digest"])
+    ).hexdigest()
+    ccf_root = ccf.receipt.root(leaf, receipt["proof"])
+    assert ccf_root == root.hex()
+    ccf.receipt.verify(ccf_root, receipt["signature"], node_cert)
+    ccf.receipt.check_endorsements(node_cert, service_cert, [])
+    claims = bytes.fromhex(components["claims_digest"])
+    ccf.cose.verify_receipt(cose, service_cert.public_key(), claims)
 
 
 async def test_user_endpoints_refuse_callers_without_a_registered_cert(
