@@ -198,14 +198,18 @@ async def run_load(
                 break
 
     sessions = [client_session(ssl_ctx) for _ in range(clients)]
+    tasks = [asyncio.create_task(client_loop(i, s)) for i, s in enumerate(sessions)]
     try:
         # A hard stop above the duration, so a stuck server cannot hold the benchmark.
         hard_limit_s = duration_s + 2 * REQUEST_TIMEOUT_S + 10.0
-        await asyncio.wait_for(
-            asyncio.gather(*(client_loop(i, s) for i, s in enumerate(sessions))),
-            hard_limit_s,
-        )
+        done, _ = await asyncio.wait(tasks, timeout=hard_limit_s)
+        for task in done:
+            task.result()  # a client's unexpected exception is a bug: raise it
     finally:
+        # Also on Ctrl-C: every client is cancelled and awaited, every connection closed.
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
     finished_s = time.monotonic()
     latencies = tuple(ms for t in tallies for ms in t.latencies_ms)

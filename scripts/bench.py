@@ -549,7 +549,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    result = asyncio.run(run(args))
+    try:
+        result = asyncio.run(run(args))
+    except KeyboardInterrupt:
+        # asyncio.run cancelled the run: every sandbox and the ceiling server were stopped.
+        err.print("bench: interrupted; no results")
+        return 130
     show_table(result)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     err.print(f"results written to {args.out}")
