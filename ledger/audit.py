@@ -25,6 +25,7 @@ import hashlib
 import itertools
 import json
 import logging
+import mmap
 import multiprocessing
 import os
 import struct
@@ -53,7 +54,7 @@ from ledger.entry import (
     WriteSet,
     decode_tables,
 )
-from ledger.errors import AuditError, LedgerError, VerificationError
+from ledger.errors import AuditError, DecodeError, LedgerError, VerificationError
 from ledger.signatures import (
     MAX_COSE_SIGNATURE_BYTES,
     parse_cose_signature,
@@ -84,6 +85,7 @@ _SERVICE_TRANSITIONS: dict[str, frozenset[str]] = {
 # (skipped), IV (seqno, view), public_size, then the public domain's entry type and seqno.
 _FIXED = struct.Struct("<BBHI16xQIQBq")
 _U64 = struct.Struct("<Q")
+_IV_VIEW = struct.Struct("<I")
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -132,21 +134,33 @@ class MerkleFrontier:
             nodes[-1] = sha256(nodes[-1] + right).digest()
             index >>= 1
 
-    def extend(self, leaves: bytes, start: int, stop: int) -> None:
-        """Append the 32-byte leaves found in leaves[start:stop]."""
-        assert (stop - start) % 32 == 0
+    def extend(self, leaves: Sequence[bytes]) -> None:
+        """Append many 32-byte leaves: same result as `append` on each, level by level.
+
+        At each level the new nodes are paired left to right (a frontier node whose right
+        sibling is the first new node joins them first); an unpaired last node becomes the
+        new frontier node of that level. Hashing a level in one comprehension is what makes
+        this faster than appending one leaf at a time.
+        """
         nodes = self._nodes
-        size = self.size
+        old_size = self.size
+        current = list(leaves)
+        count = len(current)
         sha256 = hashlib.sha256
-        for offset in range(start, stop, 32):
-            nodes.append(leaves[offset : offset + 32])
-            carry = size
-            size += 1
-            while carry & 1:
-                right = nodes.pop()
-                nodes[-1] = sha256(nodes[-1] + right).digest()
-                carry >>= 1
-        self.size = size
+        new_low: list[bytes] = []  # new frontier nodes, lowest level first
+        level = 0
+        while current:
+            if (old_size >> level) & 1:
+                # The old tree has a perfect subtree at this level whose sibling is new.
+                current.insert(0, nodes.pop())
+            if len(current) & 1:
+                new_low.append(current.pop())
+            current = [
+                sha256(a + b).digest() for a, b in zip(current[0::2], current[1::2], strict=True)
+            ]
+            level += 1
+        nodes.extend(reversed(new_low))
+        self.size = old_size + count
 
     def root(self) -> bytes:
         nodes = self._nodes
@@ -230,7 +244,7 @@ class _Auditor:
         cursor = 0
         for seqno, view, tables_bytes in scan.special:
             index = seqno - first
-            frontier.extend(leaves, cursor * 32, index * 32)
+            frontier.extend(leaves[cursor:index])
             cursor = index
             assert frontier.size == seqno, "tree size must equal the next seqno"
             try:
@@ -238,7 +252,7 @@ class _Auditor:
             except LedgerError as exc:
                 raise AuditError(f"bad public domain: {exc}", seqno=seqno) from None
             self.governance(tables, seqno, view)
-        frontier.extend(leaves, cursor * 32, len(leaves))
+        frontier.extend(leaves[cursor:])
         self.deprecated += scan.deprecated
         if scan.error is not None:
             raise AuditError(
@@ -462,7 +476,7 @@ class _ChunkScan:
     """
 
     first: int
-    leaves: bytes  # 32 bytes per entry, up to (excluding) the first bad entry
+    leaves: list[bytes]  # one per entry, up to (excluding) the first bad entry
     special: tuple[tuple[int, int, bytes], ...]
     last_view: int
     deprecated: int
@@ -583,114 +597,154 @@ def _as_audit_error(exc: LedgerError) -> AuditError:
 
 def _scan_chunk(path: str, first: int, last: int | None, accept_deprecated: bool) -> _ChunkScan:
     """Read and check one chunk file: structure, seqnos, entry types, leaves (no crypto)."""
-    leaves: list[bytes] = []
     special: list[tuple[int, int, bytes]] = []
+    legacy: dict[int, int] = {}  # entry index -> deprecated entry type
     counters = [0, 0]  # last view, deprecated entries
     error: tuple[int, str] | None = None
+    data: bytes | mmap.mmap = b""
+    positions: list[int] = []
+    valid = 0
+    mapped: mmap.mmap | None = None
     try:
         with open(path, "rb") as f:
-            data = f.read(CHUNK_FILE_BYTES_MAX + 1)
+            size_bytes = os.fstat(f.fileno()).st_size
+            if size_bytes > CHUNK_FILE_BYTES_MAX:
+                raise DecodeError(f"chunk {path} exceeds 4 GiB", field="file_size")
+            # Map rather than read: hashing straight from the page cache saves a copy.
+            if size_bytes:
+                mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                data = mapped
         name = ChunkName(os.path.basename(path), first, last, False, False, False)
         positions = parse_chunk(data, name, walk=False)
-        _scan_entries(
-            data, positions, first, last is not None, accept_deprecated, leaves, special, counters
-        )
+        _check_entries(data, positions, first, last is not None, special, legacy, counters)
+        valid = len(positions)
     except AuditError as exc:
-        error = (exc.seqno if exc.seqno is not None else first + len(leaves), str(exc))
+        valid = exc.seqno - first if exc.seqno is not None else 0
+        error = (first + valid, str(exc))
     except LedgerError as exc:
-        error = (first + len(leaves), f"{type(exc).__name__}: {exc}")
+        error = (first, f"{type(exc).__name__}: {exc}")
     except OSError as exc:
         error = (first, f"cannot read chunk {path}: {exc}")
-    return _ChunkScan(first, b"".join(leaves), tuple(special), counters[0], counters[1], error)
+    if legacy and not accept_deprecated:
+        index = min(legacy)
+        if index < valid:
+            valid = index
+            error = (first + index, f"deprecated entry type {legacy[index]}")
+    try:
+        leaves = _entry_leaves(data, positions[:valid], legacy)
+    finally:
+        if mapped is not None:
+            mapped.close()
+    special = [entry for entry in special if entry[0] < first + valid]
+    deprecated = sum(1 for index in legacy if index < valid)
+    return _ChunkScan(first, leaves, tuple(special), counters[0], deprecated, error)
 
 
-def _scan_entries(
-    data: bytes,
+def _check_entries(
+    data: bytes | mmap.mmap,
     positions: list[int],
     first: int,
     complete: bool,
-    accept_deprecated: bool,
-    leaves: list[bytes],
     special: list[tuple[int, int, bytes]],
+    legacy: dict[int, int],
     counters: list[int],
 ) -> None:
-    """The hot loop over one chunk's entries; appends leaves and special entries.
+    """The hot loop: checks each entry's structure and finds the ones to decode.
 
     Positions came from the offset table unchecked (`walk=False`): every entry must end
     exactly where the next one starts and the last one where the entries end, so a bad
-    table is caught here at no extra cost. Per entry: one struct unpack for the fixed fields,
-    one SHA-256 of the entry, one of the leaf, and a C-speed substring test that decides
-    whether the public tables need decoding at all.
+    table is caught here at no extra cost. Per entry: one struct unpack for the fixed fields
+    and a C-speed substring test that decides whether its public tables need decoding at
+    all. Hashing is left to `_entry_leaves`, which does it in comprehensions.
     """
-    sha256 = hashlib.sha256
     fixed = _FIXED.unpack_from
-    fixed_size = _FIXED.size
     find = data.find
-    add_leaf = leaves.append
-    view = 0
     seqno = first - 1
     (table_offset,) = _U64.unpack_from(data, 0)
     entries_end = table_offset or len(data)
     bounds = positions[1:]
     bounds.append(entries_end)
     last_pos = positions[-1] if positions else -1
-    mv = memoryview(data)
-    for pos, next_pos in zip(positions, bounds, strict=True):
-        seqno += 1
-        if next_pos - pos < fixed_size or next_pos > entries_end:
-            raise AuditError(f"entry at offset {pos} too short or misplaced", seqno=seqno)
-        version, flags, lo, hi, iv_seqno, iv_view, public_size, entry_type, public_seqno = fixed(
-            data, pos
-        )
-        end = pos + 8 + (lo | (hi << 16))
-        if end != next_pos:
-            raise AuditError(
-                f"entry at offset {pos} ends at {end}, next entry starts at {next_pos}",
-                seqno=seqno,
+    try:
+        for pos, next_pos in zip(positions, bounds, strict=True):
+            seqno += 1
+            version, flags, lo, hi, iv_seqno, iv_view, public_size, entry_type, public_seqno = (
+                fixed(data, pos)
             )
-        pd = pos + PUBLIC_DOMAIN_OFFSET
-        pd_end = pd + public_size
-        if version != ENTRY_VERSION or pd_end > end or public_size < 17:
-            raise AuditError("malformed entry header", seqno=seqno)
-        if iv_seqno != seqno or public_seqno != seqno:
-            raise AuditError(
-                f"entry seqnos (IV {iv_seqno}, public {public_seqno}) do not match position",
-                seqno=seqno,
-            )
-        view = iv_view & 0x7FFFFFFF
-        if flags and flags & FLAG_FORCE_CHUNK_AFTER and (pos != last_pos or not complete):
-            raise AuditError("entry forces a chunk end but the chunk continues", seqno=seqno)
-        wsd = sha256(mv[pos:end]).digest()
-        if entry_type == ENTRY_TYPE_WRITE_SET_WITH_COMMIT_EVIDENCE_AND_CLAIMS:
-            if public_size < 81:
-                raise AuditError("public domain too short", seqno=seqno)
-            # Public domain: type, seqno, claims digest, commit evidence digest, …; the
-            # leaf hashes them in the order wsd, evidence, claims.
-            add_leaf(sha256(wsd + data[pd + 41 : pd + 73] + data[pd + 9 : pd + 41]).digest())
-            tables_at = pd + 81
-        else:
-            leaf, tables_at = _legacy_leaf(data, wsd, entry_type, pd, public_size, seqno)
-            if not accept_deprecated:
-                raise AuditError(f"deprecated entry type {entry_type}", seqno=seqno)
-            counters[1] += 1
-            add_leaf(leaf)
-        # Every table the validator reacts to is named "public:ccf.…"; if those bytes do
-        # not occur, the entry cannot hold one and its tables need not be decoded.
-        if find(b"public:ccf.", tables_at, pd_end) >= 0:
-            special.append((seqno, view, data[tables_at:pd_end]))
-    counters[0] = view
+            # Each entry must end where the next begins (or where the entries end): with
+            # increasing positions from offset 8 this proves the whole table.
+            if pos + 8 + (lo | (hi << 16)) != next_pos or version != ENTRY_VERSION:
+                raise AuditError(f"entry at offset {pos} is malformed or misplaced", seqno=seqno)
+            if iv_seqno != seqno or public_seqno != seqno:
+                raise AuditError(
+                    f"entry seqnos (IV {iv_seqno}, public {public_seqno}) do not match position",
+                    seqno=seqno,
+                )
+            pd_end = pos + PUBLIC_DOMAIN_OFFSET + public_size
+            if entry_type == ENTRY_TYPE_WRITE_SET_WITH_COMMIT_EVIDENCE_AND_CLAIMS and (
+                public_size >= 81 and pd_end <= next_pos
+            ):
+                tables_at = pos + PUBLIC_DOMAIN_OFFSET + 81
+            else:
+                if pd_end > next_pos:
+                    raise AuditError("public domain exceeds its entry", seqno=seqno)
+                offset = _legacy_tables_at(entry_type, public_size, seqno)
+                tables_at = pos + PUBLIC_DOMAIN_OFFSET + offset
+                legacy[seqno - first] = entry_type
+            if flags and flags & FLAG_FORCE_CHUNK_AFTER and (pos != last_pos or not complete):
+                raise AuditError("entry forces a chunk end but the chunk continues", seqno=seqno)
+            # Every table the validator reacts to is named "public:ccf.…"; if those bytes do
+            # not occur, the entry cannot hold one and its tables need not be decoded.
+            if find(b"public:ccf.", tables_at, pd_end) >= 0:
+                special.append((seqno, iv_view & 0x7FFFFFFF, data[tables_at:pd_end]))
+    except struct.error:
+        # A position or size pointing past the end of the file.
+        raise AuditError("entry runs past the end of its chunk", seqno=seqno) from None
+    if positions:
+        counters[0] = _IV_VIEW.unpack_from(data, last_pos + 32)[0] & 0x7FFFFFFF
 
 
-def _legacy_leaf(
-    data: bytes, wsd: bytes, entry_type: int, pd: int, public_size: int, seqno: int
-) -> tuple[bytes, int]:
-    """Leaf and table offset of the deprecated entry types (as ccf.ledger computes them)."""
+def _legacy_tables_at(entry_type: int, public_size: int, seqno: int) -> int:
+    """Where the tables start in a public domain other than a well-formed type 4's."""
+    if entry_type == ENTRY_TYPE_WRITE_SET_WITH_COMMIT_EVIDENCE_AND_CLAIMS:
+        raise AuditError("public domain too short", seqno=seqno)
+    if public_size < 17:
+        raise AuditError("public domain too short", seqno=seqno)
     if entry_type == ENTRY_TYPE_WRITE_SET_WITH_COMMIT_EVIDENCE:
         if public_size < 49:
             raise AuditError("public domain too short", seqno=seqno)
-        return hashlib.sha256(wsd + data[pd + 9 : pd + 41]).digest(), pd + 49
+        return 49
     if entry_type == ENTRY_TYPE_WRITE_SET:
-        return wsd, pd + 17
+        return 17
     if entry_type == ENTRY_TYPE_SNAPSHOT:
         raise AuditError("snapshot entry inside a ledger chunk", seqno=seqno)
     raise AuditError(f"unsupported entry type {entry_type}", seqno=seqno)
+
+
+def _entry_leaves(
+    data: bytes | mmap.mmap, positions: list[int], legacy: dict[int, int]
+) -> list[bytes]:
+    """Merkle leaves of entries already checked by `_check_entries` (as ccf.ledger computes
+    them): type 4 → H(wsd ‖ evidence ‖ claims), type 3 → H(wsd ‖ evidence), type 0 → wsd."""
+    if not positions:
+        return []
+    sha256 = hashlib.sha256
+    ends = positions[1:]
+    last = positions[-1]
+    ends.append(last + 8 + int.from_bytes(data[last + 2 : last + 8], "little"))
+    with memoryview(data) as mv:
+        wsds = [sha256(mv[a:b]).digest() for a, b in zip(positions, ends, strict=True)]
+    # Type 4 public domain (at +44): type, seqno, claims digest (+53), evidence digest (+85).
+    leaves = [
+        sha256(wsd + data[pos + 85 : pos + 117] + data[pos + 53 : pos + 85]).digest()
+        for wsd, pos in zip(wsds, positions, strict=True)
+    ]
+    for index, entry_type in legacy.items():
+        if index >= len(positions):
+            continue
+        if entry_type == ENTRY_TYPE_WRITE_SET_WITH_COMMIT_EVIDENCE:
+            pos = positions[index]
+            leaves[index] = sha256(wsds[index] + data[pos + 53 : pos + 85]).digest()
+        else:
+            leaves[index] = wsds[index]
+    return leaves

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import mmap
 import os
 import re
 import struct
@@ -31,6 +32,9 @@ from ledger.entry import (
 from ledger.errors import AuditError, DecodeError
 
 logger = logging.getLogger(__name__)
+
+# What chunk parsing accepts: file bytes, or a read-only map of the file.
+ChunkBytes = bytes | bytearray | memoryview | mmap.mmap
 
 CHUNK_HEADER_SIZE = 8
 COMMITTED_SUFFIX = ".committed"
@@ -88,7 +92,7 @@ def parse_chunk_name(filename: str) -> ChunkName:
 
 
 def chunk_positions(
-    data: bytes | memoryview, name: str = "", *, walk: bool = True
+    data: ChunkBytes, name: str = "", *, walk: bool = True
 ) -> tuple[list[int], int]:
     """Entry positions of one chunk file's bytes and the end of the entry region.
 
@@ -140,7 +144,7 @@ def chunk_positions(
     return positions, end
 
 
-def parse_chunk(data: bytes | memoryview, chunk: ChunkName, *, walk: bool = True) -> list[int]:
+def parse_chunk(data: ChunkBytes, chunk: ChunkName, *, walk: bool = True) -> list[int]:
     """Entry positions of a chunk file's bytes, checked against the range in its name.
 
     `walk=False`: see `chunk_positions`; the caller checks the entries' bounds.
@@ -155,7 +159,7 @@ def parse_chunk(data: bytes | memoryview, chunk: ChunkName, *, walk: bool = True
     return positions
 
 
-def walk_entries(data: bytes | memoryview, start: int, end: int, *, name: str = "") -> list[int]:
+def walk_entries(data: ChunkBytes, start: int, end: int, *, name: str = "") -> list[int]:
     """Positions of back-to-back entries filling data[start:end] exactly."""
     positions: list[int] = []
     pos = start
