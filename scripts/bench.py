@@ -54,7 +54,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn  
 from rich.table import Table  # noqa: E402
 
 from client import bench  # noqa: E402
-from client.identity import Network  # noqa: E402
+from client.identity import Network, load_json_file  # noqa: E402
 from client.sandbox import Sandbox  # noqa: E402
 from client.sdk import CharterClient, build_ssl_context  # noqa: E402
 
@@ -106,8 +106,8 @@ async def target_from_network(path: Path) -> Target:
             raise RuntimeError(f"the benchmark only drives nodes on 127.0.0.1, not {url}")
     cert, key = network.user(0)
     url, index = await _primary_url(list(network.urls), network.service_cert)
-    raw = json.loads(path.read_text())
-    node = raw.get("nodes", [{}] * (index + 1))[index]
+    raw = load_json_file(path, "network file")  # bounded read; Network.load checked its shape
+    node = raw["nodes"][index]
     pids = {k: int(node[f"{k}_pid"]) for k in ("enclave", "host") if node.get(f"{k}_pid")}
     return Target(url, network.service_cert, cert, key, len(network.urls), pids)
 
