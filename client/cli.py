@@ -39,7 +39,14 @@ from client.cli_ledger import ledger_app, receipt_app
 from client.cli_process import PASSTHROUGH, bench, node_app, sandbox
 from client.errors import IdentityError
 from client.identity import PEM_FILE_BYTES_MAX, load_cert_pem, load_json_file, read_bounded
-from client.member import Member, Proposal
+from client.ledger_dump import clip
+from client.member import (
+    Member,
+    Proposal,
+    get_proposal,
+    get_proposal_actions,
+    list_proposals,
+)
 from client.sdk import CharterClient
 
 log = logging.getLogger(__name__)
@@ -372,11 +379,33 @@ def ack(
         stdout.print(f"member {member_id} acknowledged state digest {digest}")
 
 
+def _show_proposal(t: Target, proposal_id: str, as_json: bool) -> None:
+    async def go() -> tuple[Proposal, list[dict[str, Any]]]:
+        async with _client(t) as c:
+            return await get_proposal(c, proposal_id), await get_proposal_actions(c, proposal_id)
+
+    p, actions = run_async(go())
+    if as_json:
+        print_json({**p.to_json(), "actions": actions})
+        return
+    _print_proposal(p)
+    stdout.print(f"proposer {p.proposer_id or '-'}")
+    for vote_member, approve in p.final_votes.items():
+        stdout.print(f"vote     {vote_member} {'approve' if approve else 'reject'}")
+    for action in actions:
+        # Arguments can be long (PEM certificates): --json has them whole.
+        args = clip(action.get("args", {}))
+        stdout.print(f"action   {action.get('name')} {args}", markup=False)
+
+
 @app.command()
 @guarded
 def proposals(
     state: Annotated[
         str | None, typer.Option("--state", help="Only proposals in this state, e.g. Open.")
+    ] = None,
+    proposal_id: Annotated[
+        str | None, typer.Option("--id", help="Show this one proposal with its actions.")
     ] = None,
     network: NetworkOpt = None,
     url: UrlOpt = None,
@@ -384,16 +413,18 @@ def proposals(
     node: NodeOpt = 0,
     as_json: JsonOpt = False,
 ) -> None:
-    """List governance proposals in a table.
+    """List governance proposals in a table, or show one with its actions (--id).
 
     Example: charter proposals --network workspace/sandbox/network.json --state Open
     """
     t = resolve_target(network=network, url=url, service_cert=service_cert, node=node)
+    if proposal_id is not None:
+        _show_proposal(t, proposal_id, as_json)
+        return
 
     async def go() -> list[Proposal]:
         async with _client(t) as c:
-            items = await c.get_list("/gov/members/proposals")
-            return [Proposal.from_json(p) for p in items]
+            return await list_proposals(c)
 
     found = [p for p in run_async(go()) if state is None or p.state == state]
     if as_json:

@@ -220,15 +220,38 @@ class Member:
         return digest
 
     async def proposals(self) -> list[Proposal]:
-        items = await self.client.get_list("/gov/members/proposals")
-        return [Proposal.from_json(p) for p in items]
+        return await list_proposals(self.client)
 
     async def proposal(self, proposal_id: str) -> Proposal:
-        _check_proposal_id(proposal_id)
-        body = await self.client.get_json(
-            f"/gov/members/proposals/{proposal_id}", params={"api-version": GOV_API_VERSION}
-        )
-        return Proposal.from_json(body)
+        return await get_proposal(self.client, proposal_id)
+
+
+# Reads need no member identity (CCF's gov reads are unauthenticated).
+
+
+async def list_proposals(client: CharterClient) -> list[Proposal]:
+    items = await client.get_list("/gov/members/proposals")
+    return [Proposal.from_json(p) for p in items]
+
+
+async def get_proposal(client: CharterClient, proposal_id: str) -> Proposal:
+    _check_proposal_id(proposal_id)
+    body = await client.get_json(
+        f"/gov/members/proposals/{proposal_id}", params={"api-version": GOV_API_VERSION}
+    )
+    return Proposal.from_json(body)
+
+
+async def get_proposal_actions(client: CharterClient, proposal_id: str) -> list[dict[str, Any]]:
+    """The actions of a proposal (its signed body), as the service stored them."""
+    _check_proposal_id(proposal_id)
+    body = await client.get_json(
+        f"/gov/members/proposals/{proposal_id}/actions", params={"api-version": GOV_API_VERSION}
+    )
+    actions = body.get("actions") if isinstance(body, dict) else None
+    if not isinstance(actions, list):
+        raise ProtocolError("proposal actions are not a list")
+    return actions
 
 
 def _check_proposal_id(proposal_id: str) -> None:

@@ -245,6 +245,10 @@ def test_read_commands_show_tables_and_json(
     url = threaded_server.start(
         {
             "/gov/members/proposals": answer({"value": [_proposal(), _proposal("Accepted")]}),
+            "/gov/members/proposals/{pid}": answer(_proposal("Accepted")),
+            "/gov/members/proposals/{pid}/actions": answer(
+                {"actions": [{"name": "trigger_ledger_rekey", "args": {}}]}
+            ),
             "/gov/service/members": answer(
                 {"value": [{"memberId": pki.member.id, "status": "Active"}]}
             ),
@@ -261,6 +265,12 @@ def test_read_commands_show_tables_and_json(
     assert [p["proposalState"] for p in json.loads(result.stdout)] == ["Open"]
     table = run("proposals", "--network", net)
     assert PROPOSAL_ID in table.stdout and "Accepted" in table.stdout
+    one = json.loads(run("proposals", "--network", net, "--id", PROPOSAL_ID, "--json").stdout)
+    assert one["proposalState"] == "Accepted"
+    assert one["actions"] == [{"name": "trigger_ledger_rekey", "args": {}}]
+    shown = run("proposals", "--network", net, "--id", PROPOSAL_ID).stdout
+    assert "action   trigger_ledger_rekey {}" in shown and "approve" in shown
+    assert_fails_cleanly(run("proposals", "--network", net, "--id", "nope"), "64 lowercase hex")
     assert pki.member.id in run("members", "--network", net).stdout
     assert json.loads(run("users", "--network", net, "--json").stdout)[0]["userId"] == pki.user.id
     nodes = run("nodes", "--network", net)
