@@ -648,7 +648,7 @@ class Node:
 
     # ------------------------------------------------------------------ node-to-node
     def _refresh_peers(self) -> None:
-        """Learn every non-retired node's identity key and address from governance."""
+        """Learn every node's identity key and address from governance."""
         if self.channels is None:
             return
         for key, value in self.store.begin().items(gt.NODES_INFO):
@@ -656,9 +656,9 @@ class Node:
             node_id = gt.key_to_id(key)
             if node_id == self.channels.own_id or not isinstance(info, dict):
                 continue
-            if info.get("status") == "Retired":
-                self.peer_addresses.pop(node_id, None)
-                continue
+            # A Retired node keeps its route: it must still learn that the configuration
+            # without it committed (and a retiring primary must hand over). Raft stops
+            # talking to it by itself once that is done.
             self._know_peer(
                 node_id,
                 str(info.get("public_key", "")),
