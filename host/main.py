@@ -228,8 +228,13 @@ class Host:
         assert self.process is not None
         code = await self.process.wait()
         if not self._stop.is_set():
-            _log.error("enclave exited with code %s", code)
-            self._request_stop(f"enclave exited with code {code}", 1)
+            if code == 0:
+                # The enclave chose to stop (e.g. its node was retired by governance).
+                _log.info("enclave exited with code 0")
+                self._request_stop("enclave stopped", 0)
+            else:
+                _log.error("enclave exited with code %s", code)
+                self._request_stop(f"enclave exited with code {code}", 1)
 
     async def _accept_loop(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
