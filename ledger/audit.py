@@ -16,6 +16,8 @@ Only the Merkle frontier (one hash per set bit of the tree size) and the governa
 needed for signatures are kept, so memory does not grow with the ledger. Private domains are
 never decrypted, and public tables are decoded only when the entry can hold one of the
 tables above (a table's name appears verbatim in the public domain when it is present).
+With `workers`, forked processes scan chunks and verify signatures while this process keeps
+the order-dependent state; the outcome, including the first failing seqno, is unchanged.
 """
 
 from __future__ import annotations
