@@ -12,6 +12,7 @@ complete and committed.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -77,6 +78,13 @@ def _public_pem(key: ec.EllipticCurvePrivateKey) -> str:
     )
 
 
+@functools.lru_cache(maxsize=1)
+def _node_encryption_key_pem() -> str:
+    """The node's RSA encryption public key (recovery secrets are wrapped to it). RSA keys
+    cannot be derived from a seed and take ~0.1 s to make, so one serves the process."""
+    return certs.public_key_pem(certs.new_rsa_encryption_key().public_key())
+
+
 def _node_info(node_key: ec.EllipticCurvePrivateKey, status: str) -> dict[str, object]:
     """NodeInfo as CCF records it (FORMATS §4.2), for a virtual (insecure) platform node."""
     rpc = {
@@ -87,7 +95,7 @@ def _node_info(node_key: ec.EllipticCurvePrivateKey, status: str) -> dict[str, o
     return {
         "certificate_signing_request": certs.node_csr(node_key),
         "code_digest": hashlib.sha384(b"charter-virtual-enclave").hexdigest(),
-        "encryption_pub_key": _public_pem(node_key),
+        "encryption_pub_key": _node_encryption_key_pem(),
         "ledger_secret_seqno": 0,
         "node_data": None,
         "node_to_node_interface": {
