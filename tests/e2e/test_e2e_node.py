@@ -8,11 +8,17 @@ import asyncio
 import json
 import secrets
 import struct
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from e2e_support import (
+    ELECTION_TIMEOUT_MS,
+    LEDGER_CHUNK_BYTES,
+    SIGNATURE_DELAY_MS,
+    b64,
     ccf_validate,
     check_receipt_with_ccf,
     commit_seqno,
@@ -31,10 +37,51 @@ from e2e_support import (
 from client.auditor import verify_receipt_bytes
 from client.errors import ConnectionFailed, Unauthorized
 from client.keygen import generate_identity
-from client.sandbox import Sandbox
+from client.sandbox import NodeProcess, Sandbox
 from client.sdk import CharterClient
 
 pytestmark = pytest.mark.e2e
+
+
+TAP = Path(__file__).resolve().parent / "control_tap.py"
+
+
+class TappedNode(NodeProcess):
+    """A node whose host runs the enclave behind `control_tap.py`, which records every
+    control-channel frame (what the host sees) under `<node dir>/tap/`."""
+
+    def start(self) -> None:
+        self.ports_path.unlink(missing_ok=True)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, str(TAP), "--host-config", str(self.config_path),
+                 "--tap-dir", str(self.directory / "tap")],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )  # fmt: skip
+
+
+class TappedSandbox(Sandbox):
+    def _node(self, i: int) -> NodeProcess:
+        node = super()._node(i)
+        return TappedNode(node.index, node.directory, node.config_path)
+
+
+@pytest.fixture(scope="module")
+def tapped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    workspace = tmp_path_factory.mktemp("e2e-tap") / "sb"
+    sb = TappedSandbox(
+        workspace,
+        nodes=1,
+        signature_delay_ms=SIGNATURE_DELAY_MS,
+        election_timeout_ms=ELECTION_TIMEOUT_MS,
+        ledger_chunk_bytes=LEDGER_CHUNK_BYTES,
+    )
+    start_sandbox(sb)
+    try:
+        yield sb
+    finally:
+        sb.stop()
 
 
 @pytest.fixture(scope="module")
@@ -81,32 +128,39 @@ async def test_written_ledger_validates_with_ccf_and_every_receipt_verifies(net:
     assert result["status"] == "Open"
 
 
-async def test_private_plaintext_never_reaches_a_file_the_host_can_read(net: Sandbox) -> None:
-    node = net.nodes[0]
+async def test_private_plaintext_never_reaches_the_host_or_its_files(tapped: Sandbox) -> None:
+    node = tapped.nodes[0]
     private_marker = f"private-{secrets.token_hex(16)}"
     public_marker = f"public-{secrets.token_hex(16)}"
-    await write(net, node, 31, private_marker)
-    last = await write(net, node, 32, public_marker, public=True)
-    await wait_committed_on(net, node, last.seqno)
-    assert await read(net, node, 31) == private_marker
-    # Everything the host (or the operator) can read: ledger chunks, snapshots, sealed
-    # state, ports.json, host.log, and node.log (which also holds the enclave's stderr).
+    await write(tapped, node, 31, private_marker)
+    last = await write(tapped, node, 32, public_marker, public=True)
+    await wait_committed_on(tapped, node, last.seqno)
+    assert await read(tapped, node, 31) == private_marker
+    async with tapped.client(node, user=0) as c:
+        # Reading it back and fetching receipts moves more frames past the host.
+        await c.receipt(last)
+    await asyncio.sleep(0.3)
+    # Everything the host (or the operator) can read: every control-channel frame in both
+    # directions (the tap), ledger chunks, snapshots, sealed state, ports.json, host.log, and
+    # node.log (which also holds the enclave's stderr).
     files = [p for p in node.directory.rglob("*") if p.is_file()]
-    assert any(p.name == "sealed.bin" for p in files)
-    assert any(p.name == "host.log" for p in files)
+    names = {p.name for p in files}
+    assert {"sealed.bin", "host.log", "host_to_enclave.bin", "enclave_to_host.bin"} <= names, names
     needles = [
         private_marker.encode(),
         private_marker.encode().hex().encode(),
         private_marker.encode("utf-16-le"),
+        b64(private_marker.encode()).encode(),
     ]
-    found_public = False
+    public_seen_in: set[str] = set()
     for path in files:
         data = path.read_bytes()
         for needle in needles:
             assert needle not in data, f"private plaintext found in {path}"
-        found_public |= public_marker.encode() in data and "ledger" in path.parts
-    # The control: the same search does find a public record in the ledger.
-    assert found_public, "the public marker should be in the ledger in clear"
+        if public_marker.encode() in data:
+            public_seen_in.add(path.name if "ledger" not in path.parts else "ledger")
+    # The controls: the same search finds a public record in the ledger and on the channel.
+    assert {"ledger", "enclave_to_host.bin"} <= public_seen_in, public_seen_in
 
 
 async def test_malformed_requests_get_clear_errors_and_change_nothing(
