@@ -163,3 +163,25 @@ def test_compact_keeps_receipts_for_later_transactions() -> None:
     assert root_from_proof(history.tree.leaf(15), proof) == signature.root
     with pytest.raises(KeyError):
         history.receipt_material(5)
+
+
+def test_signatures_after_compaction_serialise_only_held_leaves() -> None:
+    history = History()
+    for seqno in range(1, 10):
+        _tx(history, seqno)
+    _sign(history, 10)
+    for seqno in range(11, 14):
+        _tx(history, seqno)
+    history.compact(12)
+    raw = _sign(history, 14)
+    entry, _ = decode_entry(raw)
+    tree = MerkleTree.deserialise(entry.public[TREE_TABLE][SINGLETON_KEY])
+    assert tree.min_index == 12 and tree.root_at(14) == history.tree.root_at(14)
+
+
+def test_replica_with_the_wrong_ledger_secret_rejects_commit_evidence() -> None:
+    primary, replica = History(), History()
+    raw = primary.add_transaction(seqno=1, view=2, public={}, private={}, secret=SECRET).raw
+    with pytest.raises(VerificationError):
+        replica.append_raw(raw, secret=bytes(32))
+    assert replica.append_raw(raw, secret=SECRET).commit_evidence == primary.leaf_components(1)[1]
