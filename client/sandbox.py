@@ -486,7 +486,8 @@ def panel_text(sandbox: Sandbox) -> str:
         "Get and verify the receipt of the transaction id it returned (x-ms-ccf-transaction-id):",
         f"  charter receipt get <txid> --network {sandbox.network_path} --verify",
         "",
-        f"Audit a node's ledger offline:  charter ledger audit {first.directory / 'workspace' / 'ledger'}",
+        "Audit a node's ledger offline (its last chunk is still open while it runs):",
+        f"  charter ledger audit {first.directory / 'workspace' / 'ledger'} --include-uncommitted",
     ]
     return "\n".join(lines)
 
