@@ -52,6 +52,7 @@ from ledger.entry import (
     ENTRY_TYPE_WRITE_SET_WITH_COMMIT_EVIDENCE_AND_CLAIMS,
     ENTRY_VERSION,
     FLAG_FORCE_CHUNK_AFTER,
+    FLAG_FORCE_CHUNK_BEFORE,
     PUBLIC_DOMAIN_OFFSET,
     WriteSet,
     decode_tables,
@@ -693,8 +694,13 @@ def _check_entries(
                 offset = _legacy_tables_at(entry_type, public_size, seqno)
                 tables_at = pos + PUBLIC_DOMAIN_OFFSET + offset
                 legacy[seqno - first] = entry_type
-            if flags and flags & FLAG_FORCE_CHUNK_AFTER and (pos != last_pos or not complete):
-                raise AuditError("entry forces a chunk end but the chunk continues", seqno=seqno)
+            if flags:
+                if flags & FLAG_FORCE_CHUNK_AFTER and (pos != last_pos or not complete):
+                    raise AuditError(
+                        "entry forces a chunk end but the chunk continues", seqno=seqno
+                    )
+                if flags & FLAG_FORCE_CHUNK_BEFORE and seqno != first:
+                    raise AuditError("entry forces a new chunk but is not its first", seqno=seqno)
             # Every table the validator reacts to is named "public:ccf.…"; if those bytes do
             # not occur, the entry cannot hold one and its tables need not be decoded.
             if find(b"public:ccf.", tables_at, pd_end) >= 0:

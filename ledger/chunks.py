@@ -27,6 +27,7 @@ from ledger.entry import (
     ENTRY_SIZE_BYTES_MAX,
     ENTRY_VERSION,
     FLAG_FORCE_CHUNK_AFTER,
+    FLAG_FORCE_CHUNK_BEFORE,
     HEADER_SIZE,
 )
 from ledger.errors import AuditError, DecodeError
@@ -356,6 +357,9 @@ class LedgerWriter:
             raise ValueError("entry shorter than its header")
         version, flags, lo, hi = _HEADER.unpack_from(raw_entry, 0)
         assert version == ENTRY_VERSION and (lo | (hi << 16)) == len(raw_entry) - HEADER_SIZE
+        if flags & FLAG_FORCE_CHUNK_BEFORE and self._open is not None and self._open.positions:
+            # CCF's host closes the current chunk first, so this entry starts a new one.
+            self._complete_open_chunk()
         if self._open is None:
             path = self._path(seqno)
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)

@@ -279,3 +279,14 @@ def test_forked_workers_report_a_bad_root_signature_before_later_damage(
     with pytest.raises(AuditError, match="root signature") as parallel:
         audit(str(directory), workers=2)
     assert serial.value.seqno == parallel.value.seqno == signed
+
+
+def test_entry_forcing_a_new_chunk_in_the_middle_of_one_is_rejected(
+    small_ledger: GeneratedLedger, copy_ledger: Copy
+) -> None:
+    directory = copy_ledger(small_ledger.directory)
+    path, pos, raw = _locate(directory, 7)
+    _flip(path, pos + 1, mask=0x02)  # FORCE_LEDGER_CHUNK_BEFORE on an entry mid-chunk
+    with pytest.raises(AuditError, match="new chunk") as info:
+        audit(str(directory))
+    assert info.value.seqno == 7

@@ -12,6 +12,7 @@ import pytest
 from ledger.chunks import ChunkPolicy, LedgerReader, LedgerWriter, parse_chunk_name
 from ledger.entry import (
     FLAG_FORCE_CHUNK_AFTER,
+    FLAG_FORCE_CHUNK_BEFORE,
     commit_evidence,
     commit_evidence_digest,
     encode_entry,
@@ -222,3 +223,21 @@ def test_an_empty_directory_may_start_after_a_snapshot_seqno(tmp_path: Path) -> 
     with LedgerWriter(str(tmp_path)) as writer:
         assert writer.last_seqno == 502
         writer.append(503, _raw(503))
+
+
+def test_entry_flagged_force_chunk_before_starts_a_new_chunk(tmp_path: Path) -> None:
+    before = encode_entry(
+        seqno=3,
+        view=1,
+        public={},
+        private={},
+        secret=SECRET,
+        commit_evidence_digest=commit_evidence_digest(commit_evidence(SECRET, 1, 3)),
+        flags=FLAG_FORCE_CHUNK_BEFORE,
+    )
+    with LedgerWriter(str(tmp_path)) as writer:
+        writer.append(1, _raw(1))
+        writer.append(2, _raw(2))
+        writer.append(3, before)
+        writer.append(4, _raw(4, cut=True))
+    assert sorted(os.listdir(tmp_path)) == ["ledger_1-2", "ledger_3-4"]
