@@ -285,7 +285,7 @@ def test_entry_forcing_a_new_chunk_in_the_middle_of_one_is_rejected(
     small_ledger: GeneratedLedger, copy_ledger: Copy
 ) -> None:
     directory = copy_ledger(small_ledger.directory)
-    path, pos, raw = _locate(directory, 7)
+    path, pos, _raw = _locate(directory, 7)
     _flip(path, pos + 1, mask=0x02)  # FORCE_LEDGER_CHUNK_BEFORE on an entry mid-chunk
     with pytest.raises(AuditError, match="new chunk") as info:
         audit(str(directory))
