@@ -250,6 +250,7 @@ class LedgerWriter:
         self._open: _OpenChunk | None = None
         self._dirty_fds: list[int] = []  # completed chunks not yet fsynced (closed after)
         self._dir_dirty = False
+        self._open_dirty = False  # the open chunk changed since its last fsync
         self.last_seqno = 0
         self.committed_seqno = 0
         self.durable_seqno = 0
@@ -377,6 +378,7 @@ class LedgerWriter:
             raise OSError(f"short write of entry {seqno}")
         chunk.positions.append(chunk.size_bytes)
         chunk.size_bytes += len(raw_entry)
+        self._open_dirty = True
         self.last_seqno = seqno
         if flags & FLAG_FORCE_CHUNK_AFTER:
             self._complete_open_chunk()
@@ -401,8 +403,10 @@ class LedgerWriter:
             os.fsync(fd)
             os.close(fd)
         self._dirty_fds.clear()
-        if self._open is not None:
+        # Skip the open chunk's fsync when nothing changed: hosts flush every loop turn.
+        if self._open is not None and self._open_dirty:
             os.fsync(self._open.fd)
+        self._open_dirty = False
         if self._dir_dirty:
             _fsync_dir(self.directory)
             self._dir_dirty = False
@@ -439,6 +443,7 @@ class LedgerWriter:
                 del chunk.positions[keep:]
                 os.ftruncate(chunk.fd, new_size)
                 chunk.size_bytes = new_size
+                self._open_dirty = True
                 self.last_seqno = seqno
                 self.durable_seqno = min(self.durable_seqno, seqno)
                 return
@@ -466,6 +471,7 @@ class LedgerWriter:
             self._open = _OpenChunk(
                 first=first, fd=fd, positions=positions[:keep], size_bytes=new_size
             )
+            self._open_dirty = True
         self._dir_dirty = True
         self.last_seqno = seqno
         self.durable_seqno = min(self.durable_seqno, seqno)
