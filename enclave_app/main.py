@@ -26,6 +26,7 @@ from aiohttp import web
 from enclave_app import interface as itf
 from enclave_app import node_endpoints
 from enclave_app.app import App, HttpResponse
+from enclave_app.loop import run_loop
 from enclave_app.node import TXID_HEADER, Forwarded, Node
 from enclave_app.platform import VirtualPlatform
 
@@ -417,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         return await Runtime(channel).run()
 
     try:
-        return asyncio.run(run())
+        return run_loop(run())
     except KeyboardInterrupt:
         return 0
 
