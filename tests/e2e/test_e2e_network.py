@@ -39,7 +39,7 @@ from relay import FaultyRelay
 
 from client.errors import CharterError
 from client.identity import TxId
-from client.sandbox import NodeProcess, Sandbox
+from client.sandbox import NodeProcess, Sandbox, SandboxError
 from client.sdk import CharterClient
 from ledger import certs
 
@@ -142,6 +142,35 @@ async def test_join_with_unaccepted_measurement_or_forged_report_is_refused_and_
     node_id = certs.node_id(key.public_key())
     for node in net.nodes:
         assert node_id not in {n["node_id"] for n in await _nodes_doc(net, node)}
+
+
+async def test_real_node_is_refused_once_its_measurement_is_no_longer_accepted(
+    net: Sandbox,
+) -> None:
+    p = await primary_index(net)
+    primary = net.nodes[p]
+    before = await _nodes_doc(net, primary)
+    async with net.client(primary) as c:
+        measurement = (await c.get_json("/node/quotes/self"))["measurement"]
+        await net.pass_proposal(
+            c, [{"name": "remove_node_measurement", "args": {"measurement": measurement}}]
+        )
+    try:
+        with pytest.raises(SandboxError, match="exited"):
+            await net.add_node()
+        joiner = net.nodes[-1]
+        assert not alive(joiner)
+        assert "join refused" in log_text(joiner), log_tails(net)
+        assert "is not accepted" in log_text(primary), log_tails(net)
+    finally:
+        net.nodes.pop()
+        net.node_count = len(net.nodes)
+        async with net.client(primary) as c:
+            await net.pass_proposal(
+                c, [{"name": "add_node_measurement", "args": {"measurement": measurement}}]
+            )
+    await _converged(net)
+    assert await _nodes_doc(net, primary) == before
 
 
 async def test_replayed_or_tampered_node_frames_are_dropped_and_logged(
