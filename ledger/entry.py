@@ -146,8 +146,9 @@ def commit_evidence(secret: bytes, view: int, seqno: int) -> str:
     """CCF commit evidence "ce:V.S:<hex nonce>" for a transaction (FORMATS §2.1)."""
     assert len(secret) == SECRET_SIZE, "ledger secret must be 32 bytes"
     assert 0 <= view <= VIEW_MAX and 0 <= seqno <= SEQNO_MAX
-    nonce = hmac.new(_commit_secret(bytes(secret)), f"{view}.{seqno}".encode(), hashlib.sha256)
-    return f"ce:{view}.{seqno}:{nonce.hexdigest()}"
+    txid = f"{view}.{seqno}"
+    nonce = hmac.digest(_commit_secret(bytes(secret)), txid.encode(), "sha256")
+    return f"ce:{txid}:{nonce.hex()}"
 
 
 def commit_evidence_digest(evidence: str) -> bytes:

@@ -131,18 +131,19 @@ class History:
             raise ValueError(f"next seqno is {self.tree.size}, not {seqno}")
         assert flags & ~_KNOWN_FLAGS == 0
         evidence = commit_evidence(secret, view, seqno)
+        evidence_digest = commit_evidence_digest(evidence)
         raw = encode_entry(
             seqno=seqno,
             view=view,
             public=public,
             private=private,
             secret=secret,
-            commit_evidence_digest=commit_evidence_digest(evidence),
+            commit_evidence_digest=evidence_digest,
             claims_digest=claims_digest,
             flags=flags,
         )
         wsd = write_set_digest(raw)
-        leaf = leaf_hash(wsd, commit_evidence_digest(evidence), claims_digest)
+        leaf = leaf_hash(wsd, evidence_digest, claims_digest)
         self._append(raw, seqno, view, _Components(view, wsd, evidence, claims_digest, False), leaf)
         return TxRecord(seqno, view, raw, leaf, wsd, evidence, claims_digest, flags)
 
