@@ -164,7 +164,7 @@ def decode_message(
             raw=False,
             use_list=True,
             strict_map_key=True,
-            max_str_len=max(MAX_NODE_ID_CHARS, 64),
+            max_str_len=MAX_NODE_ID_CHARS * 4,  # UTF-8: up to 4 bytes a character
             max_bin_len=max_entry_bytes,
             max_array_len=MAX_ENTRIES_PER_MESSAGE,
             max_map_len=0,
