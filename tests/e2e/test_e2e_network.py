@@ -460,6 +460,10 @@ async def test_concurrent_reads_and_writes_stay_linearizable_across_a_primary_ki
     reads = [o for o in history if o.kind == "read"]
     assert len(reads) >= 40 and len(history) >= 120, (len(reads), len(history))
     verdict = check_registers(history)
+    maybes = sum(1 for o in history if o.complete_s is None)
+    print(
+        f"history: {len(history)} ops, {len(reads)} reads, {maybes} maybe, {verdict.explored_states} states"
+    )
     assert verdict.ok, f"not linearizable on key {verdict.key}:\n{verdict.detail}\n{log_tails(net)}"
 
     await _restart(net, victim)
