@@ -426,6 +426,8 @@ class _Key:
 
 
 _PENDING_VERIFICATIONS_MAX = 64
+# Entries per part when one chunk is scanned in parts (see `_scans`).
+_PART_ENTRIES = 1024
 
 
 @functools.lru_cache(maxsize=64)
@@ -484,6 +486,7 @@ class _ChunkScan:
     last_view: int
     deprecated: int
     error: tuple[int, str] | None
+    ends_chunk: bool = True  # False for all but the last part of a chunk scanned in parts
 
 
 def audit(
@@ -527,7 +530,7 @@ def audit(
     state = _Auditor(accept_deprecated=accept_deprecated_entry_types, pool=pool)
     try:
         for scan in _scans(jobs, pool, workers):
-            chunk_count += 1
+            chunk_count += scan.ends_chunk
             seqno, view = state.absorb(scan)
             total = max(total, seqno)
             if progress is not None:
@@ -571,10 +574,18 @@ _Job = tuple[str, int, int | None, bool]
 def _scans(
     jobs: list[_Job], pool: ProcessPoolExecutor | None, workers: int
 ) -> Iterator[_ChunkScan]:
-    """Chunk scans in order; with a pool, at most workers + 1 are in flight (bounded memory)."""
+    """Chunk scans in order; with a pool, at most workers + 1 are in flight (bounded memory).
+
+    With a pool but a single chunk, this process scans it in parts, so that the pool verifies
+    the signatures of one part while the next is scanned.
+    """
     if pool is None or len(jobs) < 2:
+        part_entries = _PART_ENTRIES if pool is not None else 0
         for job in jobs:
-            yield _scan_chunk(*job)
+            for scan in _scan_parts(*job, part_entries=part_entries):
+                yield scan
+                if scan.error is not None:
+                    return
         return
     pending: deque[Future[_ChunkScan]] = deque()
     queued = iter(jobs)
@@ -599,75 +610,124 @@ def _as_audit_error(exc: LedgerError) -> AuditError:
 
 
 def _scan_chunk(path: str, first: int, last: int | None, accept_deprecated: bool) -> _ChunkScan:
-    """Read and check one chunk file: structure, seqnos, entry types, leaves (no crypto)."""
-    special: list[tuple[int, int, bytes]] = []
-    legacy: dict[int, int] = {}  # entry index -> deprecated entry type
-    counters = [0, 0]  # last view, deprecated entries
-    error: tuple[int, str] | None = None
-    data: bytes | mmap.mmap = b""
-    positions: list[int] = []
-    valid = 0
+    """Read and check one whole chunk file (what a worker process returns)."""
+    return next(_scan_parts(path, first, last, accept_deprecated, part_entries=0))
+
+
+def _scan_parts(
+    path: str, first: int, last: int | None, accept_deprecated: bool, *, part_entries: int
+) -> Iterator[_ChunkScan]:
+    """Read and check a chunk file: structure, seqnos, entry types, leaves (no crypto), as
+    scans of up to `part_entries` entries each (0: one scan). Stops after a failing part."""
     mapped: mmap.mmap | None = None
     try:
-        with open(path, "rb") as f:
-            size_bytes = os.fstat(f.fileno()).st_size
-            if size_bytes > CHUNK_FILE_BYTES_MAX:
-                raise DecodeError(f"chunk {path} exceeds 4 GiB", field="file_size")
-            # Map rather than read: hashing straight from the page cache saves a copy.
-            if size_bytes:
-                mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-                data = mapped
-        name = ChunkName(os.path.basename(path), first, last, False, False, False)
-        positions = parse_chunk(data, name, walk=False)
-        _check_entries(data, positions, first, last is not None, special, legacy, counters)
-        valid = len(positions)
+        try:
+            with open(path, "rb") as f:
+                size_bytes = os.fstat(f.fileno()).st_size
+                if size_bytes > CHUNK_FILE_BYTES_MAX:
+                    raise DecodeError(f"chunk {path} exceeds 4 GiB", field="file_size")
+                # Map rather than read: hashing straight from the page cache saves a copy.
+                if size_bytes:
+                    mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            data: bytes | mmap.mmap = mapped if mapped is not None else b""
+            name = ChunkName(os.path.basename(path), first, last, False, False, False)
+            positions = parse_chunk(data, name, walk=False)
+        except LedgerError as exc:
+            yield _ChunkScan(first, [], (), 0, 0, (first, f"{type(exc).__name__}: {exc}"))
+            return
+        except OSError as exc:
+            yield _ChunkScan(first, [], (), 0, 0, (first, f"cannot read chunk {path}: {exc}"))
+            return
+        (table_offset,) = _U64.unpack_from(data, 0)
+        bounds = positions[1:]
+        bounds.append(table_offset or len(data))
+        shape = _ChunkShape(first, positions[-1] if positions else -1, last is not None)
+        step = part_entries or max(len(positions), 1)
+        for start in range(0, max(len(positions), 1), step):
+            stop = min(start + step, len(positions))
+            scan = _scan_part(
+                data,
+                positions[start:stop],
+                bounds[start:stop],
+                first + start,
+                shape,
+                accept_deprecated,
+                ends_chunk=stop == len(positions),
+            )
+            yield scan
+            if scan.error is not None:
+                return
+    finally:
+        if mapped is not None:
+            mapped.close()
+
+
+@dataclass(frozen=True, slots=True)
+class _ChunkShape:
+    """What the per-entry checks need to know about the whole chunk."""
+
+    first: int
+    last_pos: int  # position of the chunk's last entry (-1 if none)
+    complete: bool
+
+
+def _scan_part(
+    data: bytes | mmap.mmap,
+    positions: list[int],
+    bounds: list[int],
+    first: int,
+    shape: _ChunkShape,
+    accept_deprecated: bool,
+    *,
+    ends_chunk: bool,
+) -> _ChunkScan:
+    """Check a run of entries starting at seqno `first` and compute their leaves."""
+    special: list[tuple[int, int, bytes]] = []
+    legacy: dict[int, int] = {}  # index in this run -> deprecated entry type
+    error: tuple[int, str] | None = None
+    valid = len(positions)
+    try:
+        _check_entries(data, positions, bounds, first, shape, special, legacy)
     except AuditError as exc:
         valid = exc.seqno - first if exc.seqno is not None else 0
         error = (first + valid, str(exc))
-    except LedgerError as exc:
-        error = (first, f"{type(exc).__name__}: {exc}")
-    except OSError as exc:
-        error = (first, f"cannot read chunk {path}: {exc}")
     if legacy and not accept_deprecated:
         index = min(legacy)
         if index < valid:
             valid = index
             error = (first + index, f"deprecated entry type {legacy[index]}")
-    try:
-        leaves = _entry_leaves(data, positions[:valid], legacy)
-    finally:
-        if mapped is not None:
-            mapped.close()
+    leaves = _entry_leaves(data, positions[:valid], bounds[:valid], legacy)
     special = [entry for entry in special if entry[0] < first + valid]
     deprecated = sum(1 for index in legacy if index < valid)
-    return _ChunkScan(first, leaves, tuple(special), counters[0], deprecated, error)
+    view = 0
+    if valid:
+        view = _IV_VIEW.unpack_from(data, positions[valid - 1] + 32)[0] & 0x7FFFFFFF
+    return _ChunkScan(first, leaves, tuple(special), view, deprecated, error, ends_chunk)
 
 
 def _check_entries(
     data: bytes | mmap.mmap,
     positions: list[int],
+    bounds: list[int],
     first: int,
-    complete: bool,
+    shape: _ChunkShape,
     special: list[tuple[int, int, bytes]],
     legacy: dict[int, int],
-    counters: list[int],
 ) -> None:
     """The hot loop: checks each entry's structure and finds the ones to decode.
 
     Positions came from the offset table unchecked (`walk=False`): every entry must end
-    exactly where the next one starts and the last one where the entries end, so a bad
-    table is caught here at no extra cost. Per entry: one struct unpack for the fixed fields
-    and a C-speed substring test that decides whether its public tables need decoding at
-    all. Hashing is left to `_entry_leaves`, which does it in comprehensions.
+    exactly where the next one starts (`bounds`: the next position, or where the entries
+    end), so a bad table is caught here at no extra cost. Per entry: one struct unpack for
+    the fixed fields and a C-speed substring test that decides whether its public tables
+    need decoding at all. Hashing is left to `_entry_leaves`, which does it in comprehensions.
     """
     fixed = _FIXED.unpack_from
     find = data.find
     seqno = first - 1
-    (table_offset,) = _U64.unpack_from(data, 0)
-    entries_end = table_offset or len(data)
-    bounds = positions[1:]
-    bounds.append(entries_end)
-    last_pos = positions[-1] if positions else -1
+    chunk_first = shape.first
+    last_pos = shape.last_pos
+    complete = shape.complete
     try:
         for pos, next_pos in zip(positions, bounds, strict=True):
             seqno += 1
@@ -699,7 +759,7 @@ def _check_entries(
                     raise AuditError(
                         "entry forces a chunk end but the chunk continues", seqno=seqno
                     )
-                if flags & FLAG_FORCE_CHUNK_BEFORE and seqno != first:
+                if flags & FLAG_FORCE_CHUNK_BEFORE and seqno != chunk_first:
                     raise AuditError("entry forces a new chunk but is not its first", seqno=seqno)
             # Every table the validator reacts to is named "public:ccf.…"; if those bytes do
             # not occur, the entry cannot hold one and its tables need not be decoded.
@@ -708,8 +768,6 @@ def _check_entries(
     except struct.error:
         # A position or size pointing past the end of the file.
         raise AuditError("entry runs past the end of its chunk", seqno=seqno) from None
-    if positions:
-        counters[0] = _IV_VIEW.unpack_from(data, last_pos + 32)[0] & 0x7FFFFFFF
 
 
 def _legacy_tables_at(entry_type: int, public_size: int, seqno: int) -> int:
@@ -730,16 +788,14 @@ def _legacy_tables_at(entry_type: int, public_size: int, seqno: int) -> int:
 
 
 def _entry_leaves(
-    data: bytes | mmap.mmap, positions: list[int], legacy: dict[int, int]
+    data: bytes | mmap.mmap, positions: list[int], ends: list[int], legacy: dict[int, int]
 ) -> list[bytes]:
     """Merkle leaves of entries already checked by `_check_entries` (as ccf.ledger computes
     them): type 4 → H(wsd ‖ evidence ‖ claims), type 3 → H(wsd ‖ evidence), type 0 → wsd."""
     if not positions:
         return []
     sha256 = hashlib.sha256
-    ends = positions[1:]
-    last = positions[-1]
-    ends.append(last + 8 + int.from_bytes(data[last + 2 : last + 8], "little"))
+    # Checked entries end exactly at `ends` (the next position or where the entries end).
     with memoryview(data) as mv:
         wsds = [sha256(mv[a:b]).digest() for a, b in zip(positions, ends, strict=True)]
     # Type 4 public domain (at +44): type, seqno, claims digest (+53), evidence digest (+85).
