@@ -6,6 +6,8 @@ import pytest
 from consensus_cluster import Cluster
 
 from consensus import (
+    AppendEntries,
+    AppendEntriesResponse,
     ConfigurationError,
     ConsensusError,
     LogEntry,
@@ -205,3 +207,19 @@ def test_compacted_entries_are_requested_from_the_runtime_for_a_lagging_peer() -
     assert c.served_requests[0].from_index <= c.nodes["c"].commit_index + 1
     assert c.nodes["c"].last_index == a.last_index
     assert c.log_of("c") == c.log_of("a")
+
+
+def test_durability_report_for_a_replaced_entry_is_ignored() -> None:
+    # b wrote entry 1 of view 1; a new primary replaced it with view 2's entry 1 before the
+    # host's flush of the old write completed: that late report must not count.
+    b = Raft("b", start=StartState(configuration=frozenset(ABC)))
+    b.step(AppendEntries(1, "a", 0, 0, (LogEntry(1, 1, b"old"),), 0))
+    b.step(AppendEntries(2, "c", 0, 0, (LogEntry(1, 2, b"new"),), 0))
+    r = b.ready()
+    assert r.truncate_to == 0 and [e.data for e in r.entries] == [b"new"]
+    b.durable(1, view=1)
+    assert b.durable_index == 0
+    b.durable(1, view=2)
+    assert b.durable_index == 1
+    (to, ack), *_ = b.ready().messages
+    assert to == "c" and isinstance(ack, AppendEntriesResponse) and ack.durable_index == 1
