@@ -8,6 +8,8 @@
 - Every `NodeConfig` field (nested ones as dotted paths) has a row in the operator guide's
   config reference, every row names a real field, and the defaults it quotes are the code's.
 - Every flag shown after a `charter …` command in any page is an option of that command.
+- The auditor guide's consistency-proof functions and its CCF verification snippet run on
+  a generated ledger and its receipts.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from client.cli import app as cli_app
 from enclave_app.interface import NodeConfig
 from governance.actions import ACTIONS, parse_action
 from governance.constitution import parse_constitution
+from ledger import receipt
 from ledger.errors import VerificationError
 from ledger.generate import generate_ledger
 
@@ -130,6 +133,56 @@ def test_auditor_guide_consistency_check_accepts_real_prefixes_and_rejects_forks
         forged = bytes(32)
         with pytest.raises(VerificationError):
             guide.check_roots_consistent((old, forged), (new, roots[new]), proof)
+
+
+def _python_blocks_after(page: str, heading: str) -> list[str]:
+    return [
+        body
+        for language, body in _FENCE.findall(section(read(page), heading))
+        if language == "python"
+    ]
+
+
+def test_auditor_guide_ccf_verification_snippet_accepts_charter_receipts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger = generate_ledger(str(tmp_path / "ledger"), transactions=120, signature_interval=50)
+    # An ordinary transaction without claims: the snippet expects an all-zero claims digest.
+    seqno = next(
+        s
+        for s in range(2, ledger.last_seqno)
+        if not ledger.history.is_signature(s)
+        and ledger.history.leaf_components(s)[2] == bytes(32)
+        and ledger.history.receipt_material(s) is not None
+    )
+    material = ledger.history.receipt_material(seqno)
+    assert material is not None
+    proof, signature = material
+    wsd, evidence, claims = ledger.history.leaf_components(seqno)
+    assert evidence is not None
+    json_receipt = receipt.build_json_receipt(
+        node_cert_pem=signature.node_cert_pem or ledger.node_cert_pem,
+        node_id=signature.node_id,
+        signature=signature.signature,
+        proof=proof,
+        write_set_digest=wsd,
+        commit_evidence=evidence,
+        claims_digest=claims,
+    )
+    cose_receipt = receipt.build_cose_receipt(
+        signature.cose_sign1,
+        write_set_digest=wsd,
+        commit_evidence=evidence,
+        claims_digest=claims,
+        proof=proof,
+    )
+    (tmp_path / "service_cert.pem").write_text(ledger.service_cert_pem)
+    (tmp_path / "r.json").write_text(json.dumps(json_receipt))
+    (tmp_path / "r.cose").write_bytes(cose_receipt)
+    (snippet,) = _python_blocks_after("auditor-guide.md", "Receipts")[-1:]
+    assert "ccf.receipt" in snippet and "ccf.cose" in snippet
+    monkeypatch.chdir(tmp_path)
+    exec(compile(snippet, "auditor-guide.md", "exec"), {"__name__": "docs_ccf_snippet"})
 
 
 # ------------------------------------------------------------------------- governance actions
