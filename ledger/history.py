@@ -27,6 +27,7 @@ from ledger.entry import (
     commit_evidence,
     commit_evidence_digest,
     decode_entry,
+    decrypt_private,
     encode_entry,
     leaf_hash,
     write_set_digest,
@@ -210,11 +211,12 @@ class History:
         self._signatures[record.seqno] = record
 
     def append_raw(self, raw: bytes, *, secret: bytes | None = None) -> TxRecord:
-        """Append an entry received from the primary (a replica's path).
+        """Append an entry received from the primary or read back from the host.
 
         Checks the entry decodes, carries the next seqno, and, for a signature transaction,
-        that the signed root is this replica's own root; raises DecodeError or
-        VerificationError otherwise (nothing is appended then).
+        that the signed root is this replica's own root; with the ledger `secret`, also that
+        the GCM tag authenticates the entry and the commit evidence matches. Raises
+        DecodeError or VerificationError otherwise (nothing is appended then).
         """
         entry, end = decode_entry(raw)
         if end != len(raw):
@@ -226,6 +228,9 @@ class History:
             raise DecodeError("replicated entries must be of type 4", field="entry_type")
         evidence: str | None = None
         if secret is not None:
+            # The GCM tag authenticates the public domain (the AAD) even when the private
+            # domain is empty: a node holding the secret detects any change by the host.
+            decrypt_private(entry, secret)
             evidence = commit_evidence(secret, entry.view, seqno)
             if commit_evidence_digest(evidence) != entry.commit_evidence_digest:
                 raise VerificationError("commit evidence digest does not match", field="evidence")

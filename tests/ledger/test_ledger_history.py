@@ -185,3 +185,19 @@ def test_replica_with_the_wrong_ledger_secret_rejects_commit_evidence() -> None:
     with pytest.raises(VerificationError):
         replica.append_raw(raw, secret=bytes(32))
     assert replica.append_raw(raw, secret=SECRET).commit_evidence == primary.leaf_components(1)[1]
+
+
+def test_replica_with_the_secret_detects_a_changed_public_only_entry() -> None:
+    primary, replica = History(), History()
+    raw = primary.add_transaction(
+        seqno=1,
+        view=2,
+        public={"public:ccf.gov.members.info": {b"m": b'{"status":"Accepted"}'}},
+        private={},
+        secret=SECRET,
+    ).raw
+    forged = raw.replace(b'"Accepted"', b'"Active"  ', 1)  # same length, still valid
+    with pytest.raises(VerificationError):
+        replica.append_raw(forged, secret=SECRET)
+    assert replica.last_seqno == 0
+    replica.append_raw(raw, secret=SECRET)
