@@ -12,7 +12,8 @@ the same shape as a node's (P-384, issued by a service CA) and the same client c
 check: the best any Python HTTPS service can do on this machine with this client. The node's
 committed write rate is reported as a ratio to it, so figures compare across machines.
 
-Run `python -m client.bench ceiling CERT KEY CLIENT_CA` to start the ceiling server by hand;
+Run `python -m client.bench ceiling CERT KEY CLIENT_CA [asyncio|uvloop]` to start the ceiling
+server by hand;
 it prints `{"port": P}` on one line and serves until stdin closes or SIGTERM.
 """
 
@@ -28,10 +29,10 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -60,6 +61,37 @@ RESPONSE_BYTES_MAX = 64 * 1024
 ID_STRIDE = 1 << 32
 
 ProgressFn = Callable[[int], None]
+T = TypeVar("T")
+
+# Event loops the benchmark's own processes (load generator, ceiling server) can run on.
+# "auto" = uvloop when installed, as the node's processes do, so that the ceiling is what
+# plain aiohttp does on the same loop as the node.
+LOOP_NAMES = ("auto", "asyncio", "uvloop")
+
+
+def resolve_loop(name: str) -> str:
+    """ "asyncio" or "uvloop" for a name of LOOP_NAMES (ValueError if uvloop is missing)."""
+    if name not in LOOP_NAMES:
+        raise ValueError(f"event loop must be one of {', '.join(LOOP_NAMES)}, not {name!r}")
+    if name == "asyncio":
+        return name
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        if name == "uvloop":
+            raise ValueError("uvloop is not installed") from None
+        return "asyncio"
+    return "uvloop"
+
+
+def run_on(loop_name: str, main: Coroutine[Any, Any, T]) -> T:
+    """`asyncio.run(main)` on the event loop `loop_name` ("asyncio" or "uvloop")."""
+    assert loop_name in ("asyncio", "uvloop")
+    if loop_name == "uvloop":
+        import uvloop
+
+        return uvloop.run(main)
+    return asyncio.run(main)
 
 
 @dataclass(slots=True)
@@ -373,8 +405,10 @@ def ceiling_client_context(pki: CeilingPki) -> ssl.SSLContext:
 class CeilingServer:
     """The ceiling server process; use as a context manager (it is always stopped)."""
 
-    def __init__(self, pki: CeilingPki) -> None:
+    def __init__(self, pki: CeilingPki, *, loop: str = "asyncio") -> None:
+        assert loop in ("asyncio", "uvloop")
         self.pki = pki
+        self.loop = loop
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
 
@@ -388,6 +422,7 @@ class CeilingServer:
 
     def start(self) -> None:
         args = [str(self.pki.server_cert), str(self.pki.server_key), str(self.pki.client_cert)]
+        args.append(self.loop)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "client.bench", "ceiling", *args],
             stdin=subprocess.PIPE,
@@ -471,10 +506,11 @@ async def _serve_ceiling(cert: str, key: str, client_ca: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 4 or argv[0] != "ceiling":
-        print("usage: python -m client.bench ceiling CERT KEY CLIENT_CA", file=sys.stderr)
+    if len(argv) not in (4, 5) or argv[0] != "ceiling":
+        print("usage: python -m client.bench ceiling CERT KEY CLIENT_CA [LOOP]", file=sys.stderr)
         return 2
-    asyncio.run(_serve_ceiling(argv[1], argv[2], argv[3]))
+    loop = resolve_loop(argv[4] if len(argv) == 5 else "asyncio")
+    run_on(loop, _serve_ceiling(argv[1], argv[2], argv[3]))
     return 0
 
 

@@ -3,7 +3,7 @@
 
     .venv/bin/python scripts/bench.py [--nodes 1] [--clients 32] [--duration-s 10]
         [--network network.json] [--out results.json] [--compare-nodes 1,3] [--rounds 1]
-        [--receipts 200] [--workspace DIR] [--profile-dir DIR]
+        [--receipts 200] [--loop auto] [--workspace DIR] [--profile-dir DIR]
 
 Without --network it starts its own sandbox network in a temporary workspace (one per node
 count); with --network it drives a running one (its primary). N concurrent clients, each one
@@ -21,6 +21,8 @@ with --rounds R each node count runs R phases and the one with the median ratio 
 CPU time per request of the primary's enclave and host processes, of the ceiling server and
 of this load generator is reported too (`*_cpu_ms_per_*`): on a shared machine it moves much
 less than the rates. --profile-dir DIR records py-spy profiles of the primary's processes.
+The load generator and the ceiling server run on uvloop when it is installed (--loop auto),
+as the node's processes do: the ceiling is then plain aiohttp on the node's event loop.
 
 The last line of stdout is one JSON object (the same as the --out file).
 Everything is bounded (clients, duration, requests, waits) and only 127.0.0.1 is used.
@@ -448,7 +450,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             TimeRemainingColumn(),
             console=err,
         )
-        with progress, bench.CeilingServer(bench.make_ceiling_pki(tmp / "ceiling")) as server:
+        pki = bench.make_ceiling_pki(tmp / "ceiling")
+        with progress, bench.CeilingServer(pki, loop=args.loop) as server:
             ceilings.append(await measure_ceiling(server, args, progress, "(before)"))
             if args.network is not None:
                 try:
@@ -477,6 +480,7 @@ def summarise(
     # (A run that failed was divided by nothing: then the mean over the whole run.)
     result["ceiling_req_per_s"] = runs[0].get("ceiling_req_per_s") or result["ceiling_req_per_s"]
     result["duration_s"] = args.duration_s
+    result["loop"] = args.loop  # of the load generator and the ceiling server
     if args.compare_nodes:
         first, last = runs[0], runs[-1]
 
@@ -529,6 +533,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--compare-nodes", default=None, help="e.g. 1,3: measure each node count")
     p.add_argument("--receipts", type=int, default=200, help="receipts to fetch+verify (200)")
     p.add_argument("--rounds", type=int, default=1, help="node phases per count; median (1)")
+    p.add_argument(
+        "--loop",
+        choices=bench.LOOP_NAMES,
+        default="auto",
+        help="event loop of the load generator and ceiling (auto: uvloop if installed, as nodes)",
+    )
     p.add_argument("--workspace", type=Path, default=None, help="keep sandbox workspaces here")
     p.add_argument("--profile-dir", type=Path, default=None, help="py-spy the primary enclave")
     args = p.parse_args(argv)
@@ -543,6 +553,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.network is not None and args.compare_nodes:
         p.error("--compare-nodes starts its own networks; it cannot be used with --network")
     node_counts(args)
+    try:
+        args.loop = bench.resolve_loop(args.loop)
+    except ValueError as e:
+        p.error(str(e))
     args.argv = argv
     return args
 
@@ -550,7 +564,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     try:
-        result = asyncio.run(run(args))
+        result = bench.run_on(args.loop, run(args))
     except KeyboardInterrupt:
         # asyncio.run cancelled the run: every sandbox and the ceiling server were stopped.
         err.print("bench: interrupted; no results")

@@ -99,9 +99,12 @@ def test_receipt_sample_spans_the_whole_run() -> None:
     assert bench.sample_evenly(txids[:3], 10) == sorted(txids[:3], key=lambda t: t.seqno)
 
 
-async def test_ceiling_server_answers_keep_alive_clients_with_a_txid(tmp_path: Path) -> None:
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+async def test_ceiling_server_answers_keep_alive_clients_with_a_txid(
+    tmp_path: Path, loop: str
+) -> None:
     pki = bench.make_ceiling_pki(tmp_path)
-    with bench.CeilingServer(pki) as server:
+    with bench.CeilingServer(pki, loop=bench.resolve_loop(loop)) as server:
         load = await bench.run_load(
             server.url, bench.ceiling_client_context(pki), clients=2, duration_s=0.3
         )
