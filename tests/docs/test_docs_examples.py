@@ -343,7 +343,9 @@ def _click_commands() -> dict[str, set[str]]:
 
     # Typer bundles its own click: commands are duck-typed (params; groups have commands).
     def walk(command: Any, path: str) -> None:
-        options = {opt for p in command.params for opt in (*p.opts, *p.secondary_opts)}
+        options = {
+            opt for p in command.params for opt in (*p.opts, *p.secondary_opts) if opt[0] == "-"
+        }
         found[path] = options | {"--help"}
         for name, sub in getattr(command, "commands", {}).items():
             walk(sub, f"{path} {name}".strip())
@@ -391,3 +393,20 @@ def test_every_flag_shown_with_a_charter_command_exists() -> None:
             assert not unknown, f"{page}: `charter {path}` has no option {sorted(unknown)}"
             checked += 1
     assert checked >= 20
+
+
+# Options of `charter propose` that choose where and as whom, not which actions.
+_PROPOSE_TARGET_OPTIONS = frozenset(
+    {"--network", "--url", "--service-cert", "--cert", "--key", "--member", "--node"}
+    | {"--json", "--dry-run", "--help"}
+)
+
+
+def test_member_guide_lists_every_action_flag_of_charter_propose() -> None:
+    action_flags = _click_commands()["propose"] - _PROPOSE_TARGET_OPTIONS
+    table = section(read("member-guide.md"), "Proposing")
+    listed = set(re.findall(r"^\| `(--[a-z-]+)", table, re.MULTILINE))
+    assert action_flags == listed, {
+        "missing": sorted(action_flags - listed),
+        "not options": sorted(listed - action_flags),
+    }
