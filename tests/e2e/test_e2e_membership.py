@@ -46,6 +46,7 @@ class Writer:
     errors: int = 0
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     retired: set[int] = field(default_factory=set)
+    confirmers: set[asyncio.Task[None]] = field(default_factory=set)
 
     def targets(self) -> list[NodeProcess]:
         # A node being added is in sb.nodes before its host reports its ports.
@@ -66,7 +67,9 @@ class Writer:
                     r = await c.post("/app/log/private", json={"id": key, "msg": msg})
                 if r.status == 200 and r.txid is not None:
                     self.written[key] = (msg, r.txid)
-                    asyncio.get_running_loop().create_task(self._confirm(key, r.txid))
+                    task = asyncio.get_running_loop().create_task(self._confirm(key, r.txid))
+                    self.confirmers.add(task)
+                    task.add_done_callback(self.confirmers.discard)
                 else:
                     self.errors += 1
             except CharterError:
@@ -184,6 +187,8 @@ async def _grow_and_shrink(
         await _wait_stopped(sb, to_retire)
     finally:
         writer.stop.set()
+        for confirmer in list(writer.confirmers):
+            confirmer.cancel()
         if task is not None:
             task.cancel()
             with contextlib.suppress(BaseException):
