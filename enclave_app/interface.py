@@ -791,6 +791,13 @@ class SignaturesConfig(_Model):
     delay_ms: int = pydantic.Field(default=50, ge=1)
 
 
+class MemoryConfig(_Model):
+    """What the enclave keeps in memory; older data is read back from the ledger files."""
+
+    raft_log_entries: int = pydantic.Field(default=20_000, ge=10)
+    receipt_transactions: int = pydantic.Field(default=200_000, ge=10)
+
+
 class SnapshotsConfig(_Model):
     tx_count: int = pydantic.Field(default=10_000, ge=1)
 
@@ -853,6 +860,7 @@ class NodeConfig(_Model):
     ledger_chunk_bytes: int = pydantic.Field(default=5_000_000, ge=1024)
     signatures: SignaturesConfig = pydantic.Field(default_factory=SignaturesConfig)
     snapshots: SnapshotsConfig = pydantic.Field(default_factory=SnapshotsConfig)
+    memory: MemoryConfig = pydantic.Field(default_factory=MemoryConfig)
     consensus: ConsensusConfig = pydantic.Field(default_factory=ConsensusConfig)
     start: StartConfig
 

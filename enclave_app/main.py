@@ -247,6 +247,8 @@ class Runtime:
             future = self.pending_reads.pop(frame.request_id, None)
             if future is not None and not future.done():
                 future.set_result(frame)
+            elif isinstance(frame, itf.EntriesRead) and node is not None:
+                node.on_entries_read(frame)
         elif isinstance(frame, itf.Shutdown):
             LOG.info("event=shutdown_requested")
             self.stopping.set()

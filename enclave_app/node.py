@@ -38,7 +38,7 @@ from governance.effects import Effects
 from governance.errors import GovernanceError
 from ledger import certs, cose, receipt
 from ledger.chunks import ChunkPolicy
-from ledger.entry import ZERO_DIGEST, decode_entry, decrypt_private
+from ledger.entry import ZERO_DIGEST, decode_entry, decrypt_private, entry_leaf
 from ledger.errors import LedgerError
 from ledger.history import History
 from ledger.merkle import MerkleTree
@@ -53,6 +53,9 @@ MAX_UNCOMMITTED_TX = 10_000
 MAX_TICK_ELAPSED_MS = 1_000
 RETRY_AFTER_S = "1"
 MAX_COSE_REQUEST_BYTES = 1024 * 1024
+ENTRY_REQUEST_ID_BASE = 1 << 48
+ENTRY_REQUEST_MAX = 1_000
+SIGNATURES_TABLE = "public:ccf.internal.signatures"
 SNAPSHOT_EVIDENCE_TABLE = "public:ccf.internal.snapshot_evidence"
 TREE_TABLE = "public:ccf.internal.tree"
 # The Raft voters, as a ledger table (CCF keeps the equivalent in its internal maps).
@@ -99,6 +102,8 @@ class Node:
         # Called with (forward id, response) when a forwarded request's answer arrives.
         self.on_forward_response: Callable[[int, HttpResponse], None] = lambda *_: None
         self.retired = False
+        self._entry_requests: dict[int, str] = {}
+        self._entry_request_ids = 0
         self.runtime_view = RuntimeView(self)
         self.last_snapshot_seqno = 0
         # (snapshot seqno, evidence seqno, snapshot entry) until its evidence commits.
@@ -625,6 +630,14 @@ class Node:
                 elif entry.index > self.applied_seqno:
                     self._apply_replicated(entry)
             self.outbox.append(itf.WriteEntries([(e.index, e.data) for e in ready.entries]))
+        for request in ready.entry_requests:
+            # A lagging peer needs entries compacted out of memory: read them back from
+            # the host (and check them as any host data) before they go out.
+            self._entry_request_ids += 1
+            request_id = ENTRY_REQUEST_ID_BASE + self._entry_request_ids
+            self._entry_requests[request_id] = request.peer
+            last = min(request.to_index, request.from_index + ENTRY_REQUEST_MAX - 1)
+            self.outbox.append(itf.ReadEntries(request_id, request.from_index, last))
         for peer, message in ready.messages:
             self.send_to_peer(peer, message)
         if ready.commit_index is not None and ready.commit_index > self.commit_seqno:
@@ -775,9 +788,45 @@ class Node:
             self._chunk_marks.pop()
         self.chunks.reset(self._chunk_marks[-1][1] if self._chunk_marks else 0)
 
+    def on_entries_read(self, frame: itf.EntriesRead) -> None:
+        """Entries the host read back for a lagging peer (see `_drain_ready`)."""
+        peer = self._entry_requests.pop(frame.request_id, None)
+        if peer is None or self.raft is None or not self.is_primary:
+            return
+        entries = []
+        for offset, raw in enumerate(frame.entries):
+            decoded, _ = decode_entry(raw)
+            seqno = frame.first_seqno + offset
+            if decoded.seqno != seqno or (
+                self.history.tree.min_index <= seqno < self.history.tree.size
+                and (entry_leaf(raw) != self.history.tree.leaf(seqno))
+            ):
+                LOG.warning("event=host_returned_bad_entry seqno=%d", seqno)
+                return
+            public = dict(decoded.public)
+            entries.append(
+                LogEntry(
+                    seqno,
+                    decoded.view,
+                    raw,
+                    SIGNATURES_TABLE in public,
+                    self._configuration_if_changed(public),
+                )
+            )
+        self.raft.provide_entries(peer, entries)
+        self._drain_ready()
+
     def _on_commit(self, seqno: int) -> None:
         self.commit_seqno = seqno
         self.store.compact(seqno)
+        assert self.raft is not None
+        retained = self.config.memory.raft_log_entries
+        if seqno - self.raft.log.first_index > 2 * retained:
+            # Bounded memory: older entries are read back from the ledger on demand.
+            self.raft.compact(seqno - retained)
+        receipts = self.config.memory.receipt_transactions
+        if seqno - self.history.tree.min_index > 2 * receipts:
+            self.history.compact(seqno - receipts)
         while len(self._chunk_marks) > 1 and self._chunk_marks[1][0] <= seqno:
             self._chunk_marks.popleft()
         self.outbox.append(itf.CommitUpTo(seqno))
@@ -1133,6 +1182,13 @@ class Node:
             return error_response(404, "TransactionInvalid", f"{view}.{seqno} is invalid")
         if status == TxStatus.UNKNOWN:
             return error_response(404, "TransactionNotFound", f"{view}.{seqno} is unknown")
+        if seqno < self.history.tree.min_index:
+            return error_response(
+                404,
+                "ReceiptNotAvailable",
+                "receipts are served for the last "
+                f"{self.config.memory.receipt_transactions} transactions only",
+            )
         material = self.history.receipt_material(seqno) if status == TxStatus.COMMITTED else None
         if material is None or material[1].seqno > self.commit_seqno:
             return HttpResponse(
