@@ -66,3 +66,16 @@ def test_sim_is_deterministic_for_a_seed() -> None:
     assert a.committed == b.committed
     assert a.msg_seq == b.msg_seq
     assert sorted(a.primaries.items()) == sorted(b.primaries.items())
+
+
+@pytest.mark.soak
+def test_sim_soak_more_seeds_and_longer_runs_stay_safe() -> None:
+    """Seeds beyond the CI range, three times longer (scripts/soak runs soak tests)."""
+    first = int(os.environ.get("CHARTER_SIM_SOAK_FIRST", 10_000))
+    count = int(os.environ.get("CHARTER_SIM_SOAK_SEEDS", 200))
+    committed = 0
+    for seed in range(first, first + count):
+        sim = Simulation(seed)
+        sim.run(3 * STEPS)
+        committed += len(sim.committed) - 1
+    assert committed > count * 300
