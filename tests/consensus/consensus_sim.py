@@ -127,10 +127,17 @@ class Simulation:
         self.commit_at_heal = 0
         self.primary_after_heal_ms: int | None = None
         self.commit_after_heal_ms: int | None = None
-        count = r.randint(3, 5)
+        # A fifth of the runs start the way a real network does: one node, sole voter, that
+        # others join one at a time; the rest start with 3-5 voters that know each other.
+        self.bootstrap = r.random() < 0.2
+        count = 1 if self.bootstrap else r.randint(3, 5)
         voters = frozenset(f"n{i}" for i in range(count))
         for _ in range(count):
             self._add_node(StartState(configuration=voters))
+        if self.bootstrap:
+            self.faults.membership = max(self.faults.membership, 0.01)
+            self.nodes["n0"].raft.campaign()
+            self.process(self.nodes["n0"])
 
     # -- node lifecycle ----------------------------------------------------------------------
     def _new_id(self) -> str:
@@ -312,7 +319,7 @@ class Simulation:
         raft = primary.raft
         voters = raft.configuration
         live = len(self.nodes)
-        if self.rng.random() < 0.5 and live < 7:
+        if (len(voters) < 3 or self.rng.random() < 0.5) and live < 7:
             self._join(primary)
         elif len(voters) > 3:
             victim = self.rng.choice(sorted(voters))
