@@ -225,7 +225,11 @@ class ClientConnection(Frame):
 @_frame
 @dataclass(frozen=True, slots=True)
 class Durable(Frame):
+    """Entries up to `seqno` are on disk; `view` is the view of the entry at `seqno` (0 when
+    unknown), so a report overtaken by a truncation cannot vouch for replacement entries."""
+
     seqno: int
+    view: int = 0
 
 
 @_frame

@@ -109,6 +109,12 @@ class Runtime:
         _include_governance(node)
         if frame.sealed is not None:
             node.resume(frame.sealed)
+            if node.identity is not None and not node.identity.ledger_secrets:
+                # Restarted before governance trusted it: ask to join again, same identity.
+                node.resume_joining(has_ledger=frame.ledger_last_seqno > 0)
+                self.flush()
+                asyncio.get_running_loop().create_task(self._join(config))
+                return
             await self._replay_own_ledger(frame.ledger_last_seqno)
             node.resumed()
         elif config.start.mode == "join":
@@ -164,6 +170,11 @@ class Runtime:
                             LOG.info("event=join_retry status=%d", response.status)
                 except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                     LOG.info("event=join_retry error=%s", type(exc).__name__)
+                except Exception as exc:
+                    # A bad answer (snapshot, sealed secrets) must not leave a silent Pending.
+                    LOG.error("event=join_failed\n%s", traceback.format_exc())
+                    self.fatal(f"join failed: {type(exc).__name__}: {exc}")
+                    return
                 await asyncio.sleep(JOIN_POLL_S)
 
     async def _request(self, frame_for: Any) -> Any:
@@ -257,7 +268,7 @@ class Runtime:
         elif isinstance(frame, itf.Tick):
             node.tick(frame.now_ms)
         elif isinstance(frame, itf.Durable):
-            node.durable(frame.seqno)
+            node.durable(frame.seqno, frame.view)
         elif isinstance(frame, itf.NodeMessage):
             node.receive_from_peer(frame.payload)
         else:
@@ -293,8 +304,9 @@ class Runtime:
         try:
             response = await asyncio.wait_for(future, FORWARD_TIMEOUT_S)
         except TimeoutError:
-            self.forwarded.pop(forwarded.forward_id, None)
             return _forward_timeout()
+        finally:  # also when the client went away (cancelled)
+            self.forwarded.pop(forwarded.forward_id, None)
         txid = response.headers.get(TXID_HEADER)
         node = self.node
         if txid and node is not None:

@@ -22,7 +22,16 @@ from typing import Any
 import msgpack
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from consensus import LogEntry, Raft, RaftConfig, Role, StartState, decode_message, encode_message
+from consensus import (
+    AppendEntriesResponse,
+    LogEntry,
+    Raft,
+    RaftConfig,
+    Role,
+    StartState,
+    decode_message,
+    encode_message,
+)
 from consensus.errors import ConsensusError
 from enclave_app import interface as itf
 from enclave_app.app import App, Caller, HttpResponse, error_response
@@ -54,6 +63,9 @@ MAX_TICK_ELAPSED_MS = 1_000
 RETRY_AFTER_S = "1"
 MAX_COSE_REQUEST_BYTES = 1024 * 1024
 ENTRY_REQUEST_ID_BASE = 1 << 48
+MAX_PENDING_FORWARDS = 10_000
+# Maps only the service itself writes (governance, signatures, configuration).
+RESERVED_MAP_PREFIX = "public:ccf."
 ENTRY_REQUEST_MAX = 1_000
 SIGNATURES_TABLE = "public:ccf.internal.signatures"
 SNAPSHOT_EVIDENCE_TABLE = "public:ccf.internal.snapshot_evidence"
@@ -103,6 +115,8 @@ class Node:
         self.on_forward_response: Callable[[int, HttpResponse], None] = lambda *_: None
         self.retired = False
         self._entry_requests: dict[int, str] = {}
+        # forward id -> the primary it went to (only that node may answer it)
+        self._forward_targets: dict[int, str] = {}
         self._entry_request_ids = 0
         self.runtime_view = RuntimeView(self)
         self.last_snapshot_seqno = 0
@@ -114,6 +128,7 @@ class Node:
         self.join_snapshot: Snapshot | None = None
         # (seqno, view) the replayed ledger follows: a snapshot's, or (0, 0).
         self._replay_base = (0, 0)
+        self._rejoin_from_start = False
         self.tls = ServerTls()
         self.outbox: list[itf.Frame] = []
         self.commit_seqno = 0
@@ -223,9 +238,12 @@ class Node:
         if identity.node_cert_pem:
             self.tls.set_identity(identity.node_cert_pem, certs.key_pem(identity.node_key))
 
-    def _endorse(self, identity: Identity, public_key: Any) -> str:
+    def _endorse(self, identity: Identity, public_key: Any, rpc_address: str | None = None) -> str:
+        """A node certificate issued by the service key, naming the node's RPC host."""
         assert identity.service_key is not None
-        host = self._rpc_host()
+        host = (
+            rpc_address or self.config.published_rpc_address or self.config.rpc_address
+        ).rpartition(":")[0]
         san_ips = [host] if host.replace(".", "").isdigit() else []
         san_dns = ["localhost"] + ([] if san_ips else [host])
         return certs.cert_pem(
@@ -288,6 +306,8 @@ class Node:
     def resume(self, sealed: bytes) -> None:
         """Restart under the same identity: unseal, then `replay` the ledger, then `resumed`."""
         self._set_identity(Identity.from_bytes(self.platform.unseal(sealed)))
+        # The new channel epoch must be durable before any frame uses it (nonce reuse).
+        self.seal()
         self.state = "ReadingOwnLedger"
         self._replayed: list[LogEntry] = []
 
@@ -324,7 +344,8 @@ class Node:
         # Only what was signed survives: an unsigned tail cannot have been committed
         # (Raft commits only at signatures), so drop it everywhere.
         last_sig = self.history.last_signature
-        keep = last_sig.seqno if last_sig is not None else 0
+        # Never below a snapshot this node started from: that point is committed.
+        keep = max(last_sig.seqno if last_sig is not None else 0, self._replay_base[0])
         if keep < self.applied_seqno:
             self._rollback(keep)
             self.outbox.append(itf.Truncate(keep))
@@ -457,7 +478,10 @@ class Node:
         self.txs_since_signature = 0
         self.last_signature_ms = self.last_tick_ms or 0
         self.metrics["signatures"] += 1
-        if seqno - self.last_snapshot_seqno >= self.config.snapshots.tx_count:
+        if (
+            seqno - self.last_snapshot_seqno >= self.config.snapshots.tx_count
+            and self.pending_snapshot is None
+        ):
             self._take_snapshot(seqno, view)
 
     # ------------------------------------------------------------------ snapshots
@@ -528,7 +552,13 @@ class Node:
         self.history.tree = tree
         self.views = []
         for view, first in enumerate(snapshot.view_history):
-            if first and first <= snapshot.seqno and (not self.views or self.views[-1][1] < first):
+            if not first or first > snapshot.seqno:
+                continue
+            if self.views and self.views[-1][1] == first:
+                # Views without entries repeat the next view's first seqno: the highest
+                # view of a run of equal seqnos is the one that holds them.
+                self.views[-1] = (view, first)
+            elif not self.views or self.views[-1][1] < first:
                 self.views.append((view, first))
         self.applied_seqno = self.commit_seqno = snapshot.seqno
         self.last_snapshot_seqno = snapshot.seqno
@@ -606,7 +636,13 @@ class Node:
             tx.put(
                 gt.NODES_ENDORSED_CERTIFICATES,
                 gt.id_key(endorsement.node_id),
-                self._endorse(self.identity, public_key).encode(),
+                self._endorse(
+                    self.identity,
+                    public_key,
+                    info.get("rpc_interfaces", {})
+                    .get("primary_rpc_interface", {})
+                    .get("published_address"),
+                ).encode(),
             )
         if effects.rekey:
             LOG.info("event=rekey_requested (recorded; rotation lands with recovery)")
@@ -708,47 +744,74 @@ class Node:
         self._send_n2n(peer, ["raft", encode_message(message)])
 
     def receive_from_peer(self, payload: bytes) -> None:
-        """A sealed frame relayed by the host: open, check, dispatch; bad frames are dropped."""
+        """A sealed frame relayed by the host: open, check, dispatch; bad frames are dropped.
+
+        Only decoding and checking are guarded: an error while acting on a well-formed
+        message is a bug in this enclave and must stop it rather than be swallowed.
+        """
         if self.channels is None:
             return
         try:
             sender, plaintext = self.channels.open(payload)
             message = msgpack.unpackb(plaintext, raw=False, max_bin_len=len(plaintext))
-            if not isinstance(message, list) or not message or not isinstance(message[0], str):
-                raise ChannelError("not a node-to-node message")
-            kind = message[0]
-            if kind == "raft" and self.raft is not None:
-                self.raft.step(decode_message(bytes(message[1])))
-                self._drain_ready()
-            elif kind == "fwd":
-                self._serve_forwarded(sender, message)
-            elif kind == "fwd_resp":
-                _, forward_id, status, headers, content_type, body = message
-                self.on_forward_response(
-                    int(forward_id),
-                    HttpResponse(int(status), bytes(body), dict(headers), content_type),
-                )
-        except ChannelError as exc:
+            kind, fields = _n2n_message(message)
+            raft_message = decode_message(fields[0]) if kind == "raft" else None
+        except (
+            ChannelError,
+            ConsensusError,
+            ValueError,
+            TypeError,
+            msgpack.UnpackException,
+        ) as exc:
             self.channels.dropped += 1
-            LOG.warning("event=n2n_frame_dropped reason=%s", exc)
-        except (ConsensusError, ValueError, TypeError, msgpack.UnpackException) as exc:
-            self.channels.dropped += 1
-            LOG.warning("event=n2n_message_dropped error=%s", type(exc).__name__)
-
-    def _serve_forwarded(self, sender: str, message: list[Any]) -> None:
-        """Run a write a backup forwarded with its caller's identity, and answer it."""
-        _, forward_id, method, path, query, headers, body, peer_der = message
-        if gt.node_info(self.store.begin(), sender) is None:
-            LOG.warning("event=forward_from_unknown_node node=%s", sender[:16])
+            LOG.warning("event=n2n_frame_dropped reason=%s", str(exc)[:200])
             return
+        status = self._peer_status(sender)
+        if raft_message is not None:
+            if self.raft is None:
+                return
+            # The Raft sender must be the channel's peer; a node not yet trusted may only
+            # acknowledge what it is sent (it is a learner).
+            if raft_message.sender != sender or (
+                status != "Trusted"
+                and not (status == "Pending" and isinstance(raft_message, AppendEntriesResponse))
+                and not self._trusted_by_configuration(sender)
+            ):
+                self.channels.dropped += 1
+                LOG.warning("event=raft_message_refused peer=%s status=%s", sender[:16], status)
+                return
+            self.raft.step(raft_message)
+            self._drain_ready()
+        elif kind == "fwd":
+            if status != "Trusted":
+                LOG.warning("event=forward_refused peer=%s status=%s", sender[:16], status)
+                return
+            self._serve_forwarded(sender, fields)
+        elif kind == "fwd_resp":
+            forward_id, code, headers, content_type, body = fields
+            if self._forward_targets.pop(forward_id, None) != sender:
+                LOG.warning("event=forward_answer_refused peer=%s", sender[:16])
+                return
+            self.on_forward_response(
+                forward_id, HttpResponse(code, body, dict(headers), content_type)
+            )
+
+    def _peer_status(self, node_id: str) -> str | None:
+        info = gt.node_info(self.store.begin(), node_id)
+        return None if info is None else str(info.get("status"))
+
+    def _trusted_by_configuration(self, node_id: str) -> bool:
+        """A voter of the Raft configuration this node knows (a joiner knows no governance
+        state until it holds the ledger secrets, only the configuration)."""
+        return (self.raft is not None and node_id in self.raft.configuration) or (
+            self.state == "Pending" and node_id in self.peer_addresses
+        )
+
+    def _serve_forwarded(self, sender: str, fields: list[Any]) -> None:
+        """Run a write a trusted backup forwarded with its caller's identity; answer it."""
+        forward_id, method, path, query, headers, body, peer_der = fields
         response = self._handle(
-            str(method),
-            str(path),
-            str(query),
-            dict(headers),
-            bytes(body),
-            bytes(peer_der) if peer_der else None,
-            forwarded=True,
+            method, path, query, dict(headers), body, peer_der or None, forwarded=True
         )
         assert isinstance(response, HttpResponse), "a forwarded request is never re-forwarded"
         self._send_n2n(
@@ -849,10 +912,10 @@ class Node:
             self._maybe_reconfigure()
         self._drain_ready()
 
-    def durable(self, seqno: int) -> None:
+    def durable(self, seqno: int, view: int = 0) -> None:
         if self.raft is None:
             return
-        self.raft.durable(seqno)
+        self.raft.durable(seqno, view or None)
         self._drain_ready()
 
     # ------------------------------------------------------------------ requests
@@ -946,11 +1009,14 @@ class Node:
             signed = self.member_from_cose(tx, body) if "member_cose" in endpoint.auth else None
             if signed is None:
                 return error_response(401, "InvalidAuthentication", "Caller is not authorised")
-            caller, body = signed
+            caller, payload = signed
+        else:
+            payload = body
         if not endpoint.read_only:
             if not self.is_primary:
                 if forwarded:
                     return _unavailable("NotPrimary", "The primary changed; retry")
+                # The primary authenticates again: it gets the request as the caller sent it.
                 return self.forward(method, path, query, headers, body, peer_der)
             if self.applied_seqno - self.commit_seqno > MAX_UNCOMMITTED_TX:
                 return _unavailable("TooManyPendingTransactions", "Retry later")
@@ -958,12 +1024,19 @@ class Node:
             match,
             tx=tx,
             caller=caller,
-            body=body,
+            body=payload,
             query=query,
             headers=headers,
             runtime=self.runtime_view,
         )
         response = outcome.response
+        if outcome.commit and not path.startswith(("/gov/", "/node/")):
+            reserved = [m for m in tx.write_set() if m.startswith(RESERVED_MAP_PREFIX)]
+            if reserved:
+                LOG.error("event=app_wrote_reserved_map path=%s", endpoint.path)
+                return error_response(
+                    500, "InternalError", "Applications may not write the service's own maps"
+                )
         if outcome.commit:
             view, seqno = self.commit_tx(tx, outcome.claims_digest)
             self._drain_ready()
@@ -989,6 +1062,9 @@ class Node:
         if primary is None or primary not in self.peer_addresses:
             return _unavailable("NoPrimary", "No primary is known; retry shortly")
         self.forwards += 1
+        self._forward_targets[self.forwards] = primary
+        while len(self._forward_targets) > MAX_PENDING_FORWARDS:  # answers that never came
+            del self._forward_targets[next(iter(self._forward_targets))]
         self._send_n2n(
             primary,
             [
@@ -1108,11 +1184,19 @@ class Node:
         self.state = "Pending"
         self.seal()
 
+    def resume_joining(self, *, has_ledger: bool) -> None:
+        """A joiner restarted before it was trusted: join again under its sealed identity.
+        Its ledger already holds entries from the start, so it takes them again from the
+        start (identical entries are skipped by the host) rather than from a snapshot."""
+        self.state = "Pending"
+        self._replayed = []
+        self._rejoin_from_start = has_ledger
+
     def join_request_body(self) -> dict[str, Any]:
         assert self.identity is not None
         report = self.platform.report(self.identity.public_key_der)
         return {
-            "want_snapshot": self.raft is None,
+            "want_snapshot": self.raft is None and not self._rejoin_from_start,
             "public_key": certs.public_key_pem(self.identity.node_key.public_key()),
             "quote": base64.b64encode(report.to_bytes()).decode(),
             "rpc_address": self.config.published_rpc_address or self.config.rpc_address,
@@ -1229,6 +1313,34 @@ def _evidence_seqno(snapshot: Snapshot) -> int | None:
     txid = evidence.split(":")[1] if evidence.count(":") == 2 else ""
     seqno = txid.rpartition(".")[2]
     return int(seqno) if seqno.isdigit() else None
+
+
+_N2N_FIELDS: dict[str, tuple[type, ...]] = {
+    "raft": (bytes,),
+    # forward id, method, path, query, headers [[name, value]], body, caller cert DER
+    "fwd": (int, str, str, str, list, bytes, bytes),
+    # forward id, status, headers, content type (or None), body
+    "fwd_resp": (int, int, list, (str, type(None)), bytes),  # type: ignore[dict-item]
+}
+
+
+def _n2n_message(message: Any) -> tuple[str, list[Any]]:
+    """Check a node-to-node message's shape and field types (TypeError if wrong)."""
+    if not isinstance(message, list) or not message or message[0] not in _N2N_FIELDS:
+        raise TypeError("not a node-to-node message")
+    kind, fields = message[0], message[1:]
+    types = _N2N_FIELDS[kind]
+    if len(fields) != len(types) or not all(
+        isinstance(value, kind_) for value, kind_ in zip(fields, types, strict=True)
+    ):
+        raise TypeError(f"malformed {kind} message")
+    if kind in ("fwd", "fwd_resp"):
+        for pair in fields[4 if kind == "fwd" else 2]:
+            if not (
+                isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)
+            ):
+                raise TypeError("malformed headers")
+    return kind, fields
 
 
 class _AuthError(Exception):

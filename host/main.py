@@ -35,6 +35,7 @@ from enclave_app.interface import (
     Shutdown,
     Start,
     Started,
+    StoreSealed,
     Tick,
     load_config,
 )
@@ -282,7 +283,11 @@ class Host:
             async for frame, fds in self.channel:
                 for fd in fds:  # no enclave frame carries fds
                     os.close(fd)
-                if isinstance(frame, STORAGE_FRAMES):
+                if isinstance(frame, StoreSealed):
+                    # Raft's vote and term ride in the sealed blob: it must be on disk
+                    # before any later frame (a vote to a peer) leaves this host.
+                    self.storage.store_sealed(frame.blob)
+                elif isinstance(frame, STORAGE_FRAMES):
                     await self.storage_worker.submit(frame)
                 elif isinstance(frame, SendToNode):
                     self.relay.send(frame.address, frame.payload)

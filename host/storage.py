@@ -42,6 +42,8 @@ _ENTRY_OVERHEAD_BYTES = 8
 SNAPSHOT_BYTES_MAX = MAX_FRAME_BYTES - 1024 * 1024
 SEALED_BYTES_MAX = 16 * 1024 * 1024
 SEALED_FILE_NAME = "sealed.bin"
+# Entry header (8) + GCM tag (16) + IV seqno (8): the IV's u32 view follows.
+_IV_VIEW_OFFSET = 8 + 16 + 8
 STORAGE_QUEUE_FRAMES_MAX = 1024
 STORAGE_FRAMES = (
     WriteEntries,
@@ -60,6 +62,13 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def entry_view(raw: bytes) -> int:
+    """The view in a ledger entry's GCM IV (0 if the entry is too short to hold one)."""
+    if len(raw) < _IV_VIEW_OFFSET + 4:
+        return 0
+    return int.from_bytes(raw[_IV_VIEW_OFFSET : _IV_VIEW_OFFSET + 4], "little") & 0x7FFFFFFF
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -104,6 +113,7 @@ class Storage:
         for d in (workspace, ledger_dir, snapshots_dir):
             d.mkdir(parents=True, exist_ok=True)
         self._writer = LedgerWriter(str(ledger_dir), chunk_size_bytes=chunk_size_bytes)
+        self.last_entry_view = 0
         self._unflushed = False
         self.durable_seqno = self._writer.durable_seqno
 
@@ -128,6 +138,7 @@ class Storage:
                 continue
             try:
                 self._writer.append(seqno, raw)
+                self.last_entry_view = entry_view(raw)
             except (ValueError, AssertionError) as e:
                 _log.error(
                     "rejected ledger write seqno=%d last_seqno=%d reason=%r",
@@ -161,6 +172,7 @@ class Storage:
             )
             return False
         self._writer.truncate(seqno)
+        self.last_entry_view = 0  # the view at the new end is not known without a read
         self.durable_seqno = min(self.durable_seqno, seqno)
         return True
 
@@ -306,7 +318,8 @@ class StorageWorker:
     async def _flush(self) -> None:
         durable = await self._call(self.storage.flush)
         self.fsync_count += 1
-        self._reply(Durable(seqno=durable))
+        view = self.storage.last_entry_view if durable == self.storage.last_seqno else 0
+        self._reply(Durable(seqno=durable, view=view))
 
     async def _handle(self, frame: Frame) -> None:
         s = self.storage

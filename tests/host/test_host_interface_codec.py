@@ -57,12 +57,12 @@ def test_every_frame_type_round_trips_through_the_codec() -> None:
 
 
 def test_encoding_is_versioned_msgpack_with_a_type_tag() -> None:
-    body = encode_frame(itf.Durable(seqno=42))
-    assert msgpack.unpackb(body) == [PROTOCOL_VERSION, "Durable", {"seqno": 42}]
+    body = encode_frame(itf.Durable(seqno=42, view=3))
+    assert msgpack.unpackb(body) == [PROTOCOL_VERSION, "Durable", {"seqno": 42, "view": 3}]
 
 
 def test_wrong_protocol_version_is_rejected() -> None:
-    body = msgpack.packb([PROTOCOL_VERSION + 1, "Durable", {"seqno": 1}])
+    body = msgpack.packb([PROTOCOL_VERSION + 1, "Durable", {"seqno": 1, "view": 1}])
     with pytest.raises(InterfaceError, match="version"):
         decode_frame(body)
 
