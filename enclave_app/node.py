@@ -771,9 +771,10 @@ class Node:
             if self.raft is None:
                 return
             # The Raft sender must be the channel's peer; a node not yet trusted may only
-            # acknowledge what it is sent (it is a learner).
+            # acknowledge what it is sent (it is a learner). A retired node was trusted: it
+            # still hands over and learns that its removal committed.
             if raft_message.sender != sender or (
-                status != "Trusted"
+                status not in ("Trusted", "Retired")
                 and not (status == "Pending" and isinstance(raft_message, AppendEntriesResponse))
                 and not self._trusted_by_configuration(sender)
             ):
