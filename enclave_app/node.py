@@ -64,6 +64,8 @@ RETRY_AFTER_S = "1"
 MAX_COSE_REQUEST_BYTES = 1024 * 1024
 ENTRY_REQUEST_ID_BASE = 1 << 48
 MAX_PENDING_FORWARDS = 10_000
+# Nodes that asked to join and await governance (each is replicated to as a learner).
+MAX_PENDING_NODES = 8
 # Maps only the service itself writes (governance, signatures, configuration).
 RESERVED_MAP_PREFIX = "public:ccf."
 ENTRY_REQUEST_MAX = 1_000
@@ -1102,6 +1104,9 @@ class Node:
             LOG.warning("event=join_refused node=%s reason=%s", node_id[:16], exc)
             raise HttpError(403, "InvalidQuote", str(exc)) from None
         info = gt.node_info(tx, node_id)
+        if info is None and self._pending_nodes(tx) >= MAX_PENDING_NODES:
+            # Joining is unauthenticated until governance decides: bound what it costs.
+            raise HttpError(503, "TooManyPendingNodes", "Too many nodes await a decision")
         if info is None:
             joiner = {
                 **self._node_info("Pending"),
@@ -1162,6 +1167,14 @@ class Node:
         if request.get("want_snapshot") and self.latest_snapshot is not None:
             answer["snapshot"] = base64.b64encode(self.latest_snapshot).decode()
         return answer
+
+    @staticmethod
+    def _pending_nodes(tx: Tx) -> int:
+        return sum(
+            1
+            for _, value in tx.items(gt.NODES_INFO)
+            if gt.load_json(value, what=gt.NODES_INFO).get("status") == "Pending"
+        )
 
     def _peers(self, tx: Tx) -> list[dict[str, str]]:
         peers = []
