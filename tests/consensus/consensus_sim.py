@@ -68,6 +68,9 @@ class Faults:
     partition: float
     heal: float
     membership: float
+    # Chance per step that a node's host flushes its writes (low = long windows of
+    # acknowledged but not durable entries, which a crash then loses).
+    fsync: float = 0.4
 
 
 @dataclass
@@ -109,6 +112,7 @@ class Simulation:
             partition=r.choice([0.0, 0.004, 0.01]),
             heal=0.02,
             membership=r.choice([0.0, 0.004, 0.01]),
+            fsync=r.choice([0.05, 0.2, 0.5]),
         )
         self.encode = (seed % 4 == 0) if encode is None else encode
         self.nodes: dict[str, SimNode] = {}
@@ -371,7 +375,12 @@ class Simulation:
         r, f = self.rng, self.faults
         alive = [n for n in self.nodes.values() if n.alive]
         if alive and r.random() < f.crash:
-            self.crash(r.choice(alive))
+            if r.random() < 0.3:
+                # A power cut: a majority goes down at once, losing everything unflushed.
+                for node in r.sample(alive, len(alive) // 2 + 1):
+                    self.crash(node)
+            else:
+                self.crash(r.choice(alive))
         for node in self.nodes.values():
             if not node.alive and r.random() < f.restart:
                 self.restart(node)
@@ -394,7 +403,7 @@ class Simulation:
                 self.restart(node)
         for node_id in self.group:
             self.group[node_id] = 0
-        self.faults = Faults(0.0, 0.0, 20, 0.0, 0.0, 0.0, 0.0, 0.0)
+        self.faults = Faults(0.0, 0.0, 20, 0.0, 0.0, 0.0, 0.0, 0.0, fsync=0.5)
         self.healed_at_ms = self.now_ms
         self.commit_at_heal = len(self.committed) - 1
 
@@ -411,7 +420,7 @@ class Simulation:
                 node.raft.tick(TICK_MS)
                 self.process(node)
         for node in list(self.nodes.values()):
-            if node.alive and node.staged and r.random() < 0.4:
+            if node.alive and node.staged and r.random() < self.faults.fsync:
                 last = node.staged[-1]
                 node.durable = list(node.staged)
                 node.known_commit = max(node.known_commit, min(node.last_commit, last.index))
