@@ -249,7 +249,7 @@ def ccf_validate(ledger_dir: Path) -> dict[str, Any]:
 def committed_entries(ledger_dir: Path, up_to: int | None = None) -> dict[int, bytes]:
     """Entries of the committed chunk files (seqno -> raw bytes), as our reader sees them."""
     entries: dict[int, bytes] = {}
-    reader = LedgerReader(str(ledger_dir))
+    reader = LedgerReader(str(ledger_dir), committed_only=True)
     for seqno, raw in reader.entries(1, up_to):
         entries[seqno] = bytes(raw)
     return entries
