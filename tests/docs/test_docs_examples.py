@@ -10,6 +10,7 @@
 - Every flag shown after a `charter …` command in any page is an option of that command.
 - The auditor guide's consistency-proof functions and its CCF verification snippet run on
   a generated ledger and its receipts.
+- Every error code quoted with its status (`503 FrontendNotOpen`) is one the code sends.
 """
 
 from __future__ import annotations
@@ -331,6 +332,27 @@ def test_operator_guide_config_examples_are_valid_node_configs() -> None:
         config = NodeConfig.model_validate(doc, context={"base_dir": DOCS})
         modes.add(config.start.mode)
     assert modes >= {"start", "join"}
+
+
+# ------------------------------------------------------------------------- error codes
+
+_STATUS_AND_CODE = re.compile(r"`(\d{3}) ([A-Z][A-Za-z]+)`")
+_SOURCE_PACKAGES = ("enclave_app", "governance", "client", "ledger", "host")
+
+
+def test_every_error_code_the_docs_quote_is_one_the_code_sends() -> None:
+    root = DOCS.parent
+    source = "".join(
+        path.read_text(encoding="utf-8")
+        for package in _SOURCE_PACKAGES
+        for path in (root / package).rglob("*.py")
+    )
+    quoted = 0
+    for page in PAGES:
+        for status, code in _STATUS_AND_CODE.findall(read(page)):
+            assert f'"{code}"' in source, f"{page}: `{status} {code}` is not an error code"
+            quoted += 1
+    assert quoted >= 20
 
 
 # ------------------------------------------------------------------------- command lines
