@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from e2e_linearizability import Op, check_registers
+
+pytestmark = pytest.mark.e2e
 
 
 def w(c: int, v: str, start: float, end: float | None, key: int = 1) -> Op:
