@@ -21,9 +21,9 @@ from e2e_support import (
     make_sandbox,
     primary_index,
     read,
+    serving_now,
     start_sandbox,
     wait_committed_on,
-    wait_ready,
 )
 
 from client.errors import CharterError
@@ -132,7 +132,8 @@ async def _grow_and_shrink(
 
         for _ in range(grow_to - 1):
             node = await sb.add_node()
-            await wait_ready(sb, node)
+            # add_node returns once the new node serves as part of the network.
+            assert await serving_now(sb, node), log_tails(sb)
         async with sb.client(sb.nodes[0]) as c:
             trusted = [n for n in await c.nodes() if n["status"] == "Trusted"]
         assert len(trusted) == grow_to, trusted

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from e2e_linearizability import Op, check_registers
 from e2e_support import (
+    NOT_SERVING_AT_START,
     alive,
     ccf_validate,
     commit_seqno,
@@ -93,6 +94,11 @@ async def _converged(sb: Sandbox, timeout_s: float = 20.0) -> int:
         if alive(node):
             await wait_committed_on(sb, node, txid.seqno, timeout_s)
     return txid.seqno
+
+
+def test_sandbox_start_returns_once_every_node_serves(net: Sandbox) -> None:
+    # What users of `charter sandbox` (and these tests) rely on: no node still joining.
+    assert NOT_SERVING_AT_START[net.workspace] == [], log_tails(net)
 
 
 # ---------------------------------------------------------------------------------------------
