@@ -23,6 +23,7 @@ from e2e_support import (
     NOT_SERVING_AT_START,
     alive,
     ccf_validate,
+    check_receipt_with_ccf,
     commit_seqno,
     committed_chunk_end,
     committed_entries,
@@ -38,6 +39,7 @@ from e2e_support import (
 )
 from relay import FaultyRelay
 
+from client.auditor import verify_receipt_bytes
 from client.errors import CharterError
 from client.identity import TxId
 from client.sandbox import NodeProcess, Sandbox, SandboxError
@@ -304,6 +306,14 @@ async def test_writes_committed_before_primary_kill_survive_and_ledgers_agree(
         for key, msg in committed.items():
             assert await read(net, node, key) == msg, f"node{node.index} lost {key}"
     assert q != p
+    # Receipts of writes the dead primary signed, served by the survivors, still verify.
+    service_pem = net.service_cert_path.read_text()
+    for node in survivors:
+        async with net.client(node, user=0) as c:
+            check_receipt_with_ccf(await c.receipt(last), service_pem)
+            check_receipt_with_ccf(await c.receipt(after), service_pem)
+            cose = await c.cose_receipt(last)
+        assert verify_receipt_bytes(cose, service_pem).txid == str(last)
 
     for node in survivors:
         result = ccf_validate(node.directory / "workspace" / "ledger")
