@@ -495,3 +495,56 @@ async def test_concurrent_reads_and_writes_stay_linearizable_across_a_primary_ki
 
     await _restart(net, victim)
     await _converged(net)
+
+
+# ---------------------------------------------------------------------------------------------
+# All nodes crash at once (a power cut) and restart on their workspaces
+
+
+async def test_whole_network_crash_restarts_as_the_same_service_with_committed_writes(
+    net: Sandbox,
+) -> None:
+    async with net.client(net.nodes[0]) as c:
+        service_cert = (await c.network())["service_certificate"]
+    node_ids = [n.node_id for n in net.nodes]
+    confirmed: dict[int, str] = {}
+    stop = asyncio.Event()
+
+    async def writer(w: int) -> None:
+        node = net.nodes[w % 3]
+        i = 0
+        async with net.client(node, user=0) as c:
+            while not stop.is_set():
+                key, msg = 9000 + w * 1000 + i, f"power cut {w}.{i}"
+                i += 1
+                try:
+                    r = await c.post("/app/log/private", json={"id": key, "msg": msg})
+                    if r.status == 200 and r.txid is not None:
+                        await c.wait_for_commit(r.txid, timeout_s=5)
+                        confirmed[key] = msg
+                except CharterError:
+                    if stop.is_set():
+                        return
+                    await asyncio.sleep(0.05)
+
+    tasks = [asyncio.create_task(writer(w)) for w in range(3)]
+    while len(confirmed) < 60:
+        await asyncio.sleep(0.05)
+    for node in net.nodes:
+        node.kill()
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+    for node in net.nodes:
+        node.start()
+    for node in net.nodes:
+        await asyncio.to_thread(node.wait_started)
+        await wait_ready(net, node)
+    assert [n.node_id for n in net.nodes] == node_ids
+    seqno = await _converged(net)
+    for node in net.nodes:
+        await wait_committed_on(net, node, seqno)
+        async with net.client(node) as c:
+            assert (await c.network())["service_certificate"] == service_cert
+        for key, msg in confirmed.items():
+            assert await read(net, node, key) == msg, f"node{node.index} lost {key}"
