@@ -267,8 +267,10 @@ class Simulation:
         assert node.base + len(node.staged) == raft.last_index, "storage diverged from log"
         for to, msg in r.messages:
             self._send(node.node_id, to, msg)
-        if r.role_changed and r.role is Role.PRIMARY:
-            # The runtime opens each view with a signature entry: only it can commit.
+        if r.role_changed and r.role is Role.PRIMARY and self.rng.random() < 0.5:
+            # The runtime opens a view with a signature entry: only an entry of the view can
+            # commit. Half the time it is late (the next random proposals bring one), which
+            # widens the window where older views' entries are replicated but uncommitted.
             self._propose(node, signature=True)
         if r.role is Role.RETIRED and node.node_id in self.nodes:
             self._retire(node)

@@ -312,3 +312,54 @@ def test_pipelining_is_bounded_by_bytes_in_flight_per_peer() -> None:
     in_flight = sum(len(e.data) for m in sent for e in m.entries)
     assert sent and in_flight <= 300 + 100
     assert all(sum(len(e.data) for e in m.entries) <= 100 + 52 for m in sent)
+
+
+def _figure8_cluster() -> Cluster:
+    """The Raft paper's Figure 8 on three nodes, everyone in view 3 with entry 1 committed:
+    a holds (2, view 2) that only it has; c holds (2, view 3) that only it has."""
+    logs = {"a": [(1, 1), (2, 2)], "b": [(1, 1)], "c": [(1, 1), (2, 3)]}
+    # No leases, so that votes depend on the logs alone.
+    cfg = dataclasses.replace(FAST, pre_vote=False, check_quorum=False)
+    c = Cluster(ABC, config=cfg)
+    for node, log in logs.items():
+        entries = [LogEntry(i, t, f"{node}{i}".encode(), True) for i, t in log]
+        start = StartState(configuration=frozenset(ABC), commit_index=1, term=3)
+        c.nodes[node] = Raft.restore(node, config=cfg, start=start, entries=entries)
+        c.disks[node].entries = list(entries)
+        c.disks[node].durable_count = len(entries)
+        c.disks[node].term = 3
+    return c
+
+
+def test_an_old_view_entry_is_not_committed_by_counting_its_replicas() -> None:
+    c = _figure8_cluster()
+    c.isolate("c")
+    c.campaign("a")  # view 4, with b's vote
+    a = c.nodes["a"]
+    assert a.role is Role.PRIMARY and a.view == 4
+    c.run_for(40)
+    assert c.log_of("b")[-1][:2] == (2, 2)  # on a majority, durable...
+    assert a.commit_index == 1  # ...yet not committed: it is not an entry of view 4
+    # Rightly so: c can still win view 5 (its last view, 3, beats b's 2) and replace it.
+    c.heal()
+    c.isolate("a")
+    c.campaign("c")  # view 4: b already voted in it
+    c.campaign("c")  # view 5
+    assert c.nodes["c"].role is Role.PRIMARY
+    c.propose("c", b"c-view5", signature=True)
+    assert c.log_of("b")[1][:2] == (2, 3)
+
+
+def test_an_old_view_entry_commits_with_the_first_signature_of_the_new_view() -> None:
+    c = _figure8_cluster()
+    c.isolate("c")
+    c.campaign("a")
+    _, seqno = c.propose("a", b"a-view4", signature=True)
+    a = c.nodes["a"]
+    assert a.commit_index == seqno == 3  # entry 2 (view 2) is committed along with it
+    c.heal()
+    c.isolate("a")
+    c.campaign("c")
+    c.campaign("c")
+    assert c.nodes["c"].role is not Role.PRIMARY  # b's log now ends in view 4: c cannot win
+    assert c.log_of("b")[1][:2] == (2, 2)
