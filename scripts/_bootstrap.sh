@@ -9,9 +9,13 @@ if [[ ! -x "$VENV/bin/python" ]]; then
     python3 -m venv "$VENV"
 fi
 if [[ ! -f "$STAMP" || "$ROOT/pyproject.toml" -nt "$STAMP" ]]; then
-    echo "charter: installing dependencies (first run only)" >&2
-    "$VENV/bin/python" -m pip install --quiet --upgrade "pip>=24" >&2
-    "$VENV/bin/python" -m pip install --quiet -e "$ROOT[test]" >&2
+    echo "charter: installing dependencies (first run only; log in $VENV/install.log)" >&2
+    if ! { "$VENV/bin/python" -m pip install --quiet --upgrade "pip>=24" &&
+           "$VENV/bin/python" -m pip install --quiet -e "$ROOT[test]"; } >"$VENV/install.log" 2>&1; then
+        cat "$VENV/install.log" >&2
+        echo "charter: installing dependencies failed (see above)" >&2
+        exit 1
+    fi
     touch "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"
