@@ -102,9 +102,10 @@ def sandbox(ctx: typer.Context) -> None:
 
 @guarded
 def bench(ctx: typer.Context) -> None:
-    """Run the benchmark (scripts/bench.py); extra arguments go to it.
+    """Run the benchmark (scripts/bench.py); extra arguments go to it (`charter bench -h`
+    lists them: --nodes, --clients, --duration-s, --network, --out, --compare-nodes, …).
 
-    Example: charter bench --network workspace/sandbox/network.json
+    Example: charter bench --network workspace/sandbox/network.json --clients 32
     """
     script = BENCH_SCRIPT
     if not script.is_file():
