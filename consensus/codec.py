@@ -132,20 +132,23 @@ def _entries(
     out: list[LogEntry] = []
     last_term = prev_term
     index = prev_index
+    # The hot loop of the decoder (one pass per entry): checks are inlined, not calls.
     for item in v:
         if type(item) is not list or len(item) != 4:
             raise DecodeError("entry: expected [term, data, flags, configuration]")
-        e_term = _int(item[0], "entry term")
-        data = item[1]
+        e_term, data, flags, conf = item
+        if type(e_term) is not int or not last_term <= e_term <= term:
+            raise DecodeError("entry term: must not decrease and not exceed the message's view")
         if type(data) is not bytes or len(data) > max_entry_bytes:
             raise DecodeError(f"entry data: expected at most {max_entry_bytes} bytes")
-        flags = _int(item[2], "entry flags")
-        if flags & ~_FLAG_SIGNATURE:
-            raise DecodeError("entry flags: unknown bit")
-        if not last_term <= e_term <= term:
-            raise DecodeError("entry term: must not decrease and not exceed the message's view")
+        if type(flags) is not int or flags not in (0, _FLAG_SIGNATURE):
+            raise DecodeError("entry flags: expected 0 or 1 (signature)")
         index += 1
-        out.append(LogEntry(index, e_term, data, bool(flags), _configuration(item[3])))
+        out.append(
+            LogEntry(
+                index, e_term, data, flags == 1, None if conf is None else _configuration(conf)
+            )
+        )
         last_term = e_term
     return tuple(out)
 
