@@ -263,6 +263,29 @@ async def test_partitioned_minority_primary_stops_committing_and_rolls_back_afte
     ccf_validate(old.directory / "workspace" / "ledger")
 
 
+async def test_partitioned_backup_rejoins_without_deposing_the_primary(
+    net: Sandbox, relay: FaultyRelay
+) -> None:
+    p = await primary_index(net)
+    await _converged(net)
+    async with net.client(net.nodes[p]) as c:
+        view = (await c.network())["current_view"]
+    backup = next(n for n in net.nodes if n.index != p)
+    relay.partition({str(backup.index)}, {str(n.index) for n in net.nodes if n is not backup})
+    try:
+        kept = await write(net, net.nodes[p], 7201, "while a backup is away")
+        await wait_committed_on(net, net.nodes[p], kept.seqno)
+        await asyncio.sleep(1.5)  # several election timeouts on the isolated backup
+    finally:
+        relay.heal()
+    await wait_committed_on(net, backup, kept.seqno)
+    assert await read(net, backup, 7201) == "while a backup is away"
+    # Pre-vote: the isolated node's failed elections do not force a new view on the others.
+    assert await primary_index(net) == p, log_tails(net)
+    async with net.client(net.nodes[p]) as c:
+        assert (await c.network())["current_view"] == view, log_tails(net)
+
+
 # ---------------------------------------------------------------------------------------------
 # Promise 6: kill -9 of the primary
 
