@@ -39,6 +39,9 @@ class Identity:
     voted_for: str | None = None
     # Node-to-node channel epoch: one more on every start, so frame nonces never repeat.
     epoch: int = 0
+    # The highest seqno this node knows committed, sealed now and then: a restart on a
+    # ledger the host cut short of it is refused (the host cannot roll back commits).
+    committed_seqno: int = 0
 
     @property
     def node_id(self) -> str:
@@ -78,6 +81,7 @@ class Identity:
             "term": self.term,
             "voted_for": self.voted_for,
             "epoch": self.epoch,
+            "committed_seqno": self.committed_seqno,
         }
         packed: bytes = msgpack.packb(doc, use_bin_type=True)
         return packed
@@ -99,6 +103,7 @@ class Identity:
                 term=int(doc["term"]),
                 voted_for=doc["voted_for"],
                 epoch=int(doc.get("epoch", 0)),
+                committed_seqno=int(doc.get("committed_seqno", 0)),
             )
         except IdentityError:
             raise

@@ -262,6 +262,9 @@ class Runtime:
                 node.on_entries_read(frame)
         elif isinstance(frame, itf.Shutdown):
             LOG.info("event=shutdown_requested")
+            if node is not None:
+                node.seal_progress()
+                self.flush()
             self.stopping.set()
         elif node is None:
             return

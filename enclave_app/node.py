@@ -66,6 +66,8 @@ ENTRY_REQUEST_ID_BASE = 1 << 48
 MAX_PENDING_FORWARDS = 10_000
 # Nodes that asked to join and await governance (each is replicated to as a learner).
 MAX_PENDING_NODES = 8
+# How often the committed seqno is sealed (a rollback by the host can erase at most this).
+COMMIT_SEAL_INTERVAL_MS = 1_000
 # Maps only the service itself writes (governance, signatures, configuration).
 RESERVED_MAP_PREFIX = "public:ccf."
 ENTRY_REQUEST_MAX = 1_000
@@ -131,6 +133,7 @@ class Node:
         # (seqno, view) the replayed ledger follows: a snapshot's, or (0, 0).
         self._replay_base = (0, 0)
         self._rejoin_from_start = False
+        self._commit_sealed_ms = 0
         self.tls = ServerTls()
         self.outbox: list[itf.Frame] = []
         self.commit_seqno = 0
@@ -297,6 +300,16 @@ class Node:
             },
         }
 
+    def seal_progress(self) -> None:
+        """Seal how far this node's own ledger is committed (committed and durable here),
+        so a restart on a ledger the host cut short is refused."""
+        if self.identity is None or self.raft is None:
+            return
+        held = min(self.commit_seqno, self.raft.durable_index)
+        if held > self.identity.committed_seqno:
+            self.identity.committed_seqno = held
+            self.seal()
+
     def seal(self) -> None:
         assert self.identity is not None
         if self.raft is not None:
@@ -343,6 +356,12 @@ class Node:
         assert self.identity is not None
         entries = self._replayed
         self._replayed = []
+        if self.applied_seqno < self.identity.committed_seqno:
+            raise RollbackError(
+                f"the host's ledger ends at seqno {self.applied_seqno} but this node had "
+                f"committed seqno {self.identity.committed_seqno}: ledger files are missing or "
+                "were rolled back; refusing to start"
+            )
         # Only what was signed survives: an unsigned tail cannot have been committed
         # (Raft commits only at signatures), so drop it everywhere.
         last_sig = self.history.last_signature
@@ -884,6 +903,10 @@ class Node:
 
     def _on_commit(self, seqno: int) -> None:
         self.commit_seqno = seqno
+        now_ms = self.last_tick_ms or 0
+        if now_ms - self._commit_sealed_ms >= COMMIT_SEAL_INTERVAL_MS:
+            self._commit_sealed_ms = now_ms
+            self.seal_progress()
         self.store.compact(seqno)
         assert self.raft is not None
         retained = self.config.memory.raft_log_entries
@@ -1355,6 +1378,10 @@ def _n2n_message(message: Any) -> tuple[str, list[Any]]:
             ):
                 raise TypeError("malformed headers")
     return kind, fields
+
+
+class RollbackError(Exception):
+    """The host handed back less ledger than this node had committed."""
 
 
 class _AuthError(Exception):
