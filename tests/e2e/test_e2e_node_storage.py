@@ -30,6 +30,8 @@ from client.sandbox import NodeProcess, Sandbox, SandboxError
 pytestmark = pytest.mark.e2e
 
 RESTART_TIMEOUT_S = 30.0
+# How often, at most, a node seals how far its ledger is committed (enclave_app/node.py).
+SEAL_INTERVAL_S = 1.0
 
 
 @pytest.fixture(scope="module")
@@ -108,12 +110,19 @@ async def test_restart_refuses_a_ledger_entry_the_host_altered(net: Sandbox) -> 
         assert await c.tx_status(target) == "Committed"
 
 
+@pytest.mark.parametrize("halt", ["stop", "kill"])
 async def test_host_cannot_roll_back_committed_writes_by_deleting_ledger_files(
-    net: Sandbox, tmp_path: Path
+    net: Sandbox, tmp_path: Path, halt: str
 ) -> None:
     node = net.nodes[0]
-    txids = await _committed_records(net, 100, 40)
-    node.stop()
+    base = 100 if halt == "stop" else 200
+    txids = await _committed_records(net, base, 40)
+    if halt == "stop":
+        node.stop()  # SIGTERM: the node seals its commit point on the way out
+    else:
+        # kill -9: commits older than the sealing interval (1 s) must be protected as well.
+        await asyncio.sleep(SEAL_INTERVAL_S + 0.5)
+        node.kill()
     files = sorted(_ledger(node).iterdir(), key=_first_seqno)
     committed = [p for p in files if p.name.endswith(".committed")]
     # The host keeps the older chunks and drops the last two committed ones and the open one.
@@ -127,7 +136,7 @@ async def test_host_cannot_roll_back_committed_writes_by_deleting_ledger_files(
     try:
         started = await _try_start(net, node)
         if started:
-            lost = [str(t) for i, t in enumerate(txids) if await read(net, node, 100 + i) is None]
+            lost = [str(t) for i, t in enumerate(txids) if await read(net, node, base + i) is None]
             async with net.client(node) as c:
                 status = await c.tx_status(txids[-1])
             assert not lost, (
