@@ -121,7 +121,7 @@ async def test_host_cannot_roll_back_committed_writes_by_deleting_ledger_files(
         node.stop()  # SIGTERM: the node seals its commit point on the way out
     else:
         # kill -9: commits older than the sealing interval (1 s) must be protected as well.
-        await asyncio.sleep(SEAL_INTERVAL_S + 0.5)
+        await asyncio.sleep(SEAL_INTERVAL_S + 1.0)
         node.kill()
     files = sorted(_ledger(node).iterdir(), key=_first_seqno)
     committed = [p for p in files if p.name.endswith(".committed")]
