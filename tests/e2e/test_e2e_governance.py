@@ -184,15 +184,24 @@ async def test_proposals_signed_by_the_sdk_and_by_ccf_cose_sign1_are_both_accept
         )
         proposal = Proposal.from_json(r.body)
         assert proposal.state == "Open", r.body
+        # The same signed bytes again are a replay, refused without a second proposal.
+        replay = await c.post(
+            "/gov/members/proposals:create",
+            data=envelope,
+            headers={"Content-Type": "application/cose"},
+            params=GOV_PARAMS,
+        )
+        assert replay.status == 400 and replay.body["error"]["code"] == "ProposalReplay", replay
         members = _members(net, c)
         assert proposal.proposer_id == members[0].id
         for i in (1, 2):
             ballot = await asyncio.to_thread(
                 _ccf_sign, net, i, "ballot", {"ballot": "approve"}, tmp_path, proposal.proposal_id
             )
+            path = f"/gov/members/proposals/{proposal.proposal_id}/ballots/{members[i].id}:submit"
             r = c.check(
                 await c.post(
-                    f"/gov/members/proposals/{proposal.proposal_id}/ballots/{members[i].id}:submit",
+                    path,
                     data=ballot,
                     headers={"Content-Type": "application/cose"},
                     params=GOV_PARAMS,
@@ -201,6 +210,10 @@ async def test_proposals_signed_by_the_sdk_and_by_ccf_cose_sign1_are_both_accept
             proposal = Proposal.from_json(r.body)
             if proposal.state != "Open":
                 break
+            again = await c.post(
+                path, data=ballot, headers={"Content-Type": "application/cose"}, params=GOV_PARAMS
+            )
+            assert again.status >= 400, ("a replayed ballot was taken", again)
         assert proposal.state == "Accepted", (proposal, log_tails(net))
         users = {u["userId"] for u in await c.users()}
     assert {by_sdk.id, by_ccf.id} <= users
