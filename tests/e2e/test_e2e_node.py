@@ -262,14 +262,20 @@ async def test_removed_user_cannot_connect_or_write_on_new_connections(
         await net.pass_proposal(
             c, [{"name": "set_user", "args": {"cert": user.cert_path.read_text()}}]
         )
-    async with as_user7() as c:
-        r = c.check(await c.post("/app/log/private", json={"id": 71, "msg": "by user7"}))
-    assert r.txid is not None
-    await wait_committed_on(net, node, r.txid.seqno)
-    async with net.client(node) as c:
-        p = await net.pass_proposal(c, [{"name": "remove_user", "args": {"user_id": user.id}}])
-    assert p.txid is not None
-    await wait_committed_on(net, node, p.txid.seqno)
+    async with as_user7() as kept_open:
+        r = kept_open.check(
+            await kept_open.post("/app/log/private", json={"id": 71, "msg": "by user7"})
+        )
+        assert r.txid is not None
+        await wait_committed_on(net, node, r.txid.seqno)
+        async with net.client(node) as c:
+            p = await net.pass_proposal(c, [{"name": "remove_user", "args": {"user_id": user.id}}])
+        assert p.txid is not None
+        await wait_committed_on(net, node, p.txid.seqno)
+        # A connection opened before the removal: every request is authorised afresh.
+        late = await kept_open.post("/app/log/private", json={"id": 73, "msg": "kept-alive"})
+        assert late.status == 401, late
+    assert await read(net, node, 73) is None
     async with as_user7() as c:
         with pytest.raises((ConnectionFailed, Unauthorized)):
             c.check(await c.post("/app/log/private", json={"id": 72, "msg": "after removal"}))
