@@ -103,6 +103,26 @@ def test_sandbox_start_returns_once_every_node_serves(net: Sandbox) -> None:
     assert NOT_SERVING_AT_START[net.workspace] == [], log_tails(net)
 
 
+async def test_write_through_a_backup_is_forwarded_and_read_back_there_at_once(
+    net: Sandbox,
+) -> None:
+    p = await primary_index(net)
+    backup = next(n for n in net.nodes if n.index != p)
+    last: TxId | None = None
+    async with net.client(backup, user=0) as c:
+        for i in range(15):
+            msg = f"forwarded {i}"
+            r = c.check(await c.post("/app/log/private", json={"id": 7300 + i, "msg": msg}))
+            assert r.txid is not None
+            last = r.txid
+            # Read your writes: the backup answered once it applied the write itself.
+            got = c.check(await c.get("/app/log/private", params={"id": str(7300 + i)}))
+            assert got.body == {"msg": msg}, (i, got)
+    assert last is not None
+    await wait_committed_on(net, net.nodes[p], last.seqno)
+    assert await read(net, net.nodes[p], 7314) == "forwarded 14"
+
+
 # ---------------------------------------------------------------------------------------------
 # Promise 9: refused joins and frames
 
