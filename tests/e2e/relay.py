@@ -125,6 +125,11 @@ class FaultyRelay:
         with self._lock:
             self._blocked = blocked
 
+    def block(self, source: str, destination: str) -> None:
+        """Drop frames from `source` to `destination` only (a one-way link failure)."""
+        with self._lock:
+            self._blocked.add((source, destination))
+
     def heal(self) -> None:
         with self._lock:
             self._blocked = set()

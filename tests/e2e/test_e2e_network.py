@@ -306,6 +306,39 @@ async def test_partitioned_backup_rejoins_without_deposing_the_primary(
         assert (await c.network())["current_view"] == view, log_tails(net)
 
 
+@pytest.mark.parametrize("direction", ["outbound", "inbound"])
+async def test_one_way_link_failure_at_the_primary_moves_leadership_and_loses_nothing(
+    net: Sandbox, relay: FaultyRelay, direction: str
+) -> None:
+    p = await primary_index(net)
+    old = net.nodes[p]
+    before = await write(net, old, 7400, f"before {direction}")
+    await _converged(net)
+    for other in net.nodes:
+        if other is not old:
+            if direction == "outbound":  # the primary is heard by nobody
+                relay.block(str(p), str(other.index))
+            else:  # the primary hears nobody
+                relay.block(str(other.index), str(p))
+    try:
+        q = await primary_index(net, exclude=p)
+        kept = await write(net, net.nodes[q], 7401, f"during {direction}")
+        for node in net.nodes:
+            if node is not old:
+                await wait_committed_on(net, node, kept.seqno)
+    finally:
+        relay.heal()
+    await wait_committed_on(net, old, kept.seqno)
+    seqno = await _converged(net)
+    for node in net.nodes:
+        await wait_committed_on(net, node, seqno)
+        assert await read(net, node, 7400) == f"before {direction}"
+        assert await read(net, node, 7401) == f"during {direction}"
+    async with net.client(old) as c:
+        assert await c.tx_status(before) == "Committed"
+        assert await c.tx_status(kept) == "Committed"
+
+
 # ---------------------------------------------------------------------------------------------
 # Promise 6: kill -9 of the primary
 
