@@ -1,8 +1,10 @@
 """A 3-node network of real processes with a fault-injecting relay between the nodes.
 
 One network for the module. Every test leaves three live, caught-up nodes behind (a killed
-node is restarted on its workspace), so the next test starts from a whole network. Order:
-refused joins, refused node-to-node frames, a partition, a primary crash.
+node is restarted on its workspace), so the next test starts from a whole network. In file
+order: the sandbox's readiness, forwarding, refused joins and node-to-node frames, partitions
+and one-way link failures, a primary crash, a linearizability check across a primary crash, and
+a crash of every node at once.
 """
 
 from __future__ import annotations
