@@ -125,6 +125,46 @@ async def test_write_through_a_backup_is_forwarded_and_read_back_there_at_once(
     assert await read(net, net.nodes[p], 7314) == "forwarded 14"
 
 
+FLOOD_CLIENTS = 16
+FLOOD_S = 2.0
+
+
+async def test_write_flood_keeps_the_primary_and_commits_every_accepted_write(
+    net: Sandbox,
+) -> None:
+    p = await primary_index(net)
+    async with net.client(net.nodes[p]) as c:
+        view = (await c.network())["current_view"]
+    accepted: list[TxId] = []
+    refused: list[int] = []
+    deadline = time.monotonic() + FLOOD_S
+
+    async def flood(k: int) -> None:
+        i = 0
+        async with net.client(net.nodes[p], user=0) as c:
+            while time.monotonic() < deadline:
+                r = await c.post(
+                    "/app/log/private", json={"id": 20_000 + k * 10_000 + i, "msg": "f"}
+                )
+                i += 1
+                if r.status == 200 and r.txid is not None:
+                    accepted.append(r.txid)
+                else:
+                    # Overload may be refused (503 + Retry-After), never silently dropped.
+                    assert r.status == 503 and "retry-after" in r.headers, r
+                    refused.append(r.status)
+
+    await asyncio.gather(*(flood(k) for k in range(FLOOD_CLIENTS)))
+    assert len(accepted) > 100, (len(accepted), len(refused))
+    last = max(accepted, key=lambda t: t.seqno)
+    await wait_committed_on(net, net.nodes[p], last.seqno)
+    async with net.client(net.nodes[p]) as c:
+        assert (await c.network())["current_view"] == view, log_tails(net)
+        for txid in accepted[:: max(1, len(accepted) // 50)]:
+            assert await c.tx_status(txid) == "Committed", str(txid)
+    assert await primary_index(net) == p
+
+
 # ---------------------------------------------------------------------------------------------
 # Promise 9: refused joins and frames
 
