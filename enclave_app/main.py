@@ -110,8 +110,11 @@ class Runtime:
         if frame.sealed is not None:
             node.resume(frame.sealed)
             if node.identity is not None and not node.identity.ledger_secrets:
-                # Restarted before governance trusted it: ask to join again, same identity.
-                node.resume_joining(has_ledger=frame.ledger_last_seqno > 0)
+                # Restarted before governance trusted it: join again as itself, keeping
+                # the entries it already acknowledged as a learner.
+                node.resume_joining()
+                await self._replay_own_ledger(frame.ledger_last_seqno, learner=True)
+                node.resumed_joining()
                 self.flush()
                 asyncio.get_running_loop().create_task(self._join(config))
                 return
@@ -184,7 +187,7 @@ class Runtime:
         self.channel.send(frame_for(request_id))
         return await future
 
-    async def _replay_own_ledger(self, last_seqno: int) -> None:
+    async def _replay_own_ledger(self, last_seqno: int, *, learner: bool = False) -> None:
         assert self.node is not None
         next_seqno = 1
         if last_seqno > 0:
@@ -194,7 +197,10 @@ class Runtime:
                 snapshot = await self._request(lambda rid: itf.ReadLatestSnapshot(rid))
                 if snapshot.data is None:
                     raise RuntimeError("the ledger starts after seqno 1 but no snapshot exists")
-                next_seqno = self.node.resume_from_snapshot(snapshot.data) + 1
+                install = (
+                    self.node.resume_pending_snapshot if learner else self.node.resume_from_snapshot
+                )
+                next_seqno = install(snapshot.data) + 1
         while next_seqno <= last_seqno:
             request_id = next(self.request_ids)
             future: asyncio.Future[itf.EntriesRead] = asyncio.get_running_loop().create_future()
@@ -205,7 +211,10 @@ class Runtime:
             if reply.first_seqno != next_seqno or not reply.entries:
                 raise RuntimeError(f"host returned no entries from seqno {next_seqno}")
             for raw in reply.entries:
-                self.node.replay(raw)
+                if learner:
+                    self.node.replay_as_learner(raw)
+                else:
+                    self.node.replay(raw)
             next_seqno += len(reply.entries)
         LOG.info("event=own_ledger_replayed last_seqno=%d", last_seqno)
 

@@ -132,7 +132,6 @@ class Node:
         self.join_snapshot: Snapshot | None = None
         # (seqno, view) the replayed ledger follows: a snapshot's, or (0, 0).
         self._replay_base = (0, 0)
-        self._rejoin_from_start = False
         self._commit_sealed_ms = 0
         self.tls = ServerTls()
         self.outbox: list[itf.Frame] = []
@@ -675,11 +674,13 @@ class Node:
         ready = self.raft.ready()
         if ready.hard_state is not None and self.identity is not None:
             self.seal()
-        if ready.truncate_to is not None and ready.truncate_to < self.applied_seqno:
-            self._rollback(ready.truncate_to)
-            self.outbox.append(itf.Truncate(ready.truncate_to))
         if ready.truncate_to is not None:
+            if ready.truncate_to < self.applied_seqno:
+                self._rollback(ready.truncate_to)
+            # A joiner's entries wait unapplied in `deferred`: they go too, and the host's
+            # ledger follows either way.
             self.deferred = [e for e in self.deferred if e.index <= ready.truncate_to]
+            self.outbox.append(itf.Truncate(ready.truncate_to))
         if ready.entries:
             for entry in ready.entries:
                 if self.identity is not None and not self.identity.ledger_secrets:
@@ -936,6 +937,10 @@ class Node:
             self.emit_signature()
         if self.is_primary and self.state == "PartOfNetwork":
             self._maybe_reconfigure()
+        if now_ms - self._commit_sealed_ms >= COMMIT_SEAL_INTERVAL_MS:
+            # Also when the service went idle right after its last commits.
+            self._commit_sealed_ms = now_ms
+            self.seal_progress()
         self._drain_ready()
 
     def durable(self, seqno: int, view: int = 0) -> None:
@@ -1221,19 +1226,60 @@ class Node:
         self.state = "Pending"
         self.seal()
 
-    def resume_joining(self, *, has_ledger: bool) -> None:
-        """A joiner restarted before it was trusted: join again under its sealed identity.
-        Its ledger already holds entries from the start, so it takes them again from the
-        start (identical entries are skipped by the host) rather than from a snapshot."""
+    def resume_joining(self) -> None:
+        """A joiner restarted before it was trusted joins again under its sealed identity.
+        It acknowledged the entries in its ledger as a learner, so it must not forget them:
+        `replay_as_learner` puts them back in its log (its state waits for the secrets),
+        then `resumed_joining` restarts Raft on them."""
         self.state = "Pending"
         self._replayed = []
-        self._rejoin_from_start = has_ledger
+
+    def replay_as_learner(self, raw: bytes) -> None:
+        decoded, _ = decode_entry(raw)
+        public = dict(decoded.public)
+        self._replayed.append(
+            LogEntry(
+                decoded.seqno,
+                decoded.view,
+                raw,
+                SIGNATURES_TABLE in public,
+                self._configuration_if_changed(public),
+            )
+        )
+
+    def resume_pending_snapshot(self, data: bytes) -> int:
+        """A pending joiner whose ledger starts after the snapshot it was given."""
+        snapshot = decode_snapshot(data)
+        self._install_snapshot(snapshot, b"")
+        self.join_snapshot = snapshot
+        return snapshot.seqno
+
+    def resumed_joining(self) -> None:
+        assert self.identity is not None
+        entries, self._replayed = self._replayed, []
+        base_seqno, base_view = self._replay_base
+        self.raft = Raft.restore(
+            self.identity.node_id,
+            config=self.raft_config(),
+            start=StartState(
+                configuration=self._voters() if base_seqno else frozenset(),
+                last_index=base_seqno,
+                last_term=base_view,
+                commit_index=base_seqno,
+                term=max(self.identity.term, base_view),
+                voted_for=self.identity.voted_for,
+            ),
+            entries=entries,
+            rng_seed=int.from_bytes(os.urandom(8), "little"),
+        )
+        self.deferred = list(entries)
+        LOG.info("event=rejoining node_id=%s entries=%d", self.identity.node_id, len(entries))
 
     def join_request_body(self) -> dict[str, Any]:
         assert self.identity is not None
         report = self.platform.report(self.identity.public_key_der)
         return {
-            "want_snapshot": self.raft is None and not self._rejoin_from_start,
+            "want_snapshot": self.raft is None,
             "public_key": certs.public_key_pem(self.identity.node_key.public_key()),
             "quote": base64.b64encode(report.to_bytes()).decode(),
             "rpc_address": self.config.published_rpc_address or self.config.rpc_address,

@@ -258,10 +258,15 @@ def test_pending_joiner_restart_resumes_joining(tmp_path: Path) -> None:
     again = _node(joiner_cfg, joiner_ws)
     again.resume(sealed)
     assert again.identity is not None and not again.identity.ledger_secrets
-    again.resume_joining(has_ledger=True)
+    again.resume_joining()
+    for raw in raws:  # what it had acknowledged as a learner is back in its log
+        again.replay_as_learner(raw)
+    again.resumed_joining()
     assert again.state == "Pending", (
         "untrusted node without secrets claims to be part of the network"
     )
+    assert again.raft is not None and again.raft.last_index == len(raws)
+    assert [e.index for e in again.deferred] == list(range(1, len(raws) + 1))
     body = again.join_request_body()
     assert body["want_snapshot"] is False
     assert certs.node_id(certs.load_public_key(body["public_key"])) == joiner.node_id  # type: ignore[arg-type]
