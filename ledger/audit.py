@@ -22,19 +22,14 @@ the order-dependent state; the outcome, including the first failing seqno, is un
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import itertools
 import json
 import logging
 import mmap
-import multiprocessing
 import os
 import struct
 import threading
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +39,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ledger import cose, merkle
+from ledger.audit_workers import KIND_COSE, KIND_ROOT, Verifier, auto_workers
 from ledger.chunks import CHUNK_FILE_BYTES_MAX, ChunkName, LedgerReader, parse_chunk
 from ledger.entry import (
     ENTRY_TYPE_SNAPSHOT,
@@ -189,12 +185,11 @@ def check_consistency(
 class _Auditor:
     """Validator state: the frontier plus what the governance tables say about signers."""
 
-    def __init__(self, *, accept_deprecated: bool, pool: ProcessPoolExecutor | None = None) -> None:
+    def __init__(self, *, accept_deprecated: bool, verifier: Verifier | None = None) -> None:
         self.accept_deprecated = accept_deprecated
         self.frontier = MerkleFrontier()
-        # With a pool, signature verifications run there; (seqno, what, outcome) in order.
-        self._pool = pool
-        self._pending: deque[tuple[int, str, Future[str | None]]] = deque()
+        # With a verifier, signature checks are deferred to it (and its worker processes).
+        self.verifier = verifier
         self.node_status: dict[str, str] = {}
         self.node_certs: dict[str, bytes] = {}
         self.service_status: str | None = None
@@ -332,9 +327,9 @@ class _Auditor:
             if embedded.spki != key.spki:
                 raise AuditError(f"public key mismatch for node {node_id}", seqno=seqno)
         what = f"invalid root signature by node {node_id}"
-        if self._pool is not None:
-            self._defer(
-                seqno, what, self._pool.submit(_verify_root_job, key.spki, sig.root, sig.sig)
+        if self.verifier is not None:
+            self.verifier.submit(
+                seqno, what, KIND_ROOT, key.public_key, key.spki, sig.root, sig.sig
             )
         else:
             try:
@@ -384,36 +379,15 @@ class _Auditor:
             if message.protected.get(cose.HEADER_VDS) != cose.VDS_CCF_LEDGER_SHA256:
                 raise VerificationError("vds must be CCF_LEDGER_SHA256", field="vds")
             root = self.frontier.root()
-            if self._pool is not None:
-                self._defer(
-                    seqno, what, self._pool.submit(_verify_cose_job, key.spki, encoded, root)
+            if self.verifier is not None:
+                self.verifier.submit(
+                    seqno, what, KIND_COSE, key.public_key, key.spki, encoded, root
                 )
             else:
                 cose.verify_sign1(message, key.public_key, detached_payload=root)
         except LedgerError as exc:
             raise AuditError(f"{what}: {exc}", seqno=seqno) from None
         self.cose_signatures += 1
-
-    # -- deferred verifications --------------------------------------------------------------
-
-    def _defer(self, seqno: int, what: str, outcome: Future[str | None]) -> None:
-        self._pending.append((seqno, what, outcome))
-        # Collect finished ones now, and bound how many may be outstanding.
-        while self._pending and (
-            self._pending[0][2].done() or len(self._pending) > _PENDING_VERIFICATIONS_MAX
-        ):
-            self._settle_one()
-
-    def _settle_one(self) -> None:
-        seqno, what, outcome = self._pending.popleft()
-        error = outcome.result()
-        if error is not None:
-            raise AuditError(f"{what}: {error}", seqno=seqno)
-
-    def settle(self, before: int | None = None) -> None:
-        """Wait for deferred verifications (of seqnos < `before`); raise the first failure."""
-        while self._pending and (before is None or self._pending[0][0] < before):
-            self._settle_one()
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,51 +399,8 @@ class _Key:
     kid: bytes
 
 
-_PENDING_VERIFICATIONS_MAX = 64
-# Entries per part when one chunk is scanned in parts (see `_scans`).
+# Entries per part when a chunk is scanned in parts (with workers; see `_scans`).
 _PART_ENTRIES = 1024
-
-
-@functools.lru_cache(maxsize=64)
-def _key_from_spki(spki: bytes) -> ec.EllipticCurvePublicKey:
-    key = serialization.load_der_public_key(spki)
-    assert isinstance(key, ec.EllipticCurvePublicKey)
-    return key
-
-
-def _verify_root_job(spki: bytes, root: bytes, sig: bytes) -> str | None:
-    """In a worker: a node's ECDSA signature over a root; the error text or None."""
-    try:
-        verify_root(_key_from_spki(spki), root, sig)
-    except LedgerError as exc:
-        return str(exc)
-    return None
-
-
-def _verify_cose_job(spki: bytes, encoded: bytes, root: bytes) -> str | None:
-    """In a worker: the service's COSE_Sign1 over a root; the error text or None."""
-    try:
-        message = cose.decode_sign1(encoded, max_bytes=MAX_COSE_SIGNATURE_BYTES)
-        cose.verify_sign1(message, _key_from_spki(spki), detached_payload=root)
-    except LedgerError as exc:
-        return str(exc)
-    return None
-
-
-def _auto_workers(jobs: list[_Job]) -> int:
-    """Worker processes worth forking: only for a big enough ledger, with more than one CPU,
-    and only from a single-threaded process (forking a threaded one can deadlock)."""
-    cpus = os.cpu_count() or 1
-    if cpus < 2 or threading.active_count() > 1:
-        return 0
-    if "fork" not in multiprocessing.get_all_start_methods():
-        return 0
-    size_bytes = sum(os.path.getsize(job[0]) for job in jobs)
-    return min(cpus, 2) if size_bytes >= _PARALLEL_MIN_BYTES else 0
-
-
-# Below this, forking costs more than it saves (a fork is a few ms; 1 MiB audits in ~15 ms).
-_PARALLEL_MIN_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -502,11 +433,12 @@ def audit(
 
     `service_cert_pem`, when given, must be the service identity the ledger ends with.
     `committed_only` (default, as `ccf.ledger.Ledger`) reads only `*.committed` chunks.
-    `workers` > 0 forks that many processes that scan chunks (reading, hashing, structure
-    checks) and verify signatures, while this one applies the validator's checks in order;
-    the result, including which seqno fails first, is the same as with `workers=0`. None
-    picks a number from the CPUs and the ledger's size (0 for small ledgers, or when this
-    process runs other threads).
+    `workers` > 0 forks that many processes that verify signatures (see `ledger.audit_workers`)
+    while this one scans, hashes and applies the validator's checks in order, verifying
+    signatures too whenever the workers have enough queued; the result, including which
+    seqno fails first and why, is the same as with `workers=0` (everything in this process).
+    None picks a number from the CPUs and the ledger's size (0 for small ledgers, or when
+    this process runs other threads; 1 on a 2-core machine).
     """
     try:
         reader = LedgerReader(directory, committed_only=committed_only)
@@ -523,26 +455,32 @@ def audit(
         for c in reader.chunks
     ]
     if workers is None:
-        workers = _auto_workers(jobs)
-    pool = None
-    if workers > 0:
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
-    state = _Auditor(accept_deprecated=accept_deprecated_entry_types, pool=pool)
+        size_bytes = sum(os.path.getsize(job[0]) for job in jobs)
+        workers = auto_workers(size_bytes, threads=threading.active_count())
+    verifier = Verifier(workers) if workers > 0 else None
+    state = _Auditor(accept_deprecated=accept_deprecated_entry_types, verifier=verifier)
     try:
-        for scan in _scans(jobs, pool, workers):
+        # With workers, chunks are scanned in parts so verification overlaps scanning.
+        for scan in _scans(jobs, _PART_ENTRIES if verifier is not None else 0):
             chunk_count += scan.ends_chunk
             seqno, view = state.absorb(scan)
             total = max(total, seqno)
             if progress is not None:
                 progress(seqno, total)
-        state.settle()
-    except AuditError as exc:
-        # A deferred verification of an earlier seqno may have failed: that one is first.
-        state.settle(before=exc.seqno)
+        if verifier is not None:
+            verifier.settle()
+    except AuditError:
+        # Every verification submitted so far precedes this failure in the serial order,
+        # so a failed one among them is the first failure.
+        if verifier is not None:
+            try:
+                verifier.settle()
+            except AuditError as first:
+                raise first from None
         raise
     finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        if verifier is not None:
+            verifier.close()
     if service_cert_pem is not None:
         if state.service_cert is None:
             raise AuditError("ledger records no service certificate")
@@ -571,47 +509,20 @@ def audit(
 _Job = tuple[str, int, int | None, bool]
 
 
-def _scans(
-    jobs: list[_Job], pool: ProcessPoolExecutor | None, workers: int
-) -> Iterator[_ChunkScan]:
-    """Chunk scans in order; with a pool, at most workers + 1 are in flight (bounded memory).
-
-    With a pool but a single chunk, this process scans it in parts, so that the pool verifies
-    the signatures of one part while the next is scanned.
-    """
-    if pool is None or len(jobs) < 2:
-        part_entries = _PART_ENTRIES if pool is not None else 0
-        for job in jobs:
-            for scan in _scan_parts(*job, part_entries=part_entries):
-                yield scan
-                if scan.error is not None:
-                    return
-        return
-    pending: deque[Future[_ChunkScan]] = deque()
-    queued = iter(jobs)
-    for job in itertools.islice(queued, workers + 1):
-        pending.append(pool.submit(_scan_chunk, *job))
-    while pending:
-        scan = pending.popleft().result()
-        job_next = next(queued, None)
-        if job_next is not None:
-            pending.append(pool.submit(_scan_chunk, *job_next))
-        yield scan
-        if scan.error is not None:
-            for future in pending:
-                future.cancel()
-            return
+def _scans(jobs: list[_Job], part_entries: int) -> Iterator[_ChunkScan]:
+    """Scans of each chunk in order, in parts of `part_entries` (0: whole chunks), stopping
+    after the first that found an error."""
+    for job in jobs:
+        for scan in _scan_parts(*job, part_entries=part_entries):
+            yield scan
+            if scan.error is not None:
+                return
 
 
 def _as_audit_error(exc: LedgerError) -> AuditError:
     if isinstance(exc, AuditError):
         return exc
     return AuditError(f"{type(exc).__name__}: {exc}")
-
-
-def _scan_chunk(path: str, first: int, last: int | None, accept_deprecated: bool) -> _ChunkScan:
-    """Read and check one whole chunk file (what a worker process returns)."""
-    return next(_scan_parts(path, first, last, accept_deprecated, part_entries=0))
 
 
 def _scan_parts(
