@@ -107,6 +107,8 @@ class _Worker:
 
     __slots__ = ("conn", "key_indexes", "outstanding", "process")
 
+    outstanding: set[int]  # numbers of the jobs sent and not yet answered
+
     def __init__(self, context: Any) -> None:
         parent, child = context.Pipe(duplex=True)
         self.process = context.Process(target=_worker_main, args=(child,), daemon=True)
@@ -114,7 +116,7 @@ class _Worker:
         child.close()
         self.conn: Connection = parent
         self.key_indexes: dict[bytes, int] = {}  # spki -> index known to this worker
-        self.outstanding = 0
+        self.outstanding = set()
 
 
 class Verifier:
@@ -209,24 +211,36 @@ class Verifier:
             try:
                 results: list[tuple[int, str | None]] = conn.recv()
             except (EOFError, OSError):
-                raise AuditError("a signature verification worker died") from None
+                self._lose(worker)
+                continue
             for number, error in results:
                 job = self._sent.pop(number)
-                worker.outstanding -= 1
+                worker.outstanding.remove(number)
                 if error is not None:
                     self._failures[number] = (job.seqno, f"{job.what}: {error}")
+
+    def _lose(self, worker: _Worker) -> None:
+        """A worker died (killed, out of memory): its jobs go back to the queue, in order."""
+        logger.warning("signature verification worker %s died", worker.process.pid)
+        self._workers.remove(worker)
+        returned = [self._sent.pop(number) for number in sorted(worker.outstanding)]
+        self._queue.extendleft(reversed(returned))
+        worker.conn.close()
+        worker.process.join(timeout=5)
 
     def _pump(self) -> None:
         """Collect finished results, then send queued jobs (oldest first) where there is room."""
         self._collect(block=False)
-        for worker in self._workers:
-            room = min(_WORKER_QUEUE_JOBS - worker.outstanding, _BATCH_JOBS_MAX)
+        for worker in list(self._workers):
+            room = min(_WORKER_QUEUE_JOBS - len(worker.outstanding), _BATCH_JOBS_MAX)
             while self._queue and room > 0:
                 count = min(room, len(self._queue))
-                self._send(worker, [self._queue.popleft() for _ in range(count)])
-                room = min(_WORKER_QUEUE_JOBS - worker.outstanding, _BATCH_JOBS_MAX)
+                if not self._send(worker, [self._queue.popleft() for _ in range(count)]):
+                    break
+                room = min(_WORKER_QUEUE_JOBS - len(worker.outstanding), _BATCH_JOBS_MAX)
 
-    def _send(self, worker: _Worker, jobs: list[_Job]) -> None:
+    def _send(self, worker: _Worker, jobs: list[_Job]) -> bool:
+        """Send jobs to a worker; False (jobs requeued, worker dropped) if it is gone."""
         new_keys: list[tuple[int, bytes]] = []
         wire: list[tuple[int, int, int, bytes, bytes]] = []
         for job in jobs:
@@ -237,8 +251,13 @@ class Verifier:
                 new_keys.append((index, job.spki))
             wire.append((job.number, job.kind, index, job.first, job.second))
             self._sent[job.number] = job
-        worker.conn.send((new_keys, wire))
-        worker.outstanding += len(jobs)
+            worker.outstanding.add(job.number)
+        try:
+            worker.conn.send((new_keys, wire))
+        except OSError:
+            self._lose(worker)
+            return False
+        return True
 
 
 def auto_workers(size_bytes: int, *, threads: int, cpus: int | None = None) -> int:

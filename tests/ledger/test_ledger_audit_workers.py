@@ -238,3 +238,21 @@ def test_signature_record_tampering_used_here_keeps_the_record_well_formed(
     record = next(iter(entry.public[SIGNATURES_TABLE].values()))
     assert record is not None
     base64.b64decode(json.loads(record)["sig"], validate=True)
+
+
+def test_verifier_finishes_the_jobs_of_a_killed_worker_here() -> None:
+    public, spki, jobs = _signed_jobs(40, bad={25})
+    verifier = Verifier(1)
+    try:
+        with pytest.raises(AuditError, match="bad root") as info:
+            for seqno, root, sig in jobs:
+                verifier.submit(seqno, "bad root", KIND_ROOT, public, spki, root, sig)
+                if seqno == 5:
+                    process = verifier._workers[0].process
+                    process.kill()
+                    process.join()
+            verifier.settle()
+        assert info.value.seqno == 26
+        assert verifier._workers == []  # the dead worker was noticed and dropped
+    finally:
+        verifier.close()
