@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import logging
 import multiprocessing
 import os
 import select
+import threading
 from collections import deque
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -130,19 +132,76 @@ class _Worker:
         self.outstanding = set()
 
 
+class _Pool:
+    """Workers kept from one audit to the next: forking, and the copy-on-write page faults
+    it causes in this process afterwards, cost ~5 ms per audit otherwise. One Verifier at a
+    time uses them (a concurrent one forks its own)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.workers: list[_Worker] = []
+        self.pid = os.getpid()
+
+    def forget(self) -> None:
+        """In a forked copy of this process: the workers belong to the parent."""
+        self.lock = threading.Lock()
+        self.workers = []
+        self.pid = os.getpid()
+
+
+_POOL = _Pool()
+# Job numbers are unique across audits: a kept worker may still answer an earlier audit's
+# job that the auditor verified itself (see `Verifier.settle`); such answers are ignored.
+_NUMBERS = itertools.count()
+
+
+def shutdown_workers() -> None:
+    """Stop the kept worker processes and wait for them (they also end with this process)."""
+    with _POOL.lock:
+        workers, _POOL.workers = _POOL.workers, []
+        for worker in workers:
+            with contextlib.suppress(OSError):
+                worker.conn.send(None)
+        for worker in workers:
+            worker.process.join(timeout=5)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join()
+            worker.conn.close()
+
+
 class Verifier:
     """Runs verification jobs in submission order semantics; see the module docstring."""
 
     def __init__(self, workers: int) -> None:
         assert workers >= 0
-        self._next = 0
         self._queue: deque[_Job] = deque()  # submitted, not yet sent nor run
         self._sent: dict[int, _Job] = {}  # job number -> job a worker is verifying
         self._failures: dict[int, tuple[int, str]] = {}  # job number -> (seqno, message)
         self._workers: list[_Worker] = []
+        self._pooled = False
         if workers:
-            context = multiprocessing.get_context("fork")
-            self._workers = [_Worker(context) for _ in range(workers)]
+            self._workers = self._take_workers(workers)
+
+    @staticmethod
+    def _fork(count: int) -> list[_Worker]:
+        context = multiprocessing.get_context("fork")
+        return [_Worker(context) for _ in range(count)]
+
+    def _take_workers(self, count: int) -> list[_Worker]:
+        if _POOL.pid != os.getpid():
+            _POOL.forget()
+        if not _POOL.lock.acquire(blocking=False):
+            return self._fork(count)  # another thread's audit holds the kept workers
+        self._pooled = True
+        try:
+            _POOL.workers = [w for w in _POOL.workers if w.process.is_alive()]
+            _POOL.workers.extend(self._fork(max(0, count - len(_POOL.workers))))
+        except BaseException:
+            self._pooled = False
+            _POOL.lock.release()
+            raise
+        return _POOL.workers[:count]
 
     def submit(
         self,
@@ -155,8 +214,7 @@ class Verifier:
         second: bytes,
     ) -> None:
         """Verify later (or now, without workers); a failure surfaces through `settle`."""
-        job = _Job(self._next, seqno, what, kind, key, spki, first, second)
-        self._next += 1
+        job = _Job(next(_NUMBERS), seqno, what, kind, key, spki, first, second)
         if not self._workers:
             self._run_here(job)
             self._raise_first()
@@ -187,12 +245,23 @@ class Verifier:
         self._raise_first()
 
     def close(self) -> None:
-        """Stop the workers (idempotent); outstanding jobs are abandoned.
+        """Release the workers (idempotent); outstanding jobs are abandoned.
 
-        Does not wait for them to exit (that costs milliseconds, more on a busy machine):
-        multiprocessing reaps finished children on its next start or `active_children()`.
+        Kept workers stay for the next audit if nothing is half sent or half answered.
+        Others are told to exit but not waited for (that costs milliseconds, more on a busy
+        machine): multiprocessing reaps finished children on its next start.
         """
         workers, self._workers = self._workers, []
+        clean = not self._sent and not any(worker.outstanding for worker in workers)
+        if self._pooled:
+            self._pooled = False
+            try:
+                if clean:
+                    return
+                for worker in workers:  # an interrupted audit: the pipes' state is unknown
+                    _POOL.workers.remove(worker)
+            finally:
+                _POOL.lock.release()
         for worker in workers:
             if worker.outstanding:
                 worker.process.kill()  # its remaining answers are not needed
@@ -243,6 +312,8 @@ class Verifier:
         """A worker died (killed, out of memory): its jobs go back to the queue, in order."""
         logger.warning("signature verification worker %s died", worker.process.pid)
         self._workers.remove(worker)
+        if self._pooled and worker in _POOL.workers:
+            _POOL.workers.remove(worker)
         returned = [self._sent.pop(number) for number in sorted(worker.outstanding)]
         self._queue.extendleft(reversed(returned))
         worker.conn.close()

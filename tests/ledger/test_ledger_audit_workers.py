@@ -16,7 +16,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
 from ledger.audit import audit
-from ledger.audit_workers import KIND_ROOT, PARALLEL_MIN_BYTES, Verifier, auto_workers
+from ledger.audit_workers import (
+    KIND_ROOT,
+    PARALLEL_MIN_BYTES,
+    Verifier,
+    auto_workers,
+    shutdown_workers,
+)
 from ledger.chunks import LedgerReader
 from ledger.entry import decode_entry
 from ledger.errors import AuditError
@@ -219,16 +225,33 @@ def test_workers_are_chosen_only_for_big_ledgers_on_several_cpus() -> None:
     assert auto_workers(PARALLEL_MIN_BYTES, threads=1, cpus=1) == 0
 
 
-def test_worker_processes_exit_after_an_audit(one_chunk_ledger: GeneratedLedger) -> None:
+def test_workers_are_kept_for_the_next_audit_and_exit_on_shutdown(
+    one_chunk_ledger: GeneratedLedger,
+) -> None:
     import multiprocessing
-    import time
 
+    shutdown_workers()
     before = set(multiprocessing.active_children())
-    audit(one_chunk_ledger.directory, workers=2)
-    deadline = time.monotonic() + 10
-    while set(multiprocessing.active_children()) - before and time.monotonic() < deadline:
-        time.sleep(0.01)
+    first = audit(one_chunk_ledger.directory, workers=1)
+    kept = set(multiprocessing.active_children()) - before
+    assert len(kept) == 1
+    assert audit(one_chunk_ledger.directory, workers=1) == first
+    assert set(multiprocessing.active_children()) - before == kept  # no new fork
+    shutdown_workers()
     assert set(multiprocessing.active_children()) <= before
+
+
+def test_kept_worker_gives_right_answers_after_an_audit_that_failed(
+    one_chunk_ledger: GeneratedLedger, copy_ledger: Copy
+) -> None:
+    directory = copy_ledger(one_chunk_ledger.directory)
+    signed = one_chunk_ledger.signature_seqnos[5]
+    _break_node_signature(directory, signed)
+    for _ in range(3):
+        with pytest.raises(AuditError) as info:
+            audit(str(directory), workers=1)
+        assert info.value.seqno == signed
+        assert audit(one_chunk_ledger.directory, workers=1).signatures > 200
 
 
 def test_signature_record_tampering_used_here_keeps_the_record_well_formed(
