@@ -66,6 +66,10 @@ ENTRY_REQUEST_ID_BASE = 1 << 48
 MAX_PENDING_FORWARDS = 10_000
 # Nodes that asked to join and await governance (each is replicated to as a learner).
 MAX_PENDING_NODES = 8
+# Signed member requests to app endpoints: freshness window and replay record.
+COSE_REQUEST_MAX_AGE_S = 600
+COSE_REQUEST_MAX_FUTURE_S = 60
+APP_COSE_REQUESTS_TABLE = "public:ccf.internal.charter.app_cose_requests"
 # How often the committed seqno is sealed (a rollback by the host can erase at most this).
 COMMIT_SEAL_INTERVAL_MS = 1_000
 # Maps only the service itself writes (governance, signatures, configuration).
@@ -981,13 +985,21 @@ class Node:
             return Caller("anonymous", "")
         raise _AuthError()
 
-    @staticmethod
-    def member_from_cose(tx: Tx, body: bytes) -> tuple[Caller, bytes] | None:
-        """An active member's COSE_Sign1 request: (caller, signed payload), else None."""
+    def member_from_cose(self, tx: Tx, body: bytes) -> tuple[Caller, bytes, bytes] | None:
+        """An active member's fresh, never seen COSE_Sign1 request: (caller, signed payload,
+        replay key), else None. The runtime records the replay key with the transaction."""
         try:
             message = cose.decode_sign1(body, max_bytes=MAX_COSE_REQUEST_BYTES)
             member_id = (message.kid or b"").decode("ascii")
+            created_at = message.protected.get(cose.GOV_MSG_CREATED_AT)
             if not gt.is_hex_id(member_id) or message.payload is None:
+                return None
+            if not isinstance(created_at, int) or not (
+                -COSE_REQUEST_MAX_FUTURE_S <= self.now_s() - created_at <= COSE_REQUEST_MAX_AGE_S
+            ):
+                return None
+            replay_key = f"{created_at:010d}:{hashlib.sha256(message.signature).hexdigest()}"
+            if tx.get(APP_COSE_REQUESTS_TABLE, replay_key.encode()) is not None:
                 return None
             pem = tx.get(gt.MEMBERS_CERTS, gt.id_key(member_id))
             info = gt.member_info(tx, member_id)
@@ -996,7 +1008,7 @@ class Node:
             cose.verify_sign1(message, certs.load_cert(pem))
         except (LedgerError, UnicodeDecodeError, ValueError):
             return None
-        return Caller("member", member_id, pem.decode()), message.payload
+        return Caller("member", member_id, pem.decode()), message.payload, replay_key.encode()
 
     def handle(
         self,
@@ -1040,9 +1052,9 @@ class Node:
             signed = self.member_from_cose(tx, body) if "member_cose" in endpoint.auth else None
             if signed is None:
                 return error_response(401, "InvalidAuthentication", "Caller is not authorised")
-            caller, payload = signed
+            caller, payload, replay_key = signed
         else:
-            payload = body
+            payload, replay_key = body, None  # type: ignore[assignment]
         if not endpoint.read_only:
             if not self.is_primary:
                 if forwarded:
@@ -1068,6 +1080,9 @@ class Node:
                 return error_response(
                     500, "InternalError", "Applications may not write the service's own maps"
                 )
+        if outcome.commit and replay_key is not None:
+            # The signed request may not be played again (read-only ones change nothing).
+            tx.put(APP_COSE_REQUESTS_TABLE, replay_key, member_id_bytes(caller))
         if outcome.commit:
             view, seqno = self.commit_tx(tx, outcome.claims_digest)
             self._drain_ready()
@@ -1424,6 +1439,10 @@ def _n2n_message(message: Any) -> tuple[str, list[Any]]:
             ):
                 raise TypeError("malformed headers")
     return kind, fields
+
+
+def member_id_bytes(caller: Caller) -> bytes:
+    return caller.id.encode()
 
 
 class RollbackError(Exception):

@@ -353,3 +353,68 @@ def test_snapshot_installed_node_agrees_on_tx_status(tmp_path: Path) -> None:
     other.resume_from_snapshot(node.latest_snapshot)
     assert other.view_at(1) == view
     assert other.tx_status(view, 1) == "Committed"  # type: ignore[arg-type]
+
+
+def test_member_signed_app_request_is_fresh_and_played_once(tmp_path: Path) -> None:
+    """An app endpoint with `member_cose` auth runs a fresh request signed by an active
+    member once; the same envelope again, a stale one, or a stranger's are refused."""
+    import time
+
+    from enclave_app.app import App
+    from ledger import cose
+
+    signed = App("signed", prefix="/signed", api_path=None)
+
+    @signed.post("/note", auth="member_cose")
+    def note(ctx: Any) -> dict[str, Any]:
+        ctx.tx.put("notes", ctx.caller.id.encode(), bytes(ctx.body))
+        return {"by": ctx.caller.id}
+
+    member_key = certs.new_key()
+    member_pem = certs.cert_pem(certs.identity_cert(member_key, "member0"))
+    (tmp_path / "member0_cert.pem").write_text(member_pem)
+    config = itf.NodeConfig.model_validate(
+        {
+            "workspace": str(tmp_path),
+            "start": {"mode": "start", "members": [{"cert": str(tmp_path / "member0_cert.pem")}]},
+        }
+    )
+    node = Node(config, VirtualPlatform(tmp_path), _load_app(config.app), extra_apps=(signed,))
+    node.routes.include(node_endpoints.build(node))
+    _include_governance(node)
+    from enclave_app.main import _initial_members
+
+    node.start_new_network(_initial_members(config), None)
+    _drain(node)
+    member_id = certs.cert_id(member_pem)
+    tx = node.store.begin()  # activate the member, as its ack would
+    info = gt.member_info(tx, member_id)
+    assert info is not None
+    gt.put_json(tx, gt.MEMBERS_INFO, gt.id_key(member_id), {**info, "status": "Active"})
+    node.commit_tx(tx)
+    _drain(node)
+
+    def envelope(key: Any, created_at: int, payload: bytes = b"hello") -> bytes:
+        return cose.sign1(
+            key,
+            {
+                4: member_id.encode(),
+                cose.GOV_MSG_TYPE: "proposal",
+                cose.GOV_MSG_CREATED_AT: created_at,
+            },
+            payload,
+        )
+
+    def post(body: bytes) -> int:
+        response = node.handle("POST", "/signed/note", "", {}, body, None)
+        _drain(node)
+        return response.status  # type: ignore[union-attr]
+
+    now = int(time.time())
+    fresh = envelope(member_key, now)
+    assert post(fresh) == 200
+    assert node.store.begin().get("notes", member_id.encode()) == b"hello"
+    assert post(fresh) == 401, "a replayed envelope ran again"
+    assert post(envelope(member_key, now - 3600, b"old")) == 401, "a stale envelope ran"
+    assert post(envelope(certs.new_key(), now, b"forged")) == 401, "a stranger's envelope ran"
+    assert node.store.begin().get("notes", member_id.encode()) == b"hello"
