@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from client_helpers import app_seqno, receipts_for
+from shared_data import CCF_LEDGERS as SHARED_CCF_LEDGERS
 
 from client.auditor import audit_ledger, verify_receipt_bytes, verify_receipt_file
 from client.errors import IdentityError, LedgerAuditFailed, ReceiptInvalid
@@ -15,8 +16,8 @@ from ledger import certs
 from ledger.chunks import LedgerReader
 from ledger.generate import GeneratedLedger, generate_ledger
 
-CCF_LEDGER = Path("/work/shared/ccf-ledgers/current")
-CCF_DEPRECATED_LEDGER = Path("/work/shared/ccf-ledgers/deprecated-entry-types")
+CCF_LEDGER = SHARED_CCF_LEDGERS / "current"
+CCF_DEPRECATED_LEDGER = SHARED_CCF_LEDGERS / "deprecated-entry-types"
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,14 @@ from typing import Any
 import pytest
 from aiohttp import web
 from client_helpers import GovRecorder, Pki, ThreadedServer, app_seqno, receipts_for
+from shared_data import CCF_LEDGERS as SHARED_CCF_LEDGERS
 from typer.testing import CliRunner, Result
 
 from client import cli_process
 from client.cli import app
 from ledger.chunks import LedgerReader
 
-CCF_LEDGER = Path("/work/shared/ccf-ledgers/current")
+CCF_LEDGER = SHARED_CCF_LEDGERS / "current"
 PROPOSAL_ID = "ab" * 32
 
 COMMANDS = [

@@ -7,10 +7,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from shared_data import CCF_LEDGERS as SHARED_CCF_LEDGERS
 
 from ledger.generate import GeneratedLedger, generate_ledger
 
-CCF_LEDGERS = Path("/work/shared/ccf-ledgers")
+CCF_LEDGERS = SHARED_CCF_LEDGERS
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from shared_data import CCF_LEDGERS as SHARED_CCF_LEDGERS
 
 from ledger import certs
 from ledger.audit import MerkleFrontier, audit, check_consistency
@@ -18,7 +19,7 @@ from ledger.generate import GeneratedLedger, generate_ledger
 from ledger.merkle import MerkleTree
 from ledger.signatures import SIGNATURES_TABLE
 
-CCF_LEDGERS = Path("/work/shared/ccf-ledgers")
+CCF_LEDGERS = SHARED_CCF_LEDGERS
 Copy = Callable[[str | Path], Path]
 
 

@@ -13,6 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
+from shared_data import CCF_LEDGERS as SHARED_CCF_LEDGERS
 
 from ledger import certs
 from ledger.errors import DecodeError
@@ -190,12 +191,12 @@ def test_ids_are_sha256_of_der() -> None:
 
 
 def test_real_ccf_node_id_matches_its_endorsed_cert() -> None:
-    # From /work/shared/ccf-ledgers/current, transaction 2.2 (node 9eef25…).
+    # From shared/ccf-ledgers/current, transaction 2.2 (node 9eef25…).
     import json
 
     from ccf.ledger import Ledger
 
-    for chunk in Ledger(["/work/shared/ccf-ledgers/current"]):
+    for chunk in Ledger([str(SHARED_CCF_LEDGERS / "current")]):
         for tx in chunk:
             sigs = tx.get_public_domain().get_tables().get("public:ccf.internal.signatures")
             if sigs:

@@ -13,11 +13,12 @@ import ccf.cose
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from pycose.messages.sign1message import Sign1Message
+from shared_data import CCF_LEDGERS as SHARED_CCF_LEDGERS
 
 from ledger import certs, cose
 from ledger.errors import DecodeError, VerificationError
 
-CCF_LEDGER = Path("/work/shared/ccf-ledgers/current")
+CCF_LEDGER = SHARED_CCF_LEDGERS / "current"
 CCF_COSE_SIGN1_CLI = Path(sys.executable).parent / "ccf_cose_sign1"
 
 

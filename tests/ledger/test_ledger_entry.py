@@ -10,6 +10,7 @@ import struct
 
 import ccf.ledger
 import pytest
+from shared_data import CCF_LEDGERS as SHARED_CCF_LEDGERS
 
 from ledger.entry import (
     ENTRY_SIZE_BYTES_MAX,
@@ -28,7 +29,7 @@ from ledger.entry import (
 from ledger.errors import DecodeError, VerificationError
 
 SECRET = bytes(range(32))
-CCF_LEDGERS = "/work/shared/ccf-ledgers"
+CCF_LEDGERS = str(SHARED_CCF_LEDGERS)
 
 
 def _entry(seqno: int = 5, view: int = 2, **kwargs: object) -> bytes:

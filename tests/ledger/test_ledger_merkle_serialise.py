@@ -1,7 +1,7 @@
 """Promises of ledger.merkle beyond appending: truncate, drop_prefix, merklecpp bytes.
 
 The serialised format is checked against the `public:ccf.internal.tree` values that real
-CCF nodes wrote into the ledgers under /work/shared/ccf-ledgers.
+CCF nodes wrote into the ledgers under shared/ccf-ledgers.
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ import pytest
 from ccf.ledger import Ledger
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from shared_data import CCF_LEDGERS as SHARED_CCF_LEDGERS
 
 from ledger.errors import DecodeError
 from ledger.merkle import MAX_SERIALISED_TREE_BYTES, MerkleTree, verify_inclusion
 
 DETERMINISTIC = settings(max_examples=60, derandomize=True, deadline=None)
-CCF_LEDGERS = Path("/work/shared/ccf-ledgers")
+CCF_LEDGERS = SHARED_CCF_LEDGERS
 
 
 def random_leaves(count: int, seed: int) -> list[bytes]:

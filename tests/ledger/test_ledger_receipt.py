@@ -20,6 +20,7 @@ from ccf.ledger import Ledger
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
+from shared_data import CCF_LEDGERS as SHARED_CCF_LEDGERS
 
 from ledger import certs, cose, receipt, signatures
 from ledger.errors import DecodeError, LedgerError, VerificationError
@@ -315,7 +316,7 @@ def test_legacy_receipt_without_claims_digest_verifies() -> None:
 def test_real_ccf_signatures_verify_as_signature_receipts() -> None:
     service_pem = None
     checked = 0
-    for chunk in Ledger(["/work/shared/ccf-ledgers/current"]):
+    for chunk in Ledger([str(SHARED_CCF_LEDGERS / "current")]):
         for tx in chunk:
             tables = tx.get_public_domain().get_tables()
             if "public:ccf.gov.service.info" in tables:

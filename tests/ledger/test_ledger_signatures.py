@@ -6,7 +6,6 @@ import base64
 import contextlib
 import hashlib
 import json
-from pathlib import Path
 from typing import Any
 
 import cbor2
@@ -17,11 +16,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from shared_data import CCF_LEDGERS as SHARED_CCF_LEDGERS
 
 from ledger import certs, cose, signatures
 from ledger.errors import DecodeError, VerificationError
 
-CCF_LEDGER = Path("/work/shared/ccf-ledgers/current")
+CCF_LEDGER = SHARED_CCF_LEDGERS / "current"
 ROOT = hashlib.sha256(b"root").digest()
 
 
