@@ -180,41 +180,36 @@ class Runtime:
                     return
                 await asyncio.sleep(JOIN_POLL_S)
 
-    async def _request(self, frame_for: Any) -> Any:
+    async def _request(self, frame_type: Any, *args: int) -> Any:
+        """Send `frame_type(request_id, *args)` to the host and await its answer."""
         request_id = next(self.request_ids)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.pending_reads[request_id] = future
-        self.channel.send(frame_for(request_id))
+        self.channel.send(frame_type(request_id, *args))
         return await future
 
     async def _replay_own_ledger(self, last_seqno: int, *, learner: bool = False) -> None:
         assert self.node is not None
         next_seqno = 1
         if last_seqno > 0:
-            first = await self._request(lambda rid: itf.ReadEntries(rid, 1, 1))
+            first = await self._request(itf.ReadEntries, 1, 1)
             if not first.entries:
                 # This node joined from a snapshot: its ledger starts after it.
-                snapshot = await self._request(lambda rid: itf.ReadLatestSnapshot(rid))
+                snapshot = await self._request(itf.ReadLatestSnapshot)
                 if snapshot.data is None:
                     raise RuntimeError("the ledger starts after seqno 1 but no snapshot exists")
                 install = (
                     self.node.resume_pending_snapshot if learner else self.node.resume_from_snapshot
                 )
                 next_seqno = install(snapshot.data) + 1
+        replay = self.node.replay_as_learner if learner else self.node.replay
         while next_seqno <= last_seqno:
-            request_id = next(self.request_ids)
-            future: asyncio.Future[itf.EntriesRead] = asyncio.get_running_loop().create_future()
-            self.pending_reads[request_id] = future
             to = min(last_seqno, next_seqno + READ_BATCH_ENTRIES - 1)
-            self.channel.send(itf.ReadEntries(request_id, next_seqno, to))
-            reply = await future
+            reply = await self._request(itf.ReadEntries, next_seqno, to)
             if reply.first_seqno != next_seqno or not reply.entries:
                 raise RuntimeError(f"host returned no entries from seqno {next_seqno}")
             for raw in reply.entries:
-                if learner:
-                    self.node.replay_as_learner(raw)
-                else:
-                    self.node.replay(raw)
+                replay(raw)
             next_seqno += len(reply.entries)
         LOG.info("event=own_ledger_replayed last_seqno=%d", last_seqno)
 

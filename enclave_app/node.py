@@ -82,8 +82,9 @@ TREE_TABLE = "public:ccf.internal.tree"
 CONFIGURATION_TABLE = "public:ccf.internal.configuration"
 
 
-@dataclass(frozen=True, slots=True)
 class TxStatus:
+    """The statuses `/node/tx` reports (CCF's names)."""
+
     UNKNOWN = "Unknown"
     PENDING = "Pending"
     COMMITTED = "Committed"
@@ -279,7 +280,7 @@ class Node:
             "status": status,
             "quote_info": {
                 "format": report.format,
-                "quote": __import__("base64").b64encode(report.to_bytes()).decode(),
+                "quote": base64.b64encode(report.to_bytes()).decode(),
                 "endorsements": "",
             },
             "code_digest": report.measurement,
@@ -1082,7 +1083,7 @@ class Node:
                 )
         if outcome.commit and replay_key is not None:
             # The signed request may not be played again (read-only ones change nothing).
-            tx.put(APP_COSE_REQUESTS_TABLE, replay_key, member_id_bytes(caller))
+            tx.put(APP_COSE_REQUESTS_TABLE, replay_key, caller.id.encode())
         if outcome.commit:
             view, seqno = self.commit_tx(tx, outcome.claims_digest)
             self._drain_ready()
@@ -1344,18 +1345,14 @@ class Node:
 
     # ------------------------------------------------------------------ status and receipts
     def tx_status(self, view: int, seqno: int) -> str:
+        """CCF's status of a transaction id, as this node knows it."""
         local_view = self.view_at(seqno)
         if seqno <= self.commit_seqno:
             return TxStatus.COMMITTED if local_view == view else TxStatus.INVALID
         if local_view == view:
             return TxStatus.PENDING
-        if local_view is None:
-            current = self.raft.view if self.raft else 0
-            return (
-                TxStatus.INVALID
-                if view < current and seqno <= self.applied_seqno
-                else (TxStatus.UNKNOWN)
-            )
+        if local_view is None:  # beyond this node's log (view_at covers 1..applied_seqno)
+            return TxStatus.UNKNOWN
         return TxStatus.INVALID if view < local_view else TxStatus.UNKNOWN
 
     def receipt(self, view: int, seqno: int, *, cose: bool = False) -> HttpResponse:
@@ -1439,10 +1436,6 @@ def _n2n_message(message: Any) -> tuple[str, list[Any]]:
             ):
                 raise TypeError("malformed headers")
     return kind, fields
-
-
-def member_id_bytes(caller: Caller) -> bytes:
-    return caller.id.encode()
 
 
 class RollbackError(Exception):
