@@ -418,3 +418,63 @@ def test_member_signed_app_request_is_fresh_and_played_once(tmp_path: Path) -> N
     assert post(envelope(member_key, now - 3600, b"old")) == 401, "a stale envelope ran"
     assert post(envelope(certs.new_key(), now, b"forged")) == 401, "a stranger's envelope ran"
     assert node.store.begin().get("notes", member_id.encode()) == b"hello"
+
+
+def test_app_cannot_write_the_services_own_maps(tmp_path: Path) -> None:
+    """An app handler that writes a `public:ccf.*` map gets 500 and nothing is committed."""
+    from enclave_app.app import App
+
+    rogue = App("rogue", prefix="/app", api_path=None)
+
+    @rogue.post("/rogue", auth="none")
+    def write_governance(ctx: Any) -> dict[str, Any]:
+        ctx.tx.put(gt.USERS_CERTS, b"f" * 64, b"not a cert")
+        return {}
+
+    config = _config(tmp_path)
+    node = Node(config, VirtualPlatform(tmp_path), rogue)
+    node.routes.include(node_endpoints.build(node))
+    _include_governance(node)
+    from enclave_app.main import _initial_members
+
+    node.start_new_network(_initial_members(config), None)
+    _drain(node)
+    tx = node.store.begin()  # open the service so /app answers
+    info = gt.service_info(tx)
+    assert info is not None
+    gt.put_json(tx, gt.SERVICE_INFO, gt.SINGLETON_KEY, {**info, "status": "Open"})
+    node.commit_tx(tx)
+    _drain(node)
+    before = node.applied_seqno
+    response = node.handle("POST", "/app/rogue", "", {}, b"", None)
+    assert response.status == 500  # type: ignore[union-attr]
+    assert node.applied_seqno == before
+    assert node.store.begin().get(gt.USERS_CERTS, b"f" * 64) is None
+
+
+def test_pending_joins_are_capped(tmp_path: Path) -> None:
+    """Joining is unauthenticated until governance decides: at most MAX_PENDING_NODES wait."""
+    import base64
+
+    from enclave_app.node import MAX_PENDING_NODES
+
+    node, _ = _start(tmp_path)
+    _drain(node)
+
+    def join() -> int:
+        key = certs.new_key()
+        report = node.platform.report(certs.spki_der(key.public_key()))
+        body = json.dumps(
+            {
+                "public_key": certs.public_key_pem(key.public_key()),
+                "quote": base64.b64encode(report.to_bytes()).decode(),
+                "rpc_address": "127.0.0.1:1",
+                "node_to_node_address": "127.0.0.1:2",
+            }
+        ).encode()
+        status = node.handle("POST", "/node/join", "", {}, body, None).status  # type: ignore[union-attr]
+        _drain(node)
+        return status
+
+    assert [join() for _ in range(MAX_PENDING_NODES)] == [200] * MAX_PENDING_NODES
+    assert join() == 503
