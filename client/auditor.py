@@ -1,7 +1,7 @@
 """Offline auditing: receipts and ledger directories, no network access.
 
 An auditor holds the service certificate, receipts and ledger files, and trusts no node.
-These functions wrap ledger.receipt and ledger.audit so that every failure is one typed
+These functions wrap charter.ledger.receipt and charter.ledger.audit so that every failure is one typed
 `CharterError` (ReceiptInvalid, LedgerAuditFailed, IdentityError).
 """
 
@@ -12,12 +12,12 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from client.errors import IdentityError, LedgerAuditFailed, ReceiptInvalid
-from client.identity import load_cert_pem, read_bounded
-from client.sdk import verify_json_receipt
-from ledger.audit import AuditReport, ProgressCallback, audit
-from ledger.errors import AuditError, LedgerError
-from ledger.receipt import decode_cose_receipt, verify_cose_receipt
+from charter.errors import IdentityError, LedgerAuditFailed, ReceiptInvalid
+from charter.identity import load_cert_pem, read_bounded
+from charter.ledger.audit import AuditReport, ProgressCallback, audit
+from charter.ledger.errors import AuditError, LedgerError
+from charter.ledger.receipt import decode_cose_receipt, verify_cose_receipt
+from charter.sdk import verify_json_receipt
 
 log = logging.getLogger(__name__)
 

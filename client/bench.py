@@ -12,7 +12,7 @@ the same shape as a node's (P-384, issued by a service CA) and the same client c
 check: the best any Python HTTPS service can do on this machine with this client. The node's
 committed write rate is reported as a ratio to it, so figures compare across machines.
 
-Run `python -m client.bench ceiling CERT KEY CLIENT_CA [asyncio|uvloop]` to start the ceiling
+Run `python -m charter.bench ceiling CERT KEY CLIENT_CA [asyncio|uvloop]` to start the ceiling
 server by hand;
 it prints `{"port": P}` on one line and serves until stdin closes or SIGTERM.
 """
@@ -36,10 +36,10 @@ from typing import Any, TypeVar
 
 import aiohttp
 
-from client.identity import TxId
-from client.keygen import generate_identity
-from client.sdk import TXID_HEADER, CharterClient, build_ssl_context, verify_json_receipt
-from ledger import certs
+from charter.identity import TxId
+from charter.keygen import generate_identity
+from charter.ledger import certs
+from charter.sdk import TXID_HEADER, CharterClient, build_ssl_context, verify_json_receipt
 
 log = logging.getLogger(__name__)
 
@@ -424,7 +424,7 @@ class CeilingServer:
         args = [str(self.pki.server_cert), str(self.pki.server_key), str(self.pki.client_cert)]
         args.append(self.loop)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "client.bench", "ceiling", *args],
+            [sys.executable, "-m", "charter.bench", "ceiling", *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -507,7 +507,7 @@ async def _serve_ceiling(cert: str, key: str, client_ca: str) -> None:
 
 def main(argv: list[str]) -> int:
     if len(argv) not in (4, 5) or argv[0] != "ceiling":
-        print("usage: python -m client.bench ceiling CERT KEY CLIENT_CA [LOOP]", file=sys.stderr)
+        print("usage: python -m charter.bench ceiling CERT KEY CLIENT_CA [LOOP]", file=sys.stderr)
         return 2
     loop = resolve_loop(argv[4] if len(argv) == 5 else "asyncio")
     run_on(loop, _serve_ceiling(argv[1], argv[2], argv[3]))

@@ -1,7 +1,7 @@
 """The `charter` command line: identities, governance, service state, nodes, sandbox, bench.
 
 Receipts and ledgers live in client.cli_ledger; shared options and error handling in
-client.cli_common. Entry point `charter = client.cli:main` (pyproject.toml).
+client.cli_common. Entry point `charter = charter.cli:main` (pyproject.toml).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Column, Table
 
-from client.cli_common import (
+from charter.cli_common import (
     EXIT_INTERRUPTED,
     EXIT_USAGE,
     CertOpt,
@@ -35,19 +35,19 @@ from client.cli_common import (
     run_async,
     stdout,
 )
-from client.cli_ledger import ledger_app, receipt_app
-from client.cli_process import PASSTHROUGH, bench, node_app, sandbox
-from client.errors import IdentityError
-from client.identity import PEM_FILE_BYTES_MAX, load_cert_pem, load_json_file, read_bounded
-from client.ledger_dump import clip
-from client.member import (
+from charter.cli_ledger import ledger_app, receipt_app
+from charter.cli_process import PASSTHROUGH, bench, node_app, sandbox
+from charter.errors import IdentityError
+from charter.identity import PEM_FILE_BYTES_MAX, load_cert_pem, load_json_file, read_bounded
+from charter.ledger_dump import clip
+from charter.member import (
     Member,
     Proposal,
     get_proposal,
     get_proposal_actions,
     list_proposals,
 )
-from client.sdk import CharterClient
+from charter.sdk import CharterClient
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def keygen(
 
     Example: charter keygen member1 --enc-key --dir workspace/
     """
-    from client.keygen import generate_identity
+    from charter.keygen import generate_identity
 
     r = generate_identity(
         name, directory, encryption_key=enc_key, rsa_bits=rsa_bits, days=days, overwrite=force

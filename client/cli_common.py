@@ -22,9 +22,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from client.errors import CharterError, IdentityError, LedgerAuditFailed
-from client.identity import Network
-from ledger.errors import LedgerError
+from charter.errors import CharterError, IdentityError, LedgerAuditFailed
+from charter.identity import Network
+from charter.ledger.errors import LedgerError
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from client.auditor import audit_ledger
-from client.cli_common import (
+from charter.auditor import audit_ledger
+from charter.cli_common import (
     JsonOpt,
     NetworkOpt,
     NodeOpt,
@@ -27,9 +27,9 @@ from client.cli_common import (
     run_async,
     stdout,
 )
-from client.errors import IdentityError, LedgerAuditFailed
-from client.identity import Network, TxId
-from ledger.audit import AuditReport
+from charter.errors import IdentityError, LedgerAuditFailed
+from charter.identity import Network, TxId
+from charter.ledger.audit import AuditReport
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +74,8 @@ def receipt_get(
     """
     tx = TxId.parse(txid)
     t = resolve_target(network=network, url=url, service_cert=service_cert, node=node)
-    from client.auditor import verify_receipt_bytes
-    from client.sdk import CharterClient
+    from charter.auditor import verify_receipt_bytes
+    from charter.sdk import CharterClient
 
     async def go() -> dict[str, Any] | bytes:
         async with CharterClient(t.url, t.service_cert) as c:
@@ -87,7 +87,7 @@ def receipt_get(
     data = receipt if isinstance(receipt, bytes) else json.dumps(receipt, indent=2).encode()
     check = None
     if verify:
-        from client.identity import load_cert_pem
+        from charter.identity import load_cert_pem
 
         check = verify_receipt_bytes(data, load_cert_pem(t.service_cert, "service certificate"))
     if out is not None:
@@ -126,7 +126,7 @@ def receipt_verify(
 
     Example: charter receipt verify r.json --service-cert service_cert.pem
     """
-    from client.auditor import verify_receipt_file
+    from charter.auditor import verify_receipt_file
 
     cert = _service_cert_offline(service_cert, network)
     if cert is None:
@@ -274,7 +274,7 @@ def ledger_read(
 
     Example: charter ledger read workspace/node0/ledger --from 1 --to 20
     """
-    from client.ledger_dump import clip, read_entries
+    from charter.ledger_dump import clip, read_entries
 
     if not directory.is_dir():
         raise IdentityError(f"ledger directory not found: {directory}")

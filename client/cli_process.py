@@ -10,9 +10,9 @@ from typing import Annotated
 
 import typer
 
-from client.cli_common import fail, guarded, stdout
-from client.errors import IdentityError
-from client.identity import load_json_file
+from charter.cli_common import fail, guarded, stdout
+from charter.errors import IdentityError
+from charter.identity import load_json_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH_SCRIPT = REPO_ROOT / "scripts" / "bench.py"
@@ -24,7 +24,7 @@ def _node_command(config: Path) -> list[str]:
     doc = load_json_file(config, "node config")
     if not isinstance(doc, dict):
         raise IdentityError(f"node config {config} must be a JSON object")
-    return [sys.executable, "-m", "host", "--config", str(config)]
+    return [sys.executable, "-m", "charter.host", "--config", str(config)]
 
 
 def _exec_node(config: Path, print_only: bool) -> None:
@@ -47,7 +47,7 @@ def node_start(
     config: Annotated[Path, typer.Argument(help="Node config (JSON) that starts a network.")],
     print_command: PrintCmdOpt = False,
 ) -> None:
-    """Start the first node of a new network (runs `python -m host --config FILE`).
+    """Start the first node of a new network (runs `python -m charter.host --config FILE`).
 
     Example: charter node start workspace/node0/node.json
     """
@@ -93,7 +93,7 @@ def sandbox(ctx: typer.Context) -> None:
     Example: charter sandbox --nodes 3 --workspace workspace/sandbox
     """
     try:
-        from client.sandbox import run
+        from charter.sandbox import run
     except ImportError:
         fail("the sandbox is not available in this version (client/sandbox.py is missing)")
     code = run(list(ctx.args))

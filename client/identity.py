@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from client.errors import IdentityError
+from charter.errors import IdentityError
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from client.errors import IdentityError
-from client.identity import cert_id_of_pem
-from ledger.certs import (
+from charter.errors import IdentityError
+from charter.identity import cert_id_of_pem
+from charter.ledger.certs import (
     cert_pem,
     key_pem,
     new_key,

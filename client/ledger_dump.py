@@ -1,6 +1,6 @@
 """A readable view of ledger entries, with governance history (for `charter ledger read`).
 
-Pure functions over decoded entries; reading and decoding is ledger.chunks / ledger.entry.
+Pure functions over decoded entries; reading and decoding is charter.ledger.chunks / ledger.entry.
 Private domains stay encrypted: an auditor without the ledger secret sees their size only.
 """
 
@@ -151,8 +151,8 @@ def view_entry(entry: Any) -> EntryView:
 
 def read_entries(directory: Path, start: int = 1, end: int | None = None) -> Iterator[EntryView]:
     """Decode entries start..end (inclusive) of a ledger directory."""
-    from ledger.chunks import LedgerReader
-    from ledger.entry import decode_entry
+    from charter.ledger.chunks import LedgerReader
+    from charter.ledger.entry import decode_entry
 
     reader = LedgerReader(str(directory))
     for seqno, raw in reader.entries(start, end):

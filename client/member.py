@@ -22,12 +22,11 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from client.errors import IdentityError, InvalidInput, ProtocolError
-from client.identity import Identity, TxId
-from client.sdk import GOV_API_VERSION, CharterClient, Response
-from governance.actions import parse_action
-from governance.errors import GovernanceError
-from ledger.cose import (
+from charter.errors import IdentityError, InvalidInput, ProtocolError
+from charter.governance.actions import parse_action
+from charter.governance.errors import GovernanceError
+from charter.identity import Identity, TxId
+from charter.ledger.cose import (
     GOV_MSG_CREATED_AT,
     GOV_MSG_PROPOSAL_ID,
     GOV_MSG_TYPE,
@@ -38,6 +37,7 @@ from ledger.cose import (
     alg_for_curve,
     sign1,
 )
+from charter.sdk import GOV_API_VERSION, CharterClient, Response
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """`charter sandbox`: a local network on 127.0.0.1, opened through real governance.
 
 The sandbox creates a workspace (members' and a user's keys, one config per node), starts
-every node as its own pair of processes (`python -m host --config …`), opens the service by
+every node as its own pair of processes (`python -m charter.host --config …`), opens the service by
 proposal and ballots, writes `network.json`, and stays up until Ctrl-C or SIGTERM. A second
 start on the same workspace resumes the same network: each node unseals its identity and
 replays its own ledger.
@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from client.keygen import generate_identity
-from client.member import Member
-from client.sdk import CharterClient
+from charter.keygen import generate_identity
+from charter.member import Member
+from charter.sdk import CharterClient
 
 DEFAULT_WORKSPACE = Path("workspace/sandbox")
 MEMBER_COUNT = 3
@@ -82,7 +82,7 @@ class NodeProcess:
         self.ports_path.unlink(missing_ok=True)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "host", "--config", str(self.config_path)],
+            [sys.executable, "-m", "charter.host", "--config", str(self.config_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -141,7 +141,7 @@ class Sandbox:
         *,
         nodes: int = 3,
         port_base: int | None = None,
-        app: str = "enclave_app.samples.logging",
+        app: str = "charter.enclave_app.samples.logging",
         signature_tx_count: int = 100,
         signature_delay_ms: int = 50,
         election_timeout_ms: tuple[int, int] = (1000, 2000),
@@ -410,7 +410,7 @@ class Sandbox:
 
 
 def _cert_id(path: Path) -> str:
-    from ledger import certs
+    from charter.ledger import certs
 
     return certs.cert_id(path.read_text())
 
@@ -443,7 +443,7 @@ def _tail(path: Path, lines: int = 20) -> str:
 # ---------------------------------------------------------------------------------------------
 # The command: `charter sandbox [--nodes N] [--workspace DIR] [--port-base P] [--app MODULE]`
 
-APPS = {"logging": "enclave_app.samples.logging", "acl": "enclave_app.samples.acl"}
+APPS = {"logging": "charter.enclave_app.samples.logging", "acl": "charter.enclave_app.samples.acl"}
 
 
 def _example_lines(

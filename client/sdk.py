@@ -1,4 +1,4 @@
-"""Async Python SDK for a Charter service (users, operators; members in client.member).
+"""Async Python SDK for a Charter service (users, operators; members in charter.member).
 
     async with CharterClient("https://127.0.0.1:8000", "service_cert.pem",
                              cert_path="user0_cert.pem", key_path="user0_privk.pem") as c:
@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 import aiohttp
 from multidict import CIMultiDictProxy
 
-from client.errors import (
+from charter.errors import (
     CharterError,
     CommitTimeout,
     ConnectionFailed,
@@ -37,9 +37,9 @@ from client.errors import (
     TransactionInvalid,
     error_from_response,
 )
-from client.identity import TxId, load_cert_pem
-from ledger.errors import LedgerError
-from ledger.receipt import verify_json_receipt as ledger_verify_json_receipt
+from charter.identity import TxId, load_cert_pem
+from charter.ledger.errors import LedgerError
+from charter.ledger.receipt import verify_json_receipt as ledger_verify_json_receipt
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,13 @@
 """Charter's consensus: Raft as a sans-IO state machine (DESIGN §6). Imports nothing of ours."""
 
-from consensus.codec import MAX_MESSAGE_BYTES, decode_message, encode_message
-from consensus.errors import ConfigurationError, ConsensusError, DecodeError, NotPrimaryError
-from consensus.messages import (
+from charter.consensus.codec import MAX_MESSAGE_BYTES, decode_message, encode_message
+from charter.consensus.errors import (
+    ConfigurationError,
+    ConsensusError,
+    DecodeError,
+    NotPrimaryError,
+)
+from charter.consensus.messages import (
     AppendEntries,
     AppendEntriesResponse,
     Message,
@@ -12,8 +17,8 @@ from consensus.messages import (
     RequestVoteResponse,
     TimeoutNow,
 )
-from consensus.raft import Raft
-from consensus.types import (
+from charter.consensus.raft import Raft
+from charter.consensus.types import (
     EntryRequest,
     HardState,
     LogEntry,

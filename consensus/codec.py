@@ -12,8 +12,8 @@ from typing import Any
 
 import msgpack
 
-from consensus.errors import DecodeError
-from consensus.messages import (
+from charter.consensus.errors import DecodeError
+from charter.consensus.messages import (
     AppendEntries,
     AppendEntriesResponse,
     Message,
@@ -23,7 +23,7 @@ from consensus.messages import (
     RequestVoteResponse,
     TimeoutNow,
 )
-from consensus.types import LogEntry
+from charter.consensus.types import LogEntry
 
 VERSION = 1
 MAX_MESSAGE_BYTES = 64 << 20

@@ -10,17 +10,17 @@ from __future__ import annotations
 import logging
 import random
 
-from consensus.errors import ConsensusError
-from consensus.log import RaftLog
-from consensus.messages import (
+from charter.consensus.errors import ConsensusError
+from charter.consensus.log import RaftLog
+from charter.consensus.messages import (
     Message,
     PreVote,
     PreVoteResponse,
     RequestVote,
     RequestVoteResponse,
 )
-from consensus.progress import Progress
-from consensus.types import EntryRequest, LogEntry, RaftConfig, Role, StartState
+from charter.consensus.progress import Progress
+from charter.consensus.types import EntryRequest, LogEntry, RaftConfig, Role, StartState
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from itertools import accumulate
 from operator import attrgetter
 
-from consensus.errors import ConsensusError
-from consensus.types import LogEntry
+from charter.consensus.errors import ConsensusError
+from charter.consensus.types import LogEntry
 
 _data = attrgetter("data")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from consensus.types import LogEntry
+from charter.consensus.types import LogEntry
 
 
 @dataclass(frozen=True, slots=True)

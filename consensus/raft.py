@@ -17,9 +17,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from consensus.election import RaftState
-from consensus.errors import ConfigurationError, ConsensusError, NotPrimaryError
-from consensus.messages import (
+from charter.consensus.election import RaftState
+from charter.consensus.errors import ConfigurationError, ConsensusError, NotPrimaryError
+from charter.consensus.messages import (
     AppendEntries,
     AppendEntriesResponse,
     Message,
@@ -29,8 +29,8 @@ from consensus.messages import (
     RequestVoteResponse,
     TimeoutNow,
 )
-from consensus.progress import Progress
-from consensus.types import (
+from charter.consensus.progress import Progress
+from charter.consensus.types import (
     EntryRequest,
     HardState,
     LogEntry,

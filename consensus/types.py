@@ -6,10 +6,10 @@ import enum
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
-from consensus.errors import ConsensusError
+from charter.consensus.errors import ConsensusError
 
 if TYPE_CHECKING:
-    from consensus.messages import Message
+    from charter.consensus.messages import Message
 
 
 class Role(enum.Enum):

@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import pydantic
 
-from enclave_app.app_openapi import build_openapi
-from enclave_app.errors import HttpError
+from charter.enclave_app.app_openapi import build_openapi
+from charter.enclave_app.errors import HttpError
 
 if TYPE_CHECKING:
-    from enclave_app.kv import Tx
+    from charter.enclave_app.kv import Tx
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import pydantic
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 if TYPE_CHECKING:
-    from enclave_app.app import Endpoint
+    from charter.enclave_app.app import Endpoint
 
 OPENAPI_VERSION = "3.1.0"
 REF_TEMPLATE = "#/components/schemas/{model}"

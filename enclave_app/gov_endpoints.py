@@ -4,7 +4,7 @@ The node runtime calls `register(app, hooks)` with an `App` whose prefix is "/go
 uses `make_gov_app(hooks)`), supplying the current Merkle root, the time, and a callback
 that performs an accepted proposal's `Effects` (endorse nodes, open the service, rekey)
 in the same transaction. Every state-changing route authenticates its caller itself by
-verifying the COSE_Sign1 body (governance.requests): the routes are registered with
+verifying the COSE_Sign1 body (charter.governance.requests): the routes are registered with
 auth "none" so that the runtime does not need to know the governance rules.
 
 `?api-version=2024-07-01` (or `2023-06-01-preview`) is required on every route; missing →
@@ -18,13 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from enclave_app.app import JSON_CONTENT_TYPE, App, Context, Response
-from enclave_app.errors import HttpError
-from governance import handlers, proposals, queries
-from governance.acks import get_state_digest
-from governance.effects import Effects
-from governance.errors import GovernanceError
-from governance.requests import DEFAULT_POLICY, MAX_ENVELOPE_BYTES, RequestPolicy
+from charter.enclave_app.app import JSON_CONTENT_TYPE, App, Context, Response
+from charter.enclave_app.errors import HttpError
+from charter.governance import handlers, proposals, queries
+from charter.governance.acks import get_state_digest
+from charter.governance.effects import Effects
+from charter.governance.errors import GovernanceError
+from charter.governance.requests import DEFAULT_POLICY, MAX_ENVELOPE_BYTES, RequestPolicy
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import msgpack
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ledger import certs
+from charter.ledger import certs
 
 SEALED_FORMAT_VERSION = 1
 LEDGER_SECRET_BYTES = 32

@@ -858,7 +858,7 @@ class NodeConfig(_Model):
     node_to_node_address: Address = "127.0.0.1:0"
     # What peers dial (e.g. a relay in front of this node); defaults to node_to_node_address.
     published_node_to_node_address: Address | None = None
-    app: str = "enclave_app.samples.logging"
+    app: str = "charter.enclave_app.samples.logging"
     platform: Literal["virtual"] = "virtual"
     tick_ms: int = pydantic.Field(default=10, ge=1, le=10_000)
     ledger_chunk_bytes: int = pydantic.Field(default=5_000_000, ge=1024)

@@ -26,7 +26,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 import msgpack
 
-from enclave_app.errors import KVError
+from charter.enclave_app.errors import KVError
 
 logger = logging.getLogger(__name__)
 

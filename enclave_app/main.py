@@ -1,4 +1,4 @@
-"""The enclave process: `python -m enclave_app.main --control-fd N` (started by the host).
+"""The enclave process: `python -m charter.enclave_app.main --control-fd N` (started by the host).
 
 This is the thin runtime loop around `Node`: it reads host frames from the control channel,
 serves the client sockets the host passes in (TLS terminates here, with aiohttp), and sends
@@ -23,12 +23,12 @@ from typing import Any
 
 from aiohttp import web
 
-from enclave_app import interface as itf
-from enclave_app import node_endpoints
-from enclave_app.app import App, HttpResponse
-from enclave_app.loop import run_loop
-from enclave_app.node import TXID_HEADER, Forwarded, Node
-from enclave_app.platform import VirtualPlatform
+from charter.enclave_app import interface as itf
+from charter.enclave_app import node_endpoints
+from charter.enclave_app.app import App, HttpResponse
+from charter.enclave_app.loop import run_loop
+from charter.enclave_app.node import TXID_HEADER, Forwarded, Node
+from charter.enclave_app.platform import VirtualPlatform
 
 LOG = logging.getLogger("enclave")
 
@@ -396,7 +396,7 @@ def _load_app(module_path: str) -> App:
 
 
 def _include_governance(node: Node) -> None:
-    from enclave_app.gov_endpoints import GovHooks, make_gov_app
+    from charter.enclave_app.gov_endpoints import GovHooks, make_gov_app
 
     hooks = GovHooks(
         merkle_root=node.merkle_root, now_s=node.now_s, apply_effects=node.apply_effects
@@ -419,13 +419,13 @@ def _initial_members(config: itf.NodeConfig) -> list[dict[str, Any]]:
 def _constitution(config: itf.NodeConfig) -> Any:
     if config.start.constitution is None:
         return None
-    from governance.constitution import Constitution
+    from charter.governance.constitution import Constitution
 
     return Constitution.model_validate_json(Path(config.start.constitution).read_bytes())
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="enclave_app.main")
+    parser = argparse.ArgumentParser(prog="charter.enclave_app.main")
     parser.add_argument("--control-fd", type=int, required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(

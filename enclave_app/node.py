@@ -1,6 +1,6 @@
 """The enclave's node: one object that owns the KV store, the history, Raft and the keys.
 
-`Node` does no I/O. The runtime loop (`enclave_app.main`) feeds it events (a request, a
+`Node` does no I/O. The runtime loop (`charter.enclave_app.main`) feeds it events (a request, a
 tick, a durability report, a peer message) and sends the frames it leaves in `outbox` to the
 host. Every write transaction runs to completion inside one call, in order, so handlers see
 a serial history and nothing ever conflicts.
@@ -22,7 +22,7 @@ from typing import Any
 import msgpack
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from consensus import (
+from charter.consensus import (
     AppendEntriesResponse,
     LogEntry,
     Raft,
@@ -32,26 +32,26 @@ from consensus import (
     decode_message,
     encode_message,
 )
-from consensus.errors import ConsensusError
-from enclave_app import interface as itf
-from enclave_app.app import App, Caller, HttpResponse, error_response
-from enclave_app.channels import ChannelError, Channels, open_sealed, seal_to
-from enclave_app.errors import HttpError
-from enclave_app.identity import Identity
-from enclave_app.kv import Store, Tx
-from enclave_app.platform import PlatformError, VirtualPlatform
-from enclave_app.runtime_view import RuntimeView
-from enclave_app.tls import ServerTls
-from governance import tables as gt
-from governance.effects import Effects
-from governance.errors import GovernanceError
-from ledger import certs, cose, receipt
-from ledger.chunks import ChunkPolicy
-from ledger.entry import ZERO_DIGEST, decode_entry, decrypt_private, entry_leaf
-from ledger.errors import LedgerError
-from ledger.history import History
-from ledger.merkle import MerkleTree
-from ledger.snapshot import Snapshot, decode_snapshot, encode_snapshot, snapshot_digest
+from charter.consensus.errors import ConsensusError
+from charter.enclave_app import interface as itf
+from charter.enclave_app.app import App, Caller, HttpResponse, error_response
+from charter.enclave_app.channels import ChannelError, Channels, open_sealed, seal_to
+from charter.enclave_app.errors import HttpError
+from charter.enclave_app.identity import Identity
+from charter.enclave_app.kv import Store, Tx
+from charter.enclave_app.platform import PlatformError, VirtualPlatform
+from charter.enclave_app.runtime_view import RuntimeView
+from charter.enclave_app.tls import ServerTls
+from charter.governance import tables as gt
+from charter.governance.effects import Effects
+from charter.governance.errors import GovernanceError
+from charter.ledger import certs, cose, receipt
+from charter.ledger.chunks import ChunkPolicy
+from charter.ledger.entry import ZERO_DIGEST, decode_entry, decrypt_private, entry_leaf
+from charter.ledger.errors import LedgerError
+from charter.ledger.history import History
+from charter.ledger.merkle import MerkleTree
+from charter.ledger.snapshot import Snapshot, decode_snapshot, encode_snapshot, snapshot_digest
 
 LOG = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ class Node:
 
     def start_new_network(self, members: list[dict[str, Any]], constitution: Any) -> None:
         """Genesis: create the service identity and the first ledger transactions."""
-        from governance import genesis
+        from charter.governance import genesis
 
         node_key = certs.new_key()
         service_key = certs.new_key()

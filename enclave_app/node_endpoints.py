@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 import pydantic
 
-from enclave_app.app import App, Context, HttpResponse, Response
-from enclave_app.errors import HttpError
-from governance import tables as gt
+from charter.enclave_app.app import App, Context, HttpResponse, Response
+from charter.enclave_app.errors import HttpError
+from charter.governance import tables as gt
 
 if TYPE_CHECKING:
-    from enclave_app.node import Node
+    from charter.enclave_app.node import Node
 
 VERSION = "charter-0.1.0"
 _TXID = re.compile(r"([0-9]{1,19})\.([0-9]{1,19})")

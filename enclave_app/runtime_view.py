@@ -11,7 +11,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from enclave_app.node import Node
+    from charter.enclave_app.node import Node
 
 
 class RuntimeView:

@@ -13,10 +13,10 @@ import json
 import logging
 from typing import Any
 
-from governance import tables as t
-from governance.errors import GovernanceError
-from governance.requests import DEFAULT_POLICY, RequestPolicy, SignedRequest, record_request
-from governance.tx import KvTx
+from charter.governance import tables as t
+from charter.governance.errors import GovernanceError
+from charter.governance.requests import DEFAULT_POLICY, RequestPolicy, SignedRequest, record_request
+from charter.governance.tx import KvTx
 
 logger = logging.getLogger(__name__)
 

@@ -19,13 +19,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, JsonValue, StringConstraints, ValidationError
 
-from governance import tables as t
-from governance.constitution import Constitution, parse_constitution, store_constitution
-from governance.effects import NO_EFFECTS, ActionContext, Effects, NodeEndorsement
-from governance.errors import GovernanceError
-from governance.tx import KvTx
-from ledger import certs
-from ledger.errors import LedgerError
+from charter.governance import tables as t
+from charter.governance.constitution import Constitution, parse_constitution, store_constitution
+from charter.governance.effects import NO_EFFECTS, ActionContext, Effects, NodeEndorsement
+from charter.governance.errors import GovernanceError
+from charter.governance.tx import KvTx
+from charter.ledger import certs
+from charter.ledger.errors import LedgerError
 
 logger = logging.getLogger(__name__)
 

@@ -26,9 +26,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from governance.errors import GovernanceError
-from governance.tables import CONSTITUTION, SINGLETON_KEY, dump_json, get_json, is_hex_id
-from governance.tx import KvTx
+from charter.governance.errors import GovernanceError
+from charter.governance.tables import CONSTITUTION, SINGLETON_KEY, dump_json, get_json, is_hex_id
+from charter.governance.tx import KvTx
 
 MAX_RULES = 256
 MAX_LISTED_MEMBERS = 256

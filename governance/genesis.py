@@ -13,13 +13,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, JsonValue, ValidationError
 
-from governance import tables as t
-from governance.actions import MAX_RECOVERY_THRESHOLD
-from governance.constitution import Constitution, default_constitution, store_constitution
-from governance.errors import GovernanceError
-from governance.tx import KvTx
-from ledger import certs
-from ledger.errors import LedgerError
+from charter.governance import tables as t
+from charter.governance.actions import MAX_RECOVERY_THRESHOLD
+from charter.governance.constitution import Constitution, default_constitution, store_constitution
+from charter.governance.errors import GovernanceError
+from charter.governance.tx import KvTx
+from charter.ledger import certs
+from charter.ledger.errors import LedgerError
 
 logger = logging.getLogger(__name__)
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from governance import acks, proposals
-from governance.effects import NO_EFFECTS, Effects
-from governance.requests import DEFAULT_POLICY, RequestPolicy, verify_request
-from governance.tx import KvTx
+from charter.governance import acks, proposals
+from charter.governance.effects import NO_EFFECTS, Effects
+from charter.governance.requests import DEFAULT_POLICY, RequestPolicy, verify_request
+from charter.governance.tx import KvTx
 
 
 @dataclass(frozen=True, slots=True)

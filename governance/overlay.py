@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from governance.tx import KvTx
+from charter.governance.tx import KvTx
 
 
 @dataclass(frozen=True, slots=True)

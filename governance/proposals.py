@@ -16,20 +16,20 @@ import logging
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from governance import tables as t
-from governance.actions import ParsedAction, apply_action, check_action, parse_action
-from governance.constitution import check_proposer, load_constitution, resolve
-from governance.effects import NO_EFFECTS, ActionContext, Effects
-from governance.errors import GovernanceError
-from governance.overlay import Overlay
-from governance.requests import (
+from charter.governance import tables as t
+from charter.governance.actions import ParsedAction, apply_action, check_action, parse_action
+from charter.governance.constitution import check_proposer, load_constitution, resolve
+from charter.governance.effects import NO_EFFECTS, ActionContext, Effects
+from charter.governance.errors import GovernanceError
+from charter.governance.overlay import Overlay
+from charter.governance.requests import (
     DEFAULT_POLICY,
     RequestPolicy,
     SignedRequest,
     record_history,
     record_request,
 )
-from governance.tx import KvTx
+from charter.governance.tx import KvTx
 
 logger = logging.getLogger(__name__)
 

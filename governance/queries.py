@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from governance import tables as t
-from governance.errors import GovernanceError
-from governance.tx import KvTx
+from charter.governance import tables as t
+from charter.governance.errors import GovernanceError
+from charter.governance.tx import KvTx
 
 DEFAULT_NODE_CERT_VALIDITY_DAYS = 365
 DEFAULT_SERVICE_CERT_VALIDITY_DAYS = 365

@@ -24,11 +24,11 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from governance import tables as t
-from governance.errors import GovernanceError
-from governance.tx import KvTx
-from ledger import certs, cose
-from ledger.errors import LedgerError
+from charter.governance import tables as t
+from charter.governance.errors import GovernanceError
+from charter.governance.tx import KvTx
+from charter.ledger import certs, cose
+from charter.ledger.errors import LedgerError
 
 logger = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ import json
 import re
 from typing import Any
 
-from governance.errors import GovernanceError
-from governance.tx import KvTx
+from charter.governance.errors import GovernanceError
+from charter.governance.tx import KvTx
 
 MEMBERS_CERTS = "public:ccf.gov.members.certs"
 MEMBERS_INFO = "public:ccf.gov.members.info"

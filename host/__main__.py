@@ -1,7 +1,7 @@
-"""`python -m host --config node.json`: run one node's host process."""
+"""`python -m charter.host --config node.json`: run one node's host process."""
 
 import sys
 
-from host.main import main
+from charter.host.main import main
 
 sys.exit(main())

@@ -1,6 +1,6 @@
 """The host process: binds ports, starts and supervises the enclave, serves its I/O.
 
-`python -m host --config node.json`. The host restarts nothing silently: when the enclave
+`python -m charter.host --config node.json`. The host restarts nothing silently: when the enclave
 process exits the host logs `enclave exited with code X` and exits non-zero. On SIGTERM or
 SIGINT it asks the enclave to shut down, waits briefly, stops it and exits 0.
 """
@@ -21,7 +21,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from enclave_app.interface import (
+from charter.enclave_app.interface import (
     ChannelClosed,
     ClientConnection,
     ControlChannel,
@@ -39,8 +39,8 @@ from enclave_app.interface import (
     Tick,
     load_config,
 )
-from host.relay import Relay, split_address
-from host.storage import STORAGE_FRAMES, Storage, StorageWorker, write_atomically
+from charter.host.relay import Relay, split_address
+from charter.host.storage import STORAGE_FRAMES, Storage, StorageWorker, write_atomically
 
 _log = logging.getLogger(__name__)
 _enclave_log = logging.getLogger("enclave")
@@ -72,7 +72,7 @@ class Host:
 
     def __init__(self, config: NodeConfig, *, enclave_argv: list[str] | None = None) -> None:
         self.config = config
-        self.enclave_argv = enclave_argv or [sys.executable, "-m", "enclave_app.main"]
+        self.enclave_argv = enclave_argv or [sys.executable, "-m", "charter.enclave_app.main"]
         assert config.ledger_dir is not None and config.snapshots_dir is not None
         self.storage = Storage(
             workspace=config.workspace,
@@ -348,7 +348,9 @@ def setup_logging(workspace: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m host", description="Charter host process")
+    parser = argparse.ArgumentParser(
+        prog="python -m charter.host", description="Charter host process"
+    )
     parser.add_argument("--config", required=True, help="node config file (JSON)")
     args = parser.parse_args(argv)
     try:

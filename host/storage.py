@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from enclave_app.interface import (
+from charter.enclave_app.interface import (
     MAX_FRAME_BYTES,
     CommitUpTo,
     Durable,
@@ -30,8 +30,8 @@ from enclave_app.interface import (
     parse_snapshot_name,
     snapshot_file_name,
 )
-from ledger.chunks import LedgerReader, LedgerWriter
-from ledger.errors import LedgerError
+from charter.ledger.chunks import LedgerReader, LedgerWriter
+from charter.ledger.errors import LedgerError
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -1,4 +1,4 @@
-"""`python -m ledger audit DIR`: validate a ledger directory offline and print a summary."""
+"""`python -m charter.ledger audit DIR`: validate a ledger directory offline and print a summary."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import argparse
 import sys
 import time
 
-from ledger.audit import audit
-from ledger.errors import AuditError
+from charter.ledger.audit import audit
+from charter.ledger.errors import AuditError
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ledger", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m charter.ledger", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     audit_cmd = commands.add_parser("audit", help="validate every transaction of a ledger")
     audit_cmd.add_argument("directory")

@@ -38,10 +38,10 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ledger import cose, merkle
-from ledger.audit_workers import KIND_COSE, KIND_ROOT, Verifier, auto_workers
-from ledger.chunks import CHUNK_FILE_BYTES_MAX, ChunkName, LedgerReader, parse_chunk
-from ledger.entry import (
+from charter.ledger import cose, merkle
+from charter.ledger.audit_workers import KIND_COSE, KIND_ROOT, Verifier, auto_workers
+from charter.ledger.chunks import CHUNK_FILE_BYTES_MAX, ChunkName, LedgerReader, parse_chunk
+from charter.ledger.entry import (
     ENTRY_TYPE_SNAPSHOT,
     ENTRY_TYPE_WRITE_SET,
     ENTRY_TYPE_WRITE_SET_WITH_COMMIT_EVIDENCE,
@@ -53,8 +53,8 @@ from ledger.entry import (
     WriteSet,
     decode_tables,
 )
-from ledger.errors import AuditError, DecodeError, LedgerError, VerificationError
-from ledger.signatures import (
+from charter.ledger.errors import AuditError, DecodeError, LedgerError, VerificationError
+from charter.ledger.signatures import (
     MAX_COSE_SIGNATURE_BYTES,
     parse_cose_signature,
     parse_signature,
@@ -433,7 +433,7 @@ def audit(
 
     `service_cert_pem`, when given, must be the service identity the ledger ends with.
     `committed_only` (default, as `ccf.ledger.Ledger`) reads only `*.committed` chunks.
-    `workers` > 0 forks that many processes that verify signatures (see `ledger.audit_workers`)
+    `workers` > 0 forks that many processes that verify signatures (see `charter.ledger.audit_workers`)
     while this one scans, hashes and applies the validator's checks in order, verifying
     signatures too whenever the workers have enough queued; the result, including which
     seqno fails first and why, is the same as with `workers=0` (everything in this process).

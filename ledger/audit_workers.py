@@ -32,9 +32,9 @@ from typing import Any, Final
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ledger import cose
-from ledger.errors import AuditError, LedgerError
-from ledger.signatures import MAX_COSE_SIGNATURE_BYTES, verify_root
+from charter.ledger import cose
+from charter.ledger.errors import AuditError, LedgerError
+from charter.ledger.signatures import MAX_COSE_SIGNATURE_BYTES, verify_root
 
 logger = logging.getLogger(__name__)
 

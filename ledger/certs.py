@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ledger.errors import DecodeError
+from charter.ledger.errors import DecodeError
 
 logger = logging.getLogger(__name__)
 

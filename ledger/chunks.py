@@ -23,14 +23,14 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ledger.entry import (
+from charter.ledger.entry import (
     ENTRY_SIZE_BYTES_MAX,
     ENTRY_VERSION,
     FLAG_FORCE_CHUNK_AFTER,
     FLAG_FORCE_CHUNK_BEFORE,
     HEADER_SIZE,
 )
-from ledger.errors import AuditError, DecodeError
+from charter.ledger.errors import AuditError, DecodeError
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
-from ledger.errors import DecodeError, VerificationError
+from charter.ledger.errors import DecodeError, VerificationError
 
 logger = logging.getLogger(__name__)
 

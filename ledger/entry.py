@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ledger.errors import DecodeError, VerificationError
+from charter.ledger.errors import DecodeError, VerificationError
 
 logger = logging.getLogger(__name__)
 

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ledger import certs
-from ledger.chunks import DEFAULT_CHUNK_SIZE_BYTES, ChunkPolicy, LedgerWriter
-from ledger.entry import FLAG_FORCE_CHUNK_AFTER, ZERO_DIGEST, WriteSet
-from ledger.history import History, TxRecord
+from charter.ledger import certs
+from charter.ledger.chunks import DEFAULT_CHUNK_SIZE_BYTES, ChunkPolicy, LedgerWriter
+from charter.ledger.entry import FLAG_FORCE_CHUNK_AFTER, ZERO_DIGEST, WriteSet
+from charter.ledger.history import History, TxRecord
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The enclave's transaction history: entries, Merkle tree and signature transactions.
 
-Pure (no I/O): the enclave (and `ledger.generate`) hands it write sets and gets back the
+Pure (no I/O): the enclave (and `charter.ledger.generate`) hands it write sets and gets back the
 raw entries to persist and replicate, with what receipts need. A replica feeds it the raw
 entries it receives (`append_raw`), which checks signature entries against its own tree
 before accepting them. Rollback (`truncate`) keeps tree, receipts material and seqnos in
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ledger.entry import (
+from charter.ledger.entry import (
     FLAG_FORCE_CHUNK_AFTER,
     FLAG_FORCE_CHUNK_BEFORE,
     ZERO_DIGEST,
@@ -32,9 +32,9 @@ from ledger.entry import (
     leaf_hash,
     write_set_digest,
 )
-from ledger.errors import DecodeError, VerificationError
-from ledger.merkle import InclusionProof, MerkleTree
-from ledger.signatures import (
+from charter.ledger.errors import DecodeError, VerificationError
+from charter.ledger.merkle import InclusionProof, MerkleTree
+from charter.ledger.signatures import (
     COSE_SIGNATURES_TABLE,
     SIGNATURES_TABLE,
     SINGLETON_KEY,

@@ -24,7 +24,7 @@ import logging
 import struct
 from collections.abc import Iterable, Sequence
 
-from ledger.errors import DecodeError
+from charter.ledger.errors import DecodeError
 
 _log = logging.getLogger(__name__)
 

@@ -28,10 +28,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ledger import cose
-from ledger.certs import load_cert
-from ledger.errors import DecodeError, VerificationError
-from ledger.signatures import decode_b64, verify_root
+from charter.ledger import cose
+from charter.ledger.certs import load_cert
+from charter.ledger.errors import DecodeError, VerificationError
+from charter.ledger.signatures import decode_b64, verify_root
 
 logger = logging.getLogger(__name__)
 

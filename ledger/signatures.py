@@ -17,9 +17,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
-from ledger import cose
-from ledger.certs import load_cert
-from ledger.errors import DecodeError, VerificationError
+from charter.ledger import cose
+from charter.ledger.certs import load_cert
+from charter.ledger.errors import DecodeError, VerificationError
 
 logger = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ledger.entry import ENTRY_TYPE_SNAPSHOT
-from ledger.errors import DecodeError, VerificationError
+from charter.ledger.entry import ENTRY_TYPE_SNAPSHOT
+from charter.ledger.errors import DecodeError, VerificationError
 
 SNAPSHOT_BYTES_MAX = 1 << 32
 VIEW_HISTORY_MAX = 1 << 20

@@ -55,10 +55,10 @@ from rich.console import Console  # noqa: E402
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from client import bench  # noqa: E402
-from client.identity import Network, load_json_file  # noqa: E402
-from client.sandbox import Sandbox  # noqa: E402
-from client.sdk import CharterClient, build_ssl_context  # noqa: E402
+from charter import bench  # noqa: E402
+from charter.identity import Network, load_json_file  # noqa: E402
+from charter.sandbox import Sandbox  # noqa: E402
+from charter.sdk import CharterClient, build_ssl_context  # noqa: E402
 
 WRITE_PATH = "/app/log/private"
 RECEIPT_CONCURRENCY_MAX = 8

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "tests" / "consensus"))
 
 from consensus_cluster import Cluster  # noqa: E402
 
-from consensus import Message, RaftConfig, Role, decode_message, encode_message  # noqa: E402
+from charter.consensus import Message, RaftConfig, Role, decode_message, encode_message  # noqa: E402
 
 logger = logging.getLogger("bench_consensus")
 

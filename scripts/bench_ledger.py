@@ -28,7 +28,7 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from ledger.merkle import MerkleTree, verify_consistency, verify_inclusion  # noqa: E402
+from charter.ledger.merkle import MerkleTree, verify_consistency, verify_inclusion  # noqa: E402
 
 Results = dict[str, Any]
 ROWS: list[tuple[str, str, str]] = []
@@ -189,7 +189,7 @@ def ccf_validate_seconds(directory: str) -> tuple[float, int]:
 
 
 def bench_audit(generated: Any, repeats: int) -> Results:
-    from ledger.audit import audit
+    from charter.ledger.audit import audit
 
     directory = generated.directory
     print(f"Audit ({generated.last_seqno:,} transactions)", flush=True)
@@ -208,10 +208,10 @@ def bench_audit(generated: Any, repeats: int) -> Results:
     ccf_s = min(seconds for seconds, _ in ccf_runs)
     ccf_count = ccf_runs[0][1]
     audited = int(reports[-1].transactions)
-    row("ledger.audit", f"{audited / ours_s:,.0f} tx/s", f"{ours_s:.3f} s")
+    row("charter.ledger.audit", f"{audited / ours_s:,.0f} tx/s", f"{ours_s:.3f} s")
     row("ccf LedgerValidator", f"{ccf_count / ccf_s:,.0f} tx/s", f"{ccf_s:.3f} s, subprocess")
     if ccf_count != audited:
-        raise RuntimeError(f"ccf read {ccf_count} transactions, ledger.audit {audited}")
+        raise RuntimeError(f"ccf read {ccf_count} transactions, charter.ledger.audit {audited}")
     ratio = ccf_s / ours_s
     row("audit vs ccf", f"{ratio:.2f}x faster", "same directory, same run")
     return {
@@ -229,7 +229,7 @@ def bench_receipt(generated: Any, repeats: int) -> Results:
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec, utils
 
-    from ledger import receipt
+    from charter.ledger import receipt
 
     print("Receipt verification (receipts of the generated ledger)", flush=True)
     history = generated.history
@@ -362,14 +362,14 @@ def main() -> int:
         generated: list[Any] = []
 
         def generate() -> Results:
-            from ledger.generate import generate_ledger
+            from charter.ledger.generate import generate_ledger
 
             print(f"Generating a ledger of {transactions:,} transactions", flush=True)
             start = time.perf_counter()
             generated.append(
                 generate_ledger(directory, transactions=transactions, signature_interval=100)
             )
-            row("ledger.generate", f"{time.perf_counter() - start:.2f} s", directory)
+            row("charter.ledger.generate", f"{time.perf_counter() - start:.2f} s", directory)
             return {"generated_transactions": generated[0].last_seqno}
 
         run("generate", generate)

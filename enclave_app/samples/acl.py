@@ -36,10 +36,10 @@ import os
 import urllib.parse
 from typing import Any
 
-from enclave_app.app import App, Context
-from enclave_app.errors import HttpError
-from enclave_app.kv import JSON, STR, Tx
-from enclave_app.samples.acl_model import (
+from charter.enclave_app.app import App, Context
+from charter.enclave_app.errors import HttpError
+from charter.enclave_app.kv import JSON, STR, Tx
+from charter.enclave_app.samples.acl_model import (
     API_VERSION,
     BODY_BYTES_MAX,
     CLAIM_SECRET_KEY_BYTES,
@@ -61,7 +61,7 @@ from enclave_app.samples.acl_model import (
     parse_user_body,
     role_allows,
 )
-from governance import tables as gt
+from charter.governance import tables as gt
 
 logger = logging.getLogger(__name__)
 

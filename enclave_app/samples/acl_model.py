@@ -1,4 +1,4 @@
-"""Values and rules of the ACL-compatible sample (`enclave_app.samples.acl`), without I/O.
+"""Values and rules of the ACL-compatible sample (`charter.enclave_app.samples.acl`), without I/O.
 
 Everything here is a pure function of its arguments: request parsing with explicit limits,
 user ids, roles, the application-claims digest ACL binds into each ledger entry's Merkle
@@ -16,8 +16,8 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Final
 
-from enclave_app.errors import HttpError, KVError
-from enclave_app.kv import Codec
+from charter.enclave_app.errors import HttpError, KVError
+from charter.enclave_app.kv import Codec
 
 API_VERSION: Final = "2022-05-13"
 DEFAULT_COLLECTION: Final = "subledger:0"

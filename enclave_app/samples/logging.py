@@ -27,9 +27,9 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from enclave_app.app import App, Context
-from enclave_app.errors import HttpError
-from enclave_app.kv import STR, U64, U64_MAX
+from charter.enclave_app.app import App, Context
+from charter.enclave_app.errors import HttpError
+from charter.enclave_app.kv import STR, U64, U64_MAX
 
 PRIVATE_RECORDS = "records"
 PUBLIC_RECORDS = "public:records"

@@ -21,10 +21,10 @@ from ccf import receipt as ccf_receipt
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from client.keygen import generate_identity
-from client.sandbox import Sandbox
+from charter.keygen import generate_identity
+from charter.sandbox import Sandbox
 
-ACL_APP = "enclave_app.samples.acl"
+ACL_APP = "charter.enclave_app.samples.acl"
 # The SDK's client as tests use it. Its `begin_*` pollers and ItemPaged results come from
 # modules it patches in at import time, which mypy does not see.
 SdkClient = Any

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from acl_testkit import SdkClient, sdk_client, start_sandbox
 
-from client.sandbox import Sandbox
+from charter.sandbox import Sandbox
 
 
 @pytest.fixture(scope="session")

@@ -15,11 +15,11 @@ from azure.confidentialledger.receipt import compute_claims_digest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from enclave_app.app import Caller, Outcome
-from enclave_app.errors import HttpError
-from enclave_app.kv import Store
-from enclave_app.samples.acl import ENTRIES, USERS, app
-from enclave_app.samples.acl_model import (
+from charter.enclave_app.app import Caller, Outcome
+from charter.enclave_app.errors import HttpError
+from charter.enclave_app.kv import Store
+from charter.enclave_app.samples.acl import ENTRIES, USERS, app
+from charter.enclave_app.samples.acl_model import (
     CLAIM_SECRET_KEY_BYTES,
     PAGE_ENTRIES_MAX,
     camel_case_receipt,
@@ -29,7 +29,7 @@ from enclave_app.samples.acl_model import (
     normalise_user_id,
     parse_txid,
 )
-from governance import tables as gt
+from charter.governance import tables as gt
 
 ADMIN = Caller("user", "ab" * 32, None, {})
 OTHER = Caller("user", "cd" * 32, None, {})

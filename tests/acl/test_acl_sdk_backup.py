@@ -10,8 +10,8 @@ import pytest
 from acl_testkit import POLL_S, ccf_verify, sdk_client, snake_receipt, start_sandbox
 from azure.confidentialledger.receipt import compute_claims_digest, verify_receipt
 
-from client.sandbox import Sandbox
-from ledger.receipt import verify_json_receipt
+from charter.ledger.receipt import verify_json_receipt
+from charter.sandbox import Sandbox
 
 pytestmark = pytest.mark.e2e
 

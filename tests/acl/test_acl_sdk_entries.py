@@ -10,10 +10,10 @@ from acl_testkit import POLL_S, SdkClient, ccf_verify, sdk_client, snake_receipt
 from azure.confidentialledger.receipt import compute_claims_digest, verify_receipt
 from cryptography.exceptions import InvalidSignature
 
-from client.sandbox import Sandbox
-from enclave_app.samples.acl_model import DEFAULT_COLLECTION, PAGE_ENTRIES_MAX
-from ledger.errors import LedgerError
-from ledger.receipt import verify_json_receipt
+from charter.enclave_app.samples.acl_model import DEFAULT_COLLECTION, PAGE_ENTRIES_MAX
+from charter.ledger.errors import LedgerError
+from charter.ledger.receipt import verify_json_receipt
+from charter.sandbox import Sandbox
 
 pytestmark = pytest.mark.e2e
 

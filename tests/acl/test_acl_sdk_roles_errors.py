@@ -28,9 +28,9 @@ from azure.core.exceptions import (
     ResourceNotFoundError,
 )
 
-from client.sandbox import MEMBER_COUNT, Sandbox
-from enclave_app.samples.acl_model import CONTENTS_BYTES_MAX
-from ledger import certs
+from charter.enclave_app.samples.acl_model import CONTENTS_BYTES_MAX
+from charter.ledger import certs
+from charter.sandbox import MEMBER_COUNT, Sandbox
 
 pytestmark = pytest.mark.e2e
 

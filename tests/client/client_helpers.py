@@ -24,14 +24,14 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from client.keygen import KeygenResult, generate_identity
-from client.member import COSE_CONTENT_TYPE
-from enclave_app.kv import Store
-from governance import tables as t
-from governance.requests import verify_request
-from ledger import certs
-from ledger.generate import GeneratedLedger
-from ledger.receipt import build_cose_receipt, build_json_receipt
+from charter.enclave_app.kv import Store
+from charter.governance import tables as t
+from charter.governance.requests import verify_request
+from charter.keygen import KeygenResult, generate_identity
+from charter.ledger import certs
+from charter.ledger.generate import GeneratedLedger
+from charter.ledger.receipt import build_cose_receipt, build_json_receipt
+from charter.member import COSE_CONTENT_TYPE
 
 
 @dataclass(frozen=True)

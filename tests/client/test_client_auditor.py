@@ -10,11 +10,11 @@ import pytest
 from client_helpers import app_seqno, receipts_for
 from shared_data import CCF_LEDGERS as SHARED_CCF_LEDGERS
 
-from client.auditor import audit_ledger, verify_receipt_bytes, verify_receipt_file
-from client.errors import IdentityError, LedgerAuditFailed, ReceiptInvalid
-from ledger import certs
-from ledger.chunks import LedgerReader
-from ledger.generate import GeneratedLedger, generate_ledger
+from charter.auditor import audit_ledger, verify_receipt_bytes, verify_receipt_file
+from charter.errors import IdentityError, LedgerAuditFailed, ReceiptInvalid
+from charter.ledger import certs
+from charter.ledger.chunks import LedgerReader
+from charter.ledger.generate import GeneratedLedger, generate_ledger
 
 CCF_LEDGER = SHARED_CCF_LEDGERS / "current"
 CCF_DEPRECATED_LEDGER = SHARED_CCF_LEDGERS / "deprecated-entry-types"

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from client import bench
-from client.identity import TxId
+from charter import bench
+from charter.identity import TxId
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REQUIRED_FIELDS = (

@@ -15,9 +15,9 @@ from client_helpers import GovRecorder, Pki, ThreadedServer, app_seqno, receipts
 from shared_data import CCF_LEDGERS as SHARED_CCF_LEDGERS
 from typer.testing import CliRunner, Result
 
-from client import cli_process
-from client.cli import app
-from ledger.chunks import LedgerReader
+from charter import cli_process
+from charter.cli import app
+from charter.ledger.chunks import LedgerReader
 
 CCF_LEDGER = SHARED_CCF_LEDGERS / "current"
 PROPOSAL_ID = "ab" * 32
@@ -292,7 +292,7 @@ def test_receipt_get_error_paths(pki: Pki, closed_port_url: str) -> None:
 def test_receipt_verify_accepts_good_and_rejects_tampered_files(
     tmp_path: Path,
 ) -> None:
-    from ledger.generate import generate_ledger
+    from charter.ledger.generate import generate_ledger
 
     (tmp_path / "ledger").mkdir()
     g = generate_ledger(str(tmp_path / "ledger"), transactions=12, signature_interval=4, seed=3)
@@ -384,12 +384,12 @@ def test_node_start_and_join_check_the_config_and_build_the_host_command(tmp_pat
     good.write_text("{}")
     result = run("node", "join", good, "--print-command")
     assert result.exit_code == 0
-    assert f"-m host --config {good}" in result.stdout
+    assert f"-m charter.host --config {good}" in result.stdout
 
 
 def test_sandbox_fails_clearly_when_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
     # A None entry in sys.modules makes the import fail, as in an install without it.
-    monkeypatch.setitem(sys.modules, "client.sandbox", None)
+    monkeypatch.setitem(sys.modules, "charter.sandbox", None)
     assert_fails_cleanly(run("sandbox", "--nodes", "1"), "not available")
 
 

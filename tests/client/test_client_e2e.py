@@ -14,13 +14,13 @@ import pytest
 from cryptography import x509
 from typer.testing import CliRunner
 
-from client.auditor import audit_ledger, verify_receipt_bytes
-from client.cli import app
-from client.errors import ConnectionFailed, NotFound, Unauthorized
-from client.keygen import generate_identity
-from client.member import Member
-from client.sandbox import Sandbox
-from client.sdk import CharterClient
+from charter.auditor import audit_ledger, verify_receipt_bytes
+from charter.cli import app
+from charter.errors import ConnectionFailed, NotFound, Unauthorized
+from charter.keygen import generate_identity
+from charter.member import Member
+from charter.sandbox import Sandbox
+from charter.sdk import CharterClient
 
 pytestmark = pytest.mark.e2e
 

@@ -9,9 +9,9 @@ import cbor2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from client.auditor import verify_receipt_bytes
-from client.errors import CharterError, ReceiptInvalid, error_from_response
-from ledger import certs
+from charter.auditor import verify_receipt_bytes
+from charter.errors import CharterError, ReceiptInvalid, error_from_response
+from charter.ledger import certs
 
 SERVICE_PEM = certs.cert_pem(certs.service_cert(certs.new_key()))
 

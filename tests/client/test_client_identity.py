@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from client.errors import (
+from charter.errors import (
     CharterError,
     InternalError,
     InvalidInput,
@@ -19,8 +19,8 @@ from client.errors import (
     Unauthorized,
     error_from_response,
 )
-from client.errors import IdentityError as IdErr
-from client.identity import Network, TxId, load_json_file
+from charter.errors import IdentityError as IdErr
+from charter.identity import Network, TxId, load_json_file
 
 
 @settings(max_examples=200, derandomize=True)

@@ -11,9 +11,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from client.errors import IdentityError
-from client.identity import Identity
-from client.keygen import generate_identity
+from charter.errors import IdentityError
+from charter.identity import Identity
+from charter.keygen import generate_identity
 
 
 def test_keygen_writes_a_p384_identity_whose_id_is_the_cert_fingerprint(tmp_path: Path) -> None:

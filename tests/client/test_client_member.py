@@ -12,11 +12,11 @@ from client_helpers import GovRecorder, Pki, StartServer, member_tx
 from cryptography import x509
 from pycose.messages.sign1message import Sign1Message
 
-from client.errors import InvalidInput
-from client.identity import Identity
-from client.member import Member, gov_envelope
-from client.sdk import CharterClient
-from governance.requests import verify_request
+from charter.errors import InvalidInput
+from charter.governance.requests import verify_request
+from charter.identity import Identity
+from charter.member import Member, gov_envelope
+from charter.sdk import CharterClient
 
 PROPOSAL_ID = "ab" * 32
 

@@ -12,7 +12,7 @@ from client_helpers import Pki, StartServer
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from client.errors import (
+from charter.errors import (
     CommitTimeout,
     ConnectionFailed,
     Forbidden,
@@ -23,8 +23,8 @@ from client.errors import (
     ServiceUnavailable,
     TransactionInvalid,
 )
-from client.identity import TxId
-from client.sdk import CharterClient
+from charter.identity import TxId
+from charter.sdk import CharterClient
 
 
 def _json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -187,7 +187,7 @@ async def test_paged_lists_follow_next_link(pki: Pki, tls_server: StartServer) -
 
 
 def test_service_cert_pinning_context_has_one_trust_anchor(pki: Pki) -> None:
-    from client.sdk import build_ssl_context
+    from charter.sdk import build_ssl_context
 
     ctx = build_ssl_context(pki.service_cert)
     anchors = ctx.get_ca_certs(binary_form=True)

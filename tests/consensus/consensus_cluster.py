@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from consensus import EntryRequest, LogEntry, Message, Raft, RaftConfig, Role, StartState
+from charter.consensus import EntryRequest, LogEntry, Message, Raft, RaftConfig, Role, StartState
 
 FAST = RaftConfig(
     election_timeout_min_ms=100,

@@ -19,7 +19,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 
-from consensus import (
+from charter.consensus import (
     ConsensusError,
     LogEntry,
     Message,

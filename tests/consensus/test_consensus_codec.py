@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from consensus import (
+from charter.consensus import (
     AppendEntries,
     AppendEntriesResponse,
     ConsensusError,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from consensus import (
+from charter.consensus import (
     AppendEntries,
     AppendEntriesResponse,
     ConsensusError,

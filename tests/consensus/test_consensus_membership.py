@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from consensus_cluster import Cluster
 
-from consensus import (
+from charter.consensus import (
     AppendEntries,
     AppendEntriesResponse,
     ConfigurationError,

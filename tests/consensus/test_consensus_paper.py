@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 from consensus_cluster import FAST, Cluster
 
-from consensus import (
+from charter.consensus import (
     AppendEntries,
     AppendEntriesResponse,
     LogEntry,

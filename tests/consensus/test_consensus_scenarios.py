@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from consensus_cluster import Cluster
 
-from consensus import ConsensusError, RaftConfig, StartState
+from charter.consensus import ConsensusError, RaftConfig, StartState
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 CONFIG = RaftConfig(

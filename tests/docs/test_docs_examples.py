@@ -32,13 +32,13 @@ import pydantic
 import pytest
 import typer
 
-from client.cli import app as cli_app
-from enclave_app.interface import NodeConfig
-from governance.actions import ACTIONS, parse_action
-from governance.constitution import parse_constitution
-from ledger import receipt
-from ledger.errors import VerificationError
-from ledger.generate import generate_ledger
+from charter.cli import app as cli_app
+from charter.enclave_app.interface import NodeConfig
+from charter.governance.actions import ACTIONS, parse_action
+from charter.governance.constitution import parse_constitution
+from charter.ledger import receipt
+from charter.ledger.errors import VerificationError
+from charter.ledger.generate import generate_ledger
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 PAGES = (
@@ -378,8 +378,8 @@ def _click_commands() -> dict[str, set[str]]:
 
 
 def _sandbox_options() -> set[str]:
-    # `charter sandbox` hands its arguments to client.sandbox.run's own argparse parser.
-    from client.sandbox import run
+    # `charter sandbox` hands its arguments to charter.sandbox.run's own argparse parser.
+    from charter.sandbox import run
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out), pytest.raises(SystemExit):

@@ -5,7 +5,7 @@ Two modes, both run as programs:
 - `control_tap.py --host-config node.json --tap-dir DIR` runs the real host (`host.main.Host`)
   with this file as its enclave program;
 - the host then starts `control_tap.py --tap-dir DIR --control-fd N`, which starts the real
-  enclave (`python -m enclave_app.main`) on a fresh socketpair and relays every control frame
+  enclave (`python -m charter.enclave_app.main`) on a fresh socketpair and relays every control frame
   between the two unchanged, fds included, appending each frame's bytes to
   `DIR/host_to_enclave.bin` or `DIR/enclave_to_host.bin`.
 
@@ -89,7 +89,7 @@ def run_enclave(control_fd: int, tap_dir: Path) -> int:
     host_side.setblocking(True)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "enclave_app.main", "--control-fd", str(theirs.fileno())],
+        [sys.executable, "-m", "charter.enclave_app.main", "--control-fd", str(theirs.fileno())],
         pass_fds=[theirs.fileno()],
         stdin=subprocess.DEVNULL,
     )
@@ -111,8 +111,8 @@ def run_enclave(control_fd: int, tap_dir: Path) -> int:
 
 
 def run_host(config_path: str, tap_dir: Path) -> int:
-    from enclave_app.interface import load_config
-    from host.main import Host, setup_logging
+    from charter.enclave_app.interface import load_config
+    from charter.host.main import Host, setup_logging
 
     config = load_config(config_path)
     config.workspace.mkdir(parents=True, exist_ok=True)

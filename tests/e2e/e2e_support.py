@@ -23,11 +23,11 @@ from typing import Any
 
 from cryptography import x509
 
-from client.errors import CharterError
-from client.identity import TxId
-from client.sandbox import NodeProcess, Sandbox
-from ledger.chunks import LedgerReader
-from ledger.receipt import verify_json_receipt
+from charter.errors import CharterError
+from charter.identity import TxId
+from charter.ledger.chunks import LedgerReader
+from charter.ledger.receipt import verify_json_receipt
+from charter.sandbox import NodeProcess, Sandbox
 
 # Short timeouts so that elections and commits happen in well under a second on 2 cores.
 ELECTION_TIMEOUT_MS = (300, 600)
@@ -52,7 +52,7 @@ def snapshot_code(directory: Path) -> Iterator[Path]:
     A node's measurement is a hash of the enclave's source files, and a joining node must
     present an accepted one: if the files change while a network runs (several engineers edit
     this tree at once), later joiners would be refused. Nodes started from one snapshot all
-    run, and measure, the same code. PYTHONSAFEPATH keeps `python -m host` from preferring
+    run, and measure, the same code. PYTHONSAFEPATH keeps `python -m charter.host` from preferring
     the working directory over PYTHONPATH.
     """
     target = directory / "code"

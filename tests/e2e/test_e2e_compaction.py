@@ -22,7 +22,7 @@ from e2e_support import (
     write,
 )
 
-from client.sandbox import Sandbox
+from charter.sandbox import Sandbox
 
 pytestmark = pytest.mark.e2e
 

@@ -24,11 +24,11 @@ from e2e_support import (
     wait_committed_on,
 )
 
-from client.errors import CharterError, Forbidden
-from client.keygen import KeygenResult, generate_identity
-from client.member import Member, Proposal
-from client.sandbox import Sandbox
-from client.sdk import CharterClient
+from charter.errors import CharterError, Forbidden
+from charter.keygen import KeygenResult, generate_identity
+from charter.member import Member, Proposal
+from charter.sandbox import Sandbox
+from charter.sdk import CharterClient
 
 pytestmark = pytest.mark.e2e
 

@@ -26,9 +26,9 @@ from e2e_support import (
     wait_committed_on,
 )
 
-from client.errors import CharterError
-from client.identity import TxId
-from client.sandbox import NodeProcess, Sandbox
+from charter.errors import CharterError
+from charter.identity import TxId
+from charter.sandbox import NodeProcess, Sandbox
 
 pytestmark = pytest.mark.e2e
 

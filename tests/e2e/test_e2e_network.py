@@ -41,12 +41,12 @@ from e2e_support import (
 )
 from relay import FaultyRelay
 
-from client.auditor import verify_receipt_bytes
-from client.errors import CharterError
-from client.identity import TxId
-from client.sandbox import NodeProcess, Sandbox, SandboxError
-from client.sdk import CharterClient
-from ledger import certs
+from charter.auditor import verify_receipt_bytes
+from charter.errors import CharterError
+from charter.identity import TxId
+from charter.ledger import certs
+from charter.sandbox import NodeProcess, Sandbox, SandboxError
+from charter.sdk import CharterClient
 
 pytestmark = pytest.mark.e2e
 

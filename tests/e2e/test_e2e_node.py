@@ -34,11 +34,11 @@ from e2e_support import (
     write,
 )
 
-from client.auditor import verify_receipt_bytes
-from client.errors import ConnectionFailed, Unauthorized
-from client.keygen import generate_identity
-from client.sandbox import NodeProcess, Sandbox
-from client.sdk import CharterClient
+from charter.auditor import verify_receipt_bytes
+from charter.errors import ConnectionFailed, Unauthorized
+from charter.keygen import generate_identity
+from charter.sandbox import NodeProcess, Sandbox
+from charter.sdk import CharterClient
 
 pytestmark = pytest.mark.e2e
 

@@ -24,8 +24,8 @@ from e2e_support import (
     write,
 )
 
-from client.identity import TxId
-from client.sandbox import NodeProcess, Sandbox, SandboxError
+from charter.identity import TxId
+from charter.sandbox import NodeProcess, Sandbox, SandboxError
 
 pytestmark = pytest.mark.e2e
 

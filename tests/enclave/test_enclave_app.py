@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, Field
 
-from enclave_app.app import (
+from charter.enclave_app.app import (
     ANONYMOUS,
     App,
     Caller,
@@ -18,8 +18,8 @@ from enclave_app.app import (
     Outcome,
     Response,
 )
-from enclave_app.errors import HttpError
-from enclave_app.kv import JSON, STR, Store
+from charter.enclave_app.errors import HttpError
+from charter.enclave_app.kv import JSON, STR, Store
 
 USER = Caller("user", "ab" * 32, "-----BEGIN CERTIFICATE-----", {"role": "tester"})
 
@@ -302,7 +302,7 @@ def test_body_of_any_pydantic_type_is_validated(app: App, store: Store) -> None:
 def test_read_only_endpoint_never_commits_and_may_not_write(
     app: App, store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.ERROR, logger="enclave_app.app"):
+    with caplog.at_level(logging.ERROR, logger="charter.enclave_app.app"):
         outcome = call(app, store, "GET", "/app/write-in-get")
     assert outcome.response.status == 500
     assert outcome.commit is False

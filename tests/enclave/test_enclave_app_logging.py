@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from enclave_app.app import Caller, Outcome
-from enclave_app.kv import STR, U64, Store, WriteSet
-from enclave_app.samples.logging import PRIVATE_RECORDS, PUBLIC_RECORDS, app
+from charter.enclave_app.app import Caller, Outcome
+from charter.enclave_app.kv import STR, U64, Store, WriteSet
+from charter.enclave_app.samples.logging import PRIVATE_RECORDS, PUBLIC_RECORDS, app
 
 USER = Caller("user", "cd" * 32, None, {})
 

@@ -7,8 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from enclave_app.app import ANONYMOUS, App, Context
-from enclave_app.kv import Store
+from charter.enclave_app.app import ANONYMOUS, App, Context
+from charter.enclave_app.kv import Store
 
 
 class Address(BaseModel):

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from enclave_app.errors import KVError
-from enclave_app.kv import (
+from charter.enclave_app.errors import KVError
+from charter.enclave_app.kv import (
     JSON,
     MSGPACK,
     RAW,
@@ -275,7 +275,7 @@ def test_failing_hook_is_logged_and_the_commit_stands(caplog: pytest.LogCaptureF
         raise RuntimeError("hook bug")
 
     store.on_commit("m", broken)
-    with caplog.at_level(logging.ERROR, logger="enclave_app.kv"):
+    with caplog.at_level(logging.ERROR, logger="charter.enclave_app.kv"):
         commit_puts(store, {"m": {b"k": b"v"}})
     assert store.version == 1
     assert store.begin().get("m", b"k") == b"v"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from enclave_app.kv import Store
+from charter.enclave_app.kv import Store
 
 MAPS = ("public:a", "b", "c")
 KEYS = (b"k0", b"k1", b"k2", b"\x00" * 9)

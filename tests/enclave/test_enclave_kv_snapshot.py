@@ -11,8 +11,8 @@ from ccf.ledger import PublicDomain
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from enclave_app.errors import KVError
-from enclave_app.kv import Store
+from charter.enclave_app.errors import KVError
+from charter.enclave_app.kv import Store
 
 
 def sample_store() -> Store:

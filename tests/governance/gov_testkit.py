@@ -1,6 +1,6 @@
 """Shared helpers for the governance tests: real keys, real COSE envelopes, a real Store.
 
-Nothing here is a fake: members sign with `ledger.cose.sign1` (byte-compatible with CCF's
+Nothing here is a fake: members sign with `charter.ledger.cose.sign1` (byte-compatible with CCF's
 `ccf_cose_sign1`), and state lives in `enclave_app.kv.Store`, committed one transaction per
 request exactly as the runtime does (a refused request's transaction is dropped).
 """
@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from enclave_app.kv import Store
-from governance import handlers
-from governance.errors import GovernanceError
-from governance.genesis import InitialMember, bootstrap
-from governance.handlers import GovResult
-from ledger import certs, cose
+from charter.enclave_app.kv import Store
+from charter.governance import handlers
+from charter.governance.errors import GovernanceError
+from charter.governance.genesis import InitialMember, bootstrap
+from charter.governance.handlers import GovResult
+from charter.ledger import certs, cose
 
 NOW_S = 1_764_000_000
 

@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 from gov_testkit import Network, member, start_network
 
-from governance import handlers, proposals, queries
-from governance import tables as t
-from governance.actions import ACTIONS, parse_action
-from governance.errors import GovernanceError
-from ledger import certs
+from charter.governance import handlers, proposals, queries
+from charter.governance import tables as t
+from charter.governance.actions import ACTIONS, parse_action
+from charter.governance.errors import GovernanceError
+from charter.ledger import certs
 
 PENDING_NODE = "cd" * 32
 

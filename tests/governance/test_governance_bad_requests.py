@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 from gov_testkit import NOW_S, Network, member, start_network
 
-from governance import handlers
-from governance import tables as t
-from governance.requests import MAX_ENVELOPE_BYTES
-from ledger import cose
+from charter.governance import handlers
+from charter.governance import tables as t
+from charter.governance.requests import MAX_ENVELOPE_BYTES
+from charter.ledger import cose
 
 OPEN = [{"name": "transition_service_to_open", "args": {}}]
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from gov_testkit import Network, start_network
 
-from governance import handlers, queries
-from ledger import certs
+from charter.governance import handlers, queries
+from charter.ledger import certs
 
 CCF_COSE_SIGN1 = Path(sys.executable).parent / "ccf_cose_sign1"
 

@@ -8,15 +8,15 @@ from typing import Any
 import pytest
 from gov_testkit import start_network
 
-from governance import handlers, proposals
-from governance.constitution import (
+from charter.governance import handlers, proposals
+from charter.governance.constitution import (
     Constitution,
     Rule,
     default_constitution,
     parse_constitution,
     resolve,
 )
-from governance.errors import GovernanceError
+from charter.governance.errors import GovernanceError
 
 A, B, C, D, E = (f"{i:064x}" for i in range(1, 6))
 ACTIVE = [A, B, C, D, E]

@@ -6,9 +6,9 @@ from typing import Any
 
 from gov_testkit import Member, Network, member, start_network, state_of
 
-from governance import handlers
-from governance import tables as t
-from governance.handlers import GovResult
+from charter.governance import handlers
+from charter.governance import tables as t
+from charter.governance.handlers import GovResult
 
 
 def dry_run(net: Network, who: Member, actions: list[dict[str, Any]]) -> tuple[GovResult, bytes]:

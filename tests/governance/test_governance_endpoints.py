@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from gov_testkit import Network, start_network, state_of
 
-from enclave_app.app import ANONYMOUS, App
-from enclave_app.gov_endpoints import GovHooks, make_gov_app
-from governance import tables as t
-from governance.effects import Effects
+from charter.enclave_app.app import ANONYMOUS, App
+from charter.enclave_app.gov_endpoints import GovHooks, make_gov_app
+from charter.governance import tables as t
+from charter.governance.effects import Effects
 
 Q = "api-version=2024-07-01"
 OPEN = {"actions": [{"name": "transition_service_to_open", "args": {}}]}

@@ -6,8 +6,8 @@ import json
 
 from gov_testkit import start_network
 
-from governance import handlers, proposals, queries
-from governance import tables as t
+from charter.governance import handlers, proposals, queries
+from charter.governance import tables as t
 
 
 def test_genesis_starts_service_opening_with_accepted_members() -> None:

@@ -11,14 +11,14 @@ from typing import Any
 
 from gov_testkit import NOW_S, Member, member
 
-from enclave_app.kv import Store, Tx
-from governance import handlers
-from governance import tables as t
-from governance.genesis import InitialMember, bootstrap
-from ledger import certs
-from ledger.chunks import LedgerWriter
-from ledger.entry import FLAG_FORCE_CHUNK_AFTER
-from ledger.history import History
+from charter.enclave_app.kv import Store, Tx
+from charter.governance import handlers
+from charter.governance import tables as t
+from charter.governance.genesis import InitialMember, bootstrap
+from charter.ledger import certs
+from charter.ledger.chunks import LedgerWriter
+from charter.ledger.entry import FLAG_FORCE_CHUNK_AFTER
+from charter.ledger.history import History
 
 VIEW = 2
 SECRET = bytes(range(32))

@@ -7,8 +7,8 @@ from gov_testkit import start_network, state_of
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from governance import handlers
-from governance.errors import GovernanceError
+from charter.governance import handlers
+from charter.governance.errors import GovernanceError
 
 NET = start_network(("fz0", "fz1", "fz2"))
 VALID = NET.members[0].sign(

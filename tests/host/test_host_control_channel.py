@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator
 import msgpack
 import pytest
 
-from enclave_app import interface as itf
-from enclave_app.interface import (
+from charter.enclave_app import interface as itf
+from charter.enclave_app.interface import (
     LENGTH_PREFIX,
     MAX_FRAME_BYTES,
     PROTOCOL_VERSION,

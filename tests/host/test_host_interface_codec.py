@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from enclave_app import interface as itf
-from enclave_app.interface import (
+from charter.enclave_app import interface as itf
+from charter.enclave_app.interface import (
     MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
     InterfaceError,
@@ -231,7 +231,7 @@ def test_minimal_config_gets_documented_defaults_and_absolute_paths(tmp_path: Pa
     assert config.ledger_dir == tmp_path / "ws" / "ledger"
     assert config.snapshots_dir == tmp_path / "ws" / "snapshots"
     assert config.start.members[0].cert == tmp_path / "m0.pem"
-    assert config.app == "enclave_app.samples.logging"
+    assert config.app == "charter.enclave_app.samples.logging"
     assert config.tick_ms == 10
     assert config.ledger_chunk_bytes == 5_000_000
     assert (config.signatures.tx_count, config.signatures.delay_ms) == (100, 50)

@@ -1,4 +1,4 @@
-"""`python -m host` as a real process: config errors, and supervision of the real enclave."""
+"""`python -m charter.host` as a real process: config errors, and supervision of the real enclave."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ledger.certs import cert_pem, key_pem, new_key, self_signed_cert
+from charter.ledger.certs import cert_pem, key_pem, new_key, self_signed_cert
 
 REPO = Path(__file__).resolve().parents[2]
 HAS_ENCLAVE = (REPO / "enclave_app" / "main.py").exists()
@@ -22,7 +22,7 @@ HAS_ENCLAVE = (REPO / "enclave_app" / "main.py").exists()
 
 def run_host(config: Path, timeout_s: float = 20) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "host", "--config", str(config)],
+        [sys.executable, "-m", "charter.host", "--config", str(config)],
         capture_output=True,
         text=True,
         timeout=timeout_s,
@@ -66,7 +66,7 @@ def _start_host(tmp_path: Path) -> subprocess.Popen[bytes]:
     config = _start_config(tmp_path)
     with (tmp_path / "host.stderr").open("wb") as stderr:
         return subprocess.Popen(
-            [sys.executable, "-m", "host", "--config", str(config)],
+            [sys.executable, "-m", "charter.host", "--config", str(config)],
             stdout=subprocess.DEVNULL,
             stderr=stderr,
             cwd=REPO,

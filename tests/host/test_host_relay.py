@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import struct
 
-from host.relay import MAX_NODE_FRAME_BYTES, Relay
+from charter.host.relay import MAX_NODE_FRAME_BYTES, Relay
 
 
 class Inbox:

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from enclave_app import interface as itf
-from enclave_app.interface import ControlChannel
-from host import storage as storage_mod
-from host.storage import Storage, StorageWorker
-from ledger.chunks import LedgerReader
-from ledger.entry import FLAG_FORCE_CHUNK_AFTER, encode_entry
+from charter.enclave_app import interface as itf
+from charter.enclave_app.interface import ControlChannel
+from charter.host import storage as storage_mod
+from charter.host.storage import Storage, StorageWorker
+from charter.ledger.chunks import LedgerReader
+from charter.ledger.entry import FLAG_FORCE_CHUNK_AFTER, encode_entry
 
 
 def entry(seqno: int, *, last_in_chunk: bool = False, size: int = 10) -> bytes:

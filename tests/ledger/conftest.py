@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from shared_data import CCF_LEDGERS as SHARED_CCF_LEDGERS
 
-from ledger.generate import GeneratedLedger, generate_ledger
+from charter.ledger.generate import GeneratedLedger, generate_ledger
 
 CCF_LEDGERS = SHARED_CCF_LEDGERS
 

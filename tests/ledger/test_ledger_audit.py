@@ -1,4 +1,4 @@
-"""Promises of ledger.audit: real and generated ledgers validate; any tampering is caught."""
+"""Promises of charter.ledger.audit: real and generated ledgers validate; any tampering is caught."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 from shared_data import CCF_LEDGERS as SHARED_CCF_LEDGERS
 
-from ledger import certs
-from ledger.audit import MerkleFrontier, audit, check_consistency
-from ledger.chunks import LedgerReader
-from ledger.entry import PUBLIC_DOMAIN_OFFSET, decode_entry
-from ledger.errors import AuditError, VerificationError
-from ledger.generate import GeneratedLedger, generate_ledger
-from ledger.merkle import MerkleTree
-from ledger.signatures import SIGNATURES_TABLE
+from charter.ledger import certs
+from charter.ledger.audit import MerkleFrontier, audit, check_consistency
+from charter.ledger.chunks import LedgerReader
+from charter.ledger.entry import PUBLIC_DOMAIN_OFFSET, decode_entry
+from charter.ledger.errors import AuditError, VerificationError
+from charter.ledger.generate import GeneratedLedger, generate_ledger
+from charter.ledger.merkle import MerkleTree
+from charter.ledger.signatures import SIGNATURES_TABLE
 
 CCF_LEDGERS = SHARED_CCF_LEDGERS
 Copy = Callable[[str | Path], Path]
@@ -157,8 +157,8 @@ def _custom_ledger(tmp_path: Path, mutate: str) -> GeneratedLedger:
     ledger = generate_ledger(str(tmp_path / "base"), transactions=12, signature_interval=3)
     directory = tmp_path / "custom"
     os.makedirs(directory)
-    from ledger.chunks import LedgerWriter
-    from ledger.history import History
+    from charter.ledger.chunks import LedgerWriter
+    from charter.ledger.history import History
 
     history = History()
     writer = LedgerWriter(str(directory))
@@ -254,7 +254,7 @@ def test_forked_workers_report_the_first_failure(
 
 
 def test_command_line_audit_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
-    from ledger.__main__ import main
+    from charter.ledger.__main__ import main
 
     assert main(["audit", str(CCF_LEDGERS / "current")]) == 0
     assert "last signed txid: 2.14" in capsys.readouterr().out

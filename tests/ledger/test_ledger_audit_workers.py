@@ -1,4 +1,4 @@
-"""Promises of ledger.audit's worker processes: they change how fast, never what is found.
+"""Promises of charter.ledger.audit's worker processes: they change how fast, never what is found.
 
 Serial (`workers=0`) and parallel audits must report the same report on good ledgers and
 the same first failing seqno and reason on tampered ones, whichever process verified what.
@@ -15,19 +15,19 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
-from ledger.audit import audit
-from ledger.audit_workers import (
+from charter.ledger.audit import audit
+from charter.ledger.audit_workers import (
     KIND_ROOT,
     PARALLEL_MIN_BYTES,
     Verifier,
     auto_workers,
     shutdown_workers,
 )
-from ledger.chunks import LedgerReader
-from ledger.entry import decode_entry
-from ledger.errors import AuditError
-from ledger.generate import GeneratedLedger, generate_ledger
-from ledger.signatures import COSE_SIGNATURES_TABLE, SIGNATURES_TABLE
+from charter.ledger.chunks import LedgerReader
+from charter.ledger.entry import decode_entry
+from charter.ledger.errors import AuditError
+from charter.ledger.generate import GeneratedLedger, generate_ledger
+from charter.ledger.signatures import COSE_SIGNATURES_TABLE, SIGNATURES_TABLE
 
 Copy = Callable[[str | Path], Path]
 

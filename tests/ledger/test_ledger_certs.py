@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from shared_data import CCF_LEDGERS as SHARED_CCF_LEDGERS
 
-from ledger import certs
-from ledger.errors import DecodeError
+from charter.ledger import certs
+from charter.ledger.errors import DecodeError
 
 
 @pytest.fixture(scope="module")

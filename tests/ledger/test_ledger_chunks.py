@@ -1,4 +1,4 @@
-"""Promises of ledger.chunks: CCF-compatible chunk files, group fsync, truncation, recovery."""
+"""Promises of charter.ledger.chunks: CCF-compatible chunk files, group fsync, truncation, recovery."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ from pathlib import Path
 import ccf.ledger
 import pytest
 
-from ledger.chunks import ChunkPolicy, LedgerReader, LedgerWriter, parse_chunk_name
-from ledger.entry import (
+from charter.ledger.chunks import ChunkPolicy, LedgerReader, LedgerWriter, parse_chunk_name
+from charter.ledger.entry import (
     FLAG_FORCE_CHUNK_AFTER,
     FLAG_FORCE_CHUNK_BEFORE,
     commit_evidence,
     commit_evidence_digest,
     encode_entry,
 )
-from ledger.errors import AuditError, DecodeError
+from charter.ledger.errors import AuditError, DecodeError
 
 SECRET = bytes(range(32))
 

@@ -14,16 +14,16 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ledger.audit import audit
-from ledger.chunks import LedgerWriter, chunk_positions, parse_chunk, parse_chunk_name
-from ledger.entry import (
+from charter.ledger.audit import audit
+from charter.ledger.chunks import LedgerWriter, chunk_positions, parse_chunk, parse_chunk_name
+from charter.ledger.entry import (
     FLAG_FORCE_CHUNK_AFTER,
     commit_evidence,
     commit_evidence_digest,
     encode_entry,
 )
-from ledger.errors import AuditError, DecodeError
-from ledger.generate import generate_ledger
+from charter.ledger.errors import AuditError, DecodeError
+from charter.ledger.generate import generate_ledger
 
 SECRET = bytes(range(32))
 EXAMPLES = 500

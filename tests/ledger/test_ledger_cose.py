@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pycose.messages.sign1message import Sign1Message
 from shared_data import CCF_LEDGERS as SHARED_CCF_LEDGERS
 
-from ledger import certs, cose
-from ledger.errors import DecodeError, VerificationError
+from charter.ledger import certs, cose
+from charter.ledger.errors import DecodeError, VerificationError
 
 CCF_LEDGER = SHARED_CCF_LEDGERS / "current"
 CCF_COSE_SIGN1_CLI = Path(sys.executable).parent / "ccf_cose_sign1"

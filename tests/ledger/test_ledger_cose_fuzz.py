@@ -6,8 +6,8 @@ import cbor2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ledger import certs, cose
-from ledger.errors import DecodeError, VerificationError
+from charter.ledger import certs, cose
+from charter.ledger.errors import DecodeError, VerificationError
 
 _KEY = certs.new_key()
 _VALID = cose.sign1(

@@ -1,4 +1,4 @@
-"""Promises of ledger.entry: CCF's entry format, encryption, digests and defensive decoding."""
+"""Promises of charter.ledger.entry: CCF's entry format, encryption, digests and defensive decoding."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import ccf.ledger
 import pytest
 from shared_data import CCF_LEDGERS as SHARED_CCF_LEDGERS
 
-from ledger.entry import (
+from charter.ledger.entry import (
     ENTRY_SIZE_BYTES_MAX,
     ENTRY_TYPE_WRITE_SET_WITH_COMMIT_EVIDENCE_AND_CLAIMS,
     FLAG_FORCE_CHUNK_AFTER,
@@ -26,7 +26,7 @@ from ledger.entry import (
     leaf_hash,
     write_set_digest,
 )
-from ledger.errors import DecodeError, VerificationError
+from charter.ledger.errors import DecodeError, VerificationError
 
 SECRET = bytes(range(32))
 CCF_LEDGERS = str(SHARED_CCF_LEDGERS)

@@ -12,7 +12,7 @@ import random
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ledger.entry import (
+from charter.ledger.entry import (
     commit_evidence,
     commit_evidence_digest,
     decode_entry,
@@ -20,7 +20,7 @@ from ledger.entry import (
     encode_entry,
     entry_leaf,
 )
-from ledger.errors import DecodeError, VerificationError
+from charter.ledger.errors import DecodeError, VerificationError
 
 SECRET = bytes(range(32))
 EXAMPLES = 500

@@ -1,4 +1,4 @@
-"""Promises of ledger.history: the enclave's pipeline of entries, tree, signatures, receipts."""
+"""Promises of charter.ledger.history: the enclave's pipeline of entries, tree, signatures, receipts."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import ccf.receipt
 import pytest
 from cryptography import x509
 
-from ledger import certs
-from ledger.entry import decode_entry, entry_leaf
-from ledger.errors import VerificationError
-from ledger.history import History
-from ledger.merkle import MerkleTree, root_from_proof
-from ledger.signatures import SIGNATURES_TABLE, SINGLETON_KEY, TREE_TABLE, verify_root
+from charter.ledger import certs
+from charter.ledger.entry import decode_entry, entry_leaf
+from charter.ledger.errors import VerificationError
+from charter.ledger.history import History
+from charter.ledger.merkle import MerkleTree, root_from_proof
+from charter.ledger.signatures import SIGNATURES_TABLE, SINGLETON_KEY, TREE_TABLE, verify_root
 
 SECRET = bytes(range(32))
 SERVICE_KEY = certs.new_key()

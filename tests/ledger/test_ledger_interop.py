@@ -15,11 +15,11 @@ from pathlib import Path
 import ccf.ledger
 import pytest
 
-from ledger.audit import audit
-from ledger.chunks import LedgerReader
-from ledger.entry import PUBLIC_DOMAIN_OFFSET, decode_entry, entry_leaf
-from ledger.errors import AuditError
-from ledger.generate import GeneratedLedger
+from charter.ledger.audit import audit
+from charter.ledger.chunks import LedgerReader
+from charter.ledger.entry import PUBLIC_DOMAIN_OFFSET, decode_entry, entry_leaf
+from charter.ledger.errors import AuditError
+from charter.ledger.generate import GeneratedLedger
 
 Copy = Callable[[str | Path], Path]
 
@@ -157,7 +157,7 @@ def test_audit_is_five_times_faster_than_ccf_validator_in_cpu_time(tmp_path: Pat
     every 1,000 transactions."""
     import time
 
-    from ledger.generate import generate_ledger
+    from charter.ledger.generate import generate_ledger
 
     directory = str(tmp_path / "ledger")
     generate_ledger(directory, transactions=100_000, signature_interval=1000)

@@ -1,4 +1,4 @@
-"""Promises of ledger.merkle: CCF's roots, valid RFC 9162 proofs, clear refusals.
+"""Promises of charter.ledger.merkle: CCF's roots, valid RFC 9162 proofs, clear refusals.
 
 The oracles are `ccf.merkletree.MerkleTree` and `ccf.receipt.root` (CCF's own Python) and a
 naive recursive model written from RFC 9162's definitions below, which shares no code or
@@ -16,7 +16,7 @@ from ccf.receipt import root as ccf_receipt_root
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger.merkle import (
+from charter.ledger.merkle import (
     MerkleTree,
     hash_node,
     root_from_proof,

@@ -1,4 +1,4 @@
-"""Promises of ledger.merkle beyond appending: truncate, drop_prefix, merklecpp bytes.
+"""Promises of charter.ledger.merkle beyond appending: truncate, drop_prefix, merklecpp bytes.
 
 The serialised format is checked against the `public:ccf.internal.tree` values that real
 CCF nodes wrote into the ledgers under shared/ccf-ledgers.
@@ -19,8 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from shared_data import CCF_LEDGERS as SHARED_CCF_LEDGERS
 
-from ledger.errors import DecodeError
-from ledger.merkle import MAX_SERIALISED_TREE_BYTES, MerkleTree, verify_inclusion
+from charter.ledger.errors import DecodeError
+from charter.ledger.merkle import MAX_SERIALISED_TREE_BYTES, MerkleTree, verify_inclusion
 
 DETERMINISTIC = settings(max_examples=60, derandomize=True, deadline=None)
 CCF_LEDGERS = SHARED_CCF_LEDGERS

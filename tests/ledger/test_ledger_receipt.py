@@ -22,9 +22,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 from shared_data import CCF_LEDGERS as SHARED_CCF_LEDGERS
 
-from ledger import certs, cose, receipt, signatures
-from ledger.errors import DecodeError, LedgerError, VerificationError
-from ledger.merkle import MerkleTree
+from charter.ledger import certs, cose, receipt, signatures
+from charter.ledger.errors import DecodeError, LedgerError, VerificationError
+from charter.ledger.merkle import MerkleTree
 
 TREE_SIZE = 23  # leaves 0..22, signed by the signature transaction at seqno 23
 TX_SEQNO = 13

@@ -12,9 +12,9 @@ import cbor2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ledger import certs, receipt, signatures
-from ledger.errors import LedgerError
-from ledger.merkle import MerkleTree
+from charter.ledger import certs, receipt, signatures
+from charter.ledger.errors import LedgerError
+from charter.ledger.merkle import MerkleTree
 
 _SERVICE_KEY = certs.new_key()
 _SERVICE_PEM = certs.cert_pem(certs.self_signed_cert(_SERVICE_KEY, "CCF Service", ca=True, days=5))

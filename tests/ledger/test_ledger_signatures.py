@@ -18,8 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from shared_data import CCF_LEDGERS as SHARED_CCF_LEDGERS
 
-from ledger import certs, cose, signatures
-from ledger.errors import DecodeError, VerificationError
+from charter.ledger import certs, cose, signatures
+from charter.ledger.errors import DecodeError, VerificationError
 
 CCF_LEDGER = SHARED_CCF_LEDGERS / "current"
 ROOT = hashlib.sha256(b"root").digest()

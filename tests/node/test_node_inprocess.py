@@ -12,17 +12,17 @@ from typing import Any
 
 import msgpack
 
-from consensus import encode_message
-from consensus.messages import AppendEntries
-from enclave_app import interface as itf
-from enclave_app import node_endpoints
-from enclave_app.channels import Channels
-from enclave_app.main import _include_governance, _load_app
-from enclave_app.node import Node
-from enclave_app.platform import VirtualPlatform
-from governance import tables as gt
-from ledger import certs
-from ledger.history import History
+from charter.consensus import encode_message
+from charter.consensus.messages import AppendEntries
+from charter.enclave_app import interface as itf
+from charter.enclave_app import node_endpoints
+from charter.enclave_app.channels import Channels
+from charter.enclave_app.main import _include_governance, _load_app
+from charter.enclave_app.node import Node
+from charter.enclave_app.platform import VirtualPlatform
+from charter.governance import tables as gt
+from charter.ledger import certs
+from charter.ledger.history import History
 
 
 def _config(tmp: Path, **extra: Any) -> itf.NodeConfig:
@@ -49,7 +49,7 @@ def _node(config: itf.NodeConfig, tmp: Path) -> Node:
 def _start(tmp: Path, **extra: Any) -> tuple[Node, itf.NodeConfig]:
     config = _config(tmp, **extra)
     node = _node(config, tmp)
-    from enclave_app.main import _initial_members
+    from charter.enclave_app.main import _initial_members
 
     node.start_new_network(_initial_members(config), None)
     return node, config
@@ -205,7 +205,7 @@ def test_joiner_restart_before_a_post_snapshot_signature(tmp_path: Path) -> None
         if node.latest_snapshot is not None:
             break
     assert node.latest_snapshot is not None
-    from ledger.snapshot import decode_snapshot
+    from charter.ledger.snapshot import decode_snapshot
 
     snap_seqno = decode_snapshot(node.latest_snapshot).seqno
     # The host of a node that joined from this snapshot and crashed after persisting only
@@ -279,7 +279,7 @@ def test_pending_node_cannot_forward_requests_as_a_member(tmp_path: Path) -> Non
     certificate DER (public: it is in the ledger) and the primary runs it as that member."""
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    from enclave_app.app import App
+    from charter.enclave_app.app import App
 
     review = App("review", prefix="/review", api_path=None)
 
@@ -291,7 +291,7 @@ def test_pending_node_cannot_forward_requests_as_a_member(tmp_path: Path) -> Non
     node = Node(config, VirtualPlatform(tmp_path), _load_app(config.app), extra_apps=(review,))
     node.routes.include(node_endpoints.build(node))
     _include_governance(node)
-    from enclave_app.main import _initial_members
+    from charter.enclave_app.main import _initial_members
 
     node.start_new_network(_initial_members(config), None)
     _drain(node)
@@ -360,8 +360,8 @@ def test_member_signed_app_request_is_fresh_and_played_once(tmp_path: Path) -> N
     member once; the same envelope again, a stale one, or a stranger's are refused."""
     import time
 
-    from enclave_app.app import App
-    from ledger import cose
+    from charter.enclave_app.app import App
+    from charter.ledger import cose
 
     signed = App("signed", prefix="/signed", api_path=None)
 
@@ -382,7 +382,7 @@ def test_member_signed_app_request_is_fresh_and_played_once(tmp_path: Path) -> N
     node = Node(config, VirtualPlatform(tmp_path), _load_app(config.app), extra_apps=(signed,))
     node.routes.include(node_endpoints.build(node))
     _include_governance(node)
-    from enclave_app.main import _initial_members
+    from charter.enclave_app.main import _initial_members
 
     node.start_new_network(_initial_members(config), None)
     _drain(node)
@@ -422,7 +422,7 @@ def test_member_signed_app_request_is_fresh_and_played_once(tmp_path: Path) -> N
 
 def test_app_cannot_write_the_services_own_maps(tmp_path: Path) -> None:
     """An app handler that writes a `public:ccf.*` map gets 500 and nothing is committed."""
-    from enclave_app.app import App
+    from charter.enclave_app.app import App
 
     rogue = App("rogue", prefix="/app", api_path=None)
 
@@ -435,7 +435,7 @@ def test_app_cannot_write_the_services_own_maps(tmp_path: Path) -> None:
     node = Node(config, VirtualPlatform(tmp_path), rogue)
     node.routes.include(node_endpoints.build(node))
     _include_governance(node)
-    from enclave_app.main import _initial_members
+    from charter.enclave_app.main import _initial_members
 
     node.start_new_network(_initial_members(config), None)
     _drain(node)
@@ -456,7 +456,7 @@ def test_pending_joins_are_capped(tmp_path: Path) -> None:
     """Joining is unauthenticated until governance decides: at most MAX_PENDING_NODES wait."""
     import base64
 
-    from enclave_app.node import MAX_PENDING_NODES
+    from charter.enclave_app.node import MAX_PENDING_NODES
 
     node, _ = _start(tmp_path)
     _drain(node)

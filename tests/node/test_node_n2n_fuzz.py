@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_node_inprocess import _drain, _start
 
-from enclave_app.channels import ChannelError, Channels
-from ledger import certs
+from charter.enclave_app.channels import ChannelError, Channels
+from charter.ledger import certs
 
 FUZZ = settings(
     max_examples=300,

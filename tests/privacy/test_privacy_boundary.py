@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from client.sandbox import Sandbox
+from charter.sandbox import Sandbox
 
 pytestmark = pytest.mark.e2e
 

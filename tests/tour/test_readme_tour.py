@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from client.sandbox import Sandbox
+from charter.sandbox import Sandbox
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
