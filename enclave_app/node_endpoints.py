@@ -146,7 +146,11 @@ def build(node: Node) -> App:
     @app.get("/version", auth="none")
     def version(ctx: Context) -> dict[str, Any]:
         """Software version and platform."""
-        return {"ccf_version": VERSION, "platform": node.platform.name, "unsafe": False}
+        return {
+            "ccf_version": VERSION,
+            "platform": node.platform.name,
+            "unsafe": not node.platform.is_secure,
+        }
 
     @app.get("/metrics", auth="none")
     def metrics(ctx: Context) -> dict[str, Any]:

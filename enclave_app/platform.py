@@ -16,6 +16,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -87,10 +88,26 @@ class Report:
         return cls(**fields)
 
 
+class Platform(Protocol):
+    """What the node needs from the machine it runs on: its code's measurement, sealing, and
+    whether any of it is backed by hardware (`/node/version` reports `unsafe` when not)."""
+
+    name: str
+    is_secure: bool
+
+    @property
+    def measurement(self) -> str: ...
+
+    def seal(self, plaintext: bytes) -> bytes: ...
+
+    def unseal(self, blob: bytes) -> bytes: ...
+
+
 class VirtualPlatform:
     """Attestation and sealing without a TEE. Never use it where confidentiality matters."""
 
     name = "virtual"
+    is_secure = False
 
     def __init__(self, workspace: Path, measurement: str | None = None) -> None:
         self.workspace = workspace

@@ -128,6 +128,13 @@ async def test_written_ledger_validates_with_ccf_and_every_receipt_verifies(net:
     assert result["status"] == "Open"
 
 
+async def test_a_virtual_node_says_it_is_unsafe(net: Sandbox) -> None:
+    async with net.client(net.nodes[0], user=0) as c:
+        version = await c.get_json("/node/version")
+    assert version["platform"] == "virtual"
+    assert version["unsafe"] is True
+
+
 async def test_private_plaintext_never_reaches_the_host_or_its_files(tapped: Sandbox) -> None:
     node = tapped.nodes[0]
     private_marker = f"private-{secrets.token_hex(16)}"
