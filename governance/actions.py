@@ -12,6 +12,7 @@ so `transition_node_to_trusted` only records the node as Trusted and asks for it
 from __future__ import annotations
 
 import datetime
+import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from charter.governance.constitution import Constitution, parse_constitution, st
 from charter.governance.effects import NO_EFFECTS, ActionContext, Effects, NodeEndorsement
 from charter.governance.errors import GovernanceError
 from charter.governance.tx import KvTx
-from charter.ledger import certs
+from charter.ledger import certs, snp
 from charter.ledger.errors import LedgerError
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,12 @@ logger = logging.getLogger(__name__)
 HexId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Pem = Annotated[str, StringConstraints(min_length=1, max_length=certs.MAX_CERT_PEM_BYTES)]
 Measurement = Annotated[str, StringConstraints(pattern=r"^(?:[0-9a-f]{2}){1,128}$")]
+# SEV-SNP values, as CCF writes them: lowercase hex of fixed lengths.
+SnpMeasurement = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{96}$")]
+HostData = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+Cpuid = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{8}$")]
+TcbHex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]
+MAX_SECURITY_POLICY_BYTES = 64 * 1024
 RecoveryRole = Literal["NonParticipant", "Participant", "Owner"]
 
 DEFAULT_MAX_NODE_CERT_VALIDITY_DAYS = 365
@@ -237,6 +244,28 @@ class MeasurementArgs(Args):
     measurement: Measurement
 
 
+class SnpMeasurementArgs(Args):
+    measurement: SnpMeasurement
+
+
+class SnpHostDataArgs(Args):
+    host_data: HostData
+    security_policy: Annotated[str, StringConstraints(max_length=MAX_SECURITY_POLICY_BYTES)] = ""
+
+
+class SnpHostDataKeyArgs(Args):
+    host_data: HostData
+
+
+class SnpTcbArgs(Args):
+    cpuid: Cpuid
+    tcb_version: TcbHex
+
+
+class CpuidArgs(Args):
+    cpuid: Cpuid
+
+
 def _parse_valid_from(text: str) -> datetime.datetime:
     """ISO 8601, or the ASN.1 UTCTime/GeneralizedTime text CCF's tooling passes."""
     for fmt in ("%y%m%d%H%M%SZ", "%Y%m%d%H%M%SZ"):
@@ -325,6 +354,87 @@ def check_remove_measurement(tx: KvTx, args: MeasurementArgs) -> None:
 
 def apply_remove_measurement(tx: KvTx, args: MeasurementArgs, ctx: ActionContext) -> Effects:
     tx.remove(t.NODES_VIRTUAL_MEASUREMENTS, args.measurement.encode())
+    return NO_EFFECTS
+
+
+def _require_key(tx: KvTx, table: str, key: str, what: str) -> None:
+    if tx.get(table, key.encode()) is None:
+        raise _invalid(f"{what} {key} is not in {table}")
+
+
+def check_add_snp_measurement(tx: KvTx, args: SnpMeasurementArgs) -> None:
+    return None
+
+
+def apply_add_snp_measurement(tx: KvTx, args: SnpMeasurementArgs, ctx: ActionContext) -> Effects:
+    t.put_json(tx, t.NODES_SNP_MEASUREMENTS, args.measurement.encode(), t.ALLOWED_TO_JOIN)
+    return NO_EFFECTS
+
+
+def check_remove_snp_measurement(tx: KvTx, args: SnpMeasurementArgs) -> None:
+    _require_key(tx, t.NODES_SNP_MEASUREMENTS, args.measurement, "measurement")
+
+
+def apply_remove_snp_measurement(tx: KvTx, args: SnpMeasurementArgs, ctx: ActionContext) -> Effects:
+    tx.remove(t.NODES_SNP_MEASUREMENTS, args.measurement.encode())
+    return NO_EFFECTS
+
+
+def check_add_snp_host_data(tx: KvTx, args: SnpHostDataArgs) -> None:
+    # As CCF: a security policy given with the host data must be what it digests.
+    if args.security_policy:
+        digest = hashlib.sha256(args.security_policy.encode()).hexdigest()
+        if digest != args.host_data:
+            raise _invalid(f"security_policy digests to {digest}, not host_data {args.host_data}")
+
+
+def apply_add_snp_host_data(tx: KvTx, args: SnpHostDataArgs, ctx: ActionContext) -> Effects:
+    t.put_json(tx, t.NODES_SNP_HOST_DATA, args.host_data.encode(), args.security_policy)
+    return NO_EFFECTS
+
+
+def check_remove_snp_host_data(tx: KvTx, args: SnpHostDataKeyArgs) -> None:
+    _require_key(tx, t.NODES_SNP_HOST_DATA, args.host_data, "host data")
+
+
+def apply_remove_snp_host_data(tx: KvTx, args: SnpHostDataKeyArgs, ctx: ActionContext) -> Effects:
+    tx.remove(t.NODES_SNP_HOST_DATA, args.host_data.encode())
+    return NO_EFFECTS
+
+
+def _tcb_policy(args: SnpTcbArgs) -> dict[str, Any]:
+    try:
+        product = snp.product_of_cpuid(args.cpuid)
+        levels = snp.TcbVersion.from_hex(args.tcb_version, product)
+    except snp.SnpError as exc:
+        raise _invalid(str(exc)) from None
+    policy: dict[str, Any] = {
+        "boot_loader": levels.bootloader,
+        "tee": levels.tee,
+        "snp": levels.snp,
+        "microcode": levels.microcode,
+        "hexstring": args.tcb_version,
+    }
+    if product is snp.Product.TURIN:
+        policy["fmc"] = levels.fmc
+    return policy
+
+
+def check_set_snp_tcb(tx: KvTx, args: SnpTcbArgs) -> None:
+    _tcb_policy(args)
+
+
+def apply_set_snp_tcb(tx: KvTx, args: SnpTcbArgs, ctx: ActionContext) -> Effects:
+    t.put_json(tx, t.NODES_SNP_TCB_VERSIONS, args.cpuid.encode(), _tcb_policy(args))
+    return NO_EFFECTS
+
+
+def check_remove_snp_tcb(tx: KvTx, args: CpuidArgs) -> None:
+    _require_key(tx, t.NODES_SNP_TCB_VERSIONS, args.cpuid, "CPUID")
+
+
+def apply_remove_snp_tcb(tx: KvTx, args: CpuidArgs, ctx: ActionContext) -> Effects:
+    tx.remove(t.NODES_SNP_TCB_VERSIONS, args.cpuid.encode())
     return NO_EFFECTS
 
 
@@ -486,19 +596,65 @@ _SPECS = (
     ActionSpec("set_user_data", SetUserDataArgs, check_set_user_data, apply_set_user_data),
     ActionSpec("transition_node_to_trusted", TrustNodeArgs, check_trust_node, apply_trust_node),
     ActionSpec("remove_node", NodeIdArgs, check_remove_node, apply_remove_node),
+    # CCF's names for the virtual platform's join policy; `add_node_measurement` and
+    # `remove_node_measurement` are Charter's first names for the same two, kept as aliases.
+    *(
+        ActionSpec(
+            name,
+            MeasurementArgs,
+            check_add_measurement,
+            apply_add_measurement,
+            drops_open_proposals=True,
+        )
+        for name in ("add_virtual_measurement", "add_node_measurement")
+    ),
+    *(
+        ActionSpec(
+            name,
+            MeasurementArgs,
+            check_remove_measurement,
+            apply_remove_measurement,
+            drops_open_proposals=True,
+        )
+        for name in ("remove_virtual_measurement", "remove_node_measurement")
+    ),
+    # SEV-SNP join policy. Adding to it changes what other open proposals would admit, so
+    # they are dropped (as CCF); removing only narrows it.
     ActionSpec(
-        "add_node_measurement",
-        MeasurementArgs,
-        check_add_measurement,
-        apply_add_measurement,
+        "add_snp_measurement",
+        SnpMeasurementArgs,
+        check_add_snp_measurement,
+        apply_add_snp_measurement,
         drops_open_proposals=True,
     ),
     ActionSpec(
-        "remove_node_measurement",
-        MeasurementArgs,
-        check_remove_measurement,
-        apply_remove_measurement,
+        "remove_snp_measurement",
+        SnpMeasurementArgs,
+        check_remove_snp_measurement,
+        apply_remove_snp_measurement,
+    ),
+    ActionSpec(
+        "add_snp_host_data",
+        SnpHostDataArgs,
+        check_add_snp_host_data,
+        apply_add_snp_host_data,
         drops_open_proposals=True,
+    ),
+    ActionSpec(
+        "remove_snp_host_data",
+        SnpHostDataKeyArgs,
+        check_remove_snp_host_data,
+        apply_remove_snp_host_data,
+    ),
+    ActionSpec(
+        "set_snp_minimum_tcb_version_hex",
+        SnpTcbArgs,
+        check_set_snp_tcb,
+        apply_set_snp_tcb,
+        drops_open_proposals=True,
+    ),
+    ActionSpec(
+        "remove_snp_minimum_tcb_version", CpuidArgs, check_remove_snp_tcb, apply_remove_snp_tcb
     ),
     ActionSpec(
         "transition_service_to_open", OpenServiceArgs, check_open_service, apply_open_service

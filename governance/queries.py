@@ -7,6 +7,7 @@ from typing import Any
 from charter.governance import tables as t
 from charter.governance.errors import GovernanceError
 from charter.governance.tx import KvTx
+from charter.ledger import snp
 
 DEFAULT_NODE_CERT_VALIDITY_DAYS = 365
 DEFAULT_SERVICE_CERT_VALIDITY_DAYS = 365
@@ -154,10 +155,45 @@ def constitution(tx: KvTx) -> Any:
     return document
 
 
-def join_policy(tx: KvTx) -> dict[str, Any]:
-    measurements = sorted(
+def _allowed(tx: KvTx, table: str) -> list[str]:
+    return sorted(
         k.decode()
-        for k, raw in tx.items(t.NODES_VIRTUAL_MEASUREMENTS)
-        if t.load_json(raw, what=t.NODES_VIRTUAL_MEASUREMENTS) == t.ALLOWED_TO_JOIN
+        for k, raw in tx.items(table)
+        if t.load_json(raw, what=table) == t.ALLOWED_TO_JOIN
     )
-    return {"virtual": {"measurements": measurements, "hostData": []}}
+
+
+def join_policy(tx: KvTx) -> dict[str, Any]:
+    """CCF's `/gov/service/join-policy` shape: what each platform's nodes need to join."""
+    return {
+        "virtual": {"measurements": _allowed(tx, t.NODES_VIRTUAL_MEASUREMENTS), "hostData": []},
+        "snp": {
+            "measurements": _allowed(tx, t.NODES_SNP_MEASUREMENTS),
+            "hostData": {
+                k.decode(): t.load_json(raw, what=t.NODES_SNP_HOST_DATA)
+                for k, raw in tx.items(t.NODES_SNP_HOST_DATA)
+            },
+            "tcbVersions": {
+                k.decode(): t.load_json(raw, what=t.NODES_SNP_TCB_VERSIONS)
+                for k, raw in tx.items(t.NODES_SNP_TCB_VERSIONS)
+            },
+            "uvmEndorsements": {},
+        },
+    }
+
+
+def snp_join_policy(tx: KvTx) -> snp.Policy:
+    """The governed SEV-SNP policy a joining node's evidence is checked against.
+
+    No governed host data means none is accepted (as CCF: a service on SNP governs it).
+    """
+    tcb: dict[str, str] = {}
+    for key, raw in tx.items(t.NODES_SNP_TCB_VERSIONS):
+        value = t.load_json(raw, what=t.NODES_SNP_TCB_VERSIONS)
+        if isinstance(value, dict) and isinstance(value.get("hexstring"), str):
+            tcb[key.decode()] = value["hexstring"]
+    return snp.Policy(
+        measurements=frozenset(_allowed(tx, t.NODES_SNP_MEASUREMENTS)),
+        host_data=frozenset(k.decode() for k, _ in tx.items(t.NODES_SNP_HOST_DATA)),
+        minimum_tcb=tcb,
+    )

@@ -27,9 +27,14 @@ USERS_CERTS = "public:ccf.gov.users.certs"
 USERS_INFO = "public:ccf.gov.users.info"
 NODES_INFO = "public:ccf.gov.nodes.info"
 NODES_ENDORSED_CERTIFICATES = "public:ccf.gov.nodes.endorsed_certificates"
-# Charter's nodes run on the `virtual` platform, whose accepted measurements CCF keeps here
-# (key: the measurement string, value: JSON "AllowedToJoin").
+# The code allowed to join, per platform, in CCF's tables (key: the measurement as hex text,
+# value: JSON "AllowedToJoin"). SNP also governs host data (key: hex, value: JSON string of
+# the security policy it digests, or "") and a minimum TCB per CPU model (key: CPUID hex,
+# value: JSON object with the levels and the `hexstring` they were given as).
 NODES_VIRTUAL_MEASUREMENTS = "public:ccf.gov.nodes.virtual.measurements"
+NODES_SNP_MEASUREMENTS = "public:ccf.gov.nodes.snp.measurements"
+NODES_SNP_HOST_DATA = "public:ccf.gov.nodes.snp.host_data"
+NODES_SNP_TCB_VERSIONS = "public:ccf.gov.nodes.snp.tcb_versions"
 SERVICE_INFO = "public:ccf.gov.service.info"
 SERVICE_CONFIG = "public:ccf.gov.service.config"
 CONSTITUTION = "public:ccf.gov.constitution"

@@ -82,6 +82,26 @@ class Product(enum.Enum):
         return {"Milan": "00a00f11", "Genoa": "00a10f11", "Turin": "00b00f21"}[self.value]
 
 
+def product_of_cpuid(cpuid_hex: str) -> Product:
+    """The product line of a CPUID leaf-1 EAX value (family 19h: Milan or Genoa; 1Ah: Turin)."""
+    try:
+        eax = int(cpuid_hex, 16)
+    except ValueError:
+        raise SnpError("cpuid", f"{cpuid_hex!r} is not hexadecimal") from None
+    base_family = (eax >> 8) & 0xF
+    family = base_family + ((eax >> 20) & 0xFF if base_family == 0xF else 0)
+    model = ((eax >> 16) & 0xF) << 4 | (eax >> 4) & 0xF
+    if family == 0x19 and model < 0x10:
+        return Product.MILAN
+    if family == 0x19 and 0x10 <= model < 0x20:
+        return Product.GENOA
+    if family == 0x1A:
+        return Product.TURIN
+    raise SnpError(
+        "cpuid", f"CPUID {cpuid_hex} (family {family:#x}, model {model:#x}) is no SNP product"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class TcbVersion:
     """The security patch levels of a platform's firmware components."""

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
 import pytest
 from gov_testkit import Network, member, start_network
+from shared_data import SHARED
 
 from charter.governance import handlers, proposals, queries
 from charter.governance import tables as t
 from charter.governance.actions import ACTIONS, parse_action
 from charter.governance.errors import GovernanceError
-from charter.ledger import certs
+from charter.ledger import certs, snp
+
+SNP = SHARED / "snp-attestation"
 
 PENDING_NODE = "cd" * 32
 
@@ -58,6 +62,14 @@ def test_every_listed_action_is_registered() -> None:
         "remove_node",
         "add_node_measurement",
         "remove_node_measurement",
+        "add_virtual_measurement",
+        "remove_virtual_measurement",
+        "add_snp_measurement",
+        "remove_snp_measurement",
+        "add_snp_host_data",
+        "remove_snp_host_data",
+        "set_snp_minimum_tcb_version_hex",
+        "remove_snp_minimum_tcb_version",
         "transition_service_to_open",
         "set_constitution",
         "set_recovery_threshold",
@@ -221,6 +233,96 @@ def test_node_measurements_are_added_and_removed(net: Network) -> None:
     assert queries.join_policy(tx)["virtual"]["measurements"] == [measurement]
     accepted(net, "remove_node_measurement", {"measurement": measurement})
     assert queries.join_policy(net.store.begin())["virtual"]["measurements"] == []
+
+
+def test_ccf_virtual_measurement_names_change_the_same_table_as_charters_aliases(
+    net: Network,
+) -> None:
+    measurement = "cd" * 32
+    accepted(net, "add_virtual_measurement", {"measurement": measurement})
+    assert queries.join_policy(net.store.begin())["virtual"]["measurements"] == [measurement]
+    accepted(net, "remove_node_measurement", {"measurement": measurement})
+    assert queries.join_policy(net.store.begin())["virtual"]["measurements"] == []
+
+
+def test_the_governed_snp_policy_admits_the_real_milan_report_and_nothing_less(
+    net: Network,
+) -> None:
+    report = bytes.fromhex((SNP / "milan" / "report.hex").read_text().strip())
+    endorsements = snp.Endorsements.from_bytes((SNP / "milan" / "vcek.der").read_bytes())
+    measurement, host_data = report[0x90:0xC0].hex(), report[0xC0:0xE0].hex()
+
+    def verify() -> str:
+        policy = queries.snp_join_policy(net.store.begin())
+        try:
+            snp.verify_report(report, endorsements, report_data=report[0x50:0x90], policy=policy)
+        except snp.SnpError as error:
+            return error.check
+        return "accepted"
+
+    assert verify() == "measurement"  # nothing governed yet
+    accepted(net, "add_snp_measurement", {"measurement": measurement})
+    assert verify() == "host_data"
+    accepted(net, "add_snp_host_data", {"host_data": host_data})
+    assert verify() == "accepted"
+    # The report's TCB is 7308000000000003 on a Milan (CPUID 00a00f11): ask for snp 9.
+    accepted(
+        net,
+        "set_snp_minimum_tcb_version_hex",
+        {"cpuid": "00a00f11", "tcb_version": "7309000000000003"},
+    )
+    assert verify() == "minimum_tcb"
+    policy = queries.join_policy(net.store.begin())["snp"]
+    assert policy["tcbVersions"]["00a00f11"] == {
+        "boot_loader": 3,
+        "tee": 0,
+        "snp": 9,
+        "microcode": 0x73,
+        "hexstring": "7309000000000003",
+    }
+    accepted(net, "remove_snp_minimum_tcb_version", {"cpuid": "00a00f11"})
+    assert verify() == "accepted"
+    accepted(net, "remove_snp_host_data", {"host_data": host_data})
+    assert verify() == "host_data"
+    accepted(net, "remove_snp_measurement", {"measurement": measurement})
+    assert queries.join_policy(net.store.begin())["snp"]["measurements"] == []
+
+
+def test_snp_host_data_with_a_security_policy_must_be_its_digest(net: Network) -> None:
+    policy_text = "package policy\nallow := true"
+    digest = hashlib.sha256(policy_text.encode()).hexdigest()
+    accepted(net, "add_snp_host_data", {"host_data": digest, "security_policy": policy_text})
+    assert queries.join_policy(net.store.begin())["snp"]["hostData"] == {digest: policy_text}
+    err = refused_at_creation(
+        net, "add_snp_host_data", {"host_data": "00" * 32, "security_policy": policy_text}
+    )
+    assert err.code == "ProposalFailedToValidate"
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "code"),
+    [
+        ("add_snp_measurement", {"measurement": "ab" * 32}, "InvalidActionArgs"),
+        ("remove_snp_measurement", {"measurement": "ab" * 48}, "ProposalFailedToValidate"),
+        ("add_snp_host_data", {"host_data": "ab"}, "InvalidActionArgs"),
+        ("remove_snp_host_data", {"host_data": "ab" * 32}, "ProposalFailedToValidate"),
+        (
+            "set_snp_minimum_tcb_version_hex",
+            {"cpuid": "00830f10", "tcb_version": "00" * 8},
+            "ProposalFailedToValidate",
+        ),
+        (
+            "set_snp_minimum_tcb_version_hex",
+            {"cpuid": "00a00f11", "tcb_version": "00"},
+            "InvalidActionArgs",
+        ),
+        ("remove_snp_minimum_tcb_version", {"cpuid": "00a00f11"}, "ProposalFailedToValidate"),
+    ],
+)
+def test_snp_policy_bad_args_are_refused(
+    net: Network, name: str, args: dict[str, Any], code: str
+) -> None:
+    assert refused_at_creation(net, name, args).code == code
 
 
 @pytest.mark.parametrize(
