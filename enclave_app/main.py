@@ -100,7 +100,7 @@ class Runtime:
     # ------------------------------------------------------------------ start
     async def start(self, frame: itf.Start) -> None:
         config = itf.NodeConfig.model_validate(frame.config)
-        platform = VirtualPlatform(Path(config.workspace))
+        platform = VirtualPlatform(Path(config.workspace), app_module=config.app)
         app = _load_app(config.app)
         node = Node(config, platform, app, extra_apps=())
         self.node = node

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -36,16 +37,47 @@ class PlatformError(Exception):
     code = "InvalidAttestation"
 
 
-def code_measurement(root: Path | None = None) -> str:
-    """SHA-256 over the enclave's code files (path and content, in a stable order), as hex."""
+def _app_sources(app_module: str, base: Path) -> list[tuple[str, Path]]:
+    """The source files of an app module that lives outside the enclave's own packages.
+
+    Named by module and path inside the module (not by absolute path), so the same code
+    measures the same on every machine. An app that cannot be found measures as nothing
+    here: loading it fails right after, with its own error.
+    """
+    try:
+        spec = importlib.util.find_spec(app_module)
+    except (ImportError, ValueError):
+        return []
+    if spec is None or spec.origin is None:
+        return []
+    origin = Path(spec.origin).resolve()
+    if origin.is_relative_to(base):
+        return []  # a sample inside the enclave packages, measured with them
+    if spec.submodule_search_locations:
+        root = origin.parent
+        return [
+            (f"app:{app_module}/{path.relative_to(root).as_posix()}", path)
+            for path in sorted(root.rglob("*.py"))
+        ]
+    return [(f"app:{app_module}/{origin.name}", origin)]
+
+
+def code_measurement(root: Path | None = None, *, app_module: str | None = None) -> str:
+    """SHA-256 over the enclave's code files (path and content, in a stable order), and over
+    the app module's when it lives outside the enclave packages, as hex."""
     base = root or Path(__file__).resolve().parent.parent
+    files = [
+        (path.relative_to(base).as_posix(), path)
+        for package in ENCLAVE_PACKAGES
+        for path in sorted((base / package).rglob("*.py"))
+    ]
+    if app_module is not None:
+        files += _app_sources(app_module, base.resolve())
     digest = hashlib.sha256()
-    for package in ENCLAVE_PACKAGES:
-        for path in sorted((base / package).rglob("*.py")):
-            relative = path.relative_to(base).as_posix()
-            content = path.read_bytes()
-            digest.update(len(relative).to_bytes(8, "little") + relative.encode())
-            digest.update(len(content).to_bytes(8, "little") + content)
+    for name, path in files:
+        content = path.read_bytes()
+        digest.update(len(name).to_bytes(8, "little") + name.encode())
+        digest.update(len(content).to_bytes(8, "little") + content)
     return digest.hexdigest()
 
 
@@ -109,9 +141,11 @@ class VirtualPlatform:
     name = "virtual"
     is_secure = False
 
-    def __init__(self, workspace: Path, measurement: str | None = None) -> None:
+    def __init__(
+        self, workspace: Path, measurement: str | None = None, *, app_module: str | None = None
+    ) -> None:
         self.workspace = workspace
-        self.measurement = measurement or code_measurement()
+        self.measurement = measurement or code_measurement(app_module=app_module)
 
     # -- attestation -------------------------------------------------------------------------
     def report(self, public_key_der: bytes) -> Report:
