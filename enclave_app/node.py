@@ -865,8 +865,11 @@ class Node:
     def _trusted_by_configuration(self, node_id: str) -> bool:
         """A voter of the Raft configuration this node knows (a joiner knows no governance
         state until it holds the ledger secrets, only the configuration)."""
+        # A new joiner learns its peers from the trusted join answer, before it has replayed
+        # the governance state that names them.
         return (self.raft is not None and node_id in self.raft.configuration) or (
-            self.state == "Pending" and node_id in self.peer_addresses
+            node_id in self.peer_addresses
+            and (self.state == "Pending" or self._peer_status(node_id) is None)
         )
 
     def _serve_forwarded(self, sender: str, fields: list[Any]) -> None:
