@@ -189,8 +189,10 @@ def seal_to(public_key: ec.EllipticCurvePublicKey, plaintext: bytes) -> bytes:
     return len(ephemeral_der).to_bytes(2, "little") + ephemeral_der + sealed
 
 
-def open_sealed(private_key: ec.EllipticCurvePrivateKey, blob: bytes) -> bytes:
-    if not 2 < len(blob) <= MAX_SEALED_BYTES:
+def open_sealed(
+    private_key: ec.EllipticCurvePrivateKey, blob: bytes, *, max_bytes: int = MAX_SEALED_BYTES
+) -> bytes:
+    if not 2 < len(blob) <= max_bytes:
         raise ChannelError("sealed blob has an impossible size")
     der_len = int.from_bytes(blob[:2], "little")
     if len(blob) < 2 + der_len + TAG_BYTES:

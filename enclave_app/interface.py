@@ -523,6 +523,11 @@ class ControlChannel:
         """Frames already received and waiting for `receive()`."""
         return len(self._frames)
 
+    @property
+    def outgoing_bytes(self) -> int:
+        """Bytes queued to send that the peer has not taken yet (its backlog)."""
+        return self._out_bytes
+
     # -- sending --------------------------------------------------------------------------
 
     def send(self, frame: Frame, fds: Sequence[int] = ()) -> None:
@@ -809,6 +814,9 @@ class SnapshotsConfig(_Model):
 class ConsensusConfig(_Model):
     election_timeout_ms: tuple[int, int] = (1000, 2000)
     heartbeat_ms: int = pydantic.Field(default=100, ge=1)
+    # Backpressure (CCF's name): the primary answers writes with 503 while this many
+    # transactions are uncommitted; 0 means no limit.
+    max_uncommitted_tx_count: int = pydantic.Field(default=10_000, ge=0)
 
     @pydantic.model_validator(mode="after")
     def _timeouts(self) -> ConsensusConfig:
@@ -866,6 +874,8 @@ class NodeConfig(_Model):
     snapshots: SnapshotsConfig = pydantic.Field(default_factory=SnapshotsConfig)
     memory: MemoryConfig = pydantic.Field(default_factory=MemoryConfig)
     consensus: ConsensusConfig = pydantic.Field(default_factory=ConsensusConfig)
+    # Operator features served on this node's RPC interface (CCF's name); none by default.
+    enabled_operator_features: list[Literal["SnapshotRead"]] = []
     start: StartConfig
 
     @pydantic.model_validator(mode="after")

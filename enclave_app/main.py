@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import importlib
 import itertools
@@ -37,12 +38,17 @@ MAX_REQUEST_BODY_BYTES = 8 * 1024 * 1024
 READ_BATCH_ENTRIES = 10_000
 READ_CHUNK_BYTES = 256 * 1024
 WRITE_BATCH_BYTES_MAX = 16 * 1024 * 1024
+# Node-to-node frames are shed (consensus resends) while the host is this far behind.
+N2N_BACKLOG_BYTES_MAX = 16 * 1024 * 1024
 JOIN_POLL_S = 0.5
 FORWARD_TIMEOUT_S = 5.0
 # A forwarded write is answered once this backup has applied it too, so the client's
 # next read here sees its own write ("read your writes" through a backup).
 LOCAL_APPLY_WAIT_S = 2.0
 RETIRED_LINGER_S = 2.0
+# Client sockets received while the node is starting wait for it, within these bounds.
+HELD_SOCKETS_MAX = 256
+HELD_SOCKET_MAX_S = 30.0
 
 
 class Runtime:
@@ -58,32 +64,54 @@ class Runtime:
         self.connections = 0
         self.forwarded: dict[int, asyncio.Future[HttpResponse]] = {}
         self._flush_scheduled = False
+        self.n2n_dropped = 0
+        # (time received, socket) of clients waiting for the node to be able to serve them
+        self.held_sockets: collections.deque[tuple[float, socket.socket]] = collections.deque()
 
     # ------------------------------------------------------------------ frames to the host
     def flush(self) -> None:
-        """Send the node's frames in order, adjacent ledger writes merged into one frame."""
+        """Send the node's frames in order, adjacent ledger writes merged into one frame.
+
+        A frame with ledger writes is never dropped: the host would see a gap and stop the
+        node, and the writes may already be answered 200. The node refuses new writes while
+        the host is behind (`Node.host_backlog_bytes`), so this queue stays bounded. Only
+        node-to-node frames give way when the host is behind: consensus sends them again.
+        """
         self._flush_scheduled = False
         node = self.node
         if node is None or not node.outbox:
             return
         frames, node.outbox = node.outbox, []
+        node.outbox_write_bytes = 0
         batch: list[tuple[int, bytes]] = []
         batch_bytes = 0
-        for frame in frames:
-            if isinstance(frame, itf.WriteEntries):
-                for seqno, raw in frame.entries:
-                    if batch and batch_bytes + len(raw) > WRITE_BATCH_BYTES_MAX:
-                        self.channel.send(itf.WriteEntries(batch))
-                        batch, batch_bytes = [], 0
-                    batch.append((seqno, raw))
-                    batch_bytes += len(raw)
-                continue
+        try:
+            for frame in frames:
+                if isinstance(frame, itf.WriteEntries):
+                    for seqno, raw in frame.entries:
+                        if batch and batch_bytes + len(raw) > WRITE_BATCH_BYTES_MAX:
+                            self.channel.send(itf.WriteEntries(batch))
+                            batch, batch_bytes = [], 0
+                        batch.append((seqno, raw))
+                        batch_bytes += len(raw)
+                    continue
+                if batch:
+                    self.channel.send(itf.WriteEntries(batch))
+                    batch, batch_bytes = [], 0
+                if (
+                    isinstance(frame, itf.SendToNode)
+                    and self.channel.outgoing_bytes > N2N_BACKLOG_BYTES_MAX
+                ):
+                    self.n2n_dropped += 1
+                    if self.n2n_dropped % 1000 == 1:
+                        LOG.warning("event=n2n_frame_shed dropped=%d", self.n2n_dropped)
+                    continue
+                self.channel.send(frame)
             if batch:
                 self.channel.send(itf.WriteEntries(batch))
-                batch, batch_bytes = [], 0
-            self.channel.send(frame)
-        if batch:
-            self.channel.send(itf.WriteEntries(batch))
+        except itf.InterfaceError as exc:
+            # Carrying on would leave a hole in the host's ledger: stop instead.
+            self.fatal(f"cannot send to the host: {exc}")
 
     def schedule_flush(self) -> None:
         """Flush once per event-loop turn: requests served in one turn share frames."""
@@ -104,6 +132,7 @@ class Runtime:
         app = _load_app(config.app)
         node = Node(config, platform, app, extra_apps=())
         self.node = node
+        node.host_backlog_bytes = lambda: self.channel.outgoing_bytes + node.outbox_write_bytes
         node.on_forward_response = self._forward_answered
         node.routes.include(node_endpoints.build(node))
         _include_governance(node)
@@ -120,6 +149,7 @@ class Runtime:
                 return
             await self._replay_own_ledger(frame.ledger_last_seqno)
             node.resumed()
+            self._serve_held()
         elif config.start.mode == "join":
             node.start_joining()
             self.flush()
@@ -165,6 +195,7 @@ class Runtime:
                                 self.channel.send(itf.Started(node.node_id, node.state, {}))
                             if done:
                                 self.channel.send(itf.Started(node.node_id, node.state, {}))
+                                self._serve_held()
                                 return
                         elif response.status in (401, 403):
                             self.fatal(f"join refused: {doc}")
@@ -281,16 +312,46 @@ class Runtime:
         else:
             LOG.warning("event=unexpected_frame type=%s", type(frame).__name__)
         self.schedule_flush()
+        self._serve_held()
         if node is not None and node.retired and not self.stopping.is_set():
             LOG.info("event=stopping_retired_node")
             asyncio.get_running_loop().call_later(RETIRED_LINGER_S, self.stopping.set)
 
     def accept(self, fd: int) -> None:
+        """Serve a client socket once the node can authenticate its caller.
+
+        A restarting node holds the sockets it receives until it has replayed its ledger
+        (users' certificates included): a TLS session set up before that would ask for no
+        client certificate and stay anonymous for its whole life. A joiner serves no TLS
+        until governance trusts it, so its sockets are closed.
+        """
         sock = socket.socket(fileno=fd)
         node = self.node
-        if node is None or not node.tls.ready or self.server is None:
+        if node is not None and node.serving:
+            self._serve(sock)
+        elif (node is not None and node.state == "Pending") or len(
+            self.held_sockets
+        ) >= HELD_SOCKETS_MAX:
             sock.close()
+        else:
+            self.held_sockets.append((asyncio.get_running_loop().time(), sock))
+
+    def _serve_held(self) -> None:
+        node = self.node
+        if not self.held_sockets or node is None:
             return
+        if node.serving:
+            held, self.held_sockets = self.held_sockets, collections.deque()
+            for _, sock in held:
+                self._serve(sock)
+            return
+        expired = asyncio.get_running_loop().time() - HELD_SOCKET_MAX_S
+        while self.held_sockets and (self.held_sockets[0][0] < expired or node.state == "Pending"):
+            self.held_sockets.popleft()[1].close()
+
+    def _serve(self, sock: socket.socket) -> None:
+        node = self.node
+        assert node is not None and self.server is not None
         sock.setblocking(False)
         loop = asyncio.get_running_loop()
         task = loop.create_task(
@@ -353,6 +414,7 @@ class Runtime:
                 request.headers,
                 body,
                 peer_der,
+                source=request.remote,
             )
         except Exception:
             LOG.error("event=request_failed path=%s\n%s", request.path, traceback.format_exc())

@@ -23,7 +23,6 @@ import msgpack
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from charter.consensus import (
-    AppendEntriesResponse,
     LogEntry,
     Raft,
     RaftConfig,
@@ -40,6 +39,7 @@ from charter.enclave_app.errors import HttpError
 from charter.enclave_app.identity import Identity
 from charter.enclave_app.kv import Store, Tx
 from charter.enclave_app.platform import PlatformError, VirtualPlatform
+from charter.enclave_app.rate_limit import RateLimiter
 from charter.enclave_app.runtime_view import RuntimeView
 from charter.enclave_app.tls import ServerTls
 from charter.governance import tables as gt
@@ -56,16 +56,22 @@ from charter.ledger.snapshot import Snapshot, decode_snapshot, encode_snapshot, 
 LOG = logging.getLogger(__name__)
 
 TXID_HEADER = "x-ms-ccf-transaction-id"
-# Backpressure (DESIGN §6): beyond this many uncommitted transactions writes get 503.
-MAX_UNCOMMITTED_TX = 10_000
 # Ticks come from the untrusted host clock: a jump never advances Raft by more than this.
 MAX_TICK_ELAPSED_MS = 1_000
 RETRY_AFTER_S = "1"
+# Writes are refused (503) while more than this many bytes of frames wait for the host.
+HOST_BACKLOG_BYTES_MAX = 32 * 1024 * 1024
 MAX_COSE_REQUEST_BYTES = 1024 * 1024
 ENTRY_REQUEST_ID_BASE = 1 << 48
 MAX_PENDING_FORWARDS = 10_000
 # Nodes that asked to join and await governance (each is replicated to as a learner).
 MAX_PENDING_NODES = 8
+# Join requests per source address: a joiner polls every 0.5 s; several may share an address.
+JOIN_PATH = "/node/join"
+JOIN_RATE_PER_S = 4.0
+JOIN_BURST = 8
+# A trusted joiner's sealed answer: keys, ledger secrets and the latest snapshot.
+JOIN_SECRETS_BYTES_MAX = 128 * 1024 * 1024
 # Signed member requests to app endpoints: freshness window and replay record.
 COSE_REQUEST_MAX_AGE_S = 600
 COSE_REQUEST_MAX_FUTURE_S = 60
@@ -117,6 +123,9 @@ class Node:
         self.channels: Channels | None = None
         # node id -> node-to-node address of every peer we may talk to
         self.peer_addresses: dict[str, str] = {}
+        # Trusted nodes not (yet) in the Raft configuration: replicated to, not counted.
+        self.learners: set[str] = set()
+        self.join_limiter = RateLimiter(rate_per_s=JOIN_RATE_PER_S, burst=JOIN_BURST)
         # Entries a joining node received before it holds the ledger secrets.
         self.deferred: list[LogEntry] = []
         self.forwards = 0
@@ -140,6 +149,10 @@ class Node:
         self._commit_sealed_ms = 0
         self.tls = ServerTls()
         self.outbox: list[itf.Frame] = []
+        # Ledger bytes in `outbox` (the runtime zeroes it when it flushes).
+        self.outbox_write_bytes = 0
+        # What the host has yet to take from this enclave, in bytes (the runtime sets it).
+        self.host_backlog_bytes: Callable[[], int] = lambda: self.outbox_write_bytes
         self.commit_seqno = 0
         self.applied_seqno = 0
         # (view, first seqno of that view) for every view in the log, ascending.
@@ -173,6 +186,12 @@ class Node:
     @property
     def is_primary(self) -> bool:
         return self.raft is not None and self.raft.role is Role.PRIMARY
+
+    @property
+    def serving(self) -> bool:
+        """Can client connections be served: the node is part of the network and its TLS
+        context asks for the client certificates of every registered user and member."""
+        return self.state == "PartOfNetwork" and self.raft is not None and self.tls.ready
 
     def service_status(self) -> str | None:
         info = gt.service_info(self.store.begin())
@@ -693,6 +712,7 @@ class Node:
                 elif entry.index > self.applied_seqno:
                     self._apply_replicated(entry)
             self.outbox.append(itf.WriteEntries([(e.index, e.data) for e in ready.entries]))
+            self.outbox_write_bytes += sum(len(e.data) for e in ready.entries)
         for request in ready.entry_requests:
             # A lagging peer needs entries compacted out of memory: read them back from
             # the host (and check them as any host data) before they go out.
@@ -725,25 +745,41 @@ class Node:
 
     # ------------------------------------------------------------------ node-to-node
     def _refresh_peers(self) -> None:
-        """Learn every node's identity key and address from governance."""
+        """Learn the identity key and address of the nodes governance trusts.
+
+        Anyone can ask to join and name any address, so a node not yet trusted is never
+        contacted (nor replicated to); once trusted it catches up as a learner before it
+        joins the configuration. A Retired node that was trusted keeps its route: it must
+        still learn that the configuration without it committed (and a retiring primary
+        must hand over); Raft stops talking to it by itself once that is done.
+        """
         if self.channels is None:
             return
+        voters = self.raft.configuration if self.raft is not None else self._voters()
+        trusted_learners: set[str] = set()
         for key, value in self.store.begin().items(gt.NODES_INFO):
             info = gt.load_json(value, what=gt.NODES_INFO)
             node_id = gt.key_to_id(key)
             if node_id == self.channels.own_id or not isinstance(info, dict):
                 continue
-            # A Retired node keeps its route: it must still learn that the configuration
-            # without it committed (and a retiring primary must hand over). Raft stops
-            # talking to it by itself once that is done.
+            status = info.get("status")
+            was_trusted = node_id in voters or node_id in self.peer_addresses
+            if status != "Trusted" and not (status == "Retired" and was_trusted):
+                continue
             self._know_peer(
                 node_id,
                 str(info.get("public_key", "")),
                 str(info.get("node_to_node_interface", {}).get("published_address", "")),
             )
-            if info.get("status") == "Pending" and self.is_primary and self.raft is not None:
-                # A joining node catches up as a learner before governance trusts it.
-                self.raft.add_learner(node_id)
+            if status == "Trusted" and node_id not in voters:
+                trusted_learners.add(node_id)
+        if self.raft is None:
+            return
+        for node_id in self.learners - trusted_learners:
+            self.raft.remove_learner(node_id)
+        for node_id in trusted_learners - self.learners:
+            self.raft.add_learner(node_id)
+        self.learners = trusted_learners
 
     def _know_peer(self, node_id: str, public_key_pem: str, address: str) -> None:
         assert self.channels is not None
@@ -797,13 +833,11 @@ class Node:
         if raft_message is not None:
             if self.raft is None:
                 return
-            # The Raft sender must be the channel's peer; a node not yet trusted may only
-            # acknowledge what it is sent (it is a learner). A retired node was trusted: it
-            # still hands over and learns that its removal committed.
+            # The Raft sender must be the channel's peer, and trusted by governance (or by
+            # the configuration, for a joiner that knows no governance state yet). A retired
+            # node was trusted: it still hands over and learns that its removal committed.
             if raft_message.sender != sender or (
-                status not in ("Trusted", "Retired")
-                and not (status == "Pending" and isinstance(raft_message, AppendEntriesResponse))
-                and not self._trusted_by_configuration(sender)
+                status not in ("Trusted", "Retired") and not self._trusted_by_configuration(sender)
             ):
                 self.channels.dropped += 1
                 LOG.warning("event=raft_message_refused peer=%s status=%s", sender[:16], status)
@@ -831,8 +865,11 @@ class Node:
     def _trusted_by_configuration(self, node_id: str) -> bool:
         """A voter of the Raft configuration this node knows (a joiner knows no governance
         state until it holds the ledger secrets, only the configuration)."""
+        # A new joiner learns its peers from the trusted join answer, before it has replayed
+        # the governance state that names them.
         return (self.raft is not None and node_id in self.raft.configuration) or (
-            self.state == "Pending" and node_id in self.peer_addresses
+            node_id in self.peer_addresses
+            and (self.state == "Pending" or self._peer_status(node_id) is None)
         )
 
     def _serve_forwarded(self, sender: str, fields: list[Any]) -> None:
@@ -956,6 +993,8 @@ class Node:
 
     # ------------------------------------------------------------------ requests
     def _refresh_client_cas(self) -> None:
+        if self.state == "ReadingOwnLedger":
+            return  # `resumed` loads them once, from the whole ledger
         tx = self.store.begin()
         pems = [v.decode() for _, v in tx.items(gt.USERS_CERTS)]
         pems += [v.decode() for _, v in tx.items(gt.MEMBERS_CERTS)]
@@ -1019,10 +1058,26 @@ class Node:
         headers: Mapping[str, str],
         body: bytes,
         peer_der: bytes | None,
+        *,
+        source: str | None = None,
     ) -> HttpResponse | Forwarded:
-        """Serve one HTTP request, or hand back a `Forwarded` whose answer will come."""
+        """Serve one HTTP request, or hand back a `Forwarded` whose answer will come.
+        `source` is the client's address (the IP of the TCP peer), for rate limits."""
         self.metrics["requests"] += 1
-        response = self._handle(method, path, query, headers, body, peer_der)
+        if (
+            path == JOIN_PATH
+            and source is not None
+            and not self.join_limiter.allow(source, self.clock_s())
+        ):
+            # Anyone may ask to join: bound what one source can make the service do.
+            response: HttpResponse | Forwarded = HttpResponse(
+                429,
+                error_response(429, "TooManyRequests", "Too many join requests").body,
+                {"Retry-After": RETRY_AFTER_S},
+                "application/json",
+            )
+        else:
+            response = self._handle(method, path, query, headers, body, peer_der)
         if isinstance(response, HttpResponse) and response.status >= 400:
             self.metrics["errors"] += 1
         return response
@@ -1062,8 +1117,13 @@ class Node:
                     return _unavailable("NotPrimary", "The primary changed; retry")
                 # The primary authenticates again: it gets the request as the caller sent it.
                 return self.forward(method, path, query, headers, body, peer_der)
-            if self.applied_seqno - self.commit_seqno > MAX_UNCOMMITTED_TX:
+            limit = self.config.consensus.max_uncommitted_tx_count
+            if limit and self.applied_seqno - self.commit_seqno >= limit:
                 return _unavailable("TooManyPendingTransactions", "Retry later")
+            if self.host_backlog_bytes() > HOST_BACKLOG_BYTES_MAX:
+                # The host is not taking ledger writes as fast as they come: refuse more
+                # rather than queue them without bound (frames with writes are never dropped).
+                return _unavailable("HostBacklog", "The host is behind writing the ledger")
         outcome = self.routes.invoke(
             match,
             tx=tx,
@@ -1176,21 +1236,22 @@ class Node:
             }
             gt.put_json(tx, gt.NODES_INFO, gt.id_key(node_id), joiner)
             LOG.info("event=join_pending node=%s", node_id[:16])
-            return self._pending_answer(tx, node_id, request)
+            return self._pending_answer(node_id)
         status = info.get("status")
         if status == "Pending":
-            return self._pending_answer(tx, node_id, request)
+            return self._pending_answer(node_id)
         if status != "Trusted":
             raise HttpError(403, "NodeRetired", f"node {node_id} is {status}")
         assert self.identity is not None and self.identity.service_key is not None
         endorsed = tx.get(gt.NODES_ENDORSED_CERTIFICATES, gt.id_key(node_id))
-        secrets = msgpack.packb(
-            {
-                "service_key": certs.key_pem(self.identity.service_key),
-                "ledger_secrets": [[s, k] for s, k in self.identity.ledger_secrets],
-            },
-            use_bin_type=True,
-        )
+        secrets: dict[str, Any] = {
+            "service_key": certs.key_pem(self.identity.service_key),
+            "ledger_secrets": [[s, k] for s, k in self.identity.ledger_secrets],
+        }
+        if request.get("want_snapshot") and self.latest_snapshot is not None:
+            # Only for the holder of the trusted node's key: the snapshot holds the public
+            # maps in clear, which are no one else's to read.
+            secrets["snapshot"] = self.latest_snapshot
         return {
             "node_id": node_id,
             "node_status": "Trusted",
@@ -1198,19 +1259,16 @@ class Node:
             "network_info": {
                 "service_cert": self.identity.service_cert_pem,
                 "endorsed_cert": endorsed.decode() if endorsed else "",
-                "secrets": base64.b64encode(seal_to(public_key, secrets)).decode(),
+                "secrets": base64.b64encode(
+                    seal_to(public_key, msgpack.packb(secrets, use_bin_type=True))
+                ).decode(),
             },
         }
 
-    def _pending_answer(self, tx: Tx, node_id: str, request: Mapping[str, Any]) -> dict[str, Any]:
-        answer: dict[str, Any] = {
-            "node_id": node_id,
-            "node_status": "Pending",
-            "peers": self._peers(tx),
-        }
-        if request.get("want_snapshot") and self.latest_snapshot is not None:
-            answer["snapshot"] = base64.b64encode(self.latest_snapshot).decode()
-        return answer
+    @staticmethod
+    def _pending_answer(node_id: str) -> dict[str, Any]:
+        """A node governance has not trusted learns its own status and nothing else."""
+        return {"node_id": node_id, "node_status": "Pending"}
 
     @staticmethod
     def _pending_nodes(tx: Tx) -> int:
@@ -1224,7 +1282,7 @@ class Node:
         peers = []
         for key, value in tx.items(gt.NODES_INFO):
             info = gt.load_json(value, what=gt.NODES_INFO)
-            if isinstance(info, dict) and info.get("status") in ("Trusted", "Pending"):
+            if isinstance(info, dict) and info.get("status") == "Trusted":
                 peers.append(
                     {
                         "node_id": gt.key_to_id(key),
@@ -1274,6 +1332,11 @@ class Node:
         assert self.identity is not None
         entries, self._replayed = self._replayed, []
         base_seqno, base_view = self._replay_base
+        if not entries and not base_seqno:
+            # Nothing was replicated to it (a node is not contacted before it is trusted):
+            # it starts like a new joiner, from the snapshot it will be given.
+            LOG.info("event=rejoining node_id=%s entries=0", self.identity.node_id)
+            return
         self.raft = Raft.restore(
             self.identity.node_id,
             config=self.raft_config(),
@@ -1303,13 +1366,28 @@ class Node:
         }
 
     def on_join_response(self, doc: Mapping[str, Any]) -> bool:
-        """Act on the primary's answer; True once this node is part of the network."""
+        """Act on the primary's answer; True once this node is part of the network.
+
+        Until governance trusts this node the answer holds its status only; then it holds
+        the peers, and the service key, ledger secrets and (if asked) the latest snapshot
+        sealed to this node's key."""
         assert self.identity is not None
+        if doc.get("node_status") != "Trusted":
+            return False
+        info = doc["network_info"]
+        secrets = msgpack.unpackb(
+            open_sealed(
+                self.identity.node_key,
+                base64.b64decode(info["secrets"]),
+                max_bytes=JOIN_SECRETS_BYTES_MAX,
+            ),
+            raw=False,
+        )
         for peer in doc.get("peers", []):
             if peer.get("node_id") != self.identity.node_id:
                 self._know_peer(str(peer["node_id"]), str(peer["public_key"]), str(peer["address"]))
-        if self.raft is None and doc.get("snapshot"):
-            self._start_from_snapshot(decode_snapshot(base64.b64decode(doc["snapshot"])))
+        if self.raft is None and secrets.get("snapshot"):
+            self._start_from_snapshot(decode_snapshot(bytes(secrets["snapshot"])))
         if self.raft is None:
             self.raft = Raft(
                 self.identity.node_id,
@@ -1317,12 +1395,6 @@ class Node:
                 start=StartState(configuration=frozenset()),
                 rng_seed=int.from_bytes(os.urandom(8), "little"),
             )
-        if doc.get("node_status") != "Trusted":
-            return False
-        info = doc["network_info"]
-        secrets = msgpack.unpackb(
-            open_sealed(self.identity.node_key, base64.b64decode(info["secrets"])), raw=False
-        )
         self.identity.service_key = certs.load_key(secrets["service_key"])
         self.identity.service_cert_pem = str(info["service_cert"])
         self.identity.ledger_secrets = [(int(s), bytes(k)) for s, k in secrets["ledger_secrets"]]

@@ -143,6 +143,16 @@ def build(node: Node) -> App:
         secrets sealed to its key."""
         return node.join_request(ctx.tx, ctx.body.model_dump())
 
+    if "SnapshotRead" in node.config.enabled_operator_features:
+
+        @app.get("/snapshot", auth="none")
+        def snapshot(ctx: Context) -> Response:
+            """The latest committed snapshot (operator feature `SnapshotRead`)."""
+            data = node.latest_snapshot
+            if data is None:
+                raise HttpError(404, "SnapshotNotFound", "No committed snapshot yet")
+            return Response(200, data, {}, "application/octet-stream")
+
     @app.get("/version", auth="none")
     def version(ctx: Context) -> dict[str, Any]:
         """Software version and platform."""

@@ -41,7 +41,7 @@ async def test_pending_joiner_restarted_before_trust_joins_and_catches_up(net: S
     joiner.start()
     await asyncio.to_thread(joiner.wait_started)
     node_id = joiner.node_id
-    await asyncio.sleep(1.0)  # it replicates as a learner meanwhile
+    await asyncio.sleep(1.0)  # Pending: the primary neither contacts nor replicates to it
     joiner.kill()
     joiner.start()
     await asyncio.to_thread(joiner.wait_started)
