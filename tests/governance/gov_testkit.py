@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -21,7 +22,10 @@ from charter.governance.genesis import InitialMember, bootstrap
 from charter.governance.handlers import GovResult
 from charter.ledger import certs, cose
 
-NOW_S = 1_764_000_000
+# The service's clock in these tests. It is the real time at import because the identities
+# below are real certificates made now, and governance checks a user's certificate is valid
+# at the service's time (an expired or not-yet-valid one would fail every TLS handshake).
+NOW_S = int(time.time())
 
 
 @lru_cache(maxsize=32)
