@@ -22,10 +22,11 @@ from charter.governance.genesis import InitialMember, bootstrap
 from charter.governance.handlers import GovResult
 from charter.ledger import certs, cose
 
-# The service's clock in these tests. It is the real time at import because the identities
-# below are real certificates made now, and governance checks a user's certificate is valid
-# at the service's time (an expired or not-yet-valid one would fail every TLS handshake).
-NOW_S = int(time.time())
+# The service's clock in these tests. The identities below are real certificates made when
+# first used (valid from a minute before that for a year), and governance checks that a
+# user's certificate is valid at the service's time. A clock a day ahead of import is inside
+# the validity of every certificate made during a test run of up to a day.
+NOW_S = int(time.time()) + 24 * 3600
 
 
 @lru_cache(maxsize=32)
