@@ -241,6 +241,13 @@ def _render(result: Any, ctx: Context) -> HttpResponse:
     return HttpResponse(status, body, headers, content_type)
 
 
+def _is_json_content_type(value: str | None) -> bool:
+    """No Content-Type, or `application/json` (parameters such as charset allowed)."""
+    if value is None:
+        return True
+    return value.partition(";")[0].strip().lower() == JSON_CONTENT_TYPE
+
+
 def _validation_message(where: str, exc: pydantic.ValidationError) -> str:
     # Never echo the input: it may be a private value.
     parts = []
@@ -545,6 +552,14 @@ class App:
                 previous.append(value)
             else:
                 query_values[name] = [previous, value]
+        lowered = {name.lower(): value for name, value in headers.items()}
+        if endpoint.body_adapter is not None and not _is_json_content_type(
+            lowered.get("content-type")
+        ):
+            # As CCF: a JSON endpoint takes a body declared as JSON, or one with no type.
+            raise HttpError(
+                415, "UnsupportedContentType", f"expected Content-Type: {JSON_CONTENT_TYPE}"
+            )
         parsed_query: Any = query_values
         parsed_path: Any = dict(match.path_params)
         parsed_body: Any = bytes(body)
@@ -557,7 +572,8 @@ class App:
                 parsed_path = endpoint.path_model.model_validate(parsed_path)
             where = "body"
             if endpoint.body_adapter is not None:
-                parsed_body = endpoint.body_adapter.validate_json(body)
+                # Strict: JSON `true` is not the integer 1, nor "1" a number.
+                parsed_body = endpoint.body_adapter.validate_json(body, strict=True)
         except pydantic.ValidationError as exc:
             if where == "body" and any(e["type"] == "json_invalid" for e in exc.errors()):
                 raise HttpError(400, "InvalidInput", "Body is not valid JSON") from None
@@ -569,7 +585,7 @@ class App:
             body=parsed_body,
             query=parsed_query,
             path=parsed_path,
-            headers={name.lower(): value for name, value in headers.items()},
+            headers=lowered,
         )
 
     # ---------------------------------------------------------------- OpenAPI

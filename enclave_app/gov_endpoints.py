@@ -25,6 +25,7 @@ from charter.governance.acks import get_state_digest
 from charter.governance.effects import Effects
 from charter.governance.errors import GovernanceError
 from charter.governance.requests import DEFAULT_POLICY, MAX_ENVELOPE_BYTES, RequestPolicy
+from charter.governance.tables import is_hex_id
 
 logger = logging.getLogger(__name__)
 
@@ -132,8 +133,18 @@ def register(app: App, hooks: GovHooks) -> None:
     @app.get("/members/proposals", **read)
     @_gov
     def list_proposals(ctx: Context) -> Any:
-        """List proposals."""
-        return proposals.list_proposals(ctx.tx)
+        """List proposals in id order, a page at a time (`nextLink` leads to the next)."""
+        after = ctx.query.get("after")
+        if after is not None and not (isinstance(after, str) and is_hex_id(after)):
+            raise HttpError(400, "InvalidInput", "after must be one proposal id (64 hex digits)")
+        page = proposals.list_proposals(ctx.tx, after=after)
+        body: dict[str, Any] = {"value": page.proposals}
+        if page.next_after is not None:
+            version = ctx.query["api-version"]
+            body["nextLink"] = (
+                f"{GOV_PREFIX}/members/proposals?api-version={version}&after={page.next_after}"
+            )
+        return body
 
     @app.get("/members/proposals/{proposalId}", **read)
     @_gov

@@ -828,6 +828,29 @@ class ConsensusConfig(_Model):
         return self
 
 
+class RpcInterfaceConfig(_Model):
+    """Limits of the client (RPC) interface; the session caps keep CCF's names and defaults."""
+
+    # Past the soft cap a new session is answered 503 and closed; past the hard cap it is
+    # closed at once, before any TLS.
+    max_open_sessions_soft: int = pydantic.Field(default=1000, ge=1)
+    max_open_sessions_hard: int = pydantic.Field(default=1010, ge=1)
+    # A session that sends nothing for this long between requests is closed (CCF's
+    # idle_connection_timeout).
+    idle_connection_timeout_ms: int = pydantic.Field(default=60_000, ge=100)
+    # The TLS handshake, and each request line with its headers from its first byte, must
+    # arrive within this (against clients that trickle a byte at a time).
+    request_header_timeout_ms: int = pydantic.Field(default=10_000, ge=100)
+    # A request's whole body must arrive within this after its headers.
+    request_read_timeout_ms: int = pydantic.Field(default=30_000, ge=100)
+
+    @pydantic.model_validator(mode="after")
+    def _caps(self) -> RpcInterfaceConfig:
+        if self.max_open_sessions_hard < self.max_open_sessions_soft:
+            raise ValueError("max_open_sessions_hard must be at least max_open_sessions_soft")
+        return self
+
+
 class MemberConfig(_Model):
     cert: ConfigPath
     encryption_key: ConfigPath | None = None
@@ -863,6 +886,7 @@ class NodeConfig(_Model):
     snapshots_dir: ConfigPath | None = None
     rpc_address: Address = "127.0.0.1:0"
     published_rpc_address: Address | None = None
+    rpc_interface: RpcInterfaceConfig = pydantic.Field(default_factory=RpcInterfaceConfig)
     node_to_node_address: Address = "127.0.0.1:0"
     # What peers dial (e.g. a relay in front of this node); defaults to node_to_node_address.
     published_node_to_node_address: Address | None = None

@@ -27,6 +27,13 @@ from aiohttp import web
 from charter.enclave_app import interface as itf
 from charter.enclave_app import node_endpoints
 from charter.enclave_app.app import App, HttpResponse
+from charter.enclave_app.http_server import (
+    BodyError,
+    HttpServer,
+    SessionLimits,
+    json_error,
+    read_body,
+)
 from charter.enclave_app.loop import run_loop
 from charter.enclave_app.node import TXID_HEADER, Forwarded, Node
 from charter.enclave_app.platform import VirtualPlatform
@@ -36,7 +43,6 @@ LOG = logging.getLogger("enclave")
 # Bodies beyond this are refused before they are read (endpoints may set lower limits).
 MAX_REQUEST_BODY_BYTES = 8 * 1024 * 1024
 READ_BATCH_ENTRIES = 10_000
-READ_CHUNK_BYTES = 256 * 1024
 WRITE_BATCH_BYTES_MAX = 16 * 1024 * 1024
 # Node-to-node frames are shed (consensus resends) while the host is this far behind.
 N2N_BACKLOG_BYTES_MAX = 16 * 1024 * 1024
@@ -57,7 +63,7 @@ class Runtime:
     def __init__(self, channel: itf.ControlChannel) -> None:
         self.channel = channel
         self.node: Node | None = None
-        self.server: web.Server | None = None
+        self.server: HttpServer | None = None
         self.pending_reads: dict[int, asyncio.Future[Any]] = {}
         self.request_ids = itertools.count(1)
         self.stopping = asyncio.Event()
@@ -128,6 +134,11 @@ class Runtime:
     # ------------------------------------------------------------------ start
     async def start(self, frame: itf.Start) -> None:
         config = itf.NodeConfig.model_validate(frame.config)
+        self.server = HttpServer(
+            self.handle_http,
+            SessionLimits.from_config(config.rpc_interface),
+            loop=asyncio.get_running_loop(),
+        )
         platform = VirtualPlatform(Path(config.workspace), app_module=config.app)
         app = _load_app(config.app)
         node = Node(config, platform, app, extra_apps=())
@@ -252,8 +263,6 @@ class Runtime:
             LOG.error("event=bad_first_frame type=%s", type(frame).__name__)
             return 2
         loop = asyncio.get_running_loop()
-        # No access log: a line per request costs ~10% of a write, and names callers' paths.
-        self.server = web.Server(self.handle_http, loop=loop, access_log=None)
         frames = loop.create_task(self.frame_loop())
         try:
             await self.start(frame)
@@ -266,7 +275,8 @@ class Runtime:
         frames.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await frames
-        await self.server.shutdown(1.0)
+        if self.server is not None:
+            await self.server.shutdown(1.0)
         await self.channel.drain()
         return 0
 
@@ -352,12 +362,7 @@ class Runtime:
     def _serve(self, sock: socket.socket) -> None:
         node = self.node
         assert node is not None and self.server is not None
-        sock.setblocking(False)
-        loop = asyncio.get_running_loop()
-        task = loop.create_task(
-            loop.connect_accepted_socket(self.server, sock, ssl=node.tls.context)
-        )
-        task.add_done_callback(_log_connection_failure)
+        self.server.serve(sock, node.tls.context)
 
     # ------------------------------------------------------------------ forwarding
     def _forward_answered(self, forward_id: int, response: HttpResponse) -> None:
@@ -389,19 +394,15 @@ class Runtime:
         node = self.node
         if node is None:
             return _json_error(503, "ServiceNotReady", "The node is starting")
-        length = request.content_length
-        if length is not None and length > MAX_REQUEST_BODY_BYTES:
-            return _json_error(413, "RequestTooLarge", "Request body is too large")
-        # `read(n)` returns what is buffered now, not the whole body: read to the end,
-        # refusing as soon as the body passes the limit.
-        parts: list[bytes] = []
-        received = 0
-        while chunk := await request.content.read(READ_CHUNK_BYTES):
-            received += len(chunk)
-            if received > MAX_REQUEST_BODY_BYTES:
-                return _json_error(413, "RequestTooLarge", "Request body is too large")
-            parts.append(chunk)
-        body = b"".join(parts)
+        assert self.server is not None
+        try:
+            body = await read_body(
+                request,
+                max_bytes=MAX_REQUEST_BODY_BYTES,
+                timeout_s=self.server.limits.read_timeout_s,
+            )
+        except BodyError as exc:
+            return json_error(exc.status)
         peer_der = None
         ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
         if ssl_object is not None:
@@ -416,8 +417,9 @@ class Runtime:
                 peer_der,
                 source=request.remote,
             )
-        except Exception:
-            LOG.error("event=request_failed path=%s\n%s", request.path, traceback.format_exc())
+        except Exception as exc:
+            # Neither the path nor the exception's text: both may quote request bytes.
+            LOG.error("event=request_failed error=%s at=%s", type(exc).__name__, _frames(exc))
             self.schedule_flush()
             return _json_error(500, "InternalError", "Internal error")
         self.schedule_flush()
@@ -438,9 +440,11 @@ def _json_error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
 
 
-def _log_connection_failure(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        LOG.info("event=tls_handshake_failed error=%s", type(task.exception()).__name__)
+def _frames(exc: BaseException) -> str:
+    return " <- ".join(
+        f"{frame.filename}:{frame.lineno} {frame.name}"
+        for frame in reversed(traceback.extract_tb(exc.__traceback__))
+    )
 
 
 def _close(fds: list[int]) -> None:

@@ -33,7 +33,13 @@ from charter.consensus import (
 )
 from charter.consensus.errors import ConsensusError
 from charter.enclave_app import interface as itf
-from charter.enclave_app.app import App, Caller, HttpResponse, error_response
+from charter.enclave_app.app import (
+    JSON_CONTENT_TYPE,
+    App,
+    Caller,
+    HttpResponse,
+    error_response,
+)
 from charter.enclave_app.channels import ChannelError, Channels, open_sealed, seal_to
 from charter.enclave_app.errors import HttpError
 from charter.enclave_app.identity import Identity
@@ -1109,6 +1115,9 @@ class Node:
             if signed is None:
                 return error_response(401, "InvalidAuthentication", "Caller is not authorised")
             caller, payload, replay_key = signed
+            # The signed payload is what the endpoint reads; the envelope's type is COSE.
+            headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
+            headers["content-type"] = JSON_CONTENT_TYPE
         else:
             payload, replay_key = body, None  # type: ignore[assignment]
         if not endpoint.read_only:

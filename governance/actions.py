@@ -49,6 +49,13 @@ class Args(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+# Open proposals one member may have at a time (`public:ccf.gov.service.config`'s
+# `maximum_open_proposals_per_member`): every open proposal is re-checked whenever another
+# is accepted, so an unbounded number would let one member slow down all governance.
+DEFAULT_MAX_OPEN_PROPOSALS_PER_MEMBER = 20
+MAX_OPEN_PROPOSALS_PER_MEMBER_LIMIT = 1000
+
+
 def _invalid(message: str) -> GovernanceError:
     return GovernanceError("ProposalFailedToValidate", message, 400)
 
@@ -189,6 +196,24 @@ def _user_id(pem: str) -> str:
 
 def check_set_user(tx: KvTx, args: SetUserArgs) -> None:
     _user_id(args.cert)
+
+
+def check_user_cert_valid_at(args: SetUserArgs, now_s: int) -> None:
+    """A user's cert is its TLS client identity: one outside its validity period would fail
+    every handshake, so it is refused here rather than registered."""
+    cert = certs.load_cert(args.cert)  # parsed by check_set_user already
+    not_before = int(cert.not_valid_before_utc.timestamp())
+    not_after = int(cert.not_valid_after_utc.timestamp())
+    if now_s < not_before:
+        raise _invalid(
+            f"cert is not valid yet: its validity starts at {_utc(not_before)}, now is {_utc(now_s)}"
+        )
+    if now_s > not_after:
+        raise _invalid(f"cert expired at {_utc(not_after)}, now is {_utc(now_s)}")
+
+
+def _utc(seconds: int) -> str:
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def apply_set_user(tx: KvTx, args: SetUserArgs, ctx: ActionContext) -> Effects:
@@ -466,6 +491,7 @@ class ServiceConfigArgs(Args):
     recent_cose_proposals_window_size: int | None = None
     maximum_node_certificate_validity_days: int | None = None
     maximum_service_certificate_validity_days: int | None = None
+    maximum_open_proposals_per_member: int | None = None
 
 
 def _same_pem(a: str, b: str) -> bool:
@@ -553,6 +579,7 @@ def check_service_config(tx: KvTx, args: ServiceConfigArgs) -> None:
         "recent_cose_proposals_window_size": (1, 10_000),
         "maximum_node_certificate_validity_days": (1, 3650),
         "maximum_service_certificate_validity_days": (1, 3650),
+        "maximum_open_proposals_per_member": (1, MAX_OPEN_PROPOSALS_PER_MEMBER_LIMIT),
     }
     for name, (low, high) in bounds.items():
         value = values.get(name)
@@ -582,6 +609,8 @@ class ActionSpec:
     args_model: type[Args]
     check: Callable[[KvTx, Any], None]
     apply: Callable[[KvTx, Any, ActionContext], Effects]
+    # Checks that depend on the time (certificate validity): (args, now_s).
+    check_at: Callable[[Any, int], None] | None = None
     # Accepting this action changes what other open proposals mean (CCF's default
     # constitution invalidates them for the same actions), so they are Dropped.
     drops_open_proposals: bool = False
@@ -591,7 +620,9 @@ _SPECS = (
     ActionSpec("set_member", SetMemberArgs, check_set_member, apply_set_member),
     ActionSpec("remove_member", MemberIdArgs, check_remove_member, apply_remove_member),
     ActionSpec("set_member_data", SetMemberDataArgs, check_set_member_data, apply_set_member_data),
-    ActionSpec("set_user", SetUserArgs, check_set_user, apply_set_user),
+    ActionSpec(
+        "set_user", SetUserArgs, check_set_user, apply_set_user, check_at=check_user_cert_valid_at
+    ),
     ActionSpec("remove_user", UserIdArgs, check_remove_user, apply_remove_user),
     ActionSpec("set_user_data", SetUserDataArgs, check_set_user_data, apply_set_user_data),
     ActionSpec("transition_node_to_trusted", TrustNodeArgs, check_trust_node, apply_trust_node),
@@ -709,13 +740,15 @@ def parse_action(name: str, args: Any) -> ParsedAction:
     return ParsedAction(spec, parsed)
 
 
-def check_action(tx: KvTx, action: ParsedAction) -> None:
+def check_action(tx: KvTx, action: ParsedAction, *, now_s: int) -> None:
     """State validation: ProposalFailedToValidate (400) if it could not apply now."""
     action.spec.check(tx, action.args)
+    if action.spec.check_at is not None:
+        action.spec.check_at(action.args, now_s)
 
 
 def apply_action(tx: KvTx, action: ParsedAction, ctx: ActionContext) -> Effects:
-    action.spec.check(tx, action.args)
+    check_action(tx, action, now_s=ctx.now_s)
     effects = action.spec.apply(tx, action.args, ctx)
     logger.info("action applied name=%s proposal_id=%s", action.name, ctx.proposal_id)
     return effects

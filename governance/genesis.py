@@ -11,10 +11,14 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, JsonValue, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from charter.governance import tables as t
-from charter.governance.actions import MAX_RECOVERY_THRESHOLD
+from charter.governance.actions import (
+    DEFAULT_MAX_OPEN_PROPOSALS_PER_MEMBER,
+    MAX_OPEN_PROPOSALS_PER_MEMBER_LIMIT,
+    MAX_RECOVERY_THRESHOLD,
+)
 from charter.governance.constitution import Constitution, default_constitution, store_constitution
 from charter.governance.errors import GovernanceError
 from charter.governance.tx import KvTx
@@ -45,6 +49,10 @@ class ServiceConfig(BaseModel):
     recent_cose_proposals_window_size: int = 100
     maximum_node_certificate_validity_days: int = 365
     maximum_service_certificate_validity_days: int = 365
+    # Charter's own: how many proposals one member may have open at a time.
+    maximum_open_proposals_per_member: int = Field(
+        default=DEFAULT_MAX_OPEN_PROPOSALS_PER_MEMBER, ge=1, le=MAX_OPEN_PROPOSALS_PER_MEMBER_LIMIT
+    )
 
 
 def bootstrap(

@@ -17,7 +17,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from charter.governance import tables as t
-from charter.governance.actions import ParsedAction, apply_action, check_action, parse_action
+from charter.governance.actions import (
+    DEFAULT_MAX_OPEN_PROPOSALS_PER_MEMBER,
+    ParsedAction,
+    apply_action,
+    check_action,
+    parse_action,
+)
 from charter.governance.constitution import check_proposer, load_constitution, resolve
 from charter.governance.effects import NO_EFFECTS, ActionContext, Effects
 from charter.governance.errors import GovernanceError
@@ -34,6 +40,8 @@ from charter.governance.tx import KvTx
 logger = logging.getLogger(__name__)
 
 MAX_ACTIONS_PER_PROPOSAL = 64
+# Proposals per page of GET /gov/members/proposals (the rest via nextLink).
+PROPOSALS_PAGE_SIZE = 50
 MAX_ACTION_NAME_CHARS = 128
 BALLOTS = {"approve": True, "reject": False}
 STATES = ("Open", "Accepted", "Withdrawn", "Rejected", "Failed", "Dropped")
@@ -158,11 +166,11 @@ def _store_info(tx: KvTx, proposal_id: str, info: ProposalInfo) -> None:
     t.put_json(tx, t.PROPOSALS_INFO, proposal_id.encode(), info.to_json())
 
 
-def _validate(tx: KvTx, request: SignedRequest) -> list[ParsedAction]:
+def _validate(tx: KvTx, request: SignedRequest, now_s: int) -> list[ParsedAction]:
     actions = parse_proposal(request.payload)
     check_proposer(load_constitution(tx), [a.name for a in actions], request.member_id)
     for action in actions:
-        check_action(tx, action)
+        check_action(tx, action, now_s=now_s)
     return actions
 
 
@@ -175,7 +183,8 @@ def create(
     policy: RequestPolicy = DEFAULT_POLICY,
 ) -> Outcome:
     assert request.msg_type == "proposal"
-    actions = _validate(tx, request)
+    actions = _validate(tx, request, now_s)
+    _check_open_proposal_cap(tx, request.member_id)
     proposal_id = proposal_id_for(merkle_root, request)
     if tx.get(t.PROPOSALS, proposal_id.encode()) is not None:
         raise GovernanceError("InternalError", "proposal id collision", 500)
@@ -188,6 +197,27 @@ def create(
     logger.info("proposal created proposal_id=%s proposer=%s", proposal_id, request.member_id)
     ctx = ActionContext(proposal_id=proposal_id, now_s=now_s, merkle_root=merkle_root)
     return _resolve(tx, proposal_id, info, actions, ctx)
+
+
+def max_open_proposals_per_member(tx: KvTx) -> int:
+    value = t.service_config(tx).get("maximum_open_proposals_per_member")
+    return value if isinstance(value, int) else DEFAULT_MAX_OPEN_PROPOSALS_PER_MEMBER
+
+
+def _check_open_proposal_cap(tx: KvTx, member_id: str) -> None:
+    cap = max_open_proposals_per_member(tx)
+    open_count = 0
+    for _key, raw in tx.items(t.PROPOSALS_INFO):
+        info = ProposalInfo.from_json(t.load_json(raw, what=t.PROPOSALS_INFO))
+        if info.state == "Open" and info.proposer_id == member_id:
+            open_count += 1
+    if open_count >= cap:
+        raise GovernanceError(
+            "TooManyOpenProposals",
+            f"member {member_id} already has {open_count} open proposals (at most {cap}); "
+            "withdraw one or wait for one to close",
+            429,
+        )
 
 
 def parse_ballot(payload: bytes) -> str:
@@ -320,13 +350,13 @@ def _resolve(
             effects = NO_EFFECTS
         else:
             overlay.flush()
-            _drop_stale(tx, proposal_id, actions)
+            _drop_stale(tx, proposal_id, actions, ctx.now_s)
     _store_info(tx, proposal_id, info)
     logger.info("proposal resolved proposal_id=%s state=%s", proposal_id, info.state)
     return Outcome(proposal_id, info, effects)
 
 
-def _drop_stale(tx: KvTx, accepted_id: str, accepted: list[ParsedAction]) -> None:
+def _drop_stale(tx: KvTx, accepted_id: str, accepted: list[ParsedAction], now_s: int) -> None:
     """Drop open proposals that the accepted one made stale: all of them if it changed what
     proposals mean (e.g. a new constitution), else those that no longer validate."""
     drop_all = any(a.spec.drops_open_proposals for a in accepted)
@@ -344,7 +374,7 @@ def _drop_stale(tx: KvTx, accepted_id: str, accepted: list[ParsedAction]) -> Non
                 actions = parse_proposal(payload)
                 check_proposer(load_constitution(tx), [a.name for a in actions], info.proposer_id)
                 for action in actions:
-                    check_action(tx, action)
+                    check_action(tx, action, now_s=now_s)
             except GovernanceError:
                 stale = True
         if stale:
@@ -366,7 +396,7 @@ def dry_run(tx: KvTx, request: SignedRequest, *, merkle_root: bytes, now_s: int)
         errors.append({"code": exc.code, "message": exc.message})
     for action in actions:
         try:
-            check_action(tx, action)
+            check_action(tx, action, now_s=now_s)
         except GovernanceError as exc:
             errors.append({"code": exc.code, "message": f"{action.name}: {exc.message}"})
     active = t.active_member_ids(tx)
@@ -420,13 +450,30 @@ def effects_to_json(effects: Effects) -> dict[str, Any]:
     }
 
 
-def list_proposals(tx: KvTx) -> dict[str, Any]:
-    out = []
-    for key, raw in tx.items(t.PROPOSALS_INFO):
+@dataclass(frozen=True, slots=True)
+class ProposalPage:
+    """One page of proposals in id order; `next_after` is the id to continue after."""
+
+    proposals: list[dict[str, Any]]
+    next_after: str | None
+
+
+def list_proposals(
+    tx: KvTx, *, after: str | None = None, page_size: int = PROPOSALS_PAGE_SIZE
+) -> ProposalPage:
+    """Proposals with ids above `after` (all when None), at most `page_size` of them."""
+    assert page_size >= 1
+    out: list[dict[str, Any]] = []
+    # Keys are ASCII hex ids: pages follow the id order.
+    for key, raw in sorted(tx.items(t.PROPOSALS_INFO)):
+        proposal_id = key.decode()
+        if after is not None and proposal_id <= after:
+            continue
+        if len(out) == page_size:
+            return ProposalPage(out, out[-1]["proposalId"])
         info = ProposalInfo.from_json(t.load_json(raw, what=t.PROPOSALS_INFO))
-        out.append(info.to_api(key.decode()))
-    out.sort(key=lambda p: str(p["proposalId"]))
-    return {"value": out}
+        out.append(info.to_api(proposal_id))
+    return ProposalPage(out, None)
 
 
 def get_proposal(tx: KvTx, proposal_id: str) -> dict[str, Any]:

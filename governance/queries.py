@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from charter.governance import tables as t
+from charter.governance.actions import DEFAULT_MAX_OPEN_PROPOSALS_PER_MEMBER
 from charter.governance.errors import GovernanceError
 from charter.governance.tx import KvTx
 from charter.ledger import snp
@@ -42,6 +43,9 @@ def service_info(tx: KvTx) -> dict[str, Any]:
             ),
             "recentCoseProposalsWindowSize": config.get(
                 "recent_cose_proposals_window_size", DEFAULT_RECENT_COSE_PROPOSALS_WINDOW_SIZE
+            ),
+            "maximumOpenProposalsPerMember": config.get(
+                "maximum_open_proposals_per_member", DEFAULT_MAX_OPEN_PROPOSALS_PER_MEMBER
             ),
         }
     return out

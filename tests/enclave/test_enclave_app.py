@@ -279,6 +279,38 @@ def test_invalid_fields_are_422_listing_the_fields_without_echoing_input(
     assert app.calls == []  # type: ignore[attr-defined]
 
 
+def test_json_bodies_are_validated_strictly_booleans_and_strings_are_not_numbers(
+    app: App, store: Store
+) -> None:
+    for body in (
+        b'{"name": "pen", "count": true}',
+        b'{"name": "pen", "count": "2"}',
+        b'{"name": "pen", "count": 2.0}',
+    ):
+        outcome = call(app, store, "POST", "/app/items", body=body)
+        assert outcome.response.status == 422, body
+        assert "body.count" in error_of(outcome)["message"]
+    assert call(app, store, "POST", "/app/list-body", body=b"[true]").response.status == 422
+    assert app.calls == []  # type: ignore[attr-defined]
+    assert store.version == 0
+
+
+def test_json_endpoint_answers_415_for_a_body_declared_as_another_type(
+    app: App, store: Store
+) -> None:
+    body = b'{"name": "pen", "count": 2}'
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", "application/cose"):
+        outcome = call(
+            app, store, "POST", "/app/items", body=body, headers={"Content-Type": content_type}
+        )
+        assert outcome.response.status == 415, content_type
+        assert error_of(outcome)["code"] == "UnsupportedContentType"
+    assert app.calls == []  # type: ignore[attr-defined]
+    # JSON (with parameters, any case) or no declared type is accepted, as CCF does.
+    for headers in ({"content-type": "Application/JSON; charset=utf-8"}, {}):
+        assert call(app, store, "POST", "/app/items", body=body, headers=headers).commit
+
+
 def test_query_parameters_are_validated_by_their_model(app: App, store: Store) -> None:
     outcome = call(app, store, "GET", "/app/items", query="limit=5&tag=blue")
     assert json.loads(outcome.response.body) == {"limit": 5, "tag": "blue"}

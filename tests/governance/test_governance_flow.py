@@ -114,5 +114,5 @@ def test_withdrawn_proposal_takes_no_more_ballots_and_closed_ones_are_purged() -
     assert err.code == "ProposalNotOpen"
     # As CCF: when another proposal closes, earlier closed ones are forgotten.
     net.pass_proposal([{"name": "set_member_data", "args": {"member_id": second.id}}])
-    listed = {p["proposalId"] for p in proposals.list_proposals(net.store.begin())["value"]}
+    listed = {p["proposalId"] for p in proposals.list_proposals(net.store.begin()).proposals}
     assert pid not in listed

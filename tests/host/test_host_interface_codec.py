@@ -287,6 +287,22 @@ def test_config_sent_in_start_validates_again_unchanged_in_the_enclave(tmp_path:
             },
             "election_timeout_ms",
         ),
+        (
+            {
+                "workspace": "w",
+                "rpc_interface": {"max_open_sessions_soft": 10, "max_open_sessions_hard": 5},
+                "start": {"mode": "recover"},
+            },
+            "max_open_sessions_hard",
+        ),
+        (
+            {
+                "workspace": "w",
+                "rpc_interface": {"request_header_timeout_ms": 0},
+                "start": {"mode": "recover"},
+            },
+            "request_header_timeout_ms",
+        ),
     ],
 )
 def test_invalid_config_is_rejected_with_a_clear_message(
