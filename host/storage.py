@@ -8,6 +8,7 @@ disk is trusted by the enclave, which checks entries against its Merkle tree.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -30,8 +31,8 @@ from charter.enclave_app.interface import (
     parse_snapshot_name,
     snapshot_file_name,
 )
-from charter.ledger.chunks import LedgerReader, LedgerWriter
-from charter.ledger.errors import LedgerError
+from charter.ledger.chunks import LedgerReader, LedgerWriter, write_all_at, write_failure
+from charter.ledger.errors import LedgerError, LedgerWriteError
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -76,12 +77,17 @@ def write_atomically(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
+        write_all_at(fd, data, 0, path=str(tmp), what="writing")
+        try:
+            os.fsync(fd)
+        except OSError as e:
+            raise write_failure(e, path=str(tmp), what="syncing", needed_bytes=0) from e
+    except LedgerWriteError:
         os.close(fd)
+        with contextlib.suppress(OSError):
+            tmp.unlink()  # free what the partial copy took
+        raise
+    os.close(fd)
     os.replace(tmp, path)
     _fsync_dir(path.parent)
 
@@ -307,13 +313,19 @@ class StorageWorker:
         await self._queue.put(frame)
 
     async def run(self) -> None:
-        while True:
-            frame = await self._queue.get()
-            await self._handle(frame)
-            while not self._queue.empty():
-                await self._handle(self._queue.get_nowait())
-            if self.storage.needs_flush:
-                await self._flush()
+        try:
+            while True:
+                frame = await self._queue.get()
+                await self._handle(frame)
+                while not self._queue.empty():
+                    await self._handle(self._queue.get_nowait())
+                if self.storage.needs_flush:
+                    await self._flush()
+        except LedgerWriteError as e:
+            # A full disk (or a failing one): stop the node, saying where and how much. What
+            # was not flushed was never reported durable; a restart on the files resumes.
+            _log.error("storage write failed path=%s reason=%r", e.path, str(e))
+            self._on_failure(str(e))
 
     async def _flush(self) -> None:
         durable = await self._call(self.storage.flush)
