@@ -305,8 +305,9 @@ class Host:
                     level = frame.level if 0 < frame.level <= logging.CRITICAL else logging.INFO
                     _enclave_log.log(level, "%s", frame.message[:ENCLAVE_LOG_CHARS_MAX])
                 elif isinstance(frame, Fatal):
-                    _log.error("enclave fatal error reason=%r", frame.reason)
-                    self._request_stop(f"enclave fatal error: {frame.reason}", 1)
+                    reason = self.storage.name_ledger_file(frame.reason)
+                    _log.error("enclave fatal error reason=%r", reason)
+                    self._request_stop(f"enclave fatal error: {reason}", 1)
                 else:
                     _log.warning("unexpected frame from enclave type=%s", type(frame).__name__)
         except ChannelClosed as e:

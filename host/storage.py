@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -46,6 +47,8 @@ SEALED_FILE_NAME = "sealed.bin"
 # Entry header (8) + GCM tag (16) + IV seqno (8): the IV's u32 view follows.
 _IV_VIEW_OFFSET = 8 + 16 + 8
 STORAGE_QUEUE_FRAMES_MAX = 1024
+# How the enclave names a ledger entry it refused (enclave_app/node.py `replay`).
+_ENTRY_SEQNO = re.compile(r"ledger entry seqno (\d{1,19})\b")
 STORAGE_FRAMES = (
     WriteEntries,
     Truncate,
@@ -216,6 +219,25 @@ class Storage:
 
     def close(self) -> None:
         self._writer.close()
+
+    def ledger_file_of(self, seqno: int) -> Path | None:
+        """The chunk file that holds `seqno`, if any (to name it in error reports)."""
+        try:
+            chunks = LedgerReader(str(self.ledger_dir)).chunks
+        except LedgerError:
+            return None
+        for chunk in chunks:
+            if chunk.first <= seqno and (chunk.last is None or seqno <= chunk.last):
+                return self.ledger_dir / chunk.filename
+        return None
+
+    def name_ledger_file(self, reason: str) -> str:
+        """`reason` plus the chunk file of the ledger entry it names ("ledger entry seqno N")."""
+        found = _ENTRY_SEQNO.search(reason)
+        if found is None:
+            return reason
+        path = self.ledger_file_of(int(found.group(1)))
+        return reason if path is None else f"{reason} [ledger file {path}]"
 
     # -- snapshots -----------------------------------------------------------------------
 
