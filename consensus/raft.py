@@ -394,11 +394,24 @@ class Raft(RaftState):
                 return
             self._send_entries(m.sender, pr)
             return
-        # Rejected: ignore stale answers, else skip back a whole term and probe from there.
-        if m.reject_index <= pr.match_index:
-            return  # durable on the peer: an old answer
+        # Rejected: skip back a whole term and probe from there.
         if pr.probing and m.reject_index != pr.next_index - 1:
-            return
+            return  # the answer to an earlier probe
+        if m.reject_index <= pr.match_index:
+            # The peer no longer holds an entry it reported durable: it restarted without the
+            # unsigned tail of its ledger, or lost a torn one. (Or this is an old answer: then
+            # its next success reports the durable index again.) Believe it: ignoring it would
+            # probe the same index forever. Safe because only signatures commit and the lost
+            # tail follows the peer's last signature, so no commit counted on it is undone.
+            logger.warning(
+                "peer went back node=%s peer=%s durable=%d rejected=%d",
+                self.id,
+                m.sender,
+                pr.match_index,
+                m.reject_index,
+            )
+            # Count nothing the answer does not vouch for; its next success says how far.
+            pr.match_index = max(0, min(m.reject_index, m.hint_index) - 1)
         if m.reject_index <= pr.acked_index:
             # The peer lost entries it had acknowledged but not made durable (it crashed), or
             # this is an old answer: trust only what it made durable.

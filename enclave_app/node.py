@@ -54,7 +54,7 @@ from charter.governance.errors import GovernanceError
 from charter.ledger import certs, cose, receipt
 from charter.ledger.chunks import ChunkPolicy
 from charter.ledger.entry import ZERO_DIGEST, decode_entry, decrypt_private, entry_leaf
-from charter.ledger.errors import LedgerError
+from charter.ledger.errors import DecodeError, LedgerError, VerificationError
 from charter.ledger.history import History
 from charter.ledger.merkle import MerkleTree
 from charter.ledger.snapshot import Snapshot, decode_snapshot, encode_snapshot, snapshot_digest
@@ -359,13 +359,18 @@ class Node:
         """One entry of the node's own ledger, read back from the untrusted host: decode,
         decrypt and check it against the history (signed roots must match)."""
         assert self.identity is not None and self.raft is None
-        entry, _ = decode_entry(raw)
-        seqno = entry.seqno
-        secret = self.identity.secret_for(seqno)
-        record = self.history.append_raw(raw, secret=secret)
-        write_set = dict(entry.public)
-        if entry.private_ciphertext:
-            write_set.update(decrypt_private(entry, secret))
+        seqno = self.applied_seqno + 1  # the host returns the own ledger in order
+        try:
+            entry, _ = decode_entry(raw)
+            seqno = entry.seqno
+            secret = self.identity.secret_for(seqno)
+            record = self.history.append_raw(raw, secret=secret)
+            write_set = dict(entry.public)
+            if entry.private_ciphertext:
+                write_set.update(decrypt_private(entry, secret))
+        except (DecodeError, VerificationError) as e:
+            # Say which entry: the host names the file that holds it (host/storage.py).
+            raise type(e)(f"ledger entry seqno {seqno}: {e}") from e
         self.store.apply(write_set, seqno)
         self.applied_seqno = seqno
         self._note_view(entry.view, seqno)

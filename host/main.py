@@ -41,6 +41,7 @@ from charter.enclave_app.interface import (
 )
 from charter.host.relay import Relay, split_address
 from charter.host.storage import STORAGE_FRAMES, Storage, StorageWorker, write_atomically
+from charter.ledger.errors import LedgerWriteError
 
 _log = logging.getLogger(__name__)
 _enclave_log = logging.getLogger("enclave")
@@ -286,7 +287,12 @@ class Host:
                 if isinstance(frame, StoreSealed):
                     # Raft's vote and term ride in the sealed blob: it must be on disk
                     # before any later frame (a vote to a peer) leaves this host.
-                    self.storage.store_sealed(frame.blob)
+                    try:
+                        self.storage.store_sealed(frame.blob)
+                    except LedgerWriteError as e:
+                        _log.error("storage write failed path=%s reason=%r", e.path, str(e))
+                        self._request_stop(str(e), 1)
+                        return
                 elif isinstance(frame, STORAGE_FRAMES):
                     await self.storage_worker.submit(frame)
                 elif isinstance(frame, SendToNode):
@@ -299,8 +305,9 @@ class Host:
                     level = frame.level if 0 < frame.level <= logging.CRITICAL else logging.INFO
                     _enclave_log.log(level, "%s", frame.message[:ENCLAVE_LOG_CHARS_MAX])
                 elif isinstance(frame, Fatal):
-                    _log.error("enclave fatal error reason=%r", frame.reason)
-                    self._request_stop(f"enclave fatal error: {frame.reason}", 1)
+                    reason = self.storage.name_ledger_file(frame.reason)
+                    _log.error("enclave fatal error reason=%r", reason)
+                    self._request_stop(f"enclave fatal error: {reason}", 1)
                 else:
                     _log.warning("unexpected frame from enclave type=%s", type(frame).__name__)
         except ChannelClosed as e:

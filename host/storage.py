@@ -8,8 +8,10 @@ disk is trusted by the enclave, which checks entries against its Merkle tree.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,8 +32,8 @@ from charter.enclave_app.interface import (
     parse_snapshot_name,
     snapshot_file_name,
 )
-from charter.ledger.chunks import LedgerReader, LedgerWriter
-from charter.ledger.errors import LedgerError
+from charter.ledger.chunks import LedgerReader, LedgerWriter, write_all_at, write_failure
+from charter.ledger.errors import LedgerError, LedgerWriteError
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -45,6 +47,8 @@ SEALED_FILE_NAME = "sealed.bin"
 # Entry header (8) + GCM tag (16) + IV seqno (8): the IV's u32 view follows.
 _IV_VIEW_OFFSET = 8 + 16 + 8
 STORAGE_QUEUE_FRAMES_MAX = 1024
+# How the enclave names a ledger entry it refused (enclave_app/node.py `replay`).
+_ENTRY_SEQNO = re.compile(r"ledger entry seqno (\d{1,19})\b")
 STORAGE_FRAMES = (
     WriteEntries,
     Truncate,
@@ -76,12 +80,17 @@ def write_atomically(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
+        write_all_at(fd, data, 0, path=str(tmp), what="writing")
+        try:
+            os.fsync(fd)
+        except OSError as e:
+            raise write_failure(e, path=str(tmp), what="syncing", needed_bytes=0) from e
+    except LedgerWriteError:
         os.close(fd)
+        with contextlib.suppress(OSError):
+            tmp.unlink()  # free what the partial copy took
+        raise
+    os.close(fd)
     os.replace(tmp, path)
     _fsync_dir(path.parent)
 
@@ -211,6 +220,25 @@ class Storage:
     def close(self) -> None:
         self._writer.close()
 
+    def ledger_file_of(self, seqno: int) -> Path | None:
+        """The chunk file that holds `seqno`, if any (to name it in error reports)."""
+        try:
+            chunks = LedgerReader(str(self.ledger_dir)).chunks
+        except LedgerError:
+            return None
+        for chunk in chunks:
+            if chunk.first <= seqno and (chunk.last is None or seqno <= chunk.last):
+                return self.ledger_dir / chunk.filename
+        return None
+
+    def name_ledger_file(self, reason: str) -> str:
+        """`reason` plus the chunk file of the ledger entry it names ("ledger entry seqno N")."""
+        found = _ENTRY_SEQNO.search(reason)
+        if found is None:
+            return reason
+        path = self.ledger_file_of(int(found.group(1)))
+        return reason if path is None else f"{reason} [ledger file {path}]"
+
     # -- snapshots -----------------------------------------------------------------------
 
     def write_snapshot(self, seqno: int, evidence_seqno: int, data: bytes, committed: bool) -> None:
@@ -307,13 +335,19 @@ class StorageWorker:
         await self._queue.put(frame)
 
     async def run(self) -> None:
-        while True:
-            frame = await self._queue.get()
-            await self._handle(frame)
-            while not self._queue.empty():
-                await self._handle(self._queue.get_nowait())
-            if self.storage.needs_flush:
-                await self._flush()
+        try:
+            while True:
+                frame = await self._queue.get()
+                await self._handle(frame)
+                while not self._queue.empty():
+                    await self._handle(self._queue.get_nowait())
+                if self.storage.needs_flush:
+                    await self._flush()
+        except LedgerWriteError as e:
+            # A full disk (or a failing one): stop the node, saying where and how much. What
+            # was not flushed was never reported durable; a restart on the files resumes.
+            _log.error("storage write failed path=%s reason=%r", e.path, str(e))
+            self._on_failure(str(e))
 
     async def _flush(self) -> None:
         durable = await self._call(self.storage.flush)

@@ -14,6 +14,8 @@ contiguity, offset tables and entry counts, and raises only DecodeError / AuditE
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import itertools
 import logging
 import mmap
@@ -30,7 +32,7 @@ from charter.ledger.entry import (
     FLAG_FORCE_CHUNK_BEFORE,
     HEADER_SIZE,
 )
-from charter.ledger.errors import AuditError, DecodeError
+from charter.ledger.errors import AuditError, DecodeError, LedgerWriteError
 
 logger = logging.getLogger(__name__)
 
@@ -233,6 +235,53 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+def free_bytes(directory: str) -> int | None:
+    """Bytes an unprivileged writer may still use on the file system of `directory`."""
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def write_failure(exc: OSError, *, path: str, what: str, needed_bytes: int) -> LedgerWriteError:
+    """A typed error for a failed file write that says what failed, where, and why."""
+    free = free_bytes(os.path.dirname(path) or ".")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        reason = "no space left on device"
+    else:
+        reason = exc.strerror or str(exc)
+    detail = f" needed {needed_bytes} more bytes" if needed_bytes else " failed"
+    free_text = "" if free is None else f" ({free} bytes free)"
+    return LedgerWriteError(
+        f"{reason}: {what} {path}{detail}{free_text}",
+        path=path,
+        errno=exc.errno,
+        needed_bytes=needed_bytes,
+        free_bytes=free,
+    )
+
+
+def write_all_at(fd: int, data: bytes, offset: int, *, path: str, what: str) -> None:
+    """pwrite all of `data` at `offset`; a write the disk cannot take raises LedgerWriteError
+    (a short write is retried for the rest, which then fails with the real errno)."""
+    view = memoryview(data)
+    done = 0
+    while done < len(view):
+        try:
+            written = os.pwrite(fd, view[done:], offset + done)
+        except OSError as e:
+            raise write_failure(e, path=path, what=what, needed_bytes=len(view) - done) from e
+        if written == 0:
+            raise write_failure(
+                OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
+                path=path,
+                what=what,
+                needed_bytes=len(view) - done,
+            )
+        done += written
+
+
 class LedgerWriter:
     """Appends raw entries to chunk files in `directory`; reopening resumes the directory.
 
@@ -364,7 +413,12 @@ class LedgerWriter:
         if self._open is None:
             path = self._path(seqno)
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-            os.write(fd, bytes(CHUNK_HEADER_SIZE))
+            try:
+                write_all_at(fd, bytes(CHUNK_HEADER_SIZE), 0, path=path, what="starting")
+            except LedgerWriteError:
+                os.close(fd)
+                os.unlink(path)
+                raise
             self._open = _OpenChunk(first=seqno, fd=fd, positions=[], size_bytes=CHUNK_HEADER_SIZE)
             self._dir_dirty = True
         chunk = self._open
@@ -373,9 +427,16 @@ class LedgerWriter:
             > CHUNK_FILE_BYTES_MAX
         ):
             raise ValueError("chunk would exceed 4 GiB; the chunk policy must cut earlier")
-        written = os.pwrite(chunk.fd, raw_entry, chunk.size_bytes)
-        if written != len(raw_entry):
-            raise OSError(f"short write of entry {seqno}")
+        path = self._path(chunk.first)
+        try:
+            write_all_at(
+                chunk.fd, raw_entry, chunk.size_bytes, path=path, what=f"writing entry {seqno} to"
+            )
+        except LedgerWriteError:
+            # Leave no partial entry behind: the file ends at its last whole entry.
+            with contextlib.suppress(OSError):
+                os.ftruncate(chunk.fd, chunk.size_bytes)
+            raise
         chunk.positions.append(chunk.size_bytes)
         chunk.size_bytes += len(raw_entry)
         self._open_dirty = True
@@ -388,9 +449,10 @@ class LedgerWriter:
         assert chunk is not None and chunk.positions
         last = chunk.first + len(chunk.positions) - 1
         table = struct.pack(f"<{len(chunk.positions)}I", *chunk.positions)
-        os.pwrite(chunk.fd, table, chunk.size_bytes)
+        path = self._path(chunk.first)
+        write_all_at(chunk.fd, table, chunk.size_bytes, path=path, what="writing the offsets of")
         # The header goes last: a reader that sees a table offset also sees the table.
-        os.pwrite(chunk.fd, _U64.pack(chunk.size_bytes), 0)
+        write_all_at(chunk.fd, _U64.pack(chunk.size_bytes), 0, path=path, what="completing")
         os.rename(self._path(chunk.first), self._path(chunk.first, last))
         self._dirty_fds.append(chunk.fd)
         self._dir_dirty = True
@@ -399,19 +461,27 @@ class LedgerWriter:
 
     def flush(self) -> int:
         """fsync everything appended so far; returns the highest durable seqno."""
-        for fd in self._dirty_fds:
-            os.fsync(fd)
+        while self._dirty_fds:
+            fd = self._dirty_fds[0]
+            self._fsync(fd, self.directory)
+            self._dirty_fds.pop(0)
             os.close(fd)
-        self._dirty_fds.clear()
         # Skip the open chunk's fsync when nothing changed: hosts flush every loop turn.
         if self._open is not None and self._open_dirty:
-            os.fsync(self._open.fd)
+            self._fsync(self._open.fd, self._path(self._open.first))
         self._open_dirty = False
         if self._dir_dirty:
             _fsync_dir(self.directory)
             self._dir_dirty = False
         self.durable_seqno = self.last_seqno
         return self.durable_seqno
+
+    @staticmethod
+    def _fsync(fd: int, path: str) -> None:
+        try:
+            os.fsync(fd)
+        except OSError as e:  # delayed allocation can report a full disk only here
+            raise write_failure(e, path=path, what="syncing", needed_bytes=0) from e
 
     # -- commit / truncate -----------------------------------------------------------------
 

@@ -44,3 +44,25 @@ class AuditError(LedgerError):
         self.seqno = seqno
         prefix = f"seqno {seqno}: " if seqno is not None else ""
         super().__init__(prefix + message, **kwargs)  # type: ignore[arg-type]
+
+
+class LedgerWriteError(LedgerError):
+    """Writing or syncing a ledger or snapshot file failed (e.g. the disk is full). Names the
+    file, the errno, how many bytes the write still needed and how many the disk had free."""
+
+    code = "LedgerWriteError"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str,
+        errno: int | None = None,
+        needed_bytes: int | None = None,
+        free_bytes: int | None = None,
+    ) -> None:
+        self.path = path
+        self.errno = errno
+        self.needed_bytes = needed_bytes
+        self.free_bytes = free_bytes
+        super().__init__(message)

@@ -183,9 +183,17 @@ class Cluster:
         disk = self.disks[node_id]
         del disk.entries[disk.durable_count :]
 
-    def restart(self, node_id: str) -> Raft:
+    def restart(self, node_id: str, *, drop_unsigned_tail: bool = False) -> Raft:
+        """Restart on what the disk holds. `drop_unsigned_tail` models a runtime that keeps
+        only its signed prefix on restart (or a disk that lost a torn tail): the durable
+        entries after the last signature are gone, although the node reported them."""
         disk = self.disks[node_id]
         s = disk.start
+        if drop_unsigned_tail:
+            signed = [k for k, e in enumerate(disk.entries) if e.signature]
+            keep = signed[-1] + 1 if signed else 0
+            del disk.entries[keep:]
+            disk.durable_count = min(disk.durable_count, keep)
         last = s.last_index + len(disk.entries)
         start = StartState(
             configuration=s.configuration,

@@ -3,6 +3,8 @@
 Each node is a `Raft` plus a model of what the enclave runtime and host do with its Ready:
 hard state is written synchronously, entries go to a volatile buffer that becomes durable at
 random fsyncs (a crash loses the rest), and the primary proposes entries and signatures.
+A restart may come back without some durable entries after the last signature (the runtime
+keeps only its signed prefix; a torn tail is cut off), although the node reported them.
 The network delays, drops, duplicates and reorders messages and can be partitioned.
 
 Safety is checked after every step (Election Safety, Log Matching, Leader Completeness,
@@ -71,6 +73,9 @@ class Faults:
     # Chance per step that a node's host flushes its writes (low = long windows of
     # acknowledged but not durable entries, which a crash then loses).
     fsync: float = 0.4
+    # Chance that a restart comes back without some of the durable entries after the last
+    # signature (the runtime keeps only its signed prefix; a torn tail is cut off).
+    tail_loss: float = 0.0
 
 
 @dataclass
@@ -113,6 +118,7 @@ class Simulation:
             heal=0.02,
             membership=r.choice([0.0, 0.004, 0.01]),
             fsync=r.choice([0.05, 0.2, 0.5]),
+            tail_loss=r.choice([0.0, 0.5, 1.0]),
         )
         self.encode = (seed % 4 == 0) if encode is None else encode
         self.nodes: dict[str, SimNode] = {}
@@ -164,6 +170,8 @@ class Simulation:
         node.staged = list(node.durable)  # unflushed writes are lost
 
     def restart(self, node: SimNode) -> None:
+        if node.durable and self.rng.random() < self.faults.tail_loss:
+            self._lose_unsigned_tail(node)
         s = node.start
         last = node.base + len(node.durable)
         commit = max(s.commit_index, min(node.known_commit, last))
@@ -190,6 +198,17 @@ class Simulation:
             self._check_committed_entry(node, i)
         for learner in self.pending_joins:
             node.raft.add_learner(learner)
+
+    def _lose_unsigned_tail(self, node: SimNode) -> None:
+        """The restart keeps only part of the durable entries after the last signature: the
+        runtime drops the whole unsigned tail (it keeps only what a signed root vouches for),
+        a torn or short write loses some of it. The node had reported those entries durable."""
+        signed = [k for k, e in enumerate(node.durable) if e.signature]
+        keep_min = signed[-1] + 1 if signed else 0
+        keep = self.rng.randint(keep_min, len(node.durable))
+        if keep < len(node.durable):
+            self.stats["lost_unsigned_tails"] += 1
+            del node.durable[keep:]
 
     # -- safety ------------------------------------------------------------------------------
     def fail(self, what: str) -> None:

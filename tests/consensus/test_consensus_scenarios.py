@@ -7,6 +7,7 @@ Commands (times in ms; node ids are words):
   propose a DATA [sig]                            prints view.seqno (or the error code)
   durable a                                       a's host flushes everything written
   isolate a | heal | crash a | restart a          faults
+  restart a drop-unsigned-tail                    a restarts without its unsigned tail
   join d [snapshot]                               d starts (empty, or from a's snapshot) and
                                                   every node treats it as a learner
   caught-up a d                                   does primary a count d as caught up?
@@ -94,8 +95,8 @@ class Runner:
     def cmd_crash(self, node: str) -> None:
         self.cluster.crash(node)
 
-    def cmd_restart(self, node: str) -> None:
-        self.cluster.restart(node)
+    def cmd_restart(self, node: str, *mode: str) -> None:
+        self.cluster.restart(node, drop_unsigned_tail="drop-unsigned-tail" in mode)
 
     def cmd_join(self, node: str, *mode: str) -> None:
         c = self.cluster

@@ -38,6 +38,7 @@ def test_sim_safety_and_liveness_hold_under_faults(chunk: int) -> None:
     # ...and every kind of fault and membership change must actually have happened.
     for kind in (
         "crashes",
+        "lost_unsigned_tails",
         "truncations",
         "partitions",
         "lost",

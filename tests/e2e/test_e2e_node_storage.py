@@ -101,6 +101,10 @@ async def test_restart_refuses_a_ledger_entry_the_host_altered(net: Sandbox) -> 
         assert not alive(node)
         new_log = log_text(node)[log_size:]
         assert "fatal" in new_log and "start failed" in new_log, new_log[-2000:]
+        # The refusal names the entry and the file that holds it.
+        assert "GCM tag does not authenticate the entry" in new_log, new_log[-2000:]
+        assert f"ledger entry seqno {target.seqno}:" in new_log, new_log[-2000:]
+        assert f"[ledger file {chunk}]" in new_log, new_log[-2000:]
     finally:
         node.stop()
         chunk.write_bytes(original)

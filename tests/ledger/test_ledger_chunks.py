@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import ccf.ledger
@@ -17,7 +20,7 @@ from charter.ledger.entry import (
     commit_evidence_digest,
     encode_entry,
 )
-from charter.ledger.errors import AuditError, DecodeError
+from charter.ledger.errors import AuditError, DecodeError, LedgerWriteError
 
 SECRET = bytes(range(32))
 
@@ -241,3 +244,46 @@ def test_entry_flagged_force_chunk_before_starts_a_new_chunk(tmp_path: Path) -> 
         writer.append(3, before)
         writer.append(4, _raw(4, cut=True))
     assert sorted(os.listdir(tmp_path)) == ["ledger_1-2", "ledger_3-4"]
+
+
+@contextlib.contextmanager
+def _small_disk(path: Path, size_bytes: int) -> Iterator[Path]:
+    """A real file system of `size_bytes` (tmpfs) at `path`; skips where mounting is denied."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(path)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_full_disk_names_no_space_the_chunk_file_and_the_bytes_needed(tmp_path: Path) -> None:
+    with _small_disk(tmp_path / "disk", 64 * 1024) as disk:
+        ledger = disk / "ledger"
+        writer = LedgerWriter(str(ledger))
+        seqno = 0
+        with pytest.raises(LedgerWriteError) as caught:
+            for seqno in range(1, 10_000):  # bounded: 64 KiB holds far fewer 1 KiB entries
+                writer.append(seqno, _raw(seqno, size=1000))
+        err = caught.value
+        message = str(err)
+        assert message.startswith("no space left on device: "), message
+        assert f"writing entry {seqno} to {ledger / 'ledger_1'}" in message
+        assert err.needed_bytes is not None and 0 < err.needed_bytes <= len(_raw(seqno, size=1000))
+        assert f"needed {err.needed_bytes} more bytes" in message
+        assert err.path == str(ledger / "ledger_1") and err.code == "LedgerWriteError"
+        writer.close()
+        # No partial entry is left behind: the file ends at the last whole entry.
+        reopened = LedgerWriter(str(ledger))
+        assert reopened.last_seqno == seqno - 1 and reopened.recovered_torn_bytes == 0
+        # Once space is freed the same directory takes the entry that did not fit.
+        subprocess.run(["mount", "-o", "remount,size=1m", str(disk)], check=True)
+        reopened.append(seqno, _raw(seqno, size=1000))
+        assert reopened.flush() == seqno
+        reopened.close()
