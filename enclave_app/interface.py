@@ -820,6 +820,18 @@ class ConsensusConfig(_Model):
         return self
 
 
+class ConsoleConfig(_Model):
+    """The browser console served at /console on the node's RPC interface."""
+
+    enabled: bool = True
+    # Who may read ledger entries through the console's explorer (/node/ledger/entries):
+    # callers with a registered user or member TLS certificate, or (with "anonymous") anyone.
+    ledger_explorer: list[Literal["user_cert", "member_cert", "anonymous"]] = [
+        "user_cert",
+        "member_cert",
+    ]
+
+
 class MemberConfig(_Model):
     cert: ConfigPath
     encryption_key: ConfigPath | None = None
@@ -866,6 +878,7 @@ class NodeConfig(_Model):
     snapshots: SnapshotsConfig = pydantic.Field(default_factory=SnapshotsConfig)
     memory: MemoryConfig = pydantic.Field(default_factory=MemoryConfig)
     consensus: ConsensusConfig = pydantic.Field(default_factory=ConsensusConfig)
+    console: ConsoleConfig = pydantic.Field(default_factory=ConsoleConfig)
     start: StartConfig
 
     @pydantic.model_validator(mode="after")

@@ -26,6 +26,7 @@ from aiohttp import web
 from charter.enclave_app import interface as itf
 from charter.enclave_app import node_endpoints
 from charter.enclave_app.app import App, HttpResponse
+from charter.enclave_app.console import Console
 from charter.enclave_app.loop import run_loop
 from charter.enclave_app.node import TXID_HEADER, Forwarded, Node
 from charter.enclave_app.platform import VirtualPlatform
@@ -58,6 +59,7 @@ class Runtime:
         self.connections = 0
         self.forwarded: dict[int, asyncio.Future[HttpResponse]] = {}
         self._flush_scheduled = False
+        self.console: Console | None = None
 
     # ------------------------------------------------------------------ frames to the host
     def flush(self) -> None:
@@ -104,6 +106,7 @@ class Runtime:
         app = _load_app(config.app)
         node = Node(config, platform, app, extra_apps=())
         self.node = node
+        self.console = Console(config.console)
         node.on_forward_response = self._forward_answered
         node.routes.include(node_endpoints.build(node))
         _include_governance(node)
@@ -345,6 +348,8 @@ class Runtime:
         ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
         if ssl_object is not None:
             peer_der = ssl_object.getpeercert(binary_form=True)
+        if self.console is not None and Console.handles(request.path):
+            return await self.serve_console(request, peer_der)
         try:
             result = node.handle(
                 request.method,
@@ -361,6 +366,32 @@ class Runtime:
         self.schedule_flush()
         if isinstance(result, Forwarded):
             result = await self._await_forward(result)
+        headers = dict(result.headers)
+        if result.content_type:
+            headers["Content-Type"] = result.content_type
+        return web.Response(status=result.status, body=result.body, headers=headers)
+
+    async def serve_console(
+        self, request: web.BaseRequest, peer_der: bytes | None
+    ) -> web.StreamResponse:
+        """The console's static files, and the explorer's ledger reads (which wait for the
+        host to read the entries back from disk)."""
+        node, console = self.node, self.console
+        assert node is not None and console is not None
+        node.metrics["requests"] += 1
+        if request.path.startswith("/node/"):
+
+            async def read(first: int, last: int) -> itf.EntriesRead:
+                reply: itf.EntriesRead = await self._request(itf.ReadEntries, first, last)
+                return reply
+
+            result = await console.ledger_entries(
+                node, request.method, request.query_string, peer_der, read
+            )
+        else:
+            result = console.static(request.method, request.path, request.headers)
+        if result.status >= 400:
+            node.metrics["errors"] += 1
         headers = dict(result.headers)
         if result.content_type:
             headers["Content-Type"] = result.content_type
