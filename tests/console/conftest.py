@@ -58,7 +58,10 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
 
 @asynccontextmanager
 async def console_page(
-    url: str, *, client_cert: tuple[Path, Path] | None = None
+    url: str,
+    *,
+    client_cert: tuple[Path, Path] | None = None,
+    ready_selector: str = "body[data-ready='true']",
 ) -> AsyncIterator[Any]:
     """A fresh Chromium page (fresh profile) on `url`; with `client_cert` (cert, key) the
     browser presents that TLS client certificate to the node."""
@@ -95,7 +98,7 @@ async def console_page(
                 errors: list[str] = []
                 page.on("pageerror", lambda exc: errors.append(str(exc)))
                 await page.goto(url)
-                await page.wait_for_selector("body[data-ready='true']", timeout=20_000)
+                await page.wait_for_selector(ready_selector, timeout=20_000)
                 yield page
                 assert errors == [], f"JavaScript errors in the console: {errors}"
             finally:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import console_page, screenshot
 from playwright.async_api import expect
+from typer.testing import CliRunner
 
+from charter.cli import app
 from charter.keygen import generate_identity
 from charter.ledger import certs, cose
 from charter.member import Member, gov_envelope
@@ -159,3 +163,34 @@ async def test_a_member_votes_from_the_page_and_the_proposal_is_accepted(
     assert sent.protected_bytes == cli.protected_bytes
     assert sent.payload == cli.payload
     cose.verify_sign1(sent, certs.load_cert(Path(cert_path).read_text()))
+
+
+def test_the_audit_report_opens_and_its_numbers_match_the_json_audit(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    ledger = Path(json.loads(sandbox.network_path.read_text())["nodes"][0]["ledger_dir"])
+    report = tmp_path / "report.html"
+    result = CliRunner().invoke(
+        app,
+        ["ledger", "audit", str(ledger), "--include-uncommitted", "--json", "--report", str(report)],
+    )
+    assert result.exit_code == 0, result.output
+    audit = json.loads(result.output)
+    assert audit["valid"] is True
+    asyncio.run(_check_report(report, audit, sandbox))
+
+
+async def _check_report(report: Path, audit: dict[str, Any], sandbox: Sandbox) -> None:
+    async with console_page(report.as_uri(), ready_selector="[data-verdict]") as page:
+        assert await page.locator("[data-verdict]").get_attribute("data-verdict") == "valid"
+        for name in ("transactions", "signatures", "cose_signatures", "chunks", "last_txid"):
+            shown = await page.locator(f"[data-field='{name}']").inner_text()
+            assert shown == str(audit[name]), name
+        assert await page.locator("[data-field='root']").inner_text() == audit["root"]
+        # Every signature transaction is counted once, under the node that signed it.
+        bars = page.locator("svg[aria-label='Signature transactions per node'] rect")
+        assert await bars.count() >= 1
+        text = await page.locator("body").inner_text()
+        assert "transition_service_to_open" in text
+        assert "Accepted" in text
+        await screenshot(page, "audit-report")
