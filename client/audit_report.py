@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import html
+import itertools
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -44,7 +45,9 @@ class Timeline:
     """What the report's charts and tables show, gathered from the ledger's public domains."""
 
     signatures: list[tuple[int, str, int | None]] = field(default_factory=list)  # seqno, node, iat
-    governance: list[tuple[int, str, str, str]] = field(default_factory=list)  # seqno, id, state, actions
+    governance: list[tuple[int, str, str, str]] = field(
+        default_factory=list
+    )  # seqno, id, state, actions
     rekeys: list[tuple[int, str]] = field(default_factory=list)
     recoveries: list[tuple[int, str]] = field(default_factory=list)
     service_statuses: list[tuple[int, str]] = field(default_factory=list)
@@ -68,11 +71,13 @@ def _json(value: bytes | None) -> Any:
         return None
 
 
-def gather(directory: Path, *, committed_only: bool = True, last_seqno: int | None = None) -> Timeline:
+def gather(
+    directory: Path, *, committed_only: bool = True, last_seqno: int | None = None
+) -> Timeline:
     """Read the ledger's public domains once for the report's timelines."""
     timeline = Timeline()
     actions_by_proposal: dict[str, str] = {}
-    reader = LedgerReader(directory, committed_only=committed_only)
+    reader = LedgerReader(str(directory), committed_only=committed_only)
     for seqno, raw in reader.entries():
         if last_seqno is not None and seqno > last_seqno:
             break
@@ -158,7 +163,7 @@ def _rate_series(signatures: list[tuple[int, str, int | None]]) -> list[tuple[in
     """(iat, tx/s) between consecutive timed signatures, merged to at most CHART_POINTS_MAX."""
     timed = [(seqno, iat) for seqno, _, iat in signatures if iat is not None]
     series = []
-    for (s0, t0), (s1, t1) in zip(timed, timed[1:], strict=False):
+    for (s0, t0), (s1, t1) in itertools.pairwise(timed):
         if t1 > t0:
             series.append((t1, (s1 - s0) / (t1 - t0)))
     if len(series) > CHART_POINTS_MAX:
@@ -199,9 +204,7 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
     shown = rows[:TIMELINE_ROWS_MAX]
     head = "".join(f'<th scope="col">{_e(h)}</th>' for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in shown)
-    more = (
-        f"<p>{len(rows) - len(shown)} more rows not shown.</p>" if len(rows) > len(shown) else ""
-    )
+    more = f"<p>{len(rows) - len(shown)} more rows not shown.</p>" if len(rows) > len(shown) else ""
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{more}"
 
 

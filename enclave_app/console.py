@@ -14,6 +14,7 @@ is the node config's `console.ledger_explorer` (DESIGN §9: the same callers as 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.resources
 import json
@@ -206,10 +207,8 @@ def _entries_query(query: str) -> tuple[int, int]:
 def _preview(data: bytes) -> dict[str, Any]:
     shown = data[:VALUE_PREVIEW_BYTES_MAX]
     out: dict[str, Any] = {"size": len(data), "hex": shown.hex()}
-    try:
+    with contextlib.suppress(UnicodeDecodeError):
         out["text"] = shown.decode("utf-8")
-    except UnicodeDecodeError:
-        pass
     return out
 
 
@@ -238,7 +237,10 @@ def _describe(node: Node, seqno: int, raw: bytes) -> dict[str, Any]:
         "leaf_checked": leaf_checked,
         "size": len(raw),
         "public": public,
-        "private": {"encrypted": bool(entry.private_ciphertext), "size": len(entry.private_ciphertext)},
+        "private": {
+            "encrypted": bool(entry.private_ciphertext),
+            "size": len(entry.private_ciphertext),
+        },
     }
 
 

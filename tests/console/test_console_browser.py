@@ -50,14 +50,14 @@ async def test_a_write_made_through_the_sdk_appears_in_the_explorer_with_its_seq
     sandbox: Sandbox,
 ) -> None:
     async with sandbox.client(user=0) as user:
-        r = user.check(await user.post("/app/log/public", json={"id": 42, "msg": "seen-in-browser"}))
+        r = user.check(
+            await user.post("/app/log/public", json={"id": 42, "msg": "seen-in-browser"})
+        )
         assert r.txid is not None
         await user.wait_for_commit(r.txid, timeout_s=15)
     txid = str(r.txid)
     seqno = int(txid.split(".")[1])
-    async with console_page(
-        _url(sandbox, "ledger"), client_cert=sandbox.user_paths(0)
-    ) as page:
+    async with console_page(_url(sandbox, "ledger"), client_cert=sandbox.user_paths(0)) as page:
         await page.fill("#jump-txid", txid)
         await page.click("#jump-form button")
         entry = page.locator(f"#entry-{seqno}")
@@ -84,9 +84,9 @@ async def test_a_receipt_from_the_sdk_verifies_in_the_page_and_one_changed_digit
     service_pem = sandbox.service_cert_path.read_text()
     tampered = json.loads(json.dumps(receipt))
     digest = tampered["leaf_components"]["write_set_digest"]
-    tampered["leaf_components"]["write_set_digest"] = (
-        "1" if digest[0] != "1" else "2"
-    ) + digest[1:]
+    tampered["leaf_components"]["write_set_digest"] = ("1" if digest[0] != "1" else "2") + digest[
+        1:
+    ]
     async with console_page(_url(sandbox, "receipt")) as page:
         verdict = page.locator("#receipt-result .verdict")
         await page.fill("#service-cert-text", service_pem)
@@ -172,7 +172,15 @@ def test_the_audit_report_opens_and_its_numbers_match_the_json_audit(
     report = tmp_path / "report.html"
     result = CliRunner().invoke(
         app,
-        ["ledger", "audit", str(ledger), "--include-uncommitted", "--json", "--report", str(report)],
+        [
+            "ledger",
+            "audit",
+            str(ledger),
+            "--include-uncommitted",
+            "--json",
+            "--report",
+            str(report),
+        ],
     )
     assert result.exit_code == 0, result.output
     audit = json.loads(result.output)
