@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from charter.audit_report import write_report
 from charter.auditor import audit_ledger
 from charter.cli_common import (
     JsonOpt,
@@ -189,6 +190,10 @@ def ledger_audit(
         ),
     ] = False,
     as_json: JsonOpt = False,
+    report_path: Annotated[
+        Path | None,
+        typer.Option("--report", help="Also write a self-contained HTML report to this file."),
+    ] = None,
 ) -> None:
     """Validate a whole ledger offline: entries, Merkle roots, node and service signatures.
 
@@ -206,8 +211,12 @@ def ledger_audit(
                 include_uncommitted=include_uncommitted,
             )
         except LedgerAuditFailed as e:
+            if report_path is not None:
+                write_report(report_path, directory, None, failure=(e.seqno, e.message))
             print_json({"valid": False, "first_bad_seqno": e.seqno, "error": e.message})
             raise typer.Exit(1) from None
+        if report_path is not None:
+            write_report(report_path, directory, report, include_uncommitted=include_uncommitted)
         print_json({"valid": True, **_report_json(report)})
         return
     with Progress(
@@ -223,13 +232,21 @@ def ledger_audit(
         def progress(seqno: int, total: int) -> None:
             bar.update(task, completed=seqno, total=total)
 
-        report = audit_ledger(
-            directory,
-            service_cert=cert,
-            progress=progress,
-            accept_deprecated_entry_types=accept_deprecated,
-            include_uncommitted=include_uncommitted,
-        )
+        try:
+            report = audit_ledger(
+                directory,
+                service_cert=cert,
+                progress=progress,
+                accept_deprecated_entry_types=accept_deprecated,
+                include_uncommitted=include_uncommitted,
+            )
+        except LedgerAuditFailed as e:
+            if report_path is not None:
+                write_report(report_path, directory, None, failure=(e.seqno, e.message))
+            raise
+    if report_path is not None:
+        write_report(report_path, directory, report, include_uncommitted=include_uncommitted)
+        stdout.print(f"  report written to {report_path}")
     summary = _report_json(report)
     stdout.print(f"OK: ledger {directory} is valid")
     stdout.print(

@@ -480,6 +480,7 @@ def panel_text(sandbox: Sandbox) -> str:
         f"Members (keys, certs): {sandbox.workspace / 'members'}",
         f"Users (keys, certs):   {sandbox.workspace / 'users'}",
         f"Network description:   {sandbox.network_path}",
+        f"Console (browser):     {first.url}/console",
         "",
         *_example_lines(sandbox, first.url, cert, user_cert, user_key),
         "",

@@ -851,6 +851,18 @@ class RpcInterfaceConfig(_Model):
         return self
 
 
+class ConsoleConfig(_Model):
+    """The browser console served at /console on the node's RPC interface."""
+
+    enabled: bool = True
+    # Who may read ledger entries through the console's explorer (/node/ledger/entries):
+    # callers with a registered user or member TLS certificate, or (with "anonymous") anyone.
+    ledger_explorer: list[Literal["user_cert", "member_cert", "anonymous"]] = [
+        "user_cert",
+        "member_cert",
+    ]
+
+
 class MemberConfig(_Model):
     cert: ConfigPath
     encryption_key: ConfigPath | None = None
@@ -900,6 +912,7 @@ class NodeConfig(_Model):
     consensus: ConsensusConfig = pydantic.Field(default_factory=ConsensusConfig)
     # Operator features served on this node's RPC interface (CCF's name); none by default.
     enabled_operator_features: list[Literal["SnapshotRead"]] = []
+    console: ConsoleConfig = pydantic.Field(default_factory=ConsoleConfig)
     start: StartConfig
 
     @pydantic.model_validator(mode="after")

@@ -27,6 +27,7 @@ from aiohttp import web
 from charter.enclave_app import interface as itf
 from charter.enclave_app import node_endpoints
 from charter.enclave_app.app import App, HttpResponse
+from charter.enclave_app.console import Console
 from charter.enclave_app.http_server import (
     BodyError,
     HttpServer,
@@ -73,6 +74,7 @@ class Runtime:
         self.n2n_dropped = 0
         # (time received, socket) of clients waiting for the node to be able to serve them
         self.held_sockets: collections.deque[tuple[float, socket.socket]] = collections.deque()
+        self.console: Console | None = None
 
     # ------------------------------------------------------------------ frames to the host
     def flush(self) -> None:
@@ -144,6 +146,7 @@ class Runtime:
         node = Node(config, platform, app, extra_apps=())
         self.node = node
         node.host_backlog_bytes = lambda: self.channel.outgoing_bytes + node.outbox_write_bytes
+        self.console = Console(config.console)
         node.on_forward_response = self._forward_answered
         node.routes.include(node_endpoints.build(node))
         _include_governance(node)
@@ -407,6 +410,8 @@ class Runtime:
         ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
         if ssl_object is not None:
             peer_der = ssl_object.getpeercert(binary_form=True)
+        if self.console is not None and Console.handles(request.path):
+            return await self.serve_console(request, peer_der)
         try:
             result = node.handle(
                 request.method,
@@ -425,6 +430,32 @@ class Runtime:
         self.schedule_flush()
         if isinstance(result, Forwarded):
             result = await self._await_forward(result)
+        headers = dict(result.headers)
+        if result.content_type:
+            headers["Content-Type"] = result.content_type
+        return web.Response(status=result.status, body=result.body, headers=headers)
+
+    async def serve_console(
+        self, request: web.BaseRequest, peer_der: bytes | None
+    ) -> web.StreamResponse:
+        """The console's static files, and the explorer's ledger reads (which wait for the
+        host to read the entries back from disk)."""
+        node, console = self.node, self.console
+        assert node is not None and console is not None
+        node.metrics["requests"] += 1
+        if request.path.startswith("/node/"):
+
+            async def read(first: int, last: int) -> itf.EntriesRead:
+                reply: itf.EntriesRead = await self._request(itf.ReadEntries, first, last)
+                return reply
+
+            result = await console.ledger_entries(
+                node, request.method, request.query_string, peer_der, read
+            )
+        else:
+            result = console.static(request.method, request.path, request.headers)
+        if result.status >= 400:
+            node.metrics["errors"] += 1
         headers = dict(result.headers)
         if result.content_type:
             headers["Content-Type"] = result.content_type

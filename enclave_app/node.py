@@ -1012,7 +1012,7 @@ class Node:
         self.tls.set_client_cas(pems)
 
     def authenticate(self, policies: tuple[str, ...], tx: Tx, peer_der: bytes | None) -> Caller:
-        """The caller under the endpoint's certificate policies, or raise `_AuthError`.
+        """The caller under the endpoint's certificate policies, or raise `AuthError`.
 
         (COSE-signed requests are checked by `member_from_cose`, the body being the proof.)
         """
@@ -1034,7 +1034,7 @@ class Node:
                     return Caller("member", cert_id, pem.decode())
         if "none" in policies:
             return Caller("anonymous", "")
-        raise _AuthError()
+        raise AuthError()
 
     def member_from_cose(self, tx: Tx, body: bytes) -> tuple[Caller, bytes, bytes] | None:
         """An active member's fresh, never seen COSE_Sign1 request: (caller, signed payload,
@@ -1115,7 +1115,7 @@ class Node:
         tx = self.store.begin()
         try:
             caller = self.authenticate(endpoint.auth, tx, peer_der)
-        except _AuthError:
+        except AuthError:
             signed = self.member_from_cose(tx, body) if "member_cose" in endpoint.auth else None
             if signed is None:
                 return error_response(401, "InvalidAuthentication", "Caller is not authorised")
@@ -1528,8 +1528,8 @@ class RollbackError(Exception):
     """The host handed back less ledger than this node had committed."""
 
 
-class _AuthError(Exception):
-    pass
+class AuthError(Exception):
+    """The caller's credentials meet none of the endpoint's policies."""
 
 
 @dataclass(frozen=True, slots=True)

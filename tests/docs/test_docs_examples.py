@@ -49,6 +49,7 @@ PAGES = (
     "app-developer-guide.md",
     "auditor-guide.md",
     "security-model.md",
+    "console.md",
 )
 
 _RUNNABLE = re.compile(r"<!-- test -->[ \t]*\n```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
