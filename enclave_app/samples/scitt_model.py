@@ -154,7 +154,7 @@ def verify_statement(body: bytes, config: ScittConfiguration | None) -> Registra
             400, "PayloadTooLarge", f"Entry size {len(body)} exceeds maximum allowed size {limit}"
         )
     try:
-        msg = cose.decode_sign1(body, max_bytes=STATEMENT_BYTES_MAX)
+        msg = cose.decode_sign1(body, max_bytes=STATEMENT_BYTES_MAX, allowed_tags=cose.TIME_TAGS)
     except DecodeError as exc:
         raise _invalid(f"Signed statement is not a COSE_Sign1: {exc}") from None
     if msg.payload is None:
@@ -212,7 +212,7 @@ def verify_statement(body: bytes, config: ScittConfiguration | None) -> Registra
 def transparent_statement(statement: bytes, receipt: bytes) -> bytes:
     """The stored statement with its receipt in unprotected header 394 (an array of
     receipts, each a bstr), as scitt-ccf-ledger serves /entries/{id}/statement."""
-    msg = cose.decode_sign1(statement, max_bytes=STATEMENT_BYTES_MAX)
+    msg = cose.decode_sign1(statement, max_bytes=STATEMENT_BYTES_MAX, allowed_tags=cose.TIME_TAGS)
     return cbor2.dumps(
         cbor2.CBORTag(
             cose.COSE_SIGN1_TAG,
