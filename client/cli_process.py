@@ -88,7 +88,7 @@ def sandbox(ctx: typer.Context) -> None:
     """Start a local network serving the sample app, open it, and keep it up until Ctrl-C.
 
     Sandbox options: --nodes N (default 3), --workspace DIR (default workspace/sandbox),
-    --port-base PORT, --app logging|acl|MODULE. It writes DIR/network.json for --network.
+    --port-base PORT, --app logging|acl|scitt|MODULE. It writes DIR/network.json for --network.
 
     Example: charter sandbox --nodes 3 --workspace workspace/sandbox
     """

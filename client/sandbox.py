@@ -443,7 +443,11 @@ def _tail(path: Path, lines: int = 20) -> str:
 # ---------------------------------------------------------------------------------------------
 # The command: `charter sandbox [--nodes N] [--workspace DIR] [--port-base P] [--app MODULE]`
 
-APPS = {"logging": "charter.enclave_app.samples.logging", "acl": "charter.enclave_app.samples.acl"}
+APPS = {
+    "logging": "charter.enclave_app.samples.logging",
+    "acl": "charter.enclave_app.samples.acl",
+    "scitt": "charter.enclave_app.samples.scitt",
+}
 
 
 def _example_lines(
@@ -557,7 +561,9 @@ def run(argv: list[str]) -> int:
     parser.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
     parser.add_argument("--workspace", type=Path, default=DEFAULT_WORKSPACE)
     parser.add_argument("--port-base", type=int, default=None, help="first port (else free ports)")
-    parser.add_argument("--app", default="logging", help="logging (default), acl, or a module path")
+    parser.add_argument(
+        "--app", default="logging", help="logging (default), acl, scitt, or a module path"
+    )
     args = parser.parse_args(argv)
     sandbox = Sandbox(
         args.workspace, nodes=args.nodes, port_base=args.port_base, app=APPS.get(args.app, args.app)

@@ -51,6 +51,13 @@ class RuntimeView:
         doc: dict[str, Any] = json.loads(response.body)
         return 200, doc
 
+    def cose_receipt(self, view: int, seqno: int) -> tuple[int, bytes | None]:
+        """(200, CCF COSE receipt) once available; (202, None) while pending; (404, None)."""
+        response = self._node.receipt(view, seqno, cose=True)
+        if response.status != 200:
+            return response.status, None
+        return 200, response.body
+
     @property
     def service_certificate(self) -> str:
         identity = self._node.identity

@@ -24,6 +24,11 @@ from charter.governance import tables as t
 from charter.governance.constitution import Constitution, parse_constitution, store_constitution
 from charter.governance.effects import NO_EFFECTS, ActionContext, Effects, NodeEndorsement
 from charter.governance.errors import GovernanceError
+from charter.governance.scitt_config import (
+    SetScittConfigurationArgs,
+    apply_set_scitt_configuration,
+    check_set_scitt_configuration,
+)
 from charter.governance.tx import KvTx
 from charter.ledger import certs, snp
 from charter.ledger.errors import LedgerError
@@ -606,7 +611,7 @@ def apply_service_config(tx: KvTx, args: ServiceConfigArgs, ctx: ActionContext) 
 @dataclass(frozen=True, slots=True)
 class ActionSpec:
     name: str
-    args_model: type[Args]
+    args_model: type[BaseModel]
     check: Callable[[KvTx, Any], None]
     apply: Callable[[KvTx, Any, ActionContext], Effects]
     # Checks that depend on the time (certificate validity): (args, now_s).
@@ -707,6 +712,13 @@ _SPECS = (
     ActionSpec(
         "set_service_configuration", ServiceConfigArgs, check_service_config, apply_service_config
     ),
+    # The SCITT sample's registration policy (governance/scitt_config.py).
+    ActionSpec(
+        "set_scitt_configuration",
+        SetScittConfigurationArgs,
+        check_set_scitt_configuration,
+        apply_set_scitt_configuration,
+    ),
 )
 
 ACTIONS: dict[str, ActionSpec] = {spec.name: spec for spec in _SPECS}
@@ -715,7 +727,7 @@ ACTIONS: dict[str, ActionSpec] = {spec.name: spec for spec in _SPECS}
 @dataclass(frozen=True, slots=True)
 class ParsedAction:
     spec: ActionSpec
-    args: Args
+    args: BaseModel
 
     @property
     def name(self) -> str:

@@ -180,9 +180,16 @@ MAX_CBOR_DEPTH = 16
 MAX_CBOR_ITEMS = 10_000
 
 
-def check_plain_cbor(data: bytes, *, top_tag: int | None = None, what: str = "CBOR") -> None:
+def check_plain_cbor(
+    data: bytes,
+    *,
+    top_tag: int | None = None,
+    what: str = "CBOR",
+    allowed_tags: frozenset[int] = frozenset(),
+) -> None:
     """Check that `data` is exactly one well-formed, definite-length CBOR item without tags
-    (except `top_tag` on the outermost item), within depth and item-count bounds.
+    (except `top_tag` on the outermost item, and `allowed_tags` anywhere), within depth and
+    item-count bounds.
 
     Why: cbor2 decodes semantic tags eagerly, and some are CPU bombs on hostile input
     (tag 30 rationals and tag 4 decimal fractions over bignums run a gcd/exponentiation
@@ -230,7 +237,7 @@ def check_plain_cbor(data: bytes, *, top_tag: int | None = None, what: str = "CB
                 raise DecodeError(f"{what} nests too deeply", offset=pos, field=what)
             pending.append(count)
         elif major == 6:
-            if not (top and top_tag is not None and arg == top_tag):
+            if not (top and top_tag is not None and arg == top_tag) and arg not in allowed_tags:
                 raise DecodeError(f"unexpected CBOR tag {arg} in {what}", offset=pos, field=what)
             pending[-1] += 1  # the tagged item follows
         top = False
@@ -238,13 +245,19 @@ def check_plain_cbor(data: bytes, *, top_tag: int | None = None, what: str = "CB
         raise DecodeError(f"trailing bytes after {what}", offset=pos, field=what)
 
 
-def cbor_decode_exact(data: bytes, *, what: str, top_tag: int | None = None) -> Any:
+def cbor_decode_exact(
+    data: bytes,
+    *,
+    what: str,
+    top_tag: int | None = None,
+    allowed_tags: frozenset[int] = frozenset(),
+) -> Any:
     """Decode one plain CBOR item that must span all of `data`; raises DecodeError only.
 
     cbor2 raises a variety of exceptions on hostile input, so after the pre-scan anything
     it raises is still caught here and turned into DecodeError.
     """
-    check_plain_cbor(data, top_tag=top_tag, what=what)
+    check_plain_cbor(data, top_tag=top_tag, what=what, allowed_tags=allowed_tags)
     fp = io.BytesIO(data)
     try:
         value = cbor2.CBORDecoder(fp).decode()
@@ -271,14 +284,27 @@ def _check_header_map(value: Any, what: str) -> HeaderMap:
     return value
 
 
-def decode_sign1(data: bytes, *, max_bytes: int = DEFAULT_MAX_SIGN1_BYTES) -> Sign1:
-    """Decode a COSE_Sign1 (tagged 18 or untagged); raises DecodeError only."""
+# Semantic tags that are cheap to decode: 0 (date-time text) and 1 (epoch time), which
+# signed statements carry in CWT claims. `decode_sign1(..., allowed_tags=TIME_TAGS)`.
+TIME_TAGS = frozenset({0, 1})
+
+
+def decode_sign1(
+    data: bytes,
+    *,
+    max_bytes: int = DEFAULT_MAX_SIGN1_BYTES,
+    allowed_tags: frozenset[int] = frozenset(),
+) -> Sign1:
+    """Decode a COSE_Sign1 (tagged 18 or untagged); raises DecodeError only.
+    `allowed_tags` are semantic tags accepted inside it (none by default)."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise DecodeError("COSE_Sign1 must be bytes")
     data = bytes(data)
     if len(data) > max_bytes:
         raise DecodeError(f"COSE_Sign1 of {len(data)} bytes exceeds limit {max_bytes}")
-    item = cbor_decode_exact(data, what="COSE_Sign1", top_tag=COSE_SIGN1_TAG)
+    item = cbor_decode_exact(
+        data, what="COSE_Sign1", top_tag=COSE_SIGN1_TAG, allowed_tags=allowed_tags
+    )
     if isinstance(item, cbor2.CBORTag):
         if item.tag != COSE_SIGN1_TAG:
             raise DecodeError(f"unexpected CBOR tag {item.tag}", field="tag")
@@ -290,7 +316,8 @@ def decode_sign1(data: bytes, *, max_bytes: int = DEFAULT_MAX_SIGN1_BYTES) -> Si
         raise DecodeError("protected header is not a byte string", field="protected")
     if protected_bytes:
         protected = _check_header_map(
-            cbor_decode_exact(protected_bytes, what="protected"), "protected"
+            cbor_decode_exact(protected_bytes, what="protected", allowed_tags=allowed_tags),
+            "protected",
         )
     else:
         protected = {}

@@ -74,6 +74,7 @@ def test_every_listed_action_is_registered() -> None:
         "set_recovery_threshold",
         "trigger_ledger_rekey",
         "set_service_configuration",
+        "set_scitt_configuration",
     }
 
 
