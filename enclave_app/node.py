@@ -48,6 +48,7 @@ from charter.enclave_app.platform import PlatformError, VirtualPlatform
 from charter.enclave_app.rate_limit import RateLimiter
 from charter.enclave_app.runtime_view import RuntimeView
 from charter.enclave_app.tls import ServerTls
+from charter.enclave_app.tx_status import TxStatus, evaluate_tx_status
 from charter.governance import tables as gt
 from charter.governance.effects import Effects
 from charter.governance.errors import GovernanceError
@@ -92,15 +93,6 @@ SNAPSHOT_EVIDENCE_TABLE = "public:ccf.internal.snapshot_evidence"
 TREE_TABLE = "public:ccf.internal.tree"
 # The Raft voters, as a ledger table (CCF keeps the equivalent in its internal maps).
 CONFIGURATION_TABLE = "public:ccf.internal.configuration"
-
-
-class TxStatus:
-    """The statuses `/node/tx` reports (CCF's names)."""
-
-    UNKNOWN = "Unknown"
-    PENDING = "Pending"
-    COMMITTED = "Committed"
-    INVALID = "Invalid"
 
 
 class Node:
@@ -1432,14 +1424,13 @@ class Node:
     # ------------------------------------------------------------------ status and receipts
     def tx_status(self, view: int, seqno: int) -> str:
         """CCF's status of a transaction id, as this node knows it."""
-        local_view = self.view_at(seqno)
-        if seqno <= self.commit_seqno:
-            return TxStatus.COMMITTED if local_view == view else TxStatus.INVALID
-        if local_view == view:
-            return TxStatus.PENDING
-        if local_view is None:  # beyond this node's log (view_at covers 1..applied_seqno)
-            return TxStatus.UNKNOWN
-        return TxStatus.INVALID if view < local_view else TxStatus.UNKNOWN
+        return evaluate_tx_status(
+            view=view,
+            seqno=seqno,
+            local_view=self.view_at(seqno),
+            committed_view=self.view_at(self.commit_seqno),
+            committed_seqno=self.commit_seqno,
+        )
 
     def receipt(self, view: int, seqno: int, *, cose: bool = False) -> HttpResponse:
         status = self.tx_status(view, seqno)

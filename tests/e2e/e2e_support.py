@@ -36,8 +36,16 @@ LEDGER_CHUNK_BYTES = 4096
 READY_TIMEOUT_S = 30.0
 COMMIT_TIMEOUT_S = 20.0
 LOG_TAIL_LINES = 25
-# The packages a node runs (host + enclave); see `snapshot_code`.
-NODE_PACKAGES = ("enclave_app", "ledger", "consensus", "governance", "host", "client")
+# The folders a node runs (host + enclave) and where the wheel installs each, as pyproject.toml's
+# package-dir maps them (`client/` is `charter` itself); see `snapshot_code`.
+NODE_PACKAGES = {
+    "client": "charter",
+    "enclave_app": "charter/enclave_app",
+    "ledger": "charter/ledger",
+    "consensus": "charter/consensus",
+    "governance": "charter/governance",
+    "host": "charter/host",
+}
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -52,13 +60,19 @@ def snapshot_code(directory: Path) -> Iterator[Path]:
     A node's measurement is a hash of the enclave's source files, and a joining node must
     present an accepted one: if the files change while a network runs (several engineers edit
     this tree at once), later joiners would be refused. Nodes started from one snapshot all
-    run, and measure, the same code. PYTHONSAFEPATH keeps `python -m charter.host` from preferring
-    the working directory over PYTHONPATH.
+    run, and measure, the same code. The copy is laid out as the wheel installs it (a `charter`
+    package), so that `python -m charter.host` finds it on PYTHONPATH before the editable
+    install's finder (which sys.meta_path consults last) maps `charter` back to this tree.
+    PYTHONSAFEPATH keeps `python -m charter.host` from preferring the working directory over
+    PYTHONPATH.
     """
     target = directory / "code"
-    for package in NODE_PACKAGES:
+    for folder, installed_as in NODE_PACKAGES.items():
         shutil.copytree(
-            REPO_ROOT / package, target / package, ignore=shutil.ignore_patterns("__pycache__")
+            REPO_ROOT / folder,
+            target / installed_as,
+            ignore=shutil.ignore_patterns("__pycache__"),
+            dirs_exist_ok=True,
         )
     saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "PYTHONSAFEPATH")}
     os.environ["PYTHONPATH"] = str(target)
