@@ -17,7 +17,7 @@ from charter.identity import load_json_file
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH_SCRIPT = REPO_ROOT / "scripts" / "bench.py"
 
-node_app = typer.Typer(help="Run a node process.", no_args_is_help=True)
+node_app = typer.Typer(help="Run a node process.", no_args_is_help=True, rich_markup_mode=None)
 
 
 def _node_command(config: Path) -> list[str]:
@@ -49,7 +49,8 @@ def node_start(
 ) -> None:
     """Start the first node of a new network (runs `python -m charter.host --config FILE`).
 
-    Example: charter node start workspace/node0/node.json
+    \b
+    Example: charter node start workspace/sandbox/node0/node.json
     """
     _exec_node(config, print_command)
 
@@ -62,7 +63,8 @@ def node_join(
 ) -> None:
     """Start a node that joins an existing network (its config names the target node).
 
-    Example: charter node join workspace/node1/node.json
+    \b
+    Example: charter node join workspace/sandbox/node1/node.json
     """
     _exec_node(config, print_command)
 
@@ -75,7 +77,8 @@ def node_recover(
 ) -> None:
     """Start a node in recovery mode on an old ledger (its config says so).
 
-    Example: charter node recover workspace/node0/recover.json
+    \b
+    Example: charter node recover workspace/sandbox/node0/recover.json
     """
     _exec_node(config, print_command)
 
@@ -90,6 +93,7 @@ def sandbox(ctx: typer.Context) -> None:
     Sandbox options: --nodes N (default 3), --workspace DIR (default workspace/sandbox),
     --port-base PORT, --app logging|acl|MODULE. It writes DIR/network.json for --network.
 
+    \b
     Example: charter sandbox --nodes 3 --workspace workspace/sandbox
     """
     try:
@@ -105,6 +109,7 @@ def bench(ctx: typer.Context) -> None:
     """Run the benchmark (scripts/bench.py); extra arguments go to it (`charter bench -h`
     lists them: --nodes, --clients, --duration-s, --network, --out, --compare-nodes, …).
 
+    \b
     Example: charter bench --network workspace/sandbox/network.json --clients 32
     """
     script = BENCH_SCRIPT

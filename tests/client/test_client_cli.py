@@ -100,7 +100,8 @@ def test_keygen_json_output_names_files_and_id(tmp_path: Path) -> None:
 
 
 def test_keygen_errors_are_one_line(tmp_path: Path) -> None:
-    assert_fails_cleanly(run("keygen", "m", "--dir", tmp_path / "missing"), "not found")
+    (tmp_path / "a-file").write_text("")
+    assert_fails_cleanly(run("keygen", "m", "--dir", tmp_path / "a-file"), "not a directory")
     assert run("keygen", "m", "--dir", tmp_path).exit_code == 0
     assert_fails_cleanly(run("keygen", "m", "--dir", tmp_path), "already exists")
     assert_fails_cleanly(run("keygen", "m", "--dir", tmp_path, "--rsa-bits", "1024"), "2048")
