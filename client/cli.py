@@ -37,7 +37,7 @@ from charter.cli_common import (
 )
 from charter.cli_ledger import ledger_app, receipt_app
 from charter.cli_members import MemberLabel, dry_run_summary, member_labels, who
-from charter.cli_process import PASSTHROUGH, bench, node_app, sandbox
+from charter.cli_process import PASSTHROUGH, PASSTHROUGH_WITH_HELP, bench, node_app, sandbox
 from charter.errors import IdentityError
 from charter.identity import PEM_FILE_BYTES_MAX, load_cert_pem, load_json_file, read_bounded
 from charter.ledger_dump import clip
@@ -604,7 +604,7 @@ def status(
 
 
 # Registered last so that `charter --help` lists the everyday commands first.
-app.command(context_settings=PASSTHROUGH)(sandbox)
+app.command(context_settings=PASSTHROUGH_WITH_HELP)(sandbox)
 app.command(context_settings=PASSTHROUGH)(bench)
 
 

@@ -84,22 +84,24 @@ def node_recover(
 
 
 PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+# `charter sandbox --help` must show the sandbox's own (argparse) help, as -h does: one screen.
+PASSTHROUGH_WITH_HELP = {**PASSTHROUGH, "help_option_names": []}
 
 
 @guarded
 def sandbox(ctx: typer.Context) -> None:
     """Start a local network serving the sample app, open it, and keep it up until Ctrl-C.
 
-    Sandbox options: --nodes N (default 3), --workspace DIR (default workspace/sandbox),
-    --port-base PORT, --app logging|acl|MODULE. It writes DIR/network.json for --network.
+    Options: --nodes N, --workspace DIR, --port-base PORT, --app APP (see `charter sandbox
+    --help`, the same screen as -h).
 
     \b
     Example: charter sandbox --nodes 3 --workspace workspace/sandbox
     """
     try:
-        from charter.sandbox import run
+        from charter.sandbox_command import run
     except ImportError:
-        fail("the sandbox is not available in this version (client/sandbox.py is missing)")
+        fail("the sandbox is not available in this version (client/sandbox_command.py is missing)")
     code = run(list(ctx.args))
     raise typer.Exit(int(code or 0))
 

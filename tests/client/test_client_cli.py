@@ -390,7 +390,7 @@ def test_node_start_and_join_check_the_config_and_build_the_host_command(tmp_pat
 
 def test_sandbox_fails_clearly_when_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
     # A None entry in sys.modules makes the import fail, as in an install without it.
-    monkeypatch.setitem(sys.modules, "charter.sandbox", None)
+    monkeypatch.setitem(sys.modules, "charter.sandbox_command", None)
     assert_fails_cleanly(run("sandbox", "--nodes", "1"), "not available")
 
 
