@@ -83,7 +83,8 @@ def curl_lines(
     route = first_route(doc)
     if route is None:
         return ["The app serves no documented route (GET /app/api lists none)."]
-    method, path, op = route
+    method, route_path, op = route
+    path = route_path
     try:
         query: list[str] = []
         for param in op.get("parameters", []):
@@ -104,13 +105,13 @@ def curl_lines(
             raise NoExample("the body is not JSON")
     except NoExample:
         return [
-            f"The app's first route is {method} {path}; its inputs are described by",
+            f"The app's first route is {method} {route_path}; its inputs are described by",
             f"  curl {url}/app/api --cacert {cert}",
         ]
     target = f"{url}{path}" + ("?" + "&".join(query) if query else "")
     verb = "Call" if op.get("x-charter-read-only") else "Write with"
     lines = [
-        f"{verb} the app's first route as user0 ({method} {path}):",
+        f"{verb} the app's first route as user0 ({method} {route_path}):",
         f"  curl '{target}'"
         + ("" if method in ("GET", "POST") else f" -X {method}")
         + f" --cacert {cert} \\",
