@@ -36,7 +36,8 @@ from charter.cli_common import (
     stdout,
 )
 from charter.cli_ledger import ledger_app, receipt_app
-from charter.cli_process import PASSTHROUGH, bench, node_app, sandbox
+from charter.cli_members import MemberLabel, dry_run_summary, member_labels, who
+from charter.cli_process import PASSTHROUGH, PASSTHROUGH_WITH_HELP, bench, node_app, sandbox
 from charter.errors import IdentityError
 from charter.identity import PEM_FILE_BYTES_MAX, load_cert_pem, load_json_file, read_bounded
 from charter.ledger_dump import clip
@@ -52,6 +53,7 @@ from charter.sdk import CharterClient
 log = logging.getLogger(__name__)
 
 app = typer.Typer(
+    rich_markup_mode=None,
     name="charter",
     help="Charter: confidential, verifiable replicated services (CCF-style). "
     "Run `charter COMMAND --help` for each command's options and an example.",
@@ -97,7 +99,10 @@ def keygen(
 ) -> None:
     """Make a member or user identity: NAME_privk.pem (0600) and NAME_cert.pem (P-384).
 
-    Example: charter keygen member1 --enc-key --dir workspace/
+    The folder given with --dir is created if it does not exist.
+
+    \b
+    Example: charter keygen user1 --dir workspace/sandbox/users
     """
     from charter.keygen import generate_identity
 
@@ -195,27 +200,32 @@ def propose(
     open_service: Annotated[
         bool, typer.Option("--open-service", help="transition_service_to_open")
     ] = False,
-    add_user: Annotated[list[Path] | None, typer.Option("--add-user", help="set_user CERT")] = None,
+    add_user: Annotated[
+        list[Path] | None, typer.Option("--add-user", metavar="CERT", help="set_user CERT")
+    ] = None,
     remove_user: Annotated[
-        list[str] | None, typer.Option("--remove-user", help="remove_user ID")
+        list[str] | None, typer.Option("--remove-user", metavar="ID", help="remove_user ID")
     ] = None,
     add_member: Annotated[
-        list[Path] | None, typer.Option("--add-member", help="set_member CERT")
+        list[Path] | None, typer.Option("--add-member", metavar="CERT", help="set_member CERT")
     ] = None,
     member_enc_key: Annotated[
-        Path | None, typer.Option("--member-enc-key", help="RSA public key for --add-member.")
+        Path | None,
+        typer.Option("--member-enc-key", metavar="PEM", help="RSA public key for --add-member."),
     ] = None,
     remove_member: Annotated[
-        list[str] | None, typer.Option("--remove-member", help="remove_member ID")
+        list[str] | None, typer.Option("--remove-member", metavar="ID", help="remove_member ID")
     ] = None,
     trust_node: Annotated[
-        list[str] | None, typer.Option("--trust-node", help="transition_node_to_trusted ID")
+        list[str] | None,
+        typer.Option("--trust-node", metavar="ID", help="transition_node_to_trusted ID"),
     ] = None,
     remove_node: Annotated[
-        list[str] | None, typer.Option("--remove-node", help="remove_node ID")
+        list[str] | None, typer.Option("--remove-node", metavar="ID", help="remove_node ID")
     ] = None,
     recovery_threshold: Annotated[
-        int | None, typer.Option("--recovery-threshold", help="set_recovery_threshold N")
+        int | None,
+        typer.Option("--recovery-threshold", metavar="N", help="set_recovery_threshold N"),
     ] = None,
     rekey: Annotated[bool, typer.Option("--rekey", help="trigger_ledger_rekey")] = False,
     dry_run: Annotated[
@@ -232,7 +242,8 @@ def propose(
 ) -> None:
     """Submit a proposal signed by a member, from a JSON file or from flags.
 
-    Example: charter propose --network workspace/sandbox/network.json --member 0 --add-user user1_cert.pem --open-service
+    \b
+    Example: charter propose --network workspace/sandbox/network.json --member 0 --add-user workspace/sandbox/users/user1_cert.pem
     """
     t = resolve_target(
         network=network, url=url, service_cert=service_cert, cert=cert, key=key,
@@ -270,7 +281,7 @@ def propose(
         if as_json:
             print_json(result)
         else:
-            stdout.print_json(json.dumps(result))
+            stdout.print(dry_run_summary(result), markup=False)
         return
     if as_json:
         print_json(result.to_json())
@@ -296,6 +307,7 @@ def vote(
 ) -> None:
     """Vote on an open proposal as a member.
 
+    \b
     Example: charter vote 3f2a…e1 --approve --network workspace/sandbox/network.json --member 1
     """
     if approve is None:
@@ -328,6 +340,7 @@ def withdraw(
 ) -> None:
     """Withdraw one of your open proposals.
 
+    \b
     Example: charter withdraw 3f2a…e1 --network workspace/sandbox/network.json --member 0
     """
     t = resolve_target(
@@ -360,6 +373,7 @@ def ack(
 ) -> None:
     """Activate a newly added member by acknowledging the service's state digest.
 
+    \b
     Example: charter ack --network workspace/sandbox/network.json --member 1
     """
     t = resolve_target(
@@ -379,7 +393,7 @@ def ack(
         stdout.print(f"member {member_id} acknowledged state digest {digest}")
 
 
-def _show_proposal(t: Target, proposal_id: str, as_json: bool) -> None:
+def _show_proposal(t: Target, proposal_id: str, as_json: bool, network: Path | None) -> None:
     async def go() -> tuple[Proposal, list[dict[str, Any]]]:
         async with _client(t) as c:
             return await get_proposal(c, proposal_id), await get_proposal_actions(c, proposal_id)
@@ -388,10 +402,12 @@ def _show_proposal(t: Target, proposal_id: str, as_json: bool) -> None:
     if as_json:
         print_json({**p.to_json(), "actions": actions})
         return
+    labels = member_labels(_listing(t, "members"), network)
     _print_proposal(p)
-    stdout.print(f"proposer {p.proposer_id or '-'}")
+    stdout.print(f"proposer {who(p.proposer_id, labels, 64)}")
     for vote_member, approve in p.final_votes.items():
-        stdout.print(f"vote     {vote_member} {'approve' if approve else 'reject'}")
+        ballot = "approve" if approve else "reject"
+        stdout.print(f"vote     {who(vote_member, labels, 64)} {ballot}")
     for action in actions:
         # Arguments can be long (PEM certificates): --json has them whole.
         args = clip(action.get("args", {}))
@@ -415,11 +431,12 @@ def proposals(
 ) -> None:
     """List governance proposals in a table, or show one with its actions (--id).
 
+    \b
     Example: charter proposals --network workspace/sandbox/network.json --state Open
     """
     t = resolve_target(network=network, url=url, service_cert=service_cert, node=node)
     if proposal_id is not None:
-        _show_proposal(t, proposal_id, as_json)
+        _show_proposal(t, proposal_id, as_json, network)
         return
 
     async def go() -> list[Proposal]:
@@ -430,12 +447,15 @@ def proposals(
     if as_json:
         print_json([p.to_json() for p in found])
         return
+    labels = member_labels(_listing(t, "members"), network) if found else {}
     table = Table(_id_column("proposal id"), "proposer", "state", "ballots", "final votes")
     for p in found:
         votes = ", ".join(
-            f"{_short(k, 8)}:{'yes' if v else 'no'}" for k, v in p.final_votes.items()
+            f"{who(k, labels, 8)}: {'yes' if v else 'no'}" for k, v in p.final_votes.items()
         )
-        table.add_row(p.proposal_id, _short(p.proposer_id), p.state, str(p.ballot_count), votes)
+        table.add_row(
+            p.proposal_id, who(p.proposer_id, labels), p.state, str(p.ballot_count), votes
+        )
     print_table(table)
 
 
@@ -462,6 +482,7 @@ def members(
 ) -> None:
     """List the consortium's members.
 
+    \b
     Example: charter members --network workspace/sandbox/network.json
     """
     t = resolve_target(network=network, url=url, service_cert=service_cert, node=node)
@@ -469,10 +490,16 @@ def members(
     if as_json:
         print_json(items)
         return
-    table = Table(_id_column("member id"), "status", "recovery role")
+    labels = member_labels(items, network)
+    table = Table("#", "name", _id_column("member id"), "status", "recovery role")
     for m in items:
+        label = labels.get(str(m.get("memberId")), MemberLabel(None, None))
         table.add_row(
-            str(m.get("memberId", "?")), str(m.get("status", "?")), str(m.get("recoveryRole", "-"))
+            "-" if label.number is None else str(label.number),
+            label.name or "-",
+            str(m.get("memberId", "?")),
+            str(m.get("status", "?")),
+            str(m.get("recoveryRole", "-")),
         )
     print_table(table)
 
@@ -488,6 +515,7 @@ def users(
 ) -> None:
     """List the service's users.
 
+    \b
     Example: charter users --network workspace/sandbox/network.json --json
     """
     t = resolve_target(network=network, url=url, service_cert=service_cert, node=node)
@@ -512,7 +540,8 @@ def nodes(
 ) -> None:
     """List the network's nodes, their status and which is primary.
 
-    Example: charter nodes --url https://127.0.0.1:8000 --service-cert service_cert.pem
+    \b
+    Example: charter nodes --network workspace/sandbox/network.json
     """
     t = resolve_target(network=network, url=url, service_cert=service_cert, node=node)
     items = _listing(t, "nodes")
@@ -551,6 +580,7 @@ def status(
 ) -> None:
     """Show the service status, the node's state and the last committed transaction.
 
+    \b
     Example: charter status --network workspace/sandbox/network.json
     """
     t = resolve_target(network=network, url=url, service_cert=service_cert, node=node)
@@ -574,7 +604,7 @@ def status(
 
 
 # Registered last so that `charter --help` lists the everyday commands first.
-app.command(context_settings=PASSTHROUGH)(sandbox)
+app.command(context_settings=PASSTHROUGH_WITH_HELP)(sandbox)
 app.command(context_settings=PASSTHROUGH)(bench)
 
 

@@ -124,7 +124,12 @@ CertOpt = Annotated[Path | None, typer.Option("--cert", help="Your certificate (
 KeyOpt = Annotated[Path | None, typer.Option("--key", help="Your private key (PEM).")]
 MemberOpt = Annotated[
     int | None,
-    typer.Option("--member", help="Use member N of the --network file as identity.", min=0),
+    typer.Option(
+        "--member",
+        metavar="N",
+        help="Use member N of the --network file as identity (default: member 0).",
+        min=0,
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 NodeOpt = Annotated[

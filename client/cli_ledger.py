@@ -28,14 +28,18 @@ from charter.cli_common import (
     run_async,
     stdout,
 )
-from charter.errors import IdentityError, LedgerAuditFailed
+from charter.errors import IdentityError, LedgerAuditFailed, ReceiptInvalid
 from charter.identity import Network, TxId
 from charter.ledger.audit import AuditReport
 
 log = logging.getLogger(__name__)
 
-receipt_app = typer.Typer(help="Fetch and verify transaction receipts.", no_args_is_help=True)
-ledger_app = typer.Typer(help="Audit and read ledger directories offline.", no_args_is_help=True)
+receipt_app = typer.Typer(
+    help="Fetch and verify transaction receipts.", no_args_is_help=True, rich_markup_mode=None
+)
+ledger_app = typer.Typer(
+    help="Audit and read ledger directories offline.", no_args_is_help=True, rich_markup_mode=None
+)
 
 
 def _service_cert_offline(service_cert: Path | None, network: Path | None) -> Path | None:
@@ -71,6 +75,7 @@ def receipt_get(
 ) -> None:
     """Fetch the receipt of a committed transaction (waits while it is pending).
 
+    \b
     Example: charter receipt get 2.15 --network workspace/sandbox/network.json -o r.json
     """
     tx = TxId.parse(txid)
@@ -82,7 +87,8 @@ def receipt_get(
         async with CharterClient(t.url, t.service_cert) as c:
             if cose:
                 return await c.cose_receipt(tx, timeout_s=timeout_s)
-            return await c.receipt(tx, timeout_s=timeout_s)
+            # Verified below (or not, with --no-verify), for COSE receipts too.
+            return await c.receipt(tx, timeout_s=timeout_s, verify=False)
 
     receipt = run_async(go())
     data = receipt if isinstance(receipt, bytes) else json.dumps(receipt, indent=2).encode()
@@ -125,7 +131,8 @@ def receipt_verify(
 ) -> None:
     """Verify a receipt offline against the service certificate (no network access).
 
-    Example: charter receipt verify r.json --service-cert service_cert.pem
+    \b
+    Example: charter receipt verify r.json --service-cert workspace/sandbox/service_cert.pem
     """
     from charter.auditor import verify_receipt_file
 
@@ -138,7 +145,14 @@ def receipt_verify(
             claims = bytes.fromhex(claims_digest)
         except ValueError:
             raise IdentityError("--claims-digest must be hex") from None
-    check = verify_receipt_file(file, cert, claims_digest=claims)
+    try:
+        check = verify_receipt_file(file, cert, claims_digest=claims)
+    except ReceiptInvalid as e:
+        if not as_json:
+            raise
+        # As `ledger audit --json`: a verdict on stdout for scripts, exit status 1.
+        print_json({"valid": False, "reason": e.message})
+        raise typer.Exit(1) from None
     if as_json:
         print_json(
             {
@@ -199,7 +213,8 @@ def ledger_audit(
 
     Exits 1 and names the first bad seqno if anything fails.
 
-    Example: charter ledger audit workspace/node0/ledger --service-cert service_cert.pem
+    \b
+    Example: charter ledger audit workspace/sandbox/node0/workspace/ledger --include-uncommitted --network workspace/sandbox/network.json
     """
     cert = _service_cert_offline(service_cert, network)
     if as_json:
@@ -289,7 +304,8 @@ def ledger_read(
 
     Private (encrypted) domains show as their size.
 
-    Example: charter ledger read workspace/node0/ledger --from 1 --to 20
+    \b
+    Example: charter ledger read workspace/sandbox/node0/workspace/ledger --from 1 --to 20
     """
     from charter.ledger_dump import clip, read_entries
 

@@ -17,7 +17,7 @@ from charter.identity import load_json_file
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH_SCRIPT = REPO_ROOT / "scripts" / "bench.py"
 
-node_app = typer.Typer(help="Run a node process.", no_args_is_help=True)
+node_app = typer.Typer(help="Run a node process.", no_args_is_help=True, rich_markup_mode=None)
 
 
 def _node_command(config: Path) -> list[str]:
@@ -49,7 +49,8 @@ def node_start(
 ) -> None:
     """Start the first node of a new network (runs `python -m charter.host --config FILE`).
 
-    Example: charter node start workspace/node0/node.json
+    \b
+    Example: charter node start workspace/sandbox/node0/node.json
     """
     _exec_node(config, print_command)
 
@@ -62,7 +63,8 @@ def node_join(
 ) -> None:
     """Start a node that joins an existing network (its config names the target node).
 
-    Example: charter node join workspace/node1/node.json
+    \b
+    Example: charter node join workspace/sandbox/node1/node.json
     """
     _exec_node(config, print_command)
 
@@ -75,27 +77,31 @@ def node_recover(
 ) -> None:
     """Start a node in recovery mode on an old ledger (its config says so).
 
-    Example: charter node recover workspace/node0/recover.json
+    \b
+    Example: charter node recover workspace/sandbox/node0/recover.json
     """
     _exec_node(config, print_command)
 
 
 PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+# `charter sandbox --help` must show the sandbox's own (argparse) help, as -h does: one screen.
+PASSTHROUGH_WITH_HELP = {**PASSTHROUGH, "help_option_names": []}
 
 
 @guarded
 def sandbox(ctx: typer.Context) -> None:
     """Start a local network serving the sample app, open it, and keep it up until Ctrl-C.
 
-    Sandbox options: --nodes N (default 3), --workspace DIR (default workspace/sandbox),
-    --port-base PORT, --app logging|acl|scitt|MODULE. It writes DIR/network.json for --network.
+    Options: --nodes N, --workspace DIR, --port-base PORT, --app logging|acl|scitt|MODULE
+    (see `charter sandbox --help`, the same screen as -h).
 
+    \b
     Example: charter sandbox --nodes 3 --workspace workspace/sandbox
     """
     try:
-        from charter.sandbox import run
+        from charter.sandbox_command import run
     except ImportError:
-        fail("the sandbox is not available in this version (client/sandbox.py is missing)")
+        fail("the sandbox is not available in this version (client/sandbox_command.py is missing)")
     code = run(list(ctx.args))
     raise typer.Exit(int(code or 0))
 
@@ -105,6 +111,7 @@ def bench(ctx: typer.Context) -> None:
     """Run the benchmark (scripts/bench.py); extra arguments go to it (`charter bench -h`
     lists them: --nodes, --clients, --duration-s, --network, --out, --compare-nodes, …).
 
+    \b
     Example: charter bench --network workspace/sandbox/network.json --clients 32
     """
     script = BENCH_SCRIPT

@@ -96,6 +96,17 @@ class ConnectionFailed(CharterError):
     default_code = "ConnectionFailed"
 
 
+class CertificateRefused(ConnectionFailed):
+    """The node refused the client certificate: it is not, or no longer, registered.
+
+    TLS gives the client no error message for this: the node ends the handshake, and the
+    client sees its connection reset. The SDK checks that the node itself answers (without
+    a client certificate) before it reports this rather than a plain `ConnectionFailed`.
+    """
+
+    default_code = "CertificateRefused"
+
+
 class ProtocolError(CharterError):
     """The service answered something that does not follow the documented API."""
 

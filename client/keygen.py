@@ -66,7 +66,8 @@ def generate_identity(
     days: int = CERT_VALIDITY_DAYS_DEFAULT,
     overwrite: bool = False,
 ) -> KeygenResult:
-    """Write a P-384 key and self-signed cert (and optionally an RSA-OAEP key pair)."""
+    """Write a P-384 key and self-signed cert (and optionally an RSA-OAEP key pair) into
+    `directory`, which is created if missing."""
     if not _NAME_RE.match(name):
         raise IdentityError(f"name must be 1-64 letters, digits, '_', '.', '-': {name!r}")
     if rsa_bits < RSA_KEY_BITS_MIN:
@@ -74,8 +75,13 @@ def generate_identity(
     if days <= 0:
         raise IdentityError("certificate validity must be at least one day")
     out = Path(directory)
-    if not out.is_dir():
-        raise IdentityError(f"output directory not found: {out}")
+    try:
+        # `charter keygen user1 --dir workspace/new` should just work: make the folder.
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise IdentityError(f"output path exists and is not a directory: {out}") from None
+    except OSError as e:
+        raise IdentityError(f"cannot create output directory {out}: {e.strerror or e}") from None
     key = new_key()
     cert_pem_text = cert_pem(self_signed_cert(key, name, ca=False, days=days))
     cert_path = out / f"{name}_cert.pem"

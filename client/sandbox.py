@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -35,6 +36,9 @@ MEMBER_COUNT = 3
 USER_COUNT = 1
 NODE_START_TIMEOUT_S = 60.0
 POLL_INTERVAL_S = 0.05
+LOCK_FILE_NAME = "sandbox.pid"
+# Bounds the scan for an earlier run's node configs.
+NODES_MAX = 64
 
 
 class SandboxError(Exception):
@@ -97,6 +101,11 @@ class NodeProcess:
         while time.monotonic() < deadline:
             code = self.process.poll()
             if code is not None:
+                reason = self.fatal_reason()
+                if reason is not None:
+                    # The enclave said why in one line (e.g. an app module that does not
+                    # import): that line is the message, not the log's last screen.
+                    raise SandboxError(f"node {self.index} stopped: {reason}")
                 raise SandboxError(
                     f"node {self.index} exited with code {code}; see {self.log_path}:\n"
                     + _tail(self.log_path)
@@ -110,6 +119,14 @@ class NodeProcess:
         raise SandboxError(
             f"node {self.index} did not start in {timeout_s:.0f}s; see {self.log_path}"
         )
+
+    def fatal_reason(self) -> str | None:
+        """Why the node stopped, as its host recorded it in ports.json (None if it did not)."""
+        with contextlib.suppress(OSError, ValueError):
+            reason = json.loads(self.ports_path.read_text()).get("fatal")
+            if isinstance(reason, str) and reason:
+                return reason
+        return None
 
     def stop(self, timeout_s: float = 10.0) -> None:
         proc = self.process
@@ -162,6 +179,7 @@ class Sandbox:
         self.configure_node = configure_node
         self.nodes: list[NodeProcess] = []
         self.resumed = False
+        self._lock_fd: int | None = None
 
     # ------------------------------------------------------------------ files
     @property
@@ -179,6 +197,79 @@ class Sandbox:
     def user_paths(self, i: int) -> tuple[Path, Path]:
         d = self.workspace / "users"
         return d / f"user{i}_cert.pem", d / f"user{i}_privk.pem"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.workspace / LOCK_FILE_NAME
+
+    def served_app(self) -> str:
+        """The app module the nodes serve: an earlier run's choice wins over `app`."""
+        configs = self.existing_configs()
+        return str(configs[0].get("app", self.app)) if configs else self.app
+
+    def holds_network(self) -> bool:
+        """Whether the workspace holds a network started before (a start resumes it)."""
+        return (self.workspace / "node0" / "workspace" / "sealed.bin").exists()
+
+    def existing_configs(self) -> list[dict[str, Any]]:
+        """The node configs an earlier run wrote, in node order (empty for a new workspace)."""
+        configs = []
+        for i in range(NODES_MAX):
+            path = self.workspace / f"node{i}" / "node.json"
+            if not path.is_file():
+                break
+            with contextlib.suppress(OSError, ValueError):
+                configs.append(json.loads(path.read_text()))
+        return configs
+
+    def lock(self) -> None:
+        """Claim the workspace for this process, or say who holds it; changes nothing then.
+
+        A second sandbox on a running workspace would bind the same ports, fail, and append
+        its failure to the running nodes' logs: refuse before touching anything.
+        """
+        if self._lock_fd is not None:
+            return
+        self.workspace.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", errors="replace").strip() or "?"
+            os.close(fd)
+            raise SandboxError(
+                f"a sandbox is already running on this workspace (pid {holder})"
+            ) from None
+        running = self._running_host_pid()
+        if running is not None:
+            os.close(fd)
+            raise SandboxError(
+                f"nodes of an earlier sandbox still run on this workspace (pid {running}); "
+                f"stop them (kill {running}) or use another --workspace"
+            )
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            # Closing drops the flock; the file stays (removing it could race a new holder).
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _running_host_pid(self) -> int | None:
+        """A host process of this workspace's nodes still alive (e.g. its sandbox was killed)."""
+        for i, _ in enumerate(self.existing_configs()):
+            config_path = str(self.workspace / f"node{i}" / "node.json")
+            with contextlib.suppress(OSError, ValueError, TypeError):
+                ports = json.loads(
+                    (self.workspace / f"node{i}" / "workspace" / "ports.json").read_text()
+                )
+                pid = int(ports["host_pid"])
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                if config_path.encode() in cmdline and b"charter.host" in cmdline:
+                    return pid
+        return None
 
     def prepare(self) -> None:
         """Create keys and node configs, or find those of an earlier run (resume)."""
@@ -257,6 +348,7 @@ class Sandbox:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         """Start (or resume) every node and open the service; then write network.json."""
+        self.lock()
         self.prepare()
         first = self.nodes[0]
         first.start()
@@ -368,6 +460,7 @@ class Sandbox:
     def stop(self) -> None:
         for node in reversed(self.nodes):
             node.stop()
+        self.unlock()
 
     def write_network(self) -> None:
         doc = {
@@ -438,138 +531,3 @@ def _tail(path: Path, lines: int = 20) -> str:
     with contextlib.suppress(OSError):
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     return ""
-
-
-# ---------------------------------------------------------------------------------------------
-# The command: `charter sandbox [--nodes N] [--workspace DIR] [--port-base P] [--app MODULE]`
-
-APPS = {
-    "logging": "charter.enclave_app.samples.logging",
-    "acl": "charter.enclave_app.samples.acl",
-    "scitt": "charter.enclave_app.samples.scitt",
-}
-
-
-def _example_lines(
-    sandbox: Sandbox, url: str, cert: Path, user_cert: Path, user_key: Path
-) -> list[str]:
-    """A ready command that writes a record with the app being served."""
-    if sandbox.app == APPS["acl"]:
-        return [
-            "Write a ledger entry as user0 (Azure Confidential Ledger API; see docs/acl.md):",
-            f"  curl '{url}/app/transactions?api-version=2022-05-13' --cacert {cert} \\",
-            f"    --cert {user_cert} --key {user_key} \\",
-            """    -H 'Content-Type: application/json' -d '{"contents": "hello"}' -i""",
-        ]
-    return [
-        "Write a private record as user0:",
-        f"  curl {url}/app/log/private --cacert {cert} \\",
-        f"    --cert {user_cert} --key {user_key} \\",
-        """    -H 'Content-Type: application/json' -d '{"id": 1, "msg": "hello"}' -i""",
-    ]
-
-
-def panel_text(sandbox: Sandbox) -> str:
-    user_cert, user_key = sandbox.user_paths(0)
-    first = sandbox.nodes[0]
-    cert = sandbox.service_cert_path
-    lines = ["Nodes:"]
-    for node in sandbox.nodes:
-        lines.append(
-            f"  node{node.index}  {node.url}  id {node.node_id[:16]}…  log {node.log_path}"
-        )
-    lines += [
-        "",
-        f"Service certificate: {cert}",
-        f"Members (keys, certs): {sandbox.workspace / 'members'}",
-        f"Users (keys, certs):   {sandbox.workspace / 'users'}",
-        f"Network description:   {sandbox.network_path}",
-        f"Console (browser):     {first.url}/console",
-        "",
-        *_example_lines(sandbox, first.url, cert, user_cert, user_key),
-        "",
-        "Get and verify the receipt of the transaction id it returned (x-ms-ccf-transaction-id):",
-        f"  charter receipt get <txid> --network {sandbox.network_path} --verify",
-        "",
-        "Audit a node's ledger offline (its last chunk is still open while it runs):",
-        f"  charter ledger audit {first.directory / 'workspace' / 'ledger'} --include-uncommitted",
-    ]
-    return "\n".join(lines)
-
-
-async def _status_line(sandbox: Sandbox) -> str:
-    for node in sandbox.nodes:
-        with contextlib.suppress(Exception):
-            async with sandbox.client(node) as client:
-                network = await client.network()
-                commit = await client.get_json("/node/commit")
-                primary = str(network.get("primary_id") or "?")[:12]
-                return f"primary {primary}…  commit {commit.get('transaction_id')}"
-    return "no node answers"
-
-
-async def _serve(sandbox: Sandbox) -> int:
-    from rich.console import Console
-
-    console = Console()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    verb = "Resuming" if sandbox.workspace.joinpath("network.json").exists() else "Starting"
-    console.print(f"{verb} a {sandbox.node_count}-node network in {sandbox.workspace} …")
-    try:
-        await sandbox.start()
-    except BaseException:
-        sandbox.stop()
-        raise
-    # A ruled panel whose lines never wrap, so the commands copy and paste whole.
-    console.rule("[bold]Charter sandbox is open")
-    console.print(panel_text(sandbox), soft_wrap=True, highlight=False, markup=False)
-    console.rule()
-    console.print("Press Ctrl-C to stop.")
-    last_commit = None
-    last_time = time.monotonic()
-    try:
-        while not stop.is_set():
-            line = await _status_line(sandbox)
-            for node in sandbox.nodes:
-                if node.process is not None and node.process.poll() is not None:
-                    console.print(f"node{node.index} stopped (code {node.process.returncode})")
-            now = time.monotonic()
-            seqno = line.rpartition(".")[2] if "commit" in line else None
-            rate = ""
-            if seqno and seqno.isdigit() and last_commit is not None:
-                rate = f"  {(int(seqno) - last_commit) / max(now - last_time, 1e-6):.0f} tx/s"
-            if seqno and seqno.isdigit():
-                last_commit, last_time = int(seqno), now
-            if console.is_terminal:
-                console.print(f"\r{line}{rate}      ", end="")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 2.0)
-    finally:
-        console.print("\nStopping the network …")
-        await asyncio.to_thread(sandbox.stop)
-        console.print("Stopped.")
-    return 0
-
-
-def run(argv: list[str]) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="charter sandbox", description=__doc__.split("\n")[0])
-    parser.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
-    parser.add_argument("--workspace", type=Path, default=DEFAULT_WORKSPACE)
-    parser.add_argument("--port-base", type=int, default=None, help="first port (else free ports)")
-    parser.add_argument(
-        "--app", default="logging", help="logging (default), acl, scitt, or a module path"
-    )
-    args = parser.parse_args(argv)
-    sandbox = Sandbox(
-        args.workspace, nodes=args.nodes, port_base=args.port_base, app=APPS.get(args.app, args.app)
-    )
-    try:
-        return asyncio.run(_serve(sandbox))
-    except SandboxError as exc:
-        print(f"charter sandbox: {exc}", file=sys.stderr)
-        return 1

@@ -4,8 +4,7 @@
                              cert_path="user0_cert.pem", key_path="user0_privk.pem") as c:
         r = await c.post("/app/log", json={"id": 1, "msg": "hello"})
         await c.wait_for_commit(r.txid)
-        receipt = await c.receipt(r.txid)
-        c.verify_receipt(receipt)
+        receipt = await c.receipt(r.txid)  # verified against the service certificate
 
 TLS trusts exactly one anchor, the service certificate: node certificates are issued by the
 service key, so a client that pins it talks only to nodes the service has endorsed, whichever
@@ -27,6 +26,7 @@ import aiohttp
 from multidict import CIMultiDictProxy
 
 from charter.errors import (
+    CertificateRefused,
     CharterError,
     CommitTimeout,
     ConnectionFailed,
@@ -58,6 +58,9 @@ REQUEST_TIMEOUT_S_DEFAULT = 30.0
 POLL_INTERVAL_S_MIN = 0.02
 POLL_INTERVAL_S_MAX = 0.5
 RETRY_AFTER_S_MAX = 5.0
+# After a failed request with a client certificate: how long to wait for the node's answer
+# without one, which tells a refused certificate from a node that is down.
+PROBE_TIMEOUT_S = 5.0
 # Paged lists (`nextLink`) are followed at most this many times.
 LIST_PAGES_MAX = 1000
 
@@ -225,6 +228,8 @@ class CharterClient:
                 f"certificate {self.service_cert_path} ({e.certificate_error})"
             ) from None
         except aiohttp.ClientSSLError as e:
+            if self.cert_path is not None and await self._answers_without_identity():
+                raise self._refused() from None
             raise ConnectionFailed(f"TLS handshake with {self.url} failed: {e}") from None
         except aiohttp.ClientConnectorError as e:
             reason = e.os_error.strerror or str(e.os_error)
@@ -232,14 +237,13 @@ class CharterClient:
                 f"cannot connect to {self.url}: {reason} (is the node running at that address?)"
             ) from None
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
-            # With TLS 1.3 a server that rejects the client certificate says so only by
-            # closing the connection after the handshake; name the likely cause.
-            hint = (
-                f" (is the client certificate {self.cert_path} registered with the service?)"
-                if self.cert_path is not None
-                else ""
-            )
-            raise ConnectionFailed(f"connection to {self.url} failed: {e}{hint}") from None
+            # With TLS 1.3 a node that refuses the client certificate (never registered, or
+            # its user removed) says so only by closing the connection after the handshake:
+            # "connection reset by peer". If the node answers without the certificate, the
+            # certificate was the problem, and the error says so.
+            if self.cert_path is not None and await self._answers_without_identity():
+                raise self._refused() from None
+            raise ConnectionFailed(f"connection to {self.url} failed: {e}") from None
         except aiohttp.ClientPayloadError as e:
             raise ConnectionFailed(f"incomplete response from {self.url}: {e}") from None
         except TimeoutError:
@@ -248,6 +252,29 @@ class CharterClient:
             ) from None
         log.debug("request method=%s path=%s status=%d", method, path, result.status)
         return result
+
+    def _refused(self) -> CertificateRefused:
+        return CertificateRefused(
+            f"{self.url} refused the client certificate {self.cert_path}: it is not, or no "
+            "longer, registered with the service (a removed user or member is refused at "
+            "the TLS handshake, which shows as a connection reset)"
+        )
+
+    async def _answers_without_identity(self) -> bool:
+        """Whether the node answers `/node/state` over TLS without a client certificate."""
+        ctx = build_ssl_context(self.service_cert_path)
+        timeout_s = min(self.request_timeout_s, PROBE_TIMEOUT_S)
+        try:
+            async with (
+                aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(ssl=ctx, limit=1),
+                    timeout=aiohttp.ClientTimeout(total=timeout_s),
+                ) as session,
+                session.get(self.url + "/node/state") as resp,
+            ):
+                return resp.status < 500
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return False
 
     async def get(self, path: str, *, params: dict[str, str] | None = None) -> Response:
         return await self.request("GET", path, params=params)
@@ -369,11 +396,20 @@ class CharterClient:
             await asyncio.sleep(min(_retry_after_s(r.headers, interval_s), remaining_s))
             interval_s = min(interval_s * 2, POLL_INTERVAL_S_MAX)
 
-    async def receipt(self, txid: TxId | str, timeout_s: float = 30.0) -> dict[str, Any]:
-        """The JSON receipt of a committed transaction (waits while the service answers 202)."""
+    async def receipt(
+        self, txid: TxId | str, timeout_s: float = 30.0, *, verify: bool = True
+    ) -> dict[str, Any]:
+        """The JSON receipt of a committed transaction (waits while the service answers 202).
+
+        It is verified against the pinned service certificate before it is returned (as
+        `charter receipt get` does), raising `ReceiptInvalid` if it does not verify; pass
+        `verify=False` to get it unchecked, e.g. to store it and verify it elsewhere.
+        """
         r = await self._poll_receipt("/node/receipt", _as_txid(txid), timeout_s)
         if not isinstance(r.body, dict):
             raise ProtocolError("/node/receipt did not return a JSON object")
+        if verify:
+            self.verify_receipt(r.body)
         return r.body
 
     async def cose_receipt(self, txid: TxId | str, timeout_s: float = 30.0) -> bytes:

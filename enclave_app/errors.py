@@ -45,3 +45,13 @@ class HttpError(EnclaveAppError):
         assert 400 <= status <= 599, f"an HttpError status must be 4xx/5xx, got {status}"
         super().__init__(message, code=code)
         self.status = status
+
+
+class AppLoadError(EnclaveAppError):
+    """The node config's ``app`` module cannot serve: it does not import, or has no ``app``.
+
+    The message is one line that names the module, what went wrong and how to fix it; the
+    node stops with it instead of a stack trace.
+    """
+
+    default_code = "AppLoadError"

@@ -28,6 +28,7 @@ from charter.enclave_app import interface as itf
 from charter.enclave_app import node_endpoints
 from charter.enclave_app.app import App, HttpResponse
 from charter.enclave_app.console import Console
+from charter.enclave_app.errors import AppLoadError
 from charter.enclave_app.http_server import (
     BodyError,
     HttpServer,
@@ -269,6 +270,11 @@ class Runtime:
         frames = loop.create_task(self.frame_loop())
         try:
             await self.start(frame)
+        except AppLoadError as exc:
+            # The operator's mistake, said in one line: a stack trace would only bury it.
+            self.fatal(exc.message)
+            await asyncio.sleep(0.2)
+            return 1
         except Exception as exc:
             LOG.error("event=start_failed\n%s", traceback.format_exc())
             self.fatal(f"start failed: {type(exc).__name__}: {exc}")
@@ -485,10 +491,41 @@ def _close(fds: list[int]) -> None:
 
 
 def _load_app(module_path: str) -> App:
-    module = importlib.import_module(module_path)
+    """Import the config's app module and return its `app`; AppLoadError says why not."""
+    try:
+        module = importlib.import_module(module_path)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or "?"
+        if module_path == missing or module_path.startswith(missing + "."):
+            search = os.environ.get("PYTHONPATH")
+            raise AppLoadError(
+                f"app module {module_path!r} not found "
+                f"({'PYTHONPATH=' + search if search else 'PYTHONPATH is unset'}): check the "
+                "`app` name for a typo, and put the folder that holds the module on "
+                "PYTHONPATH or install its package"
+            ) from None
+        raise AppLoadError(
+            f"app module {module_path!r} imports {missing!r}, which is not installed: "
+            f"install it in the node's environment ({sys.executable})"
+        ) from None
+    except SyntaxError as exc:
+        raise AppLoadError(
+            f"app module {module_path!r} has a syntax error at {exc.filename}:{exc.lineno}: "
+            f"{exc.msg}"
+        ) from None
+    except Exception as exc:
+        # The module's own top-level code failed; name the line so it can be fixed.
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        raise AppLoadError(
+            f"app module {module_path!r} failed while importing: {type(exc).__name__}: {exc} "
+            f"(at {frame.filename}:{frame.lineno})"
+        ) from None
     app = getattr(module, "app", None)
     if not isinstance(app, App):
-        raise RuntimeError(f"{module_path} has no `app = App(...)`")
+        raise AppLoadError(
+            f"app module {module_path!r} has no `app = App(...)` at module level: define one "
+            "(see docs/app-developer-guide.md)"
+        )
     return app
 
 

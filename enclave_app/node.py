@@ -1445,6 +1445,18 @@ class Node:
                 "receipts are served for the last "
                 f"{self.config.memory.receipt_transactions} transactions only",
             )
+        if not cose and status == TxStatus.COMMITTED and self.history.is_signature(seqno):
+            # As CCF: a signature transaction's receipt is its own signature over the root it
+            # records (`is_signature_transaction: true`, `leaf` = that root, no proof).
+            own = self.history.signature_after(seqno - 1)
+            assert own is not None and own.seqno == seqno, "a signature holds its own record"
+            doc = receipt.build_signature_receipt(
+                node_cert_pem=own.node_cert_pem or "",
+                node_id=own.node_id,
+                signature=own.signature,
+                root=own.root,
+            )
+            return HttpResponse(200, json.dumps(doc).encode(), {}, "application/json")
         material = self.history.receipt_material(seqno) if status == TxStatus.COMMITTED else None
         if material is None or material[1].seqno > self.commit_seqno:
             return HttpResponse(

@@ -61,6 +61,13 @@ _ENV_PASSTHROUGH = ("PATH", "PYTHONPATH", "LANG", "LC_ALL", "TZ")
 def enclave_environment() -> dict[str, str]:
     env = {k: os.environ[k] for k in _ENV_PASSTHROUGH if k in os.environ}
     env.setdefault("PATH", os.defpath)
+    if "PYTHONPATH" in env:
+        # The enclave runs in the node's workspace folder: a relative entry (`PYTHONPATH=.`,
+        # as one types it for an app beside the config) would point somewhere else there.
+        # Entries mean what they meant where the host was started.
+        env["PYTHONPATH"] = os.pathsep.join(
+            os.path.abspath(entry or os.curdir) for entry in env["PYTHONPATH"].split(os.pathsep)
+        )
     return env
 
 
@@ -307,6 +314,10 @@ class Host:
                 elif isinstance(frame, Fatal):
                     reason = self.storage.name_ledger_file(frame.reason)
                     _log.error("enclave fatal error reason=%r", reason)
+                    # Whoever started this node (the sandbox, a script) reads why it stopped
+                    # here, without digging the reason out of the log.
+                    self.ports["fatal"] = reason
+                    self._write_ports()
                     self._request_stop(f"enclave fatal error: {reason}", 1)
                 else:
                     _log.warning("unexpected frame from enclave type=%s", type(frame).__name__)

@@ -12,6 +12,9 @@ client certificate (``auth="user_cert"``).
     DELETE /app/log/private?id=42                               -> 204
     GET    /app/log/private/count                               -> {"count": 0}
 
+A POST answers ``true`` with no newline, as CCF's logging sample does (CCF clients parse
+it); ``curl -w '\n'`` keeps a terminal's prompt on its own line.
+
 Set ``"record_claim": true`` in a POST to bind SHA-256(msg) into the transaction's ledger leaf
 as its claims digest: the receipt of that transaction then proves the message.
 

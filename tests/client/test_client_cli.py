@@ -100,7 +100,8 @@ def test_keygen_json_output_names_files_and_id(tmp_path: Path) -> None:
 
 
 def test_keygen_errors_are_one_line(tmp_path: Path) -> None:
-    assert_fails_cleanly(run("keygen", "m", "--dir", tmp_path / "missing"), "not found")
+    (tmp_path / "a-file").write_text("")
+    assert_fails_cleanly(run("keygen", "m", "--dir", tmp_path / "a-file"), "not a directory")
     assert run("keygen", "m", "--dir", tmp_path).exit_code == 0
     assert_fails_cleanly(run("keygen", "m", "--dir", tmp_path), "already exists")
     assert_fails_cleanly(run("keygen", "m", "--dir", tmp_path, "--rsa-bits", "1024"), "2048")
@@ -389,7 +390,7 @@ def test_node_start_and_join_check_the_config_and_build_the_host_command(tmp_pat
 
 def test_sandbox_fails_clearly_when_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
     # A None entry in sys.modules makes the import fail, as in an install without it.
-    monkeypatch.setitem(sys.modules, "charter.sandbox", None)
+    monkeypatch.setitem(sys.modules, "charter.sandbox_command", None)
     assert_fails_cleanly(run("sandbox", "--nodes", "1"), "not available")
 
 

@@ -20,6 +20,7 @@ from charter.errors import (
     InvalidInput,
     NotFound,
     ProtocolError,
+    ReceiptInvalid,
     ServiceUnavailable,
     TransactionInvalid,
 )
@@ -140,7 +141,7 @@ async def test_receipt_is_retried_while_service_answers_202(
 
     url = await tls_server({"/node/receipt": receipt})
     async with CharterClient(url, pki.service_cert) as c:
-        assert (await c.receipt("2.5", timeout_s=5))["node_id"] == "n"
+        assert (await c.receipt("2.5", timeout_s=5, verify=False))["node_id"] == "n"
     assert calls == 3
 
 
@@ -264,5 +265,47 @@ async def test_commit_and_receipt_polling_ride_out_service_unavailable(
     url = await tls_server({"/node/tx": tx, "/node/receipt": receipt})
     async with CharterClient(url, pki.service_cert) as c:
         assert await c.wait_for_commit("3.4", timeout_s=5) == TxId(3, 4)
-        assert (await c.receipt("3.4", timeout_s=5))["node_id"] == "n"
+        assert (await c.receipt("3.4", timeout_s=5, verify=False))["node_id"] == "n"
     assert calls == {"tx": 3, "receipt": 3}
+
+
+def _receipt_signed_by_pki_node(pki: Pki, write_set_digest: bytes) -> dict[str, object]:
+    """A receipt whose one-leaf tree root is signed by the test node the service endorsed."""
+    from charter.ledger import certs
+    from charter.ledger.receipt import build_json_receipt, leaf_digest
+    from charter.ledger.signatures import sign_root
+
+    node_key = certs.load_key(pki.node_key.read_text())
+    evidence = "ce:2.5:" + "11" * 32
+    root = leaf_digest(write_set_digest, evidence, bytes(32))
+    return build_json_receipt(
+        node_cert_pem=pki.node_cert.read_text(),
+        node_id=certs.node_id(node_key.public_key()),
+        signature=sign_root(node_key, root),
+        proof=[],
+        write_set_digest=write_set_digest,
+        commit_evidence=evidence,
+        claims_digest=bytes(32),
+    )
+
+
+async def test_receipt_is_verified_against_the_pinned_service_cert_by_default(
+    pki: Pki, tls_server: StartServer
+) -> None:
+    good = _receipt_signed_by_pki_node(pki, b"\x01" * 32)
+    # The same receipt claiming another write set: its signature no longer covers the root.
+    forged = {**good, "leaf_components": {**good["leaf_components"], "write_set_digest": "02" * 32}}  # type: ignore[dict-item]
+    answers = {"2.5": good, "2.6": forged}
+
+    async def receipt(request: web.Request) -> web.Response:
+        return _json(answers[request.query["transaction_id"]])
+
+    url = await tls_server({"/node/receipt": receipt})
+    async with CharterClient(url, pki.service_cert) as c:
+        assert (await c.receipt("2.5"))["node_id"] == good["node_id"]
+        with pytest.raises(ReceiptInvalid, match="does not verify"):
+            await c.receipt("2.6")
+        # The explicit opt-out returns it unchecked.
+        assert (await c.receipt("2.6", verify=False))["leaf_components"] == forged[
+            "leaf_components"
+        ]

@@ -379,8 +379,8 @@ def _click_commands() -> dict[str, set[str]]:
 
 
 def _sandbox_options() -> set[str]:
-    # `charter sandbox` hands its arguments to charter.sandbox.run's own argparse parser.
-    from charter.sandbox import run
+    # `charter sandbox` hands its arguments to charter.sandbox_command.run's argparse parser.
+    from charter.sandbox_command import run
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
