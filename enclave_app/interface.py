@@ -874,6 +874,15 @@ class JoinConfig(_Model):
     service_cert: ConfigPath
 
 
+class SnpConfig(_Model):
+    """Settings of the `snp` platform (ignored on `virtual`)."""
+
+    # PEM: the chip's VCEK, then AMD's ASK and ARK. Without it, the certificates the host
+    # provisioned with the report (configfs-tsm's auxblob) are used; the enclave verifies
+    # them up to AMD's pinned roots either way.
+    endorsements_file: str | None = pydantic.Field(default=None, max_length=4096)
+
+
 class StartConfig(_Model):
     mode: Literal["start", "join", "recover"] = "start"
     members: list[MemberConfig] = []
@@ -903,7 +912,8 @@ class NodeConfig(_Model):
     # What peers dial (e.g. a relay in front of this node); defaults to node_to_node_address.
     published_node_to_node_address: Address | None = None
     app: str = "charter.enclave_app.samples.logging"
-    platform: Literal["virtual"] = "virtual"
+    platform: Literal["virtual", "snp"] = "virtual"
+    snp: SnpConfig = pydantic.Field(default_factory=SnpConfig)
     tick_ms: int = pydantic.Field(default=10, ge=1, le=10_000)
     ledger_chunk_bytes: int = pydantic.Field(default=5_000_000, ge=1024)
     signatures: SignaturesConfig = pydantic.Field(default_factory=SignaturesConfig)

@@ -38,7 +38,8 @@ from charter.enclave_app.http_server import (
 )
 from charter.enclave_app.loop import run_loop
 from charter.enclave_app.node import TXID_HEADER, Forwarded, Node
-from charter.enclave_app.platform import VirtualPlatform
+from charter.enclave_app.platform import Platform, PlatformError, VirtualPlatform
+from charter.enclave_app.snp_platform import SnpPlatform
 
 LOG = logging.getLogger("enclave")
 
@@ -142,7 +143,7 @@ class Runtime:
             SessionLimits.from_config(config.rpc_interface),
             loop=asyncio.get_running_loop(),
         )
-        platform = VirtualPlatform(Path(config.workspace), app_module=config.app)
+        platform = _platform(config)
         app = _load_app(config.app)
         node = Node(config, platform, app, extra_apps=())
         self.node = node
@@ -273,6 +274,10 @@ class Runtime:
         except AppLoadError as exc:
             # The operator's mistake, said in one line: a stack trace would only bury it.
             self.fatal(exc.message)
+            await asyncio.sleep(0.2)
+            return 1
+        except PlatformError as exc:
+            self.fatal(f"the attestation platform cannot be used here: {exc}")
             await asyncio.sleep(0.2)
             return 1
         except Exception as exc:
@@ -488,6 +493,16 @@ def _close(fds: list[int]) -> None:
     for fd in fds:
         with contextlib.suppress(OSError):
             os.close(fd)
+
+
+def _platform(config: itf.NodeConfig) -> Platform:
+    if config.platform == "snp":
+        endorsements = config.snp.endorsements_file
+        platform = SnpPlatform(endorsements_file=Path(endorsements) if endorsements else None)
+        # Ask the firmware for a report now: a machine without SEV-SNP stops here, saying so.
+        LOG.info("event=snp_platform measurement=%s", platform.measurement)
+        return platform
+    return VirtualPlatform(Path(config.workspace), app_module=config.app)
 
 
 def _load_app(module_path: str) -> App:

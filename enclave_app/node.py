@@ -40,15 +40,17 @@ from charter.enclave_app.app import (
     HttpResponse,
     error_response,
 )
+from charter.enclave_app.attestation import JoinPolicy, admit_own_code, verify_evidence
 from charter.enclave_app.channels import ChannelError, Channels, open_sealed, seal_to
 from charter.enclave_app.errors import HttpError
 from charter.enclave_app.identity import Identity
 from charter.enclave_app.kv import Store, Tx
-from charter.enclave_app.platform import PlatformError, VirtualPlatform
+from charter.enclave_app.platform import Evidence, Platform, PlatformError
 from charter.enclave_app.rate_limit import RateLimiter
 from charter.enclave_app.runtime_view import RuntimeView
 from charter.enclave_app.tls import ServerTls
 from charter.enclave_app.tx_status import TxStatus, evaluate_tx_status
+from charter.governance import queries as gov_queries
 from charter.governance import tables as gt
 from charter.governance.effects import Effects
 from charter.governance.errors import GovernanceError
@@ -101,7 +103,7 @@ class Node:
     def __init__(
         self,
         config: itf.NodeConfig,
-        platform: VirtualPlatform,
+        platform: Platform,
         app: App,
         *,
         extra_apps: tuple[App, ...] = (),
@@ -245,12 +247,7 @@ class Node:
         )
         gt.put_json(tx, CONFIGURATION_TABLE, gt.SINGLETON_KEY, {"voters": [identity.node_id]})
         # The first node's own code is the first one allowed to join.
-        gt.put_json(
-            tx,
-            gt.NODES_VIRTUAL_MEASUREMENTS,
-            self.platform.measurement.encode(),
-            gt.ALLOWED_TO_JOIN,
-        )
+        admit_own_code(tx, self.platform.evidence(identity.public_key_der))
         self.commit_tx(tx)
         self.emit_signature()
         self.state = "PartOfNetwork"
@@ -292,15 +289,11 @@ class Node:
     def _node_info(self, status: str) -> dict[str, Any]:
         assert self.identity is not None
         rpc = self.config.published_rpc_address or self.config.rpc_address
-        report = self.platform.report(self.identity.public_key_der)
+        evidence = self.platform.evidence(self.identity.public_key_der)
         return {
             "status": status,
-            "quote_info": {
-                "format": report.format,
-                "quote": base64.b64encode(report.to_bytes()).decode(),
-                "endorsements": "",
-            },
-            "code_digest": report.measurement,
+            "quote_info": evidence.quote_info(),
+            "code_digest": self.platform.measurement,
             "public_key": certs.public_key_pem(self.identity.node_key.public_key()),
             "encryption_pub_key": "",
             "certificate_signing_request": "",
@@ -1199,18 +1192,23 @@ class Node:
         trusted node what it needs (service key and ledger secrets, sealed to its key)."""
         try:
             public_key = certs.load_public_key(request["public_key"])
-            report = base64.b64decode(request["quote"], validate=True)
+            evidence = Evidence.from_quote_info(
+                request["quote_format"], request["quote"], request["endorsements"]
+            )
         except Exception:
             raise HttpError(400, "InvalidInput", "public_key or quote is malformed") from None
         if not isinstance(public_key, ec.EllipticCurvePublicKey):
             raise HttpError(400, "InvalidInput", "node keys are ECDSA keys")
         node_id = certs.node_id(public_key)
-        accepted = {key.decode() for key, _ in tx.items(gt.NODES_VIRTUAL_MEASUREMENTS)}
+        policy = JoinPolicy(
+            virtual_measurements={k.decode() for k, _ in tx.items(gt.NODES_VIRTUAL_MEASUREMENTS)},
+            snp=gov_queries.snp_join_policy(tx),
+        )
         try:
-            verified = self.platform.verify_report(
-                report, public_key_der=certs.spki_der(public_key), accepted_measurements=accepted
+            verified = verify_evidence(
+                evidence, public_key_der=certs.spki_der(public_key), policy=policy
             )
-        except PlatformError as exc:
+        except (PlatformError, LedgerError) as exc:  # snp.SnpError is a LedgerError
             LOG.warning("event=join_refused node=%s reason=%s", node_id[:16], exc)
             raise HttpError(403, "InvalidQuote", str(exc)) from None
         info = gt.node_info(tx, node_id)
@@ -1221,11 +1219,7 @@ class Node:
             joiner = {
                 **self._node_info("Pending"),
                 "public_key": request["public_key"],
-                "quote_info": {
-                    "format": verified.format,
-                    "quote": request["quote"],
-                    "endorsements": "",
-                },
+                "quote_info": evidence.quote_info(),
                 "code_digest": verified.measurement,
                 "node_to_node_interface": {
                     "bind_address": request["node_to_node_address"],
@@ -1362,11 +1356,13 @@ class Node:
 
     def join_request_body(self) -> dict[str, Any]:
         assert self.identity is not None
-        report = self.platform.report(self.identity.public_key_der)
+        quote_info = self.platform.evidence(self.identity.public_key_der).quote_info()
         return {
             "want_snapshot": self.raft is None,
             "public_key": certs.public_key_pem(self.identity.node_key.public_key()),
-            "quote": base64.b64encode(report.to_bytes()).decode(),
+            "quote": quote_info["quote"],
+            "quote_format": quote_info["format"],
+            "endorsements": quote_info["endorsements"],
             "rpc_address": self.config.published_rpc_address or self.config.rpc_address,
             "node_to_node_address": self._n2n_published(),
         }

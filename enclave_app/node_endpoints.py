@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -10,6 +9,7 @@ import pydantic
 
 from charter.enclave_app.app import App, Context, HttpResponse, Response
 from charter.enclave_app.errors import HttpError
+from charter.enclave_app.platform import VIRTUAL_FORMAT
 from charter.governance import tables as gt
 
 if TYPE_CHECKING:
@@ -30,6 +30,10 @@ class JoinRequest(pydantic.BaseModel):
 
     public_key: str = pydantic.Field(max_length=4096)
     quote: str = pydantic.Field(max_length=32 * 1024)
+    # CCF's quote_info format; `virtual` reports are the default, SEV-SNP ones carry the
+    # VCEK and its chain as endorsements (base64 of PEM).
+    quote_format: str = pydantic.Field(default=VIRTUAL_FORMAT, max_length=64)
+    endorsements: str = pydantic.Field(default="", max_length=48 * 1024)
     rpc_address: str = pydantic.Field(max_length=256)
     node_to_node_address: str = pydantic.Field(max_length=256)
     want_snapshot: bool = False
@@ -126,16 +130,37 @@ def build(node: Node) -> App:
 
     @app.get("/quotes/self", auth="none")
     def quote(ctx: Context) -> dict[str, Any]:
-        """This node's attestation report (virtual platform: not backed by hardware)."""
+        """This node's attestation evidence: format, raw report and endorsements (base64),
+        and its code measurement."""
         assert node.identity is not None
-        report = node.platform.report(node.identity.public_key_der)
+        info = node.platform.evidence(node.identity.public_key_der).quote_info()
         return {
             "node_id": node.node_id,
-            "format": report.format,
-            "raw": base64.b64encode(report.to_bytes()).decode(),
-            "endorsements": "",
-            "measurement": report.measurement,
+            "format": info["format"],
+            "raw": info["quote"],
+            "endorsements": info["endorsements"],
+            "measurement": node.platform.measurement,
         }
+
+    @app.get("/quotes", auth="none")
+    def quotes(ctx: Context) -> dict[str, Any]:
+        """The evidence every trusted node was admitted with, as governance recorded it."""
+        found = []
+        for key, raw in ctx.tx.items(gt.NODES_INFO):
+            info = gt.load_json(raw, what=gt.NODES_INFO)
+            if not isinstance(info, dict) or info.get("status") != "Trusted":
+                continue
+            quote_info = info.get("quote_info") or {}
+            found.append(
+                {
+                    "node_id": key.decode(),
+                    "format": quote_info.get("format", ""),
+                    "raw": quote_info.get("quote", ""),
+                    "endorsements": quote_info.get("endorsements", ""),
+                    "measurement": info.get("code_digest", ""),
+                }
+            )
+        return {"quotes": found}
 
     @app.post("/join", auth="none", body=JoinRequest, max_body_bytes=64 * 1024)
     def join(ctx: Context) -> dict[str, Any]:

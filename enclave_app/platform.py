@@ -10,6 +10,7 @@ report it produces.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import importlib.util
 import json
@@ -29,6 +30,8 @@ ENCLAVE_PACKAGES = ("enclave_app", "ledger", "consensus", "governance")
 REPORT_MAX_BYTES = 16 * 1024
 SEALED_MAX_BYTES = 1024 * 1024
 SEAL_NONCE_BYTES = 12
+QUOTE_MAX_BYTES = 16 * 1024
+ENDORSEMENTS_MAX_BYTES = 32 * 1024
 
 
 class PlatformError(Exception):
@@ -120,6 +123,34 @@ class Report:
         return cls(**fields)
 
 
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """A platform's report and its endorsements, as CCF's `quote_info` carries them."""
+
+    format: str
+    quote: bytes
+    endorsements: bytes = b""
+
+    def quote_info(self) -> dict[str, str]:
+        """CCF's `quote_info` record (nodes.info): format, and quote/endorsements in base64."""
+        return {
+            "format": self.format,
+            "quote": base64.b64encode(self.quote).decode(),
+            "endorsements": base64.b64encode(self.endorsements).decode(),
+        }
+
+    @classmethod
+    def from_quote_info(cls, format: str, quote_b64: str, endorsements_b64: str) -> Evidence:
+        try:
+            quote = base64.b64decode(quote_b64, validate=True)
+            endorsements = base64.b64decode(endorsements_b64, validate=True)
+        except (binascii.Error, ValueError):
+            raise PlatformError("quote or endorsements are not base64") from None
+        if len(quote) > QUOTE_MAX_BYTES or len(endorsements) > ENDORSEMENTS_MAX_BYTES:
+            raise PlatformError("quote or endorsements are too large")
+        return cls(format=format, quote=quote, endorsements=endorsements)
+
+
 class Platform(Protocol):
     """What the node needs from the machine it runs on: its code's measurement, sealing, and
     whether any of it is backed by hardware (`/node/version` reports `unsafe` when not)."""
@@ -129,6 +160,10 @@ class Platform(Protocol):
 
     @property
     def measurement(self) -> str: ...
+
+    def evidence(self, public_key_der: bytes) -> Evidence:
+        """A report binding the SHA-256 of this node's public key, with its endorsements."""
+        ...
 
     def seal(self, plaintext: bytes) -> bytes: ...
 
@@ -169,6 +204,9 @@ class VirtualPlatform:
         if report.measurement not in accepted_measurements:
             raise PlatformError(f"measurement {report.measurement[:16]}… is not accepted")
         return report
+
+    def evidence(self, public_key_der: bytes) -> Evidence:
+        return Evidence(format=VIRTUAL_FORMAT, quote=self.report(public_key_der).to_bytes())
 
     # -- sealing -----------------------------------------------------------------------------
     def _sealing_key(self) -> bytes:

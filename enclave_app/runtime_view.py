@@ -64,13 +64,14 @@ class RuntimeView:
         return identity.service_cert_pem if identity is not None else ""
 
     def attestation(self) -> dict[str, Any]:
-        """This node's attestation report (format, measurement, raw report)."""
+        """This node's attestation evidence (format, measurement, raw report in base64)."""
         identity = self._node.identity
         assert identity is not None
-        report = self._node.platform.report(identity.public_key_der)
+        info = self._node.platform.evidence(identity.public_key_der).quote_info()
         return {
             "node_id": self._node.node_id,
-            "format": report.format,
-            "measurement": report.measurement,
-            "raw": report.to_bytes().decode(),
+            "format": info["format"],
+            "measurement": self._node.platform.measurement,
+            "raw": info["quote"],
+            "endorsements": info["endorsements"],
         }

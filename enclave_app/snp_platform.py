@@ -20,16 +20,21 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import hashlib
 import logging
 import os
 import ssl
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from charter.enclave_app.platform import SEAL_NONCE_BYTES, SEALED_MAX_BYTES, PlatformError
+from charter.enclave_app.platform import (
+    SEAL_NONCE_BYTES,
+    SEALED_MAX_BYTES,
+    Evidence,
+    PlatformError,
+)
 from charter.ledger import snp
 
 LOG = logging.getLogger(__name__)
@@ -44,15 +49,6 @@ VCEK_GUID = uuid.UUID("63da758d-e664-4564-adc5-f4b93be8accd")
 ASK_GUID = uuid.UUID("4ab7b379-bbac-4fe4-a02f-05aef327c782")
 ARK_GUID = uuid.UUID("c0b406a4-a803-4952-9743-3fb6014cd0ae")
 CERT_TABLE_ENTRY_BYTES = 24  # GUID (16), offset (4), length (4)
-
-
-@dataclass(frozen=True, slots=True)
-class Evidence:
-    """What a node hands over to be attested: the report and the certificates it chains to."""
-
-    format: str
-    quote: bytes
-    endorsements: bytes  # PEM: the VCEK first, then ASK and ARK where known
 
 
 def parse_certificate_table(table: bytes) -> dict[uuid.UUID, bytes]:
@@ -238,6 +234,9 @@ class SnpPlatform:
                 "no VCEK: the host provisioned no certificate table; set an endorsements file"
             )
         return Evidence(format=SNP_FORMAT, quote=raw, endorsements=endorsements)
+
+    def evidence(self, public_key_der: bytes) -> Evidence:
+        return self.report(hashlib.sha256(public_key_der).digest())
 
     def _ioctl_report(self, report_data: bytes) -> bytes:
         request = _ReportRequest()

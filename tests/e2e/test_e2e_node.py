@@ -5,6 +5,7 @@ last and leaves the node restarted."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import secrets
 import struct
@@ -128,11 +129,19 @@ async def test_written_ledger_validates_with_ccf_and_every_receipt_verifies(net:
     assert result["status"] == "Open"
 
 
-async def test_a_virtual_node_says_it_is_unsafe(net: Sandbox) -> None:
+async def test_a_virtual_node_says_it_is_unsafe_and_shows_the_evidence_it_joined_with(
+    net: Sandbox,
+) -> None:
     async with net.client(net.nodes[0], user=0) as c:
         version = await c.get_json("/node/version")
+        own = await c.get_json("/node/quotes/self")
+        recorded = (await c.get_json("/node/quotes"))["quotes"]
     assert version["platform"] == "virtual"
     assert version["unsafe"] is True
+    assert own["format"] == "Insecure_Virtual"
+    assert [q["node_id"] for q in recorded] == [own["node_id"]]
+    assert recorded[0]["measurement"] == own["measurement"]
+    assert json.loads(base64.b64decode(recorded[0]["raw"]))["measurement"] == own["measurement"]
 
 
 async def test_private_plaintext_never_reaches_the_host_or_its_files(tapped: Sandbox) -> None:

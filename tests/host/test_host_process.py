@@ -161,3 +161,24 @@ def test_client_connections_accepted_by_the_host_are_served_by_the_enclave(
     finally:
         _stop(host)
     assert host.returncode == 0, _stderr(tmp_path)[-3000:]
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(
+    Path("/sys/kernel/config/tsm/report").is_dir() or Path("/dev/sev-guest").exists(),
+    reason="this machine is an SEV-SNP guest",
+)
+def test_a_node_configured_for_snp_on_a_machine_without_it_stops_saying_so(
+    tmp_path: Path,
+) -> None:
+    config = _start_config(tmp_path)
+    document = json.loads(config.read_text())
+    document["platform"] = "snp"
+    config.write_text(json.dumps(document))
+    result = run_host(config, timeout_s=60)
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if "attestation platform" in line]
+    assert lines, result.stderr[-2000:]
+    assert "no SEV-SNP guest interface" in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "ws" / "sealed.bin").exists()  # nothing was sealed with no platform

@@ -4,7 +4,6 @@ the snapshot; joins are rate-limited per source; snapshot download is an operato
 
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -18,11 +17,13 @@ from charter.ledger import certs
 
 def _join_body(node: Node, *, n2n: str = "127.0.0.1:2") -> bytes:
     key = certs.new_key()
-    report = node.platform.report(certs.spki_der(key.public_key()))
+    evidence = node.platform.evidence(certs.spki_der(key.public_key())).quote_info()
     return json.dumps(
         {
             "public_key": certs.public_key_pem(key.public_key()),
-            "quote": base64.b64encode(report.to_bytes()).decode(),
+            "quote": evidence["quote"],
+            "quote_format": evidence["format"],
+            "endorsements": evidence["endorsements"],
             "rpc_address": "127.0.0.1:1",
             "node_to_node_address": n2n,
             "want_snapshot": True,
