@@ -54,17 +54,25 @@ def _snapshots_dir(node: NodeProcess) -> Path:
     return node.directory / "workspace" / "snapshots"
 
 
-async def _committed_snapshot(node: NodeProcess) -> Path:
+def _latest_committed(node: NodeProcess) -> Path | None:
+    found = [p for p in _snapshots_dir(node).iterdir() if p.name.endswith(".committed")]
+    return max(found, key=lambda p: (parse_snapshot_file_name(p.name) or (0,))[0], default=None)
+
+
+async def _wait_committed_snapshot(node: NodeProcess) -> None:
     deadline = time.monotonic() + SNAPSHOT_WAIT_S
-    while time.monotonic() < deadline:
-        found = sorted(
-            (p for p in _snapshots_dir(node).iterdir() if p.name.endswith(".committed")),
-            key=lambda p: (parse_snapshot_file_name(p.name) or (0,))[0],
-        )
-        if found:
-            return found[-1]
+    while _latest_committed(node) is None:
+        assert time.monotonic() < deadline, f"no committed snapshot in {_snapshots_dir(node)}"
         await asyncio.sleep(0.1)
-    raise AssertionError(f"no committed snapshot in {_snapshots_dir(node)}")
+
+
+def _stop_and_pick_snapshot(node: NodeProcess) -> Path:
+    """Stop the node, then the file it will read on restart: the latest committed one (the
+    primary may commit another snapshot until it stops)."""
+    node.stop()
+    path = _latest_committed(node)
+    assert path is not None
+    return path
 
 
 def _flip(path: Path, offset: Callable[[bytes], int]) -> bytes:
@@ -87,8 +95,8 @@ async def test_a_whole_ledger_node_refuses_a_changed_snapshot_replays_and_serves
 ) -> None:
     node = net.nodes[0]
     await _write_until_snapshot(net, node)
-    path = await _committed_snapshot(node)
-    node.stop()
+    await _wait_committed_snapshot(node)
+    path = _stop_and_pick_snapshot(node)
     # A bit in the middle of the receipt (the evidence's proof or signature).
     _flip(path, lambda d: (len(decode_snapshot(d).entry) + len(d)) // 2)
     tampered = path.read_bytes()
@@ -118,11 +126,11 @@ async def test_a_node_joined_from_a_changed_snapshot_refuses_to_start_naming_the
 ) -> None:
     primary = net.nodes[0]
     await _write_until_snapshot(net, primary)
-    await _committed_snapshot(primary)
+    await _wait_committed_snapshot(primary)
     joiner = await net.add_node()
     await wait_ready(net, joiner)
-    path = await _committed_snapshot(joiner)  # its ledger starts after this snapshot
-    joiner.stop()
+    await _wait_committed_snapshot(joiner)  # its ledger starts after this snapshot
+    path = _stop_and_pick_snapshot(joiner)
     # A bit inside the snapshot entry's public tables (the service's state in clear).
     original = _flip(path, lambda d: len(decode_snapshot(d).entry) // 2)
 
