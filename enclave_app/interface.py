@@ -43,7 +43,6 @@ import errno
 import json
 import logging
 import os
-import re
 import socket
 import struct
 from collections.abc import Callable, Sequence
@@ -53,6 +52,12 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import msgpack
 import pydantic
+
+# Snapshot file names: one definition, shared with auditors (`charter.ledger.snapshot`).
+from charter.ledger.snapshot import parse_snapshot_file_name
+from charter.ledger.snapshot import snapshot_file_name as snapshot_file_name
+
+parse_snapshot_name = parse_snapshot_file_name
 
 _log = logging.getLogger(__name__)
 
@@ -433,21 +438,6 @@ def decode_frame(data: bytes) -> Frame:
         raise InterfaceError("frame data must be bytes")
     cls, fields = _unpack(data)
     return _build(cls, fields)
-
-
-def snapshot_file_name(seqno: int, evidence_seqno: int, committed: bool) -> str:
-    return f"snapshot_{seqno}_{evidence_seqno}" + (".committed" if committed else "")
-
-
-_SNAPSHOT_NAME = re.compile(r"snapshot_([0-9]{1,19})_([0-9]{1,19})(\.committed)?")
-
-
-def parse_snapshot_name(name: str) -> tuple[int, int, bool] | None:
-    """(seqno, evidence_seqno, committed) for a snapshot file name, else None."""
-    m = _SNAPSHOT_NAME.fullmatch(name)
-    if m is None:
-        return None
-    return int(m.group(1)), int(m.group(2)), m.group(3) is not None
 
 
 # ---------------------------------------------------------------------------------------------

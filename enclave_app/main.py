@@ -158,7 +158,12 @@ class Runtime:
                 # Restarted before governance trusted it: join again as itself, keeping
                 # the entries it already acknowledged as a learner.
                 node.resume_joining()
-                await self._replay_own_ledger(frame.ledger_last_seqno, learner=True)
+                join = config.start.join
+                await self._replay_own_ledger(
+                    frame.ledger_last_seqno,
+                    learner=True,
+                    service_cert_pem=join.service_cert.read_text() if join else None,
+                )
                 node.resumed_joining()
                 self.flush()
                 asyncio.get_running_loop().create_task(self._join(config))
@@ -235,20 +240,28 @@ class Runtime:
         self.channel.send(frame_type(request_id, *args))
         return await future
 
-    async def _replay_own_ledger(self, last_seqno: int, *, learner: bool = False) -> None:
+    async def _replay_own_ledger(
+        self, last_seqno: int, *, learner: bool = False, service_cert_pem: str | None = None
+    ) -> None:
         assert self.node is not None
         next_seqno = 1
-        if last_seqno > 0:
-            first = await self._request(itf.ReadEntries, 1, 1)
-            if not first.entries:
-                # This node joined from a snapshot: its ledger starts after it.
-                snapshot = await self._request(itf.ReadLatestSnapshot)
-                if snapshot.data is None:
-                    raise RuntimeError("the ledger starts after seqno 1 but no snapshot exists")
-                install = (
-                    self.node.resume_pending_snapshot if learner else self.node.resume_from_snapshot
-                )
-                next_seqno = install(snapshot.data) + 1
+        first = await self._request(itf.ReadEntries, 1, 1) if last_seqno > 0 else None
+        snapshot = await self._request(itf.ReadLatestSnapshot)
+        if first is not None and not first.entries:
+            # This node joined from a snapshot: its ledger starts after it, so there is no
+            # ledger to fall back to if the snapshot does not verify (the error names it).
+            if snapshot.data is None:
+                raise RuntimeError("the ledger starts after seqno 1 but no snapshot exists")
+            name = snapshot.name or "snapshot"
+            if learner:
+                installed = self.node.resume_pending_snapshot(snapshot.data, name, service_cert_pem)
+            else:
+                installed = self.node.resume_from_snapshot(snapshot.data, name)
+            next_seqno = installed + 1
+        elif snapshot.data is not None and not learner:
+            # The whole ledger is here and is replayed; the snapshot is only served, if it
+            # verifies (a refused one is logged, naming the file, and left alone).
+            self.node.offer_snapshot_from_disk(snapshot.data, snapshot.name or "snapshot")
         replay = self.node.replay_as_learner if learner else self.node.replay
         while next_seqno <= last_seqno:
             to = min(last_seqno, next_seqno + READ_BATCH_ENTRIES - 1)

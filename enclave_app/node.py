@@ -60,7 +60,15 @@ from charter.ledger.entry import ZERO_DIGEST, decode_entry, decrypt_private, ent
 from charter.ledger.errors import DecodeError, LedgerError, VerificationError
 from charter.ledger.history import History
 from charter.ledger.merkle import MerkleTree
-from charter.ledger.snapshot import Snapshot, decode_snapshot, encode_snapshot, snapshot_digest
+from charter.ledger.snapshot import (
+    Snapshot,
+    VerifiedSnapshot,
+    encode_snapshot,
+    encode_snapshot_receipt,
+    snapshot_digest,
+    snapshot_file_name,
+    verify_snapshot,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -140,8 +148,11 @@ class Node:
         self.last_snapshot_seqno = 0
         # (snapshot seqno, evidence seqno, snapshot entry) until its evidence commits.
         self.pending_snapshot: tuple[int, int, bytes] | None = None
-        # The latest committed snapshot file (entry + receipt), served to joining nodes.
+        # The latest committed snapshot file (entry + receipt) and its file name, served to
+        # joining nodes and on GET /node/snapshot. Only `_offer_snapshot` sets them, and only
+        # to bytes that passed `verify_snapshot`.
         self.latest_snapshot: bytes | None = None
+        self.latest_snapshot_name: str | None = None
         # A joiner's snapshot, kept until the ledger secrets arrive to open it.
         self.join_snapshot: Snapshot | None = None
         # (seqno, view) the replayed ledger follows: a snapshot's, or (0, 0).
@@ -546,7 +557,9 @@ class Node:
             gt.SINGLETON_KEY,
             {"hash": snapshot_digest(entry), "version": seqno},
         )
-        _, evidence_seqno = self.commit_tx(tx)
+        # As in CCF, the evidence's claims digest is the snapshot's digest: its receipt then
+        # vouches for the snapshot's bytes (`verify_snapshot`).
+        _, evidence_seqno = self.commit_tx(tx, claims_digest=hashlib.sha256(entry).digest())
         self.pending_snapshot = (seqno, evidence_seqno, entry)
         self.outbox.append(itf.WriteSnapshot(seqno, evidence_seqno, entry, False))
         LOG.info("event=snapshot_taken seqno=%d evidence=%d", seqno, evidence_seqno)
@@ -573,11 +586,38 @@ class Node:
         response = self.receipt(self.view_at(evidence_seqno) or 0, evidence_seqno)
         if response.status != 200:
             return
-        data = entry + response.body
-        self.outbox.append(itf.WriteSnapshot(seqno, evidence_seqno, data, True))
-        self.latest_snapshot = data
         self.pending_snapshot = None
+        data = entry + encode_snapshot_receipt(json.loads(response.body))
+        name = snapshot_file_name(seqno, evidence_seqno, True)
+        if self._offer_snapshot(data, name) is None:
+            return  # logged; the uncommitted file stays as it is, never served
+        self.outbox.append(itf.WriteSnapshot(seqno, evidence_seqno, data, True))
         LOG.info("event=snapshot_committed seqno=%d", seqno)
+
+    def _verify_snapshot(
+        self, data: bytes, name: str, service_cert_pem: str | None = None
+    ) -> VerifiedSnapshot:
+        """`verify_snapshot` against the service cert (this node's unless given)."""
+        cert = service_cert_pem or (self.identity.service_cert_pem if self.identity else None)
+        if not cert:
+            raise VerificationError(f"snapshot {name}: no service certificate to check it against")
+        return verify_snapshot(data, cert, name=name)
+
+    def _offer_snapshot(self, data: bytes, name: str) -> VerifiedSnapshot | None:
+        """Serve `data` as the latest snapshot if it verifies; else log why, and keep what
+        was served before. Nothing unverified is ever served (GET /node/snapshot, joins)."""
+        try:
+            verified = self._verify_snapshot(data, name)
+        except LedgerError as exc:
+            LOG.error("event=snapshot_refused file=%s reason=%s", name, exc)
+            return None
+        self.latest_snapshot, self.latest_snapshot_name = data, name
+        return verified
+
+    def offer_snapshot_from_disk(self, data: bytes, name: str) -> bool:
+        """A restarted node whose ledger is whole may still serve its latest snapshot file,
+        once it has checked it (the host could have changed it)."""
+        return self._offer_snapshot(data, name) is not None
 
     def _install_snapshot(self, snapshot: Snapshot, private: bytes) -> None:
         """Take a snapshot's point as the start of this node's state, tree and views."""
@@ -604,16 +644,17 @@ class Node:
         self.last_snapshot_seqno = snapshot.seqno
         self._replay_base = (snapshot.seqno, snapshot.view)
 
-    def _start_from_snapshot(self, snapshot: Snapshot) -> None:
+    def _start_from_snapshot(self, verified: VerifiedSnapshot, data: bytes) -> None:
         """A joiner: start its log after the snapshot; private state opens once trusted."""
         assert self.identity is not None
+        snapshot = verified.snapshot
         self._install_snapshot(snapshot, b"")
         self.join_snapshot = snapshot
-        # Keep it beside the ledger, so a restart of this node can start from it too.
-        evidence = _evidence_seqno(snapshot)
-        if evidence is not None and self.latest_snapshot is None:
-            data = snapshot.entry + json.dumps(snapshot.receipt).encode()
-            self.outbox.append(itf.WriteSnapshot(snapshot.seqno, evidence, data, True))
+        # Keep it beside the ledger, so a restart of this node can start from it too (and
+        # serve it: it verified).
+        name = snapshot_file_name(snapshot.seqno, verified.evidence_seqno, True)
+        self.latest_snapshot, self.latest_snapshot_name = data, name
+        self.outbox.append(itf.WriteSnapshot(snapshot.seqno, verified.evidence_seqno, data, True))
         self.raft = Raft(
             self.identity.node_id,
             config=self.raft_config(),
@@ -627,12 +668,15 @@ class Node:
         )
         LOG.info("event=joining_from_snapshot seqno=%d", snapshot.seqno)
 
-    def resume_from_snapshot(self, data: bytes) -> int:
-        """Restart of a node whose ledger starts after a snapshot: install it first."""
+    def resume_from_snapshot(self, data: bytes, name: str = "snapshot") -> int:
+        """Restart of a node whose ledger starts after a snapshot: install it first, once it
+        has verified against the service cert (raises the LedgerError naming `name` if not)."""
         assert self.identity is not None
-        snapshot = decode_snapshot(data)
+        verified = self._verify_snapshot(data, name)
+        snapshot = verified.snapshot
         private = snapshot.decrypt_private(self.identity.secret_for(snapshot.seqno))
         self._install_snapshot(snapshot, private)
+        self.latest_snapshot, self.latest_snapshot_name = data, name
         return snapshot.seqno
 
     def _appended(self, view: int, seqno: int, size: int, flags: int) -> None:
@@ -1250,8 +1294,9 @@ class Node:
         }
         if request.get("want_snapshot") and self.latest_snapshot is not None:
             # Only for the holder of the trusted node's key: the snapshot holds the public
-            # maps in clear, which are no one else's to read.
+            # maps in clear, which are no one else's to read. It verified when it was set.
             secrets["snapshot"] = self.latest_snapshot
+            secrets["snapshot_name"] = self.latest_snapshot_name
         return {
             "node_id": node_id,
             "node_status": "Trusted",
@@ -1321,11 +1366,16 @@ class Node:
             )
         )
 
-    def resume_pending_snapshot(self, data: bytes) -> int:
-        """A pending joiner whose ledger starts after the snapshot it was given."""
-        snapshot = decode_snapshot(data)
+    def resume_pending_snapshot(
+        self, data: bytes, name: str = "snapshot", service_cert_pem: str | None = None
+    ) -> int:
+        """A pending joiner whose ledger starts after the snapshot it was given: checked
+        against the service cert it joins (its own once sealed, else `service_cert_pem`)."""
+        verified = self._verify_snapshot(data, name, service_cert_pem)
+        snapshot = verified.snapshot
         self._install_snapshot(snapshot, b"")
         self.join_snapshot = snapshot
+        self.latest_snapshot, self.latest_snapshot_name = data, name
         return snapshot.seqno
 
     def resumed_joining(self) -> None:
@@ -1389,7 +1439,16 @@ class Node:
             if peer.get("node_id") != self.identity.node_id:
                 self._know_peer(str(peer["node_id"]), str(peer["public_key"]), str(peer["address"]))
         if self.raft is None and secrets.get("snapshot"):
-            self._start_from_snapshot(decode_snapshot(bytes(secrets["snapshot"])))
+            data = bytes(secrets["snapshot"])
+            name = f"{secrets.get('snapshot_name') or 'snapshot'} (from the join answer)"
+            try:
+                verified = self._verify_snapshot(data, name, str(info["service_cert"]))
+            except LedgerError as exc:
+                # The ledger is never compacted away: without the snapshot this node
+                # catches up from the primary's entries, from seqno 1.
+                LOG.error("event=snapshot_refused file=%s reason=%s fallback=ledger", name, exc)
+            else:
+                self._start_from_snapshot(verified, data)
         if self.raft is None:
             self.raft = Raft(
                 self.identity.node_id,
@@ -1484,15 +1543,6 @@ class Node:
         )
 
         return HttpResponse(200, json.dumps(doc).encode(), {}, "application/json")
-
-
-def _evidence_seqno(snapshot: Snapshot) -> int | None:
-    """The evidence transaction's seqno, from the receipt's commit evidence "ce:V.S:…"."""
-    receipt = snapshot.receipt or {}
-    evidence = str(receipt.get("leaf_components", {}).get("commit_evidence", ""))
-    txid = evidence.split(":")[1] if evidence.count(":") == 2 else ""
-    seqno = txid.rpartition(".")[2]
-    return int(seqno) if seqno.isdigit() else None
 
 
 _N2N_FIELDS: dict[str, tuple[type, ...]] = {

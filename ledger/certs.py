@@ -99,7 +99,7 @@ def load_cert(pem: bytes | str) -> x509.Certificate:
     raw = _as_bytes(pem, MAX_CERT_PEM_BYTES, "cert")
     try:
         return x509.load_pem_x509_certificate(raw)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, x509.InvalidVersion) as exc:  # InvalidVersion: not a ValueError
         raise DecodeError(f"invalid certificate PEM: {exc}", field="cert") from None
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import cbor2
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -261,7 +261,15 @@ def parse_json_receipt(receipt: Mapping[str, Any] | bytes | str) -> JsonReceipt:
 
 @functools.lru_cache(maxsize=_CACHE_ENTRIES)
 def _cert(pem: str) -> x509.Certificate:
-    return load_cert(pem)
+    cert = load_cert(pem)
+    # cryptography parses a certificate's fields lazily: read now what the checks below use,
+    # so that a malformed key or algorithm is a DecodeError here, not a ValueError later.
+    try:
+        cert.public_key()
+        _ = cert.signature_hash_algorithm, cert.signature, cert.tbs_certificate_bytes
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise DecodeError(f"certificate unreadable: {exc}", field="cert") from None
+    return cert
 
 
 @functools.lru_cache(maxsize=_CACHE_ENTRIES)

@@ -6,6 +6,11 @@ tables encrypted like any entry; once the snapshot's evidence transaction is com
 file also carries that transaction's JSON receipt, so a reader can check the snapshot
 against the service identity (`ccf.ledger.Snapshot` does exactly that).
 
+The evidence transaction's claims digest is the SHA-256 of the snapshot entry (as in CCF,
+whose `verify_snapshot` compares the two): so the receipt, signed by a node the service
+endorsed, vouches for every byte of the entry. `verify_snapshot` is the one check that
+nodes (before installing or serving a snapshot) and auditors share.
+
 The table blobs are opaque here: the KV store produces and consumes them
 (`enclave_app.kv.Store.snapshot/restore`), in CCF's snapshot table format.
 """
@@ -14,15 +19,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import struct
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography import x509
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from charter.ledger import receipt as receipts
+from charter.ledger.certs import cert_pem, load_cert
 from charter.ledger.entry import ENTRY_TYPE_SNAPSHOT
-from charter.ledger.errors import DecodeError, VerificationError
+from charter.ledger.errors import DecodeError, LedgerError, VerificationError
 
 SNAPSHOT_BYTES_MAX = 1 << 32
 VIEW_HISTORY_MAX = 1 << 20
@@ -32,6 +41,9 @@ _GCM_TAG = 16
 _GCM_IV = 12
 _ENTRY_VERSION = 1
 _SNAPSHOT_IV_BIT = 0x80000000
+SNAPSHOT_RECEIPT_BYTES_MAX = receipts.MAX_JSON_RECEIPT_BYTES
+_FILE_NAME = re.compile(r"snapshot_([0-9]{1,19})_([0-9]{1,19})(\.committed)?")
+_COMMIT_EVIDENCE_TXID = re.compile(r"ce:([0-9]{1,19})\.([0-9]{1,19}):[0-9a-f]{64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,9 +161,15 @@ def decode_snapshot(data: bytes) -> Snapshot:
     view_history = tuple(v for (v,) in _U64.iter_unpack(raw_history))
     receipt = None
     if end < len(data):
+        if len(data) - end > SNAPSHOT_RECEIPT_BYTES_MAX:
+            raise DecodeError(
+                f"snapshot receipt exceeds {SNAPSHOT_RECEIPT_BYTES_MAX} bytes",
+                offset=end,
+                field="receipt",
+            )
         try:
             receipt = json.loads(data[end:])
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError too
             raise DecodeError("snapshot receipt is not JSON", offset=end, field="receipt") from None
         if not isinstance(receipt, dict):
             raise DecodeError("snapshot receipt is not an object", offset=end, field="receipt")
@@ -167,4 +185,121 @@ def decode_snapshot(data: bytes) -> Snapshot:
         public_domain=public_domain,
         entry=data[:end],
         receipt=receipt,
+    )
+
+
+def snapshot_file_name(seqno: int, evidence_seqno: int, committed: bool) -> str:
+    return f"snapshot_{seqno}_{evidence_seqno}" + (".committed" if committed else "")
+
+
+def parse_snapshot_file_name(name: str) -> tuple[int, int, bool] | None:
+    """(seqno, evidence_seqno, committed) for a snapshot file name, else None."""
+    m = _FILE_NAME.fullmatch(name)
+    if m is None:
+        return None
+    return int(m.group(1)), int(m.group(2)), m.group(3) is not None
+
+
+def encode_snapshot_receipt(receipt: dict[str, Any]) -> bytes:
+    """The receipt as a snapshot file carries it: compact JSON with sorted keys, which is
+    also what CCF's nlohmann encoder writes. `verify_snapshot` accepts only this form."""
+    return json.dumps(receipt, separators=(",", ":"), sort_keys=True).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedSnapshot:
+    """A snapshot whose receipt checked out against the service certificate."""
+
+    snapshot: Snapshot
+    evidence_seqno: int  # the evidence transaction the receipt proves
+    evidence_view: int
+    root: bytes  # the Merkle root the receipt's node signed
+
+
+def verify_snapshot(
+    data: bytes,
+    service_cert_pem: x509.Certificate | str | bytes,
+    *,
+    name: str = "snapshot",
+) -> VerifiedSnapshot:
+    """Check a committed snapshot file against the service certificate, before anyone uses
+    or serves it. Raises DecodeError (bytes that do not parse) or VerificationError (bytes
+    nobody signed), each message starting with `name` (the file name, where there is one).
+
+    What is checked: the entry decodes; a receipt follows it; the receipt's claims digest is
+    the SHA-256 of the entry (so any change to the entry is refused); its root signature and
+    the node cert's endorsement by the service cert verify; its node id is its cert's; the
+    evidence transaction comes after the snapshot (and is the one the file name says); and the
+    receipt is byte for byte its canonical encoding (`encode_snapshot_receipt`, lowercase
+    hex, canonical base64 and PEM), so that no byte of the file is left that the signature
+    does not pin down.
+    """
+    try:
+        return _verify(data, service_cert_pem, name)
+    except LedgerError as exc:
+        named = type(exc)(f"snapshot {name}: {exc}")
+        named.offset, named.field = exc.offset, exc.field
+        raise named from None
+
+
+def _verify(
+    data: bytes, service_cert_pem: x509.Certificate | str | bytes, name: str
+) -> VerifiedSnapshot:
+    snapshot = decode_snapshot(data)
+    receipt_bytes = data[len(snapshot.entry) :]  # decode_snapshot bounded its size
+    if not receipt_bytes:
+        raise VerificationError("has no receipt: its evidence is not committed", field="receipt")
+    parsed = receipts.parse_json_receipt(receipt_bytes)
+    components = parsed.leaf_components
+    if parsed.is_signature_transaction or components is None:
+        raise VerificationError("receipt is not a transaction receipt", field="receipt")
+    if components.claims_digest != hashlib.sha256(snapshot.entry).digest():
+        raise VerificationError(
+            "the snapshot entry's SHA-256 is not the claims digest its evidence receipt "
+            "commits to (the entry was changed, or the receipt is another transaction's)",
+            field="claims_digest",
+        )
+    m = _COMMIT_EVIDENCE_TXID.fullmatch(components.commit_evidence)
+    if m is None:
+        raise DecodeError("receipt commit evidence is not ce:V.S:<hex>", field="commit_evidence")
+    evidence_view, evidence_seqno = int(m.group(1)), int(m.group(2))
+    if evidence_seqno <= snapshot.seqno:
+        raise VerificationError(
+            f"evidence seqno {evidence_seqno} does not follow snapshot seqno {snapshot.seqno}",
+            field="commit_evidence",
+        )
+    named = parse_snapshot_file_name(name)
+    if named is not None and named[:2] != (snapshot.seqno, evidence_seqno):
+        raise VerificationError(
+            f"holds snapshot {snapshot.seqno} with evidence {evidence_seqno}, not what its "
+            "name says",
+            field="name",
+        )
+    root = receipts.verify_json_receipt(receipt_bytes, service_cert_pem)
+    canonical = encode_snapshot_receipt(_canonical_receipt(parsed))
+    if canonical != receipt_bytes:
+        at = next(
+            (i for i, (a, b) in enumerate(zip(canonical, receipt_bytes, strict=False)) if a != b),
+            min(len(canonical), len(receipt_bytes)),
+        )
+        raise VerificationError(
+            "receipt is not in its canonical encoding",
+            offset=len(snapshot.entry) + at,
+            field="receipt",
+        )
+    return VerifiedSnapshot(snapshot, evidence_seqno, evidence_view, root)
+
+
+def _canonical_receipt(parsed: receipts.JsonReceipt) -> dict[str, Any]:
+    components = parsed.leaf_components
+    assert components is not None and components.claims_digest is not None
+    return receipts.build_json_receipt(
+        node_cert_pem=cert_pem(load_cert(parsed.cert_pem)),
+        node_id=parsed.node_id.lower(),
+        signature=parsed.signature,
+        proof=parsed.proof,
+        write_set_digest=components.write_set_digest,
+        commit_evidence=components.commit_evidence,
+        claims_digest=components.claims_digest,
+        service_endorsements=[cert_pem(load_cert(e)) for e in parsed.service_endorsements],
     )
