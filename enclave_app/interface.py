@@ -54,6 +54,8 @@ from typing import Annotated, Any, ClassVar, Literal
 import msgpack
 import pydantic
 
+from charter.ledger.signatures import check_cose_issuer, check_cose_subject
+
 _log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
@@ -874,12 +876,21 @@ class JoinConfig(_Model):
     service_cert: ConfigPath
 
 
+class CoseSignaturesConfig(_Model):
+    """CCF's `cose_signatures`: the CWT claims of the service's COSE root signatures, so of
+    every COSE receipt. Both fields are required when the section is given, as in CCF."""
+
+    issuer: Annotated[str, pydantic.AfterValidator(check_cose_issuer)]
+    subject: Annotated[str, pydantic.AfterValidator(check_cose_subject)]
+
+
 class StartConfig(_Model):
     mode: Literal["start", "join", "recover"] = "start"
     members: list[MemberConfig] = []
     constitution: ConfigPath | None = None
     service_config: dict[str, Any] = {}
     join: JoinConfig | None = None
+    cose_signatures: CoseSignaturesConfig | None = None
 
     @pydantic.model_validator(mode="after")
     def _mode(self) -> StartConfig:
@@ -887,6 +898,9 @@ class StartConfig(_Model):
             raise ValueError("mode 'start' needs at least one member")
         if self.mode == "join" and self.join is None:
             raise ValueError("mode 'join' needs a 'join' section (target, service_cert)")
+        if self.mode == "join" and self.cose_signatures is not None:
+            # A joining node signs with the service's setting, recorded when it started.
+            raise ValueError("mode 'join' takes cose_signatures from the service; remove it")
         return self
 
 
