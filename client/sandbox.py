@@ -32,6 +32,9 @@ from charter.member import Member
 from charter.sdk import CharterClient
 
 DEFAULT_WORKSPACE = Path("workspace/sandbox")
+# The SCITT sample signs with the address it is reached at as its COSE issuer.
+SCITT_MODULE = "charter.enclave_app.samples.scitt"
+SCITT_COSE_SUBJECT = "scitt.ccf.signature.v1"
 MEMBER_COUNT = 3
 USER_COUNT = 1
 NODE_START_TIMEOUT_S = 60.0
@@ -312,6 +315,14 @@ class Sandbox:
                 ],
                 "service_config": {"recovery_threshold": 2},
             }
+            if self.app == SCITT_MODULE:
+                # Receipts name the address the service is reached at, so that verifiers
+                # find its keys at https://<issuer>/.well-known/transparency-configuration
+                # (pyscitt's DynamicTrustStore); subject as scitt-ccf-ledger's deployments.
+                start["cose_signatures"] = {
+                    "issuer": f"127.0.0.1:{rpc}",
+                    "subject": SCITT_COSE_SUBJECT,
+                }
         else:
             start = {
                 "mode": "join",

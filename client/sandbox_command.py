@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from charter.sandbox import DEFAULT_WORKSPACE, Sandbox, SandboxError
+from charter.sandbox import DEFAULT_WORKSPACE, SCITT_MODULE, Sandbox, SandboxError
 from charter.sandbox_banner import ACL_MODULE, acl_lines, curl_lines
 
 # ---------------------------------------------------------------------------------------------
@@ -24,7 +24,7 @@ from charter.sandbox_banner import ACL_MODULE, acl_lines, curl_lines
 APPS = {
     "logging": "charter.enclave_app.samples.logging",
     "acl": ACL_MODULE,
-    "scitt": "charter.enclave_app.samples.scitt",
+    "scitt": SCITT_MODULE,
 }
 DEFAULT_NODES = 3
 

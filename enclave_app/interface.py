@@ -53,6 +53,8 @@ from typing import Annotated, Any, ClassVar, Literal
 import msgpack
 import pydantic
 
+from charter.ledger.signatures import check_cose_issuer, check_cose_subject
+
 # Snapshot file names: one definition, shared with auditors (`charter.ledger.snapshot`).
 from charter.ledger.snapshot import parse_snapshot_file_name
 from charter.ledger.snapshot import snapshot_file_name as snapshot_file_name
@@ -873,12 +875,21 @@ class SnpConfig(_Model):
     endorsements_file: str | None = pydantic.Field(default=None, max_length=4096)
 
 
+class CoseSignaturesConfig(_Model):
+    """CCF's `cose_signatures`: the CWT claims of the service's COSE root signatures, so of
+    every COSE receipt. Both fields are required when the section is given, as in CCF."""
+
+    issuer: Annotated[str, pydantic.AfterValidator(check_cose_issuer)]
+    subject: Annotated[str, pydantic.AfterValidator(check_cose_subject)]
+
+
 class StartConfig(_Model):
     mode: Literal["start", "join", "recover"] = "start"
     members: list[MemberConfig] = []
     constitution: ConfigPath | None = None
     service_config: dict[str, Any] = {}
     join: JoinConfig | None = None
+    cose_signatures: CoseSignaturesConfig | None = None
 
     @pydantic.model_validator(mode="after")
     def _mode(self) -> StartConfig:
@@ -886,6 +897,9 @@ class StartConfig(_Model):
             raise ValueError("mode 'start' needs at least one member")
         if self.mode == "join" and self.join is None:
             raise ValueError("mode 'join' needs a 'join' section (target, service_cert)")
+        if self.mode == "join" and self.cose_signatures is not None:
+            # A joining node signs with the service's setting, recorded when it started.
+            raise ValueError("mode 'join' takes cose_signatures from the service; remove it")
         return self
 
 

@@ -60,6 +60,12 @@ from charter.ledger.entry import ZERO_DIGEST, decode_entry, decrypt_private, ent
 from charter.ledger.errors import DecodeError, LedgerError, VerificationError
 from charter.ledger.history import History
 from charter.ledger.merkle import MerkleTree
+from charter.ledger.signatures import (
+    COSE_SIGNATURES_CONFIG_TABLE,
+    CoseSignaturesConfig,
+    cose_signatures_config_value,
+    parse_cose_signatures_config,
+)
 from charter.ledger.snapshot import (
     Snapshot,
     VerifiedSnapshot,
@@ -257,6 +263,17 @@ class Node:
             create_txid=f"{self.raft.view}.{self.raft.last_index + 1}",
         )
         gt.put_json(tx, CONFIGURATION_TABLE, gt.SINGLETON_KEY, {"voters": [identity.node_id]})
+        configured = self.config.start.cose_signatures
+        if configured is not None:
+            # Replicated, so every node that ever signs for this service (joiners, nodes
+            # started from a snapshot, restarts) uses the issuer the service started with.
+            tx.put(
+                COSE_SIGNATURES_CONFIG_TABLE,
+                gt.SINGLETON_KEY,
+                cose_signatures_config_value(
+                    CoseSignaturesConfig(configured.issuer, configured.subject)
+                ),
+            )
         # The first node's own code is the first one allowed to join.
         admit_own_code(tx, self.platform.evidence(identity.public_key_der))
         self.commit_tx(tx)
@@ -505,12 +522,27 @@ class Node:
             self.emit_signature()
         return view, seqno
 
+    def cose_signatures_config(self) -> CoseSignaturesConfig:
+        """The CWT issuer and subject of the service's COSE signatures: what the service
+        recorded at its start (`start.cose_signatures`), else CCF's defaults."""
+        value = self.store.begin().get(COSE_SIGNATURES_CONFIG_TABLE, gt.SINGLETON_KEY)
+        if value is None:
+            return CoseSignaturesConfig()
+        try:
+            return parse_cose_signatures_config(value)
+        except DecodeError as exc:
+            # Written by the primary that started the service; unreadable means a bug, and
+            # signing must go on (commit depends on it), so sign with the defaults.
+            LOG.error("event=cose_signatures_config_unreadable error=%s", exc)
+            return CoseSignaturesConfig()
+
     def emit_signature(self) -> None:
         """Sign the Merkle root (node key, and the service key as COSE) in a transaction."""
         assert self.raft is not None and self.identity is not None
         assert self.identity.service_key is not None
         view, seqno = self.raft.view, self.raft.last_index + 1
         flags = self.chunks.flags_for_signature()
+        cose_config = self.cose_signatures_config()
         record = self.history.add_signature(
             seqno=seqno,
             view=view,
@@ -521,6 +553,8 @@ class Node:
             secret=self.identity.secret_for(seqno),
             iat=self.now_s(),
             flags=flags,
+            issuer=cose_config.issuer,
+            subject=cose_config.subject,
         )
         entry, _ = decode_entry(record.raw)
         self.store.apply(dict(entry.public), seqno)

@@ -36,6 +36,8 @@ from charter.ledger.errors import DecodeError, VerificationError
 from charter.ledger.merkle import InclusionProof, MerkleTree
 from charter.ledger.signatures import (
     COSE_SIGNATURES_TABLE,
+    DEFAULT_COSE_ISSUER,
+    DEFAULT_COSE_SUBJECT,
     SIGNATURES_TABLE,
     SINGLETON_KEY,
     cose_root_signature,
@@ -166,13 +168,18 @@ class History:
         secret: bytes,
         iat: int,
         flags: int = 0,
+        issuer: str = DEFAULT_COSE_ISSUER,
+        subject: str = DEFAULT_COSE_SUBJECT,
     ) -> TxRecord:
-        """Sign the root over leaves 0..seqno-1 and append the signature transaction."""
+        """Sign the root over leaves 0..seqno-1 and append the signature transaction; the
+        service's COSE signature carries `issuer` and `subject` in its CWT claims."""
         if seqno != self.tree.size:
             raise ValueError(f"next seqno is {self.tree.size}, not {seqno}")
         root = self.tree.root_at(seqno)
         sig = sign_root(node_key, root)
-        cose_sign1 = cose_root_signature(service_key, root, txid=f"{view}.{seqno}", iat=iat)
+        cose_sign1 = cose_root_signature(
+            service_key, root, txid=f"{view}.{seqno}", iat=iat, issuer=issuer, subject=subject
+        )
         tables = signature_tables(
             node_id=node_id,
             node_cert_pem=node_cert_pem,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import json
 import logging
 import re
@@ -26,6 +27,10 @@ logger = logging.getLogger(__name__)
 SIGNATURES_TABLE = "public:ccf.internal.signatures"
 COSE_SIGNATURES_TABLE = "public:ccf.internal.cose_signatures"
 TREE_TABLE = "public:ccf.internal.tree"
+# Charter's own record of the service's `cose_signatures` setting (CCF keeps it in node
+# memory and hands it to joiners; Charter replicates it so joiners, snapshots and restarts
+# all sign with the issuer and subject the service started with).
+COSE_SIGNATURES_CONFIG_TABLE = "public:ccf.internal.charter.cose_signatures_config"
 # Single-value tables (ServiceValue) use the u64 0 as their only key.
 SINGLETON_KEY = bytes(8)
 
@@ -38,10 +43,17 @@ MAX_COSE_SIGNATURE_BYTES = 16 * 1024
 MAX_SEQNO = 2**63 - 1
 HASHED_NONCE_ZERO = "0" * 64
 
-DEFAULT_COSE_ISSUER = "service.example.com"
-DEFAULT_COSE_SUBJECT = "ledger.signature"
+# CCF's defaults (COSESignaturesConfig): empty strings when the operator sets nothing.
+DEFAULT_COSE_ISSUER = ""
+DEFAULT_COSE_SUBJECT = ""
+# A DNS name is at most 253 characters; ":65535" adds 6; an IPv6 literal in brackets fits.
+COSE_ISSUER_CHARS_MAX = 253 + 6
+COSE_SUBJECT_CHARS_MAX = 256
+MAX_COSE_SIGNATURES_CONFIG_BYTES = 4096
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+_PORT = re.compile(r"[1-9][0-9]{0,4}")
 _TXID = re.compile(r"(0|[1-9][0-9]{0,18})\.(0|[1-9][0-9]{0,18})")
 
 _PREHASHED_SHA256 = ec.ECDSA(utils.Prehashed(hashes.SHA256()))
@@ -60,6 +72,79 @@ class NodeSignature:
     commit_seqno: int = 0
     commit_view: int = 0
     hashed_nonce: str = HASHED_NONCE_ZERO
+
+
+@dataclass(frozen=True, slots=True)
+class CoseSignaturesConfig:
+    """The CWT issuer and subject the service writes into its COSE root signatures."""
+
+    issuer: str = DEFAULT_COSE_ISSUER
+    subject: str = DEFAULT_COSE_SUBJECT
+
+
+def check_cose_issuer(value: str) -> str:
+    """An issuer is a host name or host:port, what `https://<issuer>/` can reach: a DNS
+    name, an IPv4 address, or a bracketed IPv6 address, with an optional port 1..65535.
+    Raises ValueError otherwise."""
+    if not isinstance(value, str) or not 0 < len(value) <= COSE_ISSUER_CHARS_MAX:
+        raise ValueError(f"issuer must be 1..{COSE_ISSUER_CHARS_MAX} characters")
+    if "/" in value or "@" in value:
+        raise ValueError(f"issuer {value!r}: give a host or host:port, not a URL")
+    host, port = value, None
+    if value.startswith("["):
+        close = value.find("]")
+        if close < 0:
+            raise ValueError(f"issuer {value!r}: unterminated IPv6 literal")
+        host, rest = value[1:close], value[close + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"issuer {value!r}: expected ':port' after the IPv6 literal")
+            port = rest[1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"issuer {value!r}: not an IPv6 address") from None
+    else:
+        if value.count(":") == 1:
+            host, port = value.split(":")
+        elif ":" in value:
+            raise ValueError(f"issuer {value!r}: write an IPv6 address in brackets, [addr]:port")
+        labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
+        if len(host) > 253 or not all(_DNS_LABEL.fullmatch(label) for label in labels):
+            raise ValueError(f"issuer {value!r}: not a host name or host:port")
+    if port is not None and (not _PORT.fullmatch(port) or int(port) > 65535):
+        raise ValueError(f"issuer {value!r}: the port must be 1..65535")
+    return value
+
+
+def check_cose_subject(value: str) -> str:
+    """A subject is 1..256 printable characters (no control characters). ValueError else."""
+    if not isinstance(value, str) or not 0 < len(value) <= COSE_SUBJECT_CHARS_MAX:
+        raise ValueError(f"subject must be 1..{COSE_SUBJECT_CHARS_MAX} characters")
+    if not value.isprintable():
+        raise ValueError("subject must not hold control characters")
+    return value
+
+
+def cose_signatures_config_value(config: CoseSignaturesConfig) -> bytes:
+    """The JSON value of COSE_SIGNATURES_CONFIG_TABLE (CCF's field names)."""
+    return _json_bytes({"issuer": config.issuer, "subject": config.subject})
+
+
+def parse_cose_signatures_config(value: bytes) -> CoseSignaturesConfig:
+    """Parse and check a COSE_SIGNATURES_CONFIG_TABLE value; raises DecodeError."""
+    obj = _load_json(value, MAX_COSE_SIGNATURES_CONFIG_BYTES, "cose_signatures_config")
+    if not isinstance(obj, dict) or set(obj) != {"issuer", "subject"}:
+        raise DecodeError(
+            "cose_signatures_config must be an object with issuer and subject",
+            field="cose_signatures_config",
+        )
+    try:
+        return CoseSignaturesConfig(
+            check_cose_issuer(obj["issuer"]), check_cose_subject(obj["subject"])
+        )
+    except ValueError as exc:
+        raise DecodeError(str(exc), field="cose_signatures_config") from None
 
 
 def sign_root(private_key: ec.EllipticCurvePrivateKey, root: bytes) -> bytes:

@@ -54,7 +54,12 @@ from charter.enclave_app.samples.scitt_model import (
 from charter.governance import tables as gt
 from charter.governance.scitt_config import STATEMENT_BYTES_MAX, load_scitt_configuration
 from charter.ledger import certs, cose
-from charter.ledger.signatures import DEFAULT_COSE_ISSUER
+from charter.ledger.errors import DecodeError
+from charter.ledger.signatures import (
+    COSE_SIGNATURES_CONFIG_TABLE,
+    CoseSignaturesConfig,
+    parse_cose_signatures_config,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +73,8 @@ ENTRIES_BODY_BYTES_MAX = 2 * STATEMENT_BYTES_MAX
 
 _TXID = re.compile(r"([0-9]{1,19})\.([0-9]{1,19})")
 _U64 = struct.Struct(">Q")
+_SINGLETON_KEY = bytes(8)
+_ALG_NAMES = {cose.ALG_ES256: "ES256", cose.ALG_ES384: "ES384", cose.ALG_ES512: "ES512"}
 
 app = App("scitt", prefix="", version="0.13.0", api_path="/app/api")
 
@@ -258,12 +265,22 @@ def list_entry_ids(ctx: Context) -> Any:
 # What verifiers fetch
 
 
+def _signature_algorithm(cert_der: bytes) -> str:
+    """The COSE algorithm of the receipts: what the service key's curve signs with."""
+    key = x509.load_der_x509_certificate(cert_der).public_key()
+    try:
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            raise ValueError("not an ECDSA key")
+        return _ALG_NAMES[cose.alg_for_curve(key.curve)]
+    except ValueError as exc:
+        raise ScittError(503, "ServiceNotReady", f"Unsupported service key: {exc}") from None
+
+
 def _parameters(cert_der: bytes) -> dict[str, str]:
     return {
         "serviceId": hashlib.sha256(cert_der).hexdigest(),
         "treeAlgorithm": "CCF",
-        # The service key is P-384, so receipts are ES384.
-        "signatureAlgorithm": "ES384",
+        "signatureAlgorithm": _signature_algorithm(cert_der),
         "serviceCertificate": base64.b64encode(cert_der).decode("ascii"),
     }
 
@@ -307,11 +324,27 @@ def get_jwks(ctx: Context) -> Any:
     return {"keys": [jwk]}
 
 
+def _cose_signatures_config(ctx: Context) -> CoseSignaturesConfig:
+    value = ctx.tx.get(COSE_SIGNATURES_CONFIG_TABLE, _SINGLETON_KEY)
+    if value is None:
+        return CoseSignaturesConfig()
+    try:
+        return parse_cose_signatures_config(value)
+    except DecodeError:
+        raise ScittError(503, "ServiceNotReady", "The service's issuer is unreadable") from None
+
+
 @app.get("/.well-known/transparency-configuration", auth="none")
 def get_transparency_configuration(ctx: Context) -> Response:
-    """scrapi 2.1.1, in CBOR. `issuer` is the CWT issuer Charter's receipts carry."""
-    host = ctx.headers.get("host", "")
-    config = {"issuer": DEFAULT_COSE_ISSUER, "jwks_uri": f"https://{host}/jwks"}
+    """scrapi 2.1.1, in CBOR. `issuer` is the CWT issuer the receipts carry (the node
+    config's `start.cose_signatures.issuer`), and the keys are served under it; without an
+    issuer (CCF's default, empty) the keys are named under the host the client asked."""
+    try:
+        issuer = _cose_signatures_config(ctx).issuer
+    except ScittError as exc:
+        return _error(exc)
+    where = issuer or ctx.headers.get("host", "")
+    config = {"issuer": issuer, "jwks_uri": f"https://{where}/jwks"}
     return Response(200, cbor2.dumps(config), {}, CT_CBOR)
 
 

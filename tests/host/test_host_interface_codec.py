@@ -303,6 +303,34 @@ def test_config_sent_in_start_validates_again_unchanged_in_the_enclave(tmp_path:
             },
             "request_header_timeout_ms",
         ),
+        (
+            {
+                "workspace": "w",
+                "start": {
+                    "mode": "recover",
+                    "cose_signatures": {"issuer": "https://scitt.example.org", "subject": "s"},
+                },
+            },
+            "not a URL",
+        ),
+        (
+            {
+                "workspace": "w",
+                "start": {"mode": "recover", "cose_signatures": {"issuer": "scitt.example.org"}},
+            },
+            "subject",
+        ),
+        (
+            {
+                "workspace": "w",
+                "start": {
+                    "mode": "join",
+                    "join": {"target": "127.0.0.1:1", "service_cert": "s.pem"},
+                    "cose_signatures": {"issuer": "scitt.example.org", "subject": "s"},
+                },
+            },
+            "takes cose_signatures from the service",
+        ),
     ],
 )
 def test_invalid_config_is_rejected_with_a_clear_message(

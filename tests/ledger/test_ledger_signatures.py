@@ -139,17 +139,95 @@ def test_cose_root_signature_has_ccf_header_layout_and_verifies_with_ccf(
         return [(k, layout(v) if isinstance(v, dict) else type(v)) for k, v in header.items()]
 
     assert layout(ours.protected) == layout(real.protected)
-    assert ours.protected[cose.HEADER_CWT_CLAIMS] == {
-        6: 1_743_112_494,
-        1: "service.example.com",
-        2: "ledger.signature",
-    }
+    # Nothing configured: CCF's defaults, an empty issuer and subject.
+    assert ours.protected[cose.HEADER_CWT_CLAIMS] == {6: 1_743_112_494, 1: "", 2: ""}
     assert ours.kid == cose.kid_for_public_key(key.public_key())
     signatures.verify_cose_root_signature(data, cert, ROOT)
     with pytest.raises(VerificationError, match="kid"):
         signatures.verify_cose_root_signature(data, certs.new_key().public_key(), ROOT)
     with pytest.raises(VerificationError):
         signatures.verify_cose_root_signature(data, cert, bytes(32))
+
+
+def test_configured_issuer_and_subject_are_written_as_ccf_writes_them(
+    service: tuple[ec.EllipticCurvePrivateKey, x509.Certificate],
+) -> None:
+    key, cert = service
+    real = cose.decode_sign1(signatures.parse_cose_signature(_real_signature_txs()[-1]["cose"]))
+    real_claims = real.protected[cose.HEADER_CWT_CLAIMS]
+    data = signatures.cose_root_signature(
+        key,
+        ROOT,
+        txid="2.14",
+        iat=real_claims[6],
+        issuer=real_claims[1],
+        subject=real_claims[2],
+    )
+    ours = cose.decode_sign1(data)
+    assert real_claims[1] == "cts-canary.confidential-ledger.azure.com"
+    # Same claims, same order (cbor2 keeps map order), as the real service's signature.
+    assert list(ours.protected[cose.HEADER_CWT_CLAIMS].items()) == list(real_claims.items())
+    _ccf_verify_cose_root(certs.cert_pem(cert), ROOT, data)
+
+
+@pytest.mark.parametrize(
+    "issuer",
+    ["127.0.0.1:8000", "localhost", "service.example.com", "scitt.example.org:443", "[::1]:8443"],
+)
+def test_a_host_or_host_and_port_is_an_issuer(issuer: str) -> None:
+    assert signatures.check_cose_issuer(issuer) == issuer
+
+
+@pytest.mark.parametrize(
+    "issuer",
+    [
+        "",
+        "https://scitt.example.org",
+        "scitt.example.org/path",
+        "user@host",
+        "two words",
+        "host:0",
+        "host:65536",
+        "host:",
+        ":443",
+        "-leading.example.org",
+        "a..b",
+        "::1",
+        "[::1",
+        "[not-ipv6]:1",
+        "x" * 64 + ".org",
+        "a." * 130 + "org",
+    ],
+)
+def test_anything_else_is_not_an_issuer(issuer: str) -> None:
+    with pytest.raises(ValueError):
+        signatures.check_cose_issuer(issuer)
+
+
+def test_a_subject_is_bounded_printable_text() -> None:
+    assert signatures.check_cose_subject("scitt.ccf.signature.v1") == "scitt.ccf.signature.v1"
+    for bad in ["", "x" * 257, "line\nbreak"]:
+        with pytest.raises(ValueError):
+            signatures.check_cose_subject(bad)
+
+
+def test_cose_signatures_config_round_trips_and_bad_values_raise_decode_error() -> None:
+    config = signatures.CoseSignaturesConfig("127.0.0.1:8000", "scitt.ccf.signature.v1")
+    value = signatures.cose_signatures_config_value(config)
+    assert json.loads(value) == {"issuer": "127.0.0.1:8000", "subject": "scitt.ccf.signature.v1"}
+    assert signatures.parse_cose_signatures_config(value) == config
+    for bad in [
+        b"",
+        b"[]",
+        b'{"issuer": "a.org"}',
+        b'{"issuer": "a.org", "subject": "s", "extra": 1}',
+        b'{"issuer": "https://a.org", "subject": "s"}',
+        b'{"issuer": 7, "subject": "s"}',
+        b'{"issuer": "a.org", "subject": ""}',
+        b'{"issuer": "a.org", "subject": "' + b"s" * 5000 + b'"}',
+    ]:
+        with pytest.raises(DecodeError):
+            signatures.parse_cose_signatures_config(bad)
 
 
 def test_cose_root_signature_without_vds_is_rejected(

@@ -478,3 +478,69 @@ def test_pending_joins_are_capped(tmp_path: Path) -> None:
 
     assert [join() for _ in range(MAX_PENDING_NODES)] == [200] * MAX_PENDING_NODES
     assert join() == 503
+
+
+def _cose_claims(raws: list[bytes]) -> list[dict[Any, Any]]:
+    """The CWT claims of every COSE root signature among raw ledger entries."""
+    from charter.ledger import cose, signatures
+    from charter.ledger.entry import decode_entry
+
+    claims = []
+    for raw in raws:
+        public = dict(decode_entry(raw)[0].public)
+        value = public.get(signatures.COSE_SIGNATURES_TABLE, {}).get(signatures.SINGLETON_KEY)
+        if value is not None:
+            sign1 = cose.decode_sign1(signatures.parse_cose_signature(value))
+            claims.append(sign1.protected[cose.HEADER_CWT_CLAIMS])
+    return claims
+
+
+def test_cose_signatures_carry_the_configured_issuer_and_subject_for_the_services_life(
+    tmp_path: Path,
+) -> None:
+    """start.cose_signatures is recorded at genesis, so every signature names it, and a node
+    that starts from a snapshot (as joiners do) signs with the same issuer."""
+    from charter.ledger.signatures import CoseSignaturesConfig
+
+    cose_signatures = {"issuer": "scitt.example.org:8443", "subject": "scitt.ccf.signature.v1"}
+    config = _config(tmp_path)
+    config = itf.NodeConfig.model_validate(
+        {
+            **config.model_dump(mode="json"),
+            "start": {**config.start.model_dump(mode="json"), "cose_signatures": cose_signatures},
+            "snapshots": {"tx_count": 5},
+            "signatures": {"tx_count": 1000, "delay_ms": 1},
+        }
+    )
+    node = _node(config, tmp_path)
+    from charter.enclave_app.main import _initial_members
+
+    node.start_new_network(_initial_members(config), None)
+    raws, sealed = _drain(node)
+    node.tick(0)
+    for ms in range(10, 100, 10):
+        tx = node.store.begin()
+        tx.put("public:review", b"k", str(ms).encode())
+        node.commit_tx(tx)
+        node.tick(ms)
+        more, _ = _drain(node)
+        raws += more
+        if node.latest_snapshot is not None:
+            break
+    claims = _cose_claims(raws)
+    assert len(claims) >= 2
+    assert all(
+        c[1] == "scitt.example.org:8443" and c[2] == "scitt.ccf.signature.v1" for c in claims
+    )
+
+    assert node.latest_snapshot is not None
+    other = _node(config, tmp_path)
+    other.resume(sealed)
+    other.resume_from_snapshot(node.latest_snapshot)
+    assert other.cose_signatures_config() == CoseSignaturesConfig(**cose_signatures)
+
+
+def test_without_cose_signatures_the_claims_are_ccfs_empty_defaults(tmp_path: Path) -> None:
+    node, _ = _start(tmp_path)
+    raws, _ = _drain(node)
+    assert [(c[1], c[2]) for c in _cose_claims(raws)] == [("", "")]

@@ -10,6 +10,10 @@ What the `scitt` command line does not do, done with pyscitt 0.10.1's library, u
                            DIR/transparent.cose and DIR/trust/parameters.json
     verify STATEMENT TS TRUSTDIR   `verify_transparent_statement` (the client's verifier, over
                            `ccf.cose.verify_receipt`) of TS for the signed statement
+    verify-dynamic STATEMENT TS    the same with a `DynamicTrustStore` over `httpx.get`: the
+                           keys come from https://<receipt issuer>/.well-known/...; TLS is
+                           verified the way httpx does by default (certifi's roots, or the
+                           file named by SSL_CERT_FILE)
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ import json
 import sys
 from pathlib import Path
 
+import httpx
 from pyscitt import crypto
 from pyscitt.client import Client
-from pyscitt.verify import StaticTrustStore, verify_transparent_statement
+from pyscitt.verify import DynamicTrustStore, StaticTrustStore, verify_transparent_statement
 
 # The EKU scitt-ccf-ledger's tests put in leaf certificates and name in did:x509 issuers.
 EKU = "1.3.6.1.4.1.311.10.3.13"
@@ -53,6 +58,12 @@ def verify(statement: Path, transparent: Path, trust: Path) -> None:
     print("verified")
 
 
+def verify_dynamic(statement: Path, transparent: Path) -> None:
+    store = DynamicTrustStore(httpx.get)
+    verify_transparent_statement(transparent.read_bytes(), store, statement.read_bytes())
+    print("verified")
+
+
 def main(argv: list[str]) -> None:
     command, *args = argv
     if command == "identity":
@@ -61,6 +72,8 @@ def main(argv: list[str]) -> None:
         fetch(args[0], args[1], args[2], Path(args[3]))
     elif command == "verify":
         verify(Path(args[0]), Path(args[1]), Path(args[2]))
+    elif command == "verify-dynamic":
+        verify_dynamic(Path(args[0]), Path(args[1]))
     else:
         raise SystemExit(f"unknown command {command}")
 

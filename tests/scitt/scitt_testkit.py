@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,9 +47,16 @@ class Pyscitt:
 
     venv: Path
 
-    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        # A clean environment: nothing of Charter's venv leaks into the client's.
-        env = {"PATH": f"{self.venv / 'bin'}:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/")}
+    def run(
+        self, *args: str, check: bool = True, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        # A clean environment: nothing of Charter's venv leaks into the client's; `env` adds
+        # what a user would set (SSL_CERT_FILE).
+        env = {
+            "PATH": f"{self.venv / 'bin'}:/usr/bin:/bin",
+            "HOME": os.environ.get("HOME", "/"),
+            **(env or {}),
+        }
         done = subprocess.run(
             list(args),
             capture_output=True,
@@ -67,8 +75,10 @@ class Pyscitt:
     def scitt(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.run(str(self.venv / "bin" / "scitt"), *args, check=check)
 
-    def driver(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return self.run(str(self.venv / "bin" / "python"), str(DRIVER), *args)
+    def driver(
+        self, *args: str, check: bool = True, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return self.run(str(self.venv / "bin" / "python"), str(DRIVER), *args, check=check, env=env)
 
 
 @dataclass(frozen=True)
@@ -108,8 +118,16 @@ def sign(
     return out
 
 
-def start_sandbox(workspace: Path, nodes: int) -> Sandbox:
-    sandbox = Sandbox(workspace, nodes=nodes, app=SCITT_APP, signature_delay_ms=20)
+def start_sandbox(
+    workspace: Path, nodes: int, configure_node: Callable[[int, dict[str, Any]], None] | None = None
+) -> Sandbox:
+    sandbox = Sandbox(
+        workspace,
+        nodes=nodes,
+        app=SCITT_APP,
+        signature_delay_ms=20,
+        configure_node=configure_node,
+    )
     try:
         asyncio.run(sandbox.start())
     except BaseException:

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import cbor2
 import pytest
 from scitt_testkit import (
     CONTENT_TYPE,
@@ -44,6 +45,22 @@ def fetch(pyscitt: Pyscitt, sandbox: Sandbox, node: int, txid: str, into: Path) 
     """pyscitt's `Client.get_receipt` etc. against one node; returns the receipt."""
     pyscitt.driver("fetch", url_of(sandbox, node), str(sandbox.service_cert_path), txid, str(into))
     return (into / "receipt.cose").read_bytes()
+
+
+def test_a_joined_node_holds_the_issuer_the_service_started_with(network: Sandbox) -> None:
+    """start.cose_signatures is only in node 0's config; node 1 joined and learnt it from
+    the replicated ledger, so it would sign (and does serve) the same issuer."""
+
+    async def issuers() -> list[object]:
+        found = []
+        for node in network.nodes:
+            async with network.client(node) as client:
+                answer = await client.get("/.well-known/transparency-configuration")
+                assert answer.status == 200
+                found.append(cbor2.loads(answer.body)["issuer"])
+        return found
+
+    assert asyncio.run(issuers()) == [network.nodes[0].rpc_address] * 2
 
 
 def test_receipts_from_a_backup_equal_the_primarys_and_survive_a_restart(
