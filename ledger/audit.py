@@ -22,6 +22,7 @@ the order-dependent state; the outcome, including the first failing seqno, is un
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -39,6 +40,16 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from charter.ledger import cose, merkle
+from charter.ledger.audit_checkpoint import (
+    AuditCheckpoint,
+    ExtensionFold,
+    check_chunk_digests,
+    chunk_digests,
+    consistency_proof,
+    frontier_ranges,
+    frontier_root,
+)
+from charter.ledger.audit_locate import chunk_damage, damaged_entry, entry_location, where
 from charter.ledger.audit_workers import KIND_COSE, KIND_ROOT, Verifier, auto_workers
 from charter.ledger.chunks import CHUNK_FILE_BYTES_MAX, ChunkName, LedgerReader, parse_chunk
 from charter.ledger.entry import (
@@ -52,10 +63,13 @@ from charter.ledger.entry import (
     PUBLIC_DOMAIN_OFFSET,
     WriteSet,
     decode_tables,
+    entry_leaf,
 )
 from charter.ledger.errors import AuditError, DecodeError, LedgerError, VerificationError
 from charter.ledger.signatures import (
     MAX_COSE_SIGNATURE_BYTES,
+    TREE_TABLE,
+    NodeSignature,
     parse_cose_signature,
     parse_signature,
     verify_root,
@@ -107,6 +121,25 @@ class AuditReport:
     deprecated_entries: int
     nodes: dict[str, str] = field(default_factory=dict)
     root: bytes = b""
+    # With `checkpoint=True`: where this audit ended, for a later `since=` audit.
+    checkpoint: AuditCheckpoint | None = None
+    # With `since=`: the seqno it resumed after, and the proof that the last signed root
+    # verified extends the checkpoint's (None when no signature followed the checkpoint).
+    resumed_from: int | None = None
+    extension: Extension | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Extension:
+    """An RFC 9162 consistency proof between two signed roots of the same ledger: the tree
+    of `new_size` leaves (root `new_root`) extends the one of `old_size` (root `old_root`).
+    Check it with `check_consistency(old_root, old_size, new_root, new_size, proof)`."""
+
+    old_size: int
+    old_root: bytes
+    new_size: int
+    new_root: bytes
+    proof: tuple[bytes, ...]
 
 
 class MerkleFrontier:
@@ -120,6 +153,19 @@ class MerkleFrontier:
     def __init__(self) -> None:
         self._nodes: list[bytes] = [merkle.ZERO_LEAF]  # leaf 0 is 32 zero bytes, not hashed
         self.size = 1
+
+    @classmethod
+    def resume(cls, nodes: Sequence[bytes], size: int) -> MerkleFrontier:
+        """The frontier of a tree of `size` leaves, from its perfect-subtree roots."""
+        assert len(nodes) == size.bit_count() and size >= 1
+        frontier = cls()
+        frontier._nodes = list(nodes)
+        frontier.size = size
+        return frontier
+
+    @property
+    def nodes(self) -> tuple[bytes, ...]:
+        return tuple(self._nodes)
 
     def append(self, leaf: bytes) -> None:
         nodes = self._nodes
@@ -185,9 +231,29 @@ def check_consistency(
 class _Auditor:
     """Validator state: the frontier plus what the governance tables say about signers."""
 
-    def __init__(self, *, accept_deprecated: bool, verifier: Verifier | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        accept_deprecated: bool,
+        verifier: Verifier | None = None,
+        directory: str = "",
+        chunks: Sequence[ChunkName] = (),
+        checkpointing: bool = False,
+    ) -> None:
         self.accept_deprecated = accept_deprecated
         self.frontier = MerkleFrontier()
+        # Where the entries are, to name a damaged one's file and offset.
+        self.directory = directory
+        self.chunks = list(chunks)
+        # With `checkpointing`, the state after the latest signature is kept (`mark`).
+        self.checkpointing = checkpointing
+        self.mark: AuditCheckpoint | None = None
+        self._last_cose: tuple[int, bytes] | None = None
+        self._last_sig: tuple[bytes, NodeSignature] | None = None  # frontier root, record
+        # Resuming from a checkpoint: the fold behind the consistency proof, and the nodes
+        # for a proof up to the latest signature verified.
+        self.fold: ExtensionFold | None = None
+        self.proof_point: tuple[int, bytes, dict[tuple[int, int], bytes]] | None = None
         # With a verifier, signature checks are deferred to it (and its worker processes).
         self.verifier = verifier
         self.node_status: dict[str, str] = {}
@@ -207,8 +273,8 @@ class _Auditor:
         if key is None:
             try:
                 loaded = x509.load_pem_x509_certificate(pem).public_key()
-            except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-                raise AuditError(f"{what} is not a PEM certificate: {exc}", seqno=seqno) from None
+            except (ValueError, TypeError, UnsupportedAlgorithm):
+                raise AuditError(f"{what} is not a PEM certificate", seqno=seqno) from None
             if not isinstance(loaded, ec.EllipticCurvePublicKey):
                 raise AuditError(f"{what} does not hold an ECDSA key", seqno=seqno)
             if len(self._keys) > 1024:  # certificates rotate rarely; bound the cache anyway
@@ -228,8 +294,8 @@ class _Auditor:
             raise AuditError(f"{what} exceeds {limit} bytes", seqno=seqno)
         try:
             return json.loads(value)
-        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-            raise AuditError(f"{what} is not JSON: {exc}", seqno=seqno) from None
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise AuditError(f"{what} is not JSON", seqno=seqno) from None
 
     # -- one chunk ---------------------------------------------------------------------------
 
@@ -240,9 +306,12 @@ class _Auditor:
         first = scan.first
         leaves = scan.leaves
         cursor = 0
+        fold = self.fold
         for seqno, view, tables_bytes in scan.special:
             index = seqno - first
             frontier.extend(leaves[cursor:index])
+            if fold is not None:
+                fold.extend(leaves[cursor:index])
             cursor = index
             assert frontier.size == seqno, "tree size must equal the next seqno"
             try:
@@ -250,7 +319,11 @@ class _Auditor:
             except LedgerError as exc:
                 raise AuditError(f"bad public domain: {exc}", seqno=seqno) from None
             self.governance(tables, seqno, view)
+            if self.checkpointing and self.last_signed == (view, seqno):
+                self._take_mark(seqno, view, leaves[index])
         frontier.extend(leaves[cursor:])
+        if fold is not None:
+            fold.extend(leaves[cursor:])
         self.deprecated += scan.deprecated
         if scan.error is not None:
             raise AuditError(
@@ -290,8 +363,9 @@ class _Auditor:
         signatures = tables.get(SIGNATURES)
         if signatures:
             self.signatures += 1
+            tree = tables.get(TREE_TABLE, {}).get(SINGLETON_KEY)
             for value in signatures.values():
-                self._check_signature(value, seqno, view)
+                self._check_signature(value, seqno, view, tree)
         service = tables.get(SERVICE_INFO)
         if service is not None:
             self._check_service(service.get(SINGLETON_KEY), seqno)
@@ -299,7 +373,9 @@ class _Auditor:
         if cose_table is not None:
             self._check_cose(cose_table.get(SINGLETON_KEY), seqno)
 
-    def _check_signature(self, value: bytes | None, seqno: int, view: int) -> None:
+    def _check_signature(
+        self, value: bytes | None, seqno: int, view: int, tree: bytes | None = None
+    ) -> None:
         if value is None:
             raise AuditError("signature removed", seqno=seqno)
         try:
@@ -338,11 +414,21 @@ class _Auditor:
                 raise AuditError(f"{what}: {exc}", seqno=seqno) from None
         expected = self.frontier.root()
         if sig.root != expected:
+            # Name the changed entry when the signature's own tree table can show which.
+            located = damaged_entry(
+                self.directory, self.chunks, seqno, sig.root, key.public_key, sig.sig, tree
+            )
+            if located is not None:
+                raise located
             raise AuditError(
                 f"signed root {sig.root.hex()} differs from computed root {expected.hex()}",
                 seqno=seqno,
             )
         self.last_signed = (view, seqno)
+        if self.checkpointing:
+            self._last_sig = (expected, sig)
+        if self.fold is not None:
+            self.proof_point = (seqno, sig.root, self.fold.known())
 
     def _check_service(self, value: bytes | None, seqno: int) -> None:
         info = self._json(value, seqno, "service.info", NODE_INFO_JSON_BYTES_MAX)
@@ -388,6 +474,98 @@ class _Auditor:
         except LedgerError as exc:
             raise AuditError(f"{what}: {exc}", seqno=seqno) from None
         self.cose_signatures += 1
+        if self.checkpointing:
+            self._last_cose = (seqno, encoded)
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def _take_mark(self, seqno: int, view: int, leaf: bytes) -> None:
+        """Keep the state just after signature transaction `seqno` (leaf not yet added)."""
+        assert self._last_sig is not None and self.frontier.size == seqno
+        root, sig = self._last_sig
+        cose_sign1 = self._last_cose[1] if self._last_cose and self._last_cose[0] == seqno else None
+        self.mark = AuditCheckpoint(
+            seqno=seqno,
+            view=view,
+            root=root,
+            frontier=self.frontier.nodes,
+            leaf=leaf,
+            node_id=sig.node_id,
+            signature=sig.sig,
+            cose_sign1=cose_sign1,
+            service_status=self.service_status,
+            service_cert_pem=self.service_cert,
+            node_status=dict(self.node_status),
+            node_certs={k: v.decode(errors="replace") for k, v in self.node_certs.items()},
+            signatures=self.signatures,
+            cose_signatures=self.cose_signatures,
+            deprecated_entries=self.deprecated,
+            chunks=(),
+        )
+
+    def resume(self, checkpoint: AuditCheckpoint) -> None:
+        """Start from a checkpoint after checking that it is what an audit produced: its
+        frontier folds to its signed root, which its node (and the service) signed."""
+        seqno = checkpoint.seqno
+        if frontier_root(checkpoint.frontier) != checkpoint.root:
+            raise AuditError(
+                "checkpoint refused: its Merkle frontier does not fold to its signed root",
+                seqno=seqno,
+            )
+        status = checkpoint.node_status.get(checkpoint.node_id)
+        cert = checkpoint.node_certs.get(checkpoint.node_id)
+        if status is None or status == "Pending" or cert is None:
+            raise AuditError(
+                f"checkpoint refused: its signing node {checkpoint.node_id} is not a trusted "
+                "node of its own state",
+                seqno=seqno,
+            )
+        key = self._public_key(cert.encode(), seqno, "checkpoint's node certificate")
+        try:
+            verify_root(key.public_key, checkpoint.root, checkpoint.signature)
+            if checkpoint.cose_sign1 is not None:
+                if checkpoint.service_cert_pem is None:
+                    raise VerificationError("COSE signature without a service certificate")
+                service = self._public_key(
+                    checkpoint.service_cert_pem.encode(), seqno, "checkpoint's service certificate"
+                )
+                message = cose.decode_sign1(
+                    checkpoint.cose_sign1, max_bytes=MAX_COSE_SIGNATURE_BYTES
+                )
+                if message.kid != service.kid:
+                    raise VerificationError("kid does not match the service key", field="kid")
+                cose.verify_sign1(message, service.public_key, detached_payload=checkpoint.root)
+        except LedgerError:
+            raise AuditError(
+                "checkpoint refused: the signatures over its root do not verify "
+                "(forged or corrupted)",
+                seqno=seqno,
+            ) from None
+        self.frontier = MerkleFrontier.resume(checkpoint.frontier, seqno)
+        self.frontier.append(checkpoint.leaf)
+        self.fold = ExtensionFold(seqno)
+        self.fold.extend([checkpoint.leaf])
+        self.node_status = dict(checkpoint.node_status)
+        self.node_certs = {k: v.encode() for k, v in checkpoint.node_certs.items()}
+        self.service_status = checkpoint.service_status
+        self.service_cert = checkpoint.service_cert_pem
+        self.signatures = checkpoint.signatures
+        self.cose_signatures = checkpoint.cose_signatures
+        self.deprecated = checkpoint.deprecated_entries
+        self.last_signed = (checkpoint.view, seqno)
+        self.mark = checkpoint if self.checkpointing else None
+
+    def extension(self, checkpoint: AuditCheckpoint) -> Extension | None:
+        """The consistency proof from the checkpoint's root to the last root verified."""
+        if self.proof_point is None:
+            return None
+        new_size, new_root, known = self.proof_point
+        old_size = checkpoint.seqno
+        known.update(zip(frontier_ranges(old_size), checkpoint.frontier, strict=True))
+        proof = consistency_proof(old_size, new_size, known)
+        # Check what is handed out: it must hold for the two signed roots.
+        check_consistency(checkpoint.root, old_size, new_root, new_size, proof)
+        return Extension(old_size, checkpoint.root, new_size, new_root, tuple(proof))
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,6 +606,8 @@ def audit(
     accept_deprecated_entry_types: bool = False,
     committed_only: bool = True,
     workers: int | None = None,
+    since: AuditCheckpoint | None = None,
+    checkpoint: bool = False,
 ) -> AuditReport:
     """Validate every transaction of the ledger in `directory`; AuditError at the first bad one.
 
@@ -439,6 +619,12 @@ def audit(
     seqno fails first and why, is the same as with `workers=0` (everything in this process).
     None picks a number from the CPUs and the ledger's size (0 for small ledgers, or when
     this process runs other threads; 1 on a 2-core machine).
+
+    `checkpoint=True` puts in the report an `AuditCheckpoint` of the state after the last
+    signature verified. `since=` a checkpoint audits only the entries after it: the
+    checkpoint is refused unless its signatures verify and every chunk it covered still
+    holds the bytes it was taken from, and the report's `extension` is the consistency
+    proof from its signed root to the last one verified.
     """
     try:
         reader = LedgerReader(directory, committed_only=committed_only)
@@ -449,16 +635,35 @@ def audit(
     if reader.chunks[0].first != 1:
         raise AuditError("ledger does not start at seqno 1", seqno=1)
     total = max(c.last or c.first for c in reader.chunks)
-    seqno = view = chunk_count = 0
+    resume_at = since.seqno + 1 if since is not None else 1
     jobs = [
-        (os.path.join(directory, c.filename), c.first, c.last, accept_deprecated_entry_types)
+        (
+            os.path.join(directory, c.filename),
+            c.first,
+            c.last,
+            accept_deprecated_entry_types,
+            max(c.first, resume_at),
+        )
         for c in reader.chunks
+        if c.last is None or c.last >= resume_at
     ]
     if workers is None:
         size_bytes = sum(os.path.getsize(job[0]) for job in jobs)
         workers = auto_workers(size_bytes, threads=threading.active_count())
+    state = _Auditor(
+        accept_deprecated=accept_deprecated_entry_types,
+        directory=directory,
+        chunks=reader.chunks,
+        checkpointing=checkpoint,
+    )
+    seqno = view = 0
+    chunk_count = len(reader.chunks) - len(jobs)
+    if since is not None:
+        state.resume(since)
+        _check_checkpoint_matches(since, directory, reader.chunks)
+        seqno, view = since.seqno, since.view
     verifier = Verifier(workers) if workers > 0 else None
-    state = _Auditor(accept_deprecated=accept_deprecated_entry_types, verifier=verifier)
+    state.verifier = verifier
     try:
         # With workers, chunks are scanned in parts so verification overlaps scanning.
         for scan in _scans(jobs, _PART_ENTRIES if verifier is not None else 0):
@@ -469,15 +674,15 @@ def audit(
                 progress(seqno, total)
         if verifier is not None:
             verifier.settle()
-    except AuditError:
+    except AuditError as failure:
         # Every verification submitted so far precedes this failure in the serial order,
         # so a failed one among them is the first failure.
         if verifier is not None:
             try:
                 verifier.settle()
             except AuditError as first:
-                raise first from None
-        raise
+                raise _located(first, directory, reader.chunks) from None
+        raise _located(failure, directory, reader.chunks) from None
     finally:
         if verifier is not None:
             verifier.close()
@@ -489,6 +694,12 @@ def audit(
         if given.spki != found.spki:
             raise AuditError("ledger's service identity is not the given service certificate")
     last_signed = state.last_signed
+    mark = state.mark
+    if mark is not None:
+        digests = chunk_digests(
+            directory, reader.chunks, mark.seqno, since.chunks if since is not None else ()
+        )
+        mark = dataclasses.replace(mark, chunks=digests)
     return AuditReport(
         transactions=seqno,
         signatures=state.signatures,
@@ -503,10 +714,52 @@ def audit(
         deprecated_entries=state.deprecated,
         nodes=dict(state.node_status),
         root=state.frontier.root(),
+        checkpoint=mark,
+        resumed_from=since.seqno if since is not None else None,
+        extension=state.extension(since) if since is not None else None,
     )
 
 
-_Job = tuple[str, int, int | None, bool]
+def _located(error: AuditError, directory: str, chunks: Sequence[ChunkName]) -> AuditError:
+    """The error with the chunk file and offset of its entry, if it does not name them."""
+    if error.seqno is None or " (in ledger_" in str(error):
+        return error
+    message = str(error).removeprefix(f"seqno {error.seqno}: ")
+    return AuditError(message + where(directory, chunks, error.seqno), seqno=error.seqno)
+
+
+def _check_checkpoint_matches(
+    since: AuditCheckpoint, directory: str, chunks: Sequence[ChunkName]
+) -> None:
+    """AuditError unless the ledger still holds, byte for byte, what the checkpoint covered."""
+    last = max(c.last or c.first for c in chunks)
+    if last < since.seqno:
+        raise AuditError(
+            f"checkpoint refused: it ends at seqno {since.seqno} but the ledger at {last}",
+            seqno=last + 1,
+        )
+    check_chunk_digests(directory, chunks, since.chunks)
+    location = entry_location(directory, chunks, since.seqno)
+    reader_leaf = None
+    if location is not None:
+        with open(os.path.join(directory, location[0]), "rb") as f:
+            f.seek(location[1])
+            header = f.read(8)
+            size = 8 + int.from_bytes(header[2:8], "little")
+            f.seek(location[1])
+            try:
+                reader_leaf = entry_leaf(f.read(size))
+            except LedgerError:
+                reader_leaf = None
+    if reader_leaf != since.leaf:
+        raise AuditError(
+            "checkpoint refused: the ledger's signature transaction at its seqno is not "
+            "the one it was taken at",
+            seqno=since.seqno,
+        )
+
+
+_Job = tuple[str, int, int | None, bool, int]
 
 
 def _scans(jobs: list[_Job], part_entries: int) -> Iterator[_ChunkScan]:
@@ -526,11 +779,19 @@ def _as_audit_error(exc: LedgerError) -> AuditError:
 
 
 def _scan_parts(
-    path: str, first: int, last: int | None, accept_deprecated: bool, *, part_entries: int
+    path: str,
+    first: int,
+    last: int | None,
+    accept_deprecated: bool,
+    resume_at: int,
+    *,
+    part_entries: int,
 ) -> Iterator[_ChunkScan]:
     """Read and check a chunk file: structure, seqnos, entry types, leaves (no crypto), as
-    scans of up to `part_entries` entries each (0: one scan). Stops after a failing part."""
+    scans of up to `part_entries` entries each (0: one scan), from seqno `resume_at` on (the
+    entries before it were audited earlier). Stops after a failing part."""
     mapped: mmap.mmap | None = None
+    data: bytes | mmap.mmap = b""
     try:
         try:
             with open(path, "rb") as f:
@@ -540,21 +801,23 @@ def _scan_parts(
                 # Map rather than read: hashing straight from the page cache saves a copy.
                 if size_bytes:
                     mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-            data: bytes | mmap.mmap = mapped if mapped is not None else b""
+            data = mapped if mapped is not None else b""
             name = ChunkName(os.path.basename(path), first, last, False, False, False)
             positions = parse_chunk(data, name, walk=False)
         except LedgerError as exc:
-            yield _ChunkScan(first, [], (), 0, 0, (first, f"{type(exc).__name__}: {exc}"))
+            damage = chunk_damage(data, os.path.basename(path), first, exc)
+            yield _ChunkScan(first, [], (), 0, 0, damage)
             return
         except OSError as exc:
-            yield _ChunkScan(first, [], (), 0, 0, (first, f"cannot read chunk {path}: {exc}"))
+            message = f"cannot read chunk {os.path.basename(path)}: {exc.strerror}"
+            yield _ChunkScan(first, [], (), 0, 0, (first, message))
             return
         (table_offset,) = _U64.unpack_from(data, 0)
         bounds = positions[1:]
         bounds.append(table_offset or len(data))
         shape = _ChunkShape(first, positions[-1] if positions else -1, last is not None)
         step = part_entries or max(len(positions), 1)
-        for start in range(0, max(len(positions), 1), step):
+        for start in range(resume_at - first, max(len(positions), 1), step):
             stop = min(start + step, len(positions))
             scan = _scan_part(
                 data,
@@ -648,7 +911,7 @@ def _check_entries(
             # Each entry must end where the next begins (or where the entries end): with
             # increasing positions from offset 8 this proves the whole table.
             if pos + 8 + (lo | (hi << 16)) != next_pos or version != ENTRY_VERSION:
-                raise AuditError(f"entry at offset {pos} is malformed or misplaced", seqno=seqno)
+                raise AuditError("entry is malformed or misplaced", seqno=seqno)
             if iv_seqno != seqno or public_seqno != seqno:
                 raise AuditError(
                     f"entry seqnos (IV {iv_seqno}, public {public_seqno}) do not match position",

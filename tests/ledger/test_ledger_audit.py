@@ -55,13 +55,18 @@ def test_real_deprecated_ledger_validates_only_when_deprecated_types_accepted() 
     assert report.service_status == "Open" and report.chunks == 3
 
 
-def test_tampered_real_ccf_ledger_is_rejected(copy_ledger: Copy) -> None:
+def test_tampered_real_ccf_ledger_names_the_changed_entry_its_file_and_offset(
+    copy_ledger: Copy,
+) -> None:
     directory = copy_ledger(CCF_LEDGERS / "current")
     path, pos, _raw = _locate(directory, 3)
     _flip(path, pos + PUBLIC_DOMAIN_OFFSET + 100)  # inside members.acks of seqno 3
     with pytest.raises(AuditError) as info:
         audit(str(directory))
-    assert info.value.seqno == 5  # the next signature's root no longer matches
+    # Found at the next signature (5), whose tree table shows which leaf changed.
+    assert info.value.seqno == 3
+    assert f"(in {path.name} at offset {pos})" in str(info.value)
+    assert "signature 5" in str(info.value)
 
 
 def test_tampered_real_deprecated_ledger_is_rejected(copy_ledger: Copy) -> None:
@@ -70,7 +75,8 @@ def test_tampered_real_deprecated_ledger_is_rejected(copy_ledger: Copy) -> None:
     _flip(path, pos + len(raw) - 1)
     with pytest.raises(AuditError) as info:
         audit(str(directory), accept_deprecated_entry_types=True)
-    assert info.value.seqno is not None and 20 < info.value.seqno <= 26
+    assert info.value.seqno == 20  # the damaged entry itself, not the signature at 26
+    assert f"(in {path.name} at offset {pos})" in str(info.value)
 
 
 def test_generated_ledger_validates_with_its_service_certificate(
@@ -120,8 +126,9 @@ def test_single_byte_change_in_an_entry_is_rejected(
     _flip(path, pos + offset)
     with pytest.raises(AuditError) as info:
         audit(str(directory))
-    next_signature = min(s for s in small_ledger.signature_seqnos if s > seqno)
-    assert info.value.seqno is not None and seqno <= info.value.seqno <= next_signature, what
+    # The damaged entry itself, with its file and offset (not the signature that found it).
+    assert info.value.seqno == seqno, what
+    assert f"(in {path.name} at offset {pos})" in str(info.value), what
 
 
 def test_private_domain_is_covered_by_the_merkle_tree(
