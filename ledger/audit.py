@@ -65,7 +65,13 @@ from charter.ledger.entry import (
     decode_tables,
     entry_leaf,
 )
-from charter.ledger.errors import AuditError, DecodeError, LedgerError, VerificationError
+from charter.ledger.errors import (
+    AuditError,
+    AuditInterrupted,
+    DecodeError,
+    LedgerError,
+    VerificationError,
+)
 from charter.ledger.signatures import (
     MAX_COSE_SIGNATURE_BYTES,
     TREE_TABLE,
@@ -674,6 +680,24 @@ def audit(
                 progress(seqno, total)
         if verifier is not None:
             verifier.settle()
+    except KeyboardInterrupt:
+        # Stop cleanly: the last signature point is a valid checkpoint once every
+        # verification submitted before it has finished (a few ms of queued jobs).
+        if verifier is not None:
+            try:
+                verifier.settle()
+            except AuditError as first:
+                raise _located(first, directory, reader.chunks) from None
+        mark = state.mark
+        if mark is not None:
+            mark = dataclasses.replace(
+                mark,
+                chunks=chunk_digests(
+                    directory, reader.chunks, mark.seqno, since.chunks if since else ()
+                ),
+            )
+        done = state.frontier.size - 1  # leaves appended: entries scanned in order
+        raise AuditInterrupted(seqno=done, total=total, checkpoint=mark) from None
     except AuditError as failure:
         # Every verification submitted so far precedes this failure in the serial order,
         # so a failed one among them is the first failure.

@@ -17,7 +17,7 @@ from charter.ledger.audit import AuditReport, audit
 from charter.ledger.audit_checkpoint import AuditCheckpoint, frontier_root
 from charter.ledger.chunks import LedgerReader, LedgerWriter
 from charter.ledger.entry import FLAG_FORCE_CHUNK_AFTER
-from charter.ledger.errors import AuditError, DecodeError, VerificationError
+from charter.ledger.errors import AuditError, AuditInterrupted, DecodeError, VerificationError
 from charter.ledger.generate import GeneratedLedger, generate_ledger
 from charter.ledger.history import History
 from charter.ledger.merkle import MerkleTree, verify_consistency
@@ -284,3 +284,29 @@ def test_an_audit_with_nothing_new_since_its_checkpoint_is_valid(
     _same(first, again)
     assert again.extension is None
     assert again.checkpoint is not None and again.checkpoint.dumps() == first.checkpoint.dumps()
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_interrupted_audit_says_how_far_it_got_and_resumes_from_its_checkpoint(
+    big_ledger: GeneratedLedger, workers: int
+) -> None:
+    calls: list[int] = []
+
+    def ctrl_c_after_a_few_chunks(seqno: int, total: int) -> None:
+        calls.append(seqno)
+        if len(calls) == 4:
+            raise KeyboardInterrupt  # what SIGINT raises in the main thread
+
+    with pytest.raises(AuditInterrupted) as info:
+        audit(
+            big_ledger.directory,
+            checkpoint=True,
+            workers=workers,
+            progress=ctrl_c_after_a_few_chunks,
+        )
+    stop = info.value
+    assert stop.seqno == calls[-1] and stop.total == big_ledger.last_seqno
+    assert isinstance(stop.checkpoint, AuditCheckpoint)
+    assert 1 < stop.checkpoint.seqno <= stop.seqno
+    resumed = audit(big_ledger.directory, since=AuditCheckpoint.loads(stop.checkpoint.dumps()))
+    _same(audit(big_ledger.directory, workers=0), resumed)
