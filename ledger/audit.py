@@ -26,11 +26,9 @@ import dataclasses
 import hashlib
 import json
 import logging
-import mmap
 import os
-import struct
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,18 +47,11 @@ from charter.ledger.audit_checkpoint import (
     frontier_ranges,
     frontier_root,
 )
-from charter.ledger.audit_locate import chunk_damage, damaged_entry, entry_location, where
+from charter.ledger.audit_locate import damaged_entry, entry_location, where
+from charter.ledger.audit_scan import ChunkScan, scans
 from charter.ledger.audit_workers import KIND_COSE, KIND_ROOT, Verifier, auto_workers
-from charter.ledger.chunks import CHUNK_FILE_BYTES_MAX, ChunkName, LedgerReader, parse_chunk
+from charter.ledger.chunks import ChunkName, LedgerReader
 from charter.ledger.entry import (
-    ENTRY_TYPE_SNAPSHOT,
-    ENTRY_TYPE_WRITE_SET,
-    ENTRY_TYPE_WRITE_SET_WITH_COMMIT_EVIDENCE,
-    ENTRY_TYPE_WRITE_SET_WITH_COMMIT_EVIDENCE_AND_CLAIMS,
-    ENTRY_VERSION,
-    FLAG_FORCE_CHUNK_AFTER,
-    FLAG_FORCE_CHUNK_BEFORE,
-    PUBLIC_DOMAIN_OFFSET,
     WriteSet,
     decode_tables,
     entry_leaf,
@@ -68,7 +59,6 @@ from charter.ledger.entry import (
 from charter.ledger.errors import (
     AuditError,
     AuditInterrupted,
-    DecodeError,
     LedgerError,
     VerificationError,
 )
@@ -99,12 +89,6 @@ _SERVICE_TRANSITIONS: dict[str, frozenset[str]] = {
     "WaitingForRecoveryShares": frozenset({"Open"}),
     "Open": frozenset({"Recovering"}),
 }
-
-# Fixed fields of an entry from its start: header (version, flags, u48 size), GCM tag
-# (skipped), IV (seqno, view), public_size, then the public domain's entry type and seqno.
-_FIXED = struct.Struct("<BBHI16xQIQBq")
-_U64 = struct.Struct("<Q")
-_IV_VIEW = struct.Struct("<I")
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -213,6 +197,20 @@ class MerkleFrontier:
         nodes.extend(reversed(new_low))
         self.size = old_size + count
 
+    def append_subtree(self, level: int, node: bytes) -> None:
+        """Append the root of a perfect subtree of 2**level leaves (the size must be a
+        multiple of that): same result as appending its leaves one by one."""
+        index = self.size >> level
+        assert index << level == self.size, "a subtree must start at a multiple of its size"
+        nodes = self._nodes
+        nodes.append(node)
+        self.size += 1 << level
+        sha256 = hashlib.sha256
+        while index & 1:
+            right = nodes.pop()
+            nodes[-1] = sha256(nodes[-1] + right).digest()
+            index >>= 1
+
     def root(self) -> bytes:
         nodes = self._nodes
         acc = nodes[-1]
@@ -305,9 +303,11 @@ class _Auditor:
 
     # -- one chunk ---------------------------------------------------------------------------
 
-    def absorb(self, scan: _ChunkScan) -> tuple[int, int]:
+    def absorb(self, scan: ChunkScan) -> tuple[int, int]:
         """Apply a chunk scan in seqno order: leaves into the tree, special entries through
         the validator's checks before their own leaf; then the scan's error, if any."""
+        if scan.segments is not None:
+            return self._absorb_folded(scan)
         frontier = self.frontier
         first = scan.first
         leaves = scan.leaves
@@ -330,6 +330,31 @@ class _Auditor:
         frontier.extend(leaves[cursor:])
         if fold is not None:
             fold.extend(leaves[cursor:])
+        self.deprecated += scan.deprecated
+        if scan.error is not None:
+            raise AuditError(
+                scan.error[1].removeprefix(f"seqno {scan.error[0]}: "), seqno=scan.error[0]
+            )
+        return frontier.size - 1, scan.last_view
+
+    def _absorb_folded(self, scan: ChunkScan) -> tuple[int, int]:
+        """`absorb` for a scan whose leaves arrive folded into subtrees (see audit_scan)."""
+        assert scan.segments is not None and self.fold is None
+        frontier = self.frontier
+        append = frontier.append_subtree
+        for index, (seqno, view, tables_bytes) in enumerate(scan.special):
+            for level, node in scan.segments[index]:
+                append(level, node)
+            assert frontier.size == seqno, "tree size must equal the next seqno"
+            try:
+                tables = decode_tables(tables_bytes, 0, len(tables_bytes), base=0)
+            except LedgerError as exc:
+                raise AuditError(f"bad public domain: {exc}", seqno=seqno) from None
+            self.governance(tables, seqno, view)
+            if self.checkpointing and self.last_signed == (view, seqno):
+                self._take_mark(seqno, view, scan.special_leaves[index])
+        for level, node in scan.segments[-1]:
+            append(level, node)
         self.deprecated += scan.deprecated
         if scan.error is not None:
             raise AuditError(
@@ -583,27 +608,6 @@ class _Key:
     kid: bytes
 
 
-# Entries per part when a chunk is scanned in parts (with workers; see `_scans`).
-_PART_ENTRIES = 1024
-
-
-@dataclass(frozen=True, slots=True)
-class _ChunkScan:
-    """What scanning one chunk found: leaves in order, the entries the validator must look
-    at (seqno, view, public table bytes), and the first structural error if any.
-
-    Built without any validator state, so chunks can be scanned in other processes.
-    """
-
-    first: int
-    leaves: list[bytes]  # one per entry, up to (excluding) the first bad entry
-    special: tuple[tuple[int, int, bytes], ...]
-    last_view: int
-    deprecated: int
-    error: tuple[int, str] | None
-    ends_chunk: bool = True  # False for all but the last part of a chunk scanned in parts
-
-
 def audit(
     directory: str,
     *,
@@ -671,8 +675,9 @@ def audit(
     verifier = Verifier(workers) if workers > 0 else None
     state.verifier = verifier
     try:
-        # With workers, chunks are scanned in parts so verification overlaps scanning.
-        for scan in _scans(jobs, _PART_ENTRIES if verifier is not None else 0):
+        # With workers, chunks are scanned in parts by a pool of processes while this one
+        # applies the validator's checks in order (see audit_scan).
+        for scan in scans(jobs, processes=workers, leaves=since is not None):
             chunk_count += scan.ends_chunk
             seqno, view = state.absorb(scan)
             total = max(total, seqno)
@@ -783,230 +788,7 @@ def _check_checkpoint_matches(
         )
 
 
-_Job = tuple[str, int, int | None, bool, int]
-
-
-def _scans(jobs: list[_Job], part_entries: int) -> Iterator[_ChunkScan]:
-    """Scans of each chunk in order, in parts of `part_entries` (0: whole chunks), stopping
-    after the first that found an error."""
-    for job in jobs:
-        for scan in _scan_parts(*job, part_entries=part_entries):
-            yield scan
-            if scan.error is not None:
-                return
-
-
 def _as_audit_error(exc: LedgerError) -> AuditError:
     if isinstance(exc, AuditError):
         return exc
     return AuditError(f"{type(exc).__name__}: {exc}")
-
-
-def _scan_parts(
-    path: str,
-    first: int,
-    last: int | None,
-    accept_deprecated: bool,
-    resume_at: int,
-    *,
-    part_entries: int,
-) -> Iterator[_ChunkScan]:
-    """Read and check a chunk file: structure, seqnos, entry types, leaves (no crypto), as
-    scans of up to `part_entries` entries each (0: one scan), from seqno `resume_at` on (the
-    entries before it were audited earlier). Stops after a failing part."""
-    mapped: mmap.mmap | None = None
-    data: bytes | mmap.mmap = b""
-    try:
-        try:
-            with open(path, "rb") as f:
-                size_bytes = os.fstat(f.fileno()).st_size
-                if size_bytes > CHUNK_FILE_BYTES_MAX:
-                    raise DecodeError(f"chunk {path} exceeds 4 GiB", field="file_size")
-                # Map rather than read: hashing straight from the page cache saves a copy.
-                if size_bytes:
-                    mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-            data = mapped if mapped is not None else b""
-            name = ChunkName(os.path.basename(path), first, last, False, False, False)
-            positions = parse_chunk(data, name, walk=False)
-        except LedgerError as exc:
-            damage = chunk_damage(data, os.path.basename(path), first, exc)
-            yield _ChunkScan(first, [], (), 0, 0, damage)
-            return
-        except OSError as exc:
-            message = f"cannot read chunk {os.path.basename(path)}: {exc.strerror}"
-            yield _ChunkScan(first, [], (), 0, 0, (first, message))
-            return
-        (table_offset,) = _U64.unpack_from(data, 0)
-        bounds = positions[1:]
-        bounds.append(table_offset or len(data))
-        shape = _ChunkShape(first, positions[-1] if positions else -1, last is not None)
-        step = part_entries or max(len(positions), 1)
-        for start in range(resume_at - first, max(len(positions), 1), step):
-            stop = min(start + step, len(positions))
-            scan = _scan_part(
-                data,
-                positions[start:stop],
-                bounds[start:stop],
-                first + start,
-                shape,
-                accept_deprecated,
-                ends_chunk=stop == len(positions),
-            )
-            yield scan
-            if scan.error is not None:
-                return
-    finally:
-        if mapped is not None:
-            mapped.close()
-
-
-@dataclass(frozen=True, slots=True)
-class _ChunkShape:
-    """What the per-entry checks need to know about the whole chunk."""
-
-    first: int
-    last_pos: int  # position of the chunk's last entry (-1 if none)
-    complete: bool
-
-
-def _scan_part(
-    data: bytes | mmap.mmap,
-    positions: list[int],
-    bounds: list[int],
-    first: int,
-    shape: _ChunkShape,
-    accept_deprecated: bool,
-    *,
-    ends_chunk: bool,
-) -> _ChunkScan:
-    """Check a run of entries starting at seqno `first` and compute their leaves."""
-    special: list[tuple[int, int, bytes]] = []
-    legacy: dict[int, int] = {}  # index in this run -> deprecated entry type
-    error: tuple[int, str] | None = None
-    valid = len(positions)
-    try:
-        _check_entries(data, positions, bounds, first, shape, special, legacy)
-    except AuditError as exc:
-        valid = exc.seqno - first if exc.seqno is not None else 0
-        error = (first + valid, str(exc))
-    if legacy and not accept_deprecated:
-        index = min(legacy)
-        if index < valid:
-            valid = index
-            error = (first + index, f"deprecated entry type {legacy[index]}")
-    leaves = _entry_leaves(data, positions[:valid], bounds[:valid], legacy)
-    special = [entry for entry in special if entry[0] < first + valid]
-    deprecated = sum(1 for index in legacy if index < valid)
-    view = 0
-    if valid:
-        view = _IV_VIEW.unpack_from(data, positions[valid - 1] + 32)[0] & 0x7FFFFFFF
-    return _ChunkScan(first, leaves, tuple(special), view, deprecated, error, ends_chunk)
-
-
-def _check_entries(
-    data: bytes | mmap.mmap,
-    positions: list[int],
-    bounds: list[int],
-    first: int,
-    shape: _ChunkShape,
-    special: list[tuple[int, int, bytes]],
-    legacy: dict[int, int],
-) -> None:
-    """The hot loop: checks each entry's structure and finds the ones to decode.
-
-    Positions came from the offset table unchecked (`walk=False`): every entry must end
-    exactly where the next one starts (`bounds`: the next position, or where the entries
-    end), so a bad table is caught here at no extra cost. Per entry: one struct unpack for
-    the fixed fields and a C-speed substring test that decides whether its public tables
-    need decoding at all. Hashing is left to `_entry_leaves`, which does it in comprehensions.
-    """
-    fixed = _FIXED.unpack_from
-    find = data.find
-    seqno = first - 1
-    chunk_first = shape.first
-    last_pos = shape.last_pos
-    complete = shape.complete
-    try:
-        for pos, next_pos in zip(positions, bounds, strict=True):
-            seqno += 1
-            version, flags, lo, hi, iv_seqno, iv_view, public_size, entry_type, public_seqno = (
-                fixed(data, pos)
-            )
-            # Each entry must end where the next begins (or where the entries end): with
-            # increasing positions from offset 8 this proves the whole table.
-            if pos + 8 + (lo | (hi << 16)) != next_pos or version != ENTRY_VERSION:
-                raise AuditError("entry is malformed or misplaced", seqno=seqno)
-            if iv_seqno != seqno or public_seqno != seqno:
-                raise AuditError(
-                    f"entry seqnos (IV {iv_seqno}, public {public_seqno}) do not match position",
-                    seqno=seqno,
-                )
-            pd_end = pos + PUBLIC_DOMAIN_OFFSET + public_size
-            if entry_type == ENTRY_TYPE_WRITE_SET_WITH_COMMIT_EVIDENCE_AND_CLAIMS and (
-                public_size >= 81 and pd_end <= next_pos
-            ):
-                tables_at = pos + PUBLIC_DOMAIN_OFFSET + 81
-            else:
-                if pd_end > next_pos:
-                    raise AuditError("public domain exceeds its entry", seqno=seqno)
-                offset = _legacy_tables_at(entry_type, public_size, seqno)
-                tables_at = pos + PUBLIC_DOMAIN_OFFSET + offset
-                legacy[seqno - first] = entry_type
-            if flags:
-                if flags & FLAG_FORCE_CHUNK_AFTER and (pos != last_pos or not complete):
-                    raise AuditError(
-                        "entry forces a chunk end but the chunk continues", seqno=seqno
-                    )
-                if flags & FLAG_FORCE_CHUNK_BEFORE and seqno != chunk_first:
-                    raise AuditError("entry forces a new chunk but is not its first", seqno=seqno)
-            # Every table the validator reacts to is named "public:ccf.…"; if those bytes do
-            # not occur, the entry cannot hold one and its tables need not be decoded.
-            if find(b"public:ccf.", tables_at, pd_end) >= 0:
-                special.append((seqno, iv_view & 0x7FFFFFFF, data[tables_at:pd_end]))
-    except struct.error:
-        # A position or size pointing past the end of the file.
-        raise AuditError("entry runs past the end of its chunk", seqno=seqno) from None
-
-
-def _legacy_tables_at(entry_type: int, public_size: int, seqno: int) -> int:
-    """Where the tables start in a public domain other than a well-formed type 4's."""
-    if entry_type == ENTRY_TYPE_WRITE_SET_WITH_COMMIT_EVIDENCE_AND_CLAIMS:
-        raise AuditError("public domain too short", seqno=seqno)
-    if public_size < 17:
-        raise AuditError("public domain too short", seqno=seqno)
-    if entry_type == ENTRY_TYPE_WRITE_SET_WITH_COMMIT_EVIDENCE:
-        if public_size < 49:
-            raise AuditError("public domain too short", seqno=seqno)
-        return 49
-    if entry_type == ENTRY_TYPE_WRITE_SET:
-        return 17
-    if entry_type == ENTRY_TYPE_SNAPSHOT:
-        raise AuditError("snapshot entry inside a ledger chunk", seqno=seqno)
-    raise AuditError(f"unsupported entry type {entry_type}", seqno=seqno)
-
-
-def _entry_leaves(
-    data: bytes | mmap.mmap, positions: list[int], ends: list[int], legacy: dict[int, int]
-) -> list[bytes]:
-    """Merkle leaves of entries already checked by `_check_entries` (as ccf.ledger computes
-    them): type 4 → H(wsd ‖ evidence ‖ claims), type 3 → H(wsd ‖ evidence), type 0 → wsd."""
-    if not positions:
-        return []
-    sha256 = hashlib.sha256
-    # Checked entries end exactly at `ends` (the next position or where the entries end).
-    with memoryview(data) as mv:
-        wsds = [sha256(mv[a:b]).digest() for a, b in zip(positions, ends, strict=True)]
-    # Type 4 public domain (at +44): type, seqno, claims digest (+53), evidence digest (+85).
-    leaves = [
-        sha256(wsd + data[pos + 85 : pos + 117] + data[pos + 53 : pos + 85]).digest()
-        for wsd, pos in zip(wsds, positions, strict=True)
-    ]
-    for index, entry_type in legacy.items():
-        if index >= len(positions):
-            continue
-        if entry_type == ENTRY_TYPE_WRITE_SET_WITH_COMMIT_EVIDENCE:
-            pos = positions[index]
-            leaves[index] = sha256(wsds[index] + data[pos + 53 : pos + 85]).digest()
-        else:
-            leaves[index] = wsds[index]
-    return leaves
