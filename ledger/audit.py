@@ -49,6 +49,11 @@ from charter.ledger.audit_checkpoint import (
 )
 from charter.ledger.audit_locate import damaged_entry, entry_location, where
 from charter.ledger.audit_scan import ChunkScan, scans
+from charter.ledger.audit_snapshot import (
+    SNAPSHOT_EVIDENCE_TABLE,
+    evidence_matches,
+    snapshot_start,
+)
 from charter.ledger.audit_workers import KIND_COSE, KIND_ROOT, Verifier, auto_workers
 from charter.ledger.chunks import ChunkName, LedgerReader
 from charter.ledger.entry import (
@@ -258,6 +263,9 @@ class _Auditor:
         # for a proof up to the latest signature verified.
         self.fold: ExtensionFold | None = None
         self.proof_point: tuple[int, bytes, dict[tuple[int, int], bytes]] | None = None
+        # Starting from a snapshot: (its seqno, its digest), and where its evidence was found.
+        self.expected_evidence: tuple[int, str] | None = None
+        self.evidence_seqno: int | None = None
         # With a verifier, signature checks are deferred to it (and its worker processes).
         self.verifier = verifier
         self.node_status: dict[str, str] = {}
@@ -397,6 +405,11 @@ class _Auditor:
             tree = tables.get(TREE_TABLE, {}).get(SINGLETON_KEY)
             for value in signatures.values():
                 self._check_signature(value, seqno, view, tree)
+        if self.expected_evidence is not None and self.evidence_seqno is None:
+            snapshot_seqno, digest = self.expected_evidence
+            for value in tables.get(SNAPSHOT_EVIDENCE_TABLE, {}).values():
+                if evidence_matches(value, snapshot_seqno, digest):
+                    self.evidence_seqno = seqno
         service = tables.get(SERVICE_INFO)
         if service is not None:
             self._check_service(service.get(SINGLETON_KEY), seqno)
@@ -534,20 +547,20 @@ class _Auditor:
             chunks=(),
         )
 
-    def resume(self, checkpoint: AuditCheckpoint) -> None:
+    def resume(self, checkpoint: AuditCheckpoint, *, what: str = "checkpoint") -> None:
         """Start from a checkpoint after checking that it is what an audit produced: its
         frontier folds to its signed root, which its node (and the service) signed."""
         seqno = checkpoint.seqno
         if frontier_root(checkpoint.frontier) != checkpoint.root:
             raise AuditError(
-                "checkpoint refused: its Merkle frontier does not fold to its signed root",
+                f"{what} refused: its Merkle frontier does not fold to its signed root",
                 seqno=seqno,
             )
         status = checkpoint.node_status.get(checkpoint.node_id)
         cert = checkpoint.node_certs.get(checkpoint.node_id)
         if status is None or status == "Pending" or cert is None:
             raise AuditError(
-                f"checkpoint refused: its signing node {checkpoint.node_id} is not a trusted "
+                f"{what} refused: its signing node {checkpoint.node_id} is not a trusted "
                 "node of its own state",
                 seqno=seqno,
             )
@@ -568,8 +581,7 @@ class _Auditor:
                 cose.verify_sign1(message, service.public_key, detached_payload=checkpoint.root)
         except LedgerError:
             raise AuditError(
-                "checkpoint refused: the signatures over its root do not verify "
-                "(forged or corrupted)",
+                f"{what} refused: the signatures over its root do not verify (forged or corrupted)",
                 seqno=seqno,
             ) from None
         self.frontier = MerkleFrontier.resume(checkpoint.frontier, seqno)
@@ -618,6 +630,7 @@ def audit(
     workers: int | None = None,
     since: AuditCheckpoint | None = None,
     checkpoint: bool = False,
+    snapshot: bytes | None = None,
 ) -> AuditReport:
     """Validate every transaction of the ledger in `directory`; AuditError at the first bad one.
 
@@ -635,15 +648,37 @@ def audit(
     checkpoint is refused unless its signatures verify and every chunk it covered still
     holds the bytes it was taken from, and the report's `extension` is the consistency
     proof from its signed root to the last one verified.
+
+    `snapshot=` the bytes of a snapshot file audits a ledger that starts after it (see
+    `charter.ledger.audit_snapshot`): the snapshot's signed root and frontier are checked,
+    the ledger is audited from the snapshot's seqno + 1, and the snapshot's evidence
+    transaction must be among the audited entries, followed by a signature.
     """
+    evidence: tuple[int, str] | None = None
+    if snapshot is not None:
+        if since is not None:
+            raise ValueError("give a checkpoint or a snapshot to start from, not both")
+        try:
+            start = snapshot_start(snapshot)
+        except LedgerError as exc:
+            raise AuditError(f"snapshot refused: {exc}") from None
+        since = start.checkpoint
+        evidence = (since.seqno, start.digest)
     try:
         reader = LedgerReader(directory, committed_only=committed_only)
     except LedgerError as exc:
         raise _as_audit_error(exc) from None
     if not reader.chunks:
         raise AuditError(f"no ledger chunks in {directory}")
-    if reader.chunks[0].first != 1:
-        raise AuditError("ledger does not start at seqno 1", seqno=1)
+    # Where the ledger must start: at 1, or (for a ledger that a node started from a
+    # snapshot) right after the snapshot, or where the checkpoint's first chunk started.
+    must_start = 1
+    if evidence is not None:
+        must_start = evidence[0] + 1
+    elif since is not None and since.chunks:
+        must_start = since.chunks[0].first
+    if reader.chunks[0].first > must_start or (since is None and reader.chunks[0].first != 1):
+        raise AuditError(f"ledger does not start at seqno {must_start}", seqno=must_start)
     total = max(c.last or c.first for c in reader.chunks)
     resume_at = since.seqno + 1 if since is not None else 1
     jobs = [
@@ -669,8 +704,10 @@ def audit(
     seqno = view = 0
     chunk_count = len(reader.chunks) - len(jobs)
     if since is not None:
-        state.resume(since)
-        _check_checkpoint_matches(since, directory, reader.chunks)
+        state.resume(since, what="checkpoint" if evidence is None else "snapshot")
+        if evidence is None:
+            _check_checkpoint_matches(since, directory, reader.chunks)
+        state.expected_evidence = evidence
         seqno, view = since.seqno, since.view
     verifier = Verifier(workers) if workers > 0 else None
     state.verifier = verifier
@@ -715,6 +752,19 @@ def audit(
     finally:
         if verifier is not None:
             verifier.close()
+    if evidence is not None:
+        evidence_seqno = state.evidence_seqno
+        if evidence_seqno is None:
+            raise AuditError(
+                f"snapshot refused: no transaction after it records its digest {evidence[1]} "
+                f"as the evidence of the snapshot at seqno {evidence[0]}"
+            )
+        if state.last_signed is None or state.last_signed[1] <= evidence_seqno:
+            raise AuditError(
+                f"snapshot refused: its evidence at seqno {evidence_seqno} is not covered by "
+                "a signature",
+                seqno=evidence_seqno,
+            )
     if service_cert_pem is not None:
         if state.service_cert is None:
             raise AuditError("ledger records no service certificate")

@@ -150,7 +150,7 @@ class AuditCheckpoint:
         counts = _Fields(obj.get("counts"), "counts")
         cose_b64 = signature.optional_str_field("cose_sign1", 2 * _SIGNATURE_BYTES_MAX)
         chunks = []
-        previous_last = 0
+        previous_last: int | None = None  # a snapshot-started ledger's first chunk is > 1
         for index, item in enumerate(obj.list_field("chunks", CHECKPOINT_CHUNKS_MAX)):
             if (
                 not isinstance(item, list)
@@ -159,11 +159,12 @@ class AuditCheckpoint:
             ):
                 raise DecodeError(f"chunks[{index}] is not [first, last, end, sha256]")
             first, last, end = item[0], item[1], item[2]
-            if first != previous_last + 1 or last < first or end <= CHUNK_HEADER_SIZE:
+            follows = first >= 1 if previous_last is None else first == previous_last + 1
+            if not follows or last < first or end <= CHUNK_HEADER_SIZE:
                 raise DecodeError(f"chunks[{index}] does not follow on from the one before")
             chunks.append(ChunkDigest(first, last, end, _hash(item[3], f"chunks[{index}]")))
             previous_last = last
-        if previous_last != seqno:
+        if previous_last is not None and previous_last != seqno:
             raise DecodeError("checkpoint chunks do not end at its seqno", field="chunks")
         return cls(
             seqno=seqno,
