@@ -18,6 +18,7 @@ from charter.ledger.audit import AuditReport, ProgressCallback, audit
 from charter.ledger.audit_checkpoint import CHECKPOINT_BYTES_MAX, AuditCheckpoint
 from charter.ledger.errors import AuditError, AuditInterrupted, LedgerError
 from charter.ledger.receipt import decode_cose_receipt, verify_cose_receipt
+from charter.ledger.snapshot import SNAPSHOT_BYTES_MAX
 from charter.sdk import verify_json_receipt
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,7 @@ def audit_ledger(
     since: str | Path | None = None,
     checkpoint: bool = False,
     workers: int | None = None,
+    snapshot: str | Path | None = None,
 ) -> AuditReport:
     """Validate a whole ledger directory with ledger.audit; returns its AuditReport.
 
@@ -121,7 +123,8 @@ def audit_ledger(
     does) unless `include_uncommitted`, e.g. for a running node's directory. `since` is a
     checkpoint file an earlier audit wrote: only the entries after it are audited (and the
     checkpoint is refused unless the ledger still holds what it covered). `checkpoint=True`
-    puts a new checkpoint in the report. `workers`: see `ledger.audit.audit`. Raises
+    puts a new checkpoint in the report. `snapshot` is the snapshot file a ledger that
+    starts after seqno 1 was started from. `workers`: see `ledger.audit.audit`. Raises
     LedgerAuditFailed carrying the first bad seqno; Ctrl-C raises AuditInterrupted.
     """
     path = Path(directory)
@@ -143,6 +146,9 @@ def audit_ledger(
             start = AuditCheckpoint.loads(data)
         except LedgerError as e:
             raise LedgerAuditFailed(f"checkpoint {since} refused: {e}", code=e.code) from None
+    snapshot_bytes = None
+    if snapshot is not None:
+        snapshot_bytes = read_bounded(Path(snapshot), SNAPSHOT_BYTES_MAX, "snapshot")
     try:
         report = audit(
             str(path),
@@ -153,6 +159,7 @@ def audit_ledger(
             since=start,
             checkpoint=checkpoint,
             workers=workers,
+            snapshot=snapshot_bytes,
         )
     except AuditInterrupted:
         raise  # the caller says how far it got and may save the checkpoint

@@ -274,6 +274,13 @@ def ledger_audit(
             "--since", help="Start from this checkpoint: audit only the entries after it."
         ),
     ] = None,
+    snapshot: Annotated[
+        Path | None,
+        typer.Option(
+            "--snapshot",
+            help="For a ledger that starts after a snapshot: the snapshot file it started from.",
+        ),
+    ] = None,
     workers: Annotated[
         int | None,
         typer.Option(
@@ -299,6 +306,7 @@ def ledger_audit(
         "since": since,
         "checkpoint": checkpoint is not None,
         "workers": workers,
+        "snapshot": snapshot,
     }
     try:
         if as_json:
@@ -349,9 +357,11 @@ def ledger_audit(
         return
     stdout.print(f"OK: ledger {directory} is valid")
     if report.resumed_from is not None:
+        start = f"checkpoint at {report.resumed_from} ({since})"
+        if snapshot is not None:
+            start = f"snapshot at {report.resumed_from} ({snapshot}), matched by its evidence"
         stdout.print(
-            f"  audited seqnos {report.resumed_from + 1}..{report.last_seqno} after the "
-            f"checkpoint at {report.resumed_from} ({since})"
+            f"  audited seqnos {report.resumed_from + 1}..{report.last_seqno} after the {start}"
         )
         if report.extension is not None:
             proof = report.extension

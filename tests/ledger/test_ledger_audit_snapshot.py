@@ -9,7 +9,9 @@ import struct
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from charter.cli import app
 from charter.ledger.audit import audit
 from charter.ledger.chunks import LedgerReader, LedgerWriter
 from charter.ledger.entry import FLAG_FORCE_CHUNK_AFTER, decode_entry
@@ -153,3 +155,17 @@ def test_a_snapshot_from_another_ledger_is_refused(
     other = _snapshot_started(big_ledger, big_ledger.signature_seqnos[2], tmp_path / "other")
     with pytest.raises(AuditError):
         audit(str(tmp_path / "ledger"), snapshot=other)
+
+
+def test_charter_ledger_audit_with_snapshot_audits_a_snapshot_started_ledger(
+    small_ledger: GeneratedLedger, tmp_path: Path
+) -> None:
+    at = small_ledger.signature_seqnos[5]
+    snapshot = tmp_path / f"snapshot_{at}_{at + 1}.committed"
+    snapshot.write_bytes(_snapshot_started(small_ledger, at, tmp_path / "ledger"))
+    result = CliRunner().invoke(
+        app, ["ledger", "audit", str(tmp_path / "ledger"), "--snapshot", str(snapshot), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["valid"] and doc["resumed_from"] == at and doc["transactions"] == at + 25
