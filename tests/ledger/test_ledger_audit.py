@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from shared_data import CCF_LEDGERS as SHARED_CCF_LEDGERS
 
 from charter.ledger import certs
 from charter.ledger.audit import MerkleFrontier, audit, check_consistency
+from charter.ledger.audit_scan import aligned_subtrees
 from charter.ledger.chunks import LedgerReader
 from charter.ledger.entry import PUBLIC_DOMAIN_OFFSET, decode_entry
 from charter.ledger.errors import AuditError, VerificationError
@@ -298,3 +300,18 @@ def test_entry_forcing_a_new_chunk_in_the_middle_of_one_is_rejected(
     with pytest.raises(AuditError, match="new chunk") as info:
         audit(str(directory))
     assert info.value.seqno == 7
+
+
+def test_leaves_folded_into_aligned_subtrees_give_the_same_frontier_as_the_leaves() -> None:
+    leaves = [hashlib.sha256(i.to_bytes(4, "little")).digest() for i in range(1, 300)]
+    for start in (1, 2, 3, 7, 64, 100):
+        for cut in (0, 1, 5, 64, 129, 298 - start):
+            reference = MerkleFrontier()
+            reference.extend(leaves[: start - 1])
+            folded = MerkleFrontier()
+            folded.extend(leaves[: start - 1])
+            segment = leaves[start - 1 : start - 1 + cut]
+            reference.extend(segment)
+            for level, node in aligned_subtrees(segment, start):
+                folded.append_subtree(level, node)
+            assert (folded.size, folded.root()) == (reference.size, reference.root())
