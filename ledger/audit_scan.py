@@ -28,6 +28,7 @@ from multiprocessing.pool import AsyncResult
 from typing import Any
 
 from charter.ledger.audit_locate import chunk_damage
+from charter.ledger.audit_workers import close_inherited_pipes
 from charter.ledger.chunks import CHUNK_FILE_BYTES_MAX, ChunkName, parse_chunk
 from charter.ledger.entry import (
     ENTRY_TYPE_SNAPSHOT,
@@ -321,7 +322,7 @@ def scans(jobs: list[Job], *, processes: int, leaves: bool = True) -> Iterator[C
         yield from _serial_scans(jobs, PART_ENTRIES)
         return
     context = multiprocessing.get_context("fork")
-    pool = context.Pool(processes, initializer=_ignore_sigint)
+    pool = context.Pool(processes, initializer=_init_process)
     window: deque[AsyncResult[ChunkScan] | ChunkScan] = deque()
     parts = _parts(jobs, not leaves)
     pending: _PartJob | None = next(parts, None)
@@ -353,9 +354,10 @@ def scans(jobs: list[Job], *, processes: int, leaves: bool = True) -> Iterator[C
         _forget_chunk()
 
 
-def _ignore_sigint() -> None:
+def _init_process() -> None:
     # Ctrl-C is the auditing process's to handle: it stops the pool itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    close_inherited_pipes()
 
 
 def _parts(jobs: list[Job], nodes: bool) -> Iterator[_PartJob]:
