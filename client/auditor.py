@@ -15,8 +15,10 @@ from pathlib import Path
 from charter.errors import IdentityError, LedgerAuditFailed, ReceiptInvalid
 from charter.identity import load_cert_pem, read_bounded
 from charter.ledger.audit import AuditReport, ProgressCallback, audit
-from charter.ledger.errors import AuditError, LedgerError
+from charter.ledger.audit_checkpoint import CHECKPOINT_BYTES_MAX, AuditCheckpoint
+from charter.ledger.errors import AuditError, AuditInterrupted, LedgerError
 from charter.ledger.receipt import decode_cose_receipt, verify_cose_receipt
+from charter.ledger.snapshot import SNAPSHOT_BYTES_MAX
 from charter.sdk import verify_json_receipt
 
 log = logging.getLogger(__name__)
@@ -109,13 +111,21 @@ def audit_ledger(
     progress: ProgressCallback | None = None,
     accept_deprecated_entry_types: bool = False,
     include_uncommitted: bool = False,
+    since: str | Path | None = None,
+    checkpoint: bool = False,
+    workers: int | None = None,
+    snapshot: str | Path | None = None,
 ) -> AuditReport:
     """Validate a whole ledger directory with ledger.audit; returns its AuditReport.
 
     `progress(seqno, total)` is called after each chunk. With `service_cert`, the ledger must
     end with that service identity. Only `*.committed` chunks are read (as `ccf.ledger`
-    does) unless `include_uncommitted`, e.g. for a running node's directory. Raises
-    LedgerAuditFailed carrying the first bad seqno.
+    does) unless `include_uncommitted`, e.g. for a running node's directory. `since` is a
+    checkpoint file an earlier audit wrote: only the entries after it are audited (and the
+    checkpoint is refused unless the ledger still holds what it covered). `checkpoint=True`
+    puts a new checkpoint in the report. `snapshot` is the snapshot file a ledger that
+    starts after seqno 1 was started from. `workers`: see `ledger.audit.audit`. Raises
+    LedgerAuditFailed carrying the first bad seqno; Ctrl-C raises AuditInterrupted.
     """
     path = Path(directory)
     if not path.exists():
@@ -129,6 +139,16 @@ def audit_ledger(
             f"no committed chunks in {path}, only in-progress ones (a running node's ledger?): "
             "audit them with --include-uncommitted"
         )
+    start = None
+    if since is not None:
+        data = read_bounded(Path(since), CHECKPOINT_BYTES_MAX, "audit checkpoint")
+        try:
+            start = AuditCheckpoint.loads(data)
+        except LedgerError as e:
+            raise LedgerAuditFailed(f"checkpoint {since} refused: {e}", code=e.code) from None
+    snapshot_bytes = None
+    if snapshot is not None:
+        snapshot_bytes = read_bounded(Path(snapshot), SNAPSHOT_BYTES_MAX, "snapshot")
     try:
         report = audit(
             str(path),
@@ -136,7 +156,13 @@ def audit_ledger(
             progress=progress,
             accept_deprecated_entry_types=accept_deprecated_entry_types,
             committed_only=not include_uncommitted,
+            since=start,
+            checkpoint=checkpoint,
+            workers=workers,
+            snapshot=snapshot_bytes,
         )
+    except AuditInterrupted:
+        raise  # the caller says how far it got and may save the checkpoint
     except AuditError as e:
         message = str(e).removeprefix(f"seqno {e.seqno}: ")
         raise LedgerAuditFailed(message, seqno=e.seqno, code=e.code) from None

@@ -5,13 +5,26 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
+import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
 
 from charter.audit_report import write_report
 from charter.auditor import audit_ledger
@@ -31,6 +44,8 @@ from charter.cli_common import (
 from charter.errors import IdentityError, LedgerAuditFailed, ReceiptInvalid
 from charter.identity import Network, TxId
 from charter.ledger.audit import AuditReport
+from charter.ledger.audit_checkpoint import AuditCheckpoint
+from charter.ledger.errors import AuditInterrupted
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +187,18 @@ def receipt_verify(
 
 
 def _report_json(report: AuditReport) -> dict[str, Any]:
+    extension = report.extension
     return {
+        "resumed_from": report.resumed_from,
+        "consistency": None
+        if extension is None
+        else {
+            "old_size": extension.old_size,
+            "old_root": extension.old_root.hex(),
+            "new_size": extension.new_size,
+            "new_root": extension.new_root.hex(),
+            "proof": [node.hex() for node in extension.proof],
+        },
         "transactions": report.transactions,
         "signatures": report.signatures,
         "cose_signatures": report.cose_signatures,
@@ -185,6 +211,53 @@ def _report_json(report: AuditReport) -> dict[str, Any]:
         "nodes": report.nodes,
         "root": report.root.hex(),
     }
+
+
+class _RateColumn(ProgressColumn):
+    """Transactions per second, from rich's own moving estimate."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.speed
+        return Text(f"{speed:,.0f} tx/s" if speed else "… tx/s", style="progress.data.speed")
+
+
+class _JsonProgress:
+    """One JSON line on stderr at most every `interval_s`: seqno, total, rate, time left."""
+
+    def __init__(self, start_seqno: int, interval_s: float = 1.0) -> None:
+        self.started = time.monotonic()
+        self.start_seqno = start_seqno
+        self.interval_s = interval_s
+        self.last_s = 0.0
+        self.seqno = start_seqno
+        self.total = start_seqno
+
+    def __call__(self, seqno: int, total: int) -> None:
+        self.seqno, self.total = seqno, total
+        now = time.monotonic()
+        if now - self.last_s < self.interval_s and seqno < total:
+            return
+        self.last_s = now
+        elapsed_s = now - self.started
+        rate = (seqno - self.start_seqno) / elapsed_s if elapsed_s > 0 else 0.0
+        line = {
+            "event": "progress",
+            "seqno": seqno,
+            "total": total,
+            "tx_per_s": round(rate),
+            "eta_s": round((total - seqno) / rate, 1) if rate > 0 else None,
+        }
+        print(json.dumps(line), file=sys.stderr, flush=True)
+
+
+def _write_checkpoint(path: Path, checkpoint: AuditCheckpoint) -> None:
+    """Replace `path` atomically: a crash leaves the old checkpoint or the new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as f:
+        f.write(checkpoint.dumps())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 @ledger_app.command("audit")
@@ -203,67 +276,128 @@ def ledger_audit(
             "--include-uncommitted", help="Also read in-progress chunks (a running node's)."
         ),
     ] = False,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoint",
+            help="Write a checkpoint of where the audit ended (last signature) to this file.",
+        ),
+    ] = None,
+    since: Annotated[
+        Path | None,
+        typer.Option(
+            "--since", help="Start from this checkpoint: audit only the entries after it."
+        ),
+    ] = None,
+    snapshot: Annotated[
+        Path | None,
+        typer.Option(
+            "--snapshot",
+            help="For a ledger that starts after a snapshot: the snapshot file it started from.",
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers", min=0, help="Verifier processes (default: from the CPUs; 0 = serial)."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
     report_path: Annotated[
         Path | None,
         typer.Option("--report", help="Also write a self-contained HTML report to this file."),
     ] = None,
 ) -> None:
-    """Validate a whole ledger offline: entries, Merkle roots, node and service signatures.
+    """Validate a ledger offline: entries, Merkle roots, node and service signatures.
 
-    Exits 1 and names the first bad seqno if anything fails.
+    Exits 1 and names the first bad seqno (its chunk file and offset) if anything fails.
+    With --since, the checkpoint must match the ledger, and only what follows is audited.
+    Ctrl-C stops cleanly (exit 130), says how far the audit got and, with --checkpoint,
+    saves the checkpoint reached so far.
 
     \b
     Example: charter ledger audit workspace/sandbox/node0/workspace/ledger --include-uncommitted --network workspace/sandbox/network.json
     """
     cert = _service_cert_offline(service_cert, network)
-    if as_json:
-        try:
-            report = audit_ledger(
-                directory,
-                service_cert=cert,
-                accept_deprecated_entry_types=accept_deprecated,
-                include_uncommitted=include_uncommitted,
-            )
-        except LedgerAuditFailed as e:
-            if report_path is not None:
-                write_report(report_path, directory, None, failure=(e.seqno, e.message))
-            print_json({"valid": False, "first_bad_seqno": e.seqno, "error": e.message})
-            raise typer.Exit(1) from None
-        if report_path is not None:
-            write_report(report_path, directory, report, include_uncommitted=include_uncommitted)
-        print_json({"valid": True, **_report_json(report)})
-        return
-    with Progress(
-        TextColumn("auditing"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    ) as bar:
-        task = bar.add_task("audit", total=None)
+    options: dict[str, Any] = {
+        "service_cert": cert,
+        "accept_deprecated_entry_types": accept_deprecated,
+        "include_uncommitted": include_uncommitted,
+        "since": since,
+        "checkpoint": checkpoint is not None,
+        "workers": workers,
+        "snapshot": snapshot,
+    }
+    try:
+        if as_json:
+            try:
+                report = audit_ledger(directory, progress=_JsonProgress(0), **options)
+            except LedgerAuditFailed as e:
+                if report_path is not None:
+                    write_report(report_path, directory, None, failure=(e.seqno, e.message))
+                print_json({"valid": False, "first_bad_seqno": e.seqno, "error": e.message})
+                raise typer.Exit(1) from None
+        else:
+            with Progress(
+                TextColumn("auditing"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                _RateColumn(),
+                TimeRemainingColumn(),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            ) as bar:
+                task = bar.add_task("audit", total=None)
 
-        def progress(seqno: int, total: int) -> None:
-            bar.update(task, completed=seqno, total=total)
+                def progress(seqno: int, total: int) -> None:
+                    bar.update(task, completed=seqno, total=total)
 
-        try:
-            report = audit_ledger(
-                directory,
-                service_cert=cert,
-                progress=progress,
-                accept_deprecated_entry_types=accept_deprecated,
-                include_uncommitted=include_uncommitted,
+                try:
+                    report = audit_ledger(directory, progress=progress, **options)
+                except LedgerAuditFailed as e:
+                    if report_path is not None:
+                        write_report(report_path, directory, None, failure=(e.seqno, e.message))
+                    raise
+    except AuditInterrupted as stop:
+        saved = ""
+        if checkpoint is not None and isinstance(stop.checkpoint, AuditCheckpoint):
+            _write_checkpoint(checkpoint, stop.checkpoint)
+            saved = (
+                f"; checkpoint at seqno {stop.checkpoint.seqno} saved to {checkpoint} "
+                f"(resume with --since {checkpoint})"
             )
-        except LedgerAuditFailed as e:
-            if report_path is not None:
-                write_report(report_path, directory, None, failure=(e.seqno, e.message))
-            raise
+        if as_json:
+            doc = {"event": "interrupted", "seqno": stop.seqno, "total": stop.total}
+            print(json.dumps(doc), file=sys.stderr, flush=True)
+        fail(f"interrupted: audited up to seqno {stop.seqno} of {stop.total}{saved}", 130)
+    if checkpoint is not None and report.checkpoint is not None:
+        _write_checkpoint(checkpoint, report.checkpoint)
     if report_path is not None:
         write_report(report_path, directory, report, include_uncommitted=include_uncommitted)
-        stdout.print(f"  report written to {report_path}")
     summary = _report_json(report)
+    if checkpoint is not None:
+        summary["checkpoint"] = {
+            "file": str(checkpoint),
+            "seqno": report.checkpoint.seqno if report.checkpoint else None,
+        }
+    if as_json:
+        print_json({"valid": True, **summary})
+        return
     stdout.print(f"OK: ledger {directory} is valid")
+    if report.resumed_from is not None:
+        start = f"checkpoint at {report.resumed_from} ({since})"
+        if snapshot is not None:
+            start = f"snapshot at {report.resumed_from} ({snapshot}), matched by its evidence"
+        stdout.print(
+            f"  audited seqnos {report.resumed_from + 1}..{report.last_seqno} after the {start}"
+        )
+        if report.extension is not None:
+            proof = report.extension
+            stdout.print(
+                f"  the signed root at {proof.new_size} extends the checkpoint's root at "
+                f"{proof.old_size} (consistency proof of {len(proof.proof)} hashes)"
+            )
     stdout.print(
         f"  {summary['transactions']} transactions up to {summary['last_txid']}, "
         f"{report.signatures} signatures ({report.cose_signatures} COSE), "
@@ -273,9 +407,16 @@ def ledger_audit(
         f"  last signed {report.last_signed_txid}, {report.unsigned_transactions} unsigned after it"
     )
     stdout.print(f"  service {report.service_status}, {len(report.nodes)} node(s) seen")
+    if report_path is not None:
+        stdout.print(f"  report written to {report_path}")
     stdout.print(f"  root {summary['root']}")
     if cert is not None:
         stdout.print(f"  service identity matches {cert}")
+    if checkpoint is not None:
+        if report.checkpoint is not None:
+            stdout.print(f"  checkpoint at seqno {report.checkpoint.seqno} written to {checkpoint}")
+        else:
+            stdout.print("  no checkpoint written: the ledger has no signature yet")
     if not include_uncommitted:
         pending = [
             p.name

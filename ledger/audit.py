@@ -22,14 +22,13 @@ the order-dependent state; the outcome, including the first failing seqno, is un
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
-import mmap
 import os
-import struct
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,23 +38,39 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from charter.ledger import cose, merkle
+from charter.ledger.audit_checkpoint import (
+    AuditCheckpoint,
+    ExtensionFold,
+    check_chunk_digests,
+    chunk_digests,
+    consistency_proof,
+    frontier_ranges,
+    frontier_root,
+)
+from charter.ledger.audit_locate import damaged_entry, entry_location, where
+from charter.ledger.audit_scan import ChunkScan, scans
+from charter.ledger.audit_snapshot import (
+    SNAPSHOT_EVIDENCE_TABLE,
+    evidence_matches,
+    snapshot_start,
+)
 from charter.ledger.audit_workers import KIND_COSE, KIND_ROOT, Verifier, auto_workers
-from charter.ledger.chunks import CHUNK_FILE_BYTES_MAX, ChunkName, LedgerReader, parse_chunk
+from charter.ledger.chunks import ChunkName, LedgerReader
 from charter.ledger.entry import (
-    ENTRY_TYPE_SNAPSHOT,
-    ENTRY_TYPE_WRITE_SET,
-    ENTRY_TYPE_WRITE_SET_WITH_COMMIT_EVIDENCE,
-    ENTRY_TYPE_WRITE_SET_WITH_COMMIT_EVIDENCE_AND_CLAIMS,
-    ENTRY_VERSION,
-    FLAG_FORCE_CHUNK_AFTER,
-    FLAG_FORCE_CHUNK_BEFORE,
-    PUBLIC_DOMAIN_OFFSET,
     WriteSet,
     decode_tables,
+    entry_leaf,
 )
-from charter.ledger.errors import AuditError, DecodeError, LedgerError, VerificationError
+from charter.ledger.errors import (
+    AuditError,
+    AuditInterrupted,
+    LedgerError,
+    VerificationError,
+)
 from charter.ledger.signatures import (
     MAX_COSE_SIGNATURE_BYTES,
+    TREE_TABLE,
+    NodeSignature,
     parse_cose_signature,
     parse_signature,
     verify_root,
@@ -80,12 +95,6 @@ _SERVICE_TRANSITIONS: dict[str, frozenset[str]] = {
     "Open": frozenset({"Recovering"}),
 }
 
-# Fixed fields of an entry from its start: header (version, flags, u48 size), GCM tag
-# (skipped), IV (seqno, view), public_size, then the public domain's entry type and seqno.
-_FIXED = struct.Struct("<BBHI16xQIQBq")
-_U64 = struct.Struct("<Q")
-_IV_VIEW = struct.Struct("<I")
-
 ProgressCallback = Callable[[int, int], None]
 
 
@@ -107,6 +116,25 @@ class AuditReport:
     deprecated_entries: int
     nodes: dict[str, str] = field(default_factory=dict)
     root: bytes = b""
+    # With `checkpoint=True`: where this audit ended, for a later `since=` audit.
+    checkpoint: AuditCheckpoint | None = None
+    # With `since=`: the seqno it resumed after, and the proof that the last signed root
+    # verified extends the checkpoint's (None when no signature followed the checkpoint).
+    resumed_from: int | None = None
+    extension: Extension | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Extension:
+    """An RFC 9162 consistency proof between two signed roots of the same ledger: the tree
+    of `new_size` leaves (root `new_root`) extends the one of `old_size` (root `old_root`).
+    Check it with `check_consistency(old_root, old_size, new_root, new_size, proof)`."""
+
+    old_size: int
+    old_root: bytes
+    new_size: int
+    new_root: bytes
+    proof: tuple[bytes, ...]
 
 
 class MerkleFrontier:
@@ -120,6 +148,19 @@ class MerkleFrontier:
     def __init__(self) -> None:
         self._nodes: list[bytes] = [merkle.ZERO_LEAF]  # leaf 0 is 32 zero bytes, not hashed
         self.size = 1
+
+    @classmethod
+    def resume(cls, nodes: Sequence[bytes], size: int) -> MerkleFrontier:
+        """The frontier of a tree of `size` leaves, from its perfect-subtree roots."""
+        assert len(nodes) == size.bit_count() and size >= 1
+        frontier = cls()
+        frontier._nodes = list(nodes)
+        frontier.size = size
+        return frontier
+
+    @property
+    def nodes(self) -> tuple[bytes, ...]:
+        return tuple(self._nodes)
 
     def append(self, leaf: bytes) -> None:
         nodes = self._nodes
@@ -161,6 +202,20 @@ class MerkleFrontier:
         nodes.extend(reversed(new_low))
         self.size = old_size + count
 
+    def append_subtree(self, level: int, node: bytes) -> None:
+        """Append the root of a perfect subtree of 2**level leaves (the size must be a
+        multiple of that): same result as appending its leaves one by one."""
+        index = self.size >> level
+        assert index << level == self.size, "a subtree must start at a multiple of its size"
+        nodes = self._nodes
+        nodes.append(node)
+        self.size += 1 << level
+        sha256 = hashlib.sha256
+        while index & 1:
+            right = nodes.pop()
+            nodes[-1] = sha256(nodes[-1] + right).digest()
+            index >>= 1
+
     def root(self) -> bytes:
         nodes = self._nodes
         acc = nodes[-1]
@@ -185,9 +240,32 @@ def check_consistency(
 class _Auditor:
     """Validator state: the frontier plus what the governance tables say about signers."""
 
-    def __init__(self, *, accept_deprecated: bool, verifier: Verifier | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        accept_deprecated: bool,
+        verifier: Verifier | None = None,
+        directory: str = "",
+        chunks: Sequence[ChunkName] = (),
+        checkpointing: bool = False,
+    ) -> None:
         self.accept_deprecated = accept_deprecated
         self.frontier = MerkleFrontier()
+        # Where the entries are, to name a damaged one's file and offset.
+        self.directory = directory
+        self.chunks = list(chunks)
+        # With `checkpointing`, the state after the latest signature is kept (`mark`).
+        self.checkpointing = checkpointing
+        self.mark: AuditCheckpoint | None = None
+        self._last_cose: tuple[int, bytes] | None = None
+        self._last_sig: tuple[bytes, NodeSignature] | None = None  # frontier root, record
+        # Resuming from a checkpoint: the fold behind the consistency proof, and the nodes
+        # for a proof up to the latest signature verified.
+        self.fold: ExtensionFold | None = None
+        self.proof_point: tuple[int, bytes, dict[tuple[int, int], bytes]] | None = None
+        # Starting from a snapshot: (its seqno, its digest), and where its evidence was found.
+        self.expected_evidence: tuple[int, str] | None = None
+        self.evidence_seqno: int | None = None
         # With a verifier, signature checks are deferred to it (and its worker processes).
         self.verifier = verifier
         self.node_status: dict[str, str] = {}
@@ -207,8 +285,8 @@ class _Auditor:
         if key is None:
             try:
                 loaded = x509.load_pem_x509_certificate(pem).public_key()
-            except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-                raise AuditError(f"{what} is not a PEM certificate: {exc}", seqno=seqno) from None
+            except (ValueError, TypeError, UnsupportedAlgorithm):
+                raise AuditError(f"{what} is not a PEM certificate", seqno=seqno) from None
             if not isinstance(loaded, ec.EllipticCurvePublicKey):
                 raise AuditError(f"{what} does not hold an ECDSA key", seqno=seqno)
             if len(self._keys) > 1024:  # certificates rotate rarely; bound the cache anyway
@@ -228,21 +306,26 @@ class _Auditor:
             raise AuditError(f"{what} exceeds {limit} bytes", seqno=seqno)
         try:
             return json.loads(value)
-        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-            raise AuditError(f"{what} is not JSON: {exc}", seqno=seqno) from None
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise AuditError(f"{what} is not JSON", seqno=seqno) from None
 
     # -- one chunk ---------------------------------------------------------------------------
 
-    def absorb(self, scan: _ChunkScan) -> tuple[int, int]:
+    def absorb(self, scan: ChunkScan) -> tuple[int, int]:
         """Apply a chunk scan in seqno order: leaves into the tree, special entries through
         the validator's checks before their own leaf; then the scan's error, if any."""
+        if scan.segments is not None:
+            return self._absorb_folded(scan)
         frontier = self.frontier
         first = scan.first
         leaves = scan.leaves
         cursor = 0
+        fold = self.fold
         for seqno, view, tables_bytes in scan.special:
             index = seqno - first
             frontier.extend(leaves[cursor:index])
+            if fold is not None:
+                fold.extend(leaves[cursor:index])
             cursor = index
             assert frontier.size == seqno, "tree size must equal the next seqno"
             try:
@@ -250,7 +333,36 @@ class _Auditor:
             except LedgerError as exc:
                 raise AuditError(f"bad public domain: {exc}", seqno=seqno) from None
             self.governance(tables, seqno, view)
+            if self.checkpointing and self.last_signed == (view, seqno):
+                self._take_mark(seqno, view, leaves[index])
         frontier.extend(leaves[cursor:])
+        if fold is not None:
+            fold.extend(leaves[cursor:])
+        self.deprecated += scan.deprecated
+        if scan.error is not None:
+            raise AuditError(
+                scan.error[1].removeprefix(f"seqno {scan.error[0]}: "), seqno=scan.error[0]
+            )
+        return frontier.size - 1, scan.last_view
+
+    def _absorb_folded(self, scan: ChunkScan) -> tuple[int, int]:
+        """`absorb` for a scan whose leaves arrive folded into subtrees (see audit_scan)."""
+        assert scan.segments is not None and self.fold is None
+        frontier = self.frontier
+        append = frontier.append_subtree
+        for index, (seqno, view, tables_bytes) in enumerate(scan.special):
+            for level, node in scan.segments[index]:
+                append(level, node)
+            assert frontier.size == seqno, "tree size must equal the next seqno"
+            try:
+                tables = decode_tables(tables_bytes, 0, len(tables_bytes), base=0)
+            except LedgerError as exc:
+                raise AuditError(f"bad public domain: {exc}", seqno=seqno) from None
+            self.governance(tables, seqno, view)
+            if self.checkpointing and self.last_signed == (view, seqno):
+                self._take_mark(seqno, view, scan.special_leaves[index])
+        for level, node in scan.segments[-1]:
+            append(level, node)
         self.deprecated += scan.deprecated
         if scan.error is not None:
             raise AuditError(
@@ -290,8 +402,14 @@ class _Auditor:
         signatures = tables.get(SIGNATURES)
         if signatures:
             self.signatures += 1
+            tree = tables.get(TREE_TABLE, {}).get(SINGLETON_KEY)
             for value in signatures.values():
-                self._check_signature(value, seqno, view)
+                self._check_signature(value, seqno, view, tree)
+        if self.expected_evidence is not None and self.evidence_seqno is None:
+            snapshot_seqno, digest = self.expected_evidence
+            for value in tables.get(SNAPSHOT_EVIDENCE_TABLE, {}).values():
+                if evidence_matches(value, snapshot_seqno, digest):
+                    self.evidence_seqno = seqno
         service = tables.get(SERVICE_INFO)
         if service is not None:
             self._check_service(service.get(SINGLETON_KEY), seqno)
@@ -299,7 +417,9 @@ class _Auditor:
         if cose_table is not None:
             self._check_cose(cose_table.get(SINGLETON_KEY), seqno)
 
-    def _check_signature(self, value: bytes | None, seqno: int, view: int) -> None:
+    def _check_signature(
+        self, value: bytes | None, seqno: int, view: int, tree: bytes | None = None
+    ) -> None:
         if value is None:
             raise AuditError("signature removed", seqno=seqno)
         try:
@@ -338,11 +458,21 @@ class _Auditor:
                 raise AuditError(f"{what}: {exc}", seqno=seqno) from None
         expected = self.frontier.root()
         if sig.root != expected:
+            # Name the changed entry when the signature's own tree table can show which.
+            located = damaged_entry(
+                self.directory, self.chunks, seqno, sig.root, key.public_key, sig.sig, tree
+            )
+            if located is not None:
+                raise located
             raise AuditError(
                 f"signed root {sig.root.hex()} differs from computed root {expected.hex()}",
                 seqno=seqno,
             )
         self.last_signed = (view, seqno)
+        if self.checkpointing:
+            self._last_sig = (expected, sig)
+        if self.fold is not None:
+            self.proof_point = (seqno, sig.root, self.fold.known())
 
     def _check_service(self, value: bytes | None, seqno: int) -> None:
         info = self._json(value, seqno, "service.info", NODE_INFO_JSON_BYTES_MAX)
@@ -388,6 +518,97 @@ class _Auditor:
         except LedgerError as exc:
             raise AuditError(f"{what}: {exc}", seqno=seqno) from None
         self.cose_signatures += 1
+        if self.checkpointing:
+            self._last_cose = (seqno, encoded)
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def _take_mark(self, seqno: int, view: int, leaf: bytes) -> None:
+        """Keep the state just after signature transaction `seqno` (leaf not yet added)."""
+        assert self._last_sig is not None and self.frontier.size == seqno
+        root, sig = self._last_sig
+        cose_sign1 = self._last_cose[1] if self._last_cose and self._last_cose[0] == seqno else None
+        self.mark = AuditCheckpoint(
+            seqno=seqno,
+            view=view,
+            root=root,
+            frontier=self.frontier.nodes,
+            leaf=leaf,
+            node_id=sig.node_id,
+            signature=sig.sig,
+            cose_sign1=cose_sign1,
+            service_status=self.service_status,
+            service_cert_pem=self.service_cert,
+            node_status=dict(self.node_status),
+            node_certs={k: v.decode(errors="replace") for k, v in self.node_certs.items()},
+            signatures=self.signatures,
+            cose_signatures=self.cose_signatures,
+            deprecated_entries=self.deprecated,
+            chunks=(),
+        )
+
+    def resume(self, checkpoint: AuditCheckpoint, *, what: str = "checkpoint") -> None:
+        """Start from a checkpoint after checking that it is what an audit produced: its
+        frontier folds to its signed root, which its node (and the service) signed."""
+        seqno = checkpoint.seqno
+        if frontier_root(checkpoint.frontier) != checkpoint.root:
+            raise AuditError(
+                f"{what} refused: its Merkle frontier does not fold to its signed root",
+                seqno=seqno,
+            )
+        status = checkpoint.node_status.get(checkpoint.node_id)
+        cert = checkpoint.node_certs.get(checkpoint.node_id)
+        if status is None or status == "Pending" or cert is None:
+            raise AuditError(
+                f"{what} refused: its signing node {checkpoint.node_id} is not a trusted "
+                "node of its own state",
+                seqno=seqno,
+            )
+        key = self._public_key(cert.encode(), seqno, "checkpoint's node certificate")
+        try:
+            verify_root(key.public_key, checkpoint.root, checkpoint.signature)
+            if checkpoint.cose_sign1 is not None:
+                if checkpoint.service_cert_pem is None:
+                    raise VerificationError("COSE signature without a service certificate")
+                service = self._public_key(
+                    checkpoint.service_cert_pem.encode(), seqno, "checkpoint's service certificate"
+                )
+                message = cose.decode_sign1(
+                    checkpoint.cose_sign1, max_bytes=MAX_COSE_SIGNATURE_BYTES
+                )
+                if message.kid != service.kid:
+                    raise VerificationError("kid does not match the service key", field="kid")
+                cose.verify_sign1(message, service.public_key, detached_payload=checkpoint.root)
+        except LedgerError:
+            raise AuditError(
+                f"{what} refused: the signatures over its root do not verify (forged or corrupted)",
+                seqno=seqno,
+            ) from None
+        self.frontier = MerkleFrontier.resume(checkpoint.frontier, seqno)
+        self.frontier.append(checkpoint.leaf)
+        self.fold = ExtensionFold(seqno)
+        self.fold.extend([checkpoint.leaf])
+        self.node_status = dict(checkpoint.node_status)
+        self.node_certs = {k: v.encode() for k, v in checkpoint.node_certs.items()}
+        self.service_status = checkpoint.service_status
+        self.service_cert = checkpoint.service_cert_pem
+        self.signatures = checkpoint.signatures
+        self.cose_signatures = checkpoint.cose_signatures
+        self.deprecated = checkpoint.deprecated_entries
+        self.last_signed = (checkpoint.view, seqno)
+        self.mark = checkpoint if self.checkpointing else None
+
+    def extension(self, checkpoint: AuditCheckpoint) -> Extension | None:
+        """The consistency proof from the checkpoint's root to the last root verified."""
+        if self.proof_point is None:
+            return None
+        new_size, new_root, known = self.proof_point
+        old_size = checkpoint.seqno
+        known.update(zip(frontier_ranges(old_size), checkpoint.frontier, strict=True))
+        proof = consistency_proof(old_size, new_size, known)
+        # Check what is handed out: it must hold for the two signed roots.
+        check_consistency(checkpoint.root, old_size, new_root, new_size, proof)
+        return Extension(old_size, checkpoint.root, new_size, new_root, tuple(proof))
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,27 +620,6 @@ class _Key:
     kid: bytes
 
 
-# Entries per part when a chunk is scanned in parts (with workers; see `_scans`).
-_PART_ENTRIES = 1024
-
-
-@dataclass(frozen=True, slots=True)
-class _ChunkScan:
-    """What scanning one chunk found: leaves in order, the entries the validator must look
-    at (seqno, view, public table bytes), and the first structural error if any.
-
-    Built without any validator state, so chunks can be scanned in other processes.
-    """
-
-    first: int
-    leaves: list[bytes]  # one per entry, up to (excluding) the first bad entry
-    special: tuple[tuple[int, int, bytes], ...]
-    last_view: int
-    deprecated: int
-    error: tuple[int, str] | None
-    ends_chunk: bool = True  # False for all but the last part of a chunk scanned in parts
-
-
 def audit(
     directory: str,
     *,
@@ -428,6 +628,9 @@ def audit(
     accept_deprecated_entry_types: bool = False,
     committed_only: bool = True,
     workers: int | None = None,
+    since: AuditCheckpoint | None = None,
+    checkpoint: bool = False,
+    snapshot: bytes | None = None,
 ) -> AuditReport:
     """Validate every transaction of the ledger in `directory`; AuditError at the first bad one.
 
@@ -439,29 +642,79 @@ def audit(
     seqno fails first and why, is the same as with `workers=0` (everything in this process).
     None picks a number from the CPUs and the ledger's size (0 for small ledgers, or when
     this process runs other threads; 1 on a 2-core machine).
+
+    `checkpoint=True` puts in the report an `AuditCheckpoint` of the state after the last
+    signature verified. `since=` a checkpoint audits only the entries after it: the
+    checkpoint is refused unless its signatures verify and every chunk it covered still
+    holds the bytes it was taken from, and the report's `extension` is the consistency
+    proof from its signed root to the last one verified.
+
+    `snapshot=` the bytes of a snapshot file audits a ledger that starts after it (see
+    `charter.ledger.audit_snapshot`): the snapshot's signed root and frontier are checked,
+    the ledger is audited from the snapshot's seqno + 1, and the snapshot's evidence
+    transaction must be among the audited entries, followed by a signature.
     """
+    evidence: tuple[int, str] | None = None
+    if snapshot is not None:
+        if since is not None:
+            raise ValueError("give a checkpoint or a snapshot to start from, not both")
+        try:
+            start = snapshot_start(snapshot)
+        except LedgerError as exc:
+            raise AuditError(f"snapshot refused: {exc}") from None
+        since = start.checkpoint
+        evidence = (since.seqno, start.digest)
     try:
         reader = LedgerReader(directory, committed_only=committed_only)
     except LedgerError as exc:
         raise _as_audit_error(exc) from None
     if not reader.chunks:
         raise AuditError(f"no ledger chunks in {directory}")
-    if reader.chunks[0].first != 1:
-        raise AuditError("ledger does not start at seqno 1", seqno=1)
+    # Where the ledger must start: at 1, or (for a ledger that a node started from a
+    # snapshot) right after the snapshot, or where the checkpoint's first chunk started.
+    must_start = 1
+    if evidence is not None:
+        must_start = evidence[0] + 1
+    elif since is not None and since.chunks:
+        must_start = since.chunks[0].first
+    if reader.chunks[0].first > must_start or (since is None and reader.chunks[0].first != 1):
+        raise AuditError(f"ledger does not start at seqno {must_start}", seqno=must_start)
     total = max(c.last or c.first for c in reader.chunks)
-    seqno = view = chunk_count = 0
+    resume_at = since.seqno + 1 if since is not None else 1
     jobs = [
-        (os.path.join(directory, c.filename), c.first, c.last, accept_deprecated_entry_types)
+        (
+            os.path.join(directory, c.filename),
+            c.first,
+            c.last,
+            accept_deprecated_entry_types,
+            max(c.first, resume_at),
+        )
         for c in reader.chunks
+        if c.last is None or c.last >= resume_at
     ]
     if workers is None:
         size_bytes = sum(os.path.getsize(job[0]) for job in jobs)
         workers = auto_workers(size_bytes, threads=threading.active_count())
+    state = _Auditor(
+        accept_deprecated=accept_deprecated_entry_types,
+        directory=directory,
+        chunks=reader.chunks,
+        checkpointing=checkpoint,
+    )
+    seqno = view = 0
+    chunk_count = len(reader.chunks) - len(jobs)
+    if since is not None:
+        state.resume(since, what="checkpoint" if evidence is None else "snapshot")
+        if evidence is None:
+            _check_checkpoint_matches(since, directory, reader.chunks)
+        state.expected_evidence = evidence
+        seqno, view = since.seqno, since.view
     verifier = Verifier(workers) if workers > 0 else None
-    state = _Auditor(accept_deprecated=accept_deprecated_entry_types, verifier=verifier)
+    state.verifier = verifier
     try:
-        # With workers, chunks are scanned in parts so verification overlaps scanning.
-        for scan in _scans(jobs, _PART_ENTRIES if verifier is not None else 0):
+        # With workers, chunks are scanned in parts by a pool of processes while this one
+        # applies the validator's checks in order (see audit_scan).
+        for scan in scans(jobs, processes=workers, leaves=since is not None):
             chunk_count += scan.ends_chunk
             seqno, view = state.absorb(scan)
             total = max(total, seqno)
@@ -469,18 +722,49 @@ def audit(
                 progress(seqno, total)
         if verifier is not None:
             verifier.settle()
-    except AuditError:
+    except KeyboardInterrupt:
+        # Stop cleanly: the last signature point is a valid checkpoint once every
+        # verification submitted before it has finished (a few ms of queued jobs).
+        if verifier is not None:
+            try:
+                verifier.settle()
+            except AuditError as first:
+                raise _located(first, directory, reader.chunks) from None
+        mark = state.mark
+        if mark is not None:
+            mark = dataclasses.replace(
+                mark,
+                chunks=chunk_digests(
+                    directory, reader.chunks, mark.seqno, since.chunks if since else ()
+                ),
+            )
+        done = state.frontier.size - 1  # leaves appended: entries scanned in order
+        raise AuditInterrupted(seqno=done, total=total, checkpoint=mark) from None
+    except AuditError as failure:
         # Every verification submitted so far precedes this failure in the serial order,
         # so a failed one among them is the first failure.
         if verifier is not None:
             try:
                 verifier.settle()
             except AuditError as first:
-                raise first from None
-        raise
+                raise _located(first, directory, reader.chunks) from None
+        raise _located(failure, directory, reader.chunks) from None
     finally:
         if verifier is not None:
             verifier.close()
+    if evidence is not None:
+        evidence_seqno = state.evidence_seqno
+        if evidence_seqno is None:
+            raise AuditError(
+                f"snapshot refused: no transaction after it records its digest {evidence[1]} "
+                f"as the evidence of the snapshot at seqno {evidence[0]}"
+            )
+        if state.last_signed is None or state.last_signed[1] <= evidence_seqno:
+            raise AuditError(
+                f"snapshot refused: its evidence at seqno {evidence_seqno} is not covered by "
+                "a signature",
+                seqno=evidence_seqno,
+            )
     if service_cert_pem is not None:
         if state.service_cert is None:
             raise AuditError("ledger records no service certificate")
@@ -489,6 +773,12 @@ def audit(
         if given.spki != found.spki:
             raise AuditError("ledger's service identity is not the given service certificate")
     last_signed = state.last_signed
+    mark = state.mark
+    if mark is not None:
+        digests = chunk_digests(
+            directory, reader.chunks, mark.seqno, since.chunks if since is not None else ()
+        )
+        mark = dataclasses.replace(mark, chunks=digests)
     return AuditReport(
         transactions=seqno,
         signatures=state.signatures,
@@ -503,223 +793,52 @@ def audit(
         deprecated_entries=state.deprecated,
         nodes=dict(state.node_status),
         root=state.frontier.root(),
+        checkpoint=mark,
+        resumed_from=since.seqno if since is not None else None,
+        extension=state.extension(since) if since is not None else None,
     )
 
 
-_Job = tuple[str, int, int | None, bool]
+def _located(error: AuditError, directory: str, chunks: Sequence[ChunkName]) -> AuditError:
+    """The error with the chunk file and offset of its entry, if it does not name them."""
+    if error.seqno is None or " (in ledger_" in str(error):
+        return error
+    message = str(error).removeprefix(f"seqno {error.seqno}: ")
+    return AuditError(message + where(directory, chunks, error.seqno), seqno=error.seqno)
 
 
-def _scans(jobs: list[_Job], part_entries: int) -> Iterator[_ChunkScan]:
-    """Scans of each chunk in order, in parts of `part_entries` (0: whole chunks), stopping
-    after the first that found an error."""
-    for job in jobs:
-        for scan in _scan_parts(*job, part_entries=part_entries):
-            yield scan
-            if scan.error is not None:
-                return
+def _check_checkpoint_matches(
+    since: AuditCheckpoint, directory: str, chunks: Sequence[ChunkName]
+) -> None:
+    """AuditError unless the ledger still holds, byte for byte, what the checkpoint covered."""
+    last = max(c.last or c.first for c in chunks)
+    if last < since.seqno:
+        raise AuditError(
+            f"checkpoint refused: it ends at seqno {since.seqno} but the ledger at {last}",
+            seqno=last + 1,
+        )
+    check_chunk_digests(directory, chunks, since.chunks)
+    location = entry_location(directory, chunks, since.seqno)
+    reader_leaf = None
+    if location is not None:
+        with open(os.path.join(directory, location[0]), "rb") as f:
+            f.seek(location[1])
+            header = f.read(8)
+            size = 8 + int.from_bytes(header[2:8], "little")
+            f.seek(location[1])
+            try:
+                reader_leaf = entry_leaf(f.read(size))
+            except LedgerError:
+                reader_leaf = None
+    if reader_leaf != since.leaf:
+        raise AuditError(
+            "checkpoint refused: the ledger's signature transaction at its seqno is not "
+            "the one it was taken at",
+            seqno=since.seqno,
+        )
 
 
 def _as_audit_error(exc: LedgerError) -> AuditError:
     if isinstance(exc, AuditError):
         return exc
     return AuditError(f"{type(exc).__name__}: {exc}")
-
-
-def _scan_parts(
-    path: str, first: int, last: int | None, accept_deprecated: bool, *, part_entries: int
-) -> Iterator[_ChunkScan]:
-    """Read and check a chunk file: structure, seqnos, entry types, leaves (no crypto), as
-    scans of up to `part_entries` entries each (0: one scan). Stops after a failing part."""
-    mapped: mmap.mmap | None = None
-    try:
-        try:
-            with open(path, "rb") as f:
-                size_bytes = os.fstat(f.fileno()).st_size
-                if size_bytes > CHUNK_FILE_BYTES_MAX:
-                    raise DecodeError(f"chunk {path} exceeds 4 GiB", field="file_size")
-                # Map rather than read: hashing straight from the page cache saves a copy.
-                if size_bytes:
-                    mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-            data: bytes | mmap.mmap = mapped if mapped is not None else b""
-            name = ChunkName(os.path.basename(path), first, last, False, False, False)
-            positions = parse_chunk(data, name, walk=False)
-        except LedgerError as exc:
-            yield _ChunkScan(first, [], (), 0, 0, (first, f"{type(exc).__name__}: {exc}"))
-            return
-        except OSError as exc:
-            yield _ChunkScan(first, [], (), 0, 0, (first, f"cannot read chunk {path}: {exc}"))
-            return
-        (table_offset,) = _U64.unpack_from(data, 0)
-        bounds = positions[1:]
-        bounds.append(table_offset or len(data))
-        shape = _ChunkShape(first, positions[-1] if positions else -1, last is not None)
-        step = part_entries or max(len(positions), 1)
-        for start in range(0, max(len(positions), 1), step):
-            stop = min(start + step, len(positions))
-            scan = _scan_part(
-                data,
-                positions[start:stop],
-                bounds[start:stop],
-                first + start,
-                shape,
-                accept_deprecated,
-                ends_chunk=stop == len(positions),
-            )
-            yield scan
-            if scan.error is not None:
-                return
-    finally:
-        if mapped is not None:
-            mapped.close()
-
-
-@dataclass(frozen=True, slots=True)
-class _ChunkShape:
-    """What the per-entry checks need to know about the whole chunk."""
-
-    first: int
-    last_pos: int  # position of the chunk's last entry (-1 if none)
-    complete: bool
-
-
-def _scan_part(
-    data: bytes | mmap.mmap,
-    positions: list[int],
-    bounds: list[int],
-    first: int,
-    shape: _ChunkShape,
-    accept_deprecated: bool,
-    *,
-    ends_chunk: bool,
-) -> _ChunkScan:
-    """Check a run of entries starting at seqno `first` and compute their leaves."""
-    special: list[tuple[int, int, bytes]] = []
-    legacy: dict[int, int] = {}  # index in this run -> deprecated entry type
-    error: tuple[int, str] | None = None
-    valid = len(positions)
-    try:
-        _check_entries(data, positions, bounds, first, shape, special, legacy)
-    except AuditError as exc:
-        valid = exc.seqno - first if exc.seqno is not None else 0
-        error = (first + valid, str(exc))
-    if legacy and not accept_deprecated:
-        index = min(legacy)
-        if index < valid:
-            valid = index
-            error = (first + index, f"deprecated entry type {legacy[index]}")
-    leaves = _entry_leaves(data, positions[:valid], bounds[:valid], legacy)
-    special = [entry for entry in special if entry[0] < first + valid]
-    deprecated = sum(1 for index in legacy if index < valid)
-    view = 0
-    if valid:
-        view = _IV_VIEW.unpack_from(data, positions[valid - 1] + 32)[0] & 0x7FFFFFFF
-    return _ChunkScan(first, leaves, tuple(special), view, deprecated, error, ends_chunk)
-
-
-def _check_entries(
-    data: bytes | mmap.mmap,
-    positions: list[int],
-    bounds: list[int],
-    first: int,
-    shape: _ChunkShape,
-    special: list[tuple[int, int, bytes]],
-    legacy: dict[int, int],
-) -> None:
-    """The hot loop: checks each entry's structure and finds the ones to decode.
-
-    Positions came from the offset table unchecked (`walk=False`): every entry must end
-    exactly where the next one starts (`bounds`: the next position, or where the entries
-    end), so a bad table is caught here at no extra cost. Per entry: one struct unpack for
-    the fixed fields and a C-speed substring test that decides whether its public tables
-    need decoding at all. Hashing is left to `_entry_leaves`, which does it in comprehensions.
-    """
-    fixed = _FIXED.unpack_from
-    find = data.find
-    seqno = first - 1
-    chunk_first = shape.first
-    last_pos = shape.last_pos
-    complete = shape.complete
-    try:
-        for pos, next_pos in zip(positions, bounds, strict=True):
-            seqno += 1
-            version, flags, lo, hi, iv_seqno, iv_view, public_size, entry_type, public_seqno = (
-                fixed(data, pos)
-            )
-            # Each entry must end where the next begins (or where the entries end): with
-            # increasing positions from offset 8 this proves the whole table.
-            if pos + 8 + (lo | (hi << 16)) != next_pos or version != ENTRY_VERSION:
-                raise AuditError(f"entry at offset {pos} is malformed or misplaced", seqno=seqno)
-            if iv_seqno != seqno or public_seqno != seqno:
-                raise AuditError(
-                    f"entry seqnos (IV {iv_seqno}, public {public_seqno}) do not match position",
-                    seqno=seqno,
-                )
-            pd_end = pos + PUBLIC_DOMAIN_OFFSET + public_size
-            if entry_type == ENTRY_TYPE_WRITE_SET_WITH_COMMIT_EVIDENCE_AND_CLAIMS and (
-                public_size >= 81 and pd_end <= next_pos
-            ):
-                tables_at = pos + PUBLIC_DOMAIN_OFFSET + 81
-            else:
-                if pd_end > next_pos:
-                    raise AuditError("public domain exceeds its entry", seqno=seqno)
-                offset = _legacy_tables_at(entry_type, public_size, seqno)
-                tables_at = pos + PUBLIC_DOMAIN_OFFSET + offset
-                legacy[seqno - first] = entry_type
-            if flags:
-                if flags & FLAG_FORCE_CHUNK_AFTER and (pos != last_pos or not complete):
-                    raise AuditError(
-                        "entry forces a chunk end but the chunk continues", seqno=seqno
-                    )
-                if flags & FLAG_FORCE_CHUNK_BEFORE and seqno != chunk_first:
-                    raise AuditError("entry forces a new chunk but is not its first", seqno=seqno)
-            # Every table the validator reacts to is named "public:ccf.…"; if those bytes do
-            # not occur, the entry cannot hold one and its tables need not be decoded.
-            if find(b"public:ccf.", tables_at, pd_end) >= 0:
-                special.append((seqno, iv_view & 0x7FFFFFFF, data[tables_at:pd_end]))
-    except struct.error:
-        # A position or size pointing past the end of the file.
-        raise AuditError("entry runs past the end of its chunk", seqno=seqno) from None
-
-
-def _legacy_tables_at(entry_type: int, public_size: int, seqno: int) -> int:
-    """Where the tables start in a public domain other than a well-formed type 4's."""
-    if entry_type == ENTRY_TYPE_WRITE_SET_WITH_COMMIT_EVIDENCE_AND_CLAIMS:
-        raise AuditError("public domain too short", seqno=seqno)
-    if public_size < 17:
-        raise AuditError("public domain too short", seqno=seqno)
-    if entry_type == ENTRY_TYPE_WRITE_SET_WITH_COMMIT_EVIDENCE:
-        if public_size < 49:
-            raise AuditError("public domain too short", seqno=seqno)
-        return 49
-    if entry_type == ENTRY_TYPE_WRITE_SET:
-        return 17
-    if entry_type == ENTRY_TYPE_SNAPSHOT:
-        raise AuditError("snapshot entry inside a ledger chunk", seqno=seqno)
-    raise AuditError(f"unsupported entry type {entry_type}", seqno=seqno)
-
-
-def _entry_leaves(
-    data: bytes | mmap.mmap, positions: list[int], ends: list[int], legacy: dict[int, int]
-) -> list[bytes]:
-    """Merkle leaves of entries already checked by `_check_entries` (as ccf.ledger computes
-    them): type 4 → H(wsd ‖ evidence ‖ claims), type 3 → H(wsd ‖ evidence), type 0 → wsd."""
-    if not positions:
-        return []
-    sha256 = hashlib.sha256
-    # Checked entries end exactly at `ends` (the next position or where the entries end).
-    with memoryview(data) as mv:
-        wsds = [sha256(mv[a:b]).digest() for a, b in zip(positions, ends, strict=True)]
-    # Type 4 public domain (at +44): type, seqno, claims digest (+53), evidence digest (+85).
-    leaves = [
-        sha256(wsd + data[pos + 85 : pos + 117] + data[pos + 53 : pos + 85]).digest()
-        for wsd, pos in zip(wsds, positions, strict=True)
-    ]
-    for index, entry_type in legacy.items():
-        if index >= len(positions):
-            continue
-        if entry_type == ENTRY_TYPE_WRITE_SET_WITH_COMMIT_EVIDENCE:
-            pos = positions[index]
-            leaves[index] = sha256(wsds[index] + data[pos + 53 : pos + 85]).digest()
-        else:
-            leaves[index] = wsds[index]
-    return leaves

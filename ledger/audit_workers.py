@@ -87,8 +87,23 @@ def run_job(kind: int, key: ec.EllipticCurvePublicKey, first: bytes, second: byt
     return None
 
 
-def _worker_main(conn: Connection) -> None:
+# The auditing process's ends of the workers' pipes. A forked child (a worker, or a scanning
+# process of audit_scan) closes its copies at once: otherwise a worker whose auditing process
+# died would never see its pipe close and would outlive it.
+_PARENT_ENDS: list[Connection] = []
+
+
+def close_inherited_pipes() -> None:
+    """In a freshly forked child: close the copies of the auditing process's pipe ends."""
+    for conn in _PARENT_ENDS:
+        conn.close()
+    _PARENT_ENDS.clear()
+
+
+def _worker_main(conn: Connection, own_parent_end: Connection) -> None:
     """A worker's loop: receive (new keys, jobs), answer [(job number, error or None)]."""
+    own_parent_end.close()
+    close_inherited_pipes()
     keys: dict[int, ec.EllipticCurvePublicKey] = {}
     # Yield to the auditing process when the two share a core (a busy machine): it verifies
     # whatever the worker has not reached, so the worker only ever uses a spare core.
@@ -122,9 +137,11 @@ class _Worker:
 
     def __init__(self, context: Any) -> None:
         parent, child = context.Pipe(duplex=True)
-        self.process = context.Process(target=_worker_main, args=(child,), daemon=True)
+        self.process = context.Process(target=_worker_main, args=(child, parent), daemon=True)
         self.process.start()
         child.close()
+        _PARENT_ENDS[:] = [end for end in _PARENT_ENDS if not end.closed]
+        _PARENT_ENDS.append(parent)
         self.conn: Connection = parent
         self.poller = select.poll()
         self.poller.register(parent.fileno(), select.POLLIN)

@@ -66,3 +66,17 @@ class LedgerWriteError(LedgerError):
         self.needed_bytes = needed_bytes
         self.free_bytes = free_bytes
         super().__init__(message)
+
+
+class AuditInterrupted(LedgerError):
+    """An audit stopped by the user (Ctrl-C) before the end: `seqno` is the last entry
+    scanned, `total` the ledger's last seqno, `checkpoint` (an `AuditCheckpoint`, when the
+    audit was asked for one) the state after the last signature fully verified by then."""
+
+    code = "AuditInterrupted"
+
+    def __init__(self, *, seqno: int, total: int, checkpoint: object | None = None) -> None:
+        self.seqno = seqno
+        self.total = total
+        self.checkpoint = checkpoint
+        super().__init__(f"audit interrupted after seqno {seqno} of {total}")

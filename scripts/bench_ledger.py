@@ -222,6 +222,112 @@ def bench_audit(generated: Any, repeats: int) -> Results:
     }
 
 
+# ------------------------------------------------- audit: ledger shapes, whole processes
+
+_SHAPES = {"dense": 100, "sparse": 1000}  # a signature every N transactions
+_WORKER_COUNTS = (0, 1, 2)
+
+
+def _ledger_for_shape(cache: Path, transactions: int, interval: int) -> Path:
+    """A generated ledger of that shape, made once and kept in `cache` for later runs."""
+    from charter.ledger.generate import generate_ledger
+
+    directory = cache / f"ledger-{transactions}-sig{interval}"
+    done = directory / ".complete"
+    if not done.exists():
+        if directory.exists():
+            for child in directory.iterdir():
+                child.unlink()
+            directory.rmdir()
+        start = time.perf_counter()
+        generate_ledger(str(directory), transactions=transactions, signature_interval=interval)
+        done.write_text("")
+        row("generate", f"{time.perf_counter() - start:.1f} s", str(directory))
+    return directory
+
+
+_MEASURE = """
+import os, resource, subprocess, sys, time
+start = time.perf_counter()
+child = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+out, err = child.communicate()
+seconds = time.perf_counter() - start
+# Peak RSS of the largest process in the child's tree that was waited for (KiB on Linux),
+# and the CPU seconds of that tree (worker processes included once they are reaped).
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+sys.stderr.buffer.write(err)
+print(child.returncode, seconds, usage.ru_maxrss, usage.ru_utime + usage.ru_stime)
+"""
+
+
+def measure(argv: list[str]) -> tuple[float, int, float]:
+    """(wall seconds, peak RSS KiB, CPU seconds) of one whole process, measured by a wrapper
+    of its own so that RUSAGE_CHILDREN holds this run only."""
+    done = subprocess.run(
+        [sys.executable, "-c", _MEASURE, *argv], capture_output=True, text=True, timeout=3600
+    )
+    code, seconds, rss_kib, cpu_s = done.stdout.split()
+    if int(code) != 0:
+        raise RuntimeError(f"{argv[:5]} exited {code}: {done.stderr.strip()[-300:]}")
+    return float(seconds), int(rss_kib), float(cpu_s)
+
+
+_CCF_WHOLE = """
+import sys
+from ccf.ledger import Ledger, LedgerValidator
+validator = LedgerValidator(accept_deprecated_entry_types=False)
+for tx in Ledger([sys.argv[1]], committed_only=True).transactions():
+    validator.add_transaction(tx)
+"""
+
+
+def bench_audit_shapes(transactions: int, cache: Path, repeats: int) -> Results:
+    """Both tools as whole processes (start-up included), on a dense and a sparse ledger,
+    with 0, 1 and 2 worker processes; alternated so that load falls on both alike."""
+    print(f"Audit by shape ({transactions:,} transactions, whole processes)", flush=True)
+    out: Results = {"shape_transactions": transactions}
+    for shape, interval in _SHAPES.items():
+        directory = _ledger_for_shape(cache, transactions, interval)
+        size_mb = sum(p.stat().st_size for p in directory.iterdir()) / 1e6
+        ours: dict[int, tuple[float, int, float]] = {}
+        ccf: tuple[float, int, float] = (float("inf"), 0, float("inf"))
+        for _ in range(repeats):
+            # ccf between each of ours, so that a change of load shows on both sides.
+            for workers in _WORKER_COUNTS:
+                seconds, rss, cpu_s = measure([sys.executable, "-c", _CCF_WHOLE, str(directory)])
+                ccf = (min(ccf[0], seconds), max(ccf[1], rss), min(ccf[2], cpu_s))
+                argv = [sys.executable, "-m", "charter.ledger", "audit", str(directory)]
+                seconds, rss, cpu_s = measure([*argv, "--workers", str(workers)])
+                best = ours.get(workers, (float("inf"), 0, float("inf")))
+                ours[workers] = (min(best[0], seconds), max(best[1], rss), min(best[2], cpu_s))
+        row(f"{shape}: ledger", f"{size_mb:.0f} MB", f"a signature every {interval}")
+        row(
+            f"{shape}: ccf validator",
+            f"{ccf[0]:.2f} s",
+            f"CPU {ccf[2]:.2f} s, peak RSS {ccf[1] / 1024:.0f} MiB",
+        )
+        for workers, (seconds, rss, cpu_s) in ours.items():
+            row(
+                f"{shape}: charter, {workers} workers",
+                f"{seconds:.2f} s",
+                f"{ccf[0] / seconds:.2f}x ccf; CPU {cpu_s:.2f} s; peak RSS {rss / 1024:.0f} MiB",
+            )
+        best_workers = min(ours, key=lambda w: ours[w][0])
+        out[f"audit_{shape}_ccf_s"] = round(ccf[0], 2)
+        out[f"audit_{shape}_ccf_cpu_s"] = round(ccf[2], 2)
+        out[f"audit_{shape}_ccf_peak_rss_mib"] = round(ccf[1] / 1024)
+        # CPU seconds: the work each tool does, which load on a shared machine changes less.
+        out[f"audit_{shape}_w0_cpu_vs_ccf_ratio"] = round(ccf[2] / ours[0][2], 2)
+        for workers, (seconds, rss, cpu_s) in ours.items():
+            out[f"audit_{shape}_w{workers}_s"] = round(seconds, 2)
+            out[f"audit_{shape}_w{workers}_cpu_s"] = round(cpu_s, 2)
+            out[f"audit_{shape}_w{workers}_vs_ccf_ratio"] = round(ccf[0] / seconds, 2)
+            out[f"audit_{shape}_w{workers}_peak_rss_mib"] = round(rss / 1024)
+        out[f"audit_{shape}_vs_ccf_ratio"] = round(ccf[0] / ours[best_workers][0], 2)
+        out[f"audit_{shape}_scaling_w2_over_w0"] = round(ours[0][0] / ours[2][0], 2)
+    return out
+
+
 # ----------------------------------------------------------------------- receipts
 
 
@@ -335,6 +441,22 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--leaves", type=int, default=None)
     parser.add_argument("--transactions", type=int, default=None)
+    parser.add_argument(
+        "--shape-transactions",
+        type=int,
+        default=None,
+        help="size of the dense and sparse audit ledgers (default 1,000,000; --quick 20,000)",
+    )
+    parser.add_argument(
+        "--ledger-cache",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "charter-bench-ledgers",
+        help="where the generated shape ledgers are kept between runs",
+    )
+    parser.add_argument("--no-shapes", action="store_true", help="skip the by-shape audit")
+    parser.add_argument(
+        "--shapes-only", action="store_true", help="run only the by-shape audit section"
+    )
     args = parser.parse_args()
     leaf_count = args.leaves or (100_000 if args.quick else 1_000_000)
     transactions = args.transactions or (2_000 if args.quick else 10_000)
@@ -357,7 +479,8 @@ def main() -> int:
             notes.append(message)
             row(name, "skipped", message)
 
-    run("merkle", lambda: bench_merkle(leaf_count, repeats))
+    if not args.shapes_only:
+        run("merkle", lambda: bench_merkle(leaf_count, repeats))
     with tempfile.TemporaryDirectory(prefix="bench-ledger-") as directory:
         generated: list[Any] = []
 
@@ -372,10 +495,15 @@ def main() -> int:
             row("charter.ledger.generate", f"{time.perf_counter() - start:.2f} s", directory)
             return {"generated_transactions": generated[0].last_seqno}
 
-        run("generate", generate)
+        if not args.shapes_only:
+            run("generate", generate)
         if generated:
             run("audit", lambda: bench_audit(generated[0], repeats))
             run("receipt", lambda: bench_receipt(generated[0], repeats))
+    if not args.no_shapes:
+        shape_transactions = args.shape_transactions or (20_000 if args.quick else 1_000_000)
+        args.ledger_cache.mkdir(parents=True, exist_ok=True)
+        run("audit shapes", lambda: bench_audit_shapes(shape_transactions, args.ledger_cache, 1))
     results["notes"] = notes
     results["python"] = sys.version.split()[0]
     results["cpus"] = os.cpu_count()

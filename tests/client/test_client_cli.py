@@ -472,3 +472,43 @@ def test_every_propose_flag_becomes_its_governance_action(
     ]  # fmt: skip
     assert actions[2]["args"]["encryption_pub_key"].startswith("-----BEGIN PUBLIC KEY-----")
     assert actions[6]["args"] == {"recovery_threshold": 1}
+
+
+def test_ledger_audit_checkpoint_then_since_audits_only_the_appended_entries(
+    tmp_path: Path,
+) -> None:
+    from charter.ledger.generate import generate_ledger
+
+    g = generate_ledger(
+        str(tmp_path / "ledger"), transactions=200, signature_interval=20, chunk_size_bytes=20_000
+    )
+    names = sorted(
+        (p.name for p in Path(g.directory).iterdir()),
+        key=lambda n: int(n.split("_")[1].split("-")[0]),
+    )
+    prefix = tmp_path / "prefix"
+    prefix.mkdir()
+    for name in names[:2]:
+        shutil.copy(Path(g.directory) / name, prefix / name)
+    checkpoint = tmp_path / "audit.checkpoint"
+    first = run("ledger", "audit", prefix, "--checkpoint", checkpoint)
+    assert first.exit_code == 0, first.output
+    assert f"written to {checkpoint}" in first.stdout and checkpoint.exists()
+    old_seqno = json.loads(checkpoint.read_text())["seqno"]
+
+    later = run("ledger", "audit", g.directory, "--since", checkpoint, "--checkpoint", checkpoint,
+                "--json")  # fmt: skip
+    assert later.exit_code == 0, later.output
+    doc = json.loads(later.stdout)
+    assert doc["valid"] and doc["resumed_from"] == old_seqno and doc["transactions"] == 200
+    assert doc["consistency"]["old_size"] == old_seqno and doc["consistency"]["new_size"] == 200
+    assert doc["checkpoint"]["seqno"] == 200 == json.loads(checkpoint.read_text())["seqno"]
+    # Progress went to stderr as JSON lines, ending at the last seqno.
+    progress = [json.loads(line) for line in later.stderr.splitlines()]
+    assert progress[-1]["event"] == "progress" and progress[-1]["seqno"] == 200
+
+    forged = json.loads(checkpoint.read_text())
+    forged["counts"]["signatures"] = 0
+    checkpoint.write_text(json.dumps(forged))
+    assert_fails_cleanly(run("ledger", "audit", g.directory, "--since", checkpoint),
+                         "checkpoint", 1)  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from shared_data import CCF_LEDGERS as SHARED_CCF_LEDGERS
 
 from charter.ledger import certs
 from charter.ledger.audit import MerkleFrontier, audit, check_consistency
+from charter.ledger.audit_scan import aligned_subtrees
 from charter.ledger.chunks import LedgerReader
 from charter.ledger.entry import PUBLIC_DOMAIN_OFFSET, decode_entry
 from charter.ledger.errors import AuditError, VerificationError
@@ -55,13 +57,18 @@ def test_real_deprecated_ledger_validates_only_when_deprecated_types_accepted() 
     assert report.service_status == "Open" and report.chunks == 3
 
 
-def test_tampered_real_ccf_ledger_is_rejected(copy_ledger: Copy) -> None:
+def test_tampered_real_ccf_ledger_names_the_changed_entry_its_file_and_offset(
+    copy_ledger: Copy,
+) -> None:
     directory = copy_ledger(CCF_LEDGERS / "current")
     path, pos, _raw = _locate(directory, 3)
     _flip(path, pos + PUBLIC_DOMAIN_OFFSET + 100)  # inside members.acks of seqno 3
     with pytest.raises(AuditError) as info:
         audit(str(directory))
-    assert info.value.seqno == 5  # the next signature's root no longer matches
+    # Found at the next signature (5), whose tree table shows which leaf changed.
+    assert info.value.seqno == 3
+    assert f"(in {path.name} at offset {pos})" in str(info.value)
+    assert "signature 5" in str(info.value)
 
 
 def test_tampered_real_deprecated_ledger_is_rejected(copy_ledger: Copy) -> None:
@@ -70,7 +77,8 @@ def test_tampered_real_deprecated_ledger_is_rejected(copy_ledger: Copy) -> None:
     _flip(path, pos + len(raw) - 1)
     with pytest.raises(AuditError) as info:
         audit(str(directory), accept_deprecated_entry_types=True)
-    assert info.value.seqno is not None and 20 < info.value.seqno <= 26
+    assert info.value.seqno == 20  # the damaged entry itself, not the signature at 26
+    assert f"(in {path.name} at offset {pos})" in str(info.value)
 
 
 def test_generated_ledger_validates_with_its_service_certificate(
@@ -120,8 +128,9 @@ def test_single_byte_change_in_an_entry_is_rejected(
     _flip(path, pos + offset)
     with pytest.raises(AuditError) as info:
         audit(str(directory))
-    next_signature = min(s for s in small_ledger.signature_seqnos if s > seqno)
-    assert info.value.seqno is not None and seqno <= info.value.seqno <= next_signature, what
+    # The damaged entry itself, with its file and offset (not the signature that found it).
+    assert info.value.seqno == seqno, what
+    assert f"(in {path.name} at offset {pos})" in str(info.value), what
 
 
 def test_private_domain_is_covered_by_the_merkle_tree(
@@ -291,3 +300,18 @@ def test_entry_forcing_a_new_chunk_in_the_middle_of_one_is_rejected(
     with pytest.raises(AuditError, match="new chunk") as info:
         audit(str(directory))
     assert info.value.seqno == 7
+
+
+def test_leaves_folded_into_aligned_subtrees_give_the_same_frontier_as_the_leaves() -> None:
+    leaves = [hashlib.sha256(i.to_bytes(4, "little")).digest() for i in range(1, 300)]
+    for start in (1, 2, 3, 7, 64, 100):
+        for cut in (0, 1, 5, 64, 129, 298 - start):
+            reference = MerkleFrontier()
+            reference.extend(leaves[: start - 1])
+            folded = MerkleFrontier()
+            folded.extend(leaves[: start - 1])
+            segment = leaves[start - 1 : start - 1 + cut]
+            reference.extend(segment)
+            for level, node in aligned_subtrees(segment, start):
+                folded.append_subtree(level, node)
+            assert (folded.size, folded.root()) == (reference.size, reference.root())
