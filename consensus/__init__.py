@@ -19,6 +19,8 @@ from charter.consensus.messages import (
 )
 from charter.consensus.raft import Raft
 from charter.consensus.types import (
+    Ack,
+    ConsensusDetails,
     EntryRequest,
     HardState,
     LogEntry,
@@ -30,9 +32,11 @@ from charter.consensus.types import (
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
+    "Ack",
     "AppendEntries",
     "AppendEntriesResponse",
     "ConfigurationError",
+    "ConsensusDetails",
     "ConsensusError",
     "DecodeError",
     "EntryRequest",

@@ -69,6 +69,7 @@ def encode_message(msg: Message) -> bytes:
             msg.reject_index,
             msg.hint_index,
             msg.hint_term,
+            msg.commit_index,
         ]
     elif isinstance(msg, PreVote):
         frame = [VERSION, _PRE_VOTE, msg.term, msg.sender, msg.last_index, msg.last_term]
@@ -192,7 +193,7 @@ def decode_message(
         entries = _entries(frame[7], prev_index, prev_term, term, max_entry_bytes)
         return AppendEntries(term, sender, prev_index, prev_term, entries, commit)
     if tag == _APPEND_RESP:
-        _arity(frame, 10, "AppendEntriesResponse")
+        _arity(frame, 11, "AppendEntriesResponse")
         return AppendEntriesResponse(
             term,
             sender,
@@ -202,6 +203,7 @@ def decode_message(
             _int(frame[7], "reject_index"),
             _int(frame[8], "hint_index"),
             _int(frame[9], "hint_term"),
+            _int(frame[10], "commit_index"),
         )
     if tag == _PRE_VOTE:
         _arity(frame, 6, "PreVote")

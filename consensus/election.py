@@ -20,7 +20,16 @@ from charter.consensus.messages import (
     RequestVoteResponse,
 )
 from charter.consensus.progress import Progress
-from charter.consensus.types import EntryRequest, LogEntry, RaftConfig, Role, StartState
+from charter.consensus.types import (
+    LEADERSHIP_STATES,
+    Ack,
+    ConsensusDetails,
+    EntryRequest,
+    LogEntry,
+    RaftConfig,
+    Role,
+    StartState,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +65,11 @@ class RaftState:
         self._election_elapsed_ms = 0
         self._heartbeat_elapsed_ms = 0
         self._timeout_ms = 0
+        # The core's own clock: the sum of every tick's elapsed_ms (never a wall clock).
+        self._now_ms = 0
+        self._ticked = False
+        # (primary, _now_ms) of the last AppendEntries received, for details().
+        self._primary_heard: tuple[str, int] | None = None
         self._votes: dict[str, bool] = {}
         self._progress: dict[str, Progress] = {}
         # Highest index known to match the current primary's log (follower side).
@@ -128,6 +142,49 @@ class RaftState:
 
     def entry(self, index: int) -> LogEntry:
         return self._log.entry(index)
+
+    @property
+    def now_ms(self) -> int:
+        """Time on the core's clock: every tick's `elapsed_ms` added up."""
+        return self._now_ms
+
+    def details(self) -> ConsensusDetails:
+        """What this node knows of consensus, for operators (`GET /node/consensus`)."""
+        now = self._now_ms
+        acks = {}
+        if self._role is Role.PRIMARY:
+            for peer, pr in sorted(self._progress.items()):
+                assert pr.heard_at_ms <= now
+                acks[peer] = Ack(pr.match_index, now - pr.heard_at_ms, pr.peer_commit_index)
+        heard_ms = None
+        leader = self._leader_id
+        if leader is not None and leader != self.id and self._primary_heard is not None:
+            heard_from, heard_at = self._primary_heard
+            if heard_from == leader:
+                heard_ms = now - heard_at
+        configuration = self._log.configuration
+        if self._role is Role.RETIRED:
+            membership = "Retired"
+        elif self.id in configuration:
+            membership = "Active"
+        else:
+            membership = "Learner"
+        return ConsensusDetails(
+            node_id=self.id,
+            current_view=self._term,
+            primary_id=leader,
+            leadership_state=LEADERSHIP_STATES.get(self._role),
+            membership_state=membership,
+            configuration=configuration,
+            configuration_seqno=self._log.configuration_index,
+            learners=frozenset(self._learners - configuration),
+            acks=acks,
+            commit_seqno=self._commit_index,
+            last_seqno=self._log.last_index,
+            durable_seqno=self._durable_index,
+            primary_last_received_ms=heard_ms,
+            ticking=self._ticked,
+        )
 
     # -- roles and elections -----------------------------------------------------------------
     def _set_role(self, role: Role) -> None:

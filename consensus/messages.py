@@ -63,7 +63,9 @@ class AppendEntriesResponse:
     """On success `last_index` is the highest index known to match the primary's log and
     `durable_index` the highest such index the host has made durable (what counts toward
     commit). On failure `reject_index` is the rejected prev_index and (`hint_index`,
-    `hint_term`) let the primary skip back a whole term at once."""
+    `hint_term`) let the primary skip back a whole term at once. `commit_index` is the
+    sender's commit index when it answered: it counts toward nothing, the primary only
+    reports it (`/node/consensus`)."""
 
     term: int
     sender: str
@@ -73,6 +75,7 @@ class AppendEntriesResponse:
     reject_index: int = 0
     hint_index: int = 0
     hint_term: int = 0
+    commit_index: int = 0
 
 
 @dataclass(frozen=True, slots=True)

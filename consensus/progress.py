@@ -13,25 +13,33 @@ class Progress:
     bounded by messages and bytes in flight). `acked_index` is the highest index the peer
     confirmed matches our log (used for flow control); `match_index` is the highest such
     index the peer's host has also made durable (the only thing that counts toward commit).
+    `heard_at_ms` is when (on the core's tick-driven clock) the peer last answered, or when
+    tracking began if it never has; `peer_commit_index` is the commit index its latest
+    answer reported. Both are reported only (`Raft.details()`), never acted on.
     """
 
     __slots__ = (
         "acked_at_heartbeat",
         "acked_index",
         "awaiting_entries",
+        "heard_at_ms",
         "inflight",
         "inflight_bytes",
         "match_index",
         "next_index",
         "paused",
+        "peer_commit_index",
         "probing",
         "recent_active",
         "removal_index",
     )
 
-    def __init__(self, next_index: int) -> None:
+    def __init__(self, next_index: int, now_ms: int = 0) -> None:
         assert next_index >= 1
+        assert now_ms >= 0
         self.next_index = next_index
+        self.heard_at_ms = now_ms
+        self.peer_commit_index = 0
         self.acked_index = 0
         self.match_index = 0
         self.probing = True

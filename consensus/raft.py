@@ -90,6 +90,8 @@ class Raft(RaftState):
         if elapsed_ms is None:
             elapsed_ms = self._cfg.heartbeat_interval_ms
         assert elapsed_ms >= 0
+        self._now_ms += elapsed_ms
+        self._ticked = True
         if self._role is Role.RETIRED:
             return
         self._election_elapsed_ms += elapsed_ms
@@ -142,7 +144,7 @@ class Raft(RaftState):
             return
         self._learners.add(node_id)
         if self._role is Role.PRIMARY and node_id not in self._progress:
-            self._progress[node_id] = Progress(self._log.last_index + 1)
+            self._progress[node_id] = Progress(self._log.last_index + 1, self._now_ms)
 
     def remove_learner(self, node_id: str) -> None:
         self._learners.discard(node_id)
@@ -274,7 +276,7 @@ class Raft(RaftState):
         self._progress = {}
         for peer in sorted(self._log.configuration | self._learners):
             if peer != self.id:
-                self._progress[peer] = Progress(nxt)
+                self._progress[peer] = Progress(nxt, self._now_ms)
         self._commit_sent = self._commit_index
         logger.info("primary node=%s view=%d last=%d", self.id, self._term, nxt - 1)
         self._heartbeat()  # claim the view at once rather than one interval later
@@ -378,6 +380,8 @@ class Raft(RaftState):
         if pr is None:
             return
         pr.recent_active = True
+        pr.heard_at_ms = self._now_ms
+        pr.peer_commit_index = max(pr.peer_commit_index, m.commit_index)
         last = self._log.last_index
         if m.success:
             acked = min(m.last_index, last)
@@ -510,7 +514,7 @@ class Raft(RaftState):
     def _on_primary_configuration(self, index: int, new: frozenset[str]) -> None:
         for node in sorted(new):
             if node != self.id and node not in self._progress:
-                self._progress[node] = Progress(self._log.last_index + 1)
+                self._progress[node] = Progress(self._log.last_index + 1, self._now_ms)
         for node, pr in self._progress.items():
             pr.removal_index = index if node not in new and node not in self._learners else None
         self._maybe_commit()
@@ -520,6 +524,7 @@ class Raft(RaftState):
         if self._role is not Role.BACKUP or self._leader_id != m.sender:
             self._become_follower(m.term, m.sender)
         self._election_elapsed_ms = 0
+        self._primary_heard = (m.sender, self._now_ms)
         log = self._log
         prev, prev_term, entries = m.prev_index, m.prev_term, m.entries
         if entries and (
@@ -563,7 +568,12 @@ class Raft(RaftState):
                 self._advance_commit(target)
         durable = min(self._durable_index, self._verified_index)
         self._durable_reported = max(self._durable_reported, durable)
-        self._send(m.sender, AppendEntriesResponse(self._term, self.id, True, verified, durable))
+        self._send(
+            m.sender,
+            AppendEntriesResponse(
+                self._term, self.id, True, verified, durable, commit_index=self._commit_index
+            ),
+        )
 
     def _reject(self, m: AppendEntries, prev: int, local_term: int | None) -> None:
         log = self._log
@@ -577,7 +587,15 @@ class Raft(RaftState):
         self._send(
             m.sender,
             AppendEntriesResponse(
-                self._term, self.id, False, 0, 0, m.prev_index, max(1, hint_index), hint_term
+                self._term,
+                self.id,
+                False,
+                0,
+                0,
+                m.prev_index,
+                max(1, hint_index),
+                hint_term,
+                self._commit_index,
             ),
         )
 
@@ -601,7 +619,14 @@ class Raft(RaftState):
             self._durable_reported = durable
             self._send(
                 self._leader_id,
-                AppendEntriesResponse(self._term, self.id, True, self._verified_index, durable),
+                AppendEntriesResponse(
+                    self._term,
+                    self.id,
+                    True,
+                    self._verified_index,
+                    durable,
+                    commit_index=self._commit_index,
+                ),
             )
 
     # -- votes -------------------------------------------------------------------------------

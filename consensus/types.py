@@ -102,6 +102,58 @@ class StartState:
             )
 
 
+# CCF's names for a node's part in an election (`leadership_state` of /node/consensus).
+LEADERSHIP_STATES = {
+    Role.PRIMARY: "Leader",
+    Role.BACKUP: "Follower",
+    Role.PRE_CANDIDATE: "PreVoteCandidate",
+    Role.CANDIDATE: "Candidate",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """What a primary last heard from one peer (CCF's `ConsensusDetails::Ack`).
+
+    `seqno` is the peer's match index: the highest seqno it holds, matching the primary's log,
+    made durable by its host. `last_received_ms` is how long ago, on the clock the core is
+    ticked with, the peer last answered (counted from when this primary started tracking it
+    if it never has). `commit_seqno` (Charter's addition) is the commit seqno that answer
+    reported.
+    """
+
+    seqno: int
+    last_received_ms: int
+    commit_seqno: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConsensusDetails:
+    """One node's view of consensus, in the shape of CCF's `ConsensusDetails`.
+
+    `acks` is filled on the primary only (every peer it replicates to, learners included).
+    `membership_state` is "Active" (a voter), "Learner" (not yet a voter), or "Retired".
+    Charter's additions: the node's own `commit_seqno`, `last_seqno` and `durable_seqno`, and
+    on a node following a primary, `primary_last_received_ms` (how long ago it last heard
+    an AppendEntries from that primary).
+    """
+
+    node_id: str
+    current_view: int
+    primary_id: str | None
+    leadership_state: str | None
+    membership_state: str
+    configuration: frozenset[str]
+    configuration_seqno: int
+    learners: frozenset[str]
+    acks: dict[str, Ack]
+    commit_seqno: int
+    last_seqno: int
+    durable_seqno: int
+    primary_last_received_ms: int | None
+    ticking: bool
+
+
 @dataclass(frozen=True, slots=True)
 class HardState:
     """What the caller must make durable before sending the messages of the same Ready."""

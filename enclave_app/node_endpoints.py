@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import pydantic
 
+from charter.consensus import ConsensusDetails
 from charter.enclave_app.app import App, Context, HttpResponse, Response
 from charter.enclave_app.errors import HttpError
 from charter.enclave_app.platform import VIRTUAL_FORMAT
@@ -52,6 +53,56 @@ def parse_txid(text: str) -> tuple[int, int]:
 def _as_response(raw: HttpResponse) -> Response:
     body: Any = raw.body
     return Response(raw.status, body, dict(raw.headers), raw.content_type)
+
+
+def _n2n_addresses(ctx: Context) -> dict[str, str]:
+    """Node id -> published node-to-node address, from governance's nodes table."""
+    found = {}
+    for key, value in ctx.tx.items(gt.NODES_INFO):
+        info = gt.load_json(value, what=gt.NODES_INFO)
+        address = (info.get("node_to_node_interface") or {}).get("published_address")
+        found[gt.key_to_id(key)] = str(address or "")
+    return found
+
+
+def consensus_details(d: ConsensusDetails, addresses: dict[str, str]) -> dict[str, Any]:
+    """`GET /node/consensus`'s `details`, with CCF's field names (`ConsensusDetails`).
+
+    CCF's `configs` lists configurations by `idx` (the seqno that set them) and `rid`;
+    Charter numbers a configuration by that seqno alone, so `rid` = `idx`. Charter adds
+    `node_id`, `commit_seqno`, `last_seqno`, `durable_seqno`, each ack's `commit_seqno`,
+    and `primary_last_received_ms` on a node following a primary.
+    """
+    details: dict[str, Any] = {
+        "node_id": d.node_id,
+        "configs": [
+            {
+                "idx": d.configuration_seqno,
+                "rid": d.configuration_seqno,
+                "nodes": {n: {"address": addresses.get(n, "")} for n in sorted(d.configuration)},
+            }
+        ],
+        "acks": {
+            peer: {
+                "seqno": ack.seqno,
+                "last_received_ms": ack.last_received_ms,
+                "commit_seqno": ack.commit_seqno,
+            }
+            for peer, ack in d.acks.items()
+        },
+        "membership_state": d.membership_state,
+        "primary_id": d.primary_id,
+        "current_view": d.current_view,
+        "ticking": d.ticking,
+        "commit_seqno": d.commit_seqno,
+        "last_seqno": d.last_seqno,
+        "durable_seqno": d.durable_seqno,
+    }
+    if d.leadership_state is not None:
+        details["leadership_state"] = d.leadership_state
+    if d.primary_last_received_ms is not None:
+        details["primary_last_received_ms"] = d.primary_last_received_ms
+    return details
 
 
 def build(node: Node) -> App:
@@ -103,6 +154,14 @@ def build(node: Node) -> App:
                 }
             )
         return {"nodes": found}
+
+    @app.get("/consensus", auth="none")
+    def consensus(ctx: Context) -> dict[str, Any]:
+        """This node's view of consensus, in CCF's shape: on the primary, each peer's
+        acknowledged seqno and how long ago it last answered (`acks`)."""
+        if node.raft is None:
+            raise HttpError(503, "ServiceNotReady", "Consensus has not started on this node")
+        return {"details": consensus_details(node.raft.details(), _n2n_addresses(ctx))}
 
     @app.get("/commit", auth="none")
     def commit(ctx: Context) -> dict[str, Any]:

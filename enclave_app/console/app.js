@@ -86,6 +86,46 @@ function card(label, value, id) {
   return el("div", {}, el("dt", {}, label), el("dd", { id }, value));
 }
 
+const ROLE_NAMES = { Follower: "a backup", Candidate: "a candidate", PreVoteCandidate: "a candidate" };
+
+function ago(ms) {
+  if (ms < 1000) return `${ms} ms ago`;
+  if (ms < 60000) return `${(ms / 1000).toFixed(1)} s ago`;
+  return `${Math.floor(ms / 60000)} min ago`;
+}
+
+// What the serving node's /node/consensus says of `nodeId`, and where each figure comes from.
+// A primary knows every peer's acknowledged seqno and when it last answered; a backup knows
+// its own seqnos and when it last heard the primary, and nothing of the other backups.
+function consensusFigures(details, nodeId) {
+  const none = "—";
+  if (!details) return { heard: none, ledger: none, commit: none, source: "unknown", why: "/node/consensus did not answer" };
+  if (nodeId === details.node_id) {
+    return {
+      heard: "serving this page", ledger: details.durable_seqno, commit: details.commit_seqno, source: "self",
+      why: `this node's own state (last appended seqno ${details.last_seqno})`,
+    };
+  }
+  const ack = (details.acks || {})[nodeId];
+  if (ack) {
+    return {
+      heard: ago(ack.last_received_ms), ledger: ack.seqno, commit: ack.commit_seqno, source: "ack",
+      why: "its last acknowledgement to the primary serving this page",
+    };
+  }
+  if (nodeId === details.primary_id && details.primary_last_received_ms !== undefined) {
+    return {
+      heard: ago(details.primary_last_received_ms), ledger: none, commit: none, source: "heard-primary",
+      why: "when this backup last heard its primary; the primary's seqnos are on the primary's console",
+    };
+  }
+  const leader = details.leadership_state === "Leader";
+  return {
+    heard: none, ledger: none, commit: none, source: leader ? "not-replicated" : "primary-only",
+    why: leader ? "this primary does not replicate to it" : "known to the primary only",
+  };
+}
+
 async function refreshService() {
   let network, nodes, commit, metrics;
   try {
@@ -96,6 +136,8 @@ async function refreshService() {
     $("served-by").textContent = `cannot reach the node: ${error.message}`;
     return;
   }
+  // A node still starting has no consensus yet (503): the rest of the view still shows.
+  const details = await getJson("/node/consensus").then((body) => body.details, () => null);
   state.serviceCertPem = network.service_certificate || "";
   let expiry = "unknown";
   if (state.serviceCertPem) {
@@ -119,15 +161,33 @@ async function refreshService() {
     card("Service certificate expires", expiry, "card-expiry"),
     card("Requests / errors", `${metrics.requests} / ${metrics.errors}`, "card-requests"),
   );
+  const rpcAddress = (n) => ((n.rpc_interfaces || {}).primary_rpc_interface || {}).published_address || "";
   replaceRows($("nodes-table"), nodes.nodes.map((n) => {
-    const address = ((n.rpc_interfaces || {}).primary_rpc_interface || {}).published_address || "";
-    return el("tr", { "data-node-id": n.node_id },
+    const f = consensusFigures(details, n.node_id);
+    return el("tr", { "data-node-id": n.node_id, "data-source": f.source },
       el("td", { class: "mono", title: n.node_id }, shortId(n.node_id)),
       el("td", {}, n.primary ? el("span", { class: "badge primary" }, "primary") : "backup"),
       el("td", {}, n.status),
-      el("td", { class: "mono" }, address),
-      el("td", {}, n.last_written));
+      el("td", { class: "mono" }, rpcAddress(n)),
+      el("td", { "data-field": "last-heard" }, f.heard),
+      el("td", { "data-field": "ledger-seqno", class: "num" }, f.ledger),
+      el("td", { "data-field": "commit-seqno", class: "num" }, f.commit),
+      el("td", { "data-field": "source", class: "muted" }, f.why),
+      el("td", { class: "num" }, n.last_written));
   }));
+  const note = $("nodes-source");
+  if (!details) {
+    note.replaceChildren("This node reports no consensus state yet (GET /node/consensus did not answer).");
+  } else if (details.leadership_state === "Leader") {
+    note.replaceChildren("This page is served by the primary: last heard, ledger and commit seqnos of every node come from their acknowledgements to it (GET /node/consensus).");
+  } else {
+    const leader = nodes.nodes.find((n) => n.node_id === details.primary_id);
+    const address = leader ? rpcAddress(leader) : "";
+    note.replaceChildren(
+      `This page is served by ${ROLE_NAMES[details.leadership_state] || "a retired node"}, which knows its own seqnos and when it last heard the primary, not the other nodes' figures (GET /node/consensus). `,
+      address ? el("a", { href: `https://${address}/console/#service`, id: "primary-console-link" }, "Open the primary's console for every node.") : "",
+    );
+  }
   const now = Date.now();
   state.samples.push({ t: now, commit: metrics.commit_seqno, errors: metrics.errors });
   if (state.samples.length > SAMPLES_KEPT) state.samples.shift();

@@ -17,7 +17,7 @@ from charter.cli import app
 from charter.keygen import generate_identity
 from charter.ledger import certs, cose
 from charter.member import Member, gov_envelope
-from charter.sandbox import Sandbox
+from charter.sandbox import NodeProcess, Sandbox
 
 pytestmark = pytest.mark.e2e
 
@@ -44,6 +44,109 @@ async def test_service_view_shows_the_three_nodes_and_the_primary(sandbox: Sandb
             "points", re.compile(r"\d")
         )
         await screenshot(page, "service")
+
+
+async def _primary_and_backups(sb: Sandbox) -> tuple[NodeProcess, list[NodeProcess]]:
+    primary_id = await sb.wait_for_primary()
+    primary = next(n for n in sb.nodes if n.node_id == primary_id)
+    return primary, [n for n in sb.nodes if n is not primary]
+
+
+async def _write(sb: Sandbox, count: int) -> int:
+    """`count` committed writes; returns the seqno of the last."""
+    async with sb.client(user=0) as user:
+        for k in range(count):
+            r = user.check(await user.post("/app/log/public", json={"id": 900 + k, "msg": "x"}))
+        assert r.txid is not None
+        await user.wait_for_commit(r.txid, timeout_s=15)
+    return r.txid.seqno
+
+
+async def _node_figures(page: Any) -> dict[str, dict[str, str]]:
+    figures = {}
+    rows = page.locator("#nodes-table tbody tr")
+    for i in range(await rows.count()):
+        row = rows.nth(i)
+        cells = {
+            name: await row.locator(f"[data-field='{name}']").inner_text()
+            for name in ("last-heard", "ledger-seqno", "commit-seqno", "source")
+        }
+        cells["data-source"] = await row.get_attribute("data-source") or ""
+        figures[await row.get_attribute("data-node-id") or ""] = cells
+    return figures
+
+
+async def test_node_consensus_on_the_primary_acknowledges_each_backup_and_a_backup_knows_its_primary(
+    sandbox: Sandbox,
+) -> None:
+    primary, backups = await _primary_and_backups(sandbox)
+    seqno = await _write(sandbox, 1)
+    deadline = asyncio.get_running_loop().time() + 20
+    async with sandbox.client(primary) as client:
+        while True:  # the backups' answers to the next heartbeats report the new commit
+            details = (await client.get_json("/node/consensus"))["details"]
+            acks = details["acks"]
+            if all(acks[b.node_id]["commit_seqno"] >= seqno for b in backups):
+                break
+            assert asyncio.get_running_loop().time() < deadline, details
+            await asyncio.sleep(0.2)
+    assert details["node_id"] == details["primary_id"] == primary.node_id
+    assert details["leadership_state"] == "Leader"
+    assert details["membership_state"] == "Active" and details["ticking"] is True
+    assert set(acks) == {b.node_id for b in backups}
+    for ack in acks.values():
+        assert ack["seqno"] >= seqno and ack["last_received_ms"] >= 0
+    assert details["commit_seqno"] >= seqno and details["last_seqno"] >= details["commit_seqno"]
+    (config,) = details["configs"]
+    assert set(config["nodes"]) == {n.node_id for n in sandbox.nodes}
+    assert all(node["address"] for node in config["nodes"].values())
+    async with sandbox.client(backups[0]) as client:
+        mine = (await client.get_json("/node/consensus"))["details"]
+    assert mine["node_id"] == backups[0].node_id and mine["primary_id"] == primary.node_id
+    assert mine["leadership_state"] == "Follower" and mine["acks"] == {}
+    assert mine["primary_last_received_ms"] >= 0 and mine["commit_seqno"] >= seqno
+
+
+async def test_nodes_table_shows_last_heard_and_seqnos_of_every_node_and_they_advance(
+    sandbox: Sandbox,
+) -> None:
+    primary, backups = await _primary_and_backups(sandbox)
+    async with console_page(f"{primary.url}/console/#service") as page:
+        await page.locator("#nodes-table tbody tr").nth(2).wait_for()
+        before = await _node_figures(page)
+        assert set(before) == {n.node_id for n in sandbox.nodes}
+        assert before[primary.node_id]["data-source"] == "self"
+        for b in backups:
+            assert before[b.node_id]["data-source"] == "ack"
+            assert re.fullmatch(r"\d+(\.\d)? (ms|s|min) ago", before[b.node_id]["last-heard"])
+        for cells in before.values():
+            assert cells["last-heard"] and cells["source"]
+            assert cells["ledger-seqno"].isdigit() and cells["commit-seqno"].isdigit()
+        await expect(page.locator("#nodes-source")).to_contain_text("served by the primary")
+        seqno = await _write(sandbox, 3)
+        deadline = asyncio.get_running_loop().time() + 20
+        while True:  # the page samples every 2 s
+            after = await _node_figures(page)
+            if all(int(c["commit-seqno"]) >= seqno for c in after.values()):
+                break
+            assert asyncio.get_running_loop().time() < deadline, after
+            await asyncio.sleep(0.5)
+        for node_id, cells in after.items():
+            assert int(cells["ledger-seqno"]) > int(before[node_id]["ledger-seqno"]), node_id
+            assert int(cells["commit-seqno"]) > int(before[node_id]["commit-seqno"]), node_id
+        await screenshot(page, "service-primary")
+    # A backup's console shows what a backup knows, and says where the rest is.
+    async with console_page(f"{backups[0].url}/console/#service") as page:
+        await page.locator("#nodes-table tbody tr").nth(2).wait_for()
+        figures = await _node_figures(page)
+        assert figures[backups[0].node_id]["data-source"] == "self"
+        assert figures[backups[0].node_id]["commit-seqno"].isdigit()
+        assert figures[primary.node_id]["data-source"] == "heard-primary"
+        assert figures[primary.node_id]["last-heard"].endswith(" ago")
+        assert figures[backups[1].node_id]["data-source"] == "primary-only"
+        assert figures[backups[1].node_id]["ledger-seqno"] == "—"
+        link = page.locator("#primary-console-link")
+        assert await link.get_attribute("href") == f"{primary.url}/console/#service"
 
 
 async def test_a_write_made_through_the_sdk_appears_in_the_explorer_with_its_seqno(
