@@ -27,6 +27,7 @@ from aiohttp import web
 from charter.enclave_app import interface as itf
 from charter.enclave_app import node_endpoints
 from charter.enclave_app.app import App, HttpResponse
+from charter.enclave_app.attestation import UnapprovedCode
 from charter.enclave_app.console import Console
 from charter.enclave_app.errors import AppLoadError
 from charter.enclave_app.http_server import (
@@ -287,6 +288,11 @@ class Runtime:
         except AppLoadError as exc:
             # The operator's mistake, said in one line: a stack trace would only bury it.
             self.fatal(exc.message)
+            await asyncio.sleep(0.2)
+            return 1
+        except UnapprovedCode as exc:
+            # Governance removed this code while the node was down: say so, and stay down.
+            self.fatal(f"{exc.code}: {exc}")
             await asyncio.sleep(0.2)
             return 1
         except PlatformError as exc:

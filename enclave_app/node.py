@@ -40,7 +40,12 @@ from charter.enclave_app.app import (
     HttpResponse,
     error_response,
 )
-from charter.enclave_app.attestation import JoinPolicy, admit_own_code, verify_evidence
+from charter.enclave_app.attestation import (
+    admit_own_code,
+    check_own_code,
+    join_policy,
+    verify_evidence,
+)
 from charter.enclave_app.channels import ChannelError, Channels, open_sealed, seal_to
 from charter.enclave_app.errors import HttpError
 from charter.enclave_app.identity import Identity
@@ -50,7 +55,6 @@ from charter.enclave_app.rate_limit import RateLimiter
 from charter.enclave_app.runtime_view import RuntimeView
 from charter.enclave_app.tls import ServerTls
 from charter.enclave_app.tx_status import TxStatus, evaluate_tx_status
-from charter.governance import queries as gov_queries
 from charter.governance import tables as gt
 from charter.governance.effects import Effects
 from charter.governance.errors import GovernanceError
@@ -418,6 +422,9 @@ class Node:
             self._rollback(keep)
             self.outbox.append(itf.Truncate(keep))
             entries = [e for e in entries if e.index <= keep]
+        # Governance may have removed this code's measurement while the node ran (it ran on,
+        # as in CCF); coming back with it is a new admission, refused as a join would be.
+        check_own_code(self.store.begin(), self.platform.evidence(self.identity.public_key_der))
         configuration = self._voters()
         base_seqno, base_view = self._replay_base
         self.raft = Raft.restore(
@@ -1278,13 +1285,9 @@ class Node:
         if not isinstance(public_key, ec.EllipticCurvePublicKey):
             raise HttpError(400, "InvalidInput", "node keys are ECDSA keys")
         node_id = certs.node_id(public_key)
-        policy = JoinPolicy(
-            virtual_measurements={k.decode() for k, _ in tx.items(gt.NODES_VIRTUAL_MEASUREMENTS)},
-            snp=gov_queries.snp_join_policy(tx),
-        )
         try:
             verified = verify_evidence(
-                evidence, public_key_der=certs.spki_der(public_key), policy=policy
+                evidence, public_key_der=certs.spki_der(public_key), policy=join_policy(tx)
             )
         except (PlatformError, LedgerError) as exc:  # snp.SnpError is a LedgerError
             LOG.warning("event=join_refused node=%s reason=%s", node_id[:16], exc)

@@ -88,6 +88,64 @@ def snapshot_code(directory: Path) -> Iterator[Path]:
 
 
 # ---------------------------------------------------------------------------------------------
+# App code outside the code copy: one version of an app per node
+
+
+def app_version(directory: Path, module: str, *, note: str = "") -> Path:
+    """A copy of the logging sample as top-level module `module` in `directory`.
+
+    A `note` is appended as a comment: the app behaves the same but is another version of
+    the code, with its own measurement (the measurement covers the app module's bytes).
+    """
+    source = (REPO_ROOT / "enclave_app" / "samples" / "logging.py").read_text()
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{module}.py").write_text(source + (f"\n# {note}\n" if note else ""))
+    return directory
+
+
+@contextlib.contextmanager
+def app_on_path(directory: Path) -> Iterator[None]:
+    """Node processes started inside the block find app modules in `directory` as well.
+
+    A node's host passes PYTHONPATH on to its enclave, so nodes started from different
+    blocks serve different versions of the same app module; nodes already running keep
+    theirs.
+    """
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (saved, str(directory)) if p)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+
+
+_MEASURE = """
+import sys
+from charter.enclave_app.platform import code_measurement
+print(code_measurement(app_module=sys.argv[1]))
+"""
+
+
+def measure_code(app_dir: Path, module: str) -> str:
+    """The code measurement of nodes serving `module` from `app_dir`, computed from the code
+    on disk as a member would before approving it (operator guide, rolling upgrade)."""
+    with app_on_path(app_dir):
+        proc = subprocess.run(
+            [sys.executable, "-c", _MEASURE, module],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+    measurement = proc.stdout.strip()
+    assert len(measurement) == 64, proc
+    return measurement
+
+
+# ---------------------------------------------------------------------------------------------
 # Networks
 
 
@@ -95,16 +153,45 @@ def make_sandbox(
     workspace: Path,
     nodes: int,
     configure_node: Callable[[int, dict[str, Any]], None] | None = None,
+    *,
+    app: str = "charter.enclave_app.samples.logging",
 ) -> Sandbox:
     return Sandbox(
         workspace,
         nodes=nodes,
+        app=app,
         signature_tx_count=100,
         signature_delay_ms=SIGNATURE_DELAY_MS,
         election_timeout_ms=ELECTION_TIMEOUT_MS,
         ledger_chunk_bytes=LEDGER_CHUNK_BYTES,
         configure_node=configure_node,
     )
+
+
+async def add_nodes(sb: Sandbox, count: int) -> list[NodeProcess]:
+    """Grow the network by `count` nodes at once: start them together, trust them all in one
+    proposal, wait until each serves as part of the network (`Sandbox.add_node` does one)."""
+    nodes = []
+    for _ in range(count):
+        node = sb._node(len(sb.nodes))
+        sb.nodes.append(node)
+        node.start()
+        nodes.append(node)
+    sb.node_count = len(sb.nodes)
+    for node in nodes:
+        await asyncio.to_thread(node.wait_started)
+    async with sb.client() as c:
+        await sb.pass_proposal(
+            c,
+            [
+                {"name": "transition_node_to_trusted", "args": {"node_id": node.node_id}}
+                for node in nodes
+            ],
+        )
+    for node in nodes:
+        await sb.wait_part_of_network(node)
+    sb.write_network()
+    return nodes
 
 
 # Workspace -> indexes of the nodes that did not serve as PartOfNetwork the moment
