@@ -30,6 +30,9 @@ Semantics the host implements (see host/):
   `committed=True` and empty `data` it instead marks the existing uncommitted file committed.
   `ReadLatestSnapshot` is answered by `SnapshotRead` (the highest committed snapshot; `name`
   and `data` are None when there is none).
+- `FetchEndorsements` is answered by one `EndorsementsFetched`, from a task of the host's own
+  (the frame loop goes on meanwhile): what the first of `snp.endorsements_servers` from
+  `first_server` on served, unchecked, or `error` naming every server's failure.
 """
 
 from __future__ import annotations
