@@ -137,6 +137,12 @@ class ReceiptInvalid(CharterError):
     default_code = "ReceiptInvalid"
 
 
+class QuoteInvalid(CharterError):
+    """A node's attestation evidence is malformed or fails a check (named first)."""
+
+    default_code = "QuoteInvalid"
+
+
 class LedgerAuditFailed(CharterError):
     """A ledger directory failed the audit; `seqno` is the first bad transaction."""
 

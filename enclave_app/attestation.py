@@ -15,22 +15,14 @@ A node already running when its measurement is removed keeps running, as in CCF:
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from charter.enclave_app.platform import (
-    VIRTUAL_FORMAT,
-    Evidence,
-    PlatformError,
-    Report,
-    VirtualPlatform,
-)
-from charter.enclave_app.snp_platform import SNP_FORMAT, verify_snp_evidence
 from charter.governance import queries as gov_queries
 from charter.governance import tables as gt
 from charter.governance.tx import KvTx
-from charter.ledger import snp
+from charter.ledger import quote, snp
+from charter.ledger.quote import SNP_FORMAT, VIRTUAL_FORMAT, Evidence, VirtualReport
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,35 +47,20 @@ def join_policy(tx: KvTx) -> JoinPolicy:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class Attested:
-    """What verified evidence says about the node that presented it."""
-
-    format: str
-    measurement: str
-    host_data: str = ""
+Attested = quote.QuoteCheck
 
 
 def verify_evidence(evidence: Evidence, *, public_key_der: bytes, policy: JoinPolicy) -> Attested:
     """Check evidence binds this public key and names code the policy admits.
 
-    Raises `PlatformError` (virtual) or `snp.SnpError` (SEV-SNP), each naming what failed.
+    Raises `quote.QuoteError` (virtual) or `snp.SnpError` (SEV-SNP), each naming what failed.
     """
-    if evidence.format == VIRTUAL_FORMAT:
-        report = VirtualPlatform.verify_report(
-            evidence.quote,
-            public_key_der=public_key_der,
-            accepted_measurements=set(policy.virtual_measurements),
-        )
-        return Attested(format=report.format, measurement=report.measurement)
-    if evidence.format == SNP_FORMAT:
-        verified = verify_snp_evidence(
-            evidence, report_data=hashlib.sha256(public_key_der).digest(), policy=policy.snp
-        )
-        return Attested(
-            format=SNP_FORMAT, measurement=verified.measurement, host_data=verified.host_data
-        )
-    raise PlatformError(f"unsupported evidence format {evidence.format!r}")
+    return quote.verify_evidence(
+        evidence,
+        public_key_der=public_key_der,
+        virtual_measurements=policy.virtual_measurements,
+        snp_policy=policy.snp,
+    )
 
 
 def admit_own_code(tx: KvTx, evidence: Evidence) -> None:
@@ -95,7 +72,7 @@ def admit_own_code(tx: KvTx, evidence: Evidence) -> None:
         )
         gt.put_json(tx, gt.NODES_SNP_HOST_DATA, report.host_data.hex().encode(), "")
         return
-    measurement = Report.from_bytes(evidence.quote).measurement
+    measurement = VirtualReport.from_bytes(evidence.quote).measurement
     gt.put_json(tx, gt.NODES_VIRTUAL_MEASUREMENTS, measurement.encode(), gt.ALLOWED_TO_JOIN)
 
 
@@ -127,7 +104,7 @@ def check_own_code(tx: KvTx, evidence: Evidence) -> None:
         return
     if evidence.format != VIRTUAL_FORMAT:
         raise UnapprovedCode(f"this node's evidence format {evidence.format!r} is unsupported")
-    measurement = Report.from_bytes(evidence.quote).measurement
+    measurement = VirtualReport.from_bytes(evidence.quote).measurement
     if tx.get(gt.NODES_VIRTUAL_MEASUREMENTS, measurement.encode()) is None:
         raise UnapprovedCode(
             f"this node's code measurement {measurement} is not in "

@@ -30,6 +30,9 @@ Semantics the host implements (see host/):
   `committed=True` and empty `data` it instead marks the existing uncommitted file committed.
   `ReadLatestSnapshot` is answered by `SnapshotRead` (the highest committed snapshot; `name`
   and `data` are None when there is none).
+- `FetchEndorsements` is answered by one `EndorsementsFetched`, from a task of the host's own
+  (the frame loop goes on meanwhile): what the first of `snp.endorsements_servers` from
+  `first_server` on served, unchecked, or `error` naming every server's failure.
 """
 
 from __future__ import annotations
@@ -270,6 +273,43 @@ class Shutdown(Frame):
     pass
 
 
+# The product lines whose endorsements the host may be asked for (`charter.ledger.snp`).
+SNP_PRODUCTS = ("Milan", "Genoa", "Turin")
+SNP_CHIP_ID_BYTES = 64
+ENDORSEMENTS_SERVERS_MAX = 16
+# A VCEK is about 1.4 KiB and AMD's chain about 4.6 KiB (`ledger.snp.ENDORSEMENT_MAX_BYTES`).
+ENDORSEMENT_PART_MAX_BYTES = 16 * 1024
+ENDORSEMENTS_URL_MAX_CHARS = 2048
+ENDORSEMENTS_ERROR_MAX_CHARS = 2048
+
+
+@_frame
+@dataclass(frozen=True, slots=True)
+class EndorsementsFetched(Frame):
+    """The host's answer to `FetchEndorsements`: what server `server` (an index into
+    `snp.endorsements_servers`) served at `url`, unchecked; or `error` when no server from
+    the requested one on answered (then `vcek` and `chain` are empty)."""
+
+    request_id: int
+    server: int
+    url: str
+    vcek: bytes
+    chain: bytes
+    error: str | None
+
+    def __post_init__(self) -> None:
+        if len(self.vcek) > ENDORSEMENT_PART_MAX_BYTES or len(self.chain) > (
+            ENDORSEMENT_PART_MAX_BYTES
+        ):
+            raise InterfaceError(f"endorsements over {ENDORSEMENT_PART_MAX_BYTES} bytes")
+        if len(self.url) > ENDORSEMENTS_URL_MAX_CHARS:
+            raise InterfaceError(f"url over {ENDORSEMENTS_URL_MAX_CHARS} chars")
+        if self.error is not None and len(self.error) > ENDORSEMENTS_ERROR_MAX_CHARS:
+            raise InterfaceError(f"error over {ENDORSEMENTS_ERROR_MAX_CHARS} chars")
+        if self.server > ENDORSEMENTS_SERVERS_MAX:
+            raise InterfaceError(f"server index over {ENDORSEMENTS_SERVERS_MAX}")
+
+
 # Enclave → host
 
 
@@ -349,6 +389,28 @@ class Fatal(Frame):
     reason: str
 
 
+@_frame
+@dataclass(frozen=True, slots=True)
+class FetchEndorsements(Frame):
+    """Ask the host for the VCEK (and AMD's chain) of an SEV-SNP chip at a TCB, from the
+    configured `snp.endorsements_servers`, trying them in order from index `first_server`.
+    The host is not trusted with the answer: the enclave verifies it up to AMD's roots."""
+
+    request_id: int
+    product: str
+    chip_id: bytes
+    reported_tcb: int
+    first_server: int
+
+    def __post_init__(self) -> None:
+        if self.product not in SNP_PRODUCTS:
+            raise InterfaceError(f"product must be one of {', '.join(SNP_PRODUCTS)}")
+        if len(self.chip_id) != SNP_CHIP_ID_BYTES:
+            raise InterfaceError(f"chip_id must be {SNP_CHIP_ID_BYTES} bytes")
+        if self.first_server >= ENDORSEMENTS_SERVERS_MAX:
+            raise InterfaceError(f"first_server must be below {ENDORSEMENTS_SERVERS_MAX}")
+
+
 HOST_TO_ENCLAVE = (
     Start,
     Tick,
@@ -358,6 +420,7 @@ HOST_TO_ENCLAVE = (
     SnapshotRead,
     NodeMessage,
     Shutdown,
+    EndorsementsFetched,
 )
 ENCLAVE_TO_HOST = (
     Started,
@@ -371,6 +434,7 @@ ENCLAVE_TO_HOST = (
     SendToNode,
     Log,
     Fatal,
+    FetchEndorsements,
 )
 
 
@@ -866,13 +930,44 @@ class JoinConfig(_Model):
     service_cert: ConfigPath
 
 
+class EndorsementsServer(_Model):
+    """Where the host may fetch a VCEK chain (CCF's `attestation.snp_endorsements_servers`)."""
+
+    # "AMD": AMD's Key Distribution Service paths (/vcek/v1/{product}/{hwid}?…SPL=…, and
+    # /vcek/v1/{product}/cert_chain), at AMD or at a cache that mirrors them. "Azure": the
+    # Azure attestation cache (/SevSnpVM/certificates/{chip id}/{tcb}, JSON answer).
+    type: Literal["AMD", "Azure"] = "AMD"
+    # host[:port] (HTTPS, as CCF), or a base URL with its scheme: http://127.0.0.1:8080.
+    url: str = pydantic.Field(default="kdsintf.amd.com", min_length=1, max_length=512)
+    # Further tries of this server after a connection failure, timeout or 5xx answer.
+    max_retries_count: int = pydantic.Field(default=3, ge=0, le=10)
+    # Each HTTP request to this server must complete within this.
+    timeout_ms: int = pydantic.Field(default=10_000, ge=100, le=120_000)
+
+    @pydantic.field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        scheme, sep, rest = v.partition("://")
+        if sep and scheme not in ("http", "https"):
+            raise ValueError("url scheme must be http or https")
+        host = (rest if sep else v).split("/", 1)[0]
+        if not host or any(c.isspace() for c in v) or "?" in v or "#" in v:
+            raise ValueError(f"expected host[:port] or http(s)://host[:port][/path], got {v!r}")
+        return v.rstrip("/")
+
+
 class SnpConfig(_Model):
     """Settings of the `snp` platform (ignored on `virtual`)."""
 
     # PEM: the chip's VCEK, then AMD's ASK and ARK. Without it, the certificates the host
-    # provisioned with the report (configfs-tsm's auxblob) are used; the enclave verifies
-    # them up to AMD's pinned roots either way.
+    # provisioned with the report (configfs-tsm's auxblob) are used, else the host fetches
+    # them from `endorsements_servers`; the enclave verifies them up to AMD's pinned roots
+    # whichever way they came.
     endorsements_file: str | None = pydantic.Field(default=None, max_length=4096)
+    # Tried in order (the next one when one fails or serves endorsements the enclave refuses).
+    endorsements_servers: list[EndorsementsServer] = pydantic.Field(
+        default=[], max_length=ENDORSEMENTS_SERVERS_MAX
+    )
 
 
 class CoseSignaturesConfig(_Model):

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import importlib
 import itertools
 import logging
@@ -40,7 +41,7 @@ from charter.enclave_app.http_server import (
 from charter.enclave_app.loop import run_loop
 from charter.enclave_app.node import TXID_HEADER, Forwarded, Node
 from charter.enclave_app.platform import Platform, PlatformError, VirtualPlatform
-from charter.enclave_app.snp_platform import SnpPlatform
+from charter.enclave_app.snp_platform import SnpPlatform, obtain_endorsements
 
 LOG = logging.getLogger("enclave")
 
@@ -145,6 +146,9 @@ class Runtime:
             loop=asyncio.get_running_loop(),
         )
         platform = _platform(config)
+        if isinstance(platform, SnpPlatform):
+            servers = len(config.snp.endorsements_servers)
+            await obtain_endorsements(platform, servers, self._fetch_endorsements)
         app = _load_app(config.app)
         node = Node(config, platform, app, extra_apps=())
         self.node = node
@@ -241,6 +245,15 @@ class Runtime:
         self.channel.send(frame_type(request_id, *args))
         return await future
 
+    async def _fetch_endorsements(self, request: itf.FetchEndorsements) -> itf.EndorsementsFetched:
+        """Ask the host to fetch SEV-SNP endorsements; the answer is checked by the caller."""
+        request_id = next(self.request_ids)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.pending_reads[request_id] = future
+        self.channel.send(dataclasses.replace(request, request_id=request_id))
+        reply: itf.EndorsementsFetched = await future
+        return reply
+
     async def _replay_own_ledger(
         self, last_seqno: int, *, learner: bool = False, service_cert_pem: str | None = None
     ) -> None:
@@ -332,7 +345,7 @@ class Runtime:
             self.accept(fds[0])
             return
         _close(fds)
-        if isinstance(frame, itf.EntriesRead | itf.SnapshotRead):
+        if isinstance(frame, itf.EntriesRead | itf.SnapshotRead | itf.EndorsementsFetched):
             future = self.pending_reads.pop(frame.request_id, None)
             if future is not None and not future.done():
                 future.set_result(frame)

@@ -10,28 +10,27 @@ report it produces.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import importlib.util
-import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from charter.ledger import quote as ledger_quote
+from charter.ledger.quote import VIRTUAL_FORMAT, Evidence
+from charter.ledger.quote import VirtualReport as Report
+
+__all__ = ["VIRTUAL_FORMAT", "Evidence", "Platform", "PlatformError", "Report", "VirtualPlatform"]
+
 LOG = logging.getLogger(__name__)
 
-VIRTUAL_FORMAT = "Insecure_Virtual"
 # The packages whose code runs inside the enclave process: the measurement covers them all.
 ENCLAVE_PACKAGES = ("enclave_app", "ledger", "consensus", "governance")
-REPORT_MAX_BYTES = 16 * 1024
 SEALED_MAX_BYTES = 1024 * 1024
 SEAL_NONCE_BYTES = 12
-QUOTE_MAX_BYTES = 16 * 1024
-ENDORSEMENTS_MAX_BYTES = 32 * 1024
 
 
 class PlatformError(Exception):
@@ -84,73 +83,6 @@ def code_measurement(root: Path | None = None, *, app_module: str | None = None)
     return digest.hexdigest()
 
 
-@dataclass(frozen=True, slots=True)
-class Report:
-    """An attestation report: which code runs, and the data it vouches for (a key hash)."""
-
-    format: str
-    measurement: str
-    report_data: str
-
-    def to_bytes(self) -> bytes:
-        return json.dumps(
-            {
-                "format": self.format,
-                "measurement": self.measurement,
-                "report_data": self.report_data,
-                "warning": "virtual platform: this report is not backed by hardware",
-            },
-            sort_keys=True,
-            separators=(",", ":"),
-        ).encode()
-
-    @classmethod
-    def from_bytes(cls, raw: bytes) -> Report:
-        if len(raw) > REPORT_MAX_BYTES:
-            raise PlatformError(f"report is {len(raw)} bytes, over {REPORT_MAX_BYTES}")
-        try:
-            doc = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise PlatformError(f"report is not JSON: {exc}") from None
-        if not isinstance(doc, dict):
-            raise PlatformError("report is not a JSON object")
-        fields = {}
-        for name in ("format", "measurement", "report_data"):
-            value = doc.get(name)
-            if not isinstance(value, str) or len(value) > 256:
-                raise PlatformError(f"report field {name!r} missing or not a short string")
-            fields[name] = value
-        return cls(**fields)
-
-
-@dataclass(frozen=True, slots=True)
-class Evidence:
-    """A platform's report and its endorsements, as CCF's `quote_info` carries them."""
-
-    format: str
-    quote: bytes
-    endorsements: bytes = b""
-
-    def quote_info(self) -> dict[str, str]:
-        """CCF's `quote_info` record (nodes.info): format, and quote/endorsements in base64."""
-        return {
-            "format": self.format,
-            "quote": base64.b64encode(self.quote).decode(),
-            "endorsements": base64.b64encode(self.endorsements).decode(),
-        }
-
-    @classmethod
-    def from_quote_info(cls, format: str, quote_b64: str, endorsements_b64: str) -> Evidence:
-        try:
-            quote = base64.b64decode(quote_b64, validate=True)
-            endorsements = base64.b64decode(endorsements_b64, validate=True)
-        except (binascii.Error, ValueError):
-            raise PlatformError("quote or endorsements are not base64") from None
-        if len(quote) > QUOTE_MAX_BYTES or len(endorsements) > ENDORSEMENTS_MAX_BYTES:
-            raise PlatformError("quote or endorsements are too large")
-        return cls(format=format, quote=quote, endorsements=endorsements)
-
-
 class Platform(Protocol):
     """What the node needs from the machine it runs on: its code's measurement, sealing, and
     whether any of it is backed by hardware (`/node/version` reports `unsafe` when not)."""
@@ -196,14 +128,12 @@ class VirtualPlatform:
         raw: bytes, *, public_key_der: bytes, accepted_measurements: set[str]
     ) -> Report:
         """Check a joining node's report: right format, accepted code, bound to its key."""
-        report = Report.from_bytes(raw)
-        if report.format != VIRTUAL_FORMAT:
-            raise PlatformError(f"unsupported report format {report.format!r}")
-        if report.report_data != hashlib.sha256(public_key_der).hexdigest():
-            raise PlatformError("report is not bound to the joining node's public key")
-        if report.measurement not in accepted_measurements:
-            raise PlatformError(f"measurement {report.measurement[:16]}… is not accepted")
-        return report
+        try:
+            return ledger_quote.verify_virtual_report(
+                raw, public_key_der=public_key_der, accepted_measurements=accepted_measurements
+            )
+        except ledger_quote.QuoteError as exc:
+            raise PlatformError(str(exc)) from None
 
     def evidence(self, public_key_der: bytes) -> Evidence:
         return Evidence(format=VIRTUAL_FORMAT, quote=self.report(public_key_der).to_bytes())

@@ -25,23 +25,23 @@ import logging
 import os
 import ssl
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.serialization import Encoding
 
-from charter.enclave_app.platform import (
-    SEAL_NONCE_BYTES,
-    SEALED_MAX_BYTES,
-    Evidence,
-    PlatformError,
-)
+from charter.enclave_app.interface import EndorsementsFetched, FetchEndorsements
+from charter.enclave_app.platform import SEAL_NONCE_BYTES, SEALED_MAX_BYTES, PlatformError
 from charter.ledger import snp
+from charter.ledger.quote import SNP_FORMAT, Evidence, snp_endorsements
 
 LOG = logging.getLogger(__name__)
 
-SNP_FORMAT = "AMD_SEV_SNP_v1"  # CCF's quote format name
 TSM_REPORT_ROOT = Path("/sys/kernel/config/tsm/report")
 SEV_GUEST_DEVICE = Path("/dev/sev-guest")
+CPUINFO = Path("/proc/cpuinfo")
+CPUINFO_MAX_BYTES = 4 * 1024 * 1024
 REPORT_DATA_BYTES = 64
 AUXBLOB_MAX_BYTES = 64 * 1024
 # GUIDs of the certificate table the host attaches to an extended report (GHCB spec 56421).
@@ -80,6 +80,31 @@ def endorsements_from_table(table: bytes) -> bytes:
         for guid in (VCEK_GUID, ASK_GUID, ARK_GUID)
         if guid in certificates
     )
+
+
+def cpuid_of_cpuinfo(path: Path = CPUINFO) -> str:
+    """CPUID leaf-1 EAX (hex) of the first CPU in /proc/cpuinfo, for reports (version 2) that
+    do not carry it. Under SEV-SNP the firmware's CPUID table vets these values; the product
+    line chosen from them only selects which endorsements to fetch, and a wrong one fails
+    verification."""
+    try:
+        with path.open("rb") as handle:
+            text = handle.read(CPUINFO_MAX_BYTES).decode(errors="replace")
+    except OSError as exc:
+        raise PlatformError(f"cannot read {path}: {exc.strerror}") from None
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            if fields:
+                break  # the first processor's block is enough
+            continue
+        name, _, value = line.partition(":")
+        fields.setdefault(name.strip(), value.strip())
+    try:
+        family, model, stepping = (int(fields[k]) for k in ("cpu family", "model", "stepping"))
+    except (KeyError, ValueError):
+        raise PlatformError(f"{path} names no cpu family, model and stepping") from None
+    return snp.cpuid_hex(family, model, stepping)
 
 
 class TsmReport:
@@ -184,7 +209,12 @@ def _guest_ioctl(
 
 
 class SnpPlatform:
-    """Attestation and sealing backed by the SEV-SNP firmware of the VM this process runs in."""
+    """Attestation and sealing backed by the SEV-SNP firmware of the VM this process runs in.
+
+    Endorsements come, first found first used, from the operator's file, from the certificate
+    table the host provisioned with the report, or from the host's endorsements servers
+    (`obtain_endorsements`, checked here against this VM's own report before use).
+    """
 
     name = "snp"
     is_secure = True
@@ -195,22 +225,26 @@ class SnpPlatform:
         tsm: TsmReport | None = None,
         device: Path = SEV_GUEST_DEVICE,
         endorsements_file: Path | None = None,
+        cpuinfo: Path = CPUINFO,
     ) -> None:
         self.tsm = tsm or TsmReport()
         self.device = device
         self.endorsements_file = endorsements_file
+        self.cpuinfo = cpuinfo
+        self.fetched_endorsements: bytes | None = None
         self._measurement: str | None = None
 
     @property
     def measurement(self) -> str:
         """The launch measurement of this VM, read from a report of its own."""
         if self._measurement is None:
-            report = snp.parse_report(self.report(bytes(REPORT_DATA_BYTES)).quote)
-            self._measurement = report.measurement.hex()
+            raw, _ = self._raw_report(bytes(REPORT_DATA_BYTES))
+            self._measurement = snp.parse_report(raw).measurement.hex()
         return self._measurement
 
-    def report(self, report_data: bytes) -> Evidence:
-        """A signed report binding `report_data` (zero-padded to 64 bytes), with endorsements."""
+    def _raw_report(self, report_data: bytes) -> tuple[bytes, bytes]:
+        """The firmware's signed report binding `report_data`, and the host's certificate
+        table (empty when it provisioned none)."""
         if len(report_data) > REPORT_DATA_BYTES:
             raise PlatformError(f"report data over {REPORT_DATA_BYTES} bytes")
         padded = report_data.ljust(REPORT_DATA_BYTES, b"\0")
@@ -224,19 +258,53 @@ class SnpPlatform:
             )
         if len(raw) < snp.REPORT_BYTES:
             raise PlatformError(f"the firmware returned {len(raw)} bytes, not a report")
-        raw = raw[: snp.REPORT_BYTES]
+        return raw[: snp.REPORT_BYTES], table
+
+    def report(self, report_data: bytes) -> Evidence:
+        """A signed report binding `report_data` (zero-padded to 64 bytes), with endorsements."""
+        raw, table = self._raw_report(report_data)
         if self.endorsements_file is not None:
             endorsements = self.endorsements_file.read_bytes()
         elif table:
             endorsements = endorsements_from_table(table)
+        elif self.fetched_endorsements is not None:
+            endorsements = self.fetched_endorsements
         else:
             raise PlatformError(
-                "no VCEK: the host provisioned no certificate table; set an endorsements file"
+                "no VCEK: the host provisioned no certificate table; set snp.endorsements_file "
+                "or snp.endorsements_servers"
             )
         return Evidence(format=SNP_FORMAT, quote=raw, endorsements=endorsements)
 
     def evidence(self, public_key_der: bytes) -> Evidence:
         return self.report(hashlib.sha256(public_key_der).digest())
+
+    def endorsements_request(self) -> tuple[snp.Product, bytes, int] | None:
+        """(product line, chip id, reported TCB) to fetch endorsements for, or None when the
+        operator's file or the host's certificate table provides them."""
+        if self.endorsements_file is not None or self.fetched_endorsements is not None:
+            return None
+        raw, table = self._raw_report(bytes(REPORT_DATA_BYTES))
+        if table:
+            return None
+        report = snp.parse_report(raw)
+        if report.cpuid is not None:
+            product = snp.product_of_cpuid(snp.cpuid_hex(*report.cpuid))
+        else:
+            product = snp.product_of_cpuid(cpuid_of_cpuinfo(self.cpuinfo))
+        return product, report.chip_id, report.reported_tcb_raw
+
+    def use_endorsements(self, vcek: bytes, chain_pem: bytes) -> snp.Product:
+        """Adopt fetched endorsements once they are shown to be AMD's for this chip and TCB:
+        chained to the pinned roots, and verifying this VM's own report. Raises `SnpError`."""
+        endorsements = snp.Endorsements.from_bytes(vcek, chain_pem)
+        raw, _ = self._raw_report(bytes(REPORT_DATA_BYTES))
+        _, product, _ = snp.verify_signature(raw, endorsements)
+        self.fetched_endorsements = b"".join(
+            certificate.public_bytes(Encoding.PEM)
+            for certificate in (endorsements.vcek, *endorsements.chain)
+        )
+        return product
 
     def _ioctl_report(self, report_data: bytes) -> bytes:
         request = _ReportRequest()
@@ -278,11 +346,55 @@ def verify_snp_evidence(
     """Check another node's SNP evidence (pure; the enclave trusts nothing the host added)."""
     if evidence.format != SNP_FORMAT:
         raise snp.SnpError("report_format", f"evidence format {evidence.format!r} is not SNP")
-    pem = evidence.endorsements
-    marker = b"-----END CERTIFICATE-----"
-    cut = pem.find(marker)
-    if cut < 0:
-        raise snp.SnpError("endorsements", "no VCEK certificate in the endorsements")
-    vcek, chain = pem[: cut + len(marker)], pem[cut + len(marker) :].strip()
-    endorsements = snp.Endorsements.from_bytes(vcek, chain)
+    endorsements = snp_endorsements(evidence.endorsements)
     return snp.verify_report(evidence.quote, endorsements, report_data=report_data, policy=policy)
+
+
+async def obtain_endorsements(
+    platform: SnpPlatform,
+    server_count: int,
+    ask_host: Callable[[FetchEndorsements], Awaitable[EndorsementsFetched]],
+) -> None:
+    """Have the host fetch this VM's endorsements when nothing else provides them.
+
+    Each answer is checked (`SnpPlatform.use_endorsements`); a refused one sends the host to
+    the next server. Raises `PlatformError` naming every server's failure when none served
+    endorsements this enclave accepts.
+    """
+    request = platform.endorsements_request()
+    if request is None:
+        return
+    product, chip_id, reported_tcb = request
+    if server_count == 0:
+        raise PlatformError(
+            "no VCEK: the host provisioned no certificate table, and neither "
+            "snp.endorsements_file nor snp.endorsements_servers is set"
+        )
+    refusals: list[str] = []
+    first = 0
+    while first < server_count:
+        reply = await ask_host(
+            FetchEndorsements(
+                request_id=0,
+                product=product.value,
+                chip_id=chip_id,
+                reported_tcb=reported_tcb,
+                first_server=first,
+            )
+        )
+        if reply.error is not None:
+            refusals.append(reply.error)
+            break
+        if reply.server < first or reply.server >= server_count:
+            refusals.append(f"the host answered from server {reply.server}, not {first} or later")
+            break
+        try:
+            platform.use_endorsements(reply.vcek, reply.chain)
+        except snp.SnpError as exc:
+            LOG.warning("event=snp_endorsements_refused url=%s reason=%s", reply.url, exc)
+            refusals.append(f"{reply.url} served endorsements that fail {exc}")
+            first = reply.server + 1
+            continue
+        LOG.info("event=snp_endorsements_fetched url=%s", reply.url)
+        return
+    raise PlatformError("no acceptable SEV-SNP endorsements: " + "; ".join(refusals))

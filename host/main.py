@@ -26,6 +26,7 @@ from charter.enclave_app.interface import (
     ClientConnection,
     ControlChannel,
     Fatal,
+    FetchEndorsements,
     Frame,
     InterfaceError,
     Log,
@@ -39,6 +40,7 @@ from charter.enclave_app.interface import (
     Tick,
     load_config,
 )
+from charter.host.endorsements import EndorsementsFetcher
 from charter.host.relay import Relay, split_address
 from charter.host.storage import STORAGE_FRAMES, Storage, StorageWorker, write_atomically
 from charter.ledger.errors import LedgerWriteError
@@ -98,6 +100,7 @@ class Host:
         self.storage_worker = StorageWorker(self.storage, self._reply, self._on_storage_failure)
         self._next_conn_id = 1
         self._tasks: list[asyncio.Task[None]] = []
+        self.endorsements = EndorsementsFetcher(config.snp.endorsements_servers, self._reply)
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -229,6 +232,7 @@ class Host:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        await self.endorsements.close()
         self.channel.close()
         await self.relay.close()
         await self.storage_worker.wait_idle()
@@ -304,6 +308,9 @@ class Host:
                     await self.storage_worker.submit(frame)
                 elif isinstance(frame, SendToNode):
                     self.relay.send(frame.address, frame.payload)
+                elif isinstance(frame, FetchEndorsements):
+                    # HTTP to AMD or a cache takes seconds: answered from its own task.
+                    self.endorsements.submit(frame)
                 elif isinstance(frame, Started):
                     _log.info("enclave ready node_id=%s status=%s", frame.node_id, frame.status)
                     self.ports["node_id"] = frame.node_id

@@ -167,16 +167,23 @@ class Report:
         """The CPUID leaf-1 EAX value of the chip (version 3 reports carry it), as 8 hex."""
         if self.cpuid is None:
             return product.default_cpuid_hex
-        family, model, stepping = self.cpuid
-        base_family = min(family, 0xF)
-        eax = (
-            stepping
-            | (model & 0xF) << 4
-            | base_family << 8
-            | (model >> 4) << 16
-            | (family - base_family) << 20
-        )
-        return f"{eax:08x}"
+        return cpuid_hex(*self.cpuid)
+
+
+def cpuid_hex(family: int, model: int, stepping: int) -> str:
+    """CPUID leaf-1 EAX (8 hex digits) of a CPU family, model and stepping (as /proc/cpuinfo
+    and version 3 reports give them)."""
+    if not (0 <= family <= 0xFF + 0xF and 0 <= model <= 0xFF and 0 <= stepping <= 0xF):
+        raise SnpError("cpuid", f"family {family}, model {model}, stepping {stepping} out of range")
+    base_family = min(family, 0xF)
+    eax = (
+        stepping
+        | (model & 0xF) << 4
+        | base_family << 8
+        | (model >> 4) << 16
+        | (family - base_family) << 20
+    )
+    return f"{eax:08x}"
 
 
 def parse_report(raw: bytes) -> Report:
@@ -418,6 +425,43 @@ def verify_endorsements(
     return product, vcek
 
 
+def verify_signature(
+    raw: bytes,
+    endorsements: Endorsements,
+    *,
+    now: datetime | None = None,
+    trusted_roots: Callable[[Product], Roots] = pinned_roots,
+) -> tuple[Report, Product, TcbVersion]:
+    """The report is signed by the VCEK of its chip at its reported TCB, and that VCEK chains
+    to AMD's pinned roots: the endorsements are the right ones for this report.
+
+    The first half of `verify_report` (no policy): what a node checks of endorsements it was
+    handed for its own report before presenting them.
+    """
+    report = parse_report(raw)
+    if report.signing_key != SIGNING_KEY_VCEK:
+        raise SnpError("signing_key", f"signed by key type {report.signing_key}, not a VCEK")
+    product, vcek = verify_endorsements(endorsements, now=now, trusted_roots=trusted_roots)
+    # The VCEK must be the one for this chip at this TCB: checked before the signature so a
+    # VCEK of another chip or TCB is named as such rather than as a bad signature.
+    reported = TcbVersion.from_u64(report.reported_tcb_raw, product)
+    certified = vcek_tcb(vcek, product)
+    if reported != certified:
+        raise SnpError("reported_tcb", f"report says {reported}, its VCEK is for {certified}")
+    hwid = _vcek_hwid(vcek)
+    if report.chip_id[: len(hwid)] != hwid:
+        raise SnpError("chip_id", "report's chip id is not the VCEK's hardware id")
+    key = vcek.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp384r1":
+        raise SnpError("vcek", "VCEK key is not ECDSA P-384")
+    signature = encode_dss_signature(report.signature_r, report.signature_s)
+    try:
+        key.verify(signature, report.signed, ec.ECDSA(hashes.SHA384()))
+    except InvalidSignature:
+        raise SnpError("report_signature", "report signature does not verify") from None
+    return report, product, reported
+
+
 def verify_report(
     raw: bytes,
     endorsements: Endorsements,
@@ -434,28 +478,9 @@ def verify_report(
     """
     if len(report_data) > 64:
         raise SnpError("report_data", "expected report data is over 64 bytes")
-    report = parse_report(raw)
-    if report.signing_key != SIGNING_KEY_VCEK:
-        raise SnpError("signing_key", f"signed by key type {report.signing_key}, not a VCEK")
-    product, vcek = verify_endorsements(endorsements, now=now, trusted_roots=trusted_roots)
-    # The VCEK must be the one for this chip at this TCB: checked before the signature so a
-    # VCEK of another chip or TCB is named as such rather than as a bad signature.
-
-    reported = TcbVersion.from_u64(report.reported_tcb_raw, product)
-    certified = vcek_tcb(vcek, product)
-    if reported != certified:
-        raise SnpError("reported_tcb", f"report says {reported}, its VCEK is for {certified}")
-    hwid = _vcek_hwid(vcek)
-    if report.chip_id[: len(hwid)] != hwid:
-        raise SnpError("chip_id", "report's chip id is not the VCEK's hardware id")
-    key = vcek.public_key()
-    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp384r1":
-        raise SnpError("vcek", "VCEK key is not ECDSA P-384")
-    signature = encode_dss_signature(report.signature_r, report.signature_s)
-    try:
-        key.verify(signature, report.signed, ec.ECDSA(hashes.SHA384()))
-    except InvalidSignature:
-        raise SnpError("report_signature", "report signature does not verify") from None
+    report, product, reported = verify_signature(
+        raw, endorsements, now=now, trusted_roots=trusted_roots
+    )
 
     if report.debug_allowed:
         raise SnpError("policy", "guest policy allows debugging")

@@ -46,6 +46,12 @@ ONE_OF_EACH: list[itf.Frame] = [
     itf.SendToNode(node_id="cd" * 32, address="127.0.0.1:9001", payload=b"x"),
     itf.Log(level=20, message="hello"),
     itf.Fatal(reason="ledger secret lost"),
+    itf.FetchEndorsements(
+        request_id=6, product="Milan", chip_id=b"\x07" * 64, reported_tcb=2**63, first_server=1
+    ),
+    itf.EndorsementsFetched(
+        request_id=6, server=1, url="https://kds/vcek", vcek=b"der", chain=b"pem", error=None
+    ),
 ]
 
 
