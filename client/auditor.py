@@ -115,6 +115,7 @@ def audit_ledger(
     checkpoint: bool = False,
     workers: int | None = None,
     snapshot: str | Path | None = None,
+    check_attestation: bool = False,
 ) -> AuditReport:
     """Validate a whole ledger directory with ledger.audit; returns its AuditReport.
 
@@ -124,7 +125,9 @@ def audit_ledger(
     checkpoint file an earlier audit wrote: only the entries after it are audited (and the
     checkpoint is refused unless the ledger still holds what it covered). `checkpoint=True`
     puts a new checkpoint in the report. `snapshot` is the snapshot file a ledger that
-    starts after seqno 1 was started from. `workers`: see `ledger.audit.audit`. Raises
+    starts after seqno 1 was started from. `check_attestation`: every signer must have been
+    admitted with evidence the join policy of the time accepted (needs the whole ledger).
+    `workers`: see `ledger.audit.audit`. Raises
     LedgerAuditFailed carrying the first bad seqno; Ctrl-C raises AuditInterrupted.
     """
     path = Path(directory)
@@ -146,6 +149,11 @@ def audit_ledger(
             start = AuditCheckpoint.loads(data)
         except LedgerError as e:
             raise LedgerAuditFailed(f"checkpoint {since} refused: {e}", code=e.code) from None
+    if check_attestation and (since is not None or snapshot is not None):
+        raise LedgerAuditFailed(
+            "--check-attestation replays every admission from seqno 1: "
+            "it cannot start from a checkpoint or a snapshot"
+        )
     snapshot_bytes = None
     if snapshot is not None:
         snapshot_bytes = read_bounded(Path(snapshot), SNAPSHOT_BYTES_MAX, "snapshot")
@@ -160,6 +168,7 @@ def audit_ledger(
             checkpoint=checkpoint,
             workers=workers,
             snapshot=snapshot_bytes,
+            check_attestation=check_attestation,
         )
     except AuditInterrupted:
         raise  # the caller says how far it got and may save the checkpoint

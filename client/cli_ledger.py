@@ -302,6 +302,14 @@ def ledger_audit(
             "--workers", min=0, help="Verifier processes (default: from the CPUs; 0 = serial)."
         ),
     ] = None,
+    check_attestation: Annotated[
+        bool,
+        typer.Option(
+            "--check-attestation",
+            help="Also check that every signing node was admitted with evidence (code "
+            "measurement, SEV-SNP report) that the join policy of the time accepted.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
     report_path: Annotated[
         Path | None,
@@ -327,6 +335,7 @@ def ledger_audit(
         "checkpoint": checkpoint is not None,
         "workers": workers,
         "snapshot": snapshot,
+        "check_attestation": check_attestation,
     }
     try:
         if as_json:

@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from charter.ledger import cose, merkle
+from charter.ledger.audit_attestation import AdmissionCheck
 from charter.ledger.audit_checkpoint import (
     AuditCheckpoint,
     ExtensionFold,
@@ -268,6 +269,8 @@ class _Auditor:
         self.evidence_seqno: int | None = None
         # With a verifier, signature checks are deferred to it (and its worker processes).
         self.verifier = verifier
+        # With the attestation check, governance's admissions replayed (audit_attestation).
+        self.admissions: AdmissionCheck | None = None
         self.node_status: dict[str, str] = {}
         self.node_certs: dict[str, bytes] = {}
         self.service_status: str | None = None
@@ -375,6 +378,8 @@ class _Auditor:
     def governance(self, tables: WriteSet, seqno: int, view: int) -> None:
         """Steps 1-5 of LedgerValidator.add_transaction for an entry with interesting tables."""
         self_signed: set[str] = set()
+        if self.admissions is not None:
+            self.admissions.absorb(tables, seqno)
         for key, value in tables.get(NODES_INFO, {}).items():
             node_id = key.decode(errors="replace")
             if value is None:
@@ -438,6 +443,8 @@ class _Auditor:
             raise AuditError(f"signing node {node_id} is not part of the network", seqno=seqno)
         if status == "Pending":
             raise AuditError(f"signing node {node_id} is still Pending", seqno=seqno)
+        if self.admissions is not None:
+            self.admissions.require_admitted(node_id, seqno)
         cert = self.node_certs.get(node_id)
         if cert is None:
             raise AuditError(f"signing node {node_id} has no certificate", seqno=seqno)
@@ -631,6 +638,7 @@ def audit(
     since: AuditCheckpoint | None = None,
     checkpoint: bool = False,
     snapshot: bytes | None = None,
+    check_attestation: bool = False,
 ) -> AuditReport:
     """Validate every transaction of the ledger in `directory`; AuditError at the first bad one.
 
@@ -653,7 +661,14 @@ def audit(
     `charter.ledger.audit_snapshot`): the snapshot's signed root and frontier are checked,
     the ledger is audited from the snapshot's seqno + 1, and the snapshot's evidence
     transaction must be among the audited entries, followed by a signature.
+
+    `check_attestation=True` also replays governance's admissions (see
+    `charter.ledger.audit_attestation`): every node's evidence must pass the join policy of
+    the transaction that recorded it, and every signer must have been admitted so. It needs
+    the whole ledger, so it refuses `since=` and `snapshot=`.
     """
+    if check_attestation and (since is not None or snapshot is not None):
+        raise ValueError("the attestation check needs the ledger from seqno 1")
     evidence: tuple[int, str] | None = None
     if snapshot is not None:
         if since is not None:
@@ -701,6 +716,8 @@ def audit(
         chunks=reader.chunks,
         checkpointing=checkpoint,
     )
+    if check_attestation:
+        state.admissions = AdmissionCheck()
     seqno = view = 0
     chunk_count = len(reader.chunks) - len(jobs)
     if since is not None:

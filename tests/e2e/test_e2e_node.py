@@ -144,6 +144,19 @@ async def test_a_virtual_node_says_it_is_unsafe_and_shows_the_evidence_it_joined
     assert json.loads(base64.b64decode(recorded[0]["raw"]))["measurement"] == own["measurement"]
 
 
+async def test_an_auditor_replays_the_nodes_admission_from_the_ledger(net: Sandbox) -> None:
+    node = net.nodes[0]
+    await write(net, node, 4242, "admitted")
+    charter = Path(sys.executable).with_name("charter")
+    result = subprocess.run(
+        [str(charter), "ledger", "audit", str(_ledger_dir(net)), "--include-uncommitted",
+         "--check-attestation", "--json", "--service-cert", str(net.service_cert_path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads(result.stdout)["valid"] is True
+
+
 async def test_private_plaintext_never_reaches_the_host_or_its_files(tapped: Sandbox) -> None:
     node = tapped.nodes[0]
     private_marker = f"private-{secrets.token_hex(16)}"
