@@ -231,6 +231,10 @@ def quote_verify(
         target = resolve_target(network=network, url=url, service_cert=service_cert, node=index)
         certificate = node_certificate(target.url, target.service_cert)
         doc = run_async(_fetch_quote(target.url, target.service_cert))
+    if bound is not None and certificate is not None:
+        raise IdentityError(
+            "--report-data replaces the node key binding: not with --node-cert or a live node"
+        )
     try:
         saved = parse_saved_quote(doc)
         verdict = verify_saved_quote(

@@ -177,6 +177,20 @@ def test_a_tampered_saved_quote_is_refused_naming_the_check(
     assert check(dict(saved_quote, format="SGX")).startswith("report_format:")
     # Virtual evidence carries no host data to check.
     assert check(saved_quote, "--host-data", "00" * 32).startswith("host_data:")
+    # Two bindings at once is a usage error, not a silently ignored flag.
+    both = charter(
+        "quote",
+        "verify",
+        "--file",
+        _write(tmp_path, "q.json", saved_quote),
+        "--measurement",
+        measurement,
+        "--node-cert",
+        sandbox.service_cert_path,
+        "--report-data",
+        "00",
+    )
+    assert both.returncode == 1 and "not with --node-cert" in both.stderr
 
 
 # --- the real Milan SEV-SNP report ----------------------------------------------------------

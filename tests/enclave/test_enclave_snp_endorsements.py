@@ -58,17 +58,27 @@ class TsmWithoutCertificates:
         self.thread.start()
 
     def _serve(self) -> None:
-        while True:
-            with (self.entry / "outblob").open("wb") as out:  # waits for a reader
-                if self.stopped:
-                    return
-                out.write(REPORT)
+        while not self.stopped:
+            try:
+                with (self.entry / "outblob").open("wb") as out:  # waits for a reader
+                    if self.stopped:
+                        return
+                    out.write(REPORT)
+            except BrokenPipeError:
+                # Reopened before the last reader closed its end, which then went away:
+                # that reader had its report already; serve the next one.
+                continue
 
     def stop(self) -> None:
         self.stopped = True
-        with (self.entry / "outblob").open("rb") as unblock:
-            unblock.read()
-        self.thread.join(timeout=5)
+        # A non-blocking open for reading releases a writer waiting in open(), and does not
+        # itself wait when the thread is elsewhere.
+        fd = os.open(self.entry / "outblob", os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            self.thread.join(timeout=5)
+        finally:
+            os.close(fd)
+        assert not self.thread.is_alive()
 
 
 @pytest.fixture
