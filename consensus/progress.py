@@ -15,7 +15,8 @@ class Progress:
     index the peer's host has also made durable (the only thing that counts toward commit).
     `heard_at_ms` is when (on the core's tick-driven clock) the peer last answered, or when
     tracking began if it never has; `peer_commit_index` is the commit index its latest
-    answer reported. Both are reported only (`Raft.details()`), never acted on.
+    answer reported. Both are reported (`Raft.details()`); for a removed peer they also
+    tell when to stop replicating to it (it committed its removal, or fell silent).
     """
 
     __slots__ = (

@@ -42,6 +42,10 @@ from charter.consensus.types import (
 
 logger = logging.getLogger(__name__)
 
+# A removed peer that has not answered for this many (longest) election timeouts since its
+# removal committed is taken as gone: heartbeats to it stop.
+REMOVED_PEER_SILENT_TIMEOUTS = 10
+
 
 class Raft(RaftState):
     """One node's Raft. Not thread safe: the runtime calls it from one task."""
@@ -303,6 +307,9 @@ class Raft(RaftState):
                 return
         if self._heartbeat_elapsed_ms >= self._cfg.heartbeat_interval_ms:
             self._heartbeat_elapsed_ms = 0
+            for peer, pr in list(self._progress.items()):
+                if pr.removal_index is not None:
+                    self._done_with_removed(peer, pr)
             self._heartbeat()
 
     def _heartbeat(self) -> None:
@@ -430,13 +437,30 @@ class Raft(RaftState):
         self._send_entries(m.sender, pr, empty_ok=True)
 
     def _done_with_removed(self, peer: str, pr: Progress) -> bool:
+        """Stop replicating to a removed peer once it said it committed its removal (so it
+        retired), or once it stayed silent for long after the removal committed (it stopped,
+        or is cut off). Holding its removal entry is not enough: it commits, and so retires,
+        only at a signature after that entry, and only once a primary says that signature is
+        committed; a last heartbeat sent without them (or lost) would leave it running as a
+        backup of a configuration that no longer has it, never told."""
         assert pr.removal_index is not None
-        if self._commit_index >= pr.removal_index and pr.acked_index >= pr.removal_index:
-            # It holds its removal and we have told it that the removal is committed.
-            self._send_heartbeat(peer, pr)
-            del self._progress[peer]
-            return True
-        return False
+        told = pr.peer_commit_index >= pr.removal_index
+        silent_ms = self._now_ms - pr.heard_at_ms
+        gone = (
+            self._commit_index >= pr.removal_index
+            and silent_ms >= REMOVED_PEER_SILENT_TIMEOUTS * self._cfg.election_timeout_max_ms
+        )
+        if not (told or gone):
+            return False
+        logger.info(
+            "done with removed peer node=%s peer=%s retired=%s silent_ms=%d",
+            self.id,
+            peer,
+            told,
+            silent_ms,
+        )
+        del self._progress[peer]
+        return True
 
     def _maybe_commit(self) -> None:
         voters = self._log.configuration
@@ -461,10 +485,6 @@ class Raft(RaftState):
             return
         self._commit_index = index
         self._commit_changed = True
-        if self._role is Role.PRIMARY:
-            for peer, pr in list(self._progress.items()):
-                if pr.removal_index is not None and pr.removal_index <= index:
-                    self._done_with_removed(peer, pr)
         self._check_retired()
 
     def _check_retired(self) -> None:

@@ -260,12 +260,20 @@ class Runtime:
         assert self.node is not None
         next_seqno = 1
         first = await self._request(itf.ReadEntries, 1, 1) if last_seqno > 0 else None
+        holds_first = first is not None and bool(first.entries)
         snapshot = await self._request(itf.ReadLatestSnapshot)
-        if first is not None and not first.entries:
-            # This node joined from a snapshot: its ledger starts after it, so there is no
-            # ledger to fall back to if the snapshot does not verify (the error names it).
-            if snapshot.data is None:
-                raise RuntimeError("the ledger starts after seqno 1 but no snapshot exists")
+        # A node that joined from a snapshot keeps ledger files only after it: none at all
+        # if it stopped before an entry after the snapshot reached its disk, though it had
+        # sealed the snapshot's seqno as committed. So an empty ledger beside a snapshot
+        # means "joined from it" too; treating it as a whole (empty) ledger would skip the
+        # snapshot and refuse to start as rolled back. (A pending joiner with an empty
+        # ledger was given no snapshot yet: it rejoins afresh.)
+        from_snapshot = not holds_first and (last_seqno > 0 or not learner)
+        if from_snapshot and snapshot.data is None and last_seqno > 0:
+            raise RuntimeError("the ledger starts after seqno 1 but no snapshot exists")
+        if from_snapshot and snapshot.data is not None:
+            # Its ledger starts after the snapshot, so there is no ledger to fall back to if
+            # the snapshot does not verify (the error names it).
             name = snapshot.name or "snapshot"
             if learner:
                 installed = self.node.resume_pending_snapshot(snapshot.data, name, service_cert_pem)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from consensus_cluster import Cluster
+from consensus_cluster import FAST, Cluster
 
 from charter.consensus import (
     AppendEntries,
@@ -93,6 +93,39 @@ def test_removed_backup_retires_once_its_removal_commits() -> None:
     assert c.nodes["c"].role is Role.RETIRED
     _grow(c, "a", 5)
     assert a.commit_index == a.last_index  # a and b are the majority now
+
+
+def test_removed_backup_is_told_its_removal_committed_even_if_it_missed_the_signature() -> None:
+    """It acknowledged its removal entry, then was cut off while the signature after it
+    committed: the primary must keep replicating to it until it says it committed its
+    removal, so it retires once it is reachable again (a last heartbeat is not enough)."""
+    c = Cluster(ABC)
+    a = c.elect("a")
+    a.propose(b"rm c", signature=False, configuration=frozenset({"a", "b"}))
+    c.process("a")
+    c.deliver()
+    removal = a.last_index
+    c.isolate("c")
+    c.propose("a", b"sig", signature=True)
+    assert a.commit_index > removal  # committed by a and b, the new majority
+    assert c.nodes["c"].role is Role.BACKUP
+    c.heal()
+    c.run_for(200)
+    assert c.nodes["c"].role is Role.RETIRED
+    assert "c" not in a.details().acks, a.details()
+
+
+def test_primary_stops_replicating_to_a_removed_peer_that_stays_silent() -> None:
+    c = Cluster(ABC)
+    a = c.elect("a")
+    c.isolate("c")
+    a.propose(b"rm c", signature=True, configuration=frozenset({"a", "b"}))
+    c.process("a")
+    c.deliver()
+    assert "c" in a.details().acks
+    c.run_for(11 * FAST.election_timeout_max_ms)
+    assert "c" not in a.details().acks, a.details()
+    assert a.role is Role.PRIMARY
 
 
 def test_retiring_primary_hands_over_once_its_removal_commits() -> None:

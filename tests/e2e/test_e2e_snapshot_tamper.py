@@ -1,7 +1,8 @@
 """A flipped byte in a snapshot file on disk is noticed on real processes (issue 11, item 9):
 a node whose ledger is whole refuses the file, naming it, replays its ledger instead and never
 serves the changed bytes; a node that joined from a snapshot (its ledger starts after it)
-refuses to start on the changed file, naming it, and starts again once the file is restored."""
+refuses to start on the changed file, naming it, and starts again once the file is restored,
+also when it stopped before any entry after that snapshot reached its ledger."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 from e2e_support import (
+    alive,
     log_tails,
     log_text,
     make_sandbox,
@@ -23,7 +25,9 @@ from e2e_support import (
     wait_ready,
     write,
 )
+from relay import FaultyRelay
 
+from charter.ledger.chunks import LedgerReader
 from charter.ledger.snapshot import decode_snapshot, parse_snapshot_file_name, verify_snapshot
 from charter.sandbox import NodeProcess, Sandbox, SandboxError
 
@@ -48,6 +52,30 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
         yield sb
     finally:
         sb.stop()
+
+
+@pytest.fixture
+def relayed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Sandbox, FaultyRelay]]:
+    """One node whose node-to-node traffic (and that of nodes added later) goes through a
+    relay the test can cut."""
+    relay = FaultyRelay()
+
+    def configure(i: int, config: dict[str, Any]) -> None:
+        _configure(i, config)
+        config["published_node_to_node_address"] = relay.add_node(
+            str(i), config["node_to_node_address"]
+        )
+
+    try:
+        sb = start_sandbox(
+            make_sandbox(tmp_path_factory.mktemp("e2e-snaptamper-relay") / "sb", 1, configure)
+        )
+        try:
+            yield sb, relay
+        finally:
+            sb.stop()
+    finally:
+        relay.close()
 
 
 def _snapshots_dir(node: NodeProcess) -> Path:
@@ -135,10 +163,12 @@ async def test_a_node_joined_from_a_changed_snapshot_refuses_to_start_naming_the
     original = _flip(path, lambda d: len(decode_snapshot(d).entry) // 2)
 
     joiner.start()
-    with pytest.raises(SandboxError):
+    with pytest.raises(SandboxError) as refused:
         await asyncio.to_thread(joiner.wait_started)
-    text = log_text(joiner)
-    assert "start failed" in text and f"snapshot {path.name}:" in text, text[-4000:]
+    # The reason this start gave (not some earlier line of the log) names the file.
+    reason = joiner.fatal_reason()
+    assert reason is not None and reason.startswith("start failed"), (reason, str(refused.value))
+    assert f"snapshot {path.name}:" in reason, (reason, log_text(joiner)[-4000:])
 
     # With the file as the service signed it, the node starts and catches up.
     path.write_bytes(original)
@@ -150,4 +180,43 @@ async def test_a_node_joined_from_a_changed_snapshot_refuses_to_start_naming_the
     after = await write(net, leader, 1, "after the restart")
     await wait_committed_on(net, joiner, after.seqno)
     assert await read(net, joiner, 1) == "after the restart", log_tails(net)
+    assert await read(net, joiner, 700) == "value 0", log_tails(net)
+
+
+async def test_a_node_stopped_before_any_entry_after_its_join_snapshot_restarts_from_it(
+    relayed: tuple[Sandbox, FaultyRelay],
+) -> None:
+    """Its ledger directory is empty (it keeps files only after the snapshot), yet it had
+    committed the snapshot's seqno: the snapshot is its start, not a ledger rolled back."""
+    net, relay = relayed
+    primary = net.nodes[0]
+    await _write_until_snapshot(net, primary)
+    await _wait_committed_snapshot(primary)
+    # The join answer (HTTPS) carries the snapshot; nothing the primary replicates after it
+    # reaches the joiner while this link is cut.
+    relay.block("0", "1")
+    joiner = await net.add_node()
+    await wait_ready(net, joiner)
+    await _wait_committed_snapshot(joiner)
+    path = _stop_and_pick_snapshot(joiner)
+    ledger_dir = joiner.directory / "workspace" / "ledger"
+    assert LedgerReader(str(ledger_dir)).chunks == [], list(ledger_dir.iterdir())
+
+    # A changed snapshot is still refused, naming the file: there is no ledger to replay.
+    original = _flip(path, lambda d: len(decode_snapshot(d).entry) // 2)
+    joiner.start()
+    with pytest.raises(SandboxError) as refused:
+        await asyncio.to_thread(joiner.wait_started)
+    reason = joiner.fatal_reason()
+    assert reason is not None and f"snapshot {path.name}:" in reason, str(refused.value)
+
+    path.write_bytes(original)
+    joiner.start()
+    await asyncio.to_thread(joiner.wait_started)
+    await wait_ready(net, joiner)
+    assert alive(joiner)
+    relay.heal()
+    after = await write(net, primary, 2, "after the join snapshot")
+    await wait_committed_on(net, joiner, after.seqno)
+    assert await read(net, joiner, 2) == "after the join snapshot", log_tails(net)
     assert await read(net, joiner, 700) == "value 0", log_tails(net)
