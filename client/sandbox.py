@@ -48,11 +48,20 @@ class SandboxError(Exception):
     """A sandbox step that failed, with a message a person can act on."""
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+def free_port(taken: set[int] | None = None) -> int:
+    """A port nothing listens on now, and not in `taken` (which it joins). The kernel may hand
+    back a port it just handed out once its socket is closed, so a caller choosing several
+    ports at once passes the ones it already chose."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if taken is None:
+            return port
+        if port not in taken:
+            taken.add(port)
+            return port
+    raise SandboxError("could not find a free port on 127.0.0.1")
 
 
 @dataclass(slots=True)
@@ -173,6 +182,8 @@ class Sandbox:
         self.workspace = workspace.resolve()
         self.node_count = nodes
         self.port_base = port_base
+        # Ports this sandbox chose for its nodes: each one distinct.
+        self._ports_taken: set[int] = set()
         self.app = app
         self.signature_tx_count = signature_tx_count
         self.signature_delay_ms = signature_delay_ms
@@ -296,12 +307,16 @@ class Sandbox:
         config_path = directory / "node.json"
         node = NodeProcess(i, directory, config_path)
         if config_path.exists():
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                config = json.loads(config_path.read_text())
+                for field in ("rpc_address", "node_to_node_address"):
+                    self._ports_taken.add(int(str(config[field]).rpartition(":")[2]))
             return node
         (directory / "workspace").mkdir(parents=True, exist_ok=True)
         if self.port_base is not None:
             rpc, n2n = self.port_base + 2 * i, self.port_base + 2 * i + 1
         else:
-            rpc, n2n = free_port(), free_port()
+            rpc, n2n = free_port(self._ports_taken), free_port(self._ports_taken)
         start: dict[str, Any]
         if i == 0:
             start = {

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import ssl
 import time
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -25,6 +27,7 @@ from charter.errors import (
     TransactionInvalid,
 )
 from charter.identity import TxId
+from charter.sandbox import Sandbox
 from charter.sdk import CharterClient
 
 
@@ -309,3 +312,20 @@ async def test_receipt_is_verified_against_the_pinned_service_cert_by_default(
         assert (await c.receipt("2.6", verify=False))["leaf_components"] == forged[
             "leaf_components"
         ]
+
+
+def test_a_sandbox_gives_every_node_its_own_ports(tmp_path: Path) -> None:
+    sandbox = Sandbox(tmp_path / "sb", nodes=8)
+    sandbox.prepare()
+    ports = []
+    for node in sandbox.nodes:
+        config = json.loads(node.config_path.read_text())
+        ports += [
+            int(config[f].rpartition(":")[2]) for f in ("rpc_address", "node_to_node_address")
+        ]
+    assert len(ports) == 16 and len(set(ports)) == 16
+    # A node added later avoids the ports of the nodes already configured.
+    later = Sandbox(tmp_path / "sb", nodes=8)
+    later.prepare()
+    extra = json.loads(later._node(8).config_path.read_text())
+    assert int(extra["rpc_address"].rpartition(":")[2]) not in ports
