@@ -9,7 +9,6 @@ report it produces.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import importlib.util
 import logging
@@ -169,7 +168,3 @@ class VirtualPlatform:
             raise PlatformError(
                 "cannot unseal: sealed by other code (measurement changed) or damaged"
             ) from None
-
-
-def report_b64(report: Report) -> str:
-    return base64.b64encode(report.to_bytes()).decode()

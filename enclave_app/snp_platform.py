@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from charter.enclave_app.interface import EndorsementsFetched, FetchEndorsements
 from charter.enclave_app.platform import SEAL_NONCE_BYTES, SEALED_MAX_BYTES, PlatformError
 from charter.ledger import snp
-from charter.ledger.quote import SNP_FORMAT, Evidence, snp_endorsements
+from charter.ledger.quote import SNP_FORMAT, Evidence
 
 LOG = logging.getLogger(__name__)
 
@@ -338,16 +338,6 @@ class SnpPlatform:
             raise PlatformError(
                 "cannot unseal: sealed by another VM, code or chip, or damaged"
             ) from None
-
-
-def verify_snp_evidence(
-    evidence: Evidence, *, report_data: bytes, policy: snp.Policy
-) -> snp.VerifiedReport:
-    """Check another node's SNP evidence (pure; the enclave trusts nothing the host added)."""
-    if evidence.format != SNP_FORMAT:
-        raise snp.SnpError("report_format", f"evidence format {evidence.format!r} is not SNP")
-    endorsements = snp_endorsements(evidence.endorsements)
-    return snp.verify_report(evidence.quote, endorsements, report_data=report_data, policy=policy)
 
 
 async def obtain_endorsements(

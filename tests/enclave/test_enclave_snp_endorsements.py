@@ -28,7 +28,7 @@ from charter.enclave_app import snp_platform
 from charter.enclave_app.main import Runtime
 from charter.enclave_app.platform import PlatformError
 from charter.host.main import Host
-from charter.ledger import snp
+from charter.ledger import quote, snp
 
 pytestmark = pytest.mark.filterwarnings("ignore::cryptography.utils.CryptographyDeprecationWarning")
 
@@ -190,8 +190,10 @@ async def test_the_enclave_adopts_the_vcek_chain_its_host_fetched_from_kds(
     assert seen[0][1] == "/vcek/v1/Milan/cert_chain"
     evidence = platform.report(REPORT_DATA)
     assert evidence.endorsements.count(b"BEGIN CERTIFICATE") == 3
-    verified = snp_platform.verify_snp_evidence(evidence, report_data=REPORT_DATA, policy=POLICY)
-    assert verified.product is snp.Product.MILAN
+    verified = quote.verify_evidence(
+        evidence, report_data=REPORT_DATA, virtual_measurements=(), snp_policy=POLICY
+    )
+    assert verified.snp is not None and verified.snp.product is snp.Product.MILAN
     # Once adopted, nothing more is fetched.
     assert platform.endorsements_request() is None
 
@@ -207,7 +209,9 @@ async def test_garbage_from_one_server_is_refused_and_the_next_server_is_asked(
     ]
     assert refused and urls[0] in refused[0] and "endorsements: not a certificate" in refused[0]
     evidence = platform.report(REPORT_DATA)
-    snp_platform.verify_snp_evidence(evidence, report_data=REPORT_DATA, policy=POLICY)
+    quote.verify_evidence(
+        evidence, report_data=REPORT_DATA, virtual_measurements=(), snp_policy=POLICY
+    )
 
 
 async def test_endorsements_that_are_not_this_chips_are_refused_naming_the_check(

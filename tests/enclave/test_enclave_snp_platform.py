@@ -21,7 +21,7 @@ from shared_data import SHARED
 
 from charter.enclave_app import snp_platform
 from charter.enclave_app.platform import PlatformError
-from charter.ledger import snp
+from charter.ledger import quote, snp
 
 SNP = SHARED / "snp-attestation"
 REPORT = bytes.fromhex((SNP / "milan" / "report.hex").read_text().strip())
@@ -86,15 +86,19 @@ def test_snp_evidence_from_configfs_tsm_verifies_with_amds_pinned_roots(tsm: Fak
     assert evidence.format == "AMD_SEV_SNP_v1"
     assert evidence.quote == REPORT
     assert evidence.endorsements.count(b"BEGIN CERTIFICATE") == 3
-    verified = snp_platform.verify_snp_evidence(evidence, report_data=REPORT_DATA, policy=POLICY)
-    assert verified.product is snp.Product.MILAN
+    verified = quote.verify_evidence(
+        evidence, report_data=REPORT_DATA, virtual_measurements=(), snp_policy=POLICY
+    )
+    assert verified.snp is not None and verified.snp.product is snp.Product.MILAN
 
 
 def test_evidence_for_other_report_data_is_refused_by_the_verifier(tsm: FakeTsm) -> None:
     platform = snp_platform.SnpPlatform(tsm=snp_platform.TsmReport(tsm.root))
     evidence = platform.report(REPORT_DATA)
     with pytest.raises(snp.SnpError) as caught:
-        snp_platform.verify_snp_evidence(evidence, report_data=b"\x01" * 32, policy=POLICY)
+        quote.verify_evidence(
+            evidence, report_data=b"\x01" * 32, virtual_measurements=(), snp_policy=POLICY
+        )
     assert caught.value.check == "report_data"
 
 
