@@ -7,6 +7,7 @@ These began as a review's failing tests, one per bug; each now guards its fix.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -224,13 +225,8 @@ def test_joiner_restart_before_a_post_snapshot_signature(tmp_path: Path) -> None
     assert restarted.applied_seqno >= snap_seqno
 
 
-def test_snapshot_completes_when_interval_is_not_above_signature_interval(tmp_path: Path) -> None:
-    """emit_signature takes a new snapshot (overwriting `pending_snapshot`) before the commit
-    that would complete the previous one: with snapshots.tx_count <= the signature
-    interval no snapshot ever completes, so joiners never get one."""
-    node, _ = _start(
-        tmp_path, snapshots={"tx_count": 2}, signatures={"tx_count": 1000, "delay_ms": 1}
-    )
+def _write_and_tick(node: Node, until: Callable[[], bool] = lambda: False) -> None:
+    """A write every 10 ms of node time for 190 ms, the host durable at once, or until `until`."""
     _drain(node)
     node.tick(0)
     for ms in range(10, 200, 10):
@@ -239,6 +235,18 @@ def test_snapshot_completes_when_interval_is_not_above_signature_interval(tmp_pa
         node.commit_tx(tx)
         node.tick(ms)
         _drain(node)
+        if until():
+            return
+
+
+def test_snapshot_completes_when_interval_is_not_above_signature_interval(tmp_path: Path) -> None:
+    """emit_signature takes a new snapshot (overwriting `pending_snapshot`) before the commit
+    that would complete the previous one: with snapshots.tx_count <= the signature
+    interval no snapshot ever completes, so joiners never get one."""
+    node, _ = _start(
+        tmp_path, snapshots={"tx_count": 2}, signatures={"tx_count": 1000, "delay_ms": 1}
+    )
+    _write_and_tick(node)
     assert node.commit_seqno > 20
     assert node.latest_snapshot is not None, "no snapshot ever completed"
 

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from test_node_inprocess import _drain, _start
+from test_node_inprocess import _drain, _start, _write_and_tick
 
 from charter.enclave_app import interface as itf
 from charter.enclave_app.node import Node
@@ -41,16 +41,7 @@ def _with_snapshot(tmp_path: Path) -> Node:
     node, _ = _start(
         tmp_path, snapshots={"tx_count": 5}, signatures={"tx_count": 1000, "delay_ms": 1}
     )
-    _drain(node)
-    node.tick(0)
-    for ms in range(10, 200, 10):
-        tx = node.store.begin()
-        tx.put("public:review", b"k", str(ms).encode())
-        node.commit_tx(tx)
-        node.tick(ms)
-        _drain(node)
-        if node.latest_snapshot is not None:
-            break
+    _write_and_tick(node, until=lambda: node.latest_snapshot is not None)
     assert node.latest_snapshot is not None
     return node
 
