@@ -150,11 +150,32 @@ class Raft(RaftState):
         if self._role is Role.PRIMARY and node_id not in self._progress:
             self._progress[node_id] = Progress(self._log.last_index + 1, self._now_ms)
 
-    def remove_learner(self, node_id: str) -> None:
+    def remove_learner(self, node_id: str, removed_at: int | None = None) -> None:
+        """Stop treating `node_id` as a learner: it became a voter, or (with `removed_at`, the
+        index of the entry that removed it) it was removed before it ever counted. A removed
+        learner is replicated to, like a removed voter, until it says it committed that
+        entry (so it can retire) or stays silent long after; without `removed_at` it is
+        dropped at once."""
         self._learners.discard(node_id)
         pr = self._progress.get(node_id)
-        if pr is not None and node_id not in self._log.configuration and pr.removal_index is None:
+        if pr is None or node_id in self._log.configuration or pr.removal_index is not None:
+            return
+        if removed_at is None or self._role is not Role.PRIMARY:
             del self._progress[node_id]
+        else:
+            pr.removal_index = removed_at
+
+    def retire(self) -> None:
+        """Retire a node that never became a voter, once the runtime saw its removal commit
+        (a voter retires by itself when the configuration without it commits)."""
+        if self.id in self._log.configuration:
+            raise ConsensusError(f"{self.id} is a voter: it retires by configuration")
+        if self._role is Role.RETIRED:
+            return
+        logger.info("retired learner node=%s view=%d", self.id, self._term)
+        self._set_role(Role.RETIRED)
+        self._leader_id = None
+        self._progress.clear()
 
     def compact(self, index: int) -> None:
         """Forget entries up to `index` (at most the commit index) from memory."""

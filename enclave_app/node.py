@@ -150,6 +150,9 @@ class Node:
         # Called with (forward id, response) when a forwarded request's answer arrives.
         self.on_forward_response: Callable[[int, HttpResponse], None] = lambda *_: None
         self.retired = False
+        # The seqno at which governance marked this node Retired (it retires once that
+        # commits, if it never became a voter; a voter retires by configuration).
+        self.retired_at: int | None = None
         self._entry_requests: dict[int, str] = {}
         # forward id -> the primary it went to (only that node may answer it)
         self._forward_targets: dict[int, str] = {}
@@ -819,10 +822,14 @@ class Node:
                 self._refresh_peers()
                 self.emit_signature()
                 self._drain_ready()
-            elif ready.role is Role.RETIRED and not self.retired:
-                self.retired = True
-                self.state = "Retired"
-                LOG.info("event=retired node_id=%s", self.node_id)
+            elif ready.role is Role.RETIRED:
+                self._become_retired()
+
+    def _become_retired(self) -> None:
+        if not self.retired:
+            self.retired = True
+            self.state = "Retired"
+            LOG.info("event=retired node_id=%s", self.node_id)
 
     # ------------------------------------------------------------------ node-to-node
     def _refresh_peers(self) -> None:
@@ -841,9 +848,15 @@ class Node:
         for key, value in self.store.begin().items(gt.NODES_INFO):
             info = gt.load_json(value, what=gt.NODES_INFO)
             node_id = gt.key_to_id(key)
-            if node_id == self.channels.own_id or not isinstance(info, dict):
+            if not isinstance(info, dict):
                 continue
             status = info.get("status")
+            if node_id == self.channels.own_id:
+                if status != "Retired":
+                    self.retired_at = None  # e.g. the entry that retired it was rolled back
+                elif self.retired_at is None:
+                    self.retired_at = self.store.version
+                continue
             was_trusted = node_id in voters or node_id in self.peer_addresses
             if status != "Trusted" and not (status == "Retired" and was_trusted):
                 continue
@@ -857,7 +870,9 @@ class Node:
         if self.raft is None:
             return
         for node_id in self.learners - trusted_learners:
-            self.raft.remove_learner(node_id)
+            # Left before it became a voter: it is told until it commits that it left.
+            removed_at = None if node_id in self.raft.configuration else self.store.version
+            self.raft.remove_learner(node_id, removed_at)
         for node_id in trusted_learners - self.learners:
             self.raft.add_learner(node_id)
         self.learners = trusted_learners
@@ -1044,6 +1059,15 @@ class Node:
             self._chunk_marks.popleft()
         self.outbox.append(itf.CommitUpTo(seqno))
         self._finish_snapshot()
+        if (
+            self.retired_at is not None
+            and seqno >= self.retired_at
+            and self.node_id not in self.raft.configuration
+            and not self.retired
+        ):
+            # Removed while still a learner: no configuration change will retire it.
+            self.raft.retire()
+            self._become_retired()
 
     # ------------------------------------------------------------------ host events
     def tick(self, now_ms: int) -> None:

@@ -256,3 +256,48 @@ def test_durability_report_for_a_replaced_entry_is_ignored() -> None:
     assert b.durable_index == 1
     (to, ack), *_ = b.ready().messages
     assert to == "c" and isinstance(ack, AppendEntriesResponse) and ack.durable_index == 1
+
+
+def test_learner_removed_before_it_counts_is_told_until_it_commits_its_removal() -> None:
+    """Governance removed a joining node while it still caught up as a learner: no
+    configuration change will ever retire it, so the primary keeps replicating to it until
+    it says it committed the removing entry, and then lets it go; the runtime retires it."""
+    c = Cluster(ABC)
+    a = c.elect("a")
+    _grow(c, "a", 10)
+    c.add("d", StartState(configuration=frozenset()))
+    for r in c.nodes.values():
+        r.add_learner("d")
+    c.run_for(60)
+    c.isolate("d")
+    _, removal = c.propose("a", b"d removed", signature=False)
+    a.remove_learner("d", removed_at=removal)
+    c.propose("a", b"sig", signature=True)
+    assert a.commit_index > removal
+    assert "d" in a.details().acks  # still owed the news
+    c.heal()
+    c.run_for(200)
+    d = c.nodes["d"]
+    assert d.commit_index >= removal
+    assert "d" not in a.details().acks, a.details()
+    d.retire()
+    assert d.role is Role.RETIRED
+    c.run_for(200)
+    assert d.role is Role.RETIRED and a.role is Role.PRIMARY
+    with pytest.raises(ConsensusError):
+        a.retire()  # a voter retires only by configuration
+
+
+def test_learner_promoted_to_voter_is_not_treated_as_removed() -> None:
+    c = Cluster(ABC)
+    a = c.elect("a")
+    c.add("d", StartState(configuration=frozenset()))
+    for r in c.nodes.values():
+        r.add_learner("d")
+    c.run_for(60)
+    a.propose(b"add d", signature=True, configuration=a.configuration | {"d"})
+    a.remove_learner("d", removed_at=a.last_index)
+    c.process("a")
+    c.deliver()
+    c.run_for(200)
+    assert c.nodes["d"].role is Role.BACKUP and "d" in a.details().acks
