@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import pydantic
 
 from charter.consensus import ConsensusDetails
 from charter.enclave_app.app import App, Context, HttpResponse, Response
 from charter.enclave_app.errors import HttpError
+from charter.enclave_app.metrics_format import (
+    PROMETHEUS_CONTENT_TYPE,
+    choose_format,
+    render_prometheus,
+)
 from charter.enclave_app.platform import VIRTUAL_FORMAT
 from charter.governance import tables as gt
 
@@ -22,6 +27,10 @@ _TXID = re.compile(r"([0-9]{1,19})\.([0-9]{1,19})")
 
 class TxQuery(pydantic.BaseModel):
     transaction_id: str = pydantic.Field(max_length=48)
+
+
+class MetricsQuery(pydantic.BaseModel):
+    format: Literal["json", "prometheus"] | None = None
 
 
 class JoinRequest(pydantic.BaseModel):
@@ -246,14 +255,23 @@ def build(node: Node) -> App:
             "unsafe": not node.platform.is_secure,
         }
 
-    @app.get("/metrics", auth="none")
-    def metrics(ctx: Context) -> dict[str, Any]:
-        """Request counters and consensus progress."""
-        return {
+    @app.get("/metrics", auth="none", query=MetricsQuery)
+    def metrics(ctx: Context) -> Any:
+        """Request counters and consensus progress: JSON, or the Prometheus text format for
+        `?format=prometheus` or an Accept header that prefers text/plain to JSON."""
+        values = {
             **node.metrics,
             "commit_seqno": node.commit_seqno,
             "last_seqno": node.applied_seqno,
             "uncommitted": node.applied_seqno - node.commit_seqno,
         }
+        if choose_format(ctx.query.format, ctx.headers.get("accept")) == "json":
+            return values
+        raft = node.raft
+        values["current_view"] = raft.view if raft else 0
+        values["is_primary"] = int(node.is_primary)
+        node_id = node.identity.node_id if node.identity is not None else ""
+        text = render_prometheus(values, node_id=node_id, state=node.state)
+        return Response(200, text, {}, PROMETHEUS_CONTENT_TYPE)
 
     return app
