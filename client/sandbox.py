@@ -73,6 +73,9 @@ class NodeProcess:
     config_path: Path
     process: subprocess.Popen[bytes] | None = None
     ports: dict[str, Any] = field(default_factory=dict)
+    # A command prefix the host process runs under, e.g. `ip netns exec NS` to run the node
+    # on another (namespaced) machine; empty: here.
+    launcher: list[str] = field(default_factory=list)
 
     @property
     def log_path(self) -> Path:
@@ -98,7 +101,14 @@ class NodeProcess:
         self.ports_path.unlink(missing_ok=True)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "charter.host", "--config", str(self.config_path)],
+            [
+                *self.launcher,
+                sys.executable,
+                "-m",
+                "charter.host",
+                "--config",
+                str(self.config_path),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -176,6 +186,7 @@ class Sandbox:
         election_timeout_ms: tuple[int, int] = (1000, 2000),
         ledger_chunk_bytes: int = 5_000_000,
         configure_node: Callable[[int, dict[str, Any]], None] | None = None,
+        node_launcher: Callable[[int], list[str]] | None = None,
     ) -> None:
         if nodes < 1:
             raise SandboxError("a network needs at least one node")
@@ -191,6 +202,8 @@ class Sandbox:
         self.ledger_chunk_bytes = ledger_chunk_bytes
         # Lets a caller (tests) adjust each node's config before it is written.
         self.configure_node = configure_node
+        # Lets a caller run node i's host process under a command prefix (`NodeProcess.launcher`).
+        self.node_launcher = node_launcher
         self.nodes: list[NodeProcess] = []
         self.resumed = False
         self._lock_fd: int | None = None
@@ -306,6 +319,8 @@ class Sandbox:
         directory = self.workspace / f"node{i}"
         config_path = directory / "node.json"
         node = NodeProcess(i, directory, config_path)
+        if self.node_launcher is not None:
+            node.launcher = list(self.node_launcher(i))
         if config_path.exists():
             with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
                 config = json.loads(config_path.read_text())
