@@ -370,6 +370,10 @@ class DelayProxy:
     async def _serve(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dst: int
     ) -> None:
+        task = asyncio.current_task()
+        if task is not None:  # stopped with the proxy, like the pumps
+            self._tasks.add(task)  # type: ignore[arg-type]
+            task.add_done_callback(self._tasks.discard)  # type: ignore[arg-type]
         peer_ip = writer.get_extra_info("peername")[0]
         src = self.lab.index_of(peer_ip)
         if src is None:

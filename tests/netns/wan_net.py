@@ -10,7 +10,7 @@ proxy's port for it as its node-to-node address, so every link gets the profile'
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,9 +46,11 @@ def wan_network(
     heartbeat_ms: int = DEFAULT_HEARTBEAT_MS,
     extra_config: dict[str, Any] | None = None,
     seed: int = 0,
+    prepare: Callable[[NetLab], None] | None = None,
 ) -> Iterator[WanNet]:
     """Start `nodes` nodes (and leave `spare_machines` machines for joiners) under `profile`;
-    stop and tear down everything on the way out, whatever happened."""
+    stop and tear down everything on the way out, whatever happened. `prepare(lab)` runs
+    once the machines exist, before any node starts (e.g. to set up their firewalls)."""
     lab = NetLab(nodes + spare_machines)
 
     def place(i: int, config: dict[str, Any]) -> None:
@@ -75,6 +77,8 @@ def wan_network(
         )
         try:
             lab.set_loss(profile.loss_ratio)
+            if prepare is not None:
+                prepare(lab)
             start_sandbox(sb)
             yield WanNet(lab, proxy, sb, profile)
         except BaseException as exc:
