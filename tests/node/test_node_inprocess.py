@@ -61,8 +61,7 @@ def _drain(node: Node) -> tuple[list[bytes], bytes]:
     every write durable at once, as a host would after fsync."""
     entries: dict[int, bytes] = {}
     sealed = b""
-    if node.raft is not None and node.raft.has_ready():
-        node._drain_ready()
+    node.settle()
     while node.outbox:
         frames, node.outbox = node.outbox, []
         for frame in frames:
@@ -180,7 +179,7 @@ def test_malformed_peer_frame_does_not_raise(tmp_path: Path) -> None:
     node, _ = _start(tmp_path)
     _drain(node)
     peer_key = certs.new_key()
-    node._know_peer(
+    node.peers.know(  # type: ignore[union-attr]
         certs.node_id(peer_key.public_key()), certs.public_key_pem(peer_key.public_key()), "x:1"
     )
     peer = Channels(peer_key, epoch=1)
