@@ -556,8 +556,8 @@ class Node:
             if status != "Trusted":
                 LOG.warning("event=forward_refused peer=%s status=%s", sender[:16], status)
                 return
+            # Settled with the turn's other writes (see `handle`).
             self._serve_forwarded(peers, sender, inbound.request)
-            self.settle()
         elif inbound.answer is not None:
             self.on_forward_response(*inbound.answer)
 
@@ -602,10 +602,10 @@ class Node:
         *,
         source: str | None = None,
     ) -> HttpResponse | Forwarded:
-        """Serve one HTTP request (`frontend.Frontend.handle`)."""
-        response = self.frontend.handle(method, path, query, headers, body, peer_der, source=source)
-        self.settle()
-        return response
+        """Serve one HTTP request (`frontend.Frontend.handle`). A write is proposed to Raft
+        but not yet persisted or sent: the runtime calls `settle()` once per event-loop
+        turn, so a burst of writes goes out as one write frame and one AppendEntries."""
+        return self.frontend.handle(method, path, query, headers, body, peer_der, source=source)
 
     def forward(
         self,
