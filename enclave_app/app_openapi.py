@@ -8,13 +8,38 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import pydantic
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
-if TYPE_CHECKING:
-    from charter.enclave_app.app import Endpoint
+
+class Endpoint(Protocol):
+    """What a document is built from (`app.Endpoint` is one; this module imports no app)."""
+
+    @property
+    def method(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def auth(self) -> tuple[str, ...]: ...
+    @property
+    def read_only(self) -> bool: ...
+    @property
+    def body_model(self) -> Any: ...
+    @property
+    def query_model(self) -> type[pydantic.BaseModel] | None: ...
+    @property
+    def path_model(self) -> type[pydantic.BaseModel] | None: ...
+    @property
+    def response_model(self) -> Any: ...
+    @property
+    def summary(self) -> str: ...
+    @property
+    def description(self) -> str: ...
+    @property
+    def params(self) -> tuple[str, ...]: ...
+
 
 OPENAPI_VERSION = "3.1.0"
 REF_TEMPLATE = "#/components/schemas/{model}"

@@ -12,7 +12,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
-import importlib
+import heapq
 import itertools
 import logging
 import os
@@ -20,14 +20,13 @@ import socket
 import ssl
 import sys
 import traceback
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from charter.enclave_app import interface as itf
 from charter.enclave_app import node_endpoints
-from charter.enclave_app.app import App, HttpResponse
+from charter.enclave_app.app import HttpResponse
 from charter.enclave_app.attestation import UnapprovedCode
 from charter.enclave_app.console import Console
 from charter.enclave_app.errors import AppLoadError
@@ -40,8 +39,15 @@ from charter.enclave_app.http_server import (
 )
 from charter.enclave_app.loop import run_loop
 from charter.enclave_app.node import TXID_HEADER, Forwarded, Node
-from charter.enclave_app.platform import Platform, PlatformError, VirtualPlatform
+from charter.enclave_app.platform import PlatformError
 from charter.enclave_app.snp_platform import SnpPlatform, obtain_endorsements
+from charter.enclave_app.startup import (
+    _constitution,
+    _include_governance,
+    _initial_members,
+    _load_app,
+    _platform,
+)
 
 LOG = logging.getLogger("enclave")
 
@@ -56,6 +62,8 @@ FORWARD_TIMEOUT_S = 5.0
 # A forwarded write is answered once this backup has applied it too, so the client's
 # next read here sees its own write ("read your writes" through a backup).
 LOCAL_APPLY_WAIT_S = 2.0
+# Forwarded writes waiting at once for this backup to apply them (more answer at once).
+APPLIED_WAITERS_MAX = 10_000
 RETIRED_LINGER_S = 2.0
 # Client sockets received while the node is starting wait for it, within these bounds.
 HELD_SOCKETS_MAX = 256
@@ -74,6 +82,9 @@ class Runtime:
         self.stopping = asyncio.Event()
         self.connections = 0
         self.forwarded: dict[int, asyncio.Future[HttpResponse]] = {}
+        # (seqno, id, future) of forwarded writes waiting to be applied here, a min-heap.
+        self.applied_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self.waiter_ids = itertools.count(1)
         self._flush_scheduled = False
         self.n2n_dropped = 0
         # (time received, socket) of clients waiting for the node to be able to serve them
@@ -91,7 +102,12 @@ class Runtime:
         """
         self._flush_scheduled = False
         node = self.node
-        if node is None or not node.outbox:
+        if node is None:
+            return
+        # Ready/Advance once per turn: every write served this turn goes out together.
+        node.settle()
+        self._wake_applied()
+        if not node.outbox:
             return
         frames, node.outbox = node.outbox, []
         node.outbox_write_bytes = 0
@@ -126,7 +142,9 @@ class Runtime:
             self.fatal(f"cannot send to the host: {exc}")
 
     def schedule_flush(self) -> None:
-        """Flush once per event-loop turn: requests served in one turn share frames."""
+        """Settle and flush once per event-loop turn (scheduled by the turn's first event):
+        requests served in one turn share one Ready, one AppendEntries per peer and one
+        write frame to the host."""
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self.flush)
@@ -375,6 +393,7 @@ class Runtime:
             node.receive_from_peer(frame.payload)
         else:
             LOG.warning("event=unexpected_frame type=%s", type(frame).__name__)
+        self._wake_applied()
         self.schedule_flush()
         self._serve_held()
         if node is not None and node.retired and not self.stopping.is_set():
@@ -438,10 +457,24 @@ class Runtime:
         node = self.node
         if txid and node is not None:
             seqno = int(txid.rpartition(".")[2])
-            deadline = loop.time() + LOCAL_APPLY_WAIT_S
-            while node.applied_seqno < seqno and loop.time() < deadline:
-                await asyncio.sleep(0.002)
+            if node.applied_seqno < seqno and len(self.applied_waiters) < APPLIED_WAITERS_MAX:
+                applied: asyncio.Future[None] = loop.create_future()
+                heapq.heappush(self.applied_waiters, (seqno, next(self.waiter_ids), applied))
+                # Not applied in time (a rollback, a slow backup): answer anyway, as before.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(applied, LOCAL_APPLY_WAIT_S)
         return response
+
+    def _wake_applied(self) -> None:
+        """Complete the waits of forwarded writes this node has now applied."""
+        node, waiters = self.node, self.applied_waiters
+        if node is None or not waiters:
+            return
+        applied = node.applied_seqno
+        while waiters and waiters[0][0] <= applied:
+            future = heapq.heappop(waiters)[2]
+            if not future.done():
+                future.set_result(None)
 
     # ------------------------------------------------------------------ HTTP
     async def handle_http(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -533,84 +566,6 @@ def _close(fds: list[int]) -> None:
     for fd in fds:
         with contextlib.suppress(OSError):
             os.close(fd)
-
-
-def _platform(config: itf.NodeConfig) -> Platform:
-    if config.platform == "snp":
-        endorsements = config.snp.endorsements_file
-        platform = SnpPlatform(endorsements_file=Path(endorsements) if endorsements else None)
-        # Ask the firmware for a report now: a machine without SEV-SNP stops here, saying so.
-        LOG.info("event=snp_platform measurement=%s", platform.measurement)
-        return platform
-    return VirtualPlatform(Path(config.workspace), app_module=config.app)
-
-
-def _load_app(module_path: str) -> App:
-    """Import the config's app module and return its `app`; AppLoadError says why not."""
-    try:
-        module = importlib.import_module(module_path)
-    except ModuleNotFoundError as exc:
-        missing = exc.name or "?"
-        if module_path == missing or module_path.startswith(missing + "."):
-            search = os.environ.get("PYTHONPATH")
-            raise AppLoadError(
-                f"app module {module_path!r} not found "
-                f"({'PYTHONPATH=' + search if search else 'PYTHONPATH is unset'}): check the "
-                "`app` name for a typo, and put the folder that holds the module on "
-                "PYTHONPATH or install its package"
-            ) from None
-        raise AppLoadError(
-            f"app module {module_path!r} imports {missing!r}, which is not installed: "
-            f"install it in the node's environment ({sys.executable})"
-        ) from None
-    except SyntaxError as exc:
-        raise AppLoadError(
-            f"app module {module_path!r} has a syntax error at {exc.filename}:{exc.lineno}: "
-            f"{exc.msg}"
-        ) from None
-    except Exception as exc:
-        # The module's own top-level code failed; name the line so it can be fixed.
-        frame = traceback.extract_tb(exc.__traceback__)[-1]
-        raise AppLoadError(
-            f"app module {module_path!r} failed while importing: {type(exc).__name__}: {exc} "
-            f"(at {frame.filename}:{frame.lineno})"
-        ) from None
-    app = getattr(module, "app", None)
-    if not isinstance(app, App):
-        raise AppLoadError(
-            f"app module {module_path!r} has no `app = App(...)` at module level: define one "
-            "(see docs/app-developer-guide.md)"
-        )
-    return app
-
-
-def _include_governance(node: Node) -> None:
-    from charter.enclave_app.gov_endpoints import GovHooks, make_gov_app
-
-    hooks = GovHooks(
-        merkle_root=node.merkle_root, now_s=node.now_s, apply_effects=node.apply_effects
-    )
-    node.routes.include(make_gov_app(hooks))
-
-
-def _initial_members(config: itf.NodeConfig) -> list[dict[str, Any]]:
-    members = []
-    for member in config.start.members:
-        entry: dict[str, Any] = {"cert": Path(member.cert).read_text()}
-        if member.encryption_key is not None:
-            entry["encryption_public_key"] = Path(member.encryption_key).read_text()
-        if member.data is not None:
-            entry["member_data"] = member.data
-        members.append(entry)
-    return members
-
-
-def _constitution(config: itf.NodeConfig) -> Any:
-    if config.start.constitution is None:
-        return None
-    from charter.governance.constitution import Constitution
-
-    return Constitution.model_validate_json(Path(config.start.constitution).read_bytes())
 
 
 def main(argv: list[str] | None = None) -> int:

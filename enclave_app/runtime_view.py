@@ -8,16 +8,46 @@ this write get" without reaching into the node's internals.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from charter.enclave_app.node import Node
+from charter.consensus import Raft
+from charter.enclave_app.app import HttpResponse
+from charter.enclave_app.identity import Identity
+from charter.enclave_app.platform import Platform
+
+
+class NodeFacts(Protocol):
+    """What the view reads of the node (`enclave_app.node.Node` is one)."""
+
+    @property
+    def node_id(self) -> str: ...
+
+    @property
+    def commit_seqno(self) -> int: ...
+
+    @property
+    def raft(self) -> Raft | None: ...
+
+    @property
+    def is_primary(self) -> bool: ...
+
+    @property
+    def identity(self) -> Identity | None: ...
+
+    @property
+    def platform(self) -> Platform: ...
+
+    def view_at(self, seqno: int) -> int | None: ...
+
+    def tx_status(self, view: int, seqno: int) -> str: ...
+
+    def receipt(self, view: int, seqno: int, *, cose: bool = False) -> HttpResponse: ...
 
 
 class RuntimeView:
     """A handler's window on the node (`ctx.runtime`)."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: NodeFacts) -> None:
         self._node = node
 
     @property

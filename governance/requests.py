@@ -95,14 +95,18 @@ def verify_request(
     tx: KvTx,
     envelope: bytes,
     *,
-    msg_type: str,
+    msg_type: str | None,
     now_s: int,
     policy: RequestPolicy = DEFAULT_POLICY,
     path_proposal_id: str | None = None,
     path_member_id: str | None = None,
 ) -> SignedRequest:
-    """Check a member's COSE_Sign1 request for an endpoint expecting `msg_type`."""
-    assert msg_type in cose.GOV_MSG_TYPES, msg_type
+    """Check a member's COSE_Sign1 request for an endpoint expecting `msg_type`.
+
+    `msg_type=None` is for application endpoints that take a member's signed request of any
+    type: the type is not checked and the caller keeps its own replay record (the request
+    is checked against governance's replay tables only for a governance `msg_type`)."""
+    assert msg_type is None or msg_type in cose.GOV_MSG_TYPES, msg_type
     if len(envelope) > policy.max_envelope_bytes:
         raise GovernanceError(
             "RequestTooLarge",
@@ -137,7 +141,7 @@ def verify_request(
         raise _auth_error("InvalidSignature", f"signature does not verify: {exc}") from None
 
     signed_type = _header_text(msg.protected, cose.GOV_MSG_TYPE)
-    if signed_type != msg_type:
+    if msg_type is not None and signed_type != msg_type:
         raise _auth_error(
             "InvalidMessageType", f"expected ccf.gov.msg.type {msg_type!r}, got {signed_type!r}"
         )
@@ -178,14 +182,15 @@ def verify_request(
 
     request = SignedRequest(
         member_id=member_id,
-        msg_type=msg_type,
+        msg_type=msg_type if msg_type is not None else (signed_type or ""),
         created_at=created_at,
         proposal_id=signed_proposal_id,
         payload=msg.payload,
         signature=msg.signature,
         envelope=bytes(envelope),
     )
-    _check_not_replayed(tx, request)
+    if msg_type is not None:
+        _check_not_replayed(tx, request)
     return request
 
 

@@ -61,8 +61,7 @@ def _drain(node: Node) -> tuple[list[bytes], bytes]:
     every write durable at once, as a host would after fsync."""
     entries: dict[int, bytes] = {}
     sealed = b""
-    if node.raft is not None and node.raft.has_ready():
-        node._drain_ready()
+    node.settle()
     while node.outbox:
         frames, node.outbox = node.outbox, []
         for frame in frames:
@@ -180,7 +179,7 @@ def test_malformed_peer_frame_does_not_raise(tmp_path: Path) -> None:
     node, _ = _start(tmp_path)
     _drain(node)
     peer_key = certs.new_key()
-    node._know_peer(
+    node.peers.know(  # type: ignore[union-attr]
         certs.node_id(peer_key.public_key()), certs.public_key_pem(peer_key.public_key()), "x:1"
     )
     peer = Channels(peer_key, epoch=1)
@@ -554,3 +553,59 @@ def test_without_cose_signatures_the_claims_are_ccfs_empty_defaults(tmp_path: Pa
     node, _ = _start(tmp_path)
     raws, _ = _drain(node)
     assert [(c[1], c[2]) for c in _cose_claims(raws)] == [("", "")]
+
+
+def test_a_burst_of_writes_settled_once_leaves_one_write_frame_and_one_proposal_batch(
+    tmp_path: Path,
+) -> None:
+    """Writes served in one event-loop turn are proposed to Raft but persisted together:
+    the runtime settles once per turn (Ready/Advance), so the host gets one WriteEntries
+    frame holding every write, in order, and the node's counters agree throughout."""
+    from charter.enclave_app.app import App
+
+    burst = App("burst", prefix="/burst", api_path=None)
+
+    @burst.post("/put", auth="none")
+    def put(ctx: Any) -> dict[str, Any]:
+        ctx.tx.put("public:burst", bytes(ctx.body), b"v")
+        return {}
+
+    config = _config(tmp_path)
+    node = Node(config, VirtualPlatform(tmp_path), _load_app(config.app), extra_apps=(burst,))
+    node.routes.include(node_endpoints.build(node))
+    _include_governance(node)
+    from charter.enclave_app.main import _initial_members
+
+    node.start_new_network(_initial_members(config), None)
+    _drain(node)
+    first = node.applied_seqno + 1
+    txids = []
+    for i in range(20):
+        response = node.handle("POST", "/burst/put", "", {}, f"k{i}".encode(), None)
+        assert response.status == 200  # type: ignore[union-attr]
+        txids.append(response.headers["x-ms-ccf-transaction-id"])  # type: ignore[union-attr]
+    assert not [f for f in node.outbox if isinstance(f, itf.WriteEntries)], "written per request"
+    node.settle()
+    writes = [f for f in node.outbox if isinstance(f, itf.WriteEntries)]
+    assert len(writes) == 1
+    seqnos = [seqno for seqno, _ in writes[0].entries]
+    assert seqnos[:20] == list(range(first, first + 20))
+    assert [int(t.split(".")[1]) for t in txids] == seqnos[:20]
+    assert node.replication is not None
+    node.replication.assert_consistent()
+
+
+def test_an_illegal_lifecycle_step_raises_a_typed_error(tmp_path: Path) -> None:
+    """The lifecycle moves only along its table: a node part of the network cannot be
+    started again or replay its own ledger."""
+    import pytest
+
+    from charter.enclave_app.node import IllegalTransition
+
+    node, _ = _start(tmp_path)
+    assert node.state == "PartOfNetwork"
+    with pytest.raises(IllegalTransition):
+        node.start_joining()
+    with pytest.raises(IllegalTransition):
+        node.replay(b"")
+    assert node.state == "PartOfNetwork"

@@ -54,7 +54,7 @@ def test_sealed_frames_with_malformed_contents_change_nothing(tmp_path: Path) ->
     node, _ = _start(tmp_path)
     _drain(node)
     peer_key = certs.new_key()
-    node._know_peer(
+    node.peers.know(  # type: ignore[union-attr]
         certs.node_id(peer_key.public_key()), certs.public_key_pem(peer_key.public_key()), "x:1"
     )
     peer = Channels(peer_key, epoch=1)

@@ -1,0 +1,308 @@
+"""The one request pipeline of a node: route → service open → auth → forward or
+backpressure → invoke → commit.
+
+What the pipeline needs of the node is the `Backend` protocol; this module imports nothing
+of `enclave_app.node`. Lookups on the hot path never parse JSON per request: the service's
+status and users' data are cached and refreshed by KV hooks on their tables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from charter.enclave_app.app import (
+    JSON_CONTENT_TYPE,
+    App,
+    Caller,
+    HttpResponse,
+    error_response,
+)
+from charter.enclave_app.kv import MapChange, Store, Tx
+from charter.enclave_app.rate_limit import RateLimiter
+from charter.governance import tables as gt
+from charter.governance.errors import GovernanceError
+from charter.governance.requests import verify_request
+
+LOG = logging.getLogger(__name__)
+
+TXID_HEADER = "x-ms-ccf-transaction-id"
+RETRY_AFTER_S = "1"
+# Writes are refused (503) while more than this many bytes of frames wait for the host.
+HOST_BACKLOG_BYTES_MAX = 32 * 1024 * 1024
+# Join requests per source address: a joiner polls every 0.5 s; several may share an address.
+JOIN_PATH = "/node/join"
+JOIN_RATE_PER_S = 4.0
+JOIN_BURST = 8
+# Signed member requests to app endpoints: their replay record.
+APP_COSE_REQUESTS_TABLE = "public:ccf.internal.charter.app_cose_requests"
+# Maps only the service itself writes (governance, signatures, configuration).
+RESERVED_MAP_PREFIX = "public:ccf."
+# Users whose data is cached at once (the cache is rebuilt from the table past this).
+USER_DATA_CACHED_MAX = 100_000
+
+
+class AuthError(Exception):
+    """The caller's credentials meet none of the endpoint's policies."""
+
+
+@dataclass(frozen=True, slots=True)
+class Forwarded:
+    """A request sent on to the primary; its answer arrives via `on_forward_response`."""
+
+    forward_id: int
+    primary: str
+
+
+class Backend(Protocol):
+    """What the pipeline asks of the node."""
+
+    @property
+    def ready(self) -> bool:
+        """Raft and the node's identity exist."""
+
+    @property
+    def is_primary(self) -> bool: ...
+
+    @property
+    def uncommitted_tx_count(self) -> int: ...
+
+    def host_backlog_bytes(self) -> int: ...
+
+    def now_s(self) -> int: ...
+
+    def forward(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        peer_der: bytes | None,
+    ) -> HttpResponse | Forwarded: ...
+
+    def commit(self, tx: Tx, claims_digest: bytes | None) -> tuple[int, int]: ...
+
+
+class Frontend:
+    """Serves requests for one node over its `Backend`."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        store: Store,
+        routes: App,
+        runtime_view: Any,
+        *,
+        max_uncommitted_tx_count: int,
+        clock_s: Callable[[], float],
+        metrics: dict[str, int],
+    ) -> None:
+        self.backend = backend
+        self.store = store
+        self.routes = routes
+        self.runtime_view = runtime_view
+        self.max_uncommitted_tx_count = max_uncommitted_tx_count
+        self.clock_s = clock_s
+        self.metrics = metrics
+        self.join_limiter = RateLimiter(rate_per_s=JOIN_RATE_PER_S, burst=JOIN_BURST)
+        self._service_status: str | None = None
+        # user id -> its `users.info` data (absent: not read yet since the table changed)
+        self._user_data: dict[str, Any] = {}
+        store.add_hook(gt.SERVICE_INFO, self._service_changed)
+        store.add_hook(gt.USERS_INFO, self._users_changed)
+
+    # ------------------------------------------------------------------ caches
+    def _service_changed(self, change: MapChange | None = None) -> None:
+        info = gt.service_info(self.store.begin())
+        self._service_status = None if info is None else str(info.get("status"))
+
+    def _users_changed(self, change: MapChange) -> None:
+        for key in change.keys:
+            self._user_data.pop(gt.key_to_id(key), None)
+        if change.reason == "restore":
+            self._user_data.clear()
+
+    @property
+    def service_status(self) -> str | None:
+        return self._service_status
+
+    def _user_data_of(self, tx: Tx, user_id: str, key: bytes) -> Any:
+        data = self._user_data.get(user_id)
+        if data is None:
+            info = tx.get(gt.USERS_INFO, key)
+            data = gt.load_json(info, what="user info") if info else {}
+            if len(self._user_data) >= USER_DATA_CACHED_MAX:
+                self._user_data.clear()
+            self._user_data[user_id] = data
+        return data
+
+    # ------------------------------------------------------------------ auth
+    def authenticate(self, policies: tuple[str, ...], tx: Tx, peer_der: bytes | None) -> Caller:
+        """The caller under the endpoint's certificate policies, or raise `AuthError`.
+
+        (COSE-signed requests are checked by `member_from_cose`, the body being the proof.)
+        """
+        if "none" in policies and peer_der is None:
+            return Caller("anonymous", "")
+        if peer_der is not None:
+            # An identity's id is the SHA-256 of its certificate's DER: no parsing needed.
+            cert_id = hashlib.sha256(peer_der).hexdigest()
+            key = gt.id_key(cert_id)
+            if "user_cert" in policies:
+                pem = tx.get(gt.USERS_CERTS, key)
+                if pem is not None:
+                    return Caller(
+                        "user", cert_id, pem.decode(), self._user_data_of(tx, cert_id, key)
+                    )
+            if "member_cert" in policies:
+                pem = tx.get(gt.MEMBERS_CERTS, key)
+                if pem is not None:
+                    return Caller("member", cert_id, pem.decode())
+        if "none" in policies:
+            return Caller("anonymous", "")
+        raise AuthError()
+
+    def member_from_cose(self, tx: Tx, body: bytes) -> tuple[Caller, bytes, bytes] | None:
+        """An active member's fresh, never seen COSE_Sign1 request: (caller, signed payload,
+        replay key), else None. Checked by governance's verifier (`verify_request`); the
+        pipeline records the replay key with the transaction."""
+        try:
+            request = verify_request(tx, body, msg_type=None, now_s=self.backend.now_s())
+        except GovernanceError:
+            return None
+        if tx.get(APP_COSE_REQUESTS_TABLE, request.replay_key) is not None:
+            return None
+        info = gt.member_info(tx, request.member_id)
+        pem = tx.get(gt.MEMBERS_CERTS, gt.id_key(request.member_id))
+        if pem is None or info is None or info.get("status") != "Active":
+            return None
+        return (
+            Caller("member", request.member_id, pem.decode()),
+            request.payload,
+            request.replay_key,
+        )
+
+    # ------------------------------------------------------------------ the pipeline
+    def handle(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        peer_der: bytes | None,
+        *,
+        source: str | None = None,
+        forwarded: bool = False,
+    ) -> HttpResponse | Forwarded:
+        """Serve one HTTP request, or hand back a `Forwarded` whose answer will come.
+        `source` is the client's address (the IP of the TCP peer), for rate limits."""
+        if not forwarded:
+            self.metrics["requests"] += 1
+        if (
+            path == JOIN_PATH
+            and source is not None
+            and not self.join_limiter.allow(source, self.clock_s())
+        ):
+            # Anyone may ask to join: bound what one source can make the service do.
+            response: HttpResponse | Forwarded = HttpResponse(
+                429,
+                error_response(429, "TooManyRequests", "Too many join requests").body,
+                {"Retry-After": RETRY_AFTER_S},
+                "application/json",
+            )
+        else:
+            response = self._pipeline(method, path, query, headers, body, peer_der, forwarded)
+        if not forwarded and isinstance(response, HttpResponse) and response.status >= 400:
+            self.metrics["errors"] += 1
+        return response
+
+    def _pipeline(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        peer_der: bytes | None,
+        forwarded: bool,
+    ) -> HttpResponse | Forwarded:
+        backend = self.backend
+        # 1. route
+        match = self.routes.match(method, path)
+        if match is None:
+            return self.routes.no_route_response(method, path)
+        endpoint = match.endpoint
+        if not backend.ready:
+            return unavailable("ServiceNotReady", "The node is starting")
+        # 2. service open
+        if path.startswith("/app/") and endpoint.include_in_api and self._service_status != "Open":
+            return unavailable("FrontendNotOpen", "The service is not open yet")
+        # 3. auth
+        tx = self.store.begin()
+        replay_key: bytes | None = None
+        try:
+            caller = self.authenticate(endpoint.auth, tx, peer_der)
+            payload = body
+        except AuthError:
+            signed = self.member_from_cose(tx, body) if "member_cose" in endpoint.auth else None
+            if signed is None:
+                return error_response(401, "InvalidAuthentication", "Caller is not authorised")
+            caller, payload, replay_key = signed
+            # The signed payload is what the endpoint reads; the envelope's type is COSE.
+            headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
+            headers["content-type"] = JSON_CONTENT_TYPE
+        # 4. forward or backpressure
+        if not endpoint.read_only:
+            if not backend.is_primary:
+                if forwarded:
+                    return unavailable("NotPrimary", "The primary changed; retry")
+                # The primary authenticates again: it gets the request as the caller sent it.
+                return backend.forward(method, path, query, headers, body, peer_der)
+            limit = self.max_uncommitted_tx_count
+            if limit and backend.uncommitted_tx_count >= limit:
+                return unavailable("TooManyPendingTransactions", "Retry later")
+            if backend.host_backlog_bytes() > HOST_BACKLOG_BYTES_MAX:
+                # The host is not taking ledger writes as fast as they come: refuse more
+                # rather than queue them without bound (frames with writes are never dropped).
+                return unavailable("HostBacklog", "The host is behind writing the ledger")
+        # 5. invoke
+        outcome = self.routes.invoke(
+            match,
+            tx=tx,
+            caller=caller,
+            body=payload,
+            query=query,
+            headers=headers,
+            runtime=self.runtime_view,
+        )
+        response = outcome.response
+        if not outcome.commit:
+            return response
+        # 6. commit
+        if not path.startswith(("/gov/", "/node/")):
+            reserved = [m for m in tx.write_set() if m.startswith(RESERVED_MAP_PREFIX)]
+            if reserved:
+                LOG.error("event=app_wrote_reserved_map path=%s", endpoint.path)
+                return error_response(
+                    500, "InternalError", "Applications may not write the service's own maps"
+                )
+        if replay_key is not None:
+            # The signed request may not be played again (read-only ones change nothing).
+            tx.put(APP_COSE_REQUESTS_TABLE, replay_key, caller.id.encode())
+        view, seqno = backend.commit(tx, outcome.claims_digest)
+        return HttpResponse(
+            response.status,
+            response.body,
+            {**response.headers, TXID_HEADER: f"{view}.{seqno}"},
+            response.content_type,
+        )
+
+
+def unavailable(code: str, message: str) -> HttpResponse:
+    response = error_response(503, code, message)
+    return HttpResponse(503, response.body, {"Retry-After": RETRY_AFTER_S}, response.content_type)

@@ -1,0 +1,23 @@
+"""The enclave's node: `Node` (the facade the runtime drives) and the parts behind it.
+
+`lifecycle` (states and their transitions), `core` (what the parts share), `replication`
+(commit, signatures, apply, rollback, on-commit), `snapshots`, `joins` (both sides),
+`peers` (peer table, channels, node-to-node messages), `receipts` (tx status, receipts).
+The request pipeline is `charter.enclave_app.frontend`.
+"""
+
+from charter.enclave_app.frontend import TXID_HEADER, AuthError, Forwarded
+from charter.enclave_app.node.facade import Node, RollbackError
+from charter.enclave_app.node.joins import MAX_PENDING_NODES
+from charter.enclave_app.node.lifecycle import IllegalTransition, NodeState
+
+__all__ = [
+    "MAX_PENDING_NODES",
+    "TXID_HEADER",
+    "AuthError",
+    "Forwarded",
+    "IllegalTransition",
+    "Node",
+    "NodeState",
+    "RollbackError",
+]

@@ -1,0 +1,623 @@
+"""The enclave's node: a facade over its parts, with the API the runtime uses.
+
+`Node` does no I/O. The runtime loop (`charter.enclave_app.main`) feeds it inputs (a
+request, a tick, a durability report, a peer message), then calls `settle()` — Raft's
+Ready/Advance, signatures and snapshots that fell due — and sends the frames left in
+`outbox` to the host. Every write transaction runs to completion inside one call, in order,
+so handlers see a serial history and nothing ever conflicts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from charter.consensus import LogEntry, Raft, StartState
+from charter.enclave_app import interface as itf
+from charter.enclave_app.app import App, Caller, HttpResponse
+from charter.enclave_app.attestation import check_own_code
+from charter.enclave_app.channels import Channels
+from charter.enclave_app.frontend import Forwarded, Frontend, unavailable
+from charter.enclave_app.identity import Identity
+from charter.enclave_app.kv import Store, Tx
+from charter.enclave_app.node.core import NodeCore, NodeNotReady, write_genesis
+from charter.enclave_app.node.joins import (
+    Joiner,
+    apply_effects,
+    join_request,
+    open_answer,
+    request_body,
+)
+from charter.enclave_app.node.lifecycle import NodeState
+from charter.enclave_app.node.peers import ForwardedRequest, Peers
+from charter.enclave_app.node.receipts import Receipts
+from charter.enclave_app.node.replication import (
+    LocalLog,
+    Replication,
+    cose_signatures_config,
+    log_entry_from_raw,
+)
+from charter.enclave_app.node.snapshots import Snapshots
+from charter.enclave_app.platform import Platform
+from charter.enclave_app.runtime_view import RuntimeView
+from charter.enclave_app.tls import ServerTls
+from charter.governance import tables as gt
+from charter.governance.effects import Effects
+from charter.ledger import certs
+from charter.ledger.history import History
+from charter.ledger.signatures import (
+    CoseSignaturesConfig,
+)
+
+LOG = logging.getLogger(__name__)
+
+# One `settle` acts on at most this many Ready / signature / snapshot steps; each step
+# makes the next one smaller, so more means a loop that feeds itself (a bug).
+SETTLE_STEPS_MAX = 64
+
+
+class RollbackError(Exception):
+    """The host handed back less ledger than this node had committed."""
+
+
+class Node:
+    """The trusted half of a Charter node."""
+
+    def __init__(
+        self,
+        config: itf.NodeConfig,
+        platform: Platform,
+        app: App,
+        *,
+        extra_apps: tuple[App, ...] = (),
+        clock_s: Callable[[], float] = time.time,
+    ) -> None:
+        core = self.core = NodeCore(config, platform, clock_s)
+        self.log = LocalLog(core)
+        self.snapshots = Snapshots(core, self.log)
+        self.receipts = Receipts(core, self.log)
+        self._joiner = Joiner(core, self.snapshots, self._start_replication)
+        # Both exist once the node has an identity (peers) and runs Raft (replication).
+        self.peers: Peers | None = None
+        self.replication: Replication | None = None
+        self.retired = False
+        # Entries of the own ledger read back by a restart, until Raft restarts on them.
+        self._replayed: list[LogEntry] = []
+        # Called with (forward id, response) when a forwarded request's answer arrives.
+        self.on_forward_response: Callable[[int, HttpResponse], None] = lambda *_: None
+        # What the host has yet to take from this enclave, in bytes (the runtime sets it).
+        self.host_backlog_bytes: Callable[[], int] = lambda: core.outbox_write_bytes
+        self.routes = App("charter", prefix="", api_path=None)
+        for extra in extra_apps:
+            self.routes.include(extra)
+        self.routes.include(app)
+        self.runtime_view = RuntimeView(self)
+        self.frontend = Frontend(
+            self,
+            core.store,
+            self.routes,
+            self.runtime_view,
+            max_uncommitted_tx_count=config.consensus.max_uncommitted_tx_count,
+            clock_s=clock_s,
+            metrics=core.metrics,
+        )
+        core.store.add_hook(gt.USERS_CERTS, lambda *_: self._refresh_client_cas())
+        core.store.add_hook(gt.MEMBERS_CERTS, lambda *_: self._refresh_client_cas())
+        core.store.add_hook(gt.NODES_INFO, lambda *_: self._refresh_peers())
+
+    # ------------------------------------------------------------------ what others read
+    @property
+    def config(self) -> itf.NodeConfig:
+        return self.core.config
+
+    @property
+    def platform(self) -> Platform:
+        return self.core.platform
+
+    @property
+    def metrics(self) -> dict[str, int]:
+        return self.core.metrics
+
+    @property
+    def store(self) -> Store:
+        return self.core.store
+
+    @property
+    def history(self) -> History:
+        return self.core.history
+
+    @property
+    def tls(self) -> ServerTls:
+        return self.core.tls
+
+    @property
+    def identity(self) -> Identity | None:
+        return self.core.maybe_identity()
+
+    @property
+    def raft(self) -> Raft | None:
+        return self.replication.raft if self.replication is not None else None
+
+    @property
+    def channels(self) -> Channels | None:
+        return self.peers.channels if self.peers is not None else None
+
+    @property
+    def peer_addresses(self) -> dict[str, str]:
+        return self.peers.addresses if self.peers is not None else {}
+
+    @property
+    def deferred(self) -> list[LogEntry]:
+        return self.replication.deferred if self.replication is not None else []
+
+    @property
+    def outbox(self) -> list[itf.Frame]:
+        return self.core.outbox
+
+    @outbox.setter
+    def outbox(self, frames: list[itf.Frame]) -> None:
+        self.core.outbox = frames
+
+    @property
+    def outbox_write_bytes(self) -> int:
+        return self.core.outbox_write_bytes
+
+    @outbox_write_bytes.setter
+    def outbox_write_bytes(self, size: int) -> None:
+        self.core.outbox_write_bytes = size
+
+    @property
+    def state(self) -> str:
+        return self.core.lifecycle.state.value
+
+    @property
+    def applied_seqno(self) -> int:
+        return self.log.applied_seqno
+
+    @property
+    def commit_seqno(self) -> int:
+        return self.log.commit_seqno
+
+    @property
+    def latest_snapshot(self) -> bytes | None:
+        return self.snapshots.latest
+
+    @property
+    def latest_snapshot_name(self) -> str | None:
+        return self.snapshots.latest_name
+
+    @property
+    def node_id(self) -> str:
+        return self.core.identity.node_id
+
+    @property
+    def ready(self) -> bool:
+        return self.replication is not None
+
+    @property
+    def is_primary(self) -> bool:
+        return self.replication is not None and self.replication.is_primary
+
+    @property
+    def uncommitted_tx_count(self) -> int:
+        return self.log.applied_seqno - self.log.commit_seqno
+
+    @property
+    def serving(self) -> bool:
+        """Can client connections be served: the node is part of the network and its TLS
+        context asks for the client certificates of every registered user and member."""
+        return (
+            self.core.lifecycle.is_(NodeState.PART_OF_NETWORK)
+            and self.replication is not None
+            and self.core.tls.ready
+        )
+
+    def service_status(self) -> str | None:
+        return self.frontend.service_status
+
+    def now_s(self) -> int:
+        return self.core.now_s()
+
+    def view_at(self, seqno: int) -> int | None:
+        return self.log.view_at(seqno)
+
+    def merkle_root(self) -> bytes:
+        return self.core.history.tree.root()
+
+    def tx_status(self, view: int, seqno: int) -> str:
+        return self.receipts.tx_status(view, seqno)
+
+    def receipt(self, view: int, seqno: int, *, cose: bool = False) -> HttpResponse:
+        return self.receipts.receipt(view, seqno, cose=cose)
+
+    def _rep(self) -> Replication:
+        if self.replication is None:
+            raise NodeNotReady("the node does not run Raft yet")
+        return self.replication
+
+    def _peers(self) -> Peers:
+        if self.peers is None:
+            raise NodeNotReady("the node has no identity yet")
+        return self.peers
+
+    # ------------------------------------------------------------------ identity and Raft
+    def _set_identity(self, identity: Identity) -> None:
+        identity.epoch += 1
+        self.core.set_identity(identity)
+        self.peers = Peers(self.core, Channels(identity.node_key, epoch=identity.epoch))
+        if identity.node_cert_pem:
+            self.core.tls.set_identity(identity.node_cert_pem, certs.key_pem(identity.node_key))
+
+    def _start_replication(self, raft: Raft) -> Replication:
+        assert self.replication is None, "one Raft per node life"
+        self.replication = Replication(self.core, self.log, raft, self._peers().send_raft)
+        return self.replication
+
+    # ------------------------------------------------------------------ start
+    def start_new_network(self, members: list[dict[str, Any]], constitution: Any) -> None:
+        """Genesis: create the service identity and the first ledger transactions."""
+        core = self.core
+        core.lifecycle.expect(NodeState.UNINITIALIZED, action="start_new_network")
+        node_key = certs.new_key()
+        service_key = certs.new_key()
+        identity = Identity(
+            node_key=node_key,
+            service_key=service_key,
+            service_cert_pem=certs.cert_pem(certs.service_cert(service_key)),
+        )
+        identity.add_ledger_secret(1)
+        identity.node_cert_pem = core.endorse(node_key.public_key(), identity=identity)
+        self._set_identity(identity)
+        raft = core.new_raft(StartState(configuration=frozenset({identity.node_id})))
+        raft.campaign()
+        replication = self._start_replication(raft)
+        self.settle()
+        assert replication.is_primary, "a one-node configuration elects itself"
+        tx = core.store.begin()
+        write_genesis(core, tx, members, constitution, f"{raft.view}.{raft.last_index + 1}")
+        replication.commit_tx(tx)
+        replication.signature_due = True
+        self.settle()
+        core.lifecycle.advance(NodeState.PART_OF_NETWORK)
+        core.seal(raft)
+        LOG.info("event=network_started node_id=%s", identity.node_id)
+
+    def seal_progress(self) -> None:
+        """Seal how far this node's own ledger is committed (committed and durable here)."""
+        if self.replication is not None:
+            self.replication.seal_progress()
+
+    # ------------------------------------------------------------------ restart
+    def resume(self, sealed: bytes) -> None:
+        """Restart under the same identity: unseal, then `replay` the ledger, then `resumed`."""
+        core = self.core
+        core.lifecycle.expect(NodeState.UNINITIALIZED, action="resume")
+        self._set_identity(Identity.from_bytes(core.platform.unseal(sealed)))
+        # The new channel epoch must be durable before any frame uses it (nonce reuse).
+        core.seal(None)
+        core.lifecycle.advance(NodeState.READING_OWN_LEDGER)
+        self._replayed = []
+
+    def replay(self, raw: bytes) -> None:
+        """One entry of the node's own ledger, read back from the untrusted host."""
+        self.core.lifecycle.expect(NodeState.READING_OWN_LEDGER, action="replay")
+        self._replayed.append(self.log.replay(raw, self.core.identity))
+
+    def resume_from_snapshot(self, data: bytes, name: str = "snapshot") -> int:
+        """Restart of a node whose ledger starts after a snapshot: install it first, once it
+        has verified against the service cert (raises the LedgerError naming `name` if not)."""
+        self.core.lifecycle.expect(NodeState.READING_OWN_LEDGER, action="resume_from_snapshot")
+        return self.snapshots.resume_from(data, name)
+
+    def offer_snapshot_from_disk(self, data: bytes, name: str) -> bool:
+        """A restarted node whose ledger is whole may still serve its latest snapshot file,
+        once it has checked it (the host could have changed it)."""
+        return self.snapshots.offer(data, name) is not None
+
+    def resumed(self) -> None:
+        """All of the own ledger is replayed: restart Raft on it and carry on."""
+        core, log = self.core, self.log
+        core.lifecycle.expect(NodeState.READING_OWN_LEDGER, action="resumed")
+        identity = core.identity
+        entries, self._replayed = self._replayed, []
+        if log.applied_seqno < identity.committed_seqno:
+            raise RollbackError(
+                f"the host's ledger ends at seqno {log.applied_seqno} but this node had "
+                f"committed seqno {identity.committed_seqno}: ledger files are missing or "
+                "were rolled back; refusing to start"
+            )
+        # Only what was signed survives: an unsigned tail cannot have been committed
+        # (Raft commits only at signatures), so drop it everywhere.
+        last_sig = core.history.last_signature
+        base_seqno, base_view = self.snapshots.replay_base
+        # Never below a snapshot this node started from: that point is committed.
+        keep = max(last_sig.seqno if last_sig is not None else 0, base_seqno)
+        if keep < log.applied_seqno:
+            log.rollback(keep)
+            core.outbox.append(itf.Truncate(keep))
+            entries = [e for e in entries if e.index <= keep]
+        # Governance may have removed this code's measurement while the node ran (it ran on,
+        # as in CCF); coming back with it is a new admission, refused as a join would be.
+        check_own_code(core.store.begin(), core.platform.evidence(identity.public_key_der))
+        configuration = core.voters()
+        raft = core.new_raft(
+            StartState(
+                configuration=configuration,
+                last_index=base_seqno,
+                last_term=base_view,
+                commit_index=base_seqno,
+                term=max(identity.term, base_view),
+                voted_for=identity.voted_for,
+            ),
+            entries,
+        )
+        if configuration == frozenset({identity.node_id}):
+            raft.campaign()
+        self._start_replication(raft)
+        core.lifecycle.advance(NodeState.PART_OF_NETWORK)
+        self.settle()
+        self._refresh_client_cas()
+        self._refresh_peers()
+        LOG.info("event=resumed node_id=%s seqno=%d", identity.node_id, log.applied_seqno)
+
+    # ------------------------------------------------------------------ joining
+    def join_request(self, tx: Tx, request: Mapping[str, Any]) -> dict[str, Any]:
+        """Primary side of a join (`joins.join_request`)."""
+        snapshots = self.snapshots
+        latest = (snapshots.latest, snapshots.latest_name) if snapshots.latest else None
+        return join_request(self.core, tx, request, latest)
+
+    def start_joining(self) -> None:
+        """Joiner side: a fresh identity, sealed at once so a restart keeps it."""
+        core = self.core
+        core.lifecycle.expect(NodeState.UNINITIALIZED, action="start_joining")
+        self._set_identity(Identity(node_key=certs.new_key()))
+        core.lifecycle.advance(NodeState.PENDING)
+        core.seal(None)
+
+    def resume_joining(self) -> None:
+        """A joiner restarted before it was trusted joins again under its sealed identity.
+        It acknowledged the entries in its ledger as a learner, so it must not forget them:
+        `replay_as_learner` puts them back in its log (its state waits for the secrets),
+        then `resumed_joining` restarts Raft on them."""
+        lifecycle = self.core.lifecycle
+        lifecycle.expect(NodeState.READING_OWN_LEDGER, NodeState.PENDING, action="resume_joining")
+        if not lifecycle.is_(NodeState.PENDING):
+            lifecycle.advance(NodeState.PENDING)
+        self._replayed = []
+
+    def replay_as_learner(self, raw: bytes) -> None:
+        self.core.lifecycle.expect(NodeState.PENDING, action="replay_as_learner")
+        self._replayed.append(log_entry_from_raw(raw))
+
+    def resume_pending_snapshot(
+        self, data: bytes, name: str = "snapshot", service_cert_pem: str | None = None
+    ) -> int:
+        """A pending joiner whose ledger starts after the snapshot it was given: checked
+        against the service cert it joins (its own once sealed, else `service_cert_pem`)."""
+        self.core.lifecycle.expect(NodeState.PENDING, action="resume_pending_snapshot")
+        verified = self.snapshots.verify(data, name, service_cert_pem)
+        return self.snapshots.install_public(verified, data, name).seqno
+
+    def resumed_joining(self) -> None:
+        """Restart Raft on what `replay_as_learner` put back (if anything)."""
+        self.core.lifecycle.expect(NodeState.PENDING, action="resumed_joining")
+        entries, self._replayed = self._replayed, []
+        self._joiner.resumed(entries)
+
+    def join_request_body(self) -> dict[str, Any]:
+        return request_body(self.core, want_snapshot=self.replication is None)
+
+    def on_join_response(self, doc: Mapping[str, Any]) -> bool:
+        """Act on the primary's answer; True once this node is part of the network.
+
+        Until governance trusts this node the answer holds its status only; then it holds
+        the peers, and the service key, ledger secrets and (if asked) the latest snapshot
+        sealed to this node's key."""
+        core = self.core
+        core.lifecycle.expect(NodeState.PENDING, action="on_join_response")
+        answer = open_answer(core, doc)
+        if answer is None:
+            return False
+        replication = self._joiner.adopt(answer, self._peers(), self.replication)
+        core.lifecycle.advance(NodeState.PART_OF_NETWORK)
+        core.seal(replication.raft)
+        self._refresh_client_cas()
+        self._refresh_peers()
+        LOG.info("event=joined node_id=%s applied=%d", self.node_id, self.log.applied_seqno)
+        return True
+
+    # ------------------------------------------------------------------ writes
+    def commit_tx(self, tx: Tx, claims_digest: bytes | None = None) -> tuple[int, int]:
+        """Append a write transaction (primary only); returns its (view, seqno)."""
+        return self._rep().commit_tx(tx, claims_digest)
+
+    commit = commit_tx
+
+    def emit_signature(self) -> None:
+        """Sign the Merkle root now (and take a snapshot if one falls due)."""
+        self._rep().signature_due = True
+        self.settle()
+
+    def cose_signatures_config(self) -> CoseSignaturesConfig:
+        return cose_signatures_config(self.core.store)
+
+    def apply_effects(self, tx: Tx, effects: Effects) -> None:
+        """Carry out what an accepted proposal asks beyond its own KV writes, in its tx."""
+        apply_effects(self.core, tx, effects)
+
+    # ------------------------------------------------------------------ Ready and Advance
+    def settle(self) -> None:
+        """Act on everything that fell due: Raft's Ready (persist, send, apply, commit), a
+        signature, a snapshot. Each is marked where it falls due and done here, after the
+        step that caused it, so no part ever calls back into itself."""
+        replication = self.replication
+        if replication is None:
+            return
+        for _ in range(SETTLE_STEPS_MAX):
+            if self.snapshots.due is not None:
+                self.snapshots.take_due(replication)
+            elif replication.raft.has_ready():
+                self._act_on_ready(replication)
+            elif replication.signature_due:
+                if replication.is_primary:
+                    view, seqno = replication.emit_signature()
+                    self.snapshots.after_signature(seqno, view)
+                else:
+                    replication.signature_due = False  # a backup signs nothing
+            else:
+                return
+        raise AssertionError(f"settle did not settle in {SETTLE_STEPS_MAX} steps")
+
+    def _act_on_ready(self, replication: Replication) -> None:
+        outcome = replication.process_ready()
+        if outcome.committed is not None:
+            self.snapshots.finish(self.receipts.receipt)
+            retired_at = self._peers().retired_at
+            if (
+                retired_at is not None
+                and outcome.committed >= retired_at
+                and self.node_id not in replication.raft.configuration
+                and not self.retired
+            ):
+                # Removed while still a learner: no configuration change will retire it.
+                replication.raft.retire()
+                self._become_retired()
+        if outcome.became_primary and self.core.lifecycle.is_(NodeState.PART_OF_NETWORK):
+            # A new primary signs at once, so what it inherited can commit, and
+            # replicates to the nodes still waiting to be trusted.
+            self._refresh_peers()
+            replication.signature_due = True
+        elif outcome.became_retired:
+            self._become_retired()
+
+    def _become_retired(self) -> None:
+        if not self.retired:
+            self.retired = True
+            self.core.lifecycle.advance(NodeState.RETIRED)
+            LOG.info("event=retired node_id=%s", self.node_id)
+
+    # ------------------------------------------------------------------ host events
+    def tick(self, now_ms: int) -> None:
+        replication = self.replication
+        if replication is None:
+            return
+        replication.tick(now_ms)
+        if replication.is_primary and self.core.lifecycle.is_(NodeState.PART_OF_NETWORK):
+            replication.maybe_reconfigure(self._peers().trusted_nodes())
+        self.settle()
+
+    def durable(self, seqno: int, view: int = 0) -> None:
+        if self.replication is None:
+            return
+        self.replication.raft.durable(seqno, view or None)
+        self.settle()
+
+    def on_entries_read(self, frame: itf.EntriesRead) -> None:
+        """Entries the host read back for a lagging peer."""
+        if self.replication is None:
+            return
+        self.replication.on_entries_read(frame)
+        self.settle()
+
+    def receive_from_peer(self, payload: bytes) -> None:
+        """A sealed frame relayed by the host: open, check, dispatch; bad frames are dropped.
+
+        Only decoding and checking are guarded: an error while acting on a well-formed
+        message is a bug in this enclave and must stop it rather than be swallowed.
+        """
+        peers = self.peers
+        if peers is None:
+            return
+        inbound = peers.open(payload)
+        if inbound is None:
+            return
+        sender = inbound.sender
+        status = peers.status(sender)
+        if inbound.raft is not None:
+            replication = self.replication
+            if replication is None:
+                return
+            # The Raft sender must be the channel's peer, and trusted by governance (or by
+            # the configuration, for a joiner that knows no governance state yet). A retired
+            # node was trusted: it still hands over and learns that its removal committed.
+            if inbound.raft.sender != sender or (
+                status not in ("Trusted", "Retired")
+                and not peers.trusted_by_configuration(sender, replication.raft)
+            ):
+                peers.channels.dropped += 1
+                LOG.warning("event=raft_message_refused peer=%s status=%s", sender[:16], status)
+                return
+            replication.raft.step(inbound.raft)
+            self.settle()
+        elif inbound.request is not None:
+            if status != "Trusted":
+                LOG.warning("event=forward_refused peer=%s status=%s", sender[:16], status)
+                return
+            # Settled with the turn's other writes (see `handle`).
+            self._serve_forwarded(peers, sender, inbound.request)
+        elif inbound.answer is not None:
+            self.on_forward_response(*inbound.answer)
+
+    def _serve_forwarded(self, peers: Peers, sender: str, request: ForwardedRequest) -> None:
+        """Run a write a trusted backup forwarded with its caller's identity; answer it."""
+        response = self.frontend.handle(
+            request.method,
+            request.path,
+            request.query,
+            request.headers,
+            request.body,
+            request.caller_der or None,
+            forwarded=True,
+        )
+        assert isinstance(response, HttpResponse), "a forwarded request is never re-forwarded"
+        peers.answer(sender, request.forward_id, response)
+
+    # ------------------------------------------------------------------ requests
+    def _refresh_client_cas(self) -> None:
+        if self.core.lifecycle.is_(NodeState.READING_OWN_LEDGER):
+            return  # `resumed` loads them once, from the whole ledger
+        tx = self.core.store.begin()
+        pems = [v.decode() for _, v in tx.items(gt.USERS_CERTS)]
+        pems += [v.decode() for _, v in tx.items(gt.MEMBERS_CERTS)]
+        self.core.tls.set_client_cas(pems)
+
+    def _refresh_peers(self) -> None:
+        if self.peers is not None:
+            self.peers.refresh(self.raft)
+
+    def authenticate(self, policies: tuple[str, ...], tx: Tx, peer_der: bytes | None) -> Caller:
+        return self.frontend.authenticate(policies, tx, peer_der)
+
+    def handle(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        peer_der: bytes | None,
+        *,
+        source: str | None = None,
+    ) -> HttpResponse | Forwarded:
+        """Serve one HTTP request (`frontend.Frontend.handle`). A write is proposed to Raft
+        but not yet persisted or sent: the runtime calls `settle()` once per event-loop
+        turn, so a burst of writes goes out as one write frame and one AppendEntries."""
+        return self.frontend.handle(method, path, query, headers, body, peer_der, source=source)
+
+    def forward(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        peer_der: bytes | None,
+    ) -> HttpResponse | Forwarded:
+        """A write sent to a backup goes to the primary over the node-to-node channel."""
+        primary = self.raft.leader_id if self.raft is not None else None
+        if primary is None or primary not in self.peer_addresses:
+            return unavailable("NoPrimary", "No primary is known; retry shortly")
+        return self._peers().forward(primary, method, path, query, headers, body, peer_der)

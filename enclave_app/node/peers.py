@@ -1,0 +1,264 @@
+"""The other nodes: who they are (governance's nodes table, cached), how to reach them
+(sealed channels, addresses), and what passes between them (Raft, forwarded requests).
+
+Anyone can ask to join and name any address, so a node not yet trusted is never contacted
+(nor replicated to); once trusted it catches up as a learner before it joins the
+configuration. A Retired node that was trusted keeps its route: it must still learn that the
+configuration without it committed (and a retiring primary must hand over).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from charter.consensus import Message, Raft, decode_message, encode_message
+from charter.consensus.errors import ConsensusError
+from charter.enclave_app import interface as itf
+from charter.enclave_app.app import HttpResponse
+from charter.enclave_app.channels import ChannelError, Channels
+from charter.enclave_app.frontend import Forwarded
+from charter.enclave_app.node.core import NodeCore
+from charter.enclave_app.node.lifecycle import NodeState
+from charter.governance import tables as gt
+from charter.ledger import certs
+
+LOG = logging.getLogger(__name__)
+
+MAX_PENDING_FORWARDS = 10_000
+_FORWARDED_HEADERS = frozenset({"content-type", "accept"})
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardedRequest:
+    """A write a backup forwarded, with its caller's certificate (DER, or empty)."""
+
+    forward_id: int
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+    caller_der: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """A checked peer message: from `sender`, one of Raft, a forwarded request, or an answer."""
+
+    sender: str
+    raft: Message | None = None
+    request: ForwardedRequest | None = None
+    answer: tuple[int, HttpResponse] | None = None
+
+
+class Peers:
+    """Peer table, channels and node-to-node messages of one node."""
+
+    def __init__(self, core: NodeCore, channels: Channels) -> None:
+        self.core = core
+        self.channels = channels
+        # node id -> node-to-node address of every peer we may talk to
+        self.addresses: dict[str, str] = {}
+        # Trusted nodes not (yet) in the Raft configuration: replicated to, not counted.
+        self.learners: set[str] = set()
+        # node id -> status in governance's nodes table (refreshed on every change to it)
+        self.statuses: dict[str, str] = {}
+        # The seqno at which governance marked this node Retired (it retires once that
+        # commits, if it never became a voter; a voter retires by configuration).
+        self.retired_at: int | None = None
+        self.forwards = 0
+        # forward id -> the primary it went to (only that node may answer it)
+        self._forward_targets: dict[int, str] = {}
+
+    # ------------------------------------------------------------------ the peer table
+    def refresh(self, raft: Raft | None) -> None:
+        """Re-read governance's nodes table: statuses, routes to trusted nodes, learners."""
+        voters = raft.configuration if raft is not None else self.core.voters()
+        trusted_learners: set[str] = set()
+        statuses: dict[str, str] = {}
+        own_id = self.channels.own_id
+        for key, value in self.core.store.begin().items(gt.NODES_INFO):
+            info = gt.load_json(value, what=gt.NODES_INFO)
+            node_id = gt.key_to_id(key)
+            if not isinstance(info, dict):
+                continue
+            status = info.get("status")
+            statuses[node_id] = str(status)
+            if node_id == own_id:
+                if status != "Retired":
+                    self.retired_at = None  # e.g. the entry that retired it was rolled back
+                elif self.retired_at is None:
+                    self.retired_at = self.core.store.version
+                continue
+            was_trusted = node_id in voters or node_id in self.addresses
+            if status != "Trusted" and not (status == "Retired" and was_trusted):
+                continue
+            self.know(
+                node_id,
+                str(info.get("public_key", "")),
+                str(info.get("node_to_node_interface", {}).get("published_address", "")),
+            )
+            if status == "Trusted" and node_id not in voters:
+                trusted_learners.add(node_id)
+        self.statuses = statuses
+        if raft is None:
+            return
+        for node_id in self.learners - trusted_learners:
+            # Left before it became a voter: it is told until it commits that it left.
+            removed_at = None if node_id in raft.configuration else self.core.store.version
+            raft.remove_learner(node_id, removed_at)
+        for node_id in trusted_learners - self.learners:
+            raft.add_learner(node_id)
+        self.learners = trusted_learners
+
+    def know(self, node_id: str, public_key_pem: str, address: str) -> None:
+        """Route to `node_id` at `address`, if its key is the one its id names."""
+        public_key = certs.load_public_key(public_key_pem)
+        if certs.node_id(public_key) != node_id:  # type: ignore[arg-type]
+            LOG.warning("event=peer_key_mismatch node=%s", node_id[:16])
+            return
+        self.channels.know(public_key)  # type: ignore[arg-type]
+        if address:
+            self.addresses[node_id] = address
+
+    def status(self, node_id: str) -> str | None:
+        return self.statuses.get(node_id)
+
+    def trusted_nodes(self) -> frozenset[str]:
+        return frozenset(n for n, s in self.statuses.items() if s == "Trusted")
+
+    def trusted_by_configuration(self, node_id: str, raft: Raft | None) -> bool:
+        """A voter of the Raft configuration this node knows (a joiner knows no governance
+        state until it holds the ledger secrets, only the configuration)."""
+        # A new joiner learns its peers from the trusted join answer, before it has replayed
+        # the governance state that names them.
+        return (raft is not None and node_id in raft.configuration) or (
+            node_id in self.addresses
+            and (self.core.lifecycle.is_(NodeState.PENDING) or self.status(node_id) is None)
+        )
+
+    # ------------------------------------------------------------------ sending
+    def _send(self, peer: str, message: list[Any]) -> None:
+        address = self.addresses.get(peer)
+        if address is None:
+            LOG.debug("event=no_route_to_peer peer=%s", peer[:16])
+            return
+        try:
+            payload = self.channels.seal(peer, msgpack.packb(message, use_bin_type=True))
+        except ChannelError as exc:
+            LOG.warning("event=n2n_seal_failed peer=%s reason=%s", peer[:16], exc)
+            return
+        self.core.outbox.append(itf.SendToNode(peer, address, payload))
+
+    def send_raft(self, peer: str, message: Message) -> None:
+        self._send(peer, ["raft", encode_message(message)])
+
+    def forward(
+        self,
+        primary: str,
+        method: str,
+        path: str,
+        query: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        peer_der: bytes | None,
+    ) -> Forwarded:
+        """Send a request on to `primary`; its answer comes back as an `Inbound.answer`."""
+        self.forwards += 1
+        self._forward_targets[self.forwards] = primary
+        while len(self._forward_targets) > MAX_PENDING_FORWARDS:  # answers that never came
+            del self._forward_targets[next(iter(self._forward_targets))]
+        self._send(
+            primary,
+            [
+                "fwd",
+                self.forwards,
+                method,
+                path,
+                query,
+                [(k, v) for k, v in headers.items() if k.lower() in _FORWARDED_HEADERS],
+                body,
+                peer_der or b"",
+            ],
+        )
+        return Forwarded(self.forwards, primary)
+
+    def answer(self, peer: str, forward_id: int, response: HttpResponse) -> None:
+        self._send(
+            peer,
+            [
+                "fwd_resp",
+                forward_id,
+                response.status,
+                list(response.headers.items()),
+                response.content_type,
+                response.body,
+            ],
+        )
+
+    # ------------------------------------------------------------------ receiving
+    def open(self, payload: bytes) -> Inbound | None:
+        """A sealed frame relayed by the host: open and check it; None if it is dropped.
+        (Who may send what is the facade's decision, on the sender's status.)"""
+        try:
+            sender, plaintext = self.channels.open(payload)
+            message = msgpack.unpackb(plaintext, raw=False, max_bin_len=len(plaintext))
+            kind, fields = _n2n_message(message)
+            if kind == "raft":
+                return Inbound(sender, raft=decode_message(fields[0]))
+        except (
+            ChannelError,
+            ConsensusError,
+            ValueError,
+            TypeError,
+            msgpack.UnpackException,
+        ) as exc:
+            self.channels.dropped += 1
+            LOG.warning("event=n2n_frame_dropped reason=%s", str(exc)[:200])
+            return None
+        if kind == "fwd":
+            forward_id, method, path, query, headers, body, peer_der = fields
+            request = ForwardedRequest(
+                forward_id, method, path, query, dict(headers), body, peer_der
+            )
+            return Inbound(sender, request=request)
+        forward_id, code, headers, content_type, body = fields
+        if self._forward_targets.pop(forward_id, None) != sender:
+            LOG.warning("event=forward_answer_refused peer=%s", sender[:16])
+            return None
+        return Inbound(
+            sender, answer=(forward_id, HttpResponse(code, body, dict(headers), content_type))
+        )
+
+
+_N2N_FIELDS: dict[str, tuple[type, ...]] = {
+    "raft": (bytes,),
+    # forward id, method, path, query, headers [[name, value]], body, caller cert DER
+    "fwd": (int, str, str, str, list, bytes, bytes),
+    # forward id, status, headers, content type (or None), body
+    "fwd_resp": (int, int, list, (str, type(None)), bytes),  # type: ignore[dict-item]
+}
+
+
+def _n2n_message(message: Any) -> tuple[str, list[Any]]:
+    """Check a node-to-node message's shape and field types (TypeError if wrong)."""
+    if not isinstance(message, list) or not message or message[0] not in _N2N_FIELDS:
+        raise TypeError("not a node-to-node message")
+    kind, fields = message[0], message[1:]
+    types = _N2N_FIELDS[kind]
+    if len(fields) != len(types) or not all(
+        isinstance(value, kind_) for value, kind_ in zip(fields, types, strict=True)
+    ):
+        raise TypeError(f"malformed {kind} message")
+    if kind in ("fwd", "fwd_resp"):
+        for pair in fields[4 if kind == "fwd" else 2]:
+            if not (
+                isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)
+            ):
+                raise TypeError("malformed headers")
+    return kind, fields

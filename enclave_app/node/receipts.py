@@ -1,0 +1,87 @@
+"""Transaction status and receipts, as this node can state them (CCF's rules and shapes)."""
+
+from __future__ import annotations
+
+import json
+
+from charter.enclave_app.app import HttpResponse, error_response
+from charter.enclave_app.node.core import RETRY_AFTER_S, NodeCore
+from charter.enclave_app.node.replication import LocalLog
+from charter.enclave_app.tx_status import TxStatus, evaluate_tx_status
+from charter.ledger import receipt
+
+
+class Receipts:
+    """`/node/tx` and `/node/receipt` over the node's log and Merkle history."""
+
+    def __init__(self, core: NodeCore, log: LocalLog) -> None:
+        self.core = core
+        self.log = log
+
+    def tx_status(self, view: int, seqno: int) -> str:
+        """CCF's status of a transaction id, as this node knows it."""
+        log = self.log
+        return evaluate_tx_status(
+            view=view,
+            seqno=seqno,
+            local_view=log.view_at(seqno),
+            committed_view=log.view_at(log.commit_seqno),
+            committed_seqno=log.commit_seqno,
+        )
+
+    def receipt(self, view: int, seqno: int, *, cose: bool = False) -> HttpResponse:
+        history = self.log.history
+        status = self.tx_status(view, seqno)
+        if status == TxStatus.INVALID:
+            return error_response(404, "TransactionInvalid", f"{view}.{seqno} is invalid")
+        if status == TxStatus.UNKNOWN:
+            return error_response(404, "TransactionNotFound", f"{view}.{seqno} is unknown")
+        if seqno < history.tree.min_index:
+            return error_response(
+                404,
+                "ReceiptNotAvailable",
+                "receipts are served for the last "
+                f"{self.core.config.memory.receipt_transactions} transactions only",
+            )
+        if not cose and status == TxStatus.COMMITTED and history.is_signature(seqno):
+            # As CCF: a signature transaction's receipt is its own signature over the root it
+            # records (`is_signature_transaction: true`, `leaf` = that root, no proof).
+            own = history.signature_after(seqno - 1)
+            assert own is not None and own.seqno == seqno, "a signature holds its own record"
+            doc = receipt.build_signature_receipt(
+                node_cert_pem=own.node_cert_pem or "",
+                node_id=own.node_id,
+                signature=own.signature,
+                root=own.root,
+            )
+            return HttpResponse(200, json.dumps(doc).encode(), {}, "application/json")
+        material = history.receipt_material(seqno) if status == TxStatus.COMMITTED else None
+        if material is None or material[1].seqno > self.log.commit_seqno:
+            return HttpResponse(
+                202,
+                b'{"status":"Pending"}',
+                {"Retry-After": RETRY_AFTER_S},
+                "application/json",
+            )
+        proof, signature = material
+        wsd, evidence, claims = history.leaf_components(seqno)
+        assert evidence is not None, "the enclave holds the ledger secret"
+        if cose:
+            body = receipt.build_cose_receipt(
+                signature.cose_sign1,
+                write_set_digest=wsd,
+                commit_evidence=evidence,
+                claims_digest=claims,
+                proof=proof,
+            )
+            return HttpResponse(200, body, {}, "application/cose")
+        doc = receipt.build_json_receipt(
+            node_cert_pem=signature.node_cert_pem or "",
+            node_id=signature.node_id,
+            signature=signature.signature,
+            proof=proof,
+            write_set_digest=wsd,
+            commit_evidence=evidence,
+            claims_digest=claims,
+        )
+        return HttpResponse(200, json.dumps(doc).encode(), {}, "application/json")

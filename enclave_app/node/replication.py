@@ -1,0 +1,454 @@
+"""The replicated log of one node: commit, signatures, apply, rollback, on-commit.
+
+`LocalLog` is what the node's own ledger has made of the KV store and the Merkle history
+(it exists from the start: a restart replays into it before Raft runs). `Replication` adds
+Raft and the keys once both exist, so nothing in it asks whether they do.
+
+Nothing here calls back into itself: a signature or a snapshot that falls due is marked
+(`signature_due`, and the facade's `snapshot_due`) and performed by the facade's loop once
+the current step has finished (`Node.settle`), as etcd's Ready/Advance does for I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from charter.consensus import LogEntry, Message, Raft, Role
+from charter.consensus.errors import ConsensusError
+from charter.enclave_app import interface as itf
+from charter.enclave_app.identity import Identity
+from charter.enclave_app.kv import Store, Tx
+from charter.enclave_app.node.core import (
+    CONFIGURATION_TABLE,
+    SIGNATURES_TABLE,
+    NodeCore,
+    configuration_if_changed,
+)
+from charter.governance import tables as gt
+from charter.ledger.chunks import ChunkPolicy
+from charter.ledger.entry import ZERO_DIGEST, decode_entry, decrypt_private, entry_leaf
+from charter.ledger.errors import DecodeError, VerificationError
+from charter.ledger.signatures import (
+    COSE_SIGNATURES_CONFIG_TABLE,
+    CoseSignaturesConfig,
+    parse_cose_signatures_config,
+)
+
+LOG = logging.getLogger(__name__)
+
+# Ticks come from the untrusted host clock: a jump never advances Raft by more than this.
+MAX_TICK_ELAPSED_MS = 1_000
+# How often the committed seqno is sealed (a rollback by the host can erase at most this).
+COMMIT_SEAL_INTERVAL_MS = 1_000
+ENTRY_REQUEST_ID_BASE = 1 << 48
+ENTRY_REQUEST_MAX = 1_000
+# Outstanding host reads for lagging peers (each answers one Raft entry request).
+ENTRY_REQUESTS_PENDING_MAX = 1_024
+
+
+class LocalLog:
+    """KV store, Merkle history, views and chunk marks of the entries this node holds."""
+
+    def __init__(self, core: NodeCore) -> None:
+        self.core = core
+        self.store = core.store
+        self.history = core.history
+        self.chunks = ChunkPolicy(core.config.ledger_chunk_bytes)
+        # (seqno, bytes in the open chunk after it) for the uncommitted suffix, so a
+        # rollback restores the chunk policy to where it stood.
+        self.chunk_marks: deque[tuple[int, int]] = deque()
+        # (view, first seqno of that view) for every view in the log, ascending.
+        self.views: list[tuple[int, int]] = []
+        self.applied_seqno = 0
+        self.commit_seqno = 0
+
+    def appended(self, view: int, seqno: int, size: int, flags: int) -> None:
+        self.applied_seqno = seqno
+        self.note_view(view, seqno)
+        self.record_chunk(seqno, size, flags)
+
+    def record_chunk(self, seqno: int, size: int, flags: int) -> None:
+        self.chunks.record(size, flags)
+        self.chunk_marks.append((seqno, self.chunks.bytes_in_chunk))
+
+    def note_view(self, view: int, seqno: int) -> None:
+        if not self.views or self.views[-1][0] != view:
+            assert not self.views or self.views[-1][0] < view
+            self.views.append((view, seqno))
+
+    def view_at(self, seqno: int) -> int | None:
+        if seqno < 1 or seqno > self.applied_seqno:
+            return None
+        found = None
+        for view, first in self.views:
+            if first > seqno:
+                break
+            found = view
+        return found
+
+    def view_history(self) -> list[int]:
+        """CCF's view history: index = view, value = first seqno of that view."""
+        history: list[int] = []
+        for view, first in self.views:
+            while len(history) < view:
+                history.append(first)
+            history.append(first)
+        return history
+
+    def restart_at(self, seqno: int, view_history: Sequence[int]) -> None:
+        """Start the log after a snapshot at `seqno` with CCF's `view_history`."""
+        self.views = []
+        for view, first in enumerate(view_history):
+            if not first or first > seqno:
+                continue
+            if self.views and self.views[-1][1] == first:
+                # Views without entries repeat the next view's first seqno: the highest
+                # view of a run of equal seqnos is the one that holds them.
+                self.views[-1] = (view, first)
+            elif not self.views or self.views[-1][1] < first:
+                self.views.append((view, first))
+        self.applied_seqno = self.commit_seqno = seqno
+
+    def replay(self, raw: bytes, identity: Identity) -> LogEntry:
+        """One entry of the node's own ledger, read back from the untrusted host: decode,
+        decrypt and check it against the history (signed roots must match)."""
+        seqno = self.applied_seqno + 1  # the host returns the own ledger in order
+        try:
+            entry, _ = decode_entry(raw)
+            seqno = entry.seqno
+            secret = identity.secret_for(seqno)
+            record = self.history.append_raw(raw, secret=secret)
+            write_set = dict(entry.public)
+            if entry.private_ciphertext:
+                write_set.update(decrypt_private(entry, secret))
+        except (DecodeError, VerificationError) as e:
+            # Say which entry: the host names the file that holds it (host/storage.py).
+            raise type(e)(f"ledger entry seqno {seqno}: {e}") from e
+        self.store.apply(write_set, seqno)
+        self.appended(entry.view, seqno, len(raw), entry.flags)
+        return LogEntry(
+            seqno, entry.view, raw, record.is_signature, configuration_if_changed(write_set)
+        )
+
+    def apply(self, entry: LogEntry, identity: Identity) -> None:
+        """A replicated entry: check its position, decrypt, apply."""
+        decoded, _ = decode_entry(entry.data)
+        if decoded.seqno != entry.index or decoded.view != entry.term:
+            raise ConsensusError("replicated entry does not match its log position")
+        secret = identity.secret_for(entry.index)
+        self.history.append_raw(entry.data, secret=secret)
+        write_set = dict(decoded.public)
+        if decoded.private_ciphertext:
+            write_set.update(decrypt_private(decoded, secret))
+        self.store.apply(write_set, entry.index)
+        self.appended(entry.term, entry.index, len(entry.data), decoded.flags)
+
+    def rollback(self, seqno: int) -> None:
+        LOG.warning("event=rollback from=%d to=%d", self.applied_seqno, seqno)
+        self.core.metrics["rollbacks"] += 1
+        self.store.rollback(seqno)
+        self.history.truncate(seqno)
+        self.applied_seqno = seqno
+        while self.views and self.views[-1][1] > seqno:
+            self.views.pop()
+        while self.chunk_marks and self.chunk_marks[-1][0] > seqno:
+            self.chunk_marks.pop()
+        self.chunks.reset(self.chunk_marks[-1][1] if self.chunk_marks else 0)
+
+    def assert_consistent(self) -> None:
+        """The KV store, the Merkle history and the applied seqno count the same entries."""
+        assert self.store.version == self.applied_seqno == self.history.last_seqno, (
+            f"store {self.store.version}, history {self.history.last_seqno}, "
+            f"applied {self.applied_seqno}"
+        )
+
+
+def cose_signatures_config(store: Store) -> CoseSignaturesConfig:
+    """The CWT issuer and subject of the service's COSE signatures: what the service
+    recorded at its start (`start.cose_signatures`), else CCF's defaults."""
+    value = store.begin().get(COSE_SIGNATURES_CONFIG_TABLE, gt.SINGLETON_KEY)
+    if value is None:
+        return CoseSignaturesConfig()
+    try:
+        return parse_cose_signatures_config(value)
+    except DecodeError as exc:
+        # Written by the primary that started the service; unreadable means a bug, and
+        # signing must go on (commit depends on it), so sign with the defaults.
+        LOG.error("event=cose_signatures_config_unreadable error=%s", exc)
+        return CoseSignaturesConfig()
+
+
+def log_entry_from_raw(raw: bytes) -> LogEntry:
+    """A Raft log entry for raw ledger bytes (its state is not applied here)."""
+    decoded, _ = decode_entry(raw)
+    public = dict(decoded.public)
+    return LogEntry(
+        decoded.seqno,
+        decoded.view,
+        raw,
+        SIGNATURES_TABLE in public,
+        configuration_if_changed(public),
+    )
+
+
+@dataclass(slots=True)
+class ReadyOutcome:
+    """What acting on one Ready changed that the facade must follow up."""
+
+    committed: int | None = None
+    became_primary: bool = False
+    became_retired: bool = False
+
+
+class Replication:
+    """Raft plus the log it drives, for a node that holds an identity."""
+
+    def __init__(
+        self, core: NodeCore, log: LocalLog, raft: Raft, send: Callable[[str, Message], None]
+    ) -> None:
+        self.core = core
+        self._send = send
+        self.log = log
+        self.raft = raft
+        self.identity = core.identity
+        # Entries a joining node received before it holds the ledger secrets.
+        self.deferred: list[LogEntry] = []
+        self.txs_since_signature = 0
+        self.last_signature_ms = 0
+        self.signature_due = False
+        self._commit_sealed_ms = 0
+        # host read id -> the peer whose entry request it answers
+        self._entry_requests: dict[int, str] = {}
+        self._entry_request_ids = 0
+
+    @property
+    def is_primary(self) -> bool:
+        return self.raft.role is Role.PRIMARY
+
+    @property
+    def holds_secrets(self) -> bool:
+        return bool(self.identity.ledger_secrets)
+
+    def assert_consistent(self) -> None:
+        """store.version == history.last_seqno == applied_seqno, and Raft's log ends there
+        too unless entries wait (unapplied) for the ledger secrets."""
+        self.log.assert_consistent()
+        if self.holds_secrets and not self.deferred:
+            assert self.raft.last_index == self.log.applied_seqno, (
+                f"raft {self.raft.last_index}, applied {self.log.applied_seqno}"
+            )
+
+    # ------------------------------------------------------------------ the primary's writes
+    def commit_tx(self, tx: Tx, claims_digest: bytes | None = None) -> tuple[int, int]:
+        """Append a write transaction (primary only); returns its (view, seqno). A signature
+        that falls due is only marked (`signature_due`)."""
+        raft, log = self.raft, self.log
+        view, seqno = raft.view, raft.last_index + 1
+        write_set = tx.write_set()
+        public = {name: w for name, w in write_set.items() if name.startswith("public:")}
+        private = {name: w for name, w in write_set.items() if not name.startswith("public:")}
+        record = log.history.add_transaction(
+            seqno=seqno,
+            view=view,
+            public=public,
+            private=private,
+            secret=self.identity.secret_for(seqno),
+            claims_digest=claims_digest or ZERO_DIGEST,
+        )
+        log.store.commit(tx, seqno)
+        configuration = configuration_if_changed(write_set)
+        if configuration == raft.configuration:
+            configuration = None
+        proposed = raft.propose(record.raw, signature=False, configuration=configuration)
+        assert proposed == (view, seqno)
+        log.appended(view, seqno, len(record.raw), 0)
+        self.txs_since_signature += 1
+        self.core.metrics["writes"] += 1
+        if self.txs_since_signature >= self.core.config.signatures.tx_count:
+            self.signature_due = True
+        self.assert_consistent()
+        return view, seqno
+
+    def emit_signature(self) -> tuple[int, int]:
+        """Sign the Merkle root (node key, and the service key as COSE) in a transaction;
+        returns its (view, seqno)."""
+        identity, raft, log = self.identity, self.raft, self.log
+        assert identity.service_key is not None
+        view, seqno = raft.view, raft.last_index + 1
+        flags = log.chunks.flags_for_signature()
+        cose_config = cose_signatures_config(log.store)
+        record = log.history.add_signature(
+            seqno=seqno,
+            view=view,
+            node_id=identity.node_id,
+            node_key=identity.node_key,
+            node_cert_pem=identity.node_cert_pem,
+            service_key=identity.service_key,
+            secret=identity.secret_for(seqno),
+            iat=self.core.now_s(),
+            flags=flags,
+            issuer=cose_config.issuer,
+            subject=cose_config.subject,
+        )
+        entry, _ = decode_entry(record.raw)
+        log.store.apply(dict(entry.public), seqno)
+        raft.propose(record.raw, signature=True)
+        log.appended(view, seqno, len(record.raw), flags)
+        self.txs_since_signature = 0
+        self.signature_due = False
+        self.last_signature_ms = self.core.last_tick_ms or 0
+        self.core.metrics["signatures"] += 1
+        self.assert_consistent()
+        return view, seqno
+
+    def maybe_reconfigure(self, trusted: frozenset[str]) -> None:
+        """Primary: move the Raft configuration one node towards the `trusted` nodes.
+
+        Governance decides who is trusted; consensus decides when the change is safe (the
+        previous change committed, an added node caught up). The change itself is a ledger
+        transaction writing CONFIGURATION_TABLE, so every replica sees it at the same seqno.
+        """
+        raft = self.raft
+        current = raft.configuration
+        if not trusted or trusted == current:
+            return
+        removed = sorted(current - trusted)
+        added = sorted(node for node in trusted - current if raft.is_caught_up(node))
+        if removed:
+            new = current - {removed[0]}
+        elif added:
+            new = current | {added[0]}
+        else:
+            return
+        try:
+            # Consensus' own admission rules; nothing is changed if they refuse.
+            raft._check_configuration_change(new)
+        except ConsensusError:
+            return
+        tx = self.log.store.begin()
+        gt.put_json(tx, CONFIGURATION_TABLE, gt.SINGLETON_KEY, {"voters": sorted(new)})
+        self.commit_tx(tx)
+        LOG.info("event=reconfigure voters=%d", len(new))
+
+    # ------------------------------------------------------------------ Raft's Ready
+    def process_ready(self) -> ReadyOutcome:
+        """Act on what Raft produced: rollback, apply, persist, read back for peers. The
+        messages to send and what the facade must follow up are returned."""
+        core, log, raft = self.core, self.log, self.raft
+        ready = raft.ready()
+        outcome = ReadyOutcome()
+        if ready.hard_state is not None:
+            core.seal(raft)
+        if ready.truncate_to is not None:
+            if ready.truncate_to < log.applied_seqno:
+                log.rollback(ready.truncate_to)
+            # A joiner's entries wait unapplied in `deferred`: they go too, and the host's
+            # ledger follows either way.
+            self.deferred = [e for e in self.deferred if e.index <= ready.truncate_to]
+            core.outbox.append(itf.Truncate(ready.truncate_to))
+        if ready.entries:
+            for entry in ready.entries:
+                if not self.holds_secrets:
+                    self.deferred.append(entry)  # a joiner without secrets yet
+                elif entry.index > log.applied_seqno:
+                    log.apply(entry, self.identity)
+            core.outbox.append(itf.WriteEntries([(e.index, e.data) for e in ready.entries]))
+            core.outbox_write_bytes += sum(len(e.data) for e in ready.entries)
+        for request in ready.entry_requests:
+            # A lagging peer needs entries compacted out of memory: read them back from
+            # the host (and check them as any host data) before they go out.
+            self._entry_request_ids += 1
+            request_id = ENTRY_REQUEST_ID_BASE + self._entry_request_ids
+            self._entry_requests[request_id] = request.peer
+            while len(self._entry_requests) > ENTRY_REQUESTS_PENDING_MAX:  # never answered
+                del self._entry_requests[next(iter(self._entry_requests))]
+            last = min(request.to_index, request.from_index + ENTRY_REQUEST_MAX - 1)
+            core.outbox.append(itf.ReadEntries(request_id, request.from_index, last))
+        for peer, message in ready.messages:
+            self._send(peer, message)
+        if ready.commit_index is not None and ready.commit_index > log.commit_seqno:
+            self._on_commit(ready.commit_index)
+            outcome.committed = ready.commit_index
+        if ready.role_changed:
+            LOG.info(
+                "event=role_changed role=%s view=%d leader=%s",
+                ready.role.value,
+                ready.view,
+                ready.leader_id,
+            )
+            outcome.became_primary = ready.role is Role.PRIMARY
+            outcome.became_retired = ready.role is Role.RETIRED
+        self.assert_consistent()
+        return outcome
+
+    def _on_commit(self, seqno: int) -> None:
+        log, raft = self.log, self.raft
+        log.commit_seqno = seqno
+        now_ms = self.core.last_tick_ms or 0
+        if now_ms - self._commit_sealed_ms >= COMMIT_SEAL_INTERVAL_MS:
+            self._commit_sealed_ms = now_ms
+            self.seal_progress()
+        log.store.compact(seqno)
+        retained = self.core.config.memory.raft_log_entries
+        if seqno - raft.log.first_index > 2 * retained:
+            # Bounded memory: older entries are read back from the ledger on demand.
+            raft.compact(seqno - retained)
+        receipts = self.core.config.memory.receipt_transactions
+        if seqno - log.history.tree.min_index > 2 * receipts:
+            log.history.compact(seqno - receipts)
+        while len(log.chunk_marks) > 1 and log.chunk_marks[1][0] <= seqno:
+            log.chunk_marks.popleft()
+        self.core.outbox.append(itf.CommitUpTo(seqno))
+
+    def seal_progress(self) -> None:
+        """Seal how far this node's own ledger is committed (committed and durable here),
+        so a restart on a ledger the host cut short is refused."""
+        held = min(self.log.commit_seqno, self.raft.durable_index)
+        if held > self.identity.committed_seqno:
+            self.identity.committed_seqno = held
+            self.core.seal(self.raft)
+
+    # ------------------------------------------------------------------ host events
+    def tick(self, now_ms: int) -> None:
+        core = self.core
+        elapsed = 0 if core.last_tick_ms is None else now_ms - core.last_tick_ms
+        core.last_tick_ms = now_ms
+        self.raft.tick(max(0, min(elapsed, MAX_TICK_ELAPSED_MS)))
+        if (
+            self.is_primary
+            and self.txs_since_signature > 0
+            and now_ms - self.last_signature_ms >= core.config.signatures.delay_ms
+        ):
+            self.signature_due = True
+        if now_ms - self._commit_sealed_ms >= COMMIT_SEAL_INTERVAL_MS:
+            # Also when the service went idle right after its last commits.
+            self._commit_sealed_ms = now_ms
+            self.seal_progress()
+
+    def on_entries_read(self, frame: itf.EntriesRead) -> None:
+        """Entries the host read back for a lagging peer (see `process_ready`)."""
+        peer = self._entry_requests.pop(frame.request_id, None)
+        if peer is None or not self.is_primary:
+            return
+        tree = self.log.history.tree
+        entries = []
+        for offset, raw in enumerate(frame.entries):
+            entry = log_entry_from_raw(raw)
+            seqno = frame.first_seqno + offset
+            if entry.index != seqno or (
+                tree.min_index <= seqno < tree.size and entry_leaf(raw) != tree.leaf(seqno)
+            ):
+                LOG.warning("event=host_returned_bad_entry seqno=%d", seqno)
+                return
+            entries.append(entry)
+        self.raft.provide_entries(peer, entries)
+
+    def take_deferred(self) -> None:
+        """A joiner now holds the secrets: apply what it received before."""
+        deferred, self.deferred = self.deferred, []
+        for entry in deferred:
+            if entry.index > self.log.applied_seqno:
+                self.log.apply(entry, self.identity)
