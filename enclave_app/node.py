@@ -12,7 +12,6 @@ import base64
 import hashlib
 import json
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -47,8 +46,9 @@ from charter.enclave_app.attestation import (
     verify_evidence,
 )
 from charter.enclave_app.channels import ChannelError, Channels, open_sealed, seal_to
+from charter.enclave_app.entropy import SYSTEM_ENTROPY, Entropy
 from charter.enclave_app.errors import HttpError
-from charter.enclave_app.identity import Identity
+from charter.enclave_app.identity import LEDGER_SECRET_BYTES, Identity
 from charter.enclave_app.kv import Store, Tx
 from charter.enclave_app.platform import Evidence, Platform, PlatformError
 from charter.enclave_app.rate_limit import RateLimiter
@@ -126,12 +126,14 @@ class Node:
         *,
         extra_apps: tuple[App, ...] = (),
         clock_s: Callable[[], float] = time.time,
+        entropy: Entropy = SYSTEM_ENTROPY,
     ) -> None:
         self.config = config
         self.platform = platform
         self.clock_s = clock_s
+        self.entropy = entropy
         self.store = Store()
-        self.history = History()
+        self.history = History(deterministic_signatures=entropy.deterministic)
         self.chunks = ChunkPolicy(config.ledger_chunk_bytes)
         # (seqno, bytes in the open chunk after it) for the uncommitted suffix, so a
         # rollback restores the chunk policy to where it stood.
@@ -237,22 +239,24 @@ class Node:
         """Genesis: create the service identity and the first ledger transactions."""
         from charter.governance import genesis
 
-        node_key = certs.new_key()
-        service_key = certs.new_key()
-        service_cert = certs.service_cert(service_key)
+        node_key = self.entropy.new_ec_key()
+        service_key = self.entropy.new_ec_key()
+        service_cert = certs.service_cert(
+            service_key, issuance=self.entropy.issuance(self.clock_s())
+        )
         identity = Identity(
             node_key=node_key,
             service_key=service_key,
             service_cert_pem=certs.cert_pem(service_cert),
         )
-        identity.add_ledger_secret(1)
+        identity.add_ledger_secret(1, self.entropy.token_bytes(LEDGER_SECRET_BYTES))
         identity.node_cert_pem = self._endorse(identity, node_key.public_key())
         self._set_identity(identity)
         self.raft = Raft(
             identity.node_id,
             config=self.raft_config(),
             start=StartState(configuration=frozenset({identity.node_id})),
-            rng_seed=int.from_bytes(os.urandom(8), "little"),
+            rng_seed=self.entropy.rng_seed(),
         )
         self.raft.campaign()
         self._drain_ready()
@@ -311,6 +315,7 @@ class Node:
                 identity.service_cert,
                 san_ips=san_ips or ["127.0.0.1"],
                 san_dns=san_dns,
+                issuance=self.entropy.issuance(self.clock_s()),
             )
         )
 
@@ -442,7 +447,7 @@ class Node:
                 voted_for=self.identity.voted_for,
             ),
             entries=entries,
-            rng_seed=int.from_bytes(os.urandom(8), "little"),
+            rng_seed=self.entropy.rng_seed(),
         )
         if configuration == frozenset({self.identity.node_id}):
             self.raft.campaign()
@@ -708,7 +713,7 @@ class Node:
                 last_term=snapshot.view,
                 commit_index=snapshot.seqno,
             ),
-            rng_seed=int.from_bytes(os.urandom(8), "little"),
+            rng_seed=self.entropy.rng_seed(),
         )
         LOG.info("event=joining_from_snapshot seqno=%d", snapshot.seqno)
 
@@ -1366,7 +1371,11 @@ class Node:
                 "service_cert": self.identity.service_cert_pem,
                 "endorsed_cert": endorsed.decode() if endorsed else "",
                 "secrets": base64.b64encode(
-                    seal_to(public_key, msgpack.packb(secrets, use_bin_type=True))
+                    seal_to(
+                        public_key,
+                        msgpack.packb(secrets, use_bin_type=True),
+                        ephemeral=self.entropy.new_ec_key(),
+                    )
                 ).decode(),
             },
         }
@@ -1402,7 +1411,7 @@ class Node:
 
     def start_joining(self) -> None:
         """Joiner side: a fresh identity, sealed at once so a restart keeps it."""
-        self._set_identity(Identity(node_key=certs.new_key()))
+        self._set_identity(Identity(node_key=self.entropy.new_ec_key()))
         self.state = "Pending"
         self.seal()
 
@@ -1460,7 +1469,7 @@ class Node:
                 voted_for=self.identity.voted_for,
             ),
             entries=entries,
-            rng_seed=int.from_bytes(os.urandom(8), "little"),
+            rng_seed=self.entropy.rng_seed(),
         )
         self.deferred = list(entries)
         LOG.info("event=rejoining node_id=%s entries=%d", self.identity.node_id, len(entries))
@@ -1515,7 +1524,7 @@ class Node:
                 self.identity.node_id,
                 config=self.raft_config(),
                 start=StartState(configuration=frozenset()),
-                rng_seed=int.from_bytes(os.urandom(8), "little"),
+                rng_seed=self.entropy.rng_seed(),
             )
         self.identity.service_key = certs.load_key(secrets["service_key"])
         self.identity.service_cert_pem = str(info["service_cert"])
