@@ -171,7 +171,7 @@ class Simulation:
         self,
         seed: int,
         *,
-        test_name: str = "test_sim_seeds",
+        test_name: str = "test_sim_replay_one_seed",
         nodes: int = 3,
         workdir: Path | None = None,
     ) -> None:
@@ -248,7 +248,7 @@ class Simulation:
         return SimulationFailure(
             f"seed {self.seed} failed at {self.now_ms} ms: {what}\n{self.describe()}\n"
             f"replay: CHARTER_SIM_SEED={self.seed} ./scripts/test tests/sim -k {self.test_name}"
-            " -p no:xdist -n0"
+            " -n0"
         )
 
     def close(self) -> None:
