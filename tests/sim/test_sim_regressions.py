@@ -32,3 +32,13 @@ def test_node_removed_as_a_learner_retires_after_the_primary_changes(
     Simulation(
         17, test_name="test_node_removed_as_a_learner_retires_after_the_primary_changes"
     ).run(300)
+
+
+@pytest.mark.xfail(strict=True, reason="found by the seed sweep, not fixed yet (see report)")
+def test_node_restarted_from_a_snapshot_with_no_entries_after_it_catches_up() -> None:
+    """Seed 224: a node restarted from its committed snapshot with no ledger entries after
+    it stays at the snapshot's seqno and old configuration (commit 21, view 1) and never
+    catches up, and governance stalls behind it."""
+    Simulation(
+        224, test_name="test_node_restarted_from_a_snapshot_with_no_entries_after_it_catches_up"
+    ).run(300)
