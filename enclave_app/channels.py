@@ -177,9 +177,18 @@ _SEAL_INFO = b"charter sealed-to-node v1"
 MAX_SEALED_BYTES = 1024 * 1024
 
 
-def seal_to(public_key: ec.EllipticCurvePublicKey, plaintext: bytes) -> bytes:
-    """Encrypt for the holder of `public_key`: an ephemeral ECDH key + HKDF + AES-GCM."""
-    ephemeral = ec.generate_private_key(public_key.curve)
+def seal_to(
+    public_key: ec.EllipticCurvePublicKey,
+    plaintext: bytes,
+    *,
+    ephemeral: ec.EllipticCurvePrivateKey | None = None,
+) -> bytes:
+    """Encrypt for the holder of `public_key`: an ephemeral ECDH key + HKDF + AES-GCM.
+    The ephemeral key is fresh unless given (from the node's `Entropy`); used once."""
+    if ephemeral is None:
+        ephemeral = ec.generate_private_key(public_key.curve)
+    if ephemeral.curve.name != public_key.curve.name:
+        raise ChannelError("the ephemeral key is not on the recipient's curve")
     ephemeral_der = certs.spki_der(ephemeral.public_key())
     key = HKDF(algorithm=hashes.SHA256(), length=32, salt=ephemeral_der, info=_SEAL_INFO).derive(
         ephemeral.exchange(ec.ECDH(), public_key)

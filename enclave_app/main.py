@@ -177,7 +177,14 @@ class Runtime:
         _include_governance(node)
         if frame.sealed is not None:
             node.resume(frame.sealed)
-            if node.identity is not None and not node.identity.ledger_secrets:
+            rejoin = node.identity is not None and not node.identity.ledger_secrets
+            if not rejoin and frame.ledger_last_seqno == 0 and config.start.join is not None:
+                # Trusted, then stopped before any entry or snapshot reached its disk: it
+                # holds none of the service's state (no peers, no governance), so it joins
+                # again as itself and the answer brings it all (the seeded simulator found
+                # it refused instead, "governance no longer admits this code").
+                rejoin = (await self._request(itf.ReadLatestSnapshot)).data is None
+            if rejoin:
                 # Restarted before governance trusted it: join again as itself, keeping
                 # the entries it already acknowledged as a learner.
                 node.resume_joining()

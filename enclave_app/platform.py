@@ -18,6 +18,7 @@ from typing import Protocol
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from charter.enclave_app.entropy import SYSTEM_ENTROPY, Entropy
 from charter.ledger import quote as ledger_quote
 from charter.ledger.quote import VIRTUAL_FORMAT, Evidence
 from charter.ledger.quote import VirtualReport as Report
@@ -108,10 +109,17 @@ class VirtualPlatform:
     is_secure = False
 
     def __init__(
-        self, workspace: Path, measurement: str | None = None, *, app_module: str | None = None
+        self,
+        workspace: Path,
+        measurement: str | None = None,
+        *,
+        app_module: str | None = None,
+        entropy: Entropy = SYSTEM_ENTROPY,
     ) -> None:
         self.workspace = workspace
         self.measurement = measurement or code_measurement(app_module=app_module)
+        # Sealing nonces and a new sealing key come from here (seeded in the simulator).
+        self.entropy = entropy
 
     # -- attestation -------------------------------------------------------------------------
     def report(self, public_key_der: bytes) -> Report:
@@ -145,7 +153,7 @@ class VirtualPlatform:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as out:
-                out.write(os.urandom(32))
+                out.write(self.entropy.token_bytes(32))
         key = path.read_bytes()
         if len(key) != 32:
             raise PlatformError("virtual sealing key file is damaged")
@@ -153,7 +161,7 @@ class VirtualPlatform:
 
     def seal(self, plaintext: bytes) -> bytes:
         """Encrypt for this platform and this code measurement only."""
-        nonce = os.urandom(SEAL_NONCE_BYTES)
+        nonce = self.entropy.token_bytes(SEAL_NONCE_BYTES)
         sealed = AESGCM(self._sealing_key()).encrypt(nonce, plaintext, self.measurement.encode())
         return nonce + sealed
 

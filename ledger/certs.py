@@ -12,6 +12,7 @@ import hashlib
 import ipaddress
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -33,6 +34,23 @@ MAX_KEY_PEM_BYTES = 64 * 1024
 _NOT_BEFORE_SLACK = datetime.timedelta(minutes=1)
 
 CertLike = x509.Certificate | bytes | str
+
+
+@dataclass(frozen=True, slots=True)
+class Issuance:
+    """How a certificate is issued when the caller decides rather than the system: its
+    serial number, the time it is issued at (seconds since the epoch) and whether the ECDSA
+    signature uses RFC 6979 nonces. The seeded simulator passes one so that two runs issue
+    byte-identical certificates; `None` everywhere means a random serial, the wall clock
+    and OpenSSL's random nonces."""
+
+    serial: int
+    now_s: float
+    deterministic: bool = True
+
+    def __post_init__(self) -> None:
+        # RFC 5280: a positive serial of at most 20 octets.
+        assert 0 < self.serial < 1 << 159, "a certificate serial is positive, under 2**159"
 
 
 def new_key() -> ec.EllipticCurvePrivateKey:
@@ -151,11 +169,27 @@ def _hash_for(key: ec.EllipticCurvePrivateKey) -> hashes.SHA256 | hashes.SHA384 
     return hashes.SHA512()
 
 
-def _validity(days: int) -> tuple[datetime.datetime, datetime.datetime]:
+def _validity(
+    days: int, issuance: Issuance | None = None
+) -> tuple[datetime.datetime, datetime.datetime]:
     if days <= 0:
         raise ValueError("certificate validity must be at least one day")
-    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    if issuance is None:
+        now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    else:
+        now = datetime.datetime.fromtimestamp(int(issuance.now_s), datetime.UTC)
     return now - _NOT_BEFORE_SLACK, now + datetime.timedelta(days=days)
+
+
+def _serial(issuance: Issuance | None) -> int:
+    return x509.random_serial_number() if issuance is None else issuance.serial
+
+
+def _sign(
+    builder: x509.CertificateBuilder, key: ec.EllipticCurvePrivateKey, issuance: Issuance | None
+) -> x509.Certificate:
+    deterministic = issuance is not None and issuance.deterministic
+    return builder.sign(key, _hash_for(key), ecdsa_deterministic=True if deterministic else None)
 
 
 def _san(san_ips: Iterable[str], san_dns: Iterable[str]) -> x509.SubjectAlternativeName | None:
@@ -172,6 +206,7 @@ def self_signed_cert(
     days: int = 365,
     san_ips: Iterable[str] = (),
     san_dns: Iterable[str] = (),
+    issuance: Issuance | None = None,
 ) -> x509.Certificate:
     """A self-signed certificate.
 
@@ -179,7 +214,7 @@ def self_signed_cert(
     keyCertSign+cRLSign, SKI and AKI. With `ca=False` it is a member/user identity usable as
     a TLS client certificate: CA:false, digitalSignature, EKU clientAuth.
     """
-    not_before, not_after = _validity(days)
+    not_before, not_after = _validity(days, issuance)
     public_key = key.public_key()
     ski = x509.SubjectKeyIdentifier.from_public_key(public_key)
     builder = (
@@ -187,7 +222,7 @@ def self_signed_cert(
         .subject_name(_name(common_name))
         .issuer_name(_name(common_name))
         .public_key(public_key)
-        .serial_number(x509.random_serial_number())
+        .serial_number(_serial(issuance))
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
@@ -207,7 +242,7 @@ def self_signed_cert(
     san = _san(san_ips, san_dns)
     if san is not None:
         builder = builder.add_extension(san, critical=False)
-    return builder.sign(key, _hash_for(key))
+    return _sign(builder, key, issuance)
 
 
 def _key_usage(*, digital_signature: bool, cert_sign: bool) -> x509.KeyUsage:
@@ -225,17 +260,25 @@ def _key_usage(*, digital_signature: bool, cert_sign: bool) -> x509.KeyUsage:
 
 
 def service_cert(
-    key: ec.EllipticCurvePrivateKey, common_name: str = "CCF Service", *, days: int = 365
+    key: ec.EllipticCurvePrivateKey,
+    common_name: str = "CCF Service",
+    *,
+    days: int = 365,
+    issuance: Issuance | None = None,
 ) -> x509.Certificate:
     """The service identity certificate (a self-signed CA)."""
-    return self_signed_cert(key, common_name, ca=True, days=days)
+    return self_signed_cert(key, common_name, ca=True, days=days, issuance=issuance)
 
 
 def identity_cert(
-    key: ec.EllipticCurvePrivateKey, common_name: str, *, days: int = 365
+    key: ec.EllipticCurvePrivateKey,
+    common_name: str,
+    *,
+    days: int = 365,
+    issuance: Issuance | None = None,
 ) -> x509.Certificate:
     """A member or user identity certificate (self-signed, not a CA, TLS client usable)."""
-    return self_signed_cert(key, common_name, ca=False, days=days)
+    return self_signed_cert(key, common_name, ca=False, days=days, issuance=issuance)
 
 
 # Same thing under the names callers look for.
@@ -252,6 +295,7 @@ def endorse_public_key(
     san_ips: Iterable[str] = (),
     san_dns: Iterable[str] = (),
     days: int = 365,
+    issuance: Issuance | None = None,
 ) -> x509.Certificate:
     """A node certificate for `subject_public_key`, issued by the service key.
 
@@ -260,7 +304,7 @@ def endorse_public_key(
     """
     if issuer_cert.public_key() != issuer_key.public_key():
         raise ValueError("issuer key does not match issuer certificate")
-    not_before, not_after = _validity(days)
+    not_before, not_after = _validity(days, issuance)
     try:
         issuer_ski = issuer_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
         aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski.value)
@@ -271,7 +315,7 @@ def endorse_public_key(
         .subject_name(_name(common_name))
         .issuer_name(issuer_cert.subject)
         .public_key(subject_public_key)
-        .serial_number(x509.random_serial_number())
+        .serial_number(_serial(issuance))
         .not_valid_before(max(not_before, issuer_cert.not_valid_before_utc))
         .not_valid_after(min(not_after, issuer_cert.not_valid_after_utc))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -290,7 +334,7 @@ def endorse_public_key(
     san = _san(san_ips, san_dns)
     if san is not None:
         builder = builder.add_extension(san, critical=False)
-    return builder.sign(issuer_key, _hash_for(issuer_key))
+    return _sign(builder, issuer_key, issuance)
 
 
 def endorse(
@@ -302,6 +346,7 @@ def endorse(
     san_ips: Iterable[str] = (),
     san_dns: Iterable[str] = (),
     days: int = 365,
+    issuance: Issuance | None = None,
 ) -> x509.Certificate:
     """docs/internals.md form of `endorse_public_key`, also taking a node's CSR.
 
@@ -324,6 +369,7 @@ def endorse(
         san_ips=san_ips,
         san_dns=san_dns,
         days=days,
+        issuance=issuance,
     )
 
 

@@ -148,8 +148,10 @@ def sign1(
     *,
     detached: bool = False,
     unprotected: HeaderMap | None = None,
+    deterministic: bool = False,
 ) -> bytes:
-    """Sign `payload` into a tagged COSE_Sign1; with `detached` the payload is sent as nil."""
+    """Sign `payload` into a tagged COSE_Sign1; with `detached` the payload is sent as nil.
+    `deterministic` uses RFC 6979 nonces (the seeded simulator's byte-identical runs)."""
     if not isinstance(private_key, ec.EllipticCurvePrivateKey):
         raise TypeError("COSE signing needs an ECDSA private key")
     if payload is None:
@@ -157,7 +159,10 @@ def sign1(
     alg = alg_for_curve(private_key.curve)
     _, hash_cls, size_bytes = _ALGS[alg]
     protected_bytes = encode_protected(alg, protected)
-    der = private_key.sign(sig_structure(protected_bytes, payload), ec.ECDSA(hash_cls()))
+    der = private_key.sign(
+        sig_structure(protected_bytes, payload),
+        ec.ECDSA(hash_cls(), deterministic_signing=deterministic),
+    )
     r, s = decode_dss_signature(der)
     signature = r.to_bytes(size_bytes, "big") + s.to_bytes(size_bytes, "big")
     message = [protected_bytes, dict(unprotected or {}), None if detached else payload, signature]

@@ -95,7 +95,9 @@ class _Components:
 class History:
     """Transaction history over a `MerkleTree` whose leaf i is seqno i (leaf 0 is zero)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, deterministic_signatures: bool = False) -> None:
+        # RFC 6979 signatures (the seeded simulator's byte-identical ledgers); see sign_root.
+        self.deterministic_signatures = deterministic_signatures
         self.tree = MerkleTree()
         self._components: dict[int, _Components] = {}
         self._signature_seqnos: list[int] = []
@@ -176,9 +178,16 @@ class History:
         if seqno != self.tree.size:
             raise ValueError(f"next seqno is {self.tree.size}, not {seqno}")
         root = self.tree.root_at(seqno)
-        sig = sign_root(node_key, root)
+        deterministic = self.deterministic_signatures
+        sig = sign_root(node_key, root, deterministic=deterministic)
         cose_sign1 = cose_root_signature(
-            service_key, root, txid=f"{view}.{seqno}", iat=iat, issuer=issuer, subject=subject
+            service_key,
+            root,
+            txid=f"{view}.{seqno}",
+            iat=iat,
+            issuer=issuer,
+            subject=subject,
+            deterministic=deterministic,
         )
         tables = signature_tables(
             node_id=node_id,

@@ -57,6 +57,9 @@ _PORT = re.compile(r"[1-9][0-9]{0,4}")
 _TXID = re.compile(r"(0|[1-9][0-9]{0,18})\.(0|[1-9][0-9]{0,18})")
 
 _PREHASHED_SHA256 = ec.ECDSA(utils.Prehashed(hashes.SHA256()))
+_PREHASHED_SHA256_DETERMINISTIC = ec.ECDSA(
+    utils.Prehashed(hashes.SHA256()), deterministic_signing=True
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,9 +150,16 @@ def parse_cose_signatures_config(value: bytes) -> CoseSignaturesConfig:
         raise DecodeError(str(exc), field="cose_signatures_config") from None
 
 
-def sign_root(private_key: ec.EllipticCurvePrivateKey, root: bytes) -> bytes:
-    """ECDSA over the 32-byte Merkle root used directly as a SHA-256 digest; DER-encoded."""
+def sign_root(
+    private_key: ec.EllipticCurvePrivateKey, root: bytes, *, deterministic: bool = False
+) -> bytes:
+    """ECDSA over the 32-byte Merkle root used directly as a SHA-256 digest; DER-encoded.
+
+    `deterministic` signs with RFC 6979 nonces (same key and root, same bytes): the seeded
+    simulator needs byte-identical ledgers; production keeps OpenSSL's random nonces."""
     assert len(root) == ROOT_SIZE_BYTES, "a Merkle root is 32 bytes"
+    if deterministic:
+        return private_key.sign(root, _PREHASHED_SHA256_DETERMINISTIC)
     return private_key.sign(root, _PREHASHED_SHA256)
 
 
@@ -188,6 +198,7 @@ def cose_root_signature(
     iat: int,
     issuer: str = DEFAULT_COSE_ISSUER,
     subject: str = DEFAULT_COSE_SUBJECT,
+    deterministic: bool = False,
 ) -> bytes:
     """The service's COSE_Sign1 over the root, detached payload (FORMATS §3).
 
@@ -203,7 +214,7 @@ def cose_root_signature(
         cose.HEADER_CWT_CLAIMS: {cose.CWT_IAT: iat, cose.CWT_ISS: issuer, cose.CWT_SUB: subject},
         cose.HEADER_CCF_V1: {cose.CCF_V1_TXID: txid},
     }
-    return cose.sign1(service_key, protected, root, detached=True)
+    return cose.sign1(service_key, protected, root, detached=True, deterministic=deterministic)
 
 
 def verify_cose_root_signature(

@@ -8,13 +8,13 @@ part, and the `Node` facade wires them together.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from charter.consensus import LogEntry, Raft, RaftConfig, StartState
 from charter.enclave_app import interface as itf
 from charter.enclave_app.attestation import admit_own_code
+from charter.enclave_app.entropy import Entropy
 from charter.enclave_app.identity import Identity
 from charter.enclave_app.kv import Store, Tx
 from charter.enclave_app.node.lifecycle import Lifecycle, NodeState
@@ -49,12 +49,19 @@ class NodeNotReady(Exception):
 class NodeCore:
     """The state all parts of one node share."""
 
-    def __init__(self, config: itf.NodeConfig, platform: Platform, clock_s: Callable[[], float]):
+    def __init__(
+        self,
+        config: itf.NodeConfig,
+        platform: Platform,
+        clock_s: Callable[[], float],
+        entropy: Entropy,
+    ):
         self.config = config
         self.platform = platform
         self.clock_s = clock_s
+        self.entropy = entropy
         self.store = Store()
-        self.history = History()
+        self.history = History(deterministic_signatures=entropy.deterministic)
         self.tls = ServerTls()
         self.lifecycle = Lifecycle()
         self._identity: Identity | None = None
@@ -114,7 +121,7 @@ class NodeCore:
 
     def new_raft(self, start: StartState, entries: list[LogEntry] | None = None) -> Raft:
         """Raft for this node: fresh, or restored on `entries` of its own log."""
-        seed = int.from_bytes(os.urandom(8), "little")
+        seed = self.entropy.rng_seed()
         node_id = self.identity.node_id
         if entries is None:
             return Raft(node_id, config=self.raft_config(), start=start, rng_seed=seed)
@@ -152,6 +159,7 @@ class NodeCore:
                 identity.service_cert,
                 san_ips=san_ips or ["127.0.0.1"],
                 san_dns=san_dns,
+                issuance=self.entropy.issuance(self.clock_s()),
             )
         )
 

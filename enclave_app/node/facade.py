@@ -19,8 +19,9 @@ from charter.enclave_app import interface as itf
 from charter.enclave_app.app import App, Caller, HttpResponse
 from charter.enclave_app.attestation import check_own_code
 from charter.enclave_app.channels import Channels
+from charter.enclave_app.entropy import SYSTEM_ENTROPY, Entropy
 from charter.enclave_app.frontend import Forwarded, Frontend, unavailable
-from charter.enclave_app.identity import Identity
+from charter.enclave_app.identity import LEDGER_SECRET_BYTES, Identity
 from charter.enclave_app.kv import Store, Tx
 from charter.enclave_app.node.core import NodeCore, NodeNotReady, write_genesis
 from charter.enclave_app.node.joins import (
@@ -73,8 +74,9 @@ class Node:
         *,
         extra_apps: tuple[App, ...] = (),
         clock_s: Callable[[], float] = time.time,
+        entropy: Entropy = SYSTEM_ENTROPY,
     ) -> None:
-        core = self.core = NodeCore(config, platform, clock_s)
+        core = self.core = NodeCore(config, platform, clock_s, entropy)
         self.log = LocalLog(core)
         self.snapshots = Snapshots(core, self.log)
         self.receipts = Receipts(core, self.log)
@@ -260,14 +262,17 @@ class Node:
         """Genesis: create the service identity and the first ledger transactions."""
         core = self.core
         core.lifecycle.expect(NodeState.UNINITIALIZED, action="start_new_network")
-        node_key = certs.new_key()
-        service_key = certs.new_key()
+        node_key = core.entropy.new_ec_key()
+        service_key = core.entropy.new_ec_key()
+        service_cert = certs.service_cert(
+            service_key, issuance=core.entropy.issuance(core.clock_s())
+        )
         identity = Identity(
             node_key=node_key,
             service_key=service_key,
-            service_cert_pem=certs.cert_pem(certs.service_cert(service_key)),
+            service_cert_pem=certs.cert_pem(service_cert),
         )
-        identity.add_ledger_secret(1)
+        identity.add_ledger_secret(1, core.entropy.token_bytes(LEDGER_SECRET_BYTES))
         identity.node_cert_pem = core.endorse(node_key.public_key(), identity=identity)
         self._set_identity(identity)
         raft = core.new_raft(StartState(configuration=frozenset({identity.node_id})))
@@ -373,7 +378,7 @@ class Node:
         """Joiner side: a fresh identity, sealed at once so a restart keeps it."""
         core = self.core
         core.lifecycle.expect(NodeState.UNINITIALIZED, action="start_joining")
-        self._set_identity(Identity(node_key=certs.new_key()))
+        self._set_identity(Identity(node_key=core.entropy.new_ec_key()))
         core.lifecycle.advance(NodeState.PENDING)
         core.seal(None)
 

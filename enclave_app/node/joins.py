@@ -138,7 +138,11 @@ def join_request(
             "service_cert": identity.service_cert_pem,
             "endorsed_cert": endorsed.decode() if endorsed else "",
             "secrets": base64.b64encode(
-                seal_to(public_key, msgpack.packb(secrets, use_bin_type=True))
+                seal_to(
+                    public_key,
+                    msgpack.packb(secrets, use_bin_type=True),
+                    ephemeral=core.entropy.new_ec_key(),
+                )
             ).decode(),
         },
     }
