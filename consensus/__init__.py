@@ -18,6 +18,7 @@ from charter.consensus.messages import (
     TimeoutNow,
 )
 from charter.consensus.raft import Raft
+from charter.consensus.ready import Ready
 from charter.consensus.types import (
     Ack,
     ConsensusDetails,
@@ -25,7 +26,6 @@ from charter.consensus.types import (
     HardState,
     LogEntry,
     RaftConfig,
-    Ready,
     Role,
     StartState,
 )

@@ -30,12 +30,12 @@ from charter.consensus.messages import (
     TimeoutNow,
 )
 from charter.consensus.progress import Progress
+from charter.consensus.ready import Ready
 from charter.consensus.types import (
     EntryRequest,
     HardState,
     LogEntry,
     RaftConfig,
-    Ready,
     Role,
     StartState,
 )
