@@ -1,6 +1,7 @@
 """Charter's consensus: Raft as a sans-IO state machine (DESIGN §6). Imports nothing of ours."""
 
 from charter.consensus.codec import MAX_MESSAGE_BYTES, decode_message, encode_message
+from charter.consensus.confchange import check_configuration_change
 from charter.consensus.errors import (
     ConfigurationError,
     ConsensusError,
@@ -54,6 +55,7 @@ __all__ = [
     "Role",
     "StartState",
     "TimeoutNow",
+    "check_configuration_change",
     "decode_message",
     "encode_message",
 ]
