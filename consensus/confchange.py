@@ -27,8 +27,8 @@ def check_configuration_change(
     """Raise `ConfigurationError` unless the primary `proposer`, in `term`, may propose `new`.
 
     `current` is the latest configuration in its log (appended at `configuration_index`),
-    `commit_index` its commit index and `commit_term` that entry's term (None: unknown); `is_caught_up(node)`
-    says whether a node holds everything committed. The rule:
+    `commit_index` its commit index and `commit_term` that entry's term (None: unknown);
+    `is_caught_up(node)` says whether a node holds everything committed. The rule:
     - `new` has at least one voter and differs from `current` by exactly one node;
     - the previous change is committed (code `ConfigurationChangeInProgress`);
     - an entry of this term is committed, so no uncommitted change of an older primary can
