@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from charter.ledger import service_state as ss
 from charter.ledger.audit import AuditReport
 from charter.ledger.chunks import LedgerReader
 from charter.ledger.cose import HEADER_CWT_CLAIMS, decode_sign1
@@ -31,9 +32,9 @@ from charter.ledger.signatures import (
 )
 
 CWT_IAT = 6
-PROPOSALS = "public:ccf.gov.proposals"
-PROPOSALS_INFO = "public:ccf.gov.proposals_info"
-SERVICE_INFO = "public:ccf.gov.service.info"
+PROPOSALS = ss.PROPOSALS
+PROPOSALS_INFO = ss.PROPOSALS_INFO
+SERVICE_INFO = ss.SERVICE_INFO
 # Rows of a timeline table kept in the report; a longer ledger says how many were left out.
 TIMELINE_ROWS_MAX = 500
 # Points of a chart; longer series are merged into this many buckets.
@@ -119,7 +120,9 @@ def gather(
                 status = str(info.get("status"))
                 if not timeline.service_statuses or timeline.service_statuses[-1][1] != status:
                     timeline.service_statuses.append((seqno, status))
-                if status == "Recovering" or info.get("previous_service_identity_version"):
+                if status == ss.ServiceStatus.RECOVERING or info.get(
+                    "previous_service_identity_version"
+                ):
                     timeline.recoveries.append((seqno, f"service {status}"))
     return timeline
 

@@ -13,13 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from charter.ledger import service_state as ss
+
 log = logging.getLogger(__name__)
 
 # Values are shown in full in --json output; on a terminal long ones are cut.
 TEXT_VALUE_CHARS_MAX = 160
-SINGLE_VALUE_KEY = bytes(8)
-GOV_PREFIX = "public:ccf.gov."
-SIGNATURES_TABLE = "public:ccf.internal.signatures"
+SINGLE_VALUE_KEY = ss.SINGLETON_KEY
+GOV_PREFIX = ss.GOV_TABLE_PREFIX
+SIGNATURES_TABLE = ss.SIGNATURES
 
 
 def decode_key(key: bytes) -> str:

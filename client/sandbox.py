@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from charter.keygen import generate_identity
+from charter.ledger import service_state as ss
 from charter.member import Member
 from charter.sdk import CharterClient
 
@@ -444,7 +445,10 @@ class Sandbox:
                 with contextlib.suppress(Exception):
                     async with self.client(node) as client:
                         network = await client.network()
-                        if network.get("primary_id") and network.get("service_status") == "Open":
+                        if (
+                            network.get("primary_id")
+                            and network.get("service_status") == ss.ServiceStatus.OPEN
+                        ):
                             return str(network["primary_id"])
             await asyncio.sleep(0.2)
         raise SandboxError("no primary was elected in time")

@@ -1,6 +1,7 @@
 """Charter's consensus: Raft as a sans-IO state machine (DESIGN §6). Imports nothing of ours."""
 
 from charter.consensus.codec import MAX_MESSAGE_BYTES, decode_message, encode_message
+from charter.consensus.confchange import check_configuration_change
 from charter.consensus.errors import (
     ConfigurationError,
     ConsensusError,
@@ -18,6 +19,7 @@ from charter.consensus.messages import (
     TimeoutNow,
 )
 from charter.consensus.raft import Raft
+from charter.consensus.ready import Ready
 from charter.consensus.types import (
     Ack,
     ConsensusDetails,
@@ -25,7 +27,6 @@ from charter.consensus.types import (
     HardState,
     LogEntry,
     RaftConfig,
-    Ready,
     Role,
     StartState,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "Role",
     "StartState",
     "TimeoutNow",
+    "check_configuration_change",
     "decode_message",
     "encode_message",
 ]

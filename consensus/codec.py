@@ -23,7 +23,7 @@ from charter.consensus.messages import (
     RequestVoteResponse,
     TimeoutNow,
 )
-from charter.consensus.types import LogEntry
+from charter.consensus.types import MAX_ENTRY_BYTES, LogEntry
 
 VERSION = 1
 MAX_MESSAGE_BYTES = 64 << 20
@@ -155,7 +155,7 @@ def _entries(
 
 
 def decode_message(
-    data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES, max_entry_bytes: int = 16 << 20
+    data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES, max_entry_bytes: int = MAX_ENTRY_BYTES
 ) -> Message:
     """Parse one frame from outside; raises `DecodeError` on anything malformed."""
     if not isinstance(data, bytes | bytearray | memoryview):

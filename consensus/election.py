@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 
+from charter.consensus import quorum
 from charter.consensus.errors import ConsensusError
 from charter.consensus.log import RaftLog
 from charter.consensus.messages import (
@@ -84,6 +85,7 @@ class RaftState:
         self._hard_dirty = False
         self._role_changed = False
         self._entry_requests: list[EntryRequest] = []
+        self._released: list[str] = []
         self._unsent = False  # entries proposed since the last broadcast
         self._reset_election_timer()
 
@@ -250,16 +252,13 @@ class RaftState:
             self._tally()
 
     def _tally(self) -> None:
-        voters = self._log.configuration
-        need = len(voters) // 2 + 1
-        yes = sum(1 for v, g in self._votes.items() if g and v in voters)
-        no = sum(1 for v, g in self._votes.items() if not g and v in voters)
-        if yes >= need:
+        result = quorum.vote_result(self._log.configuration, self._votes)
+        if result is True:
             if self._role is Role.PRE_CANDIDATE:
                 self._campaign(pre_vote=False)
             else:
                 self._become_primary()
-        elif no >= need:
+        elif result is False:
             self._become_follower(self._term, None)
 
     def _log_up_to_date(self, last_term: int, last_index: int) -> bool:

@@ -17,8 +17,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from charter.consensus import confchange, quorum
 from charter.consensus.election import RaftState
-from charter.consensus.errors import ConfigurationError, ConsensusError, NotPrimaryError
+from charter.consensus.errors import ConsensusError, NotPrimaryError
 from charter.consensus.messages import (
     AppendEntries,
     AppendEntriesResponse,
@@ -30,12 +31,12 @@ from charter.consensus.messages import (
     TimeoutNow,
 )
 from charter.consensus.progress import Progress
+from charter.consensus.ready import Ready
 from charter.consensus.types import (
     EntryRequest,
     HardState,
     LogEntry,
     RaftConfig,
-    Ready,
     Role,
     StartState,
 )
@@ -120,7 +121,7 @@ class Raft(RaftState):
         if len(data) > self._cfg.max_entry_bytes:
             raise ConsensusError("entry too large", code="EntryTooLarge")
         if configuration is not None:
-            self._check_configuration_change(configuration)
+            self.check_configuration_change(configuration)
         entry = self._log.append_new(self._term, data, signature, configuration)
         self._unstable.append(entry)
         self._unsent = True
@@ -163,6 +164,24 @@ class Raft(RaftState):
         if removed_at is None or self._role is not Role.PRIMARY:
             del self._progress[node_id]
         else:
+            pr.removal_index = removed_at
+
+    def track_removed(self, node_id: str, removed_at: int) -> None:
+        """Primary: `node_id` left the service (governance says so) but may not know it yet:
+        replicate to it, without counting it, until it says it committed `removed_at` or
+        stays silent long after (then it is in `Ready.released`). This is how a primary
+        elected after a removal tells a removed node that the one that removed it did not."""
+        if (
+            self._role is not Role.PRIMARY
+            or node_id == self.id
+            or node_id in self._log.configuration
+            or node_id in self._learners
+        ):
+            return
+        pr = self._progress.get(node_id)
+        if pr is None:
+            pr = self._progress[node_id] = Progress(self._log.last_index + 1, self._now_ms)
+        if pr.removal_index is None:
             pr.removal_index = removed_at
 
     def retire(self) -> None:
@@ -255,6 +274,7 @@ class Raft(RaftState):
             or self._hard_dirty
             or self._role_changed
             or self._entry_requests
+            or self._released
             or (
                 self._role is Role.PRIMARY
                 and (self._unsent or self._commit_sent < self._commit_index)
@@ -283,8 +303,9 @@ class Raft(RaftState):
             leader_id=self._leader_id,
             view=self._term,
             entry_requests=self._entry_requests,
+            released=self._released,
         )
-        self._msgs, self._unstable, self._entry_requests = [], [], []
+        self._msgs, self._unstable, self._entry_requests, self._released = [], [], [], []
         self._truncate_to = None
         self._commit_changed = self._hard_dirty = self._role_changed = False
         return r
@@ -314,15 +335,10 @@ class Raft(RaftState):
             and self._election_elapsed_ms >= self._cfg.election_timeout_min_ms
         ):
             self._election_elapsed_ms = 0
-            voters = self._log.configuration
-            active = sum(
-                1
-                for v in voters
-                if v == self.id or (v in self._progress and self._progress[v].recent_active)
-            )
+            active = [self.id, *(p for p, pr in self._progress.items() if pr.recent_active)]
             for pr in self._progress.values():
                 pr.recent_active = False
-            if active < len(voters) // 2 + 1:
+            if not quorum.has_quorum(self._log.configuration, active):
                 logger.warning("check-quorum lost node=%s view=%d", self.id, self._term)
                 self._become_follower(self._term, None)
                 return
@@ -481,19 +497,13 @@ class Raft(RaftState):
             silent_ms,
         )
         del self._progress[peer]
+        self._released.append(peer)
         return True
 
     def _maybe_commit(self) -> None:
-        voters = self._log.configuration
-        matches = sorted(
-            (
-                self._durable_index
-                if v == self.id
-                else (self._progress[v].match_index if v in self._progress else 0)
-            )
-            for v in voters
-        )
-        quorum_index = matches[(len(matches) - 1) // 2]
+        held = {peer: pr.match_index for peer, pr in self._progress.items()}
+        held[self.id] = self._durable_index
+        quorum_index = quorum.committed_index(self._log.configuration, held)
         sig = self._log.last_signature_at_or_below(quorum_index)
         # Raft's rule: only an entry of the current view is committed by counting replicas.
         if sig > self._commit_index and self._log.term_at(sig) == self._term:
@@ -532,25 +542,19 @@ class Raft(RaftState):
         if best is not None:
             self._send(best[1], TimeoutNow(self._term, self.id))
 
-    def _check_configuration_change(self, new: frozenset[str]) -> None:
-        old = self._log.configuration
-        if not new:
-            raise ConfigurationError("a configuration needs at least one voter")
-        if len(old ^ new) != 1:
-            raise ConfigurationError("configurations change one node at a time")
-        if self._log.configuration_index > self._commit_index:
-            raise ConfigurationError(
-                "the previous configuration change is not yet committed",
-                code="ConfigurationChangeInProgress",
-            )
-        if self._log.term_at(self._commit_index) != self._term:
-            raise ConfigurationError(
-                "no entry of this view is committed yet", code="ConfigurationChangeInProgress"
-            )
-        added = new - old
-        for node in added:
-            if node != self.id and not self.is_caught_up(node):
-                raise ConfigurationError(f"{node} has not caught up", code="NotCaughtUp")
+    def check_configuration_change(self, new: frozenset[str]) -> None:
+        """Raise `ConfigurationError` unless this node, as primary now, may propose `new` as
+        the next voter set (`confchange.check_configuration_change`); `propose` asks the same."""
+        confchange.check_configuration_change(
+            current=self._log.configuration,
+            new=new,
+            configuration_index=self._log.configuration_index,
+            commit_index=self._commit_index,
+            commit_term=self._log.term_at(self._commit_index),
+            term=self._term,
+            proposer=self.id,
+            is_caught_up=self.is_caught_up,
+        )
 
     def _on_primary_configuration(self, index: int, new: frozenset[str]) -> None:
         for node in sorted(new):

@@ -1,15 +1,20 @@
-"""Values shared by the Raft core, its messages and its caller: entries, roles, config, Ready."""
+"""Values shared by the Raft core, its messages and its caller: entries, roles, config.
+
+Imports no other consensus module but `errors`, so `messages` can import it without a cycle;
+the `Ready` result, which holds messages, is in `ready.py`.
+"""
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple
+from dataclasses import dataclass
+from typing import NamedTuple
 
 from charter.consensus.errors import ConsensusError
 
-if TYPE_CHECKING:
-    from charter.consensus.messages import Message
+# The largest entry data consensus accepts (on propose and when decoding a message); the
+# enclave checks it against the ledger's own entry limit (`enclave_app/interface/limits.py`).
+MAX_ENTRY_BYTES = 16 << 20
 
 
 class Role(enum.Enum):
@@ -56,7 +61,7 @@ class RaftConfig:
     max_inflight_bytes: int = 4 << 20
     max_inflight_messages: int = 64
     # Bound on the size of one entry's data, enforced on propose and when decoding.
-    max_entry_bytes: int = 16 << 20
+    max_entry_bytes: int = MAX_ENTRY_BYTES
 
     def __post_init__(self) -> None:
         if not 0 < self.election_timeout_min_ms < self.election_timeout_max_ms:
@@ -170,35 +175,3 @@ class EntryRequest:
     peer: str
     from_index: int
     to_index: int
-
-
-@dataclass(slots=True)
-class Ready:
-    """Everything the core produced since the previous `ready()` call, in the order the
-    caller must act on it: persist `hard_state`, truncate the stored log to `truncate_to`
-    (drop every entry above it), append `entries`, then send `messages`; apply up to
-    `commit_index`. Report durability later with `Raft.durable()`.
-    """
-
-    messages: list[tuple[str, Message]] = field(default_factory=list)
-    entries: list[LogEntry] = field(default_factory=list)
-    truncate_to: int | None = None
-    commit_index: int | None = None
-    hard_state: HardState | None = None
-    role: Role = Role.BACKUP
-    role_changed: bool = False
-    leader_id: str | None = None
-    view: int = 0
-    entry_requests: list[EntryRequest] = field(default_factory=list)
-
-    @property
-    def has_output(self) -> bool:
-        return bool(
-            self.messages
-            or self.entries
-            or self.truncate_to is not None
-            or self.commit_index is not None
-            or self.hard_state is not None
-            or self.role_changed
-            or self.entry_requests
-        )

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from charter.enclave_app.interface.limits import NODE_FRAME_BYTES_MAX, NODE_FRAME_ENVELOPE_BYTES
 from charter.ledger import certs
 
 LOG = logging.getLogger(__name__)
@@ -35,7 +36,10 @@ LOG = logging.getLogger(__name__)
 VERSION = 1
 HEADER = struct.Struct("<B32s32sIQ")
 TAG_BYTES = 16
-MAX_FRAME_BYTES = 64 * 1024 * 1024
+# A sealed frame: the boundary's node-frame limit (a consensus message and its envelope).
+MAX_FRAME_BYTES = NODE_FRAME_BYTES_MAX
+# The seal (header and tag) plus the node message's own wrapping fit the envelope reserved.
+assert HEADER.size + TAG_BYTES + 1024 <= NODE_FRAME_ENVELOPE_BYTES
 REPLAY_WINDOW = 256
 _INFO = b"charter node-to-node v1"
 

@@ -27,6 +27,7 @@ from typing import Any
 from charter.enclave_app import interface as itf
 from charter.enclave_app.app import JSON_CONTENT_TYPE, HttpResponse, error_response
 from charter.enclave_app.node import AuthError, Node
+from charter.governance import tables as gt
 from charter.ledger.entry import decode_entry, entry_leaf
 from charter.ledger.errors import LedgerError
 from charter.ledger.signatures import SIGNATURES_TABLE
@@ -42,7 +43,7 @@ ENTRIES_PER_READ_DEFAULT = 20
 VALUE_PREVIEW_BYTES_MAX = 1024
 # All console files together; a larger asset directory is a packaging mistake.
 ASSETS_BYTES_MAX = 2 * 1024 * 1024
-GOVERNANCE_MAP_PREFIX = "public:ccf.gov."
+GOVERNANCE_MAP_PREFIX = gt.GOV_TABLE_PREFIX
 
 CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",

@@ -26,6 +26,7 @@ from charter.enclave_app.rate_limit import RateLimiter
 from charter.governance import tables as gt
 from charter.governance.errors import GovernanceError
 from charter.governance.requests import verify_request
+from charter.ledger import service_state as ss
 
 LOG = logging.getLogger(__name__)
 
@@ -38,9 +39,9 @@ JOIN_PATH = "/node/join"
 JOIN_RATE_PER_S = 4.0
 JOIN_BURST = 8
 # Signed member requests to app endpoints: their replay record.
-APP_COSE_REQUESTS_TABLE = "public:ccf.internal.charter.app_cose_requests"
+APP_COSE_REQUESTS_TABLE = ss.APP_COSE_REQUESTS
 # Maps only the service itself writes (governance, signatures, configuration).
-RESERVED_MAP_PREFIX = "public:ccf."
+RESERVED_MAP_PREFIX = ss.SERVICE_TABLE_PREFIX
 # Users whose data is cached at once (the cache is rebuilt from the table past this).
 USER_DATA_CACHED_MAX = 100_000
 

@@ -216,7 +216,7 @@ def build(node: Node) -> App:
         found = []
         for key, raw in ctx.tx.items(gt.NODES_INFO):
             info = gt.load_json(raw, what=gt.NODES_INFO)
-            if not isinstance(info, dict) or info.get("status") != "Trusted":
+            if not isinstance(info, dict) or info.get("status") != gt.NodeStatus.TRUSTED:
                 continue
             quote_info = info.get("quote_info") or {}
             found.append(

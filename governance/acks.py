@@ -91,9 +91,9 @@ def ack_state_digest(
     ack.pop("signed_req", None)
     ack["cose_sign1_req"] = base64.b64encode(request.envelope).decode("ascii")
     t.put_json(tx, t.MEMBERS_ACKS, key, ack)
-    newly_active = info.get("status") != "Active"
+    newly_active = info.get("status") != t.MemberStatus.ACTIVE
     if newly_active:
-        info["status"] = "Active"
+        info["status"] = t.MemberStatus.ACTIVE
         t.put_json(tx, t.MEMBERS_INFO, key, info)
         logger.info("member activated member_id=%s", request.member_id)
     record_request(tx, request, now_s=now_s, policy=policy)

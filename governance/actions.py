@@ -118,7 +118,7 @@ def apply_set_member(tx: KvTx, args: SetMemberArgs, ctx: ActionContext) -> Effec
     member_id = _load_member_cert(args.cert)
     key = t.id_key(member_id)
     tx.put(t.MEMBERS_CERTS, key, args.cert.encode())
-    info: dict[str, Any] = {"status": "Accepted", "member_data": args.member_data}
+    info: dict[str, Any] = {"status": t.MemberStatus.ACCEPTED, "member_data": args.member_data}
     if args.encryption_pub_key is not None:
         tx.put(t.MEMBERS_ENCRYPTION_PUBLIC_KEYS, key, args.encryption_pub_key.encode())
         info["recovery_role"] = args.recovery_role or "Participant"
@@ -129,7 +129,7 @@ def apply_set_member(tx: KvTx, args: SetMemberArgs, ctx: ActionContext) -> Effec
     # The new member activates by acking this digest (FORMATS §6 :ack).
     t.put_json(tx, t.MEMBERS_ACKS, key, {"state_digest": ctx.merkle_root.hex()})
     tx.remove(t.RETIRED_MEMBERS, key)
-    return Effects(members_changed=True)
+    return NO_EFFECTS
 
 
 def check_remove_member(tx: KvTx, args: MemberIdArgs) -> None:
@@ -157,8 +157,8 @@ def apply_remove_member(tx: KvTx, args: MemberIdArgs, ctx: ActionContext) -> Eff
     t.put_json(tx, t.RETIRED_MEMBERS, key, {"proposal_id": ctx.proposal_id})
     # As CCF: removing an active recovery member rotates the ledger secret so that the
     # shares it held no longer open future ledger suffixes.
-    rekey = was_recovery and info.get("status") == "Active"
-    return Effects(members_changed=True, rekey=rekey, refresh_recovery_shares=rekey)
+    rekey = was_recovery and info.get("status") == t.MemberStatus.ACTIVE
+    return Effects(rekey=rekey, refresh_recovery_shares=rekey)
 
 
 def check_set_member_data(tx: KvTx, args: SetMemberDataArgs) -> None:
@@ -228,7 +228,7 @@ def apply_set_user(tx: KvTx, args: SetUserArgs, ctx: ActionContext) -> Effects:
         tx.remove(t.USERS_INFO, key)
     else:
         t.put_json(tx, t.USERS_INFO, key, {"user_data": args.user_data})
-    return Effects(users_changed=True)
+    return NO_EFFECTS
 
 
 def _check_user_exists(tx: KvTx, user_id: str) -> None:
@@ -244,7 +244,7 @@ def apply_remove_user(tx: KvTx, args: UserIdArgs, ctx: ActionContext) -> Effects
     key = t.id_key(args.user_id)
     tx.remove(t.USERS_CERTS, key)
     tx.remove(t.USERS_INFO, key)
-    return Effects(users_changed=True)
+    return NO_EFFECTS
 
 
 def check_set_user_data(tx: KvTx, args: SetUserDataArgs) -> None:
@@ -309,16 +309,15 @@ def _parse_valid_from(text: str) -> datetime.datetime:
         raise _invalid(f"valid_from {text!r} is not a date") from None
 
 
-def _node_status(tx: KvTx, node_id: str) -> tuple[dict[str, Any], str]:
-    info = t.node_info(tx, node_id)
-    if info is None:
+def _node_record(tx: KvTx, node_id: str) -> t.NodeRecord:
+    record = t.node_record(tx, node_id)
+    if record is None:
         raise _invalid(f"node {node_id} does not exist")
-    return info, str(info.get("status"))
+    return record
 
 
 def check_trust_node(tx: KvTx, args: TrustNodeArgs) -> None:
-    _, status = _node_status(tx, args.node_id)
-    if status == "Retired":
+    if _node_record(tx, args.node_id).status is t.NodeStatus.RETIRED:
         raise _invalid(f"node {args.node_id} is retired")
     if args.valid_from is not None:
         _parse_valid_from(args.valid_from)
@@ -331,41 +330,39 @@ def check_trust_node(tx: KvTx, args: TrustNodeArgs) -> None:
 
 
 def apply_trust_node(tx: KvTx, args: TrustNodeArgs, ctx: ActionContext) -> Effects:
-    info, status = _node_status(tx, args.node_id)
-    if status == "Trusted":
+    record = _node_record(tx, args.node_id)
+    if record.status is t.NodeStatus.TRUSTED:
         return NO_EFFECTS  # idempotent, as CCF: an already trusted node keeps its cert
-    assert status == "Pending", status
-    info["status"] = "Trusted"
-    t.put_json(tx, t.NODES_INFO, t.id_key(args.node_id), info)
+    assert record.status is t.NodeStatus.PENDING, record.status
+    t.put_json(tx, t.NODES_INFO, t.id_key(args.node_id), record.with_status(t.NodeStatus.TRUSTED))
     endorsement = NodeEndorsement(args.node_id, args.valid_from, args.validity_period_days)
-    return Effects(endorse_nodes=(endorsement,), nodes_changed=True)
+    return Effects(endorse_nodes=(endorsement,))
 
 
 def check_remove_node(tx: KvTx, args: NodeIdArgs) -> None:
-    _, status = _node_status(tx, args.node_id)
-    if status == "Trusted":
+    if _node_record(tx, args.node_id).status is t.NodeStatus.TRUSTED:
         trusted = [
             k
             for k, raw in tx.items(t.NODES_INFO)
-            if (t.load_json(raw, what=t.NODES_INFO) or {}).get("status") == "Trusted"
+            if (t.load_json(raw, what=t.NODES_INFO) or {}).get("status") == t.NodeStatus.TRUSTED
         ]
         if len(trusted) <= 1:
             raise _invalid("cannot remove the last trusted node")
 
 
 def apply_remove_node(tx: KvTx, args: NodeIdArgs, ctx: ActionContext) -> Effects:
-    info, status = _node_status(tx, args.node_id)
+    record = _node_record(tx, args.node_id)
     key = t.id_key(args.node_id)
-    if status == "Pending":
+    if record.status is t.NodeStatus.PENDING:
         tx.remove(t.NODES_INFO, key)
         tx.remove(t.NODES_ENDORSED_CERTIFICATES, key)
-        return Effects(nodes_changed=True)
-    if status == "Retired":
         return NO_EFFECTS
-    info["status"] = "Retired"
+    if record.status is t.NodeStatus.RETIRED:
+        return NO_EFFECTS
+    info = record.with_status(t.NodeStatus.RETIRED)
     info["retired_committed"] = False
     t.put_json(tx, t.NODES_INFO, key, info)
-    return Effects(nodes_changed=True, retired_nodes=(args.node_id,))
+    return Effects(retired_nodes=(args.node_id,))
 
 
 def check_add_measurement(tx: KvTx, args: MeasurementArgs) -> None:
@@ -507,7 +504,7 @@ def check_open_service(tx: KvTx, args: OpenServiceArgs) -> None:
     info = t.service_info(tx)
     if info is None:
         raise _invalid("the service has not been started")
-    if info.get("status") != "Opening":
+    if info.get("status") != t.ServiceStatus.OPENING:
         raise _invalid(f"service is {info.get('status')}, not Opening")
     if args.next_service_identity is not None and not _same_pem(
         args.next_service_identity, str(info.get("cert", ""))
@@ -517,8 +514,8 @@ def check_open_service(tx: KvTx, args: OpenServiceArgs) -> None:
 
 def apply_open_service(tx: KvTx, args: OpenServiceArgs, ctx: ActionContext) -> Effects:
     info = t.service_info(tx)
-    assert info is not None and info.get("status") == "Opening"
-    info["status"] = "Open"
+    assert info is not None and info.get("status") == t.ServiceStatus.OPENING
+    info["status"] = t.ServiceStatus.OPEN
     t.put_json(tx, t.SERVICE_INFO, t.SINGLETON_KEY, info)
     return Effects(open_service=True)
 
@@ -564,7 +561,7 @@ def apply_set_recovery_threshold(
 
 def check_rekey(tx: KvTx, args: NoArgs) -> None:
     info = t.service_info(tx)
-    if info is None or info.get("status") != "Open":
+    if info is None or info.get("status") != t.ServiceStatus.OPEN:
         raise _invalid("the ledger can only be rekeyed once the service is open")
 
 

@@ -20,15 +20,17 @@ class NodeEndorsement:
 
 @dataclass(frozen=True, slots=True)
 class Effects:
-    """What an accepted proposal asks of the runtime beyond its KV writes."""
+    """What an accepted proposal asks of the runtime beyond its KV writes.
+
+    The runtime performs `endorse_nodes` and `rekey`; a dry run reports every field to the
+    members (`proposals.effects_to_json`). Changes the runtime learns from the KV itself
+    (members, users, nodes) are not effects: it watches those tables.
+    """
 
     endorse_nodes: tuple[NodeEndorsement, ...] = ()
     open_service: bool = False
     rekey: bool = False
     refresh_recovery_shares: bool = False
-    members_changed: bool = False
-    users_changed: bool = False
-    nodes_changed: bool = False
     retired_nodes: tuple[str, ...] = ()
 
     def merge(self, other: Effects) -> Effects:
@@ -37,9 +39,6 @@ class Effects:
             open_service=self.open_service or other.open_service,
             rekey=self.rekey or other.rekey,
             refresh_recovery_shares=self.refresh_recovery_shares or other.refresh_recovery_shares,
-            members_changed=self.members_changed or other.members_changed,
-            users_changed=self.users_changed or other.users_changed,
-            nodes_changed=self.nodes_changed or other.nodes_changed,
             retired_nodes=self.retired_nodes + other.retired_nodes,
         )
 

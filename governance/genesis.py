@@ -96,7 +96,10 @@ def bootstrap(
         member_ids.append(member_id)
         key = t.id_key(member_id)
         tx.put(t.MEMBERS_CERTS, key, member.cert.encode())
-        info: dict[str, Any] = {"status": "Accepted", "member_data": member.member_data}
+        info: dict[str, Any] = {
+            "status": t.MemberStatus.ACCEPTED,
+            "member_data": member.member_data,
+        }
         if member.encryption_public_key is not None:
             tx.put(t.MEMBERS_ENCRYPTION_PUBLIC_KEYS, key, member.encryption_public_key.encode())
             info["recovery_role"] = member.recovery_role or "Participant"
@@ -108,7 +111,7 @@ def bootstrap(
 
     service: dict[str, Any] = {
         "cert": service_cert_pem,
-        "status": "Opening",
+        "status": t.ServiceStatus.OPENING,
         "recovery_count": 0,
         "service_data": service_data,
     }
@@ -119,7 +122,7 @@ def bootstrap(
     store_constitution(tx, constitution or default_constitution())
 
     node = dict(node_info)
-    node["status"] = "Trusted"
+    node["status"] = t.NodeStatus.TRUSTED
     node.pop("cert", None)  # a 1.x field; CCF's validator refuses it next to endorsed certs
     t.put_json(tx, t.NODES_INFO, t.id_key(node_id), node)
     if node_endorsed_cert_pem is not None:

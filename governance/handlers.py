@@ -137,5 +137,5 @@ def ack_state_digest(
     request = verify_request(
         tx, envelope, msg_type="ack", now_s=now_s, policy=policy, path_member_id=member_id
     )
-    newly_active = acks.ack_state_digest(tx, request, now_s=now_s, policy=policy)
-    return GovResult(204, None, Effects(members_changed=newly_active))
+    acks.ack_state_digest(tx, request, now_s=now_s, policy=policy)
+    return GovResult(204, None, NO_EFFECTS)

@@ -177,7 +177,7 @@ def verify_request(
 
     info = t.member_info(tx, member_id)
     status = None if info is None else info.get("status")
-    if msg_type in MSG_TYPES_NEEDING_ACTIVE_MEMBER and status != "Active":
+    if msg_type in MSG_TYPES_NEEDING_ACTIVE_MEMBER and status != t.MemberStatus.ACTIVE:
         raise GovernanceError("MemberNotActive", f"member {member_id} is {status}, not Active", 403)
 
     request = SignedRequest(

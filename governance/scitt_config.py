@@ -29,7 +29,7 @@ from charter.governance import tables as t
 from charter.governance.effects import NO_EFFECTS, ActionContext, Effects
 from charter.governance.tx import KvTx
 
-SCITT_CONFIGURATION = "public:ccf.gov.scitt.configuration"
+SCITT_CONFIGURATION = t.SCITT_CONFIGURATION
 
 # The real service's MAX_ENTRY_SIZE_BYTES: no policy may raise the limit above it.
 STATEMENT_BYTES_MAX = 1024 * 1024

@@ -4,10 +4,8 @@ Keys of id-keyed maps are the ASCII bytes of the 64-hex-digit id; single-value t
 the 8-byte zero key; JSON values are written compact with sorted keys, as CCF's nlohmann
 writer does, so that ledgers read the same in CCF's tools. Certificates are raw PEM bytes.
 
-Two tables are Charter's own (CCF has no equivalent), named under `public:ccf.gov.charter.`
-so that they travel with the governance history: `recent_requests` (replay protection for
-signed requests other than proposals) and `retired_members` (ids of removed members, so a
-removed member's request gets a specific error).
+The names themselves, `SINGLETON_KEY` and the status enums are defined once in
+`charter.ledger.service_state` (auditors read the same tables) and re-exported here.
 """
 
 from __future__ import annotations
@@ -19,42 +17,106 @@ from typing import Any
 from charter.governance.errors import GovernanceError
 from charter.governance.tx import KvTx
 
-MEMBERS_CERTS = "public:ccf.gov.members.certs"
-MEMBERS_INFO = "public:ccf.gov.members.info"
-MEMBERS_ENCRYPTION_PUBLIC_KEYS = "public:ccf.gov.members.encryption_public_keys"
-MEMBERS_ACKS = "public:ccf.gov.members.acks"
-USERS_CERTS = "public:ccf.gov.users.certs"
-USERS_INFO = "public:ccf.gov.users.info"
-NODES_INFO = "public:ccf.gov.nodes.info"
-NODES_ENDORSED_CERTIFICATES = "public:ccf.gov.nodes.endorsed_certificates"
-# The code allowed to join, per platform, in CCF's tables (key: the measurement as hex text,
-# value: JSON "AllowedToJoin"). SNP also governs host data (key: hex, value: JSON string of
-# the security policy it digests, or "") and a minimum TCB per CPU model (key: CPUID hex,
-# value: JSON object with the levels and the `hexstring` they were given as).
-NODES_VIRTUAL_MEASUREMENTS = "public:ccf.gov.nodes.virtual.measurements"
-NODES_SNP_MEASUREMENTS = "public:ccf.gov.nodes.snp.measurements"
-NODES_SNP_HOST_DATA = "public:ccf.gov.nodes.snp.host_data"
-NODES_SNP_TCB_VERSIONS = "public:ccf.gov.nodes.snp.tcb_versions"
-SERVICE_INFO = "public:ccf.gov.service.info"
-SERVICE_CONFIG = "public:ccf.gov.service.config"
-CONSTITUTION = "public:ccf.gov.constitution"
-PROPOSALS = "public:ccf.gov.proposals"
-PROPOSALS_INFO = "public:ccf.gov.proposals_info"
-COSE_RECENT_PROPOSALS = "public:ccf.gov.cose_recent_proposals"
-HISTORY = "public:ccf.gov.history"
-COSE_HISTORY = "public:ccf.gov.cose_history"
-RECENT_REQUESTS = "public:ccf.gov.charter.recent_requests"
-RETIRED_MEMBERS = "public:ccf.gov.charter.retired_members"
-
-SINGLETON_KEY = bytes(8)
+# The table names and key live in the one vocabulary module, re-exported here for governance.
+from charter.ledger.service_state import (
+    ALLOWED_TO_JOIN as ALLOWED_TO_JOIN,
+)
+from charter.ledger.service_state import (
+    CONSTITUTION as CONSTITUTION,
+)
+from charter.ledger.service_state import (
+    COSE_HISTORY as COSE_HISTORY,
+)
+from charter.ledger.service_state import (
+    COSE_RECENT_PROPOSALS as COSE_RECENT_PROPOSALS,
+)
+from charter.ledger.service_state import (
+    GOV_TABLE_PREFIX as GOV_TABLE_PREFIX,
+)
+from charter.ledger.service_state import (
+    HISTORY as HISTORY,
+)
+from charter.ledger.service_state import (
+    MEMBERS_ACKS as MEMBERS_ACKS,
+)
+from charter.ledger.service_state import (
+    MEMBERS_CERTS as MEMBERS_CERTS,
+)
+from charter.ledger.service_state import (
+    MEMBERS_ENCRYPTION_PUBLIC_KEYS as MEMBERS_ENCRYPTION_PUBLIC_KEYS,
+)
+from charter.ledger.service_state import (
+    MEMBERS_INFO as MEMBERS_INFO,
+)
+from charter.ledger.service_state import (
+    NODES_ENDORSED_CERTIFICATES as NODES_ENDORSED_CERTIFICATES,
+)
+from charter.ledger.service_state import (
+    NODES_INFO as NODES_INFO,
+)
+from charter.ledger.service_state import (
+    NODES_SNP_HOST_DATA as NODES_SNP_HOST_DATA,
+)
+from charter.ledger.service_state import (
+    NODES_SNP_MEASUREMENTS as NODES_SNP_MEASUREMENTS,
+)
+from charter.ledger.service_state import (
+    NODES_SNP_TCB_VERSIONS as NODES_SNP_TCB_VERSIONS,
+)
+from charter.ledger.service_state import (
+    NODES_VIRTUAL_MEASUREMENTS as NODES_VIRTUAL_MEASUREMENTS,
+)
+from charter.ledger.service_state import (
+    PROPOSALS as PROPOSALS,
+)
+from charter.ledger.service_state import (
+    PROPOSALS_INFO as PROPOSALS_INFO,
+)
+from charter.ledger.service_state import (
+    RECENT_REQUESTS as RECENT_REQUESTS,
+)
+from charter.ledger.service_state import (
+    RETIRED_MEMBERS as RETIRED_MEMBERS,
+)
+from charter.ledger.service_state import (
+    SCITT_CONFIGURATION as SCITT_CONFIGURATION,
+)
+from charter.ledger.service_state import (
+    SERVICE_CONFIG as SERVICE_CONFIG,
+)
+from charter.ledger.service_state import (
+    SERVICE_INFO as SERVICE_INFO,
+)
+from charter.ledger.service_state import (
+    SINGLETON_KEY as SINGLETON_KEY,
+)
+from charter.ledger.service_state import (
+    USERS_CERTS as USERS_CERTS,
+)
+from charter.ledger.service_state import (
+    USERS_INFO as USERS_INFO,
+)
+from charter.ledger.service_state import (
+    MemberStatus as MemberStatus,
+)
+from charter.ledger.service_state import (
+    NodeRecord as NodeRecord,
+)
+from charter.ledger.service_state import (
+    NodeRecordError as NodeRecordError,
+)
+from charter.ledger.service_state import (
+    NodeStatus as NodeStatus,
+)
+from charter.ledger.service_state import (
+    ServiceStatus as ServiceStatus,
+)
 
 # Values are governance documents, not application data: a megabyte is generous and bounds
 # what a hostile ledger or a buggy writer can make us parse.
 MAX_JSON_VALUE_BYTES = 1024 * 1024
 
 _HEX_ID = re.compile(r"[0-9a-f]{64}")
-
-ALLOWED_TO_JOIN = "AllowedToJoin"
 
 
 def is_hex_id(value: str) -> bool:
@@ -125,10 +187,21 @@ def active_member_ids(tx: KvTx) -> list[str]:
     active = []
     for key, raw in tx.items(MEMBERS_INFO):
         info = load_json(raw, what=MEMBERS_INFO)
-        if isinstance(info, dict) and info.get("status") == "Active":
+        if isinstance(info, dict) and info.get("status") == MemberStatus.ACTIVE:
             active.append(key_to_id(key))
     return sorted(active)
 
 
 def node_info(tx: KvTx, node_id: str) -> dict[str, Any] | None:
     return get_json_object(tx, NODES_INFO, id_key(node_id))
+
+
+def node_record(tx: KvTx, node_id: str) -> NodeRecord | None:
+    """The typed record of `node_id`, or None if it has none."""
+    info = node_info(tx, node_id)
+    if info is None:
+        return None
+    try:
+        return NodeRecord.from_json_object(info)
+    except NodeRecordError as e:
+        raise GovernanceError("InternalError", f"{NODES_INFO}: {e}", 500) from None

@@ -17,11 +17,12 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 from charter.enclave_app.interface import (
+    ENCLAVE_TO_HOST,
     ChannelClosed,
     ClientConnection,
     ControlChannel,
@@ -101,6 +102,7 @@ class Host:
         self._next_conn_id = 1
         self._tasks: list[asyncio.Task[None]] = []
         self.endorsements = EndorsementsFetcher(config.snp.endorsements_servers, self._reply)
+        self._frame_handlers = self._enclave_frame_handlers()
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -295,39 +297,11 @@ class Host:
             async for frame, fds in self.channel:
                 for fd in fds:  # no enclave frame carries fds
                     os.close(fd)
-                if isinstance(frame, StoreSealed):
-                    # Raft's vote and term ride in the sealed blob: it must be on disk
-                    # before any later frame (a vote to a peer) leaves this host.
-                    try:
-                        self.storage.store_sealed(frame.blob)
-                    except LedgerWriteError as e:
-                        _log.error("storage write failed path=%s reason=%r", e.path, str(e))
-                        self._request_stop(str(e), 1)
-                        return
-                elif isinstance(frame, STORAGE_FRAMES):
-                    await self.storage_worker.submit(frame)
-                elif isinstance(frame, SendToNode):
-                    self.relay.send(frame.address, frame.payload)
-                elif isinstance(frame, FetchEndorsements):
-                    # HTTP to AMD or a cache takes seconds: answered from its own task.
-                    self.endorsements.submit(frame)
-                elif isinstance(frame, Started):
-                    _log.info("enclave ready node_id=%s status=%s", frame.node_id, frame.status)
-                    self.ports["node_id"] = frame.node_id
-                    self._write_ports()
-                elif isinstance(frame, Log):
-                    level = frame.level if 0 < frame.level <= logging.CRITICAL else logging.INFO
-                    _enclave_log.log(level, "%s", frame.message[:ENCLAVE_LOG_CHARS_MAX])
-                elif isinstance(frame, Fatal):
-                    reason = self.storage.name_ledger_file(frame.reason)
-                    _log.error("enclave fatal error reason=%r", reason)
-                    # Whoever started this node (the sandbox, a script) reads why it stopped
-                    # here, without digging the reason out of the log.
-                    self.ports["fatal"] = reason
-                    self._write_ports()
-                    self._request_stop(f"enclave fatal error: {reason}", 1)
-                else:
+                handler = self._frame_handlers.get(type(frame))
+                if handler is None:
                     _log.warning("unexpected frame from enclave type=%s", type(frame).__name__)
+                elif not await handler(frame):
+                    return
         except ChannelClosed as e:
             _log.error("control channel failed reason=%r", str(e))
         # The channel is gone: the enclave is exiting; the watcher reports its exit code.
@@ -337,6 +311,68 @@ class Host:
                 assert self.process is not None
                 await asyncio.wait_for(self.process.wait(), FATAL_GRACE_S)
             self._request_stop("control channel closed", 1)
+
+    # -- one handler per enclave → host frame; each returns False to end the frame loop ----
+
+    def _enclave_frame_handlers(self) -> dict[type[Frame], Callable[[Any], Awaitable[bool]]]:
+        handlers: dict[type[Frame], Callable[[Any], Awaitable[bool]]] = {
+            StoreSealed: self._on_store_sealed,
+            SendToNode: self._on_send_to_node,
+            FetchEndorsements: self._on_fetch_endorsements,
+            Started: self._on_started,
+            Log: self._on_log,
+            Fatal: self._on_fatal,
+        }
+        for frame_type in STORAGE_FRAMES:
+            handlers.setdefault(frame_type, self._on_storage_frame)
+        # Every frame the enclave may send has a row; none the host sends has one.
+        assert set(handlers) == set(ENCLAVE_TO_HOST), set(handlers) ^ set(ENCLAVE_TO_HOST)
+        return handlers
+
+    async def _on_store_sealed(self, frame: StoreSealed) -> bool:
+        # Raft's vote and term ride in the sealed blob: it must be on disk before any later
+        # frame (a vote to a peer) leaves this host, so it is written here, not queued.
+        try:
+            self.storage.store_sealed(frame.blob)
+        except LedgerWriteError as e:
+            _log.error("storage write failed path=%s reason=%r", e.path, str(e))
+            self._request_stop(str(e), 1)
+            return False
+        return True
+
+    async def _on_storage_frame(self, frame: Frame) -> bool:
+        await self.storage_worker.submit(frame)
+        return True
+
+    async def _on_send_to_node(self, frame: SendToNode) -> bool:
+        self.relay.send(frame.address, frame.payload)
+        return True
+
+    async def _on_fetch_endorsements(self, frame: FetchEndorsements) -> bool:
+        # HTTP to AMD or a cache takes seconds: answered from its own task.
+        self.endorsements.submit(frame)
+        return True
+
+    async def _on_started(self, frame: Started) -> bool:
+        _log.info("enclave ready node_id=%s status=%s", frame.node_id, frame.status)
+        self.ports["node_id"] = frame.node_id
+        self._write_ports()
+        return True
+
+    async def _on_log(self, frame: Log) -> bool:
+        level = frame.level if 0 < frame.level <= logging.CRITICAL else logging.INFO
+        _enclave_log.log(level, "%s", frame.message[:ENCLAVE_LOG_CHARS_MAX])
+        return True
+
+    async def _on_fatal(self, frame: Fatal) -> bool:
+        reason = self.storage.name_ledger_file(frame.reason)
+        _log.error("enclave fatal error reason=%r", reason)
+        # Whoever started this node (the sandbox, a script) reads why it stopped here,
+        # without digging the reason out of the log.
+        self.ports["fatal"] = reason
+        self._write_ports()
+        self._request_stop(f"enclave fatal error: {reason}", 1)
+        return True
 
     def _reply(self, frame: Frame) -> None:
         assert self.channel is not None

@@ -19,12 +19,16 @@ import logging
 import struct
 from collections.abc import Callable
 
+from charter.enclave_app.interface import NODE_FRAME_BYTES_MAX
+
 _log = logging.getLogger(__name__)
 
-MAX_NODE_FRAME_BYTES = 64 * 1024 * 1024
+# A sealed node-to-node frame (`enclave_app/interface/limits.py` derives it).
+MAX_NODE_FRAME_BYTES = NODE_FRAME_BYTES_MAX
 MAX_HELLO_BYTES = 1024
 PEER_QUEUE_BYTES_MAX = 128 * 1024 * 1024
 PEER_QUEUE_FRAMES_MAX = 10_000
+assert MAX_NODE_FRAME_BYTES <= PEER_QUEUE_BYTES_MAX  # a queue holds the largest frame
 MAX_PEERS = 256
 MAX_INBOUND_CONNECTIONS = 256
 BACKOFF_INITIAL_S = 0.05

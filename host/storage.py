@@ -12,12 +12,14 @@ import contextlib
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from charter.enclave_app.interface import (
-    MAX_FRAME_BYTES,
+    READ_REPLY_BYTES_MAX,
+    REPLY_ENTRY_OVERHEAD_BYTES,
+    SNAPSHOT_READ_BYTES_MAX,
     CommitUpTo,
     Durable,
     EntriesRead,
@@ -38,10 +40,6 @@ from charter.ledger.errors import LedgerError, LedgerWriteError
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Replies must fit one frame: leave room for msgpack overhead per entry and the envelope.
-READ_REPLY_BYTES_MAX = MAX_FRAME_BYTES - 1024 * 1024
-_ENTRY_OVERHEAD_BYTES = 8
-SNAPSHOT_BYTES_MAX = MAX_FRAME_BYTES - 1024 * 1024
 SEALED_BYTES_MAX = 16 * 1024 * 1024
 SEALED_FILE_NAME = "sealed.bin"
 # Entry header (8) + GCM tag (16) + IV seqno (8): the IV's u32 view follows.
@@ -209,7 +207,7 @@ class Storage:
         total_bytes = 0
         reader = LedgerReader(str(self.ledger_dir))
         for _seqno, raw in reader.entries(first, min(to_seqno, self.last_seqno)):
-            total_bytes += len(raw) + _ENTRY_OVERHEAD_BYTES
+            total_bytes += len(raw) + REPLY_ENTRY_OVERHEAD_BYTES
             if total_bytes > READ_REPLY_BYTES_MAX:
                 break
             entries.append(raw)
@@ -271,7 +269,7 @@ class Storage:
                 best = (parsed[0], name)
         if best is None:
             return None
-        data = _read_limited(self.snapshots_dir / best[1], SNAPSHOT_BYTES_MAX)
+        data = _read_limited(self.snapshots_dir / best[1], SNAPSHOT_READ_BYTES_MAX)
         return None if data is None else (best[1], data)
 
     def read_latest_snapshot(self, request_id: int) -> SnapshotRead:
@@ -316,6 +314,17 @@ class StorageWorker:
         self._queue: asyncio.Queue[Frame] = asyncio.Queue(STORAGE_QUEUE_FRAMES_MAX)
         self._in_flight: asyncio.Future[Any] | None = None
         self.fsync_count = 0
+        # Frame type → handler: one row per frame in STORAGE_FRAMES (checked below).
+        self._handlers: dict[type[Frame], Callable[[Any], Awaitable[None]]] = {
+            WriteEntries: self._write_entries,
+            Truncate: self._truncate,
+            CommitUpTo: self._commit_up_to,
+            ReadEntries: self._read_entries,
+            WriteSnapshot: self._write_snapshot,
+            ReadLatestSnapshot: self._read_latest_snapshot,
+            StoreSealed: self._store_sealed,
+        }
+        assert set(self._handlers) == set(STORAGE_FRAMES)
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking storage call in a thread. Shielded: cancelling `run()` never leaves
@@ -331,7 +340,7 @@ class StorageWorker:
             await asyncio.wait([self._in_flight])
 
     async def submit(self, frame: Frame) -> None:
-        assert isinstance(frame, STORAGE_FRAMES)
+        assert type(frame) in self._handlers, type(frame).__name__
         await self._queue.put(frame)
 
     async def run(self) -> None:
@@ -356,26 +365,34 @@ class StorageWorker:
         self._reply(Durable(seqno=durable, view=view))
 
     async def _handle(self, frame: Frame) -> None:
+        await self._handlers[type(frame)](frame)
+
+    async def _write_entries(self, frame: WriteEntries) -> None:
+        if not self.storage.write_entries(frame.entries):
+            self._on_failure("enclave sent a ledger write that does not follow the ledger")
+
+    async def _truncate(self, frame: Truncate) -> None:
+        await self._call(self.storage.truncate, frame.seqno)
+
+    async def _commit_up_to(self, frame: CommitUpTo) -> None:
+        if self.storage.needs_flush:
+            await self._flush()
+        await self._call(self.storage.commit, frame.seqno)
+
+    async def _read_entries(self, frame: ReadEntries) -> None:
         s = self.storage
-        if isinstance(frame, WriteEntries):
-            if not s.write_entries(frame.entries):
-                self._on_failure("enclave sent a ledger write that does not follow the ledger")
-        elif isinstance(frame, Truncate):
-            await self._call(s.truncate, frame.seqno)
-        elif isinstance(frame, CommitUpTo):
-            if s.needs_flush:
-                await self._flush()
-            await self._call(s.commit, frame.seqno)
-        elif isinstance(frame, ReadEntries):
-            reply = await self._call(
-                s.read_entries, frame.request_id, frame.from_seqno, frame.to_seqno
-            )
-            self._reply(reply)
-        elif isinstance(frame, WriteSnapshot):
-            await self._call(
-                s.write_snapshot, frame.seqno, frame.evidence_seqno, frame.data, frame.committed
-            )
-        elif isinstance(frame, ReadLatestSnapshot):
-            self._reply(await self._call(s.read_latest_snapshot, frame.request_id))
-        elif isinstance(frame, StoreSealed):
-            await self._call(s.store_sealed, frame.blob)
+        self._reply(
+            await self._call(s.read_entries, frame.request_id, frame.from_seqno, frame.to_seqno)
+        )
+
+    async def _write_snapshot(self, frame: WriteSnapshot) -> None:
+        s = self.storage
+        await self._call(
+            s.write_snapshot, frame.seqno, frame.evidence_seqno, frame.data, frame.committed
+        )
+
+    async def _read_latest_snapshot(self, frame: ReadLatestSnapshot) -> None:
+        self._reply(await self._call(self.storage.read_latest_snapshot, frame.request_id))
+
+    async def _store_sealed(self, frame: StoreSealed) -> None:
+        await self._call(self.storage.store_sealed, frame.blob)

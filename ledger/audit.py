@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from charter.ledger import cose, merkle
+from charter.ledger import service_state as ss
 from charter.ledger.audit_attestation import AdmissionCheck
 from charter.ledger.audit_checkpoint import (
     AuditCheckpoint,
@@ -79,21 +80,23 @@ from charter.ledger.signatures import (
 
 logger = logging.getLogger(__name__)
 
-NODES_INFO = "public:ccf.gov.nodes.info"
-ENDORSED_CERTS = "public:ccf.gov.nodes.endorsed_certificates"
-SIGNATURES = "public:ccf.internal.signatures"
-COSE_SIGNATURES = "public:ccf.internal.cose_signatures"
-SERVICE_INFO = "public:ccf.gov.service.info"
-SINGLETON_KEY = bytes(8)
+NODES_INFO = ss.NODES_INFO
+ENDORSED_CERTS = ss.NODES_ENDORSED_CERTIFICATES
+SIGNATURES = ss.SIGNATURES
+COSE_SIGNATURES = ss.COSE_SIGNATURES
+SERVICE_INFO = ss.SERVICE_INFO
+SINGLETON_KEY = ss.SINGLETON_KEY
 
 SIGNATURE_JSON_BYTES_MAX = 1024 * 1024
 NODE_INFO_JSON_BYTES_MAX = 4 * 1024 * 1024
 
 _SERVICE_TRANSITIONS: dict[str, frozenset[str]] = {
-    "Opening": frozenset({"Open", "WaitingForRecoveryShares"}),
-    "Recovering": frozenset({"WaitingForRecoveryShares"}),
-    "WaitingForRecoveryShares": frozenset({"Open"}),
-    "Open": frozenset({"Recovering"}),
+    ss.ServiceStatus.OPENING: frozenset(
+        {ss.ServiceStatus.OPEN, ss.ServiceStatus.WAITING_FOR_RECOVERY_SHARES}
+    ),
+    ss.ServiceStatus.RECOVERING: frozenset({ss.ServiceStatus.WAITING_FOR_RECOVERY_SHARES}),
+    ss.ServiceStatus.WAITING_FOR_RECOVERY_SHARES: frozenset({ss.ServiceStatus.OPEN}),
+    ss.ServiceStatus.OPEN: frozenset({ss.ServiceStatus.RECOVERING}),
 }
 
 ProgressCallback = Callable[[int, int], None]
@@ -441,7 +444,7 @@ class _Auditor:
         status = self.node_status.get(node_id)
         if status is None:
             raise AuditError(f"signing node {node_id} is not part of the network", seqno=seqno)
-        if status == "Pending":
+        if status == ss.NodeStatus.PENDING:
             raise AuditError(f"signing node {node_id} is still Pending", seqno=seqno)
         if self.admissions is not None:
             self.admissions.require_admitted(node_id, seqno)
@@ -488,7 +491,7 @@ class _Auditor:
         status = info["status"]
         previous = self.service_status
         # Any → Opening (disaster recovery) and same → same are always allowed (§4.3).
-        if status != "Opening" and previous is not None and previous != status:
+        if status != ss.ServiceStatus.OPENING and previous is not None and previous != status:
             allowed = _SERVICE_TRANSITIONS.get(previous, frozenset())
             if status not in allowed:
                 raise AuditError(
@@ -565,7 +568,7 @@ class _Auditor:
             )
         status = checkpoint.node_status.get(checkpoint.node_id)
         cert = checkpoint.node_certs.get(checkpoint.node_id)
-        if status is None or status == "Pending" or cert is None:
+        if status is None or status == ss.NodeStatus.PENDING or cert is None:
             raise AuditError(
                 f"{what} refused: its signing node {checkpoint.node_id} is not a trusted "
                 "node of its own state",

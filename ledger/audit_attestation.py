@@ -19,15 +19,16 @@ import json
 from typing import Any
 
 from charter.ledger import quote, snp
+from charter.ledger import service_state as ss
 from charter.ledger.errors import AuditError, LedgerError
 
-NODES_INFO = "public:ccf.gov.nodes.info"
-VIRTUAL_MEASUREMENTS = "public:ccf.gov.nodes.virtual.measurements"
-SNP_MEASUREMENTS = "public:ccf.gov.nodes.snp.measurements"
-SNP_HOST_DATA = "public:ccf.gov.nodes.snp.host_data"
-SNP_TCB_VERSIONS = "public:ccf.gov.nodes.snp.tcb_versions"
+NODES_INFO = ss.NODES_INFO
+VIRTUAL_MEASUREMENTS = ss.NODES_VIRTUAL_MEASUREMENTS
+SNP_MEASUREMENTS = ss.NODES_SNP_MEASUREMENTS
+SNP_HOST_DATA = ss.NODES_SNP_HOST_DATA
+SNP_TCB_VERSIONS = ss.NODES_SNP_TCB_VERSIONS
 POLICY_TABLES = (VIRTUAL_MEASUREMENTS, SNP_MEASUREMENTS, SNP_HOST_DATA, SNP_TCB_VERSIONS)
-ALLOWED_TO_JOIN = b'"AllowedToJoin"'
+ALLOWED_TO_JOIN = f'"{ss.ALLOWED_TO_JOIN}"'.encode()
 VALUE_BYTES_MAX = 64 * 1024
 NODE_INFO_BYTES_MAX = 1024 * 1024
 

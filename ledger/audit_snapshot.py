@@ -21,6 +21,7 @@ import json
 import struct
 from dataclasses import dataclass
 
+from charter.ledger import service_state as ss
 from charter.ledger.audit_checkpoint import AuditCheckpoint
 from charter.ledger.entry import decode_tables
 from charter.ledger.errors import DecodeError
@@ -35,10 +36,10 @@ from charter.ledger.signatures import (
 )
 from charter.ledger.snapshot import decode_snapshot, snapshot_digest
 
-SNAPSHOT_EVIDENCE_TABLE = "public:ccf.internal.snapshot_evidence"
-_NODES_INFO = "public:ccf.gov.nodes.info"
-_ENDORSED_CERTS = "public:ccf.gov.nodes.endorsed_certificates"
-_SERVICE_INFO = "public:ccf.gov.service.info"
+SNAPSHOT_EVIDENCE_TABLE = ss.SNAPSHOT_EVIDENCE
+_NODES_INFO = ss.NODES_INFO
+_ENDORSED_CERTS = ss.NODES_ENDORSED_CERTIFICATES
+_SERVICE_INFO = ss.SERVICE_INFO
 _TREE_HEADER = struct.Struct(">QQ")  # leaf count, first leaf index (merklecpp, FORMATS §2.5)
 _JSON_BYTES_MAX = 4 * 1024 * 1024
 _NODES_MAX = 10_000

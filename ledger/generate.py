@@ -23,13 +23,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from charter.ledger import certs
+from charter.ledger import service_state as ss
 from charter.ledger.chunks import DEFAULT_CHUNK_SIZE_BYTES, ChunkPolicy, LedgerWriter
 from charter.ledger.entry import FLAG_FORCE_CHUNK_AFTER, ZERO_DIGEST, WriteSet
 from charter.ledger.history import History, TxRecord
 
 logger = logging.getLogger(__name__)
 
-SINGLETON_KEY = bytes(8)
+SINGLETON_KEY = ss.SINGLETON_KEY
 VIEW = 2  # CCF services start their history in view 2
 IAT_START_S = 1_750_000_000
 _SIGNATURE_ENTRY_SIZE_BYTES_ESTIMATE = 3000  # cert + COSE + tree: what a signature adds
@@ -216,7 +217,7 @@ def generate_ledger(
         "current_service_create_txid": f"{VIEW}.1",
         "recovery_count": 0,
         "service_data": {},
-        "status": "Opening",
+        "status": ss.ServiceStatus.OPENING,
     }
     member_key_id = out.member_id.encode()
     node_key_id = out.node_id.encode()
@@ -226,20 +227,20 @@ def generate_ledger(
     }
     build.transaction(
         {
-            "public:ccf.gov.constitution": {SINGLETON_KEY: _json(constitution)},
-            "public:ccf.gov.members.acks": {member_key_id: _json({"state_digest": ""})},
-            "public:ccf.gov.members.certs": {member_key_id: out.member_cert_pem.encode()},
-            "public:ccf.gov.members.info": {
-                member_key_id: _json({"member_data": None, "status": "Accepted"})
+            ss.CONSTITUTION: {SINGLETON_KEY: _json(constitution)},
+            ss.MEMBERS_ACKS: {member_key_id: _json({"state_digest": ""})},
+            ss.MEMBERS_CERTS: {member_key_id: out.member_cert_pem.encode()},
+            ss.MEMBERS_INFO: {
+                member_key_id: _json({"member_data": None, "status": ss.MemberStatus.ACCEPTED})
             },
-            "public:ccf.gov.nodes.endorsed_certificates": {node_key_id: out.node_cert_pem.encode()},
-            "public:ccf.gov.nodes.info": {node_key_id: _json(_node_info(node_key, "Trusted"))},
-            "public:ccf.gov.service.config": {
+            ss.NODES_ENDORSED_CERTIFICATES: {node_key_id: out.node_cert_pem.encode()},
+            ss.NODES_INFO: {node_key_id: _json(_node_info(node_key, ss.NodeStatus.TRUSTED))},
+            ss.SERVICE_CONFIG: {
                 SINGLETON_KEY: _json(
                     {"recovery_threshold": 1, "reconfiguration_type": "OneTransaction"}
                 )
             },
-            "public:ccf.gov.service.info": {SINGLETON_KEY: _json(service_info)},
+            ss.SERVICE_INFO: {SINGLETON_KEY: _json(service_info)},
         },
         {},
     )
@@ -247,9 +248,9 @@ def generate_ledger(
     root_hex = out.history.last_signature.root.hex() if out.history.last_signature else ""
     build.transaction(
         {
-            "public:ccf.gov.members.acks": {member_key_id: _json({"state_digest": root_hex})},
-            "public:ccf.gov.members.info": {
-                member_key_id: _json({"member_data": None, "status": "Active"})
+            ss.MEMBERS_ACKS: {member_key_id: _json({"state_digest": root_hex})},
+            ss.MEMBERS_INFO: {
+                member_key_id: _json({"member_data": None, "status": ss.MemberStatus.ACTIVE})
             },
         },
         {},
@@ -257,7 +258,7 @@ def generate_ledger(
     proposal_id = hashlib.sha256(f"open:{seed}".encode()).hexdigest().encode()
     build.transaction(
         {
-            "public:ccf.gov.proposals": {
+            ss.PROPOSALS: {
                 proposal_id: _json(
                     {
                         "actions": [
@@ -269,13 +270,13 @@ def generate_ledger(
                     }
                 )
             },
-            "public:ccf.gov.proposals_info": {
+            ss.PROPOSALS_INFO: {
                 proposal_id: _json(
                     {"ballots": {}, "proposer_id": out.member_id, "state": "Accepted"}
                 )
             },
-            "public:ccf.gov.service.info": {
-                SINGLETON_KEY: _json({**service_info, "status": "Open"})
+            ss.SERVICE_INFO: {
+                SINGLETON_KEY: _json({**service_info, "status": ss.ServiceStatus.OPEN})
             },
         },
         {},

@@ -19,20 +19,21 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
 from charter.ledger import cose
+from charter.ledger import service_state as ss
 from charter.ledger.certs import load_cert
 from charter.ledger.errors import DecodeError, VerificationError
 
 logger = logging.getLogger(__name__)
 
-SIGNATURES_TABLE = "public:ccf.internal.signatures"
-COSE_SIGNATURES_TABLE = "public:ccf.internal.cose_signatures"
-TREE_TABLE = "public:ccf.internal.tree"
+SIGNATURES_TABLE = ss.SIGNATURES
+COSE_SIGNATURES_TABLE = ss.COSE_SIGNATURES
+TREE_TABLE = ss.TREE
 # Charter's own record of the service's `cose_signatures` setting (CCF keeps it in node
 # memory and hands it to joiners; Charter replicates it so joiners, snapshots and restarts
 # all sign with the issuer and subject the service started with).
-COSE_SIGNATURES_CONFIG_TABLE = "public:ccf.internal.charter.cose_signatures_config"
+COSE_SIGNATURES_CONFIG_TABLE = ss.COSE_SIGNATURES_CONFIG
 # Single-value tables (ServiceValue) use the u64 0 as their only key.
-SINGLETON_KEY = bytes(8)
+SINGLETON_KEY = ss.SINGLETON_KEY
 
 ROOT_SIZE_BYTES = 32
 # A DER ECDSA signature is at most ~139 bytes (P-521); leave room but stay bounded.

@@ -4,6 +4,10 @@
 (commit, signatures, apply, rollback, on-commit), `snapshots`, `joins` (both sides),
 `peers` (peer table, channels, node-to-node messages), `receipts` (tx status, receipts).
 The request pipeline is `charter.enclave_app.frontend`.
+
+May import: `charter.consensus`, `charter.ledger`, `charter.governance` and the rest of
+`charter.enclave_app` (never `charter.host`: the host is outside the trust boundary). The
+parts reach one another's state only through `core.NodeCore`; only the facade wires them.
 """
 
 from charter.enclave_app.frontend import TXID_HEADER, AuthError, Forwarded

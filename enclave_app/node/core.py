@@ -22,6 +22,7 @@ from charter.enclave_app.platform import Platform
 from charter.enclave_app.tls import ServerTls
 from charter.governance import tables as gt
 from charter.ledger import certs
+from charter.ledger import service_state as ss
 from charter.ledger.history import History
 from charter.ledger.signatures import (
     COSE_SIGNATURES_CONFIG_TABLE,
@@ -34,12 +35,11 @@ LOG = logging.getLogger(__name__)
 TXID_HEADER = "x-ms-ccf-transaction-id"
 RETRY_AFTER_S = "1"
 # Maps only the service itself writes (governance, signatures, configuration).
-RESERVED_MAP_PREFIX = "public:ccf."
-SIGNATURES_TABLE = "public:ccf.internal.signatures"
-SNAPSHOT_EVIDENCE_TABLE = "public:ccf.internal.snapshot_evidence"
-TREE_TABLE = "public:ccf.internal.tree"
-# The Raft voters, as a ledger table (CCF keeps the equivalent in its internal maps).
-CONFIGURATION_TABLE = "public:ccf.internal.configuration"
+RESERVED_MAP_PREFIX = ss.SERVICE_TABLE_PREFIX
+SIGNATURES_TABLE = ss.SIGNATURES
+SNAPSHOT_EVIDENCE_TABLE = ss.SNAPSHOT_EVIDENCE
+TREE_TABLE = ss.TREE
+CONFIGURATION_TABLE = ss.CONFIGURATION
 
 
 class NodeNotReady(Exception):

@@ -466,6 +466,8 @@ class Node:
                 self.snapshots.take_due(replication)
             elif replication.raft.has_ready():
                 self._act_on_ready(replication)
+            elif replication.is_primary and self._untold_released():
+                self._record_retired_committed(replication)
             elif replication.signature_due:
                 if replication.is_primary:
                     view, seqno = replication.emit_signature()
@@ -478,6 +480,7 @@ class Node:
 
     def _act_on_ready(self, replication: Replication) -> None:
         outcome = replication.process_ready()
+        self._peers().released.update(outcome.released)
         if outcome.committed is not None:
             self.snapshots.finish(self.receipts.receipt)
             retired_at = self._peers().retired_at
@@ -497,6 +500,35 @@ class Node:
             replication.signature_due = True
         elif outcome.became_retired:
             self._become_retired()
+
+    def _untold_released(self) -> list[str]:
+        """Released nodes whose record does not yet say `retired_committed`."""
+        peers = self._peers()
+        if not peers.released:
+            return []
+        tx = self.core.store.begin()
+        untold = []
+        for node_id in sorted(peers.released):
+            raw = tx.get(gt.NODES_INFO, gt.id_key(node_id))
+            info = gt.load_json(raw, what=gt.NODES_INFO) if raw is not None else None
+            if not isinstance(info, dict):
+                continue
+            if info.get("status") == "Retired" and info.get("retired_committed") is not True:
+                untold.append(node_id)
+        if not untold:
+            peers.released.clear()
+        return untold
+
+    def _record_retired_committed(self, replication: Replication) -> None:
+        """Record, as CCF's `retired_committed`, that the retired nodes this primary finished
+        telling need no primary to tell them again."""
+        tx = self.core.store.begin()
+        for node_id in self._untold_released():
+            key = gt.id_key(node_id)
+            info = gt.load_json(tx.get(gt.NODES_INFO, key) or b"{}", what=gt.NODES_INFO)
+            gt.put_json(tx, gt.NODES_INFO, key, {**info, "retired_committed": True})
+        replication.commit_tx(tx)
+        self._peers().released.clear()
 
     def _become_retired(self) -> None:
         if not self.retired:
@@ -555,6 +587,11 @@ class Node:
                 peers.channels.dropped += 1
                 LOG.warning("event=raft_message_refused peer=%s status=%s", sender[:16], status)
                 return
+            if status == "Retired":
+                # Still running, so still untold (e.g. down while its removal committed and
+                # restarted since): tell it, whatever was recorded.
+                peers.released.discard(sender)
+                replication.raft.track_removed(sender, self.core.store.version)
             replication.raft.step(inbound.raft)
             self.settle()
         elif inbound.request is not None:

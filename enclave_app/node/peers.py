@@ -71,6 +71,9 @@ class Peers:
         # The seqno at which governance marked this node Retired (it retires once that
         # commits, if it never became a voter; a voter retires by configuration).
         self.retired_at: int | None = None
+        # Retired nodes this node, as primary, finished telling; their `retired_committed`
+        # is due to be recorded, and they are not tracked again meanwhile.
+        self.released: set[str] = set()
         self.forwards = 0
         # forward id -> the primary it went to (only that node may answer it)
         self._forward_targets: dict[int, str] = {}
@@ -80,6 +83,7 @@ class Peers:
         """Re-read governance's nodes table: statuses, routes to trusted nodes, learners."""
         voters = raft.configuration if raft is not None else self.core.voters()
         trusted_learners: set[str] = set()
+        retiring: list[str] = []
         statuses: dict[str, str] = {}
         own_id = self.channels.own_id
         for key, value in self.core.store.begin().items(gt.NODES_INFO):
@@ -96,7 +100,10 @@ class Peers:
                     self.retired_at = self.core.store.version
                 continue
             was_trusted = node_id in voters or node_id in self.addresses
-            if status != "Trusted" and not (status == "Retired" and was_trusted):
+            # Only governance retires a node, and only a trusted one: until its retirement
+            # is recorded as told (`retired_committed`), any primary may have to tell it.
+            untold = status == "Retired" and info.get("retired_committed") is not True
+            if status != "Trusted" and not (status == "Retired" and (was_trusted or untold)):
                 continue
             self.know(
                 node_id,
@@ -105,6 +112,8 @@ class Peers:
             )
             if status == "Trusted" and node_id not in voters:
                 trusted_learners.add(node_id)
+            elif untold and raft is not None and node_id not in self.released:
+                retiring.append(node_id)
         self.statuses = statuses
         if raft is None:
             return
@@ -115,6 +124,10 @@ class Peers:
         for node_id in trusted_learners - self.learners:
             raft.add_learner(node_id)
         self.learners = trusted_learners
+        for node_id in retiring:
+            # A primary elected after the removal, or restarted, tells it too (no-op on a
+            # backup, and for a node still in the configuration: Raft tells it then).
+            raft.track_removed(node_id, self.core.store.version)
 
     def know(self, node_id: str, public_key_pem: str, address: str) -> None:
         """Route to `node_id` at `address`, if its key is the one its id names."""

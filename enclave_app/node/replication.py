@@ -201,6 +201,8 @@ class ReadyOutcome:
     committed: int | None = None
     became_primary: bool = False
     became_retired: bool = False
+    # Removed nodes this primary is done telling (see `Raft.track_removed`).
+    released: tuple[str, ...] = ()
 
 
 class Replication:
@@ -325,7 +327,7 @@ class Replication:
             return
         try:
             # Consensus' own admission rules; nothing is changed if they refuse.
-            raft._check_configuration_change(new)
+            raft.check_configuration_change(new)
         except ConsensusError:
             return
         tx = self.log.store.begin()
@@ -369,6 +371,7 @@ class Replication:
             core.outbox.append(itf.ReadEntries(request_id, request.from_index, last))
         for peer, message in ready.messages:
             self._send(peer, message)
+        outcome.released = tuple(ready.released)
         if ready.commit_index is not None and ready.commit_index > log.commit_seqno:
             self._on_commit(ready.commit_index)
             outcome.committed = ready.commit_index

@@ -392,7 +392,7 @@ def get_enclave_quotes(ctx: Context) -> dict[str, Any]:
     quotes: dict[str, Any] = {}
     for key, value in ctx.tx.items(gt.NODES_INFO):
         info = gt.load_json(value, what=gt.NODES_INFO)
-        if not isinstance(info, dict) or info.get("status") != "Trusted":
+        if not isinstance(info, dict) or info.get("status") != gt.NodeStatus.TRUSTED:
             continue
         node_id = gt.key_to_id(key)
         quote = info.get("quote_info") or {}

@@ -73,7 +73,6 @@ ENTRIES_BODY_BYTES_MAX = 2 * STATEMENT_BYTES_MAX
 
 _TXID = re.compile(r"([0-9]{1,19})\.([0-9]{1,19})")
 _U64 = struct.Struct(">Q")
-_SINGLETON_KEY = bytes(8)
 _ALG_NAMES = {cose.ALG_ES256: "ES256", cose.ALG_ES384: "ES384", cose.ALG_ES512: "ES512"}
 
 app = App("scitt", prefix="", version="0.13.0", api_path="/app/api")
@@ -325,7 +324,7 @@ def get_jwks(ctx: Context) -> Any:
 
 
 def _cose_signatures_config(ctx: Context) -> CoseSignaturesConfig:
-    value = ctx.tx.get(COSE_SIGNATURES_CONFIG_TABLE, _SINGLETON_KEY)
+    value = ctx.tx.get(COSE_SIGNATURES_CONFIG_TABLE, gt.SINGLETON_KEY)
     if value is None:
         return CoseSignaturesConfig()
     try:

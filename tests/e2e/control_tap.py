@@ -9,7 +9,7 @@ Two modes, both run as programs:
   between the two unchanged, fds included, appending each frame's bytes to
   `DIR/host_to_enclave.bin` or `DIR/enclave_to_host.bin`.
 
-Frames are u32 big-endian length-prefixed (enclave_app/interface.py). Passed fds follow the
+Frames are u32 big-endian length-prefixed (enclave_app/interface/frames.py). Passed fds follow the
 channel's own rule: the fds received with a chunk belong to the frame holding the chunk's last
 byte, and a frame with fds is forwarded alone in one sendmsg, so the enclave sees them exactly
 as the host sent them. The tap changes nothing the two processes do; it only writes down what

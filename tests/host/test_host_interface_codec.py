@@ -1,4 +1,4 @@
-"""The control-channel frame codec and the node config: enclave_app/interface.py."""
+"""The control-channel frame codec and the node config: enclave_app/interface/ (frames, config)."""
 
 from __future__ import annotations
 

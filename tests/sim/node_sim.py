@@ -56,9 +56,6 @@ GOV_TASKS_MAX = 4
 PENDING_WRITES_MAX = 200
 COSE_CONTENT_TYPE = "application/cose"
 GOV_API = "api-version=2024-07-01"
-# A removed node must retire even when the primary changed after its removal: off until
-# that gap is fixed (test_sim_regressions holds the seed that shows it, as an xfail).
-STRICT_REMOVED_LEARNERS = False
 
 
 class SimulationFailure(AssertionError):
@@ -952,13 +949,11 @@ class Simulation:
             asked_view = getattr(slot, "removal_asked_view", None)
             if asked_view is None or slot.gone is not None or slot.node is None:
                 continue
-            if getattr(slot, "crashed_while_removed", False) or (
-                not STRICT_REMOVED_LEARNERS and max(self.primaries) > asked_view
-            ):
-                # Known gap (seed 17): a primary elected after the removal, or one that gave
-                # up on a node down too long, never tells the removed node; it runs on.
-                if not slot.node.retired:
-                    self.count("removed_not_told")
+            if getattr(slot, "crashed_while_removed", False) and not slot.node.retired:
+                # Down while its removal committed, long enough that the primary gave up on
+                # it: a removed voter is told once it speaks (it campaigns); a removed
+                # learner waits silently to be told and is no longer contacted.
+                self.count("removed_not_told")
                 continue
             self.settle_until(
                 lambda slot=slot: slot.node is None or slot.node.retired,

@@ -1,0 +1,245 @@
+"""The node config: the operator's JSON file, validated (pydantic) and with absolute paths."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import pydantic
+
+from charter.enclave_app.interface.errors import InterfaceError
+from charter.enclave_app.interface.limits import ENDORSEMENTS_SERVERS_MAX, MAX_CONFIG_BYTES
+from charter.ledger.signatures import check_cose_issuer, check_cose_subject
+
+
+class _Model(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_address(v: str) -> str:
+    host, sep, port = v.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected 'host:port' with a port in 0..65535, got {v!r}")
+    return v
+
+
+Address = Annotated[str, pydantic.AfterValidator(_check_address)]
+
+
+def _resolve_path(v: Path, info: pydantic.ValidationInfo) -> Path:
+    # load_config passes the config file's directory: relative paths are relative to it.
+    base = (info.context or {}).get("base_dir")
+    return v if base is None or v.is_absolute() else Path(base) / v
+
+
+ConfigPath = Annotated[Path, pydantic.AfterValidator(_resolve_path)]
+
+
+class SignaturesConfig(_Model):
+    tx_count: int = pydantic.Field(default=100, ge=1)
+    delay_ms: int = pydantic.Field(default=50, ge=1)
+
+
+class MemoryConfig(_Model):
+    """What the enclave keeps in memory; older data is read back from the ledger files."""
+
+    raft_log_entries: int = pydantic.Field(default=20_000, ge=10)
+    receipt_transactions: int = pydantic.Field(default=200_000, ge=10)
+
+
+class SnapshotsConfig(_Model):
+    tx_count: int = pydantic.Field(default=10_000, ge=1)
+
+
+class ConsensusConfig(_Model):
+    election_timeout_ms: tuple[int, int] = (1000, 2000)
+    heartbeat_ms: int = pydantic.Field(default=100, ge=1)
+    # Backpressure (CCF's name): the primary answers writes with 503 while this many
+    # transactions are uncommitted; 0 means no limit.
+    max_uncommitted_tx_count: int = pydantic.Field(default=10_000, ge=0)
+
+    @pydantic.model_validator(mode="after")
+    def _timeouts(self) -> ConsensusConfig:
+        low, high = self.election_timeout_ms
+        if not 0 < low <= high:
+            raise ValueError("election_timeout_ms must be [low, high] with 0 < low <= high")
+        if self.heartbeat_ms >= low:
+            raise ValueError("heartbeat_ms must be below the election timeout")
+        return self
+
+
+class RpcInterfaceConfig(_Model):
+    """Limits of the client (RPC) interface; the session caps keep CCF's names and defaults."""
+
+    # Past the soft cap a new session is answered 503 and closed; past the hard cap it is
+    # closed at once, before any TLS.
+    max_open_sessions_soft: int = pydantic.Field(default=1000, ge=1)
+    max_open_sessions_hard: int = pydantic.Field(default=1010, ge=1)
+    # A session that sends nothing for this long between requests is closed (CCF's
+    # idle_connection_timeout).
+    idle_connection_timeout_ms: int = pydantic.Field(default=60_000, ge=100)
+    # The TLS handshake, and each request line with its headers from its first byte, must
+    # arrive within this (against clients that trickle a byte at a time).
+    request_header_timeout_ms: int = pydantic.Field(default=10_000, ge=100)
+    # A request's whole body must arrive within this after its headers.
+    request_read_timeout_ms: int = pydantic.Field(default=30_000, ge=100)
+
+    @pydantic.model_validator(mode="after")
+    def _caps(self) -> RpcInterfaceConfig:
+        if self.max_open_sessions_hard < self.max_open_sessions_soft:
+            raise ValueError("max_open_sessions_hard must be at least max_open_sessions_soft")
+        return self
+
+
+class ConsoleConfig(_Model):
+    """The browser console served at /console on the node's RPC interface."""
+
+    enabled: bool = True
+    # Who may read ledger entries through the console's explorer (/node/ledger/entries):
+    # callers with a registered user or member TLS certificate, or (with "anonymous") anyone.
+    ledger_explorer: list[Literal["user_cert", "member_cert", "anonymous"]] = [
+        "user_cert",
+        "member_cert",
+    ]
+
+
+class MemberConfig(_Model):
+    cert: ConfigPath
+    encryption_key: ConfigPath | None = None
+    data: Any = None
+
+
+class JoinConfig(_Model):
+    target: Address
+    service_cert: ConfigPath
+
+
+class EndorsementsServer(_Model):
+    """Where the host may fetch a VCEK chain (CCF's `attestation.snp_endorsements_servers`)."""
+
+    # "AMD": AMD's Key Distribution Service paths (/vcek/v1/{product}/{hwid}?…SPL=…, and
+    # /vcek/v1/{product}/cert_chain), at AMD or at a cache that mirrors them. "Azure": the
+    # Azure attestation cache (/SevSnpVM/certificates/{chip id}/{tcb}, JSON answer).
+    type: Literal["AMD", "Azure"] = "AMD"
+    # host[:port] (HTTPS, as CCF), or a base URL with its scheme: http://127.0.0.1:8080.
+    url: str = pydantic.Field(default="kdsintf.amd.com", min_length=1, max_length=512)
+    # Further tries of this server after a connection failure, timeout or 5xx answer.
+    max_retries_count: int = pydantic.Field(default=3, ge=0, le=10)
+    # Each HTTP request to this server must complete within this.
+    timeout_ms: int = pydantic.Field(default=10_000, ge=100, le=120_000)
+
+    @pydantic.field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        scheme, sep, rest = v.partition("://")
+        if sep and scheme not in ("http", "https"):
+            raise ValueError("url scheme must be http or https")
+        host = (rest if sep else v).split("/", 1)[0]
+        if not host or any(c.isspace() for c in v) or "?" in v or "#" in v:
+            raise ValueError(f"expected host[:port] or http(s)://host[:port][/path], got {v!r}")
+        return v.rstrip("/")
+
+
+class SnpConfig(_Model):
+    """Settings of the `snp` platform (ignored on `virtual`)."""
+
+    # PEM: the chip's VCEK, then AMD's ASK and ARK. Without it, the certificates the host
+    # provisioned with the report (configfs-tsm's auxblob) are used, else the host fetches
+    # them from `endorsements_servers`; the enclave verifies them up to AMD's pinned roots
+    # whichever way they came.
+    endorsements_file: str | None = pydantic.Field(default=None, max_length=4096)
+    # Tried in order (the next one when one fails or serves endorsements the enclave refuses).
+    endorsements_servers: list[EndorsementsServer] = pydantic.Field(
+        default=[], max_length=ENDORSEMENTS_SERVERS_MAX
+    )
+
+
+class CoseSignaturesConfig(_Model):
+    """CCF's `cose_signatures`: the CWT claims of the service's COSE root signatures, so of
+    every COSE receipt. Both fields are required when the section is given, as in CCF."""
+
+    issuer: Annotated[str, pydantic.AfterValidator(check_cose_issuer)]
+    subject: Annotated[str, pydantic.AfterValidator(check_cose_subject)]
+
+
+class StartConfig(_Model):
+    mode: Literal["start", "join", "recover"] = "start"
+    members: list[MemberConfig] = []
+    constitution: ConfigPath | None = None
+    service_config: dict[str, Any] = {}
+    join: JoinConfig | None = None
+    cose_signatures: CoseSignaturesConfig | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _mode(self) -> StartConfig:
+        if self.mode == "start" and not self.members:
+            raise ValueError("mode 'start' needs at least one member")
+        if self.mode == "join" and self.join is None:
+            raise ValueError("mode 'join' needs a 'join' section (target, service_cert)")
+        if self.mode == "join" and self.cose_signatures is not None:
+            # A joining node signs with the service's setting, recorded when it started.
+            raise ValueError("mode 'join' takes cose_signatures from the service; remove it")
+        return self
+
+
+class NodeConfig(_Model):
+    """The operator's node config. `load_config` makes every path absolute."""
+
+    workspace: ConfigPath
+    ledger_dir: ConfigPath | None = None
+    snapshots_dir: ConfigPath | None = None
+    rpc_address: Address = "127.0.0.1:0"
+    published_rpc_address: Address | None = None
+    rpc_interface: RpcInterfaceConfig = pydantic.Field(default_factory=RpcInterfaceConfig)
+    node_to_node_address: Address = "127.0.0.1:0"
+    # What peers dial (e.g. a relay in front of this node); defaults to node_to_node_address.
+    published_node_to_node_address: Address | None = None
+    app: str = "charter.enclave_app.samples.logging"
+    platform: Literal["virtual", "snp"] = "virtual"
+    snp: SnpConfig = pydantic.Field(default_factory=SnpConfig)
+    tick_ms: int = pydantic.Field(default=10, ge=1, le=10_000)
+    ledger_chunk_bytes: int = pydantic.Field(default=5_000_000, ge=1024)
+    signatures: SignaturesConfig = pydantic.Field(default_factory=SignaturesConfig)
+    snapshots: SnapshotsConfig = pydantic.Field(default_factory=SnapshotsConfig)
+    memory: MemoryConfig = pydantic.Field(default_factory=MemoryConfig)
+    consensus: ConsensusConfig = pydantic.Field(default_factory=ConsensusConfig)
+    # Operator features served on this node's RPC interface (CCF's name); none by default.
+    enabled_operator_features: list[Literal["SnapshotRead"]] = []
+    console: ConsoleConfig = pydantic.Field(default_factory=ConsoleConfig)
+    start: StartConfig
+
+    @pydantic.model_validator(mode="after")
+    def _defaults(self) -> NodeConfig:
+        # Frozen model: fill the defaulted directories in place, once, at validation.
+        if self.ledger_dir is None:
+            object.__setattr__(self, "ledger_dir", self.workspace / "ledger")
+        if self.snapshots_dir is None:
+            object.__setattr__(self, "snapshots_dir", self.workspace / "snapshots")
+        return self
+
+
+def load_config(path: str | os.PathLike[str]) -> NodeConfig:
+    """Read and validate a JSON node config; relative paths are relative to the file."""
+    p = Path(path)
+    try:
+        with p.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as e:
+        raise InterfaceError(f"cannot read config {p}: {e.strerror}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise InterfaceError(f"config {p} is larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InterfaceError(f"config {p} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise InterfaceError(f"config {p} must be a JSON object")
+    try:
+        return NodeConfig.model_validate(data, context={"base_dir": p.resolve().parent})
+    except pydantic.ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(x) for x in err['loc']) or '(top)'}: {err['msg']}" for err in e.errors()
+        )
+        raise InterfaceError(f"invalid config {p}: {problems}") from None
