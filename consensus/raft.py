@@ -401,7 +401,11 @@ class Raft(RaftState):
             if lo <= last and (lo < log.first_index or prev_term is None):
                 hi = min(log.first_index - 1, lo + cfg.max_batch_entries - 1)
                 pr.awaiting_entries = True
-                self._entry_requests.append(EntryRequest(peer, lo, max(lo, hi)))
+                # With the entry before `lo` too when its term is not in memory: it anchors
+                # the batch (`provide_entries`), which then still starts at `lo`. Anchored
+                # on `lo` itself, a peer whose log ends at `lo - 1` could never accept it.
+                first = lo - 1 if lo > 1 and prev_term is None else lo
+                self._entry_requests.append(EntryRequest(peer, first, max(lo, hi)))
                 return
             assert prev_term is not None
             if lo <= last:

@@ -319,16 +319,18 @@ class Replication:
             return
         removed = sorted(current - trusted)
         added = sorted(node for node in trusted - current if raft.is_caught_up(node))
-        if removed:
-            new = current - {removed[0]}
-        elif added:
-            new = current | {added[0]}
+        # Removals first; but a removal consensus refuses (the last voter leaving while
+        # its successors are learners) must not hold up the additions that make it possible.
+        candidates = [current - {removed[0]}] if removed else []
+        candidates += [current | {added[0]}] if added else []
+        for new in candidates:
+            try:
+                # Consensus' own admission rules; nothing is changed if they refuse.
+                raft.check_configuration_change(new)
+                break
+            except ConsensusError:
+                continue
         else:
-            return
-        try:
-            # Consensus' own admission rules; nothing is changed if they refuse.
-            raft.check_configuration_change(new)
-        except ConsensusError:
             return
         tx = self.log.store.begin()
         gt.put_json(tx, CONFIGURATION_TABLE, gt.SINGLETON_KEY, {"voters": sorted(new)})

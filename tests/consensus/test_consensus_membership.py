@@ -12,6 +12,8 @@ from charter.consensus import (
     ConsensusError,
     LogEntry,
     Raft,
+    RaftConfig,
+    RequestVoteResponse,
     Role,
     StartState,
 )
@@ -301,3 +303,33 @@ def test_learner_promoted_to_voter_is_not_treated_as_removed() -> None:
     c.deliver()
     c.run_for(200)
     assert c.nodes["d"].role is Role.BACKUP and "d" in a.details().acks
+
+
+def test_a_peer_whose_log_ends_below_the_primarys_start_gets_the_anchor_entry_too() -> None:
+    """A primary restarted from a snapshot at 10 does not know the term of entry 5; a peer
+    whose log ends at 5 needs entries from 6 on, anchored on 5. The runtime must read 5
+    back too: anchored on 6 itself, the peer (its log ending at 5) rejects every batch
+    (seed 568 of the node simulator spun like this)."""
+    cfg = RaftConfig(pre_vote=False)
+    a = Raft.restore(
+        "a",
+        config=cfg,
+        start=StartState(
+            configuration=frozenset({"a", "b"}), last_index=10, last_term=1, commit_index=10
+        ),
+        entries=[LogEntry(11, 1, b"x", signature=True)],
+    )
+    assert a.log.term_at(5) is None
+    a.campaign()
+    a.step(RequestVoteResponse(a.term, "b", True))
+    assert a.role is Role.PRIMARY
+    a.ready()
+    a.step(AppendEntriesResponse(a.term, "b", False, 0, 0, 11, 6, 0, 5))
+    (request,) = a.ready().entry_requests
+    assert request.peer == "b" and request.from_index == 5
+    stored = [LogEntry(i, 1, f"e{i}".encode()) for i in range(5, 11)]
+    a.provide_entries("b", stored[: request.to_index - 4])
+    (to, message), *_ = a.ready().messages
+    assert to == "b" and isinstance(message, AppendEntries)
+    assert (message.prev_index, message.prev_term) == (5, 1)
+    assert message.entries[0].index == 6

@@ -35,3 +35,22 @@ def test_node_restarted_from_a_snapshot_with_no_entries_after_it_catches_up() ->
     Simulation(
         224, test_name="test_node_restarted_from_a_snapshot_with_no_entries_after_it_catches_up"
     ).run(300)
+
+
+def test_a_peer_behind_a_primary_restarted_from_a_snapshot_catches_up() -> None:
+    """Seed 568: the primary, restarted from a snapshot, read back stored entries for a
+    peer whose log ended just below that snapshot but anchored them on the peer's first
+    missing entry, which the peer rejected forever; the configuration change that needed
+    that peer never committed and governance stalled."""
+    Simulation(
+        568, test_name="test_a_peer_behind_a_primary_restarted_from_a_snapshot_catches_up"
+    ).run(300)
+
+
+def test_the_last_voter_retired_hands_over_to_the_trusted_learners() -> None:
+    """Seed 474: governance retired the only voter while the other trusted nodes were
+    learners; the primary tried the (refused) removal first and never added them, so the
+    retired node never left and stayed primary."""
+    Simulation(474, test_name="test_the_last_voter_retired_hands_over_to_the_trusted_learners").run(
+        300
+    )
