@@ -32,9 +32,9 @@ from charter.consensus import (
     encode_message,
 )
 from charter.consensus.errors import ConsensusError
+from charter.enclave_app import auth
 from charter.enclave_app import interface as itf
 from charter.enclave_app.app import (
-    JSON_CONTENT_TYPE,
     App,
     Caller,
     HttpResponse,
@@ -58,7 +58,7 @@ from charter.enclave_app.tx_status import TxStatus, evaluate_tx_status
 from charter.governance import tables as gt
 from charter.governance.effects import Effects
 from charter.governance.errors import GovernanceError
-from charter.ledger import certs, cose, receipt
+from charter.ledger import certs, receipt
 from charter.ledger.chunks import ChunkPolicy
 from charter.ledger.entry import ZERO_DIGEST, decode_entry, decrypt_private, entry_leaf
 from charter.ledger.errors import DecodeError, LedgerError, VerificationError
@@ -88,7 +88,6 @@ MAX_TICK_ELAPSED_MS = 1_000
 RETRY_AFTER_S = "1"
 # Writes are refused (503) while more than this many bytes of frames wait for the host.
 HOST_BACKLOG_BYTES_MAX = 32 * 1024 * 1024
-MAX_COSE_REQUEST_BYTES = 1024 * 1024
 ENTRY_REQUEST_ID_BASE = 1 << 48
 MAX_PENDING_FORWARDS = 10_000
 # Nodes that asked to join and await governance (each is replicated to as a learner).
@@ -99,10 +98,6 @@ JOIN_RATE_PER_S = 4.0
 JOIN_BURST = 8
 # A trusted joiner's sealed answer: keys, ledger secrets and the latest snapshot.
 JOIN_SECRETS_BYTES_MAX = 128 * 1024 * 1024
-# Signed member requests to app endpoints: freshness window and replay record.
-COSE_REQUEST_MAX_AGE_S = 600
-COSE_REQUEST_MAX_FUTURE_S = 60
-APP_COSE_REQUESTS_TABLE = "public:ccf.internal.charter.app_cose_requests"
 # How often the committed seqno is sealed (a rollback by the host can erase at most this).
 COMMIT_SEAL_INTERVAL_MS = 1_000
 # Maps only the service itself writes (governance, signatures, configuration).
@@ -1105,55 +1100,14 @@ class Node:
         pems += [v.decode() for _, v in tx.items(gt.MEMBERS_CERTS)]
         self.tls.set_client_cas(pems)
 
-    def authenticate(self, policies: tuple[str, ...], tx: Tx, peer_der: bytes | None) -> Caller:
-        """The caller under the endpoint's certificate policies, or raise `AuthError`.
-
-        (COSE-signed requests are checked by `member_from_cose`, the body being the proof.)
-        """
-        if "none" in policies and peer_der is None:
-            return Caller("anonymous", "")
-        if peer_der is not None:
-            # An identity's id is the SHA-256 of its certificate's DER: no parsing needed.
-            cert_id = hashlib.sha256(peer_der).hexdigest()
-            key = gt.id_key(cert_id)
-            if "user_cert" in policies:
-                pem = tx.get(gt.USERS_CERTS, key)
-                if pem is not None:
-                    info = tx.get(gt.USERS_INFO, key)
-                    data = gt.load_json(info, what="user info") if info else {}
-                    return Caller("user", cert_id, pem.decode(), data)
-            if "member_cert" in policies:
-                pem = tx.get(gt.MEMBERS_CERTS, key)
-                if pem is not None:
-                    return Caller("member", cert_id, pem.decode())
-        if "none" in policies:
-            return Caller("anonymous", "")
-        raise AuthError()
-
-    def member_from_cose(self, tx: Tx, body: bytes) -> tuple[Caller, bytes, bytes] | None:
-        """An active member's fresh, never seen COSE_Sign1 request: (caller, signed payload,
-        replay key), else None. The runtime records the replay key with the transaction."""
+    def authenticate(self, policies: tuple[Any, ...], tx: Tx, peer_der: bytes | None) -> Caller:
+        """The caller under certificate policies (the console's), or raise `AuthError`."""
         try:
-            message = cose.decode_sign1(body, max_bytes=MAX_COSE_REQUEST_BYTES)
-            member_id = (message.kid or b"").decode("ascii")
-            created_at = message.protected.get(cose.GOV_MSG_CREATED_AT)
-            if not gt.is_hex_id(member_id) or message.payload is None:
-                return None
-            if not isinstance(created_at, int) or not (
-                -COSE_REQUEST_MAX_FUTURE_S <= self.now_s() - created_at <= COSE_REQUEST_MAX_AGE_S
-            ):
-                return None
-            replay_key = f"{created_at:010d}:{hashlib.sha256(message.signature).hexdigest()}"
-            if tx.get(APP_COSE_REQUESTS_TABLE, replay_key.encode()) is not None:
-                return None
-            pem = tx.get(gt.MEMBERS_CERTS, gt.id_key(member_id))
-            info = gt.member_info(tx, member_id)
-            if pem is None or info is None or info.get("status") != "Active":
-                return None
-            cose.verify_sign1(message, certs.load_cert(pem))
-        except (LedgerError, UnicodeDecodeError, ValueError):
-            return None
-        return Caller("member", member_id, pem.decode()), message.payload, replay_key.encode()
+            return auth.authenticate(
+                policies, tx, peer_der=peer_der, headers={}, body=b"", now_s=self.now_s()
+            ).caller
+        except auth.AuthFailure:
+            raise AuthError() from None
 
     def handle(
         self,
@@ -1208,17 +1162,12 @@ class Node:
             return _unavailable("FrontendNotOpen", "The service is not open yet")
         tx = self.store.begin()
         try:
-            caller = self.authenticate(endpoint.auth, tx, peer_der)
-        except AuthError:
-            signed = self.member_from_cose(tx, body) if "member_cose" in endpoint.auth else None
-            if signed is None:
-                return error_response(401, "InvalidAuthentication", "Caller is not authorised")
-            caller, payload, replay_key = signed
-            # The signed payload is what the endpoint reads; the envelope's type is COSE.
-            headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
-            headers["content-type"] = JSON_CONTENT_TYPE
-        else:
-            payload, replay_key = body, None  # type: ignore[assignment]
+            authenticated = auth.authenticate(
+                endpoint.auth, tx, peer_der=peer_der, headers=headers, body=body, now_s=self.now_s()
+            )
+        except auth.AuthFailure as failure:
+            return error_response(failure.status, failure.code, failure.message)
+        caller, payload, headers = authenticated.caller, authenticated.body, authenticated.headers
         if not endpoint.read_only:
             if not self.is_primary:
                 if forwarded:
@@ -1249,9 +1198,9 @@ class Node:
                 return error_response(
                     500, "InternalError", "Applications may not write the service's own maps"
                 )
-        if outcome.commit and replay_key is not None:
-            # The signed request may not be played again (read-only ones change nothing).
-            tx.put(APP_COSE_REQUESTS_TABLE, replay_key, caller.id.encode())
+        if outcome.commit:
+            # A signed request may not be played again (read-only ones change nothing).
+            auth.record_signed(tx, authenticated, now_s=self.now_s())
         if outcome.commit:
             view, seqno = self.commit_tx(tx, outcome.claims_digest)
             self._drain_ready()
@@ -1650,7 +1599,7 @@ class Forwarded:
     primary: str
 
 
-_FORWARDED_HEADERS = frozenset({"content-type", "accept"})
+_FORWARDED_HEADERS = frozenset({"content-type", "accept", "authorization"})
 
 
 def _unavailable(code: str, message: str) -> HttpResponse:
