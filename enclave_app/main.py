@@ -26,7 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from charter.enclave_app import interface as itf
-from charter.enclave_app import node_endpoints
+from charter.enclave_app import jwt_refresh, node_endpoints
 from charter.enclave_app.app import App, HttpResponse
 from charter.enclave_app.attestation import UnapprovedCode
 from charter.enclave_app.console import Console
@@ -157,6 +157,7 @@ class Runtime:
         node.on_forward_response = self._forward_answered
         node.routes.include(node_endpoints.build(node))
         _include_governance(node)
+        self.jwt_refresh = jwt_refresh.start(node, config.jwt, self.schedule_flush)
         if frame.sealed is not None:
             node.resume(frame.sealed)
             if node.identity is not None and not node.identity.ledger_secrets:
