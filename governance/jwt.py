@@ -325,11 +325,12 @@ def check_set_jwt_issuer(tx: KvTx, args: SetJwtIssuerArgs) -> None:
         raise _invalid(f"audience lists 1 to {AUDIENCES_MAX} values")
     if args.auto_refresh and args.ca_cert_bundle_name is None:
         raise _invalid("ca_cert_bundle_name is missing but required if auto_refresh is true")
-    if args.ca_cert_bundle_name is not None and ca_bundle(tx, args.ca_cert_bundle_name) is None:
-        raise _invalid(f"No CA cert bundle found with name {args.ca_cert_bundle_name!r}")
 
 
 def apply_set_jwt_issuer(tx: KvTx, args: SetJwtIssuerArgs, ctx: ActionContext) -> Effects:
+    # Checked when applied, not proposed (as CCF): the same proposal may set the bundle first.
+    if args.ca_cert_bundle_name is not None and ca_bundle(tx, args.ca_cert_bundle_name) is None:
+        raise _invalid(f"No CA cert bundle found with name {args.ca_cert_bundle_name!r}")
     metadata = args.model_dump(mode="json", exclude={"jwks", "issuer"}, exclude_none=True)
     t.put_json(tx, JWT_ISSUERS, args.issuer.encode(), metadata)
     if args.jwks is not None:
