@@ -6,7 +6,10 @@ issuer rotates its key, the next refresh retires the old one everywhere."""
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -195,6 +198,25 @@ async def test_auto_refresh_picks_up_the_issuers_key_rotation_on_every_node(
         assert written.txid is not None
         read = c.check(await c.get("/app/log/private/jwt", params={"id": "4242"}))
     assert read.body == {"msg": "from the IdP"}
+
+    # The command line reaches the same endpoints: as a bearer, and as a user who signs.
+    charter = str(Path(sys.executable).parent / "charter")
+    cli = [charter, "call", "--network", str(net.network_path)]
+    as_bearer = subprocess.run(
+        [*cli, "GET", "/app/log/private/jwt", "--query", "id=4242", "--bearer", second_token],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert as_bearer.returncode == 0, as_bearer.stderr
+    assert json.loads(as_bearer.stdout) == {"msg": "from the IdP"}
+    record = json.dumps({"id": 4243, "msg": "signed by user 0"})
+    signed = [*cli, "POST", "/app/log/private/cose", "--sign", "--user", "0", "--body", record]
+    first = subprocess.run(signed, capture_output=True, text=True, timeout=60, check=False)
+    assert first.returncode == 0 and json.loads(first.stdout) is True, first.stderr
+    expired = subprocess.run(
+        [*cli, "GET", "/app/log/private/jwt", "--query", "id=4242", "--bearer", first_token],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert expired.returncode != 0 and "TokenKeyUnknown" in expired.stderr, expired.stderr
 
 
 async def test_an_issuer_whose_tls_the_bundle_does_not_vouch_for_gets_no_keys(
