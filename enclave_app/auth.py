@@ -191,9 +191,8 @@ def _peer(request: Request) -> tuple[str, bytes]:
     if request.peer_der is None:
         raise AuthFailure("MissingClientCertificate", "no TLS client certificate", presented=False)
     # An identity's id is the SHA-256 of its certificate's DER: no parsing needed.
-    return hashlib.sha256(request.peer_der).hexdigest(), gt.id_key(
-        hashlib.sha256(request.peer_der).hexdigest()
-    )
+    cert_id = hashlib.sha256(request.peer_der).hexdigest()
+    return cert_id, gt.id_key(cert_id)
 
 
 def _user_cert(tx: Tx, request: Request) -> _Result:
