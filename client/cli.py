@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Column, Table
 
+from charter.cli_call import call
 from charter.cli_common import (
     EXIT_INTERRUPTED,
     EXIT_USAGE,
@@ -604,6 +605,8 @@ def status(
     stdout.print(f"node      {st.get('node_id', '?')} {st.get('state', '?')}")
     stdout.print(f"committed {info['commit']}")
 
+
+app.command()(call)
 
 # Registered last so that `charter --help` lists the everyday commands first.
 app.command(context_settings=PASSTHROUGH_WITH_HELP)(sandbox)

@@ -37,9 +37,10 @@ from charter.errors import (
     TransactionInvalid,
     error_from_response,
 )
-from charter.identity import TxId, load_cert_pem
+from charter.identity import Identity, TxId, load_cert_pem
 from charter.ledger.errors import LedgerError
 from charter.ledger.receipt import verify_json_receipt as ledger_verify_json_receipt
+from charter.user_requests import COSE_CONTENT_TYPE, user_envelope
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +148,16 @@ class CharterClient:
         key_path: str | Path | None = None,
         request_timeout_s: float = REQUEST_TIMEOUT_S_DEFAULT,
         response_bytes_max: int = RESPONSE_BYTES_MAX,
+        bearer_token: str | None = None,
     ) -> None:
+        """``bearer_token``: a JWT sent as ``Authorization: Bearer`` with every request (for
+        endpoints with the ``jwt`` policy)."""
         assert request_timeout_s > 0 and response_bytes_max > 0
+        if bearer_token is not None and (
+            not bearer_token or any(c.isspace() for c in bearer_token)
+        ):
+            raise IdentityError("a bearer token is one non-empty word")
+        self.bearer_token = bearer_token
         self.url = url.rstrip("/")
         if not self.url.startswith("https://"):
             raise IdentityError(f"service URL must start with https://, got {url!r}")
@@ -204,6 +213,8 @@ class CharterClient:
         assert path.startswith("/"), "paths are absolute, e.g. /node/state"
         assert json is None or data is None, "send JSON or raw bytes, not both"
         url = self.url + path
+        if self.bearer_token is not None:
+            headers = {"Authorization": f"Bearer {self.bearer_token}", **(headers or {})}
         try:
             async with self._session.request(
                 method, url, json=json, data=data, headers=headers, params=params
@@ -290,6 +301,18 @@ class CharterClient:
     ) -> Response:
         return await self.request(
             "POST", path, json=json, data=data, headers=headers, params=params
+        )
+
+    async def post_signed(
+        self, path: str, user: Identity, *, json: Any, method: str = "POST"
+    ) -> Response:
+        """Send ``json`` as ``user``'s COSE_Sign1-signed request (``user_cose_sign1``)."""
+        payload = jsonlib.dumps(json, separators=(",", ":")).encode()
+        return await self.request(
+            method,
+            path,
+            data=user_envelope(user, payload),
+            headers={"Content-Type": COSE_CONTENT_TYPE},
         )
 
     @staticmethod

@@ -37,8 +37,17 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-AuthPolicy = Literal["user_cert", "member_cose", "member_cert", "none"]
-AUTH_POLICIES: frozenset[str] = frozenset({"user_cert", "member_cose", "member_cert", "none"})
+AuthPolicy = Literal[
+    "user_cert", "member_cert", "any_cert", "jwt", "user_cose_sign1", "member_cose", "none"
+]
+# CCF's policy names (`member_cose` is CCF's `member_cose_sign1`); "none" is the same as an
+# empty list: no authentication.
+AUTH_POLICIES: frozenset[str] = frozenset(
+    {"user_cert", "member_cert", "any_cert", "jwt", "user_cose_sign1", "member_cose", "none"}
+)
+# Policies whose credential is the request body (a COSE_Sign1 envelope): at most one may
+# apply to a request, since the handler reads the payload that policy unwraps.
+COSE_POLICIES: frozenset[str] = frozenset({"user_cose_sign1", "member_cose"})
 METHODS: tuple[str, ...] = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 BODY_BYTES_MAX_DEFAULT = 1 << 20
@@ -64,13 +73,49 @@ _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 @dataclass(frozen=True, slots=True)
-class Caller:
-    """Who called, as authenticated by the runtime (``id`` = hex SHA-256 of the cert DER)."""
+class AllOf:
+    """CCF's ``all_of`` policy: every listed policy must admit the caller. Declare it with
+    `all_of` (e.g. ``auth=[all_of("user_cert", "jwt")]``); ``ctx.caller.identities`` then
+    holds each policy's identity by policy name."""
 
-    kind: Literal["user", "member", "anonymous"]
+    policies: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.policies) < 2 or len(set(self.policies)) != len(self.policies):
+            raise ValueError(f"all_of needs two or more distinct policies, got {self.policies}")
+        if not set(self.policies) <= AUTH_POLICIES - {"none"}:
+            raise ValueError(
+                f"all_of takes policies among {sorted(AUTH_POLICIES - {'none'})}, "
+                f"got {self.policies}"
+            )
+        if len(COSE_POLICIES & set(self.policies)) > 1:
+            raise ValueError("all_of may hold only one COSE policy (the body is one envelope)")
+
+    @property
+    def name(self) -> str:
+        return "all_of"
+
+
+def all_of(*policies: AuthPolicy) -> AllOf:
+    """The ``all_of`` policy over ``policies`` (CCF's ``AllOfAuthnPolicy``)."""
+    return AllOf(tuple(policies))
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who called, as authenticated by the runtime. ``kind`` and ``id``: "user" / "member"
+    (hex SHA-256 of the cert DER, for a TLS certificate or a COSE-signed request), "cert"
+    (``any_cert``: any client certificate, same id), "jwt" (the token's ``sub``; ``data`` holds
+    ``issuer``, ``kid`` and the ``claims``), "all_of" (``identities`` maps each policy to its
+    caller; ``id`` is the first one's), "anonymous". ``policy`` names the policy that admitted
+    the caller."""
+
+    kind: Literal["user", "member", "cert", "jwt", "all_of", "anonymous"]
     id: str
     cert_pem: str | None = None
     data: Mapping[str, Any] = field(default_factory=dict)
+    policy: str = ""
+    identities: Mapping[str, Caller] = field(default_factory=dict)
 
 
 ANONYMOUS = Caller("anonymous", "")
@@ -117,7 +162,7 @@ class Endpoint:
     method: str
     path: str
     handler: Handler
-    auth: tuple[str, ...]
+    auth: tuple[str | AllOf, ...]
     read_only: bool
     body_model: Any
     query_model: type[pydantic.BaseModel] | None
@@ -325,7 +370,7 @@ class App:
         method: str,
         path: str,
         *,
-        auth: AuthPolicy | Iterable[AuthPolicy] = "user_cert",
+        auth: AuthPolicy | AllOf | Iterable[AuthPolicy | AllOf] = "user_cert",
         body: Any = None,
         query: type[pydantic.BaseModel] | None = None,
         path_params: type[pydantic.BaseModel] | None = None,
@@ -336,7 +381,9 @@ class App:
     ) -> Callable[[H], H]:
         """Register ``handler(ctx)`` for ``method`` on ``prefix + path``.
 
-        ``auth``: one policy or a list (any of them admits the caller). ``body``: a pydantic
+        ``auth``: one policy or a list (any of them admits the caller; an empty list, like
+        ``"none"``, admits everyone unauthenticated, as CCF); `all_of` requires several at
+        once. ``body``: a pydantic
         model (or any type pydantic validates) for the JSON body; without it ``ctx.body`` is
         the raw bytes. ``query`` / ``path_params``: pydantic models for the query string and
         the ``{name}`` path parameters (else ``ctx.query`` / ``ctx.path`` hold strings).
@@ -345,9 +392,16 @@ class App:
         method = method.upper()
         if method not in METHODS:
             raise ValueError(f"unsupported method {method}")
-        policies = (auth,) if isinstance(auth, str) else tuple(auth)
-        if not policies or not set(policies) <= AUTH_POLICIES:
-            raise ValueError(f"auth must be among {sorted(AUTH_POLICIES)}, got {policies}")
+        policies = (auth,) if isinstance(auth, (str, AllOf)) else tuple(auth)
+        if not policies:
+            policies = ("none",)  # CCF: no policy means unauthenticated
+        names = {p for p in policies if isinstance(p, str)}
+        if not names <= AUTH_POLICIES or not all(isinstance(p, (str, AllOf)) for p in policies):
+            raise ValueError(
+                f"auth must be among {sorted(AUTH_POLICIES)} or all_of(...), got {policies}"
+            )
+        if len(set(policies)) != len(policies):
+            raise ValueError(f"auth lists a policy twice: {policies}")
         if not path.startswith("/"):
             raise ValueError(f"a path starts with '/': {path!r}")
         full_path = self.prefix + path

@@ -14,6 +14,13 @@ import pydantic
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 
+class PolicyGroup(Protocol):
+    """`all_of`: every named policy must pass (`app.AllOf` is one)."""
+
+    @property
+    def policies(self) -> tuple[str, ...]: ...
+
+
 class Endpoint(Protocol):
     """What a document is built from (`app.Endpoint` is one; this module imports no app)."""
 
@@ -22,7 +29,7 @@ class Endpoint(Protocol):
     @property
     def path(self) -> str: ...
     @property
-    def auth(self) -> tuple[str, ...]: ...
+    def auth(self) -> tuple[str | PolicyGroup, ...]: ...
     @property
     def read_only(self) -> bool: ...
     @property
@@ -61,7 +68,29 @@ SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
         "description": "Body is a COSE_Sign1 envelope signed by a member key, with CCF's "
         "ccf.gov.msg.* protected headers",
     },
+    "any_cert": {"type": "mutualTLS", "description": "Any TLS client certificate"},
+    "jwt": {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+        "description": "A JWT of an issuer registered by governance (set_jwt_issuer)",
+    },
+    "user_cose_sign1": {
+        "type": "http",
+        "scheme": "cose-sign1",
+        "description": "Body is a COSE_Sign1 envelope signed by a user key (kid = user id), "
+        "with the ccf.msg.created_at protected header",
+    },
 }
+
+
+def _policy_names(endpoint: Endpoint) -> set[str]:
+    """Every policy an endpoint names, those inside all_of included."""
+    names: set[str] = set()
+    for policy in endpoint.auth:
+        names.update((policy,) if isinstance(policy, str) else policy.policies)
+    return names
+
 
 ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -152,7 +181,9 @@ def build_openapi(title: str, version: str, endpoints: Sequence[Endpoint]) -> di
                     "application/json": {"schema": schema_of(endpoint.body_model, "validation")}
                 },
             }
-        elif "member_cose" in endpoint.auth and endpoint.method != "GET":
+        elif _policy_names(endpoint) & {"member_cose", "user_cose_sign1"} and (
+            endpoint.method != "GET"
+        ):
             operation["requestBody"] = {
                 "required": True,
                 "content": {"application/cose": {"schema": {"type": "string"}}},
@@ -173,9 +204,12 @@ def build_openapi(title: str, version: str, endpoints: Sequence[Endpoint]) -> di
         for policy in endpoint.auth:
             if policy == "none":
                 security.append({})
-            else:
+            elif isinstance(policy, str):
                 security.append({policy: []})
                 used_schemes.add(policy)
+            else:  # all_of: one requirement naming every scheme (OpenAPI's AND)
+                security.append({name: [] for name in policy.policies})
+                used_schemes.update(policy.policies)
         # An operation admitting anonymous callers only says so with an empty list.
         operation["security"] = [] if security == [{}] else security
         operation["x-charter-read-only"] = endpoint.read_only

@@ -8,24 +8,21 @@ status and users' data are cached and refreshed by KV hooks on their tables.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from charter.enclave_app import auth
 from charter.enclave_app.app import (
-    JSON_CONTENT_TYPE,
+    AllOf,
     App,
-    Caller,
     HttpResponse,
     error_response,
 )
 from charter.enclave_app.kv import MapChange, Store, Tx
 from charter.enclave_app.rate_limit import RateLimiter
 from charter.governance import tables as gt
-from charter.governance.errors import GovernanceError
-from charter.governance.requests import verify_request
 from charter.ledger import service_state as ss
 
 LOG = logging.getLogger(__name__)
@@ -38,8 +35,6 @@ HOST_BACKLOG_BYTES_MAX = 32 * 1024 * 1024
 JOIN_PATH = "/node/join"
 JOIN_RATE_PER_S = 4.0
 JOIN_BURST = 8
-# Signed member requests to app endpoints: their replay record.
-APP_COSE_REQUESTS_TABLE = ss.APP_COSE_REQUESTS
 # Maps only the service itself writes (governance, signatures, configuration).
 RESERVED_MAP_PREFIX = ss.SERVICE_TABLE_PREFIX
 # Users whose data is cached at once (the cache is rebuilt from the table past this).
@@ -142,49 +137,25 @@ class Frontend:
         return data
 
     # ------------------------------------------------------------------ auth
-    def authenticate(self, policies: tuple[str, ...], tx: Tx, peer_der: bytes | None) -> Caller:
-        """The caller under the endpoint's certificate policies, or raise `AuthError`.
-
-        (COSE-signed requests are checked by `member_from_cose`, the body being the proof.)
-        """
-        if "none" in policies and peer_der is None:
-            return Caller("anonymous", "")
-        if peer_der is not None:
-            # An identity's id is the SHA-256 of its certificate's DER: no parsing needed.
-            cert_id = hashlib.sha256(peer_der).hexdigest()
-            key = gt.id_key(cert_id)
-            if "user_cert" in policies:
-                pem = tx.get(gt.USERS_CERTS, key)
-                if pem is not None:
-                    return Caller(
-                        "user", cert_id, pem.decode(), self._user_data_of(tx, cert_id, key)
-                    )
-            if "member_cert" in policies:
-                pem = tx.get(gt.MEMBERS_CERTS, key)
-                if pem is not None:
-                    return Caller("member", cert_id, pem.decode())
-        if "none" in policies:
-            return Caller("anonymous", "")
-        raise AuthError()
-
-    def member_from_cose(self, tx: Tx, body: bytes) -> tuple[Caller, bytes, bytes] | None:
-        """An active member's fresh, never seen COSE_Sign1 request: (caller, signed payload,
-        replay key), else None. Checked by governance's verifier (`verify_request`); the
-        pipeline records the replay key with the transaction."""
-        try:
-            request = verify_request(tx, body, msg_type=None, now_s=self.backend.now_s())
-        except GovernanceError:
-            return None
-        if tx.get(APP_COSE_REQUESTS_TABLE, request.replay_key) is not None:
-            return None
-        info = gt.member_info(tx, request.member_id)
-        pem = tx.get(gt.MEMBERS_CERTS, gt.id_key(request.member_id))
-        if pem is None or info is None or info.get("status") != "Active":
-            return None
-        return (
-            Caller("member", request.member_id, pem.decode()),
-            request.payload,
-            request.replay_key,
+    def authenticate(
+        self,
+        policies: tuple[str | AllOf, ...],
+        tx: Tx,
+        peer_der: bytes | None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        body: bytes = b"",
+    ) -> auth.Authenticated:
+        """The caller under the endpoint's policies (`enclave_app.auth`), or raise
+        `auth.AuthFailure`."""
+        return auth.authenticate(
+            policies,
+            tx,
+            peer_der=peer_der,
+            headers=headers or {},
+            body=body,
+            now_s=self.backend.now_s(),
+            user_data=self._user_data_of,
         )
 
     # ------------------------------------------------------------------ the pipeline
@@ -245,18 +216,13 @@ class Frontend:
             return unavailable("FrontendNotOpen", "The service is not open yet")
         # 3. auth
         tx = self.store.begin()
-        replay_key: bytes | None = None
         try:
-            caller = self.authenticate(endpoint.auth, tx, peer_der)
-            payload = body
-        except AuthError:
-            signed = self.member_from_cose(tx, body) if "member_cose" in endpoint.auth else None
-            if signed is None:
-                return error_response(401, "InvalidAuthentication", "Caller is not authorised")
-            caller, payload, replay_key = signed
-            # The signed payload is what the endpoint reads; the envelope's type is COSE.
-            headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
-            headers["content-type"] = JSON_CONTENT_TYPE
+            authenticated = self.authenticate(
+                endpoint.auth, tx, peer_der, headers=headers, body=body
+            )
+        except auth.AuthFailure as failure:
+            return error_response(failure.status, failure.code, failure.message)
+        caller, payload = authenticated.caller, authenticated.body
         # 4. forward or backpressure
         if not endpoint.read_only:
             if not backend.is_primary:
@@ -278,7 +244,7 @@ class Frontend:
             caller=caller,
             body=payload,
             query=query,
-            headers=headers,
+            headers=authenticated.headers,
             runtime=self.runtime_view,
         )
         response = outcome.response
@@ -292,9 +258,8 @@ class Frontend:
                 return error_response(
                     500, "InternalError", "Applications may not write the service's own maps"
                 )
-        if replay_key is not None:
-            # The signed request may not be played again (read-only ones change nothing).
-            tx.put(APP_COSE_REQUESTS_TABLE, replay_key, caller.id.encode())
+        # A signed request may not be played again (read-only ones change nothing).
+        auth.record_signed(tx, authenticated, now_s=backend.now_s())
         view, seqno = backend.commit(tx, outcome.claims_digest)
         return HttpResponse(
             response.status,

@@ -25,7 +25,7 @@ from typing import Any
 from aiohttp import web
 
 from charter.enclave_app import interface as itf
-from charter.enclave_app import node_endpoints
+from charter.enclave_app import jwt_refresh, node_endpoints
 from charter.enclave_app.app import HttpResponse
 from charter.enclave_app.attestation import UnapprovedCode
 from charter.enclave_app.console import Console
@@ -175,6 +175,7 @@ class Runtime:
         node.on_forward_response = self._forward_answered
         node.routes.include(node_endpoints.build(node))
         _include_governance(node)
+        self.jwt_refresh = jwt_refresh.start(node, config.jwt, self.schedule_flush)
         if frame.sealed is not None:
             node.resume(frame.sealed)
             rejoin = node.identity is not None and not node.identity.ledger_secrets

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, JsonValue, StringConstraints, ValidationError
 
+from charter.governance import jwt as jwt_actions
 from charter.governance import tables as t
 from charter.governance.constitution import Constitution, parse_constitution, store_constitution
 from charter.governance.effects import NO_EFFECTS, ActionContext, Effects, NodeEndorsement
@@ -708,6 +709,37 @@ _SPECS = (
     ActionSpec("trigger_ledger_rekey", NoArgs, check_rekey, apply_rekey),
     ActionSpec(
         "set_service_configuration", ServiceConfigArgs, check_service_config, apply_service_config
+    ),
+    # JWT issuers and the CA bundles their key refresh trusts (governance/jwt.py).
+    ActionSpec(
+        "set_ca_cert_bundle",
+        jwt_actions.CaCertBundleArgs,
+        jwt_actions.check_set_ca_cert_bundle,
+        jwt_actions.apply_set_ca_cert_bundle,
+    ),
+    ActionSpec(
+        "remove_ca_cert_bundle",
+        jwt_actions.CaCertBundleNameArgs,
+        jwt_actions.check_remove_ca_cert_bundle,
+        jwt_actions.apply_remove_ca_cert_bundle,
+    ),
+    ActionSpec(
+        "set_jwt_issuer",
+        jwt_actions.SetJwtIssuerArgs,
+        jwt_actions.check_set_jwt_issuer,
+        jwt_actions.apply_set_jwt_issuer,
+    ),
+    ActionSpec(
+        "set_jwt_public_signing_keys",
+        jwt_actions.SetJwtKeysArgs,
+        jwt_actions.check_set_jwt_keys,
+        jwt_actions.apply_set_jwt_keys,
+    ),
+    ActionSpec(
+        "remove_jwt_issuer",
+        jwt_actions.JwtIssuerArgs,
+        jwt_actions.check_remove_jwt_issuer,
+        jwt_actions.apply_remove_jwt_issuer,
     ),
     # The SCITT sample's registration policy (governance/scitt_config.py).
     ActionSpec(

@@ -1,4 +1,7 @@
-"""Verification of signed member requests (COSE_Sign1 envelopes, FORMATS §6).
+"""Verification of signed requests (COSE_Sign1 envelopes, FORMATS §6): members' governance
+requests, and members' and users' signed requests to application endpoints
+(`verify_app_request`, the `member_cose` and `user_cose_sign1` auth policies): one verifier,
+one freshness window, one replay record.
 
 A request is accepted only if: it decodes within the size limit; its `kid` is the id of a
 member whose certificate is in `members.certs`; the signature verifies with that
@@ -22,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from charter.governance import tables as t
 from charter.governance.errors import GovernanceError
@@ -39,6 +42,12 @@ MAX_CREATED_AT = 9_999_999_999
 MAX_ENVELOPE_BYTES = 1024 * 1024
 
 MSG_TYPES_NEEDING_ACTIVE_MEMBER = frozenset({"proposal", "ballot", "withdrawal"})
+
+SignerKind = Literal["member", "user"]
+# CCF's protected header for the time of a user's signed request (`UserCOSESign1AuthnPolicy`).
+MSG_CREATED_AT = "ccf.msg.created_at"
+# What the replay record says a signed application request was (never a governance type).
+APP_REQUEST_TYPES: dict[str, str] = {"member": "member_app_request", "user": "user_app_request"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +67,8 @@ DEFAULT_POLICY = RequestPolicy()
 
 @dataclass(frozen=True, slots=True)
 class SignedRequest:
-    """A verified member request."""
+    """A verified request: a member's, or a user's to an application endpoint (`signer`);
+    `member_id` is the signer's id either way (the kid)."""
 
     member_id: str
     msg_type: str
@@ -67,6 +77,8 @@ class SignedRequest:
     payload: bytes
     signature: bytes
     envelope: bytes
+    signer: SignerKind = "member"
+    cert_pem: str | None = None
 
     @property
     def replay_key(self) -> bytes:
@@ -91,22 +103,7 @@ def _header_text(protected: dict[Any, Any], label: str) -> str | None:
     return value
 
 
-def verify_request(
-    tx: KvTx,
-    envelope: bytes,
-    *,
-    msg_type: str | None,
-    now_s: int,
-    policy: RequestPolicy = DEFAULT_POLICY,
-    path_proposal_id: str | None = None,
-    path_member_id: str | None = None,
-) -> SignedRequest:
-    """Check a member's COSE_Sign1 request for an endpoint expecting `msg_type`.
-
-    `msg_type=None` is for application endpoints that take a member's signed request of any
-    type: the type is not checked and the caller keeps its own replay record (the request
-    is checked against governance's replay tables only for a governance `msg_type`)."""
-    assert msg_type is None or msg_type in cose.GOV_MSG_TYPES, msg_type
+def _decode(envelope: bytes, policy: RequestPolicy) -> cose.Sign1:
     if len(envelope) > policy.max_envelope_bytes:
         raise GovernanceError(
             "RequestTooLarge",
@@ -119,37 +116,42 @@ def verify_request(
         raise GovernanceError("InvalidCoseSign1", f"body is not a COSE_Sign1: {exc}", 400) from None
     if msg.payload is None:
         raise GovernanceError("InvalidCoseSign1", "payload must be embedded", 400)
+    return msg
 
+
+def _verified_signer(tx: KvTx, msg: cose.Sign1, signer: SignerKind) -> tuple[str, bytes]:
+    """(id, cert PEM) of the member or user named by `kid`, once the signature verifies."""
     kid = msg.kid
     try:
-        member_id = kid.decode("ascii") if kid is not None else ""
+        signer_id = kid.decode("ascii") if kid is not None else ""
     except UnicodeDecodeError:
-        member_id = ""
-    if not t.is_hex_id(member_id):
-        raise _auth_error("InvalidKid", "kid must be the member id (64 lowercase hex digits)")
-    cert_pem = tx.get(t.MEMBERS_CERTS, t.id_key(member_id))
+        signer_id = ""
+    if not t.is_hex_id(signer_id):
+        raise _auth_error("InvalidKid", f"kid must be the {signer} id (64 lowercase hex digits)")
+    certs_table = t.MEMBERS_CERTS if signer == "member" else t.USERS_CERTS
+    cert_pem = tx.get(certs_table, t.id_key(signer_id))
     if cert_pem is None:
-        if tx.get(t.RETIRED_MEMBERS, t.id_key(member_id)) is not None:
-            raise GovernanceError("MemberRetired", f"member {member_id} has been removed", 403)
-        raise _auth_error("UnknownMember", f"kid {member_id} is not a known member")
+        if signer == "user":
+            raise _auth_error("UnknownUser", f"kid {signer_id} is not a registered user")
+        if tx.get(t.RETIRED_MEMBERS, t.id_key(signer_id)) is not None:
+            raise GovernanceError("MemberRetired", f"member {signer_id} has been removed", 403)
+        raise _auth_error("UnknownMember", f"kid {signer_id} is not a known member")
     try:
         cert = certs.load_cert(cert_pem)
-        if certs.cert_id(cert) != member_id:
-            raise GovernanceError("InternalError", "members.certs holds a mismatched cert", 500)
+        if certs.cert_id(cert) != signer_id:
+            raise GovernanceError("InternalError", f"{certs_table} holds a mismatched cert", 500)
         cose.verify_sign1(msg, cert)
     except LedgerError as exc:
         raise _auth_error("InvalidSignature", f"signature does not verify: {exc}") from None
+    return signer_id, cert_pem
 
-    signed_type = _header_text(msg.protected, cose.GOV_MSG_TYPE)
-    if msg_type is not None and signed_type != msg_type:
-        raise _auth_error(
-            "InvalidMessageType", f"expected ccf.gov.msg.type {msg_type!r}, got {signed_type!r}"
-        )
-    created_at = msg.protected.get(cose.GOV_MSG_CREATED_AT)
+
+def _created_at(msg: cose.Sign1, label: str, now_s: int, policy: RequestPolicy) -> int:
+    created_at = msg.protected.get(label)
     if isinstance(created_at, bool) or not isinstance(created_at, int):
-        raise GovernanceError("InvalidCreatedAt", "ccf.gov.msg.created_at must be an int", 400)
+        raise GovernanceError("InvalidCreatedAt", f"{label} must be an int", 400)
     if not 0 <= created_at <= MAX_CREATED_AT:
-        raise GovernanceError("InvalidCreatedAt", "ccf.gov.msg.created_at out of range", 400)
+        raise GovernanceError("InvalidCreatedAt", f"{label} out of range", 400)
     if created_at < now_s - policy.max_age_s:
         raise GovernanceError(
             "RequestExpired",
@@ -162,6 +164,31 @@ def verify_request(
             f"created_at {created_at} is more than {policy.max_future_s}s after now {now_s}",
             400,
         )
+    return created_at
+
+
+def verify_request(
+    tx: KvTx,
+    envelope: bytes,
+    *,
+    msg_type: str,
+    now_s: int,
+    policy: RequestPolicy = DEFAULT_POLICY,
+    path_proposal_id: str | None = None,
+    path_member_id: str | None = None,
+) -> SignedRequest:
+    """Check a member's COSE_Sign1 request for an endpoint expecting `msg_type`."""
+    assert msg_type in cose.GOV_MSG_TYPES, msg_type
+    msg = _decode(envelope, policy)
+    assert msg.payload is not None
+    member_id, _ = _verified_signer(tx, msg, "member")
+
+    signed_type = _header_text(msg.protected, cose.GOV_MSG_TYPE)
+    if signed_type != msg_type:
+        raise _auth_error(
+            "InvalidMessageType", f"expected ccf.gov.msg.type {msg_type!r}, got {signed_type!r}"
+        )
+    created_at = _created_at(msg, cose.GOV_MSG_CREATED_AT, now_s, policy)
 
     signed_proposal_id = _header_text(msg.protected, cose.GOV_MSG_PROPOSAL_ID)
     if msg_type in cose.GOV_MSG_TYPES_WITH_PROPOSAL_ID and (
@@ -177,20 +204,60 @@ def verify_request(
 
     info = t.member_info(tx, member_id)
     status = None if info is None else info.get("status")
-    if msg_type in MSG_TYPES_NEEDING_ACTIVE_MEMBER and status != t.MemberStatus.ACTIVE:
+    if msg_type in MSG_TYPES_NEEDING_ACTIVE_MEMBER and status != "Active":
         raise GovernanceError("MemberNotActive", f"member {member_id} is {status}, not Active", 403)
 
     request = SignedRequest(
         member_id=member_id,
-        msg_type=msg_type if msg_type is not None else (signed_type or ""),
+        msg_type=msg_type,
         created_at=created_at,
         proposal_id=signed_proposal_id,
         payload=msg.payload,
         signature=msg.signature,
         envelope=bytes(envelope),
     )
-    if msg_type is not None:
-        _check_not_replayed(tx, request)
+    _check_not_replayed(tx, request)
+    return request
+
+
+def verify_app_request(
+    tx: KvTx,
+    envelope: bytes,
+    *,
+    signer: SignerKind,
+    now_s: int,
+    policy: RequestPolicy = DEFAULT_POLICY,
+) -> SignedRequest:
+    """Check a COSE_Sign1 request to an application endpoint, signed by an active member
+    (`member_cose`) or a registered user (`user_cose_sign1`, kid = the user id, the SHA-256
+    of the user's certificate DER). Same checks as governance requests but no message type:
+    size, signature by the kid's certificate, `created_at` within the window (CCF's
+    `ccf.msg.created_at` header for users, `ccf.gov.msg.created_at` for members), and never
+    seen before (the same replay record, `record_request`, once the request commits)."""
+    msg = _decode(envelope, policy)
+    assert msg.payload is not None
+    signer_id, cert_pem = _verified_signer(tx, msg, signer)
+    label = cose.GOV_MSG_CREATED_AT if signer == "member" else MSG_CREATED_AT
+    created_at = _created_at(msg, label, now_s, policy)
+    if signer == "member":
+        info = t.member_info(tx, signer_id)
+        status = None if info is None else info.get("status")
+        if status != "Active":
+            raise GovernanceError(
+                "MemberNotActive", f"member {signer_id} is {status}, not Active", 403
+            )
+    request = SignedRequest(
+        member_id=signer_id,
+        msg_type=APP_REQUEST_TYPES[signer],
+        created_at=created_at,
+        proposal_id=None,
+        payload=msg.payload,
+        signature=msg.signature,
+        envelope=bytes(envelope),
+        signer=signer,
+        cert_pem=cert_pem.decode(),
+    )
+    _check_not_replayed(tx, request)
     return request
 
 
@@ -239,7 +306,7 @@ def record_request(
         tx,
         t.RECENT_REQUESTS,
         request.replay_key,
-        {"member_id": request.member_id, "msg_type": request.msg_type},
+        {f"{request.signer}_id": request.member_id, "msg_type": request.msg_type},
     )
 
 

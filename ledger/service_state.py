@@ -49,6 +49,10 @@ COSE_RECENT_PROPOSALS: Final = "public:ccf.gov.cose_recent_proposals"
 HISTORY: Final = "public:ccf.gov.history"
 COSE_HISTORY: Final = "public:ccf.gov.cose_history"
 # The SCITT sample's configuration (the name scitt-ccf-ledger gives it).
+# JWT issuers, their keys (CCF's tables) and the CA bundles their TLS is checked against.
+JWT_ISSUERS: Final = "public:ccf.gov.jwt.issuers"
+JWT_PUBLIC_SIGNING_KEYS: Final = "public:ccf.gov.jwt.public_signing_keys_metadata"
+CA_CERT_BUNDLES: Final = "public:ccf.gov.tls.ca_cert_bundles"
 SCITT_CONFIGURATION: Final = "public:ccf.gov.scitt.configuration"
 
 # -- governance tables (Charter's own; CCF has no equivalent) ------------------------------
@@ -66,8 +70,6 @@ SNAPSHOT_EVIDENCE: Final = "public:ccf.internal.snapshot_evidence"
 COSE_SIGNATURES_CONFIG: Final = "public:ccf.internal.charter.cose_signatures_config"
 # The Raft voters, as a ledger table (CCF keeps the equivalent in its internal maps).
 CONFIGURATION: Final = "public:ccf.internal.configuration"
-# Signed member and user requests to app endpoints: their replay record.
-APP_COSE_REQUESTS: Final = "public:ccf.internal.charter.app_cose_requests"
 
 # The value of an allowed measurement in the nodes' measurement tables.
 ALLOWED_TO_JOIN: Final = "AllowedToJoin"

@@ -105,6 +105,13 @@ class ConsoleConfig(_Model):
     ]
 
 
+class JwtConfig(_Model):
+    """JWT issuers' keys: how often the primary fetches those of auto-refreshed issuers."""
+
+    # CCF's `jwt.key_refresh_interval_s` (default 30 minutes).
+    key_refresh_interval_s: int = pydantic.Field(default=1800, ge=1, le=7 * 24 * 3600)
+
+
 class MemberConfig(_Model):
     cert: ConfigPath
     encryption_key: ConfigPath | None = None
@@ -208,6 +215,7 @@ class NodeConfig(_Model):
     # Operator features served on this node's RPC interface (CCF's name); none by default.
     enabled_operator_features: list[Literal["SnapshotRead"]] = []
     console: ConsoleConfig = pydantic.Field(default_factory=ConsoleConfig)
+    jwt: JwtConfig = pydantic.Field(default_factory=JwtConfig)
     start: StartConfig
 
     @pydantic.model_validator(mode="after")

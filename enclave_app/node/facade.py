@@ -18,9 +18,10 @@ from charter.consensus import LogEntry, Raft, StartState
 from charter.enclave_app import interface as itf
 from charter.enclave_app.app import App, Caller, HttpResponse
 from charter.enclave_app.attestation import check_own_code
+from charter.enclave_app.auth import AuthFailure
 from charter.enclave_app.channels import Channels
 from charter.enclave_app.entropy import SYSTEM_ENTROPY, Entropy
-from charter.enclave_app.frontend import Forwarded, Frontend, unavailable
+from charter.enclave_app.frontend import AuthError, Forwarded, Frontend, unavailable
 from charter.enclave_app.identity import LEDGER_SECRET_BYTES, Identity
 from charter.enclave_app.kv import Store, Tx
 from charter.enclave_app.node.core import NodeCore, NodeNotReady, write_genesis
@@ -631,7 +632,11 @@ class Node:
             self.peers.refresh(self.raft)
 
     def authenticate(self, policies: tuple[str, ...], tx: Tx, peer_der: bytes | None) -> Caller:
-        return self.frontend.authenticate(policies, tx, peer_der)
+        """The caller under certificate policies (the console's), or raise `AuthError`."""
+        try:
+            return self.frontend.authenticate(policies, tx, peer_der).caller
+        except AuthFailure:
+            raise AuthError() from None
 
     def handle(
         self,

@@ -30,7 +30,7 @@ from charter.ledger import certs
 LOG = logging.getLogger(__name__)
 
 MAX_PENDING_FORWARDS = 10_000
-_FORWARDED_HEADERS = frozenset({"content-type", "accept"})
+_FORWARDED_HEADERS = frozenset({"content-type", "accept", "authorization"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,8 +2,17 @@
 
 It keeps messages by integer id, like CCF's logging sample: private ones in the private map
 ``records`` (encrypted in the ledger), public ones in ``public:records`` (in clear), both with
-u64 little-endian keys and UTF-8 string values. Every endpoint needs a registered user's TLS
-client certificate (``auth="user_cert"``).
+u64 little-endian keys and UTF-8 string values. The main endpoints need a registered user's
+TLS client certificate (``auth="user_cert"``); others show each authentication policy, as
+CCF's logging sample does:
+
+    POST   /app/log/private/jwt        a JWT bearer token of a registered issuer (jwt)
+    GET    /app/log/private/jwt?id=42
+    POST   /app/log/private/cose       body: a user's COSE_Sign1 over the JSON record
+    POST   /app/log/private/anonymous  no authentication at all (auth=[])
+    GET    /app/multi_auth             any policy: says who the caller is and how
+    POST   /app/multi_auth             the same, COSE-signed requests included
+    GET    /app/all_of_auth            a user's certificate AND a JWT, both identities
 
     POST   /app/log/private        {"id": 42, "msg": "hello"}   -> true
     GET    /app/log/private?id=42                               -> {"msg": "hello"}
@@ -30,7 +39,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from charter.enclave_app.app import App, Context
+from charter.enclave_app.app import App, Caller, Context, all_of
 from charter.enclave_app.errors import HttpError
 from charter.enclave_app.kv import STR, U64, U64_MAX
 
@@ -127,3 +136,62 @@ def delete_private(ctx: Context) -> None:
 def count_private(ctx: Context) -> LogCount:
     """Count the private messages (reads the whole map: a demo, not for large maps)."""
     return LogCount(count=sum(1 for _ in ctx.tx.items(PRIVATE_RECORDS)))
+
+
+# ------------------------------------------------------------------ one endpoint per policy
+
+
+@app.post("/log/private/jwt", auth="jwt", body=LogRecord)
+def record_private_jwt(ctx: Context) -> bool:
+    """Record a private message, authenticated by a JWT bearer token."""
+    return _record(ctx, PRIVATE_RECORDS)
+
+
+@app.get("/log/private/jwt", auth="jwt", query=LogQuery, response=LogMessage)
+def get_private_jwt(ctx: Context) -> LogMessage:
+    """Read a private message, authenticated by a JWT bearer token."""
+    return _read(ctx, PRIVATE_RECORDS)
+
+
+@app.post("/log/private/cose", auth="user_cose_sign1", body=LogRecord)
+def record_private_cose(ctx: Context) -> bool:
+    """Record a private message sent as a user's COSE_Sign1 envelope (fresh, played once)."""
+    return _record(ctx, PRIVATE_RECORDS)
+
+
+@app.post("/log/private/anonymous", auth=[], body=LogRecord)
+def record_private_anonymous(ctx: Context) -> bool:
+    """Record a private message without authentication (an empty policy list)."""
+    return _record(ctx, PRIVATE_RECORDS)
+
+
+def describe(caller: Caller) -> dict[str, object]:
+    """What an endpoint knows of its caller, as JSON."""
+    described: dict[str, object] = {"policy": caller.policy, "kind": caller.kind, "id": caller.id}
+    if caller.kind == "jwt":
+        described["issuer"] = caller.data.get("issuer")
+        described["claims"] = caller.data.get("claims")
+    if caller.identities:
+        described["identities"] = {k: describe(v) for k, v in caller.identities.items()}
+    return described
+
+
+MULTI_AUTH = ["user_cert", "member_cert", "jwt", "any_cert", "none"]
+
+
+@app.get("/multi_auth", auth=MULTI_AUTH)
+def multi_auth(ctx: Context) -> dict[str, object]:
+    """Who the caller is, under whichever policy admitted it (CCF's /multi_auth)."""
+    return describe(ctx.caller)
+
+
+@app.post("/multi_auth", auth=["user_cose_sign1", "member_cose", *MULTI_AUTH], read_only=True)
+def multi_auth_signed(ctx: Context) -> dict[str, object]:
+    """The same, for a COSE-signed request too (read-only: nothing is recorded)."""
+    return describe(ctx.caller)
+
+
+@app.get("/all_of_auth", auth=all_of("user_cert", "jwt"))
+def all_of_auth(ctx: Context) -> dict[str, object]:
+    """Needs both a user's TLS certificate and a JWT; answers both identities."""
+    return describe(ctx.caller)

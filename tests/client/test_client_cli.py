@@ -26,7 +26,7 @@ COMMANDS = [
     ["keygen"], ["propose"], ["vote"], ["withdraw"], ["ack"], ["proposals"], ["members"],
     ["users"], ["nodes"], ["status"], ["sandbox"], ["bench"], ["node", "start"],
     ["node", "join"], ["node", "recover"], ["receipt", "get"], ["receipt", "verify"], ["ledger", "audit"],
-    ["ledger", "read"],
+    ["ledger", "read"], ["call"],
 ]  # fmt: skip
 
 runner = CliRunner()

@@ -453,7 +453,7 @@ def test_registration_refuses_unknown_auth_bad_templates_and_duplicates() -> Non
         return None
 
     with pytest.raises(ValueError):
-        app.get("/x", auth="jwt")(handler)
+        app.get("/x", auth="oauth")(handler)
     with pytest.raises(ValueError):
         app.get("/x/{a}/{a}")(handler)
     with pytest.raises(ValueError):

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from charter.enclave_app.app import Caller, Outcome
+from charter.enclave_app.app import Caller, Outcome, all_of
 from charter.enclave_app.kv import STR, U64, Store, WriteSet
 from charter.enclave_app.samples.logging import PRIVATE_RECORDS, PUBLIC_RECORDS, app
 
@@ -137,7 +137,9 @@ def test_delete_removes_a_record_and_count_follows(node: Node) -> None:
     assert payload(node.request("GET", "/app/log/private/count")) == {"count": 2}
 
 
-def test_every_logging_endpoint_requires_a_user_certificate() -> None:
+def test_logging_endpoints_require_a_user_certificate_except_one_per_other_policy() -> None:
+    """The record endpoints need a user's certificate; the policy showcase endpoints (as in
+    CCF's logging sample) each declare exactly their policy."""
     endpoints = [e for e in app.endpoints() if e.include_in_api]
     assert {(e.method, e.path) for e in endpoints} >= {
         ("POST", "/app/log/private"),
@@ -145,7 +147,20 @@ def test_every_logging_endpoint_requires_a_user_certificate() -> None:
         ("POST", "/app/log/public"),
         ("GET", "/app/log/public"),
     }
-    assert all(e.auth == ("user_cert",) for e in endpoints)
+    showcase = {
+        ("POST", "/app/log/private/jwt"): ("jwt",),
+        ("GET", "/app/log/private/jwt"): ("jwt",),
+        ("POST", "/app/log/private/cose"): ("user_cose_sign1",),
+        ("POST", "/app/log/private/anonymous"): ("none",),
+        ("GET", "/app/all_of_auth"): (all_of("user_cert", "jwt"),),
+        ("GET", "/app/multi_auth"): ("user_cert", "member_cert", "jwt", "any_cert", "none"),
+        ("POST", "/app/multi_auth"): (
+            "user_cose_sign1", "member_cose", "user_cert", "member_cert", "jwt", "any_cert", "none",
+        ),
+    }  # fmt: skip
+    for e in endpoints:
+        assert e.auth == showcase.get((e.method, e.path), ("user_cert",)), (e.method, e.path)
+    assert {(e.method, e.path) for e in endpoints} >= set(showcase)
     assert all(e.summary for e in endpoints)
 
 

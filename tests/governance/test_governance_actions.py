@@ -75,6 +75,11 @@ def test_every_listed_action_is_registered() -> None:
         "trigger_ledger_rekey",
         "set_service_configuration",
         "set_scitt_configuration",
+        "set_ca_cert_bundle",
+        "remove_ca_cert_bundle",
+        "set_jwt_issuer",
+        "set_jwt_public_signing_keys",
+        "remove_jwt_issuer",
     }
 
 
