@@ -168,8 +168,9 @@ class Raft(RaftState):
 
     def track_removed(self, node_id: str, removed_at: int) -> None:
         """Primary: `node_id` left the service (governance says so) but may not know it yet:
-        replicate to it, without counting it, until it says it committed `removed_at` or
-        stays silent long after (then it is in `Ready.released`). This is how a primary
+        replicate to it, without counting it, until it says it committed `removed_at` (then
+        it is in `Ready.released`) or stays silent long after (then it is dropped; the caller
+        may track it again later). This is how a primary
         elected after a removal tells a removed node that the one that removed it did not."""
         if (
             self._role is not Role.PRIMARY
@@ -227,7 +228,19 @@ class Raft(RaftState):
 
     def step(self, m: Message) -> None:
         """Handle one message from a peer."""
-        if self._role is Role.RETIRED or m.sender == self.id:
+        if m.sender == self.id:
+            return
+        if self._role is Role.RETIRED:
+            if isinstance(m, AppendEntries):
+                # A primary that does not know this node retired (elected since, or it gave
+                # up on it while it was down) learns it from the commit index: enough for it
+                # to stop. Nothing else is answered or changed.
+                self._send(
+                    m.sender,
+                    AppendEntriesResponse(
+                        m.term, self.id, False, 0, 0, m.prev_index, 0, 0, self._commit_index
+                    ),
+                )
             return
         if m.term > self._term:
             forced = isinstance(m, RequestVote) and m.forced
@@ -430,6 +443,9 @@ class Raft(RaftState):
         pr.recent_active = True
         pr.heard_at_ms = self._now_ms
         pr.peer_commit_index = max(pr.peer_commit_index, m.commit_index)
+        if pr.removal_index is not None and pr.peer_commit_index >= pr.removal_index:
+            self._done_with_removed(m.sender, pr)  # it committed its removal: it retired
+            return
         last = self._log.last_index
         if m.success:
             acked = min(m.last_index, last)
@@ -501,7 +517,8 @@ class Raft(RaftState):
             silent_ms,
         )
         del self._progress[peer]
-        self._released.append(peer)
+        if told:
+            self._released.append(peer)
         return True
 
     def _maybe_commit(self) -> None:

@@ -26,8 +26,8 @@ class Ready:
     leader_id: str | None = None
     view: int = 0
     entry_requests: list[EntryRequest] = field(default_factory=list)
-    # Removed peers the primary stopped replicating to: each said it committed its removal,
-    # or stayed silent long after it.
+    # Removed peers the primary stopped replicating to because each said it committed its
+    # removal (one that stayed silent long after is dropped without a word: it may be down).
     released: list[str] = field(default_factory=list)
 
     @property

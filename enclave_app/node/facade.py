@@ -58,6 +58,8 @@ LOG = logging.getLogger(__name__)
 # One `settle` acts on at most this many Ready / signature / snapshot steps; each step
 # makes the next one smaller, so more means a loop that feeds itself (a bug).
 SETTLE_STEPS_MAX = 64
+# How often a primary looks again for Retired nodes it has not told yet.
+RETIRED_RECHECK_MS = 10_000
 
 
 class RollbackError(Exception):
@@ -86,6 +88,7 @@ class Node:
         self.peers: Peers | None = None
         self.replication: Replication | None = None
         self.retired = False
+        self._retired_checked_ms = 0
         # Entries of the own ledger read back by a restart, until Raft restarts on them.
         self._replayed: list[LogEntry] = []
         # Called with (forward id, response) when a forwarded request's answer arrives.
@@ -545,6 +548,11 @@ class Node:
         replication.tick(now_ms)
         if replication.is_primary and self.core.lifecycle.is_(NodeState.PART_OF_NETWORK):
             replication.maybe_reconfigure(self._peers().trusted_nodes())
+            if now_ms - self._retired_checked_ms >= RETIRED_RECHECK_MS:
+                # Retired nodes not yet told, that Raft gave up on while they were silent
+                # (down, or cut off): try them again now and then.
+                self._retired_checked_ms = now_ms
+                self._refresh_peers()
         self.settle()
 
     def durable(self, seqno: int, view: int = 0) -> None:

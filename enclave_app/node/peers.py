@@ -99,11 +99,11 @@ class Peers:
                 elif self.retired_at is None:
                     self.retired_at = self.core.store.version
                 continue
-            was_trusted = node_id in voters or node_id in self.addresses
-            # Only governance retires a node, and only a trusted one: until its retirement
-            # is recorded as told (`retired_committed`), any primary may have to tell it.
+            # Only governance retires a node, and only a trusted one, so a Retired node keeps
+            # its route: until its retirement is recorded as told (`retired_committed`) any
+            # primary tells it, and one heard from again (restarted) is told once more.
             untold = status == "Retired" and info.get("retired_committed") is not True
-            if status != "Trusted" and not (status == "Retired" and (was_trusted or untold)):
+            if status not in ("Trusted", "Retired"):
                 continue
             self.know(
                 node_id,

@@ -13,6 +13,7 @@ from charter.consensus import (
     LogEntry,
     Raft,
     RaftConfig,
+    Ready,
     RequestVoteResponse,
     Role,
     StartState,
@@ -333,3 +334,40 @@ def test_a_peer_whose_log_ends_below_the_primarys_start_gets_the_anchor_entry_to
     assert to == "b" and isinstance(message, AppendEntries)
     assert (message.prev_index, message.prev_term) == (5, 1)
     assert message.entries[0].index == 6
+
+
+def test_a_primary_tracking_a_removed_node_lets_it_go_once_it_says_it_committed_its_removal() -> (
+    None
+):
+    """A primary elected after a removal tracks the removed node (the runtime asks it to):
+    a node that had already retired answers with its commit index, which is enough, and is
+    released (`Ready.released`) so the runtime can record that it was told."""
+    c = Cluster(["a", "b", "c", "d"])
+    a = c.elect("a")
+    a.propose(b"rm d", signature=True, configuration=frozenset(ABC))
+    c.process("a")
+    c.deliver()
+    c.run_for(60)
+    assert c.nodes["d"].role is Role.RETIRED
+    removal = c.nodes["d"].commit_index
+    c.crash("a")
+    c.run_for(3000)
+    new = c.primary()
+    assert new in ("b", "c")
+    b = c.nodes[new]
+    b.track_removed("d", removal)
+    assert "d" in b.details().acks
+    released: list[str] = []
+    ready = b.ready
+
+    def recording_ready() -> Ready:
+        r = ready()
+        released.extend(r.released)
+        return r
+
+    b.ready = recording_ready  # type: ignore[method-assign]
+    c.run_for(200)  # far below the silence after which a removed node is dropped unheard
+    assert released == ["d"] and "d" not in b.details().acks
+    acks_before = dict(b.details().acks)
+    b.track_removed("a", removal)  # a voter is never tracked as removed
+    assert b.details().acks.keys() == acks_before.keys()

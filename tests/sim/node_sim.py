@@ -205,8 +205,11 @@ class Simulation:
         self.sig_tx = self.rng.choice((3, 5, 10, 100))
         self.raft_log_entries = self.rng.choice((10, 20, 1000))
         self.fsync_ms_max = self.rng.choice((0, 5, 30))
-        logging.getLogger("charter").setLevel(logging.CRITICAL)
-        logging.getLogger("consensus").setLevel(logging.CRITICAL)
+        # Quiet while it runs (thousands of nodes' logs); `run` puts the levels back, so
+        # tests that read logs after it in the same process see them.
+        self._log_levels = {
+            name: logging.getLogger(name).level for name in ("charter", "consensus")
+        }
 
     # -------------------------------------------------------------------- plumbing
     def count(self, what: str, n: int = 1) -> None:
@@ -893,6 +896,8 @@ class Simulation:
 
     # -------------------------------------------------------------------- a whole run
     def run(self, steps: int) -> None:
+        for name in self._log_levels:
+            logging.getLogger(name).setLevel(logging.CRITICAL)
         try:
             self.start_network()
             for _ in range(self.initial_nodes - 1):
@@ -907,6 +912,8 @@ class Simulation:
             self.heal_and_converge()
         finally:
             self.close()
+            for name, level in self._log_levels.items():
+                logging.getLogger(name).setLevel(level)
 
     def heal_and_converge(self) -> None:
         """Faults stop, every node that may run runs: the service must commit again, every

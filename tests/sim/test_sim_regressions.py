@@ -54,3 +54,13 @@ def test_the_last_voter_retired_hands_over_to_the_trusted_learners() -> None:
     Simulation(474, test_name="test_the_last_voter_retired_hands_over_to_the_trusted_learners").run(
         300
     )
+
+
+def test_a_removed_node_cut_off_while_its_removal_committed_still_retires() -> None:
+    """Seed 1055: a voter removed while cut off kept campaigning after it healed, towards
+    voters of its old configuration only; the primary had dropped it as silent and no one
+    ever told it. Primaries now retry untold Retired nodes, and a retired node answers a
+    primary that still tracks it, so that primary learns it may stop."""
+    Simulation(
+        1055, test_name="test_a_removed_node_cut_off_while_its_removal_committed_still_retires"
+    ).run(300)
