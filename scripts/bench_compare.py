@@ -1,18 +1,20 @@
 #!/usr/bin/env python3
-"""Before/after of a change, in one run: scripts/bench.py on two commits, alternated.
+"""Before/after of changes, in one run: scripts/bench.py on several commits, alternated.
 
-    .venv/bin/python scripts/bench_compare.py BASE_REV NEW_REV [--pairs 2] [-- BENCH ARGS]
+    .venv/bin/python scripts/bench_compare.py BASE_REV REV [REV ...] [--pairs 2] [-- BENCH ARGS]
 
 Each revision's packages are exported (`git archive`) into a temporary tree laid out as the
 installed `charter` namespace, and scripts/bench.py (of NEW_REV, so both are measured the
 same way) runs with that tree first on PYTHONPATH: the nodes it starts, and the benchmark
-itself, then import that revision's code. Runs alternate base, new, new, base, ... so that
-a drift of the shared machine's load falls on both alike; each run measures its own ceiling
-around its node phase, so every figure is also a ratio to a ceiling of the same minutes.
+itself, then import that revision's code. Each round runs every revision once, in forward
+then reverse order (A B C, C B A, ...), so that a drift of the shared machine's load falls
+on all alike; each run measures its own ceiling around its node phase, so every figure is
+also a ratio to a ceiling of the same minutes.
 
 Default bench arguments: `--nodes 1 --duration-s 8 --latency-duration-s 0 --receipts 0`.
 The last stdout line is one JSON object: per revision the median of each figure over its
-runs, and `enclave_us_per_write_new_over_base` (< 1: the change saves enclave CPU).
+runs, and its `enclave_us_per_write` and `ceiling_ratio` over the base's (< 1: it saves
+enclave CPU; > 1: it gets closer to the ceiling).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ FIGURES = (
     "cpu_ceiling_ratio",
 )
 PAIRS_MAX = 10
+REVS_MAX = 8
 RUN_TIMEOUT_S = 900
 
 
@@ -90,40 +93,43 @@ def main(argv: list[str]) -> int:
     else:
         bench_args = list(DEFAULT_BENCH_ARGS)
     p = argparse.ArgumentParser(prog="bench_compare.py", description=__doc__.split("\n")[0])
-    p.add_argument("base", help="revision before the change")
-    p.add_argument("new", help="revision with the change")
+    p.add_argument("revs", nargs="+", help="the base revision, then the ones to compare")
     p.add_argument("--pairs", type=int, default=2, help="runs of each revision (2)")
     args = p.parse_args(argv)
     if not 1 <= args.pairs <= PAIRS_MAX:
         p.error(f"--pairs must be in 1..{PAIRS_MAX}")
-    runs: dict[str, list[dict[str, Any]]] = {"base": [], "new": []}
+    if not 2 <= len(args.revs) <= REVS_MAX:
+        p.error(f"give 2..{REVS_MAX} revisions")
+    labels = [f"r{i}" for i in range(len(args.revs))]
+    runs: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}
     with tempfile.TemporaryDirectory(prefix="charter-bench-compare-") as tmp_name:
         tmp = Path(tmp_name)
         trees = {}
-        for label, rev in (("base", args.base), ("new", args.new)):
+        for label, rev in zip(labels, args.revs, strict=True):
             export_tree(rev, tmp / label)
             trees[label] = tmp / label / "tree"
-        script = tmp / "new" / "checkout" / "scripts" / "bench.py"
-        order = [("base", "new") if i % 2 == 0 else ("new", "base") for i in range(args.pairs)]
-        for i, labels in enumerate(order):
-            for label in labels:
-                result = run_bench(script, trees[label], bench_args, tmp / f"{label}{i}.json")
+        script = tmp / labels[-1] / "checkout" / "scripts" / "bench.py"
+        for i in range(args.pairs):
+            for label in labels if i % 2 == 0 else reversed(labels):
+                result = run_bench(script, trees[label], bench_args, tmp / f"{label}-{i}.json")
                 result["load_average"] = [round(x, 2) for x in os.getloadavg()]
                 runs[label].append(result)
+                rev = args.revs[labels.index(label)]
                 figures = {k: result.get(k) for k in FIGURES}
-                print(f"{label} ({args.__dict__[label]}) run {i}: {json.dumps(figures)} "
-                      f"load {result['load_average']}", file=sys.stderr, flush=True)  # fmt: skip
-    summary: dict[str, Any] = {"base": args.base, "new": args.new, "pairs": args.pairs}
-    summary["bench_args"] = bench_args
-    for label, results in runs.items():
-        summary[label + "_runs"] = [{k: r.get(k) for k in FIGURES} for r in results]
-        summary[label + "_load_average"] = [r["load_average"] for r in results]
+                print(f"{rev} run {i}: {json.dumps(figures)} load {result['load_average']}",
+                      file=sys.stderr, flush=True)  # fmt: skip
+    summary: dict[str, Any] = {"revs": args.revs, "pairs": args.pairs, "bench_args": bench_args}
+    for label, rev in zip(labels, args.revs, strict=True):
+        results = runs[label]
+        entry: dict[str, Any] = {"runs": [{k: r.get(k) for k in FIGURES} for r in results]}
+        entry["load_average"] = [r["load_average"] for r in results]
         for k in FIGURES:
-            summary[f"{label}_{k}"] = median([r[k] for r in results if r.get(k) is not None])
-    b, n = summary["base_enclave_us_per_write"], summary["new_enclave_us_per_write"]
-    summary["enclave_us_per_write_new_over_base"] = round(n / b, 3) if b and n else None
-    b, n = summary["base_ceiling_ratio"], summary["new_ceiling_ratio"]
-    summary["ceiling_ratio_new_over_base"] = round(n / b, 3) if b and n else None
+            entry[k] = median([r[k] for r in results if r.get(k) is not None])
+        summary[rev] = entry
+    for rev in args.revs[1:]:
+        for k in ("enclave_us_per_write", "ceiling_ratio"):
+            b, n = summary[args.revs[0]][k], summary[rev][k]
+            summary[rev][f"{k}_over_base"] = round(n / b, 3) if b and n else None
     print(json.dumps(summary), flush=True)
     return 0
 
