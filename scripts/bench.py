@@ -81,6 +81,7 @@ RECEIPT_CONCURRENCY_MAX = 8
 NODES_MAX = 7
 ROUNDS_MAX = 10
 PROFILE_TOP = 25
+PROFILE_RATE_HZ = 250  # py-spy samples per second (it runs in its own process)
 LATENCY_CLIENTS_MAX = 64
 LOAD_GENERATORS = ("ab", "python")
 BODY = json.dumps({"id": 1, "msg": "bench record"}).encode()
@@ -450,7 +451,16 @@ def start_profiler(
         err.print("[yellow]--profile-dir: py-spy not found (pip install py-spy); not profiling")
         return None
     raw = directory / f"{name}-{nodes}node-{pid}.txt"
-    cmd = [exe, "record", "-p", str(pid), "-d", str(int(duration_s) + 1), "-r", "100"]
+    cmd = [
+        exe,
+        "record",
+        "-p",
+        str(pid),
+        "-d",
+        str(int(duration_s) + 1),
+        "-r",
+        str(PROFILE_RATE_HZ),
+    ]
     cmd += ["-f", "raw", "-o", str(raw), "--nonblocking"]
     try:
         directory.mkdir(parents=True, exist_ok=True)
