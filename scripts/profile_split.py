@@ -9,8 +9,8 @@ that matches a frame of its stack: first the work a frontend process could do (T
 handshakes, writing the response through aiohttp and TLS, reading and validating the body,
 authenticating the caller and checking the service is open), then the ordering process's
 (committing the transaction, signatures, the application handler on the KV store, frames
-to and from the host), then the rest of HTTP handling (parsing, aiohttp's request plumbing),
-which is frontend work. What matches nothing is the event loop and other overhead.
+to and from the host), then the rest of HTTP handling (parsing, aiohttp's request plumbing,
+`Node.handle`'s own lines: route match, admission checks), which is frontend work. What matches nothing is the event loop and other overhead.
 With --us-per-write (the bench's `enclave_us_per_write`), each share is also given in µs.
 The last line is one JSON object. See docs/internals.md, "Multi-core frontends".
 """
