@@ -97,7 +97,7 @@ def committed_between(start: TxId, end: TxId, answered_2xx: int) -> int:
 @dataclass(frozen=True, slots=True)
 class PacedResult:
     target_rate_per_s: float
-    writes_sent: int
+    writes_scheduled: int
     writes_ok: int
     errors: int
     first_error: str | None
@@ -199,7 +199,7 @@ async def run_paced(
         await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
     return PacedResult(
         target_rate_per_s=rate_per_s,
-        writes_sent=total,
+        writes_scheduled=total,
         writes_ok=len(sent),
         errors=errors[0],
         first_error=first_error[0] if first_error else None,

@@ -84,6 +84,7 @@ PROFILE_TOP = 25
 PROFILE_RATE_HZ = 250  # py-spy samples per second (it runs in its own process)
 LATENCY_CLIENTS_MAX = 64
 LOAD_GENERATORS = ("ab", "python")
+DEFAULT_NODE_COUNTS = "1,3"
 BODY = json.dumps({"id": 1, "msg": "bench record"}).encode()
 
 err = Console(stderr=True)
@@ -515,7 +516,8 @@ def node_counts(args: argparse.Namespace) -> list[int]:
     if args.nodes is not None:
         counts = [args.nodes]
     else:
-        counts = [int(x) for x in args.compare_nodes.split(",") if x.strip()]
+        spec = args.compare_nodes or DEFAULT_NODE_COUNTS
+        counts = [int(x) for x in spec.split(",") if x.strip()]
     if not counts or any(not 1 <= n <= NODES_MAX for n in counts):
         raise SystemExit(f"bench: node counts must be in 1..{NODES_MAX}")
     return counts
@@ -667,7 +669,7 @@ def show_table(result: dict[str, Any]) -> None:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n")[0])
     p.add_argument("--nodes", type=int, default=None, help="one node count (else --compare-nodes)")
-    p.add_argument("--compare-nodes", default="1,3", help="node counts measured in turn (1,3)")
+    p.add_argument("--compare-nodes", default=None, help="node counts measured in turn (1,3)")
     p.add_argument(
         "--load-generator", choices=LOAD_GENERATORS, default="ab", help="ab (default) or python"
     )
@@ -701,8 +703,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error(f"--receipts must be in 0..{bench.RECEIPTS_MAX}")
     if not 1 <= args.rounds <= ROUNDS_MAX:
         p.error(f"--rounds must be in 1..{ROUNDS_MAX}")
-    if args.network is not None and args.nodes is not None:
-        p.error("--nodes starts its own network; it cannot be used with --network")
+    if args.network is not None and (args.nodes is not None or args.compare_nodes):
+        p.error("--nodes and --compare-nodes start their own networks, not with --network")
+    if args.nodes is not None and args.compare_nodes:
+        p.error("give --nodes N or --compare-nodes A,B, not both")
     node_counts(args)
     if args.load_generator == "ab":
         try:

@@ -97,6 +97,24 @@ def test_bench_without_ab_says_how_to_install_it(tmp_path: Path) -> None:
     assert "apt-get install apache2-utils" in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--network", "n.json", "--compare-nodes", "1,3"], "not with --network"),
+        (["--network", "n.json", "--nodes", "1"], "not with --network"),
+        (["--nodes", "1", "--compare-nodes", "1,3"], "not both"),
+        (["--load-generator", "ab", "--duration-s", "0.5"], "at least 1 with ab"),
+    ],
+)
+def test_bench_refuses_options_it_could_not_honour(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    cmd = [sys.executable, str(REPO_ROOT / "scripts" / "bench.py"), *args]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=55)
+    assert done.returncode == 2
+    assert message in done.stderr
+
+
 @pytest.mark.timeout(60)
 def test_bench_reports_null_figures_and_the_error_when_the_network_fails(tmp_path: Path) -> None:
     # A network whose node is not on 127.0.0.1 is refused before any request is sent; the
