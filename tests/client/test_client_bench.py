@@ -8,6 +8,7 @@ with the figures it is computed from, and the results file equal to that line.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -68,6 +69,8 @@ def _check_committed_figures(last: dict[str, Any]) -> None:
     assert last["node_counters_per_write"]["writes"] >= 1.0
     assert 0 < last["p50_commit_ms_at_half_load"] <= last["p99_commit_ms_at_half_load"]
     assert last["half_load_writes_committed"] > 0
+    assert isinstance(last["half_load_reached"], bool) and last["half_load_client_us_per_write"] > 0
+    assert 0 < last["p50_answer_ms_at_half_load"] <= last["p99_answer_ms_at_half_load"]
     assert last["receipts_verified"] == 20 and last["receipts_failed"] == 0
 
 
@@ -265,3 +268,49 @@ async def test_load_stops_at_the_request_budget(tmp_path: Path) -> None:
         )
     assert load.requests_ok == 15
     assert load.elapsed_s < 10
+
+
+async def test_paced_client_connection_reads_status_and_txid_over_keep_alive_tls(
+    tmp_path: Path,
+) -> None:
+    pki = bench.make_ceiling_pki(tmp_path)
+    with bench.CeilingServer(pki) as server:
+        conn = await bench_commit._Connection.open(server.url, bench.ceiling_client_context(pki))
+        try:
+            for _ in range(3):  # the same connection, answer after answer
+                assert await conn.post(b'{"id": 1, "msg": "x"}') == (200, "1.1")
+        finally:
+            conn.close()
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        (b"HTTP/1.1 200 OK\r\nx-ms-ccf-transaction-id: 2.3\r\n\r\n", "Content-Length"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 99999999\r\n\r\n", "Content-Length"),
+        (b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * 20_000 + b"\r\n\r\n", "exceed the limit"),
+        (b"SMTP ready\r\n\r\n", "malformed status line"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", "closed mid-answer"),
+        (b"", "connection closed"),
+    ],
+)
+async def test_paced_client_refuses_answers_it_cannot_bound(answer: bytes, message: str) -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(4096)
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, limit=bench_commit.RESPONSE_HEAD_BYTES_MAX
+    )
+    conn = bench_commit._Connection(reader, writer, f"127.0.0.1:{port}", "/app/log/private")
+    try:
+        with pytest.raises(bench_commit.PacedClientError, match=message):
+            await conn.post(b"{}")
+    finally:
+        conn.close()
+        server.close()
+        await server.wait_closed()
