@@ -1,31 +1,48 @@
 #!/usr/bin/env python3
-"""Node benchmark: committed writes/s and latency of the sample app, against a TLS ceiling.
+"""Node benchmark: committed writes/s, CPU per write and commit latency, against a TLS ceiling.
 
-    .venv/bin/python scripts/bench.py [--nodes 1] [--clients 32] [--duration-s 10]
-        [--network network.json] [--out results.json] [--compare-nodes 1,3] [--rounds 1]
-        [--receipts 200] [--loop auto] [--workspace DIR] [--profile-dir DIR]
+    .venv/bin/python scripts/bench.py [--compare-nodes 1,3 | --nodes N | --network FILE]
+        [--load-generator ab|python] [--clients 64] [--duration-s 10] [--rounds 1]
+        [--latency-duration-s 5] [--receipts 200] [--out FILE] [--workspace DIR]
+        [--profile-dir DIR] [--loop auto]
 
-Without --network it starts its own sandbox network in a temporary workspace (one per node
-count); with --network it drives a running one (its primary). N concurrent clients, each one
-keep-alive TLS connection with user0's certificate and the pinned service certificate, write
-private records (`POST /app/log/private`) for the duration. Then it waits until the last
-write is committed: committed tx/s = writes at or below the final commit seqno / time from
-the first request to that commit. A receipt phase fetches and verifies (offline) the JSON
-receipts of a sample of those writes.
+Without --network it starts its own sandbox network in a temporary workspace for each node
+count (default 1 then 3); with --network it drives a running one (its primary).
 
-In the same run, the same load against a trivial aiohttp TLS server in its own process gives
-the ceiling; `ceiling_ratio` = committed tx/s / ceiling req/s. With --compare-nodes 1,3 each
-node count is measured in turn and `replication_ratio` = tx/s(last) / tx/s(first). Every
-node phase is followed by a ceiling phase and divided by the mean of the ceilings around it;
-with --rounds R each node count runs R phases and the one with the median ratio is reported.
-CPU time per request of the primary's enclave and host processes, of the ceiling server and
-of this load generator is reported too (`*_cpu_ms_per_*`): on a shared machine it moves much
-less than the rates. --profile-dir DIR records py-spy profiles of the primary's processes.
-The load generator and the ceiling server run on uvloop when it is installed (--loop auto),
-as the node's processes do: the ceiling is then plain aiohttp on the node's event loop.
+Load generator (--load-generator): `ab` (ApacheBench, `apt-get install apache2-utils`; the
+default) with keep-alive, `-c CLIENTS` connections, user0's client certificate, for
+--duration-s, POSTing one private record (`/app/log/private`); or `python`, this package's
+aiohttp client (`charter.bench.run_load`, one keep-alive connection per client), which
+saturates near 2,000 requests/s on a shared core and then measures itself more than the node.
 
-The last line of stdout is one JSON object (the same as the --out file).
-Everything is bounded (clients, duration, requests, waits) and only 127.0.0.1 is used.
+Committed means committed: each node phase is bracketed by two writes of the benchmark's
+own; once the second is Committed (`/node/tx`) and both are in the same view, the writes
+answered 2xx between them are committed (`charter.bench_commit`). committed tx/s = those
+writes / time from starting the load to seeing the second marker Committed.
+
+The ceiling: the same load generator with the same flags, TLS setup and kind of client
+certificate against a trivial aiohttp TLS server in its own process (`charter.bench`),
+measured before the first node phase and after every node phase; each node phase is
+divided by the mean of the two ceilings around it (`ceiling_ratio`).
+
+CPU per write (µs, user + system from /proc over the measured window ÷ committed writes) of
+the primary's enclave and host, of the backups' processes together, and of the load
+generator; CPU per request of the ceiling server. `node_counters_per_write` is the change of
+the node's own counters (`/node/metrics`) per committed write.
+
+Commit latency at half load: after each node phase, a paced (open-loop) Python client writes
+at half the committed rate just measured for --latency-duration-s, while a watcher polls the
+commit point (`charter.bench_commit.run_paced`); p50/p99 are from when each write was due.
+
+Receipts: a sample of the phase's committed transactions, fetched and verified offline.
+--profile-dir DIR records py-spy profiles (pip install py-spy, a developer tool) of the
+primary's processes during the first node phase of each node count.
+
+The last line of stdout is one JSON object (the same as the --out file), with at least
+committed_tx_per_s, ceiling_req_per_s, ceiling_ratio, replication_ratio,
+p99_commit_ms_at_half_load, enclave_us_per_write, host_us_per_write, load_generator.
+Everything is bounded (clients, duration, requests, waits) and only 127.0.0.1 is used;
+every node, ceiling server and ab process it starts is stopped before it returns.
 """
 
 from __future__ import annotations
@@ -42,8 +59,8 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,19 +69,24 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from rich.console import Console  # noqa: E402
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from charter import bench  # noqa: E402
-from charter.identity import Network, load_json_file  # noqa: E402
+from charter import bench, bench_ab, bench_commit  # noqa: E402
+from charter.identity import Network, TxId, load_json_file  # noqa: E402
 from charter.sandbox import Sandbox  # noqa: E402
 from charter.sdk import CharterClient, build_ssl_context  # noqa: E402
 
-WRITE_PATH = "/app/log/private"
+WRITE_PATH = bench_commit.WRITE_PATH
 RECEIPT_CONCURRENCY_MAX = 8
 NODES_MAX = 7
 ROUNDS_MAX = 10
 PROFILE_TOP = 25
+PROFILE_RATE_HZ = 250  # py-spy samples per second (it runs in its own process)
+LATENCY_CLIENTS_MAX = 64
+LOAD_GENERATORS = ("ab", "python")
+DEFAULT_NODE_COUNTS = "1,3"
+HALF_LOAD_REACHED_FRACTION = 0.95
+BODY = json.dumps({"id": 1, "msg": "bench record"}).encode()
 
 err = Console(stderr=True)
 # Not on a terminal (piped, or `charter bench` captured): wide enough for the whole table.
@@ -81,6 +103,7 @@ class Target:
     user_key: Path
     nodes: int
     pids: dict[str, int]  # "enclave"/"host" -> pid of the primary's processes, if known
+    backup_pids: tuple[int, ...] = ()  # every process of the other nodes
 
 
 # --- finding the primary ------------------------------------------------------------------------
@@ -101,6 +124,10 @@ async def _primary_url(urls: list[str], service_cert: Path) -> tuple[str, int]:
     raise RuntimeError(f"none of {len(urls)} node(s) says it is the primary")
 
 
+def _pids(record: dict[str, Any]) -> dict[str, int]:
+    return {k: int(record[f"{k}_pid"]) for k in ("enclave", "host") if record.get(f"{k}_pid")}
+
+
 async def target_from_network(path: Path) -> Target:
     network = Network.load(path)
     for url in network.urls:
@@ -109,9 +136,11 @@ async def target_from_network(path: Path) -> Target:
     cert, key = network.user(0)
     url, index = await _primary_url(list(network.urls), network.service_cert)
     raw = load_json_file(path, "network file")  # bounded read; Network.load checked its shape
-    node = raw["nodes"][index]
-    pids = {k: int(node[f"{k}_pid"]) for k in ("enclave", "host") if node.get(f"{k}_pid")}
-    return Target(url, network.service_cert, cert, key, len(network.urls), pids)
+    nodes = raw["nodes"]
+    backups = tuple(p for i, n in enumerate(nodes) if i != index for p in _pids(n).values())
+    return Target(
+        url, network.service_cert, cert, key, len(network.urls), _pids(nodes[index]), backups
+    )
 
 
 @contextlib.asynccontextmanager
@@ -122,10 +151,13 @@ async def own_network(nodes: int, workspace: Path) -> AsyncIterator[Target]:
         await sandbox.start()
         primary_id = await sandbox.wait_for_primary()
         primary = next(n for n in sandbox.nodes if n.node_id == primary_id)
+        backups = tuple(
+            p for n in sandbox.nodes if n is not primary for p in _pids(n.ports).values()
+        )
         cert, key = sandbox.user_paths(0)
-        ports = primary.ports
-        pids = {k: int(ports[f"{k}_pid"]) for k in ("enclave", "host") if ports.get(f"{k}_pid")}
-        yield Target(primary.url, sandbox.service_cert_path, cert, key, nodes, pids)
+        yield Target(
+            primary.url, sandbox.service_cert_path, cert, key, nodes, _pids(primary.ports), backups
+        )
     finally:
         await asyncio.to_thread(sandbox.stop)
 
@@ -133,183 +165,285 @@ async def own_network(nodes: int, workspace: Path) -> AsyncIterator[Target]:
 # --- measuring -----------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def progress_task(
-    progress: Progress, label: str, duration_s: float
-) -> Iterator[Callable[[int], None]]:
-    """A progress bar over the load phase; yields the per-request callback."""
-    task = progress.add_task(label, total=duration_s, requests=0)
-    count = [0]
-    started_s = time.monotonic()
-
-    def on_request(n: int) -> None:
-        count[0] += n
-        # Updating rich on every request would cost more than the request; every 64 is plenty.
-        if count[0] % 64 == 0:
-            elapsed_s = min(time.monotonic() - started_s, duration_s)
-            progress.update(task, completed=elapsed_s, requests=count[0])
-
-    try:
-        yield on_request
-    finally:
-        progress.update(task, completed=duration_s, requests=count[0])
-
-
-def _ms(value: float | None) -> float | None:
-    return None if value is None else round(value, 3)
-
-
-def latency_fields(latencies_ms: tuple[float, ...]) -> dict[str, float | None]:
-    return {
-        "p50_ms": _ms(bench.percentile_ms(latencies_ms, 50)),
-        "p90_ms": _ms(bench.percentile_ms(latencies_ms, 90)),
-        "p99_ms": _ms(bench.percentile_ms(latencies_ms, 99)),
-    }
+def _us(cpu_s: float | None, count: int) -> float | None:
+    return None if cpu_s is None or count <= 0 else round(cpu_s * 1e6 / count, 1)
 
 
 class CpuMeter:
-    """CPU used by some processes (and this load generator) between two points in time."""
+    """CPU (user + system, /proc) used by some processes between two points in time."""
 
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
+    def __init__(self, groups: dict[str, tuple[int, ...]]) -> None:
+        self.groups = groups
         self.before = self._read()
 
     def _read(self) -> dict[str, float | None]:
-        now: dict[str, float | None] = {n: bench.process_cpu_s(p) for n, p in self.pids.items()}
-        now["loadgen"] = time.process_time()
+        now: dict[str, float | None] = {}
+        for name, pids in self.groups.items():
+            values = [bench.process_cpu_s(p) for p in pids]
+            now[name] = None if not values or None in values else sum(v or 0.0 for v in values)
         return now
 
-    def per_request_ms(self, count: int) -> dict[str, float | None]:
+    def used_s(self) -> dict[str, float | None]:
         after = self._read()
-        return {n: bench.cpu_ms_per_request(self.before[n], after[n], count) for n in after}
+        return {
+            n: None if self.before[n] is None or after[n] is None else after[n] - self.before[n]  # type: ignore[operator]
+            for n in after
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class LoadPhase:
+    """What a load generator did in one phase: 2xx answers, errors, its own CPU."""
+
+    ok: int
+    errors: int
+    first_error: str | None
+    elapsed_s: float  # the generator's own measured time
+    loadgen_cpu_s: float | None
+    txids: tuple[TxId, ...] = ()  # known with the python generator only
+    latency_ms: dict[str, float | None] = field(default_factory=dict)
+
+
+class LoadGenerator:
+    """Runs one phase of load with `ab` or the Python client, the same way for every target."""
+
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.name: str = args.load_generator
+        self.clients: int = args.clients
+        self.duration_s: float = args.duration_s
+        self.workdir = workdir
+        self.body_path = workdir / "body.json"
+        self.body_path.write_bytes(BODY)
+        self.ab = bench_ab.find_ab() if self.name == "ab" else ""
+
+    async def run(self, url: str, cert: Path, key: Path, ssl_ctx: Any) -> LoadPhase:
+        if self.name == "ab":
+            pem = bench_ab.client_pem(cert, key, self.workdir / "ab_client.pem")
+            cmd = bench_ab.ab_command(
+                self.ab,
+                url,
+                concurrency=self.clients,
+                duration_s=self.duration_s,
+                client_pem_path=pem,
+                body_path=self.body_path,
+            )
+            run = await bench_ab.run_ab(cmd, self.workdir, duration_s=self.duration_s)
+            r = run.report
+            errors = r.failed + r.non_2xx
+            first = f"ab: {r.failed} failed, {r.non_2xx} non-2xx" if errors else None
+            pct = {f"p{p}_ms": float(v) for p, v in r.percentiles_ms if p in (50, 90, 99)}
+            return LoadPhase(r.ok, errors, first, r.time_taken_s, run.cpu_s, (), pct)
+        cpu_before = time.process_time()
+        load = await bench.run_load(url, ssl_ctx, clients=self.clients, duration_s=self.duration_s)
+        lat = {f"p{p}_ms": bench.percentile_ms(load.latencies_ms, p) for p in (50, 90, 99)}
+        return LoadPhase(
+            load.requests_ok,
+            load.errors,
+            load.first_error,
+            load.elapsed_s,
+            time.process_time() - cpu_before,
+            load.txids,
+            lat,
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class CeilingPhase:
-    load: bench.LoadResult
-    server_cpu_ms_per_req: float | None
-    loadgen_cpu_ms_per_req: float | None
+    req_per_s: float
+    server_us_per_req: float | None
+    loadgen_us_per_req: float | None
+    errors: int
+    first_error: str | None
 
 
 async def measure_ceiling(
-    server: bench.CeilingServer, args: argparse.Namespace, progress: Progress, label: str
+    server: bench.CeilingServer, gen: LoadGenerator, label: str
 ) -> CeilingPhase:
-    meter = CpuMeter({"server": server.pid} if server.pid else {})
-    with progress_task(progress, f"ceiling {label}", args.duration_s) as tick:
-        load = await bench.run_load(
-            server.url,
-            bench.ceiling_client_context(server.pki),
-            clients=args.clients,
-            duration_s=args.duration_s,
-            on_progress=tick,
-        )
-    cpu = meter.per_request_ms(load.requests_ok)
-    return CeilingPhase(load, cpu.get("server"), cpu["loadgen"])
+    err.print(f"ceiling {label}: {gen.name}, {gen.clients} connections, {gen.duration_s:g} s")
+    meter = CpuMeter({"server": (server.pid,) if server.pid else ()})
+    pki = server.pki
+    load = await gen.run(
+        server.url, pki.client_cert, pki.client_key, bench.ceiling_client_context(pki)
+    )
+    used = meter.used_s()
+    rate = load.ok / load.elapsed_s if load.elapsed_s > 0 else 0.0
+    err.print(f"  ceiling {rate:,.0f} req/s")
+    return CeilingPhase(
+        rate,
+        _us(used["server"], load.ok),
+        _us(load.loadgen_cpu_s, load.ok),
+        load.errors,
+        load.first_error,
+    )
 
 
-def _mean(values: list[float | None]) -> float | None:
-    known = [v for v in values if v is not None]
-    return round(sum(known) / len(known), 3) if known else None
+async def node_counters(client: CharterClient) -> dict[str, int]:
+    body = await client.get_json("/node/metrics")
+    if not isinstance(body, dict):
+        return {}
+    return {k: v for k, v in body.items() if isinstance(v, int) and not isinstance(v, bool)}
 
 
-def ceiling_fields(phases: list[CeilingPhase]) -> dict[str, Any]:
-    """The ceiling over every phase of the run (they bracket the node phases)."""
-    loads = [phase.load for phase in phases]
-    rates = [load.req_per_s for load in loads if load.requests_ok]
-    latencies = tuple(ms for load in loads for ms in load.latencies_ms)
-    result: dict[str, Any] = {
-        "ceiling_req_per_s": round(sum(rates) / len(rates), 1) if rates else None,
-        "ceiling_phases_req_per_s": [round(r, 1) for r in rates],
-        "ceiling_errors": sum(load.errors for load in loads),
-        "ceiling_server_cpu_ms_per_req": _mean([p.server_cpu_ms_per_req for p in phases]),
-        "ceiling_loadgen_cpu_ms_per_req": _mean([p.loadgen_cpu_ms_per_req for p in phases]),
+def counters_per_write(
+    before: dict[str, int], after: dict[str, int], writes: int
+) -> dict[str, float]:
+    """The change of each monotonic counter of /node/metrics per committed write."""
+    monotonic = ("requests", "writes", "errors", "signatures", "rollbacks")
+    return {
+        k: round((after[k] - before[k]) / writes, 4)
+        for k in monotonic
+        if k in before and k in after and writes > 0
     }
-    result.update({f"ceiling_{k}": v for k, v in latency_fields(latencies).items()})
-    first_error = next((load.first_error for load in loads if load.first_error), None)
-    if first_error:
-        result["ceiling_first_error"] = first_error
-    return result
+
+
+def receipt_sample(load: LoadPhase, start: TxId, end: TxId, count: int) -> list[TxId]:
+    """Committed transactions of the phase to fetch receipts for, spread over the phase."""
+    if load.txids:
+        inside = [t for t in load.txids if t.view == end.view and start.seqno < t.seqno < end.seqno]
+        return bench.sample_evenly(inside, count)
+    # ab does not report tx ids: every seqno between the committed markers is a committed
+    # transaction of that view (a write of the load or a signature), and has a receipt.
+    span = [TxId(end.view, s) for s in range(start.seqno + 1, end.seqno)]
+    return bench.sample_evenly(span, count)
 
 
 async def measure_node(
-    target: Target, args: argparse.Namespace, progress: Progress, profile: Path | None
+    target: Target, args: argparse.Namespace, gen: LoadGenerator, profile: Path | None
 ) -> dict[str, Any]:
     ssl_ctx = build_ssl_context(target.service_cert, target.user_cert, target.user_key)
-    profilers = [
-        start_profiler(name, pid, target.nodes, profile, args.duration_s)
-        for name, pid in target.pids.items()
-    ]
-    meter = CpuMeter(target.pids)
-    try:
-        with progress_task(progress, f"{target.nodes} node(s) writes", args.duration_s) as tick:
-            load = await bench.run_load(
-                target.url + WRITE_PATH,
-                ssl_ctx,
-                clients=args.clients,
-                duration_s=args.duration_s,
-                on_progress=tick,
-            )
-    finally:
-        for profiler in profilers:
-            if profiler is not None:
-                finish_profiler(profiler)
-    cpu = meter.per_request_ms(load.requests_ok)
-    result: dict[str, Any] = {
-        "nodes": target.nodes,
-        "clients": args.clients,
-        "writes_ok": load.requests_ok,
-        "write_errors": load.errors,
-        "write_req_per_s": round(load.req_per_s, 1),
-        # The primary's processes only; with more nodes the backups use CPU too.
-        "enclave_cpu_ms_per_tx": cpu.get("enclave"),
-        "host_cpu_ms_per_tx": cpu.get("host"),
-        "loadgen_cpu_ms_per_req": cpu["loadgen"],
-    }
-    result.update(latency_fields(load.latencies_ms))
-    if load.first_error:
-        result["first_error"] = load.first_error
-    if not load.txids:
-        raise RuntimeError(f"no write succeeded ({load.first_error or 'no answer'})")
     async with CharterClient(
         target.url, target.service_cert, cert_path=target.user_cert, key_path=target.user_key
     ) as client:
-        commit_seqno, commit_s = await bench.wait_for_commit_seqno(client, load.max_seqno)
-        committed = [t for t in load.txids if t.seqno <= commit_seqno]
-        elapsed_s = max(commit_s - load.started_s, 1e-9)
-        result.update(
-            commit_seqno=commit_seqno,
-            writes_committed=len(committed),
-            commit_elapsed_s=round(elapsed_s, 3),
-            committed_tx_per_s=round(len(committed) / elapsed_s, 1),
-        )
-        sample = bench.sample_evenly(committed, args.receipts)
-        task = progress.add_task(f"{target.nodes} node(s) receipts", total=None, requests=0)
+        start = await bench_commit.marker_write(client, "start")
+        await bench_commit.wait_committed(client, start)
+        counters_before = await node_counters(client)
+        err.print(f"{target.nodes} node(s): {gen.name}, {gen.clients} connections, "
+                  f"{gen.duration_s:g} s of writes")  # fmt: skip
+        profilers = [
+            start_profiler(name, pid, target.nodes, profile, args.duration_s)
+            for name, pid in target.pids.items()
+        ]
+        groups = {name: (pid,) for name, pid in target.pids.items()}
+        groups["backups"] = target.backup_pids
+        meter = CpuMeter(groups)
+        started_s = time.monotonic()
+        try:
+            load = await gen.run(
+                target.url + WRITE_PATH, target.user_cert, target.user_key, ssl_ctx
+            )
+        finally:
+            for profiler in profilers:
+                if profiler is not None:
+                    finish_profiler(profiler)
+        end = await bench_commit.marker_write(client, "end")
+        committed_at_s = await bench_commit.wait_committed(client, end)
+        used = meter.used_s()
+        counters_after = await node_counters(client)
+        if load.txids:
+            committed = sum(
+                1 for t in load.txids if t.view == end.view and start.seqno < t.seqno < end.seqno
+            )
+        else:
+            committed = bench_commit.committed_between(start, end, load.ok)
+        elapsed_s = max(committed_at_s - started_s, 1e-9)
+        rate = committed / elapsed_s
+        result: dict[str, Any] = {
+            "nodes": target.nodes,
+            "clients": gen.clients,
+            "load_generator": gen.name,
+            "writes_ok": load.ok,
+            "write_errors": load.errors,
+            "writes_committed": committed,
+            "marker_start": str(start),
+            "marker_end": str(end),
+            "commit_elapsed_s": round(elapsed_s, 3),
+            "committed_tx_per_s": round(rate, 1),
+            "answered_req_per_s": round(load.ok / load.elapsed_s, 1) if load.elapsed_s else None,
+            **{k: None if v is None else round(v, 3) for k, v in load.latency_ms.items()},
+            # The primary's processes; the backups' together (they also share the cores).
+            "enclave_us_per_write": _us(used.get("enclave"), committed),
+            "host_us_per_write": _us(used.get("host"), committed),
+            "backups_us_per_write": _us(used["backups"], committed) if target.backup_pids else None,
+            "loadgen_us_per_write": _us(load.loadgen_cpu_s, committed),
+            "node_counters_per_write": counters_per_write(
+                counters_before, counters_after, committed
+            ),
+        }
+        if load.first_error:
+            result["first_error"] = load.first_error
+        if committed == 0:
+            raise RuntimeError(f"no write was committed ({load.first_error or 'no answer'})")
+        sample = receipt_sample(load, start, end, args.receipts)
         receipts = await bench.fetch_and_verify_receipts(
-            client, sample, concurrency=min(args.clients, RECEIPT_CONCURRENCY_MAX)
+            client, sample, concurrency=min(gen.clients, RECEIPT_CONCURRENCY_MAX)
         )
-        progress.update(task, total=1, completed=1, requests=receipts.verified)
-    per_s = receipts.per_s
-    result.update(
-        receipts_verified=receipts.verified,
-        receipts_failed=receipts.failed,
-        receipts_per_s=round(per_s, 1) if per_s is not None else None,
-    )
-    if receipts.first_error:
-        result["receipt_first_error"] = receipts.first_error
+        per_s = receipts.per_s
+        result.update(
+            receipts_verified=receipts.verified,
+            receipts_failed=receipts.failed,
+            receipts_per_s=round(per_s, 1) if per_s is not None else None,
+        )
+        if receipts.first_error:
+            result["receipt_first_error"] = receipts.first_error
+        result.update(await measure_latency(target, args, client, ssl_ctx, rate))
     return result
 
 
-def failed_run(nodes: int, clients: int, error: BaseException) -> dict[str, Any]:
+async def measure_latency(
+    target: Target,
+    args: argparse.Namespace,
+    watcher: CharterClient,
+    ssl_ctx: Any,
+    max_rate_per_s: float,
+) -> dict[str, Any]:
+    """Commit latency with a paced client at half the committed rate just measured."""
+    if args.latency_duration_s <= 0:
+        return {"p99_commit_ms_at_half_load": None}
+    rate = max_rate_per_s / 2
+    clients = min(args.clients, LATENCY_CLIENTS_MAX)
+    err.print(f"{target.nodes} node(s): commit latency at {rate:,.0f} writes/s "
+              f"(half load), {args.latency_duration_s:g} s")  # fmt: skip
+    client_cpu_before_s = time.process_time()
+    paced = await bench_commit.run_paced(
+        target.url + WRITE_PATH,
+        ssl_ctx,
+        watcher,
+        rate_per_s=rate,
+        duration_s=args.latency_duration_s,
+        clients=clients,
+    )
+    result: dict[str, Any] = {
+        "half_load_target_per_s": round(rate, 1),
+        "half_load_achieved_per_s": round(paced.achieved_rate_per_s, 1),
+        # Below 95 % of the target the client or the node fell behind: the latencies then
+        # include that queueing (see the answer latencies) and are not those of half load.
+        "half_load_reached": paced.achieved_rate_per_s >= HALF_LOAD_REACHED_FRACTION * rate,
+        "half_load_client_us_per_write": _us(
+            time.process_time() - client_cpu_before_s, paced.writes_ok
+        ),
+        "half_load_writes_committed": len(paced.commit_latencies_ms),
+        "half_load_errors": paced.errors,
+        "p50_commit_ms_at_half_load": paced.commit_ms(50),
+        "p99_commit_ms_at_half_load": paced.commit_ms(99),
+        "p50_answer_ms_at_half_load": paced.answer_ms(50),
+        "p99_answer_ms_at_half_load": paced.answer_ms(99),
+    }
+    if paced.first_error:
+        result["half_load_first_error"] = paced.first_error
+    return result
+
+
+def failed_run(nodes: int, args: argparse.Namespace, error: BaseException) -> dict[str, Any]:
     message = f"{type(error).__name__}: {error}".strip()
     return {
         "nodes": nodes,
-        "clients": clients,
+        "clients": args.clients,
+        "load_generator": args.load_generator,
         "committed_tx_per_s": None,
-        "p50_ms": None,
-        "p90_ms": None,
-        "p99_ms": None,
-        "receipts_per_s": None,
         "ceiling_ratio": None,
+        "p99_commit_ms_at_half_load": None,
+        "enclave_us_per_write": None,
+        "host_us_per_write": None,
         "error": message[-2000:],
     }
 
@@ -328,7 +462,16 @@ def start_profiler(
         err.print("[yellow]--profile-dir: py-spy not found (pip install py-spy); not profiling")
         return None
     raw = directory / f"{name}-{nodes}node-{pid}.txt"
-    cmd = [exe, "record", "-p", str(pid), "-d", str(int(duration_s) + 1), "-r", "100"]
+    cmd = [
+        exe,
+        "record",
+        "-p",
+        str(pid),
+        "-d",
+        str(int(duration_s) + 1),
+        "-r",
+        str(PROFILE_RATE_HZ),
+    ]
     cmd += ["-f", "raw", "-o", str(raw), "--nonblocking"]
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -380,10 +523,11 @@ def profile_summary(raw: Path, top: int = PROFILE_TOP) -> str:
 
 
 def node_counts(args: argparse.Namespace) -> list[int]:
-    if args.compare_nodes:
-        counts = [int(x) for x in args.compare_nodes.split(",") if x.strip()]
-    else:
+    if args.nodes is not None:
         counts = [args.nodes]
+    else:
+        spec = args.compare_nodes or DEFAULT_NODE_COUNTS
+        counts = [int(x) for x in spec.split(",") if x.strip()]
     if not counts or any(not 1 <= n <= NODES_MAX for n in counts):
         raise SystemExit(f"bench: node counts must be in 1..{NODES_MAX}")
     return counts
@@ -392,7 +536,7 @@ def node_counts(args: argparse.Namespace) -> list[int]:
 async def measure_rounds(
     target: Target,
     args: argparse.Namespace,
-    progress: Progress,
+    gen: LoadGenerator,
     server: bench.CeilingServer,
     ceilings: list[CeilingPhase],
 ) -> dict[str, Any]:
@@ -400,14 +544,14 @@ async def measure_rounds(
 
     On a shared machine the available CPU drifts; dividing every node phase by the mean of
     the ceiling phases just before and after it keeps the ratio honest, and the round with
-    the median ratio is the one reported (all its figures from the same minute).
+    the median ratio is the one reported (all its figures from the same minutes).
     """
     rounds: list[dict[str, Any]] = []
     for i in range(args.rounds):
         before = ceilings[-1]
         profile = args.profile_dir if i == 0 else None
-        result = await measure_node(target, args, progress, profile)
-        after = await measure_ceiling(server, args, progress, f"(after {target.nodes} node)")
+        result = await measure_node(target, args, gen, profile)
+        after = await measure_ceiling(server, gen, f"(after {target.nodes} node)")
         ceilings.append(after)
         attach_ceiling(result, [before, after])
         rounds.append(result)
@@ -420,20 +564,24 @@ async def measure_rounds(
     return chosen
 
 
+def _mean(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return round(sum(known) / len(known), 1) if known else None
+
+
 def attach_ceiling(result: dict[str, Any], around: list[CeilingPhase]) -> None:
-    rates = [c.load.req_per_s for c in around if c.load.requests_ok]
-    ceiling_rate = sum(rates) / len(rates) if rates else None
-    rate = result.get("committed_tx_per_s")
-    result["ceiling_req_per_s"] = round(ceiling_rate, 1) if ceiling_rate else None
-    result["ceiling_ratio"] = round(rate / ceiling_rate, 3) if rate and ceiling_rate else None
+    rate = _mean([c.req_per_s for c in around if c.req_per_s > 0])
+    committed = result.get("committed_tx_per_s")
+    result["ceiling_req_per_s"] = rate
+    result["ceiling_ratio"] = round(committed / rate, 3) if committed and rate else None
+    result["ceiling_server_us_per_req"] = _mean([c.server_us_per_req for c in around])
+    result["ceiling_loadgen_us_per_req"] = _mean([c.loadgen_us_per_req for c in around])
     # CPU per request, ceiling server ÷ primary node (enclave + host): what ceiling_ratio
     # would be if CPU were the only limit; steady when other work shares the cores.
-    server_ms = _mean([c.server_cpu_ms_per_req for c in around])
-    enclave_ms, host_ms = result.get("enclave_cpu_ms_per_tx"), result.get("host_cpu_ms_per_tx")
-    if server_ms and enclave_ms and host_ms:
-        result["cpu_ceiling_ratio"] = round(server_ms / (enclave_ms + host_ms), 3)
-    else:
-        result["cpu_ceiling_ratio"] = None
+    server_us = result["ceiling_server_us_per_req"]
+    enclave_us, host_us = result.get("enclave_us_per_write"), result.get("host_us_per_write")
+    ok = server_us and enclave_us and host_us
+    result["cpu_ceiling_ratio"] = round(server_us / (enclave_us + host_us), 3) if ok else None
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -443,31 +591,23 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="charter-bench-") as tmp_name:
         tmp = Path(tmp_name)
         workspace_root = args.workspace.resolve() if args.workspace else tmp
-        progress = Progress(
-            TextColumn("{task.description:<30}"),
-            BarColumn(),
-            TextColumn("{task.fields[requests]:>8} ok"),
-            TimeRemainingColumn(),
-            console=err,
-        )
+        gen = LoadGenerator(args, tmp)
         pki = bench.make_ceiling_pki(tmp / "ceiling")
-        with progress, bench.CeilingServer(pki, loop=args.loop) as server:
-            ceilings.append(await measure_ceiling(server, args, progress, "(before)"))
+        with bench.CeilingServer(pki, loop=args.loop) as server:
+            ceilings.append(await measure_ceiling(server, gen, "(before)"))
             if args.network is not None:
                 try:
                     target = await target_from_network(args.network)
-                    runs.append(await measure_rounds(target, args, progress, server, ceilings))
+                    runs.append(await measure_rounds(target, args, gen, server, ceilings))
                 except Exception as e:
-                    runs.append(failed_run(0, args.clients, e))
+                    runs.append(failed_run(0, args, e))
             else:
                 for nodes in node_counts(args):
                     try:
                         async with own_network(nodes, workspace_root / f"net{nodes}") as target:
-                            runs.append(
-                                await measure_rounds(target, args, progress, server, ceilings)
-                            )
+                            runs.append(await measure_rounds(target, args, gen, server, ceilings))
                     except Exception as e:
-                        runs.append(failed_run(nodes, args.clients, e))
+                        runs.append(failed_run(nodes, args, e))
     return summarise(args, runs, ceilings)
 
 
@@ -475,45 +615,58 @@ def summarise(
     args: argparse.Namespace, runs: list[dict[str, Any]], ceilings: list[CeilingPhase]
 ) -> dict[str, Any]:
     assert runs and ceilings
-    result: dict[str, Any] = {**runs[0], **ceiling_fields(ceilings)}
-    # The headline ceiling is the one the headline run is divided by.
-    # (A run that failed was divided by nothing: then the mean over the whole run.)
-    result["ceiling_req_per_s"] = runs[0].get("ceiling_req_per_s") or result["ceiling_req_per_s"]
+    result: dict[str, Any] = dict(runs[0])
+    rates = [c.req_per_s for c in ceilings if c.req_per_s > 0]
+    result["ceiling_phases_req_per_s"] = [round(r, 1) for r in rates]
+    result["ceiling_errors"] = sum(c.errors for c in ceilings)
+    first_error = next((c.first_error for c in ceilings if c.first_error), None)
+    if first_error:
+        result["ceiling_first_error"] = first_error
+    if result.get("ceiling_req_per_s") is None:  # a failed headline run: the run's mean
+        result["ceiling_req_per_s"] = _mean(list(rates))
+    first, last = runs[0], runs[-1]
+
+    def ratio(name: str) -> float | None:
+        a, b = first.get(name), last.get(name)
+        return round(b / a, 3) if a and b and len(runs) > 1 else None
+
+    result["replication_ratio"] = ratio("committed_tx_per_s")
+    # The same, each divided by its own ceiling first: robust to load drift between them.
+    result["replication_ratio_vs_ceiling"] = ratio("ceiling_ratio")
+    # The latency target is about replication: the headline is the largest node count's.
+    result["p99_commit_ms_at_half_load"] = last.get("p99_commit_ms_at_half_load")
+    result["p99_commit_ms_at_half_load_by_nodes"] = {
+        str(r["nodes"]): r.get("p99_commit_ms_at_half_load") for r in runs
+    }
+    result["load_generator"] = args.load_generator
     result["duration_s"] = args.duration_s
-    result["loop"] = args.loop  # of the load generator and the ceiling server
-    if args.compare_nodes:
-        first, last = runs[0], runs[-1]
-
-        def ratio(field: str) -> float | None:
-            a, b = first.get(field), last.get(field)
-            return round(b / a, 3) if a and b else None
-
-        result["replication_ratio"] = ratio("committed_tx_per_s")
-        # The same, each divided by its own ceiling first: robust to load drift between them.
-        result["replication_ratio_vs_ceiling"] = ratio("ceiling_ratio")
+    result["loop"] = args.loop  # of the Python load generator and the ceiling server
+    if len(runs) > 1:
         result["runs"] = runs
     result["command"] = " ".join(["scripts/bench.py", *args.argv])
+    with contextlib.suppress(OSError):
+        result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     result["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version()}
     return result
 
 
 def show_table(result: dict[str, Any]) -> None:
     runs = result.get("runs") or [result]
-    table = Table(title=f"Charter node benchmark ({result['clients']} clients, "
-                  f"{result['duration_s']:g} s)")  # fmt: skip
-    for col in ("nodes", "committed tx/s", "p50 ms", "p90 ms", "p99 ms", "receipts/s",
-                "ceiling req/s", "ratio"):  # fmt: skip
+    table = Table(title=f"Charter node benchmark ({result['load_generator']}, "
+                  f"{result['clients']} connections, {result['duration_s']:g} s)")  # fmt: skip
+    cols = ("nodes", "committed tx/s", "ceiling req/s", "ratio", "enclave µs/w", "host µs/w",
+            "loadgen µs/w", "p99 commit ms @½", "receipts/s")  # fmt: skip
+    for col in cols:
         table.add_column(col, justify="right")
 
     def fmt(v: Any) -> str:
         return "-" if v is None else f"{v:g}" if isinstance(v, float) else str(v)
 
+    keys = ("nodes", "committed_tx_per_s", "ceiling_req_per_s", "ceiling_ratio",
+            "enclave_us_per_write", "host_us_per_write", "loadgen_us_per_write",
+            "p99_commit_ms_at_half_load", "receipts_per_s")  # fmt: skip
     for r in runs:
-        table.add_row(
-            fmt(r.get("nodes")), fmt(r.get("committed_tx_per_s")), fmt(r.get("p50_ms")),
-            fmt(r.get("p90_ms")), fmt(r.get("p99_ms")), fmt(r.get("receipts_per_s")),
-            fmt(r.get("ceiling_req_per_s")), fmt(r.get("ceiling_ratio")),
-        )  # fmt: skip
+        table.add_row(*(fmt(r.get(k)) for k in keys))
     out.print(table)
     for r in runs:
         if r.get("error"):
@@ -525,34 +678,51 @@ def show_table(result: dict[str, Any]) -> None:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n")[0])
-    p.add_argument("--nodes", type=int, default=1, help="nodes of the sandbox (default 1)")
-    p.add_argument("--clients", type=int, default=32, help="concurrent TLS clients (default 32)")
+    p.add_argument("--nodes", type=int, default=None, help="one node count (else --compare-nodes)")
+    p.add_argument("--compare-nodes", default=None, help="node counts measured in turn (1,3)")
+    p.add_argument(
+        "--load-generator", choices=LOAD_GENERATORS, default="ab", help="ab (default) or python"
+    )
+    p.add_argument("--clients", type=int, default=64, help="concurrent connections (64)")
     p.add_argument("--duration-s", type=float, default=10.0, help="load time per phase (10)")
+    p.add_argument(
+        "--latency-duration-s", type=float, default=5.0, help="paced half-load phase (5; 0: none)"
+    )
     p.add_argument("--network", type=Path, default=None, help="drive a running network.json")
     p.add_argument("--out", type=Path, default=Path("bench_results.json"), help="results file")
-    p.add_argument("--compare-nodes", default=None, help="e.g. 1,3: measure each node count")
     p.add_argument("--receipts", type=int, default=200, help="receipts to fetch+verify (200)")
     p.add_argument("--rounds", type=int, default=1, help="node phases per count; median (1)")
     p.add_argument(
         "--loop",
         choices=bench.LOOP_NAMES,
         default="auto",
-        help="event loop of the load generator and ceiling (auto: uvloop if installed, as nodes)",
+        help="event loop of the Python client and ceiling (auto: uvloop if installed, as nodes)",
     )
     p.add_argument("--workspace", type=Path, default=None, help="keep sandbox workspaces here")
-    p.add_argument("--profile-dir", type=Path, default=None, help="py-spy the primary enclave")
+    p.add_argument("--profile-dir", type=Path, default=None, help="py-spy the primary's processes")
     args = p.parse_args(argv)
-    if not 1 <= args.clients <= bench.CLIENTS_MAX:
-        p.error(f"--clients must be in 1..{bench.CLIENTS_MAX}")
+    if not 1 <= args.clients <= bench_ab.AB_CONCURRENCY_MAX:
+        p.error(f"--clients must be in 1..{bench_ab.AB_CONCURRENCY_MAX}")
     if not 0 < args.duration_s <= bench.DURATION_S_MAX:
         p.error(f"--duration-s must be in (0, {bench.DURATION_S_MAX:g}]")
+    if args.load_generator == "ab" and args.duration_s < 1:
+        p.error("--duration-s must be at least 1 with ab (its time limit is whole seconds)")
+    if not 0 <= args.latency_duration_s <= bench.DURATION_S_MAX:
+        p.error(f"--latency-duration-s must be in [0, {bench.DURATION_S_MAX:g}]")
     if not 0 <= args.receipts <= bench.RECEIPTS_MAX:
         p.error(f"--receipts must be in 0..{bench.RECEIPTS_MAX}")
     if not 1 <= args.rounds <= ROUNDS_MAX:
         p.error(f"--rounds must be in 1..{ROUNDS_MAX}")
-    if args.network is not None and args.compare_nodes:
-        p.error("--compare-nodes starts its own networks; it cannot be used with --network")
+    if args.network is not None and (args.nodes is not None or args.compare_nodes):
+        p.error("--nodes and --compare-nodes start their own networks, not with --network")
+    if args.nodes is not None and args.compare_nodes:
+        p.error("give --nodes N or --compare-nodes A,B, not both")
     node_counts(args)
+    if args.load_generator == "ab":
+        try:
+            bench_ab.find_ab()
+        except bench_ab.AbError as e:
+            p.error(str(e))
     try:
         args.loop = bench.resolve_loop(args.loop)
     except ValueError as e:
@@ -566,7 +736,7 @@ def main(argv: list[str]) -> int:
     try:
         result = bench.run_on(args.loop, run(args))
     except KeyboardInterrupt:
-        # asyncio.run cancelled the run: every sandbox and the ceiling server were stopped.
+        # asyncio.run cancelled the run: every sandbox, ab and the ceiling server were stopped.
         err.print("bench: interrupted; no results")
         return 130
     show_table(result)

@@ -1,58 +1,121 @@
 """`charter bench` / scripts/bench.py against a real one-node network and a real ceiling.
 
 The end-to-end test runs the whole benchmark as a user would (through the `charter` command,
-which runs scripts/bench.py) for about 2 s with 4 clients, and checks the promises of its
+which runs scripts/bench.py) for about 2 s with 4 connections (with ab, and with the Python load generator), and checks the promises of its
 last stdout line: every field present, figures positive and ordered, the ratio consistent
 with the figures it is computed from, and the results file equal to that line.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from charter import bench
+from charter import bench, bench_ab, bench_commit
 from charter.identity import TxId
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REQUIRED_FIELDS = (
     "committed_tx_per_s",
-    "p50_ms",
-    "p90_ms",
-    "p99_ms",
     "ceiling_req_per_s",
     "ceiling_ratio",
+    "p99_commit_ms_at_half_load",
+    "enclave_us_per_write",
+    "host_us_per_write",
+    "load_generator",
     "receipts_per_s",
     "nodes",
     "clients",
 )
 
 
-@pytest.mark.e2e
-@pytest.mark.timeout(60)
-def test_charter_bench_last_line_reports_sane_committed_throughput(tmp_path: Path) -> None:
+def _run_bench(tmp_path: Path, *extra: str) -> dict[str, Any]:
     results = tmp_path / "results.json"
     charter = Path(sys.executable).parent / "charter"  # the installed console script
-    cmd = [str(charter), "bench", "--nodes", "1", "--clients", "4"]
-    cmd += ["--duration-s", "2", "--receipts", "20", "--out", str(results)]
-    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=55)
+    cmd = [str(charter), "bench", "--nodes", "1", "--clients", "4", "--duration-s", "2"]
+    cmd += ["--latency-duration-s", "1", "--receipts", "20", "--out", str(results), *extra]
+    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=100)
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
-    last = json.loads(done.stdout.strip().splitlines()[-1])
+    last: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert json.loads(results.read_text()) == last
+    return last
+
+
+def _check_committed_figures(last: dict[str, Any]) -> None:
     for name in REQUIRED_FIELDS:
         assert last.get(name) is not None, f"{name} missing or null in {last}"
+    # One node count: nothing to compare replication with, and the field says so.
+    assert "replication_ratio" in last and last["replication_ratio"] is None
     assert last["nodes"] == 1 and last["clients"] == 4
-    assert 0 < last["p50_ms"] <= last["p90_ms"] <= last["p99_ms"] < 10_000
+    start, end = TxId.parse(last["marker_start"]), TxId.parse(last["marker_end"])
+    # Every write counted lies strictly between the two committed markers, in their view.
+    assert start.view == end.view
     assert 0 < last["writes_committed"] <= last["writes_ok"]
-    assert last["committed_tx_per_s"] > 0 and last["ceiling_req_per_s"] > 0
+    assert last["writes_committed"] <= end.seqno - start.seqno - 1
+    assert last["committed_tx_per_s"] == pytest.approx(
+        last["writes_committed"] / last["commit_elapsed_s"], rel=0.01
+    )
     expected_ratio = last["committed_tx_per_s"] / last["ceiling_req_per_s"]
     assert last["ceiling_ratio"] == pytest.approx(expected_ratio, rel=0.01)
+    assert last["enclave_us_per_write"] > 0 and last["loadgen_us_per_write"] > 0
+    assert last["ceiling_server_us_per_req"] > 0
+    assert last["node_counters_per_write"]["writes"] >= 1.0
+    assert 0 < last["p50_commit_ms_at_half_load"] <= last["p99_commit_ms_at_half_load"]
+    assert last["half_load_writes_committed"] > 0
+    assert isinstance(last["half_load_reached"], bool) and last["half_load_client_us_per_write"] > 0
+    assert 0 < last["p50_answer_ms_at_half_load"] <= last["p99_answer_ms_at_half_load"]
     assert last["receipts_verified"] == 20 and last["receipts_failed"] == 0
-    assert last["receipts_per_s"] > 0
-    assert json.loads(results.read_text()) == last
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_bench_with_ab_counts_only_writes_committed_between_its_markers(tmp_path: Path) -> None:
+    last = _run_bench(tmp_path)
+    assert last["load_generator"] == "ab"
+    _check_committed_figures(last)
+    # ab answers all count: every 2xx write between the committed markers is committed.
+    assert last["writes_committed"] == last["writes_ok"]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_bench_keeps_the_python_load_generator(tmp_path: Path) -> None:
+    last = _run_bench(tmp_path, "--load-generator", "python")
+    assert last["load_generator"] == "python"
+    _check_committed_figures(last)
+
+
+def test_bench_without_ab_says_how_to_install_it(tmp_path: Path) -> None:
+    cmd = [sys.executable, str(REPO_ROOT / "scripts" / "bench.py"), "--nodes", "1"]
+    env = {**os.environ, "PATH": str(tmp_path)}  # a PATH with no ab on it
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=55)
+    assert done.returncode == 2
+    assert "apt-get install apache2-utils" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--network", "n.json", "--compare-nodes", "1,3"], "not with --network"),
+        (["--network", "n.json", "--nodes", "1"], "not with --network"),
+        (["--nodes", "1", "--compare-nodes", "1,3"], "not both"),
+        (["--load-generator", "ab", "--duration-s", "0.5"], "at least 1 with ab"),
+    ],
+)
+def test_bench_refuses_options_it_could_not_honour(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    cmd = [sys.executable, str(REPO_ROOT / "scripts" / "bench.py"), *args]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=55)
+    assert done.returncode == 2
+    assert message in done.stderr
 
 
 @pytest.mark.timeout(60)
@@ -71,15 +134,94 @@ def test_bench_reports_null_figures_and_the_error_when_the_network_fails(tmp_pat
         )
     )
     cmd = [sys.executable, str(REPO_ROOT / "scripts" / "bench.py"), "--network", str(network)]
-    cmd += ["--clients", "2", "--duration-s", "0.5", "--out", str(tmp_path / "r.json")]
+    cmd += ["--clients", "2", "--duration-s", "1", "--out", str(tmp_path / "r.json")]
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=55)
     assert done.returncode == 1
     last = json.loads(done.stdout.strip().splitlines()[-1])
     assert "127.0.0.1" in last["error"]
-    for name in ("committed_tx_per_s", "p50_ms", "p99_ms", "receipts_per_s", "ceiling_ratio"):
+    for name in ("committed_tx_per_s", "ceiling_ratio", "replication_ratio",
+                 "p99_commit_ms_at_half_load", "enclave_us_per_write", "host_us_per_write"):  # fmt: skip
         assert name in last and last[name] is None
     assert last["ceiling_req_per_s"] > 0
-    assert last["clients"] == 2
+    assert last["clients"] == 2 and last["load_generator"] == "ab"
+
+
+# What `ab -k -q -l -c 4 -t 2 ...` printed against the ceiling server (ApacheBench 2.3).
+AB_REPORT = """This is ApacheBench, Version 2.3 <$Revision$>
+
+Server Software:        Python/3.11
+Document Path:          /app/log/private
+Document Length:        Variable
+
+Concurrency Level:      64
+Time taken for tests:   5.003 seconds
+Complete requests:      16787
+Failed requests:        3
+Non-2xx responses:      4
+Keep-Alive requests:    16787
+Requests per second:    3355.46 [#/sec] (mean)
+
+Percentage of the requests served within a certain time (ms)
+  50%     15
+  90%     28
+  99%     57
+ 100%    434 (longest request)
+"""
+
+
+def test_ab_report_counts_only_2xx_answers_on_working_connections() -> None:
+    report = bench_ab.parse_ab_output(AB_REPORT)
+    assert (report.complete, report.failed, report.non_2xx) == (16787, 3, 4)
+    assert report.ok == 16780 and report.keep_alive == 16787
+    assert report.time_taken_s == 5.003
+    assert report.ok_per_s == pytest.approx(16780 / 5.003)
+    assert report.percentile_ms(50) == 15 and report.percentile_ms(99) == 57
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        AB_REPORT.replace("Complete requests:", "Completed:"),  # a required line missing
+        "apr_socket_recv: Connection reset by peer (104)\n",  # ab gave up: no report
+        AB_REPORT.replace("Failed requests:        3", "Failed requests:        99999"),
+        AB_REPORT + "x" * bench_ab.AB_OUTPUT_BYTES_MAX,  # larger than any real report
+    ],
+)
+def test_ab_report_that_is_not_one_is_a_typed_error(text: str) -> None:
+    with pytest.raises(bench_ab.AbError) as e:
+        bench_ab.parse_ab_output(text)
+    assert e.value.code == "AbOutputInvalid"
+
+
+def test_ab_command_keeps_alive_with_the_client_certificate(tmp_path: Path) -> None:
+    cmd = bench_ab.ab_command(
+        "/usr/bin/ab",
+        "https://127.0.0.1:9/app/log/private",
+        concurrency=64,
+        duration_s=10,
+        client_pem_path=tmp_path / "c.pem",
+        body_path=tmp_path / "b.json",
+    )
+    assert "-k" in cmd and cmd[cmd.index("-c") + 1] == "64" and cmd[cmd.index("-t") + 1] == "10"
+    assert cmd[cmd.index("-E") + 1] == str(tmp_path / "c.pem")
+    assert cmd[cmd.index("-p") + 1] == str(tmp_path / "b.json") and cmd[-1].endswith("/private")
+
+
+def test_writes_are_not_counted_committed_across_a_view_change() -> None:
+    with pytest.raises(bench_commit.CommitCheckError, match="view changed"):
+        bench_commit.committed_between(TxId(2, 10), TxId(3, 50), 5)
+    with pytest.raises(bench_commit.CommitCheckError, match="only 39 seqnos"):
+        bench_commit.committed_between(TxId(2, 10), TxId(2, 50), 40)
+    assert bench_commit.committed_between(TxId(2, 10), TxId(2, 50), 39) == 39
+
+
+def test_commit_latency_runs_from_when_a_write_was_due_to_the_first_commit_seen() -> None:
+    sent = [(1.0, TxId(2, 5)), (1.5, TxId(2, 8)), (1.6, TxId(1, 9)), (1.7, TxId(2, 30))]
+    observations = [(1.2, 2, 4), (1.25, 2, 6), (2.0, 2, 12), (2.5, 2, 31)]
+    latencies = bench_commit.commit_latencies_ms(sent, observations, TxId(2, 31))
+    # 5: first seen at 6 (1.25 s); 8: at 12 (2.0 s); 1.9 is of another view: not counted;
+    # 30: at 31 (2.5 s).
+    assert latencies == pytest.approx((250.0, 500.0, 800.0))
 
 
 def test_percentile_is_a_latency_that_was_seen() -> None:
@@ -126,3 +268,49 @@ async def test_load_stops_at_the_request_budget(tmp_path: Path) -> None:
         )
     assert load.requests_ok == 15
     assert load.elapsed_s < 10
+
+
+async def test_paced_client_connection_reads_status_and_txid_over_keep_alive_tls(
+    tmp_path: Path,
+) -> None:
+    pki = bench.make_ceiling_pki(tmp_path)
+    with bench.CeilingServer(pki) as server:
+        conn = await bench_commit._Connection.open(server.url, bench.ceiling_client_context(pki))
+        try:
+            for _ in range(3):  # the same connection, answer after answer
+                assert await conn.post(b'{"id": 1, "msg": "x"}') == (200, "1.1")
+        finally:
+            conn.close()
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        (b"HTTP/1.1 200 OK\r\nx-ms-ccf-transaction-id: 2.3\r\n\r\n", "Content-Length"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 99999999\r\n\r\n", "Content-Length"),
+        (b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * 20_000 + b"\r\n\r\n", "exceed the limit"),
+        (b"SMTP ready\r\n\r\n", "malformed status line"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", "closed mid-answer"),
+        (b"", "connection closed"),
+    ],
+)
+async def test_paced_client_refuses_answers_it_cannot_bound(answer: bytes, message: str) -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(4096)
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, limit=bench_commit.RESPONSE_HEAD_BYTES_MAX
+    )
+    conn = bench_commit._Connection(reader, writer, f"127.0.0.1:{port}", "/app/log/private")
+    try:
+        with pytest.raises(bench_commit.PacedClientError, match=message):
+            await conn.post(b"{}")
+    finally:
+        conn.close()
+        server.close()
+        await server.wait_closed()

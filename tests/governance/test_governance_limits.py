@@ -15,8 +15,10 @@ from cryptography.x509.oid import NameOID
 from gov_testkit import Network, start_network
 from test_governance_endpoints import Harness
 
-from charter.governance import handlers, proposals, queries
+from charter.enclave_app.kv import Store
+from charter.governance import handlers, proposals, queries, tables
 from charter.governance.actions import DEFAULT_MAX_OPEN_PROPOSALS_PER_MEMBER
+from charter.governance.errors import GovernanceError
 from charter.ledger import certs
 
 DAY_S = 24 * 3600
@@ -166,3 +168,30 @@ def test_proposal_listing_is_paged_and_next_link_leads_through_every_proposal() 
     )
     assert status == 400 and body["error"]["code"] == "InvalidInput"
     assert json.dumps(body).count("zz") == 0
+
+
+def test_service_info_follows_every_change_and_each_caller_gets_its_own_copy() -> None:
+    # service_info keeps the last value it parsed (it is read on every request): a caller
+    # changing what it got must not change what the next one gets, and a new value in the
+    # store is what the next read returns.
+    store = Store()
+    tx = store.begin()
+    original = {"status": "Opening", "cert": "pem", "service_data": {"tags": ["a"]}}
+    tables.put_json(tx, tables.SERVICE_INFO, tables.SINGLETON_KEY, original)
+    store.commit(tx, 1)
+    first = tables.service_info(store.begin())
+    assert first == original
+    assert first is not None
+    first["status"] = "Open"
+    first["service_data"]["tags"].append("b")
+    assert tables.service_info(store.begin()) == original
+    tx = store.begin()
+    tables.put_json(tx, tables.SERVICE_INFO, tables.SINGLETON_KEY, {**original, "status": "Open"})
+    store.commit(tx, 2)
+    reread = tables.service_info(store.begin())
+    assert reread is not None and reread["status"] == "Open"
+    assert queries.service_status(store.begin()) == "Open"
+    tx = store.begin()
+    tx.put(tables.SERVICE_INFO, tables.SINGLETON_KEY, b"[1, 2]")
+    with pytest.raises(GovernanceError):
+        tables.service_info(tx)
