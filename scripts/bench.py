@@ -700,6 +700,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--workspace", type=Path, default=None, help="keep sandbox workspaces here")
     p.add_argument("--profile-dir", type=Path, default=None, help="py-spy the primary's processes")
+    p.add_argument(
+        "--wan",
+        metavar="PROFILE",
+        default=None,
+        help="measure a namespaced 3-node network under a WAN profile instead (bench_wan.py)",
+    )
     args = p.parse_args(argv)
     if not 1 <= args.clients <= bench_ab.AB_CONCURRENCY_MAX:
         p.error(f"--clients must be in 1..{bench_ab.AB_CONCURRENCY_MAX}")
@@ -732,6 +738,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str]) -> int:
+    if any(a == "--wan" or a.startswith("--wan=") for a in argv):
+        # What distance costs: a namespaced 3-node network per WAN profile (bench_wan.py).
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import bench_wan
+
+        return int(bench_wan.main(argv))
     args = parse_args(argv)
     try:
         result = bench.run_on(args.loop, run(args))
