@@ -190,8 +190,12 @@ class Raft(RaftState):
         (a voter retires by itself when the configuration without it commits)."""
         if self.id in self._log.configuration:
             raise ConsensusError(f"{self.id} is a voter: it retires by configuration")
-        if self._role is Role.RETIRED:
+        if self._role is Role.RETIRED or self._log.configuration_index > self._commit_index:
+            # Not yet: a configuration without it is still in flight (it was a voter after
+            # all, e.g. before a snapshot it restarted from); a later call retires it.
             return
+        if self._role is Role.PRIMARY:
+            self._hand_over()
         logger.info("retired learner node=%s view=%d", self.id, self._term)
         self._set_role(Role.RETIRED)
         self._leader_id = None

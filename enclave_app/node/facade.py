@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from charter.consensus import LogEntry, Raft, StartState
+from charter.consensus import LogEntry, Raft, Role, StartState
 from charter.enclave_app import interface as itf
 from charter.enclave_app.app import App, Caller, HttpResponse
 from charter.enclave_app.attestation import check_own_code
@@ -496,7 +496,8 @@ class Node:
             ):
                 # Removed while still a learner: no configuration change will retire it.
                 replication.raft.retire()
-                self._become_retired()
+                if replication.raft.role is Role.RETIRED:
+                    self._become_retired()
         if outcome.became_primary and self.core.lifecycle.is_(NodeState.PART_OF_NETWORK):
             # A new primary signs at once, so what it inherited can commit, and
             # replicates to the nodes still waiting to be trusted.

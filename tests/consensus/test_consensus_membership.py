@@ -371,3 +371,24 @@ def test_a_primary_tracking_a_removed_node_lets_it_go_once_it_says_it_committed_
     acks_before = dict(b.details().acks)
     b.track_removed("a", removal)  # a voter is never tracked as removed
     assert b.details().acks.keys() == acks_before.keys()
+
+
+def test_retire_waits_for_the_configuration_without_the_node_to_commit() -> None:
+    """Seed 1589: a primary whose own removal was appended but not yet replicated was
+    retired by the runtime's learner rule (its Retired status had committed), dropping
+    the configuration change with it; the others then needed its vote forever. `retire`
+    does nothing until a configuration without the node has committed."""
+    c = Cluster(ABC)
+    a = c.elect("a")
+    a.propose(b"rm a", signature=True, configuration=frozenset({"b", "c"}))
+    a.retire()
+    assert a.role is Role.PRIMARY
+    c.process("a")
+    c.deliver()
+    c.run_for(100)
+    assert a.role is Role.RETIRED
+    c.run_for(3000)
+    new = c.primary()
+    assert new in ("b", "c")
+    c.propose(new, b"after", signature=True)
+    assert c.nodes[new].commit_index == c.nodes[new].last_index

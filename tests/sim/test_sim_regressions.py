@@ -64,3 +64,12 @@ def test_a_removed_node_cut_off_while_its_removal_committed_still_retires() -> N
     Simulation(
         1055, test_name="test_a_removed_node_cut_off_while_its_removal_committed_still_retires"
     ).run(300)
+
+
+def test_a_primary_retiring_itself_hands_over_once_its_removal_commits() -> None:
+    """Seed 1589: the primary, Retired by governance, appended the configuration without
+    itself and retired at once (the learner rule fired on its committed Retired status),
+    before anyone had that configuration: the remaining voter needed its vote forever."""
+    Simulation(
+        1589, test_name="test_a_primary_retiring_itself_hands_over_once_its_removal_commits"
+    ).run(300)
