@@ -210,7 +210,16 @@ class RaftState:
         )
 
     def _can_campaign(self) -> bool:
-        return self._role is not Role.RETIRED and self.id in self._log.configuration
+        """A voter campaigns; so does a node its latest configuration leaves out while that
+        configuration is not known committed: until it is, that node may be the only one
+        whose log can win (Raft dissertation, section 4.2.2). It counts only the new
+        configuration's votes, and retires once that configuration commits."""
+        if self._role is Role.RETIRED:
+            return False
+        log = self._log
+        return self.id in log.configuration or (
+            log.configuration_index > self._commit_index and log.was_voter_before_latest(self.id)
+        )
 
     def _become_follower(self, term: int, leader: str | None) -> None:
         assert term >= self._term

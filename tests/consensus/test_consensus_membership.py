@@ -392,3 +392,33 @@ def test_retire_waits_for_the_configuration_without_the_node_to_commit() -> None
     assert new in ("b", "c")
     c.propose(new, b"after", signature=True)
     assert c.nodes[new].commit_index == c.nodes[new].last_index
+
+
+def test_a_node_left_out_of_an_uncommitted_configuration_still_campaigns() -> None:
+    """Seed 140: of two voters, the primary appended the configuration without itself,
+    then restarted before the other had it. The other needs both votes and its log is
+    behind, so only the removed node can win; it must campaign (counting the new
+    configuration's votes), commit the change and then retire."""
+    c = Cluster(["a", "b"])
+    a = c.elect("a")
+    _grow(c, "a", 5)
+    c.isolate("b")
+    a.propose(b"rm a", signature=True, configuration=frozenset({"b"}))
+    c.process("a")
+    c.make_durable("a")
+    c.crash("a")
+    a = c.restart("a")
+    assert "a" not in a.configuration and a.commit_index < a.last_index
+    c.heal()
+    for _ in range(100):
+        c.run_for(100)
+        if a.role is Role.PRIMARY:
+            break
+    assert a.role is Role.PRIMARY  # with b's vote: the new configuration's majority
+    c.propose("a", b"sig", signature=True)  # as the runtime does on becoming primary
+    c.run_for(5_000)
+    b = c.nodes["b"]
+    assert a.role is Role.RETIRED
+    assert b.role is Role.PRIMARY and b.configuration == frozenset({"b"})
+    c.propose("b", b"after", signature=True)
+    assert b.commit_index == b.last_index

@@ -73,3 +73,14 @@ def test_a_primary_retiring_itself_hands_over_once_its_removal_commits() -> None
     Simulation(
         1589, test_name="test_a_primary_retiring_itself_hands_over_once_its_removal_commits"
     ).run(300)
+
+
+def test_a_node_left_out_of_an_uncommitted_configuration_brings_it_to_commit() -> None:
+    """Seeds 138 and 140: a primary appended the configuration without itself and
+    restarted before the remaining voter had it; that voter needed its vote and was
+    refused (shorter log), and the removed node did not campaign: no primary ever again."""
+    for seed in (138, 140):
+        Simulation(
+            seed,
+            test_name="test_a_node_left_out_of_an_uncommitted_configuration_brings_it_to_commit",
+        ).run(300)
