@@ -51,8 +51,6 @@ from charter.enclave_app.startup import (
 
 LOG = logging.getLogger("enclave")
 
-# Bodies beyond this are refused before they are read (endpoints may set lower limits).
-MAX_REQUEST_BODY_BYTES = 8 * 1024 * 1024
 READ_BATCH_ENTRIES = 10_000
 WRITE_BATCH_BYTES_MAX = 16 * 1024 * 1024
 # Node-to-node frames are shed (consensus resends) while the host is this far behind.
@@ -492,7 +490,7 @@ class Runtime:
         try:
             body = await read_body(
                 request,
-                max_bytes=MAX_REQUEST_BODY_BYTES,
+                max_bytes=itf.REQUEST_BODY_BYTES_MAX,
                 timeout_s=self.server.limits.read_timeout_s,
             )
         except BodyError as exc:

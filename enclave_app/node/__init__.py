@@ -2,7 +2,8 @@
 
 `lifecycle` (states and their transitions), `core` (what the parts share), `replication`
 (commit, signatures, apply, rollback, on-commit), `snapshots`, `joins` (both sides),
-`peers` (peer table, channels, node-to-node messages), `receipts` (tx status, receipts).
+`peers` (peer table, channels), `messages` (the typed node-to-node messages and their codec),
+`receipts` (tx status, receipts).
 The request pipeline is `charter.enclave_app.frontend`.
 
 May import: `charter.consensus`, `charter.ledger`, `charter.governance` and the rest of

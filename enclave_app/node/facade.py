@@ -23,6 +23,7 @@ from charter.enclave_app.entropy import SYSTEM_ENTROPY, Entropy
 from charter.enclave_app.frontend import Forwarded, Frontend, unavailable
 from charter.enclave_app.identity import LEDGER_SECRET_BYTES, Identity
 from charter.enclave_app.kv import Store, Tx
+from charter.enclave_app.node import messages
 from charter.enclave_app.node.core import NodeCore, NodeNotReady, write_genesis
 from charter.enclave_app.node.joins import (
     Joiner,
@@ -32,7 +33,7 @@ from charter.enclave_app.node.joins import (
     request_body,
 )
 from charter.enclave_app.node.lifecycle import NodeState
-from charter.enclave_app.node.peers import ForwardedRequest, Peers
+from charter.enclave_app.node.peers import Peers
 from charter.enclave_app.node.receipts import Receipts
 from charter.enclave_app.node.replication import (
     LocalLog,
@@ -568,19 +569,19 @@ class Node:
         peers = self.peers
         if peers is None:
             return
-        inbound = peers.open(payload)
-        if inbound is None:
+        opened = peers.open(payload)
+        if opened is None:
             return
-        sender = inbound.sender
+        sender, message = opened
         status = peers.status(sender)
-        if inbound.raft is not None:
+        if isinstance(message, messages.RaftFrame):
             replication = self.replication
             if replication is None:
                 return
             # The Raft sender must be the channel's peer, and trusted by governance (or by
             # the configuration, for a joiner that knows no governance state yet). A retired
             # node was trusted: it still hands over and learns that its removal committed.
-            if inbound.raft.sender != sender or (
+            if message.message.sender != sender or (
                 status not in ("Trusted", "Retired")
                 and not peers.trusted_by_configuration(sender, replication.raft)
             ):
@@ -592,24 +593,27 @@ class Node:
                 # restarted since): tell it, whatever was recorded.
                 peers.released.discard(sender)
                 replication.raft.track_removed(sender, self.core.store.version)
-            replication.raft.step(inbound.raft)
+            replication.raft.step(message.message)
             self.settle()
-        elif inbound.request is not None:
+        elif isinstance(message, messages.ForwardRequest):
             if status != "Trusted":
                 LOG.warning("event=forward_refused peer=%s status=%s", sender[:16], status)
                 return
             # Settled with the turn's other writes (see `handle`).
-            self._serve_forwarded(peers, sender, inbound.request)
-        elif inbound.answer is not None:
-            self.on_forward_response(*inbound.answer)
+            self._serve_forwarded(peers, sender, message)
+        else:
+            response = HttpResponse(
+                message.status, message.body, dict(message.headers), message.content_type
+            )
+            self.on_forward_response(message.forward_id, response)
 
-    def _serve_forwarded(self, peers: Peers, sender: str, request: ForwardedRequest) -> None:
+    def _serve_forwarded(self, peers: Peers, sender: str, request: messages.ForwardRequest) -> None:
         """Run a write a trusted backup forwarded with its caller's identity; answer it."""
         response = self.frontend.handle(
             request.method,
             request.path,
             request.query,
-            request.headers,
+            dict(request.headers),
             request.body,
             request.caller_der or None,
             forwarded=True,
