@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from test_node_inprocess import _drain, _start
 
 from charter.consensus import AppendEntries, AppendEntriesResponse, LogEntry, PreVote
+from charter.enclave_app.app import HttpResponse
 from charter.enclave_app.channels import ChannelError, Channels
 from charter.enclave_app.interface import FORWARD_BODY_BYTES_MAX
 from charter.enclave_app.node import messages as m
@@ -351,3 +352,32 @@ def test_repeated_header_names_and_out_of_range_numbers_are_refused() -> None:
     assert codes(["raft", b"\x93\x01"]) == m.BAD_RAFT_MESSAGE
     assert codes(["gossip", b""]) == m.UNKNOWN_KIND
     assert codes([{"kind": "raft"}]) == m.NOT_MSGPACK  # maps are never part of a message
+
+
+def test_what_is_too_large_to_forward_is_answered_not_dropped(tmp_path: Path) -> None:
+    """A backup never sends a forward its primary would drop: it answers 413 itself; and a
+    primary whose answer is too large for the channel sends a 502 in its place, so the
+    caller on the backup is not left waiting for an answer that cannot come."""
+    node, _ = _start(tmp_path)
+    _drain(node)
+    peer_key = certs.new_key()
+    peer_id = certs.node_id(peer_key.public_key())
+    assert node.peers is not None and node.identity is not None
+    node.peers.know(peer_id, certs.public_key_pem(peer_key.public_key()), "x:1")
+    peer = Channels(peer_key, epoch=1)
+    peer.know(node.identity.node_key.public_key())
+    node.outbox.clear()
+
+    refused = node.peers.forward(peer_id, "POST", "/" * (m.PATH_BYTES_MAX + 1), "", {}, b"", None)
+    assert isinstance(refused, HttpResponse) and refused.status == 413
+    assert b"RequestTooLarge" in refused.body
+    assert node.outbox == []
+
+    huge = HttpResponse(200, bytes(FORWARD_BODY_BYTES_MAX + 1), {}, None)
+    node.peers.answer(peer_id, 5, huge)
+    (frame,) = node.outbox
+    sender, plaintext = peer.open(frame.payload)  # type: ignore[attr-defined]
+    answer = m.decode(plaintext)
+    assert sender == node.node_id
+    assert isinstance(answer, m.ForwardAnswer) and answer.forward_id == 5
+    assert answer.status == 502 and b"ResponseTooLarge" in answer.body
