@@ -42,17 +42,15 @@ from charter.enclave_app.node import TXID_HEADER, Forwarded, Node
 from charter.enclave_app.platform import PlatformError
 from charter.enclave_app.snp_platform import SnpPlatform, obtain_endorsements
 from charter.enclave_app.startup import (
-    _constitution,
-    _include_governance,
-    _initial_members,
-    _load_app,
-    _platform,
+    genesis_constitution,
+    include_governance,
+    initial_members,
+    load_app,
+    make_platform,
 )
 
 LOG = logging.getLogger("enclave")
 
-# Bodies beyond this are refused before they are read (endpoints may set lower limits).
-MAX_REQUEST_BODY_BYTES = 8 * 1024 * 1024
 READ_BATCH_ENTRIES = 10_000
 WRITE_BATCH_BYTES_MAX = 16 * 1024 * 1024
 # Node-to-node frames are shed (consensus resends) while the host is this far behind.
@@ -163,18 +161,18 @@ class Runtime:
             SessionLimits.from_config(config.rpc_interface),
             loop=asyncio.get_running_loop(),
         )
-        platform = _platform(config)
+        platform = make_platform(config)
         if isinstance(platform, SnpPlatform):
             servers = len(config.snp.endorsements_servers)
             await obtain_endorsements(platform, servers, self._fetch_endorsements)
-        app = _load_app(config.app)
+        app = load_app(config.app)
         node = Node(config, platform, app, extra_apps=())
         self.node = node
         node.host_backlog_bytes = lambda: self.channel.outgoing_bytes + node.outbox_write_bytes
         self.console = Console(config.console)
         node.on_forward_response = self._forward_answered
         node.routes.include(node_endpoints.build(node))
-        _include_governance(node)
+        include_governance(node)
         self.jwt_refresh = jwt_refresh.start(node, config.jwt, self.schedule_flush)
         if frame.sealed is not None:
             node.resume(frame.sealed)
@@ -213,7 +211,7 @@ class Runtime:
                     "the ledger directory holds a ledger but no sealed state was found: "
                     "refusing to start a new network over it"
                 )
-            node.start_new_network(_initial_members(config), _constitution(config))
+            node.start_new_network(initial_members(config), genesis_constitution(config))
         else:
             raise RuntimeError(f"start mode {config.start.mode!r} is not supported yet")
         self.flush()
@@ -493,7 +491,7 @@ class Runtime:
         try:
             body = await read_body(
                 request,
-                max_bytes=MAX_REQUEST_BODY_BYTES,
+                max_bytes=itf.REQUEST_BODY_BYTES_MAX,
                 timeout_s=self.server.limits.read_timeout_s,
             )
         except BodyError as exc:

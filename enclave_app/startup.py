@@ -21,7 +21,7 @@ from charter.enclave_app.snp_platform import SnpPlatform
 LOG = logging.getLogger("enclave")
 
 
-def _platform(config: itf.NodeConfig) -> Platform:
+def make_platform(config: itf.NodeConfig) -> Platform:
     if config.platform == "snp":
         endorsements = config.snp.endorsements_file
         platform = SnpPlatform(endorsements_file=Path(endorsements) if endorsements else None)
@@ -31,7 +31,7 @@ def _platform(config: itf.NodeConfig) -> Platform:
     return VirtualPlatform(Path(config.workspace), app_module=config.app)
 
 
-def _load_app(module_path: str) -> App:
+def load_app(module_path: str) -> App:
     """Import the config's app module and return its `app`; AppLoadError says why not."""
     try:
         module = importlib.import_module(module_path)
@@ -70,7 +70,7 @@ def _load_app(module_path: str) -> App:
     return app
 
 
-def _include_governance(node: Node) -> None:
+def include_governance(node: Node) -> None:
     from charter.enclave_app.gov_endpoints import GovHooks, make_gov_app
 
     hooks = GovHooks(
@@ -79,7 +79,7 @@ def _include_governance(node: Node) -> None:
     node.routes.include(make_gov_app(hooks))
 
 
-def _initial_members(config: itf.NodeConfig) -> list[dict[str, Any]]:
+def initial_members(config: itf.NodeConfig) -> list[dict[str, Any]]:
     members = []
     for member in config.start.members:
         entry: dict[str, Any] = {"cert": Path(member.cert).read_text()}
@@ -91,7 +91,7 @@ def _initial_members(config: itf.NodeConfig) -> list[dict[str, Any]]:
     return members
 
 
-def _constitution(config: itf.NodeConfig) -> Any:
+def genesis_constitution(config: itf.NodeConfig) -> Any:
     if config.start.constitution is None:
         return None
     from charter.governance.constitution import Constitution

@@ -38,6 +38,14 @@ SNAPSHOT_READ_BYTES_MAX: Final = MAX_FRAME_BYTES - FRAME_ENVELOPE_BYTES
 NODE_FRAME_ENVELOPE_BYTES: Final = 64 * 1024
 NODE_FRAME_BYTES_MAX: Final = MAX_MESSAGE_BYTES + NODE_FRAME_ENVELOPE_BYTES
 
+# The largest HTTP request body the enclave's runtime reads from a client: bodies beyond
+# it are refused before they are read (endpoints may set lower limits).
+REQUEST_BODY_BYTES_MAX: Final = 8 * 1024 * 1024
+# The body of a forwarded request, or of its answer, in one node-to-node message: what a
+# consensus message may take of a sealed node frame (the rest of the forward fits the envelope;
+# `charter.enclave_app.node.messages` asserts that).
+FORWARD_BODY_BYTES_MAX: Final = NODE_FRAME_BYTES_MAX - NODE_FRAME_ENVELOPE_BYTES
+
 MAX_STRING_CHARS: Final = 64 * 1024
 MAX_FDS_PER_FRAME: Final = 4
 # Each queued fd is a dup held by this process: bound them well below the fd limit.
@@ -60,6 +68,8 @@ assert CONSENSUS_ENTRY_BYTES_MAX <= ENTRY_SIZE_BYTES_MAX
 assert CONSENSUS_ENTRY_BYTES_MAX < MAX_MESSAGE_BYTES
 # A sealed node frame travels inside one control frame (SendToNode / NodeMessage).
 assert NODE_FRAME_BYTES_MAX + 4096 <= MAX_FRAME_BYTES
+# Any request a backup took from a client can be forwarded to the primary.
+assert REQUEST_BODY_BYTES_MAX <= FORWARD_BODY_BYTES_MAX
 # A read reply, with its envelope, fits one frame.
 assert READ_REPLY_BYTES_MAX + 4096 <= MAX_FRAME_BYTES
 # The length prefix can state every frame length.

@@ -2,7 +2,9 @@
 
 `lifecycle` (states and their transitions), `core` (what the parts share), `replication`
 (commit, signatures, apply, rollback, on-commit), `snapshots`, `joins` (both sides),
-`peers` (peer table, channels, node-to-node messages), `receipts` (tx status, receipts).
+`peers` (peer table, channels), `messages` (the typed node-to-node messages and their codec),
+`receipts` (tx status, receipts), `retirement` (when this node retires; `retired_committed`
+records) and `restart` (Raft restarted on the own ledger read back).
 The request pipeline is `charter.enclave_app.frontend`.
 
 May import: `charter.consensus`, `charter.ledger`, `charter.governance` and the rest of
@@ -11,9 +13,10 @@ parts reach one another's state only through `core.NodeCore`; only the facade wi
 """
 
 from charter.enclave_app.frontend import TXID_HEADER, AuthError, Forwarded
-from charter.enclave_app.node.facade import Node, RollbackError
+from charter.enclave_app.node.facade import Node
 from charter.enclave_app.node.joins import MAX_PENDING_NODES
 from charter.enclave_app.node.lifecycle import IllegalTransition, NodeState
+from charter.enclave_app.node.restart import RollbackError
 
 __all__ = [
     "MAX_PENDING_NODES",

@@ -14,16 +14,16 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from charter.consensus import LogEntry, Raft, Role, StartState
+from charter.consensus import LogEntry, Raft, StartState
 from charter.enclave_app import interface as itf
 from charter.enclave_app.app import App, Caller, HttpResponse
-from charter.enclave_app.attestation import check_own_code
 from charter.enclave_app.auth import AuthFailure
 from charter.enclave_app.channels import Channels
 from charter.enclave_app.entropy import SYSTEM_ENTROPY, Entropy
 from charter.enclave_app.frontend import AuthError, Forwarded, Frontend, unavailable
 from charter.enclave_app.identity import LEDGER_SECRET_BYTES, Identity
 from charter.enclave_app.kv import Store, Tx
+from charter.enclave_app.node import messages
 from charter.enclave_app.node.core import NodeCore, NodeNotReady, write_genesis
 from charter.enclave_app.node.joins import (
     Joiner,
@@ -33,7 +33,7 @@ from charter.enclave_app.node.joins import (
     request_body,
 )
 from charter.enclave_app.node.lifecycle import NodeState
-from charter.enclave_app.node.peers import ForwardedRequest, Peers
+from charter.enclave_app.node.peers import Peers
 from charter.enclave_app.node.receipts import Receipts
 from charter.enclave_app.node.replication import (
     LocalLog,
@@ -41,6 +41,8 @@ from charter.enclave_app.node.replication import (
     cose_signatures_config,
     log_entry_from_raw,
 )
+from charter.enclave_app.node.restart import restart_raft
+from charter.enclave_app.node.retirement import Retirement
 from charter.enclave_app.node.snapshots import Snapshots
 from charter.enclave_app.platform import Platform
 from charter.enclave_app.runtime_view import RuntimeView
@@ -60,10 +62,6 @@ LOG = logging.getLogger(__name__)
 SETTLE_STEPS_MAX = 64
 # How often a primary looks again for Retired nodes it has not told yet.
 RETIRED_RECHECK_MS = 10_000
-
-
-class RollbackError(Exception):
-    """The host handed back less ledger than this node had committed."""
 
 
 class Node:
@@ -87,7 +85,7 @@ class Node:
         # Both exist once the node has an identity (peers) and runs Raft (replication).
         self.peers: Peers | None = None
         self.replication: Replication | None = None
-        self.retired = False
+        self.retirement = Retirement(core)
         self._retired_checked_ms = 0
         # Entries of the own ledger read back by a restart, until Raft restarts on them.
         self._replayed: list[LogEntry] = []
@@ -177,6 +175,10 @@ class Node:
     @property
     def state(self) -> str:
         return self.core.lifecycle.state.value
+
+    @property
+    def retired(self) -> bool:
+        return self.retirement.retired
 
     @property
     def applied_seqno(self) -> int:
@@ -329,47 +331,14 @@ class Node:
         """All of the own ledger is replayed: restart Raft on it and carry on."""
         core, log = self.core, self.log
         core.lifecycle.expect(NodeState.READING_OWN_LEDGER, action="resumed")
-        identity = core.identity
         entries, self._replayed = self._replayed, []
-        if log.applied_seqno < identity.committed_seqno:
-            raise RollbackError(
-                f"the host's ledger ends at seqno {log.applied_seqno} but this node had "
-                f"committed seqno {identity.committed_seqno}: ledger files are missing or "
-                "were rolled back; refusing to start"
-            )
-        # Only what was signed survives: an unsigned tail cannot have been committed
-        # (Raft commits only at signatures), so drop it everywhere.
-        last_sig = core.history.last_signature
-        base_seqno, base_view = self.snapshots.replay_base
-        # Never below a snapshot this node started from: that point is committed.
-        keep = max(last_sig.seqno if last_sig is not None else 0, base_seqno)
-        if keep < log.applied_seqno:
-            log.rollback(keep)
-            core.outbox.append(itf.Truncate(keep))
-            entries = [e for e in entries if e.index <= keep]
-        # Governance may have removed this code's measurement while the node ran (it ran on,
-        # as in CCF); coming back with it is a new admission, refused as a join would be.
-        check_own_code(core.store.begin(), core.platform.evidence(identity.public_key_der))
-        configuration = core.voters()
-        raft = core.new_raft(
-            StartState(
-                configuration=configuration,
-                last_index=base_seqno,
-                last_term=base_view,
-                commit_index=base_seqno,
-                term=max(identity.term, base_view),
-                voted_for=identity.voted_for,
-            ),
-            entries,
-        )
-        if configuration == frozenset({identity.node_id}):
-            raft.campaign()
+        raft = restart_raft(core, log, self.snapshots.replay_base, entries)
         self._start_replication(raft)
         core.lifecycle.advance(NodeState.PART_OF_NETWORK)
         self.settle()
         self._refresh_client_cas()
         self._refresh_peers()
-        LOG.info("event=resumed node_id=%s seqno=%d", identity.node_id, log.applied_seqno)
+        LOG.info("event=resumed node_id=%s seqno=%d", self.node_id, log.applied_seqno)
 
     # ------------------------------------------------------------------ joining
     def join_request(self, tx: Tx, request: Mapping[str, Any]) -> dict[str, Any]:
@@ -470,8 +439,8 @@ class Node:
                 self.snapshots.take_due(replication)
             elif replication.raft.has_ready():
                 self._act_on_ready(replication)
-            elif replication.is_primary and self._untold_released():
-                self._record_retired_committed(replication)
+            elif replication.is_primary and self.retirement.untold_released(self._peers()):
+                self.retirement.record_retired_committed(replication, self._peers())
             elif replication.signature_due:
                 if replication.is_primary:
                     view, seqno = replication.emit_signature()
@@ -484,62 +453,18 @@ class Node:
 
     def _act_on_ready(self, replication: Replication) -> None:
         outcome = replication.process_ready()
-        self._peers().released.update(outcome.released)
+        peers = self._peers()
+        peers.released.update(outcome.released)
         if outcome.committed is not None:
             self.snapshots.finish(self.receipts.receipt)
-            retired_at = self._peers().retired_at
-            if (
-                retired_at is not None
-                and outcome.committed >= retired_at
-                and self.node_id not in replication.raft.configuration
-                and not self.retired
-            ):
-                # Removed while still a learner: no configuration change will retire it.
-                replication.raft.retire()
-                if replication.raft.role is Role.RETIRED:
-                    self._become_retired()
+            self.retirement.after_commit(outcome.committed, replication, peers)
         if outcome.became_primary and self.core.lifecycle.is_(NodeState.PART_OF_NETWORK):
             # A new primary signs at once, so what it inherited can commit, and
             # replicates to the nodes still waiting to be trusted.
             self._refresh_peers()
             replication.signature_due = True
         elif outcome.became_retired:
-            self._become_retired()
-
-    def _untold_released(self) -> list[str]:
-        """Released nodes whose record does not yet say `retired_committed`."""
-        peers = self._peers()
-        if not peers.released:
-            return []
-        tx = self.core.store.begin()
-        untold = []
-        for node_id in sorted(peers.released):
-            raw = tx.get(gt.NODES_INFO, gt.id_key(node_id))
-            info = gt.load_json(raw, what=gt.NODES_INFO) if raw is not None else None
-            if not isinstance(info, dict):
-                continue
-            if info.get("status") == "Retired" and info.get("retired_committed") is not True:
-                untold.append(node_id)
-        if not untold:
-            peers.released.clear()
-        return untold
-
-    def _record_retired_committed(self, replication: Replication) -> None:
-        """Record, as CCF's `retired_committed`, that the retired nodes this primary finished
-        telling need no primary to tell them again."""
-        tx = self.core.store.begin()
-        for node_id in self._untold_released():
-            key = gt.id_key(node_id)
-            info = gt.load_json(tx.get(gt.NODES_INFO, key) or b"{}", what=gt.NODES_INFO)
-            gt.put_json(tx, gt.NODES_INFO, key, {**info, "retired_committed": True})
-        replication.commit_tx(tx)
-        self._peers().released.clear()
-
-    def _become_retired(self) -> None:
-        if not self.retired:
-            self.retired = True
-            self.core.lifecycle.advance(NodeState.RETIRED)
-            LOG.info("event=retired node_id=%s", self.node_id)
+            self.retirement.become_retired()
 
     # ------------------------------------------------------------------ host events
     def tick(self, now_ms: int) -> None:
@@ -578,19 +503,19 @@ class Node:
         peers = self.peers
         if peers is None:
             return
-        inbound = peers.open(payload)
-        if inbound is None:
+        opened = peers.open(payload)
+        if opened is None:
             return
-        sender = inbound.sender
+        sender, message = opened
         status = peers.status(sender)
-        if inbound.raft is not None:
+        if isinstance(message, messages.RaftFrame):
             replication = self.replication
             if replication is None:
                 return
             # The Raft sender must be the channel's peer, and trusted by governance (or by
             # the configuration, for a joiner that knows no governance state yet). A retired
             # node was trusted: it still hands over and learns that its removal committed.
-            if inbound.raft.sender != sender or (
+            if message.message.sender != sender or (
                 status not in ("Trusted", "Retired")
                 and not peers.trusted_by_configuration(sender, replication.raft)
             ):
@@ -602,24 +527,27 @@ class Node:
                 # restarted since): tell it, whatever was recorded.
                 peers.released.discard(sender)
                 replication.raft.track_removed(sender, self.core.store.version)
-            replication.raft.step(inbound.raft)
+            replication.raft.step(message.message)
             self.settle()
-        elif inbound.request is not None:
+        elif isinstance(message, messages.ForwardRequest):
             if status != "Trusted":
                 LOG.warning("event=forward_refused peer=%s status=%s", sender[:16], status)
                 return
             # Settled with the turn's other writes (see `handle`).
-            self._serve_forwarded(peers, sender, inbound.request)
-        elif inbound.answer is not None:
-            self.on_forward_response(*inbound.answer)
+            self._serve_forwarded(peers, sender, message)
+        else:
+            response = HttpResponse(
+                message.status, message.body, dict(message.headers), message.content_type
+            )
+            self.on_forward_response(message.forward_id, response)
 
-    def _serve_forwarded(self, peers: Peers, sender: str, request: ForwardedRequest) -> None:
+    def _serve_forwarded(self, peers: Peers, sender: str, request: messages.ForwardRequest) -> None:
         """Run a write a trusted backup forwarded with its caller's identity; answer it."""
         response = self.frontend.handle(
             request.method,
             request.path,
             request.query,
-            request.headers,
+            dict(request.headers),
             request.body,
             request.caller_der or None,
             forwarded=True,

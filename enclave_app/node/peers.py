@@ -11,17 +11,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
 
-import msgpack
-
-from charter.consensus import Message, Raft, decode_message, encode_message
-from charter.consensus.errors import ConsensusError
+from charter.consensus import Message, Raft
 from charter.enclave_app import interface as itf
-from charter.enclave_app.app import HttpResponse
+from charter.enclave_app.app import HttpResponse, error_response
 from charter.enclave_app.channels import ChannelError, Channels
 from charter.enclave_app.frontend import Forwarded
+from charter.enclave_app.node import messages
 from charter.enclave_app.node.core import NodeCore
 from charter.enclave_app.node.lifecycle import NodeState
 from charter.governance import tables as gt
@@ -31,29 +27,6 @@ LOG = logging.getLogger(__name__)
 
 MAX_PENDING_FORWARDS = 10_000
 _FORWARDED_HEADERS = frozenset({"content-type", "accept", "authorization"})
-
-
-@dataclass(frozen=True, slots=True)
-class ForwardedRequest:
-    """A write a backup forwarded, with its caller's certificate (DER, or empty)."""
-
-    forward_id: int
-    method: str
-    path: str
-    query: str
-    headers: dict[str, str]
-    body: bytes
-    caller_der: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Inbound:
-    """A checked peer message: from `sender`, one of Raft, a forwarded request, or an answer."""
-
-    sender: str
-    raft: Message | None = None
-    request: ForwardedRequest | None = None
-    answer: tuple[int, HttpResponse] | None = None
 
 
 class Peers:
@@ -156,20 +129,22 @@ class Peers:
         )
 
     # ------------------------------------------------------------------ sending
-    def _send(self, peer: str, message: list[Any]) -> None:
+    def _send(self, peer: str, message: messages.NodeMessage) -> None:
+        """Seal `message` to `peer` (EncodeError if it is too large for the peer to accept)."""
         address = self.addresses.get(peer)
         if address is None:
             LOG.debug("event=no_route_to_peer peer=%s", peer[:16])
             return
+        plaintext = messages.encode(message)
         try:
-            payload = self.channels.seal(peer, msgpack.packb(message, use_bin_type=True))
+            payload = self.channels.seal(peer, plaintext)
         except ChannelError as exc:
             LOG.warning("event=n2n_seal_failed peer=%s reason=%s", peer[:16], exc)
             return
         self.core.outbox.append(itf.SendToNode(peer, address, payload))
 
     def send_raft(self, peer: str, message: Message) -> None:
-        self._send(peer, ["raft", encode_message(message)])
+        self._send(peer, messages.RaftFrame(message))
 
     def forward(
         self,
@@ -180,98 +155,73 @@ class Peers:
         headers: Mapping[str, str],
         body: bytes,
         peer_der: bytes | None,
-    ) -> Forwarded:
-        """Send a request on to `primary`; its answer comes back as an `Inbound.answer`."""
-        self.forwards += 1
-        self._forward_targets[self.forwards] = primary
+    ) -> Forwarded | HttpResponse:
+        """Send a request on to `primary`; its answer comes back as a `ForwardAnswer`."""
+        request = messages.ForwardRequest(
+            self.forwards + 1,
+            method,
+            path,
+            query,
+            # str(): aiohttp's names are `istr`, a str subclass the codec does not take.
+            tuple((str(k), str(v)) for k, v in headers.items() if k.lower() in _FORWARDED_HEADERS),
+            body,
+            peer_der or b"",
+        )
+        try:
+            self._send(primary, request)
+        except messages.EncodeError as exc:
+            LOG.warning("event=forward_not_encodable reason=%s", exc)
+            if exc.code == messages.TOO_LARGE:
+                return error_response(413, "RequestTooLarge", "The request is too large to forward")
+            return error_response(400, "InvalidInput", "The request cannot be forwarded")
+        self.forwards = request.forward_id
+        self._forward_targets[request.forward_id] = primary
         while len(self._forward_targets) > MAX_PENDING_FORWARDS:  # answers that never came
             del self._forward_targets[next(iter(self._forward_targets))]
-        self._send(
-            primary,
-            [
-                "fwd",
-                self.forwards,
-                method,
-                path,
-                query,
-                [(k, v) for k, v in headers.items() if k.lower() in _FORWARDED_HEADERS],
-                body,
-                peer_der or b"",
-            ],
-        )
-        return Forwarded(self.forwards, primary)
+        return Forwarded(request.forward_id, primary)
 
     def answer(self, peer: str, forward_id: int, response: HttpResponse) -> None:
-        self._send(
-            peer,
-            [
-                "fwd_resp",
-                forward_id,
-                response.status,
-                list(response.headers.items()),
-                response.content_type,
-                response.body,
-            ],
+        answer = messages.ForwardAnswer(
+            forward_id,
+            response.status,
+            tuple((str(k), str(v)) for k, v in response.headers.items()),
+            response.content_type,
+            response.body,
         )
+        try:
+            self._send(peer, answer)
+        except messages.EncodeError as exc:
+            # The write may have committed: say so rather than leave the backup waiting.
+            LOG.warning("event=forward_answer_not_encodable reason=%s", exc)
+            error = (
+                error_response(502, "ResponseTooLarge", "The response is too large to forward")
+                if exc.code == messages.TOO_LARGE
+                else error_response(500, "InternalError", "The response cannot be forwarded")
+            )
+            headers = tuple(error.headers.items())
+            self._send(
+                peer,
+                messages.ForwardAnswer(
+                    forward_id, error.status, headers, error.content_type, error.body
+                ),
+            )
 
     # ------------------------------------------------------------------ receiving
-    def open(self, payload: bytes) -> Inbound | None:
-        """A sealed frame relayed by the host: open and check it; None if it is dropped.
-        (Who may send what is the facade's decision, on the sender's status.)"""
+    def open(self, payload: bytes) -> tuple[str, messages.NodeMessage] | None:
+        """A sealed frame relayed by the host: (sender, message) once opened and checked;
+        None if it is dropped. (Who may send what is the facade's decision, on the sender's
+        status; only an answer's sender is checked here, against where the request went.)"""
         try:
             sender, plaintext = self.channels.open(payload)
-            message = msgpack.unpackb(plaintext, raw=False, max_bin_len=len(plaintext))
-            kind, fields = _n2n_message(message)
-            if kind == "raft":
-                return Inbound(sender, raft=decode_message(fields[0]))
-        except (
-            ChannelError,
-            ConsensusError,
-            ValueError,
-            TypeError,
-            msgpack.UnpackException,
-        ) as exc:
+            message = messages.decode(plaintext)
+        except (ChannelError, messages.DecodeError) as exc:
             self.channels.dropped += 1
             LOG.warning("event=n2n_frame_dropped reason=%s", str(exc)[:200])
             return None
-        if kind == "fwd":
-            forward_id, method, path, query, headers, body, peer_der = fields
-            request = ForwardedRequest(
-                forward_id, method, path, query, dict(headers), body, peer_der
-            )
-            return Inbound(sender, request=request)
-        forward_id, code, headers, content_type, body = fields
-        if self._forward_targets.pop(forward_id, None) != sender:
+        if (
+            isinstance(message, messages.ForwardAnswer)
+            and self._forward_targets.pop(message.forward_id, None) != sender
+        ):
             LOG.warning("event=forward_answer_refused peer=%s", sender[:16])
             return None
-        return Inbound(
-            sender, answer=(forward_id, HttpResponse(code, body, dict(headers), content_type))
-        )
-
-
-_N2N_FIELDS: dict[str, tuple[type, ...]] = {
-    "raft": (bytes,),
-    # forward id, method, path, query, headers [[name, value]], body, caller cert DER
-    "fwd": (int, str, str, str, list, bytes, bytes),
-    # forward id, status, headers, content type (or None), body
-    "fwd_resp": (int, int, list, (str, type(None)), bytes),  # type: ignore[dict-item]
-}
-
-
-def _n2n_message(message: Any) -> tuple[str, list[Any]]:
-    """Check a node-to-node message's shape and field types (TypeError if wrong)."""
-    if not isinstance(message, list) or not message or message[0] not in _N2N_FIELDS:
-        raise TypeError("not a node-to-node message")
-    kind, fields = message[0], message[1:]
-    types = _N2N_FIELDS[kind]
-    if len(fields) != len(types) or not all(
-        isinstance(value, kind_) for value, kind_ in zip(fields, types, strict=True)
-    ):
-        raise TypeError(f"malformed {kind} message")
-    if kind in ("fwd", "fwd_resp"):
-        for pair in fields[4 if kind == "fwd" else 2]:
-            if not (
-                isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)
-            ):
-                raise TypeError("malformed headers")
-    return kind, fields
+        return sender, message

@@ -23,9 +23,9 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from charter.enclave_app import interface as itf
 from charter.enclave_app import node_endpoints
-from charter.enclave_app.main import _include_governance, _initial_members, _load_app
 from charter.enclave_app.node import Node
 from charter.enclave_app.platform import VirtualPlatform
+from charter.enclave_app.startup import include_governance, initial_members, load_app
 from charter.governance import tables as gt
 from charter.governance.actions import apply_action, parse_action
 from charter.governance.effects import ActionContext
@@ -127,10 +127,10 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Service:
         }
     )
     clock = [float(NOW_S)]
-    node = Node(config, VirtualPlatform(tmp), _load_app(config.app), clock_s=lambda: clock[0])
+    node = Node(config, VirtualPlatform(tmp), load_app(config.app), clock_s=lambda: clock[0])
     node.routes.include(node_endpoints.build(node))
-    _include_governance(node)
-    node.start_new_network(_initial_members(config), None)
+    include_governance(node)
+    node.start_new_network(initial_members(config), None)
     service = Service(
         node,
         clock,

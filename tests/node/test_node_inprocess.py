@@ -18,9 +18,9 @@ from charter.consensus.messages import AppendEntries
 from charter.enclave_app import interface as itf
 from charter.enclave_app import node_endpoints
 from charter.enclave_app.channels import Channels
-from charter.enclave_app.main import _include_governance, _load_app
-from charter.enclave_app.node import Node
+from charter.enclave_app.node import Node, messages
 from charter.enclave_app.platform import VirtualPlatform
+from charter.enclave_app.startup import include_governance, initial_members, load_app
 from charter.governance import tables as gt
 from charter.ledger import certs
 from charter.ledger.history import History
@@ -41,18 +41,17 @@ def _config(tmp: Path, **extra: Any) -> itf.NodeConfig:
 
 
 def _node(config: itf.NodeConfig, tmp: Path) -> Node:
-    node = Node(config, VirtualPlatform(tmp), _load_app(config.app))
+    node = Node(config, VirtualPlatform(tmp), load_app(config.app))
     node.routes.include(node_endpoints.build(node))
-    _include_governance(node)
+    include_governance(node)
     return node
 
 
 def _start(tmp: Path, **extra: Any) -> tuple[Node, itf.NodeConfig]:
     config = _config(tmp, **extra)
     node = _node(config, tmp)
-    from charter.enclave_app.main import _initial_members
 
-    node.start_new_network(_initial_members(config), None)
+    node.start_new_network(initial_members(config), None)
     return node, config
 
 
@@ -283,9 +282,10 @@ def test_pending_joiner_restart_resumes_joining(tmp_path: Path) -> None:
 
 
 def test_pending_node_cannot_forward_requests_as_a_member(tmp_path: Path) -> None:
-    """_serve_forwarded only checks that the sender is *in* the nodes table. A node that is
-    merely Pending (anyone can be: POST /node/join) forwards a write carrying a member's
-    certificate DER (public: it is in the ledger) and the primary runs it as that member."""
+    """A node that is merely Pending (anyone can be: POST /node/join) forwards a write
+    carrying a member's certificate DER (public: it is in the ledger): the primary serves
+    forwarded requests from Trusted nodes only, so nothing runs and nothing answers, even
+    over a channel that opens."""
     from cryptography.hazmat.primitives.serialization import Encoding
 
     from charter.enclave_app.app import App
@@ -294,15 +294,15 @@ def test_pending_node_cannot_forward_requests_as_a_member(tmp_path: Path) -> Non
 
     @review.post("/whoami", auth="member_cert")
     def whoami(ctx: Any) -> dict[str, Any]:
+        ctx.tx.put("public:review", b"ran as", ctx.caller.id.encode())
         return {"kind": ctx.caller.kind, "id": ctx.caller.id}
 
     config = _config(tmp_path)
-    node = Node(config, VirtualPlatform(tmp_path), _load_app(config.app), extra_apps=(review,))
+    node = Node(config, VirtualPlatform(tmp_path), load_app(config.app), extra_apps=(review,))
     node.routes.include(node_endpoints.build(node))
-    _include_governance(node)
-    from charter.enclave_app.main import _initial_members
+    include_governance(node)
 
-    node.start_new_network(_initial_members(config), None)
+    node.start_new_network(initial_members(config), None)
     _drain(node)
 
     import base64
@@ -325,14 +325,17 @@ def test_pending_node_cannot_forward_requests_as_a_member(tmp_path: Path) -> Non
     attacker = Channels(attacker_key, epoch=1)
     assert node.identity is not None
     attacker.know(node.identity.node_key.public_key())
-    fwd = ["fwd", 1, "POST", "/review/whoami", "", [], b"", member_der]
-    node.receive_from_peer(attacker.seal(node.node_id, msgpack.packb(fwd, use_bin_type=True)))
-    answers = [f for f in node.outbox if isinstance(f, itf.SendToNode)]
-    for frame in answers:
-        _, plain = attacker.open(frame.payload)
-        message = msgpack.unpackb(plain, raw=False)
-        if message[0] == "fwd_resp":
-            assert message[2] >= 400, f"Pending node got a write run as a member: {message[5]!r}"
+    # Even with a channel to it (its key known, as a Retired node's stays), its status rules.
+    attacker_id = certs.node_id(attacker_key.public_key())
+    assert node.peers is not None
+    node.peers.know(attacker_id, certs.public_key_pem(attacker_key.public_key()), "127.0.0.1:2")
+    node.outbox.clear()
+    applied = node.applied_seqno
+    request = messages.ForwardRequest(1, "POST", "/review/whoami", "", (), b"", member_der)
+    node.receive_from_peer(attacker.seal(node.node_id, messages.encode(request)))
+    node.settle()
+    assert node.applied_seqno == applied, "a Pending node got a write run as a member"
+    assert not [f for f in node.outbox if isinstance(f, itf.SendToNode)]
 
 
 def test_snapshot_installed_node_agrees_on_tx_status(tmp_path: Path) -> None:
@@ -388,12 +391,11 @@ def test_member_signed_app_request_is_fresh_and_played_once(tmp_path: Path) -> N
             "start": {"mode": "start", "members": [{"cert": str(tmp_path / "member0_cert.pem")}]},
         }
     )
-    node = Node(config, VirtualPlatform(tmp_path), _load_app(config.app), extra_apps=(signed,))
+    node = Node(config, VirtualPlatform(tmp_path), load_app(config.app), extra_apps=(signed,))
     node.routes.include(node_endpoints.build(node))
-    _include_governance(node)
-    from charter.enclave_app.main import _initial_members
+    include_governance(node)
 
-    node.start_new_network(_initial_members(config), None)
+    node.start_new_network(initial_members(config), None)
     _drain(node)
     member_id = certs.cert_id(member_pem)
     tx = node.store.begin()  # activate the member, as its ack would
@@ -443,10 +445,9 @@ def test_app_cannot_write_the_services_own_maps(tmp_path: Path) -> None:
     config = _config(tmp_path)
     node = Node(config, VirtualPlatform(tmp_path), rogue)
     node.routes.include(node_endpoints.build(node))
-    _include_governance(node)
-    from charter.enclave_app.main import _initial_members
+    include_governance(node)
 
-    node.start_new_network(_initial_members(config), None)
+    node.start_new_network(initial_members(config), None)
     _drain(node)
     tx = node.store.begin()  # open the service so /app answers
     info = gt.service_info(tx)
@@ -522,9 +523,8 @@ def test_cose_signatures_carry_the_configured_issuer_and_subject_for_the_service
         }
     )
     node = _node(config, tmp_path)
-    from charter.enclave_app.main import _initial_members
 
-    node.start_new_network(_initial_members(config), None)
+    node.start_new_network(initial_members(config), None)
     raws, sealed = _drain(node)
     node.tick(0)
     for ms in range(10, 100, 10):
@@ -571,12 +571,11 @@ def test_a_burst_of_writes_settled_once_leaves_one_write_frame_and_one_proposal_
         return {}
 
     config = _config(tmp_path)
-    node = Node(config, VirtualPlatform(tmp_path), _load_app(config.app), extra_apps=(burst,))
+    node = Node(config, VirtualPlatform(tmp_path), load_app(config.app), extra_apps=(burst,))
     node.routes.include(node_endpoints.build(node))
-    _include_governance(node)
-    from charter.enclave_app.main import _initial_members
+    include_governance(node)
 
-    node.start_new_network(_initial_members(config), None)
+    node.start_new_network(initial_members(config), None)
     _drain(node)
     first = node.applied_seqno + 1
     txids = []

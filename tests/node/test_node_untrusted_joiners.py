@@ -12,6 +12,7 @@ from test_node_inprocess import _drain, _start, _write_and_tick
 
 from charter.enclave_app import interface as itf
 from charter.enclave_app.node import Node
+from charter.enclave_app.startup import initial_members
 from charter.ledger import certs
 
 
@@ -102,9 +103,7 @@ def test_snapshot_download_is_off_unless_the_operator_enables_snapshot_read(
         enabled_operator_features=["SnapshotRead"],
     )
     enabled = _node(config, tmp_path / "on")
-    from charter.enclave_app.main import _initial_members
-
-    enabled.start_new_network(_initial_members(config), None)
+    enabled.start_new_network(initial_members(config), None)
     assert _get_snapshot(enabled).status == 404  # none committed yet
     assert json.loads(_get_snapshot(enabled).body)["error"]["code"] == "SnapshotNotFound"
     _drain(enabled)

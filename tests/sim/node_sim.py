@@ -36,9 +36,9 @@ from charter.enclave_app import interface as itf
 from charter.enclave_app import node_endpoints
 from charter.enclave_app.app import HttpResponse
 from charter.enclave_app.entropy import SeededEntropy
-from charter.enclave_app.main import _include_governance, _load_app
 from charter.enclave_app.node import TXID_HEADER, Forwarded, Node
 from charter.enclave_app.platform import VirtualPlatform, code_measurement
+from charter.enclave_app.startup import include_governance, initial_members, load_app
 from charter.ledger import certs, cose
 from charter.ledger.entry import decode_entry
 
@@ -69,7 +69,7 @@ def _measurement() -> str:
 
 @cache
 def _app() -> Any:
-    return _load_app(APP_MODULE)
+    return load_app(APP_MODULE)
 
 
 # ------------------------------------------------------------------------------------------
@@ -288,7 +288,7 @@ class Simulation:
         )
         node = Node(slot.config, platform, _app(), clock_s=self.clock_s, entropy=SeededEntropy(tag))
         node.routes.include(node_endpoints.build(node))
-        _include_governance(node)
+        include_governance(node)
 
         def answered(forward_id: int, response: HttpResponse) -> None:
             pending = slot.forwards.pop(forward_id, None)
@@ -583,9 +583,8 @@ class Simulation:
     def start_network(self) -> None:
         slot = self._slot("start")
         node = self._new_node(slot)
-        from charter.enclave_app.main import _initial_members
 
-        node.start_new_network(_initial_members(slot.config), None)
+        node.start_new_network(initial_members(slot.config), None)
         slot.joined = True
         slot.node_id = node.node_id
         assert node.identity is not None
