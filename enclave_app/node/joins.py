@@ -232,7 +232,7 @@ def apply_effects(core: NodeCore, tx: Tx, effects: Effects) -> None:
         info = gt.node_info(tx, endorsement.node_id)
         if info is None or not info.get("public_key"):
             raise GovernanceError(
-                "InvalidNode", f"node {endorsement.node_id} has no public key", 400
+                f"node {endorsement.node_id} has no public key", code="InvalidNode"
             )
         public_key = certs.load_public_key(info["public_key"])
         tx.put(
