@@ -32,7 +32,6 @@ _CODES_BY_STATUS: Final[dict[int, tuple[str, ...]]] = {
         "InvalidProposal",
         "InvalidResourceName",
         "InvalidRole",
-        "InvalidTransactionId",
         "InvalidUserId",
         "MissingApiVersionParameter",
         "ProposalCreatedTooLongAgo",
@@ -87,6 +86,8 @@ _CODES_BY_STATUS: Final[dict[int, tuple[str, ...]]] = {
     404: (
         "ConstitutionNotFound",
         "EntryNotFound",
+        # The ACL sample: a rolled-back transaction id (its SDK stops waiting on it).
+        "InvalidTransactionId",
         "ProposalNotFound",
         "ReceiptNotAvailable",
         "ResourceNotFound",
@@ -100,7 +101,7 @@ _CODES_BY_STATUS: Final[dict[int, tuple[str, ...]]] = {
     408: ("RequestTimeout",),
     409: ("UserConflict",),
     413: ("RequestTooLarge",),
-    414: ("RequestPathTooLong",),
+    414: ("RequestUriTooLong",),
     415: ("UnsupportedContentType",),
     422: ("ValidationError",),
     429: ("TooManyOpenProposals", "TooManyRequests"),

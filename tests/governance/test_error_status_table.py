@@ -13,7 +13,17 @@ from charter.governance.errors import STATUS_BY_CODE, GovernanceError, http_stat
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("ledger", "consensus", "governance", "enclave_app", "host", "client")
 # Every constructor or helper whose `code` ends up in an HTTP answer's error body.
-HTTP_ERROR_MAKERS = frozenset({"GovernanceError", "_auth_error"})
+HTTP_ERROR_MAKERS = frozenset(
+    {
+        "GovernanceError",
+        "_auth_error",
+        "HttpError",
+        "error_response",
+        "AuthFailure",
+        "unavailable",
+        "_json_error",
+    }
+)
 
 
 def _calls() -> list[tuple[str, int, str, ast.Call]]:
