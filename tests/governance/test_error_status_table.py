@@ -95,3 +95,19 @@ def test_a_code_without_a_row_is_refused_when_raised() -> None:
 
 def test_every_status_in_the_table_is_an_error_status() -> None:
     assert all(400 <= status <= 599 for status in STATUS_BY_CODE.values())
+
+
+def test_the_http_session_layer_sends_each_code_with_its_row_status() -> None:
+    import json
+
+    from charter.enclave_app import http_server
+
+    for status in (400, 408, 413, 431, 500, 503, 504, 505):
+        code = json.loads(http_server.error_body(status))["error"]["code"]
+        assert http_status(code) == status, (status, code)
+    # A status the layer has no code for is sent as its class's generic one, never mislabelled.
+    assert http_server.json_error(418).status == 400
+    assert json.loads(http_server.error_body(http_server.error_status(599)))["error"] == {
+        "code": "InternalError",
+        "message": "Internal error",
+    }
