@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import pydantic
 
 from charter.enclave_app.app_openapi import build_openapi
-from charter.enclave_app.errors import HttpError
+from charter.enclave_app.errors import HttpError, error_status
 
 if TYPE_CHECKING:
     from charter.enclave_app.kv import Tx
@@ -254,7 +254,10 @@ class Context:
 # Rendering
 
 
-def error_response(status: int, code: str, message: str) -> HttpResponse:
+def error_response(message: str, *, code: str, status: int | None = None) -> HttpResponse:
+    """The JSON error answer for `code`, with its status from `STATUS_BY_CODE`; `status` is
+    only for an application's own codes, which have no row (see `HttpError`)."""
+    status = error_status(code, status)
     body = _JSON_ANY.dump_json({"error": {"code": code, "message": message}})
     return HttpResponse(status, body, {}, JSON_CONTENT_TYPE)
 
@@ -518,16 +521,16 @@ class App:
     def no_route_response(self, method: str, path: str) -> HttpResponse:
         """The error to answer when `match` found nothing: 414, 405 (with Allow) or 404."""
         if len(path) > PATH_BYTES_MAX:
-            return error_response(414, "RequestTooLarge", "Request path is too long")
+            return error_response("Request path is too long", code="RequestUriTooLong")
         allowed = self.allowed_methods(path)
         if allowed:
             response = error_response(
-                405, "MethodNotAllowed", f"Allowed methods for this path: {', '.join(allowed)}"
+                f"Allowed methods for this path: {', '.join(allowed)}", code="MethodNotAllowed"
             )
             return HttpResponse(
                 405, response.body, {"Allow": ", ".join(allowed)}, JSON_CONTENT_TYPE
             )
-        return error_response(404, "ResourceNotFound", f"Unknown path: {path[:256]}")
+        return error_response(f"Unknown path: {path[:256]}", code="ResourceNotFound")
 
     def invoke(
         self,
@@ -546,11 +549,15 @@ class App:
             ctx = self._context(endpoint, match, tx, caller, body, query, headers or {})
             ctx.runtime = runtime
         except HttpError as exc:
-            return Outcome(error_response(exc.status, exc.code, exc.message), False, None)
+            return Outcome(
+                error_response(exc.message, code=exc.code, status=exc.status), False, None
+            )
         try:
             response = _render(endpoint.handler(ctx), ctx)
         except HttpError as exc:
-            return Outcome(error_response(exc.status, exc.code, exc.message), False, None)
+            return Outcome(
+                error_response(exc.message, code=exc.code, status=exc.status), False, None
+            )
         except Exception as exc:
             # The message and locals may hold private values: log the type and frames only.
             frames = " <- ".join(
@@ -564,13 +571,13 @@ class App:
                 type(exc).__name__,
                 frames,
             )
-            return Outcome(error_response(500, "InternalError", "Internal error"), False, None)
+            return Outcome(error_response("Internal error", code="InternalError"), False, None)
         if endpoint.read_only and tx.has_writes:
             logger.error(
                 "read-only endpoint wrote method=%s path=%s", endpoint.method, endpoint.path
             )
             return Outcome(
-                error_response(500, "InternalError", "Read-only endpoint attempted a write"),
+                error_response("Read-only endpoint attempted a write", code="InternalError"),
                 False,
                 None,
             )
@@ -588,15 +595,15 @@ class App:
         headers: Mapping[str, str],
     ) -> Context:
         if len(body) > endpoint.max_body_bytes:
-            raise HttpError(413, "RequestTooLarge", f"Body exceeds {endpoint.max_body_bytes} bytes")
+            raise HttpError(f"Body exceeds {endpoint.max_body_bytes} bytes", code="RequestTooLarge")
         if len(query) > QUERY_BYTES_MAX:
-            raise HttpError(414, "RequestTooLarge", f"Query exceeds {QUERY_BYTES_MAX} bytes")
+            raise HttpError(f"Query exceeds {QUERY_BYTES_MAX} bytes", code="RequestUriTooLong")
         try:
             pairs = urllib.parse.parse_qsl(
                 query, keep_blank_values=True, max_num_fields=QUERY_FIELDS_MAX
             )
         except ValueError:
-            raise HttpError(400, "InvalidInput", "Malformed or oversized query string") from None
+            raise HttpError("Malformed or oversized query string", code="InvalidInput") from None
         query_values: dict[str, Any] = {}
         for name, value in pairs:
             previous = query_values.get(name)
@@ -612,7 +619,7 @@ class App:
         ):
             # As CCF: a JSON endpoint takes a body declared as JSON, or one with no type.
             raise HttpError(
-                415, "UnsupportedContentType", f"expected Content-Type: {JSON_CONTENT_TYPE}"
+                f"expected Content-Type: {JSON_CONTENT_TYPE}", code="UnsupportedContentType"
             )
         parsed_query: Any = query_values
         parsed_path: Any = dict(match.path_params)
@@ -630,8 +637,8 @@ class App:
                 parsed_body = endpoint.body_adapter.validate_json(body, strict=True)
         except pydantic.ValidationError as exc:
             if where == "body" and any(e["type"] == "json_invalid" for e in exc.errors()):
-                raise HttpError(400, "InvalidInput", "Body is not valid JSON") from None
-            raise HttpError(422, "ValidationError", _validation_message(where, exc)) from None
+                raise HttpError("Body is not valid JSON", code="InvalidInput") from None
+            raise HttpError(_validation_message(where, exc), code="ValidationError") from None
         return Context(
             tx=tx,
             caller=caller,

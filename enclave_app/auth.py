@@ -47,7 +47,7 @@ from charter.enclave_app.kv import Tx
 from charter.governance import jwt as gov_jwt
 from charter.governance import requests as gov_requests
 from charter.governance import tables as gt
-from charter.governance.errors import GovernanceError
+from charter.governance.errors import STATUS_BY_CODE, GovernanceError
 
 LOG = logging.getLogger(__name__)
 
@@ -64,16 +64,21 @@ COSE_SIGN1_TAG_BYTE = 0xD2  # CBOR tag 18, the first byte of a tagged COSE_Sign1
 
 
 class AuthFailure(Exception):
-    """A refused caller: HTTP 401 with ``code``. ``presented``: the request carried the kind
-    of credential the policy looks at (else it simply did not try that policy)."""
+    """A refused caller, answered with the status of ``code`` in `STATUS_BY_CODE` (401 for a
+    missing or unproven credential; a COSE envelope's other refusals keep the status
+    governance answers them with). ``presented``: the request carried the kind of credential
+    the policy looks at (else it simply did not try that policy)."""
 
-    status = 401
-
-    def __init__(self, code: str, message: str, *, presented: bool = True) -> None:
+    def __init__(self, message: str, *, code: str, presented: bool = True) -> None:
+        assert code in STATUS_BY_CODE, f"error code {code!r} has no row in STATUS_BY_CODE"
         super().__init__(message)
         self.code = code
         self.message = message
         self.presented = presented
+
+    @property
+    def status(self) -> int:
+        return STATUS_BY_CODE[self.code]
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,8 +153,8 @@ def authenticate(
     if refused is not None:
         raise refused
     raise AuthFailure(
-        "InvalidAuthentication",
         "No credential for this endpoint's policies: " + "; ".join(f.message for f in failures),
+        code="InvalidAuthentication",
         presented=False,
     )
 
@@ -185,7 +190,7 @@ def _all_of(policy: AllOf, tx: Tx, request: Request) -> _Result:
             caller, signed_here = _POLICIES[name](tx, request)
         except AuthFailure as failure:
             raise AuthFailure(
-                failure.code, f"all_of: {name}: {failure.message}", presented=failure.presented
+                f"all_of: {name}: {failure.message}", code=failure.code, presented=failure.presented
             ) from None
         identities[name] = caller
         signed = signed_here or signed
@@ -199,7 +204,9 @@ def _all_of(policy: AllOf, tx: Tx, request: Request) -> _Result:
 
 def _peer(request: Request) -> tuple[str, bytes]:
     if request.peer_der is None:
-        raise AuthFailure("MissingClientCertificate", "no TLS client certificate", presented=False)
+        raise AuthFailure(
+            "no TLS client certificate", code="MissingClientCertificate", presented=False
+        )
     # An identity's id is the SHA-256 of its certificate's DER: no parsing needed.
     cert_id = hashlib.sha256(request.peer_der).hexdigest()
     return cert_id, gt.id_key(cert_id)
@@ -211,7 +218,7 @@ def _user_cert(tx: Tx, request: Request) -> _Result:
     if pem is None:
         what = "a member's" if tx.get(gt.MEMBERS_CERTS, key) is not None else "an unknown"
         raise AuthFailure(
-            "UnknownUserCertificate", f"the client certificate is {what}, not a user's"
+            f"the client certificate is {what}, not a user's", code="UnknownUserCertificate"
         )
     data = request.data_of_user(tx, cert_id)
     return Caller("user", cert_id, pem.decode(), data, policy="user_cert"), None
@@ -221,7 +228,9 @@ def _member_cert(tx: Tx, request: Request) -> _Result:
     cert_id, key = _peer(request)
     pem = tx.get(gt.MEMBERS_CERTS, key)
     if pem is None:
-        raise AuthFailure("UnknownMemberCertificate", "the client certificate is not a member's")
+        raise AuthFailure(
+            "the client certificate is not a member's", code="UnknownMemberCertificate"
+        )
     return Caller("member", cert_id, pem.decode(), policy="member_cert"), None
 
 
@@ -234,7 +243,7 @@ def _any_cert(tx: Tx, request: Request) -> _Result:
         )
     except ValueError:
         raise AuthFailure(
-            "InvalidClientCertificate", "the client certificate does not parse"
+            "the client certificate does not parse", code="InvalidClientCertificate"
         ) from None
     return Caller("cert", cert_id, pem.decode(), policy="any_cert"), None
 
@@ -248,13 +257,15 @@ def _cose(signer: gov_requests.SignerKind, policy_name: str) -> Callable[[Tx, Re
         if content_type != COSE_CONTENT_TYPE and (
             not request.body or request.body[0] != COSE_SIGN1_TAG_BYTE
         ):
-            raise AuthFailure("MissingCoseSign1", "the body is not a COSE_Sign1", presented=False)
+            raise AuthFailure(
+                "the body is not a COSE_Sign1", code="MissingCoseSign1", presented=False
+            )
         try:
             signed = gov_requests.verify_app_request(
                 tx, request.body, signer=signer, now_s=request.now_s, policy=request.cose_policy
             )
         except GovernanceError as exc:
-            raise AuthFailure(exc.code, exc.message) from None
+            raise AuthFailure(exc.message, code=exc.code) from None
         data = request.data_of_user(tx, signed.member_id) if signer == "user" else {}
         caller = Caller(signer, signed.member_id, signed.cert_pem, data, policy=policy_name)
         return caller, signed
@@ -269,37 +280,39 @@ def _jwt(tx: Tx, request: Request) -> _Result:
     authorization = request.header("authorization")
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise AuthFailure("MissingBearerToken", "no Authorization: Bearer token", presented=False)
+        raise AuthFailure(
+            "no Authorization: Bearer token", code="MissingBearerToken", presented=False
+        )
     token = token.strip()
     if len(token) > TOKEN_BYTES_MAX:
-        raise AuthFailure("InvalidTokenFormat", f"the token exceeds {TOKEN_BYTES_MAX} bytes")
+        raise AuthFailure(f"the token exceeds {TOKEN_BYTES_MAX} bytes", code="InvalidTokenFormat")
     try:
         header = pyjwt.get_unverified_header(token)
         unverified = pyjwt.decode(token, options={"verify_signature": False})
     except pyjwt.InvalidTokenError as exc:
-        raise AuthFailure("InvalidTokenFormat", f"not a JWT: {type(exc).__name__}") from None
+        raise AuthFailure(f"not a JWT: {type(exc).__name__}", code="InvalidTokenFormat") from None
     alg = header.get("alg")
     if alg not in RSA_ALGORITHMS and alg not in EC_ALGORITHMS:
         raise AuthFailure(
-            "TokenAlgorithmNotAllowed", f"alg {alg!r} is not an allowed asymmetric algorithm"
+            f"alg {alg!r} is not an allowed asymmetric algorithm", code="TokenAlgorithmNotAllowed"
         )
     kid = header.get("kid")
     if not isinstance(kid, str) or not kid:
-        raise AuthFailure("TokenKidMissing", "the token header names no kid")
+        raise AuthFailure("the token header names no kid", code="TokenKidMissing")
     entries = gov_jwt.signing_keys(tx, kid)
     if not entries:
-        raise AuthFailure("TokenKeyUnknown", "no signing key is registered under this kid")
+        raise AuthFailure("no signing key is registered under this kid", code="TokenKeyUnknown")
     claimed_issuer = unverified.get("iss")
     entry = next((e for e in entries if e.get("issuer") == claimed_issuer), None)
     if entry is None:
-        raise AuthFailure("TokenIssuerInvalid", "iss is not the issuer of the token's key")
+        raise AuthFailure("iss is not the issuer of the token's key", code="TokenIssuerInvalid")
     issuer = str(entry["issuer"])
     metadata = gov_jwt.issuer_metadata(tx, issuer)
     if metadata is None:
-        raise AuthFailure("TokenIssuerInvalid", "the token's issuer is not registered")
+        raise AuthFailure("the token's issuer is not registered", code="TokenIssuerInvalid")
     key = serialization.load_pem_public_key(entry["public_key"].encode())
     if not _alg_fits_key(alg, key):
-        raise AuthFailure("TokenAlgorithmNotAllowed", f"alg {alg} does not fit the kid's key")
+        raise AuthFailure(f"alg {alg} does not fit the kid's key", code="TokenAlgorithmNotAllowed")
     audiences = gov_jwt.audiences(metadata)
     try:
         claims: dict[str, Any] = pyjwt.decode(
@@ -318,26 +331,32 @@ def _jwt(tx: Tx, request: Request) -> _Result:
         )
     except pyjwt.InvalidSignatureError:
         raise AuthFailure(
-            "TokenSignatureInvalid", "the token's signature does not verify"
+            "the token's signature does not verify", code="TokenSignatureInvalid"
         ) from None
     except pyjwt.InvalidAudienceError:
-        raise AuthFailure("TokenAudienceInvalid", "aud is not this service's audience") from None
+        raise AuthFailure(
+            "aud is not this service's audience", code="TokenAudienceInvalid"
+        ) from None
     except pyjwt.InvalidIssuerError:
         raise AuthFailure(
-            "TokenIssuerInvalid", "iss is not the issuer of the token's key"
+            "iss is not the issuer of the token's key", code="TokenIssuerInvalid"
         ) from None
     except pyjwt.MissingRequiredClaimError as exc:
-        raise AuthFailure("TokenClaimMissing", f"the token lacks the claim {exc.claim}") from None
+        raise AuthFailure(
+            f"the token lacks the claim {exc.claim}", code="TokenClaimMissing"
+        ) from None
     except pyjwt.InvalidTokenError as exc:
-        raise AuthFailure("InvalidTokenFormat", f"invalid token: {type(exc).__name__}") from None
+        raise AuthFailure(
+            f"invalid token: {type(exc).__name__}", code="InvalidTokenFormat"
+        ) from None
     exp, nbf = claims.get("exp"), claims.get("nbf")
     if not _is_number(exp) or not _is_number(nbf):
-        raise AuthFailure("InvalidTokenFormat", "exp and nbf must be numbers")
+        raise AuthFailure("exp and nbf must be numbers", code="InvalidTokenFormat")
     assert exp is not None and nbf is not None
     if request.now_s > exp + JWT_LEEWAY_S:
-        raise AuthFailure("TokenExpired", "the token has expired")
+        raise AuthFailure("the token has expired", code="TokenExpired")
     if request.now_s + JWT_LEEWAY_S < nbf:
-        raise AuthFailure("TokenNotYetValid", "the token is not valid yet (nbf)")
+        raise AuthFailure("the token is not valid yet (nbf)", code="TokenNotYetValid")
     subject = claims.get("sub")
     data = {"issuer": issuer, "kid": kid, "claims": claims}
     return Caller("jwt", subject if isinstance(subject, str) else "", None, data, "jwt"), None

@@ -113,7 +113,7 @@ class Console:
 
     def static(self, method: str, path: str, headers: Mapping[str, str]) -> HttpResponse:
         if not self.config.enabled:
-            return error_response(404, "ResourceNotFound", "The console is disabled on this node")
+            return error_response("The console is disabled on this node", code="ResourceNotFound")
         if method not in ("GET", "HEAD"):
             return HttpResponse(
                 405,
@@ -125,7 +125,7 @@ class Console:
             path = f"{CONSOLE_PREFIX}/index.html"
         asset = self.assets.get(path)
         if asset is None:
-            return error_response(404, "ResourceNotFound", f"Unknown path: {path[:256]}")
+            return error_response(f"Unknown path: {path[:256]}", code="ResourceNotFound")
         response_headers = {**SECURITY_HEADERS, "ETag": asset.etag}
         if headers.get("If-None-Match") == asset.etag:
             return HttpResponse(304, b"", response_headers, None)
@@ -149,38 +149,37 @@ class Console:
             )
         if not self.policies:
             return error_response(
-                403, "LedgerExplorerDisabled", "This node's config allows nobody to read entries"
+                "This node's config allows nobody to read entries", code="LedgerExplorerDisabled"
             )
         if node.raft is None or node.identity is None:
-            return error_response(503, "ServiceNotReady", "The node is starting")
+            return error_response("The node is starting", code="ServiceNotReady")
         tx = node.store.begin()
         try:
             node.authenticate(self.policies, tx, peer_der)
         except AuthError:
             return error_response(
-                401,
-                "InvalidAuthentication",
                 "Reading ledger entries needs a registered "
                 + " or ".join(self.config.ledger_explorer).replace("_cert", " certificate"),
+                code="InvalidAuthentication",
             )
         try:
             first, count = _entries_query(query)
         except ValueError as exc:
-            return error_response(400, "InvalidInput", str(exc))
+            return error_response(str(exc), code="InvalidInput")
         commit = node.commit_seqno
         last = min(commit, first + count - 1)
         entries: list[dict[str, Any]] = []
         if first <= last:
             reply = await read(first, last)
             if reply.first_seqno != first:
-                return error_response(500, "InternalError", "The host returned other entries")
+                return error_response("The host returned other entries", code="InternalError")
             for offset, raw in enumerate(reply.entries[: last - first + 1]):
                 try:
                     entries.append(_describe(node, first + offset, raw))
                 except LedgerError as exc:
                     LOG.warning("event=host_returned_bad_entry seqno=%d", first + offset)
                     return error_response(
-                        500, "InternalError", f"Entry {first + offset} is unreadable: {exc.code}"
+                        f"Entry {first + offset} is unreadable: {exc.code}", code="InternalError"
                     )
         body = {"commit_seqno": commit, "entries": entries}
         return HttpResponse(200, _json(body), {"Cache-Control": "no-store"}, JSON_CONTENT_TYPE)

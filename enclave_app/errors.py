@@ -6,6 +6,8 @@ Every error carries a stable machine-readable ``code``; the HTTP layer turns the
 
 from __future__ import annotations
 
+from charter.governance.errors import STATUS_BY_CODE
+
 
 class EnclaveAppError(Exception):
     """Base of the enclave application errors; ``code`` is stable, ``message`` is for people."""
@@ -36,15 +38,33 @@ class KVError(EnclaveAppError):
 class HttpError(EnclaveAppError):
     """Raised by an endpoint handler to answer with an error status and a JSON error body.
 
-    >>> raise HttpError(404, "ResourceNotFound", "No such record")
+    >>> raise HttpError("No such record", code="ResourceNotFound")
+
+    The status of a code the service itself sends comes from `STATUS_BY_CODE`; an
+    application's own code (one without a row) names its status:
+
+    >>> raise HttpError("already there", code="RecordExists", status=409)
     """
 
     default_code = "HttpError"
 
-    def __init__(self, status: int, code: str, message: str) -> None:
-        assert 400 <= status <= 599, f"an HttpError status must be 4xx/5xx, got {status}"
+    def __init__(self, message: str, *, code: str, status: int | None = None) -> None:
         super().__init__(message, code=code)
-        self.status = status
+        self.status = error_status(code, status)
+
+
+def error_status(code: str, status: int | None = None) -> int:
+    """The HTTP status of `code`: its row in `STATUS_BY_CODE`, or, for an application's own
+    code, the `status` it names. A code with a row is never sent with another status."""
+    row = STATUS_BY_CODE.get(code)
+    if row is None:
+        assert status is not None, (
+            f"error code {code!r} has no row in STATUS_BY_CODE: name a status"
+        )
+        assert 400 <= status <= 599, f"an error status must be 4xx/5xx, got {status}"
+        return status
+    assert status in (None, row), f"{code} is sent with {row} (STATUS_BY_CODE), not {status}"
+    return row
 
 
 class AppLoadError(EnclaveAppError):

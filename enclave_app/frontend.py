@@ -183,7 +183,7 @@ class Frontend:
             # Anyone may ask to join: bound what one source can make the service do.
             response: HttpResponse | Forwarded = HttpResponse(
                 429,
-                error_response(429, "TooManyRequests", "Too many join requests").body,
+                error_response("Too many join requests", code="TooManyRequests").body,
                 {"Retry-After": RETRY_AFTER_S},
                 "application/json",
             )
@@ -210,10 +210,10 @@ class Frontend:
             return self.routes.no_route_response(method, path)
         endpoint = match.endpoint
         if not backend.ready:
-            return unavailable("ServiceNotReady", "The node is starting")
+            return unavailable("The node is starting", code="ServiceNotReady")
         # 2. service open
         if path.startswith("/app/") and endpoint.include_in_api and self._service_status != "Open":
-            return unavailable("FrontendNotOpen", "The service is not open yet")
+            return unavailable("The service is not open yet", code="FrontendNotOpen")
         # 3. auth
         tx = self.store.begin()
         try:
@@ -221,22 +221,22 @@ class Frontend:
                 endpoint.auth, tx, peer_der, headers=headers, body=body
             )
         except auth.AuthFailure as failure:
-            return error_response(failure.status, failure.code, failure.message)
+            return error_response(failure.message, code=failure.code)
         caller, payload = authenticated.caller, authenticated.body
         # 4. forward or backpressure
         if not endpoint.read_only:
             if not backend.is_primary:
                 if forwarded:
-                    return unavailable("NotPrimary", "The primary changed; retry")
+                    return unavailable("The primary changed; retry", code="NotPrimary")
                 # The primary authenticates again: it gets the request as the caller sent it.
                 return backend.forward(method, path, query, headers, body, peer_der)
             limit = self.max_uncommitted_tx_count
             if limit and backend.uncommitted_tx_count >= limit:
-                return unavailable("TooManyPendingTransactions", "Retry later")
+                return unavailable("Retry later", code="TooManyPendingTransactions")
             if backend.host_backlog_bytes() > HOST_BACKLOG_BYTES_MAX:
                 # The host is not taking ledger writes as fast as they come: refuse more
                 # rather than queue them without bound (frames with writes are never dropped).
-                return unavailable("HostBacklog", "The host is behind writing the ledger")
+                return unavailable("The host is behind writing the ledger", code="HostBacklog")
         # 5. invoke
         outcome = self.routes.invoke(
             match,
@@ -256,7 +256,7 @@ class Frontend:
             if reserved:
                 LOG.error("event=app_wrote_reserved_map path=%s", endpoint.path)
                 return error_response(
-                    500, "InternalError", "Applications may not write the service's own maps"
+                    "Applications may not write the service's own maps", code="InternalError"
                 )
         # A signed request may not be played again (read-only ones change nothing).
         auth.record_signed(tx, authenticated, now_s=backend.now_s())
@@ -269,6 +269,6 @@ class Frontend:
         )
 
 
-def unavailable(code: str, message: str) -> HttpResponse:
-    response = error_response(503, code, message)
+def unavailable(message: str, *, code: str) -> HttpResponse:
+    response = error_response(message, code=code)
     return HttpResponse(503, response.body, {"Retry-After": RETRY_AFTER_S}, response.content_type)

@@ -48,22 +48,20 @@ def _check_api_version(ctx: Context) -> None:
     value = ctx.query.get("api-version") if isinstance(ctx.query, dict) else None
     if value is None:
         raise HttpError(
-            400,
-            "MissingApiVersionParameter",
             f"the api-version query parameter is required; supported: {', '.join(API_VERSIONS)}",
+            code="MissingApiVersionParameter",
         )
     if value not in API_VERSIONS:
         raise HttpError(
-            400,
-            "UnsupportedApiVersionValue",
             f"unsupported api-version {str(value)[:64]!r}; supported: {', '.join(API_VERSIONS)}",
+            code="UnsupportedApiVersionValue",
         )
 
 
 def _check_cose_body(ctx: Context) -> bytes:
     content_type = ctx.headers.get("content-type")
     if content_type is not None and content_type.split(";")[0].strip() != COSE_CONTENT_TYPE:
-        raise HttpError(415, "UnsupportedContentType", f"expected {COSE_CONTENT_TYPE}")
+        raise HttpError(f"expected {COSE_CONTENT_TYPE}", code="UnsupportedContentType")
     assert isinstance(ctx.body, bytes)
     return ctx.body
 
@@ -77,7 +75,7 @@ def _gov(fn: Callable[[Context], Any]) -> Callable[[Context], Any]:
             return fn(ctx)
         except GovernanceError as exc:
             logger.info("gov request refused path=%s code=%s", ctx.endpoint.path, exc.code)
-            raise HttpError(exc.status, exc.code, exc.message) from None
+            raise HttpError(exc.message, code=exc.code) from None
 
     wrapped.__name__ = fn.__name__
     wrapped.__doc__ = fn.__doc__
@@ -136,7 +134,7 @@ def register(app: App, hooks: GovHooks) -> None:
         """List proposals in id order, a page at a time (`nextLink` leads to the next)."""
         after = ctx.query.get("after")
         if after is not None and not (isinstance(after, str) and is_hex_id(after)):
-            raise HttpError(400, "InvalidInput", "after must be one proposal id (64 hex digits)")
+            raise HttpError("after must be one proposal id (64 hex digits)", code="InvalidInput")
         page = proposals.list_proposals(ctx.tx, after=after)
         body: dict[str, Any] = {"value": page.proposals}
         if page.next_after is not None:

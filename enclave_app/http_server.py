@@ -31,6 +31,8 @@ from aiohttp import HttpVersion10, web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
+from charter.governance.errors import http_status
+
 LOG = logging.getLogger("enclave.http")
 
 # Bytes of a 503 session's input read before it is answered (anything is enough).
@@ -38,25 +40,38 @@ _OVERLOADED_READ_BYTES_MAX = 64 * 1024
 # After an error answer, the rest of an unread body is discarded for at most this long.
 _LINGER_S = 1.0
 
+# The session layer is handed a status (by aiohttp's parser or a body read), not a code: the
+# code it answers for each, whose row in STATUS_BY_CODE must be that same status.
 _ERRORS: dict[int, tuple[str, str]] = {
     400: ("InvalidInput", "Malformed HTTP request"),
     408: ("RequestTimeout", "The request did not arrive in time"),
     413: ("RequestTooLarge", "Request is too large"),
-    431: ("RequestTooLarge", "Request headers are too large"),
+    431: ("RequestHeaderTooLarge", "Request headers are too large"),
     500: ("InternalError", "Internal error"),
     503: ("SessionLimitReached", "Too many open sessions; retry later"),
-    504: ("InternalError", "The request timed out"),
+    504: ("GatewayTimeout", "The request timed out"),
     505: ("UnsupportedHttpVersion", "Only HTTP/1.0 and HTTP/1.1 are served"),
 }
+assert all(http_status(code) == status for status, (code, _) in _ERRORS.items())
 
 
 def error_body(status: int) -> bytes:
-    code, message = _ERRORS.get(status, ("InvalidInput", "Bad request"))
+    # A status with no entry of its own is answered as its class's generic code (the caller
+    # sends `error_status(status)`, so the code and the status on the wire agree).
+    code, message = _ERRORS[error_status(status)]
     return json.dumps({"error": {"code": code, "message": message}}).encode()
+
+
+def error_status(status: int) -> int:
+    """The status actually sent for `status`: itself, or 400/500 if the layer has no code for it."""
+    if status in _ERRORS:
+        return status
+    return 400 if status < 500 else 500
 
 
 def raw_error_response(status: int, reason: str) -> bytes:
     """A complete HTTP/1.1 error response that closes the session (written outside aiohttp)."""
+    status = error_status(status)
     body = error_body(status)
     head = (
         f"HTTP/1.1 {status} {reason}\r\n"
@@ -133,6 +148,7 @@ async def read_body(request: web.BaseRequest, *, max_bytes: int, timeout_s: floa
 
 def json_error(status: int) -> web.Response:
     """An error answer that also ends the session (its input may not have been read)."""
+    status = error_status(status)
     response = web.Response(status=status, body=error_body(status), content_type="application/json")
     response.force_close()
     return response

@@ -48,6 +48,7 @@ from charter.enclave_app.startup import (
     load_app,
     make_platform,
 )
+from charter.governance.errors import http_status
 
 LOG = logging.getLogger("enclave")
 
@@ -486,7 +487,7 @@ class Runtime:
     async def handle_http(self, request: web.BaseRequest) -> web.StreamResponse:
         node = self.node
         if node is None:
-            return _json_error(503, "ServiceNotReady", "The node is starting")
+            return _json_error("The node is starting", code="ServiceNotReady")
         assert self.server is not None
         try:
             body = await read_body(
@@ -516,7 +517,7 @@ class Runtime:
             # Neither the path nor the exception's text: both may quote request bytes.
             LOG.error("event=request_failed error=%s at=%s", type(exc).__name__, _frames(exc))
             self.schedule_flush()
-            return _json_error(500, "InternalError", "Internal error")
+            return _json_error("Internal error", code="InternalError")
         self.schedule_flush()
         if isinstance(result, Forwarded):
             result = await self._await_forward(result)
@@ -557,8 +558,10 @@ def _forward_timeout() -> HttpResponse:
     return HttpResponse(503, body, {"Retry-After": "1"}, "application/json")
 
 
-def _json_error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+def _json_error(message: str, *, code: str) -> web.Response:
+    return web.json_response(
+        {"error": {"code": code, "message": message}}, status=http_status(code)
+    )
 
 
 def _frames(exc: BaseException) -> str:

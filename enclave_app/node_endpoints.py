@@ -52,10 +52,10 @@ class JoinRequest(pydantic.BaseModel):
 def parse_txid(text: str) -> tuple[int, int]:
     found = _TXID.fullmatch(text)
     if found is None:
-        raise HttpError(400, "InvalidInput", "transaction_id must look like <view>.<seqno>")
+        raise HttpError("transaction_id must look like <view>.<seqno>", code="InvalidInput")
     view, seqno = int(found.group(1)), int(found.group(2))
     if view < 1 or seqno < 1:
-        raise HttpError(400, "InvalidInput", "view and seqno start at 1")
+        raise HttpError("view and seqno start at 1", code="InvalidInput")
     return view, seqno
 
 
@@ -169,7 +169,7 @@ def build(node: Node) -> App:
         """This node's view of consensus, in CCF's shape: on the primary, each peer's
         acknowledged seqno and how long ago it last answered (`acks`)."""
         if node.raft is None:
-            raise HttpError(503, "ServiceNotReady", "Consensus has not started on this node")
+            raise HttpError("Consensus has not started on this node", code="ServiceNotReady")
         return {"details": consensus_details(node.raft.details(), _n2n_addresses(ctx))}
 
     @app.get("/commit", auth="none")
@@ -243,7 +243,7 @@ def build(node: Node) -> App:
             """The latest committed snapshot (operator feature `SnapshotRead`)."""
             data = node.latest_snapshot
             if data is None:
-                raise HttpError(404, "SnapshotNotFound", "No committed snapshot yet")
+                raise HttpError("No committed snapshot yet", code="SnapshotNotFound")
             return Response(200, data, {}, "application/octet-stream")
 
     @app.get("/version", auth="none")

@@ -29,7 +29,7 @@ def get_state_digest(tx: KvTx, member_id: str) -> dict[str, str]:
     )
     if ack is None:
         raise GovernanceError(
-            "ResourceNotFound", f"no ACK record exists for member {member_id}", 404
+            f"no ACK record exists for member {member_id}", code="ResourceNotFound"
         )
     return {"memberId": member_id, "stateDigest": str(ack.get("state_digest", ""))}
 
@@ -64,7 +64,7 @@ def ack_state_digest(
     ack = t.get_json_object(tx, t.MEMBERS_ACKS, key)
     if ack is None:
         raise GovernanceError(
-            "AuthorizationFailed", f"no ACK record exists for member {request.member_id}", 403
+            f"no ACK record exists for member {request.member_id}", code="AuthorizationFailed"
         )
     try:
         body: Any = json.loads(request.payload)
@@ -73,20 +73,18 @@ def ack_state_digest(
     digest = body.get("stateDigest") if isinstance(body, dict) else None
     if not isinstance(digest, str):
         raise GovernanceError(
-            "InvalidInput",
             'signed request body must be a JSON object with string field "stateDigest"',
-            400,
+            code="InvalidInput",
         )
     expected = ack.get("state_digest")
     if not expected or digest != expected:
         raise GovernanceError(
-            "StateDigestMismatch",
             f"submitted state digest is not valid: expected {expected!r}, got {digest!r}",
-            400,
+            code="StateDigestMismatch",
         )
     info = t.member_info(tx, request.member_id)
     if info is None:
-        raise GovernanceError("InternalError", "member has a cert but no info", 500)
+        raise GovernanceError("member has a cert but no info", code="InternalError")
     # No refusal past this point: writes begin.
     ack.pop("signed_req", None)
     ack["cose_sign1_req"] = base64.b64encode(request.envelope).decode("ascii")

@@ -63,7 +63,7 @@ MAX_OPEN_PROPOSALS_PER_MEMBER_LIMIT = 1000
 
 
 def _invalid(message: str) -> GovernanceError:
-    return GovernanceError("ProposalFailedToValidate", message, 400)
+    return GovernanceError(message, code="ProposalFailedToValidate")
 
 
 # ---------------------------------------------------------------------------------------
@@ -767,7 +767,7 @@ def parse_action(name: str, args: Any) -> ParsedAction:
     """Schema validation only: UnknownAction or InvalidActionArgs (400)."""
     spec = ACTIONS.get(name)
     if spec is None:
-        raise GovernanceError("UnknownAction", f"unknown action {name!r}", 400)
+        raise GovernanceError(f"unknown action {name!r}", code="UnknownAction")
     try:
         parsed = spec.args_model.model_validate({} if args is None else args)
     except ValidationError as exc:
@@ -776,7 +776,7 @@ def parse_action(name: str, args: Any) -> ParsedAction:
             for err in exc.errors()[:5]
         )
         raise GovernanceError(
-            "InvalidActionArgs", f"invalid arguments for {name}: {details}", 400
+            f"invalid arguments for {name}: {details}", code="InvalidActionArgs"
         ) from None
     return ParsedAction(spec, parsed)
 

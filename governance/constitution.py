@@ -120,7 +120,7 @@ def parse_constitution(document: Any) -> Constitution:
         return Constitution.model_validate(document)
     except ValidationError as exc:
         raise GovernanceError(
-            "InvalidConstitution", f"constitution is invalid: {_summary(exc)}"
+            f"constitution is invalid: {_summary(exc)}", code="InvalidConstitution"
         ) from None
 
 
@@ -136,13 +136,13 @@ def load_constitution(tx: KvTx) -> Constitution:
     document = get_json(tx, CONSTITUTION, SINGLETON_KEY)
     if document is None:
         raise GovernanceError(
-            "InternalError", "no constitution is set - proposals cannot be evaluated", 500
+            "no constitution is set - proposals cannot be evaluated", code="InternalError"
         )
     try:
         return Constitution.model_validate(document)
     except ValidationError as exc:
         raise GovernanceError(
-            "InternalError", f"stored constitution is invalid: {_summary(exc)}", 500
+            f"stored constitution is invalid: {_summary(exc)}", code="InternalError"
         ) from None
 
 
@@ -198,7 +198,6 @@ def check_proposer(constitution: Constitution, action_names: Iterable[str], memb
     for name in action_names:
         if not constitution.rule_for(name).may_propose(member_id):
             raise GovernanceError(
-                "ProposerNotAllowed",
                 f"member {member_id} may not propose action {name} under the constitution",
-                403,
+                code="ProposerNotAllowed",
             )

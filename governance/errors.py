@@ -1,22 +1,154 @@
-"""Errors raised by the governance package.
+"""Errors raised by the governance package, and the service's one table of HTTP statuses.
 
-Every rejection carries a stable machine-readable `code` (CCF's where CCF has one), a
-message for people, and the HTTP status the enclave answers with, so that the endpoint
-layer maps it to `{"error": {"code", "message"}}` without knowing governance rules.
+Every rejection carries a stable machine-readable `code` (CCF's where CCF has one) and a
+message for people, in the shape every package's errors share: `XError(message, *, code)`.
+
+`STATUS_BY_CODE` is the only place a code meets its HTTP status: the governance endpoints,
+the node endpoints, the request pipeline (auth, backpressure), the HTTP session layer and the
+framework's `HttpError` all look the status up here, so one code is always sent with one
+status. It lives in `governance` because that is the lowest package on the HTTP side that
+both `enclave_app` (which answers) and `client` (which reads answers) may import.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Final
+
+_CODES_BY_STATUS: Final[dict[int, tuple[str, ...]]] = {
+    # The request is malformed or asks for something the state does not allow.
+    400: (
+        "InvalidActionArgs",
+        "InvalidBallot",
+        "InvalidCollectionId",
+        "InvalidConstitution",
+        "InvalidCoseSign1",
+        "InvalidCreatedAt",
+        # Genesis runs at node start, never behind HTTP; all its refusals are bad input.
+        "InvalidGenesis",
+        "InvalidInput",
+        "InvalidNode",
+        "InvalidProposal",
+        "InvalidResourceName",
+        "InvalidRole",
+        "InvalidUserId",
+        "MissingApiVersionParameter",
+        "ProposalCreatedTooLongAgo",
+        "ProposalFailedToValidate",
+        "ProposalNotOpen",
+        "ProposalReplay",
+        "RequestExpired",
+        "RequestInFuture",
+        "RequestReplay",
+        "StateDigestMismatch",
+        "UnknownAction",
+        "UnsupportedApiVersion",
+        "UnsupportedApiVersionValue",
+        "VoteAlreadyExists",
+    ),
+    # No credential, or one that does not prove who the caller is.
+    401: (
+        "InvalidAuthentication",
+        "InvalidClientCertificate",
+        "InvalidKid",
+        "InvalidMessageType",
+        "InvalidSignature",
+        "InvalidTokenFormat",
+        "MissingBearerToken",
+        "MissingClientCertificate",
+        "MissingCoseSign1",
+        "TokenAlgorithmNotAllowed",
+        "TokenAudienceInvalid",
+        "TokenClaimMissing",
+        "TokenExpired",
+        "TokenIssuerInvalid",
+        "TokenKeyUnknown",
+        "TokenKidMissing",
+        "TokenNotYetValid",
+        "TokenSignatureInvalid",
+        "UnknownMember",
+        "UnknownMemberCertificate",
+        "UnknownUser",
+        "UnknownUserCertificate",
+    ),
+    # The caller is known but may not do this.
+    403: (
+        "AuthorizationFailed",
+        "Forbidden",
+        "InvalidQuote",
+        "LedgerExplorerDisabled",
+        "MemberNotActive",
+        "MemberRetired",
+        "NodeRetired",
+        "ProposerNotAllowed",
+    ),
+    404: (
+        "ConstitutionNotFound",
+        "EntryNotFound",
+        # The ACL sample: a rolled-back transaction id (its SDK stops waiting on it).
+        "InvalidTransactionId",
+        "ProposalNotFound",
+        "ReceiptNotAvailable",
+        "ResourceNotFound",
+        "SnapshotNotFound",
+        "TransactionInvalid",
+        "TransactionNotFound",
+        "UserNotFound",
+        "VoteNotFound",
+    ),
+    405: ("MethodNotAllowed",),
+    408: ("RequestTimeout",),
+    409: ("UserConflict",),
+    413: ("RequestTooLarge",),
+    414: ("RequestUriTooLong",),
+    415: ("UnsupportedContentType",),
+    422: ("ValidationError",),
+    429: ("TooManyOpenProposals", "TooManyRequests"),
+    431: ("RequestHeaderTooLarge",),
+    500: ("InternalError",),
+    # Not now: the client retries (these answers carry Retry-After).
+    503: (
+        "FrontendNotOpen",
+        "HostBacklog",
+        "NoPrimary",
+        "NotPrimary",
+        "ServiceNotReady",
+        "SessionLimitReached",
+        "TooManyPendingNodes",
+        "TooManyPendingTransactions",
+    ),
+    504: ("GatewayTimeout",),
+    505: ("UnsupportedHttpVersion",),
+}
+
+STATUS_BY_CODE: Final[Mapping[str, int]] = MappingProxyType(
+    {code: status for status, codes in _CODES_BY_STATUS.items() for code in codes}
+)
+# A code listed under two statuses would silently keep the last one.
+assert len(STATUS_BY_CODE) == sum(map(len, _CODES_BY_STATUS.values())), "a code is listed twice"
+assert all(400 <= status <= 599 for status in _CODES_BY_STATUS)
+
+
+def http_status(code: str) -> int:
+    """The HTTP status the service answers `code` with; every code it sends has a row."""
+    status = STATUS_BY_CODE.get(code)
+    assert status is not None, f"error code {code!r} has no row in STATUS_BY_CODE"
+    return status
 
 
 class GovernanceError(Exception):
     """A governance request or action that is refused; the KV transaction must be dropped."""
 
-    def __init__(self, code: str, message: str, status: int = 400) -> None:
-        assert 400 <= status <= 599, status
+    def __init__(self, message: str, *, code: str) -> None:
+        assert code in STATUS_BY_CODE, f"error code {code!r} has no row in STATUS_BY_CODE"
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
-        self.status = status
+
+    @property
+    def status(self) -> int:
+        return STATUS_BY_CODE[self.code]
 
     def to_json(self) -> dict[str, dict[str, str]]:
         return {"error": {"code": self.code, "message": self.message}}

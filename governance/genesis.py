@@ -70,18 +70,18 @@ def bootstrap(
 ) -> list[str]:
     """Write the genesis governance state; returns the member ids in the given order."""
     if not members:
-        raise GovernanceError("InvalidGenesis", "a network needs at least one member")
+        raise GovernanceError("a network needs at least one member", code="InvalidGenesis")
     if t.service_info(tx) is not None:
-        raise GovernanceError("InvalidGenesis", "the service already exists", 409)
+        raise GovernanceError("the service already exists", code="InvalidGenesis")
     config = service_config or ServiceConfig()
     recovery_members = sum(1 for m in members if m.encryption_public_key is not None)
     if not 1 <= config.recovery_threshold <= MAX_RECOVERY_THRESHOLD or (
         recovery_members and config.recovery_threshold > recovery_members
     ):
         raise GovernanceError(
-            "InvalidGenesis",
             f"recovery_threshold {config.recovery_threshold} does not fit "
             f"{recovery_members} recovery members",
+            code="InvalidGenesis",
         )
     member_ids = []
     for member in members:
@@ -90,9 +90,9 @@ def bootstrap(
             if member.encryption_public_key is not None:
                 certs.load_public_key(member.encryption_public_key)
         except LedgerError as exc:
-            raise GovernanceError("InvalidGenesis", f"bad initial member: {exc}") from None
+            raise GovernanceError(f"bad initial member: {exc}", code="InvalidGenesis") from None
         if member_id in member_ids:
-            raise GovernanceError("InvalidGenesis", f"member {member_id} listed twice")
+            raise GovernanceError(f"member {member_id} listed twice", code="InvalidGenesis")
         member_ids.append(member_id)
         key = t.id_key(member_id)
         tx.put(t.MEMBERS_CERTS, key, member.cert.encode())
@@ -134,8 +134,8 @@ def bootstrap(
 def parse_initial_members(raw: Any) -> list[InitialMember]:
     """Initial members from a config file's JSON; GovernanceError on a bad entry."""
     if not isinstance(raw, list):
-        raise GovernanceError("InvalidGenesis", "members must be a list")
+        raise GovernanceError("members must be a list", code="InvalidGenesis")
     try:
         return [InitialMember.model_validate(item) for item in raw]
     except ValidationError as exc:
-        raise GovernanceError("InvalidGenesis", f"bad initial member: {exc}") from None
+        raise GovernanceError(f"bad initial member: {exc}", code="InvalidGenesis") from None

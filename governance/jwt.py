@@ -106,7 +106,7 @@ class SetJwtKeysArgs(_Args):
 
 
 def _invalid(message: str) -> GovernanceError:
-    return GovernanceError("ProposalFailedToValidate", message, 400)
+    return GovernanceError(message, code="ProposalFailedToValidate")
 
 
 # ---------------------------------------------------------------------------------------

@@ -61,7 +61,7 @@ class ProposalInfo:
     @staticmethod
     def from_json(value: Any) -> ProposalInfo:
         if not isinstance(value, dict):
-            raise GovernanceError("InternalError", "proposals_info value is not an object", 500)
+            raise GovernanceError("proposals_info value is not an object", code="InternalError")
         return ProposalInfo(
             proposer_id=str(value["proposer_id"]),
             state=str(value["state"]),
@@ -125,27 +125,26 @@ def parse_proposal(payload: bytes) -> list[ParsedAction]:
     try:
         document = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise GovernanceError("InvalidProposal", f"proposal is not JSON: {exc}", 400) from None
+        raise GovernanceError(f"proposal is not JSON: {exc}", code="InvalidProposal") from None
     if not isinstance(document, dict) or set(document) != {"actions"}:
         raise GovernanceError(
-            "InvalidProposal", 'proposal must be an object {"actions": [...]}', 400
+            'proposal must be an object {"actions": [...]}', code="InvalidProposal"
         )
     raw_actions = document["actions"]
     if not isinstance(raw_actions, list) or not 1 <= len(raw_actions) <= MAX_ACTIONS_PER_PROPOSAL:
         raise GovernanceError(
-            "InvalidProposal",
             f"actions must be a list of 1 to {MAX_ACTIONS_PER_PROPOSAL} actions",
-            400,
+            code="InvalidProposal",
         )
     parsed = []
     for raw in raw_actions:
         if not isinstance(raw, dict) or not set(raw) <= {"name", "args"} or "name" not in raw:
             raise GovernanceError(
-                "InvalidProposal", 'each action must be {"name": ..., "args": {...}}', 400
+                'each action must be {"name": ..., "args": {...}}', code="InvalidProposal"
             )
         name = raw["name"]
         if not isinstance(name, str) or len(name) > MAX_ACTION_NAME_CHARS:
-            raise GovernanceError("InvalidProposal", "action name must be a short string", 400)
+            raise GovernanceError("action name must be a short string", code="InvalidProposal")
         parsed.append(parse_action(name, raw.get("args")))
     return parsed
 
@@ -158,7 +157,7 @@ def load_info(tx: KvTx, proposal_id: str) -> ProposalInfo | None:
 def _require_info(tx: KvTx, proposal_id: str) -> ProposalInfo:
     info = load_info(tx, proposal_id) if t.is_hex_id(proposal_id) else None
     if info is None:
-        raise GovernanceError("ProposalNotFound", f"could not find proposal {proposal_id}", 404)
+        raise GovernanceError(f"could not find proposal {proposal_id}", code="ProposalNotFound")
     return info
 
 
@@ -187,7 +186,7 @@ def create(
     _check_open_proposal_cap(tx, request.member_id)
     proposal_id = proposal_id_for(merkle_root, request)
     if tx.get(t.PROPOSALS, proposal_id.encode()) is not None:
-        raise GovernanceError("InternalError", "proposal id collision", 500)
+        raise GovernanceError("proposal id collision", code="InternalError")
     # No refusal past this point: writes begin.
     tx.put(t.PROPOSALS, proposal_id.encode(), request.payload)
     info = ProposalInfo(proposer_id=request.member_id, state="Open")
@@ -213,10 +212,9 @@ def _check_open_proposal_cap(tx: KvTx, member_id: str) -> None:
             open_count += 1
     if open_count >= cap:
         raise GovernanceError(
-            "TooManyOpenProposals",
             f"member {member_id} already has {open_count} open proposals (at most {cap}); "
             "withdraw one or wait for one to close",
-            429,
+            code="TooManyOpenProposals",
         )
 
 
@@ -227,11 +225,11 @@ def parse_ballot(payload: bytes) -> str:
         document = None
     if not isinstance(document, dict) or set(document) != {"ballot"}:
         raise GovernanceError(
-            "InvalidBallot", 'ballot must be {"ballot": "approve"} or {"ballot": "reject"}', 400
+            'ballot must be {"ballot": "approve"} or {"ballot": "reject"}', code="InvalidBallot"
         )
     ballot = document["ballot"]
     if ballot not in BALLOTS:
-        raise GovernanceError("InvalidBallot", 'ballot must be "approve" or "reject"', 400)
+        raise GovernanceError('ballot must be "approve" or "reject"', code="InvalidBallot")
     assert isinstance(ballot, str)
     return ballot
 
@@ -249,20 +247,18 @@ def submit_ballot(
     info = _require_info(tx, proposal_id)
     if info.state != "Open":
         raise GovernanceError(
-            "ProposalNotOpen",
             f"proposal {proposal_id} is {info.state} - only Open proposals take ballots",
-            400,
+            code="ProposalNotOpen",
         )
     ballot = parse_ballot(request.payload)
     if request.member_id in info.ballots:
         raise GovernanceError(
-            "VoteAlreadyExists",
             f"member {request.member_id} already voted on proposal {proposal_id}",
-            400,
+            code="VoteAlreadyExists",
         )
     payload = tx.get(t.PROPOSALS, proposal_id.encode())
     if payload is None:
-        raise GovernanceError("InternalError", f"proposal {proposal_id} has no body", 500)
+        raise GovernanceError(f"proposal {proposal_id} has no body", code="InternalError")
     actions = parse_proposal(payload)
     # No refusal past this point: writes begin.
     ballots = dict(info.ballots)
@@ -290,13 +286,13 @@ def withdraw(
         return None
     if info.proposer_id != request.member_id:
         raise GovernanceError(
-            "AuthorizationFailed",
             f"proposal {proposal_id} can only be withdrawn by its proposer {info.proposer_id}",
-            403,
+            code="AuthorizationFailed",
         )
     if info.state not in ("Open", "Withdrawn"):
         raise GovernanceError(
-            "ProposalNotOpen", f"proposal {proposal_id} is {info.state} and cannot be withdrawn"
+            f"proposal {proposal_id} is {info.state} and cannot be withdrawn",
+            code="ProposalNotOpen",
         )
     if info.state == "Open":
         info = info.with_(state="Withdrawn")
@@ -483,7 +479,7 @@ def get_proposal(tx: KvTx, proposal_id: str) -> dict[str, Any]:
 def get_actions(tx: KvTx, proposal_id: str) -> bytes:
     payload = tx.get(t.PROPOSALS, proposal_id.encode()) if t.is_hex_id(proposal_id) else None
     if payload is None:
-        raise GovernanceError("ProposalNotFound", f"could not find proposal {proposal_id}", 404)
+        raise GovernanceError(f"could not find proposal {proposal_id}", code="ProposalNotFound")
     return payload
 
 
@@ -492,6 +488,6 @@ def get_ballot(tx: KvTx, proposal_id: str, member_id: str) -> dict[str, str]:
     ballot = info.ballots.get(member_id)
     if ballot is None:
         raise GovernanceError(
-            "VoteNotFound", f"member {member_id} has not voted on proposal {proposal_id}", 404
+            f"member {member_id} has not voted on proposal {proposal_id}", code="VoteNotFound"
         )
     return {"ballot": ballot}

@@ -16,7 +16,7 @@ DEFAULT_RECENT_COSE_PROPOSALS_WINDOW_SIZE = 100
 
 
 def _not_found(what: str) -> GovernanceError:
-    return GovernanceError("ResourceNotFound", what, 404)
+    return GovernanceError(what, code="ResourceNotFound")
 
 
 def service_info(tx: KvTx) -> dict[str, Any]:

@@ -90,8 +90,8 @@ class SignedRequest:
         return hashlib.sha256(self.signature).digest()
 
 
-def _auth_error(code: str, message: str) -> GovernanceError:
-    return GovernanceError(code, message, 401)
+def _auth_error(message: str, *, code: str) -> GovernanceError:
+    return GovernanceError(message, code=code)
 
 
 def _header_text(protected: dict[Any, Any], label: str) -> str | None:
@@ -99,23 +99,22 @@ def _header_text(protected: dict[Any, Any], label: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise GovernanceError("InvalidCoseSign1", f"header {label} must be text", 400)
+        raise GovernanceError(f"header {label} must be text", code="InvalidCoseSign1")
     return value
 
 
 def _decode(envelope: bytes, policy: RequestPolicy) -> cose.Sign1:
     if len(envelope) > policy.max_envelope_bytes:
         raise GovernanceError(
-            "RequestTooLarge",
             f"request of {len(envelope)} bytes exceeds {policy.max_envelope_bytes}",
-            413,
+            code="RequestTooLarge",
         )
     try:
         msg = cose.decode_sign1(envelope, max_bytes=policy.max_envelope_bytes)
     except LedgerError as exc:
-        raise GovernanceError("InvalidCoseSign1", f"body is not a COSE_Sign1: {exc}", 400) from None
+        raise GovernanceError(f"body is not a COSE_Sign1: {exc}", code="InvalidCoseSign1") from None
     if msg.payload is None:
-        raise GovernanceError("InvalidCoseSign1", "payload must be embedded", 400)
+        raise GovernanceError("payload must be embedded", code="InvalidCoseSign1")
     return msg
 
 
@@ -127,42 +126,42 @@ def _verified_signer(tx: KvTx, msg: cose.Sign1, signer: SignerKind) -> tuple[str
     except UnicodeDecodeError:
         signer_id = ""
     if not t.is_hex_id(signer_id):
-        raise _auth_error("InvalidKid", f"kid must be the {signer} id (64 lowercase hex digits)")
+        raise _auth_error(
+            f"kid must be the {signer} id (64 lowercase hex digits)", code="InvalidKid"
+        )
     certs_table = t.MEMBERS_CERTS if signer == "member" else t.USERS_CERTS
     cert_pem = tx.get(certs_table, t.id_key(signer_id))
     if cert_pem is None:
         if signer == "user":
-            raise _auth_error("UnknownUser", f"kid {signer_id} is not a registered user")
+            raise _auth_error(f"kid {signer_id} is not a registered user", code="UnknownUser")
         if tx.get(t.RETIRED_MEMBERS, t.id_key(signer_id)) is not None:
-            raise GovernanceError("MemberRetired", f"member {signer_id} has been removed", 403)
-        raise _auth_error("UnknownMember", f"kid {signer_id} is not a known member")
+            raise GovernanceError(f"member {signer_id} has been removed", code="MemberRetired")
+        raise _auth_error(f"kid {signer_id} is not a known member", code="UnknownMember")
     try:
         cert = certs.load_cert(cert_pem)
         if certs.cert_id(cert) != signer_id:
-            raise GovernanceError("InternalError", f"{certs_table} holds a mismatched cert", 500)
+            raise GovernanceError(f"{certs_table} holds a mismatched cert", code="InternalError")
         cose.verify_sign1(msg, cert)
     except LedgerError as exc:
-        raise _auth_error("InvalidSignature", f"signature does not verify: {exc}") from None
+        raise _auth_error(f"signature does not verify: {exc}", code="InvalidSignature") from None
     return signer_id, cert_pem
 
 
 def _created_at(msg: cose.Sign1, label: str, now_s: int, policy: RequestPolicy) -> int:
     created_at = msg.protected.get(label)
     if isinstance(created_at, bool) or not isinstance(created_at, int):
-        raise GovernanceError("InvalidCreatedAt", f"{label} must be an int", 400)
+        raise GovernanceError(f"{label} must be an int", code="InvalidCreatedAt")
     if not 0 <= created_at <= MAX_CREATED_AT:
-        raise GovernanceError("InvalidCreatedAt", f"{label} out of range", 400)
+        raise GovernanceError(f"{label} out of range", code="InvalidCreatedAt")
     if created_at < now_s - policy.max_age_s:
         raise GovernanceError(
-            "RequestExpired",
             f"created_at {created_at} is more than {policy.max_age_s}s before now {now_s}",
-            400,
+            code="RequestExpired",
         )
     if created_at > now_s + policy.max_future_s:
         raise GovernanceError(
-            "RequestInFuture",
             f"created_at {created_at} is more than {policy.max_future_s}s after now {now_s}",
-            400,
+            code="RequestInFuture",
         )
     return created_at
 
@@ -186,7 +185,8 @@ def verify_request(
     signed_type = _header_text(msg.protected, cose.GOV_MSG_TYPE)
     if signed_type != msg_type:
         raise _auth_error(
-            "InvalidMessageType", f"expected ccf.gov.msg.type {msg_type!r}, got {signed_type!r}"
+            f"expected ccf.gov.msg.type {msg_type!r}, got {signed_type!r}",
+            code="InvalidMessageType",
         )
     created_at = _created_at(msg, cose.GOV_MSG_CREATED_AT, now_s, policy)
 
@@ -195,17 +195,17 @@ def verify_request(
         signed_proposal_id is None or signed_proposal_id != path_proposal_id
     ):
         raise GovernanceError(
-            "InvalidResourceName", "authenticated proposal id does not match URL", 400
+            "authenticated proposal id does not match URL", code="InvalidResourceName"
         )
     if path_member_id is not None and path_member_id != member_id:
         raise GovernanceError(
-            "InvalidResourceName", "authenticated member id does not match URL", 400
+            "authenticated member id does not match URL", code="InvalidResourceName"
         )
 
     info = t.member_info(tx, member_id)
     status = None if info is None else info.get("status")
     if msg_type in MSG_TYPES_NEEDING_ACTIVE_MEMBER and status != "Active":
-        raise GovernanceError("MemberNotActive", f"member {member_id} is {status}, not Active", 403)
+        raise GovernanceError(f"member {member_id} is {status}, not Active", code="MemberNotActive")
 
     request = SignedRequest(
         member_id=member_id,
@@ -244,7 +244,7 @@ def verify_app_request(
         status = None if info is None else info.get("status")
         if status != "Active":
             raise GovernanceError(
-                "MemberNotActive", f"member {signer_id} is {status}, not Active", 403
+                f"member {signer_id} is {status}, not Active", code="MemberNotActive"
             )
     request = SignedRequest(
         member_id=signer_id,
@@ -266,9 +266,8 @@ def _check_not_replayed(tx: KvTx, request: SignedRequest) -> None:
         colliding = tx.get(t.COSE_RECENT_PROPOSALS, request.replay_key)
         if colliding is not None:
             raise GovernanceError(
-                "ProposalReplay",
                 f"proposal submission replay, already exists as proposal {colliding.decode()}",
-                400,
+                code="ProposalReplay",
             )
         keys = sorted(k for k, _ in tx.items(t.COSE_RECENT_PROPOSALS))
         if keys:
@@ -276,13 +275,12 @@ def _check_not_replayed(tx: KvTx, request: SignedRequest) -> None:
             median_created_at = keys[len(keys) // 2].split(b":", 1)[0]
             if request.replay_key.split(b":", 1)[0] < median_created_at:
                 raise GovernanceError(
-                    "ProposalCreatedTooLongAgo",
                     f"proposal created too long ago, created_at must be greater than "
                     f"{median_created_at.decode()}",
-                    400,
+                    code="ProposalCreatedTooLongAgo",
                 )
     elif tx.get(t.RECENT_REQUESTS, request.replay_key) is not None:
-        raise GovernanceError("RequestReplay", "this signed request was already submitted", 400)
+        raise GovernanceError("this signed request was already submitted", code="RequestReplay")
 
 
 def record_request(

@@ -140,11 +140,11 @@ def dump_json(value: Any) -> bytes:
 
 def load_json(data: bytes, *, what: str) -> Any:
     if len(data) > MAX_JSON_VALUE_BYTES:
-        raise GovernanceError("InternalError", f"{what} value exceeds size limit", 500)
+        raise GovernanceError(f"{what} value exceeds size limit", code="InternalError")
     try:
         return json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise GovernanceError("InternalError", f"{what} value is not JSON: {exc}", 500) from None
+        raise GovernanceError(f"{what} value is not JSON: {exc}", code="InternalError") from None
 
 
 def get_json(tx: KvTx, map_name: str, key: bytes) -> Any | None:
@@ -157,7 +157,7 @@ def get_json_object(tx: KvTx, map_name: str, key: bytes) -> dict[str, Any] | Non
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise GovernanceError("InternalError", f"{map_name} value is not a JSON object", 500)
+        raise GovernanceError(f"{map_name} value is not a JSON object", code="InternalError")
     return value
 
 
@@ -187,7 +187,7 @@ def service_info(tx: KvTx) -> dict[str, Any] | None:
         value = load_json(raw, what=SERVICE_INFO)
         if not isinstance(value, dict):
             raise GovernanceError(
-                "InternalError", f"{SERVICE_INFO} value is not a JSON object", 500
+                f"{SERVICE_INFO} value is not a JSON object", code="InternalError"
             )
         cached = _service_info_parsed = (bytes(raw), value)
     copy: dict[str, Any] = _copy_json(cached[1])
@@ -233,4 +233,4 @@ def node_record(tx: KvTx, node_id: str) -> NodeRecord | None:
     try:
         return NodeRecord.from_json_object(info)
     except NodeRecordError as e:
-        raise GovernanceError("InternalError", f"{NODES_INFO}: {e}", 500) from None
+        raise GovernanceError(f"{NODES_INFO}: {e}", code="InternalError") from None

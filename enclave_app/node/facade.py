@@ -603,5 +603,5 @@ class Node:
         """A write sent to a backup goes to the primary over the node-to-node channel."""
         primary = self.raft.leader_id if self.raft is not None else None
         if primary is None or primary not in self.peer_addresses:
-            return unavailable("NoPrimary", "No primary is known; retry shortly")
+            return unavailable("No primary is known; retry shortly", code="NoPrimary")
         return self._peers().forward(primary, method, path, query, headers, body, peer_der)

@@ -77,9 +77,9 @@ def join_request(
             request["quote_format"], request["quote"], request["endorsements"]
         )
     except Exception:
-        raise HttpError(400, "InvalidInput", "public_key or quote is malformed") from None
+        raise HttpError("public_key or quote is malformed", code="InvalidInput") from None
     if not isinstance(public_key, ec.EllipticCurvePublicKey):
-        raise HttpError(400, "InvalidInput", "node keys are ECDSA keys")
+        raise HttpError("node keys are ECDSA keys", code="InvalidInput")
     node_id = certs.node_id(public_key)
     try:
         verified = verify_evidence(
@@ -87,11 +87,11 @@ def join_request(
         )
     except (PlatformError, LedgerError) as exc:  # snp.SnpError is a LedgerError
         LOG.warning("event=join_refused node=%s reason=%s", node_id[:16], exc)
-        raise HttpError(403, "InvalidQuote", str(exc)) from None
+        raise HttpError(str(exc), code="InvalidQuote") from None
     info = gt.node_info(tx, node_id)
     if info is None and _pending_nodes(tx) >= MAX_PENDING_NODES:
         # Joining is unauthenticated until governance decides: bound what it costs.
-        raise HttpError(503, "TooManyPendingNodes", "Too many nodes await a decision")
+        raise HttpError("Too many nodes await a decision", code="TooManyPendingNodes")
     if info is None:
         joiner = {
             **core.node_info("Pending"),
@@ -118,7 +118,7 @@ def join_request(
     if status == "Pending":
         return _pending_answer(node_id)
     if status != "Trusted":
-        raise HttpError(403, "NodeRetired", f"node {node_id} is {status}")
+        raise HttpError(f"node {node_id} is {status}", code="NodeRetired")
     identity = core.identity
     assert identity.service_key is not None
     endorsed = tx.get(gt.NODES_ENDORSED_CERTIFICATES, gt.id_key(node_id))
@@ -232,7 +232,7 @@ def apply_effects(core: NodeCore, tx: Tx, effects: Effects) -> None:
         info = gt.node_info(tx, endorsement.node_id)
         if info is None or not info.get("public_key"):
             raise GovernanceError(
-                "InvalidNode", f"node {endorsement.node_id} has no public key", 400
+                f"node {endorsement.node_id} has no public key", code="InvalidNode"
             )
         public_key = certs.load_public_key(info["public_key"])
         tx.put(

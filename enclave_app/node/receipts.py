@@ -33,15 +33,14 @@ class Receipts:
         history = self.log.history
         status = self.tx_status(view, seqno)
         if status == TxStatus.INVALID:
-            return error_response(404, "TransactionInvalid", f"{view}.{seqno} is invalid")
+            return error_response(f"{view}.{seqno} is invalid", code="TransactionInvalid")
         if status == TxStatus.UNKNOWN:
-            return error_response(404, "TransactionNotFound", f"{view}.{seqno} is unknown")
+            return error_response(f"{view}.{seqno} is unknown", code="TransactionNotFound")
         if seqno < history.tree.min_index:
             return error_response(
-                404,
-                "ReceiptNotAvailable",
                 "receipts are served for the last "
                 f"{self.core.config.memory.receipt_transactions} transactions only",
+                code="ReceiptNotAvailable",
             )
         if not cose and status == TxStatus.COMMITTED and history.is_signature(seqno):
             # As CCF: a signature transaction's receipt is its own signature over the root it

@@ -82,7 +82,7 @@ app = App("acl", version=API_VERSION)
 def _query(ctx: Context, name: str) -> str | None:
     value = ctx.query.get(name)
     if isinstance(value, list):
-        raise HttpError(400, "InvalidInput", f"query parameter {name} is repeated")
+        raise HttpError(f"query parameter {name} is repeated", code="InvalidInput")
     assert value is None or isinstance(value, str)
     return value
 
@@ -91,13 +91,13 @@ def _check_api_version(ctx: Context) -> None:
     version = _query(ctx, "api-version")
     if version is not None and version != API_VERSION:
         raise HttpError(
-            400, "UnsupportedApiVersion", f"api-version {version[:32]!r} is not {API_VERSION}"
+            f"api-version {version[:32]!r} is not {API_VERSION}", code="UnsupportedApiVersion"
         )
 
 
 def _runtime(ctx: Context) -> Any:
     if ctx.runtime is None:
-        raise HttpError(503, "ServiceNotReady", "This endpoint needs a running node")
+        raise HttpError("This endpoint needs a running node", code="ServiceNotReady")
     return ctx.runtime
 
 
@@ -115,7 +115,7 @@ def _require(ctx: Context, needed: str) -> str:
     role = caller_role(ctx.tx, caller.id, is_user=caller.kind == "user") if caller.id else None
     if not role_allows(role, needed):
         raise HttpError(
-            403, "Forbidden", f"This operation needs the {needed} role (caller has {role})"
+            f"This operation needs the {needed} role (caller has {role})", code="Forbidden"
         )
     return caller.id
 
@@ -126,8 +126,8 @@ def _status(ctx: Context, txid: TxId) -> str:
     if status in (COMMITTED, PENDING):
         return status
     if status == "Invalid":
-        raise HttpError(404, "InvalidTransactionId", f"Transaction {txid} was rolled back")
-    raise HttpError(404, "TransactionNotFound", f"Transaction {txid} is unknown")
+        raise HttpError(f"Transaction {txid} was rolled back", code="InvalidTransactionId")
+    raise HttpError(f"Transaction {txid} is unknown", code="TransactionNotFound")
 
 
 def _entry_at(tx: Tx, txid: TxId) -> dict[str, Any] | None:
@@ -163,7 +163,7 @@ def create_ledger_entry(ctx: Context) -> dict[str, Any]:
     )
     pending = _runtime(ctx).pending_txid
     if pending is None:
-        raise HttpError(503, "NotPrimary", "Writes run on the primary; retry")
+        raise HttpError("Writes run on the primary; retry", code="NotPrimary")
     view, seqno = pending
     # The store applies every ledger entry, signatures included, so its next version is the
     # seqno this write will take.
@@ -190,7 +190,7 @@ def get_current_ledger_entry(ctx: Context) -> dict[str, Any]:
     collection = check_collection_id(_query(ctx, "collectionId") or DEFAULT_COLLECTION)
     latest = ctx.tx.view(COLLECTIONS, STR, JSON).get(collection)
     if latest is None:
-        raise HttpError(404, "EntryNotFound", f"Collection {collection!r} has no entries")
+        raise HttpError(f"Collection {collection!r} has no entries", code="EntryNotFound")
     seqno = int(latest["latest"])
     record = ctx.tx.view(ENTRIES, U64_BE, JSON).get(seqno)
     assert record is not None, "a collection's latest entry is stored"
@@ -207,7 +207,7 @@ def get_ledger_entry(ctx: Context) -> dict[str, Any]:
     record = _entry_at(ctx.tx, txid)
     wanted = _query(ctx, "collectionId")
     if record is None or (wanted is not None and record["collectionId"] != wanted):
-        raise HttpError(404, "EntryNotFound", f"No ledger entry was written at {txid}")
+        raise HttpError(f"No ledger entry was written at {txid}", code="EntryNotFound")
     return {"state": "Ready", "entry": _entry_json(txid.seqno, record)}
 
 
@@ -270,7 +270,7 @@ def get_receipt(ctx: Context) -> dict[str, Any]:
         # Committed, but the signature that covers it is not yet known to be committed here.
         return loading
     if code != 200 or receipt is None:
-        raise HttpError(404, "TransactionNotFound", f"No receipt for {txid}")
+        raise HttpError(f"No receipt for {txid}", code="TransactionNotFound")
     answer: dict[str, Any] = {
         "state": "Ready",
         "transactionId": str(txid),
@@ -317,7 +317,7 @@ def get_user(ctx: Context) -> dict[str, Any]:
     key = normalise_user_id(ctx.path["userId"])
     role = caller_role(ctx.tx, key, is_user=_gov_user(ctx.tx, key))
     if role is None:
-        raise HttpError(404, "UserNotFound", f"No user {ctx.path['userId'][:160]}")
+        raise HttpError(f"No user {ctx.path['userId'][:160]}", code="UserNotFound")
     return _user_json(key, role)
 
 
@@ -330,11 +330,11 @@ def create_or_update_user(ctx: Context) -> dict[str, Any]:
     current = caller_role(ctx.tx, key, is_user=_gov_user(ctx.tx, key))
     if role is None:
         if current is None:
-            raise HttpError(400, "InvalidRole", "A new user needs an assignedRole")
+            raise HttpError("A new user needs an assignedRole", code="InvalidRole")
         role = current
     if key == me and role != Role.ADMINISTRATOR:
         # Keeps at least the acting Administrator: nobody locks themselves out by mistake.
-        raise HttpError(409, "UserConflict", "An Administrator cannot demote themselves")
+        raise HttpError("An Administrator cannot demote themselves", code="UserConflict")
     ctx.tx.view(USERS, STR, JSON).put(key, {"assignedRole": role})
     logger.info("event=acl_user_set role=%s", role)
     return _user_json(key, role)
@@ -347,9 +347,9 @@ def delete_user(ctx: Context) -> None:
     key = normalise_user_id(ctx.path["userId"])
     gov_user = _gov_user(ctx.tx, key)
     if caller_role(ctx.tx, key, is_user=gov_user) is None:
-        raise HttpError(404, "UserNotFound", f"No user {ctx.path['userId'][:160]}")
+        raise HttpError(f"No user {ctx.path['userId'][:160]}", code="UserNotFound")
     if key == me:
-        raise HttpError(409, "UserConflict", "An Administrator cannot remove themselves")
+        raise HttpError("An Administrator cannot remove themselves", code="UserConflict")
     users = ctx.tx.view(USERS, STR, JSON)
     if gov_user:
         # Governance still lists the certificate; the record withdraws the implicit role.
@@ -369,7 +369,7 @@ def get_constitution(ctx: Context) -> dict[str, Any]:
     _require(ctx, Role.READER)
     raw = ctx.tx.get(gt.CONSTITUTION, gt.SINGLETON_KEY)
     if raw is None:
-        raise HttpError(404, "ConstitutionNotFound", "No constitution is set")
+        raise HttpError("No constitution is set", code="ConstitutionNotFound")
     script = raw.decode("utf-8")
     return {"digest": hashlib.sha256(raw).hexdigest(), "script": script}
 

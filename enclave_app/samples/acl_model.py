@@ -83,10 +83,10 @@ def parse_txid(text: str, *, what: str = "transactionId") -> TxId:
     """A CCF transaction id ``view.seqno`` (400 InvalidTransactionId otherwise)."""
     found = _TXID.fullmatch(text)
     if found is None:
-        raise HttpError(400, "InvalidTransactionId", f"{what} must look like <view>.<seqno>")
+        raise HttpError(f"{what} must look like <view>.<seqno>", code="InvalidInput")
     view, seqno = int(found.group(1)), int(found.group(2))
     if view < 1 or seqno < 1 or seqno > (1 << 63):
-        raise HttpError(400, "InvalidTransactionId", f"{what} has an out-of-range view or seqno")
+        raise HttpError(f"{what} has an out-of-range view or seqno", code="InvalidInput")
     return TxId(view, seqno)
 
 
@@ -99,7 +99,7 @@ def normalise_user_id(text: str) -> str:
     if _HEX_ID.fullmatch(text):
         return text.lower()
     if len(text) > USER_ID_CHARS_MAX or not _OPAQUE_ID.fullmatch(text):
-        raise HttpError(400, "InvalidUserId", "userId is not a certificate fingerprint or id")
+        raise HttpError("userId is not a certificate fingerprint or id", code="InvalidUserId")
     return text
 
 
@@ -117,24 +117,23 @@ def display_user_id(key: str) -> str:
 
 def _json_object(body: bytes, limit_bytes: int) -> dict[str, Any]:
     if len(body) > limit_bytes:
-        raise HttpError(413, "RequestTooLarge", f"Body exceeds {limit_bytes} bytes")
+        raise HttpError(f"Body exceeds {limit_bytes} bytes", code="RequestTooLarge")
     try:
         doc = json.loads(body)
     except (ValueError, RecursionError):
-        raise HttpError(400, "InvalidInput", "Body is not valid JSON") from None
+        raise HttpError("Body is not valid JSON", code="InvalidInput") from None
     if not isinstance(doc, dict):
-        raise HttpError(400, "InvalidInput", "Body must be a JSON object")
+        raise HttpError("Body must be a JSON object", code="InvalidInput")
     return doc
 
 
 def check_collection_id(value: object) -> str:
     if not isinstance(value, str) or not value:
-        raise HttpError(400, "InvalidCollectionId", "collectionId must be a non-empty string")
+        raise HttpError("collectionId must be a non-empty string", code="InvalidCollectionId")
     if len(value) > COLLECTION_ID_CHARS_MAX or not value.isprintable():
         raise HttpError(
-            400,
-            "InvalidCollectionId",
             f"collectionId must be printable and at most {COLLECTION_ID_CHARS_MAX} characters",
+            code="InvalidCollectionId",
         )
     return value
 
@@ -150,13 +149,13 @@ def parse_entry_body(body: bytes) -> EntryRequest:
     doc = _json_object(body, BODY_BYTES_MAX)
     contents = doc.get("contents")
     if not isinstance(contents, str):
-        raise HttpError(400, "InvalidInput", "contents must be a string")
+        raise HttpError("contents must be a string", code="InvalidInput")
     try:
         size = len(contents.encode("utf-8"))
     except UnicodeEncodeError:
-        raise HttpError(400, "InvalidInput", "contents is not valid Unicode") from None
+        raise HttpError("contents is not valid Unicode", code="InvalidInput") from None
     if size > CONTENTS_BYTES_MAX:
-        raise HttpError(400, "InvalidInput", f"contents exceeds {CONTENTS_BYTES_MAX} bytes")
+        raise HttpError(f"contents exceeds {CONTENTS_BYTES_MAX} bytes", code="InvalidInput")
     collection = doc.get("collectionId")
     # The SDK's docs show the body's collectionId both as a string and wrapped in an object.
     if isinstance(collection, dict):
@@ -171,7 +170,7 @@ def parse_user_body(body: bytes) -> str | None:
     if role is None:
         return None
     if role not in ROLE_RANK:
-        raise HttpError(400, "InvalidRole", f"assignedRole must be one of {', '.join(ROLE_RANK)}")
+        raise HttpError(f"assignedRole must be one of {', '.join(ROLE_RANK)}", code="InvalidRole")
     assert isinstance(role, str)
     return role
 

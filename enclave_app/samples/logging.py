@@ -96,7 +96,7 @@ def _read(ctx: Context, map_name: str) -> LogMessage:
     query: LogQuery = ctx.query
     msg = ctx.tx.view(map_name, U64, STR).get(query.id)
     if msg is None:
-        raise HttpError(404, "ResourceNotFound", f"No such record: {query.id}")
+        raise HttpError(f"No such record: {query.id}", code="ResourceNotFound")
     return LogMessage(msg=msg)
 
 
@@ -129,7 +129,7 @@ def delete_private(ctx: Context) -> None:
     """Delete a private message by id (204; 404 if absent)."""
     query: LogQuery = ctx.query
     if not ctx.tx.view(PRIVATE_RECORDS, U64, STR).remove(query.id):
-        raise HttpError(404, "ResourceNotFound", f"No such record: {query.id}")
+        raise HttpError(f"No such record: {query.id}", code="ResourceNotFound")
 
 
 @app.get("/log/private/count", auth="user_cert", response=LogCount)

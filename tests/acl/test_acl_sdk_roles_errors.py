@@ -182,7 +182,7 @@ def test_transaction_without_a_ledger_entry_is_not_found(admin: SdkClient, bob_i
 def test_malformed_input_is_a_400_with_acls_error_shape(admin: SdkClient, bob_id: str) -> None:
     with pytest.raises(HttpResponseError) as txid:
         admin.get_transaction_status("not-a-txid")
-    assert status_and_code(txid.value) == (400, "InvalidTransactionId")
+    assert status_and_code(txid.value) == (400, "InvalidInput")
     with pytest.raises(HttpResponseError) as role:
         admin.create_or_update_user(bob_id, {"assignedRole": "Emperor"})
     assert status_and_code(role.value) == (400, "InvalidRole")

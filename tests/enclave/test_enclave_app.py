@@ -76,7 +76,7 @@ def build_app() -> App:
     @app.post("/fail-after-write")
     def fail_after_write(ctx: Context) -> None:
         ctx.tx.put("items", b"k", b"v")
-        raise HttpError(409, "Conflict", "already there")
+        raise HttpError("already there", code="Conflict", status=409)
 
     @app.post("/crash")
     def crash(ctx: Context) -> None:

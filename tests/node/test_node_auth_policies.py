@@ -1,8 +1,9 @@
 """Authentication policies, policy × credential, on a node driven in-process (the logging
 sample's endpoints, governance's real actions for users, members and JWT issuers).
 
-Every policy admits exactly whom it should; every refusal is a 401 with its own error code
-and commits nothing.
+Every policy admits exactly whom it should; every refusal answers its own error code, with
+that code's one status (401 for a missing or unproven credential, 400 for a stale or replayed
+COSE envelope, as governance answers them) and commits nothing.
 """
 
 from __future__ import annotations
@@ -401,7 +402,7 @@ CASES = [
         "POST",
         "/app/log/private/cose",
         _cose_of(lambda s: _user_envelope(s.user, 52, age_s=3600)),
-        401,
+        400,
         "RequestExpired",
     ),
     Case(
@@ -474,7 +475,8 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_each_policy_admits_exactly_whom_it_should(service: Service, case: Case) -> None:
-    """A refusal is a 401 with its own code and commits nothing; an admission runs."""
+    """A refusal has its own code and that code's status and commits nothing; an admission
+    runs."""
     body_default = _record(1000 + CASES.index(case)) if case.method == "POST" else b""
     credential = case.credential(service)
     credential.setdefault("body", body_default)
@@ -496,7 +498,7 @@ def test_replayed_user_cose_request_is_refused_and_changes_nothing(service: Serv
     status, answer = service.request(
         "POST", "/app/log/private/cose", headers=headers, body=envelope
     )
-    assert (status, answer and answer["error"]["code"]) == (401, "RequestReplay")
+    assert (status, answer and answer["error"]["code"]) == (400, "RequestReplay")
     assert service.node.store.version == before
 
 

@@ -425,8 +425,8 @@ def test_member_signed_app_request_is_fresh_and_played_once(tmp_path: Path) -> N
     fresh = envelope(member_key, now)
     assert post(fresh) == 200
     assert node.store.begin().get("notes", member_id.encode()) == b"hello"
-    assert post(fresh) == 401, "a replayed envelope ran again"
-    assert post(envelope(member_key, now - 3600, b"old")) == 401, "a stale envelope ran"
+    assert post(fresh) == 400, "a replayed envelope ran again"  # RequestReplay
+    assert post(envelope(member_key, now - 3600, b"old")) == 400, "a stale envelope ran"
     assert post(envelope(certs.new_key(), now, b"forged")) == 401, "a stranger's envelope ran"
     assert node.store.begin().get("notes", member_id.encode()) == b"hello"
 
