@@ -107,6 +107,8 @@ _CODES_BY_STATUS: Final[dict[int, tuple[str, ...]]] = {
     429: ("TooManyOpenProposals", "TooManyRequests"),
     431: ("RequestHeaderTooLarge",),
     500: ("InternalError",),
+    # A forwarded request's answer that the primary could not send back over the channel.
+    502: ("ResponseTooLarge",),
     # Not now: the client retries (these answers carry Retry-After).
     503: (
         "FrontendNotOpen",

@@ -172,8 +172,8 @@ class Peers:
         except messages.EncodeError as exc:
             LOG.warning("event=forward_not_encodable reason=%s", exc)
             if exc.code == messages.TOO_LARGE:
-                return error_response(413, "RequestTooLarge", "The request is too large to forward")
-            return error_response(400, "InvalidInput", "The request cannot be forwarded")
+                return error_response("The request is too large to forward", code="RequestTooLarge")
+            return error_response("The request cannot be forwarded", code="InvalidInput")
         self.forwards = request.forward_id
         self._forward_targets[request.forward_id] = primary
         while len(self._forward_targets) > MAX_PENDING_FORWARDS:  # answers that never came
@@ -194,9 +194,9 @@ class Peers:
             # The write may have committed: say so rather than leave the backup waiting.
             LOG.warning("event=forward_answer_not_encodable reason=%s", exc)
             error = (
-                error_response(502, "ResponseTooLarge", "The response is too large to forward")
+                error_response("The response is too large to forward", code="ResponseTooLarge")
                 if exc.code == messages.TOO_LARGE
-                else error_response(500, "InternalError", "The response cannot be forwarded")
+                else error_response("The response cannot be forwarded", code="InternalError")
             )
             headers = tuple(error.headers.items())
             self._send(
