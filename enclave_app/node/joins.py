@@ -23,6 +23,7 @@ from charter.enclave_app.attestation import join_policy, verify_evidence
 from charter.enclave_app.channels import open_sealed, seal_to
 from charter.enclave_app.errors import HttpError
 from charter.enclave_app.kv import Tx
+from charter.enclave_app.node import certificates
 from charter.enclave_app.node.core import NodeCore
 from charter.enclave_app.node.peers import Peers
 from charter.enclave_app.node.replication import Replication
@@ -30,7 +31,6 @@ from charter.enclave_app.node.snapshots import Snapshots
 from charter.enclave_app.platform import Evidence, PlatformError
 from charter.governance import tables as gt
 from charter.governance.effects import Effects
-from charter.governance.errors import GovernanceError
 from charter.ledger import certs
 from charter.ledger.errors import LedgerError
 from charter.ledger.snapshot import VerifiedSnapshot, snapshot_file_name
@@ -226,25 +226,13 @@ def open_answer(core: NodeCore, doc: Mapping[str, Any]) -> TrustedAnswer | None:
 
 
 def apply_effects(core: NodeCore, tx: Tx, effects: Effects) -> None:
-    """Carry out what an accepted proposal asks beyond its own KV writes, in its tx: the
-    certificates of the nodes it trusts, endorsed by the service key."""
+    """Carry out what an accepted proposal asks beyond its own KV writes, in its tx: a
+    renewed service certificate, then the certificates of the nodes it (re-)endorses."""
+    issuer = core.identity.service_cert
+    if effects.renew_service_certificate is not None:
+        issuer = certificates.renew_service(core, tx, effects.renew_service_certificate)
     for endorsement in effects.endorse_nodes:
-        info = gt.node_info(tx, endorsement.node_id)
-        if info is None or not info.get("public_key"):
-            raise GovernanceError(
-                "InvalidNode", f"node {endorsement.node_id} has no public key", 400
-            )
-        public_key = certs.load_public_key(info["public_key"])
-        tx.put(
-            gt.NODES_ENDORSED_CERTIFICATES,
-            gt.id_key(endorsement.node_id),
-            core.endorse(
-                public_key,
-                info.get("rpc_interfaces", {})
-                .get("primary_rpc_interface", {})
-                .get("published_address"),
-            ).encode(),
-        )
+        certificates.endorse_node(core, tx, endorsement, issuer)
     if effects.rekey:
         LOG.info("event=rekey_requested (recorded; rotation lands with recovery)")
 
