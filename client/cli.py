@@ -6,6 +6,7 @@ client.cli_common. Entry point `charter = charter.cli:main` (pyproject.toml).
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
@@ -50,9 +51,12 @@ from charter.member import (
     get_proposal_actions,
     list_proposals,
 )
-from charter.sdk import CharterClient
+from charter.sdk import CertificateExpiry, CharterClient
 
 log = logging.getLogger(__name__)
+
+# `charter status` warns about a certificate that expires within this many days.
+CERT_EXPIRY_WARNING_DAYS = 30
 
 app = typer.Typer(
     rich_markup_mode=None,
@@ -588,14 +592,28 @@ def status(
     """
     t = resolve_target(network=network, url=url, service_cert=service_cert, node=node)
 
-    async def go() -> dict[str, Any]:
+    async def go() -> tuple[dict[str, Any], CertificateExpiry]:
         async with _client(t) as c:
             net = await c.network()
             state = await c.node_state()
             commit = await c.commit()
-            return {"network": net, "node": state, "commit": str(commit)}
+            expiry = await c.certificates_not_after()
+            return {"network": net, "node": state, "commit": str(commit)}, expiry
 
-    info = run_async(go())
+    info, expiry = run_async(go())
+    now = datetime.datetime.now(datetime.UTC)
+    for name, not_after in expiry.expiring(now, CERT_EXPIRY_WARNING_DAYS):
+        days = (not_after - now).total_seconds() / 86_400
+        action = (
+            "set_service_certificate_validity"
+            if name == "service"
+            else "set_node_certificate_validity"
+        )
+        typer.echo(
+            f"warning: {name} certificate expires {not_after:%Y-%m-%dT%H:%M:%SZ} "
+            f"(in {days:.1f} days): renew it by proposing {action}",
+            err=True,
+        )
     if as_json:
         print_json(info)
         return
@@ -604,6 +622,7 @@ def status(
     stdout.print(f"primary   {net.get('primary_id', '-')}")
     stdout.print(f"node      {st.get('node_id', '?')} {st.get('state', '?')}")
     stdout.print(f"committed {info['commit']}")
+    stdout.print(f"service certificate valid until {expiry.service:%Y-%m-%dT%H:%M:%SZ}")
 
 
 app.command()(call)

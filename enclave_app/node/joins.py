@@ -92,6 +92,18 @@ def join_request(
     if info is None and _pending_nodes(tx) >= MAX_PENDING_NODES:
         # Joining is unauthenticated until governance decides: bound what it costs.
         raise HttpError(503, "TooManyPendingNodes", "Too many nodes await a decision")
+    rpc_interface: dict[str, Any] = {
+        "bind_address": request["rpc_address"],
+        "published_address": request["rpc_address"],
+        "protocol": "tcp",
+    }
+    if request.get("subject_alt_names") is not None:
+        # Absent from a request of an older node: its published address's name is used.
+        rpc_interface["subject_alt_names"] = request["subject_alt_names"]
+    try:
+        certificates.recorded_sans({"rpc_interfaces": {"primary_rpc_interface": rpc_interface}})
+    except ValueError as exc:
+        raise HttpError(400, "InvalidInput", f"subject_alt_names: {exc}") from None
     if info is None:
         joiner = {
             **core.node_info("Pending"),
@@ -103,13 +115,7 @@ def join_request(
                 "published_address": request["node_to_node_address"],
                 "protocol": "tcp",
             },
-            "rpc_interfaces": {
-                "primary_rpc_interface": {
-                    "bind_address": request["rpc_address"],
-                    "published_address": request["rpc_address"],
-                    "protocol": "tcp",
-                }
-            },
+            "rpc_interfaces": {"primary_rpc_interface": rpc_interface},
         }
         gt.put_json(tx, gt.NODES_INFO, gt.id_key(node_id), joiner)
         LOG.info("event=join_pending node=%s", node_id[:16])
@@ -190,6 +196,8 @@ def request_body(core: NodeCore, *, want_snapshot: bool) -> dict[str, Any]:
         "endorsements": quote_info["endorsements"],
         "rpc_address": core.rpc_published(),
         "node_to_node_address": core.n2n_published(),
+        # The names its operator wants its certificate to carry (checked by the primary).
+        "subject_alt_names": core.config.rpc_subject_alt_names(),
     }
 
 
