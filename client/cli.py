@@ -6,6 +6,7 @@ client.cli_common. Entry point `charter = charter.cli:main` (pyproject.toml).
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
@@ -40,7 +41,7 @@ from charter.cli_ledger import ledger_app, receipt_app
 from charter.cli_members import MemberLabel, dry_run_summary, member_labels, who
 from charter.cli_process import PASSTHROUGH, PASSTHROUGH_WITH_HELP, bench, node_app, sandbox
 from charter.cli_quote import quote_app
-from charter.errors import IdentityError
+from charter.errors import IdentityError, ProtocolError
 from charter.identity import PEM_FILE_BYTES_MAX, load_cert_pem, load_json_file, read_bounded
 from charter.ledger_dump import clip
 from charter.member import (
@@ -50,9 +51,12 @@ from charter.member import (
     get_proposal_actions,
     list_proposals,
 )
-from charter.sdk import CharterClient
+from charter.sdk import CertificateExpiry, CharterClient
 
 log = logging.getLogger(__name__)
+
+# `charter status` warns about a certificate that expires within this many days.
+CERT_EXPIRY_WARNING_DAYS = 30
 
 app = typer.Typer(
     rich_markup_mode=None,
@@ -588,14 +592,33 @@ def status(
     """
     t = resolve_target(network=network, url=url, service_cert=service_cert, node=node)
 
-    async def go() -> dict[str, Any]:
+    async def go() -> tuple[dict[str, Any], CertificateExpiry | None]:
         async with _client(t) as c:
             net = await c.network()
             state = await c.node_state()
             commit = await c.commit()
-            return {"network": net, "node": state, "commit": str(commit)}
+            try:
+                expiry: CertificateExpiry | None = await c.certificates_not_after()
+            except ProtocolError:
+                expiry = None  # a node (or a CCF service) that does not report them
+            return {"network": net, "node": state, "commit": str(commit)}, expiry
 
-    info = run_async(go())
+    info, expiry = run_async(go())
+    now = datetime.datetime.now(datetime.UTC)
+    if expiry is None:
+        typer.echo("warning: the node does not report its certificates' end dates", err=True)
+    for name, not_after in expiry.expiring(now, CERT_EXPIRY_WARNING_DAYS) if expiry else []:
+        days = (not_after - now).total_seconds() / 86_400
+        action = (
+            "set_service_certificate_validity"
+            if name == "service"
+            else "set_node_certificate_validity"
+        )
+        typer.echo(
+            f"warning: {name} certificate expires {not_after:%Y-%m-%dT%H:%M:%SZ} "
+            f"(in {days:.1f} days): renew it by proposing {action}",
+            err=True,
+        )
     if as_json:
         print_json(info)
         return
@@ -604,6 +627,8 @@ def status(
     stdout.print(f"primary   {net.get('primary_id', '-')}")
     stdout.print(f"node      {st.get('node_id', '?')} {st.get('state', '?')}")
     stdout.print(f"committed {info['commit']}")
+    if expiry is not None:
+        stdout.print(f"service certificate valid until {expiry.service:%Y-%m-%dT%H:%M:%SZ}")
 
 
 app.command()(call)

@@ -37,6 +37,7 @@ DEFAULT_WORKSPACE = Path("workspace/sandbox")
 SCITT_MODULE = "charter.enclave_app.samples.scitt"
 SCITT_COSE_SUBJECT = "scitt.ccf.signature.v1"
 MEMBER_COUNT = 3
+SANDBOX_SUBJECT_ALT_NAMES = ("iPAddress:127.0.0.1", "dNSName:localhost")
 USER_COUNT = 1
 NODE_START_TIMEOUT_S = 60.0
 POLL_INTERVAL_S = 0.05
@@ -376,6 +377,9 @@ class Sandbox:
                 "heartbeat_ms": 100,
             },
             "ledger_chunk_bytes": self.ledger_chunk_bytes,
+            # A local sandbox is reached as 127.0.0.1 or as localhost: its certificates name
+            # both (a node certificate carries only the names its config lists).
+            "rpc_interface": {"subject_alt_names": list(SANDBOX_SUBJECT_ALT_NAMES)},
             "start": start,
         }
         if self.configure_node is not None:

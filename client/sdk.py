@@ -14,6 +14,7 @@ node it reaches. Node certificates carry IP SANs, so hostname checking stays on.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json as jsonlib
 import logging
 import ssl
@@ -134,6 +135,27 @@ def _retry_after_s(headers: CIMultiDictProxy[str], fallback_s: float) -> float:
 
 def _as_txid(txid: TxId | str) -> TxId:
     return txid if isinstance(txid, TxId) else TxId.parse(txid)
+
+
+class CertificateExpiry(NamedTuple):
+    """notAfter of the service certificate and of each node's (by node id), in UTC."""
+
+    service: datetime.datetime
+    nodes: dict[str, datetime.datetime]
+
+    def expiring(
+        self, now: datetime.datetime, within_days: int
+    ) -> list[tuple[str, datetime.datetime]]:
+        """("service" or "node <id>", notAfter) of each certificate ending within the days."""
+        limit = now + datetime.timedelta(days=within_days)
+        named = [("service", self.service)] + [(f"node {k}", v) for k, v in self.nodes.items()]
+        return [(name, at) for name, at in named if at <= limit]
+
+
+def _utc(text: Any) -> datetime.datetime:
+    if not isinstance(text, str) or len(text) > 64:
+        raise ValueError("not a time")
+    return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
 
 
 class CharterClient:
@@ -358,6 +380,17 @@ class CharterClient:
         """`/node/network`: service_status, service_certificate, current_view, primary_id."""
         result: dict[str, Any] = await self.get_json("/node/network")
         return result
+
+    async def certificates_not_after(self) -> CertificateExpiry:
+        """When the service certificate and each node certificate expire (`/node/network`'s
+        `service_certificate_not_after` and `node_certificates_not_after`)."""
+        body = await self.network()
+        try:
+            service = _utc(body["service_certificate_not_after"])
+            nodes = {str(k): _utc(v) for k, v in body["node_certificates_not_after"].items()}
+        except (KeyError, TypeError, AttributeError, ValueError):
+            raise ProtocolError("/node/network has no readable certificate expiry") from None
+        return CertificateExpiry(service, nodes)
 
     async def nodes(self) -> list[dict[str, Any]]:
         """`/node/network/nodes`: node_id, status, primary, rpc_interfaces per node."""

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import pydantic
 
 from charter.consensus import ConsensusDetails
 from charter.enclave_app.app import App, Context, HttpResponse, Response
 from charter.enclave_app.errors import HttpError
+from charter.enclave_app.interface.config import SAN_BYTES_MAX, SAN_COUNT_MAX
 from charter.enclave_app.metrics_format import (
     PROMETHEUS_CONTENT_TYPE,
     choose_format,
@@ -17,6 +18,8 @@ from charter.enclave_app.metrics_format import (
 )
 from charter.enclave_app.platform import VIRTUAL_FORMAT
 from charter.governance import tables as gt
+from charter.ledger import certs
+from charter.ledger.errors import LedgerError
 
 if TYPE_CHECKING:
     from charter.enclave_app.node import Node
@@ -47,6 +50,10 @@ class JoinRequest(pydantic.BaseModel):
     rpc_address: str = pydantic.Field(max_length=256)
     node_to_node_address: str = pydantic.Field(max_length=256)
     want_snapshot: bool = False
+    # Its certificate's names ("dNSName:…", "iPAddress:…"), from its operator's config.
+    subject_alt_names: (
+        list[Annotated[str, pydantic.StringConstraints(max_length=SAN_BYTES_MAX + 16)]] | None
+    ) = pydantic.Field(default=None, max_length=SAN_COUNT_MAX)
 
 
 def parse_txid(text: str) -> tuple[int, int]:
@@ -114,6 +121,17 @@ def consensus_details(d: ConsensusDetails, addresses: dict[str, str]) -> dict[st
     return details
 
 
+def _not_after(pem: object) -> str | None:
+    """A certificate's notAfter, ISO 8601 UTC (None if there is no readable one)."""
+    if not isinstance(pem, str) or not pem:
+        return None
+    try:
+        cert = certs.load_cert(pem)
+    except LedgerError:
+        return None
+    return cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def build(node: Node) -> App:
     """The /node app of `node` (handlers read the node's live state)."""
     app = App("node", prefix="/node")
@@ -137,6 +155,13 @@ def build(node: Node) -> App:
         return {
             "service_status": info.get("status"),
             "service_certificate": info.get("cert"),
+            # When clients stop accepting the certificates (renewed by governance, see
+            # set_service_certificate_validity): ISO 8601, UTC.
+            "service_certificate_not_after": _not_after(info.get("cert")),
+            "node_certificates_not_after": {
+                gt.key_to_id(key): _not_after(pem.decode())
+                for key, pem in ctx.tx.items(gt.NODES_ENDORSED_CERTIFICATES)
+            },
             "current_view": raft.view if raft else 0,
             "primary_id": raft.leader_id if raft else None,
             "recovery_target_seqno": None,

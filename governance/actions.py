@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, JsonValue, StringConstraints, ValidationError
 
+from charter.governance import cert_validity
 from charter.governance import jwt as jwt_actions
 from charter.governance import tables as t
 from charter.governance.constitution import Constitution, parse_constitution, store_constitution
@@ -47,7 +48,6 @@ TcbHex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]
 MAX_SECURITY_POLICY_BYTES = 64 * 1024
 RecoveryRole = Literal["NonParticipant", "Participant", "Owner"]
 
-DEFAULT_MAX_NODE_CERT_VALIDITY_DAYS = 365
 MAX_RECOVERY_THRESHOLD = 254
 
 
@@ -297,19 +297,6 @@ class CpuidArgs(Args):
     cpuid: Cpuid
 
 
-def _parse_valid_from(text: str) -> datetime.datetime:
-    """ISO 8601, or the ASN.1 UTCTime/GeneralizedTime text CCF's tooling passes."""
-    for fmt in ("%y%m%d%H%M%SZ", "%Y%m%d%H%M%SZ"):
-        try:
-            return datetime.datetime.strptime(text, fmt).replace(tzinfo=datetime.UTC)
-        except ValueError:
-            pass
-    try:
-        return datetime.datetime.fromisoformat(text)
-    except ValueError:
-        raise _invalid(f"valid_from {text!r} is not a date") from None
-
-
 def _node_record(tx: KvTx, node_id: str) -> t.NodeRecord:
     record = t.node_record(tx, node_id)
     if record is None:
@@ -321,13 +308,13 @@ def check_trust_node(tx: KvTx, args: TrustNodeArgs) -> None:
     if _node_record(tx, args.node_id).status is t.NodeStatus.RETIRED:
         raise _invalid(f"node {args.node_id} is retired")
     if args.valid_from is not None:
-        _parse_valid_from(args.valid_from)
-    if args.validity_period_days is not None:
-        limit = t.service_config(tx).get(
-            "maximum_node_certificate_validity_days", DEFAULT_MAX_NODE_CERT_VALIDITY_DAYS
-        )
-        if not 1 <= args.validity_period_days <= int(limit):
-            raise _invalid(f"validity_period_days must be between 1 and {limit}")
+        cert_validity.parse_valid_from(args.valid_from)
+    cert_validity.node_validity_days(tx, args.validity_period_days)
+
+
+def check_trust_node_at(args: TrustNodeArgs, now_s: int) -> None:
+    if args.valid_from is not None:
+        cert_validity.check_period_at(args.valid_from, args.validity_period_days, now_s)
 
 
 def apply_trust_node(tx: KvTx, args: TrustNodeArgs, ctx: ActionContext) -> Effects:
@@ -336,7 +323,9 @@ def apply_trust_node(tx: KvTx, args: TrustNodeArgs, ctx: ActionContext) -> Effec
         return NO_EFFECTS  # idempotent, as CCF: an already trusted node keeps its cert
     assert record.status is t.NodeStatus.PENDING, record.status
     t.put_json(tx, t.NODES_INFO, t.id_key(args.node_id), record.with_status(t.NodeStatus.TRUSTED))
-    endorsement = NodeEndorsement(args.node_id, args.valid_from, args.validity_period_days)
+    # Without a period the node is endorsed for the service's limit, as in CCF.
+    days = cert_validity.node_validity_days(tx, args.validity_period_days)
+    endorsement = NodeEndorsement(args.node_id, args.valid_from, days)
     return Effects(endorse_nodes=(endorsement,))
 
 
@@ -628,7 +617,35 @@ _SPECS = (
     ),
     ActionSpec("remove_user", UserIdArgs, check_remove_user, apply_remove_user),
     ActionSpec("set_user_data", SetUserDataArgs, check_set_user_data, apply_set_user_data),
-    ActionSpec("transition_node_to_trusted", TrustNodeArgs, check_trust_node, apply_trust_node),
+    ActionSpec(
+        "transition_node_to_trusted",
+        TrustNodeArgs,
+        check_trust_node,
+        apply_trust_node,
+        check_at=check_trust_node_at,
+    ),
+    # Certificate validity (governance/cert_validity.py).
+    ActionSpec(
+        "set_service_certificate_validity",
+        cert_validity.ServiceCertValidityArgs,
+        cert_validity.check_service,
+        cert_validity.apply_service,
+        check_at=cert_validity.check_service_at,
+    ),
+    ActionSpec(
+        "set_node_certificate_validity",
+        cert_validity.NodeCertValidityArgs,
+        cert_validity.check_node,
+        cert_validity.apply_node,
+        check_at=cert_validity.check_node_at,
+    ),
+    ActionSpec(
+        "set_all_nodes_certificate_validity",
+        cert_validity.AllNodesCertValidityArgs,
+        cert_validity.check_all_nodes,
+        cert_validity.apply_all_nodes,
+        check_at=cert_validity.check_all_nodes_at,
+    ),
     ActionSpec("remove_node", NodeIdArgs, check_remove_node, apply_remove_node),
     # CCF's names for the virtual platform's join policy; `add_node_measurement` and
     # `remove_node_measurement` are Charter's first names for the same two, kept as aliases.

@@ -19,10 +19,19 @@ class NodeEndorsement:
 
 
 @dataclass(frozen=True, slots=True)
+class ServiceRenewal:
+    """The service certificate to re-issue, same key and subject, for this period."""
+
+    valid_from: str
+    validity_period_days: int
+
+
+@dataclass(frozen=True, slots=True)
 class Effects:
     """What an accepted proposal asks of the runtime beyond its KV writes.
 
-    The runtime performs `endorse_nodes` and `rekey`; a dry run reports every field to the
+    The runtime performs `renew_service_certificate` (before `endorse_nodes`, so that the
+    nodes are endorsed by the new certificate), `endorse_nodes` and `rekey`; a dry run reports every field to the
     members (`proposals.effects_to_json`). Changes the runtime learns from the KV itself
     (members, users, nodes) are not effects: it watches those tables.
     """
@@ -32,6 +41,7 @@ class Effects:
     rekey: bool = False
     refresh_recovery_shares: bool = False
     retired_nodes: tuple[str, ...] = ()
+    renew_service_certificate: ServiceRenewal | None = None
 
     def merge(self, other: Effects) -> Effects:
         return Effects(
@@ -40,6 +50,9 @@ class Effects:
             rekey=self.rekey or other.rekey,
             refresh_recovery_shares=self.refresh_recovery_shares or other.refresh_recovery_shares,
             retired_nodes=self.retired_nodes + other.retired_nodes,
+            # Two renewals in one proposal: the later action wins, as its KV write would.
+            renew_service_certificate=other.renew_service_certificate
+            or self.renew_service_certificate,
         )
 
     @property

@@ -443,6 +443,14 @@ def effects_to_json(effects: Effects) -> dict[str, Any]:
         "rekey": effects.rekey,
         "refreshRecoveryShares": effects.refresh_recovery_shares,
         "retiredNodes": list(effects.retired_nodes),
+        "renewServiceCertificate": (
+            None
+            if effects.renew_service_certificate is None
+            else {
+                "validFrom": effects.renew_service_certificate.valid_from,
+                "validityPeriodDays": effects.renew_service_certificate.validity_period_days,
+            }
+        ),
     }
 
 

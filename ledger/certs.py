@@ -170,10 +170,17 @@ def _hash_for(key: ec.EllipticCurvePrivateKey) -> hashes.SHA256 | hashes.SHA384 
 
 
 def _validity(
-    days: int, issuance: Issuance | None = None
+    days: int,
+    issuance: Issuance | None = None,
+    valid_from: datetime.datetime | None = None,
 ) -> tuple[datetime.datetime, datetime.datetime]:
+    """(notBefore, notAfter): from `valid_from` when given (CCF's governance argument,
+    taken as is), else from the issuance time backdated by a minute of slack."""
     if days <= 0:
         raise ValueError("certificate validity must be at least one day")
+    if valid_from is not None:
+        start = valid_from.astimezone(datetime.UTC).replace(microsecond=0)
+        return start, start + datetime.timedelta(days=days)
     if issuance is None:
         now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
     else:
@@ -207,6 +214,7 @@ def self_signed_cert(
     san_ips: Iterable[str] = (),
     san_dns: Iterable[str] = (),
     issuance: Issuance | None = None,
+    valid_from: datetime.datetime | None = None,
 ) -> x509.Certificate:
     """A self-signed certificate.
 
@@ -214,7 +222,7 @@ def self_signed_cert(
     keyCertSign+cRLSign, SKI and AKI. With `ca=False` it is a member/user identity usable as
     a TLS client certificate: CA:false, digitalSignature, EKU clientAuth.
     """
-    not_before, not_after = _validity(days, issuance)
+    not_before, not_after = _validity(days, issuance, valid_from)
     public_key = key.public_key()
     ski = x509.SubjectKeyIdentifier.from_public_key(public_key)
     builder = (
@@ -265,9 +273,30 @@ def service_cert(
     *,
     days: int = 365,
     issuance: Issuance | None = None,
+    valid_from: datetime.datetime | None = None,
 ) -> x509.Certificate:
     """The service identity certificate (a self-signed CA)."""
-    return self_signed_cert(key, common_name, ca=True, days=days, issuance=issuance)
+    return self_signed_cert(
+        key, common_name, ca=True, days=days, issuance=issuance, valid_from=valid_from
+    )
+
+
+def renew_service_cert(
+    key: ec.EllipticCurvePrivateKey,
+    previous: x509.Certificate,
+    *,
+    days: int,
+    valid_from: datetime.datetime | None = None,
+    issuance: Issuance | None = None,
+) -> x509.Certificate:
+    """The service certificate re-issued with the same key and subject, for a new validity
+    period. Its SKI is the same (same key), so node certificates and receipts endorsed by
+    the previous one verify against it, and the reverse."""
+    if previous.public_key() != key.public_key():
+        raise ValueError("the service key does not match the previous service certificate")
+    common_name = previous.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    name = str(common_name[0].value) if common_name else "CCF Service"
+    return service_cert(key, name, days=days, issuance=issuance, valid_from=valid_from)
 
 
 def identity_cert(
@@ -296,6 +325,7 @@ def endorse_public_key(
     san_dns: Iterable[str] = (),
     days: int = 365,
     issuance: Issuance | None = None,
+    valid_from: datetime.datetime | None = None,
 ) -> x509.Certificate:
     """A node certificate for `subject_public_key`, issued by the service key.
 
@@ -304,7 +334,7 @@ def endorse_public_key(
     """
     if issuer_cert.public_key() != issuer_key.public_key():
         raise ValueError("issuer key does not match issuer certificate")
-    not_before, not_after = _validity(days, issuance)
+    not_before, not_after = _validity(days, issuance, valid_from)
     try:
         issuer_ski = issuer_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
         aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski.value)
@@ -347,6 +377,7 @@ def endorse(
     san_dns: Iterable[str] = (),
     days: int = 365,
     issuance: Issuance | None = None,
+    valid_from: datetime.datetime | None = None,
 ) -> x509.Certificate:
     """docs/internals.md form of `endorse_public_key`, also taking a node's CSR.
 
@@ -370,6 +401,7 @@ def endorse(
         san_dns=san_dns,
         days=days,
         issuance=issuance,
+        valid_from=valid_from,
     )
 
 

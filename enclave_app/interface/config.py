@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from pathlib import Path
@@ -26,6 +27,54 @@ def _check_address(v: str) -> str:
 
 
 Address = Annotated[str, pydantic.AfterValidator(_check_address)]
+
+# A node certificate's subject alternative names, in CCF's notation.
+SAN_COUNT_MAX = 64
+SAN_BYTES_MAX = 253  # the longest DNS name
+_SAN_KINDS = ("dNSName", "iPAddress")
+_UNSPECIFIED_HOSTS = frozenset({"0.0.0.0", "::", ""})
+
+
+def address_host(address: str) -> str:
+    """The host part of 'host:port' ('[v6]:port' without its brackets)."""
+    host = address.rpartition(":")[0]
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+def parse_san(text: str) -> tuple[str, str]:
+    """'dNSName:name' or 'iPAddress:addr' -> (kind, value); ValueError otherwise."""
+    if len(text) > SAN_BYTES_MAX + len("iPAddress:"):
+        raise ValueError(f"subject alternative name longer than {SAN_BYTES_MAX} bytes")
+    kind, sep, value = text.partition(":")
+    if not sep or kind not in _SAN_KINDS or not value:
+        raise ValueError(f"expected 'dNSName:NAME' or 'iPAddress:ADDRESS', got {text!r}")
+    if kind == "iPAddress":
+        try:
+            parsed = ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IPv4 or IPv6 address") from None
+        if parsed.is_unspecified:
+            raise ValueError(f"{value!r} names no host and cannot be a certificate's name")
+        return kind, str(parsed)
+    labels = value.rstrip(".").split(".")
+    if labels[0] == "*" and len(labels) > 1:
+        labels = labels[1:]  # a wildcard names the labels below it
+    if not all(0 < len(label) <= 63 and label.replace("-", "").isalnum() for label in labels):
+        raise ValueError(f"{value!r} is not a DNS name")
+    return kind, value
+
+
+def host_san(host: str) -> str:
+    """The SAN naming `host`: an IP address or a DNS name."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return f"dNSName:{host}"
+    return f"iPAddress:{host}"
+
+
+def _check_sans(values: list[str]) -> list[str]:
+    return [":".join(parse_san(v)) for v in values]
 
 
 def _resolve_path(v: Path, info: pydantic.ValidationInfo) -> Path:
@@ -85,6 +134,12 @@ class RpcInterfaceConfig(_Model):
     request_header_timeout_ms: int = pydantic.Field(default=10_000, ge=100)
     # A request's whole body must arrive within this after its headers.
     request_read_timeout_ms: int = pydantic.Field(default=30_000, ge=100)
+    # The node certificate's subject alternative names for this interface, CCF's notation
+    # ("dNSName:node1.example.com", "iPAddress:10.0.0.1", "iPAddress:fd00::1"), and nothing
+    # else. Empty: the one name of the published (else bound) address's host.
+    subject_alt_names: Annotated[
+        list[str], pydantic.Field(max_length=SAN_COUNT_MAX), pydantic.AfterValidator(_check_sans)
+    ] = []
 
     @pydantic.model_validator(mode="after")
     def _caps(self) -> RpcInterfaceConfig:
@@ -178,6 +233,23 @@ class StartConfig(_Model):
     service_config: dict[str, Any] = {}
     join: JoinConfig | None = None
     cose_signatures: CoseSignaturesConfig | None = None
+    # Validity of the certificates the first node issues at genesis (CCF's
+    # service_certificate_initial_validity_days and node_certificate.initial_validity_days);
+    # each at most the service_config's maximum_*_certificate_validity_days (default 365).
+    service_certificate_initial_validity_days: int = pydantic.Field(default=365, ge=1)
+    node_certificate_initial_validity_days: int = pydantic.Field(default=365, ge=1)
+
+    @pydantic.model_validator(mode="after")
+    def _validity(self) -> StartConfig:
+        for what in ("service", "node"):
+            days = getattr(self, f"{what}_certificate_initial_validity_days")
+            limit = self.service_config.get(f"maximum_{what}_certificate_validity_days", 365)
+            if isinstance(limit, int) and days > limit:
+                raise ValueError(
+                    f"{what}_certificate_initial_validity_days {days} exceeds "
+                    f"service_config.maximum_{what}_certificate_validity_days {limit}"
+                )
+        return self
 
     @pydantic.model_validator(mode="after")
     def _mode(self) -> StartConfig:
@@ -226,6 +298,24 @@ class NodeConfig(_Model):
         if self.snapshots_dir is None:
             object.__setattr__(self, "snapshots_dir", self.workspace / "snapshots")
         return self
+
+    @pydantic.model_validator(mode="after")
+    def _named_rpc_host(self) -> NodeConfig:
+        # A certificate cannot name 0.0.0.0: a node bound to every address must say which
+        # address clients use (and its certificate names).
+        published = self.published_rpc_address or self.rpc_address
+        if address_host(published) in _UNSPECIFIED_HOSTS:
+            raise ValueError(
+                f"rpc_address {self.rpc_address} binds every address: set published_rpc_address"
+                " to the address clients use"
+            )
+        return self
+
+    def rpc_subject_alt_names(self) -> list[str]:
+        """The node certificate's names for the RPC interface (see RpcInterfaceConfig)."""
+        if self.rpc_interface.subject_alt_names:
+            return list(self.rpc_interface.subject_alt_names)
+        return [host_san(address_host(self.published_rpc_address or self.rpc_address))]
 
 
 def load_config(path: str | os.PathLike[str]) -> NodeConfig:

@@ -143,26 +143,6 @@ class NodeCore:
     def rpc_published(self) -> str:
         return self.config.published_rpc_address or self.config.rpc_address
 
-    def endorse(
-        self, public_key: Any, rpc_address: str | None = None, *, identity: Identity | None = None
-    ) -> str:
-        """A node certificate issued by the service key, naming the node's RPC host."""
-        identity = identity or self.identity
-        assert identity.service_key is not None
-        host = (rpc_address or self.rpc_published()).rpartition(":")[0]
-        san_ips = [host] if host.replace(".", "").isdigit() else []
-        san_dns = ["localhost"] + ([] if san_ips else [host])
-        return certs.cert_pem(
-            certs.endorse(
-                public_key,
-                identity.service_key,
-                identity.service_cert,
-                san_ips=san_ips or ["127.0.0.1"],
-                san_dns=san_dns,
-                issuance=self.entropy.issuance(self.clock_s()),
-            )
-        )
-
     def node_info(self, status: str) -> dict[str, Any]:
         """This node's record for governance's nodes table."""
         identity = self.identity
@@ -187,6 +167,8 @@ class NodeCore:
                     "bind_address": self.config.rpc_address,
                     "published_address": self.rpc_published(),
                     "protocol": "tcp",
+                    # What this node's certificate is to name (the operator's config).
+                    "subject_alt_names": self.config.rpc_subject_alt_names(),
                 }
             },
         }

@@ -23,7 +23,7 @@ from charter.enclave_app.entropy import SYSTEM_ENTROPY, Entropy
 from charter.enclave_app.frontend import AuthError, Forwarded, Frontend, unavailable
 from charter.enclave_app.identity import LEDGER_SECRET_BYTES, Identity
 from charter.enclave_app.kv import Store, Tx
-from charter.enclave_app.node import messages
+from charter.enclave_app.node import certificates, messages
 from charter.enclave_app.node.core import NodeCore, NodeNotReady, write_genesis
 from charter.enclave_app.node.joins import (
     Joiner,
@@ -110,6 +110,8 @@ class Node:
         core.store.add_hook(gt.USERS_CERTS, lambda *_: self._refresh_client_cas())
         core.store.add_hook(gt.MEMBERS_CERTS, lambda *_: self._refresh_client_cas())
         core.store.add_hook(gt.NODES_INFO, lambda *_: self._refresh_peers())
+        core.store.add_hook(gt.SERVICE_INFO, lambda *_: self._refresh_certificates())
+        core.store.add_hook(gt.NODES_ENDORSED_CERTIFICATES, lambda *_: self._refresh_certificates())
 
     # ------------------------------------------------------------------ what others read
     @property
@@ -271,7 +273,9 @@ class Node:
         node_key = core.entropy.new_ec_key()
         service_key = core.entropy.new_ec_key()
         service_cert = certs.service_cert(
-            service_key, issuance=core.entropy.issuance(core.clock_s())
+            service_key,
+            days=core.config.start.service_certificate_initial_validity_days,
+            issuance=core.entropy.issuance(core.clock_s()),
         )
         identity = Identity(
             node_key=node_key,
@@ -279,7 +283,14 @@ class Node:
             service_cert_pem=certs.cert_pem(service_cert),
         )
         identity.add_ledger_secret(1, core.entropy.token_bytes(LEDGER_SECRET_BYTES))
-        identity.node_cert_pem = core.endorse(node_key.public_key(), identity=identity)
+        identity.node_cert_pem = certificates.endorse(
+            core,
+            node_key.public_key(),
+            core.config.rpc_subject_alt_names(),
+            days=core.config.start.node_certificate_initial_validity_days,
+            valid_from=None,
+            identity=identity,
+        )
         self._set_identity(identity)
         raft = core.new_raft(StartState(configuration=frozenset({identity.node_id})))
         raft.campaign()
@@ -337,6 +348,7 @@ class Node:
         core.lifecycle.advance(NodeState.PART_OF_NETWORK)
         self.settle()
         self._refresh_client_cas()
+        self._refresh_certificates()
         self._refresh_peers()
         LOG.info("event=resumed node_id=%s seqno=%d", self.node_id, log.applied_seqno)
 
@@ -563,6 +575,11 @@ class Node:
         pems = [v.decode() for _, v in tx.items(gt.USERS_CERTS)]
         pems += [v.decode() for _, v in tx.items(gt.MEMBERS_CERTS)]
         self.core.tls.set_client_cas(pems)
+
+    def _refresh_certificates(self) -> None:
+        if self.core.lifecycle.is_(NodeState.READING_OWN_LEDGER) or self.peers is None:
+            return  # `resumed` takes them up once, from the whole ledger
+        certificates.adopt(self.core)
 
     def _refresh_peers(self) -> None:
         if self.peers is not None:

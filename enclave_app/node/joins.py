@@ -23,6 +23,7 @@ from charter.enclave_app.attestation import join_policy, verify_evidence
 from charter.enclave_app.channels import open_sealed, seal_to
 from charter.enclave_app.errors import HttpError
 from charter.enclave_app.kv import Tx
+from charter.enclave_app.node import certificates
 from charter.enclave_app.node.core import NodeCore
 from charter.enclave_app.node.peers import Peers
 from charter.enclave_app.node.replication import Replication
@@ -30,7 +31,6 @@ from charter.enclave_app.node.snapshots import Snapshots
 from charter.enclave_app.platform import Evidence, PlatformError
 from charter.governance import tables as gt
 from charter.governance.effects import Effects
-from charter.governance.errors import GovernanceError
 from charter.ledger import certs
 from charter.ledger.errors import LedgerError
 from charter.ledger.snapshot import VerifiedSnapshot, snapshot_file_name
@@ -92,6 +92,18 @@ def join_request(
     if info is None and _pending_nodes(tx) >= MAX_PENDING_NODES:
         # Joining is unauthenticated until governance decides: bound what it costs.
         raise HttpError("Too many nodes await a decision", code="TooManyPendingNodes")
+    rpc_interface: dict[str, Any] = {
+        "bind_address": request["rpc_address"],
+        "published_address": request["rpc_address"],
+        "protocol": "tcp",
+    }
+    if request.get("subject_alt_names") is not None:
+        # Absent from a request of an older node: its published address's name is used.
+        rpc_interface["subject_alt_names"] = request["subject_alt_names"]
+    try:
+        certificates.recorded_sans({"rpc_interfaces": {"primary_rpc_interface": rpc_interface}})
+    except ValueError as exc:
+        raise HttpError(f"subject_alt_names: {exc}", code="InvalidInput") from None
     if info is None:
         joiner = {
             **core.node_info("Pending"),
@@ -103,13 +115,7 @@ def join_request(
                 "published_address": request["node_to_node_address"],
                 "protocol": "tcp",
             },
-            "rpc_interfaces": {
-                "primary_rpc_interface": {
-                    "bind_address": request["rpc_address"],
-                    "published_address": request["rpc_address"],
-                    "protocol": "tcp",
-                }
-            },
+            "rpc_interfaces": {"primary_rpc_interface": rpc_interface},
         }
         gt.put_json(tx, gt.NODES_INFO, gt.id_key(node_id), joiner)
         LOG.info("event=join_pending node=%s", node_id[:16])
@@ -190,6 +196,8 @@ def request_body(core: NodeCore, *, want_snapshot: bool) -> dict[str, Any]:
         "endorsements": quote_info["endorsements"],
         "rpc_address": core.rpc_published(),
         "node_to_node_address": core.n2n_published(),
+        # The names its operator wants its certificate to carry (checked by the primary).
+        "subject_alt_names": core.config.rpc_subject_alt_names(),
     }
 
 
@@ -226,25 +234,13 @@ def open_answer(core: NodeCore, doc: Mapping[str, Any]) -> TrustedAnswer | None:
 
 
 def apply_effects(core: NodeCore, tx: Tx, effects: Effects) -> None:
-    """Carry out what an accepted proposal asks beyond its own KV writes, in its tx: the
-    certificates of the nodes it trusts, endorsed by the service key."""
+    """Carry out what an accepted proposal asks beyond its own KV writes, in its tx: a
+    renewed service certificate, then the certificates of the nodes it (re-)endorses."""
+    issuer = core.identity.service_cert
+    if effects.renew_service_certificate is not None:
+        issuer = certificates.renew_service(core, tx, effects.renew_service_certificate)
     for endorsement in effects.endorse_nodes:
-        info = gt.node_info(tx, endorsement.node_id)
-        if info is None or not info.get("public_key"):
-            raise GovernanceError(
-                f"node {endorsement.node_id} has no public key", code="InvalidNode"
-            )
-        public_key = certs.load_public_key(info["public_key"])
-        tx.put(
-            gt.NODES_ENDORSED_CERTIFICATES,
-            gt.id_key(endorsement.node_id),
-            core.endorse(
-                public_key,
-                info.get("rpc_interfaces", {})
-                .get("primary_rpc_interface", {})
-                .get("published_address"),
-            ).encode(),
-        )
+        certificates.endorse_node(core, tx, endorsement, issuer)
     if effects.rekey:
         LOG.info("event=rekey_requested (recorded; rotation lands with recovery)")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import shutil
 import subprocess
@@ -277,8 +278,46 @@ def test_read_commands_show_tables_and_json(
     assert json.loads(run("users", "--network", net, "--json").stdout)[0]["userId"] == pki.user.id
     nodes = run("nodes", "--network", net)
     assert "ef" * 32 in nodes.stdout and "127.0.0.1:8000" in nodes.stdout
-    status = json.loads(run("status", "--network", net, "--json").stdout)
-    assert status["commit"] == "2.17" and status["network"]["service_status"] == "Open"
+    status = run("status", "--network", net, "--json")
+    assert json.loads(status.stdout)["commit"] == "2.17"
+    assert json.loads(status.stdout)["network"]["service_status"] == "Open"
+    # This node reports no certificate end dates: said, not fatal.
+    assert "does not report its certificates' end dates" in status.stderr
+
+
+def test_status_warns_of_each_certificate_ending_within_30_days(
+    threaded_server: ThreadedServer, network_file: Any
+) -> None:
+    def at(days: float) -> str:
+        when = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=days)
+        return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    network = {
+        "service_status": "Open",
+        "current_view": 2,
+        "service_certificate_not_after": at(12),
+        "node_certificates_not_after": {"ab" * 32: at(29), "cd" * 32: at(31)},
+    }
+
+    async def answer(request: web.Request) -> web.Response:
+        bodies = {
+            "/node/network": network,
+            "/node/state": {"node_id": "ab" * 32, "state": "PartOfNetwork"},
+            "/node/commit": {"transaction_id": "2.17"},
+        }
+        return web.json_response(bodies[request.path])
+
+    url = threaded_server.start(
+        {p: answer for p in ("/node/network", "/node/state", "/node/commit")}
+    )
+    result = run("status", "--network", network_file(url))
+    assert result.exit_code == 0, result.output
+    warnings = result.stderr.strip().splitlines()
+    assert len(warnings) == 2, result.stderr
+    assert warnings[0].startswith("warning: service certificate expires")
+    assert "set_service_certificate_validity" in warnings[0]
+    assert warnings[1].startswith(f"warning: node {'ab' * 32} certificate expires")
+    assert "service certificate valid until" in result.stdout
 
 
 # --- receipts -------------------------------------------------------------------------------------

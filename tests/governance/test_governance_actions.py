@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 from typing import Any
 
@@ -45,6 +46,10 @@ def add_pending_node(net: Network, node_id: str = PENDING_NODE) -> None:
     net.store.commit(tx, net.store.version + 1)
 
 
+def utc_text(seconds: int) -> str:
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y%m%d%H%M%SZ")
+
+
 def rsa_pem() -> str:
     return certs.public_key_pem(certs.new_rsa_encryption_key().public_key())
 
@@ -80,6 +85,9 @@ def test_every_listed_action_is_registered() -> None:
         "set_jwt_issuer",
         "set_jwt_public_signing_keys",
         "remove_jwt_issuer",
+        "set_service_certificate_validity",
+        "set_node_certificate_validity",
+        "set_all_nodes_certificate_validity",
     }
 
 
@@ -189,7 +197,7 @@ def test_transition_node_to_trusted_records_trust_and_asks_for_an_endorsement(
     result = accepted(
         net,
         "transition_node_to_trusted",
-        {"node_id": PENDING_NODE, "valid_from": "20251124000000Z", "validity_period_days": 30},
+        {"node_id": PENDING_NODE, "valid_from": utc_text(net.now_s), "validity_period_days": 30},
     )
     (endorsement,) = result.effects.endorse_nodes
     assert endorsement.node_id == PENDING_NODE and endorsement.validity_period_days == 30

@@ -242,3 +242,30 @@ def test_rsa_encryption_key_is_at_least_2048_bits() -> None:
     assert certs.new_rsa_encryption_key().key_size >= 2048
     with pytest.raises(ValueError):
         certs.new_rsa_encryption_key(1024)
+
+
+def test_a_renewed_service_cert_keeps_key_subject_and_ski_and_verifies_old_endorsements() -> None:
+    import datetime
+
+    key = certs.new_key()
+    old = certs.service_cert(key, "My Service", days=1)
+    node_key = certs.new_key()
+    old_node = certs.endorse(node_key.public_key(), key, old, san_ips=["127.0.0.1"], days=1)
+    start = datetime.datetime(2030, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+    new = certs.renew_service_cert(key, old, days=30, valid_from=start)
+    assert new.public_key() == key.public_key() and new.subject == old.subject
+    assert new.not_valid_before_utc == start
+    assert new.not_valid_after_utc == start + datetime.timedelta(days=30)
+    ski = x509.SubjectKeyIdentifier
+    assert (
+        new.extensions.get_extension_for_class(ski).value
+        == old.extensions.get_extension_for_class(ski).value
+    )
+    # ccf's own chain check: a node cert endorsed under the old one verifies against the new.
+    ccf.receipt.check_endorsements(old_node, new, [])
+    new_node = certs.endorse(node_key.public_key(), key, new, days=365, valid_from=start)
+    ccf.receipt.check_endorsements(new_node, old, [])
+    # A node certificate never outlives the service certificate that endorsed it.
+    assert new_node.not_valid_after_utc == new.not_valid_after_utc
+    with pytest.raises(ValueError, match="does not match"):
+        certs.renew_service_cert(certs.new_key(), old, days=1)
