@@ -221,10 +221,10 @@ def start_sandbox(sb: Sandbox) -> Sandbox:
 
     try:
         asyncio.run(go())
-    except BaseException:
+    except BaseException as exc:
         tails = log_tails(sb)
         sb.stop()
-        raise AssertionError(f"the network did not start\n{tails}") from None
+        raise AssertionError(f"the network did not start\n{tails}") from exc
     return sb
 
 

@@ -55,6 +55,9 @@ def wan_network(
 
     def place(i: int, config: dict[str, Any]) -> None:
         config["rpc_address"] = lab.rpc_address(i)
+        # Each machine's certificate names its own address (and nothing else), as an
+        # operator's would.
+        config["rpc_interface"] = {"subject_alt_names": [f"iPAddress:{lab.ip(i)}"]}
         config["node_to_node_address"] = lab.n2n_address(i)
         config["published_node_to_node_address"] = lab.proxy_address(i)
         config["consensus"] = {
