@@ -638,12 +638,33 @@ class Raft(RaftState):
                 self._advance_commit(target)
         durable = min(self._durable_index, self._verified_index)
         self._durable_reported = max(self._durable_reported, durable)
-        self._send(
+        self._send_ack(
             m.sender,
             AppendEntriesResponse(
                 self._term, self.id, True, verified, durable, commit_index=self._commit_index
             ),
         )
+
+    def _send_ack(self, to: str, ack: AppendEntriesResponse) -> None:
+        """Queue a successful answer; it replaces the previous message queued in this Ready
+        when that is a successful answer to the same primary in the same view that says no
+        more (indices never higher). Several batches received in one turn, and the durable
+        report that follows them, then cost the primary one answer instead of one each."""
+        assert ack.success
+        msgs = self._msgs
+        if msgs:
+            last_to, last = msgs[-1]
+            if (
+                last_to == to
+                and type(last) is AppendEntriesResponse
+                and last.success
+                and last.term == ack.term
+                and last.last_index <= ack.last_index
+                and last.durable_index <= ack.durable_index
+            ):
+                msgs[-1] = (to, ack)
+                return
+        self._send(to, ack)
 
     def _reject(self, m: AppendEntries, prev: int, local_term: int | None) -> None:
         log = self._log
@@ -687,7 +708,7 @@ class Raft(RaftState):
         durable = min(self._durable_index, self._verified_index)
         if durable > self._durable_reported:
             self._durable_reported = durable
-            self._send(
+            self._send_ack(
                 self._leader_id,
                 AppendEntriesResponse(
                     self._term,

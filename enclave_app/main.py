@@ -112,33 +112,38 @@ class Runtime:
         node.outbox_write_bytes = 0
         batch: list[tuple[int, bytes]] = []
         batch_bytes = 0
-        try:
-            for frame in frames:
-                if isinstance(frame, itf.WriteEntries):
-                    for seqno, raw in frame.entries:
-                        if batch and batch_bytes + len(raw) > WRITE_BATCH_BYTES_MAX:
-                            self.channel.send(itf.WriteEntries(batch))
-                            batch, batch_bytes = [], 0
-                        batch.append((seqno, raw))
-                        batch_bytes += len(raw)
-                    continue
+        # What the host has not taken yet, before this turn's frames join it (they are held
+        # back until the end of the turn, so they would count themselves otherwise).
+        host_backlog_bytes = self.channel.outgoing_bytes
+        # One `sendmsg` (and one wake-up of the host) for the whole turn, not one per frame.
+        with self.channel.held():
+            try:
+                for frame in frames:
+                    if isinstance(frame, itf.WriteEntries):
+                        for seqno, raw in frame.entries:
+                            if batch and batch_bytes + len(raw) > WRITE_BATCH_BYTES_MAX:
+                                self.channel.send(itf.WriteEntries(batch))
+                                batch, batch_bytes = [], 0
+                            batch.append((seqno, raw))
+                            batch_bytes += len(raw)
+                        continue
+                    if batch:
+                        self.channel.send(itf.WriteEntries(batch))
+                        batch, batch_bytes = [], 0
+                    if (
+                        isinstance(frame, itf.SendToNode)
+                        and host_backlog_bytes > N2N_BACKLOG_BYTES_MAX
+                    ):
+                        self.n2n_dropped += 1
+                        if self.n2n_dropped % 1000 == 1:
+                            LOG.warning("event=n2n_frame_shed dropped=%d", self.n2n_dropped)
+                        continue
+                    self.channel.send(frame)
                 if batch:
                     self.channel.send(itf.WriteEntries(batch))
-                    batch, batch_bytes = [], 0
-                if (
-                    isinstance(frame, itf.SendToNode)
-                    and self.channel.outgoing_bytes > N2N_BACKLOG_BYTES_MAX
-                ):
-                    self.n2n_dropped += 1
-                    if self.n2n_dropped % 1000 == 1:
-                        LOG.warning("event=n2n_frame_shed dropped=%d", self.n2n_dropped)
-                    continue
-                self.channel.send(frame)
-            if batch:
-                self.channel.send(itf.WriteEntries(batch))
-        except itf.InterfaceError as exc:
-            # Carrying on would leave a hole in the host's ledger: stop instead.
-            self.fatal(f"cannot send to the host: {exc}")
+            except itf.InterfaceError as exc:
+                # Carrying on would leave a hole in the host's ledger: stop instead.
+                self.fatal(f"cannot send to the host: {exc}")
 
     def schedule_flush(self) -> None:
         """Settle and flush once per event-loop turn (scheduled by the turn's first event):

@@ -30,6 +30,8 @@ PEER_QUEUE_BYTES_MAX = 128 * 1024 * 1024
 PEER_QUEUE_FRAMES_MAX = 10_000
 assert MAX_NODE_FRAME_BYTES <= PEER_QUEUE_BYTES_MAX  # a queue holds the largest frame
 MAX_PEERS = 256
+# Frames to one peer joined into one write (a frame larger than this goes alone).
+PUMP_BATCH_BYTES_MAX = 1024 * 1024
 MAX_INBOUND_CONNECTIONS = 256
 BACKOFF_INITIAL_S = 0.05
 BACKOFF_MAX_S = 2.0
@@ -122,10 +124,17 @@ class _Peer:
         try:
             while True:
                 while self.queue:
-                    payload = self.queue.popleft()
-                    self.queued_bytes -= len(payload)
-                    writer.write(_LEN.pack(len(payload)))
-                    writer.write(payload)
+                    # Everything queued leaves in one write (one send, a few TCP segments),
+                    # not two sends per frame: the length prefix alone went out as its own
+                    # segment with TCP_NODELAY, and woke the peer's host twice per frame.
+                    parts: list[bytes] = []
+                    batch_bytes = 0
+                    while self.queue and batch_bytes < PUMP_BATCH_BYTES_MAX:
+                        payload = self.queue.popleft()
+                        self.queued_bytes -= len(payload)
+                        parts += (_LEN.pack(len(payload)), payload)
+                        batch_bytes += _LEN.size + len(payload)
+                    writer.write(b"".join(parts))
                     await writer.drain()
                 self.wakeup.clear()
                 wake = asyncio.ensure_future(self.wakeup.wait())

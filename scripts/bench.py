@@ -79,6 +79,7 @@ from charter.sdk import CharterClient, build_ssl_context  # noqa: E402
 WRITE_PATH = bench_commit.WRITE_PATH
 RECEIPT_CONCURRENCY_MAX = 8
 NODES_MAX = 7
+SIGNATURE_SETTING_MAX = 1_000_000
 ROUNDS_MAX = 10
 PROFILE_TOP = 25
 PROFILE_RATE_HZ = 250  # py-spy samples per second (it runs in its own process)
@@ -144,9 +145,16 @@ async def target_from_network(path: Path) -> Target:
 
 
 @contextlib.asynccontextmanager
-async def own_network(nodes: int, workspace: Path) -> AsyncIterator[Target]:
+async def own_network(
+    nodes: int, workspace: Path, signature_tx_count: int, signature_delay_ms: int
+) -> AsyncIterator[Target]:
     """A sandbox network of `nodes` nodes in `workspace`, always stopped afterwards."""
-    sandbox = Sandbox(workspace, nodes=nodes)
+    sandbox = Sandbox(
+        workspace,
+        nodes=nodes,
+        signature_tx_count=signature_tx_count,
+        signature_delay_ms=signature_delay_ms,
+    )
     try:
         await sandbox.start()
         primary_id = await sandbox.wait_for_primary()
@@ -604,7 +612,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             else:
                 for nodes in node_counts(args):
                     try:
-                        async with own_network(nodes, workspace_root / f"net{nodes}") as target:
+                        async with own_network(
+                            nodes,
+                            workspace_root / f"net{nodes}",
+                            args.signature_tx_count,
+                            args.signature_delay_ms,
+                        ) as target:
                             runs.append(await measure_rounds(target, args, gen, server, ceilings))
                     except Exception as e:
                         runs.append(failed_run(nodes, args, e))
@@ -640,6 +653,11 @@ def summarise(
     }
     result["load_generator"] = args.load_generator
     result["duration_s"] = args.duration_s
+    if args.network is None:
+        result["signatures"] = {
+            "tx_count": args.signature_tx_count,
+            "delay_ms": args.signature_delay_ms,
+        }
     result["loop"] = args.loop  # of the Python load generator and the ceiling server
     if len(runs) > 1:
         result["runs"] = runs
@@ -699,6 +717,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="event loop of the Python client and ceiling (auto: uvloop if installed, as nodes)",
     )
     p.add_argument("--workspace", type=Path, default=None, help="keep sandbox workspaces here")
+    p.add_argument(
+        "--signature-delay-ms",
+        type=int,
+        default=None,
+        help="the own network's signatures.delay_ms (50, the sandbox's)",
+    )
+    p.add_argument(
+        "--signature-tx-count",
+        type=int,
+        default=None,
+        help="the own network's signatures.tx_count (100, the sandbox's)",
+    )
     p.add_argument("--profile-dir", type=Path, default=None, help="py-spy the primary's processes")
     p.add_argument(
         "--wan",
@@ -707,6 +737,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="measure a namespaced 3-node network under a WAN profile instead (bench_wan.py)",
     )
     args = p.parse_args(argv)
+    signature_flags = (args.signature_delay_ms, args.signature_tx_count)
+    if args.network is not None and signature_flags != (None, None):
+        p.error("--signature-* configure the bench's own network, not a running --network")
+    args.signature_delay_ms = 50 if args.signature_delay_ms is None else args.signature_delay_ms
+    args.signature_tx_count = 100 if args.signature_tx_count is None else args.signature_tx_count
+    if not 1 <= args.signature_delay_ms <= SIGNATURE_SETTING_MAX:
+        p.error(f"--signature-delay-ms must be in 1..{SIGNATURE_SETTING_MAX}")
+    if not 1 <= args.signature_tx_count <= SIGNATURE_SETTING_MAX:
+        p.error(f"--signature-tx-count must be in 1..{SIGNATURE_SETTING_MAX}")
     if not 1 <= args.clients <= bench_ab.AB_CONCURRENCY_MAX:
         p.error(f"--clients must be in 1..{bench_ab.AB_CONCURRENCY_MAX}")
     if not 0 < args.duration_s <= bench.DURATION_S_MAX:

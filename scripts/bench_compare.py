@@ -51,6 +51,9 @@ FIGURES = (
     "loadgen_us_per_write",
     "ceiling_server_us_per_req",
     "cpu_ceiling_ratio",
+    "backups_us_per_write",
+    "p50_commit_ms_at_half_load",
+    "p99_commit_ms_at_half_load",
 )
 PAIRS_MAX = 10
 REVS_MAX = 8

@@ -10,7 +10,7 @@ import errno
 import logging
 import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from charter.enclave_app.interface.errors import ChannelClosed, InterfaceError
 from charter.enclave_app.interface.frames import Frame, decode_frame, encode_frame
@@ -67,6 +67,7 @@ class ControlChannel:
         self._out: collections.deque[tuple[memoryview, list[int]]] = collections.deque()
         self._out_bytes = 0
         self._out_fds = 0
+        self._held = False
         self._waiter: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
         self._reading = True
@@ -115,10 +116,29 @@ class ControlChannel:
         self._out_fds += len(owned)
         self._out.append((memoryview(data), owned))
         self._out_bytes += len(data)
-        if len(self._out) == 1:
-            self._flush_out()
-            if self._out and not self._closed:
-                self._loop.add_writer(self._fd, self._on_writable)
+        if len(self._out) == 1 and not self._held:
+            self._start_sending()
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Frames sent inside the block leave together when it ends, in as few `sendmsg`
+        calls as the fds allow, and wake the peer once: the runtime sends each event-loop
+        turn's frames (ledger writes, node-to-node messages, commit) this way. The block
+        must not await; the order of frames is unchanged."""
+        assert not self._held, "held() does not nest"
+        idle = not self._out  # else a writer callback is already armed and will send them
+        self._held = True
+        try:
+            yield
+        finally:
+            self._held = False
+            if idle and self._out and not self._closed:
+                self._start_sending()
+
+    def _start_sending(self) -> None:
+        self._flush_out()
+        if self._out and not self._closed:
+            self._loop.add_writer(self._fd, self._on_writable)
 
     async def drain(self) -> None:
         """Wait until the outgoing buffer is small again."""

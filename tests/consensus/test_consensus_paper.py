@@ -363,3 +363,50 @@ def test_an_old_view_entry_commits_with_the_first_signature_of_the_new_view() ->
     c.campaign("c")
     assert c.nodes["c"].role is not Role.PRIMARY  # b's log now ends in view 4: c cannot win
     assert c.log_of("b")[1][:2] == (2, 2)
+
+
+def test_batches_a_backup_receives_in_one_turn_get_one_answer_that_covers_them() -> None:
+    # The runtime steps every frame that arrived in one event-loop turn before it asks for
+    # Ready: three batches (and the durable report after them) cost the primary one answer.
+    cfg = dataclasses.replace(FAST, max_batch_entries=2)
+    c = Cluster(ABC, config=cfg, auto_durable=False)
+    a = c.elect("a")
+    c.make_durable("a")
+    c.make_durable("b")
+    c.make_durable("c")
+    c.deliver()
+    base = a.last_index
+    for k in range(6):
+        a.propose(k.to_bytes(2, "big"), signature=k == 5)
+    batches = [m for to, m in a.ready().messages if to == "b" and isinstance(m, AppendEntries)]
+    assert len(batches) == 3
+    b = c.nodes["b"]
+    for m in batches:
+        b.step(m)
+    b.durable(base + 6, a.term)
+    answers = [m for to, m in b.ready().messages if to == "a"]
+    assert len(answers) == 1
+    (answer,) = answers
+    assert isinstance(answer, AppendEntriesResponse) and answer.success
+    assert (answer.last_index, answer.durable_index) == (base + 6, base + 6)
+    a.durable(base + 6, a.term)
+    a.step(answer)
+    assert a.commit_index == base + 6  # the one answer counts b for the signature
+
+
+def test_an_answer_that_says_less_does_not_replace_one_that_says_more() -> None:
+    c = Cluster(ABC, config=FAST)
+    a = c.elect("a")
+    c.run_for(40)
+    base = a.last_index
+    a.propose(b"x", signature=False)
+    (batch,) = [m for to, m in a.ready().messages if to == "b" and isinstance(m, AppendEntries)]
+    b = c.nodes["b"]
+    b.step(batch)
+    # A stale copy of an older, empty batch (a resend that arrives late) verifies less.
+    b.step(dataclasses.replace(batch, prev_index=base, entries=()))
+    answers = [m for to, m in b.ready().messages if to == "a"]
+    assert [m.last_index for m in answers if isinstance(m, AppendEntriesResponse)] == [
+        base + 1,
+        base,
+    ]

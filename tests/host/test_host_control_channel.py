@@ -280,3 +280,45 @@ async def test_flood_of_fds_without_frames_closes_the_channel_and_leaks_nothing(
     raw.close()
     # Every fd the channel received was closed, and so was its socket.
     assert len(os.listdir("/proc/self/fd")) == baseline - 2
+
+
+async def test_frames_sent_while_held_leave_together_in_order_when_the_block_ends() -> None:
+    raw, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    sender, receiver = ControlChannel(b, name="enclave"), ControlChannel(raw, name="host")
+    try:
+        c, s = socket.socketpair()
+        with sender.held():
+            sender.send(itf.WriteEntries(entries=[(1, b"a")]))
+            sender.send(itf.ClientConnection(conn_id=3, peer="p"), fds=[s.fileno()])
+            sender.send(itf.CommitUpTo(seqno=1))
+            # Nothing has reached the socket yet: the turn's frames wait for the block's end.
+            with pytest.raises(BlockingIOError):
+                raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        s.close()
+        got = [await asyncio.wait_for(receiver.receive(), 5) for _ in range(3)]
+        assert [f for f, _ in got] == [
+            itf.WriteEntries(entries=[(1, b"a")]),
+            itf.ClientConnection(conn_id=3, peer="p"),
+            itf.CommitUpTo(seqno=1),
+        ]
+        assert [len(fds) for _, fds in got] == [0, 1, 0]  # the fd stays with its frame
+        with socket.socket(fileno=got[1][1][0]) as passed:
+            passed.sendall(b"ok")
+            assert c.recv(10) == b"ok"
+        c.close()
+    finally:
+        sender.close()
+        receiver.close()
+
+
+async def test_held_frames_larger_than_the_socket_buffer_are_all_delivered(
+    pair: tuple[ControlChannel, ControlChannel],
+) -> None:
+    host, enclave = pair
+    chunk = os.urandom(1024 * 1024)
+    with enclave.held():
+        for seqno in range(1, 9):
+            enclave.send(itf.WriteEntries(entries=[(seqno, chunk)]))
+    for seqno in range(1, 9):
+        frame, _ = await asyncio.wait_for(host.receive(), 10)
+        assert frame == itf.WriteEntries(entries=[(seqno, chunk)])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import struct
 
-from charter.host.relay import MAX_NODE_FRAME_BYTES, Relay
+from charter.host.relay import MAX_NODE_FRAME_BYTES, PUMP_BATCH_BYTES_MAX, Relay
 
 
 class Inbox:
@@ -38,6 +38,24 @@ async def test_payloads_are_delivered_in_order_with_the_senders_address() -> Non
     await inbox_a.wait_for(1)
     assert inbox_b.messages == [(addr_a, p) for p in payloads]
     assert inbox_a.messages == [(addr_b, b"reply")]
+    await a.close()
+    await b.close()
+
+
+async def test_frames_queued_together_beyond_one_write_arrive_whole_and_in_order() -> None:
+    # Queued frames leave joined in writes of up to PUMP_BATCH_BYTES_MAX; one larger frame
+    # goes alone. The receiver must see the same frames, byte for byte, in order.
+    inbox = Inbox()
+    a, b = Relay("127.0.0.1:0", Inbox()), Relay("127.0.0.1:0", inbox)
+    await a.start()
+    addr_b = await b.start()
+    third = PUMP_BATCH_BYTES_MAX // 3 + 1
+    payloads = [bytes([i]) * third for i in range(4)]
+    payloads += [b"", b"small", bytes([9]) * (2 * PUMP_BATCH_BYTES_MAX), b"last"]
+    for p in payloads:
+        a.send(addr_b, p)
+    await inbox.wait_for(len(payloads))
+    assert [m for _, m in inbox.messages] == payloads
     await a.close()
     await b.close()
 
