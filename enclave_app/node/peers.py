@@ -26,6 +26,8 @@ from charter.ledger import certs
 LOG = logging.getLogger(__name__)
 
 MAX_PENDING_FORWARDS = 10_000
+# Forward ids: the channel epoch (u32) above, a per-incarnation counter below (< 2^63).
+FORWARD_ID_EPOCH_SHIFT = 31
 _FORWARDED_HEADERS = frozenset({"content-type", "accept", "authorization"})
 
 
@@ -47,7 +49,10 @@ class Peers:
         # Retired nodes this node, as primary, finished telling; their `retired_committed`
         # is due to be recorded, and they are not tracked again meanwhile.
         self.released: set[str] = set()
-        self.forwards = 0
+        # The last forward id used. Ids start at this incarnation's channel epoch (which
+        # only grows across restarts), so a late answer to a request the node sent before it
+        # restarted never matches one it sent since (it went to another client).
+        self._last_forward_id = channels.epoch << FORWARD_ID_EPOCH_SHIFT
         # forward id -> the primary it went to (only that node may answer it)
         self._forward_targets: dict[int, str] = {}
 
@@ -158,7 +163,7 @@ class Peers:
     ) -> Forwarded | HttpResponse:
         """Send a request on to `primary`; its answer comes back as a `ForwardAnswer`."""
         request = messages.ForwardRequest(
-            self.forwards + 1,
+            self._next_forward_id(),
             method,
             path,
             query,
@@ -174,11 +179,16 @@ class Peers:
             if exc.code == messages.TOO_LARGE:
                 return error_response("The request is too large to forward", code="RequestTooLarge")
             return error_response("The request cannot be forwarded", code="InvalidInput")
-        self.forwards = request.forward_id
+        self._last_forward_id = request.forward_id
         self._forward_targets[request.forward_id] = primary
         while len(self._forward_targets) > MAX_PENDING_FORWARDS:  # answers that never came
             del self._forward_targets[next(iter(self._forward_targets))]
         return Forwarded(request.forward_id, primary)
+
+    def _next_forward_id(self) -> int:
+        epoch_base = self.channels.epoch << FORWARD_ID_EPOCH_SHIFT
+        counter = (self._last_forward_id - epoch_base + 1) % (1 << FORWARD_ID_EPOCH_SHIFT)
+        return epoch_base + max(counter, 1)
 
     def answer(self, peer: str, forward_id: int, response: HttpResponse) -> None:
         answer = messages.ForwardAnswer(

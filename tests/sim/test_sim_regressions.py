@@ -84,3 +84,13 @@ def test_a_node_left_out_of_an_uncommitted_configuration_brings_it_to_commit() -
             seed,
             test_name="test_a_node_left_out_of_an_uncommitted_configuration_brings_it_to_commit",
         ).run(300)
+
+
+def test_a_late_forward_answer_from_before_a_restart_is_not_a_clients_answer() -> None:
+    """Seed 2264: a backup restarted while a forwarded write was out; its new incarnation
+    numbered forwards from 1 again, took the late answer to the old request as the answer to
+    a new one, and told that client 200 with another write's transaction id: a "committed"
+    write that was never written."""
+    Simulation(
+        2264, test_name="test_a_late_forward_answer_from_before_a_restart_is_not_a_clients_answer"
+    ).run(300)
