@@ -357,7 +357,16 @@ class Node:
         """Primary side of a join (`joins.join_request`)."""
         snapshots = self.snapshots
         latest = (snapshots.latest, snapshots.latest_name) if snapshots.latest else None
-        return join_request(self.core, tx, request, latest)
+        peers = self.peers
+        return join_request(
+            self.core,
+            tx,
+            request,
+            latest,
+            trust_committed=lambda node_id: (
+                peers is not None and peers.trusted_at.get(node_id, 1 << 62) <= self.commit_seqno
+            ),
+        )
 
     def start_joining(self) -> None:
         """Joiner side: a fresh identity, sealed at once so a restart keeps it."""

@@ -68,6 +68,8 @@ def join_request(
     tx: Tx,
     request: Mapping[str, Any],
     latest_snapshot: tuple[bytes, str | None] | None,
+    *,
+    trust_committed: Callable[[str], bool] = lambda _: True,
 ) -> dict[str, Any]:
     """Primary side of a join: check the report, record the node Pending, or hand a
     trusted node what it needs (service key and ledger secrets, sealed to its key)."""
@@ -121,7 +123,9 @@ def join_request(
         LOG.info("event=join_pending node=%s", node_id[:16])
         return _pending_answer(node_id)
     status = info.get("status")
-    if status == "Pending":
+    if status == "Pending" or (status == "Trusted" and not trust_committed(node_id)):
+        # The secrets go only to a node whose trust has committed: a view change can still
+        # roll back a trust that has not, and the node would hold them all the same.
         return _pending_answer(node_id)
     if status != "Trusted":
         raise HttpError(f"node {node_id} is {status}", code="NodeRetired")

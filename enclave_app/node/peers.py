@@ -49,6 +49,9 @@ class Peers:
         # Retired nodes this node, as primary, finished telling; their `retired_committed`
         # is due to be recorded, and they are not tracked again meanwhile.
         self.released: set[str] = set()
+        # node id -> the store version at which this node saw it become Trusted (no earlier
+        # than the entry that trusted it): its join is answered once that has committed.
+        self.trusted_at: dict[str, int] = {}
         # The last forward id used. Ids start at this incarnation's channel epoch (which
         # only grows across restarts), so a late answer to a request the node sent before it
         # restarted never matches one it sent since (it went to another client).
@@ -71,6 +74,10 @@ class Peers:
                 continue
             status = info.get("status")
             statuses[node_id] = str(status)
+            if status == "Trusted":
+                self.trusted_at.setdefault(node_id, self.core.store.version)
+            else:
+                self.trusted_at.pop(node_id, None)
             if node_id == own_id:
                 if status != "Retired":
                     self.retired_at = None  # e.g. the entry that retired it was rolled back
@@ -93,6 +100,8 @@ class Peers:
             elif untold and raft is not None and node_id not in self.released:
                 retiring.append(node_id)
         self.statuses = statuses
+        for gone in self.trusted_at.keys() - statuses.keys():
+            del self.trusted_at[gone]
         if raft is None:
             return
         for node_id in self.learners - trusted_learners:

@@ -13,6 +13,7 @@ from test_node_inprocess import _drain, _start, _write_and_tick
 from charter.enclave_app import interface as itf
 from charter.enclave_app.node import Node
 from charter.enclave_app.startup import initial_members
+from charter.governance import tables as gt
 from charter.ledger import certs
 
 
@@ -116,3 +117,32 @@ def test_snapshot_download_is_off_unless_the_operator_enables_snapshot_read(
         _drain(enabled)
     response = _get_snapshot(enabled)
     assert response.status == 200 and response.body == enabled.latest_snapshot
+
+
+def test_a_joiner_gets_the_secrets_only_once_its_trust_has_committed(tmp_path: Path) -> None:
+    """Seed 2339 of the node simulator: the primary answered a join with the ledger secrets
+    while the vote that trusted the node was not yet committed; a view change rolled the
+    trust back, and a node the service does not know held its secrets. The answer now waits
+    for the trust to commit."""
+    node, _ = _start(tmp_path)
+    _drain(node)
+    body = _join_body(node)
+    first = _join(node, body)
+    assert json.loads(first.body)["node_status"] == "Pending"
+    node_id = json.loads(first.body)["node_id"]
+    _drain(node)
+    tx = node.store.begin()
+    key = gt.id_key(node_id)
+    info = gt.load_json(tx.get(gt.NODES_INFO, key) or b"{}", what=gt.NODES_INFO)
+    gt.put_json(tx, gt.NODES_INFO, key, {**info, "status": "Trusted"})
+    _, trusted_at = node.commit_tx(tx)  # trusted, not yet committed
+    assert node.commit_seqno < trusted_at
+    uncommitted = _join(node, body)
+    assert uncommitted.status == 200
+    assert set(json.loads(uncommitted.body)) == {"node_id", "node_status"}  # no secrets
+    assert json.loads(uncommitted.body)["node_status"] == "Pending"
+    _write_and_tick(node, until=lambda: node.commit_seqno >= trusted_at)
+    assert node.commit_seqno >= trusted_at
+    committed = _join(node, body)
+    assert json.loads(committed.body)["node_status"] == "Trusted"
+    assert "network_info" in json.loads(committed.body)

@@ -94,3 +94,12 @@ def test_a_late_forward_answer_from_before_a_restart_is_not_a_clients_answer() -
     Simulation(
         2264, test_name="test_a_late_forward_answer_from_before_a_restart_is_not_a_clients_answer"
     ).run(300)
+
+
+def test_a_joiner_trusted_by_a_rolled_back_vote_gets_no_secrets() -> None:
+    """Seed 2339: the primary handed a joiner the ledger secrets on a trust not yet
+    committed; a view change rolled the trust back, the joiner ran as part of a network that
+    did not know it, and the proposals to trust it again never passed."""
+    Simulation(2339, test_name="test_a_joiner_trusted_by_a_rolled_back_vote_gets_no_secrets").run(
+        300
+    )
