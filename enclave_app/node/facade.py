@@ -364,7 +364,7 @@ class Node:
             request,
             latest,
             trust_committed=lambda node_id: (
-                peers is not None and peers.trusted_at.get(node_id, 1 << 62) <= self.commit_seqno
+                peers is not None and peers.trust_committed(node_id, self.commit_seqno)
             ),
         )
 
@@ -455,13 +455,14 @@ class Node:
         replication = self.replication
         if replication is None:
             return
+        peers = self._peers()  # exists once replication does
         for _ in range(SETTLE_STEPS_MAX):
             if self.snapshots.due is not None:
                 self.snapshots.take_due(replication)
             elif replication.raft.has_ready():
                 self._act_on_ready(replication)
-            elif replication.is_primary and self.retirement.untold_released(self._peers()):
-                self.retirement.record_retired_committed(replication, self._peers())
+            elif replication.is_primary and (untold := self.retirement.untold_released(peers)):
+                self.retirement.record_retired_committed(replication, peers, untold)
             elif replication.signature_due:
                 if replication.is_primary:
                     view, seqno = replication.emit_signature()

@@ -126,6 +126,11 @@ class Peers:
         if address:
             self.addresses[node_id] = address
 
+    def trust_committed(self, node_id: str, commit_seqno: int) -> bool:
+        """Is `node_id` Trusted by an entry at or below `commit_seqno`?"""
+        trusted_at = self.trusted_at.get(node_id)
+        return trusted_at is not None and trusted_at <= commit_seqno
+
     def status(self, node_id: str) -> str | None:
         return self.statuses.get(node_id)
 

@@ -68,11 +68,13 @@ class Retirement:
             peers.released.clear()
         return untold
 
-    def record_retired_committed(self, replication: Replication, peers: Peers) -> None:
+    def record_retired_committed(
+        self, replication: Replication, peers: Peers, untold: list[str]
+    ) -> None:
         """Record, as CCF's `retired_committed`, that the retired nodes this primary finished
         telling need no primary to tell them again."""
         tx = self.core.store.begin()
-        for node_id in self.untold_released(peers):
+        for node_id in untold:
             key = gt.id_key(node_id)
             info = gt.load_json(tx.get(gt.NODES_INFO, key) or b"{}", what=gt.NODES_INFO)
             gt.put_json(tx, gt.NODES_INFO, key, {**info, "retired_committed": True})

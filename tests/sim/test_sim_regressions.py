@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 from node_sim import Simulation
+
+from charter.governance import tables as gt
 
 
 def test_trusted_node_killed_before_its_first_ledger_write_rejoins() -> None:
@@ -22,9 +26,21 @@ def test_node_removed_as_a_learner_retires_after_the_primary_changes() -> None:
     """Seed 17: a learner removed by governance was told only by the primary that removed
     it; a primary elected afterwards (or restarted) never told it, and the removed node ran
     on. Every primary now tells each Retired node not yet recorded `retired_committed`."""
-    Simulation(
+    sim = Simulation(
         17, test_name="test_node_removed_as_a_learner_retires_after_the_primary_changes"
-    ).run(300)
+    )
+    sim.run(300)
+    # The primary that told it recorded so (CCF's `retired_committed`): no later primary
+    # has to tell it again.
+    primary = sim.primary()
+    assert primary is not None and primary.node is not None
+    tx = primary.node.store.begin()
+    retired = [
+        json.loads(raw)
+        for _, raw in tx.items(gt.NODES_INFO)
+        if json.loads(raw).get("status") == "Retired"
+    ]
+    assert retired and all(info.get("retired_committed") is True for info in retired)
 
 
 def test_node_restarted_from_a_snapshot_with_no_entries_after_it_catches_up() -> None:
