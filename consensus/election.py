@@ -68,6 +68,8 @@ class RaftState:
         self._timeout_ms = 0
         # The core's own clock: the sum of every tick's elapsed_ms (never a wall clock).
         self._now_ms = 0
+        # Set while a primary whose removal committed waits for a voter to hold its whole log.
+        self._handover_since_ms: int | None = None
         self._ticked = False
         # (primary, _now_ms) of the last AppendEntries received, for details().
         self._primary_heard: tuple[str, int] | None = None

@@ -78,6 +78,12 @@ class Raft(RaftState):
         return raft
 
     # -- read-only state (more in RaftState) ---------------------------------------------------
+    @property
+    def handing_over(self) -> bool:
+        """A primary whose removal committed, waiting for a voter to hold its whole log:
+        it still replicates, but proposes nothing."""
+        return self._handover_since_ms is not None
+
     def is_caught_up(self, node_id: str) -> bool:
         """On the primary: has `node_id` durably replicated everything committed so far?"""
         pr = self._progress.get(node_id)
@@ -118,6 +124,8 @@ class Raft(RaftState):
         """Append an entry on the primary; returns its (view, seqno)."""
         if self._role is not Role.PRIMARY:
             raise NotPrimaryError(f"{self.id} is not primary (primary: {self._leader_id})")
+        if self._handover_since_ms is not None:
+            raise NotPrimaryError(f"{self.id} is retiring and hands its primaryship over")
         if len(data) > self._cfg.max_entry_bytes:
             raise ConsensusError("entry too large", code="EntryTooLarge")
         if configuration is not None:
@@ -347,6 +355,10 @@ class Raft(RaftState):
 
     def _tick_primary(self, elapsed_ms: int) -> None:
         self._heartbeat_elapsed_ms += elapsed_ms
+        if self._handover_since_ms is not None:
+            self._continue_hand_over()
+            if self._role is not Role.PRIMARY:
+                return
         if (
             self._cfg.check_quorum
             and self._election_elapsed_ms >= self._cfg.election_timeout_min_ms
@@ -458,6 +470,8 @@ class Raft(RaftState):
             if durable > pr.match_index:
                 pr.match_index = durable
                 self._maybe_commit()
+                if self._role is Role.PRIMARY and self._handover_since_ms is not None:
+                    self._continue_hand_over()
                 if self._role is not Role.PRIMARY:
                     return
             if pr.probing and m.last_index >= pr.next_index - 1:
@@ -552,18 +566,64 @@ class Raft(RaftState):
         if self._role is Role.RETIRED:
             return
         if self._role is Role.PRIMARY:
-            self._hand_over()
+            if self._handover_since_ms is None:
+                logger.info("handing over node=%s view=%d", self.id, self._term)
+                self._handover_since_ms = self._now_ms
+            self._continue_hand_over()
+            return
+        self._retire_now()
+
+    def _become_follower(self, term: int, leader: str | None) -> None:
+        # A primary deposed while handing over retires as a backup: its removal committed.
+        handing_over = self._handover_since_ms is not None
+        self._handover_since_ms = None
+        super()._become_follower(term, leader)
+        if handing_over:
+            self._check_retired()
+
+    def _retire_now(self) -> None:
         logger.info("retired node=%s view=%d", self.id, self._term)
+        self._handover_since_ms = None
         self._set_role(Role.RETIRED)
         self._leader_id = None
         self._progress.clear()
 
-    def _hand_over(self) -> None:
-        """A primary whose removal is committed asks the most up-to-date voter to campaign."""
+    def _continue_hand_over(self) -> None:
+        """A primary whose removal committed proposes nothing more and waits until a voter
+        durably holds its whole log, so that no entry it accepted (a write it answered) is
+        lost with it; then it asks that voter to campaign at once and retires. Past one
+        election timeout it hands over to the most up-to-date voter anyway."""
+        assert self._handover_since_ms is not None
+        best = self._best_successor()
+        waited_ms = self._now_ms - self._handover_since_ms
+        if best is None:
+            if waited_ms >= self._cfg.election_timeout_min_ms:
+                self._retire_now()  # no voter to hand over to: it elects itself
+            return
+        match, peer = best
+        if match < self._log.last_index and waited_ms < self._cfg.election_timeout_min_ms:
+            return
+        if match < self._log.last_index:
+            logger.warning(
+                "hand-over timed out node=%s to=%s match=%d last=%d",
+                self.id,
+                peer,
+                match,
+                self._log.last_index,
+            )
+        self._send(peer, TimeoutNow(self._term, self.id))
+        self._retire_now()
+
+    def _best_successor(self) -> tuple[int, str] | None:
         best: tuple[int, str] | None = None
         for peer, pr in self._progress.items():
             if peer in self._log.configuration and (best is None or pr.match_index > best[0]):
                 best = (pr.match_index, peer)
+        return best
+
+    def _hand_over(self) -> None:
+        """A retiring primary asks the most up-to-date voter to campaign."""
+        best = self._best_successor()
         if best is not None:
             self._send(best[1], TimeoutNow(self._term, self.id))
 

@@ -228,7 +228,8 @@ class Replication:
 
     @property
     def is_primary(self) -> bool:
-        return self.raft.role is Role.PRIMARY
+        """Primary and taking proposals (not a retiring primary handing over)."""
+        return self.raft.role is Role.PRIMARY and not self.raft.handing_over
 
     @property
     def holds_secrets(self) -> bool:
@@ -436,7 +437,7 @@ class Replication:
     def on_entries_read(self, frame: itf.EntriesRead) -> None:
         """Entries the host read back for a lagging peer (see `process_ready`)."""
         peer = self._entry_requests.pop(frame.request_id, None)
-        if peer is None or not self.is_primary:
+        if peer is None or self.raft.role is not Role.PRIMARY:
             return
         tree = self.log.history.tree
         entries = []

@@ -335,6 +335,7 @@ class Simulation:
             if (
                 node.alive
                 and node.raft.role is Role.PRIMARY
+                and not node.raft.handing_over  # a retiring primary proposes nothing more
                 and (best is None or node.raft.view > best.raft.view)
             ):
                 best = node

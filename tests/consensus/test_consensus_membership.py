@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from consensus_cluster import FAST, Cluster
 
@@ -11,6 +13,7 @@ from charter.consensus import (
     ConfigurationError,
     ConsensusError,
     LogEntry,
+    NotPrimaryError,
     Raft,
     RaftConfig,
     Ready,
@@ -150,6 +153,50 @@ def test_retiring_primary_hands_over_once_its_removal_commits() -> None:
     c.run_for(1000)
     assert a.role is Role.RETIRED and a.view == retired_view
     assert not a.has_ready()
+
+
+def test_retiring_primary_loses_no_entry_it_accepted_after_proposing_its_removal() -> None:
+    # Writes a primary accepted (and answered) after its removal was proposed and before it
+    # committed must reach a voter before the primary retires: handing over at once to a
+    # successor without them would roll back answered writes.
+    # Small batches and one message in flight: the tail takes several round trips to send.
+    narrow = dataclasses.replace(FAST, max_batch_entries=2, max_inflight_messages=1)
+    c = Cluster(ABC, config=narrow)
+    a = c.elect("a")
+    _grow(c, "a", 5)
+    a.propose(b"rm a", signature=True, configuration=frozenset({"b", "c"}))
+    c.process("a")
+    late = [a.propose(f"late{k}".encode(), signature=False)[1] for k in range(6)]
+    c.deliver(limit=6)  # the removal commits while the late writes are unsent
+    assert a.handing_over and a.role is Role.PRIMARY
+    with pytest.raises(NotPrimaryError):
+        a.propose(b"refused while handing over", signature=False)
+    c.deliver()
+    c.run_for(100)
+    assert a.role is Role.RETIRED
+    new = c.primary()
+    assert new in ("b", "c")
+    c.propose(new, b"after", signature=True)
+    successor_log = {seqno: data for seqno, _, data in c.log_of(new)}
+    assert all(seqno in successor_log for seqno in late)
+    assert [successor_log[s] for s in late] == [f"late{k}".encode() for k in range(6)]
+    assert c.nodes[new].commit_index >= max(late)
+
+
+def test_retiring_primary_hands_over_after_a_timeout_when_no_voter_catches_up() -> None:
+    narrow = dataclasses.replace(FAST, max_batch_entries=2, max_inflight_messages=1)
+    c = Cluster(ABC, config=narrow)
+    a = c.elect("a")
+    _grow(c, "a", 5)
+    a.propose(b"rm a", signature=True, configuration=frozenset({"b", "c"}))
+    c.process("a")
+    for k in range(6):
+        a.propose(f"never sent {k}".encode(), signature=False)
+    c.deliver(limit=6)
+    assert a.handing_over
+    c.isolate("a")  # nothing more reaches b or c
+    c.run_for(FAST.election_timeout_min_ms + 50)
+    assert a.role is Role.RETIRED and not a.handing_over
 
 
 def test_node_started_from_a_snapshot_replicates_from_the_snapshot_point() -> None:
