@@ -24,8 +24,8 @@ from typing import Any
 
 from aiohttp import web
 
+from charter.enclave_app import gc_pauses, jwt_refresh, node_endpoints
 from charter.enclave_app import interface as itf
-from charter.enclave_app import jwt_refresh, node_endpoints
 from charter.enclave_app.app import HttpResponse
 from charter.enclave_app.attestation import UnapprovedCode
 from charter.enclave_app.console import Console
@@ -355,6 +355,8 @@ class Runtime:
             self.fatal(f"start failed: {type(exc).__name__}: {exc}")
             await asyncio.sleep(0.2)
             return 1
+        frozen = gc_pauses.freeze_startup()
+        LOG.info("event=gc_startup_frozen objects=%d", frozen)
         await self.stopping.wait()
         frames.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -591,6 +593,8 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s enclave %(levelname)s %(name)s %(message)s",
     )
+
+    gc_pauses.install()
 
     async def run() -> int:
         channel = itf.ControlChannel.from_fd(args.control_fd, name="enclave")

@@ -29,6 +29,8 @@ _COUNTERS: dict[str, tuple[str, str]] = {
     "errors": ("charter_errors_total", "Responses with a status of 400 or more."),
     "signatures": ("charter_signatures_total", "Signature transactions emitted."),
     "rollbacks": ("charter_rollbacks_total", "Rollbacks of uncommitted transactions."),
+    "gc_collections": ("charter_gc_collections_total", "Garbage collector runs in the enclave."),
+    "gc_pause_us": ("charter_gc_pause_microseconds_total", "Time the enclave spent collecting."),
 }
 _GAUGES: dict[str, tuple[str, str]] = {
     "commit_seqno": ("charter_commit_seqno", "Highest committed sequence number."),
@@ -36,6 +38,8 @@ _GAUGES: dict[str, tuple[str, str]] = {
     "uncommitted": ("charter_uncommitted_tx", "Transactions applied but not yet committed."),
     "current_view": ("charter_current_view", "Current Raft term (CCF's view)."),
     "is_primary": ("charter_is_primary", "1 on the node that is primary, else 0."),
+    "gc_pause_max_us": ("charter_gc_pause_max_microseconds", "Longest collector pause so far."),
+    "gc_frozen_objects": ("charter_gc_frozen_objects", "Start-up objects frozen out of the GC."),
 }
 
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import pydantic
 
 from charter.consensus import ConsensusDetails
+from charter.enclave_app import gc_pauses
 from charter.enclave_app.app import App, Context, HttpResponse, Response
 from charter.enclave_app.errors import HttpError
 from charter.enclave_app.interface.config import SAN_BYTES_MAX, SAN_COUNT_MAX
@@ -289,6 +290,7 @@ def build(node: Node) -> App:
             "commit_seqno": node.commit_seqno,
             "last_seqno": node.applied_seqno,
             "uncommitted": node.applied_seqno - node.commit_seqno,
+            **gc_pauses.PAUSES.metrics(),
         }
         if choose_format(ctx.query.format, ctx.headers.get("accept")) == "json":
             return values

@@ -296,7 +296,7 @@ def counters_per_write(
     before: dict[str, int], after: dict[str, int], writes: int
 ) -> dict[str, float]:
     """The change of each monotonic counter of /node/metrics per committed write."""
-    monotonic = ("requests", "writes", "errors", "signatures", "rollbacks")
+    monotonic = ("requests", "writes", "errors", "signatures", "rollbacks", "gc_collections")
     return {
         k: round((after[k] - before[k]) / writes, 4)
         for k in monotonic

@@ -6,12 +6,14 @@ must be able to scrape a node as it is; the browser console keeps reading the JS
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 from pathlib import Path
 
 from test_node_inprocess import _drain, _start
 
+from charter.enclave_app import gc_pauses
 from charter.enclave_app.app import HttpResponse
 from charter.enclave_app.metrics_format import (
     PROMETHEUS_CONTENT_TYPE,
@@ -92,3 +94,28 @@ def test_label_values_are_escaped() -> None:
     text = render_prometheus({"requests": 3}, node_id='a"b\\c', state="x\ny")
     assert 'node_id="a\\"b\\\\c",state="x\\ny"' in text
     assert "charter_requests_total 3" in text
+
+
+def test_the_enclave_garbage_collector_pauses_are_counted_and_exported(tmp_path: Path) -> None:
+    pauses = gc_pauses.install()
+    before = pauses.collections
+    gc.collect()
+    assert pauses.collections > before
+    assert pauses.pause_us_max >= 0 and pauses.pause_us_total >= pauses.pause_us_max
+    text = _metrics(tmp_path, query="format=prometheus").body.decode()
+    lines = text.splitlines()
+    assert "# TYPE charter_gc_collections_total counter" in lines
+    assert "# TYPE charter_gc_pause_max_microseconds gauge" in lines
+    counted = next(line for line in lines if line.startswith("charter_gc_collections_total "))
+    assert int(counted.split()[1]) >= before + 1  # the collect above, at least
+
+
+def test_start_up_objects_frozen_out_of_the_collector_are_never_walked_again() -> None:
+    try:
+        frozen = gc_pauses.freeze_startup()
+        assert frozen > 0 and gc.get_freeze_count() == frozen
+        assert gc_pauses.PAUSES.metrics()["gc_frozen_objects"] == frozen
+        # A full collection now walks only what was made after the freeze.
+        assert sum(len(gc.get_objects(generation)) for generation in range(3)) < frozen
+    finally:
+        gc.unfreeze()
