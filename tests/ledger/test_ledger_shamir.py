@@ -42,7 +42,7 @@ def test_k_minus_1_shares_are_consistent_with_every_secret(
 ) -> None:
     """Whatever secret one guesses, there is a k-th share that makes the k-1 known shares
     combine to it: k-1 shares leave every secret possible, so they reveal nothing."""
-    secret, n, k, shares = split
+    secret, _n, k, shares = split
     if k < 2:
         return
     target = (other * shamir.SECRET_BYTES_MAX)[: len(secret)]
@@ -65,7 +65,7 @@ def test_fewer_than_k_shares_combine_to_something_else() -> None:
 def test_a_changed_share_changes_the_result(
     split: tuple[bytes, int, int, list[bytes]], which: int, flip: int
 ) -> None:
-    secret, n, k, shares = split
+    secret, _n, k, shares = split
     chosen = shares[:k]
     i = which % k
     tampered = bytearray(chosen[i])
@@ -91,7 +91,7 @@ def test_malformed_shares_raise_a_typed_error(share: bytes, code: str) -> None:
 
 
 def test_duplicate_and_mismatched_shares_raise_typed_errors() -> None:
-    a, b, _ = shamir.split(bytes(32), 3, 2)
+    a, _b, _ = shamir.split(bytes(32), 3, 2)
     with pytest.raises(shamir.ShamirError) as err:
         shamir.combine([a, a])
     assert err.value.code == "DuplicateShare"
