@@ -570,6 +570,16 @@ def apply_rekey(tx: KvTx, args: NoArgs, ctx: ActionContext) -> Effects:
     return Effects(rekey=True)
 
 
+def check_refresh_shares(tx: KvTx, args: NoArgs) -> None:
+    if not t.recovery_members(tx):
+        raise _invalid("there are no active recovery members to issue shares to")
+
+
+def apply_refresh_shares(tx: KvTx, args: NoArgs, ctx: ActionContext) -> Effects:
+    # New shares of a new wrapping key (the runtime holds the ledger secret to wrap).
+    return Effects(refresh_recovery_shares=True)
+
+
 def check_service_config(tx: KvTx, args: ServiceConfigArgs) -> None:
     values = args.model_dump(exclude_none=True)
     if not values:
@@ -733,6 +743,9 @@ _SPECS = (
         apply_set_recovery_threshold,
     ),
     ActionSpec("trigger_ledger_rekey", NoArgs, check_rekey, apply_rekey),
+    ActionSpec(
+        "trigger_recovery_shares_refresh", NoArgs, check_refresh_shares, apply_refresh_shares
+    ),
     ActionSpec(
         "set_service_configuration", ServiceConfigArgs, check_service_config, apply_service_config
     ),

@@ -78,6 +78,7 @@ def test_every_listed_action_is_registered() -> None:
         "set_constitution",
         "set_recovery_threshold",
         "trigger_ledger_rekey",
+        "trigger_recovery_shares_refresh",
         "set_service_configuration",
         "set_scitt_configuration",
         "set_ca_cert_bundle",
