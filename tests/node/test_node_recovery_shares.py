@@ -344,3 +344,36 @@ def test_share_submissions_are_refused_each_with_its_own_code(tmp_path: Path) ->
     assert done.status == 200, done.body
     assert json.loads(done.body)["message"].endswith("End of recovery procedure initiated")
     assert handed == [svc.secrets()]
+
+
+def test_a_rolled_back_rekey_takes_its_secret_with_it(tmp_path: Path) -> None:
+    """A view change can roll back the rekey's entry before it commits: the secret it
+    installed goes with it (and the sealed state follows), so the entries that replace it
+    are encrypted, and read back, with the secret that was current before."""
+    only = Member.make("m0")
+    svc = Service(tmp_path, [only], threshold=1)
+    svc.ack(only)
+    svc.passed([{"name": "transition_service_to_open", "args": {}}])
+    before = svc.secrets()
+    now = svc.node.now_s()
+    rekey = {"actions": [{"name": "trigger_ledger_rekey", "args": {}}]}
+    created = svc.post("/gov/members/proposals:create", only.sign("proposal", rekey, now))
+    proposal_id = json.loads(created.body)["proposalId"]
+    version = svc.node.store.version
+    ballot = only.sign("ballot", {"ballot": "approve"}, now, proposal_id)
+    response = svc.node.handle(
+        "POST",
+        f"/gov/members/proposals/{proposal_id}/ballots/{only.id}:submit",
+        API,
+        {"content-type": "application/cose"},
+        ballot,
+        None,
+    )
+    assert isinstance(response, HttpResponse) and response.status == 200, response
+    assert json.loads(response.body)["proposalState"] == "Accepted"
+    assert len(svc.secrets()) == len(before) + 1
+    assert svc.secrets()[-1][0] == version + 2  # from the seqno after the rekey's
+    svc.node.outbox.clear()
+    svc.node.store.rollback(version)  # what Raft's truncation does to an uncommitted entry
+    assert svc.secrets() == before
+    assert any(isinstance(f, itf.StoreSealed) for f in svc.node.outbox), "not sealed again"
