@@ -181,7 +181,6 @@ def issue_shares(
         assert isinstance(key, rsa.RSAPublicKey), "governance admits RSA keys only"
         encrypted[member_id] = _b64(key.encrypt(share, OAEP))
         digests[member_id] = share_digest(member_id, share)
-    previous = tx.get(RECOVERY_SHARES, SINGLETON_KEY)
     record: dict[str, Any] = {
         "wrapped_latest_ledger_secret": _b64(wrapped),
         "encrypted_shares": encrypted,
@@ -189,10 +188,6 @@ def issue_shares(
         "recovery_threshold": threshold,
         "latest_ledger_secret_version": latest_version,
     }
-    if previous is not None:
-        version = tx.version_of(RECOVERY_SHARES, SINGLETON_KEY)
-        if version is not None:
-            record["previous_secret_stored_version"] = version
     gt.put_json(tx, RECOVERY_SHARES, SINGLETON_KEY, record)
     LOG.info(
         "event=recovery_shares_issued members=%d threshold=%d secret_version=%d",
