@@ -176,6 +176,8 @@ class Network:
     urls: tuple[str, ...]
     members: tuple[tuple[Path, Path], ...]
     users: tuple[tuple[Path, Path], ...]
+    # Each member's RSA encryption private key, where the file names one.
+    member_encryption_keys: tuple[Path | None, ...] = ()
 
     @classmethod
     def load(cls, path: Path) -> Network:
@@ -201,6 +203,9 @@ class Network:
             urls=tuple(url(n.rpc_address) for n in doc.nodes),
             members=tuple((rel(m.cert), rel(m.key)) for m in doc.members),
             users=tuple((rel(u.cert), rel(u.key)) for u in doc.users),
+            member_encryption_keys=tuple(
+                rel(m.encryption_key) if m.encryption_key else None for m in doc.members
+            ),
         )
 
     def member(self, index: int) -> tuple[Path, Path]:
@@ -209,6 +214,17 @@ class Network:
                 f"network file {self.path} has {len(self.members)} member(s); no member {index}"
             )
         return self.members[index]
+
+    def member_encryption_key(self, index: int) -> Path:
+        self.member(index)
+        path = (
+            self.member_encryption_keys[index] if index < len(self.member_encryption_keys) else None
+        )
+        if path is None:
+            raise IdentityError(
+                f"network file {self.path}: member {index} has no encryption_key; give --enc-key"
+            )
+        return path
 
     def user(self, index: int) -> tuple[Path, Path]:
         if not 0 <= index < len(self.users):

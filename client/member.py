@@ -12,6 +12,7 @@ the envelope is the authentication.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import re
@@ -20,12 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from charter.errors import IdentityError, InvalidInput, ProtocolError
 from charter.governance.actions import parse_action
 from charter.governance.errors import GovernanceError
-from charter.identity import Identity, TxId
+from charter.identity import PEM_FILE_BYTES_MAX, Identity, TxId, read_bounded
 from charter.ledger.cose import (
     GOV_MSG_CREATED_AT,
     GOV_MSG_PROPOSAL_ID,
@@ -49,6 +51,9 @@ DRY_RUN_PATH = "/gov/members/proposals:dry-run"
 PROPOSAL_STATES = frozenset({"Open", "Accepted", "Withdrawn", "Rejected", "Failed", "Dropped"})
 
 _HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
+SHARE_OAEP = padding.OAEP(
+    mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None
+)
 
 
 def gov_envelope(
@@ -85,6 +90,29 @@ def gov_envelope(
         protected[GOV_MSG_PROPOSAL_ID] = proposal_id
     protected[GOV_MSG_CREATED_AT] = created
     return sign1(key, protected, payload)
+
+
+def load_encryption_key(path: Path) -> rsa.RSAPrivateKey:
+    """A member's RSA encryption private key (`charter keygen --enc-key` writes it)."""
+    pem = read_bounded(path, PEM_FILE_BYTES_MAX, "encryption private key")
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError):
+        raise IdentityError(f"{path} is not an unencrypted PEM private key") from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise IdentityError(f"{path} is not an RSA private key")
+    return key
+
+
+def decrypt_share(private_key: rsa.RSAPrivateKey, encrypted: bytes) -> bytes:
+    """RSA-OAEP-256, as the service encrypts shares (CCF's scheme)."""
+    try:
+        return private_key.decrypt(encrypted, SHARE_OAEP)
+    except ValueError:
+        raise InvalidInput(
+            "the encrypted share does not decrypt with this encryption key (another member's "
+            "key, or a share issued to another key)"
+        ) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +246,23 @@ class Member:
             raise ProtocolError("state digest update returned no stateDigest")
         await self._send(f"{base}:ack", "ack", json.dumps({"stateDigest": digest}).encode())
         return digest
+
+    async def submit_share(self, share: bytes) -> dict[str, Any]:
+        """Submit this member's decrypted recovery share (msg type recovery_share); the
+        service's `{"message", "submittedCount", "recoveryThreshold"}`."""
+        payload = json.dumps({"share": base64.b64encode(share).decode("ascii")}).encode()
+        r = await self._send(f"/gov/recovery/members/{self.id}:recover", "recovery_share", payload)
+        if not isinstance(r.body, dict):
+            raise ProtocolError("share submission did not return a JSON object")
+        return r.body
+
+    async def recover(self, encryption_key_path: str | Path) -> dict[str, Any]:
+        """Fetch this member's encrypted share, decrypt it here with its encryption private
+        key, and submit it: the share is in clear only in this process and, sealed by TLS and
+        then AES-GCM, in the enclave."""
+        private_key = load_encryption_key(Path(encryption_key_path))
+        encrypted = await self.client.encrypted_share(self.id)
+        return await self.submit_share(decrypt_share(private_key, encrypted))
 
     async def proposals(self) -> list[Proposal]:
         return await list_proposals(self.client)

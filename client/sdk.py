@@ -14,6 +14,8 @@ node it reaches. Node certificates carry IP SANs, so hostname checking stays on.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import datetime
 import json as jsonlib
 import logging
@@ -65,6 +67,8 @@ RETRY_AFTER_S_MAX = 5.0
 PROBE_TIMEOUT_S = 5.0
 # Paged lists (`nextLink`) are followed at most this many times.
 LIST_PAGES_MAX = 1000
+# An RSA-OAEP ciphertext of a recovery share, base64 (a 16384-bit key's would be 2,732).
+ENCRYPTED_SHARE_B64_MAX = 4096
 
 
 class Response(NamedTuple):
@@ -486,6 +490,28 @@ class CharterClient:
             "/gov/service/info", params={"api-version": GOV_API_VERSION}
         )
         return result
+
+    async def recovery_status(self) -> dict[str, Any]:
+        """`/gov/recovery/status` (Charter's): serviceStatus, recoveryThreshold,
+        recoveryMembers, submittedMembers, submittedCount, stillNeeded."""
+        result: dict[str, Any] = await self.get_json(
+            "/gov/recovery/status", params={"api-version": GOV_API_VERSION}
+        )
+        return result
+
+    async def encrypted_share(self, member_id: str) -> bytes:
+        """`/gov/recovery/encrypted-shares/{memberId}`: the member's share, still encrypted
+        to its RSA encryption key."""
+        body = await self.get_json(
+            f"/gov/recovery/encrypted-shares/{member_id}", params={"api-version": GOV_API_VERSION}
+        )
+        text = body.get("encryptedShare") if isinstance(body, dict) else None
+        if not isinstance(text, str) or len(text) > ENCRYPTED_SHARE_B64_MAX:
+            raise ProtocolError("the service returned no usable encryptedShare")
+        try:
+            return base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise ProtocolError("encryptedShare is not base64") from None
 
     async def members(self) -> list[dict[str, Any]]:
         """`/gov/service/members`: memberId, certificate, status, recoveryRole, ..."""

@@ -72,11 +72,24 @@ def load_app(module_path: str) -> App:
 
 def include_governance(node: Node) -> None:
     from charter.enclave_app.gov_endpoints import GovHooks, make_gov_app
+    from charter.enclave_app.recovery_endpoints import RecoveryHooks
+    from charter.enclave_app.recovery_endpoints import register as register_recovery
 
     hooks = GovHooks(
         merkle_root=node.merkle_root, now_s=node.now_s, apply_effects=node.apply_effects
     )
-    node.routes.include(make_gov_app(hooks))
+    gov_app = make_gov_app(hooks)
+    register_recovery(
+        gov_app,
+        RecoveryHooks(
+            now_s=node.now_s,
+            storage_key=node.share_storage_key,
+            random_bytes=node.core.entropy.token_bytes,
+            on_complete=node.on_recovery_shares_complete,
+            replaying_private=lambda: node.state == "ReadingPrivateLedger",
+        ),
+    )
+    node.routes.include(gov_app)
 
 
 def initial_members(config: itf.NodeConfig) -> list[dict[str, Any]]:

@@ -118,6 +118,8 @@ def check_set_member(tx: KvTx, args: SetMemberArgs) -> None:
 def apply_set_member(tx: KvTx, args: SetMemberArgs, ctx: ActionContext) -> Effects:
     member_id = _load_member_cert(args.cert)
     key = t.id_key(member_id)
+    # Setting an active recovery member again makes it Accepted: it leaves the share holders.
+    was_recovery = member_id in t.recovery_members(tx)
     tx.put(t.MEMBERS_CERTS, key, args.cert.encode())
     info: dict[str, Any] = {"status": t.MemberStatus.ACCEPTED, "member_data": args.member_data}
     if args.encryption_pub_key is not None:
@@ -130,7 +132,7 @@ def apply_set_member(tx: KvTx, args: SetMemberArgs, ctx: ActionContext) -> Effec
     # The new member activates by acking this digest (FORMATS §6 :ack).
     t.put_json(tx, t.MEMBERS_ACKS, key, {"state_digest": ctx.merkle_root.hex()})
     tx.remove(t.RETIRED_MEMBERS, key)
-    return NO_EFFECTS
+    return Effects(refresh_recovery_shares=True) if was_recovery else NO_EFFECTS
 
 
 def check_remove_member(tx: KvTx, args: MemberIdArgs) -> None:
@@ -140,6 +142,14 @@ def check_remove_member(tx: KvTx, args: MemberIdArgs) -> None:
     active = t.active_member_ids(tx)
     if active == [args.member_id]:
         raise _invalid("cannot remove the last active member")
+    recovery = t.recovery_members(tx)
+    threshold = t.service_config(tx).get("recovery_threshold", 1)
+    if args.member_id in recovery and len(recovery) - 1 < threshold:
+        # As CCF: the shares re-issued without this member must still reach the threshold.
+        raise _invalid(
+            f"removing recovery member {args.member_id} would leave {len(recovery) - 1} "
+            f"active recovery members, below the recovery threshold {threshold}"
+        )
 
 
 def apply_remove_member(tx: KvTx, args: MemberIdArgs, ctx: ActionContext) -> Effects:
@@ -520,18 +530,17 @@ def apply_set_constitution(tx: KvTx, args: ConstitutionArgs, ctx: ActionContext)
     return NO_EFFECTS
 
 
-def _recovery_member_count(tx: KvTx) -> int:
-    return sum(1 for _ in tx.items(t.MEMBERS_ENCRYPTION_PUBLIC_KEYS))
-
-
 def _check_threshold(tx: KvTx, threshold: int) -> None:
+    """1 <= k <= the active recovery members (CCF's count). While the service is opening,
+    its recovery members may not have acked yet: those count too, Active or not."""
     if not 1 <= threshold <= MAX_RECOVERY_THRESHOLD:
         raise _invalid(f"recovery_threshold must be between 1 and {MAX_RECOVERY_THRESHOLD}")
-    recovery_members = _recovery_member_count(tx)
-    if recovery_members and threshold > recovery_members:
-        raise _invalid(
-            f"recovery_threshold {threshold} exceeds the {recovery_members} recovery members"
-        )
+    info = t.service_info(tx)
+    opening = info is None or info.get("status") == t.ServiceStatus.OPENING
+    recovery_members = len(t.recovery_members(tx, active_only=not opening))
+    if threshold > recovery_members:
+        which = "recovery members" if opening else "active recovery members"
+        raise _invalid(f"recovery_threshold {threshold} exceeds the {recovery_members} {which}")
 
 
 def check_set_recovery_threshold(tx: KvTx, args: RecoveryThresholdArgs) -> None:
@@ -559,6 +568,16 @@ def apply_rekey(tx: KvTx, args: NoArgs, ctx: ActionContext) -> Effects:
     # The new ledger secret is made and recorded by the runtime, which holds the secrets;
     # the accepted proposal in proposals_info is the governance record of the request.
     return Effects(rekey=True)
+
+
+def check_refresh_shares(tx: KvTx, args: NoArgs) -> None:
+    if not t.recovery_members(tx):
+        raise _invalid("there are no active recovery members to issue shares to")
+
+
+def apply_refresh_shares(tx: KvTx, args: NoArgs, ctx: ActionContext) -> Effects:
+    # New shares of a new wrapping key (the runtime holds the ledger secret to wrap).
+    return Effects(refresh_recovery_shares=True)
 
 
 def check_service_config(tx: KvTx, args: ServiceConfigArgs) -> None:
@@ -724,6 +743,9 @@ _SPECS = (
         apply_set_recovery_threshold,
     ),
     ActionSpec("trigger_ledger_rekey", NoArgs, check_rekey, apply_rekey),
+    ActionSpec(
+        "trigger_recovery_shares_refresh", NoArgs, check_refresh_shares, apply_refresh_shares
+    ),
     ActionSpec(
         "set_service_configuration", ServiceConfigArgs, check_service_config, apply_service_config
     ),

@@ -30,6 +30,9 @@ _CODES_BY_STATUS: Final[dict[int, tuple[str, ...]]] = {
         "InvalidInput",
         "InvalidNode",
         "InvalidProposal",
+        # A submitted recovery share that is malformed or not the one issued to its member.
+        "InvalidRecoveryShare",
+        "NotEnoughRecoveryShares",
         "InvalidResourceName",
         "InvalidRole",
         "InvalidUserId",
@@ -80,7 +83,12 @@ _CODES_BY_STATUS: Final[dict[int, tuple[str, ...]]] = {
         "LedgerExplorerDisabled",
         "MemberNotActive",
         "MemberRetired",
+        "NodeAlreadyRecovering",
         "NodeRetired",
+        # Recovery: a member who holds no recovery share; a node or service not recovering.
+        "NotRecoveryMember",
+        "ServiceNotRecovering",
+        "ServiceNotWaitingForRecoveryShares",
         "ProposerNotAllowed",
     ),
     404: (
@@ -89,6 +97,7 @@ _CODES_BY_STATUS: Final[dict[int, tuple[str, ...]]] = {
         # The ACL sample: a rolled-back transaction id (its SDK stops waiting on it).
         "InvalidTransactionId",
         "ProposalNotFound",
+        "RecoverySharesNotIssued",
         "ReceiptNotAvailable",
         "ResourceNotFound",
         "SnapshotNotFound",
@@ -106,7 +115,8 @@ _CODES_BY_STATUS: Final[dict[int, tuple[str, ...]]] = {
     422: ("ValidationError",),
     429: ("TooManyOpenProposals", "TooManyRequests"),
     431: ("RequestHeaderTooLarge",),
-    500: ("InternalError",),
+    # The shares combined but the wrapped ledger secrets do not open (a damaged record).
+    500: ("InternalError", "RecoveryFailed"),
     # A forwarded request's answer that the primary could not send back over the channel.
     502: ("ResponseTooLarge",),
     # Not now: the client retries (these answers carry Retry-After).

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from charter.governance import acks, proposals
+from charter.governance import tables as t
 from charter.governance.effects import NO_EFFECTS, Effects
 from charter.governance.requests import DEFAULT_POLICY, RequestPolicy, verify_request
 from charter.governance.tx import KvTx
@@ -137,5 +138,7 @@ def ack_state_digest(
     request = verify_request(
         tx, envelope, msg_type="ack", now_s=now_s, policy=policy, path_member_id=member_id
     )
-    acks.ack_state_digest(tx, request, now_s=now_s, policy=policy)
-    return GovResult(204, None, NO_EFFECTS)
+    newly_active = acks.ack_state_digest(tx, request, now_s=now_s, policy=policy)
+    # A recovery member that becomes active joins the share holders: shares are re-issued.
+    refresh = newly_active and member_id in t.recovery_members(tx)
+    return GovResult(204, None, Effects(refresh_recovery_shares=True) if refresh else NO_EFFECTS)

@@ -234,3 +234,22 @@ def node_record(tx: KvTx, node_id: str) -> NodeRecord | None:
         return NodeRecord.from_json_object(info)
     except NodeRecordError as e:
         raise GovernanceError(f"{NODES_INFO}: {e}", code="InternalError") from None
+
+
+# Members whose recovery role gives them a share (CCF's MemberRecoveryRole).
+RECOVERY_ROLES = frozenset({"Participant", "Owner"})
+
+
+def recovery_members(tx: KvTx, *, active_only: bool = True) -> dict[str, str]:
+    """Member id -> encryption public key PEM of the members that get a recovery share, as
+    CCF counts them: an encryption key, a Participant or Owner role, and (by default)
+    status Active. Sorted by id, so every node splits the same way."""
+    members: dict[str, str] = {}
+    for key, pem in sorted(tx.items(MEMBERS_ENCRYPTION_PUBLIC_KEYS)):
+        info = get_json_object(tx, MEMBERS_INFO, key)
+        if info is None or info.get("recovery_role", "Participant") not in RECOVERY_ROLES:
+            continue
+        if active_only and info.get("status") != MemberStatus.ACTIVE:
+            continue
+        members[key_to_id(key)] = pem.decode("utf-8", errors="replace")
+    return members

@@ -71,6 +71,20 @@ COSE_SIGNATURES_CONFIG: Final = "public:ccf.internal.charter.cose_signatures_con
 # The Raft voters, as a ledger table (CCF keeps the equivalent in its internal maps).
 CONFIGURATION: Final = "public:ccf.internal.configuration"
 
+# -- recovery shares and ledger secrets (CCF's names, src/service/tables/shares.h, secrets.h) --
+# Singleton: the latest ledger secret wrapped under the wrapping key, and the wrapping key's
+# k-of-n shares, each RSA-OAEP-256 encrypted to one active recovery member's key.
+RECOVERY_SHARES: Final = "public:ccf.internal.recovery_shares"
+# Member id -> a share a member submitted during recovery, encrypted (AES-GCM) by the node.
+ENCRYPTED_SUBMITTED_SHARES: Final = "public:ccf.internal.encrypted_submitted_shares"
+# Singleton, written on rekey: node id -> the new ledger secret sealed to that node's key.
+ENCRYPTED_LEDGER_SECRETS: Final = "public:ccf.internal.encrypted_ledger_secrets"
+# Singleton, written on rekey: the previous ledger secret encrypted under the new one.
+HISTORICAL_ENCRYPTED_LEDGER_SECRET: Final = "public:ccf.internal.historical_encrypted_ledger_secret"
+# Charter's own: start seqno (u64 LE) -> that ledger secret encrypted under its successor,
+# so the current state alone holds the whole chain (CCF walks the ledger's history for it).
+LEDGER_SECRET_CHAIN: Final = "public:ccf.internal.charter.ledger_secret_chain"
+
 # The value of an allowed measurement in the nodes' measurement tables.
 ALLOWED_TO_JOIN: Final = "AllowedToJoin"
 

@@ -20,6 +20,7 @@ from charter.enclave_app.app import App, Caller, HttpResponse
 from charter.enclave_app.auth import AuthFailure
 from charter.enclave_app.channels import Channels
 from charter.enclave_app.entropy import SYSTEM_ENTROPY, Entropy
+from charter.enclave_app.errors import HttpError
 from charter.enclave_app.frontend import AuthError, Forwarded, Frontend, unavailable
 from charter.enclave_app.identity import LEDGER_SECRET_BYTES, Identity
 from charter.enclave_app.kv import Store, Tx
@@ -35,6 +36,7 @@ from charter.enclave_app.node.joins import (
 from charter.enclave_app.node.lifecycle import NodeState
 from charter.enclave_app.node.peers import Peers
 from charter.enclave_app.node.receipts import Receipts
+from charter.enclave_app.node.rekey import LedgerSecrets
 from charter.enclave_app.node.replication import (
     LocalLog,
     Replication,
@@ -86,6 +88,8 @@ class Node:
         self.peers: Peers | None = None
         self.replication: Replication | None = None
         self.retirement = Retirement(core)
+        # Rekey and recovery shares; installs new ledger secrets from the replicated record.
+        self.secrets = LedgerSecrets(core, seal=lambda: core.seal(self.raft))
         self._retired_checked_ms = 0
         # Entries of the own ledger read back by a restart, until Raft restarts on them.
         self._replayed: list[LogEntry] = []
@@ -446,6 +450,22 @@ class Node:
     def apply_effects(self, tx: Tx, effects: Effects) -> None:
         """Carry out what an accepted proposal asks beyond its own KV writes, in its tx."""
         apply_effects(self.core, tx, effects)
+        self.secrets.apply_effects(tx, effects)
+
+    # ------------------------------------------------------------------ recovery shares
+    def share_storage_key(self) -> bytes | None:
+        """The key submitted recovery shares are stored under: the latest ledger secret."""
+        identity = self.core.maybe_identity()
+        return identity.ledger_secrets[-1][1] if identity and identity.ledger_secrets else None
+
+    def on_recovery_shares_complete(self, secrets: list[tuple[int, bytes]]) -> None:
+        """Members submitted enough shares: `secrets` are every ledger secret, recovered.
+        The recovery part replays the private ledger with them; without one the service
+        is not recovering (the caller's transaction is dropped, nothing changes)."""
+        start = getattr(getattr(self, "recovery", None), "start_private_replay", None)
+        if start is None:
+            raise HttpError("The service is not recovering", code="ServiceNotRecovering")
+        start(secrets)
 
     # ------------------------------------------------------------------ Ready and Advance
     def settle(self) -> None:

@@ -245,8 +245,7 @@ def apply_effects(core: NodeCore, tx: Tx, effects: Effects) -> None:
         issuer = certificates.renew_service(core, tx, effects.renew_service_certificate)
     for endorsement in effects.endorse_nodes:
         certificates.endorse_node(core, tx, endorsement, issuer)
-    if effects.rekey:
-        LOG.info("event=rekey_requested (recorded; rotation lands with recovery)")
+    # `rekey` and `refresh_recovery_shares` are the node's `LedgerSecrets` (rekey.py).
 
 
 class Joiner:

@@ -78,6 +78,7 @@ def test_every_listed_action_is_registered() -> None:
         "set_constitution",
         "set_recovery_threshold",
         "trigger_ledger_rekey",
+        "trigger_recovery_shares_refresh",
         "set_service_configuration",
         "set_scitt_configuration",
         "set_ca_cert_bundle",
@@ -386,6 +387,10 @@ def test_set_constitution_with_a_bad_document_is_refused(net: Network) -> None:
 
 
 def test_set_recovery_threshold_updates_service_config(net: Network) -> None:
+    for name in ("r1", "r2", "r3"):
+        accepted(
+            net, "set_member", {"cert": member(name).cert_pem, "encryption_pub_key": rsa_pem()}
+        )
     result = accepted(net, "set_recovery_threshold", {"recovery_threshold": 3})
     assert result.effects.refresh_recovery_shares
     assert t.service_config(net.store.begin())["recovery_threshold"] == 3
@@ -410,6 +415,34 @@ def test_recovery_threshold_cannot_exceed_the_recovery_members(net: Network) -> 
     accepted(net, "set_member", {"cert": member("r1").cert_pem, "encryption_pub_key": rsa_pem()})
     err = refused_at_creation(net, "set_recovery_threshold", {"recovery_threshold": 2})
     assert err.code == "ProposalFailedToValidate"
+
+
+def test_once_open_the_threshold_counts_only_active_recovery_members(net: Network) -> None:
+    """As CCF: an Accepted member that has not acked holds no share, so it does not count
+    once the service is open (while opening it does: it may still ack)."""
+    accepted(net, "set_member", {"cert": member("r1").cert_pem, "encryption_pub_key": rsa_pem()})
+    accepted(net, "set_recovery_threshold", {"recovery_threshold": 1})
+    accepted(net, "transition_service_to_open", {})
+    err = refused_at_creation(net, "set_recovery_threshold", {"recovery_threshold": 1})
+    assert err.code == "ProposalFailedToValidate"
+    assert "0 active recovery members" in err.message
+
+
+def test_a_recovery_member_cannot_be_removed_below_the_threshold(net: Network) -> None:
+    result = accepted(
+        net, "set_member", {"cert": member("r1").cert_pem, "encryption_pub_key": rsa_pem()}
+    )
+    assert not result.effects.refresh_recovery_shares  # Accepted: not a share holder yet
+    r1 = member("r1")
+    tx = net.store.begin()
+    info = t.member_info(tx, r1.id)
+    assert info is not None
+    info["status"] = "Active"
+    t.put_json(tx, t.MEMBERS_INFO, t.id_key(r1.id), info)
+    net.store.commit(tx, net.store.version + 1)
+    err = refused_at_creation(net, "remove_member", {"member_id": r1.id})
+    assert err.code == "ProposalFailedToValidate"
+    assert "below the recovery threshold 1" in err.message
 
 
 def test_trigger_ledger_rekey_asks_the_runtime_to_rekey_once_open(net: Network) -> None:

@@ -4,12 +4,21 @@ logs, or any frame of the host ⇄ enclave control channel."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import secrets
 from pathlib import Path
 
 import pytest
 
+from charter.enclave_app.kv import Store
+from charter.enclave_app.node.shares import recover_ledger_secrets
+from charter.errors import CharterError
+from charter.identity import Network
+from charter.ledger import shamir
+from charter.ledger.chunks import LedgerReader
+from charter.ledger.entry import decode_entry
+from charter.member import Member, decrypt_share, load_encryption_key
 from charter.sandbox import Sandbox
 
 pytestmark = pytest.mark.e2e
@@ -70,3 +79,76 @@ def test_private_record_plaintext_never_leaves_the_enclave(
     assert public_marker.encode() in ledger_bytes
     assert public_marker.encode() in capture.read_bytes()
     assert os.environ["CHARTER_CAPTURE_CONTROL_FRAMES"] == str(capture)
+
+
+def _forms(secret: bytes) -> list[bytes]:
+    """The ways a secret could show up in a file or frame: raw, base64, hex."""
+    return [secret, base64.b64encode(secret), secret.hex().encode()]
+
+
+def test_no_recovery_share_or_ledger_secret_appears_in_clear_on_the_host_side(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Across rekeys and the members' share round trip (fetch, decrypt locally, submit), the
+    host's files, logs and control frames hold no ledger secret, no wrapping key and no
+    share in clear: shares leave the enclave RSA-OAEP encrypted to their member, secrets
+    AES-GCM wrapped or sealed to a node, and submissions arrive inside TLS."""
+    capture = tmp_path / "control-frames.bin"
+    monkeypatch.setenv("CHARTER_CAPTURE_CONTROL_FRAMES", str(capture))
+    sandbox = Sandbox(
+        tmp_path / "ws",
+        nodes=2,
+        signature_tx_count=5,
+        election_timeout_ms=(300, 600),
+        ledger_chunk_bytes=4096,
+        configure_node=lambda i, config: config.update(snapshots={"tx_count": 5}),
+    )
+    rekey = [{"name": "trigger_ledger_rekey", "args": {}}]
+
+    encrypted: list[bytes] = []
+
+    async def run() -> dict[str, bytes]:
+        await sandbox.start()
+        shares: dict[str, bytes] = {}
+        async with sandbox.client() as client:
+            for round_ in range(2):
+                await sandbox.pass_proposal(client, rekey)
+                async with sandbox.client(user=0) as user:
+                    r = await user.post("/app/log/private", json={"id": round_, "msg": "x"})
+                    await user.wait_for_commit(r.txid)
+            network = Network.load(sandbox.network_path)
+            for i, (cert, key) in enumerate(sandbox.member_identities()):
+                member = Member(client, cert, key)
+                private_key = load_encryption_key(network.member_encryption_key(i))
+                encrypted.append(await client.encrypted_share(member.id))
+                shares[member.id] = decrypt_share(private_key, encrypted[-1])
+                # The share crosses to the enclave (refused: the service is not recovering).
+                with pytest.raises(CharterError):
+                    await member.submit_share(shares[member.id])
+        return shares
+
+    try:
+        shares = asyncio.run(run())
+    finally:
+        sandbox.stop()
+    ledger_dir = sandbox.nodes[0].directory / "workspace" / "ledger"
+    store = Store()
+    for seqno, raw in LedgerReader(str(ledger_dir)).entries(1, None):
+        store.apply(dict(decode_entry(bytes(raw))[0].public), seqno)
+    secrets_ = recover_ledger_secrets(store.begin(), shares)
+    assert len(secrets_) == 3
+    wrapping_key = shamir.combine(list(shares.values()))
+    needles = [wrapping_key, *shares.values(), *(s for _, s in secrets_)]
+    searched = [p for node in sandbox.nodes for p in _files_under(node.directory)] + [capture]
+    assert capture.stat().st_size > 0
+    leaks = [
+        f"{p} holds {needle[:4].hex()}…"
+        for p in searched
+        for needle in needles
+        for form in _forms(needle)
+        if form in p.read_bytes()
+    ]
+    assert not leaks, leaks
+    # Positive control: the same search finds the encrypted shares, public in the ledger.
+    ledger_bytes = b"".join(p.read_bytes() for p in searched if p.name.startswith("ledger_"))
+    assert all(base64.b64encode(e) in ledger_bytes for e in encrypted)
