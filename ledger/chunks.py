@@ -498,6 +498,20 @@ class LedgerWriter:
             self._dir_dirty = True
         self.committed_seqno = seqno
 
+    def committed_chunks(self) -> list[tuple[int, int]]:
+        """(first, last) of each committed chunk this writer holds, in order."""
+        return [(first, last) for first, last, committed in self._complete if committed]
+
+    def remove_committed_chunk(self, first: int, last: int) -> str:
+        """Delete the committed chunk `ledger_first-last.committed` (the caller has made sure
+        a copy is kept elsewhere); returns the path deleted. Only committed chunks can go."""
+        index = self._complete.index((first, last, True))
+        path = self._path(first, last, committed=True)
+        os.unlink(path)
+        del self._complete[index]
+        _fsync_dir(self.directory)
+        return path
+
     def truncate(self, seqno: int) -> None:
         """Drop every entry after `seqno` (never below the committed point)."""
         assert seqno >= self.committed_seqno, "cannot truncate committed entries"
