@@ -25,7 +25,7 @@ from typing import Any
 from aiohttp import web
 
 from charter.enclave_app import interface as itf
-from charter.enclave_app import jwt_refresh, node_endpoints
+from charter.enclave_app import jwt_refresh, node_endpoints, operator_files
 from charter.enclave_app.app import HttpResponse
 from charter.enclave_app.attestation import UnapprovedCode
 from charter.enclave_app.console import Console
@@ -383,7 +383,10 @@ class Runtime:
             self.accept(fds[0])
             return
         _close(fds)
-        if isinstance(frame, itf.EntriesRead | itf.SnapshotRead | itf.EndorsementsFetched):
+        if isinstance(
+            frame,
+            itf.EntriesRead | itf.SnapshotRead | itf.EndorsementsFetched | itf.OperatorFileRead,
+        ):
             future = self.pending_reads.pop(frame.request_id, None)
             if future is not None and not future.done():
                 future.set_result(frame)
@@ -508,6 +511,8 @@ class Runtime:
             peer_der = ssl_object.getpeercert(binary_form=True)
         if self.console is not None and Console.handles(request.path):
             return await self.serve_console(request, peer_der)
+        if operator_files.handles(request.path):
+            return await self.serve_operator_file(request)
         try:
             result = node.handle(
                 request.method,
@@ -526,6 +531,31 @@ class Runtime:
         self.schedule_flush()
         if isinstance(result, Forwarded):
             result = await self._await_forward(result)
+        headers = dict(result.headers)
+        if result.content_type:
+            headers["Content-Type"] = result.content_type
+        return web.Response(status=result.status, body=result.body, headers=headers)
+
+    async def serve_operator_file(self, request: web.BaseRequest) -> web.StreamResponse:
+        """The ledger chunk and snapshot downloads (operator_files.py): the host reads the
+        file, the enclave checks it before it is served."""
+        node = self.node
+        assert node is not None
+        node.metrics["requests"] += 1
+
+        async def read(kind: str, name: str, since: int) -> itf.OperatorFileRead:
+            request_id = next(self.request_ids)
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self.pending_reads[request_id] = future
+            self.channel.send(itf.ReadOperatorFile(request_id, kind, name, since))
+            reply: itf.OperatorFileRead = await future
+            return reply
+
+        result = await operator_files.serve(
+            node, request.method, request.path, request.query_string, read
+        )
+        if result.status >= 400:
+            node.metrics["errors"] += 1
         headers = dict(result.headers)
         if result.content_type:
             headers["Content-Type"] = result.content_type

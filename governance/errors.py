@@ -30,6 +30,7 @@ _CODES_BY_STATUS: Final[dict[int, tuple[str, ...]]] = {
         "InvalidInput",
         "InvalidNode",
         "InvalidProposal",
+        "InvalidQueryParameterValue",
         "InvalidResourceName",
         "InvalidRole",
         "InvalidUserId",
@@ -81,6 +82,8 @@ _CODES_BY_STATUS: Final[dict[int, tuple[str, ...]]] = {
         "MemberNotActive",
         "MemberRetired",
         "NodeRetired",
+        # A download endpoint whose feature is not enabled on this RPC interface.
+        "OperatorFeatureNotEnabled",
         "ProposerNotAllowed",
     ),
     404: (
@@ -108,7 +111,8 @@ _CODES_BY_STATUS: Final[dict[int, tuple[str, ...]]] = {
     431: ("RequestHeaderTooLarge",),
     500: ("InternalError",),
     # A forwarded request's answer that the primary could not send back over the channel.
-    502: ("ResponseTooLarge",),
+    # Or a file the host read back that the enclave refuses to serve.
+    502: ("HostFileInvalid", "ResponseTooLarge"),
     # Not now: the client retries (these answers carry Retry-After).
     503: (
         "FrontendNotOpen",

@@ -198,9 +198,11 @@ class ChunkPolicy:
         assert chunk_size_bytes > 0
         self.chunk_size_bytes = chunk_size_bytes
         self.bytes_in_chunk = 0
+        # The next signature ends the chunk whatever its size (`trigger_ledger_chunk`).
+        self.forced = False
 
     def flags_for_signature(self, entry_size_bytes: int = 0) -> int:
-        if self.bytes_in_chunk + entry_size_bytes >= self.chunk_size_bytes:
+        if self.forced or self.bytes_in_chunk + entry_size_bytes >= self.chunk_size_bytes:
             return FLAG_FORCE_CHUNK_AFTER
         return 0
 
@@ -208,6 +210,7 @@ class ChunkPolicy:
         """Account for one appended entry (of `entry_size_bytes` bytes incl. header)."""
         if flags & FLAG_FORCE_CHUNK_AFTER:
             self.bytes_in_chunk = 0
+            self.forced = False
         else:
             self.bytes_in_chunk += entry_size_bytes
 

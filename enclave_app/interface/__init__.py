@@ -37,6 +37,8 @@ from charter.enclave_app.interface.errors import ChannelClosed, InterfaceError
 from charter.enclave_app.interface.frames import (
     ENCLAVE_TO_HOST,
     HOST_TO_ENCLAVE,
+    OPERATOR_FILE_KINDS,
+    OPERATOR_FILE_NAME_CHARS_MAX,
     ClientConnection,
     CommitUpTo,
     Durable,
@@ -111,6 +113,8 @@ __all__ = [
     "MAX_STRING_CHARS",
     "NODE_FRAME_BYTES_MAX",
     "NODE_FRAME_ENVELOPE_BYTES",
+    "OPERATOR_FILE_KINDS",
+    "OPERATOR_FILE_NAME_CHARS_MAX",
     "PROTOCOL_VERSION",
     "READ_REPLY_BYTES_MAX",
     "REPLY_ENTRY_OVERHEAD_BYTES",

@@ -50,6 +50,7 @@ from charter.enclave_app.tls import ServerTls
 from charter.governance import tables as gt
 from charter.governance.effects import Effects
 from charter.ledger import certs
+from charter.ledger.entry import WriteSet
 from charter.ledger.history import History
 from charter.ledger.signatures import (
     CoseSignaturesConfig,
@@ -80,6 +81,7 @@ class Node:
         core = self.core = NodeCore(config, platform, clock_s, entropy)
         self.log = LocalLog(core)
         self.snapshots = Snapshots(core, self.log)
+        self.log.on_replicated = self._on_replicated
         self.receipts = Receipts(core, self.log)
         self._joiner = Joiner(core, self.snapshots, self._start_replication)
         # Both exist once the node has an identity (peers) and runs Raft (replication).
@@ -446,6 +448,23 @@ class Node:
     def apply_effects(self, tx: Tx, effects: Effects) -> None:
         """Carry out what an accepted proposal asks beyond its own KV writes, in its tx."""
         apply_effects(self.core, tx, effects)
+        self._file_triggers(effects.trigger_snapshot, effects.trigger_ledger_chunk)
+
+    def _file_triggers(self, snapshot: bool, ledger_chunk: bool) -> None:
+        """trigger_snapshot / trigger_ledger_chunk: the next signature takes a snapshot /
+        ends the chunk (on a backup: so that it snapshots where the primary does, and a
+        backup that becomes primary before that signature still honours them)."""
+        if snapshot:
+            self.snapshots.forced = True
+            LOG.info("event=snapshot_triggered")
+        if ledger_chunk:
+            self.log.chunks.forced = True
+            LOG.info("event=ledger_chunk_triggered")
+
+    def _on_replicated(self, seqno: int, view: int, public: WriteSet) -> None:
+        triggers = public.get(gt.FILE_TRIGGERS, {})
+        self._file_triggers(b"snapshot" in triggers, b"ledger_chunk" in triggers)
+        self.snapshots.on_replicated(seqno, view, public)
 
     # ------------------------------------------------------------------ Ready and Advance
     def settle(self) -> None:

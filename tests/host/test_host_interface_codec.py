@@ -52,6 +52,11 @@ ONE_OF_EACH: list[itf.Frame] = [
     itf.EndorsementsFetched(
         request_id=6, server=1, url="https://kds/vcek", vcek=b"der", chain=b"pem", error=None
     ),
+    itf.ReadOperatorFile(request_id=7, kind="ledger_chunk", name="", since=12),
+    itf.ReadOperatorFile(request_id=8, kind="snapshot", name="snapshot_10_12.committed", since=0),
+    itf.OperatorFileRead(request_id=7, name="ledger_1-20.committed", data=None, size_bytes=99),
+    itf.OperatorFileRead(request_id=8, name=None, data=None, size_bytes=0),
+    itf.OperatorFileRead(request_id=9, name="snapshot_10_12.committed", data=b"s", size_bytes=1),
 ]
 
 
