@@ -49,6 +49,7 @@ from charter.enclave_app.startup import (
     make_platform,
 )
 from charter.governance.errors import http_status
+from charter.ledger.errors import LedgerError
 
 LOG = logging.getLogger("enclave")
 
@@ -208,6 +209,7 @@ class Runtime:
             self._serve_held()
         elif config.start.mode == "join":
             node.start_joining()
+            await self._local_join_snapshot(config)
             self.flush()
             asyncio.get_running_loop().create_task(self._join(config))
             return
@@ -224,6 +226,23 @@ class Runtime:
         self.channel.send(
             itf.Started(node.node_id, node.state, {"service_status": node.service_status()})
         )
+
+    async def _local_join_snapshot(self, config: itf.NodeConfig) -> None:
+        """A snapshot the operator put in a fresh joiner's snapshots directory: checked now
+        against the pinned service certificate; one that does not verify stops the node,
+        naming the file and why (it is never started from)."""
+        assert self.node is not None and config.start.join is not None
+        found = await self._request(itf.ReadLatestSnapshot)
+        if found.data is None:
+            return
+        name = found.name or "snapshot"
+        cert_pem = config.start.join.service_cert.read_text()
+        try:
+            self.node.use_local_join_snapshot(found.data, name, cert_pem)
+        except LedgerError as exc:
+            raise RuntimeError(
+                f"refusing the snapshot {name} in {config.snapshots_dir}: {exc}"
+            ) from None
 
     async def _join(self, config: itf.NodeConfig) -> None:
         """Ask the target node to join until governance trusts this node."""

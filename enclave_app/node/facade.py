@@ -409,7 +409,18 @@ class Node:
         self._joiner.resumed(entries)
 
     def join_request_body(self) -> dict[str, Any]:
-        return request_body(self.core, want_snapshot=self.replication is None)
+        want = self.replication is None and self._joiner.local_snapshot is None
+        return request_body(self.core, want_snapshot=want)
+
+    def use_local_join_snapshot(self, data: bytes, name: str, service_cert_pem: str) -> int:
+        """A fresh joiner found a committed snapshot in its snapshots directory (the operator
+        copied it from any trusted node): it starts from it once trusted, if it verifies
+        against the pinned service certificate now; raises the LedgerError naming the file
+        if not (a forged digest, a changed byte). Returns the snapshot's seqno."""
+        verified = self.snapshots.verify(data, name, service_cert_pem)
+        self._joiner.local_snapshot = (data, name)
+        LOG.info("event=join_snapshot_found file=%s seqno=%d", name, verified.snapshot.seqno)
+        return verified.snapshot.seqno
 
     def on_join_response(self, doc: Mapping[str, Any]) -> bool:
         """Act on the primary's answer; True once this node is part of the network.
