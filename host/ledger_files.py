@@ -15,7 +15,10 @@ The cleanup rule, in full:
   snapshot's seqno, its evidence and the signature over it, and everything after them, stay:
   a restart or a joiner starts from the snapshot with what follows it on this disk, and any
   older entry is still found in the archive (`ChunkSources`). Without a committed snapshot
-  no chunk is deleted. An archive copy that differs blocks the deletion and is logged.
+  no chunk is deleted. Deletion goes oldest first and stops at the first chunk it may not
+  delete, so the ledger directory always holds one contiguous run of chunks (as a ledger
+  must): an archive copy that is missing, or that differs (logged), holds back that chunk
+  and every later one until the archive is put right.
 """
 
 from __future__ import annotations
@@ -116,12 +119,15 @@ class ChunkSources:
 
     def find(self, seqno: int) -> tuple[Path, ChunkName] | None:
         """The committed chunk file holding `seqno`, if any directory has one."""
-        for refresh in (False, True):  # a cached listing first; files may have arrived since
+        # A cached listing first; files may have arrived, moved or gone since (the operator
+        # manages these directories), so a miss or a vanished file lists them again.
+        for refresh in (False, True):
             for directory, chunks in self._chunks(refresh):
                 for chunk in chunks:
                     assert chunk.last is not None
-                    if chunk.first <= seqno <= chunk.last:
-                        return directory / chunk.filename, chunk
+                    path = directory / chunk.filename
+                    if chunk.first <= seqno <= chunk.last and path.is_file():
+                        return path, chunk
         return None
 
     def find_name(self, filename: str) -> Path | None:
@@ -202,11 +208,11 @@ class FilesCleanup:
             try:
                 stat = archived.stat()
             except OSError:
-                continue  # not archived (yet)
+                return  # not archived (yet): it and all later chunks stay
             mark = (stat.st_size, stat.st_mtime_ns)
             if self._differs.get(name) == mark:
                 report.chunks_blocked.append(name)
-                continue
+                return
             local_digest = file_sha256(local)
             archived_digest = file_sha256(archived)
             if local_digest is None or archived_digest is None or local_digest != archived_digest:
@@ -220,7 +226,7 @@ class FilesCleanup:
                     local_digest.hex() if local_digest else "unreadable",
                     archived_digest.hex() if archived_digest else "unreadable",
                 )
-                continue
+                return
             self._differs.pop(name, None)
             self.writer.remove_committed_chunk(first, last)
             report.chunks_deleted.append(name)

@@ -124,13 +124,33 @@ def test_an_archive_copy_that_differs_blocks_deletion_and_is_logged(
     copy.write_bytes(bytes(data))
     snapshot(s, 16)
     report = s.run_cleanup()
-    assert report.chunks_deleted == ["ledger_1-5.committed", "ledger_11-15.committed"]
+    # Oldest first, stopping there: the ledger directory stays one contiguous run.
+    assert report.chunks_deleted == ["ledger_1-5.committed"]
     assert report.chunks_blocked == ["ledger_6-10.committed"]
     assert (s.ledger_dir / "ledger_6-10.committed").exists()
+    assert (s.ledger_dir / "ledger_11-15.committed").exists()
     assert "ledger_6-10.committed reason=archive copy differs" in caplog.text  # type: ignore[attr-defined]
-    # Repaired archive copy: deleted on the next pass.
+    assert s.run_cleanup().chunks_blocked == ["ledger_6-10.committed"]  # logged once only
+    assert caplog.text.count("reason=archive copy differs") == 1  # type: ignore[attr-defined]
+    # Repaired archive copy: deleted on the next pass, and the ones held back with it.
     shutil.copyfile(s.ledger_dir / "ledger_6-10.committed", copy)
-    assert s.run_cleanup().chunks_deleted == ["ledger_6-10.committed"]
+    assert s.run_cleanup().chunks_deleted == ["ledger_6-10.committed", "ledger_11-15.committed"]
+    assert s.read_entries(1, 1, 20).entries == [entry(i) for i in range(1, 21)]
+
+
+def test_a_chunk_not_yet_archived_holds_back_the_later_ones(tmp_path: Path) -> None:
+    archive = tmp_path / "archive"
+    s = make_storage(tmp_path, archive=archive)
+    written(s, 20)
+    archive_all(s, archive)
+    (archive / "ledger_6-10.committed").unlink()
+    snapshot(s, 16)
+    assert s.run_cleanup().chunks_deleted == ["ledger_1-5.committed"]
+    assert {p.name for p in s.ledger_dir.iterdir()} == {
+        "ledger_6-10.committed",
+        "ledger_11-15.committed",
+        "ledger_16-20.committed",
+    }
 
 
 def test_no_chunk_is_deleted_without_a_committed_snapshot(tmp_path: Path) -> None:
@@ -201,3 +221,20 @@ def test_operator_file_lookups_find_committed_files_only(tmp_path: Path) -> None
     assert s.read_operator_file(8, "snapshot", "snapshot_15_16", 0).name is None
     read = s.read_operator_file(9, "snapshot", "snapshot_10_11.committed", 0)
     assert read.data == b"snapshot 10"
+
+
+def test_chunks_moved_between_read_only_directories_are_still_found(tmp_path: Path) -> None:
+    full = make_storage(tmp_path, name="full")
+    raws = written(full, 20)
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    for f in full.ledger_dir.iterdir():
+        shutil.copyfile(f, first / f.name)
+    joined = make_storage(tmp_path, name="joined", read_only=[first, second])
+    assert joined.write_entries([(i, raws[i - 1]) for i in range(16, 21)])
+    joined.flush()
+    assert joined.read_entries(1, 1, 15).entries == raws[:15]
+    for f in list(first.iterdir()):  # the operator moves them after they were listed
+        shutil.move(str(f), second / f.name)
+    assert joined.read_entries(2, 1, 15).entries == raws[:15]
