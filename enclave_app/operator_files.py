@@ -29,6 +29,7 @@ from charter.enclave_app.app import BINARY_CONTENT_TYPE, HttpResponse, error_res
 from charter.ledger.chunks import parse_chunk, parse_chunk_name
 from charter.ledger.entry import entry_leaf, read_header
 from charter.ledger.errors import LedgerError
+from charter.ledger.merkle import MerkleTree
 
 if TYPE_CHECKING:
     from charter.enclave_app.node import Node
@@ -119,20 +120,20 @@ async def _chunk(node: Node, name: str, read: ReadFile) -> HttpResponse:
             f"{name} is {found.size_bytes} bytes, more than one answer carries",
             code="ResponseTooLarge",
         )
-    problem = _check_chunk(node, found.data, name)
+    problem = check_chunk(node.log.history.tree, found.data, name)
     if problem is not None:
         LOG.error("event=ledger_chunk_refused file=%s reason=%s", name, problem)
         return error_response(f"{name} read back from disk is refused", code="HostFileInvalid")
     return HttpResponse(200, found.data, {LEDGER_CHUNK_NAME_HEADER: name}, BINARY_CONTENT_TYPE)
 
 
-def _check_chunk(node: Node, data: bytes, name: str) -> str | None:
+def check_chunk(tree: MerkleTree, data: bytes, name: str) -> str | None:
     """Why the host's bytes for chunk `name` must not be served, or None: they must parse as
-    that chunk, and each entry the Merkle tree still holds must be the tree's leaf."""
-    chunk = parse_chunk_name(name)
+    that chunk (sizes bounded by the chunk parser), and each entry the Merkle tree still
+    holds must be the tree's leaf. Never raises on any bytes."""
     try:
+        chunk = parse_chunk_name(name)
         positions = parse_chunk(data, chunk)
-        tree = node.log.history.tree
         for index, start in enumerate(positions):
             seqno = chunk.first + index
             try:

@@ -7,6 +7,9 @@ import hashlib
 import shutil
 from pathlib import Path
 
+import pydantic
+import pytest
+
 from charter.enclave_app import interface as itf
 from charter.host.storage import Storage
 from charter.ledger.entry import FLAG_FORCE_CHUNK_AFTER, encode_entry
@@ -238,3 +241,44 @@ def test_chunks_moved_between_read_only_directories_are_still_found(tmp_path: Pa
     for f in list(first.iterdir()):  # the operator moves them after they were listed
         shutil.move(str(f), second / f.name)
     assert joined.read_entries(2, 1, 15).entries == raws[:15]
+
+
+def _config(tmp_path: Path, **extra: object) -> itf.NodeConfig:
+    return itf.NodeConfig.model_validate(
+        {"workspace": str(tmp_path), "start": {"mode": "join", "join": JOIN}, **extra}
+    )
+
+
+JOIN = {"target": "127.0.0.1:1", "service_cert": "/nonexistent.pem"}
+
+
+def test_operator_features_are_per_interface_and_the_older_field_adds_to_them(
+    tmp_path: Path,
+) -> None:
+    assert _config(tmp_path).operator_features() == frozenset()
+    per_interface = _config(
+        tmp_path, rpc_interface={"enabled_operator_features": ["LedgerChunkRead"]}
+    )
+    assert per_interface.operator_features() == {"LedgerChunkRead"}
+    both = _config(
+        tmp_path,
+        rpc_interface={"enabled_operator_features": ["LedgerChunkRead"]},
+        enabled_operator_features=["SnapshotRead", "LedgerChunkRead"],
+    )
+    assert both.rpc_interface.enabled_operator_features == ["LedgerChunkRead", "SnapshotRead"]
+    with pytest.raises(pydantic.ValidationError):
+        _config(tmp_path, rpc_interface={"enabled_operator_features": ["SnapshotCreate"]})
+
+
+def test_the_archive_cannot_be_the_ledger_directory(tmp_path: Path) -> None:
+    with pytest.raises(pydantic.ValidationError, match="must not be the ledger_dir"):
+        _config(tmp_path, files_cleanup={"ledger_archive_dir": str(tmp_path / "ledger")})
+    with pytest.raises(pydantic.ValidationError):
+        _config(tmp_path, files_cleanup={"max_snapshots": 0})
+    config = _config(
+        tmp_path,
+        files_cleanup={"max_snapshots": 3, "ledger_archive_dir": str(tmp_path / "archive")},
+        ledger_read_only_dirs=[str(tmp_path / "ro")],
+    )
+    assert config.files_cleanup.max_snapshots == 3
+    assert config.ledger_read_only_dirs == [tmp_path / "ro"]

@@ -201,7 +201,20 @@ _msgpack_values = st.recursive(
         [*sorted(t.__name__ for t in itf.HOST_TO_ENCLAVE + itf.ENCLAVE_TO_HOST), "x"]
     ),
     fields=st.dictionaries(
-        st.sampled_from(["seqno", "entries", "config", "payload", "request_id", "name", "data"]),
+        st.sampled_from(
+            [
+                "seqno",
+                "entries",
+                "config",
+                "payload",
+                "request_id",
+                "name",
+                "data",
+                "kind",
+                "since",
+                "size_bytes",
+            ]
+        ),
         _msgpack_values,
         max_size=4,
     ),
