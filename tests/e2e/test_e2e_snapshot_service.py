@@ -42,6 +42,11 @@ def _configure(features_on: Callable[[int], bool]) -> Callable[[int, dict[str, A
         config["snapshots"] = {"tx_count": 100_000}
         if features_on(i):
             config["rpc_interface"]["enabled_operator_features"] = FEATURES
+        else:
+            # Nodes that join later read what came before them from node 0's ledger (as an
+            # operator would from an archive), never writing there.
+            node0 = Path(config["workspace"]).parent.parent / "node0" / "workspace" / "ledger"
+            config["ledger_read_only_dirs"] = [str(node0)]
 
     return configure
 
@@ -201,6 +206,7 @@ async def test_a_joiner_starts_from_a_backups_snapshot_and_refuses_one_with_a_fo
     net: Sandbox,
 ) -> None:
     primary, backup = net.nodes
+    await _propose(net, "trigger_ledger_chunk")  # node 0's first chunk is then committed
     name = await _triggered_snapshot(net)
     seqno = (parse_snapshot_file_name(name) or (0,))[0]
     # The operator downloads the latest snapshot from the backup (not the primary).
@@ -236,6 +242,14 @@ async def test_a_joiner_starts_from_a_backups_snapshot_and_refuses_one_with_a_fo
     # Its ledger starts after the snapshot: what came before is in the snapshot's state.
     assert all(parse_chunk_name(p.name).first > seqno for p in _ledger_dir(joiner).iterdir())
     assert await read(net, joiner, 500) == "before 0", log_tails(net)
+    # Entries from before the snapshot, which its own ledger never held, come from the
+    # read-only directory (the explorer shows them; the tree it started from cannot prove
+    # them, and says so).
+    async with net.client(joiner, user=0) as c:
+        old = await c.get("/node/ledger/entries", params={"from_seqno": "2", "count": "3"})
+    assert old.status == 200, old
+    assert [e["seqno"] for e in old.body["entries"]] == [2, 3, 4], old.body
+    assert not any(e["leaf_checked"] for e in old.body["entries"])
     after = await write(net, primary, 600, "after the join")
     await wait_committed_on(net, joiner, after.seqno)
     assert await read(net, joiner, 600) == "after the join", log_tails(net)
