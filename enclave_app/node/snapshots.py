@@ -72,8 +72,20 @@ class Snapshots:
             self.due = (seqno, view)
 
     def _is_due(self, seqno: int) -> bool:
+        """Counted from the last snapshot the service recorded evidence of (in the store, so
+        the same on every node, restarted or not), so backups snapshot where the primary does."""
         interval = self.core.config.snapshots.tx_count
-        return (self.forced or seqno - self.last_seqno >= interval) and self.pending is None
+        last = max(self.last_seqno, self._recorded_seqno())
+        return (self.forced or seqno - last >= interval) and self.pending is None
+
+    def _recorded_seqno(self) -> int:
+        value = self.log.store.begin().get(SNAPSHOT_EVIDENCE_TABLE, gt.SINGLETON_KEY)
+        if value is None:
+            return 0
+        try:
+            return int(json.loads(value)["version"])
+        except (ValueError, KeyError, TypeError):
+            return 0
 
     def take_due(self, replication: Replication) -> None:
         """Snapshot the state at the due signature and record its evidence."""
@@ -89,6 +101,7 @@ class Snapshots:
         entry = self._encode(seqno, view)
         self.last_seqno = seqno
         self.forced = False
+        self.candidate = None  # a backup's, from before this node became primary
         tx = log.store.begin()
         gt.put_json(
             tx,
