@@ -7,7 +7,7 @@ the service certificate.
 
 The cleanup rule, in full:
 - Snapshots: committed snapshot files beyond the newest `max_snapshots` are deleted (oldest
-  first). Uncommitted ones are never touched (the writer replaces or commits them).
+  first), and uncommitted ones older than the newest committed one (never to be completed).
 - Ledger chunks, only when an archive directory is configured: a chunk is deleted when it is
   committed (`ledger_a-b.committed`), it ends before the newest committed snapshot's seqno
   (`b < s`), and the archive holds a file of the same name whose SHA-256, computed now from
@@ -193,6 +193,15 @@ class FilesCleanup:
                 report.snapshots_deleted.append(name)
                 _log.info("event=snapshot_deleted file=%s seqno=%d", name, seqno)
             snapshots = snapshots[: self.max_snapshots]
+            if snapshots:
+                # An uncommitted snapshot older than a committed one will never be completed
+                # (one that was abandoned): it only takes space.
+                for name in os.listdir(self.snapshots_dir):
+                    parsed = parse_snapshot_name(name)
+                    if parsed is not None and not parsed[2] and parsed[0] < snapshots[0][0]:
+                        (self.snapshots_dir / name).unlink(missing_ok=True)
+                        report.snapshots_deleted.append(name)
+                        _log.info("event=snapshot_deleted file=%s uncommitted", name)
         if self.archive_dir is not None and snapshots:
             self._delete_archived_chunks(snapshots[0][0], report)
         return report

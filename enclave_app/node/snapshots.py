@@ -174,7 +174,14 @@ class Snapshots:
         log = self.log
         if evidence_seqno > log.commit_seqno:
             return
-        material = log.history.receipt_material(evidence_seqno)
+        try:
+            material = log.history.receipt_material(evidence_seqno)
+        except KeyError:
+            # Its receipt material was compacted away before commit came (a backup that
+            # applied a long catch-up in one go): this snapshot cannot be completed.
+            LOG.warning("event=snapshot_abandoned seqno=%d evidence=%d", seqno, evidence_seqno)
+            self.pending = None
+            return
         if material is None or material[1].seqno > log.commit_seqno:
             return
         response = receipt(log.view_at(evidence_seqno) or 0, evidence_seqno)

@@ -76,10 +76,12 @@ def test_only_the_newest_max_snapshots_committed_snapshots_are_kept(tmp_path: Pa
     for seqno in (10, 20, 30, 40):
         snapshot(s, seqno)
     s.write_snapshot(50, 51, b"pending", False)
+    s.write_snapshot(25, 26, b"abandoned", False)  # older than a committed one
     report = s.run_cleanup()
     assert sorted(report.snapshots_deleted) == [
         "snapshot_10_11.committed",
         "snapshot_20_21.committed",
+        "snapshot_25_26",
     ]
     left = sorted(p.name for p in s.snapshots_dir.iterdir())
     assert left == ["snapshot_30_31.committed", "snapshot_40_41.committed", "snapshot_50_51"]
