@@ -39,6 +39,7 @@ from charter.enclave_app.http_server import (
 )
 from charter.enclave_app.loop import run_loop
 from charter.enclave_app.node import TXID_HEADER, Forwarded, Node
+from charter.enclave_app.operator_files import SNAPSHOT_NAME_HEADER
 from charter.enclave_app.platform import PlatformError
 from charter.enclave_app.snp_platform import SnpPlatform, obtain_endorsements
 from charter.enclave_app.startup import (
@@ -50,6 +51,7 @@ from charter.enclave_app.startup import (
 )
 from charter.governance.errors import http_status
 from charter.ledger.errors import LedgerError
+from charter.ledger.snapshot import parse_snapshot_file_name
 
 LOG = logging.getLogger("enclave")
 
@@ -233,16 +235,59 @@ class Runtime:
         naming the file and why (it is never started from)."""
         assert self.node is not None and config.start.join is not None
         found = await self._request(itf.ReadLatestSnapshot)
+        cert_pem = config.start.join.service_cert.read_text()
         if found.data is None:
+            if config.start.join.fetch_recent_snapshot:
+                await self._fetch_join_snapshot(config, cert_pem)
             return
         name = found.name or "snapshot"
-        cert_pem = config.start.join.service_cert.read_text()
         try:
             self.node.use_local_join_snapshot(found.data, name, cert_pem)
         except LedgerError as exc:
             raise RuntimeError(
                 f"refusing the snapshot {name} in {config.snapshots_dir}: {exc}"
             ) from None
+
+    async def _fetch_join_snapshot(self, config: itf.NodeConfig, cert_pem: str) -> None:
+        """`start.join.fetch_recent_snapshot`: the target's latest committed snapshot (any
+        trusted node serves its own), used only if it verifies; else the join goes on
+        without it, logged (the join answer may still carry one)."""
+        import aiohttp
+
+        assert self.node is not None and config.start.join is not None
+        target = config.start.join.target
+        ctx = ssl.create_default_context(cafile=str(config.start.join.service_cert))
+        ctx.check_hostname = False  # the service cert is the only trust anchor we accept
+        try:
+            async with (
+                aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(ssl=ctx),
+                    timeout=aiohttp.ClientTimeout(total=60),
+                ) as session,
+                session.get(f"https://{target}/node/snapshot") as response,
+            ):
+                name = response.headers.get(SNAPSHOT_NAME_HEADER, "")
+                data = await response.content.read(itf.SNAPSHOT_READ_BYTES_MAX + 1)
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            LOG.info("event=snapshot_fetch_failed target=%s error=%s", target, type(exc).__name__)
+            return
+        if status != 200 or len(data) > itf.SNAPSHOT_READ_BYTES_MAX:
+            LOG.info("event=snapshot_fetch_failed target=%s status=%d", target, status)
+            return
+        parsed = parse_snapshot_file_name(name)
+        if parsed is None or not parsed[2]:
+            LOG.error("event=snapshot_refused target=%s reason=unnamed or misnamed", target)
+            return
+        try:
+            self.node.use_local_join_snapshot(data, name, cert_pem)
+        except LedgerError as exc:
+            LOG.error(
+                "event=snapshot_refused file=%s target=%s reason=%s fallback=join answer",
+                name,
+                target,
+                exc,
+            )
 
     async def _join(self, config: itf.NodeConfig) -> None:
         """Ask the target node to join until governance trusts this node."""

@@ -199,6 +199,10 @@ class MemberConfig(_Model):
 class JoinConfig(_Model):
     target: Address
     service_cert: ConfigPath
+    # CCF's `join.fetch_recent_snapshot`: before joining, GET /node/snapshot from the target
+    # (any trusted node whose interface enables SnapshotRead) and start from it once trusted,
+    # if it verifies. Off by default: the join answer carries the primary's snapshot anyway.
+    fetch_recent_snapshot: bool = False
 
 
 class EndorsementsServer(_Model):

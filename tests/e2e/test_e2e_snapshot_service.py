@@ -7,6 +7,7 @@ that refuses a snapshot whose digest was forged."""
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -45,8 +46,12 @@ def _configure(features_on: Callable[[int], bool]) -> Callable[[int, dict[str, A
         else:
             # Nodes that join later read what came before them from node 0's ledger (as an
             # operator would from an archive), never writing there.
-            node0 = Path(config["workspace"]).parent.parent / "node0" / "workspace" / "ledger"
-            config["ledger_read_only_dirs"] = [str(node0)]
+            sandbox = Path(config["workspace"]).parent.parent
+            config["ledger_read_only_dirs"] = [str(sandbox / "node0" / "workspace" / "ledger")]
+            # They join through the backup, fetching its snapshot (CCF's fetch_recent_snapshot).
+            backup = json.loads((sandbox / "node1" / "node.json").read_text())
+            config["start"]["join"]["target"] = backup["rpc_address"]
+            config["start"]["join"]["fetch_recent_snapshot"] = True
 
     return configure
 
@@ -177,8 +182,14 @@ async def test_download_endpoints_serve_exact_file_bytes_and_are_403_where_not_e
         bad = await c.get("/node/ledger-chunk")
         assert bad.status == 400 and bad.body["error"]["code"] == "InvalidQueryParameterValue"
 
-    joiner = await net.add_node()  # its interface enables no operator feature
+    # It joins through the backup and fetches the backup's snapshot; its interface enables
+    # no operator feature.
+    joiner = await net.add_node()
     await wait_ready(net, joiner)
+    seqno = (parse_snapshot_file_name(name) or (0,))[0]
+    text = log_text(joiner)
+    assert f"event=join_snapshot_found file={name} seqno={seqno}" in text, text[-3000:]
+    assert f"event=joining_from_snapshot seqno={seqno}" in text
     async with net.client(joiner) as c:
         for path in (
             "/node/snapshot",
