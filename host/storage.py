@@ -172,8 +172,13 @@ class Storage:
         Re-sending an entry the ledger already holds byte for byte is harmless and skipped;
         a different entry at a held seqno needs a `Truncate` first.
         """
+        writer = self._writer
         for seqno, raw in entries:
-            if 0 < seqno <= self._writer.last_seqno and self._holds(seqno, raw):
+            if 0 < seqno < writer.first_seqno and seqno <= writer.committed_seqno:
+                # Committed here once, archived and removed by files_cleanup: nothing to
+                # compare it with, and nothing to write.
+                continue
+            if 0 < seqno <= writer.last_seqno and self._holds(seqno, raw):
                 continue
             try:
                 self._writer.append(seqno, raw)

@@ -501,6 +501,16 @@ class LedgerWriter:
             self._dir_dirty = True
         self.committed_seqno = seqno
 
+    @property
+    def first_seqno(self) -> int:
+        """The first seqno this directory holds (last_seqno + 1 when it holds none): above 1
+        for a node that joined from a snapshot, or once committed chunks were removed."""
+        if self._complete:
+            return self._complete[0][0]
+        if self._open is not None:
+            return self._open.first
+        return self.last_seqno + 1
+
     def committed_chunks(self) -> list[tuple[int, int]]:
         """(first, last) of each committed chunk this writer holds, in order."""
         return [(first, last) for first, last, committed in self._complete if committed]

@@ -284,3 +284,18 @@ def test_the_archive_cannot_be_the_ledger_directory(tmp_path: Path) -> None:
     )
     assert config.files_cleanup.max_snapshots == 3
     assert config.ledger_read_only_dirs == [tmp_path / "ro"]
+
+
+def test_an_entry_sent_again_after_its_chunk_was_archived_and_removed_is_skipped(
+    tmp_path: Path,
+) -> None:
+    archive = tmp_path / "archive"
+    s = make_storage(tmp_path, archive=archive)
+    raws = written(s, 20)
+    archive_all(s, archive)
+    snapshot(s, 16)
+    assert s.run_cleanup().chunks_deleted[0] == "ledger_1-5.committed"
+    assert s.write_entries([(3, raws[2]), (4, raws[3])])  # a duplicate delivery
+    assert s.write_entries([(21, entry(21))])
+    s.flush()
+    assert s.read_entries(1, 1, 21).entries == [*raws, entry(21)]
