@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-from charter.enclave_app import gc_pauses, jwt_refresh, node_endpoints
+from charter.enclave_app import gc_pauses, jwt_refresh, node_endpoints, operator_files
 from charter.enclave_app import interface as itf
 from charter.enclave_app.app import HttpResponse
 from charter.enclave_app.attestation import UnapprovedCode
@@ -39,6 +39,7 @@ from charter.enclave_app.http_server import (
 )
 from charter.enclave_app.loop import run_loop
 from charter.enclave_app.node import TXID_HEADER, Forwarded, Node
+from charter.enclave_app.operator_files import SNAPSHOT_NAME_HEADER
 from charter.enclave_app.platform import PlatformError
 from charter.enclave_app.snp_platform import SnpPlatform, obtain_endorsements
 from charter.enclave_app.startup import (
@@ -49,6 +50,8 @@ from charter.enclave_app.startup import (
     make_platform,
 )
 from charter.governance.errors import http_status
+from charter.ledger.errors import LedgerError
+from charter.ledger.snapshot import parse_snapshot_file_name
 
 LOG = logging.getLogger("enclave")
 
@@ -208,6 +211,7 @@ class Runtime:
             self._serve_held()
         elif config.start.mode == "join":
             node.start_joining()
+            await self._local_join_snapshot(config)
             self.flush()
             asyncio.get_running_loop().create_task(self._join(config))
             return
@@ -224,6 +228,66 @@ class Runtime:
         self.channel.send(
             itf.Started(node.node_id, node.state, {"service_status": node.service_status()})
         )
+
+    async def _local_join_snapshot(self, config: itf.NodeConfig) -> None:
+        """A snapshot the operator put in a fresh joiner's snapshots directory: checked now
+        against the pinned service certificate; one that does not verify stops the node,
+        naming the file and why (it is never started from)."""
+        assert self.node is not None and config.start.join is not None
+        found = await self._request(itf.ReadLatestSnapshot)
+        cert_pem = config.start.join.service_cert.read_text()
+        if found.data is None:
+            if config.start.join.fetch_recent_snapshot:
+                await self._fetch_join_snapshot(config, cert_pem)
+            return
+        name = found.name or "snapshot"
+        try:
+            self.node.use_local_join_snapshot(found.data, name, cert_pem)
+        except LedgerError as exc:
+            raise RuntimeError(
+                f"refusing the snapshot {name} in {config.snapshots_dir}: {exc}"
+            ) from None
+
+    async def _fetch_join_snapshot(self, config: itf.NodeConfig, cert_pem: str) -> None:
+        """`start.join.fetch_recent_snapshot`: the target's latest committed snapshot (any
+        trusted node serves its own), used only if it verifies; else the join goes on
+        without it, logged (the join answer may still carry one)."""
+        import aiohttp
+
+        assert self.node is not None and config.start.join is not None
+        target = config.start.join.target
+        ctx = ssl.create_default_context(cafile=str(config.start.join.service_cert))
+        ctx.check_hostname = False  # the service cert is the only trust anchor we accept
+        try:
+            async with (
+                aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(ssl=ctx),
+                    timeout=aiohttp.ClientTimeout(total=60),
+                ) as session,
+                session.get(f"https://{target}/node/snapshot") as response,
+            ):
+                name = response.headers.get(SNAPSHOT_NAME_HEADER, "")
+                data = await response.content.read(itf.SNAPSHOT_READ_BYTES_MAX + 1)
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            LOG.info("event=snapshot_fetch_failed target=%s error=%s", target, type(exc).__name__)
+            return
+        if status != 200 or len(data) > itf.SNAPSHOT_READ_BYTES_MAX:
+            LOG.info("event=snapshot_fetch_failed target=%s status=%d", target, status)
+            return
+        parsed = parse_snapshot_file_name(name)
+        if parsed is None or not parsed[2]:
+            LOG.error("event=snapshot_refused target=%s reason=unnamed or misnamed", target)
+            return
+        try:
+            self.node.use_local_join_snapshot(data, name, cert_pem)
+        except LedgerError as exc:
+            LOG.error(
+                "event=snapshot_refused file=%s target=%s reason=%s fallback=join answer",
+                name,
+                target,
+                exc,
+            )
 
     async def _join(self, config: itf.NodeConfig) -> None:
         """Ask the target node to join until governance trusts this node."""
@@ -385,7 +449,10 @@ class Runtime:
             self.accept(fds[0])
             return
         _close(fds)
-        if isinstance(frame, itf.EntriesRead | itf.SnapshotRead | itf.EndorsementsFetched):
+        if isinstance(
+            frame,
+            itf.EntriesRead | itf.SnapshotRead | itf.EndorsementsFetched | itf.OperatorFileRead,
+        ):
             future = self.pending_reads.pop(frame.request_id, None)
             if future is not None and not future.done():
                 future.set_result(frame)
@@ -510,6 +577,8 @@ class Runtime:
             peer_der = ssl_object.getpeercert(binary_form=True)
         if self.console is not None and Console.handles(request.path):
             return await self.serve_console(request, peer_der)
+        if operator_files.handles(request.path):
+            return await self.serve_operator_file(request)
         try:
             result = node.handle(
                 request.method,
@@ -528,6 +597,31 @@ class Runtime:
         self.schedule_flush()
         if isinstance(result, Forwarded):
             result = await self._await_forward(result)
+        headers = dict(result.headers)
+        if result.content_type:
+            headers["Content-Type"] = result.content_type
+        return web.Response(status=result.status, body=result.body, headers=headers)
+
+    async def serve_operator_file(self, request: web.BaseRequest) -> web.StreamResponse:
+        """The ledger chunk and snapshot downloads (operator_files.py): the host reads the
+        file, the enclave checks it before it is served."""
+        node = self.node
+        assert node is not None
+        node.metrics["requests"] += 1
+
+        async def read(kind: str, name: str, since: int) -> itf.OperatorFileRead:
+            request_id = next(self.request_ids)
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self.pending_reads[request_id] = future
+            self.channel.send(itf.ReadOperatorFile(request_id, kind, name, since))
+            reply: itf.OperatorFileRead = await future
+            return reply
+
+        result = await operator_files.serve(
+            node, request.method, request.path, request.query_string, read
+        )
+        if result.status >= 400:
+            node.metrics["errors"] += 1
         headers = dict(result.headers)
         if result.content_type:
             headers["Content-Type"] = result.content_type

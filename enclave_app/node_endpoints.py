@@ -17,10 +17,12 @@ from charter.enclave_app.metrics_format import (
     choose_format,
     render_prometheus,
 )
+from charter.enclave_app.operator_files import SNAPSHOT_NAME_HEADER
 from charter.enclave_app.platform import VIRTUAL_FORMAT
 from charter.governance import tables as gt
 from charter.ledger import certs
 from charter.ledger.errors import LedgerError
+from charter.ledger.snapshot import parse_snapshot_file_name
 
 if TYPE_CHECKING:
     from charter.enclave_app.node import Node
@@ -35,6 +37,11 @@ class TxQuery(pydantic.BaseModel):
 
 class MetricsQuery(pydantic.BaseModel):
     format: Literal["json", "prometheus"] | None = None
+
+
+class SnapshotQuery(pydantic.BaseModel):
+    # CCF's `since`: only a snapshot at or after this seqno will do.
+    since: Annotated[int, pydantic.Field(ge=0, le=2**63 - 1)] = 0
 
 
 class JoinRequest(pydantic.BaseModel):
@@ -262,15 +269,23 @@ def build(node: Node) -> App:
         secrets sealed to its key."""
         return node.join_request(ctx.tx, ctx.body.model_dump())
 
-    if "SnapshotRead" in node.config.enabled_operator_features:
-
-        @app.get("/snapshot", auth="none")
-        def snapshot(ctx: Context) -> Response:
-            """The latest committed snapshot (operator feature `SnapshotRead`)."""
-            data = node.latest_snapshot
-            if data is None:
-                raise HttpError("No committed snapshot yet", code="SnapshotNotFound")
-            return Response(200, data, {}, "application/octet-stream")
+    @app.get("/snapshot", auth="none", query=SnapshotQuery)
+    def snapshot(ctx: Context) -> Response:
+        """The latest committed snapshot this node holds, once verified (operator feature
+        `SnapshotRead`; `since`: only one at or after that seqno). Any trusted node serves
+        its own: backups take the snapshots the primary records evidence of."""
+        if "SnapshotRead" not in node.config.operator_features():
+            raise HttpError(
+                "SnapshotRead is not enabled on this RPC interface",
+                code="OperatorFeatureNotEnabled",
+            )
+        data, name = node.latest_snapshot, node.latest_snapshot_name
+        parsed = parse_snapshot_file_name(name) if name else None
+        if data is None or name is None or (parsed is not None and parsed[0] < ctx.query.since):
+            raise HttpError(
+                f"No committed snapshot since seqno {ctx.query.since}", code="SnapshotNotFound"
+            )
+        return Response(200, data, {SNAPSHOT_NAME_HEADER: name}, "application/octet-stream")
 
     @app.get("/version", auth="none")
     def version(ctx: Context) -> dict[str, Any]:

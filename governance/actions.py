@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -580,6 +581,26 @@ def apply_refresh_shares(tx: KvTx, args: NoArgs, ctx: ActionContext) -> Effects:
     return Effects(refresh_recovery_shares=True)
 
 
+def check_file_trigger(tx: KvTx, args: NoArgs) -> None:
+    """trigger_snapshot / trigger_ledger_chunk: anything goes (as in CCF), no arguments."""
+
+
+def _record_trigger(tx: KvTx, what: bytes, ctx: ActionContext) -> None:
+    # Recorded in the KV so that every node, not only the one that applies the proposal,
+    # learns of it (a backup snapshots where the primary does).
+    tx.put(t.FILE_TRIGGERS, what, json.dumps({"proposal_id": ctx.proposal_id}).encode())
+
+
+def apply_trigger_snapshot(tx: KvTx, args: NoArgs, ctx: ActionContext) -> Effects:
+    _record_trigger(tx, b"snapshot", ctx)
+    return Effects(trigger_snapshot=True)
+
+
+def apply_trigger_ledger_chunk(tx: KvTx, args: NoArgs, ctx: ActionContext) -> Effects:
+    _record_trigger(tx, b"ledger_chunk", ctx)
+    return Effects(trigger_ledger_chunk=True)
+
+
 def check_service_config(tx: KvTx, args: ServiceConfigArgs) -> None:
     values = args.model_dump(exclude_none=True)
     if not values:
@@ -743,6 +764,8 @@ _SPECS = (
         apply_set_recovery_threshold,
     ),
     ActionSpec("trigger_ledger_rekey", NoArgs, check_rekey, apply_rekey),
+    ActionSpec("trigger_snapshot", NoArgs, check_file_trigger, apply_trigger_snapshot),
+    ActionSpec("trigger_ledger_chunk", NoArgs, check_file_trigger, apply_trigger_ledger_chunk),
     ActionSpec(
         "trigger_recovery_shares_refresh", NoArgs, check_refresh_shares, apply_refresh_shares
     ),

@@ -42,6 +42,10 @@ class Effects:
     refresh_recovery_shares: bool = False
     retired_nodes: tuple[str, ...] = ()
     renew_service_certificate: ServiceRenewal | None = None
+    # The next signature takes a snapshot / ends the ledger chunk (CCF's trigger_snapshot,
+    # trigger_ledger_chunk).
+    trigger_snapshot: bool = False
+    trigger_ledger_chunk: bool = False
 
     def merge(self, other: Effects) -> Effects:
         return Effects(
@@ -53,6 +57,8 @@ class Effects:
             # Two renewals in one proposal: the later action wins, as its KV write would.
             renew_service_certificate=other.renew_service_certificate
             or self.renew_service_certificate,
+            trigger_snapshot=self.trigger_snapshot or other.trigger_snapshot,
+            trigger_ledger_chunk=self.trigger_ledger_chunk or other.trigger_ledger_chunk,
         )
 
     @property

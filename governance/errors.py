@@ -32,6 +32,7 @@ _CODES_BY_STATUS: Final[dict[int, tuple[str, ...]]] = {
         "InvalidProposal",
         # A submitted recovery share that is malformed or not the one issued to its member.
         "InvalidRecoveryShare",
+        "InvalidQueryParameterValue",
         "NotEnoughRecoveryShares",
         "InvalidResourceName",
         "InvalidRole",
@@ -89,6 +90,8 @@ _CODES_BY_STATUS: Final[dict[int, tuple[str, ...]]] = {
         "NotRecoveryMember",
         "ServiceNotRecovering",
         "ServiceNotWaitingForRecoveryShares",
+        # A download endpoint whose feature is not enabled on this RPC interface.
+        "OperatorFeatureNotEnabled",
         "ProposerNotAllowed",
     ),
     404: (
@@ -118,7 +121,8 @@ _CODES_BY_STATUS: Final[dict[int, tuple[str, ...]]] = {
     # The shares combined but the wrapped ledger secrets do not open (a damaged record).
     500: ("InternalError", "RecoveryFailed"),
     # A forwarded request's answer that the primary could not send back over the channel.
-    502: ("ResponseTooLarge",),
+    # Or a file the host read back that the enclave refuses to serve.
+    502: ("HostFileInvalid", "ResponseTooLarge"),
     # Not now: the client retries (these answers carry Retry-After).
     503: (
         "FrontendNotOpen",

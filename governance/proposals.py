@@ -451,6 +451,8 @@ def effects_to_json(effects: Effects) -> dict[str, Any]:
                 "validityPeriodDays": effects.renew_service_certificate.validity_period_days,
             }
         ),
+        "triggerSnapshot": effects.trigger_snapshot,
+        "triggerLedgerChunk": effects.trigger_ledger_chunk,
     }
 
 

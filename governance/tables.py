@@ -31,6 +31,9 @@ from charter.ledger.service_state import (
     COSE_RECENT_PROPOSALS as COSE_RECENT_PROPOSALS,
 )
 from charter.ledger.service_state import (
+    FILE_TRIGGERS as FILE_TRIGGERS,
+)
+from charter.ledger.service_state import (
     GOV_TABLE_PREFIX as GOV_TABLE_PREFIX,
 )
 from charter.ledger.service_state import (

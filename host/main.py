@@ -90,6 +90,9 @@ class Host:
             ledger_dir=config.ledger_dir,
             snapshots_dir=config.snapshots_dir,
             chunk_size_bytes=config.ledger_chunk_bytes,
+            read_only_dirs=list(config.ledger_read_only_dirs),
+            archive_dir=config.files_cleanup.ledger_archive_dir,
+            max_snapshots=config.files_cleanup.max_snapshots,
         )
         self.relay = Relay(config.node_to_node_address, self._on_node_message)
         self.channel: ControlChannel | None = None
@@ -98,7 +101,12 @@ class Host:
         self.ports: dict[str, object] = {}
         self._stop = asyncio.Event()
         self._exit_code = 0
-        self.storage_worker = StorageWorker(self.storage, self._reply, self._on_storage_failure)
+        self.storage_worker = StorageWorker(
+            self.storage,
+            self._reply,
+            self._on_storage_failure,
+            cleanup_interval_ms=config.files_cleanup.interval_ms,
+        )
         self._next_conn_id = 1
         self._tasks: list[asyncio.Task[None]] = []
         self.endorsements = EndorsementsFetcher(config.snp.endorsements_servers, self._reply)

@@ -24,8 +24,10 @@ from charter.enclave_app.interface import (
     Durable,
     EntriesRead,
     Frame,
+    OperatorFileRead,
     ReadEntries,
     ReadLatestSnapshot,
+    ReadOperatorFile,
     SnapshotRead,
     StoreSealed,
     Truncate,
@@ -34,7 +36,21 @@ from charter.enclave_app.interface import (
     parse_snapshot_name,
     snapshot_file_name,
 )
-from charter.ledger.chunks import LedgerReader, LedgerWriter, write_all_at, write_failure
+from charter.host.ledger_files import (
+    ChunkSources,
+    CleanupReport,
+    FilesCleanup,
+    committed_snapshots,
+    read_chunk_entries,
+)
+from charter.ledger.chunks import (
+    LedgerReader,
+    LedgerWriter,
+    parse_chunk_name,
+    write_all_at,
+    write_failure,
+)
+from charter.ledger.entry import HEADER_SIZE, read_header
 from charter.ledger.errors import LedgerError, LedgerWriteError
 
 _log = logging.getLogger(__name__)
@@ -55,6 +71,7 @@ STORAGE_FRAMES = (
     WriteSnapshot,
     ReadLatestSnapshot,
     StoreSealed,
+    ReadOperatorFile,
 )
 
 
@@ -113,6 +130,9 @@ class Storage:
         ledger_dir: Path,
         snapshots_dir: Path,
         chunk_size_bytes: int,
+        read_only_dirs: list[Path] | None = None,
+        archive_dir: Path | None = None,
+        max_snapshots: int | None = None,
     ) -> None:
         self.workspace = workspace
         self.ledger_dir = ledger_dir
@@ -120,6 +140,18 @@ class Storage:
         for d in (workspace, ledger_dir, snapshots_dir):
             d.mkdir(parents=True, exist_ok=True)
         self._writer = LedgerWriter(str(ledger_dir), chunk_size_bytes=chunk_size_bytes)
+        # Entries the ledger directory no longer (or never) held: read-only dirs, archive.
+        elsewhere = list(read_only_dirs or [])
+        if archive_dir is not None:
+            elsewhere.append(archive_dir)
+        self.sources = ChunkSources(elsewhere)
+        self.cleanup = FilesCleanup(
+            writer=self._writer,
+            ledger_dir=ledger_dir,
+            snapshots_dir=snapshots_dir,
+            max_snapshots=max_snapshots,
+            archive_dir=archive_dir,
+        )
         self.last_entry_view = 0
         self._unflushed = False
         self.durable_seqno = self._writer.durable_seqno
@@ -140,8 +172,13 @@ class Storage:
         Re-sending an entry the ledger already holds byte for byte is harmless and skipped;
         a different entry at a held seqno needs a `Truncate` first.
         """
+        writer = self._writer
         for seqno, raw in entries:
-            if 0 < seqno <= self._writer.last_seqno and self._holds(seqno, raw):
+            if 0 < seqno < writer.first_seqno and seqno <= writer.committed_seqno:
+                # Committed here once, archived and removed by files_cleanup: nothing to
+                # compare it with, and nothing to write.
+                continue
+            if 0 < seqno <= writer.last_seqno and self._holds(seqno, raw):
                 continue
             try:
                 self._writer.append(seqno, raw)
@@ -195,25 +232,70 @@ class Storage:
         self._writer.commit(seqno)
 
     def read_entries(self, request_id: int, from_seqno: int, to_seqno: int) -> EntriesRead:
-        """Entries from_seqno..to_seqno, cut short to fit one reply frame.
+        """Entries from_seqno..to_seqno, cut short to fit one reply frame, or where no
+        directory holds the next one (empty when none holds `from_seqno`).
 
-        Entries not yet fsynced are visible too (the writer uses pwrite); the enclave checks
-        whatever it reads against its Merkle tree anyway.
+        The ledger directory first (entries not yet fsynced are visible too: the writer uses
+        pwrite); entries before its first are taken from committed chunks in the read-only
+        ledger directories, then the archive. The enclave checks whatever it reads against
+        its Merkle tree anyway.
         """
         entries: list[bytes] = []
         first = max(from_seqno, 1)
-        if from_seqno > to_seqno or first > self.last_seqno:
+        end = min(to_seqno, self.last_seqno)
+        if first > end:
             return EntriesRead(request_id=request_id, entries=entries, first_seqno=first)
-        total_bytes = 0
-        reader = LedgerReader(str(self.ledger_dir))
-        for _seqno, raw in reader.entries(first, min(to_seqno, self.last_seqno)):
-            total_bytes += len(raw) + REPLY_ENTRY_OVERHEAD_BYTES
-            if total_bytes > READ_REPLY_BYTES_MAX:
+        budget = [READ_REPLY_BYTES_MAX]
+        try:
+            reader = LedgerReader(str(self.ledger_dir))
+        except LedgerError as e:
+            _log.error("ledger directory unreadable reason=%s", e)
+            return EntriesRead(request_id=request_id, entries=entries, first_seqno=first)
+        local_first = reader.first_seqno if reader.chunks else self.last_seqno + 1
+        seqno = first
+        while seqno < local_first and seqno <= end:
+            taken = self._read_elsewhere(seqno, min(end, local_first - 1), entries, budget)
+            if taken == 0:
                 break
-            entries.append(raw)
+            seqno += taken
+        if seqno >= local_first:
+            for _seqno, raw in reader.entries(seqno, end):
+                if not self._take(raw, entries, budget):
+                    break
         if not entries:
             _log.warning("ledger read returned nothing from_seqno=%d", first)
         return EntriesRead(request_id=request_id, entries=entries, first_seqno=first)
+
+    @staticmethod
+    def _take(raw: bytes, entries: list[bytes], budget: list[int]) -> bool:
+        cost = len(raw) + REPLY_ENTRY_OVERHEAD_BYTES
+        if cost > budget[0]:
+            return False
+        budget[0] -= cost
+        entries.append(raw)
+        return True
+
+    def _read_elsewhere(self, seqno: int, end: int, entries: list[bytes], budget: list[int]) -> int:
+        """Append entries seqno.. (up to `end`) of the one committed chunk elsewhere that holds
+        `seqno`; returns how many were taken (0: none holds it, or it is unreadable)."""
+        found = self.sources.find(seqno)
+        if found is None:
+            return 0
+        path, chunk = found
+        loaded = read_chunk_entries(path, chunk)
+        if loaded is None:
+            return 0
+        data, positions = loaded
+        taken = 0
+        for index in range(seqno - chunk.first, len(positions)):
+            if chunk.first + index > end:
+                break
+            start = positions[index]
+            stop = start + HEADER_SIZE + read_header(data, start)[2]
+            if not self._take(bytes(data[start:stop]), entries, budget):
+                break
+            taken += 1
+        return taken
 
     def close(self) -> None:
         self._writer.close()
@@ -278,6 +360,57 @@ class Storage:
             return SnapshotRead(request_id=request_id, name=None, data=None)
         return SnapshotRead(request_id=request_id, name=found[0], data=found[1])
 
+    # -- bounded disk and operator files ------------------------------------------------
+
+    def run_cleanup(self) -> CleanupReport:
+        return self.cleanup.run()
+
+    def read_operator_file(self, request_id: int, kind: str, name: str, since: int) -> Frame:
+        """A committed ledger chunk or snapshot: found by `since` (name only) or read by name."""
+        if kind == "snapshot":
+            path = self._find_snapshot(name, since)
+        else:
+            path = self._find_chunk(name, since)
+        if path is None:
+            return OperatorFileRead(request_id=request_id, name=None, data=None, size_bytes=0)
+        try:
+            size_bytes = path.stat().st_size
+        except OSError:
+            return OperatorFileRead(request_id=request_id, name=None, data=None, size_bytes=0)
+        data = None
+        if name and size_bytes <= SNAPSHOT_READ_BYTES_MAX:
+            data = _read_limited(path, SNAPSHOT_READ_BYTES_MAX)
+        return OperatorFileRead(
+            request_id=request_id, name=path.name, data=data, size_bytes=size_bytes
+        )
+
+    def _find_snapshot(self, name: str, since: int) -> Path | None:
+        if name:
+            parsed = parse_snapshot_name(name)
+            if parsed is None or not parsed[2] or "/" in name:
+                return None
+            path = self.snapshots_dir / name
+            return path if path.is_file() else None
+        for seqno, found in committed_snapshots(self.snapshots_dir):
+            return self.snapshots_dir / found if seqno >= since else None
+        return None
+
+    def _find_chunk(self, name: str, since: int) -> Path | None:
+        if name:
+            try:
+                chunk = parse_chunk_name(name)
+            except LedgerError:
+                return None
+            if not chunk.committed or chunk.recovery or chunk.ignored or "/" in name:
+                return None
+            local = self.ledger_dir / name
+            return local if local.is_file() else self.sources.find_name(name)
+        for first, last in self._writer.committed_chunks():
+            if first <= since <= last:
+                return self.ledger_dir / f"ledger_{first}-{last}.committed"
+        found = self.sources.find(since)
+        return None if found is None else found[0]
+
     # -- sealed blob ---------------------------------------------------------------------
 
     def store_sealed(self, blob: bytes) -> None:
@@ -307,8 +440,13 @@ class StorageWorker:
         storage: Storage,
         reply: Callable[[Frame], None],
         on_failure: Callable[[str], None],
+        *,
+        cleanup_interval_ms: int = 1000,
     ) -> None:
         self.storage = storage
+        self._cleanup_interval_s = cleanup_interval_ms / 1000
+        self._cleanup_due = True  # after a commit or a committed snapshot
+        self._cleanup_last = float("-inf")
         self._reply = reply
         self._on_failure = on_failure
         self._queue: asyncio.Queue[Frame] = asyncio.Queue(STORAGE_QUEUE_FRAMES_MAX)
@@ -323,6 +461,7 @@ class StorageWorker:
             WriteSnapshot: self._write_snapshot,
             ReadLatestSnapshot: self._read_latest_snapshot,
             StoreSealed: self._store_sealed,
+            ReadOperatorFile: self._read_operator_file,
         }
         assert set(self._handlers) == set(STORAGE_FRAMES)
 
@@ -352,11 +491,27 @@ class StorageWorker:
                     await self._handle(self._queue.get_nowait())
                 if self.storage.needs_flush:
                     await self._flush()
+                await self._maybe_clean_up()
         except LedgerWriteError as e:
             # A full disk (or a failing one): stop the node, saying where and how much. What
             # was not flushed was never reported durable; a restart on the files resumes.
             _log.error("storage write failed path=%s reason=%r", e.path, str(e))
             self._on_failure(str(e))
+
+    async def _maybe_clean_up(self) -> None:
+        """Run `files_cleanup` after commits, at most once per interval (between frames, so
+        never while the writer is in use)."""
+        if not self._cleanup_due or not self.storage.cleanup.enabled:
+            return
+        now = asyncio.get_running_loop().time()
+        if now - self._cleanup_last < self._cleanup_interval_s:
+            return
+        self._cleanup_due = False
+        self._cleanup_last = now
+        try:
+            await self._call(self.storage.run_cleanup)
+        except OSError as e:
+            _log.error("files cleanup failed reason=%s", e)
 
     async def _flush(self) -> None:
         durable = await self._call(self.storage.flush)
@@ -378,6 +533,7 @@ class StorageWorker:
         if self.storage.needs_flush:
             await self._flush()
         await self._call(self.storage.commit, frame.seqno)
+        self._cleanup_due = True
 
     async def _read_entries(self, frame: ReadEntries) -> None:
         s = self.storage
@@ -390,9 +546,18 @@ class StorageWorker:
         await self._call(
             s.write_snapshot, frame.seqno, frame.evidence_seqno, frame.data, frame.committed
         )
+        self._cleanup_due = self._cleanup_due or frame.committed
 
     async def _read_latest_snapshot(self, frame: ReadLatestSnapshot) -> None:
         self._reply(await self._call(self.storage.read_latest_snapshot, frame.request_id))
 
     async def _store_sealed(self, frame: StoreSealed) -> None:
         await self._call(self.storage.store_sealed, frame.blob)
+
+    async def _read_operator_file(self, frame: ReadOperatorFile) -> None:
+        s = self.storage
+        self._reply(
+            await self._call(
+                s.read_operator_file, frame.request_id, frame.kind, frame.name, frame.since
+            )
+        )

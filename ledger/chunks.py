@@ -198,9 +198,11 @@ class ChunkPolicy:
         assert chunk_size_bytes > 0
         self.chunk_size_bytes = chunk_size_bytes
         self.bytes_in_chunk = 0
+        # The next signature ends the chunk whatever its size (`trigger_ledger_chunk`).
+        self.forced = False
 
     def flags_for_signature(self, entry_size_bytes: int = 0) -> int:
-        if self.bytes_in_chunk + entry_size_bytes >= self.chunk_size_bytes:
+        if self.forced or self.bytes_in_chunk + entry_size_bytes >= self.chunk_size_bytes:
             return FLAG_FORCE_CHUNK_AFTER
         return 0
 
@@ -208,6 +210,7 @@ class ChunkPolicy:
         """Account for one appended entry (of `entry_size_bytes` bytes incl. header)."""
         if flags & FLAG_FORCE_CHUNK_AFTER:
             self.bytes_in_chunk = 0
+            self.forced = False
         else:
             self.bytes_in_chunk += entry_size_bytes
 
@@ -497,6 +500,30 @@ class LedgerWriter:
             self._complete[i] = (first, last, True)
             self._dir_dirty = True
         self.committed_seqno = seqno
+
+    @property
+    def first_seqno(self) -> int:
+        """The first seqno this directory holds (last_seqno + 1 when it holds none): above 1
+        for a node that joined from a snapshot, or once committed chunks were removed."""
+        if self._complete:
+            return self._complete[0][0]
+        if self._open is not None:
+            return self._open.first
+        return self.last_seqno + 1
+
+    def committed_chunks(self) -> list[tuple[int, int]]:
+        """(first, last) of each committed chunk this writer holds, in order."""
+        return [(first, last) for first, last, committed in self._complete if committed]
+
+    def remove_committed_chunk(self, first: int, last: int) -> str:
+        """Delete the committed chunk `ledger_first-last.committed` (the caller has made sure
+        a copy is kept elsewhere); returns the path deleted. Only committed chunks can go."""
+        index = self._complete.index((first, last, True))
+        path = self._path(first, last, committed=True)
+        os.unlink(path)
+        del self._complete[index]
+        _fsync_dir(self.directory)
+        return path
 
     def truncate(self, seqno: int) -> None:
         """Drop every entry after `seqno` (never below the committed point)."""

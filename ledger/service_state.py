@@ -60,6 +60,9 @@ SCITT_CONFIGURATION: Final = "public:ccf.gov.scitt.configuration"
 RECENT_REQUESTS: Final = "public:ccf.gov.charter.recent_requests"
 # Ids of removed members, so a removed member's request gets a specific error.
 RETIRED_MEMBERS: Final = "public:ccf.gov.charter.retired_members"
+# What trigger_snapshot / trigger_ledger_chunk asked (key b"snapshot" or b"ledger_chunk",
+# value JSON {"proposal_id"}): every node watches it, so backups snapshot where the primary does.
+FILE_TRIGGERS: Final = "public:ccf.gov.charter.file_triggers"
 
 # -- internal tables -------------------------------------------------------------------------
 SIGNATURES: Final = "public:ccf.internal.signatures"

@@ -102,6 +102,25 @@ class SnapshotsConfig(_Model):
     tx_count: int = pydantic.Field(default=10_000, ge=1)
 
 
+class FilesCleanupConfig(_Model):
+    """CCF's `files_cleanup`: what the host may delete, so that the disk stays bounded.
+
+    Nothing is deleted by default. Snapshots: only committed ones beyond the newest
+    `max_snapshots`. Ledger chunks: only committed ones that end before the latest committed
+    snapshot (so the snapshot, its evidence and everything after it stay here for a restart
+    or a joiner) and of which `ledger_archive_dir` holds a file of the same name whose
+    SHA-256, read back from the archive, is that of the local file.
+    """
+
+    max_snapshots: int | None = pydantic.Field(default=None, ge=1)
+    ledger_archive_dir: ConfigPath | None = None
+    # How often, at most, the host looks for files to delete (after a commit).
+    interval_ms: int = pydantic.Field(default=1000, ge=10, le=3_600_000)
+
+
+OperatorFeature = Literal["SnapshotRead", "LedgerChunkRead"]
+
+
 class ConsensusConfig(_Model):
     election_timeout_ms: tuple[int, int] = (1000, 2000)
     heartbeat_ms: int = pydantic.Field(default=100, ge=1)
@@ -140,6 +159,10 @@ class RpcInterfaceConfig(_Model):
     subject_alt_names: Annotated[
         list[str], pydantic.Field(max_length=SAN_COUNT_MAX), pydantic.AfterValidator(_check_sans)
     ] = []
+    # Operator features served on this interface (CCF's `enabled_operator_features`, per
+    # interface as in CCF): "SnapshotRead" serves /node/snapshot[/{name}], "LedgerChunkRead"
+    # /node/ledger-chunk[/{name}]. Elsewhere those endpoints answer 403.
+    enabled_operator_features: list[OperatorFeature] = []
 
     @pydantic.model_validator(mode="after")
     def _caps(self) -> RpcInterfaceConfig:
@@ -176,6 +199,10 @@ class MemberConfig(_Model):
 class JoinConfig(_Model):
     target: Address
     service_cert: ConfigPath
+    # CCF's `join.fetch_recent_snapshot`: before joining, GET /node/snapshot from the target
+    # (any trusted node whose interface enables SnapshotRead) and start from it once trusted,
+    # if it verifies. Off by default: the join answer carries the primary's snapshot anyway.
+    fetch_recent_snapshot: bool = False
 
 
 class EndorsementsServer(_Model):
@@ -284,8 +311,13 @@ class NodeConfig(_Model):
     snapshots: SnapshotsConfig = pydantic.Field(default_factory=SnapshotsConfig)
     memory: MemoryConfig = pydantic.Field(default_factory=MemoryConfig)
     consensus: ConsensusConfig = pydantic.Field(default_factory=ConsensusConfig)
-    # Operator features served on this node's RPC interface (CCF's name); none by default.
-    enabled_operator_features: list[Literal["SnapshotRead"]] = []
+    # Older spelling of rpc_interface.enabled_operator_features (merged into it).
+    enabled_operator_features: list[OperatorFeature] = []
+    # Directories of committed ledger chunks this node only reads (CCF's
+    # `ledger.read_only_directories`): catch-up and historical reads look there (and in
+    # files_cleanup.ledger_archive_dir) for entries the ledger directory does not hold.
+    ledger_read_only_dirs: list[ConfigPath] = pydantic.Field(default=[], max_length=16)
+    files_cleanup: FilesCleanupConfig = pydantic.Field(default_factory=FilesCleanupConfig)
     console: ConsoleConfig = pydantic.Field(default_factory=ConsoleConfig)
     jwt: JwtConfig = pydantic.Field(default_factory=JwtConfig)
     start: StartConfig
@@ -297,7 +329,29 @@ class NodeConfig(_Model):
             object.__setattr__(self, "ledger_dir", self.workspace / "ledger")
         if self.snapshots_dir is None:
             object.__setattr__(self, "snapshots_dir", self.workspace / "snapshots")
+        if self.enabled_operator_features:
+            merged = list(self.rpc_interface.enabled_operator_features)
+            merged += [f for f in self.enabled_operator_features if f not in merged]
+            object.__setattr__(
+                self,
+                "rpc_interface",
+                self.rpc_interface.model_copy(update={"enabled_operator_features": merged}),
+            )
         return self
+
+    @pydantic.model_validator(mode="after")
+    def _archive_apart(self) -> NodeConfig:
+        # The archive must be another directory: deleting a chunk "because the archive holds
+        # it" would otherwise delete the archive's only copy.
+        archive = self.files_cleanup.ledger_archive_dir
+        ledger = self.ledger_dir
+        if archive is not None and ledger is not None and archive.resolve() == ledger.resolve():
+            raise ValueError("files_cleanup.ledger_archive_dir must not be the ledger_dir")
+        return self
+
+    def operator_features(self) -> frozenset[str]:
+        """The operator features enabled on the (one) RPC interface."""
+        return frozenset(self.rpc_interface.enabled_operator_features)
 
     @pydantic.model_validator(mode="after")
     def _named_rpc_host(self) -> NodeConfig:

@@ -31,6 +31,9 @@ Semantics the host implements (see host/):
 - `FetchEndorsements` is answered by one `EndorsementsFetched`, from a task of the host's own
   (the frame loop goes on meanwhile): what the first of `snp.endorsements_servers` from
   `first_server` on served, unchecked, or `error` naming every server's failure.
+- `ReadOperatorFile` is answered by one `OperatorFileRead` (see the frames; host/storage.py).
+  `ReadEntries` looks in the ledger directory, then the read-only ledger directories, then
+  the archive (committed chunks only outside the ledger directory).
 """
 
 from __future__ import annotations
@@ -372,6 +375,47 @@ class FetchEndorsements(Frame):
             raise InterfaceError(f"first_server must be below {ENDORSEMENTS_SERVERS_MAX}")
 
 
+# Operator files (issue 15, the bounded disk): the download endpoints ask the host to find and
+# read committed ledger chunks and snapshots; the enclave decides what is served.
+OPERATOR_FILE_KINDS = ("ledger_chunk", "snapshot")
+OPERATOR_FILE_NAME_CHARS_MAX = 255
+
+
+@_frame
+@dataclass(frozen=True, slots=True)
+class ReadOperatorFile(Frame):
+    """With `name` empty: which committed file of `kind` holds seqno `since` (a ledger chunk)
+    or is the latest at or after `since` (a snapshot); with `name`: that file's bytes. The host
+    answers one `OperatorFileRead`; only committed files are ever found or read."""
+
+    request_id: int
+    kind: str
+    name: str
+    since: int
+
+    def __post_init__(self) -> None:
+        if self.kind not in OPERATOR_FILE_KINDS:
+            raise InterfaceError(f"kind must be one of {', '.join(OPERATOR_FILE_KINDS)}")
+        if len(self.name) > OPERATOR_FILE_NAME_CHARS_MAX:
+            raise InterfaceError(f"name longer than {OPERATOR_FILE_NAME_CHARS_MAX} chars")
+
+
+@_frame
+@dataclass(frozen=True, slots=True)
+class OperatorFileRead(Frame):
+    """`name` None: no such committed file. `data` None for a lookup, or when the file is
+    larger than one frame carries (`size_bytes` says how large it is)."""
+
+    request_id: int
+    name: str | None
+    data: bytes | None
+    size_bytes: int
+
+    def __post_init__(self) -> None:
+        if self.name is not None and len(self.name) > OPERATOR_FILE_NAME_CHARS_MAX:
+            raise InterfaceError(f"name longer than {OPERATOR_FILE_NAME_CHARS_MAX} chars")
+
+
 HOST_TO_ENCLAVE = (
     Start,
     Tick,
@@ -382,6 +426,7 @@ HOST_TO_ENCLAVE = (
     NodeMessage,
     Shutdown,
     EndorsementsFetched,
+    OperatorFileRead,
 )
 ENCLAVE_TO_HOST = (
     Started,
@@ -396,6 +441,7 @@ ENCLAVE_TO_HOST = (
     Log,
     Fatal,
     FetchEndorsements,
+    ReadOperatorFile,
 )
 
 

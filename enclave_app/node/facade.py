@@ -52,6 +52,7 @@ from charter.enclave_app.tls import ServerTls
 from charter.governance import tables as gt
 from charter.governance.effects import Effects
 from charter.ledger import certs
+from charter.ledger.entry import WriteSet
 from charter.ledger.history import History
 from charter.ledger.signatures import (
     CoseSignaturesConfig,
@@ -82,6 +83,7 @@ class Node:
         core = self.core = NodeCore(config, platform, clock_s, entropy)
         self.log = LocalLog(core)
         self.snapshots = Snapshots(core, self.log)
+        self.log.on_replicated = self._on_replicated
         self.receipts = Receipts(core, self.log)
         self._joiner = Joiner(core, self.snapshots, self._start_replication)
         # Both exist once the node has an identity (peers) and runs Raft (replication).
@@ -411,7 +413,18 @@ class Node:
         self._joiner.resumed(entries)
 
     def join_request_body(self) -> dict[str, Any]:
-        return request_body(self.core, want_snapshot=self.replication is None)
+        want = self.replication is None and self._joiner.local_snapshot is None
+        return request_body(self.core, want_snapshot=want)
+
+    def use_local_join_snapshot(self, data: bytes, name: str, service_cert_pem: str) -> int:
+        """A fresh joiner found a committed snapshot in its snapshots directory (the operator
+        copied it from any trusted node): it starts from it once trusted, if it verifies
+        against the pinned service certificate now; raises the LedgerError naming the file
+        if not (a forged digest, a changed byte). Returns the snapshot's seqno."""
+        verified = self.snapshots.verify(data, name, service_cert_pem)
+        self._joiner.local_snapshot = (data, name)
+        LOG.info("event=join_snapshot_found file=%s seqno=%d", name, verified.snapshot.seqno)
+        return verified.snapshot.seqno
 
     def on_join_response(self, doc: Mapping[str, Any]) -> bool:
         """Act on the primary's answer; True once this node is part of the network.
@@ -451,6 +464,7 @@ class Node:
         """Carry out what an accepted proposal asks beyond its own KV writes, in its tx."""
         apply_effects(self.core, tx, effects)
         self.secrets.apply_effects(tx, effects)
+        self._file_triggers(effects.trigger_snapshot, effects.trigger_ledger_chunk)
 
     # ------------------------------------------------------------------ recovery shares
     def share_storage_key(self) -> bytes | None:
@@ -466,6 +480,22 @@ class Node:
         if start is None:
             raise HttpError("The service is not recovering", code="ServiceNotRecovering")
         start(secrets)
+
+    def _file_triggers(self, snapshot: bool, ledger_chunk: bool) -> None:
+        """trigger_snapshot / trigger_ledger_chunk: the next signature takes a snapshot /
+        ends the chunk (on a backup: so that it snapshots where the primary does, and a
+        backup that becomes primary before that signature still honours them)."""
+        if snapshot:
+            self.snapshots.forced = True
+            LOG.info("event=snapshot_triggered")
+        if ledger_chunk:
+            self.log.chunks.forced = True
+            LOG.info("event=ledger_chunk_triggered")
+
+    def _on_replicated(self, seqno: int, view: int, public: WriteSet) -> None:
+        triggers = public.get(gt.FILE_TRIGGERS, {})
+        self._file_triggers(b"snapshot" in triggers, b"ledger_chunk" in triggers)
+        self.snapshots.on_replicated(seqno, view, public)
 
     # ------------------------------------------------------------------ Ready and Advance
     def settle(self) -> None:

@@ -261,6 +261,10 @@ class Joiner:
         self.core = core
         self.snapshots = snapshots
         self._start_replication = start_replication
+        # A committed snapshot the operator put in this joiner's snapshots directory (taken
+        # from any trusted node), already checked against the pinned service certificate:
+        # used instead of asking the join answer for one.
+        self.local_snapshot: tuple[bytes, str] | None = None
 
     def resumed(self, entries: list[LogEntry]) -> None:
         """A joiner restarted before it was trusted: Raft on the entries it acknowledged."""
@@ -294,21 +298,22 @@ class Joiner:
         core = self.core
         for peer in answer.peers:
             peers.know(peer.node_id, peer.public_key_pem, peer.address)
-        if replication is None and answer.snapshot is not None:
+        offered = answer.snapshot, answer.snapshot_name
+        if self.local_snapshot is not None:
+            offered = self.local_snapshot
+        if replication is None and offered[0] is not None:
             try:
-                verified = self.snapshots.verify(
-                    answer.snapshot, answer.snapshot_name, answer.service_cert_pem
-                )
+                verified = self.snapshots.verify(offered[0], offered[1], answer.service_cert_pem)
             except LedgerError as exc:
                 # The ledger is never compacted away: without the snapshot this node
                 # catches up from the primary's entries, from seqno 1.
                 LOG.error(
                     "event=snapshot_refused file=%s reason=%s fallback=ledger",
-                    answer.snapshot_name,
+                    offered[1],
                     exc,
                 )
             else:
-                replication = self._start_from_snapshot(verified, answer.snapshot)
+                replication = self._start_from_snapshot(verified, offered[0])
         if replication is None:
             replication = self._start_replication(
                 core.new_raft(StartState(configuration=frozenset()))

@@ -29,7 +29,13 @@ from charter.enclave_app.node.core import (
 )
 from charter.governance import tables as gt
 from charter.ledger.chunks import ChunkPolicy
-from charter.ledger.entry import ZERO_DIGEST, decode_entry, decrypt_private, entry_leaf
+from charter.ledger.entry import (
+    ZERO_DIGEST,
+    WriteSet,
+    decode_entry,
+    decrypt_private,
+    entry_leaf,
+)
 from charter.ledger.errors import DecodeError, VerificationError
 from charter.ledger.signatures import (
     COSE_SIGNATURES_CONFIG_TABLE,
@@ -64,6 +70,9 @@ class LocalLog:
         self.views: list[tuple[int, int]] = []
         self.applied_seqno = 0
         self.commit_seqno = 0
+        # Told of each replicated entry once applied (seqno, view, public write set): a
+        # backup takes the snapshots the primary records evidence of (node/snapshots.py).
+        self.on_replicated: Callable[[int, int, WriteSet], None] | None = None
 
     def appended(self, view: int, seqno: int, size: int, flags: int) -> None:
         self.applied_seqno = seqno
@@ -145,6 +154,8 @@ class LocalLog:
             write_set.update(decrypt_private(decoded, secret))
         self.store.apply(write_set, entry.index)
         self.appended(entry.term, entry.index, len(entry.data), decoded.flags)
+        if self.on_replicated is not None:
+            self.on_replicated(entry.index, entry.term, decoded.public)
 
     def rollback(self, seqno: int) -> None:
         LOG.warning("event=rollback from=%d to=%d", self.applied_seqno, seqno)

@@ -15,9 +15,15 @@ from collections.abc import Callable
 from charter.consensus.errors import ConsensusError
 from charter.enclave_app import interface as itf
 from charter.enclave_app.app import HttpResponse
-from charter.enclave_app.node.core import SNAPSHOT_EVIDENCE_TABLE, TREE_TABLE, NodeCore
+from charter.enclave_app.node.core import (
+    SIGNATURES_TABLE,
+    SNAPSHOT_EVIDENCE_TABLE,
+    TREE_TABLE,
+    NodeCore,
+)
 from charter.enclave_app.node.replication import LocalLog, Replication
 from charter.governance import tables as gt
+from charter.ledger.entry import WriteSet
 from charter.ledger.errors import LedgerError, VerificationError
 from charter.ledger.merkle import MerkleTree
 from charter.ledger.snapshot import (
@@ -53,13 +59,33 @@ class Snapshots:
         self.join_snapshot: Snapshot | None = None
         # (seqno, view) the replayed ledger follows: a snapshot's, or (0, 0).
         self.replay_base = (0, 0)
+        # A backup's snapshot entry at a signature, until the primary's evidence says
+        # whether it took one there: (seqno, snapshot entry).
+        self.candidate: tuple[int, bytes] | None = None
+        # Set by trigger_snapshot (governance): the next signature takes a snapshot.
+        self.forced = False
 
     # ------------------------------------------------------------------ the primary's side
     def after_signature(self, seqno: int, view: int) -> None:
         """A signature at `seqno`: mark a snapshot due if enough has happened since."""
-        interval = self.core.config.snapshots.tx_count
-        if seqno - self.last_seqno >= interval and self.pending is None:
+        if self._is_due(seqno):
             self.due = (seqno, view)
+
+    def _is_due(self, seqno: int) -> bool:
+        """Counted from the last snapshot the service recorded evidence of (in the store, so
+        the same on every node, restarted or not), so backups snapshot where the primary does."""
+        interval = self.core.config.snapshots.tx_count
+        last = max(self.last_seqno, self._recorded_seqno())
+        return (self.forced or seqno - last >= interval) and self.pending is None
+
+    def _recorded_seqno(self) -> int:
+        value = self.log.store.begin().get(SNAPSHOT_EVIDENCE_TABLE, gt.SINGLETON_KEY)
+        if value is None:
+            return 0
+        try:
+            return int(json.loads(value)["version"])
+        except (ValueError, KeyError, TypeError):
+            return 0
 
     def take_due(self, replication: Replication) -> None:
         """Snapshot the state at the due signature and record its evidence."""
@@ -72,18 +98,10 @@ class Snapshots:
             # next signature will be the snapshot's point instead.
             LOG.info("event=snapshot_skipped seqno=%d version=%d", seqno, log.store.version)
             return
-        identity = replication.identity
-        public, private = log.store.snapshot()
-        entry = encode_snapshot(
-            seqno=seqno,
-            view=view,
-            hash_at_snapshot=log.history.tree.leaf(seqno),
-            view_history=log.view_history(),
-            public_tables=public,
-            private_tables=private,
-            secret=identity.secret_for(seqno),
-        )
+        entry = self._encode(seqno, view)
         self.last_seqno = seqno
+        self.forced = False
+        self.candidate = None  # a backup's, from before this node became primary
         tx = log.store.begin()
         gt.put_json(
             tx,
@@ -98,6 +116,56 @@ class Snapshots:
         self.core.outbox.append(itf.WriteSnapshot(seqno, evidence_seqno, entry, False))
         LOG.info("event=snapshot_taken seqno=%d evidence=%d", seqno, evidence_seqno)
 
+    def _encode(self, seqno: int, view: int) -> bytes:
+        """The snapshot entry of the state at `seqno` (the store's version). Deterministic:
+        every node that applied the same entries encodes the same bytes, so a backup's
+        snapshot matches the digest in the primary's evidence."""
+        log = self.log
+        assert log.store.version == seqno
+        public, private = log.store.snapshot()
+        return encode_snapshot(
+            seqno=seqno,
+            view=view,
+            hash_at_snapshot=log.history.tree.leaf(seqno),
+            view_history=log.view_history(),
+            public_tables=public,
+            private_tables=private,
+            secret=self.core.identity.secret_for(seqno),
+        )
+
+    # ------------------------------------------------------------------ a backup's side
+    def on_replicated(self, seqno: int, view: int, public: WriteSet) -> None:
+        """A replicated entry was applied. At a signature where the primary would take a
+        snapshot, encode one; when the primary's evidence arrives, keep it if its digest is
+        the evidence's (then it completes as the primary's does, in `finish`), so any
+        trusted node, not only the primary, holds the latest snapshot."""
+        if SIGNATURES_TABLE in public:
+            if self._is_due(seqno):
+                self.candidate = (seqno, self._encode(seqno, view))
+            return
+        value = public.get(SNAPSHOT_EVIDENCE_TABLE, {}).get(gt.SINGLETON_KEY)
+        if value is None:
+            return
+        candidate, self.candidate = self.candidate, None
+        try:
+            record = json.loads(value)
+            version, digest = int(record["version"]), str(record["hash"])
+        except (ValueError, KeyError, TypeError):
+            LOG.error("event=snapshot_evidence_unreadable seqno=%d", seqno)
+            return
+        self.last_seqno = version
+        self.forced = False
+        if candidate is None or candidate[0] != version or snapshot_digest(candidate[1]) != digest:
+            LOG.warning(
+                "event=snapshot_not_taken seqno=%d evidence=%d reason=no matching local snapshot",
+                version,
+                seqno,
+            )
+            return
+        self.pending = (version, seqno, candidate[1])
+        self.core.outbox.append(itf.WriteSnapshot(version, seqno, candidate[1], False))
+        LOG.info("event=snapshot_taken seqno=%d evidence=%d role=backup", version, seqno)
+
     def finish(self, receipt: ReceiptFn) -> None:
         """Once the evidence and a signature after it are committed, the file is complete."""
         if self.pending is None:
@@ -106,7 +174,14 @@ class Snapshots:
         log = self.log
         if evidence_seqno > log.commit_seqno:
             return
-        material = log.history.receipt_material(evidence_seqno)
+        try:
+            material = log.history.receipt_material(evidence_seqno)
+        except KeyError:
+            # Its receipt material was compacted away before commit came (a backup that
+            # applied a long catch-up in one go): this snapshot cannot be completed.
+            LOG.warning("event=snapshot_abandoned seqno=%d evidence=%d", seqno, evidence_seqno)
+            self.pending = None
+            return
         if material is None or material[1].seqno > log.commit_seqno:
             return
         response = receipt(log.view_at(evidence_seqno) or 0, evidence_seqno)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import json
 from typing import Any
 
 import pytest
@@ -79,6 +80,8 @@ def test_every_listed_action_is_registered() -> None:
         "set_recovery_threshold",
         "trigger_ledger_rekey",
         "trigger_recovery_shares_refresh",
+        "trigger_snapshot",
+        "trigger_ledger_chunk",
         "set_service_configuration",
         "set_scitt_configuration",
         "set_ca_cert_bundle",
@@ -454,6 +457,24 @@ def test_trigger_ledger_rekey_asks_the_runtime_to_rekey_once_open(net: Network) 
     assert (
         refused_at_creation(net, "trigger_ledger_rekey", {"now": True}).code == "InvalidActionArgs"
     )
+
+
+@pytest.mark.parametrize(
+    ("action", "effect", "key"),
+    [
+        ("trigger_snapshot", "trigger_snapshot", b"snapshot"),
+        ("trigger_ledger_chunk", "trigger_ledger_chunk", b"ledger_chunk"),
+    ],
+)
+def test_file_triggers_ask_every_node_for_a_snapshot_or_a_chunk_boundary(
+    net: Network, action: str, effect: str, key: bytes
+) -> None:
+    result = accepted(net, action, {})
+    assert getattr(result.effects, effect)
+    recorded = net.store.begin().get(t.FILE_TRIGGERS, key)
+    assert recorded is not None
+    assert json.loads(recorded) == {"proposal_id": result.json["proposalId"]}
+    assert refused_at_creation(net, action, {"now": True}).code == "InvalidActionArgs"
 
 
 def test_set_service_configuration_merges_settings(net: Network) -> None:

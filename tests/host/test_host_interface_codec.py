@@ -52,6 +52,11 @@ ONE_OF_EACH: list[itf.Frame] = [
     itf.EndorsementsFetched(
         request_id=6, server=1, url="https://kds/vcek", vcek=b"der", chain=b"pem", error=None
     ),
+    itf.ReadOperatorFile(request_id=7, kind="ledger_chunk", name="", since=12),
+    itf.ReadOperatorFile(request_id=8, kind="snapshot", name="snapshot_10_12.committed", since=0),
+    itf.OperatorFileRead(request_id=7, name="ledger_1-20.committed", data=None, size_bytes=99),
+    itf.OperatorFileRead(request_id=8, name=None, data=None, size_bytes=0),
+    itf.OperatorFileRead(request_id=9, name="snapshot_10_12.committed", data=b"s", size_bytes=1),
 ]
 
 
@@ -196,7 +201,20 @@ _msgpack_values = st.recursive(
         [*sorted(t.__name__ for t in itf.HOST_TO_ENCLAVE + itf.ENCLAVE_TO_HOST), "x"]
     ),
     fields=st.dictionaries(
-        st.sampled_from(["seqno", "entries", "config", "payload", "request_id", "name", "data"]),
+        st.sampled_from(
+            [
+                "seqno",
+                "entries",
+                "config",
+                "payload",
+                "request_id",
+                "name",
+                "data",
+                "kind",
+                "since",
+                "size_bytes",
+            ]
+        ),
         _msgpack_values,
         max_size=4,
     ),

@@ -157,7 +157,8 @@ def test_a_joiner_handed_a_changed_snapshot_joins_from_the_ledger_instead(
     primary, _, name = _snapshotting(tmp_path / "primary")
     data = primary.latest_snapshot
     assert data is not None
-    joiner = _node(_config(tmp_path / "joiner"), tmp_path / "joiner")
+    joiner_config = _config(tmp_path / "joiner", enabled_operator_features=["SnapshotRead"])
+    joiner = _node(joiner_config, tmp_path / "joiner")
     joiner.start_joining()
     with caplog.at_level(logging.ERROR):
         joined = joiner.on_join_response(

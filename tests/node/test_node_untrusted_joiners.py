@@ -93,7 +93,9 @@ def test_snapshot_download_is_off_unless_the_operator_enables_snapshot_read(
     tmp_path: Path,
 ) -> None:
     node = _with_snapshot(tmp_path / "off")
-    assert _get_snapshot(node).status == 404
+    off = _get_snapshot(node)
+    assert off.status == 403
+    assert json.loads(off.body)["error"]["code"] == "OperatorFeatureNotEnabled"
 
     from test_node_inprocess import _config, _node
 
