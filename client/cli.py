@@ -41,6 +41,7 @@ from charter.cli_ledger import ledger_app, receipt_app
 from charter.cli_members import MemberLabel, dry_run_summary, member_labels, who
 from charter.cli_process import PASSTHROUGH, PASSTHROUGH_WITH_HELP, bench, node_app, sandbox
 from charter.cli_quote import quote_app
+from charter.cli_recovery import recovery_app
 from charter.errors import IdentityError, ProtocolError
 from charter.identity import PEM_FILE_BYTES_MAX, load_cert_pem, load_json_file, read_bounded
 from charter.ledger_dump import clip
@@ -71,6 +72,7 @@ app.add_typer(node_app, name="node")
 app.add_typer(receipt_app, name="receipt")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(quote_app, name="quote")
+app.add_typer(recovery_app, name="recovery")
 
 
 def _client(t: Target, *, tls_identity: bool = False) -> CharterClient:

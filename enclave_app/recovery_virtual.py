@@ -56,7 +56,7 @@ def parse_ledger_secrets(payload: Any) -> list[tuple[int, bytes]]:
 
 
 def build(node: Node) -> App:
-    app = App("recovery-virtual", prefix="/node")
+    app = App("recovery-virtual", prefix="/node", api_path=None)
 
     @app.post(
         "/recovery/virtual/ledger-secrets",
