@@ -394,3 +394,43 @@ def test_recovery_steps_out_of_order_raise_a_typed_error(tmp_path: Path) -> None
     node.start_recovery(old.identity.service_cert_pem)
     with pytest.raises(IllegalTransition):
         node.start_recovery(old.identity.service_cert_pem)
+
+
+def test_cose_receipts_of_old_transactions_verify_with_the_previous_key_it_endorses(
+    tmp_path: Path,
+) -> None:
+    """As the `ccf` package's `ccf.cose.verify_receipt` (one key, kid = its SPKI hash) reads
+    them: a COSE receipt of a pre-recovery transaction is the old service's signature, so it
+    verifies with the previous service key; the new key's COSE endorsement of that key is in
+    `public:ccf.internal.previous_service_identity_endorsement`."""
+    import base64
+
+    from ccf.cose import verify_receipt
+
+    from charter.ledger import cose
+    from charter.ledger import service_state as ss
+
+    old, old_ledger = _old_service(tmp_path)
+    previous = old.identity.service_cert_pem
+    node, ledger = _recover(tmp_path, previous, list(old_ledger.values()))
+    _open_recovered(node, previous, ledger)
+    assert node.recovery is not None
+    node.recovery.start_private_replay(old.identity.ledger_secrets)
+    _drain(node, ledger)
+    response = node.receipt(node.view_at(3) or 0, 3, cose=True)
+    assert response.status == 200  # type: ignore[union-attr]
+    old_key = certs.load_cert(previous).public_key()
+    verify_receipt(response.body, old_key, bytes(32))  # type: ignore[union-attr]
+    with pytest.raises(AssertionError):  # kid of another key
+        verify_receipt(
+            response.body,  # type: ignore[union-attr]
+            certs.load_cert(node.identity.service_cert_pem).public_key(),
+            bytes(32),
+        )
+    raw = node.store.begin().get(ss.PREVIOUS_SERVICE_IDENTITY_ENDORSEMENT, ss.SINGLETON_KEY)
+    assert raw is not None
+    doc = json.loads(raw)
+    endorsement = cose.decode_sign1(base64.b64decode(doc["endorsement"]))
+    cose.verify_sign1(endorsement, certs.load_cert(node.identity.service_cert_pem))
+    assert endorsement.payload == certs.spki_der(old_key)  # type: ignore[arg-type]
+    assert doc["endorsement_epoch_end"].endswith(f".{max(old_ledger)}")
