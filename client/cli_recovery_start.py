@@ -74,6 +74,7 @@ def write_recovery_node(
     rpc_address: str,
     node_to_node_address: str,
     app: str,
+    ledger_chunk_bytes: int | None = None,
 ) -> Path:
     """Lay out the recovery node's directory; returns its config path."""
     pem = read_bounded(previous_service_cert, PEM_FILE_BYTES_MAX, "previous service certificate")
@@ -100,6 +101,8 @@ def write_recovery_node(
         "app": app,
         "start": {"mode": "recover", "previous_service_identity": str(previous)},
     }
+    if ledger_chunk_bytes is not None:
+        config["ledger_chunk_bytes"] = ledger_chunk_bytes
     config_path = directory / "node.json"
     config_path.write_text(json.dumps(config, indent=2))
     return config_path
@@ -151,6 +154,12 @@ def recovery_start(
     rpc_address: Annotated[str, typer.Option("--rpc-address")] = "127.0.0.1:0",
     node_to_node_address: Annotated[str, typer.Option("--node-to-node-address")] = "127.0.0.1:0",
     app: Annotated[str, typer.Option("--app", help="The application module.")] = DEFAULT_APP,
+    ledger_chunk_bytes: Annotated[
+        int | None,
+        typer.Option(
+            "--ledger-chunk-bytes", help="The config's ledger_chunk_bytes (node default)."
+        ),
+    ] = None,
     detach: Annotated[
         bool, typer.Option("--detach", help="Run in the background; return once it serves.")
     ] = False,
@@ -168,6 +177,7 @@ def recovery_start(
         rpc_address=rpc_address,
         node_to_node_address=node_to_node_address,
         app=app,
+        ledger_chunk_bytes=ledger_chunk_bytes,
     )
     cmd = [sys.executable, "-m", "charter.host", "--config", str(config)]
     if not detach:

@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 from e2e_support import (
+    LEDGER_CHUNK_BYTES,
     ccf_validate,
     check_receipt_with_ccf,
     log_tails,
@@ -39,7 +40,7 @@ from charter.enclave_app.identity import Identity
 from charter.enclave_app.platform import VirtualPlatform
 from charter.errors import CharterError
 from charter.member import Member
-from charter.sandbox import NodeProcess, Sandbox
+from charter.sandbox import SANDBOX_SUBJECT_ALT_NAMES, NodeProcess, Sandbox, free_port
 from charter.sdk import CharterClient
 
 pytestmark = pytest.mark.e2e
@@ -74,6 +75,8 @@ def _recovery_start(
             "--dir",
             str(directory),
             "--detach",
+            "--ledger-chunk-bytes",
+            str(LEDGER_CHUNK_BYTES),
         ],
         capture_output=True,
         text=True,
@@ -91,6 +94,25 @@ def _tail(path: Path, lines: int = 40) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+def _join(directory: Path, target: NodeProcess, service_cert: Path) -> NodeProcess:
+    """A node that joins `target`'s service (configured as `charter node join` expects)."""
+    (directory / "workspace").mkdir(parents=True)
+    config = {
+        "workspace": str(directory / "workspace"),
+        "rpc_address": f"127.0.0.1:{free_port()}",
+        "node_to_node_address": f"127.0.0.1:{free_port()}",
+        "rpc_interface": {"subject_alt_names": list(SANDBOX_SUBJECT_ALT_NAMES)},
+        "start": {
+            "mode": "join",
+            "join": {"target": target.rpc_address, "service_cert": str(service_cert)},
+        },
+    }
+    (directory / "node.json").write_text(json.dumps(config))
+    node = NodeProcess(1, directory, directory / "node.json")
+    node.start()
+    return node
 
 
 def _kill(node: NodeProcess) -> None:
@@ -265,6 +287,25 @@ async def _scenario(sb: Sandbox, tmp_path: Path, recovery_nodes: list[NodeProces
     assert new_receipt["service_endorsements"] == []
     check_receipt_with_ccf(new_receipt, new_cert.read_text())
 
+    # Other nodes join the recovered service as usual, and hold every value.
+    joiner = _join(tmp_path / "joiner", node, new_cert)
+    recovery_nodes.append(joiner)
+    await asyncio.to_thread(joiner.wait_started)
+    async with _client(node, new_cert, sb) as c:
+        await _pass(
+            c, sb, [{"name": "transition_node_to_trusted", "args": {"node_id": joiner.node_id}}]
+        )
+    deadline = time.monotonic() + OPEN_TIMEOUT_S
+    value: object = None
+    while not isinstance(value, str) and time.monotonic() < deadline:
+        try:
+            async with _client(joiner, new_cert, sb, user=0) as c:
+                value = await read_with(c, 3)
+        except (CharterError, AssertionError) as exc:
+            value = exc
+            await asyncio.sleep(0.2)
+    assert value == written[(3, False)], f"{value!r}\n{_tail(joiner.log_path, 80)}"
+
     # The ledger after recovery validates with CCF's own validator, across the change.
     async with _client(node, new_cert, sb, user=0) as c:
         for key in range(101, 140):  # enough to complete and commit a chunk after recovery
@@ -275,7 +316,8 @@ async def _scenario(sb: Sandbox, tmp_path: Path, recovery_nodes: list[NodeProces
 
     # A second recovery on top of the first chains the endorsements.
     secrets2 = [*secrets]
-    node.kill() if node.process else _kill(node)
+    _kill(joiner)
+    _kill(node)
     await asyncio.sleep(0.5)
     second_secrets = _dead_node_secrets(tmp_path / "recovery1" / "workspace", measurement)
     assert second_secrets[: len(secrets2)] == secrets2
