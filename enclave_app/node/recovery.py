@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from charter.consensus import LogEntry
 from charter.enclave_app import interface as itf
+from charter.enclave_app.errors import KVError
 from charter.enclave_app.identity import LEDGER_SECRET_BYTES, Identity
 from charter.enclave_app.kv import Tx
 from charter.enclave_app.node import certificates
@@ -42,6 +43,7 @@ from charter.enclave_app.node.core import NodeCore, configuration_if_changed
 from charter.enclave_app.node.lifecycle import NodeState
 from charter.enclave_app.node.replication import LocalLog
 from charter.governance import tables as gt
+from charter.governance.errors import GovernanceError
 from charter.ledger import certs, cose
 from charter.ledger import service_state as ss
 from charter.ledger.entry import (
@@ -101,7 +103,8 @@ class Recovery:
         self.previous_service_cert = certs.load_cert(previous_service_cert_pem)
         # The service certificate of the ledger as replayed so far (its SERVICE_INFO).
         self._service_cert: x509.Certificate | None = None
-        self._service_cert_at_signature: dict[int, x509.Certificate] = {}
+        # The service certificate in force at the last valid signature.
+        self._signed_by: x509.Certificate | None = None
         # The old ledger's entries as read (index seqno - 1): the private replay needs them
         # again, and the host is not asked twice for what it could change in between.
         self._raws: list[bytes] = []
@@ -123,7 +126,9 @@ class Recovery:
         seqno = self.log.applied_seqno + 1
         try:
             self._replay_one(raw, seqno)
-        except (LedgerError, RecoveryError, ValueError) as exc:
+        except (LedgerError, RecoveryError, GovernanceError, KVError, ValueError, KeyError) as exc:
+            # Whatever the host's bytes make fail (a malformed table value too) ends the
+            # replay there; the node carries on from the last valid signature before it.
             self.stop = ReplayStop(seqno, f"{type(exc).__name__}: {exc}")
             LOG.warning(
                 "event=recovery_replay_stopped seqno=%d last_valid_signature=%d reason=%s",
@@ -155,6 +160,7 @@ class Recovery:
         )
         if record.is_signature:
             self.last_valid_signature = seqno
+            self._signed_by = self._service_cert
 
     def _service_change(
         self, value: bytes | None, public: dict[str, dict[bytes, bytes | None]]
@@ -199,8 +205,8 @@ class Recovery:
                 f" (stopped at seqno {self.stop.seqno}: {self.stop.reason})" if self.stop else ""
             )
             raise RecoveryError(f"the ledger copy holds no valid signature{where}")
-        assert self._service_cert is not None
-        if self._service_cert.public_key() != self.previous_service_cert.public_key():
+        assert self._signed_by is not None
+        if self._signed_by.public_key() != self.previous_service_cert.public_key():
             raise RecoveryError(
                 "previous_service_identity is not the service that signed this ledger "
                 f"(up to seqno {keep})"

@@ -434,3 +434,18 @@ def test_cose_receipts_of_old_transactions_verify_with_the_previous_key_it_endor
     cose.verify_sign1(endorsement, certs.load_cert(node.identity.service_cert_pem))
     assert endorsement.payload == certs.spki_der(old_key)  # type: ignore[arg-type]
     assert doc["endorsement_epoch_end"].endswith(f".{max(old_ledger)}")
+
+
+def test_a_copy_cut_inside_an_entry_recovers_up_to_the_signature_before_it(
+    tmp_path: Path,
+) -> None:
+    old, ledger = _old_service(tmp_path)
+    raws = [ledger[s] for s in sorted(ledger)]
+    signatures = [s for s in sorted(ledger) if old.history.is_signature(s)]
+    cut = signatures[-1]  # the last signature, torn in half
+    raws = [*raws[: cut - 1], raws[cut - 1][: len(raws[cut - 1]) // 2]]
+    node, _ = _recover(tmp_path, old.identity.service_cert_pem, raws)
+    assert node.recovery is not None
+    assert node.recovery.recovery_target_seqno == max(s for s in signatures if s < cut)
+    assert node.recovery.stop is not None and node.recovery.stop.seqno == cut
+    assert _json(node, "/node/state")["last_signed_seqno"] > cut - 1  # the new service's
