@@ -149,7 +149,7 @@ class Recovery:
         if record.is_signature:
             try:
                 self._check_signature(seqno)
-            except LedgerError:
+            except (LedgerError, RecoveryError):
                 self.core.history.truncate(seqno - 1)
                 raise
         self.log.store.apply(public, seqno)
