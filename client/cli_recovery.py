@@ -6,7 +6,7 @@
 `share` fetches the member's encrypted share from the service, decrypts it here with the
 member's RSA encryption private key, and submits it as a COSE-signed `recovery_share`
 request; `status` shows who holds a share, who has submitted one and how many are still
-needed. Further subcommands (the operator's `start`) register on `recovery_app`.
+needed. `start` is the operator's (`cli_recovery_start.py`).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from charter.cli_common import (
     stdout,
 )
 from charter.cli_members import short_id
+from charter.cli_recovery_start import recovery_start
 from charter.errors import IdentityError
 from charter.identity import Network
 from charter.member import Member
@@ -41,9 +42,11 @@ from charter.sdk import CharterClient
 
 recovery_app = typer.Typer(
     rich_markup_mode=None,
-    help="Disaster recovery: submit recovery shares, see how many are still needed.",
+    help="Disaster recovery: start a recovery node (operator), submit recovery shares "
+    "(members), see how many are still needed.",
     no_args_is_help=True,
 )
+recovery_app.command("start")(recovery_start)
 
 EncKeyOpt = Annotated[
     Path | None,

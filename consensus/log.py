@@ -77,10 +77,13 @@ class RaftLog:
             return self._entries[offset].term if offset < len(self._entries) else None
         if index == self._base_index:
             return self._base_term
+        if index == 0:
+            # Before every log, whatever it starts after: a peer with an empty log is sent
+            # entries from seqno 1 anchored here (a recovered service's primary starts its
+            # log after the old ledger, and a joiner without a snapshot needs all of it).
+            return 0
         if index < self._snapshot_index:
             return None
-        if index == 0:
-            return 0
         # Term starts record the first index of each term, with the start point first.
         k = bisect.bisect_right(self._term_start_indices, index) - 1
         return self._term_start_terms[k]

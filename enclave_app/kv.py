@@ -486,6 +486,34 @@ class Store:
     # ----------------------------------------------------------------------------------------
     # Snapshots
 
+    def recover_private(self, write_set: WriteSet, seqno: int) -> None:
+        """Apply the private part of an old, committed transaction at its own `seqno`,
+        below the store's version: a recovery's private replay, whose public part was
+        applied before. Only private maps; no undo data (a committed seqno is never rolled
+        back). Hooks are told with reason "restore"."""
+        assert seqno <= self._compacted, f"seqno {seqno} is not committed ({self._compacted})"
+        maps = self._maps
+        for name, writes in write_set.items():
+            assert not is_public(name), f"{name} is public"
+            if not writes:
+                continue
+            table = maps.get(name)
+            if table is None:
+                table = maps[name] = _Table()
+            entries = table.entries
+            for key, value in writes.items():
+                if value is None:
+                    entries.pop(key, None)
+                else:
+                    entries[key] = (value, seqno)
+            table.version = max(table.version, seqno)
+        self._generation += 1
+        if self._hooks:
+            self._fire(
+                {name: frozenset(writes) for name, writes in write_set.items() if writes},
+                "restore",
+            )
+
     def snapshot(self) -> tuple[bytes, bytes]:
         """The public and the private tables at the current version, in CCF's snapshot table
         format, maps and keys sorted (so equal states give equal bytes)."""

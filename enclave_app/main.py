@@ -24,7 +24,13 @@ from typing import Any
 
 from aiohttp import web
 
-from charter.enclave_app import gc_pauses, jwt_refresh, node_endpoints, operator_files
+from charter.enclave_app import (
+    gc_pauses,
+    jwt_refresh,
+    node_endpoints,
+    operator_files,
+    recovery_virtual,
+)
 from charter.enclave_app import interface as itf
 from charter.enclave_app.app import HttpResponse
 from charter.enclave_app.attestation import UnapprovedCode
@@ -181,6 +187,8 @@ class Runtime:
         self.console = Console(config.console)
         node.on_forward_response = self._forward_answered
         node.routes.include(node_endpoints.build(node))
+        if config.platform == "virtual":
+            node.routes.include(recovery_virtual.build(node))
         include_governance(node)
         self.jwt_refresh = jwt_refresh.start(node, config.jwt, self.schedule_flush)
         if frame.sealed is not None:
@@ -223,11 +231,40 @@ class Runtime:
                 )
             node.start_new_network(initial_members(config), genesis_constitution(config))
         else:
-            raise RuntimeError(f"start mode {config.start.mode!r} is not supported yet")
+            await self._recover(config, frame.ledger_last_seqno)
         self.flush()
-        self.channel.send(
-            itf.Started(node.node_id, node.state, {"service_status": node.service_status()})
-        )
+        info: dict[str, Any] = {"service_status": node.service_status()}
+        if node.recovery is not None:
+            info["recovery_target_seqno"] = node.recovery.recovery_target_seqno
+            if node.recovery.stop is not None:
+                info["recovery_replay_stopped"] = {
+                    "seqno": node.recovery.stop.seqno,
+                    "reason": node.recovery.stop.reason,
+                }
+        self.channel.send(itf.Started(node.node_id, node.state, info))
+
+    async def _recover(self, config: itf.NodeConfig, last_seqno: int) -> None:
+        """Start mode `recover`: replay and verify the old ledger's public domains, then
+        start the new service on it (see `node/recovery.py`)."""
+        node = self.node
+        assert node is not None and config.start.previous_service_identity is not None
+        if last_seqno == 0:
+            raise RuntimeError(
+                "mode 'recover' needs a copy of the old ledger in the ledger directory "
+                f"({config.ledger_dir}), which holds none"
+            )
+        node.start_recovery(config.start.previous_service_identity.read_text())
+        next_seqno = 1
+        while next_seqno <= last_seqno:
+            to = min(last_seqno, next_seqno + READ_BATCH_ENTRIES - 1)
+            reply = await self._request(itf.ReadEntries, next_seqno, to)
+            if reply.first_seqno != next_seqno or not reply.entries:
+                break  # what the host cannot read ends the copy: cut at the last signature
+            for raw in reply.entries:
+                node.replay_public(raw)
+            next_seqno += len(reply.entries)
+        node.public_ledger_replayed()
+        self._serve_held()
 
     async def _local_join_snapshot(self, config: itf.NodeConfig) -> None:
         """A snapshot the operator put in a fresh joiner's snapshots directory: checked now

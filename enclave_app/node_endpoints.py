@@ -140,6 +140,14 @@ def _not_after(pem: object) -> str | None:
     return cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _create_seqno(txid: Any) -> int | None:
+    """The seqno of a "view.seqno" transaction id recorded by the service, if any."""
+    if not isinstance(txid, str) or "." not in txid:
+        return None
+    seqno = txid.partition(".")[2]
+    return int(seqno) if seqno.isdigit() else None
+
+
 def build(node: Node) -> App:
     """The /node app of `node` (handlers read the node's live state)."""
     app = App("node", prefix="/node")
@@ -148,12 +156,23 @@ def build(node: Node) -> App:
     def state(ctx: Context) -> dict[str, Any]:
         """This node's id, state and last signed seqno."""
         last = node.history.last_signature
-        return {
+        recovery = node.recovery
+        doc: dict[str, Any] = {
             "node_id": node.node_id,
             "state": node.state,
             "last_signed_seqno": last.seqno if last else 0,
             "startup_seqno": 0,
         }
+        if recovery is not None:
+            # CCF's field: the last seqno of the old ledger this recovery brings back.
+            doc["recovery_target_seqno"] = recovery.recovery_target_seqno
+            if recovery.stop is not None:
+                # Charter's: where the replay of a damaged copy stopped, and why.
+                doc["recovery_replay_stopped"] = {
+                    "seqno": recovery.stop.seqno,
+                    "reason": recovery.stop.reason,
+                }
+        return doc
 
     @app.get("/network", auth="none")
     def network(ctx: Context) -> dict[str, Any]:
@@ -172,8 +191,11 @@ def build(node: Node) -> App:
             },
             "current_view": raft.view if raft else 0,
             "primary_id": raft.leader_id if raft else None,
-            "recovery_target_seqno": None,
-            "current_service_create_seqno": None,
+            "recovery_target_seqno": (
+                node.recovery.recovery_target_seqno if node.recovery is not None else None
+            ),
+            "recovery_count": info.get("recovery_count") or 0,
+            "current_service_create_seqno": _create_seqno(info.get("current_service_create_txid")),
         }
 
     @app.get("/network/nodes", auth="none")

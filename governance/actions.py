@@ -505,8 +505,23 @@ def check_open_service(tx: KvTx, args: OpenServiceArgs) -> None:
     info = t.service_info(tx)
     if info is None:
         raise _invalid("the service has not been started")
-    if info.get("status") != t.ServiceStatus.OPENING:
-        raise _invalid(f"service is {info.get('status')}, not Opening")
+    status = info.get("status")
+    if status == t.ServiceStatus.RECOVERING:
+        # CCF's rule: opening a recovered service names both identities, and both must be
+        # the ones this service holds: the members confirm which service they recover.
+        if args.previous_service_identity is None or args.next_service_identity is None:
+            raise _invalid(
+                "opening a recovering service needs previous_service_identity and "
+                "next_service_identity"
+            )
+        previous = tx.get(t.PREVIOUS_SERVICE_IDENTITY, t.SINGLETON_KEY)
+        if previous is None or not _same_pem(args.previous_service_identity, previous.decode()):
+            raise _invalid("previous_service_identity is not the service this one recovers")
+    elif status == t.ServiceStatus.OPENING:
+        if args.previous_service_identity is not None:
+            raise _invalid("previous_service_identity is only for a recovering service")
+    else:
+        raise _invalid(f"service is {status}, not Opening or Recovering")
     if args.next_service_identity is not None and not _same_pem(
         args.next_service_identity, str(info.get("cert", ""))
     ):
@@ -515,7 +530,14 @@ def check_open_service(tx: KvTx, args: OpenServiceArgs) -> None:
 
 def apply_open_service(tx: KvTx, args: OpenServiceArgs, ctx: ActionContext) -> Effects:
     info = t.service_info(tx)
-    assert info is not None and info.get("status") == t.ServiceStatus.OPENING
+    assert info is not None
+    if info.get("status") == t.ServiceStatus.RECOVERING:
+        # The public state is back; the private state waits for the recovery shares, whose
+        # threshold opens the service (the node's private replay writes Open).
+        info["status"] = t.ServiceStatus.WAITING_FOR_RECOVERY_SHARES
+        t.put_json(tx, t.SERVICE_INFO, t.SINGLETON_KEY, info)
+        return NO_EFFECTS
+    assert info.get("status") == t.ServiceStatus.OPENING
     info["status"] = t.ServiceStatus.OPEN
     t.put_json(tx, t.SERVICE_INFO, t.SINGLETON_KEY, info)
     return Effects(open_service=True)

@@ -70,6 +70,9 @@ from charter.ledger.service_state import (
     NODES_VIRTUAL_MEASUREMENTS as NODES_VIRTUAL_MEASUREMENTS,
 )
 from charter.ledger.service_state import (
+    PREVIOUS_SERVICE_IDENTITY as PREVIOUS_SERVICE_IDENTITY,
+)
+from charter.ledger.service_state import (
     PROPOSALS as PROPOSALS,
 )
 from charter.ledger.service_state import (

@@ -337,3 +337,17 @@ class History:
 
     def is_signature(self, seqno: int) -> bool:
         return self._components[seqno].is_signature
+
+    def set_commit_evidence(self, seqno: int, evidence: str) -> None:
+        """Fill in the commit evidence of a transaction appended without its ledger secret
+        (a recovery's public replay), once the secret is known. The evidence must be the
+        one the entry's digest commits to: the caller checked it."""
+        components = self._components[seqno]
+        assert components.commit_evidence in (None, evidence)
+        self._components[seqno] = _Components(
+            components.view,
+            components.write_set_digest,
+            evidence,
+            components.claims_digest,
+            components.is_signature,
+        )

@@ -42,6 +42,8 @@ NODES_SNP_HOST_DATA: Final = "public:ccf.gov.nodes.snp.host_data"
 NODES_SNP_TCB_VERSIONS: Final = "public:ccf.gov.nodes.snp.tcb_versions"
 SERVICE_INFO: Final = "public:ccf.gov.service.info"
 SERVICE_CONFIG: Final = "public:ccf.gov.service.config"
+# After a recovery: the PEM certificate of the service it recovered (CCF's table).
+PREVIOUS_SERVICE_IDENTITY: Final = "public:ccf.gov.service.previous_service_identity"
 CONSTITUTION: Final = "public:ccf.gov.constitution"
 PROPOSALS: Final = "public:ccf.gov.proposals"
 PROPOSALS_INFO: Final = "public:ccf.gov.proposals_info"
@@ -71,6 +73,16 @@ TREE: Final = "public:ccf.internal.tree"
 SNAPSHOT_EVIDENCE: Final = "public:ccf.internal.snapshot_evidence"
 # Charter's replicated record of the node config's `start.cose_signatures`.
 COSE_SIGNATURES_CONFIG: Final = "public:ccf.internal.charter.cose_signatures_config"
+# After a recovery: the new service key's COSE endorsement of the previous service's key
+# (CCF's `CoseEndorsement` JSON: endorsement, endorsing_key, endorsement_epoch_begin/_end,
+# previous_version).
+PREVIOUS_SERVICE_IDENTITY_ENDORSEMENT: Final = (
+    "public:ccf.internal.previous_service_identity_endorsement"
+)
+# Charter's record of every recovery's X.509 endorsement of the previous service key (the
+# certificate JSON receipts carry in `service_endorsements`), keyed by the first seqno of
+# the service that issued it (u64 LE): JSON {"endorsement": PEM, "epoch_end": seqno}.
+SERVICE_ENDORSEMENTS: Final = "public:ccf.internal.charter.service_endorsements"
 # The Raft voters, as a ledger table (CCF keeps the equivalent in its internal maps).
 CONFIGURATION: Final = "public:ccf.internal.configuration"
 

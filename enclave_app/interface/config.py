@@ -265,6 +265,10 @@ class StartConfig(_Model):
     # each at most the service_config's maximum_*_certificate_validity_days (default 365).
     service_certificate_initial_validity_days: int = pydantic.Field(default=365, ge=1)
     node_certificate_initial_validity_days: int = pydantic.Field(default=365, ge=1)
+    # mode 'recover' only (CCF's `previous_service_identity`): the PEM certificate of the
+    # service whose ledger this node recovers. Every signature of the old ledger must chain
+    # to it, and the new service identity endorses it.
+    previous_service_identity: ConfigPath | None = None
 
     @pydantic.model_validator(mode="after")
     def _validity(self) -> StartConfig:
@@ -287,6 +291,12 @@ class StartConfig(_Model):
         if self.mode == "join" and self.cose_signatures is not None:
             # A joining node signs with the service's setting, recorded when it started.
             raise ValueError("mode 'join' takes cose_signatures from the service; remove it")
+        if self.mode == "recover" and self.previous_service_identity is None:
+            raise ValueError(
+                "mode 'recover' needs previous_service_identity (the old service certificate)"
+            )
+        if self.mode != "recover" and self.previous_service_identity is not None:
+            raise ValueError("previous_service_identity is only for mode 'recover'")
         return self
 
 

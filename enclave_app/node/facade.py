@@ -36,6 +36,7 @@ from charter.enclave_app.node.joins import (
 from charter.enclave_app.node.lifecycle import NodeState
 from charter.enclave_app.node.peers import Peers
 from charter.enclave_app.node.receipts import Receipts
+from charter.enclave_app.node.recovery import Recovery
 from charter.enclave_app.node.rekey import LedgerSecrets
 from charter.enclave_app.node.replication import (
     LocalLog,
@@ -65,6 +66,12 @@ LOG = logging.getLogger(__name__)
 SETTLE_STEPS_MAX = 64
 # How often a primary looks again for Retired nodes it has not told yet.
 RETIRED_RECHECK_MS = 10_000
+# The states in which a node serves clients (a recovering one serves governance).
+SERVING_STATES = (
+    NodeState.PART_OF_NETWORK,
+    NodeState.PART_OF_PUBLIC_NETWORK,
+    NodeState.READING_PRIVATE_LEDGER,
+)
 
 
 class Node:
@@ -92,6 +99,8 @@ class Node:
         self.retirement = Retirement(core)
         # Rekey and recovery shares; installs new ledger secrets from the replicated record.
         self.secrets = LedgerSecrets(core, seal=lambda: core.seal(self.raft))
+        # Exists while this node recovers an old service's ledger (start mode `recover`).
+        self.recovery: Recovery | None = None
         self._retired_checked_ms = 0
         # Entries of the own ledger read back by a restart, until Raft restarts on them.
         self._replayed: list[LogEntry] = []
@@ -225,7 +234,7 @@ class Node:
         """Can client connections be served: the node is part of the network and its TLS
         context asks for the client certificates of every registered user and member."""
         return (
-            self.core.lifecycle.is_(NodeState.PART_OF_NETWORK)
+            self.core.lifecycle.is_(*SERVING_STATES)
             and self.replication is not None
             and self.core.tls.ready
         )
@@ -358,9 +367,80 @@ class Node:
         self._refresh_peers()
         LOG.info("event=resumed node_id=%s seqno=%d", self.node_id, log.applied_seqno)
 
+    # ------------------------------------------------------------------ recovery
+    def start_recovery(self, previous_service_cert_pem: str) -> None:
+        """Recover an old service: `replay_public` its ledger, then `public_ledger_replayed`
+        (see `node/recovery.py`)."""
+        core = self.core
+        core.lifecycle.expect(NodeState.UNINITIALIZED, action="start_recovery")
+        self.recovery = Recovery(core, self.log, previous_service_cert_pem)
+        core.lifecycle.advance(NodeState.READING_PUBLIC_LEDGER)
+
+    def replay_public(self, raw: bytes) -> None:
+        """One entry of the old ledger, read back from the untrusted host."""
+        assert self.recovery is not None, "start_recovery first"
+        self.recovery.replay_public(raw)
+
+    def public_ledger_replayed(self) -> None:
+        """The old ledger is replayed (up to its last valid signature): start the new
+        service on it, as its only node, with the recovery transaction."""
+        core, recovery = self.core, self.recovery
+        assert recovery is not None, "start_recovery first"
+        core.lifecycle.expect(NodeState.READING_PUBLIC_LEDGER, action="public_ledger_replayed")
+        keep = recovery.finish_public()
+        identity = recovery.new_identity()
+        self._set_identity(identity)
+        view = recovery.last_view
+        raft = core.new_raft(
+            StartState(
+                configuration=frozenset({identity.node_id}),
+                last_index=keep,
+                last_term=view,
+                commit_index=keep,
+                term=view,
+            )
+        )
+        raft.campaign()
+        replication = self._start_replication(raft)
+        self.settle()
+        assert replication.is_primary, "a one-node configuration elects itself"
+        tx = core.store.begin()
+        recovery.write_recovery_tx(tx, f"{raft.view}.{raft.last_index + 1}")
+        replication.commit_tx(tx)
+        replication.signature_due = True
+        self.settle()
+        core.lifecycle.advance(NodeState.PART_OF_PUBLIC_NETWORK)
+        core.seal(raft)
+        self._refresh_client_cas()
+        self._refresh_certificates()
+        self._refresh_peers()
+        LOG.info("event=recovery_started node_id=%s recovered_seqno=%d", identity.node_id, keep)
+
+    def _finish_recovery(self, replication: Replication) -> None:
+        """The private state is checked (`Recovery.start_private_replay`): put it back and
+        open the service, in a transaction of its own."""
+        recovery = self.recovery
+        assert recovery is not None
+        recovery.finish_private_replay()
+        tx = self.core.store.begin()
+        recovery.open_service(tx)
+        replication.commit_tx(tx)
+        replication.signature_due = True
+        self.core.lifecycle.advance(NodeState.PART_OF_NETWORK)
+        self.core.seal(replication.raft)
+        self.recovery = None
+        self._refresh_client_cas()
+        LOG.info("event=recovery_complete node_id=%s", self.node_id)
+
     # ------------------------------------------------------------------ joining
     def join_request(self, tx: Tx, request: Mapping[str, Any]) -> dict[str, Any]:
         """Primary side of a join (`joins.join_request`)."""
+        if self.recovery is not None:
+            # A joiner would need the old ledger secrets, which the shares have not
+            # revealed yet: it retries, and joins once the recovered service is open.
+            raise HttpError(
+                "The service is recovering: nodes join once it is open", code="ServiceNotReady"
+            )
         snapshots = self.snapshots
         latest = (snapshots.latest, snapshots.latest_name) if snapshots.latest else None
         peers = self.peers
@@ -507,7 +587,10 @@ class Node:
             return
         peers = self._peers()  # exists once replication does
         for _ in range(SETTLE_STEPS_MAX):
-            if self.snapshots.due is not None:
+            recovery = self.recovery
+            if recovery is not None and recovery.private_replay_due and replication.is_primary:
+                self._finish_recovery(replication)
+            elif self.snapshots.due is not None:
                 self.snapshots.take_due(replication)
             elif replication.raft.has_ready():
                 self._act_on_ready(replication)
@@ -516,7 +599,9 @@ class Node:
             elif replication.signature_due:
                 if replication.is_primary:
                     view, seqno = replication.emit_signature()
-                    self.snapshots.after_signature(seqno, view)
+                    if self.core.lifecycle.is_(NodeState.PART_OF_NETWORK):
+                        # Not while recovering: the private state is not back yet.
+                        self.snapshots.after_signature(seqno, view)
                 else:
                     replication.signature_due = False  # a backup signs nothing
             else:
@@ -544,7 +629,7 @@ class Node:
         if replication is None:
             return
         replication.tick(now_ms)
-        if replication.is_primary and self.core.lifecycle.is_(NodeState.PART_OF_NETWORK):
+        if replication.is_primary and self.core.lifecycle.is_(*SERVING_STATES):
             replication.maybe_reconfigure(self._peers().trusted_nodes())
             if now_ms - self._retired_checked_ms >= RETIRED_RECHECK_MS:
                 # Retired nodes not yet told, that Raft gave up on while they were silent
@@ -629,8 +714,8 @@ class Node:
 
     # ------------------------------------------------------------------ requests
     def _refresh_client_cas(self) -> None:
-        if self.core.lifecycle.is_(NodeState.READING_OWN_LEDGER):
-            return  # `resumed` loads them once, from the whole ledger
+        if self.core.lifecycle.is_(NodeState.READING_OWN_LEDGER, NodeState.READING_PUBLIC_LEDGER):
+            return  # `resumed` (`public_ledger_replayed`) loads them once, from the whole ledger
         tx = self.core.store.begin()
         pems = [v.decode() for _, v in tx.items(gt.USERS_CERTS)]
         pems += [v.decode() for _, v in tx.items(gt.MEMBERS_CERTS)]

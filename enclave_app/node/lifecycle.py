@@ -21,18 +21,33 @@ class NodeState(enum.Enum):
     PENDING = "Pending"
     # A restarted node replaying its own ledger from the host.
     READING_OWN_LEDGER = "ReadingOwnLedger"
+    # Disaster recovery (CCF's states): replaying and verifying the public domains of an
+    # old service's ledger; then running as the new service's only trusted node, public
+    # state only, while members open it; then replaying the private domains with the ledger
+    # secrets the recovery shares revealed.
+    READING_PUBLIC_LEDGER = "ReadingPublicLedger"
+    PART_OF_PUBLIC_NETWORK = "PartOfPublicNetwork"
+    READING_PRIVATE_LEDGER = "ReadingPrivateLedger"
     PART_OF_NETWORK = "PartOfNetwork"
     RETIRED = "Retired"
 
 
 _S = NodeState
 TRANSITIONS: dict[NodeState, frozenset[NodeState]] = {
-    # start_new_network, resume (restart), start_joining
-    _S.UNINITIALIZED: frozenset({_S.PART_OF_NETWORK, _S.READING_OWN_LEDGER, _S.PENDING}),
+    # start_new_network, resume (restart), start_joining, start_recovery
+    _S.UNINITIALIZED: frozenset(
+        {_S.PART_OF_NETWORK, _S.READING_OWN_LEDGER, _S.PENDING, _S.READING_PUBLIC_LEDGER}
+    ),
     # resumed; resume_joining (restarted before governance trusted it)
     _S.READING_OWN_LEDGER: frozenset({_S.PART_OF_NETWORK, _S.PENDING}),
     # on_join_response (trusted); retired by Raft before it ever held the secrets
     _S.PENDING: frozenset({_S.PART_OF_NETWORK, _S.RETIRED}),
+    # public_ledger_replayed: the recovery service's first transactions are written
+    _S.READING_PUBLIC_LEDGER: frozenset({_S.PART_OF_PUBLIC_NETWORK}),
+    # start_private_replay (the members' shares revealed the secrets); retired by Raft
+    _S.PART_OF_PUBLIC_NETWORK: frozenset({_S.READING_PRIVATE_LEDGER, _S.RETIRED}),
+    # the private domains are replayed: the service opens
+    _S.READING_PRIVATE_LEDGER: frozenset({_S.PART_OF_NETWORK}),
     _S.PART_OF_NETWORK: frozenset({_S.RETIRED}),
     _S.RETIRED: frozenset(),
 }

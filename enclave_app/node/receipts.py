@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import struct
 
 from charter.enclave_app.app import HttpResponse, error_response
+from charter.enclave_app.kv import Tx
 from charter.enclave_app.node.core import RETRY_AFTER_S, NodeCore
 from charter.enclave_app.node.replication import LocalLog
 from charter.enclave_app.tx_status import TxStatus, evaluate_tx_status
+from charter.governance import tables as gt
 from charter.ledger import receipt
+from charter.ledger import service_state as ss
 
 
 class Receipts:
@@ -52,6 +56,7 @@ class Receipts:
                 node_id=own.node_id,
                 signature=own.signature,
                 root=own.root,
+                service_endorsements=self._endorsements(own.seqno),
             )
             return HttpResponse(200, json.dumps(doc).encode(), {}, "application/json")
         material = history.receipt_material(seqno) if status == TxStatus.COMMITTED else None
@@ -64,7 +69,13 @@ class Receipts:
             )
         proof, signature = material
         wsd, evidence, claims = history.leaf_components(seqno)
-        assert evidence is not None, "the enclave holds the ledger secret"
+        if evidence is None:
+            # A recovering service holds the old ledger's public domains only, until the
+            # recovery shares reveal its secrets.
+            return error_response(
+                f"{view}.{seqno} precedes a recovery that is not complete",
+                code="ServiceNotReady",
+            )
         if cose:
             body = receipt.build_cose_receipt(
                 signature.cose_sign1,
@@ -82,5 +93,24 @@ class Receipts:
             write_set_digest=wsd,
             commit_evidence=evidence,
             claims_digest=claims,
+            service_endorsements=self._endorsements(signature.seqno),
         )
         return HttpResponse(200, json.dumps(doc).encode(), {}, "application/json")
+
+    def _endorsements(self, signature_seqno: int) -> list[str]:
+        """After recoveries, what chains a signature of an earlier service to this one."""
+        return service_endorsements(self.core.store.begin(), signature_seqno)
+
+
+def service_endorsements(tx: Tx, signature_seqno: int) -> list[str]:
+    """The certificates chaining a node certificate of the service that signed at
+    `signature_seqno` to the current service certificate, oldest first: the endorsement of
+    the previous key by every later recovery (table written by `node/recovery.py`, keyed by
+    the first seqno of the service that issued it)."""
+    found = []
+    for key, value in tx.items(ss.SERVICE_ENDORSEMENTS):
+        (first_seqno,) = struct.unpack("<Q", key)
+        if first_seqno > signature_seqno:
+            doc = gt.load_json(value, what=ss.SERVICE_ENDORSEMENTS)
+            found.append((first_seqno, str(doc["endorsement"])))
+    return [pem for _, pem in sorted(found)]

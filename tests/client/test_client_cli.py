@@ -27,7 +27,7 @@ COMMANDS = [
     ["keygen"], ["propose"], ["vote"], ["withdraw"], ["ack"], ["proposals"], ["members"],
     ["users"], ["nodes"], ["status"], ["sandbox"], ["bench"], ["node", "start"],
     ["node", "join"], ["node", "recover"], ["receipt", "get"], ["receipt", "verify"], ["ledger", "audit"],
-    ["ledger", "read"], ["call"],
+    ["ledger", "read"], ["call"], ["recovery", "start"],
 ]  # fmt: skip
 
 runner = CliRunner()
@@ -551,3 +551,53 @@ def test_ledger_audit_checkpoint_then_since_audits_only_the_appended_entries(
     checkpoint.write_text(json.dumps(forged))
     assert_fails_cleanly(run("ledger", "audit", g.directory, "--since", checkpoint),
                          "checkpoint", 1)  # fmt: skip
+
+
+# --- recovery start -------------------------------------------------------------------------------
+
+
+def test_recovery_start_lays_out_a_recover_node_from_a_ledger_copy(tmp_path: Path) -> None:
+    """The node directory as `charter node` uses it; the copy's chunks lose `.committed` (the
+    recovery decides what is kept) and the old directory is left as it was."""
+    from charter.cli_recovery_start import write_recovery_node
+    from charter.ledger.generate import generate_ledger
+
+    old = tmp_path / "old"
+    old.mkdir()
+    g = generate_ledger(str(old), transactions=40, signature_interval=10, chunk_size_bytes=2000)
+    (old / "ledger_999.ignored").write_bytes(b"")
+    before = sorted(p.name for p in old.iterdir())
+    cert = tmp_path / "service_cert.pem"
+    cert.write_text(g.service_cert_pem)
+    config_path = write_recovery_node(
+        tmp_path / "recovery",
+        old,
+        cert,
+        rpc_address="127.0.0.1:0",
+        node_to_node_address="127.0.0.1:0",
+        app="charter.enclave_app.samples.logging",
+    )
+    config = json.loads(config_path.read_text())
+    assert config["start"]["mode"] == "recover"
+    assert Path(config["start"]["previous_service_identity"]).read_text() == g.service_cert_pem
+    assert Path(config["workspace"]) == tmp_path / "recovery" / "workspace"
+    copied = sorted(p.name for p in (tmp_path / "recovery" / "workspace" / "ledger").iterdir())
+    assert copied and not any(n.endswith((".committed", ".ignored")) for n in copied)
+    assert sorted(p.name for p in old.iterdir()) == before
+    entries = dict(LedgerReader(str(tmp_path / "recovery" / "workspace" / "ledger")).entries())
+    assert len(entries) == 40
+
+
+def test_recovery_start_refuses_what_it_cannot_recover_from(tmp_path: Path) -> None:
+    cert = tmp_path / "service_cert.pem"
+    cert.write_text("not a certificate")
+    (tmp_path / "empty").mkdir()
+    result = run("recovery", "start", "--ledger", tmp_path / "empty",
+                 "--previous-service-cert", cert, "--dir", tmp_path / "r")  # fmt: skip
+    assert_fails_cleanly(result, "previous-service-cert")
+    from charter.ledger import certs
+
+    cert.write_text(certs.cert_pem(certs.service_cert(certs.new_key())))
+    result = run("recovery", "start", "--ledger", tmp_path / "empty",
+                 "--previous-service-cert", cert, "--dir", tmp_path / "r")  # fmt: skip
+    assert_fails_cleanly(result, "no ledger chunk files")

@@ -12,7 +12,9 @@ import pytest
 
 from charter.enclave_app import interface as itf
 
-BASE: dict[str, Any] = {"workspace": "w", "start": {"mode": "recover"}}
+# Mode 'recover' needs no members (its config names the previous service certificate).
+RECOVER: dict[str, Any] = {"mode": "recover", "previous_service_identity": "previous.pem"}
+BASE: dict[str, Any] = {"workspace": "w", "start": RECOVER}
 
 
 def load(tmp_path: Path, **fields: Any) -> itf.NodeConfig:
@@ -77,12 +79,12 @@ def test_more_names_than_the_limit_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_genesis_validity_beyond_the_service_maximum_is_a_config_error(tmp_path: Path) -> None:
-    start = {"mode": "recover", "service_certificate_initial_validity_days": 400}
+    start: dict[str, Any] = {**RECOVER, "service_certificate_initial_validity_days": 400}
     with pytest.raises(itf.InterfaceError, match="maximum_service_certificate_validity_days"):
         load(tmp_path, start=start)
     start["service_config"] = {"maximum_service_certificate_validity_days": 400}
     assert load(tmp_path, start=start).start.service_certificate_initial_validity_days == 400
-    start = {"mode": "recover", "node_certificate_initial_validity_days": 30}
+    start = {**RECOVER, "node_certificate_initial_validity_days": 30}
     start["service_config"] = {"maximum_node_certificate_validity_days": 10}
     with pytest.raises(itf.InterfaceError, match="maximum_node_certificate_validity_days"):
         load(tmp_path, start=start)

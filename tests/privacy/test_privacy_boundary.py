@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import secrets
+import signal
 from pathlib import Path
 
 import pytest
@@ -152,3 +154,134 @@ def test_no_recovery_share_or_ledger_secret_appears_in_clear_on_the_host_side(
     # Positive control: the same search finds the encrypted shares, public in the ledger.
     ledger_bytes = b"".join(p.read_bytes() for p in searched if p.name.startswith("ledger_"))
     assert all(base64.b64encode(e) in ledger_bytes for e in encrypted)
+
+
+def test_a_recovery_keeps_private_values_and_ledger_secrets_inside_the_enclave(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A whole recovery (public replay, the old secrets handed over, private replay, reads):
+    neither a private value nor a ledger secret appears on the recovery node's host side
+    (its files, logs, or any control-channel frame). The secrets reach the enclave through
+    the virtual platform's member-signed stand-in for shares, over TLS."""
+    import base64
+    import json
+    import subprocess
+    import sys
+
+    from charter.enclave_app.identity import Identity
+    from charter.enclave_app.platform import VirtualPlatform
+    from charter.member import Member
+    from charter.sdk import CharterClient
+
+    private_marker = f"private-{secrets.token_hex(16)}"
+    sandbox = Sandbox(
+        tmp_path / "ws", nodes=1, election_timeout_ms=(300, 600), ledger_chunk_bytes=4096
+    )
+
+    async def write_records() -> str:
+        await sandbox.start()
+        async with sandbox.client(user=0) as client:
+            for i in range(6):
+                r = await client.post(
+                    "/app/log/private", json={"id": i, "msg": f"{private_marker} {i}"}
+                )
+                assert r.status == 200, r.body
+            await client.wait_for_commit(r.txid)
+            measurement: str = (await client.get_json("/node/quotes/self"))["measurement"]
+            return measurement
+
+    try:
+        measurement = asyncio.run(write_records())
+    finally:
+        sandbox.stop()
+    old_workspace = sandbox.nodes[0].directory / "workspace"
+    # TEST-ONLY (the virtual platform protects nothing): the old secrets, from the sealed state.
+    identity = Identity.from_bytes(
+        VirtualPlatform(old_workspace, measurement).unseal(
+            (old_workspace / "sealed.bin").read_bytes()
+        )
+    )
+    old_secrets = list(identity.ledger_secrets)
+
+    capture = tmp_path / "recovery-control-frames.bin"
+    monkeypatch.setenv("CHARTER_CAPTURE_CONTROL_FRAMES", str(capture))
+    recovery = tmp_path / "recovery"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from charter.cli import main; sys.exit(main())",
+            "recovery",
+            "start",
+            "--ledger",
+            str(old_workspace / "ledger"),
+            "--previous-service-cert",
+            str(sandbox.service_cert_path),
+            "--dir",
+            str(recovery),
+            "--detach",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout.strip().splitlines()[-1])
+    ports = json.loads((recovery / "workspace" / "ports.json").read_text())
+    url = f"https://{ports['rpc_address']}"
+    new_cert = Path(info["service_cert"])
+
+    async def recover() -> None:
+        async with CharterClient(url, new_cert) as c:
+            members = sandbox.member_identities()
+            proposal = await Member(c, *members[0]).propose(
+                [
+                    {
+                        "name": "transition_service_to_open",
+                        "args": {
+                            "previous_service_identity": sandbox.service_cert_path.read_text(),
+                            "next_service_identity": new_cert.read_text(),
+                        },
+                    }
+                ]
+            )
+            for cert, key in members:
+                if proposal.state != "Open":
+                    break
+                proposal = await Member(c, cert, key).vote(proposal.proposal_id, True)
+            assert proposal.state == "Accepted"
+            payload = json.dumps(
+                {
+                    "ledger_secrets": [
+                        {"seqno": s, "secret": base64.b64encode(k).decode()} for s, k in old_secrets
+                    ]
+                }
+            ).encode()
+            r = await c.post(
+                "/node/recovery/virtual/ledger-secrets",
+                data=Member(c, *members[0]).envelope("proposal", payload),
+                headers={"Content-Type": "application/cose"},
+            )
+            assert r.status == 200, r.body
+            for _ in range(100):
+                if (await c.network())["service_status"] == "Open":
+                    break
+                await asyncio.sleep(0.1)
+        cert, key = sandbox.user_paths(0)
+        async with CharterClient(url, new_cert, cert_path=cert, key_path=key) as c:
+            read = await c.get("/app/log/private", params={"id": "3"})
+            assert read.body == {"msg": f"{private_marker} 3"}
+
+    try:
+        asyncio.run(recover())
+    finally:
+        for pid in (ports.get("enclave_pid"), ports.get("host_pid")):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGTERM)
+    searched = [*_files_under(recovery), capture]
+    assert capture.stat().st_size > 0, "the control channel capture is empty"
+    needles = [private_marker.encode()]
+    for _, secret in old_secrets:
+        needles += [secret, base64.b64encode(secret)]
+    leaks = [str(p) for p in searched for n in needles if n in p.read_bytes()]
+    assert not leaks, f"private plaintext or a ledger secret found in {leaks}"
