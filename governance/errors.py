@@ -27,6 +27,7 @@ _CODES_BY_STATUS: Final[dict[int, tuple[str, ...]]] = {
         "InvalidCreatedAt",
         # Genesis runs at node start, never behind HTTP; all its refusals are bad input.
         "InvalidGenesis",
+        "InvalidHeaderValue",
         "InvalidInput",
         "InvalidNode",
         "InvalidProposal",
@@ -86,6 +87,9 @@ _CODES_BY_STATUS: Final[dict[int, tuple[str, ...]]] = {
     404: (
         "ConstitutionNotFound",
         "EntryNotFound",
+        # A historical query for entries the host's ledger files do not hold (the reason is
+        # in the message: deleted, not in its ledger directories, before its snapshot).
+        "HistoricalStateNotAvailable",
         # The ACL sample: a rolled-back transaction id (its SDK stops waiting on it).
         "InvalidTransactionId",
         "ProposalNotFound",
@@ -106,7 +110,9 @@ _CODES_BY_STATUS: Final[dict[int, tuple[str, ...]]] = {
     422: ("ValidationError",),
     429: ("TooManyOpenProposals", "TooManyRequests"),
     431: ("RequestHeaderTooLarge",),
-    500: ("InternalError",),
+    # A historical query whose ledger entries, read back from the host, fail their checks
+    # against the Merkle tree and the service's signatures: never answered with them.
+    500: ("HistoricalVerificationFailed", "InternalError"),
     # A forwarded request's answer that the primary could not send back over the channel.
     502: ("ResponseTooLarge",),
     # Not now: the client retries (these answers carry Retry-After).
