@@ -43,6 +43,8 @@ _CODES_BY_STATUS: Final[dict[int, tuple[str, ...]]] = {
         "RequestInFuture",
         "RequestReplay",
         "StateDigestMismatch",
+        # A historical query for a transaction that is not committed (CCF's code).
+        "TransactionPendingOrUnknown",
         "UnknownAction",
         "UnsupportedApiVersion",
         "UnsupportedApiVersionValue",

@@ -30,9 +30,11 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from charter.enclave_app import interface as itf
 from charter.enclave_app.identity import Identity
+from charter.enclave_app.kv import Codec
 from charter.ledger.entry import (
     Entry,
     WriteSet,
@@ -105,6 +107,39 @@ class _Segment:
     signature: SignatureRecord
 
 
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class HistoricalView(Generic[K, V]):
+    """Typed, read-only access to what one historical transaction wrote to one map."""
+
+    __slots__ = ("_key_codec", "_records", "_value_codec")
+
+    def __init__(
+        self, records: Mapping[bytes, bytes | None], key_codec: Codec[K], value_codec: Codec[V]
+    ) -> None:
+        self._records = records
+        self._key_codec = key_codec
+        self._value_codec = value_codec
+
+    def get(self, key: K) -> V | None:
+        """The value written to `key` by this transaction (None: not written, or removed)."""
+        raw = self._records.get(self._key_codec.encode(key))
+        return None if raw is None else self._value_codec.decode(raw)
+
+    def wrote(self, key: K) -> bool:
+        """Whether this transaction wrote or removed `key`."""
+        return self._key_codec.encode(key) in self._records
+
+    def items(self) -> Iterator[tuple[K, V | None]]:
+        for key, raw in sorted(self._records.items()):
+            yield (
+                self._key_codec.decode(key),
+                None if raw is None else self._value_codec.decode(raw),
+            )
+
+
 @dataclass(frozen=True, slots=True)
 class HistoricalState:
     """One committed transaction as recorded: its writes (private ones decrypted) and what
@@ -112,7 +147,7 @@ class HistoricalState:
     removal), as CCF's historical store does."""
 
     seqno: int
-    view: int
+    tx_view: int  # the view (Raft term) of the transaction: its id is tx_view.seqno
     public: WriteSet
     private: WriteSet
     write_set_digest: bytes
@@ -138,9 +173,14 @@ class HistoricalState:
         tables = self.public if map_name.startswith("public:") else self.private
         return tables.get(map_name, {})
 
+    def view(
+        self, map_name: str, key_codec: Codec[K], value_codec: Codec[V]
+    ) -> HistoricalView[K, V]:
+        return HistoricalView(self.writes(map_name), key_codec, value_codec)
+
     @property
     def txid(self) -> str:
-        return f"{self.view}.{self.seqno}"
+        return f"{self.tx_view}.{self.seqno}"
 
     def receipt_material(self) -> tuple[InclusionProof, SignatureRecord] | None:
         """(inclusion proof, signature) proving this entry; None if the node's own history
@@ -466,7 +506,7 @@ class HistoricalCache:
         assert entry.claims_digest is not None
         return HistoricalState(
             seqno=seqno,
-            view=entry.view,
+            tx_view=entry.view,
             public=entry.public,
             private=private,
             write_set_digest=write_set_digest(raw),
