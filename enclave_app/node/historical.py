@@ -81,6 +81,8 @@ REQUEST_TTL_MS = 30_000
 # tree), for the byte limit: tracemalloc measured ~1.9 KB per state of a ~300-byte entry.
 STATE_OVERHEAD_BYTES = 1600
 DEFAULT_CACHE_SOFT_LIMIT_BYTES = 512 * 1024 * 1024
+# Signature transactions whose checks are remembered (each ~2 KB with its entry bytes).
+VERIFIED_SIGNATURES_MAX = 1_024
 
 
 class HistoricalError(Exception):
@@ -245,6 +247,8 @@ class HistoricalCache:
         self._queue: list[_Fetch] = []
         self._in_flight: dict[int, _Fetch] = {}
         self._next_request_id = 0
+        # Signature entries already checked (bytes and record): one ECDSA pair each.
+        self._verified: dict[int, tuple[bytes, SignatureRecord]] = {}
         self.now_ms = 0
         self.metrics = {"fetched_entries": 0, "evicted": 0, "failed": 0}
 
@@ -428,8 +432,20 @@ class HistoricalCache:
 
     def _signature_record(self, entry: Entry, identity: Identity) -> SignatureRecord:
         """The signature this entry carries, checked: signed by the service key this node
-        trusts (COSE) and by the node certificate it names."""
+        trusts (COSE) and by the node certificate it names. Checked once per entry bytes."""
         value = self._signature_in(entry)
+        known = self._verified.get(entry.seqno)
+        if known is not None and known[0] == entry.raw:
+            return known[1]
+        record = self._check_signature(entry, identity, value)
+        self._verified[entry.seqno] = (entry.raw, record)
+        while len(self._verified) > VERIFIED_SIGNATURES_MAX:
+            del self._verified[next(iter(self._verified))]
+        return record
+
+    def _check_signature(
+        self, entry: Entry, identity: Identity, value: bytes | None
+    ) -> SignatureRecord:
         cose_value = entry.public.get(COSE_SIGNATURES_TABLE, {}).get(SINGLETON_KEY)
         seqno = entry.seqno
         if value is None or cose_value is None:
