@@ -208,6 +208,8 @@ class _Request:
     touched_ms: int
     states: list[HistoricalState] | None = None
     error: HistoricalError | None = None
+    # States of lo.. that were cached when asked (held here, so eviction cannot lose them).
+    prefix: list[HistoricalState] = field(default_factory=list)
     fetching: bool = False
 
 
@@ -282,27 +284,30 @@ class HistoricalCache:
                 del self._requests[(lo, hi)]
                 return request.states
             return None
-        cached = self._from_cache(lo, hi)
-        if cached is not None:
+        cached = self._cached_prefix(lo, hi)
+        if len(cached) == hi - lo + 1:
             return cached
         if len(self._queue) >= FETCHES_QUEUED_MAX:
             raise HistoricalError(
                 "too many historical requests in progress", code="TooManyRequests"
             )
-        request = _Request(lo, hi, self.now_ms, fetching=True)
+        # What the cache holds from lo on is kept by the request; the rest is read back.
+        request = _Request(lo, hi, self.now_ms, prefix=cached, fetching=True)
         self._requests[(lo, hi)] = request
-        self._queue.append(_Fetch(request, cursor=lo))
+        self._queue.append(_Fetch(request, cursor=lo + len(cached)))
         self._start_fetches()
         return None
 
-    def _from_cache(self, lo: int, hi: int) -> list[HistoricalState] | None:
+    def _cached_prefix(self, lo: int, hi: int) -> list[HistoricalState]:
+        """The cached states of lo, lo + 1, ... up to the first one not cached."""
         cache = self._cache
-        if any(seqno not in cache for seqno in range(lo, hi + 1)):
-            return None
         states = []
         for seqno in range(lo, hi + 1):
+            state = cache.get(seqno)
+            if state is None:
+                break
             cache.move_to_end(seqno)
-            states.append(cache[seqno])
+            states.append(state)
         return states
 
     # ------------------------------------------------------------------ time
@@ -537,8 +542,9 @@ class HistoricalCache:
 
     def _complete(self, fetch: _Fetch) -> None:
         request = fetch.request
-        states = fetch.accepted
+        states = request.prefix + fetch.accepted
         assert [s.seqno for s in states] == list(range(request.lo, request.hi + 1))
+        request.prefix = []
         request.states = states
         request.fetching = False
         request.touched_ms = self.now_ms

@@ -247,3 +247,13 @@ def test_uncommitted_seqnos_are_not_served(ledger: GeneratedLedger, tmp_path: Pa
     with pytest.raises(HistoricalError) as raised:
         cache.state_at(ledger.last_seqno + 1)
     assert raised.value.code == "TransactionNotFound"
+
+
+def test_a_range_partly_cached_reads_back_only_what_is_missing(ledger: GeneratedLedger) -> None:
+    host = Host(ledger)
+    cache = make_cache(ledger, host)
+    fetch(cache, host, 1_100, 1_199)
+    before = cache.metrics["fetched_entries"]
+    states = fetch(cache, host, 1_150, 1_249)
+    assert [s.seqno for s in states] == list(range(1_150, 1_250))
+    assert cache.metrics["fetched_entries"] - before == 50
