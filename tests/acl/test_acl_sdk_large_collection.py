@@ -91,5 +91,6 @@ def test_sdk_pages_through_5000_entries_read_back_from_history(sandbox: Sandbox)
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(3600)
 def test_sdk_pages_through_a_collection_of_1000000_entries(sandbox: Sandbox) -> None:
     check_paging(sandbox, 1_000_000)

@@ -179,11 +179,13 @@ def test_range_query_over_10000_seqnos_keeps_enclave_memory_bounded(net: Sandbox
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(1200)
 def test_range_query_over_100000_seqnos_keeps_enclave_memory_bounded(net: Sandbox) -> None:
     check_range_memory(net, 100_000)
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(1800)
 def test_receipt_of_transaction_1_of_a_300000_transaction_ledger_verifies_with_ccf(
     net: Sandbox,
 ) -> None:
