@@ -75,6 +75,9 @@ READ_ENTRIES_MAX = 256
 RANGE_SEQNOS_MAX = 100_000
 # How far past the asked range a fetch reads to find the signature that proves it.
 SIGNATURE_SEARCH_SEQNOS_MAX = 100_000
+# A read the host has not answered within this time fails its request (asked again, it is
+# read again): a host that drops a read must not hold a fetch slot for ever.
+READ_TIMEOUT_MS = 30_000
 # A completed request not collected within this time is dropped (its caller went away).
 REQUEST_TTL_MS = 30_000
 # What a cached state costs beyond its entry bytes (objects, dicts, its share of the proof
@@ -223,6 +226,7 @@ class _Fetch:
     unproven: list[tuple[int, bytes, Entry]] = field(default_factory=list)
     accepted: list[HistoricalState] = field(default_factory=list)
     request_id: int | None = None
+    sent_ms: int = 0
 
 
 class HistoricalCache:
@@ -321,6 +325,23 @@ class HistoricalCache:
         ]
         for key in stale:
             del self._requests[key]
+        # A read the host never answers must not hold its slot for ever.
+        lost = [
+            (request_id, fetch)
+            for request_id, fetch in self._in_flight.items()
+            if now_ms - fetch.sent_ms > READ_TIMEOUT_MS
+        ]
+        for request_id, fetch in lost:
+            del self._in_flight[request_id]
+            self._fail(
+                fetch,
+                _not_available(
+                    f"the host did not answer a read of the ledger from seqno {fetch.cursor} "
+                    f"within {READ_TIMEOUT_MS} ms"
+                ),
+            )
+        if lost:
+            self._start_fetches()
 
     # ------------------------------------------------------------------ fetching
     def owns(self, request_id: int) -> bool:
@@ -334,6 +355,7 @@ class HistoricalCache:
         self._next_request_id = (self._next_request_id + 1) % REQUEST_ID_SPAN
         request_id = REQUEST_ID_BASE + self._next_request_id
         fetch.request_id = request_id
+        fetch.sent_ms = self.now_ms
         self._in_flight[request_id] = fetch
         last = fetch.cursor + READ_ENTRIES_MAX - 1
         if not fetch.unproven:
@@ -348,16 +370,7 @@ class HistoricalCache:
         try:
             done = self._take(fetch, frame)
         except HistoricalError as error:
-            self.metrics["failed"] += 1
-            LOG.warning(
-                "event=historical_fetch_failed lo=%d hi=%d code=%s reason=%s",
-                fetch.request.lo,
-                fetch.request.hi,
-                error.code,
-                error.message,
-            )
-            fetch.request.error = error
-            fetch.request.fetching = False
+            self._fail(fetch, error)
             done = True
         if done:
             if fetch.request.error is None:
@@ -365,6 +378,20 @@ class HistoricalCache:
         else:
             self._read_next(fetch)
         self._start_fetches()
+
+    def _fail(self, fetch: _Fetch, error: HistoricalError) -> None:
+        self.metrics["failed"] += 1
+        LOG.warning(
+            "event=historical_fetch_failed lo=%d hi=%d code=%s reason=%s",
+            fetch.request.lo,
+            fetch.request.hi,
+            error.code,
+            error.message,
+        )
+        fetch.request.error = error
+        fetch.request.fetching = False
+        fetch.request.prefix = []
+        fetch.request.touched_ms = self.now_ms
 
     def _take(self, fetch: _Fetch, frame: itf.EntriesRead) -> bool:
         """Check and keep what the host read; True once the fetch has everything."""

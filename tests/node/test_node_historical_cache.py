@@ -257,3 +257,22 @@ def test_a_range_partly_cached_reads_back_only_what_is_missing(ledger: Generated
     states = fetch(cache, host, 1_150, 1_249)
     assert [s.seqno for s in states] == list(range(1_150, 1_250))
     assert cache.metrics["fetched_entries"] - before == 50
+
+
+def test_a_read_the_host_never_answers_fails_and_frees_its_slot(ledger: GeneratedLedger) -> None:
+    host = Host(ledger)
+    cache = make_cache(ledger, host)
+    cache.tick(1_000)
+    for lo in range(1, 1 + 10 * (hist.FETCHES_OUTSTANDING_MAX + 1), 10):
+        assert cache.states_in(lo, lo + 1) is None
+    host.sent.clear()  # the host drops every read in flight
+    cache.tick(1_000 + hist.READ_TIMEOUT_MS + 1)
+    with pytest.raises(HistoricalError) as raised:
+        cache.states_in(1, 2)
+    assert raised.value.code == "HistoricalStateNotAvailable"
+    assert "did not answer" in raised.value.message
+    # The queued request got a slot; asked again, the failed one is read again.
+    host.answer_all(cache)
+    last = 1 + 10 * hist.FETCHES_OUTSTANDING_MAX
+    assert cache.states_in(last, last + 1) is not None
+    assert fetch(cache, host, 1, 2)[0].seqno == 1
