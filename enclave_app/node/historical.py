@@ -397,8 +397,9 @@ class HistoricalCache:
         """Check and keep what the host read; True once the fetch has everything."""
         if frame.first_seqno != fetch.cursor or not frame.entries:
             raise _not_available(
-                f"the host has no ledger entries from seqno {fetch.cursor} on (its ledger "
-                "files for them are missing, e.g. deleted or not in its ledger directories)"
+                f"the host has no ledger entries from seqno {fetch.cursor} on: its ledger "
+                "files for them are missing (deleted, not in its ledger directories, or "
+                "before the snapshot this node joined from)"
             )
         identity = self._identity()
         if identity is None or not identity.ledger_secrets:
@@ -413,6 +414,13 @@ class HistoricalCache:
                 raise _invalid(
                     f"the ledger entry at seqno {seqno} does not decode: {exc}"
                 ) from None
+            if raw is frame.entries[0] and entry.seqno > seqno and end == len(raw):
+                # Its ledger starts later: e.g. a node that joined from a snapshot and was
+                # given no archive of the ledger before it.
+                raise _not_available(
+                    f"the host's ledger holds no entries for seqnos {seqno}..{entry.seqno - 1} "
+                    "(this node's ledger files start later, e.g. it joined from a snapshot)"
+                )
             if end != len(raw) or entry.seqno != seqno or entry.public_seqno != seqno:
                 raise _invalid(f"the host returned another entry for seqno {seqno}")
             fetch.cursor += 1

@@ -276,3 +276,17 @@ def test_a_read_the_host_never_answers_fails_and_frees_its_slot(ledger: Generate
     last = 1 + 10 * hist.FETCHES_OUTSTANDING_MAX
     assert cache.states_in(last, last + 1) is not None
     assert fetch(cache, host, 1, 2)[0].seqno == 1
+
+
+def test_a_ledger_that_starts_later_says_so(ledger: GeneratedLedger) -> None:
+    """As the host of a node that joined from a snapshot answers: the entries it has."""
+    host = Host(ledger)
+    cache = make_cache(ledger, host)
+    assert cache.state_at(10) is None
+    frame = host.sent.pop()
+    later = [raw for _, raw in host.reader.entries(600, 610)]
+    cache.on_entries_read(itf.EntriesRead(frame.request_id, later, frame.from_seqno))
+    with pytest.raises(HistoricalError) as raised:
+        cache.state_at(10)
+    assert raised.value.code == "HistoricalStateNotAvailable"
+    assert "10..599" in raised.value.message
