@@ -69,6 +69,9 @@ REQUEST_ID_SPAN = 1 << 40
 FETCHES_OUTSTANDING_MAX = 4
 # Requests waiting for a fetch slot; more answer 503-like "busy" (the caller retries).
 FETCHES_QUEUED_MAX = 256
+# Requests held at once (waiting, fetching, or done and not yet collected): each holds its
+# states until collected, so this bounds what callers that never come back can pin.
+REQUESTS_MAX = 1_024
 # Entries asked for in one ReadEntries: bounds the bytes one answer brings in.
 READ_ENTRIES_MAX = 256
 # The widest range one request may ask for (a handler pages wider queries).
@@ -78,6 +81,7 @@ SIGNATURE_SEARCH_SEQNOS_MAX = 100_000
 # A read the host has not answered within this time fails its request (asked again, it is
 # read again): a host that drops a read must not hold a fetch slot for ever.
 READ_TIMEOUT_MS = 30_000
+SWEEP_INTERVAL_MS = 1_000
 # A completed request not collected within this time is dropped (its caller went away).
 REQUEST_TTL_MS = 30_000
 # What a cached state costs beyond its entry bytes (objects, dicts, its share of the proof
@@ -256,6 +260,7 @@ class HistoricalCache:
         # Signature entries already checked (bytes and record): one ECDSA pair each.
         self._verified: dict[int, tuple[bytes, SignatureRecord]] = {}
         self.now_ms = 0
+        self._swept_ms = 0
         self.metrics = {"fetched_entries": 0, "evicted": 0, "failed": 0}
 
     # ------------------------------------------------------------------ asking
@@ -291,7 +296,7 @@ class HistoricalCache:
         cached = self._cached_prefix(lo, hi)
         if len(cached) == hi - lo + 1:
             return cached
-        if len(self._queue) >= FETCHES_QUEUED_MAX:
+        if len(self._queue) >= FETCHES_QUEUED_MAX or len(self._requests) >= REQUESTS_MAX:
             raise HistoricalError(
                 "too many historical requests in progress", code="TooManyRequests"
             )
@@ -303,12 +308,15 @@ class HistoricalCache:
         return None
 
     def _cached_prefix(self, lo: int, hi: int) -> list[HistoricalState]:
-        """The cached states of lo, lo + 1, ... up to the first one not cached."""
+        """The cached states of lo, lo + 1, ... up to the first one not cached (or proven
+        by the node's tree below what that tree still holds: read again, proven by its
+        signature, so that its receipt can be built)."""
         cache = self._cache
+        min_index = self._history().tree.min_index
         states = []
         for seqno in range(lo, hi + 1):
             state = cache.get(seqno)
-            if state is None:
+            if state is None or (state._segment is None and seqno < min_index):
                 break
             cache.move_to_end(seqno)
             states.append(state)
@@ -316,8 +324,12 @@ class HistoricalCache:
 
     # ------------------------------------------------------------------ time
     def tick(self, now_ms: int) -> None:
-        """Drop completed requests nobody collected (their callers went away)."""
+        """Drop completed requests nobody collected (their callers went away) and fail reads
+        the host did not answer; swept once a second."""
         self.now_ms = now_ms
+        if now_ms - self._swept_ms < SWEEP_INTERVAL_MS:
+            return
+        self._swept_ms = now_ms
         stale = [
             key
             for key, request in self._requests.items()

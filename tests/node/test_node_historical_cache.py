@@ -241,7 +241,7 @@ def test_reads_in_flight_are_bounded(ledger: GeneratedLedger) -> None:
         assert cache.states_in(lo, lo + 5) is not None
 
 
-def test_uncommitted_seqnos_are_not_served(ledger: GeneratedLedger, tmp_path: Path) -> None:
+def test_uncommitted_seqnos_are_not_served(ledger: GeneratedLedger) -> None:
     host = Host(ledger)
     cache = make_cache(ledger, host)
     with pytest.raises(HistoricalError) as raised:
@@ -290,3 +290,16 @@ def test_a_ledger_that_starts_later_says_so(ledger: GeneratedLedger) -> None:
         cache.state_at(10)
     assert raised.value.code == "HistoricalStateNotAvailable"
     assert "10..599" in raised.value.message
+
+
+def test_a_cached_state_the_nodes_tree_no_longer_holds_is_proven_again(tmp_path: Path) -> None:
+    fresh = generate_ledger(str(tmp_path), transactions=400, signature_interval=50, seed=5)
+    host = Host(fresh)
+    cache = make_cache(fresh, host)
+    (state,) = fetch(cache, host, 120, 120)
+    assert state._segment is None and state.receipt_material() is not None
+    fresh.history.compact(300)  # the node's window moved on
+    assert state.receipt_material() is None
+    (again,) = fetch(cache, host, 120, 120)
+    assert again._segment is not None and again.receipt_material() is not None
+    ccf_verify_json(json.loads(historical_receipt(again).body), fresh.service_cert_pem)
