@@ -61,6 +61,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 METHODS: tuple[str, ...] = ("GET", "POST", "PUT", "PATCH", "DELETE")
+ENDPOINT_MODES: tuple[str, ...] = ("readwrite", "readonly", "historical")
+# The header naming the transaction a historical endpoint is asked about (CCF's).
+TXID_HEADER = "x-ms-ccf-transaction-id"
+_TXID = re.compile(r"(0|[1-9][0-9]{0,18})\.(0|[1-9][0-9]{0,18})")
 
 BODY_BYTES_MAX_DEFAULT = 1 << 20
 PATH_BYTES_MAX = 4096
@@ -136,6 +140,8 @@ class Endpoint:
     description: str
     app_name: str
     include_in_api: bool
+    # "readwrite", "readonly" or "historical" (CCF's endpoint modes).
+    mode: str
     params: tuple[str, ...]
     pattern: re.Pattern[str] | None
     body_adapter: pydantic.TypeAdapter[Any] | None
@@ -158,6 +164,7 @@ class Context:
         "caller",
         "endpoint",
         "headers",
+        "historical",
         "path",
         "query",
         "response_headers",
@@ -194,6 +201,9 @@ class Context:
         self.status: int | None = None
         self.response_headers: dict[str, str] = {}
         self._claims_digest: bytes | None = None
+        # A historical endpoint's state at the requested transaction
+        # (`enclave_app.node.historical.HistoricalState`); None elsewhere.
+        self.historical: Any = None
 
     def set_header(self, name: str, value: str) -> None:
         self.response_headers[name] = value
@@ -266,6 +276,35 @@ def _validation_message(where: str, exc: pydantic.ValidationError) -> str:
         loc = ".".join(str(part) for part in (where, *error["loc"]))
         parts.append(f"{loc}: {error['msg']}")
     return "; ".join(parts)
+
+
+def _historical_state(ctx: Context, runtime: Any) -> Any:
+    """The state a historical endpoint is asked about, None while the node fetches it."""
+    text = ctx.headers.get(TXID_HEADER)
+    if text is None:
+        raise HttpError(f"Missing {TXID_HEADER} header", code="InvalidHeaderValue")
+    found = _TXID.fullmatch(text)
+    if found is None:
+        raise HttpError(
+            f"{TXID_HEADER} is not a transaction id (view.seqno)", code="InvalidHeaderValue"
+        )
+    if runtime is None:
+        raise HttpError("historical endpoints need a node", code="InternalError")
+    return runtime.historical_state(int(found.group(1)), int(found.group(2)))
+
+
+def _not_yet_available(txid: str) -> HttpResponse:
+    """CCF's answer while a historical state is being fetched: 202, ask again later."""
+    body = _JSON_ANY.dump_json(
+        {
+            "status": "Pending",
+            "message": f"Historical transaction {txid} is not currently available.",
+        }
+    )
+    return HttpResponse(202, body, {"Retry-After": HISTORICAL_RETRY_AFTER_S}, JSON_CONTENT_TYPE)
+
+
+HISTORICAL_RETRY_AFTER_S = "1"
 
 
 # --------------------------------------------------------------------------------------------
@@ -344,6 +383,7 @@ class App:
         read_only: bool | None = None,
         max_body_bytes: int | None = None,
         include_in_api: bool = True,
+        mode: str | None = None,
     ) -> Callable[[H], H]:
         """Register ``handler(ctx)`` for ``method`` on ``prefix + path``.
 
@@ -354,8 +394,24 @@ class App:
         the raw bytes. ``query`` / ``path_params``: pydantic models for the query string and
         the ``{name}`` path parameters (else ``ctx.query`` / ``ctx.path`` hold strings).
         ``read_only`` defaults to True for GET: such an endpoint never commits.
+        ``mode="historical"`` (CCF's `make_historical_endpoint`): the request names a
+        committed transaction in the ``x-ms-ccf-transaction-id`` header and the handler runs
+        only once the node holds that transaction's state, read back from the ledger and
+        checked: ``ctx.historical`` (its writes, private ones decrypted, and its receipt via
+        ``ctx.runtime.historical_receipt``); meanwhile the caller gets ``202`` with
+        ``Retry-After``. Historical endpoints are read-only.
         """
         method = method.upper()
+        if mode not in (None, *ENDPOINT_MODES):
+            raise ValueError(f"mode must be one of {ENDPOINT_MODES}, got {mode!r}")
+        if mode == "historical" and read_only is False:
+            raise ValueError("a historical endpoint is read-only")
+        if mode is not None and mode != "historical":
+            if read_only is not None and read_only != (mode == "readonly"):
+                raise ValueError(f"mode {mode!r} contradicts read_only={read_only}")
+            read_only = mode == "readonly"
+        if mode == "historical":
+            read_only = True
         if method not in METHODS:
             raise ValueError(f"unsupported method {method}")
         policies = (auth,) if isinstance(auth, (str, AllOf)) else tuple(auth)
@@ -384,12 +440,13 @@ class App:
 
         def register(handler: H) -> H:
             summary, description = _docs(handler)
+            is_read_only = (method == "GET") if read_only is None else read_only
             endpoint = Endpoint(
                 method=method,
                 path=full_path,
                 handler=handler,
                 auth=policies,
-                read_only=(method == "GET") if read_only is None else read_only,
+                read_only=is_read_only,
                 body_model=body,
                 query_model=query,
                 path_model=path_params,
@@ -399,6 +456,7 @@ class App:
                 description=description,
                 app_name=self.name,
                 include_in_api=include_in_api,
+                mode=mode or ("readonly" if is_read_only else "readwrite"),
                 params=params,
                 pattern=pattern,
                 body_adapter=None if body is None else pydantic.TypeAdapter(body),
@@ -516,6 +574,10 @@ class App:
                 error_response(exc.message, code=exc.code, status=exc.status), False, None
             )
         try:
+            if endpoint.mode == "historical":
+                ctx.historical = _historical_state(ctx, runtime)
+                if ctx.historical is None:
+                    return Outcome(_not_yet_available(ctx.headers[TXID_HEADER]), False, None)
             response = _render(endpoint.handler(ctx), ctx)
         except HttpError as exc:
             return Outcome(

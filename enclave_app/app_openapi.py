@@ -33,6 +33,8 @@ class Endpoint(Protocol):
     @property
     def read_only(self) -> bool: ...
     @property
+    def mode(self) -> str: ...
+    @property
     def body_model(self) -> Any: ...
     @property
     def query_model(self) -> type[pydantic.BaseModel] | None: ...
@@ -172,6 +174,16 @@ def build_openapi(title: str, version: str, endpoints: Sequence[Endpoint]) -> di
                 parameters.append(
                     {"name": name, "in": "query", "required": name in required, "schema": schema}
                 )
+        if endpoint.mode == "historical":
+            # CCF's historical endpoints name their transaction in this header.
+            parameters.append(
+                {
+                    "name": "x-ms-ccf-transaction-id",
+                    "in": "header",
+                    "required": True,
+                    "schema": {"type": "string", "pattern": "^[0-9]+\\.[0-9]+$"},
+                }
+            )
         if parameters:
             operation["parameters"] = parameters
         if endpoint.body_model is not None:
@@ -194,6 +206,10 @@ def build_openapi(title: str, version: str, endpoints: Sequence[Endpoint]) -> di
                 "application/json": {"schema": schema_of(endpoint.response_model, "serialization")}
             }
         responses: dict[str, Any] = {"200": success}
+        if endpoint.mode == "historical":
+            responses["202"] = {
+                "description": "Being read back from the ledger: ask again after Retry-After"
+            }
         if endpoint.body_model is not None:
             responses["400"] = {"description": "Body is not JSON", "content": error_content}
         if endpoint.body_model or endpoint.query_model or endpoint.path_model:

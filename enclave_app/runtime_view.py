@@ -8,12 +8,17 @@ this write get" without reaching into the node's internals.
 from __future__ import annotations
 
 import json
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from charter.consensus import Raft
 from charter.enclave_app.app import HttpResponse
+from charter.enclave_app.errors import HttpError
 from charter.enclave_app.identity import Identity
 from charter.enclave_app.platform import Platform
+
+if TYPE_CHECKING:
+    # Only for types: the node package imports this module.
+    from charter.enclave_app.node.historical import HistoricalCache, HistoricalState
 
 
 class NodeFacts(Protocol):
@@ -42,6 +47,11 @@ class NodeFacts(Protocol):
     def tx_status(self, view: int, seqno: int) -> str: ...
 
     def receipt(self, view: int, seqno: int, *, cose: bool = False) -> HttpResponse: ...
+
+    def service_endorsements(self, seqno: int) -> list[str]: ...
+
+    @property
+    def historical(self) -> HistoricalCache: ...
 
 
 class RuntimeView:
@@ -81,12 +91,75 @@ class RuntimeView:
         doc: dict[str, Any] = json.loads(response.body)
         return 200, doc
 
+    def receipt_response(self, view: int, seqno: int, *, cose: bool = False) -> HttpResponse:
+        """The node's own answer for a receipt (status, CCF's body or error, Retry-After)."""
+        return self._node.receipt(view, seqno, cose=cose)
+
     def cose_receipt(self, view: int, seqno: int) -> tuple[int, bytes | None]:
         """(200, CCF COSE receipt) once available; (202, None) while pending; (404, None)."""
         response = self._node.receipt(view, seqno, cose=True)
         if response.status != 200:
             return response.status, None
         return 200, response.body
+
+    # ------------------------------------------------------------------ history
+    def historical_state(self, view: int, seqno: int) -> HistoricalState | None:
+        """The state at committed transaction `view.seqno` (its writes, private ones
+        decrypted), read back from the ledger and checked; None while it is being fetched
+        (answer 202 + Retry-After). Raises HttpError when the transaction is not committed
+        (`TransactionPendingOrUnknown`, `TransactionInvalid`) or cannot be had."""
+        status = self._node.tx_status(view, seqno)
+        if status == "Invalid":
+            raise HttpError(f"Transaction {view}.{seqno} is invalid", code="TransactionInvalid")
+        if status != "Committed":
+            raise HttpError(
+                f"Only committed transactions can be queried. Transaction {view}.{seqno} "
+                f"is {status}",
+                code="TransactionPendingOrUnknown",
+            )
+        states = self._historical(seqno, seqno)
+        return None if states is None else states[0]
+
+    def historical_range(self, from_seqno: int, to_seqno: int) -> list[HistoricalState] | None:
+        """The states of committed seqnos from_seqno..to_seqno (at most
+        `historical.RANGE_SEQNOS_MAX`), in order; None while they are being fetched."""
+        commit = self._node.commit_seqno
+        if to_seqno > commit:
+            raise HttpError(
+                f"Only committed transactions can be queried: seqno {to_seqno} is past the "
+                f"commit seqno {commit}",
+                code="TransactionPendingOrUnknown",
+            )
+        return self._historical(from_seqno, to_seqno)
+
+    def _historical(self, lo: int, hi: int) -> list[HistoricalState] | None:
+        from charter.enclave_app.node.historical import HistoricalError
+
+        try:
+            return self._node.historical.states_in(lo, hi)
+        except HistoricalError as error:
+            raise HttpError(error.message, code=error.code) from None
+
+    def historical_receipt(self, state: HistoricalState) -> dict[str, Any]:
+        """CCF's JSON receipt of a historical state's transaction."""
+        from charter.enclave_app.node.receipts import historical_receipt
+
+        response = historical_receipt(
+            state, endorsements=self._node.service_endorsements(state.seqno)
+        )
+        if response.status != 200:
+            raise HttpError("the receipt is not available yet", code="ReceiptNotAvailable")
+        doc: dict[str, Any] = json.loads(response.body)
+        return doc
+
+    def historical_cose_receipt(self, state: HistoricalState) -> bytes:
+        """CCF's COSE receipt of a historical state's transaction."""
+        from charter.enclave_app.node.receipts import historical_receipt
+
+        response = historical_receipt(state, cose=True)
+        if response.status != 200:
+            raise HttpError("the receipt is not available yet", code="ReceiptNotAvailable")
+        return response.body
 
     @property
     def service_certificate(self) -> str:

@@ -27,6 +27,7 @@ _CODES_BY_STATUS: Final[dict[int, tuple[str, ...]]] = {
         "InvalidCreatedAt",
         # Genesis runs at node start, never behind HTTP; all its refusals are bad input.
         "InvalidGenesis",
+        "InvalidHeaderValue",
         "InvalidInput",
         "InvalidNode",
         "InvalidProposal",
@@ -46,6 +47,8 @@ _CODES_BY_STATUS: Final[dict[int, tuple[str, ...]]] = {
         "RequestInFuture",
         "RequestReplay",
         "StateDigestMismatch",
+        # A historical query for a transaction that is not committed (CCF's code).
+        "TransactionPendingOrUnknown",
         "UnknownAction",
         "UnsupportedApiVersion",
         "UnsupportedApiVersionValue",
@@ -97,6 +100,9 @@ _CODES_BY_STATUS: Final[dict[int, tuple[str, ...]]] = {
     404: (
         "ConstitutionNotFound",
         "EntryNotFound",
+        # A historical query for entries the host's ledger files do not hold (the reason is
+        # in the message: deleted, not in its ledger directories, before its snapshot).
+        "HistoricalStateNotAvailable",
         # The ACL sample: a rolled-back transaction id (its SDK stops waiting on it).
         "InvalidTransactionId",
         "ProposalNotFound",
@@ -118,8 +124,7 @@ _CODES_BY_STATUS: Final[dict[int, tuple[str, ...]]] = {
     422: ("ValidationError",),
     429: ("TooManyOpenProposals", "TooManyRequests"),
     431: ("RequestHeaderTooLarge",),
-    # The shares combined but the wrapped ledger secrets do not open (a damaged record).
-    500: ("InternalError", "RecoveryFailed"),
+    500: ("HistoricalVerificationFailed", "InternalError", "RecoveryFailed"),
     # A forwarded request's answer that the primary could not send back over the channel.
     # Or a file the host read back that the enclave refuses to serve.
     502: ("HostFileInvalid", "ResponseTooLarge"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -84,6 +85,26 @@ def _resolve_path(v: Path, info: pydantic.ValidationInfo) -> Path:
 
 
 ConfigPath = Annotated[Path, pydantic.AfterValidator(_resolve_path)]
+
+
+_SIZE = re.compile(r"\s*([0-9]{1,15})\s*(B|KB|MB|GB)?\s*", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
+# A cache smaller than this could not hold one largest entry's state.
+HISTORICAL_CACHE_BYTES_MIN = 1024 * 1024
+
+
+def _size_bytes(value: object) -> int:
+    """A size as CCF writes it ("512MB", "1GB", "64KB") or a plain number of bytes."""
+    if isinstance(value, bool):
+        raise ValueError("a size is a number of bytes or a string such as '512MB'")
+    if isinstance(value, str):
+        found = _SIZE.fullmatch(value)
+        if found is None:
+            raise ValueError(f"not a size: {value[:32]!r} (e.g. '512MB')")
+        value = int(found.group(1)) * _SIZE_UNITS[(found.group(2) or "").upper()]
+    if not isinstance(value, int) or value < HISTORICAL_CACHE_BYTES_MIN:
+        raise ValueError(f"a size of at least {HISTORICAL_CACHE_BYTES_MIN} bytes")
+    return value
 
 
 class SignaturesConfig(_Model):
@@ -320,6 +341,10 @@ class NodeConfig(_Model):
     signatures: SignaturesConfig = pydantic.Field(default_factory=SignaturesConfig)
     snapshots: SnapshotsConfig = pydantic.Field(default_factory=SnapshotsConfig)
     memory: MemoryConfig = pydantic.Field(default_factory=MemoryConfig)
+    # CCF's name: the soft byte limit of the historical query cache ("512MB" or bytes).
+    historical_cache_soft_limit: Annotated[int, pydantic.BeforeValidator(_size_bytes)] = (
+        512 * 1024 * 1024
+    )
     consensus: ConsensusConfig = pydantic.Field(default_factory=ConsensusConfig)
     # Older spelling of rpc_interface.enabled_operator_features (merged into it).
     enabled_operator_features: list[OperatorFeature] = []

@@ -26,6 +26,7 @@ from charter.enclave_app.identity import LEDGER_SECRET_BYTES, Identity
 from charter.enclave_app.kv import Store, Tx
 from charter.enclave_app.node import certificates, messages
 from charter.enclave_app.node.core import NodeCore, NodeNotReady, write_genesis
+from charter.enclave_app.node.historical import HistoricalCache
 from charter.enclave_app.node.joins import (
     Joiner,
     apply_effects,
@@ -91,7 +92,14 @@ class Node:
         self.log = LocalLog(core)
         self.snapshots = Snapshots(core, self.log)
         self.log.on_replicated = self._on_replicated
-        self.receipts = Receipts(core, self.log)
+        self.historical = HistoricalCache(
+            history=lambda: self.log.history,
+            identity=core.maybe_identity,
+            commit_seqno=lambda: self.log.commit_seqno,
+            send=lambda frame: core.outbox.append(frame),
+            soft_limit_bytes=config.historical_cache_soft_limit,
+        )
+        self.receipts = Receipts(core, self.log, self.historical)
         self._joiner = Joiner(core, self.snapshots, self._start_replication)
         # Both exist once the node has an identity (peers) and runs Raft (replication).
         self.peers: Peers | None = None
@@ -253,6 +261,10 @@ class Node:
 
     def tx_status(self, view: int, seqno: int) -> str:
         return self.receipts.tx_status(view, seqno)
+
+    def service_endorsements(self, seqno: int) -> list[str]:
+        """After recoveries: the endorsements chaining the signer of `seqno` to this service."""
+        return self.receipts.endorsements_for(seqno)
 
     def receipt(self, view: int, seqno: int, *, cose: bool = False) -> HttpResponse:
         return self.receipts.receipt(view, seqno, cose=cose)
@@ -625,6 +637,7 @@ class Node:
 
     # ------------------------------------------------------------------ host events
     def tick(self, now_ms: int) -> None:
+        self.historical.tick(now_ms)
         replication = self.replication
         if replication is None:
             return
@@ -645,7 +658,10 @@ class Node:
         self.settle()
 
     def on_entries_read(self, frame: itf.EntriesRead) -> None:
-        """Entries the host read back for a lagging peer."""
+        """Entries the host read back for a historical query or a lagging peer."""
+        if self.historical.owns(frame.request_id):
+            self.historical.on_entries_read(frame)
+            return
         if self.replication is None:
             return
         self.replication.on_entries_read(frame)

@@ -13,11 +13,16 @@ unchanged (``charter sandbox --app acl``). See docs/acl.md for the whole story; 
     PATCH/GET/DELETE /app/users/{userId}             roles Administrator, Contributor, Reader
     GET    /app/governance/constitution | /app/governance/members | /app/enclaveQuotes
 
-Storage. Entries live in the private map ``acl.entries`` keyed by the seqno they were
-written at (u64 big-endian, so iteration is ledger order), each with its collection, its
-contents, the view of its transaction id and the per-entry secret key of its application
-claim; ``acl.collections`` holds each collection's latest seqno. Roles live in the public
-map ``public:acl.users`` (auditable in the ledger), keyed by Charter user id.
+Storage. The private map ``acl.entries`` holds each collection's *latest* entry (keyed by
+collection id: its contents, the view and seqno of its transaction id and the per-entry
+secret key of its application claim); every write overwrites it, so the enclave holds one
+entry per collection however long the ledger grows. Older entries are read back from the
+ledger with historical queries (the node's historical cache, as CCF's ACL does): the
+transaction that wrote an entry is the one whose write set holds it. Reads of an entry not
+yet fetched answer ``Loading`` (the SDK polls), listing pages answer ``Loading`` with a
+``nextLink`` to the same page. ``acl.collections`` holds each collection's latest seqno.
+Roles live in the public map ``public:acl.users`` (auditable in the ledger), keyed by
+Charter user id.
 
 Roles. A caller's role is its ``public:acl.users`` record; a governance-registered user
 (``public:ccf.gov.users.certs``) without a record is an Administrator; a removed one has no
@@ -66,6 +71,9 @@ from charter.governance import tables as gt
 logger = logging.getLogger(__name__)
 
 ENTRIES = "acl.entries"
+# Seqno of each collection's latest entry -> the collection: reads of a latest entry are
+# answered from the store at once, without a read back from the ledger.
+LATEST_SEQNOS = "acl.latest_seqnos"
 COLLECTIONS = "acl.collections"
 USERS = "public:acl.users"
 
@@ -130,12 +138,30 @@ def _status(ctx: Context, txid: TxId) -> str:
     raise HttpError(f"Transaction {txid} is unknown", code="TransactionNotFound")
 
 
-def _entry_at(tx: Tx, txid: TxId) -> dict[str, Any] | None:
-    record = tx.view(ENTRIES, U64_BE, JSON).get(txid.seqno)
-    if record is None or record.get("view") != txid.view:
-        return None
-    assert isinstance(record, dict)
-    return record
+# A listing page reads at most this many seqnos back from the ledger (then links onward).
+SCAN_SEQNOS_MAX = 2_000
+
+
+def _written_entry(state: Any) -> dict[str, Any] | None:
+    """The ledger entry a historical transaction wrote, if it wrote one."""
+    for _collection, record in state.view(ENTRIES, STR, JSON).items():
+        if isinstance(record, dict):
+            return record
+    return None
+
+
+def _entry_at(ctx: Context, txid: TxId) -> dict[str, Any] | bool | None:
+    """The entry written at a committed `txid` (None: no entry there; False: still being
+    read back from the ledger)."""
+    collection = ctx.tx.view(LATEST_SEQNOS, U64_BE, STR).get(txid.seqno)
+    if collection is not None:
+        latest = ctx.tx.view(ENTRIES, STR, JSON).get(collection)
+        assert latest is not None and latest["seqno"] == txid.seqno
+        return latest if latest["view"] == txid.view else None
+    state = _runtime(ctx).historical_state(txid.view, txid.seqno)
+    if state is None:
+        return False
+    return _written_entry(state)
 
 
 def _entry_json(seqno: int, record: dict[str, Any]) -> dict[str, Any]:
@@ -169,12 +195,19 @@ def create_ledger_entry(ctx: Context) -> dict[str, Any]:
     # seqno this write will take.
     assert seqno == ctx.tx.base_version + 1, (seqno, ctx.tx.base_version)
     secret_key = os.urandom(CLAIM_SECRET_KEY_BYTES)
-    ctx.tx.view(ENTRIES, U64_BE, JSON).put(
-        seqno,
+    entries = ctx.tx.view(ENTRIES, STR, JSON)
+    latest_seqnos = ctx.tx.view(LATEST_SEQNOS, U64_BE, STR)
+    previous = entries.get(collection)
+    if previous is not None:
+        latest_seqnos.remove(int(previous["seqno"]))
+    latest_seqnos.put(seqno, collection)
+    entries.put(
+        collection,
         {
             "collectionId": collection,
             "contents": request.contents,
             "secretKey": secret_key.hex(),
+            "seqno": seqno,
             "view": view,
         },
     )
@@ -192,8 +225,8 @@ def get_current_ledger_entry(ctx: Context) -> dict[str, Any]:
     if latest is None:
         raise HttpError(f"Collection {collection!r} has no entries", code="EntryNotFound")
     seqno = int(latest["latest"])
-    record = ctx.tx.view(ENTRIES, U64_BE, JSON).get(seqno)
-    assert record is not None, "a collection's latest entry is stored"
+    record = ctx.tx.view(ENTRIES, STR, JSON).get(collection)
+    assert record is not None and record["seqno"] == seqno, "a collection's latest is stored"
     return _entry_json(seqno, record)
 
 
@@ -204,9 +237,11 @@ def get_ledger_entry(ctx: Context) -> dict[str, Any]:
     txid = parse_txid(ctx.path["transactionId"])
     if _status(ctx, txid) != COMMITTED:
         return {"state": "Loading"}
-    record = _entry_at(ctx.tx, txid)
+    record = _entry_at(ctx, txid)
+    if record is False:
+        return {"state": "Loading"}
     wanted = _query(ctx, "collectionId")
-    if record is None or (wanted is not None and record["collectionId"] != wanted):
+    if not isinstance(record, dict) or (wanted is not None and record["collectionId"] != wanted):
         raise HttpError(f"No ledger entry was written at {txid}", code="EntryNotFound")
     return {"state": "Ready", "entry": _entry_json(txid.seqno, record)}
 
@@ -223,28 +258,44 @@ def list_ledger_entries(ctx: Context) -> dict[str, Any]:
     # Later pages keep the first page's upper bound, so paging sees one fixed range.
     to_txid = parse_txid(last, what="toTransactionId") if last else TxId(commit_view, commit_seqno)
     to_seqno = min(to_txid.seqno, commit_seqno)
-    entries: list[dict[str, Any]] = []
-    next_from: TxId | None = None
-    for seqno, record in ctx.tx.view(ENTRIES, U64_BE, JSON).items():
-        if seqno < from_seqno or record["collectionId"] != collection:
-            continue
-        if seqno > to_seqno:
-            break
-        if len(entries) == PAGE_ENTRIES_MAX:
-            next_from = TxId(int(record["view"]), seqno)
-            break
-        entries.append(_entry_json(seqno, record))
-    page: dict[str, Any] = {"state": "Ready", "entries": entries}
-    if next_from is not None:
+
+    def link(from_txid: TxId) -> str:
         query = urllib.parse.urlencode(
             {
                 "api-version": API_VERSION,
                 "collectionId": collection,
-                "fromTransactionId": str(next_from),
+                "fromTransactionId": str(from_txid),
                 "toTransactionId": str(to_txid),
             }
         )
-        page["nextLink"] = f"/app/transactions?{query}"
+        return f"/app/transactions?{query}"
+
+    if from_seqno > to_seqno:
+        return {"state": "Ready", "entries": []}
+    scan_end = min(to_seqno, from_seqno + SCAN_SEQNOS_MAX - 1)
+    states = _runtime(ctx).historical_range(from_seqno, scan_end)
+    if states is None:
+        # Being read back from the ledger: the same page again (the SDK follows nextLink).
+        return {
+            "state": "Loading",
+            "entries": [],
+            "nextLink": link(TxId(commit_view, from_seqno)),
+        }
+    entries: list[dict[str, Any]] = []
+    next_from: TxId | None = None
+    for state in states:
+        record = _written_entry(state)
+        if record is None or record["collectionId"] != collection:
+            continue
+        if len(entries) == PAGE_ENTRIES_MAX:
+            next_from = TxId(state.tx_view, state.seqno)
+            break
+        entries.append(_entry_json(state.seqno, record))
+    if next_from is None and scan_end < to_seqno:
+        next_from = TxId(commit_view, scan_end + 1)
+    page: dict[str, Any] = {"state": "Ready", "entries": entries}
+    if next_from is not None:
+        page["nextLink"] = link(next_from)
     return page
 
 
@@ -267,7 +318,8 @@ def get_receipt(ctx: Context) -> dict[str, Any]:
         return loading
     code, receipt = _runtime(ctx).receipt(txid.view, txid.seqno)
     if code == 202:
-        # Committed, but the signature that covers it is not yet known to be committed here.
+        # Committed, but the signature that covers it is not yet known to be committed here,
+        # or the transaction is being read back from the ledger.
         return loading
     if code != 200 or receipt is None:
         raise HttpError(f"No receipt for {txid}", code="TransactionNotFound")
@@ -276,8 +328,10 @@ def get_receipt(ctx: Context) -> dict[str, Any]:
         "transactionId": str(txid),
         "receipt": camel_case_receipt(receipt),
     }
-    record = _entry_at(ctx.tx, txid)
-    if record is not None:
+    record = _entry_at(ctx, txid)
+    if record is False:
+        return loading
+    if isinstance(record, dict):
         secret_key = bytes.fromhex(record["secretKey"])
         answer["applicationClaims"] = [
             ledger_entry_claim(record["collectionId"], record["contents"], secret_key)

@@ -21,6 +21,19 @@ CCF's logging sample does:
     DELETE /app/log/private?id=42                               -> 204
     GET    /app/log/private/count                               -> {"count": 0}
 
+Historical endpoints (CCF's; see the developer guide's "Historical queries"): the node reads
+old transactions back from its ledger files, checks them, and answers ``202`` with
+``Retry-After`` until it holds them; the client asks again.
+
+    GET    /app/log/private/historical?id=42          (header x-ms-ccf-transaction-id: 2.17)
+                                                      -> {"msg": "hello"}: id 42 as written
+                                                         by that transaction
+    GET    /app/log/private/historical_receipt?id=42  (same header) -> {"msg", "receipt"}
+    GET    /app/log/private/historical/range?id=42&from_seqno=1&to_seqno=9000
+                                                      -> {"entries": [{"seqno", "id", "msg"}],
+                                                          "@nextLink": "..."} (pages)
+    GET    /app/receipt?transaction_id=2.17           -> CCF's JSON receipt (any age)
+
 A POST answers ``true`` with no newline, as CCF's logging sample does (CCF clients parse
 it); ``curl -w '\n'`` keeps a terminal's prompt on its own line.
 
@@ -39,7 +52,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from charter.enclave_app.app import App, Caller, Context, all_of
+from charter.enclave_app.app import App, Caller, Context, Response, all_of
 from charter.enclave_app.errors import HttpError
 from charter.enclave_app.kv import STR, U64, U64_MAX
 
@@ -195,3 +208,128 @@ def multi_auth_signed(ctx: Context) -> dict[str, object]:
 def all_of_auth(ctx: Context) -> dict[str, object]:
     """Needs both a user's TLS certificate and a JWT; answers both identities."""
     return describe(ctx.caller)
+
+
+# ------------------------------------------------------------------ historical (CCF's)
+
+# Seqnos one range page spans; a wider range answers with a link to the next page.
+RANGE_PAGE_SEQNOS_MAX = 2_000
+HISTORICAL_RETRY_AFTER_S = "1"
+
+
+class HistoricalRecord(BaseModel):
+    """A record as one past transaction wrote it."""
+
+    msg: str
+
+
+class HistoricalReceipt(BaseModel):
+    """A record as one past transaction wrote it, with that transaction's receipt."""
+
+    msg: str
+    receipt: dict[str, object]
+
+
+class RangeQuery(BaseModel):
+    """The writes to one id over a range of seqnos (to_seqno: the commit seqno if absent)."""
+
+    id: int = Field(ge=0, le=U64_MAX)
+    from_seqno: int = Field(default=1, ge=1)
+    to_seqno: int | None = Field(default=None, ge=1)
+
+
+class RangeEntry(BaseModel):
+    seqno: int
+    id: int
+    msg: str
+
+
+class RangePage(BaseModel):
+    """One page of a range; `@nextLink` is the next page's path, absent on the last."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    entries: list[RangeEntry]
+    next_link: str | None = Field(default=None, alias="@nextLink")
+
+
+def _historical_msg(ctx: Context) -> str:
+    query: LogQuery = ctx.query
+    msg: str | None = ctx.historical.view(PRIVATE_RECORDS, U64, STR).get(query.id)
+    if msg is None:
+        raise HttpError(
+            f"No record {query.id} written at {ctx.historical.txid}", code="ResourceNotFound"
+        )
+    return msg
+
+
+@app.get(
+    "/log/private/historical",
+    auth="user_cert",
+    query=LogQuery,
+    response=HistoricalRecord,
+    mode="historical",
+)
+def get_historical(ctx: Context) -> HistoricalRecord:
+    """A private record as written by the transaction named in x-ms-ccf-transaction-id."""
+    return HistoricalRecord(msg=_historical_msg(ctx))
+
+
+@app.get(
+    "/log/private/historical_receipt",
+    auth="user_cert",
+    query=LogQuery,
+    response=HistoricalReceipt,
+    mode="historical",
+)
+def get_historical_with_receipt(ctx: Context) -> HistoricalReceipt:
+    """The same, with the receipt of that transaction."""
+    msg = _historical_msg(ctx)
+    return HistoricalReceipt(msg=msg, receipt=ctx.runtime.historical_receipt(ctx.historical))
+
+
+@app.get("/log/private/historical/range", auth="user_cert", query=RangeQuery, response=RangePage)
+def get_historical_range(ctx: Context) -> RangePage | Response:
+    """Every value a private record took over a range of committed seqnos, paged."""
+    query: RangeQuery = ctx.query
+    _view, commit = ctx.runtime.commit_txid
+    to_seqno = commit if query.to_seqno is None else query.to_seqno
+    if to_seqno < query.from_seqno:
+        raise HttpError(
+            f"to_seqno {to_seqno} is before from_seqno {query.from_seqno}", code="InvalidInput"
+        )
+    page_end = min(to_seqno, query.from_seqno + RANGE_PAGE_SEQNOS_MAX - 1)
+    states = ctx.runtime.historical_range(query.from_seqno, page_end)
+    if states is None:
+        return Response(
+            202,
+            {"status": "Pending", "message": "Historical range is not yet available."},
+            {"Retry-After": HISTORICAL_RETRY_AFTER_S},
+        )
+    entries = []
+    for state in states:
+        msg = state.view(PRIVATE_RECORDS, U64, STR).get(query.id)
+        if msg is not None:
+            entries.append(RangeEntry(seqno=state.seqno, id=query.id, msg=msg))
+    next_link = None
+    if page_end < to_seqno:
+        next_link = (
+            f"/app/log/private/historical/range?from_seqno={page_end + 1}"
+            f"&to_seqno={to_seqno}&id={query.id}"
+        )
+    return RangePage.model_validate({"entries": entries, "@nextLink": next_link})
+
+
+class ReceiptQuery(BaseModel):
+    """A transaction id, view.seqno."""
+
+    transaction_id: Annotated[str, Field(pattern=r"^(0|[1-9][0-9]{0,18})\.(0|[1-9][0-9]{0,18})$")]
+
+
+@app.get("/receipt", auth="user_cert", query=ReceiptQuery)
+def get_receipt(ctx: Context) -> Response:
+    """CCF's JSON receipt of a committed transaction of any age (202 while not ready)."""
+    query: ReceiptQuery = ctx.query
+    view, _, seqno = query.transaction_id.partition(".")
+    answer = ctx.runtime.receipt_response(int(view), int(seqno))
+    return Response(answer.status, answer.body, answer.headers, answer.content_type)

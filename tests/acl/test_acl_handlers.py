@@ -1,8 +1,10 @@
 """The ACL app's handlers through App.invoke over a real Store, as the node runs them.
 
 The node's `ctx.runtime` is replaced by `LedgerClock`, a few lines that answer transaction
-status from a commit point the test moves, so that handler decisions (Loading until commit,
-paging bounds, writes only on the primary) can be checked without a network.
+status from a commit point the test moves, and historical states from the write sets the
+store committed (the node reads them back from its ledger; the e2e and SDK tests do that), so
+that handler decisions (Loading until commit or until read back, paging bounds, writes only
+on the primary) can be checked without a network.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from hypothesis import strategies as st
 from charter.enclave_app.app import Caller, Outcome
 from charter.enclave_app.errors import HttpError
 from charter.enclave_app.kv import Store
+from charter.enclave_app.node.historical import HistoricalState
 from charter.enclave_app.samples.acl import ENTRIES, USERS, app
 from charter.enclave_app.samples.acl_model import (
     CLAIM_SECRET_KEY_BYTES,
@@ -30,6 +33,7 @@ from charter.enclave_app.samples.acl_model import (
     parse_txid,
 )
 from charter.governance import tables as gt
+from charter.ledger.entry import WriteSet
 
 ADMIN = Caller("user", "ab" * 32, None, {})
 OTHER = Caller("user", "cd" * 32, None, {})
@@ -44,6 +48,9 @@ class LedgerClock:
         self.commit_seqno = 0
         self.primary = True
         self.node_id = "ee" * 32
+        self.write_sets: dict[int, WriteSet] = {}
+        self.fetched: set[tuple[int, int]] = set()
+        self.fetches = 0
 
     @property
     def pending_txid(self) -> tuple[int, int] | None:
@@ -63,6 +70,33 @@ class LedgerClock:
     def receipt(self, view: int, seqno: int) -> tuple[int, dict[str, Any] | None]:
         return (202, None) if seqno > self.commit_seqno else (404, None)
 
+    # Historical states: what each committed transaction wrote. `fetches` counts the
+    # requests that were not yet "read back": those answer None once, as the node's cache
+    # does while the host reads the ledger.
+    def state(self, seqno: int) -> HistoricalState:
+        writes = self.write_sets[seqno]
+        public = {m: r for m, r in writes.items() if m.startswith("public:")}
+        private = {m: r for m, r in writes.items() if not m.startswith("public:")}
+        zero = bytes(32)
+        return HistoricalState(seqno, VIEW, public, private, zero, "", zero, None, 0, None, None)
+
+    def _ready(self, key: tuple[int, int]) -> bool:
+        if key in self.fetched:
+            return True
+        self.fetched.add(key)
+        self.fetches += 1
+        return False
+
+    def historical_state(self, view: int, seqno: int) -> HistoricalState | None:
+        assert self.tx_status(view, seqno) == "Committed"
+        return self.state(seqno) if self._ready((seqno, seqno)) else None
+
+    def historical_range(self, lo: int, hi: int) -> list[HistoricalState] | None:
+        assert hi <= self.commit_seqno
+        if not self._ready((lo, hi)):
+            return None
+        return [self.state(seqno) for seqno in range(lo, hi + 1)]
+
 
 class Node:
     def __init__(self) -> None:
@@ -71,7 +105,7 @@ class Node:
         tx = self.store.begin()
         for caller in (ADMIN, OTHER):
             tx.put(gt.USERS_CERTS, gt.id_key(caller.id), b"-----BEGIN CERTIFICATE-----")
-        self.store.commit(tx, 1)
+        self.runtime.write_sets[1] = self.store.commit(tx, 1)
 
     def request(
         self,
@@ -91,7 +125,15 @@ class Node:
             match, tx=tx, caller=caller, body=raw, query=query, headers={}, runtime=self.runtime
         )
         if outcome.commit:
-            self.store.commit(tx, self.store.version + 1)
+            seqno = self.store.version + 1
+            self.runtime.write_sets[seqno] = self.store.commit(tx, seqno)
+        return outcome
+
+    def get(self, path: str, query: str = "") -> Outcome:
+        """A read as a client makes it: asked again while it answers Loading."""
+        outcome = self.request("GET", path, query=query)
+        if json.loads(outcome.response.body).get("state") == "Loading":
+            outcome = self.request("GET", path, query=query)
         return outcome
 
     def write(self, contents: str, collection: str = "c") -> str:
@@ -137,9 +179,8 @@ def test_claims_digest_is_the_one_the_sdk_recomputes(
 def test_written_entry_binds_its_claims_digest_and_keeps_the_key_private(node: Node) -> None:
     outcome = node.request("POST", "/app/transactions", {"contents": "hello"}, "collectionId=c")
     assert outcome.claims_digest is not None
-    record = json.loads(
-        node.store.begin().get(ENTRIES, node.store.version.to_bytes(8, "big")) or b""
-    )
+    record = json.loads(node.store.begin().get(ENTRIES, b"c") or b"")
+    assert record["seqno"] == node.store.version
     key = bytes.fromhex(record["secretKey"])
     assert outcome.claims_digest == ledger_entry_claims_digest("c", "hello", key)
     assert not ENTRIES.startswith("public:"), "contents and claim keys are encrypted in the ledger"
@@ -166,6 +207,28 @@ def test_entry_is_loading_until_its_transaction_commits(node: Node) -> None:
     }
 
 
+def test_only_the_latest_entry_of_each_collection_stays_in_the_store(node: Node) -> None:
+    txids = [node.write(f"e{i}", collection=f"c{i % 3}") for i in range(30)]
+    node.runtime.commit_seqno = node.store.version
+    held = list(node.store.begin().items(ENTRIES))
+    assert len(held) == 3
+    # Older entries come back from history: Loading while the node reads them back.
+    assert body(node.request("GET", f"/app/transactions/{txids[4]}")) == {"state": "Loading"}
+    found = body(node.request("GET", f"/app/transactions/{txids[4]}"))
+    assert found["entry"] == {"collectionId": "c1", "contents": "e4", "transactionId": txids[4]}
+
+
+def test_listing_pages_are_loading_until_read_back_and_link_to_themselves(node: Node) -> None:
+    node.write("x")
+    node.runtime.commit_seqno = node.store.version
+    loading = body(node.request("GET", "/app/transactions", query="collectionId=c"))
+    assert loading["state"] == "Loading" and loading["entries"] == []
+    again = body(
+        node.request("GET", "/app/transactions", query=loading["nextLink"].partition("?")[2])
+    )
+    assert again["state"] == "Ready" and [e["contents"] for e in again["entries"]] == ["x"]
+
+
 def test_entry_of_another_view_is_invalid_not_found(node: Node) -> None:
     txid = node.write("x")
     node.runtime.commit_seqno = node.store.version
@@ -184,11 +247,11 @@ def test_write_on_a_backup_is_refused_and_writes_nothing(node: Node) -> None:
 def test_listing_shows_only_committed_entries_and_pages_at_the_limit(node: Node) -> None:
     txids = [node.write(f"e{i}") for i in range(PAGE_ENTRIES_MAX + 3)]
     node.runtime.commit_seqno = node.store.version - 1  # the last write is still pending
-    first = body(node.request("GET", "/app/transactions", query="collectionId=c"))
+    first = body(node.get("/app/transactions", query="collectionId=c"))
     assert [e["transactionId"] for e in first["entries"]] == txids[:PAGE_ENTRIES_MAX]
     link = first["nextLink"]
     assert link.startswith("/app/transactions?")
-    second = body(node.request("GET", "/app/transactions", query=link.partition("?")[2]))
+    second = body(node.get("/app/transactions", query=link.partition("?")[2]))
     assert [e["transactionId"] for e in second["entries"]] == txids[PAGE_ENTRIES_MAX:-1]
     assert "nextLink" not in second
 
@@ -197,7 +260,7 @@ def test_listing_a_collection_skips_other_collections(node: Node) -> None:
     mine = node.write("mine", "a")
     node.write("theirs", "b")
     node.runtime.commit_seqno = node.store.version
-    listed = body(node.request("GET", "/app/transactions", query="collectionId=a"))["entries"]
+    listed = body(node.get("/app/transactions", query="collectionId=a"))["entries"]
     assert [e["transactionId"] for e in listed] == [mine]
 
 

@@ -108,8 +108,9 @@ def test_listing_more_than_a_page_follows_next_link_to_every_entry(
         result = admin.create_ledger_entry({"contents": f"page {i}"}, collection_id="paged")
         txids.append(result["transactionId"])
     admin.begin_wait_for_commit(txids[-1], polling_interval=POLL_S).result()
-    pages = list(admin.list_ledger_entries(collection_id="paged").by_page())
-    assert len(pages) == 2
+    # Pages still being read back from the ledger come empty, linking to themselves.
+    pages = [list(page) for page in admin.list_ledger_entries(collection_id="paged").by_page()]
+    assert len([page for page in pages if page]) == 2
     listed = [entry for page in pages for entry in page]
     assert [e["transactionId"] for e in listed] == txids
     assert [e["contents"] for e in listed] == [f"page {i}" for i in range(count)]
