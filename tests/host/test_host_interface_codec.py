@@ -52,6 +52,10 @@ ONE_OF_EACH: list[itf.Frame] = [
     itf.EndorsementsFetched(
         request_id=6, server=1, url="https://kds/vcek", vcek=b"der", chain=b"pem", error=None
     ),
+    itf.IndexBlobStore(strategy="seqnos_by_key.records", bucket=3, blob=b"sealed"),
+    itf.IndexBlobFetch(request_id=7, strategy="seqnos_by_key.records", bucket=3),
+    itf.IndexBlobFetched(request_id=7, strategy="seqnos_by_key.records", bucket=3, blob=b"s"),
+    itf.IndexBlobFetched(request_id=8, strategy="seqnos_by_key.records", bucket=4, blob=None),
 ]
 
 
@@ -196,7 +200,12 @@ _msgpack_values = st.recursive(
         [*sorted(t.__name__ for t in itf.HOST_TO_ENCLAVE + itf.ENCLAVE_TO_HOST), "x"]
     ),
     fields=st.dictionaries(
-        st.sampled_from(["seqno", "entries", "config", "payload", "request_id", "name", "data"]),
+        st.sampled_from(
+            [
+                *("seqno", "entries", "config", "payload", "request_id", "name", "data"),
+                *("strategy", "bucket", "blob"),
+            ]
+        ),
         _msgpack_values,
         max_size=4,
     ),
@@ -208,6 +217,30 @@ def test_structured_garbage_frames_raise_only_interface_error(
         frame = decode_frame(msgpack.packb([PROTOCOL_VERSION, tag, fields]))
     except InterfaceError:
         return
+    assert decode_frame(encode_frame(frame)) == frame
+
+
+@pytest.mark.parametrize("strategy", ["", "..", "../x", "a/b", "UPPER", "x" * 65, "\x00"])
+def test_index_blob_frames_refuse_a_strategy_that_is_no_folder_name(strategy: str) -> None:
+    body = msgpack.packb(
+        [PROTOCOL_VERSION, "IndexBlobFetch", {"request_id": 1, "strategy": strategy, "bucket": 0}]
+    )
+    with pytest.raises(InterfaceError, match="strategy name"):
+        decode_frame(body)
+    with pytest.raises(InterfaceError):
+        itf.IndexBlobStore(strategy=strategy, bucket=0, blob=b"")
+
+
+def test_index_blob_frames_refuse_a_blob_over_the_limit() -> None:
+    big = b"\x00" * (itf.INDEX_BLOB_BYTES_MAX + 1)
+    for tag, fields in (
+        ("IndexBlobStore", {"strategy": "s", "bucket": 1, "blob": big}),
+        ("IndexBlobFetched", {"request_id": 1, "strategy": "s", "bucket": 1, "blob": big}),
+    ):
+        with pytest.raises(InterfaceError, match="index blob over"):
+            decode_frame(msgpack.packb([PROTOCOL_VERSION, tag, fields]))
+    limit = b"\x00" * itf.INDEX_BLOB_BYTES_MAX
+    frame = itf.IndexBlobFetched(request_id=1, strategy="s", bucket=1, blob=limit)
     assert decode_frame(encode_frame(frame)) == frame
 
 
