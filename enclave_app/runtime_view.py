@@ -8,11 +8,13 @@ this write get" without reaching into the node's internals.
 from __future__ import annotations
 
 import json
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from charter.consensus import Raft
 from charter.enclave_app.app import HttpResponse
 from charter.enclave_app.identity import Identity
+from charter.enclave_app.indexing import IndexStrategy, LiveIndex
+from charter.enclave_app.indexing.strategy import L
 from charter.enclave_app.platform import Platform
 
 
@@ -42,6 +44,8 @@ class NodeFacts(Protocol):
     def tx_status(self, view: int, seqno: int) -> str: ...
 
     def receipt(self, view: int, seqno: int, *, cose: bool = False) -> HttpResponse: ...
+
+    def index(self, name: str) -> LiveIndex: ...
 
 
 class RuntimeView:
@@ -87,6 +91,11 @@ class RuntimeView:
         if response.status != 200:
             return response.status, None
         return 200, response.body
+
+    def index(self, strategy: IndexStrategy[L]) -> L:
+        """This node's live index of `strategy` (installed with `app.install_index`), e.g. a
+        `SeqnosByKeyIndex` to call `get_write_txs_in_range` on."""
+        return cast(L, self._node.index(strategy.name))
 
     @property
     def service_certificate(self) -> str:

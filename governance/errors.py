@@ -19,6 +19,9 @@ from typing import Final
 _CODES_BY_STATUS: Final[dict[int, tuple[str, ...]]] = {
     # The request is malformed or asks for something the state does not allow.
     400: (
+        # An index query outside what this node's index holds, or wider than one page.
+        "IndexRangeNotCovered",
+        "IndexRangeTooLarge",
         "InvalidActionArgs",
         "InvalidBallot",
         "InvalidCollectionId",
@@ -108,7 +111,8 @@ _CODES_BY_STATUS: Final[dict[int, tuple[str, ...]]] = {
     431: ("RequestHeaderTooLarge",),
     500: ("InternalError",),
     # A forwarded request's answer that the primary could not send back over the channel.
-    502: ("ResponseTooLarge",),
+    # An index blob the host handed back was not the one this enclave stored.
+    502: ("IndexBlobRejected", "ResponseTooLarge"),
     # Not now: the client retries (these answers carry Retry-After).
     503: (
         "FrontendNotOpen",

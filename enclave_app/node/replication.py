@@ -111,6 +111,7 @@ class LocalLog:
             elif not self.views or self.views[-1][1] < first:
                 self.views.append((view, first))
         self.applied_seqno = self.commit_seqno = seqno
+        self.core.indexer.restart_at(seqno)
 
     def replay(self, raw: bytes, identity: Identity) -> LogEntry:
         """One entry of the node's own ledger, read back from the untrusted host: decode,
@@ -406,6 +407,7 @@ class Replication:
             log.history.compact(seqno - receipts)
         while len(log.chunk_marks) > 1 and log.chunk_marks[1][0] <= seqno:
             log.chunk_marks.popleft()
+        self.core.indexer.committed(seqno)  # the app's indexes take committed entries only
         self.core.outbox.append(itf.CommitUpTo(seqno))
 
     def seal_progress(self) -> None:
