@@ -20,6 +20,8 @@ CCF's logging sample does:
     GET    /app/log/public?id=42                                -> {"msg": "hello"}
     DELETE /app/log/private?id=42                               -> 204
     GET    /app/log/private/count                               -> {"count": 0}
+    GET    /app/log/private/index?id=42&from_seqno=1&to_seqno=900 -> {"id": 42, "seqnos": [..]}
+    GET    /app/log/public/index?id=42                           (the same for public records)
 
 A POST answers ``true`` with no newline, as CCF's logging sample does (CCF clients parse
 it); ``curl -w '\n'`` keeps a terminal's prompt on its own line.
@@ -41,6 +43,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from charter.enclave_app.app import App, Caller, Context, all_of
 from charter.enclave_app.errors import HttpError
+from charter.enclave_app.indexing import IndexingError, IndexNotReady, SeqnosByKey
 from charter.enclave_app.kv import STR, U64, U64_MAX
 
 PRIVATE_RECORDS = "records"
@@ -195,3 +198,64 @@ def multi_auth_signed(ctx: Context) -> dict[str, object]:
 def all_of_auth(ctx: Context) -> dict[str, object]:
     """Needs both a user's TLS certificate and a JWT; answers both identities."""
     return describe(ctx.caller)
+
+
+# ------------------------------------------------------------------ indexing (issue #15)
+# The seqnos at which each record id was written (or deleted), from the node's indexes:
+# fed with committed transactions only, answered without scanning the ledger. Buckets of
+# 256 seqnos: the node keeps `indexing.buckets_in_memory` of them per index in the enclave.
+
+INDEX_SEQNOS_PER_BUCKET = 256
+PRIVATE_BY_ID = app.install_index(
+    SeqnosByKey(PRIVATE_RECORDS, key_codec=U64, seqnos_per_bucket=INDEX_SEQNOS_PER_BUCKET)
+)
+PUBLIC_BY_ID = app.install_index(
+    SeqnosByKey(PUBLIC_RECORDS, key_codec=U64, seqnos_per_bucket=INDEX_SEQNOS_PER_BUCKET)
+)
+
+
+class IndexQuery(BaseModel):
+    """Which id, over which seqnos (to_seqno defaults to what the index has committed)."""
+
+    id: int = Field(ge=0, le=U64_MAX)
+    from_seqno: int = Field(default=1, ge=1, le=U64_MAX)
+    to_seqno: int | None = Field(default=None, ge=1, le=U64_MAX)
+
+
+def _index_page(ctx: Context, strategy: SeqnosByKey, path: str) -> dict[str, object]:
+    query: IndexQuery = ctx.query
+    index = ctx.runtime.index(strategy)
+    to_seqno = query.to_seqno if query.to_seqno is not None else index.indexed_to
+    if to_seqno < query.from_seqno:
+        if query.to_seqno is None:  # nothing committed from there on yet
+            return {"id": query.id, "seqnos": []}
+        raise HttpError(
+            f"to_seqno {to_seqno} is before from_seqno {query.from_seqno}", code="InvalidInput"
+        )
+    page_end = min(to_seqno, index.page_end(query.from_seqno))
+    try:
+        seqnos = index.get_write_txs_in_range(query.id, query.from_seqno, page_end)
+    except IndexNotReady as exc:
+        ctx.set_status(202)
+        ctx.set_header("retry-after", str(exc.retry_after_s))
+        return {"status": "pending", "message": exc.message}
+    except IndexingError as exc:
+        raise exc.as_http_error() from None
+    page: dict[str, object] = {"id": query.id, "seqnos": seqnos}
+    if page_end < to_seqno:
+        page["@nextLink"] = f"{path}?id={query.id}&from_seqno={page_end + 1}&to_seqno={to_seqno}"
+    return page
+
+
+@app.get("/log/private/index", auth="user_cert", query=IndexQuery)
+def private_index(ctx: Context) -> dict[str, object]:
+    """The seqnos in [from_seqno, to_seqno] at which private record `id` was written, one
+    page at a time (`@nextLink` names the next page); 202 + Retry-After while the node
+    fetches index buckets back from its host or has not committed `to_seqno` yet."""
+    return _index_page(ctx, PRIVATE_BY_ID, "/app/log/private/index")
+
+
+@app.get("/log/public/index", auth="user_cert", query=IndexQuery)
+def public_index(ctx: Context) -> dict[str, object]:
+    """The same for public records (whose writes anyone can check in the ledger files)."""
+    return _index_page(ctx, PUBLIC_BY_ID, "/app/log/public/index")
