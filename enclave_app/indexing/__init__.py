@@ -6,6 +6,10 @@ sealed and kept by the host (CCF's LFS).
     RECORDS_BY_ID = app.install_index(SeqnosByKey("records", key_codec=U64))
     ...
     seqnos = ctx.runtime.index(RECORDS_BY_ID).get_write_txs_in_range(42, 1, 5000)
+
+May import: `charter.enclave_app.kv`, `charter.enclave_app.errors` and
+`charter.enclave_app.interface` (never `charter.enclave_app.node`: the node feeds the
+indexes, not the other way round; never `charter.host`).
 """
 
 from charter.enclave_app.indexing.errors import (
