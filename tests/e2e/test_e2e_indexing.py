@@ -35,12 +35,14 @@ SEQNOS_PER_BUCKET = 256  # the logging sample's
 IDS = (7, 8, 9)
 WRITES_PER_ID = 700  # of each kind: 2 x 3 x 700 = 4,200 writes
 CONCURRENCY = 24
+SNAPSHOT_TX_COUNT = 1000  # so that a node joining later starts from a snapshot
 
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     def tiny_index_memory(i: int, config: dict[str, Any]) -> None:
         config["indexing"] = {"buckets_in_memory": BUCKETS_IN_MEMORY}
+        config["snapshots"] = {"tx_count": SNAPSHOT_TX_COUNT}
 
     sb = make_sandbox(tmp_path_factory.mktemp("e2e-index") / "sb", 1, tiny_index_memory)
     start_sandbox(sb)
@@ -208,3 +210,34 @@ async def test_index_answers_exact_seqnos_with_buckets_on_the_host_and_after_res
             # 202 until the restarted node has committed (and so indexed) up to `last`.
             got, _, _ = await _index(c, kind, key, 1, last)
             assert got == expected, f"after restart: {kind} id {key}\n{log_tails(net)}"
+
+
+async def test_a_node_joined_from_a_snapshot_says_which_seqnos_its_index_covers(
+    net: Sandbox,
+) -> None:
+    first = net.nodes[0]
+    async with net.client(first, user=0) as c:
+        # History to join after (the other test may have written it, on this worker or not).
+        while (await c.commit()).seqno <= 2 * SNAPSHOT_TX_COUNT:
+            await asyncio.gather(
+                *(
+                    c.post("/app/log/private", json={"id": IDS[n % len(IDS)], "msg": "j"})
+                    for n in range(CONCURRENCY * 4)
+                )
+            )
+        last = (await c.commit()).seqno
+    joiner = await net.add_node()
+    async with net.client(joiner, user=0) as c:
+        # From seqno 1: refused, saying where the index starts (the snapshot's seqno + 1).
+        r = await c.get("/app/log/private/index", params={"id": str(IDS[0]), "from_seqno": "1"})
+        assert r.status == 400, r
+        assert r.body["error"]["code"] == "IndexRangeNotCovered"
+        message = r.body["error"]["message"]
+        covers_from = int(message.split("starts at seqno ")[1].split(" ")[0])
+        assert SNAPSHOT_TX_COUNT < covers_from <= last + 1, message
+        # From there on it answers, as the first node does over the same range.
+        await wait_committed_on(net, joiner, last)
+        got, _, _ = await _index(c, "private", IDS[0], covers_from, last)
+    async with net.client(first, user=0) as c:
+        expected, _, _ = await _index(c, "private", IDS[0], covers_from, last)
+    assert got == expected
