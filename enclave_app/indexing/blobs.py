@@ -6,12 +6,12 @@ enclave keeps more completed buckets than `indexing.buckets_in_memory`, the olde
 sealed here and handed to the host (`IndexBlobStore`); a query that needs one asks for it
 back (`IndexBlobFetch`).
 
-Sealing: AES-256-GCM under a key drawn when the node starts, held only by the enclave and
-never sealed to disk (so a restarted node cannot read its previous blobs: it rebuilds its
-indexes while it replays its ledger, and the host empties the folder). The additional data
-binds the strategy, the bucket and the store's version number, and the enclave remembers the
-version it last stored for each bucket: a blob the host altered, took from another bucket or
-kept from an earlier store fails authentication and is refused with `IndexBlobRejected`.
+Sealing: AES-256-GCM under a key drawn when the node first offloads, held only by the
+enclave and never sealed to disk (so a restarted node cannot read its previous blobs: it
+rebuilds its indexes while it replays its ledger, and the host empties the folder). The
+additional data binds the strategy, the bucket and the strategy's epoch (bumped whenever
+its index restarts, e.g. from a snapshot): a blob the host altered, took from another bucket
+or kept from an earlier epoch fails authentication and is refused with `IndexBlobRejected`.
 
 Plaintext (all integers little-endian):
     b"CIX1" | u64 bucket_first_seqno | u32 seqnos_per_bucket | u32 key_count
@@ -106,52 +106,51 @@ def decode_bucket(data: bytes, first_seqno: int, seqnos_per_bucket: int) -> dict
 
 
 class BlobSealer:
-    """Seals and opens the blobs of one node incarnation; remembers what it stored."""
+    """Seals and opens the blobs of one node incarnation.
+
+    Each strategy has an epoch, bumped when its index restarts (`forget`). The caller seals a
+    bucket at most once per epoch (`SeqnosByKeyIndex` keeps one bit per bucket for that), so
+    (epoch, bucket) is a unique GCM nonce and no per-bucket state is kept here: the enclave's
+    memory does not grow with the number of blobs.
+    """
 
     def __init__(self, key: bytes) -> None:
         assert len(key) == KEY_BYTES
         self._aead = AESGCM(key)
-        self._version = 0
-        # (strategy, bucket) -> the version of the blob last stored for it.
-        self._stored: dict[tuple[str, int], int] = {}
-
-    def stored_version(self, strategy: str, bucket: int) -> int | None:
-        return self._stored.get((strategy, bucket))
+        self._epochs: dict[str, int] = {}
 
     def forget(self, strategy: str) -> None:
         """The strategy was reset: none of its stored blobs may be used again."""
-        for key in [k for k in self._stored if k[0] == strategy]:
-            del self._stored[key]
+        self._epochs[strategy] = self._epochs.get(strategy, 0) + 1
 
     def seal(self, strategy: str, bucket: int, plaintext: bytes) -> bytes:
         assert len(plaintext) <= PLAINTEXT_BYTES_MAX
-        self._version += 1
-        version = self._version
-        # The version counts every store of this incarnation: a nonce never repeats.
-        nonce = version.to_bytes(NONCE_BYTES, "big")
-        sealed = nonce + self._aead.encrypt(nonce, plaintext, _aad(strategy, bucket, version))
-        self._stored[(strategy, bucket)] = version
-        return sealed
+        epoch = self._epochs.get(strategy, 0)
+        nonce = _nonce(epoch, bucket)
+        return nonce + self._aead.encrypt(nonce, plaintext, _aad(strategy, bucket, epoch))
 
     def open(self, strategy: str, bucket: int, blob: bytes) -> bytes:
-        """The plaintext of the blob last stored for this bucket; `IndexBlobRejected` for
-        anything else (altered, another bucket's, an earlier version's, or unknown)."""
-        version = self._stored.get((strategy, bucket))
+        """The plaintext of the blob stored for this bucket in the strategy's current epoch;
+        `IndexBlobRejected` for anything else (altered, another bucket's, an earlier
+        epoch's)."""
+        epoch = self._epochs.get(strategy, 0)
         where = f"index blob {strategy}/{bucket}"
-        if version is None:
-            raise IndexBlobRejected(f"{where}: this node never stored it", reason="Unknown")
         if len(blob) > INDEX_BLOB_BYTES_MAX or len(blob) < NONCE_BYTES + TAG_BYTES:
             raise IndexBlobRejected(f"{where}: {len(blob)} bytes is no blob", reason="Malformed")
-        nonce = blob[:NONCE_BYTES]
+        nonce = _nonce(epoch, bucket)
         try:
-            return self._aead.decrypt(nonce, blob[NONCE_BYTES:], _aad(strategy, bucket, version))
+            return self._aead.decrypt(nonce, blob[NONCE_BYTES:], _aad(strategy, bucket, epoch))
         except InvalidTag:
             raise IndexBlobRejected(
-                f"{where}: failed authentication (altered, another bucket's, or an earlier "
-                f"version than {version})",
+                f"{where}: failed authentication (altered, another bucket's, or stored by an "
+                f"earlier index than the current one, epoch {epoch})",
                 reason="Tampered",
             ) from None
 
 
-def _aad(strategy: str, bucket: int, version: int) -> bytes:
-    return _AAD_PREFIX + strategy.encode() + b"\x00" + struct.pack("<QQ", bucket, version)
+def _nonce(epoch: int, bucket: int) -> bytes:
+    return struct.pack(">IQ", epoch, bucket)
+
+
+def _aad(strategy: str, bucket: int, epoch: int) -> bytes:
+    return _AAD_PREFIX + strategy.encode() + b"\x00" + struct.pack("<QQ", bucket, epoch)

@@ -49,7 +49,7 @@ class IndexRangeTooLarge(IndexingError):
 class IndexBlobRejected(IndexingError):
     """The host handed back a blob this node did not store for that bucket (altered,
     swapped, replayed from an earlier version, or malformed): the query is refused rather
-    than answered from it. `reason`: Tampered, Malformed, Unknown or Missing."""
+    than answered from it. `reason`: Tampered, Malformed or Missing."""
 
     default_code = "IndexBlobRejected"
 

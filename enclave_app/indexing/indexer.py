@@ -69,6 +69,7 @@ class BlobStore:
         return self._sealer.open(strategy, bucket, blob)
 
     def forget(self, strategy: str) -> None:
+        # Before the first store there is no blob to disown (and no key yet).
         if self._sealer_ is not None:
             self._sealer_.forget(strategy)
 

@@ -11,9 +11,10 @@ committed transactions that wrote it (removals included). The seqno space is cut
 buckets of `seqnos_per_bucket`; the bucket being filled and the `indexing.buckets_in_memory`
 most recently used completed buckets stay in the enclave, older ones are sealed and kept by
 the host (`blobs.py`) and fetched back when a query needs them. Unlike CCF's per-key
-buckets, a bucket holds every key of its range: the enclave then knows which buckets exist
-(every completed range with a write), so a host that pretends a bucket is missing is caught
-instead of shortening an answer.
+buckets, a bucket holds every key of its range: the enclave keeps one bit per completed
+bucket (did it send the host a blob for it), so a host that pretends a bucket is missing is
+caught instead of shortening an answer, and what the enclave holds of offloaded history is
+that bitmap: 128 KiB per 2**20 buckets (268 million seqnos with 256 per bucket).
 """
 
 from __future__ import annotations
@@ -159,8 +160,12 @@ class SeqnosByKeyIndex(LiveIndex):
         self._resident: OrderedDict[int, dict[bytes, list[int]]] = OrderedDict()
         # Completed buckets too large to offload (kept in memory, logged).
         self._pinned: dict[int, dict[bytes, list[int]]] = {}
-        # Completed buckets with writes whose sealed blob the host holds.
-        self._offloaded: set[int] = set()
+        # One bit per completed bucket from `_base_bucket` on: set once its sealed blob went
+        # to the host (a bucket with no write has none). This is all the enclave keeps of
+        # offloaded buckets: 1 bit per `seqnos_per_bucket` seqnos of history.
+        self._base_bucket = covers_from // self.seqnos_per_bucket
+        self._on_host = bytearray()
+        self._offloaded_count = 0
         self._fetching: set[int] = set()
         self._rejected: dict[int, IndexBlobRejected] = {}
         self._blobs.forget(self.name)
@@ -201,7 +206,7 @@ class SeqnosByKeyIndex(LiveIndex):
     def _evict(self) -> None:
         while len(self._resident) > self.buckets_in_memory:
             bucket, contents = self._resident.popitem(last=False)
-            if bucket in self._offloaded:
+            if self._is_on_host(bucket):
                 continue  # the host already holds it: dropping is enough
             first = bucket * self.seqnos_per_bucket
             plaintext = encode_bucket(first, self.seqnos_per_bucket, contents)
@@ -214,12 +219,25 @@ class SeqnosByKeyIndex(LiveIndex):
                 )
                 self._pinned[bucket] = contents
                 continue
+            # Sealed once per epoch: (epoch, bucket) is the nonce (see blobs.BlobSealer).
             self._blobs.store(self.name, bucket, plaintext)
-            self._offloaded.add(bucket)
+            self._mark_on_host(bucket)
+
+    def _is_on_host(self, bucket: int) -> bool:
+        i = bucket - self._base_bucket
+        return 0 <= i < 8 * len(self._on_host) and bool(self._on_host[i >> 3] >> (i & 7) & 1)
+
+    def _mark_on_host(self, bucket: int) -> None:
+        i = bucket - self._base_bucket
+        assert i >= 0 and not self._is_on_host(bucket)
+        if (i >> 3) >= len(self._on_host):
+            self._on_host.extend(bytes((i >> 3) + 1 - len(self._on_host)))
+        self._on_host[i >> 3] |= 1 << (i & 7)
+        self._offloaded_count += 1
 
     def on_blob(self, bucket: int, blob: bytes | None) -> None:
         self._fetching.discard(bucket)
-        if bucket not in self._offloaded or bucket in self._resident:
+        if not self._is_on_host(bucket) or bucket in self._resident:
             return  # reset meanwhile, or answered twice
         try:
             if blob is None:
@@ -286,7 +304,7 @@ class SeqnosByKeyIndex(LiveIndex):
                 raise rejected
             contents = self._contents(bucket)
             if contents is None:
-                if bucket in self._offloaded:
+                if self._is_on_host(bucket):
                     missing.append(bucket)
                 continue  # no write at all in that range
             seqnos = contents.get(raw_key)
@@ -318,4 +336,4 @@ class SeqnosByKeyIndex(LiveIndex):
 
     @property
     def buckets_offloaded(self) -> int:
-        return len(self._offloaded)
+        return self._offloaded_count

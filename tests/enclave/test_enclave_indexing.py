@@ -234,7 +234,7 @@ def test_a_blob_swapped_from_another_bucket_is_refused(tmp_path: Path) -> None:
         h.index.get_write_txs_in_range(0, 4, 7)
 
 
-def test_a_blob_replayed_from_an_earlier_version_is_refused(tmp_path: Path) -> None:
+def test_a_blob_replayed_from_an_earlier_epoch_is_refused(tmp_path: Path) -> None:
     h = Harness(tmp_path, buckets_in_memory=1, seqnos_per_bucket=4)
     for _ in range(20):
         h.write(1)
@@ -242,42 +242,53 @@ def test_a_blob_replayed_from_an_earlier_version_is_refused(tmp_path: Path) -> N
     h.pump()
     name = h.strategy.name
     old = h.host.path(name, 1).read_bytes()
-    # The node restarts its state from a snapshot at seqno 0 (as after a rebuild) and the
-    # index fills bucket 1 again, differently: a new version of the same bucket's blob.
-    h.indexer.restart_at(0)
-    h.store = Store()
-    h.indexer = Indexer(
-        [h.strategy],
-        store=h.store,
-        buckets_in_memory=1,
-        key=lambda: os.urandom(32),
-        send=h.outbox.append,
-    )
-    index = h.indexer.indexes[name]
-    assert isinstance(index, SeqnosByKeyIndex)
-    h.index = index
+    # The node's state restarts from a snapshot at seqno 0 (as when a node installs one)
+    # and the index fills bucket 1 again, differently: a new blob for the same bucket.
+    h.store.restore(*Store().snapshot(), 0)
     h.writes = {}
     for seqno in range(1, 21):
         h.write(2 if seqno < 8 else 1)
     h.indexer.committed(20)
     h.pump()
+    current = h.host.path(name, 1).read_bytes()
+    assert current != old
     h.host.path(name, 1).write_bytes(old)
     with pytest.raises(IndexNotReady):
         h.index.get_write_txs_in_range(1, 4, 7)
     h.pump()
-    with pytest.raises(IndexBlobRejected, match="earlier"):
+    with pytest.raises(IndexBlobRejected, match="earlier index") as refused:
         h.index.get_write_txs_in_range(1, 4, 7)
+    assert refused.value.reason == "Tampered"
+    # With the current blob back, the query is answered.
+    h.host.path(name, 1).write_bytes(current)
+    assert h.query(2, 4, 7) == h.expected(2, 4, 7)
 
 
-def test_a_sealer_refuses_an_earlier_version_of_the_same_bucket() -> None:
+def test_a_sealer_refuses_a_blob_of_an_earlier_epoch_or_another_bucket() -> None:
     sealer = BlobSealer(os.urandom(32))
     first = sealer.seal("s", 3, b"first")
+    assert sealer.open("s", 3, first) == b"first"
+    sealer.forget("s")
     second = sealer.seal("s", 3, b"second")
     assert sealer.open("s", 3, second) == b"second"
-    with pytest.raises(IndexBlobRejected, match="earlier version"):
+    with pytest.raises(IndexBlobRejected, match="earlier index"):
         sealer.open("s", 3, first)
-    with pytest.raises(IndexBlobRejected, match="never stored"):
+    with pytest.raises(IndexBlobRejected, match="failed authentication"):
         sealer.open("s", 4, second)
+    with pytest.raises(IndexBlobRejected, match="failed authentication"):
+        sealer.open("t", 3, second)
+
+
+def test_offloaded_buckets_cost_the_enclave_one_bit_each(tmp_path: Path) -> None:
+    h = Harness(tmp_path, buckets_in_memory=1, seqnos_per_bucket=1)
+    for seqno in range(1, 4001):
+        h.write(seqno % 3)
+        if seqno % 100 == 0:
+            h.indexer.committed(seqno)
+    assert h.index.buckets_offloaded == 4000 - 2
+    assert len(h.index._on_host) <= 4000 // 8 + 1
+    assert h.index.buckets_held <= 2
+    assert h.query(1, 1, 1) == [1]
 
 
 def test_a_missing_blob_is_an_error_not_an_empty_answer(tmp_path: Path) -> None:
