@@ -130,6 +130,10 @@ class LocalLog:
             raise type(e)(f"ledger entry seqno {seqno}: {e}") from e
         self.store.apply(write_set, seqno)
         self.appended(entry.view, seqno, len(raw), entry.flags)
+        if seqno <= identity.committed_seqno:
+            # Sealed as committed before the restart: indexed now, so that a long replay
+            # does not hold every write pending until Raft commits again.
+            self.core.indexer.committed(seqno)
         return LogEntry(
             seqno, entry.view, raw, record.is_signature, configuration_if_changed(write_set)
         )
