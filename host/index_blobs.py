@@ -66,7 +66,11 @@ class IndexBlobs:
             if isinstance(frame, IndexBlobStore):
                 await asyncio.to_thread(self.store, frame)
             else:
-                blob = await asyncio.to_thread(self.fetch, frame)
+                try:
+                    blob = await asyncio.to_thread(self.fetch, frame)
+                except Exception as e:  # answered all the same: the enclave must not wait
+                    _log.error("index blob fetch failed reason=%r", type(e).__name__)
+                    blob = None
                 self._reply(
                     IndexBlobFetched(
                         request_id=frame.request_id,
