@@ -215,33 +215,41 @@ PUBLIC_BY_ID = app.install_index(
 
 
 class IndexQuery(BaseModel):
-    """Which id, over which seqnos (to_seqno defaults to what the index has committed)."""
+    """Which id, over which seqnos (from_seqno defaults to where this node's index starts,
+    to_seqno to what it has seen committed)."""
 
     id: int = Field(ge=0, le=U64_MAX)
-    from_seqno: int = Field(default=1, ge=1, le=U64_MAX)
+    from_seqno: int | None = Field(default=None, ge=1, le=U64_MAX)
     to_seqno: int | None = Field(default=None, ge=1, le=U64_MAX)
 
 
 def _index_page(ctx: Context, strategy: SeqnosByKey, path: str) -> dict[str, object]:
     query: IndexQuery = ctx.query
     index = ctx.runtime.index(strategy)
+    from_seqno = query.from_seqno if query.from_seqno is not None else index.covers_from
     to_seqno = query.to_seqno if query.to_seqno is not None else index.indexed_to
-    if to_seqno < query.from_seqno:
+    if to_seqno < from_seqno:
         if query.to_seqno is None:  # nothing committed from there on yet
             return {"id": query.id, "seqnos": []}
         raise HttpError(
-            f"to_seqno {to_seqno} is before from_seqno {query.from_seqno}", code="InvalidInput"
+            f"to_seqno {to_seqno} is before from_seqno {from_seqno}", code="InvalidInput"
         )
-    page_end = min(to_seqno, index.page_end(query.from_seqno))
+    page_end = min(to_seqno, index.page_end(from_seqno))
     try:
-        seqnos = index.get_write_txs_in_range(query.id, query.from_seqno, page_end)
+        seqnos = index.get_write_txs_in_range(query.id, from_seqno, page_end)
     except IndexNotReady as exc:
         ctx.set_status(202)
         ctx.set_header("retry-after", str(exc.retry_after_s))
         return {"status": "pending", "message": exc.message}
     except IndexingError as exc:
         raise exc.as_http_error() from None
-    page: dict[str, object] = {"id": query.id, "seqnos": seqnos}
+    # What this node's index covers, so a client sees where its answers can start and end.
+    page: dict[str, object] = {
+        "id": query.id,
+        "seqnos": seqnos,
+        "covers_from": index.covers_from,
+        "indexed_to": index.indexed_to,
+    }
     if page_end < to_seqno:
         page["@nextLink"] = f"{path}?id={query.id}&from_seqno={page_end + 1}&to_seqno={to_seqno}"
     return page

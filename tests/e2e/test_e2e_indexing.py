@@ -235,9 +235,20 @@ async def test_a_node_joined_from_a_snapshot_says_which_seqnos_its_index_covers(
         message = r.body["error"]["message"]
         covers_from = int(message.split("starts at seqno ")[1].split(" ")[0])
         assert SNAPSHOT_TX_COUNT < covers_from <= last + 1, message
-        # From there on it answers, as the first node does over the same range.
-        await wait_committed_on(net, joiner, last)
+    # From there on it answers, as the first node does over the same range (written to
+    # after the join, so that the range is never empty).
+    async with net.client(first, user=0) as c:
+        for n in range(50):
+            r = c.check(await c.post("/app/log/private", json={"id": IDS[0], "msg": f"a{n}"}))
+    assert r.txid is not None
+    last = r.txid.seqno
+    await wait_committed_on(net, first, last)
+    await wait_committed_on(net, joiner, last)
+    async with net.client(joiner, user=0) as c:
         got, _, _ = await _index(c, "private", IDS[0], covers_from, last)
+        r = c.check(await c.get("/app/log/private/index", params={"id": str(IDS[0])}))
+        assert r.body["covers_from"] == covers_from and r.body["indexed_to"] >= last
     async with net.client(first, user=0) as c:
         expected, _, _ = await _index(c, "private", IDS[0], covers_from, last)
+    assert len(expected) >= 50
     assert got == expected
