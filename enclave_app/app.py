@@ -56,7 +56,10 @@ from charter.enclave_app.policies import (
 )
 
 if TYPE_CHECKING:
+    from charter.enclave_app.indexing.strategy import IndexStrategy
     from charter.enclave_app.kv import Tx
+
+S = TypeVar("S", bound="IndexStrategy[Any]")
 
 logger = logging.getLogger(__name__)
 
@@ -361,6 +364,8 @@ class App:
         self._exact: dict[str, dict[str, Endpoint]] = {}
         self._templates: dict[str, dict[str, Endpoint]] = {}
         self._template_order: list[tuple[int, re.Pattern[str], dict[str, Endpoint]]] = []
+        # Index strategies the node builds and feeds (`install_index`).
+        self.index_strategies: list[IndexStrategy[Any]] = []
         if api_path is not None:
             self.endpoint("GET", api_path, auth="none", include_in_api=False)(self._serve_api)
 
@@ -499,9 +504,21 @@ class App:
         return self.endpoint("DELETE", path, **options)
 
     def include(self, other: App) -> None:
-        """Serve ``other``'s routes from this app too (a clash is a ValueError)."""
+        """Serve ``other``'s routes from this app too (a clash is a ValueError); its index
+        strategies come along."""
         for endpoint in other.endpoints():
             self._add(endpoint)
+        for strategy in other.index_strategies:
+            self.install_index(strategy)
+
+    def install_index(self, strategy: S) -> S:
+        """Ask every node serving this app to index its committed transactions with
+        `strategy` (e.g. `SeqnosByKey("records")`); returns it, for `ctx.runtime.index`."""
+        if any(s.name == strategy.name for s in self.index_strategies if s is not strategy):
+            raise ValueError(f"an index strategy named {strategy.name!r} is installed already")
+        if strategy not in self.index_strategies:
+            self.index_strategies.append(strategy)
+        return strategy
 
     def endpoints(self) -> list[Endpoint]:
         found = [e for methods in self._exact.values() for e in methods.values()]

@@ -509,6 +509,8 @@ class Runtime:
             node.durable(frame.seqno, frame.view)
         elif isinstance(frame, itf.NodeMessage):
             node.receive_from_peer(frame.payload)
+        elif isinstance(frame, itf.IndexBlobFetched):
+            node.on_index_blob(frame)
         else:
             LOG.warning("event=unexpected_frame type=%s", type(frame).__name__)
         self._wake_applied()

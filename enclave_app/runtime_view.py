@@ -8,12 +8,14 @@ this write get" without reaching into the node's internals.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from charter.consensus import Raft
 from charter.enclave_app.app import HttpResponse
 from charter.enclave_app.errors import HttpError
 from charter.enclave_app.identity import Identity
+from charter.enclave_app.indexing import IndexStrategy, LiveIndex
+from charter.enclave_app.indexing.strategy import L
 from charter.enclave_app.platform import Platform
 
 if TYPE_CHECKING:
@@ -52,6 +54,8 @@ class NodeFacts(Protocol):
 
     @property
     def historical(self) -> HistoricalCache: ...
+
+    def index(self, name: str) -> LiveIndex: ...
 
 
 class RuntimeView:
@@ -160,6 +164,11 @@ class RuntimeView:
         if response.status != 200:
             raise HttpError("the receipt is not available yet", code="ReceiptNotAvailable")
         return response.body
+
+    def index(self, strategy: IndexStrategy[L]) -> L:
+        """This node's live index of `strategy` (installed with `app.install_index`), e.g. a
+        `SeqnosByKeyIndex` to call `get_write_txs_in_range` on."""
+        return cast(L, self._node.index(strategy.name))
 
     @property
     def service_certificate(self) -> str:

@@ -19,6 +19,9 @@ from typing import Final
 _CODES_BY_STATUS: Final[dict[int, tuple[str, ...]]] = {
     # The request is malformed or asks for something the state does not allow.
     400: (
+        # An index query outside what this node's index holds, or wider than one page.
+        "IndexRangeNotCovered",
+        "IndexRangeTooLarge",
         "InvalidActionArgs",
         "InvalidBallot",
         "InvalidCollectionId",
@@ -126,8 +129,9 @@ _CODES_BY_STATUS: Final[dict[int, tuple[str, ...]]] = {
     431: ("RequestHeaderTooLarge",),
     500: ("HistoricalVerificationFailed", "InternalError", "RecoveryFailed"),
     # A forwarded request's answer that the primary could not send back over the channel.
-    # Or a file the host read back that the enclave refuses to serve.
-    502: ("HostFileInvalid", "ResponseTooLarge"),
+    # Or a file the host read back that the enclave refuses to serve, or an index blob the
+    # host handed back that was not the one this enclave stored.
+    502: ("HostFileInvalid", "IndexBlobRejected", "ResponseTooLarge"),
     # Not now: the client retries (these answers carry Retry-After).
     503: (
         "FrontendNotOpen",

@@ -29,6 +29,8 @@ from charter.enclave_app.interface import (
     Fatal,
     FetchEndorsements,
     Frame,
+    IndexBlobFetch,
+    IndexBlobStore,
     InterfaceError,
     Log,
     NodeConfig,
@@ -42,6 +44,7 @@ from charter.enclave_app.interface import (
     load_config,
 )
 from charter.host.endorsements import EndorsementsFetcher
+from charter.host.index_blobs import IndexBlobs
 from charter.host.relay import Relay, split_address
 from charter.host.storage import STORAGE_FRAMES, Storage, StorageWorker, write_atomically
 from charter.ledger.errors import LedgerWriteError
@@ -110,6 +113,7 @@ class Host:
         self._next_conn_id = 1
         self._tasks: list[asyncio.Task[None]] = []
         self.endorsements = EndorsementsFetcher(config.snp.endorsements_servers, self._reply)
+        self.index_blobs = IndexBlobs(config.workspace, self._reply)
         self._frame_handlers = self._enclave_frame_handlers()
 
     # -- setup ---------------------------------------------------------------------------
@@ -166,6 +170,8 @@ class Host:
         # A previous run's file would point scripts at dead ports and pids.
         (self.config.workspace / PORTS_FILE_NAME).unlink(missing_ok=True)
         listener = self._bind_client_socket()
+        # The previous enclave's index blobs are sealed under a key that died with it.
+        self.index_blobs.reset()
         n2n_address = await self.relay.start()
         self.ports = {
             "rpc_address": self.rpc_address,
@@ -243,6 +249,7 @@ class Host:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         await self.endorsements.close()
+        await self.index_blobs.close()
         self.channel.close()
         await self.relay.close()
         await self.storage_worker.wait_idle()
@@ -327,6 +334,8 @@ class Host:
             StoreSealed: self._on_store_sealed,
             SendToNode: self._on_send_to_node,
             FetchEndorsements: self._on_fetch_endorsements,
+            IndexBlobStore: self._on_index_blob_frame,
+            IndexBlobFetch: self._on_index_blob_frame,
             Started: self._on_started,
             Log: self._on_log,
             Fatal: self._on_fatal,
@@ -359,6 +368,10 @@ class Host:
     async def _on_fetch_endorsements(self, frame: FetchEndorsements) -> bool:
         # HTTP to AMD or a cache takes seconds: answered from its own task.
         self.endorsements.submit(frame)
+        return True
+
+    async def _on_index_blob_frame(self, frame: IndexBlobStore | IndexBlobFetch) -> bool:
+        await self.index_blobs.submit(frame)
         return True
 
     async def _on_started(self, frame: Started) -> bool:

@@ -119,6 +119,15 @@ class MemoryConfig(_Model):
     receipt_transactions: int = pydantic.Field(default=200_000, ge=10)
 
 
+class IndexingConfig(_Model):
+    """The app's index strategies (`App.install_index`): how much of them the enclave keeps."""
+
+    # Completed buckets each strategy keeps in memory (besides the one being filled); older
+    # ones are sealed and handed to the host, and fetched back when a query needs them. It
+    # is also the widest range one query may span, in buckets.
+    buckets_in_memory: int = pydantic.Field(default=64, ge=1, le=65_536)
+
+
 class SnapshotsConfig(_Model):
     tx_count: int = pydantic.Field(default=10_000, ge=1)
 
@@ -345,6 +354,7 @@ class NodeConfig(_Model):
     historical_cache_soft_limit: Annotated[int, pydantic.BeforeValidator(_size_bytes)] = (
         512 * 1024 * 1024
     )
+    indexing: IndexingConfig = pydantic.Field(default_factory=IndexingConfig)
     consensus: ConsensusConfig = pydantic.Field(default_factory=ConsensusConfig)
     # Older spelling of rpc_interface.enabled_operator_features (merged into it).
     enabled_operator_features: list[OperatorFeature] = []

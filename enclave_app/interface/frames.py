@@ -28,6 +28,13 @@ Semantics the host implements (see host/):
   `committed=True` and empty `data` it instead marks the existing uncommitted file committed.
   `ReadLatestSnapshot` is answered by `SnapshotRead` (the highest committed snapshot; `name`
   and `data` are None when there is none).
+- `IndexBlobStore(strategy, bucket, blob)` keeps an index bucket's sealed blob (CCF's LFS)
+  in `<workspace>/index_blobs/<strategy>/<bucket>.blob`, replacing any earlier one; it is
+  not answered. `IndexBlobFetch(request_id, strategy, bucket)` is answered by one
+  `IndexBlobFetched` carrying the stored bytes, or `blob=None` when there is no such file.
+  The host cannot read the blobs (AES-GCM under a key that never leaves the enclave) and
+  the enclave refuses any it did not write for that bucket at that version. The host
+  empties the folder when it starts: a restarted enclave rebuilds its indexes.
 - `FetchEndorsements` is answered by one `EndorsementsFetched`, from a task of the host's own
   (the frame loop goes on meanwhile): what the first of `snp.endorsements_servers` from
   `first_server` on served, unchecked, or `error` naming every server's failure.
@@ -51,6 +58,8 @@ from charter.enclave_app.interface.limits import (
     ENDORSEMENTS_ERROR_MAX_CHARS,
     ENDORSEMENTS_SERVERS_MAX,
     ENDORSEMENTS_URL_MAX_CHARS,
+    INDEX_BLOB_BYTES_MAX,
+    INDEX_STRATEGY_NAME_CHARS_MAX,
     MAX_FRAME_BYTES,
     MAX_STRING_CHARS,
     PROTOCOL_VERSION,
@@ -152,6 +161,27 @@ _CHECKS: dict[str, Callable[[object], Any]] = {
     "list[bytes]": _check_bytes_list,
     "list[tuple[int, bytes]]": _check_entries,
 }
+
+
+def check_strategy_name(name: str) -> str:
+    """An index strategy's name: it names a host folder, so only [a-z0-9_.-], not dots alone."""
+    if (
+        not 0 < len(name) <= INDEX_STRATEGY_NAME_CHARS_MAX
+        or name.strip(".") == ""
+        or any(c not in _STRATEGY_NAME_CHARS for c in name)
+    ):
+        raise InterfaceError(
+            f"index strategy name must be 1-{INDEX_STRATEGY_NAME_CHARS_MAX} chars of a-z0-9_.-"
+        )
+    return name
+
+
+_STRATEGY_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_.-")
+
+
+def _check_blob(blob: bytes | None) -> None:
+    if blob is not None and len(blob) > INDEX_BLOB_BYTES_MAX:
+        raise InterfaceError(f"index blob over {INDEX_BLOB_BYTES_MAX} bytes")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,6 +304,21 @@ class EndorsementsFetched(Frame):
             raise InterfaceError(f"server index over {ENDORSEMENTS_SERVERS_MAX}")
 
 
+@_frame
+@dataclass(frozen=True, slots=True)
+class IndexBlobFetched(Frame):
+    """The host's answer to `IndexBlobFetch`: the stored blob, or None when it has none."""
+
+    request_id: int
+    strategy: str
+    bucket: int
+    blob: bytes | None
+
+    def __post_init__(self) -> None:
+        check_strategy_name(self.strategy)
+        _check_blob(self.blob)
+
+
 # Enclave → host
 
 
@@ -383,6 +428,20 @@ OPERATOR_FILE_NAME_CHARS_MAX = 255
 
 @_frame
 @dataclass(frozen=True, slots=True)
+class IndexBlobStore(Frame):
+    """Keep this sealed index bucket (CCF's LFS `store`); replaces an earlier blob."""
+
+    strategy: str
+    bucket: int
+    blob: bytes
+
+    def __post_init__(self) -> None:
+        check_strategy_name(self.strategy)
+        _check_blob(self.blob)
+
+
+@_frame
+@dataclass(frozen=True, slots=True)
 class ReadOperatorFile(Frame):
     """With `name` empty: which committed file of `kind` holds seqno `since` (a ledger chunk)
     or is the latest at or after `since` (a snapshot); with `name`: that file's bytes. The host
@@ -416,6 +475,19 @@ class OperatorFileRead(Frame):
             raise InterfaceError(f"name longer than {OPERATOR_FILE_NAME_CHARS_MAX} chars")
 
 
+@_frame
+@dataclass(frozen=True, slots=True)
+class IndexBlobFetch(Frame):
+    """Send back the blob stored for this bucket (CCF's LFS `fetch`)."""
+
+    request_id: int
+    strategy: str
+    bucket: int
+
+    def __post_init__(self) -> None:
+        check_strategy_name(self.strategy)
+
+
 HOST_TO_ENCLAVE = (
     Start,
     Tick,
@@ -427,6 +499,7 @@ HOST_TO_ENCLAVE = (
     Shutdown,
     EndorsementsFetched,
     OperatorFileRead,
+    IndexBlobFetched,
 )
 ENCLAVE_TO_HOST = (
     Started,
@@ -442,6 +515,8 @@ ENCLAVE_TO_HOST = (
     Fatal,
     FetchEndorsements,
     ReadOperatorFile,
+    IndexBlobStore,
+    IndexBlobFetch,
 )
 
 

@@ -61,6 +61,12 @@ ENDORSEMENT_PART_MAX_BYTES: Final = 16 * 1024
 ENDORSEMENTS_URL_MAX_CHARS: Final = 2048
 ENDORSEMENTS_ERROR_MAX_CHARS: Final = 2048
 
+# Index blobs (CCF's LFS): one sealed bucket of an index strategy, kept by the host in
+# `<workspace>/index_blobs/`. A bucket larger than this stays in enclave memory.
+INDEX_BLOB_BYTES_MAX: Final = 16 * 1024 * 1024
+# A strategy's name names a host folder: short, and only [a-z0-9_.-].
+INDEX_STRATEGY_NAME_CHARS_MAX: Final = 64
+
 # The relations the node relies on.
 # A raft entry is a ledger entry: consensus must not accept one the ledger cannot hold.
 assert CONSENSUS_ENTRY_BYTES_MAX <= ENTRY_SIZE_BYTES_MAX
@@ -72,5 +78,7 @@ assert NODE_FRAME_BYTES_MAX + 4096 <= MAX_FRAME_BYTES
 assert REQUEST_BODY_BYTES_MAX <= FORWARD_BODY_BYTES_MAX
 # A read reply, with its envelope, fits one frame.
 assert READ_REPLY_BYTES_MAX + 4096 <= MAX_FRAME_BYTES
+# An index blob travels in one frame.
+assert INDEX_BLOB_BYTES_MAX + 4096 <= MAX_FRAME_BYTES
 # The length prefix can state every frame length.
 assert 2 ** (8 * LENGTH_PREFIX.size) > MAX_FRAME_BYTES

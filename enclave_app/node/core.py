@@ -8,7 +8,7 @@ part, and the `Node` facade wires them together.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from charter.consensus import LogEntry, Raft, RaftConfig, StartState
@@ -16,6 +16,7 @@ from charter.enclave_app import interface as itf
 from charter.enclave_app.attestation import admit_own_code
 from charter.enclave_app.entropy import Entropy
 from charter.enclave_app.identity import Identity
+from charter.enclave_app.indexing import Indexer, IndexStrategy
 from charter.enclave_app.kv import Store, Tx
 from charter.enclave_app.node.lifecycle import Lifecycle, NodeState
 from charter.enclave_app.platform import Platform
@@ -76,6 +77,19 @@ class NodeCore:
             "signatures": 0,
             "rollbacks": 0,
         }
+        self.indexer = self.new_indexer(())
+
+    def new_indexer(self, strategies: Sequence[IndexStrategy[Any]]) -> Indexer:
+        """The app's indexes, fed at commit (`Replication._on_commit`); blob frames go out
+        through `outbox`, the blob key comes from the node's entropy."""
+        return Indexer(
+            strategies,
+            store=self.store,
+            buckets_in_memory=self.config.indexing.buckets_in_memory,
+            key=lambda: self.entropy.token_bytes(32),
+            send=lambda frame: self.outbox.append(frame),
+            metrics=self.metrics,
+        )
 
     # ------------------------------------------------------------------ identity
     @property

@@ -23,6 +23,7 @@ from charter.enclave_app.entropy import SYSTEM_ENTROPY, Entropy
 from charter.enclave_app.errors import HttpError
 from charter.enclave_app.frontend import AuthError, Forwarded, Frontend, unavailable
 from charter.enclave_app.identity import LEDGER_SECRET_BYTES, Identity
+from charter.enclave_app.indexing import LiveIndex
 from charter.enclave_app.kv import Store, Tx
 from charter.enclave_app.node import certificates, messages
 from charter.enclave_app.node.core import NodeCore, NodeNotReady, write_genesis
@@ -120,6 +121,7 @@ class Node:
         for extra in extra_apps:
             self.routes.include(extra)
         self.routes.include(app)
+        core.indexer = core.new_indexer(self.routes.index_strategies)
         self.runtime_view = RuntimeView(self)
         self.frontend = Frontend(
             self,
@@ -666,6 +668,14 @@ class Node:
             return
         self.replication.on_entries_read(frame)
         self.settle()
+
+    def on_index_blob(self, frame: itf.IndexBlobFetched) -> None:
+        """An index bucket the host sends back (checked by the indexer before use)."""
+        self.core.indexer.on_blob_fetched(frame)
+
+    def index(self, name: str) -> LiveIndex:
+        """This node's live index built from the app's strategy `name` (KeyError if none)."""
+        return self.core.indexer.indexes[name]
 
     def receive_from_peer(self, payload: bytes) -> None:
         """A sealed frame relayed by the host: open, check, dispatch; bad frames are dropped.

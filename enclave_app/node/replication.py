@@ -120,6 +120,7 @@ class LocalLog:
             elif not self.views or self.views[-1][1] < first:
                 self.views.append((view, first))
         self.applied_seqno = self.commit_seqno = seqno
+        self.core.indexer.restart_at(seqno)
 
     def replay(self, raw: bytes, identity: Identity) -> LogEntry:
         """One entry of the node's own ledger, read back from the untrusted host: decode,
@@ -138,6 +139,10 @@ class LocalLog:
             raise type(e)(f"ledger entry seqno {seqno}: {e}") from e
         self.store.apply(write_set, seqno)
         self.appended(entry.view, seqno, len(raw), entry.flags)
+        if seqno <= identity.committed_seqno:
+            # Sealed as committed before the restart: indexed now, so that a long replay
+            # does not hold every write pending until Raft commits again.
+            self.core.indexer.committed(seqno)
         return LogEntry(
             seqno, entry.view, raw, record.is_signature, configuration_if_changed(write_set)
         )
@@ -418,6 +423,7 @@ class Replication:
             log.history.compact(seqno - receipts)
         while len(log.chunk_marks) > 1 and log.chunk_marks[1][0] <= seqno:
             log.chunk_marks.popleft()
+        self.core.indexer.committed(seqno)  # the app's indexes take committed entries only
         self.core.outbox.append(itf.CommitUpTo(seqno))
 
     def seal_progress(self) -> None:

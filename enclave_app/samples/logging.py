@@ -20,6 +20,8 @@ CCF's logging sample does:
     GET    /app/log/public?id=42                                -> {"msg": "hello"}
     DELETE /app/log/private?id=42                               -> 204
     GET    /app/log/private/count                               -> {"count": 0}
+    GET    /app/log/private/index?id=42&from_seqno=1&to_seqno=900 -> {"id": 42, "seqnos": [..]}
+    GET    /app/log/public/index?id=42                           (the same for public records)
 
 Historical endpoints (CCF's; see the developer guide's "Historical queries"): the node reads
 old transactions back from its ledger files, checks them, and answers ``202`` with
@@ -54,6 +56,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from charter.enclave_app.app import App, Caller, Context, Response, all_of
 from charter.enclave_app.errors import HttpError
+from charter.enclave_app.indexing import IndexingError, IndexNotReady, SeqnosByKey
 from charter.enclave_app.kv import STR, U64, U64_MAX
 
 PRIVATE_RECORDS = "records"
@@ -333,3 +336,72 @@ def get_receipt(ctx: Context) -> Response:
     view, _, seqno = query.transaction_id.partition(".")
     answer = ctx.runtime.receipt_response(int(view), int(seqno))
     return Response(answer.status, answer.body, answer.headers, answer.content_type)
+
+
+# ------------------------------------------------------------------ indexing (issue #15)
+# The seqnos at which each record id was written (or deleted), from the node's indexes:
+# fed with committed transactions only, answered without scanning the ledger. Buckets of
+# 256 seqnos: the node keeps `indexing.buckets_in_memory` of them per index in the enclave.
+
+INDEX_SEQNOS_PER_BUCKET = 256
+PRIVATE_BY_ID = app.install_index(
+    SeqnosByKey(PRIVATE_RECORDS, key_codec=U64, seqnos_per_bucket=INDEX_SEQNOS_PER_BUCKET)
+)
+PUBLIC_BY_ID = app.install_index(
+    SeqnosByKey(PUBLIC_RECORDS, key_codec=U64, seqnos_per_bucket=INDEX_SEQNOS_PER_BUCKET)
+)
+
+
+class IndexQuery(BaseModel):
+    """Which id, over which seqnos (from_seqno defaults to where this node's index starts,
+    to_seqno to what it has seen committed)."""
+
+    id: int = Field(ge=0, le=U64_MAX)
+    from_seqno: int | None = Field(default=None, ge=1, le=U64_MAX)
+    to_seqno: int | None = Field(default=None, ge=1, le=U64_MAX)
+
+
+def _index_page(ctx: Context, strategy: SeqnosByKey, path: str) -> dict[str, object]:
+    query: IndexQuery = ctx.query
+    index = ctx.runtime.index(strategy)
+    from_seqno = query.from_seqno if query.from_seqno is not None else index.covers_from
+    to_seqno = query.to_seqno if query.to_seqno is not None else index.indexed_to
+    if to_seqno < from_seqno:
+        if query.to_seqno is None:  # nothing committed from there on yet
+            return {"id": query.id, "seqnos": []}
+        raise HttpError(
+            f"to_seqno {to_seqno} is before from_seqno {from_seqno}", code="InvalidInput"
+        )
+    page_end = min(to_seqno, index.page_end(from_seqno))
+    try:
+        seqnos = index.get_write_txs_in_range(query.id, from_seqno, page_end)
+    except IndexNotReady as exc:
+        ctx.set_status(202)
+        ctx.set_header("retry-after", str(exc.retry_after_s))
+        return {"status": "pending", "message": exc.message}
+    except IndexingError as exc:
+        raise exc.as_http_error() from None
+    # What this node's index covers, so a client sees where its answers can start and end.
+    page: dict[str, object] = {
+        "id": query.id,
+        "seqnos": seqnos,
+        "covers_from": index.covers_from,
+        "indexed_to": index.indexed_to,
+    }
+    if page_end < to_seqno:
+        page["@nextLink"] = f"{path}?id={query.id}&from_seqno={page_end + 1}&to_seqno={to_seqno}"
+    return page
+
+
+@app.get("/log/private/index", auth="user_cert", query=IndexQuery)
+def private_index(ctx: Context) -> dict[str, object]:
+    """The seqnos in [from_seqno, to_seqno] at which private record `id` was written, one
+    page at a time (`@nextLink` names the next page); 202 + Retry-After while the node
+    fetches index buckets back from its host or has not committed `to_seqno` yet."""
+    return _index_page(ctx, PRIVATE_BY_ID, "/app/log/private/index")
+
+
+@app.get("/log/public/index", auth="user_cert", query=IndexQuery)
+def public_index(ctx: Context) -> dict[str, object]:
+    """The same for public records (whose writes anyone can check in the ledger files)."""
+    return _index_page(ctx, PUBLIC_BY_ID, "/app/log/public/index")

@@ -57,6 +57,10 @@ ONE_OF_EACH: list[itf.Frame] = [
     itf.OperatorFileRead(request_id=7, name="ledger_1-20.committed", data=None, size_bytes=99),
     itf.OperatorFileRead(request_id=8, name=None, data=None, size_bytes=0),
     itf.OperatorFileRead(request_id=9, name="snapshot_10_12.committed", data=b"s", size_bytes=1),
+    itf.IndexBlobStore(strategy="seqnos_by_key.records", bucket=3, blob=b"sealed"),
+    itf.IndexBlobFetch(request_id=7, strategy="seqnos_by_key.records", bucket=3),
+    itf.IndexBlobFetched(request_id=7, strategy="seqnos_by_key.records", bucket=3, blob=b"s"),
+    itf.IndexBlobFetched(request_id=8, strategy="seqnos_by_key.records", bucket=4, blob=None),
 ]
 
 
@@ -213,6 +217,9 @@ _msgpack_values = st.recursive(
                 "kind",
                 "since",
                 "size_bytes",
+                "strategy",
+                "bucket",
+                "blob",
             ]
         ),
         _msgpack_values,
@@ -226,6 +233,30 @@ def test_structured_garbage_frames_raise_only_interface_error(
         frame = decode_frame(msgpack.packb([PROTOCOL_VERSION, tag, fields]))
     except InterfaceError:
         return
+    assert decode_frame(encode_frame(frame)) == frame
+
+
+@pytest.mark.parametrize("strategy", ["", "..", "../x", "a/b", "UPPER", "x" * 65, "\x00"])
+def test_index_blob_frames_refuse_a_strategy_that_is_no_folder_name(strategy: str) -> None:
+    body = msgpack.packb(
+        [PROTOCOL_VERSION, "IndexBlobFetch", {"request_id": 1, "strategy": strategy, "bucket": 0}]
+    )
+    with pytest.raises(InterfaceError, match="strategy name"):
+        decode_frame(body)
+    with pytest.raises(InterfaceError):
+        itf.IndexBlobStore(strategy=strategy, bucket=0, blob=b"")
+
+
+def test_index_blob_frames_refuse_a_blob_over_the_limit() -> None:
+    big = b"\x00" * (itf.INDEX_BLOB_BYTES_MAX + 1)
+    for tag, fields in (
+        ("IndexBlobStore", {"strategy": "s", "bucket": 1, "blob": big}),
+        ("IndexBlobFetched", {"request_id": 1, "strategy": "s", "bucket": 1, "blob": big}),
+    ):
+        with pytest.raises(InterfaceError, match="index blob over"):
+            decode_frame(msgpack.packb([PROTOCOL_VERSION, tag, fields]))
+    limit = b"\x00" * itf.INDEX_BLOB_BYTES_MAX
+    frame = itf.IndexBlobFetched(request_id=1, strategy="s", bucket=1, blob=limit)
     assert decode_frame(encode_frame(frame)) == frame
 
 

@@ -36,11 +36,13 @@ from charter.enclave_app import interface as itf
 from charter.enclave_app import node_endpoints
 from charter.enclave_app.app import HttpResponse
 from charter.enclave_app.entropy import SeededEntropy
+from charter.enclave_app.indexing import SeqnosByKeyIndex
 from charter.enclave_app.node import TXID_HEADER, Forwarded, Node
 from charter.enclave_app.platform import VirtualPlatform, code_measurement
+from charter.enclave_app.samples.logging import PRIVATE_BY_ID, PRIVATE_RECORDS
 from charter.enclave_app.startup import include_governance, initial_members, load_app
 from charter.ledger import certs, cose
-from charter.ledger.entry import decode_entry
+from charter.ledger.entry import decode_entry, decrypt_private
 
 APP_MODULE = "charter.enclave_app.samples.logging"
 # The simulated clock starts here (2023-11-14): far from the wall clock on purpose, so that a
@@ -893,6 +895,50 @@ class Simulation:
                     f"committed entry there is of view {decode_entry(raw)[0].view}"
                 )
 
+    def check_indexes(self) -> None:
+        """Every node's index of the logging sample's private records holds exactly the
+        committed writes of each id over the seqnos it covers: no rolled-back write, none
+        twice, none missing (whatever rollbacks, restarts and snapshot joins happened)."""
+        self.check()  # brings committed_log up to every node's commit
+        log = self.committed_log
+        # The oracle is the run of committed seqnos some node's disk held, from the lowest.
+        known_from = min(log, default=1)
+        known_to = known_from - 1
+        while known_to + 1 in log:
+            known_to += 1
+        written: dict[bytes, list[int]] = {}
+        for slot in self.slots:
+            node = slot.node
+            if node is None or node.state != "PartOfNetwork" or node.identity is None:
+                continue
+            index = node.index(PRIVATE_BY_ID.name)
+            assert isinstance(index, SeqnosByKeyIndex)
+            if index.indexed_to > node.commit_seqno:
+                raise self.fail(f"{slot.name}: index at {index.indexed_to} past commit")
+            if not written:
+                for seqno in range(known_from, known_to + 1):
+                    entry, _ = decode_entry(log[seqno])
+                    if not entry.private_ciphertext:
+                        continue
+                    private = decrypt_private(entry, node.identity.secret_for(seqno))
+                    for key in private.get(PRIVATE_RECORDS, {}):
+                        written.setdefault(key, []).append(seqno)
+            first, last = max(index.covers_from, known_from), min(index.indexed_to, known_to)
+            for key, seqnos in written.items():
+                expected = [s for s in seqnos if first <= s <= last]
+                got: list[int] = []
+                start = first
+                while start <= last:
+                    end = min(last, index.page_end(start))
+                    got += index.get_write_txs_in_range(int.from_bytes(key, "little"), start, end)
+                    start = end + 1
+                if got != expected:
+                    raise self.fail(
+                        f"{slot.name}: index of id {int.from_bytes(key, 'little')} over "
+                        f"{first}..{last} is {got}, the committed ledger says {expected}"
+                    )
+            self.count("indexes_checked")
+
     # -------------------------------------------------------------------- a whole run
     def run(self, steps: int) -> None:
         for name in self._log_levels:
@@ -951,6 +997,7 @@ class Simulation:
                 raise self.fail(
                     f"committed write {write.key} reads back {out[0].status} {out[0].body!r}"
                 )
+        self.check_indexes()
         for slot in self.slots:
             asked_view = getattr(slot, "removal_asked_view", None)
             if asked_view is None or slot.gone is not None or slot.node is None:
