@@ -38,8 +38,9 @@ POLL_INTERVAL_S = 0.1
 NETWORK_ANSWER_BYTES_MAX = 256 * 1024
 
 
-def _ledger_files(ledger: Path) -> list[tuple[Path, str]]:
-    """The chunk files of an old ledger directory, each with its name in the copy.
+def ledger_copy_plan(ledger: Path) -> list[tuple[Path, str]]:
+    """The chunk files of an old ledger directory, each with its name in the copy; raises
+    `ValueError` saying why when there is nothing to copy.
 
     `.ignored` and `.recovery` files are left out (as ccf.ledger reads a ledger). Completed
     chunks are copied without `.committed`: what the old service committed is for the
@@ -48,7 +49,7 @@ def _ledger_files(ledger: Path) -> list[tuple[Path, str]]:
     never truncates committed chunks). The new service marks them committed again as its
     own commit passes them."""
     if not ledger.is_dir():
-        fail(f"--ledger {ledger} is not a directory")
+        raise ValueError(f"{ledger} is not a directory")
     files = []
     for path in sorted(ledger.iterdir()):
         if not path.is_file() or not path.name.startswith("ledger_"):
@@ -62,8 +63,15 @@ def _ledger_files(ledger: Path) -> list[tuple[Path, str]]:
         copy = f"ledger_{name.first}" + (f"-{name.last}" if name.last is not None else "")
         files.append((path, copy))
     if not files:
-        fail(f"--ledger {ledger} holds no ledger chunk files (ledger_*)")
+        raise ValueError(f"{ledger} holds no ledger chunk files (ledger_*)")
     return files
+
+
+def _ledger_files(ledger: Path) -> list[tuple[Path, str]]:
+    try:
+        return ledger_copy_plan(ledger)
+    except ValueError as exc:
+        fail(f"--ledger {exc}")
 
 
 def write_recovery_node(

@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -40,6 +41,8 @@ MEMBER_COUNT = 3
 SANDBOX_SUBJECT_ALT_NAMES = ("iPAddress:127.0.0.1", "dNSName:localhost")
 USER_COUNT = 1
 NODE_START_TIMEOUT_S = 60.0
+# A recovery node replays the whole old ledger before it reports Started.
+RECOVERY_START_TIMEOUT_S = 600.0
 POLL_INTERVAL_S = 0.05
 LOCK_FILE_NAME = "sandbox.pid"
 # Bounds the scan for an earlier run's node configs.
@@ -494,6 +497,137 @@ class Sandbox:
                     )
                     return
         raise SandboxError(f"no live node accepted the removal of node {node.index}")
+
+    # ------------------------------------------------------------------ disaster recovery
+    async def recover(self) -> None:
+        """Take this workspace's dead network through disaster recovery with its own members,
+        then bring the network back to its size (`charter sandbox --recover`).
+
+        The old nodes' directories, network.json and service certificate move to
+        `recovered<N>/` (nothing is deleted). A recovery node starts on a copy of the ledger
+        that reaches furthest, under a new service identity; the members open it naming the
+        previous and the next identity, and submit their recovery shares (each decrypted here
+        with the member's encryption key) until the threshold is met; the private ledger is
+        replayed and the service opens. The other nodes then join it afresh."""
+        self.lock()
+        old_configs = self.existing_configs()
+        if not old_configs or not self.service_cert_path.is_file():
+            raise SandboxError(f"{self.workspace} holds no sandbox network to recover")
+        count = len(old_configs)
+        source = self._furthest_ledger(count)
+        archive = self._archive_dead_network(count)
+        ledger_copy = archive / f"node{source}" / "workspace" / "ledger"
+        previous_cert = archive / "service_cert.pem"
+        self.app = str(old_configs[0].get("app", self.app))
+        first = self._recovery_node(ledger_copy, previous_cert)
+        self.nodes = [first]
+        first.start()
+        await asyncio.to_thread(first.wait_started, RECOVERY_START_TIMEOUT_S)
+        self.service_cert_path.write_text(await _fetch_service_cert(first.rpc_address))
+        await self._open_recovered(previous_cert.read_text(), self.service_cert_path.read_text())
+        for i in range(1, count):
+            node = self._node(i)
+            self.nodes.append(node)
+            node.start()
+            await asyncio.to_thread(node.wait_started)
+            await self.trust_node(node.node_id)
+            await self.wait_part_of_network(node)
+        await self.wait_for_primary()
+        self.write_network()
+
+    def _furthest_ledger(self, count: int) -> int:
+        """Which old node left the largest ledger (any node's may serve: the recovery cuts it
+        back to its last valid signature; the largest holds the most of what committed)."""
+        from charter.cli_recovery_start import ledger_copy_plan
+
+        best: tuple[int, int] | None = None
+        for i in range(count):
+            ledger = self.workspace / f"node{i}" / "workspace" / "ledger"
+            try:
+                plan = ledger_copy_plan(ledger)
+            except ValueError:
+                continue
+            reach = sum(path.stat().st_size for path, _ in plan)
+            if best is None or reach > best[0]:
+                best = (reach, i)
+        if best is None:
+            raise SandboxError(f"no node of {self.workspace} left a ledger to recover from")
+        return best[1]
+
+    def _archive_dead_network(self, count: int) -> Path:
+        k = 1
+        while (self.workspace / f"recovered{k}").exists():
+            k += 1
+        archive = self.workspace / f"recovered{k}"
+        archive.mkdir()
+        for i in range(count):
+            (self.workspace / f"node{i}").rename(archive / f"node{i}")
+        self.service_cert_path.rename(archive / "service_cert.pem")
+        if self.network_path.exists():
+            self.network_path.rename(archive / "network.json")
+        self._ports_taken.clear()
+        return archive
+
+    def _recovery_node(self, ledger: Path, previous_cert: Path) -> NodeProcess:
+        """Node 0 of the recovered network: the sandbox's own config, in start mode
+        `recover`, over a copy of the old ledger (`charter recovery start`'s layout)."""
+        from charter.cli_recovery_start import ledger_copy_plan
+
+        node = self._node(0)
+        copy = node.directory / "workspace" / "ledger"
+        copy.mkdir(parents=True, exist_ok=True)
+        try:
+            plan = ledger_copy_plan(ledger)
+        except ValueError as exc:
+            raise SandboxError(f"cannot recover: {exc}") from None
+        for path, name in plan:
+            shutil.copy2(path, copy / name)
+        previous = node.directory / "previous_service_cert.pem"
+        shutil.copy2(previous_cert, previous)
+        config = json.loads(node.config_path.read_text())
+        config["start"] = {"mode": "recover", "previous_service_identity": str(previous)}
+        node.config_path.write_text(json.dumps(config, indent=2))
+        return node
+
+    async def _open_recovered(self, previous_cert: str, next_cert: str) -> None:
+        """The members' part: open naming both identities, then shares up to the threshold."""
+        async with self.client() as client:
+            await self.pass_proposal(
+                client,
+                [
+                    {
+                        "name": "transition_service_to_open",
+                        "args": {
+                            "previous_service_identity": previous_cert,
+                            "next_service_identity": next_cert,
+                        },
+                    }
+                ],
+            )
+            await self._wait_service_status(client, ss.ServiceStatus.WAITING_FOR_RECOVERY_SHARES)
+            for i, (cert, key) in enumerate(self.member_identities()):
+                status = await client.recovery_status()
+                if not status.get("stillNeeded"):
+                    break
+                await Member(client, cert, key).recover(self.member_encryption_key(i))
+            await self._wait_service_status(client, ss.ServiceStatus.OPEN)
+
+    async def _wait_service_status(
+        self, client: CharterClient, status: str, timeout_s: float = RECOVERY_START_TIMEOUT_S
+    ) -> None:
+        deadline = time.monotonic() + timeout_s
+        seen: object = None
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                seen = (await client.network()).get("service_status")
+                if seen == status:
+                    return
+            await asyncio.sleep(0.1)
+        raise SandboxError(f"the recovered service did not reach {status} (it is {seen})")
+
+    def member_encryption_key(self, i: int) -> Path:
+        """Member i's RSA encryption private key (recovery shares are encrypted to it)."""
+        return self.workspace / "members" / f"member{i}_enc_privk.pem"
 
     def member_identities(self) -> list[tuple[Path, Path]]:
         return [self.member_paths(i)[:2] for i in range(MEMBER_COUNT)]

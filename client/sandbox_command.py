@@ -88,7 +88,7 @@ async def _status_line(sandbox: Sandbox) -> str:
     return "no node answers"
 
 
-async def _serve(sandbox: Sandbox) -> int:
+async def _serve(sandbox: Sandbox, *, recover: bool = False) -> int:
     from rich.console import Console
 
     console = Console()
@@ -98,11 +98,17 @@ async def _serve(sandbox: Sandbox) -> int:
         loop.add_signal_handler(sig, stop.set)
     sandbox.lock()  # before printing anything: a running sandbox is left untouched
     resuming = sandbox.holds_network()
-    count = len(sandbox.existing_configs()) if resuming else sandbox.node_count
-    verb = "Resuming" if resuming else "Starting"
-    console.print(f"{verb} a {count}-node network in {sandbox.workspace} …")
+    count = len(sandbox.existing_configs()) if resuming or recover else sandbox.node_count
+    if recover:
+        console.print(
+            f"Recovering the {count}-node network of {sandbox.workspace} from its ledger "
+            "(the old nodes move to recovered<N>/) …"
+        )
+    else:
+        verb = "Resuming" if resuming else "Starting"
+        console.print(f"{verb} a {count}-node network in {sandbox.workspace} …")
     try:
-        await sandbox.start()
+        await (sandbox.recover() if recover else sandbox.start())
     except BaseException:
         sandbox.stop()
         raise
@@ -179,6 +185,13 @@ def parser() -> argparse.ArgumentParser:
         help="logging (default), acl, scitt, or a Python module path with `app = App(...)`; "
         "a resumed network keeps its app",
     )
+    p.add_argument(
+        "--recover",
+        action="store_true",
+        help="disaster recovery of a dead network in --workspace: start a recovery node on "
+        "the largest ledger left, open it with the members' recovery shares, rejoin the other "
+        "nodes (the old node directories move to recovered<N>/)",
+    )
     return p
 
 
@@ -212,10 +225,18 @@ def run(argv: list[str]) -> int:
     )
     try:
         sandbox.lock()  # first: a running sandbox gets one line and nothing else
-        if sandbox.holds_network():
+        if args.recover:
+            if not sandbox.existing_configs():
+                raise SandboxError(f"--recover: {args.workspace} holds no network to recover")
+            if args.nodes is not None or args.port_base is not None or args.app is not None:
+                raise SandboxError(
+                    "--recover keeps the dead network's node count and app and picks new "
+                    "ports: give no --nodes, --port-base or --app with it"
+                )
+        elif sandbox.holds_network():
             for note in resume_notes(sandbox, args):
                 print(f"charter sandbox: note: {note}", file=sys.stderr)
-        return asyncio.run(_serve(sandbox))
+        return asyncio.run(_serve(sandbox, recover=args.recover))
     except SandboxError as exc:
         print(f"charter sandbox: {exc}", file=sys.stderr)
         return 1
