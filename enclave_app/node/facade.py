@@ -99,6 +99,7 @@ class Node:
             commit_seqno=lambda: self.log.commit_seqno,
             send=lambda frame: core.outbox.append(frame),
             soft_limit_bytes=config.historical_cache_soft_limit,
+            signing_service_cert=self.signing_service_cert,
         )
         self.receipts = Receipts(core, self.log, self.historical)
         self._joiner = Joiner(core, self.snapshots, self._start_replication)
@@ -263,6 +264,13 @@ class Node:
 
     def tx_status(self, view: int, seqno: int) -> str:
         return self.receipts.tx_status(view, seqno)
+
+    def signing_service_cert(self, seqno: int) -> str | None:
+        """After recoveries: a certificate of the key of the earlier service that signed at
+        `seqno` (the endorsement of that key by the recovery that followed it), or None when
+        the current service signed it."""
+        endorsements = self.receipts.endorsements_for(seqno)
+        return endorsements[0] if endorsements else None
 
     def service_endorsements(self, seqno: int) -> list[str]:
         """After recoveries: the endorsements chaining the signer of `seqno` to this service."""

@@ -244,8 +244,12 @@ class HistoricalCache:
         commit_seqno: Callable[[], int],
         send: Callable[[itf.Frame], None],
         soft_limit_bytes: int = DEFAULT_CACHE_SOFT_LIMIT_BYTES,
+        signing_service_cert: Callable[[int], str | None] | None = None,
     ) -> None:
         assert soft_limit_bytes > 0
+        # After recoveries: the certificate of the earlier service whose key signed at a
+        # seqno (None: the current service's); see `Node.signing_service_cert`.
+        self._signing_service_cert = signing_service_cert or (lambda seqno: None)
         self._history = history
         self._identity = identity
         self._commit_seqno = commit_seqno
@@ -507,7 +511,8 @@ class HistoricalCache:
             cose = parse_cose_signature(cose_value)
             if (sig.seqno, sig.view) != (seqno, entry.view):
                 raise _invalid(f"the signature at seqno {seqno} names another transaction")
-            verify_cose_root_signature(cose, identity.service_cert_pem, sig.root)
+            service_cert = self._signing_service_cert(seqno) or identity.service_cert_pem
+            verify_cose_root_signature(cose, service_cert, sig.root)
             if sig.cert_pem:
                 verify_root(sig.cert_pem, sig.root, sig.sig)
         except (LedgerError, ValueError) as exc:

@@ -449,3 +449,69 @@ def test_a_copy_cut_inside_an_entry_recovers_up_to_the_signature_before_it(
     assert node.recovery.recovery_target_seqno == max(s for s in signatures if s < cut)
     assert node.recovery.stop is not None and node.recovery.stop.seqno == cut
     assert _json(node, "/node/state")["last_signed_seqno"] > cut - 1  # the new service's
+
+
+def _serve_reads(node: Node, ledger: dict[int, bytes]) -> None:
+    """Act as the host for historical reads: answer every ReadEntries from `ledger`."""
+    node.settle()
+    while node.outbox:
+        frames, node.outbox = node.outbox, []
+        for frame in frames:
+            if isinstance(frame, itf.ReadEntries):
+                seqnos = range(frame.from_seqno, frame.to_seqno + 1)
+                entries = [ledger[s] for s in seqnos if s in ledger]
+                node.on_entries_read(itf.EntriesRead(frame.request_id, entries, frame.from_seqno))
+            elif isinstance(frame, itf.WriteEntries):
+                ledger.update(frame.entries)
+                node.durable(max(s for s, _ in frame.entries))
+
+
+def test_pre_recovery_receipts_past_the_memory_window_are_read_back_and_endorsed(
+    tmp_path: Path,
+) -> None:
+    # Old transactions the recovered service no longer holds in memory are read back from
+    # the ledger and checked against the signatures of the service that made them (its key,
+    # as endorsed by the recovery), not refused for not being signed by the current key.
+    old, old_ledger = _old_service(tmp_path)
+    first = old.identity.service_cert_pem
+    (tmp_path / "small").mkdir()
+    previous = tmp_path / "small" / "previous_service_cert.pem"
+    previous.write_text(first)
+    config = itf.NodeConfig.model_validate(
+        {
+            "workspace": str(tmp_path / "small"),
+            "memory": {"receipt_transactions": 10},
+            "start": {"mode": "recover", "previous_service_identity": str(previous)},
+        }
+    )
+    node = _node(config, tmp_path / "small")
+    node.start_recovery(first)
+    raws = [old_ledger[s] for s in sorted(old_ledger)]
+    for raw in raws:
+        node.replay_public(raw)
+    ledger = dict(enumerate(raws, start=1))
+    node.public_ledger_replayed()
+    _drain(node, ledger)
+    _open_recovered(node, first, ledger)
+    assert node.recovery is not None
+    node.recovery.start_private_replay(old.identity.ledger_secrets)
+    _drain(node, ledger)
+    for i in range(60):
+        tx = node.store.begin()
+        tx.put(PRIVATE, b"new%d" % i, b"after the recovery")
+        node.commit_tx(tx)
+        node.emit_signature()
+        _drain(node, ledger)
+    assert node.replication is not None
+    assert node.replication.log.history.tree.min_index > 3  # out of the memory window
+    view = node.view_at(3) or 0
+    response = node.receipt(view, 3)
+    for _ in range(10):
+        if response.status != 202:
+            break
+        _serve_reads(node, ledger)
+        response = node.receipt(view, 3)
+    assert response.status == 200, response.body
+    doc = json.loads(response.body)
+    assert len(doc["service_endorsements"]) == 1
+    _check_receipt(doc, node.identity.service_cert_pem)
