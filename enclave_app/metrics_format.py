@@ -31,6 +31,18 @@ _COUNTERS: dict[str, tuple[str, str]] = {
     "rollbacks": ("charter_rollbacks_total", "Rollbacks of uncommitted transactions."),
     "gc_collections": ("charter_gc_collections_total", "Garbage collector runs in the enclave."),
     "gc_pause_us": ("charter_gc_pause_microseconds_total", "Time the enclave spent collecting."),
+    "historical_fetched_entries": (
+        "charter_historical_fetched_entries_total",
+        "Ledger entries read back from the host for historical queries and old receipts.",
+    ),
+    "historical_evicted": (
+        "charter_historical_evicted_total",
+        "Historical states evicted from the cache past its soft limit.",
+    ),
+    "historical_failed": (
+        "charter_historical_failed_total",
+        "Historical fetches that failed (entries missing on the host, or failing checks).",
+    ),
 }
 _GAUGES: dict[str, tuple[str, str]] = {
     "commit_seqno": ("charter_commit_seqno", "Highest committed sequence number."),

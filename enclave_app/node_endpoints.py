@@ -328,6 +328,7 @@ def build(node: Node) -> App:
             "last_seqno": node.applied_seqno,
             "uncommitted": node.applied_seqno - node.commit_seqno,
             **gc_pauses.PAUSES.metrics(),
+            **{f"historical_{k}": v for k, v in node.historical.metrics.items()},
         }
         if choose_format(ctx.query.format, ctx.headers.get("accept")) == "json":
             return values

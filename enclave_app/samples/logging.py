@@ -50,7 +50,7 @@ a POST handler's writes are committed only if it answers 2xx.
 from __future__ import annotations
 
 import hashlib
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -58,6 +58,9 @@ from charter.enclave_app.app import App, Caller, Context, Response, all_of
 from charter.enclave_app.errors import HttpError
 from charter.enclave_app.indexing import IndexingError, IndexNotReady, SeqnosByKey
 from charter.enclave_app.kv import STR, U64, U64_MAX
+
+if TYPE_CHECKING:
+    from charter.enclave_app.node.historical import HistoricalState
 
 PRIVATE_RECORDS = "records"
 PUBLIC_RECORDS = "public:records"
@@ -293,7 +296,9 @@ def get_historical_with_receipt(ctx: Context) -> HistoricalReceipt:
 
 @app.get("/log/private/historical/range", auth="user_cert", query=RangeQuery, response=RangePage)
 def get_historical_range(ctx: Context) -> RangePage | Response:
-    """Every value a private record took over a range of committed seqnos, paged."""
+    """Every value a private record took over a range of committed seqnos, paged. Where this
+    node's index covers the range, only the transactions that wrote the id are read back;
+    elsewhere (before a snapshot this node started from) the page is scanned."""
     query: RangeQuery = ctx.query
     _view, commit = ctx.runtime.commit_txid
     to_seqno = commit if query.to_seqno is None else query.to_seqno
@@ -302,13 +307,20 @@ def get_historical_range(ctx: Context) -> RangePage | Response:
             f"to_seqno {to_seqno} is before from_seqno {query.from_seqno}", code="InvalidInput"
         )
     page_end = min(to_seqno, query.from_seqno + RANGE_PAGE_SEQNOS_MAX - 1)
-    states = ctx.runtime.historical_range(query.from_seqno, page_end)
+    index = ctx.runtime.index(PRIVATE_BY_ID)
+    if query.from_seqno >= index.covers_from:
+        page_end = min(page_end, index.page_end(query.from_seqno))
+        try:
+            written = index.get_write_txs_in_range(query.id, query.from_seqno, page_end)
+        except IndexNotReady as exc:
+            return _range_pending(str(exc.retry_after_s))
+        except IndexingError as exc:
+            raise exc.as_http_error() from None
+        states = _states_at(ctx, written)
+    else:
+        states = ctx.runtime.historical_range(query.from_seqno, page_end)
     if states is None:
-        return Response(
-            202,
-            {"status": "Pending", "message": "Historical range is not yet available."},
-            {"Retry-After": HISTORICAL_RETRY_AFTER_S},
-        )
+        return _range_pending(HISTORICAL_RETRY_AFTER_S)
     entries = []
     for state in states:
         msg = state.view(PRIVATE_RECORDS, U64, STR).get(query.id)
@@ -321,6 +333,39 @@ def get_historical_range(ctx: Context) -> RangePage | Response:
             f"&to_seqno={to_seqno}&id={query.id}"
         )
     return RangePage.model_validate({"entries": entries, "@nextLink": next_link})
+
+
+# Written seqnos are read back one by one when they are few and far apart; when there are
+# many, or they fill a good part of their span, the span is read in one go (one read of the
+# ledger instead of one per write, each of which reads on to the next signature).
+SPARSE_READS_MAX = 64
+DENSE_SPAN_FACTOR = 4
+
+
+def _states_at(ctx: Context, seqnos: list[int]) -> list[HistoricalState] | None:
+    """The historical states of `seqnos` (ascending), or None while any is being fetched."""
+    if not seqnos:
+        return []
+    span_seqnos = seqnos[-1] - seqnos[0] + 1
+    if len(seqnos) > SPARSE_READS_MAX or span_seqnos <= DENSE_SPAN_FACTOR * len(seqnos):
+        span = ctx.runtime.historical_range(seqnos[0], seqnos[-1])
+        if span is None:
+            return None
+        wanted = set(seqnos)
+        return [state for state in span if state.seqno in wanted]
+    # Ask for every one first, so the node fetches them together, not one per retry.
+    answers = [ctx.runtime.historical_range(seqno, seqno) for seqno in seqnos]
+    if any(one is None for one in answers):
+        return None
+    return [state for one in answers if one is not None for state in one]
+
+
+def _range_pending(retry_after_s: str) -> Response:
+    return Response(
+        202,
+        {"status": "Pending", "message": "Historical range is not yet available."},
+        {"Retry-After": retry_after_s},
+    )
 
 
 class ReceiptQuery(BaseModel):

@@ -36,6 +36,7 @@ OVERWRITES = 1_000
 KEY = 7
 EARLY_KEY = 99
 EARLY_WRITES = 40
+SPARSE_KEY = 555
 WRITERS = 8
 POLL_TIMEOUT_S = 60.0
 
@@ -162,6 +163,44 @@ def test_private_value_overwritten_1000_times_reads_back_at_each_seqno(
         asyncio.run(go())
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{log_tails(net)}") from None
+
+
+async def _fetched_entries(c: CharterClient) -> int:
+    metrics = await c.get_json("/node/metrics")
+    return int(metrics["historical_fetched_entries"])
+
+
+def test_range_history_of_an_id_reads_back_only_what_the_index_says_it_wrote(
+    net: Sandbox, history: dict[str, list[TxId]]
+) -> None:
+    # The index knows where an id was written: a range over a thousand transactions that
+    # never wrote it reads nothing back from the ledger, and one over the whole ledger
+    # returns exactly its writes.
+    overwrites = history["overwrites"]
+
+    async def go() -> None:
+        async with net.client(net.nodes[0], user=0) as c:
+            before = await _fetched_entries(c)
+            path = "/app/log/private/historical/range"
+            span = {"from_seqno": str(overwrites[0].seqno), "to_seqno": str(overwrites[-1].seqno)}
+            r = await poll(c, path, {"id": str(EARLY_KEY), **span})
+            assert r.status == 200 and r.body["entries"] == [], r
+            assert not r.body.get("@nextLink")
+            assert await _fetched_entries(c) == before
+            # An id written three times among other writes: exactly its writes come back.
+            sparse = []
+            for i in range(3):
+                sparse += await write_many(net, SPARSE_KEY, [f"sparse-{i}"])
+                await write_many(net, KEY + 1, [f"filler-{i}-{k}" for k in range(30)])
+            await wait_committed_on(net, net.nodes[0], sparse[-1].seqno + 30)
+            params = {"id": str(SPARSE_KEY), "from_seqno": str(overwrites[-1].seqno + 1)}
+            r = await poll(c, path, params)
+            assert r.status == 200, r
+            assert [(e["seqno"], e["msg"]) for e in r.body["entries"]] == [
+                (t.seqno, f"sparse-{i}") for i, t in enumerate(sparse)
+            ]
+
+    asyncio.run(go())
 
 
 def test_historical_endpoint_needs_a_committed_transaction_id(
