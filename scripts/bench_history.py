@@ -18,13 +18,15 @@ It starts a one-node sandbox whose in-memory receipt window is small
   measures the node);
 - historical_receipts_per_s.warm: the same seqnos again, now cached;
 - range_query_tx_per_s: seqnos per second through the logging sample's
-  `/app/log/private/historical/range` over --range old seqnos never read before, following
-  `@nextLink` pages (2,000 seqnos each), asking again 5 ms after each `202`.
+  `/app/log/private/historical/range` over --range old seqnos never read before, for one id
+  the fill wrote about every 97th transaction (the index names its writes; only those are
+  read back), following `@nextLink` pages, asking again 5 ms after each `202`;
+- index_lookup_us: the median time of one `/app/log/private/index` page (a random id of the
+  fill, from where the node's index starts), over HTTP from one client: the index answers
+  from its buckets without reading the ledger.
 
 --chunk-bytes is the node's `ledger_chunk_bytes`: the host reads a whole chunk file to answer
 a read, so cold rates depend on it.
-
-`index_lookup_us` is left null here: the index engineer's part (issue #15) fills it.
 
 The last line of stdout is one JSON object (also written to --out). Everything is bounded
 (clients, counts, waits: 120 s per request) and only 127.0.0.1 is used; the node it starts is
@@ -37,6 +39,7 @@ import argparse
 import asyncio
 import json
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -51,6 +54,9 @@ RECEIPTS_IN_MEMORY = 1_000
 RETRY_S = 0.005
 REQUEST_DEADLINE_S = 120.0
 SEED = 15
+FILL_IDS = 97  # the fill writes id i % FILL_IDS
+RANGE_ID = 5
+INDEX_LOOKUPS = 200
 
 
 async def poll(c: CharterClient, path: str, params: dict[str, str]) -> Response:
@@ -73,7 +79,9 @@ async def fill(sb: Sandbox, transactions: int, writers: int) -> TxId:
     async def writer() -> None:
         async with sb.client(sb.nodes[0], user=0) as c:
             for i in counter:
-                r = c.check(await c.post("/app/log/private", json={"id": i % 97, "msg": f"m{i}"}))
+                r = c.check(
+                    await c.post("/app/log/private", json={"id": i % FILL_IDS, "msg": f"m{i}"})
+                )
                 assert r.txid is not None
                 last.append(r.txid)
 
@@ -99,7 +107,7 @@ async def receipts_per_s(sb: Sandbox, view: int, seqnos: list[int], clients: int
 
 
 async def range_tx_per_s(sb: Sandbox, lo: int, hi: int) -> float:
-    params = {"id": "424242", "from_seqno": str(lo), "to_seqno": str(hi)}
+    params = {"id": str(RANGE_ID), "from_seqno": str(lo), "to_seqno": str(hi)}
     path = "/app/log/private/historical/range"
     start = time.perf_counter()
     async with sb.client(sb.nodes[0], user=0) as c:
@@ -111,6 +119,17 @@ async def range_tx_per_s(sb: Sandbox, lo: int, hi: int) -> float:
             path, _, query = link.partition("?")
             params = dict(part.split("=", 1) for part in query.split("&"))
     return (hi - lo + 1) / (time.perf_counter() - start)
+
+
+async def index_lookup_us(sb: Sandbox, rng: random.Random) -> float:
+    took = []
+    async with sb.client(sb.nodes[0], user=0) as c:
+        for _ in range(INDEX_LOOKUPS):
+            params = {"id": str(rng.randrange(FILL_IDS))}
+            start = time.perf_counter()
+            await poll(c, "/app/log/private/index", params)
+            took.append(time.perf_counter() - start)
+    return statistics.median(took) * 1e6
 
 
 async def run(args: argparse.Namespace, workspace: Path) -> dict[str, Any]:
@@ -140,6 +159,7 @@ async def run(args: argparse.Namespace, workspace: Path) -> dict[str, Any]:
         cold = await receipts_per_s(sb, top.view, old, args.clients)
         warm = await receipts_per_s(sb, top.view, old, args.clients)
         ranged = await range_tx_per_s(sb, range_lo, old_end)
+        lookup = await index_lookup_us(sb, rng)
     finally:
         sb.stop()
     return {
@@ -152,7 +172,7 @@ async def run(args: argparse.Namespace, workspace: Path) -> dict[str, Any]:
         "in_memory_receipts_per_s": round(in_memory, 1),
         "historical_receipts_per_s": {"cold": round(cold, 1), "warm": round(warm, 1)},
         "range_query_tx_per_s": round(ranged, 1),
-        "index_lookup_us": None,
+        "index_lookup_us": round(lookup, 1),
     }
 
 
