@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from charter.enclave_app import interface as itf
 from charter.enclave_app import node_endpoints
 from charter.enclave_app.app import HttpResponse
+from charter.enclave_app.errors import HttpError
 from charter.enclave_app.node import Node
 from charter.enclave_app.node.shares import OAEP, RecoveryShareError, recover_ledger_secrets
 from charter.enclave_app.platform import VirtualPlatform
@@ -405,6 +406,34 @@ def test_share_submissions_are_refused_each_with_its_own_code(tmp_path: Path) ->
     assert svc.recover({m.id: svc.share(m) for m in members[1:]}) == svc.secrets()
     refused = _submit(svc, members[2], shares[members[2].id])
     assert (refused.status, _error(refused)) == (403, "ServiceNotWaitingForRecoveryShares")
+
+
+def test_secrets_that_do_not_decrypt_the_copy_are_refused_and_change_nothing(
+    tmp_path: Path,
+) -> None:
+    """What the k-th share hands over goes through the real private replay: secrets that
+    do not decrypt the ledger copy get 409 RecoveryLedgerMismatch, the node stays where it
+    was (PartOfPublicNetwork, service WaitingForRecoveryShares), and the right ones then
+    still recover it."""
+    members = [Member.make(f"m{i}") for i in range(2)]
+    old = Service(tmp_path / "old", members, threshold=1)
+    for m in members:
+        old.ack(m)
+    old.passed([{"name": "transition_service_to_open", "args": {}}])
+    _write(old, b"k", b"private value")
+    svc = Service.recovering(tmp_path / "new", old)
+    _open_recovered(svc, old)
+    version = svc.node.store.version
+    with pytest.raises(HttpError) as refused:
+        svc.node.on_recovery_shares_complete([(1, bytes(32))])
+    assert (refused.value.status, refused.value.code) == (409, "RecoveryLedgerMismatch")
+    assert json.loads(svc.get("/node/state").body)["state"] == "PartOfPublicNetwork"
+    assert svc.node.store.version == version
+    assert gt.service_info(svc.node.store.begin())["status"] == "WaitingForRecoveryShares"  # type: ignore[index]
+    assert svc.node.store.begin().get("records", b"k") is None
+    done = _submit(svc, members[0], svc.share(members[0]))
+    assert done.status == 200, done.body
+    assert svc.node.store.begin().get("records", b"k") == b"private value"
 
 
 def test_a_rolled_back_rekey_takes_its_secret_with_it(tmp_path: Path) -> None:
