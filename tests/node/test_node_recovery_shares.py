@@ -436,6 +436,34 @@ def test_secrets_that_do_not_decrypt_the_copy_are_refused_and_change_nothing(
     assert svc.node.store.begin().get("records", b"k") == b"private value"
 
 
+def test_a_threshold_set_while_recovering_applies_to_the_next_shares_not_these(
+    tmp_path: Path,
+) -> None:
+    """The members' shares are the old service's, split 2-of-3: lowering the threshold
+    while recovering neither re-issues them (which would lose the old secrets) nor lets one
+    share do; the recovered service's new shares are split with the new threshold."""
+    members = [Member.make(f"m{i}") for i in range(3)]
+    old = Service(tmp_path / "old", members, threshold=2)
+    for m in members:
+        old.ack(m)
+    old.passed([{"name": "transition_service_to_open", "args": {}}])
+    _write(old, b"k", b"private value")
+    svc = Service.recovering(tmp_path / "new", old)
+    shares = {m.id: svc.share(m) for m in members}
+    svc.passed([{"name": "set_recovery_threshold", "args": {"recovery_threshold": 1}}])
+    assert {m.id: svc.share(m) for m in members} == shares  # not re-issued
+    _open_recovered(svc, old)
+    status = json.loads(svc.get("/gov/recovery/status").body)
+    assert (status["recoveryThreshold"], status["stillNeeded"]) == (2, 2)
+    one = _submit(svc, members[0], shares[members[0].id])
+    assert one.status == 200 and json.loads(one.body)["submittedCount"] == 1, one.body
+    assert json.loads(svc.get("/node/state").body)["state"] == "PartOfPublicNetwork"
+    two = _submit(svc, members[2], shares[members[2].id])
+    assert two.status == 200, two.body
+    assert svc.node.store.begin().get("records", b"k") == b"private value"
+    assert svc.recover({members[1].id: svc.share(members[1])}) == svc.secrets()
+
+
 def test_a_rolled_back_rekey_takes_its_secret_with_it(tmp_path: Path) -> None:
     """A view change can roll back the rekey's entry before it commits: the secret it
     installed goes with it (and the sealed state follows), so the entries that replace it
