@@ -29,7 +29,6 @@ from charter.enclave_app import (
     jwt_refresh,
     node_endpoints,
     operator_files,
-    recovery_virtual,
 )
 from charter.enclave_app import interface as itf
 from charter.enclave_app.app import HttpResponse
@@ -187,8 +186,6 @@ class Runtime:
         self.console = Console(config.console)
         node.on_forward_response = self._forward_answered
         node.routes.include(node_endpoints.build(node))
-        if config.platform == "virtual":
-            node.routes.include(recovery_virtual.build(node))
         include_governance(node)
         self.jwt_refresh = jwt_refresh.start(node, config.jwt, self.schedule_flush)
         if frame.sealed is not None:

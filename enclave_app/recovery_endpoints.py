@@ -80,7 +80,11 @@ def _share_from_payload(payload: bytes) -> bytes:
         raise HttpError('the payload must be {"share": base64}', code="InvalidInput") from None
 
 
-def _threshold(ctx: Context) -> int:
+def _threshold(ctx: Context, record: shares.SharesRecord | None) -> int:
+    """The threshold the current shares were split with: while recovering, the service's
+    configured one may have changed since (shares are only re-issued once it opens)."""
+    if record is not None:
+        return record.threshold
     return int(gt.service_config(ctx.tx).get("recovery_threshold", 1))
 
 
@@ -139,7 +143,7 @@ def register(app: App, hooks: RecoveryHooks) -> None:
                 random_bytes=hooks.random_bytes,
             )
             record_request(ctx.tx, request, now_s=hooks.now_s(), policy=hooks.policy)
-            threshold = _threshold(ctx)
+            threshold = _threshold(ctx, shares.read_record(ctx.tx))
             message = f"{count}/{threshold} recovery shares successfully submitted"
             if count >= threshold:
                 secrets = shares.recover_ledger_secrets(
@@ -162,7 +166,7 @@ def register(app: App, hooks: RecoveryHooks) -> None:
         except shares.RecoveryShareError as exc:
             raise HttpError(exc.message, code=exc.code) from None
         submitted = shares.submitted_member_ids(ctx.tx)
-        threshold = _threshold(ctx)
+        threshold = _threshold(ctx, record)
         info = gt.service_info(ctx.tx) or {}
         return {
             "serviceStatus": info.get("status"),

@@ -120,7 +120,8 @@ _CODES_BY_STATUS: Final[dict[int, tuple[str, ...]]] = {
     ),
     405: ("MethodNotAllowed",),
     408: ("RequestTimeout",),
-    409: ("UserConflict",),
+    # The recovered ledger secrets do not decrypt the recovering node's ledger copy.
+    409: ("RecoveryLedgerMismatch", "UserConflict"),
     413: ("RequestTooLarge",),
     414: ("RequestUriTooLong",),
     415: ("UnsupportedContentType",),

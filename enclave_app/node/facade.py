@@ -25,7 +25,7 @@ from charter.enclave_app.frontend import AuthError, Forwarded, Frontend, unavail
 from charter.enclave_app.identity import LEDGER_SECRET_BYTES, Identity
 from charter.enclave_app.indexing import LiveIndex
 from charter.enclave_app.kv import Store, Tx
-from charter.enclave_app.node import certificates, messages
+from charter.enclave_app.node import certificates, messages, shares
 from charter.enclave_app.node.core import NodeCore, NodeNotReady, write_genesis
 from charter.enclave_app.node.historical import HistoricalCache
 from charter.enclave_app.node.joins import (
@@ -35,10 +35,10 @@ from charter.enclave_app.node.joins import (
     open_answer,
     request_body,
 )
-from charter.enclave_app.node.lifecycle import NodeState
+from charter.enclave_app.node.lifecycle import IllegalTransition, NodeState
 from charter.enclave_app.node.peers import Peers
 from charter.enclave_app.node.receipts import Receipts
-from charter.enclave_app.node.recovery import Recovery
+from charter.enclave_app.node.recovery import Recovery, RecoveryError
 from charter.enclave_app.node.rekey import LedgerSecrets
 from charter.enclave_app.node.replication import (
     LocalLog,
@@ -445,6 +445,7 @@ class Node:
         assert recovery is not None
         recovery.finish_private_replay()
         tx = self.core.store.begin()
+        self._link_recovered_secrets(tx)
         recovery.open_service(tx)
         replication.commit_tx(tx)
         replication.signature_due = True
@@ -453,6 +454,27 @@ class Node:
         self.recovery = None
         self._refresh_client_cas()
         LOG.info("event=recovery_complete node_id=%s", self.node_id)
+
+    def _link_recovered_secrets(self, tx: Tx) -> None:
+        """In the transaction that opens a recovered service: the old service's latest
+        secret goes into the chain under this node's fresh one, the members' submitted
+        shares are cleared (as CCF), and shares are issued for the fresh secret, so that
+        the next recovery walks the whole chain back to seqno 1."""
+        core = self.core
+        secrets = core.identity.ledger_secrets
+        assert len(secrets) >= 2, "the old secrets and the fresh one"
+        (previous_start, previous), (start, fresh) = secrets[-2], secrets[-1]
+        shares.wrap_previous_secret(
+            tx,
+            previous_start=previous_start,
+            previous=previous,
+            next_start=start,
+            successor=fresh,
+            iv=core.entropy.token_bytes(shares.GCM_IV_BYTES),
+        )
+        shares.clear_submitted_shares(tx)
+        if not self.secrets.refresh_shares(tx):
+            LOG.warning("event=recovered_service_without_shares")
 
     # ------------------------------------------------------------------ joining
     def join_request(self, tx: Tx, request: Mapping[str, Any]) -> dict[str, Any]:
@@ -575,13 +597,28 @@ class Node:
         return identity.ledger_secrets[-1][1] if identity and identity.ledger_secrets else None
 
     def on_recovery_shares_complete(self, secrets: list[tuple[int, bytes]]) -> None:
-        """Members submitted enough shares: `secrets` are every ledger secret, recovered.
-        The recovery part replays the private ledger with them; without one the service
-        is not recovering (the caller's transaction is dropped, nothing changes)."""
-        start = getattr(getattr(self, "recovery", None), "start_private_replay", None)
-        if start is None:
+        """Members submitted enough shares: `secrets` are the old service's ledger secrets,
+        recovered from seqno 1. This node's own fresh secret (from the seqno the recovered
+        service starts at) is appended, and the recovery part checks the private ledger
+        with them; `settle` then puts it back and opens the service.
+
+        Refused with an HttpError, in the submitting transaction, which the caller then
+        drops: nothing changes. The k-1 shares submitted before stay (and the k-th is not
+        stored). CCF clears them instead, so that members start over, because it cannot
+        tell which share was wrong; here every share was checked against its digest when
+        it was submitted, so a refusal at this point is about the ledger copy (the secrets
+        do not decrypt it), and submitting the same shares again would not help either."""
+        recovery = self.recovery
+        identity = self.core.maybe_identity()
+        if recovery is None or identity is None:
             raise HttpError("The service is not recovering", code="ServiceNotRecovering")
-        start(secrets)
+        fresh = identity.ledger_secrets[-1]
+        assert fresh[0] == (recovery.recovery_target_seqno or 0) + 1, "the node's own secret"
+        try:
+            recovery.start_private_replay([*secrets, fresh])
+        except (RecoveryError, IllegalTransition) as exc:
+            LOG.warning("event=private_replay_refused reason=%s", type(exc).__name__)
+            raise HttpError(str(exc), code="RecoveryLedgerMismatch") from None
 
     def _file_triggers(self, snapshot: bool, ledger_chunk: bool) -> None:
         """trigger_snapshot / trigger_ledger_chunk: the next signature takes a snapshot /

@@ -33,6 +33,7 @@ from charter.enclave_app.identity import LEDGER_SECRET_BYTES
 from charter.enclave_app.kv import MapChange, Tx
 from charter.enclave_app.node import shares
 from charter.enclave_app.node.core import NodeCore
+from charter.enclave_app.node.lifecycle import NodeState
 from charter.governance import tables as gt
 from charter.governance.effects import Effects
 from charter.governance.errors import GovernanceError
@@ -64,7 +65,15 @@ class LedgerSecrets:
         if effects.rekey:
             self.rekey(tx)
         elif effects.refresh_recovery_shares:
-            self.refresh_shares(tx)
+            if self.core.lifecycle.is_(
+                NodeState.PART_OF_PUBLIC_NETWORK, NodeState.READING_PRIVATE_LEDGER
+            ):
+                # A recovering service: the record must keep the old service's shares, which
+                # the members are submitting; the service issues new ones, for the members
+                # and threshold then in force, in the transaction that opens it.
+                LOG.info("event=recovery_shares_refresh_deferred reason=recovering")
+            else:
+                self.refresh_shares(tx)
 
     def refresh_shares(self, tx: Tx) -> bool:
         start, secret = self.core.identity.ledger_secrets[-1]

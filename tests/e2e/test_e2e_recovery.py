@@ -1,12 +1,14 @@
-"""Disaster recovery on real processes: a 3-node service loses every node, and a new service
-is recovered from one node's ledger files with `charter recovery start`.
+"""Disaster recovery on real processes: a 3-node service, rekeyed and with its members
+changed, loses every node, and a new service is recovered from one node's ledger files
+with the real procedure: the operator runs `charter recovery start`; the members open the
+recovering service naming both identities, then submit their recovery shares (one with
+`charter recovery share`, the others through the SDK) until k of them are in. A second
+recovery on top of the first works with the shares the first one issued.
 
-Until the recovery shares land (another part of issue #13), the old ledger secrets reach
-the recovering node through the `virtual` platform's stand-in
-(`POST /node/recovery/virtual/ledger-secrets`, member-signed): the test helper
-`_dead_node_secrets` reads them from the dead node's sealed state and its virtual sealing
-key, which on the `virtual` platform protect nothing. That helper is test-only; with shares,
-members submit shares instead.
+On the way, the refusals a real recovering service must make: k-1 shares never open it; a
+replayed submission, a tampered share, a share signed by a non-member and one from a
+member removed before the disaster are each refused with their own error code and change
+nothing; a member added after genesis helps recover.
 """
 
 from __future__ import annotations
@@ -36,25 +38,19 @@ from e2e_support import (
     write,
 )
 
-from charter.enclave_app.identity import Identity
-from charter.enclave_app.platform import VirtualPlatform
 from charter.errors import CharterError
-from charter.member import Member
+from charter.identity import Network
+from charter.keygen import KeygenResult, generate_identity
+from charter.member import Member, decrypt_share, load_encryption_key
 from charter.sandbox import SANDBOX_SUBJECT_ALT_NAMES, NodeProcess, Sandbox, free_port
-from charter.sdk import CharterClient
+from charter.sdk import GOV_API_VERSION, CharterClient
 
 pytestmark = pytest.mark.e2e
 
 RECOVERY_START_TIMEOUT_S = 180.0
 OPEN_TIMEOUT_S = 60.0
-
-
-def _dead_node_secrets(workspace: Path, measurement: str) -> list[tuple[int, bytes]]:
-    """TEST-ONLY: the ledger secrets in a node's sealed state, unsealed with the virtual
-    platform's key file (until recovery shares replace this)."""
-    platform = VirtualPlatform(workspace, measurement)
-    identity = Identity.from_bytes(platform.unseal((workspace / "sealed.bin").read_bytes()))
-    return list(identity.ledger_secrets)
+CLI_TIMEOUT_S = 120.0
+REKEY = [{"name": "trigger_ledger_rekey", "args": {}}]
 
 
 def _recovery_start(
@@ -139,25 +135,6 @@ async def _pass(client: CharterClient, sb: Sandbox, actions: list[dict[str, Any]
     assert proposal.state == "Accepted", proposal
 
 
-async def _give_secrets(
-    client: CharterClient, sb: Sandbox, secrets: list[tuple[int, bytes]]
-) -> Any:
-    payload = json.dumps(
-        {
-            "ledger_secrets": [
-                {"seqno": seqno, "secret": base64.b64encode(secret).decode()}
-                for seqno, secret in secrets
-            ]
-        }
-    ).encode()
-    member = Member(client, *sb.member_identities()[0])
-    return await client.post(
-        "/node/recovery/virtual/ledger-secrets",
-        data=member.envelope("proposal", payload),
-        headers={"Content-Type": "application/cose"},
-    )
-
-
 async def _wait_status(client: CharterClient, status: str) -> dict[str, Any]:
     deadline = time.monotonic() + OPEN_TIMEOUT_S
     network: dict[str, Any] = {}
@@ -172,35 +149,146 @@ async def _wait_status(client: CharterClient, status: str) -> dict[str, Any]:
     raise AssertionError(f"service not {status}: {network}")
 
 
-async def _recover_and_open(
+def _charter(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "charter"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_S,
+    )
+
+
+async def _open_naming_both_identities(
+    c: CharterClient, sb: Sandbox, previous_cert: Path, new_cert: Path
+) -> None:
+    """The members' first step: open the recovering service, naming the previous service
+    identity and the new one; it then waits for their shares."""
+    await _pass(
+        c,
+        sb,
+        [
+            {
+                "name": "transition_service_to_open",
+                "args": {
+                    "previous_service_identity": previous_cert.read_text(),
+                    "next_service_identity": new_cert.read_text(),
+                },
+            }
+        ],
+    )
+    await _wait_status(c, "WaitingForRecoveryShares")
+
+
+async def _share_of(c: CharterClient, member: Member, encryption_key: Path) -> bytes:
+    return decrypt_share(load_encryption_key(encryption_key), await c.encrypted_share(member.id))
+
+
+async def _refused(submission: Any) -> tuple[int | None, str]:
+    with pytest.raises(CharterError) as refused:
+        await submission
+    return refused.value.status, refused.value.code
+
+
+async def _still_waiting(c: CharterClient, submitted: int) -> None:
+    """Nothing opened the service and no submission beyond `submitted` was kept."""
+    status = await c.recovery_status()
+    assert status["serviceStatus"] == "WaitingForRecoveryShares", status
+    assert (status["submittedCount"], status["stillNeeded"]) == (submitted, 2 - submitted)
+    assert (await c.node_state())["state"] == "PartOfPublicNetwork"
+
+
+async def _wait_open(c: CharterClient) -> None:
+    await _wait_status(c, "Open")
+    state = await c.node_state()
+    assert state["state"] == "PartOfNetwork", state
+    status = await c.recovery_status()
+    assert (status["serviceStatus"], status["submittedCount"]) == ("Open", 0), status
+
+
+async def _first_recovery_shares(
+    c: CharterClient,
     sb: Sandbox,
     node: NodeProcess,
-    previous_cert: Path,
     new_cert: Path,
-    secrets: list[tuple[int, bytes]],
+    late: KeygenResult,
+    removed_share: bytes,
+    tmp_path: Path,
 ) -> None:
-    """What the members do: open the recovered service naming both identities, then
-    (virtual stand-in for shares) give it the old secrets; wait until it is open."""
-    async with _client(node, new_cert, sb) as c:
-        await _pass(
-            c,
-            sb,
-            [
-                {
-                    "name": "transition_service_to_open",
-                    "args": {
-                        "previous_service_identity": previous_cert.read_text(),
-                        "next_service_identity": new_cert.read_text(),
-                    },
-                }
-            ],
-        )
-        await _wait_status(c, "WaitingForRecoveryShares")
-        answer = await _give_secrets(c, sb, secrets)
-        assert answer.status == 200, answer.body
-        await _wait_status(c, "Open")
-        state = await c.node_state()
-        assert state["state"] == "PartOfNetwork"
+    """k = 2 recovery members of {member0, member1, late}: member0 through the SDK, every
+    refusal, then `late` (added after genesis) with `charter recovery share`."""
+    network = Network.load(sb.network_path)
+    identities = sb.member_identities()
+    member0 = Member(c, *identities[0])
+    removed = Member(c, *identities[2])
+    late_member = Member(c, late.cert_path, late.key_path)
+    status = await c.recovery_status()
+    assert sorted(status["recoveryMembers"]) == sorted(
+        [member0.id, Member(c, *identities[1]).id, late_member.id]
+    )
+    assert (status["submittedCount"], status["stillNeeded"]) == (0, 2)
+
+    share0 = await _share_of(c, member0, network.member_encryption_key(0))
+    payload = json.dumps({"share": base64.b64encode(share0).decode()}).encode()
+    envelope = member0.envelope("recovery_share", payload)
+    path = f"/gov/recovery/members/{member0.id}:recover"
+    params = {"api-version": GOV_API_VERSION}
+    headers = {"Content-Type": "application/cose"}
+    first = await c.post(path, data=envelope, params=params, headers=headers)
+    assert first.status == 200, first.body
+    assert first.body["submittedCount"] == 1
+    replayed = await c.post(path, data=envelope, params=params, headers=headers)
+    assert (replayed.status, replayed.body["error"]["code"]) == (400, "RequestReplay")
+    await _still_waiting(c, 1)
+
+    late_share = await _share_of(c, late_member, late.enc_priv_path)  # type: ignore[arg-type]
+    tampered = bytearray(late_share)
+    tampered[5] ^= 0x40
+    assert await _refused(late_member.submit_share(bytes(tampered))) == (
+        400,
+        "InvalidRecoveryShare",
+    )
+    outsider = generate_identity("outsider", tmp_path / "outsider")
+    assert await _refused(
+        Member(c, outsider.cert_path, outsider.key_path).submit_share(late_share)
+    ) == (401, "UnknownMember")
+    # Removed before the disaster: it holds no share, and the one it held is refused.
+    assert await _refused(c.encrypted_share(removed.id)) == (404, "ResourceNotFound")
+    assert await _refused(removed.submit_share(removed_share)) == (403, "MemberRetired")
+    await _still_waiting(c, 1)  # k-1 shares: still not open
+
+    done = await asyncio.to_thread(
+        _charter,
+        "recovery", "share", "--url", node.url, "--service-cert", new_cert,
+        "--cert", late.cert_path, "--key", late.key_path, "--enc-key", late.enc_priv_path,
+        "--json",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert (doc["memberId"], doc["submittedCount"]) == (late_member.id, 2), doc
+    await _wait_open(c)
+
+
+async def _second_recovery_shares(
+    c: CharterClient, sb: Sandbox, node: NodeProcess, new_cert: Path, late: KeygenResult
+) -> None:
+    """member1 with `charter recovery share --member 1`, `late` through the SDK: shares the
+    first recovery issued."""
+    status = await asyncio.to_thread(
+        _charter, "recovery", "status", "--url", node.url, "--service-cert", new_cert, "--json"
+    )
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["stillNeeded"] == 2
+    done = await asyncio.to_thread(
+        _charter,
+        "recovery", "share", "--network", sb.network_path, "--member", "1",
+        "--url", node.url, "--service-cert", new_cert,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "1/2 recovery shares successfully submitted" in done.stdout, done.stdout
+    late_member = Member(c, late.cert_path, late.key_path)
+    result = await late_member.recover(late.enc_priv_path)  # type: ignore[arg-type]
+    assert result["message"].endswith("End of recovery procedure initiated"), result
+    await _wait_open(c)
 
 
 def test_service_recovered_from_one_nodes_ledger_keeps_every_committed_write(
@@ -227,16 +315,34 @@ async def _scenario(sb: Sandbox, tmp_path: Path, recovery_nodes: list[NodeProces
     written: dict[tuple[int, bool], str] = {}
     txids = {}
     for key in range(12):
+        if key == 6:  # a rekey before the disaster: the shares must walk back past it
+            async with sb.client() as c:
+                await sb.pass_proposal(c, REKEY)
         for public in (False, True):
             msg = f"{'public' if public else 'private'} value {key}"
             txids[(key, public)] = await write(sb, sb.nodes[key % 3], key, msg, public=public)
             written[(key, public)] = msg
+    # The members change before the disaster: a member added after genesis (with an
+    # encryption key, acked), member 2 removed (its share fetched while it held one).
+    late = generate_identity("late", tmp_path / "late", encryption_key=True)
+    network = Network.load(sb.network_path)
+    async with sb.client() as c:
+        removed = Member(c, *sb.member_identities()[2])
+        removed_share = await _share_of(c, removed, network.member_encryption_key(2))
+        set_late = {
+            "cert": late.cert_path.read_text(),
+            "encryption_pub_key": late.enc_pub_path.read_text(),
+        }  # type: ignore[union-attr]
+        await sb.pass_proposal(c, [{"name": "set_member", "args": set_late}])
+        await Member(c, late.cert_path, late.key_path).ack()
+        await sb.pass_proposal(c, [{"name": "remove_member", "args": {"member_id": removed.id}}])
+    txids[(12, False)] = await write(sb, sb.nodes[0], 12, "after the member changes")
+    written[(12, False)] = "after the member changes"
     last = max(t.seqno for t in txids.values())
     for node in sb.nodes:
         await wait_committed_on(sb, node, last)
     async with sb.client(sb.nodes[0], user=0) as c:
         old_receipt = await c.receipt(txids[(3, False)])
-        measurement = (await c.get_json("/node/quotes/self"))["measurement"]
     check_receipt_with_ccf(old_receipt, old_cert.read_text())
     assert old_receipt["service_endorsements"] == []
 
@@ -244,7 +350,6 @@ async def _scenario(sb: Sandbox, tmp_path: Path, recovery_nodes: list[NodeProces
     for node in sb.nodes:
         node.kill()
     third = sb.nodes[2].directory / "workspace"
-    secrets = _dead_node_secrets(third, measurement)  # TEST-ONLY, see the module docstring
     for node in sb.nodes[:2]:
         shutil.rmtree(node.directory / "workspace")
     (third / "sealed.bin").unlink()
@@ -268,7 +373,9 @@ async def _scenario(sb: Sandbox, tmp_path: Path, recovery_nodes: list[NodeProces
         assert refused.status == 503, refused.body
         assert refused.body["error"]["code"] == "FrontendNotOpen"
 
-    await _recover_and_open(sb, node, old_cert, new_cert, secrets)
+    async with _client(node, new_cert, sb) as c:
+        await _open_naming_both_identities(c, sb, old_cert, new_cert)
+        await _first_recovery_shares(c, sb, node, new_cert, late, removed_share, tmp_path)
 
     async with _client(node, new_cert, sb, user=0) as c:
         for (key, public), msg in written.items():
@@ -315,12 +422,9 @@ async def _scenario(sb: Sandbox, tmp_path: Path, recovery_nodes: list[NodeProces
     assert int(validated["txid"].split(".")[1]) > last
 
     # A second recovery on top of the first chains the endorsements.
-    secrets2 = [*secrets]
     _kill(joiner)
     _kill(node)
     await asyncio.sleep(0.5)
-    second_secrets = _dead_node_secrets(tmp_path / "recovery1" / "workspace", measurement)
-    assert second_secrets[: len(secrets2)] == secrets2
     info2, node2 = _recovery_start(
         tmp_path / "recovery1" / "workspace" / "ledger", new_cert, tmp_path / "recovery2"
     )
@@ -328,7 +432,9 @@ async def _scenario(sb: Sandbox, tmp_path: Path, recovery_nodes: list[NodeProces
     newest = Path(info2["service_cert"])
     async with _client(node2, newest, sb) as c:
         assert (await c.network())["recovery_count"] == 2
-    await _recover_and_open(sb, node2, new_cert, newest, second_secrets)
+    async with _client(node2, newest, sb) as c:
+        await _open_naming_both_identities(c, sb, new_cert, newest)
+        await _second_recovery_shares(c, sb, node2, newest, late)
     async with _client(node2, newest, sb, user=0) as c:
         assert (await read_with(c, 3)) == written[(3, False)]
         assert (await read_with(c, 100)) == "after"

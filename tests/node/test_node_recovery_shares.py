@@ -8,7 +8,6 @@ import base64
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -17,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from charter.enclave_app import interface as itf
 from charter.enclave_app import node_endpoints
 from charter.enclave_app.app import HttpResponse
+from charter.enclave_app.errors import HttpError
 from charter.enclave_app.node import Node
 from charter.enclave_app.node.shares import OAEP, RecoveryShareError, recover_ledger_secrets
 from charter.enclave_app.platform import VirtualPlatform
@@ -60,6 +60,13 @@ class Member:
         return cose.sign1(self.key, protected, body)
 
 
+def _node(config: itf.NodeConfig, tmp: Path) -> Node:
+    node = Node(config, VirtualPlatform(tmp), load_app(config.app))
+    node.routes.include(node_endpoints.build(node))
+    include_governance(node)
+    return node
+
+
 class Service:
     def __init__(self, tmp: Path, members: list[Member], threshold: int) -> None:
         tmp.mkdir(parents=True, exist_ok=True)
@@ -79,12 +86,38 @@ class Service:
                 },
             }
         )
-        self.node = Node(config, VirtualPlatform(tmp), load_app(config.app))
-        self.node.routes.include(node_endpoints.build(self.node))
-        include_governance(self.node)
+        self.node = _node(config, tmp)
+        self.ledger: dict[int, bytes] = {}
         self.node.start_new_network(initial_members(config), None)
         self.members = list(members)
         self.settle()
+
+    @classmethod
+    def recovering(cls, tmp: Path, old: Service) -> Service:
+        """A real recovering node (start mode `recover`) on a copy of `old`'s ledger, as
+        `charter recovery start` lays one out: public replay done, new identity, waiting
+        for the members to open it."""
+        tmp.mkdir(parents=True, exist_ok=True)
+        info = gt.service_info(old.node.store.begin())
+        assert info is not None
+        previous = tmp / "previous_service_cert.pem"
+        previous.write_text(info["cert"])
+        config = itf.NodeConfig.model_validate(
+            {
+                "workspace": str(tmp),
+                "start": {"mode": "recover", "previous_service_identity": str(previous)},
+            }
+        )
+        svc = cls.__new__(cls)
+        svc.node = _node(config, tmp)
+        svc.members = list(old.members)
+        svc.ledger = dict(old.ledger)
+        svc.node.start_recovery(info["cert"])
+        for seqno in sorted(old.ledger):
+            svc.node.replay_public(old.ledger[seqno])
+        svc.node.public_ledger_replayed()
+        svc.settle()
+        return svc
 
     def settle(self) -> None:
         node = self.node
@@ -93,7 +126,11 @@ class Service:
             frames, node.outbox = node.outbox, []
             for frame in frames:
                 if isinstance(frame, itf.WriteEntries):
+                    self.ledger.update(frame.entries)
                     node.durable(max(s for s, _ in frame.entries))
+                elif isinstance(frame, itf.Truncate):
+                    for seqno in [s for s in self.ledger if s > frame.seqno]:
+                        del self.ledger[seqno]
 
     def post(self, path: str, body: bytes) -> HttpResponse:
         headers = {"content-type": "application/cose"}
@@ -263,19 +300,6 @@ def test_raising_the_threshold_reissues_shares_that_need_more_members(tmp_path: 
     assert svc.recover({m.id: svc.share(m) for m in members}) == svc.secrets()
 
 
-def _wait_for_shares(svc: Service) -> None:
-    """Put the service where the recovery start mode leaves it (WaitingForRecoveryShares):
-    the submission endpoint's refusals are this module's to test; the recovery state itself
-    is the recover start mode's."""
-    tx = svc.node.store.begin()
-    info = gt.service_info(tx)
-    assert info is not None
-    info["status"] = "WaitingForRecoveryShares"
-    gt.put_json(tx, gt.SERVICE_INFO, gt.SINGLETON_KEY, info)
-    svc.node.commit_tx(tx)
-    svc.settle()
-
-
 def _submit(svc: Service, m: Member, share: bytes, *, signer: Member | None = None) -> HttpResponse:
     body = (signer or m).sign(
         "recovery_share", {"share": base64.b64encode(share).decode()}, svc.node.now_s()
@@ -287,18 +311,46 @@ def _error(response: HttpResponse) -> str:
     return str(json.loads(response.body)["error"]["code"])
 
 
+def _write(svc: Service, key: bytes, value: bytes) -> None:
+    tx = svc.node.store.begin()
+    tx.put("records", key, value)
+    svc.node.commit_tx(tx)
+    svc.node.emit_signature()
+    svc.settle()
+
+
+def _open_recovered(svc: Service, old: Service) -> None:
+    old_info = gt.service_info(old.node.store.begin())
+    new_info = gt.service_info(svc.node.store.begin())
+    assert old_info is not None and new_info is not None
+    args = {
+        "previous_service_identity": old_info["cert"],
+        "next_service_identity": new_info["cert"],
+    }
+    svc.passed([{"name": "transition_service_to_open", "args": args}])
+
+
 def test_share_submissions_are_refused_each_with_its_own_code(tmp_path: Path) -> None:
     members = [Member.make(f"m{i}") for i in range(3)]
-    svc = Service(tmp_path, members, threshold=2)
+    old = Service(tmp_path / "old", members, threshold=2)
     for m in members:
-        svc.ack(m)
-    svc.passed([{"name": "transition_service_to_open", "args": {}}])
-    shares = {m.id: svc.share(m) for m in members}
+        old.ack(m)
+    old.passed([{"name": "transition_service_to_open", "args": {}}])
+    _write(old, b"before", b"private before the rekey")
+    old.passed([{"name": "trigger_ledger_rekey", "args": {}}])
+    _write(old, b"after", b"private after the rekey")
+    old_secrets = old.secrets()
+
+    svc = Service.recovering(tmp_path / "new", old)
+    assert json.loads(svc.get("/node/state").body)["state"] == "PartOfPublicNetwork"
+    shares = {m.id: svc.share(m) for m in members}  # the old service's, replayed
     first = members[0]
 
     refused = _submit(svc, first, shares[first.id])
     assert (refused.status, _error(refused)) == (403, "ServiceNotWaitingForRecoveryShares")
-    _wait_for_shares(svc)
+    _open_recovered(svc, old)
+    status = json.loads(svc.get("/gov/recovery/status").body)
+    assert status["serviceStatus"] == "WaitingForRecoveryShares"
 
     outsider = Member.make("outsider")
     refused = _submit(svc, outsider, shares[first.id])
@@ -311,6 +363,7 @@ def test_share_submissions_are_refused_each_with_its_own_code(tmp_path: Path) ->
     assert (refused.status, _error(refused)) == (400, "InvalidRecoveryShare")
     refused = _submit(svc, first, shares[members[1].id])  # another member's share
     assert (refused.status, _error(refused)) == (400, "InvalidRecoveryShare")
+    assert json.loads(svc.get("/gov/recovery/status").body)["submittedCount"] == 0
 
     body = first.sign(
         "recovery_share", {"share": base64.b64encode(shares[first.id]).decode()}, svc.node.now_s()
@@ -327,23 +380,88 @@ def test_share_submissions_are_refused_each_with_its_own_code(tmp_path: Path) ->
     assert status["submittedMembers"] == [first.id]
     assert (status["stillNeeded"], status["recoveryThreshold"]) == (1, 2)
     assert sorted(status["recoveryMembers"]) == sorted(m.id for m in members)
-    # The stored share is not the share in clear.
+    assert json.loads(svc.get("/node/state").body)["state"] == "PartOfPublicNetwork"
+    # The stored share is not the share in clear, and the recovering node's own fresh
+    # secret (from the seqno the new service starts at) is what it is stored under.
     stored = list(svc.node.store.begin().items("public:ccf.internal.encrypted_submitted_shares"))
     assert len(stored) == 1 and shares[first.id] not in stored[0][1]
+    recovery = svc.node.recovery
+    assert recovery is not None and recovery.recovery_target_seqno is not None
+    assert svc.secrets() == [(recovery.recovery_target_seqno + 1, svc.node.share_storage_key())]
 
-    # The k-th share: without a recovery part the node is not recovering, and nothing stays.
+    # The k-th share: the old secrets come back, the private ledger is replayed, and the
+    # service opens with every private value back.
     second = members[1]
-    refused = _submit(svc, second, shares[second.id])
-    assert (refused.status, _error(refused)) == (403, "ServiceNotRecovering")
-    assert json.loads(svc.get("/gov/recovery/status").body)["submittedCount"] == 1
-
-    # With one (the recover start mode's), the recovered secrets are handed over.
-    handed: list[list[tuple[int, bytes]]] = []
-    svc.node.recovery = SimpleNamespace(start_private_replay=handed.append)  # type: ignore[attr-defined]
     done = _submit(svc, second, shares[second.id])
     assert done.status == 200, done.body
     assert json.loads(done.body)["message"].endswith("End of recovery procedure initiated")
-    assert handed == [svc.secrets()]
+    assert json.loads(svc.get("/node/state").body)["state"] == "PartOfNetwork"
+    tx = svc.node.store.begin()
+    assert tx.get("records", b"before") == b"private before the rekey"
+    assert tx.get("records", b"after") == b"private after the rekey"
+    assert svc.secrets()[:-1] == old_secrets
+    status = json.loads(svc.get("/gov/recovery/status").body)
+    assert (status["serviceStatus"], status["submittedCount"]) == ("Open", 0)
+    # Shares were issued for the fresh secret, and they walk the chain back to seqno 1.
+    assert svc.recover({m.id: svc.share(m) for m in members[1:]}) == svc.secrets()
+    refused = _submit(svc, members[2], shares[members[2].id])
+    assert (refused.status, _error(refused)) == (403, "ServiceNotWaitingForRecoveryShares")
+
+
+def test_secrets_that_do_not_decrypt_the_copy_are_refused_and_change_nothing(
+    tmp_path: Path,
+) -> None:
+    """What the k-th share hands over goes through the real private replay: secrets that
+    do not decrypt the ledger copy get 409 RecoveryLedgerMismatch, the node stays where it
+    was (PartOfPublicNetwork, service WaitingForRecoveryShares), and the right ones then
+    still recover it."""
+    members = [Member.make(f"m{i}") for i in range(2)]
+    old = Service(tmp_path / "old", members, threshold=1)
+    for m in members:
+        old.ack(m)
+    old.passed([{"name": "transition_service_to_open", "args": {}}])
+    _write(old, b"k", b"private value")
+    svc = Service.recovering(tmp_path / "new", old)
+    _open_recovered(svc, old)
+    version = svc.node.store.version
+    with pytest.raises(HttpError) as refused:
+        svc.node.on_recovery_shares_complete([(1, bytes(32))])
+    assert (refused.value.status, refused.value.code) == (409, "RecoveryLedgerMismatch")
+    assert json.loads(svc.get("/node/state").body)["state"] == "PartOfPublicNetwork"
+    assert svc.node.store.version == version
+    assert gt.service_info(svc.node.store.begin())["status"] == "WaitingForRecoveryShares"  # type: ignore[index]
+    assert svc.node.store.begin().get("records", b"k") is None
+    done = _submit(svc, members[0], svc.share(members[0]))
+    assert done.status == 200, done.body
+    assert svc.node.store.begin().get("records", b"k") == b"private value"
+
+
+def test_a_threshold_set_while_recovering_applies_to_the_next_shares_not_these(
+    tmp_path: Path,
+) -> None:
+    """The members' shares are the old service's, split 2-of-3: lowering the threshold
+    while recovering neither re-issues them (which would lose the old secrets) nor lets one
+    share do; the recovered service's new shares are split with the new threshold."""
+    members = [Member.make(f"m{i}") for i in range(3)]
+    old = Service(tmp_path / "old", members, threshold=2)
+    for m in members:
+        old.ack(m)
+    old.passed([{"name": "transition_service_to_open", "args": {}}])
+    _write(old, b"k", b"private value")
+    svc = Service.recovering(tmp_path / "new", old)
+    shares = {m.id: svc.share(m) for m in members}
+    svc.passed([{"name": "set_recovery_threshold", "args": {"recovery_threshold": 1}}])
+    assert {m.id: svc.share(m) for m in members} == shares  # not re-issued
+    _open_recovered(svc, old)
+    status = json.loads(svc.get("/gov/recovery/status").body)
+    assert (status["recoveryThreshold"], status["stillNeeded"]) == (2, 2)
+    one = _submit(svc, members[0], shares[members[0].id])
+    assert one.status == 200 and json.loads(one.body)["submittedCount"] == 1, one.body
+    assert json.loads(svc.get("/node/state").body)["state"] == "PartOfPublicNetwork"
+    two = _submit(svc, members[2], shares[members[2].id])
+    assert two.status == 200, two.body
+    assert svc.node.store.begin().get("records", b"k") == b"private value"
+    assert svc.recover({members[1].id: svc.share(members[1])}) == svc.secrets()
 
 
 def test_a_rolled_back_rekey_takes_its_secret_with_it(tmp_path: Path) -> None:

@@ -159,10 +159,11 @@ def test_no_recovery_share_or_ledger_secret_appears_in_clear_on_the_host_side(
 def test_a_recovery_keeps_private_values_and_ledger_secrets_inside_the_enclave(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A whole recovery (public replay, the old secrets handed over, private replay, reads):
-    neither a private value nor a ledger secret appears on the recovery node's host side
-    (its files, logs, or any control-channel frame). The secrets reach the enclave through
-    the virtual platform's member-signed stand-in for shares, over TLS."""
+    """A whole recovery (public replay, the members' shares submitted, private replay,
+    reads): neither a private value, nor a ledger secret, nor a decrypted recovery share
+    appears on the recovery node's host side (its files, logs, or any control-channel
+    frame). The members decrypt their shares here, outside the node, and submit them over
+    TLS."""
     import base64
     import json
     import subprocess
@@ -170,7 +171,8 @@ def test_a_recovery_keeps_private_values_and_ledger_secrets_inside_the_enclave(
 
     from charter.enclave_app.identity import Identity
     from charter.enclave_app.platform import VirtualPlatform
-    from charter.member import Member
+    from charter.identity import Network
+    from charter.member import Member, decrypt_share, load_encryption_key
     from charter.sdk import CharterClient
 
     private_marker = f"private-{secrets.token_hex(16)}"
@@ -195,7 +197,8 @@ def test_a_recovery_keeps_private_values_and_ledger_secrets_inside_the_enclave(
     finally:
         sandbox.stop()
     old_workspace = sandbox.nodes[0].directory / "workspace"
-    # TEST-ONLY (the virtual platform protects nothing): the old secrets, from the sealed state.
+    # What to search for (not how the recovery gets them): the old secrets, from the dead
+    # node's sealed state, which the virtual platform's key file beside it opens.
     identity = Identity.from_bytes(
         VirtualPlatform(old_workspace, measurement).unseal(
             (old_workspace / "sealed.bin").read_bytes()
@@ -230,6 +233,7 @@ def test_a_recovery_keeps_private_values_and_ledger_secrets_inside_the_enclave(
     ports = json.loads((recovery / "workspace" / "ports.json").read_text())
     url = f"https://{ports['rpc_address']}"
     new_cert = Path(info["service_cert"])
+    submitted_shares: list[bytes] = []
 
     async def recover() -> None:
         async with CharterClient(url, new_cert) as c:
@@ -250,19 +254,15 @@ def test_a_recovery_keeps_private_values_and_ledger_secrets_inside_the_enclave(
                     break
                 proposal = await Member(c, cert, key).vote(proposal.proposal_id, True)
             assert proposal.state == "Accepted"
-            payload = json.dumps(
-                {
-                    "ledger_secrets": [
-                        {"seqno": s, "secret": base64.b64encode(k).decode()} for s, k in old_secrets
-                    ]
-                }
-            ).encode()
-            r = await c.post(
-                "/node/recovery/virtual/ledger-secrets",
-                data=Member(c, *members[0]).envelope("proposal", payload),
-                headers={"Content-Type": "application/cose"},
-            )
-            assert r.status == 200, r.body
+            network = Network.load(sandbox.network_path)
+            for i in range(2):  # the sandbox's recovery threshold
+                member = Member(c, *members[i])
+                share = decrypt_share(
+                    load_encryption_key(network.member_encryption_key(i)),
+                    await c.encrypted_share(member.id),
+                )
+                submitted_shares.append(share)
+                await member.submit_share(share)
             for _ in range(100):
                 if (await c.network())["service_status"] == "Open":
                     break
@@ -281,7 +281,8 @@ def test_a_recovery_keeps_private_values_and_ledger_secrets_inside_the_enclave(
     searched = [*_files_under(recovery), capture]
     assert capture.stat().st_size > 0, "the control channel capture is empty"
     needles = [private_marker.encode()]
-    for _, secret in old_secrets:
+    assert len(submitted_shares) == 2
+    for secret in [*(s for _, s in old_secrets), *submitted_shares]:
         needles += [secret, base64.b64encode(secret)]
     leaks = [str(p) for p in searched for n in needles if n in p.read_bytes()]
     assert not leaks, f"private plaintext or a ledger secret found in {leaks}"
