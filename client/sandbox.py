@@ -607,8 +607,11 @@ class Sandbox:
             await self._wait_service_status(client, ss.ServiceStatus.WAITING_FOR_RECOVERY_SHARES)
             for i, (cert, key) in enumerate(self.member_identities()):
                 status = await client.recovery_status()
-                if not status.get("stillNeeded"):
-                    break
+                waiting = (
+                    status.get("serviceStatus") == ss.ServiceStatus.WAITING_FOR_RECOVERY_SHARES
+                )
+                if not waiting or not status.get("stillNeeded"):
+                    break  # the threshold is met: the private ledger is being replayed
                 await Member(client, cert, key).recover(self.member_encryption_key(i))
             await self._wait_service_status(client, ss.ServiceStatus.OPEN)
 
