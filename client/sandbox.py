@@ -243,11 +243,12 @@ class Sandbox:
         """Whether the workspace holds a network started before (a start resumes it)."""
         return (self.workspace / "node0" / "workspace" / "sealed.bin").exists()
 
-    def existing_configs(self) -> list[dict[str, Any]]:
-        """The node configs an earlier run wrote, in node order (empty for a new workspace)."""
+    def existing_configs(self, directory: Path | None = None) -> list[dict[str, Any]]:
+        """The node configs an earlier run wrote, in node order (empty for a new workspace);
+        those of `directory` (a `recovered<N>/` archive) when given."""
         configs = []
         for i in range(NODES_MAX):
-            path = self.workspace / f"node{i}" / "node.json"
+            path = (directory or self.workspace) / f"node{i}" / "node.json"
             if not path.is_file():
                 break
             with contextlib.suppress(OSError, ValueError):
@@ -510,12 +511,22 @@ class Sandbox:
         with the member's encryption key) until the threshold is met; the private ledger is
         replayed and the service opens. The other nodes then join it afresh."""
         self.lock()
-        old_configs = self.existing_configs()
-        if not old_configs or not self.service_cert_path.is_file():
-            raise SandboxError(f"{self.workspace} holds no sandbox network to recover")
-        count = len(old_configs)
-        source = self._furthest_ledger(count)
-        archive = self._archive_dead_network(count)
+        archive_or_none = self.interrupted_recovery()
+        if archive_or_none is not None:
+            # An earlier recover() was stopped half-way: recover the network it archived, from
+            # the same ledger, not the half-recovered one (whose new secrets no share covers).
+            archive = archive_or_none
+            self._set_aside_interrupted(archive)
+            old_configs = self.existing_configs(archive)
+            count = len(old_configs)
+            source = self._furthest_ledger(count, archive)
+        else:
+            old_configs = self.existing_configs()
+            if not old_configs or not self.service_cert_path.is_file():
+                raise SandboxError(f"{self.workspace} holds no sandbox network to recover")
+            count = len(old_configs)
+            source = self._furthest_ledger(count, self.workspace)
+            archive = self._archive_dead_network(count)
         ledger_copy = archive / f"node{source}" / "workspace" / "ledger"
         previous_cert = archive / "service_cert.pem"
         self.app = str(old_configs[0].get("app", self.app))
@@ -535,14 +546,51 @@ class Sandbox:
         await self.wait_for_primary()
         self.write_network()
 
-    def _furthest_ledger(self, count: int) -> int:
+    def interrupted_recovery(self) -> Path | None:
+        """The `recovered<N>/` archive of an earlier `recover()` that did not finish (it
+        writes network.json last), or None. Its dead network is the one to recover still."""
+        if self.network_path.exists():
+            return None
+        k = 1
+        while (self.workspace / f"recovered{k}").exists():
+            k += 1
+        if k == 1:
+            return None
+        archive = self.workspace / f"recovered{k - 1}"
+        if not (archive / "service_cert.pem").is_file() or not self.existing_configs(archive):
+            return None
+        return archive
+
+    def configs_to_recover(self) -> list[dict[str, Any]]:
+        """The configs of the nodes `recover()` will bring back."""
+        archive = self.interrupted_recovery()
+        return self.existing_configs(archive) if archive is not None else self.existing_configs()
+
+    def _set_aside_interrupted(self, archive: Path) -> None:
+        """Move what an interrupted recover() started (its nodes, its new service certificate)
+        into `archive/interrupted<M>/`: nothing is deleted, and node<i>/ are free again."""
+        m = 1
+        while (archive / f"interrupted{m}").exists():
+            m += 1
+        aside = archive / f"interrupted{m}"
+        aside.mkdir()
+        for i in range(NODES_MAX):
+            node_dir = self.workspace / f"node{i}"
+            if not node_dir.exists():
+                break
+            node_dir.rename(aside / f"node{i}")
+        if self.service_cert_path.exists():
+            self.service_cert_path.rename(aside / "service_cert.pem")
+        self._ports_taken.clear()
+
+    def _furthest_ledger(self, count: int, directory: Path) -> int:
         """Which old node left the largest ledger (any node's may serve: the recovery cuts it
         back to its last valid signature; the largest holds the most of what committed)."""
         from charter.cli_recovery_start import ledger_copy_plan
 
         best: tuple[int, int] | None = None
         for i in range(count):
-            ledger = self.workspace / f"node{i}" / "workspace" / "ledger"
+            ledger = directory / f"node{i}" / "workspace" / "ledger"
             try:
                 plan = ledger_copy_plan(ledger)
             except ValueError:

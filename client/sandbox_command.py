@@ -98,8 +98,15 @@ async def _serve(sandbox: Sandbox, *, recover: bool = False) -> int:
         loop.add_signal_handler(sig, stop.set)
     sandbox.lock()  # before printing anything: a running sandbox is left untouched
     resuming = sandbox.holds_network()
-    count = len(sandbox.existing_configs()) if resuming or recover else sandbox.node_count
+    count = len(sandbox.existing_configs()) if resuming else sandbox.node_count
     if recover:
+        count = len(sandbox.configs_to_recover())
+        interrupted = sandbox.interrupted_recovery()
+        if interrupted is not None:
+            console.print(
+                f"An earlier --recover did not finish: recovering the network in {interrupted} "
+                f"again (what it had started moves to {interrupted}/interrupted<M>/) …"
+            )
         console.print(
             f"Recovering the {count}-node network of {sandbox.workspace} from its ledger "
             "(the old nodes move to recovered<N>/) …"
@@ -226,7 +233,7 @@ def run(argv: list[str]) -> int:
     try:
         sandbox.lock()  # first: a running sandbox gets one line and nothing else
         if args.recover:
-            if not sandbox.existing_configs():
+            if not sandbox.configs_to_recover():
                 raise SandboxError(f"--recover: {args.workspace} holds no network to recover")
             if args.nodes is not None or args.port_base is not None or args.app is not None:
                 raise SandboxError(

@@ -75,3 +75,10 @@ class AppLoadError(EnclaveAppError):
     """
 
     default_code = "AppLoadError"
+
+
+class StartRefused(EnclaveAppError):
+    """The node's workspace cannot be started as it is (e.g. a recovery node stopped before
+    its recovery completed). One line saying why and what to do instead; no stack trace."""
+
+    default_code = "StartRefused"

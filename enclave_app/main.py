@@ -34,7 +34,7 @@ from charter.enclave_app import interface as itf
 from charter.enclave_app.app import HttpResponse
 from charter.enclave_app.attestation import UnapprovedCode
 from charter.enclave_app.console import Console
-from charter.enclave_app.errors import AppLoadError
+from charter.enclave_app.errors import AppLoadError, StartRefused
 from charter.enclave_app.http_server import (
     BodyError,
     HttpServer,
@@ -42,6 +42,7 @@ from charter.enclave_app.http_server import (
     json_error,
     read_body,
 )
+from charter.enclave_app.identity import IdentityError
 from charter.enclave_app.loop import run_loop
 from charter.enclave_app.node import TXID_HEADER, Forwarded, Node
 from charter.enclave_app.operator_files import SNAPSHOT_NAME_HEADER
@@ -211,7 +212,19 @@ class Runtime:
                 self.flush()
                 asyncio.get_running_loop().create_task(self._join(config))
                 return
-            await self._replay_own_ledger(frame.ledger_last_seqno)
+            try:
+                await self._replay_own_ledger(frame.ledger_last_seqno)
+            except IdentityError as exc:
+                if config.start.mode != "recover":
+                    raise
+                # Stopped before the members' shares gave it the old ledger secrets: what it
+                # sealed cannot read the ledger it was recovering; the old copy is untouched.
+                raise StartRefused(
+                    "this recovery node was stopped before its recovery completed (its sealed "
+                    f"state cannot read the old ledger: {exc}); it cannot be resumed: start "
+                    "the recovery again from the old ledger copy in a new directory "
+                    "(charter recovery start --ledger OLD --dir NEW)"
+                ) from None
             node.resumed()
             self._serve_held()
         elif config.start.mode == "join":
@@ -434,7 +447,7 @@ class Runtime:
         frames = loop.create_task(self.frame_loop())
         try:
             await self.start(frame)
-        except AppLoadError as exc:
+        except (AppLoadError, StartRefused) as exc:
             # The operator's mistake, said in one line: a stack trace would only bury it.
             self.fatal(exc.message)
             await asyncio.sleep(0.2)

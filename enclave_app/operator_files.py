@@ -20,6 +20,7 @@ nothing it returns is served unchecked.
 from __future__ import annotations
 
 import logging
+import re
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -42,6 +43,8 @@ LEDGER_CHUNK_NAME_HEADER = "x-ms-ccf-ledger-chunk-name"
 SNAPSHOT_NAME_HEADER = "x-ms-ccf-snapshot-name"
 FEATURE_BY_KIND = {"ledger_chunk": "LedgerChunkRead", "snapshot": "SnapshotRead"}
 SEQNO_DIGITS_MAX = 19
+# ASCII digits only: str.isdigit() also accepts e.g. "²", which int() refuses.
+_SEQNO = re.compile(rf"[0-9]{{1,{SEQNO_DIGITS_MAX}}}")
 
 ReadFile = Callable[[str, str, int], Awaitable[itf.OperatorFileRead]]
 
@@ -55,7 +58,7 @@ def handles(path: str) -> bool:
 
 def _since(query_string: str) -> int | None:
     values = urllib.parse.parse_qs(query_string[:1024], max_num_fields=8).get("since", [])
-    if len(values) != 1 or not values[0].isdigit() or len(values[0]) > SEQNO_DIGITS_MAX:
+    if len(values) != 1 or _SEQNO.fullmatch(values[0]) is None:
         return None
     return int(values[0])
 

@@ -18,7 +18,8 @@ The cleanup rule, in full:
   no chunk is deleted. Deletion goes oldest first and stops at the first chunk it may not
   delete, so the ledger directory always holds one contiguous run of chunks (as a ledger
   must): an archive copy that is missing, or that differs (logged), holds back that chunk
-  and every later one until the archive is put right.
+  and every later one until the archive is put right. An archive directory that is gone, is
+  not a directory or cannot be listed holds them all back likewise, logged once.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -179,6 +181,9 @@ class FilesCleanup:
         # Chunks whose archive copy differed, with the archive file's (size, mtime): logged
         # once, compared again only once the archive file changes.
         self._differs: dict[str, tuple[int, int]] = {}
+        # Why the archive directory itself cannot be used (gone, not a directory, unreadable):
+        # logged once when it becomes so, and once when it is usable again.
+        self._archive_problem: str | None = None
 
     @property
     def enabled(self) -> bool:
@@ -215,10 +220,14 @@ class FilesCleanup:
             local = self.ledger_dir / name
             archived = self.archive_dir / name
             try:
-                stat = archived.stat()
+                archived_stat = archived.stat()
             except OSError:
-                return  # not archived (yet): it and all later chunks stay
-            mark = (stat.st_size, stat.st_mtime_ns)
+                # Not archived (yet): it and all later chunks stay; say so if the archive
+                # directory itself is the reason.
+                self._note_archive_problem(name)
+                return
+            self._note_archive_problem(None)
+            mark = (archived_stat.st_size, archived_stat.st_mtime_ns)
             if self._differs.get(name) == mark:
                 report.chunks_blocked.append(name)
                 return
@@ -245,3 +254,30 @@ class FilesCleanup:
                 local_digest.hex(),
                 archived,
             )
+
+    def _note_archive_problem(self, kept: str | None) -> None:
+        """Log once why chunks stay while the archive directory is unusable (`kept`: the
+        first chunk held back, None when its archive copy was found), and once when it can
+        be used again."""
+        assert self.archive_dir is not None
+        problem = None
+        if kept is not None:
+            try:
+                if not stat.S_ISDIR(os.stat(self.archive_dir).st_mode):
+                    problem = "not a directory"
+                else:
+                    os.listdir(self.archive_dir)
+            except OSError as e:
+                problem = e.strerror or type(e).__name__
+        if problem == self._archive_problem:
+            return
+        if problem is not None:
+            _log.warning(
+                "event=ledger_archive_unusable archive=%s reason=%s kept_from=%s",
+                self.archive_dir,
+                problem,
+                kept,
+            )
+        else:
+            _log.info("event=ledger_archive_usable archive=%s", self.archive_dir)
+        self._archive_problem = problem

@@ -535,10 +535,27 @@ class StorageWorker:
         await self._call(self.storage.commit, frame.seqno)
         self._cleanup_due = True
 
+    async def _read(self, fallback: Frame, fn: Callable[..., Frame], *args: Any) -> None:
+        """Reply with what a read found; a read that fails (a file or directory the operator
+        removed or replaced meanwhile) is answered as found nothing, and logged: it must
+        not stop the worker, which also writes the ledger."""
+        try:
+            reply = await self._call(fn, *args)
+        except OSError as e:
+            _log.error(
+                "storage read failed frame=%s reason=%s", type(fallback).__name__, e.strerror
+            )
+            reply = fallback
+        self._reply(reply)
+
     async def _read_entries(self, frame: ReadEntries) -> None:
         s = self.storage
-        self._reply(
-            await self._call(s.read_entries, frame.request_id, frame.from_seqno, frame.to_seqno)
+        await self._read(
+            EntriesRead(request_id=frame.request_id, entries=[], first_seqno=frame.from_seqno),
+            s.read_entries,
+            frame.request_id,
+            frame.from_seqno,
+            frame.to_seqno,
         )
 
     async def _write_snapshot(self, frame: WriteSnapshot) -> None:
@@ -549,15 +566,22 @@ class StorageWorker:
         self._cleanup_due = self._cleanup_due or frame.committed
 
     async def _read_latest_snapshot(self, frame: ReadLatestSnapshot) -> None:
-        self._reply(await self._call(self.storage.read_latest_snapshot, frame.request_id))
+        await self._read(
+            SnapshotRead(request_id=frame.request_id, name=None, data=None),
+            self.storage.read_latest_snapshot,
+            frame.request_id,
+        )
 
     async def _store_sealed(self, frame: StoreSealed) -> None:
         await self._call(self.storage.store_sealed, frame.blob)
 
     async def _read_operator_file(self, frame: ReadOperatorFile) -> None:
         s = self.storage
-        self._reply(
-            await self._call(
-                s.read_operator_file, frame.request_id, frame.kind, frame.name, frame.since
-            )
+        await self._read(
+            OperatorFileRead(request_id=frame.request_id, name=None, data=None, size_bytes=0),
+            s.read_operator_file,
+            frame.request_id,
+            frame.kind,
+            frame.name,
+            frame.since,
         )

@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,64 @@ def test_a_dead_sandbox_is_recovered_by_its_members_with_every_committed_write(
         assert (workspace / "recovered2" / "service_cert.pem").read_text() == new_cert
         everything = {**before, **after}
         assert asyncio.run(_read_all(workspace, list(everything))) == everything
+    finally:
+        again.stop()
+    assert again.process.returncode == 0, "".join(again.stderr)
+
+
+# Log lines of the recovery node marking the moments a `--recover` is killed at.
+RECOVERY_MOMENTS = {
+    "public_replay": "to=ReadingPublicLedger",
+    "waiting_for_shares": "name=transition_service_to_open",
+    "after_the_kth_share": "event=recovery_shares_complete",
+}
+
+
+def _wait_recovery_log(workspace: Path, marker: str, timeout_s: float = 120.0) -> None:
+    log = workspace / "node0" / "node.log"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        archived = (workspace / "recovered1").is_dir() and log.is_file()
+        if archived and marker in log.read_text(errors="replace"):
+            return
+        time.sleep(0.002)
+    raise AssertionError(f"the recovery node never logged {marker!r}")
+
+
+@pytest.mark.parametrize("moment", list(RECOVERY_MOMENTS))
+def test_a_recover_killed_half_way_is_retried_from_the_same_dead_network(
+    tmp_path: Path, moment: str
+) -> None:
+    # Killed half-way, `--recover` used to retry on the half-recovered node alone: a 1-node
+    # network, from a ledger whose new entries no share decrypts (409 RecoveryLedgerMismatch).
+    env = _env()
+    workspace = tmp_path / "ws"
+    first = Running(["--nodes", "2", "--workspace", "ws"], tmp_path, env)
+    first.wait_ready()
+    before = {k: f"private value {k}" for k in range(1, 6)}
+    try:
+        asyncio.run(_write(workspace, before))
+        old_cert = (workspace / "service_cert.pem").read_text()
+    finally:
+        _kill_everything(workspace, first)
+
+    interrupted = Running(["--workspace", "ws", "--recover"], tmp_path, env)
+    try:
+        _wait_recovery_log(workspace, RECOVERY_MOMENTS[moment])
+    finally:
+        _kill_everything(workspace, interrupted)
+    assert not (workspace / "network.json").exists()  # it did not finish
+
+    again = Running(["--workspace", "ws", "--recover"], tmp_path, env)
+    try:
+        banner = again.wait_ready()
+        assert "An earlier --recover did not finish" in banner
+        assert "Recovering the 2-node network" in banner
+        assert not (workspace / "recovered2").exists()  # the same dead network, once
+        assert (workspace / "recovered1" / "service_cert.pem").read_text() == old_cert
+        assert (workspace / "recovered1" / "interrupted1" / "node0").is_dir()  # kept
+        assert asyncio.run(_read_all(workspace, list(before))) == before
+        assert asyncio.run(_read_all(workspace, list(before), node=1)) == before
     finally:
         again.stop()
     assert again.process.returncode == 0, "".join(again.stderr)

@@ -503,3 +503,74 @@ async def _damaged(sb: Sandbox, tmp_path: Path, recovery_nodes: list[NodeProcess
     assert state["recovery_replay_stopped"]["seqno"] == found_at
     assert f"last_signed_seqno={expected}" in _tail(node.log_path, 400)
     assert state["state"] == "PartOfPublicNetwork"
+
+
+def test_a_recovery_node_killed_before_the_shares_says_to_start_again_and_a_fresh_start_works(
+    tmp_path: Path,
+) -> None:
+    # Restarted as it was, it died with a stack trace ("IdentityError: no ledger secret
+    # applies to seqno 1"), not saying what the operator should do.
+    sb = start_sandbox(make_sandbox(tmp_path / "old", 1))
+    nodes: list[NodeProcess] = []
+    try:
+        txid = asyncio.run(write(sb, sb.nodes[0], 1, "private before the disaster"))
+        asyncio.run(wait_committed_on(sb, sb.nodes[0], txid.seqno))
+        old_cert = tmp_path / "old_service_cert.pem"
+        shutil.copy(sb.service_cert_path, old_cert)
+        sb.nodes[0].kill()
+        ledger = sb.nodes[0].directory / "workspace" / "ledger"
+        before = {p.name: p.read_bytes() for p in ledger.iterdir()}
+
+        _, first = _recovery_start(ledger, old_cert, tmp_path / "recovery1")
+        nodes.append(first)
+        _kill(first)  # public ledger replayed, no share submitted yet
+        restarted = subprocess.run(
+            [sys.executable, "-m", "charter.host", "--config", str(first.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=CLI_TIMEOUT_S,
+        )
+        assert restarted.returncode == 1
+        fatal = json.loads((first.directory / "workspace" / "ports.json").read_text())["fatal"]
+        assert "stopped before its recovery completed" in fatal, fatal
+        assert "charter recovery start" in fatal and "a new directory" in fatal
+        assert "Traceback" not in restarted.stdout + restarted.stderr
+        assert {p.name: p.read_bytes() for p in ledger.iterdir()} == before  # untouched
+
+        # The same copy recovers in a new directory.
+        info, second = _recovery_start(ledger, old_cert, tmp_path / "recovery2")
+        nodes.append(second)
+        asyncio.run(_recover_with_shares(sb, second, Path(info["service_cert"]), old_cert))
+    finally:
+        sb.stop()
+        for node in nodes:
+            _kill(node)
+
+
+async def _recover_with_shares(
+    sb: Sandbox, node: NodeProcess, new_cert: Path, old_cert: Path
+) -> None:
+    async with _client(node, new_cert, sb) as c:
+        await _pass(
+            c,
+            sb,
+            [
+                {
+                    "name": "transition_service_to_open",
+                    "args": {
+                        "previous_service_identity": old_cert.read_text(),
+                        "next_service_identity": new_cert.read_text(),
+                    },
+                }
+            ],
+        )
+        await _wait_status(c, "WaitingForRecoveryShares")
+        for i, (cert, key) in enumerate(sb.member_identities()):
+            status = await c.recovery_status()
+            if status.get("serviceStatus") != "WaitingForRecoveryShares":
+                break  # the threshold was met: the private ledger is being replayed
+            await Member(c, cert, key).recover(sb.member_encryption_key(i))
+        await _wait_status(c, "Open")
+    async with _client(node, new_cert, sb, user=0) as c:
+        doc = await c.get_json("/app/log/private", params={"id": "1"})
+    assert doc["msg"] == "private before the disaster"

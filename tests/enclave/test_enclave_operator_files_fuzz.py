@@ -5,11 +5,14 @@ changed, cut or random bytes, and passes the chunk exactly as written."""
 from __future__ import annotations
 
 import random
+import urllib.parse
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from charter.enclave_app.operator_files import check_chunk
+from charter.enclave_app.operator_files import _since, check_chunk
 from charter.ledger.chunks import parse_chunk, parse_chunk_name
 from charter.ledger.generate import GeneratedLedger, generate_ledger
 from charter.ledger.merkle import MerkleTree
@@ -96,3 +99,14 @@ def test_entries_compacted_out_of_the_tree_are_not_checked_against_it(
     changed = bytearray(data)
     changed[positions[-1] + (len(data) - positions[-1]) // 2] ^= 0x01
     assert check_chunk(tree, bytes(changed), path.name) is not None
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.text(max_size=30), st.sampled_from(["²", "١٢", "٣", "1²", "0", "-1", "+1"])))
+def test_a_since_query_value_is_an_ascii_seqno_or_refused_never_an_exception(value: str) -> None:
+    # `GET /node/ledger-chunk?since=²` answered 500: "²".isdigit() is True, int("²") raises.
+    since = _since("since=" + urllib.parse.quote(value))
+    if since is None:
+        assert not (value.isascii() and value.isdigit() and len(value) <= 19)
+    else:
+        assert value.isascii() and value.isdigit() and since == int(value)

@@ -4,6 +4,7 @@ fall back to read-only ledger directories and the archive, and the operator file
 from __future__ import annotations
 
 import hashlib
+import logging
 import shutil
 from pathlib import Path
 
@@ -299,3 +300,35 @@ def test_an_entry_sent_again_after_its_chunk_was_archived_and_removed_is_skipped
     assert s.write_entries([(21, entry(21))])
     s.flush()
     assert s.read_entries(1, 1, 21).entries == [*raws, entry(21)]
+
+
+def test_an_archive_directory_gone_or_replaced_by_a_file_keeps_every_chunk_and_says_why_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Chunks were held back silently: the operator could not tell why the disk kept filling.
+    caplog.set_level(logging.INFO, logger="charter.host.ledger_files")
+    archive = tmp_path / "archive"
+    s = make_storage(tmp_path, archive=archive)
+    written(s, 20)
+    archive_all(s, archive)
+    snapshot(s, 16)
+    local = sorted(p.name for p in s.ledger_dir.iterdir())
+    shutil.rmtree(archive)
+    assert s.run_cleanup().chunks_deleted == []
+    assert s.run_cleanup().chunks_deleted == []
+    assert sorted(p.name for p in s.ledger_dir.iterdir()) == local
+    gone = f"event=ledger_archive_unusable archive={archive} reason=No such file or directory"
+    assert caplog.text.count(gone) == 1  # once, not every pass
+    archive.write_bytes(b"a file where the archive directory should be")
+    assert s.run_cleanup().chunks_deleted == []
+    assert sorted(p.name for p in s.ledger_dir.iterdir()) == local
+    assert "reason=not a directory kept_from=ledger_1-5.committed" in caplog.text
+    # Put right: the next pass deletes what the archive holds, and says it is usable again.
+    archive.unlink()
+    archive_all(s, archive)
+    assert s.run_cleanup().chunks_deleted == [
+        "ledger_1-5.committed",
+        "ledger_6-10.committed",
+        "ledger_11-15.committed",
+    ]
+    assert f"event=ledger_archive_usable archive={archive}" in caplog.text

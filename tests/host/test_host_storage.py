@@ -202,3 +202,36 @@ async def test_worker_group_commits_writes_and_replies_durable_over_the_channel(
     worker.storage.close()
     host_end.close()
     enclave.close()
+
+
+async def test_a_read_that_fails_is_answered_as_nothing_and_the_worker_keeps_writing(
+    tmp_path: Path,
+) -> None:
+    # A directory where the latest committed snapshot file should be: reading it raised
+    # IsADirectoryError out of the worker, whose task then stopped the node.
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    host_end, enclave = ControlChannel(a, name="host"), ControlChannel(b, name="enclave")
+    failures: list[str] = []
+    storage = make_storage(tmp_path)
+    (storage.snapshots_dir / "snapshot_5_6.committed").mkdir()
+    worker = StorageWorker(storage, host_end.send, failures.append)
+
+    async def host_loop() -> None:
+        async for frame, _ in host_end:
+            await worker.submit(frame)
+
+    run = asyncio.create_task(worker.run())
+    tasks = [run, asyncio.create_task(host_loop())]
+    enclave.send(itf.ReadLatestSnapshot(request_id=1))
+    reply, _ = await asyncio.wait_for(enclave.receive(), 10)
+    assert reply == itf.SnapshotRead(request_id=1, name=None, data=None)
+    enclave.send(itf.WriteEntries(entries=[(1, entry(1))]))
+    durable, _ = await asyncio.wait_for(enclave.receive(), 10)
+    assert isinstance(durable, itf.Durable) and durable.seqno == 1
+    assert not run.done() and failures == []
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    worker.storage.close()
+    host_end.close()
+    enclave.close()
