@@ -242,8 +242,7 @@ class Storage:
         """
         entries: list[bytes] = []
         first = max(from_seqno, 1)
-        end = min(to_seqno, self.last_seqno)
-        if first > end:
+        if first > to_seqno:
             return EntriesRead(request_id=request_id, entries=entries, first_seqno=first)
         budget = [READ_REPLY_BYTES_MAX]
         try:
@@ -251,14 +250,22 @@ class Storage:
         except LedgerError as e:
             _log.error("ledger directory unreadable reason=%s", e)
             return EntriesRead(request_id=request_id, entries=entries, first_seqno=first)
-        local_first = reader.first_seqno if reader.chunks else self.last_seqno + 1
+        if reader.chunks:
+            local_first = reader.first_seqno
+        elif self.last_seqno:
+            local_first = self.last_seqno + 1
+        else:
+            # Nothing written here yet (a node that has just joined from a snapshot): all
+            # of it can only come from the read-only directories or the archive.
+            local_first = to_seqno + 1
         seqno = first
-        while seqno < local_first and seqno <= end:
-            taken = self._read_elsewhere(seqno, min(end, local_first - 1), entries, budget)
+        while seqno < local_first and seqno <= to_seqno:
+            taken = self._read_elsewhere(seqno, min(to_seqno, local_first - 1), entries, budget)
             if taken == 0:
                 break
             seqno += taken
-        if seqno >= local_first:
+        end = min(to_seqno, self.last_seqno)
+        if local_first <= seqno <= end:
             for _seqno, raw in reader.entries(seqno, end):
                 if not self._take(raw, entries, budget):
                     break

@@ -201,6 +201,20 @@ def test_entries_missing_locally_are_read_from_read_only_directories(tmp_path: P
     assert alone.read_entries(1, 3, 12).entries == []
 
 
+def test_a_node_that_has_written_nothing_yet_reads_old_entries_from_read_only_directories(
+    tmp_path: Path,
+) -> None:
+    # Just joined from a snapshot, before its first entry reached its own ledger: what came
+    # before is still found in the read-only directory (it was answered empty, a race the
+    # snapshot e2e test hit now and then).
+    full = make_storage(tmp_path, name="full")
+    raws = written(full, 20)
+    fresh = make_storage(tmp_path, name="fresh", read_only=[full.ledger_dir])
+    assert fresh.last_seqno == 0
+    assert fresh.read_entries(1, 2, 4).entries == raws[1:4]
+    assert make_storage(tmp_path, name="bare").read_entries(1, 2, 4).entries == []
+
+
 def test_uncommitted_chunks_of_a_read_only_directory_are_never_read(tmp_path: Path) -> None:
     full = make_storage(tmp_path, name="full")
     raws = written(full, 20, commit=10)
