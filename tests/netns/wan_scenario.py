@@ -210,6 +210,10 @@ async def snapshot_join_catches_up(net: WanNet, primary: int, writes: int) -> fl
     await wait_committed_on(sb, joiner, last.seqno, CATCH_UP_BOUND_S)
     took = time.monotonic() - started
     assert await read(sb, joiner, 40_000 + writes - 1) == f"before the join {writes - 1}"
+    # One write after the join, committed on the joiner: its ledger then holds entries past
+    # the snapshot (reading it at once raced the first entries' arrival).
+    after = await write(sb, sb.nodes[primary], 40_000 + writes, "after the join")
+    await wait_committed_on(sb, joiner, after.seqno, CATCH_UP_BOUND_S)
     # Its ledger files (a chunk closes at a signature past the chunk size, so the joiner's
     # may all still be open): they must start after seqno 1, i.e. at the snapshot.
     mine = [
