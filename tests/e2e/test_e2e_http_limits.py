@@ -163,6 +163,7 @@ async def test_a_client_trickling_header_bytes_is_cut_off_at_the_header_timeout(
             with contextlib.suppress(ConnectionError, ssl.SSLError):
                 await writer.drain()
             if reader.at_eof() or writer.is_closing():
+                closed = True  # the node closed (or reset) the session: what is promised
                 break
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(TRICKLE_INTERVAL_S):
