@@ -17,7 +17,7 @@ from typing import Any
 
 from cryptography import x509
 
-from charter.enclave_app.identity import Identity
+from charter.enclave_app.identity import LEDGER_SECRET_BYTES, Identity
 from charter.enclave_app.interface.config import (
     SAN_COUNT_MAX,
     address_host,
@@ -115,6 +115,34 @@ def renew_service(core: NodeCore, tx: Tx, renewal: ServiceRenewal) -> x509.Certi
     gt.put_json(tx, gt.SERVICE_INFO, gt.SINGLETON_KEY, info)
     LOG.info("event=service_cert_renewed not_after=%s", cert.not_valid_after_utc.isoformat())
     return cert
+
+
+def new_service_identity(core: NodeCore, first_secret_seqno: int) -> Identity:
+    """A new node key, a new service key and certificate, the node certificate it endorses,
+    and a fresh ledger secret for the entries from `first_secret_seqno` on: what a genesis
+    and a recovery each start the service they create with."""
+    node_key = core.entropy.new_ec_key()
+    service_key = core.entropy.new_ec_key()
+    service_cert = certs.service_cert(
+        service_key,
+        days=core.config.start.service_certificate_initial_validity_days,
+        issuance=core.entropy.issuance(core.clock_s()),
+    )
+    identity = Identity(
+        node_key=node_key,
+        service_key=service_key,
+        service_cert_pem=certs.cert_pem(service_cert),
+    )
+    identity.add_ledger_secret(first_secret_seqno, core.entropy.token_bytes(LEDGER_SECRET_BYTES))
+    identity.node_cert_pem = endorse(
+        core,
+        node_key.public_key(),
+        core.config.rpc_subject_alt_names(),
+        days=core.config.start.node_certificate_initial_validity_days,
+        valid_from=None,
+        identity=identity,
+    )
+    return identity
 
 
 def endorse_node(

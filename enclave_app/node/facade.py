@@ -22,7 +22,7 @@ from charter.enclave_app.channels import Channels
 from charter.enclave_app.entropy import SYSTEM_ENTROPY, Entropy
 from charter.enclave_app.errors import HttpError
 from charter.enclave_app.frontend import AuthError, Forwarded, Frontend, unavailable
-from charter.enclave_app.identity import LEDGER_SECRET_BYTES, Identity
+from charter.enclave_app.identity import Identity
 from charter.enclave_app.indexing import LiveIndex
 from charter.enclave_app.kv import Store, Tx
 from charter.enclave_app.node import certificates, messages, shares
@@ -307,27 +307,7 @@ class Node:
         """Genesis: create the service identity and the first ledger transactions."""
         core = self.core
         core.lifecycle.expect(NodeState.UNINITIALIZED, action="start_new_network")
-        node_key = core.entropy.new_ec_key()
-        service_key = core.entropy.new_ec_key()
-        service_cert = certs.service_cert(
-            service_key,
-            days=core.config.start.service_certificate_initial_validity_days,
-            issuance=core.entropy.issuance(core.clock_s()),
-        )
-        identity = Identity(
-            node_key=node_key,
-            service_key=service_key,
-            service_cert_pem=certs.cert_pem(service_cert),
-        )
-        identity.add_ledger_secret(1, core.entropy.token_bytes(LEDGER_SECRET_BYTES))
-        identity.node_cert_pem = certificates.endorse(
-            core,
-            node_key.public_key(),
-            core.config.rpc_subject_alt_names(),
-            days=core.config.start.node_certificate_initial_validity_days,
-            valid_from=None,
-            identity=identity,
-        )
+        identity = certificates.new_service_identity(core, 1)
         self._set_identity(identity)
         raft = core.new_raft(StartState(configuration=frozenset({identity.node_id})))
         raft.campaign()

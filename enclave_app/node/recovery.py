@@ -244,28 +244,7 @@ class Recovery:
         core = self.core
         keep = self.recovery_target_seqno
         assert keep is not None
-        node_key = core.entropy.new_ec_key()
-        service_key = core.entropy.new_ec_key()
-        service_cert = certs.service_cert(
-            service_key,
-            days=core.config.start.service_certificate_initial_validity_days,
-            issuance=core.entropy.issuance(core.clock_s()),
-        )
-        identity = Identity(
-            node_key=node_key,
-            service_key=service_key,
-            service_cert_pem=certs.cert_pem(service_cert),
-        )
-        identity.add_ledger_secret(keep + 1, core.entropy.token_bytes(LEDGER_SECRET_BYTES))
-        identity.node_cert_pem = certificates.endorse(
-            core,
-            node_key.public_key(),
-            core.config.rpc_subject_alt_names(),
-            days=core.config.start.node_certificate_initial_validity_days,
-            valid_from=None,
-            identity=identity,
-        )
-        return identity
+        return certificates.new_service_identity(core, keep + 1)
 
     def write_recovery_tx(self, tx: Tx, create_txid: str) -> None:
         """The new service's first transaction (CCF's recovery genesis)."""
