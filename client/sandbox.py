@@ -474,12 +474,16 @@ class Sandbox:
         return node
 
     async def wait_part_of_network(self, node: NodeProcess, timeout_s: float = 30.0) -> None:
-        """Wait until a joining node is trusted, holds the secrets and serves TLS."""
+        """Wait until a joining node is trusted, holds the secrets, serves TLS and has
+        replicated far enough to see the service open (a node that is PartOfNetwork but has
+        not yet applied the opening answers /app/ with 503 FrontendNotOpen)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             with contextlib.suppress(Exception):
                 async with self.client(node) as client:
-                    if (await client.node_state()).get("state") == "PartOfNetwork":
+                    if (await client.node_state()).get("state") == "PartOfNetwork" and (
+                        await client.network()
+                    ).get("service_status") == ss.ServiceStatus.OPEN:
                         return
             await asyncio.sleep(0.1)
         raise SandboxError(
