@@ -20,6 +20,7 @@ import socket
 import ssl
 import sys
 import traceback
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -31,7 +32,7 @@ from charter.enclave_app import (
     operator_files,
 )
 from charter.enclave_app import interface as itf
-from charter.enclave_app.app import HttpResponse
+from charter.enclave_app.app import HttpResponse, error_response
 from charter.enclave_app.attestation import UnapprovedCode
 from charter.enclave_app.console import Console
 from charter.enclave_app.errors import AppLoadError, StartRefused
@@ -608,8 +609,8 @@ class Runtime:
 
     # ------------------------------------------------------------------ HTTP
     async def handle_http(self, request: web.BaseRequest) -> web.StreamResponse:
-        node = self.node
-        if node is None:
+        """The HTTP server's handler: the request as plain values, dispatched, answered."""
+        if self.node is None:
             return _json_error("The node is starting", code="ServiceNotReady")
         assert self.server is not None
         try:
@@ -624,8 +625,30 @@ class Runtime:
         ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
         if ssl_object is not None:
             peer_der = ssl_object.getpeercert(binary_form=True)
+        result = await self.dispatch(
+            PlainRequest(
+                request.method,
+                request.path,
+                request.query_string,
+                request.headers,
+                body,
+                peer_der,
+                request.remote,
+            )
+        )
+        headers = dict(result.headers)
+        if result.content_type:
+            headers["Content-Type"] = result.content_type
+        return web.Response(status=result.status, body=result.body, headers=headers)
+
+    async def dispatch(self, request: PlainRequest) -> HttpResponse:
+        """Everything after TLS and HTTP: the console, operator files, or the node's request
+        pipeline (with a write forwarded to the primary awaited here)."""
+        node = self.node
+        if node is None:
+            return error_response("The node is starting", code="ServiceNotReady")
         if self.console is not None and Console.handles(request.path):
-            return await self.serve_console(request, peer_der)
+            return await self.serve_console(request)
         if operator_files.handles(request.path):
             return await self.serve_operator_file(request)
         try:
@@ -634,24 +657,21 @@ class Runtime:
                 request.path,
                 request.query_string,
                 request.headers,
-                body,
-                peer_der,
-                source=request.remote,
+                request.body,
+                request.peer_der,
+                source=request.source,
             )
         except Exception as exc:
             # Neither the path nor the exception's text: both may quote request bytes.
             LOG.error("event=request_failed error=%s at=%s", type(exc).__name__, _frames(exc))
             self.schedule_flush()
-            return _json_error("Internal error", code="InternalError")
+            return error_response("Internal error", code="InternalError")
         self.schedule_flush()
         if isinstance(result, Forwarded):
             result = await self._await_forward(result)
-        headers = dict(result.headers)
-        if result.content_type:
-            headers["Content-Type"] = result.content_type
-        return web.Response(status=result.status, body=result.body, headers=headers)
+        return result
 
-    async def serve_operator_file(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def serve_operator_file(self, request: PlainRequest) -> HttpResponse:
         """The ledger chunk and snapshot downloads (operator_files.py): the host reads the
         file, the enclave checks it before it is served."""
         node = self.node
@@ -671,14 +691,9 @@ class Runtime:
         )
         if result.status >= 400:
             node.metrics["errors"] += 1
-        headers = dict(result.headers)
-        if result.content_type:
-            headers["Content-Type"] = result.content_type
-        return web.Response(status=result.status, body=result.body, headers=headers)
+        return result
 
-    async def serve_console(
-        self, request: web.BaseRequest, peer_der: bytes | None
-    ) -> web.StreamResponse:
+    async def serve_console(self, request: PlainRequest) -> HttpResponse:
         """The console's static files, and the explorer's ledger reads (which wait for the
         host to read the entries back from disk)."""
         node, console = self.node, self.console
@@ -691,16 +706,26 @@ class Runtime:
                 return reply
 
             result = await console.ledger_entries(
-                node, request.method, request.query_string, peer_der, read
+                node, request.method, request.query_string, request.peer_der, read
             )
         else:
             result = console.static(request.method, request.path, request.headers)
         if result.status >= 400:
             node.metrics["errors"] += 1
-        headers = dict(result.headers)
-        if result.content_type:
-            headers["Content-Type"] = result.content_type
-        return web.Response(status=result.status, body=result.body, headers=headers)
+        return result
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PlainRequest:
+    """A request once TLS and HTTP are done with it: what `Runtime.dispatch` needs."""
+
+    method: str
+    path: str
+    query_string: str
+    headers: Mapping[str, str]  # case-insensitive lookups
+    body: bytes
+    peer_der: bytes | None  # the client's TLS certificate, DER
+    source: str | None  # the client's address, for rate limits and logs
 
 
 def _forward_timeout() -> HttpResponse:
