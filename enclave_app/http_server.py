@@ -23,7 +23,7 @@ import json
 import logging
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -31,6 +31,8 @@ from aiohttp import HttpVersion10, web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
+from charter.enclave_app.app import HttpResponse
+from charter.enclave_app.interface import REQUEST_BODY_BYTES_MAX
 from charter.governance.errors import http_status
 
 LOG = logging.getLogger("enclave.http")
@@ -82,6 +84,23 @@ def raw_error_response(status: int, reason: str) -> bytes:
     if status == 503:
         head += "Retry-After: 1\r\n"
     return head.encode() + b"\r\n" + body
+
+
+@dataclass(frozen=True, slots=True)
+class PlainRequest:
+    """A request once TLS and HTTP are done with it: what the server's handler is given."""
+
+    method: str
+    path: str
+    query_string: str
+    headers: Mapping[str, str]  # case-insensitive lookups
+    body: bytes
+    peer_der: bytes | None  # the client's TLS certificate, DER
+    source: str | None  # the client's address, for rate limits and logs
+
+
+# What an `HttpServer` serves with: a request in plain values, its answer.
+Handler = Callable[[PlainRequest], Awaitable[HttpResponse]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,21 +300,39 @@ class HttpServer(web.Server):
     """`web.Server` for sockets handed over by the host, with `SessionLimits` applied."""
 
     def __init__(
-        self,
-        handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
-        limits: SessionLimits,
-        *,
-        loop: asyncio.AbstractEventLoop,
+        self, handler: Handler, limits: SessionLimits, *, loop: asyncio.AbstractEventLoop
     ) -> None:
-        async def http1_only(request: web.BaseRequest) -> web.StreamResponse:
+        async def serve_request(request: web.BaseRequest) -> web.StreamResponse:
             # aiohttp serves an HTTP/0.9 request line as if it were a request: refuse it.
             if request.version < HttpVersion10:
                 return json_error(505)
-            return await handler(request)
+            try:
+                body = await read_body(
+                    request, max_bytes=REQUEST_BODY_BYTES_MAX, timeout_s=limits.read_timeout_s
+                )
+            except BodyError as exc:
+                return json_error(exc.status)
+            transport = request.transport
+            ssl_object = transport.get_extra_info("ssl_object") if transport else None
+            peer_der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+            plain = PlainRequest(
+                request.method,
+                request.path,
+                request.query_string,
+                request.headers,
+                body,
+                peer_der,
+                request.remote,
+            )
+            result = await handler(plain)
+            headers = dict(result.headers)
+            if result.content_type:
+                headers["Content-Type"] = result.content_type
+            return web.Response(status=result.status, body=result.body, headers=headers)
 
         # No access log: a line per request costs ~10% of a write, and names callers' paths.
         super().__init__(
-            http1_only,
+            serve_request,
             loop=loop,
             access_log=None,
             keepalive_timeout=limits.idle_timeout_s,

@@ -20,10 +20,7 @@ import socket
 import ssl
 import sys
 import traceback
-from collections.abc import Mapping
 from typing import Any
-
-from aiohttp import web
 
 from charter.enclave_app import (
     gc_pauses,
@@ -36,13 +33,7 @@ from charter.enclave_app.app import HttpResponse, error_response
 from charter.enclave_app.attestation import UnapprovedCode
 from charter.enclave_app.console import Console
 from charter.enclave_app.errors import AppLoadError, StartRefused
-from charter.enclave_app.http_server import (
-    BodyError,
-    HttpServer,
-    SessionLimits,
-    json_error,
-    read_body,
-)
+from charter.enclave_app.http_server import HttpServer, PlainRequest, SessionLimits
 from charter.enclave_app.identity import IdentityError
 from charter.enclave_app.loop import run_loop
 from charter.enclave_app.node import TXID_HEADER, Forwarded, Node
@@ -56,7 +47,6 @@ from charter.enclave_app.startup import (
     load_app,
     make_platform,
 )
-from charter.governance.errors import http_status
 from charter.ledger.errors import LedgerError
 from charter.ledger.snapshot import parse_snapshot_file_name
 
@@ -173,7 +163,7 @@ class Runtime:
     async def start(self, frame: itf.Start) -> None:
         config = itf.NodeConfig.model_validate(frame.config)
         self.server = HttpServer(
-            self.handle_http,
+            self.dispatch,
             SessionLimits.from_config(config.rpc_interface),
             loop=asyncio.get_running_loop(),
         )
@@ -608,39 +598,6 @@ class Runtime:
                 future.set_result(None)
 
     # ------------------------------------------------------------------ HTTP
-    async def handle_http(self, request: web.BaseRequest) -> web.StreamResponse:
-        """The HTTP server's handler: the request as plain values, dispatched, answered."""
-        if self.node is None:
-            return _json_error("The node is starting", code="ServiceNotReady")
-        assert self.server is not None
-        try:
-            body = await read_body(
-                request,
-                max_bytes=itf.REQUEST_BODY_BYTES_MAX,
-                timeout_s=self.server.limits.read_timeout_s,
-            )
-        except BodyError as exc:
-            return json_error(exc.status)
-        peer_der = None
-        ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
-        if ssl_object is not None:
-            peer_der = ssl_object.getpeercert(binary_form=True)
-        result = await self.dispatch(
-            PlainRequest(
-                request.method,
-                request.path,
-                request.query_string,
-                request.headers,
-                body,
-                peer_der,
-                request.remote,
-            )
-        )
-        headers = dict(result.headers)
-        if result.content_type:
-            headers["Content-Type"] = result.content_type
-        return web.Response(status=result.status, body=result.body, headers=headers)
-
     async def dispatch(self, request: PlainRequest) -> HttpResponse:
         """Everything after TLS and HTTP: the console, operator files, or the node's request
         pipeline (with a write forwarded to the primary awaited here)."""
@@ -715,28 +672,9 @@ class Runtime:
         return result
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class PlainRequest:
-    """A request once TLS and HTTP are done with it: what `Runtime.dispatch` needs."""
-
-    method: str
-    path: str
-    query_string: str
-    headers: Mapping[str, str]  # case-insensitive lookups
-    body: bytes
-    peer_der: bytes | None  # the client's TLS certificate, DER
-    source: str | None  # the client's address, for rate limits and logs
-
-
 def _forward_timeout() -> HttpResponse:
     body = b'{"error":{"code":"ForwardingTimeout","message":"The primary did not answer"}}'
     return HttpResponse(503, body, {"Retry-After": "1"}, "application/json")
-
-
-def _json_error(message: str, *, code: str) -> web.Response:
-    return web.json_response(
-        {"error": {"code": code, "message": message}}, status=http_status(code)
-    )
 
 
 def _frames(exc: BaseException) -> str:
