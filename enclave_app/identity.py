@@ -7,6 +7,7 @@ Everything here stays inside the enclave process. What leaves it is sealed by th
 from __future__ import annotations
 
 import bisect
+import hashlib
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,14 +43,28 @@ class Identity:
     # The highest seqno this node knows committed, sealed now and then: a restart on a
     # ledger the host cut short of it is refused (the host cannot roll back commits).
     committed_seqno: int = 0
+    # (node key, its node id, its SubjectPublicKeyInfo DER), derived once per key: every
+    # signature transaction names the node, and deriving costs a DER encoding and a hash.
+    _key_facts: tuple[ec.EllipticCurvePrivateKey, str, bytes] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    def _facts(self) -> tuple[ec.EllipticCurvePrivateKey, str, bytes]:
+        facts = self._key_facts
+        if facts is None or facts[0] is not self.node_key:
+            der = certs.spki_der(self.node_key.public_key())
+            # certs.node_id's definition (FORMATS §4.1), from the DER already at hand.
+            facts = (self.node_key, hashlib.sha256(der).hexdigest(), der)
+            self._key_facts = facts
+        return facts
 
     @property
     def node_id(self) -> str:
-        return certs.node_id(self.node_key.public_key())
+        return self._facts()[1]
 
     @property
     def public_key_der(self) -> bytes:
-        return certs.spki_der(self.node_key.public_key())
+        return self._facts()[2]
 
     @property
     def service_cert(self) -> x509.Certificate:

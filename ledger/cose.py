@@ -117,6 +117,26 @@ def kid_for_public_key(public_key: ec.EllipticCurvePublicKey) -> bytes:
     return hashlib.sha256(spki).hexdigest().encode("ascii")
 
 
+# id(private key) -> (that key, its kid): `kid_for_signing_key`'s memory (a few keys at most).
+_SIGNING_KIDS: dict[int, tuple[ec.EllipticCurvePrivateKey, bytes]] = {}
+_SIGNING_KIDS_MAX = 8
+
+
+def kid_for_signing_key(private_key: ec.EllipticCurvePrivateKey) -> bytes:
+    """`kid_for_public_key` of a signing key's public half, derived once per key object: the
+    service signs every signature transaction with one key, and the derivation (a DER
+    encoding and a SHA-256) cost as much as a tenth of the signing. The entry holds the key
+    itself, so its id cannot be reused by another key while it is remembered."""
+    cached = _SIGNING_KIDS.get(id(private_key))
+    if cached is not None and cached[0] is private_key:
+        return cached[1]
+    kid = kid_for_public_key(private_key.public_key())
+    if len(_SIGNING_KIDS) >= _SIGNING_KIDS_MAX:
+        _SIGNING_KIDS.clear()
+    _SIGNING_KIDS[id(private_key)] = (private_key, kid)
+    return kid
+
+
 def kid_for_cert(cert: x509.Certificate) -> bytes:
     """CCF's kid for a member: ASCII hex of SHA-256 of the certificate DER (the member id)."""
     return cert.fingerprint(hashes.SHA256()).hex().encode("ascii")

@@ -210,7 +210,7 @@ def cose_root_signature(
     if not _TXID.fullmatch(txid):
         raise ValueError(f"txid must be 'view.seqno', got {txid!r}")
     protected: cose.HeaderMap = {
-        cose.HEADER_KID: cose.kid_for_public_key(service_key.public_key()),
+        cose.HEADER_KID: cose.kid_for_signing_key(service_key),
         cose.HEADER_VDS: cose.VDS_CCF_LEDGER_SHA256,
         cose.HEADER_CWT_CLAIMS: {cose.CWT_IAT: iat, cose.CWT_ISS: issuer, cose.CWT_SUB: subject},
         cose.HEADER_CCF_V1: {cose.CCF_V1_TXID: txid},

@@ -287,3 +287,13 @@ def test_untagged_sign1_is_accepted() -> None:
     tagged = cbor2.loads(cose.sign1(key, {}, b"x"))
     msg = cose.decode_sign1(cbor2.dumps(tagged.value))
     cose.verify_sign1(msg, key.public_key())
+
+
+def test_the_kid_of_a_signing_key_is_its_public_keys_kid_for_every_key() -> None:
+    """The kid remembered per signing key is the one derived from its public key, and each
+    key (the service key after a rekey, say) gets its own, never another key's."""
+    keys = [certs.new_key() for _ in range(cose._SIGNING_KIDS_MAX + 3)]
+    for _ in range(2):  # the second pass reads what the first remembered (or derives again)
+        for key in keys:
+            assert cose.kid_for_signing_key(key) == cose.kid_for_public_key(key.public_key())
+    assert len(cose._SIGNING_KIDS) <= cose._SIGNING_KIDS_MAX
