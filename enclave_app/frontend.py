@@ -17,6 +17,7 @@ from charter.enclave_app import auth
 from charter.enclave_app.app import (
     AllOf,
     App,
+    Caller,
     HttpResponse,
     error_response,
 )
@@ -39,6 +40,12 @@ JOIN_BURST = 8
 RESERVED_MAP_PREFIX = ss.SERVICE_TABLE_PREFIX
 # Users whose data is cached at once (the cache is rebuilt from the table past this).
 USER_DATA_CACHED_MAX = 100_000
+# Policies whose verdict depends only on the TLS peer certificate and the KV state (the
+# maps in CALLER_MAPS), so it is remembered per (policies, certificate) until those change.
+CERT_POLICIES: frozenset[str] = frozenset({"user_cert", "member_cert", "any_cert", "none"})
+CALLER_MAPS = (gt.USERS_CERTS, gt.MEMBERS_CERTS, gt.USERS_INFO)
+# Callers remembered at once (the memory is emptied past this: ~1 KiB each with the DER).
+CALLERS_CACHED_MAX = 4_096
 
 
 class AuthError(Exception):
@@ -108,8 +115,15 @@ class Frontend:
         self._service_status: str | None = None
         # user id -> its `users.info` data (absent: not read yet since the table changed)
         self._user_data: dict[str, Any] = {}
+        # (policies, peer certificate DER) -> the caller they admitted, for certificate
+        # policies only; emptied whenever a map in CALLER_MAPS changes (any reason).
+        self._callers: dict[tuple[tuple[str | AllOf, ...], bytes], Caller] = {}
+        # policies -> whether they are all in CERT_POLICIES
+        self._cert_only: dict[tuple[str | AllOf, ...], bool] = {}
         store.add_hook(gt.SERVICE_INFO, self._service_changed)
         store.add_hook(gt.USERS_INFO, self._users_changed)
+        for map_name in CALLER_MAPS:
+            store.add_hook(map_name, self._callers_changed)
 
     # ------------------------------------------------------------------ caches
     def _service_changed(self, change: MapChange | None = None) -> None:
@@ -121,6 +135,9 @@ class Frontend:
             self._user_data.pop(gt.key_to_id(key), None)
         if change.reason == "restore":
             self._user_data.clear()
+
+    def _callers_changed(self, change: MapChange) -> None:
+        self._callers.clear()
 
     @property
     def service_status(self) -> str | None:
@@ -147,16 +164,34 @@ class Frontend:
         body: bytes = b"",
     ) -> auth.Authenticated:
         """The caller under the endpoint's policies (`enclave_app.auth`), or raise
-        `auth.AuthFailure`."""
-        return auth.authenticate(
+        `auth.AuthFailure`. A certificate's verdict under certificate policies is remembered
+        until the users' or members' maps change (refusals are not remembered)."""
+        headers = headers or {}
+        cacheable = peer_der is not None and self._cert_only.get(policies)
+        if cacheable is None:
+            cacheable = self._cert_only[policies] = all(
+                isinstance(p, str) and p in CERT_POLICIES for p in policies
+            )
+        if cacheable:
+            assert peer_der is not None
+            caller = self._callers.get((policies, peer_der))
+            if caller is not None:
+                return auth.Authenticated(caller, body, headers)
+        authenticated = auth.authenticate(
             policies,
             tx,
             peer_der=peer_der,
-            headers=headers or {},
+            headers=headers,
             body=body,
             now_s=self.backend.now_s(),
             user_data=self._user_data_of,
         )
+        if cacheable and authenticated.signed is None:
+            assert peer_der is not None
+            if len(self._callers) >= CALLERS_CACHED_MAX:
+                self._callers.clear()
+            self._callers[(policies, peer_der)] = authenticated.caller
+        return authenticated
 
     # ------------------------------------------------------------------ the pipeline
     def handle(

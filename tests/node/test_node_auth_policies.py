@@ -537,3 +537,22 @@ def test_removed_issuer_tokens_are_refused(service: Service) -> None:
         "POST", "/app/log/private/jwt", headers=_bearer(token), body=_record(80)
     )
     assert (status, answer and answer["error"]["code"]) == (401, "TokenKeyUnknown")
+
+
+def test_a_certificates_admission_ends_when_governance_removes_it_and_returns_when_added(
+    service: Service,
+) -> None:
+    """The frontend remembers whom a certificate is (a per-request lookup saved), but never
+    past a change of the users' or members' maps: a removed user is refused at once, and
+    the same certificate is admitted again once governance adds it back."""
+    user = _identity("user-comes-and-goes")
+    service.act("set_user", {"cert": user.pem})
+    for _ in range(2):  # the second answer comes from what the first one remembered
+        status, _answer = service.request("POST", "/app/log/private", peer=user, body=_record(90))
+        assert status == 200
+    service.act("remove_user", {"user_id": user.id})
+    status, answer = service.request("POST", "/app/log/private", peer=user, body=_record(91))
+    assert (status, answer and answer["error"]["code"]) == (401, "UnknownUserCertificate")
+    service.act("set_user", {"cert": user.pem})
+    status, _answer = service.request("POST", "/app/log/private", peer=user, body=_record(93))
+    assert status == 200
