@@ -185,12 +185,15 @@ class Tx:
     """A transaction over a `Store`: reads see the store's state plus this transaction's own
     writes; writes are buffered until `Store.commit`. Dropping a Tx changes nothing."""
 
-    __slots__ = ("_closed", "_generation", "_store", "_writes", "base_version")
+    __slots__ = ("_closed", "_generation", "_store", "_write_set", "_writes", "base_version")
 
     def __init__(self, store: Store) -> None:
         self._store = store
         self._generation = store._generation
         self._writes: dict[str, dict[bytes, bytes | None]] = {}
+        # `write_set()`'s answer until the next put or remove (a write is committed with
+        # its write set asked for three times: frontend, ledger entry, store).
+        self._write_set: WriteSet | None = None
         self._closed = False
         self.base_version = store.version
 
@@ -230,6 +233,7 @@ class Tx:
         if writes is None:
             writes = self._writes[_check_map_name(map_name)] = {}
         writes[key] = value
+        self._write_set = None
 
     def remove(self, map_name: str, key: bytes) -> bool:
         """Remove a key; returns whether it was present. Removing an absent key writes nothing."""
@@ -242,6 +246,7 @@ class Tx:
         table = self._store._maps.get(map_name)
         in_store = table is not None and key in table.entries
         writes = self._writes.get(map_name)
+        self._write_set = None
         if writes is not None and key in writes:
             present = writes[key] is not None
             if in_store:
@@ -285,12 +290,16 @@ class Tx:
         return View(self, map_name, key_codec, value_codec)
 
     def write_set(self) -> WriteSet:
-        """The buffered writes, maps and keys in sorted order (None = removal)."""
-        return {
-            name: dict(sorted(writes.items()))
-            for name, writes in sorted(self._writes.items())
-            if writes
-        }
+        """The buffered writes, maps and keys in sorted order (None = removal). The same
+        dict is answered until the next put or remove: read it, do not change it."""
+        write_set = self._write_set
+        if write_set is None:
+            write_set = self._write_set = {
+                name: dict(sorted(writes.items()))
+                for name, writes in sorted(self._writes.items())
+                if writes
+            }
+        return write_set
 
     @property
     def has_writes(self) -> bool:
@@ -422,10 +431,16 @@ class Store:
         self._generation += 1
         if seqno > self._compacted:
             self._undo.append((seqno, key_undo, map_undo))
-        if self._hooks:
-            self._fire(
-                {name: frozenset(writes) for name, writes in write_set.items() if writes}, reason
-            )
+        hooks = self._hooks
+        if hooks:
+            # Only maps someone listens to: most writes touch none of them.
+            changes = {
+                name: frozenset(writes)
+                for name, writes in write_set.items()
+                if writes and name in hooks
+            }
+            if changes:
+                self._fire(changes, reason)
 
     def rollback(self, seqno: int) -> None:
         """Undo every version > ``seqno`` exactly. Rolling back at or beyond the current

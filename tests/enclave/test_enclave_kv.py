@@ -81,6 +81,26 @@ def test_write_set_is_sorted_by_map_and_key_with_none_for_removals() -> None:
     assert store.commit(tx, 2) == write_set
 
 
+def test_write_set_asked_again_after_more_writes_holds_them_too() -> None:
+    """The write set is remembered between calls, but a put or remove after one is never
+    missed: the ledger entry and the store always get the transaction's last writes."""
+    store = Store()
+    commit_puts(store, {"m": {b"old": b"1"}})
+    tx = store.begin()
+    tx.put("m", b"a", b"1")
+    assert tx.write_set() == {"m": {b"a": b"1"}}
+    assert tx.write_set() is tx.write_set()
+    tx.put("n", b"b", b"2")
+    assert tx.write_set() == {"m": {b"a": b"1"}, "n": {b"b": b"2"}}
+    tx.remove("m", b"old")
+    assert tx.write_set() == {"m": {b"a": b"1", b"old": None}, "n": {b"b": b"2"}}
+    tx.remove("m", b"a")
+    expected = {"m": {b"old": None}, "n": {b"b": b"2"}}
+    assert tx.write_set() == expected
+    assert store.commit(tx, 2) == expected
+    assert store.begin().get("m", b"a") is None and store.begin().get("m", b"old") is None
+
+
 def test_removing_an_absent_key_writes_nothing() -> None:
     store = Store()
     tx = store.begin()
