@@ -641,8 +641,13 @@ class App:
         if len(query) > QUERY_BYTES_MAX:
             raise HttpError(f"Query exceeds {QUERY_BYTES_MAX} bytes", code="RequestUriTooLong")
         try:
-            pairs = urllib.parse.parse_qsl(
-                query, keep_blank_values=True, max_num_fields=QUERY_FIELDS_MAX
+            # Most writes have no query string: parse_qsl's set-up is skipped for them.
+            pairs = (
+                urllib.parse.parse_qsl(
+                    query, keep_blank_values=True, max_num_fields=QUERY_FIELDS_MAX
+                )
+                if query
+                else ()
             )
         except ValueError:
             raise HttpError("Malformed or oversized query string", code="InvalidInput") from None
@@ -665,7 +670,7 @@ class App:
             )
         parsed_query: Any = query_values
         parsed_path: Any = dict(match.path_params)
-        parsed_body: Any = bytes(body)
+        parsed_body: Any = body if type(body) is bytes else bytes(body)
         try:
             where = "query"
             if endpoint.query_model is not None:
