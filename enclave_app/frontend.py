@@ -294,7 +294,8 @@ class Frontend:
                     "Applications may not write the service's own maps", code="InternalError"
                 )
         # A signed request may not be played again (read-only ones change nothing).
-        auth.record_signed(tx, authenticated, now_s=backend.now_s())
+        if authenticated.signed is not None:
+            auth.record_signed(tx, authenticated, now_s=backend.now_s())
         view, seqno = backend.commit(tx, outcome.claims_digest)
         return HttpResponse(
             response.status,
