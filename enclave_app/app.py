@@ -241,6 +241,9 @@ def error_response(message: str, *, code: str, status: int | None = None) -> Htt
 def _render_body(body: Any) -> tuple[bytes, str | None]:
     if body is None:
         return b"", None
+    if body is True or body is False:
+        # A write's usual answer (`true`, as CCF's samples): no serialiser for one word.
+        return (b"true" if body else b"false"), JSON_CONTENT_TYPE
     if isinstance(body, bytes | bytearray | memoryview):
         return bytes(body), BINARY_CONTENT_TYPE
     if isinstance(body, str):

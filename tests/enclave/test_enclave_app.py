@@ -480,3 +480,18 @@ def test_read_only_can_be_overridden(store: Store) -> None:
 
     assert call(app, store, "POST", "/app/query").commit is False
     assert call(app, store, "GET", "/app/touch").commit is True
+
+
+def test_handler_answers_of_true_false_and_numbers_are_their_json(store: Store) -> None:
+    """A write's usual answer `true` (CCF's samples) is the JSON word with the JSON type,
+    as every other JSON value a handler returns."""
+    answers = App("answers")
+    values: dict[str, Any] = {"yes": True, "no": False, "one": 1, "zero": 0, "half": 0.5}
+    for name, value in values.items():
+        answers.get(f"/{name}", auth="none")(lambda ctx, value=value: value)
+    for name, value in values.items():
+        outcome = call(answers, store, "GET", f"/app/{name}")
+        assert outcome.response.status == 200
+        assert outcome.response.content_type == "application/json"
+        assert outcome.response.body == json.dumps(value).encode()
+        assert type(json.loads(outcome.response.body)) is type(value)
