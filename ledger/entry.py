@@ -231,8 +231,10 @@ def entry_leaf(raw: bytes | bytearray | memoryview) -> bytes:
 
 def _encode_tables(tables: WriteSet, *, public: bool) -> bytes:
     """Serialise tables in name order; tables with no writes and no removals are omitted."""
+    if not tables:
+        return b""  # most writes have one domain empty
     out: list[bytes] = []
-    for name in sorted(tables):
+    for name in sorted(tables) if len(tables) > 1 else tables:
         if name.startswith(PUBLIC_TABLE_PREFIX) != public:
             domain = "public" if public else "private"
             raise ValueError(f"table {name!r} does not belong in the {domain} domain")
@@ -259,6 +261,10 @@ def _encode_tables(tables: WriteSet, *, public: bool) -> bytes:
         out.append(_U64.pack(remove_count))
         out.extend(removes)
     return b"".join(out)
+
+
+# max_conflict_version: a placeholder CCF always writes as 0 (an i64).
+_MAX_CONFLICT_VERSION = _I64.pack(0)
 
 
 @functools.lru_cache(maxsize=16)
@@ -288,15 +294,15 @@ def encode_entry(
             _TYPE_SEQNO.pack(ENTRY_TYPE_WRITE_SET_WITH_COMMIT_EVIDENCE_AND_CLAIMS, seqno),
             claims_digest,
             commit_evidence_digest,
-            _I64.pack(0),  # max_conflict_version: a placeholder CCF always writes as 0
+            _MAX_CONFLICT_VERSION,
             _encode_tables(public, public=True),
         )
     )
     iv = _IV.pack(seqno, view)
     plaintext = _encode_tables(private, public=False)
     # Always encrypt, even an empty plaintext, so the tag authenticates the public domain.
-    sealed = _aead(bytes(secret)).encrypt(iv, plaintext, public_domain)
-    ciphertext, tag = sealed[: len(plaintext)], sealed[len(plaintext) :]
+    sealed = memoryview(_aead(bytes(secret)).encrypt(iv, plaintext, public_domain))
+    ciphertext, tag = sealed[: len(plaintext)], sealed[len(plaintext) :]  # no copies
     size = BODY_PREFIX_SIZE + len(public_domain) + len(ciphertext)
     if size > ENTRY_SIZE_BYTES_MAX:
         raise ValueError(f"entry of {size} bytes exceeds {ENTRY_SIZE_BYTES_MAX}")
