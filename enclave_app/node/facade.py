@@ -678,6 +678,13 @@ class Node:
                 self._refresh_peers()
         self.settle()
 
+    def next_deadline_ms(self) -> int | None:
+        """The time (on `tick`'s clock) at which a tick is next needed to act on something
+        other than the host's regular ticks would: a signature falling due (see
+        `Replication.signature_deadline_ms`). None when nothing waits for time."""
+        replication = self.replication
+        return None if replication is None else replication.signature_deadline_ms()
+
     def durable(self, seqno: int, view: int = 0) -> None:
         if self.replication is None:
             return

@@ -434,10 +434,28 @@ class Replication:
             self.identity.committed_seqno = held
             self.core.seal(self.raft)
 
+    def signature_deadline_ms(self) -> int | None:
+        """When `signatures.delay_ms` makes the next signature due, on the clock `tick` is
+        given (None while no write waits for a signature, or on a backup).
+
+        The runtime arms one timer for it and ticks when it fires, so a signature goes out
+        at its due time, not at the host's next `Tick` after it. The core reads no clock:
+        it learns the time only from `tick`, so a simulator still drives it by values.
+        """
+        if self.txs_since_signature == 0 or self.signature_due or not self.is_primary:
+            return None
+        return self.last_signature_ms + self.core.config.signatures.delay_ms
+
     # ------------------------------------------------------------------ host events
     def tick(self, now_ms: int) -> None:
         core = self.core
         elapsed = 0 if core.last_tick_ms is None else now_ms - core.last_tick_ms
+        if -MAX_TICK_ELAPSED_MS < elapsed < 0:
+            # Ticks come from two clocks: the host's `Tick` and the runtime's deadline timer
+            # (the host clock extrapolated). One slightly behind the other is ignored, so
+            # Raft's time never counts the same milliseconds twice; a larger step back is
+            # the host clock being reset, and is followed.
+            return
         core.last_tick_ms = now_ms
         self.raft.tick(max(0, min(elapsed, MAX_TICK_ELAPSED_MS)))
         if (

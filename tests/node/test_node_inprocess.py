@@ -594,6 +594,75 @@ def test_a_burst_of_writes_settled_once_leaves_one_write_frame_and_one_proposal_
     node.replication.assert_consistent()
 
 
+def test_a_signature_falls_due_at_the_deadline_the_node_exposes_and_not_before(
+    tmp_path: Path,
+) -> None:
+    """A write waits for a signature `signatures.delay_ms` after the last one: the node says
+    when (`next_deadline_ms`, on the clock of its ticks), a tick one millisecond earlier signs
+    nothing, a tick at the deadline signs; with no write waiting there is no deadline."""
+    from charter.enclave_app.app import App
+
+    app = App("deadline", prefix="/deadline", api_path=None)
+
+    @app.post("/put", auth="none")
+    def put(ctx: Any) -> dict[str, Any]:
+        ctx.tx.put("public:deadline", bytes(ctx.body), b"v")
+        return {}
+
+    config = _config(tmp_path, signatures={"delay_ms": 40, "tx_count": 1_000})
+    node = Node(config, VirtualPlatform(tmp_path), load_app(config.app), extra_apps=(app,))
+    node.routes.include(node_endpoints.build(node))
+    include_governance(node)
+    node.start_new_network(initial_members(config), None)
+    node.tick(1_000)
+    _drain(node)
+    assert node.next_deadline_ms() is None, "no write waits for a signature"
+
+    signatures = node.metrics["signatures"]
+    for key in (b"a", b"b"):
+        response = node.handle("POST", "/deadline/put", "", {}, key, None)
+        assert response.status == 200  # type: ignore[union-attr]
+        _drain(node)
+        if key == b"a":
+            # The first write after a quiet spell finds its deadline passed: the next tick
+            # signs (at 1,010 on the node's clock).
+            assert (node.next_deadline_ms() or 0) < 1_010
+            node.tick(1_010)
+            _drain(node)
+            assert node.metrics["signatures"] == signatures + 1
+    deadline_ms = node.next_deadline_ms()
+    assert deadline_ms == 1_050, "40 ms after the signature of the tick at 1,010"
+    signatures = node.metrics["signatures"]
+    node.tick(deadline_ms - 1)
+    _drain(node)
+    assert node.metrics["signatures"] == signatures
+    assert node.next_deadline_ms() == deadline_ms
+    node.tick(deadline_ms)
+    _drain(node)
+    assert node.metrics["signatures"] == signatures + 1
+    assert node.next_deadline_ms() is None
+    assert node.commit_seqno == node.applied_seqno, "the signature committed the write"
+
+
+def test_a_tick_slightly_behind_the_last_one_moves_no_clock_backwards(tmp_path: Path) -> None:
+    """Ticks come from the host and from the runtime's deadline timer (the host clock
+    extrapolated); one a few milliseconds behind the other changes nothing, so Raft's
+    time is not counted twice, while a step back of more than a second (the host clock
+    reset) is followed."""
+    node, _ = _start(tmp_path)
+    node.tick(5_000)
+    _drain(node)
+    raft = node.raft
+    assert raft is not None
+    raft_ms = raft.now_ms
+    node.tick(4_990)
+    assert node.core.last_tick_ms == 5_000
+    node.tick(5_010)
+    assert raft.now_ms == raft_ms + 10
+    node.tick(1_000)
+    assert node.core.last_tick_ms == 1_000
+
+
 def test_an_illegal_lifecycle_step_raises_a_typed_error(tmp_path: Path) -> None:
     """The lifecycle moves only along its table: a node part of the network cannot be
     started again or replay its own ledger."""
