@@ -64,8 +64,11 @@ class DeadlineTimer:
         self._deadline_ms = None
 
     def _run(self) -> None:
+        deadline_ms = self._deadline_ms
         self._handle = None
         self._deadline_ms = None
         now_ms = self.now_ms()
-        assert now_ms is not None, "armed only after a host tick"
-        self._fire(now_ms)
+        assert now_ms is not None and deadline_ms is not None, "armed only after a host tick"
+        # The loop ran the timer at its time: the deadline is reached, whatever a host tick
+        # that came in late since did to the extrapolation.
+        self._fire(max(now_ms, deadline_ms))

@@ -689,6 +689,8 @@ class Node:
         if self.replication is None:
             return
         self.replication.raft.durable(seqno, view or None)
+        if self.replication.trace is not None:
+            self.replication.trace.durable(self.replication.raft.durable_index)
         self.settle()
 
     def on_entries_read(self, frame: itf.EntriesRead) -> None:
@@ -743,6 +745,8 @@ class Node:
                 peers.released.discard(sender)
                 replication.raft.track_removed(sender, self.core.store.version)
             replication.raft.step(message.message)
+            if replication.trace is not None and replication.is_primary:
+                replication.trace.acked(sender, replication.raft.peer_match_index(sender))
             self.settle()
         elif isinstance(message, messages.ForwardRequest):
             if status != "Trusted":

@@ -21,6 +21,7 @@ from charter.consensus.errors import ConsensusError
 from charter.enclave_app import interface as itf
 from charter.enclave_app.identity import Identity
 from charter.enclave_app.kv import Store, Tx
+from charter.enclave_app.node import commit_trace
 from charter.enclave_app.node.core import (
     CONFIGURATION_TABLE,
     SIGNATURES_TABLE,
@@ -241,6 +242,8 @@ class Replication:
         # host read id -> the peer whose entry request it answers
         self._entry_requests: dict[int, str] = {}
         self._entry_request_ids = 0
+        # Timestamps of each signature's way to commit, when asked for (node/commit_trace.py).
+        self.trace = commit_trace.from_environment()
 
     @property
     def is_primary(self) -> bool:
@@ -320,6 +323,8 @@ class Replication:
         self.signature_due = False
         self.last_signature_ms = self.core.last_tick_ms or 0
         self.core.metrics["signatures"] += 1
+        if self.trace is not None:
+            self.trace.emitted(seqno)
         self.assert_consistent()
         return view, seqno
 
@@ -371,6 +376,8 @@ class Replication:
             self.deferred = [e for e in self.deferred if e.index <= ready.truncate_to]
             core.outbox.append(itf.Truncate(ready.truncate_to))
         if ready.entries:
+            if self.trace is not None and raft.role is not Role.PRIMARY:
+                self.trace.received(ready.entries)
             for entry in ready.entries:
                 if not self.holds_secrets:
                     self.deferred.append(entry)  # a joiner without secrets yet
@@ -409,6 +416,8 @@ class Replication:
     def _on_commit(self, seqno: int) -> None:
         log, raft = self.log, self.raft
         log.commit_seqno = seqno
+        if self.trace is not None:
+            self.trace.committed(seqno)
         now_ms = self.core.last_tick_ms or 0
         if now_ms - self._commit_sealed_ms >= COMMIT_SEAL_INTERVAL_MS:
             self._commit_sealed_ms = now_ms
@@ -452,10 +461,10 @@ class Replication:
         elapsed = 0 if core.last_tick_ms is None else now_ms - core.last_tick_ms
         if -MAX_TICK_ELAPSED_MS < elapsed < 0:
             # Ticks come from two clocks: the host's `Tick` and the runtime's deadline timer
-            # (the host clock extrapolated). One slightly behind the other is ignored, so
-            # Raft's time never counts the same milliseconds twice; a larger step back is
-            # the host clock being reset, and is followed.
-            return
+            # (the host clock extrapolated). One slightly behind the other reads as no time
+            # passing, so Raft's time never counts the same milliseconds twice and what was
+            # due stays due; a larger step back is the host clock being reset, and is followed.
+            now_ms, elapsed = core.last_tick_ms or 0, 0
         core.last_tick_ms = now_ms
         self.raft.tick(max(0, min(elapsed, MAX_TICK_ELAPSED_MS)))
         if (

@@ -646,17 +646,26 @@ def test_a_signature_falls_due_at_the_deadline_the_node_exposes_and_not_before(
 
 def test_a_tick_slightly_behind_the_last_one_moves_no_clock_backwards(tmp_path: Path) -> None:
     """Ticks come from the host and from the runtime's deadline timer (the host clock
-    extrapolated); one a few milliseconds behind the other changes nothing, so Raft's
-    time is not counted twice, while a step back of more than a second (the host clock
-    reset) is followed."""
-    node, _ = _start(tmp_path)
+    extrapolated); one a few milliseconds behind the other reads as no time passing, so
+    Raft's time is not counted twice, yet a signature already due still goes out; a step
+    back of more than a second (the host clock reset) is followed."""
+    node, _ = _start(tmp_path, signatures={"delay_ms": 40, "tx_count": 1_000})
     node.tick(5_000)
     _drain(node)
     raft = node.raft
     assert raft is not None
     raft_ms = raft.now_ms
+    tx = node.core.store.begin()
+    tx.put("public:behind", b"k", b"v")
+    assert node.replication is not None
+    node.replication.commit_tx(tx)
+    assert (node.next_deadline_ms() or 0) <= 5_000
+    signatures = node.metrics["signatures"]
     node.tick(4_990)
+    _drain(node)
     assert node.core.last_tick_ms == 5_000
+    assert raft.now_ms == raft_ms
+    assert node.metrics["signatures"] == signatures + 1, "what was due stays due"
     node.tick(5_010)
     assert raft.now_ms == raft_ms + 10
     node.tick(1_000)
