@@ -42,10 +42,18 @@ class Identity:
     # The highest seqno this node knows committed, sealed now and then: a restart on a
     # ledger the host cut short of it is refused (the host cannot roll back commits).
     committed_seqno: int = 0
+    # (key, its node id): the id is hashed from the key's DER once, not on every signature
+    # transaction (it cost about as much as one of the signature's two ECDSA signs).
+    _node_id: tuple[ec.EllipticCurvePrivateKey, str] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     @property
     def node_id(self) -> str:
-        return certs.node_id(self.node_key.public_key())
+        cached = self._node_id
+        if cached is None or cached[0] is not self.node_key:
+            cached = self._node_id = (self.node_key, certs.node_id(self.node_key.public_key()))
+        return cached[1]
 
     @property
     def public_key_der(self) -> bytes:

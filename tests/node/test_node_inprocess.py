@@ -686,3 +686,19 @@ def test_an_illegal_lifecycle_step_raises_a_typed_error(tmp_path: Path) -> None:
     with pytest.raises(IllegalTransition):
         node.replay(b"")
     assert node.state == "PartOfNetwork"
+
+
+def test_a_nodes_id_follows_its_key_when_the_key_is_replaced() -> None:
+    """The node id is the hash of the node key's public DER; it is computed once per key
+    (not per signature), and a new key gives the new key's id."""
+    from charter.enclave_app.identity import Identity
+
+    first, second = certs.new_key(), certs.new_key()
+    identity = Identity(node_key=first)
+    assert identity.node_id == certs.node_id(first.public_key())
+    assert identity.node_id == certs.node_id(first.public_key())
+    identity.node_key = second
+    assert identity.node_id == certs.node_id(second.public_key())
+    used = Identity(node_key=first)
+    assert used.node_id
+    assert used == Identity(node_key=first), "the cache is no part of the identity's state"
