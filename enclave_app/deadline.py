@@ -16,6 +16,10 @@ import asyncio
 import math
 from collections.abc import Callable
 
+# The loop's timers are of millisecond grain (uvloop): one may run this much before its time,
+# and is then taken as on time rather than armed again for a millisecond.
+TIMER_SLACK_MS = 2
+
 
 class DeadlineTimer:
     """At most one armed loop timer; `fire(now_ms)` is called when it runs out."""
@@ -69,6 +73,11 @@ class DeadlineTimer:
         self._deadline_ms = None
         now_ms = self.now_ms()
         assert now_ms is not None and deadline_ms is not None, "armed only after a host tick"
-        # The loop ran the timer at its time: the deadline is reached, whatever a host tick
-        # that came in late since did to the extrapolation.
+        if now_ms < deadline_ms - TIMER_SLACK_MS:
+            # A host tick that came in late since the arming moved the extrapolation back:
+            # wait until the host clock, as now known, reaches the deadline. The node is
+            # never ticked ahead of that clock (its Raft timers would then stall on the
+            # host's ticks that follow).
+            self.arm(deadline_ms)
+            return
         self._fire(max(now_ms, deadline_ms))

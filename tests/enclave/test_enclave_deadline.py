@@ -73,3 +73,18 @@ async def test_a_host_tick_resets_the_extrapolated_clock() -> None:
     timer.host_tick(1_000)
     now_ms = timer.now_ms()
     assert now_ms is not None and 1_000 <= now_ms < 1_000 + int(WAIT_S * 1000)
+
+
+async def test_a_late_host_tick_after_arming_delays_the_firing_instead_of_ticking_ahead() -> None:
+    """A host tick that arrives late moves the extrapolated clock back; the timer then waits
+    for that clock to reach the deadline, so the node is never ticked ahead of the host."""
+    loop = asyncio.get_running_loop()
+    fired: asyncio.Queue[int] = asyncio.Queue()
+    timer = DeadlineTimer(loop, fired.put_nowait)
+    timer.host_tick(10_000)
+    timer.arm(10_030)
+    timer.host_tick(9_960)  # the same moment, told by a tick 40 ms late
+    now_ms = await asyncio.wait_for(fired.get(), WAIT_S)
+    assert now_ms >= 10_030
+    extrapolated = timer.now_ms()
+    assert extrapolated is not None and now_ms <= extrapolated, "not ahead of the host clock"
