@@ -5,9 +5,10 @@ sends every `tick_ms` (its wall clock, untrusted, in milliseconds). Something du
 two ticks, such as a signature `signatures.delay_ms` after the last one, would wait for the
 next host tick that gets through to the enclave; on a loaded machine those come late. The
 runtime asks the node for its next deadline after every turn (`Node.next_deadline_ms`) and
-arms this timer for it; when it fires, the node is ticked with the host clock extrapolated
-by the loop's own monotonic clock from the last host tick. The host keeps the clock: a host
-tick resets the extrapolation, and nothing fires before the first one.
+arms this timer for it; when it fires, the node is told (`Node.deadline_reached`) the host
+clock extrapolated by the loop's own monotonic clock from the last host tick. The host keeps
+the clock: a host tick resets the extrapolation, nothing fires before the first one, and
+Raft's timers still move only with the host's ticks.
 """
 
 from __future__ import annotations
@@ -75,9 +76,8 @@ class DeadlineTimer:
         assert now_ms is not None and deadline_ms is not None, "armed only after a host tick"
         if now_ms < deadline_ms - TIMER_SLACK_MS:
             # A host tick that came in late since the arming moved the extrapolation back:
-            # wait until the host clock, as now known, reaches the deadline. The node is
-            # never ticked ahead of that clock (its Raft timers would then stall on the
-            # host's ticks that follow).
+            # wait until the host clock, as now known, reaches the deadline (a signature's
+            # time is never ahead of that clock).
             self.arm(deadline_ms)
             return
         self._fire(max(now_ms, deadline_ms))

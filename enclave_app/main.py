@@ -151,9 +151,9 @@ class Runtime:
                 self.fatal(f"cannot send to the host: {exc}")
 
     def _on_deadline(self, now_ms: int) -> None:
-        """The node's deadline came before the host's next tick: tick it now."""
+        """The node's deadline came before the host's next tick: act on it now."""
         if self.node is not None:
-            self.node.tick(now_ms)
+            self.node.deadline_reached(now_ms)
             self.schedule_flush()
 
     def schedule_flush(self) -> None:

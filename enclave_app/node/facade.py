@@ -679,11 +679,18 @@ class Node:
         self.settle()
 
     def next_deadline_ms(self) -> int | None:
-        """The time (on `tick`'s clock) at which a tick is next needed to act on something
-        other than the host's regular ticks would: a signature falling due (see
-        `Replication.signature_deadline_ms`). None when nothing waits for time."""
+        """When (on `tick`'s clock, the host's) something falls due between the host's
+        ticks: a signature (`Replication.signature_deadline_ms`). None when nothing does.
+        The runtime calls `deadline_reached` then."""
         replication = self.replication
         return None if replication is None else replication.signature_deadline_ms()
+
+    def deadline_reached(self, now_ms: int) -> None:
+        """The runtime's deadline timer ran out at `now_ms` (host clock, extrapolated)."""
+        replication = self.replication
+        if replication is not None:
+            replication.deadline_reached(now_ms)
+            self.settle()
 
     def durable(self, seqno: int, view: int = 0) -> None:
         if self.replication is None:

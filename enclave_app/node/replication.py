@@ -240,6 +240,8 @@ class Replication:
         self.txs_since_signature = 0
         self.last_signature_ms = 0
         self.signature_due = False
+        # When the deadline timer found the due signature due (its time, for the next one).
+        self._due_at_ms: int | None = None
         self._commit_sealed_ms = 0
         # host read id -> the peer whose entry request it answers
         self._entry_requests: dict[int, str] = {}
@@ -323,7 +325,8 @@ class Replication:
         log.appended(view, seqno, len(record.raw), flags)
         self.txs_since_signature = 0
         self.signature_due = False
-        self.last_signature_ms = self.core.last_tick_ms or 0
+        due_at_ms, self._due_at_ms = self._due_at_ms, None
+        self.last_signature_ms = due_at_ms if due_at_ms is not None else self.core.last_tick_ms or 0
         self.core.metrics["signatures"] += 1
         if self.trace is not None:
             self.trace.emitted(seqno)
@@ -457,16 +460,20 @@ class Replication:
             return None
         return self.last_signature_ms + self.core.config.signatures.delay_ms
 
+    def deadline_reached(self, now_ms: int) -> None:
+        """The runtime's timer for `signature_deadline_ms` ran out at `now_ms` (the host
+        clock as the enclave extrapolates it): mark the signature due if it is. Only the
+        signature's time is taken from it; Raft's timers move with the host's ticks alone,
+        so an enclave that runs on while its host is stalled never times Raft out."""
+        deadline_ms = self.signature_deadline_ms()
+        if deadline_ms is not None and now_ms >= deadline_ms:
+            self.signature_due = True
+            self._due_at_ms = now_ms
+
     # ------------------------------------------------------------------ host events
     def tick(self, now_ms: int) -> None:
         core = self.core
         elapsed = 0 if core.last_tick_ms is None else now_ms - core.last_tick_ms
-        if -MAX_TICK_ELAPSED_MS < elapsed < 0:
-            # Ticks come from two clocks: the host's `Tick` and the runtime's deadline timer
-            # (the host clock extrapolated). One slightly behind the other reads as no time
-            # passing, so Raft's time never counts the same milliseconds twice and what was
-            # due stays due; a larger step back is the host clock being reset, and is followed.
-            now_ms, elapsed = core.last_tick_ms or 0, 0
         core.last_tick_ms = now_ms
         self.raft.tick(max(0, min(elapsed, MAX_TICK_ELAPSED_MS)))
         if (
