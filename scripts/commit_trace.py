@@ -4,7 +4,8 @@
     CHARTER_COMMIT_TRACE=1 .venv/bin/python scripts/bench.py --nodes 3 --workspace DIR ...
     .venv/bin/python scripts/commit_trace.py DIR
 
-Reads every `node.log` and `host.log` under DIR (the enclave's lines are in one of them,
+With the host's lines (`step=host_durable`, one per fsync) also the time to the primary's
+fsync and from it to the enclave hearing of it. Reads every `node.log` and `host.log` under DIR (the enclave's lines are in one of them,
 one folder per node), takes the
 `event=commit_trace` lines (enclave_app/node/commit_trace.py) and, for each signature the
 primary emitted, the time from its emission to: the primary's own durable report, each
@@ -54,6 +55,14 @@ def read(root: Path) -> dict[str, dict[tuple[str, int, str], float]]:
     return nodes
 
 
+def _first_covering(
+    steps: dict[tuple[str, int, str], float], step: str, seqno: int
+) -> float | None:
+    """When a `step` line (one per fsync, by the host) first covered `seqno`."""
+    times = [t for (s, n, _), t in steps.items() if s == step and n >= seqno]
+    return min(times) if times else None
+
+
 def breakdown(nodes: dict[str, dict[tuple[str, int, str], float]]) -> dict[str, list[float]]:
     primaries = [n for n, steps in nodes.items() if any(k[0] == "emitted" for k in steps)]
     out: dict[str, list[float]] = defaultdict(list)
@@ -75,6 +84,11 @@ def breakdown(nodes: dict[str, dict[tuple[str, int, str], float]]) -> dict[str, 
                 continue
             if ("durable", seqno, "") in steps:
                 out["primary_durable"].append(steps[("durable", seqno, "")] - emitted)
+            host_durable = _first_covering(steps, "host_durable", seqno)
+            if host_durable is not None:
+                out["primary_host_fsynced"].append(host_durable - emitted)
+                if ("durable", seqno, "") in steps:
+                    out["primary_durable_told"].append(steps[("durable", seqno, "")] - host_durable)
             if ("committed", seqno, "") in steps:
                 out["committed"].append(steps[("committed", seqno, "")] - emitted)
             acks = sorted(t for (s, n, _), t in steps.items() if s == "acked" and n == seqno)
