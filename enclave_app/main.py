@@ -90,7 +90,7 @@ class Runtime:
         # (time received, socket) of clients waiting for the node to be able to serve them
         self.held_sockets: collections.deque[tuple[float, socket.socket]] = collections.deque()
         self.console: Console | None = None
-        # Ticks the node between the host's ticks when something falls due (a signature).
+        # Tells the node when its next deadline (a signature) comes between the host's ticks.
         self.deadline: DeadlineTimer | None = None
 
     # ------------------------------------------------------------------ frames to the host
