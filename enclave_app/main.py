@@ -32,6 +32,7 @@ from charter.enclave_app import interface as itf
 from charter.enclave_app.app import HttpResponse, error_response
 from charter.enclave_app.attestation import UnapprovedCode
 from charter.enclave_app.console import Console
+from charter.enclave_app.deadline import DeadlineTimer
 from charter.enclave_app.errors import AppLoadError, StartRefused
 from charter.enclave_app.http_server import HttpServer, PlainRequest, SessionLimits
 from charter.enclave_app.identity import IdentityError
@@ -89,6 +90,8 @@ class Runtime:
         # (time received, socket) of clients waiting for the node to be able to serve them
         self.held_sockets: collections.deque[tuple[float, socket.socket]] = collections.deque()
         self.console: Console | None = None
+        # Tells the node when its next deadline (a signature) comes between the host's ticks.
+        self.deadline: DeadlineTimer | None = None
 
     # ------------------------------------------------------------------ frames to the host
     def flush(self) -> None:
@@ -106,6 +109,8 @@ class Runtime:
         # Ready/Advance once per turn: every write served this turn goes out together.
         node.settle()
         self._wake_applied()
+        if self.deadline is not None:
+            self.deadline.arm(node.next_deadline_ms())
         if not node.outbox:
             return
         frames, node.outbox = node.outbox, []
@@ -145,6 +150,12 @@ class Runtime:
                 # Carrying on would leave a hole in the host's ledger: stop instead.
                 self.fatal(f"cannot send to the host: {exc}")
 
+    def _on_deadline(self, now_ms: int) -> None:
+        """The node's deadline came before the host's next tick: act on it now."""
+        if self.node is not None:
+            self.node.deadline_reached(now_ms)
+            self.schedule_flush()
+
     def schedule_flush(self) -> None:
         """Settle and flush once per event-loop turn (scheduled by the turn's first event):
         requests served in one turn share one Ready, one AppendEntries per peer and one
@@ -174,6 +185,7 @@ class Runtime:
         app = load_app(config.app)
         node = Node(config, platform, app, extra_apps=())
         self.node = node
+        self.deadline = DeadlineTimer(asyncio.get_running_loop(), self._on_deadline)
         node.host_backlog_bytes = lambda: self.channel.outgoing_bytes + node.outbox_write_bytes
         self.console = Console(config.console)
         node.on_forward_response = self._forward_answered
@@ -505,6 +517,8 @@ class Runtime:
         elif node is None:
             return
         elif isinstance(frame, itf.Tick):
+            if self.deadline is not None:
+                self.deadline.host_tick(frame.now_ms)
             node.tick(frame.now_ms)
         elif isinstance(frame, itf.Durable):
             node.durable(frame.seqno, frame.view)

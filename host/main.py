@@ -60,8 +60,9 @@ KILL_GRACE_S = 2.0
 FATAL_GRACE_S = 2.0
 ACCEPT_BACKLOG = 512
 ENCLAVE_LOG_CHARS_MAX = 4096
-# Only what Python needs: the enclave inherits no secrets or settings from the operator.
-_ENV_PASSTHROUGH = ("PATH", "PYTHONPATH", "LANG", "LC_ALL", "TZ")
+# Only what Python needs: the enclave inherits no secrets or settings from the operator
+# (CHARTER_COMMIT_TRACE is a developer's on/off switch for timestamps in the log).
+_ENV_PASSTHROUGH = ("PATH", "PYTHONPATH", "LANG", "LC_ALL", "TZ", "CHARTER_COMMIT_TRACE")
 
 
 def enclave_environment() -> dict[str, str]:

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import re
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -54,6 +55,9 @@ from charter.ledger.entry import HEADER_SIZE, read_header
 from charter.ledger.errors import LedgerError, LedgerWriteError
 
 _log = logging.getLogger(__name__)
+# The host's side of the commit trace (enclave_app/node/commit_trace.py): one line per fsync
+# with the seqno it made durable and when, so the time to the enclave hearing it shows.
+COMMIT_TRACE_ENV = "CHARTER_COMMIT_TRACE"
 T = TypeVar("T")
 
 SEALED_BYTES_MAX = 16 * 1024 * 1024
@@ -459,6 +463,7 @@ class StorageWorker:
         self._queue: asyncio.Queue[Frame] = asyncio.Queue(STORAGE_QUEUE_FRAMES_MAX)
         self._in_flight: asyncio.Future[Any] | None = None
         self.fsync_count = 0
+        self._trace = os.environ.get(COMMIT_TRACE_ENV) == "1"
         # Frame type → handler: one row per frame in STORAGE_FRAMES (checked below).
         self._handlers: dict[type[Frame], Callable[[Any], Awaitable[None]]] = {
             WriteEntries: self._write_entries,
@@ -523,6 +528,12 @@ class StorageWorker:
     async def _flush(self) -> None:
         durable = await self._call(self.storage.flush)
         self.fsync_count += 1
+        if self._trace:
+            _log.info(
+                "event=commit_trace step=host_durable seqno=%d t_ms=%.2f",
+                durable,
+                time.time() * 1000,
+            )
         view = self.storage.last_entry_view if durable == self.storage.last_seqno else 0
         self._reply(Durable(seqno=durable, view=view))
 

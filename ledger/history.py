@@ -24,6 +24,7 @@ from charter.ledger.entry import (
     FLAG_FORCE_CHUNK_AFTER,
     FLAG_FORCE_CHUNK_BEFORE,
     ZERO_DIGEST,
+    Entry,
     WriteSet,
     commit_evidence,
     commit_evidence_digest,
@@ -231,7 +232,9 @@ class History:
         self._signature_seqnos.append(record.seqno)
         self._signatures[record.seqno] = record
 
-    def append_raw(self, raw: bytes, *, secret: bytes | None = None) -> TxRecord:
+    def append_raw(
+        self, raw: bytes, *, secret: bytes | None = None, decoded: tuple[Entry, int] | None = None
+    ) -> TxRecord:
         """Append an entry received from the primary or read back from the host.
 
         Checks the entry decodes, carries the next seqno, and, for a signature transaction,
@@ -239,7 +242,7 @@ class History:
         the GCM tag authenticates the entry and the commit evidence matches. Raises
         DecodeError or VerificationError otherwise (nothing is appended then).
         """
-        entry, end = decode_entry(raw)
+        entry, end = decode_entry(raw) if decoded is None else decoded  # `raw`, decoded
         if end != len(raw):
             raise DecodeError("trailing bytes after entry", offset=end, field="size")
         seqno = self.tree.size

@@ -678,10 +678,26 @@ class Node:
                 self._refresh_peers()
         self.settle()
 
+    def next_deadline_ms(self) -> int | None:
+        """When (on `tick`'s clock, the host's) something falls due between the host's
+        ticks: a signature (`Replication.signature_deadline_ms`). None when nothing does.
+        The runtime calls `deadline_reached` then."""
+        replication = self.replication
+        return None if replication is None else replication.signature_deadline_ms()
+
+    def deadline_reached(self, now_ms: int) -> None:
+        """The runtime's deadline timer ran out at `now_ms` (host clock, extrapolated)."""
+        replication = self.replication
+        if replication is not None:
+            replication.deadline_reached(now_ms)
+            self.settle()
+
     def durable(self, seqno: int, view: int = 0) -> None:
         if self.replication is None:
             return
         self.replication.raft.durable(seqno, view or None)
+        if self.replication.trace is not None:
+            self.replication.trace.durable(self.replication.raft.durable_index)
         self.settle()
 
     def on_entries_read(self, frame: itf.EntriesRead) -> None:
@@ -736,6 +752,8 @@ class Node:
                 peers.released.discard(sender)
                 replication.raft.track_removed(sender, self.core.store.version)
             replication.raft.step(message.message)
+            if replication.trace is not None and replication.is_primary:
+                replication.trace.acked(sender, replication.raft.peer_match_index(sender))
             self.settle()
         elif isinstance(message, messages.ForwardRequest):
             if status != "Trusted":

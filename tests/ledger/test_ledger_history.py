@@ -12,7 +12,7 @@ from cryptography import x509
 
 from charter.ledger import certs
 from charter.ledger.entry import decode_entry, entry_leaf
-from charter.ledger.errors import VerificationError
+from charter.ledger.errors import DecodeError, VerificationError
 from charter.ledger.history import History
 from charter.ledger.merkle import MerkleTree, root_from_proof
 from charter.ledger.signatures import SIGNATURES_TABLE, SINGLETON_KEY, TREE_TABLE, verify_root
@@ -108,6 +108,28 @@ def test_replica_append_raw_rebuilds_the_same_tree() -> None:
     assert replica.tree.root() == primary.tree.root()
     assert replica.last_signature is not None and replica.last_signature.seqno == 5
     assert replica.receipt_material(2) is not None
+
+
+def test_an_entry_decoded_by_the_caller_is_appended_as_from_its_bytes() -> None:
+    """A backup decodes each replicated entry once and hands the decoding in; the history
+    then checks and records exactly what it would from the bytes alone."""
+    primary, from_bytes, from_decoded = History(), History(), History()
+    entries = []
+    for seqno in range(1, 4):
+        record = primary.add_transaction(
+            seqno=seqno, view=2, public={"public:t": {b"k": b"v"}}, private={}, secret=SECRET
+        )
+        entries.append(record.raw)
+    entries.append(_sign(primary, 4))
+    for raw in entries:
+        a = from_bytes.append_raw(raw, secret=SECRET)
+        b = from_decoded.append_raw(raw, secret=SECRET, decoded=decode_entry(raw))
+        assert a == b
+    assert from_decoded.tree.root() == from_bytes.tree.root() == primary.tree.root()
+    with pytest.raises(DecodeError):
+        # The decoding must cover the bytes: a shorter one is trailing bytes.
+        raw = entries[0] + b"x"
+        History().append_raw(raw, secret=SECRET, decoded=decode_entry(raw))
 
 
 def test_replica_rejects_signature_over_a_different_tree() -> None:

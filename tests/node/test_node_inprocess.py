@@ -594,6 +594,98 @@ def test_a_burst_of_writes_settled_once_leaves_one_write_frame_and_one_proposal_
     node.replication.assert_consistent()
 
 
+def test_a_signature_falls_due_at_the_deadline_the_node_exposes_and_not_before(
+    tmp_path: Path,
+) -> None:
+    """A write waits for a signature `signatures.delay_ms` after the last one: the node says
+    when (`next_deadline_ms`, on the clock of its ticks), a tick one millisecond earlier signs
+    nothing, a tick at the deadline signs; with no write waiting there is no deadline."""
+    from charter.enclave_app.app import App
+
+    app = App("deadline", prefix="/deadline", api_path=None)
+
+    @app.post("/put", auth="none")
+    def put(ctx: Any) -> dict[str, Any]:
+        ctx.tx.put("public:deadline", bytes(ctx.body), b"v")
+        return {}
+
+    config = _config(tmp_path, signatures={"delay_ms": 40, "tx_count": 1_000})
+    node = Node(config, VirtualPlatform(tmp_path), load_app(config.app), extra_apps=(app,))
+    node.routes.include(node_endpoints.build(node))
+    include_governance(node)
+    node.start_new_network(initial_members(config), None)
+    node.tick(1_000)
+    _drain(node)
+    assert node.next_deadline_ms() is None, "no write waits for a signature"
+
+    signatures = node.metrics["signatures"]
+    for key in (b"a", b"b"):
+        response = node.handle("POST", "/deadline/put", "", {}, key, None)
+        assert response.status == 200  # type: ignore[union-attr]
+        _drain(node)
+        if key == b"a":
+            # The first write after a quiet spell finds its deadline passed: the next tick
+            # signs (at 1,010 on the node's clock).
+            assert (node.next_deadline_ms() or 0) < 1_010
+            node.tick(1_010)
+            _drain(node)
+            assert node.metrics["signatures"] == signatures + 1
+    deadline_ms = node.next_deadline_ms()
+    assert deadline_ms == 1_050, "40 ms after the signature of the tick at 1,010"
+    signatures = node.metrics["signatures"]
+    node.tick(deadline_ms - 1)
+    _drain(node)
+    assert node.metrics["signatures"] == signatures
+    assert node.next_deadline_ms() == deadline_ms
+    node.tick(deadline_ms)
+    _drain(node)
+    assert node.metrics["signatures"] == signatures + 1
+    assert node.next_deadline_ms() is None
+    assert node.commit_seqno == node.applied_seqno, "the signature committed the write"
+
+
+def test_the_deadline_timer_signs_at_its_time_and_leaves_raft_to_the_host_ticks(
+    tmp_path: Path,
+) -> None:
+    """Between host ticks the runtime's timer tells the node its deadline came
+    (`deadline_reached`, the host clock extrapolated): a due signature goes out and the
+    next deadline counts from then, while Raft's clock does not move (it moves with the
+    host's ticks alone, so an enclave running on while its host stalls times nothing out).
+    Reached before the deadline, it does nothing."""
+    node, _ = _start(tmp_path, signatures={"delay_ms": 40, "tx_count": 1_000})
+    node.tick(5_000)
+    _drain(node)
+    raft = node.raft
+    replication = node.replication
+    assert raft is not None and replication is not None
+    raft_ms = raft.now_ms
+
+    def write(key: bytes) -> None:
+        tx = node.core.store.begin()
+        tx.put("public:deadline", key, b"v")
+        assert replication is not None
+        replication.commit_tx(tx)
+
+    write(b"a")
+    node.deadline_reached(5_000)  # the first write after a quiet spell: due at once
+    _drain(node)
+    write(b"b")
+    assert node.next_deadline_ms() == 5_040
+    signatures = node.metrics["signatures"]
+    node.deadline_reached(5_039)
+    _drain(node)
+    assert node.metrics["signatures"] == signatures, "not before its time"
+    node.deadline_reached(5_043)
+    _drain(node)
+    assert node.metrics["signatures"] == signatures + 1
+    assert node.commit_seqno == node.applied_seqno
+    write(b"c")
+    assert node.next_deadline_ms() == 5_083, "40 ms after the signature's own time"
+    assert raft.now_ms == raft_ms, "Raft's clock moved only with host ticks"
+    node.tick(5_010)
+    assert raft.now_ms == raft_ms + 10
+
+
 def test_an_illegal_lifecycle_step_raises_a_typed_error(tmp_path: Path) -> None:
     """The lifecycle moves only along its table: a node part of the network cannot be
     started again or replay its own ledger."""
@@ -608,3 +700,19 @@ def test_an_illegal_lifecycle_step_raises_a_typed_error(tmp_path: Path) -> None:
     with pytest.raises(IllegalTransition):
         node.replay(b"")
     assert node.state == "PartOfNetwork"
+
+
+def test_a_nodes_id_follows_its_key_when_the_key_is_replaced() -> None:
+    """The node id is the hash of the node key's public DER; it is computed once per key
+    (not per signature), and a new key gives the new key's id."""
+    from charter.enclave_app.identity import Identity
+
+    first, second = certs.new_key(), certs.new_key()
+    identity = Identity(node_key=first)
+    assert identity.node_id == certs.node_id(first.public_key())
+    assert identity.node_id == certs.node_id(first.public_key())
+    identity.node_key = second
+    assert identity.node_id == certs.node_id(second.public_key())
+    used = Identity(node_key=first)
+    assert used.node_id
+    assert used == Identity(node_key=first), "the cache is no part of the identity's state"
