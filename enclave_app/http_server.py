@@ -217,6 +217,17 @@ class _Session(asyncio.Protocol):
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
+        self._closes_at: float | None = None  # once the session is ending
+
+    def cut_off_at(self) -> float | None:
+        """The loop time by which the session ends if its client sends nothing more; None
+        only while a handler runs (its answer decides what comes next)."""
+        if self._closes_at is not None:
+            return self._closes_at
+        if self._waiting == _NONE:
+            assert self.busy or self._ending
+            return None
+        return self._deadline
 
     # ------------------------------------------------------------ transport events
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -270,6 +281,8 @@ class _Session(asyncio.Protocol):
         self._transport = None
         self._ending = True
         self._waiting = _NONE
+        if self._closes_at is None:
+            self._closes_at = self._loop.time()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -359,11 +372,13 @@ class _Session(asyncio.Protocol):
         # reset a session whose answer is still on its way.
         self._writing_paused = False
         self._resume_reading()
-        self._loop.call_later(_LINGER_S, transport.close)
+        self._closes_at = self._loop.time() + _LINGER_S
+        self._loop.call_at(self._closes_at, transport.close)
 
     def _end(self) -> None:
         self._ending = True
         self._waiting = _NONE
+        self._closes_at = self._loop.time()
         if self._transport is not None:
             self._transport.close()
 
