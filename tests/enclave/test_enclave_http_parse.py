@@ -136,6 +136,9 @@ def test_anything_but_http10_and_http11_is_refused_505(raw: bytes) -> None:
         b"GET / HTTP/1.1\n\n",
         b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # a TLS ClientHello sent as HTTP
         b"G\x00T / HTTP/1.1\r\n\r\n",
+        # A non-ASCII byte in the target (so a path or query is ASCII, as long in UTF-8).
+        b"GET /a\xff HTTP/1.1\r\n\r\n",
+        b"GET /a?q=\xc3\xa9 HTTP/1.1\r\n\r\n",
     ],
 )
 def test_a_malformed_request_is_refused_400_and_nothing_after_it_is_parsed(raw: bytes) -> None:
