@@ -76,12 +76,14 @@ class Harness:
         self.listener.listen(64)
         self.listener.setblocking(False)
         self.port = self.listener.getsockname()[1]
+        self.served: list[socket.socket] = []
         self._accepting = asyncio.get_running_loop().create_task(self._accept())
 
     async def _accept(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             sock, _ = await loop.sock_accept(self.listener)
+            self.served.append(sock)
             self.server.serve(sock, self.context)
 
     def client_context(self) -> ssl.SSLContext:
@@ -176,6 +178,10 @@ async def test_the_handler_is_given_the_client_certificate_and_address() -> None
         [request] = seen
         assert request.peer_der == CLIENT[2] and request.source == "127.0.0.1"
         assert (request.path, request.query_string) == ("/x", "y=1")
+        # Answers leave at once, no Nagle delay behind the client's delayed ACK (uvloop's
+        # transport sets TCP_NODELAY, as aiohttp's server did).
+        [sock] = harness.served
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
     finally:
         harness.close()
 
