@@ -344,7 +344,7 @@ class _Session(asyncio.Protocol):
         status: int = result.status
         body: bytes = result.body
         without_body = status in (204, 304) or status < 200
-        if not request.keep_alive:
+        if not request.keep_alive or self._ending:  # the client's choice, or a shutdown
             connection: str | None = "close"
         elif request.http_10:
             connection = "keep-alive"

@@ -254,7 +254,7 @@ async def test_shutdown_lets_a_handler_in_flight_finish_and_takes_no_new_session
             assert await _read_to_close(late_reader) == b""
         # The request in flight is answered, then its session closes.
         [answer] = parse_answers(await _read_to_close(reader))
-        assert answer.body == b"finished"
+        assert answer.body == b"finished" and answer.headers["connection"] == "close"
         await asyncio.wait_for(shutdown, WITHIN_S)
         assert harness.server.open_sessions == 0
         for w in (idle_writer, writer):
