@@ -218,6 +218,7 @@ class _Session(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._closes_at: float | None = None  # once the session is ending
+        self._task: asyncio.Task[None] | None = None  # the handler's, while busy
 
     def cut_off_at(self) -> float | None:
         """The loop time by which the session ends if its client sends nothing more; None
@@ -301,7 +302,8 @@ class _Session(asyncio.Protocol):
             return
         self.busy = True
         self._waiting = _NONE  # the node's time, not the client's
-        self._loop.create_task(self._serve(event))
+        # Referenced here until it ends: the loop holds tasks only weakly.
+        self._task = self._loop.create_task(self._serve(event))
 
     async def _serve(self, request: ParsedRequest) -> None:
         plain = PlainRequest(
@@ -315,18 +317,18 @@ class _Session(asyncio.Protocol):
         )
         try:
             result = await self._handler(plain)
-            data = self._render(request, result)
+            head, body = self._render(request, result)
         except Exception as exc:
             # The exception's text may quote request bytes: its type only.
             LOG.error("event=http_server_error error=%s", type(exc).__name__)
-            self.busy = False
+            self.busy, self._task = False, None
             self._refuse(500)
             return
-        self.busy = False
+        self.busy, self._task = False, None
         transport = self._transport
         if transport is None:
             return  # the client went away while its request was handled
-        self._write_answer(transport, data)
+        self._write_answer(transport, head, body)
         if not request.keep_alive or self._ending:
             self._end()
             return
@@ -336,11 +338,16 @@ class _Session(asyncio.Protocol):
             self._await_input()
 
     @staticmethod
-    def _write_answer(transport: asyncio.Transport, data: bytes) -> None:
+    def _write_answer(transport: asyncio.Transport, head: bytes, body: bytes) -> None:
         # Its own frame in profiles: TLS encryption and the send, most of an answer's cost.
-        transport.write(data)
+        if len(body) < _COPY_BODY_BYTES_MAX:
+            transport.write(head + body)  # one TLS record and one send for most answers
+        else:
+            transport.write(head)
+            transport.write(body)
 
-    def _render(self, request: ParsedRequest, result: HttpResponse) -> bytes:
+    def _render(self, request: ParsedRequest, result: HttpResponse) -> tuple[bytes, bytes]:
+        """The answer's head, and the body to send after it (none for HEAD, 204, 304)."""
         status: int = result.status
         body: bytes = result.body
         without_body = status in (204, 304) or status < 200
@@ -357,12 +364,9 @@ class _Session(asyncio.Protocol):
             None if without_body else len(body),
             connection,
         )
-        if without_body or request.method == "HEAD" or not body:
-            return head
-        if len(body) >= _COPY_BODY_BYTES_MAX and self._transport is not None:
-            self._transport.write(head)
-            return body
-        return head + body
+        if without_body or request.method == "HEAD":
+            return head, b""
+        return head, body
 
     def _refuse(self, status: int) -> None:
         """Answer the error `status` and end the session."""
@@ -394,6 +398,9 @@ class _Session(asyncio.Protocol):
             self._end()
 
     def abort(self) -> None:
+        """End the session now (a shutdown's time is up): its handler too, if one runs."""
+        if self._task is not None:
+            self._task.cancel()
         if self._transport is not None:
             self._transport.abort()
 
