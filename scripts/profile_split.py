@@ -6,11 +6,13 @@
 PROFILE.txt is py-spy's raw (collapsed-stack) output, as `scripts/bench.py --profile-dir DIR`
 records it for the primary's enclave. Each sample is put in one bucket by the first rule
 that matches a frame of its stack: first the work a frontend process could do (TLS
-handshakes, writing the response through aiohttp and TLS, reading and validating the body,
-authenticating the caller and checking the service is open), then the ordering process's
-(committing the transaction, signatures, the application handler on the KV store, frames
-to and from the host), then the rest of HTTP handling (parsing, aiohttp's request plumbing,
-`Node.handle`'s own lines: route match, admission checks), which is frontend work. What matches nothing is the event loop and other overhead.
+handshakes, writing the response through TLS (aiohttp's, or the enclave HTTP server's
+`_Session._write_answer`), reading and validating the body, authenticating the caller and
+checking the service is open), then the ordering process's (committing the transaction,
+signatures, the application handler on the KV store, frames to and from the host), then
+the rest of HTTP handling (parsing, the HTTP server's request plumbing, `Node.handle`'s own
+lines: route match, admission checks), which is frontend work. What matches nothing is the
+event loop and other overhead.
 With --us-per-write (the bench's `enclave_us_per_write`), each share is also given in µs.
 The last line is one JSON object. See docs/internals.md, "Multi-core frontends".
 """
@@ -26,7 +28,7 @@ from pathlib import Path
 PROFILE_BYTES_MAX = 512 * 1024 * 1024
 FRONT_FIRST = (
     ("front_tls_handshake", ("do_handshake",)),
-    ("front_response_write", ("finish_response", "write_eof", "_writelines")),
+    ("front_response_write", ("finish_response", "write_eof", "_writelines", "_write_answer")),
     ("front_body_read_and_validation", ("read_body", "validate_json", "App._context")),
     ("front_authentication", ("Node.authenticate", "service_status", "getpeercert")),
 )
@@ -39,7 +41,8 @@ ORDER = (
 )  # fmt: skip
 FRONT_LAST = (
     ("front_http_parse_and_dispatch", ("data_received", "RequestHandler", "http1_only",
-                                       "handle_http", "Node.handle", "Node._handle")),
+                                       "handle_http", "Node.handle", "Node._handle",
+                                       "_Session.", "RequestReader.")),
 )  # fmt: skip
 RULES = FRONT_FIRST + ORDER + FRONT_LAST
 

@@ -34,8 +34,8 @@ from charter.enclave_app.interface.limits import (
     NODE_FRAME_ENVELOPE_BYTES,
 )
 
-# Bounds of the fields around a forwarded body, in UTF-8 bytes. aiohttp refuses a request line
-# over 8190 bytes, and decoding escapes never lengthens a path or query, so no path or query a
+# Bounds of the fields around a forwarded body, in UTF-8 bytes. The HTTP server refuses a
+# request line over 8190 bytes or with a non-ASCII byte (`http_parse`), so no path or query a
 # client could send is longer than these.
 METHOD_BYTES_MAX: Final = 16
 PATH_BYTES_MAX: Final = 8 * 1024

@@ -235,6 +235,53 @@ async def test_an_idle_session_is_closed_at_the_idle_timeout(net: Sandbox) -> No
         _close(writer)
 
 
+async def test_keep_alive_sessions_serve_http10_and_pipelined_requests_in_order(
+    net: Sandbox,
+) -> None:
+    reader, writer = await _connect(net)
+    try:
+        # ab -k: HTTP/1.0 with Connection: keep-alive, answered in kind, session kept.
+        for _ in range(2):
+            writer.write(b"GET /node/state HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), CLOSED_WITHIN_S)
+            status, headers, _ = _parse(head)
+            assert status == 200 and headers["connection"].lower() == "keep-alive", head
+            body = await reader.readexactly(int(headers["content-length"]))
+            assert json.loads(body)["state"]
+        # Three requests in one write: three answers, in the order asked.
+        writer.write(
+            b"GET /node/state HTTP/1.1\r\n\r\n"
+            b"GET /node/no-such-path HTTP/1.1\r\n\r\n"
+            b"GET /node/state HTTP/1.1\r\nConnection: close\r\n\r\n"
+        )
+        raw = await _read_to_close(reader, CLOSED_WITHIN_S)
+        statuses = []
+        while raw:
+            head, _, raw = raw.partition(b"\r\n\r\n")
+            status, headers, _ = _parse(head + b"\r\n\r\n")
+            length = int(headers["content-length"])
+            statuses.append(status)
+            raw = raw[length:]
+        assert statuses == [200, 404, 200]
+    finally:
+        _close(writer)
+
+
+async def test_oversized_heads_and_bodies_are_refused_before_they_are_read(net: Sandbox) -> None:
+    raw = await _send_and_read(
+        net, b"GET /node/state HTTP/1.1\r\nX-Big: " + b"v" * 20_000 + b"\r\n\r\n"
+    )
+    assert _json_error(raw, 431)["code"] == "RequestHeaderTooLarge"
+    # A body announced past REQUEST_BODY_BYTES_MAX: refused on its head alone.
+    raw = await _send_and_read(
+        net,
+        b"POST /app/log/private HTTP/1.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000000000\r\n\r\n",
+    )
+    assert _json_error(raw, 413)["code"] == "RequestTooLarge"
+
+
 SOFT = 4
 HARD = 6
 
