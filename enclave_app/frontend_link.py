@@ -124,7 +124,7 @@ def _headers(v: object) -> list[tuple[str, str]]:
         raise LinkError(f"expected at most {HEADERS_MAX} header lines")
     out: list[tuple[str, str]] = []
     for pair in v:
-        if type(pair) is not list or len(pair) != 2:
+        if type(pair) not in (list, tuple) or len(pair) != 2:
             raise LinkError("a header line is [name, value]")
         out.append((_str(pair[0]), _str(pair[1])))
     return out
@@ -224,12 +224,21 @@ TO_ORDERER: Final = frozenset({Request, ForgetCerts, Load})
 
 
 def encode_link_frame(frame: LinkFrame) -> bytes:
-    """The msgpack body of `frame` (no length prefix); raises `LinkError`."""
+    """The msgpack body of `frame` (no length prefix); raises `LinkError`. Fields are checked
+    as on receipt, so a frame the peer would drop is refused here, where the sender can still
+    answer its client (a dropped request would leave its client waiting)."""
     cls = type(frame)
-    if cls not in _CHECKS:
+    checks = _CHECKS.get(cls)
+    if checks is None:
         raise LinkError(f"not a link frame: {cls.__name__}")
+    values = [getattr(frame, name) for name in cls.__slots__]
+    try:
+        for check, value in zip(checks, values, strict=True):
+            check(list(value) if type(value) is tuple else value)
+    except LinkError as exc:
+        raise LinkError(f"{cls.__name__}: {exc}") from None
     # Tuples pack as msgpack arrays, as lists do.
-    fields = [LINK_VERSION, cls.TAG, *(getattr(frame, name) for name in cls.__slots__)]
+    fields = [LINK_VERSION, cls.TAG, *values]
     try:
         data: bytes = msgpack.packb(fields, use_bin_type=True)
     except (ValueError, OverflowError, TypeError) as exc:

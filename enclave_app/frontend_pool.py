@@ -218,6 +218,9 @@ class FrontendPool:
         if not self.frontends:
             self.start()
         live = [f for f in self.frontends if f.link is not None and not f.link.closed]
+        # One being restarted (after a pause) takes sockets only if no other one can.
+        running = [f for f in live if f.process is not None and f.process.returncode is None]
+        live = running or live
         total = sum(f.open_sessions for f in self.frontends)
         if not live or total >= self.node_limits.max_open_sessions_hard:
             LOG.warning("event=session_refused open=%d frontends_up=%d", total, len(live))

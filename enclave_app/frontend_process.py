@@ -107,6 +107,9 @@ class Frontend:
         """The HTTP server's handler: the request to the ordering process, its answer back."""
         if self.link.closed:
             return error_response("The node is stopping", code="ServiceNotReady")
+        headers = list(request.headers.items())
+        if len(headers) > fl.HEADERS_MAX:
+            return error_response("Too many header lines", code="RequestHeaderTooLarge")
         cert_id, first_use = 0, None
         if request.peer_der:
             known = self.cert_ids.get(request.peer_der)
@@ -127,12 +130,12 @@ class Frontend:
                 request.method,
                 request.path,
                 request.query_string,
-                list(request.headers.items()),
+                headers,
                 request.body,
                 request.source,
             )
         )
-        if not sent:
+        if not sent:  # a field beyond the link's limits, or the link is gone (logged)
             if first_use is not None:
                 del self.cert_ids[first_use]  # the ordering process never learned it
             return error_response("Request could not be passed on", code="InternalError")

@@ -213,3 +213,14 @@ async def test_fds_sent_with_a_frame_that_takes_none_are_closed_not_leaked() -> 
     os.close(w)
     orderer.link.close()
     theirs.close()
+
+
+def test_a_frame_the_peer_would_refuse_is_refused_when_encoded() -> None:
+    # The sender finds out at once and answers its client, instead of the peer dropping it.
+    too_many = [("a", "b")] * (fl.HEADERS_MAX + 1)
+    with pytest.raises(fl.LinkError, match="header"):
+        fl.encode_link_frame(fl.Request(1, 0, None, "GET", "/", "", too_many, b"", None))
+    with pytest.raises(fl.LinkError):
+        fl.encode_link_frame(fl.Request(1, 1, b"", "GET", "/", "", [], b"", None))
+    with pytest.raises(fl.LinkError):
+        fl.encode_link_frame(fl.Load(-1, 0))
