@@ -90,7 +90,9 @@ def _float(v: object) -> float:
 
 
 def _str(v: object) -> str:
-    if type(v) is not str or len(v) > MAX_STRING_CHARS:
+    # isinstance: header names from the HTTP layer are a str subclass (case-insensitive);
+    # msgpack sends them as str, and decoding only ever yields str.
+    if not isinstance(v, str) or len(v) > MAX_STRING_CHARS:
         raise LinkError(f"expected a str of at most {MAX_STRING_CHARS} chars")
     return v
 

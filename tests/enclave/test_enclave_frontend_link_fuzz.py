@@ -224,3 +224,15 @@ def test_a_frame_the_peer_would_refuse_is_refused_when_encoded() -> None:
         fl.encode_link_frame(fl.Request(1, 1, b"", "GET", "/", "", [], b"", None))
     with pytest.raises(fl.LinkError):
         fl.encode_link_frame(fl.Load(-1, 0))
+
+
+def test_header_names_from_the_http_layer_cross_as_plain_strings() -> None:
+    # The HTTP layer's case-insensitive names are a str subclass; the link carries them.
+    from multidict import CIMultiDict, istr
+
+    headers = CIMultiDict([(istr("Content-Type"), "application/json"), ("X-A", "1")])
+    frame = fl.Request(1, 0, None, "GET", "/x", "", list(headers.items()), b"", None)
+    decoded = fl.decode_link_frame(fl.encode_link_frame(frame))
+    assert isinstance(decoded, fl.Request)
+    assert decoded.headers == [("Content-Type", "application/json"), ("X-A", "1")]
+    assert all(type(name) is str for name, _ in decoded.headers)
