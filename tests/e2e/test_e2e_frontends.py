@@ -1,14 +1,17 @@
 """`frontends: 2`: two nodes whose enclaves serve TLS and HTTP from two frontend processes each
 (real processes, real TLS on 127.0.0.1, nothing mocked). Writes, reads, receipts, a write
 forwarded by a backup, client-certificate auth (including a user registered while the node
-runs: the frontends get the new CA bundle), a frontend killed with -9 and restarted, and no
-process left once the node stops or its enclave is killed."""
+runs: the frontends get the new CA bundle), a frontend killed with -9 and restarted, no
+process left once the node stops or its enclave is killed, and session caps that hold per
+node, not per frontend."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -205,3 +208,73 @@ def gone(pids: list[int]) -> Any:
         return not any(running(pid) for pid in pids)
 
     return check
+
+
+# Session caps with two frontends: per node, as with one process.
+SOFT, HARD = 2, 3
+CLOSED_WITHIN_S = 10.0
+
+
+@pytest.fixture(scope="module")
+def capped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    def configure(index: int, config: dict[str, Any]) -> None:
+        _frontends(index, config)
+        config["rpc_interface"]["max_open_sessions_soft"] = SOFT
+        config["rpc_interface"]["max_open_sessions_hard"] = HARD
+
+    sb = start_sandbox(make_sandbox(tmp_path_factory.mktemp("e2e-fe-caps") / "sb", 1, configure))
+    try:
+        yield sb
+    finally:
+        sb.stop()
+
+
+async def _connect(sb: Sandbox) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    ctx = ssl.create_default_context(cafile=str(sb.service_cert_path))
+    ctx.check_hostname = False
+    host, _, port = sb.nodes[0].rpc_address.rpartition(":")
+    return await asyncio.wait_for(
+        asyncio.open_connection(host, int(port), ssl=ctx), CLOSED_WITHIN_S
+    )
+
+
+async def _ask(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+    """One request on a kept-open session: the status line and headers of its answer."""
+    writer.write(b"GET /node/state HTTP/1.1\r\nHost: a\r\n\r\n")
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), CLOSED_WITHIN_S)
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    await asyncio.wait_for(reader.readexactly(length), CLOSED_WITHIN_S)
+    return head
+
+
+async def test_session_caps_hold_per_node_across_frontends(capped: Sandbox) -> None:
+    await asyncio.sleep(0.5)  # sessions of the start-up checks have closed and been reported
+    sessions = []
+    try:
+        for _ in range(SOFT):  # one on each frontend: both under the node's soft cap
+            reader, writer = await _connect(capped)
+            sessions.append((reader, writer))
+            assert (await _ask(reader, writer)).startswith(b"HTTP/1.1 200")
+        over_soft = await _connect(capped)  # past the node's soft cap
+        sessions.append(over_soft)
+        # At the node's hard cap: closed before TLS by the ordering process.
+        with pytest.raises((ConnectionError, ssl.SSLError, asyncio.IncompleteReadError)):
+            reader, writer = await _connect(capped)
+            sessions.append((reader, writer))
+            await _ask(reader, writer)
+        assert (await _ask(*over_soft)).startswith(b"HTTP/1.1 503")
+    finally:
+        for _, writer in sessions:
+            with contextlib.suppress(Exception):
+                writer.close()
+    await asyncio.sleep(1.0)  # closed sessions are reported free
+    reader, writer = await _connect(capped)
+    try:
+        assert (await _ask(reader, writer)).startswith(b"HTTP/1.1 200")
+    finally:
+        writer.close()
