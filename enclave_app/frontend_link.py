@@ -474,9 +474,14 @@ class Link:
             )
 
     # -- closing ------------------------------------------------------------------------
-    def close(self, reason: str = "closed locally") -> None:
+    def close(self, reason: str = "closed locally", *, flush: bool = False) -> None:
+        """Close now; with `flush`, first write what is queued if the socket takes it."""
         if self.closed:
             return
+        if flush and self._out:
+            self._flush()
+            if self.closed:
+                return
         self.closed = True
         self._loop.remove_reader(self._fd)
         if self._writing:

@@ -198,7 +198,7 @@ class FrontendPool:
         self.stopping = True
         for fe in self.frontends:
             if fe.link is not None:
-                fe.link.close("the node is stopping")
+                fe.link.close("the node is stopping", flush=True)  # answers already made
         processes = [f.process for f in self.frontends if f.process is not None]
         waits = [self.loop.create_task(p.wait()) for p in processes if p.returncode is None]
         if waits:

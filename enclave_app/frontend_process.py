@@ -7,7 +7,9 @@ TLS and parses HTTP for the client sockets the ordering process passes it
 to the ordering process as one `Request` frame, awaiting its `Answer`. It holds the node's
 TLS certificate and key and the client CA bundle (`Tls` frames), nothing else: no ledger
 secret, no service key, no state. When the ordering process goes away (the link's EOF) it
-closes its sessions and exits, so no frontend outlives its node.
+writes the answers it already has, then exits at once: its sessions drop as they would with
+the enclave process, and no frontend outlives its node. (It does not answer 503 meanwhile:
+to a client, a node whose ordering process is gone is a node that is gone.)
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 import asyncio
 import itertools
 import logging
+import os
 import signal
 import socket
 import ssl
@@ -33,7 +36,8 @@ LOG = logging.getLogger("enclave.frontend")
 # How often the open-session count is reported when it changed (the ordering process places
 # new sessions by it; a report also goes out with every session received).
 LOAD_REPORT_S = 0.2
-SHUTDOWN_S = 0.5
+# After the link's EOF: time for answers already received to be written, then exit.
+EXIT_AFTER_EOF_S = 0.2
 
 
 class Frontend:
@@ -56,6 +60,8 @@ class Frontend:
         self.sessions_received = 0
         self.reported_open = -1
         self.closed = asyncio.Event()
+        # What a request arriving after the EOF waits for: nothing, until the process exits.
+        self.never: asyncio.Future[HttpResponse] = self.loop.create_future()
 
     def on_frame(self, frame: fl.LinkFrame, fds: list[int]) -> None:
         if isinstance(frame, fl.Answer):
@@ -106,7 +112,7 @@ class Frontend:
     async def handle(self, request: PlainRequest) -> HttpResponse:
         """The HTTP server's handler: the request to the ordering process, its answer back."""
         if self.link.closed:
-            return error_response("The node is stopping", code="ServiceNotReady")
+            return await self.never
         headers = list(request.headers.items())
         if len(headers) > fl.HEADERS_MAX:
             return error_response("Too many header lines", code="RequestHeaderTooLarge")
@@ -152,9 +158,11 @@ async def serve(fd: int) -> int:
     reporter = asyncio.get_running_loop().create_task(frontend.report_loop())
     await frontend.closed.wait()
     reporter.cancel()
-    if frontend.server is not None:
-        await frontend.server.shutdown(SHUTDOWN_S)
-    return 0
+    await asyncio.sleep(EXIT_AFTER_EOF_S)
+    # At once, from inside the loop: no graceful close of the sessions, no cancelled handler
+    # answering anything (the ordering process is gone, as if this process had been too).
+    logging.shutdown()
+    os._exit(0)
 
 
 def main(argv: list[str] | None = None) -> int:
