@@ -20,6 +20,7 @@ import socket
 import ssl
 import sys
 import traceback
+from collections.abc import Awaitable
 from typing import Any
 
 from charter.enclave_app import (
@@ -34,6 +35,7 @@ from charter.enclave_app.attestation import UnapprovedCode
 from charter.enclave_app.console import Console
 from charter.enclave_app.deadline import DeadlineTimer
 from charter.enclave_app.errors import AppLoadError, StartRefused
+from charter.enclave_app.frontend_pool import FrontendPool
 from charter.enclave_app.http_server import HttpServer, PlainRequest, SessionLimits
 from charter.enclave_app.identity import IdentityError
 from charter.enclave_app.loop import run_loop
@@ -77,6 +79,8 @@ class Runtime:
         self.channel = channel
         self.node: Node | None = None
         self.server: HttpServer | None = None
+        # NodeConfig.frontends >= 1: the processes that serve TLS and HTTP for this one.
+        self.frontends: FrontendPool | None = None
         self.pending_reads: dict[int, asyncio.Future[Any]] = {}
         self.request_ids = itertools.count(1)
         self.stopping = asyncio.Event()
@@ -173,11 +177,9 @@ class Runtime:
     # ------------------------------------------------------------------ start
     async def start(self, frame: itf.Start) -> None:
         config = itf.NodeConfig.model_validate(frame.config)
-        self.server = HttpServer(
-            self.dispatch,
-            SessionLimits.from_config(config.rpc_interface),
-            loop=asyncio.get_running_loop(),
-        )
+        limits = SessionLimits.from_config(config.rpc_interface)
+        if config.frontends == 0:
+            self.server = HttpServer(self.dispatch, limits, loop=asyncio.get_running_loop())
         platform = make_platform(config)
         if isinstance(platform, SnpPlatform):
             servers = len(config.snp.endorsements_servers)
@@ -186,6 +188,8 @@ class Runtime:
         node = Node(config, platform, app, extra_apps=())
         self.node = node
         self.deadline = DeadlineTimer(asyncio.get_running_loop(), self._on_deadline)
+        if config.frontends > 0:
+            self.frontends = FrontendPool(config.frontends, limits, self.dispatch_now, node.metrics)
         node.host_backlog_bytes = lambda: self.channel.outgoing_bytes + node.outbox_write_bytes
         self.console = Console(config.console)
         node.on_forward_response = self._forward_answered
@@ -477,6 +481,8 @@ class Runtime:
             await frames
         if self.server is not None:
             await self.server.shutdown(1.0)
+        if self.frontends is not None:
+            await self.frontends.stop()
         await self.channel.drain()
         return 0
 
@@ -556,6 +562,9 @@ class Runtime:
 
     def _serve_held(self) -> None:
         node = self.node
+        pool = self.frontends
+        if pool is not None and not pool.started and node is not None and node.serving:
+            pool.start()  # the TLS identity exists: frontends can be given it
         if not self.held_sockets or node is None:
             return
         if node.serving:
@@ -569,8 +578,12 @@ class Runtime:
 
     def _serve(self, sock: socket.socket) -> None:
         node = self.node
-        assert node is not None and self.server is not None
-        self.server.serve(sock, node.tls.context)
+        assert node is not None
+        if self.frontends is not None:
+            self.frontends.serve(sock, node.tls)
+        else:
+            assert self.server is not None
+            self.server.serve(sock, node.tls.context)
 
     # ------------------------------------------------------------------ forwarding
     def _forward_answered(self, forward_id: int, response: HttpResponse) -> None:
@@ -615,13 +628,21 @@ class Runtime:
     async def dispatch(self, request: PlainRequest) -> HttpResponse:
         """Everything after TLS and HTTP: the console, operator files, or the node's request
         pipeline (with a write forwarded to the primary awaited here)."""
+        result = self.dispatch_now(request)
+        if isinstance(result, HttpResponse):
+            return result
+        return await result
+
+    def dispatch_now(self, request: PlainRequest) -> HttpResponse | Awaitable[HttpResponse]:
+        """`dispatch`, answering at once what needs no waiting (most requests: no task is
+        made for them), else the awaitable of the answer (the frontends' path)."""
         node = self.node
         if node is None:
             return error_response("The node is starting", code="ServiceNotReady")
         if self.console is not None and Console.handles(request.path):
-            return await self.serve_console(request)
+            return self.serve_console(request)
         if operator_files.handles(request.path):
-            return await self.serve_operator_file(request)
+            return self.serve_operator_file(request)
         try:
             result = node.handle(
                 request.method,
@@ -639,7 +660,7 @@ class Runtime:
             return error_response("Internal error", code="InternalError")
         self.schedule_flush()
         if isinstance(result, Forwarded):
-            result = await self._await_forward(result)
+            return self._await_forward(result)
         return result
 
     async def serve_operator_file(self, request: PlainRequest) -> HttpResponse:

@@ -22,7 +22,9 @@ from pathlib import Path
 LOG = logging.getLogger(__name__)
 
 
-def _server_context(cert_chain_pem: str, key_pem: str, client_cas_pem: str) -> ssl.SSLContext:
+def server_context(cert_chain_pem: str, key_pem: str, client_cas_pem: str) -> ssl.SSLContext:
+    """A server context for the node certificate chain and key, asking for (not requiring)
+    a client certificate among `client_cas_pem` when there are any."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     with tempfile.TemporaryDirectory(prefix="charter-tls-") as tmp:
@@ -52,6 +54,8 @@ class ServerTls:
         self._cert_chain_pem = ""
         self._key_pem = ""
         self._client_cas: tuple[str, ...] = ()
+        # Counts rebuilds, so a frontend process can be sent each new bundle once.
+        self.generation = 0
 
     @property
     def context(self) -> ssl.SSLContext:
@@ -61,6 +65,12 @@ class ServerTls:
     @property
     def ready(self) -> bool:
         return self._context is not None
+
+    def bundle(self) -> tuple[str, str, str]:
+        """(certificate chain, key, client CAs) in PEM: what a frontend process builds the
+        same context from (never the ledger secrets or the service key)."""
+        assert self._context is not None, "TLS identity not set yet"
+        return self._cert_chain_pem, self._key_pem, "".join(self._client_cas)
 
     def set_identity(self, cert_chain_pem: str, key_pem: str) -> None:
         self._cert_chain_pem = cert_chain_pem
@@ -75,7 +85,8 @@ class ServerTls:
                 self._rebuild()
 
     def _rebuild(self) -> None:
-        self._context = _server_context(
+        self._context = server_context(
             self._cert_chain_pem, self._key_pem, "".join(self._client_cas)
         )
+        self.generation += 1
         LOG.info("event=tls_context_rebuilt client_cas=%d", len(self._client_cas))

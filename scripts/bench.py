@@ -4,7 +4,7 @@
     .venv/bin/python scripts/bench.py [--compare-nodes 1,3 | --nodes N | --network FILE]
         [--load-generator ab|python] [--clients 64] [--duration-s 10] [--rounds 1]
         [--latency-duration-s 5] [--receipts 200] [--out FILE] [--workspace DIR]
-        [--profile-dir DIR] [--loop auto]
+        [--profile-dir DIR] [--loop auto] [--frontends 0,1,2]
 
 Without --network it starts its own sandbox network in a temporary workspace for each node
 count (default 1 then 3); with --network it drives a running one (its primary).
@@ -33,6 +33,14 @@ the node's own counters (`/node/metrics`) per committed write.
 Commit latency at half load: after each node phase, a paced (open-loop) Python client writes
 at half the committed rate just measured for --latency-duration-s, while a watcher polls the
 commit point (`charter.bench_commit.run_paced`); p50/p99 are from when each write was due.
+
+Frontends (--frontends K or a list such as 0,1,2, each measured in turn on its own network
+of each node count): sets the nodes' `frontends` option. The primary's enclave CPU is then
+split into `ordering_us_per_write` (the enclave process, which orders and commits) and
+`frontends_us_per_write` (its K frontend processes, TLS and HTTP); `enclave_us_per_write`
+stays all of them. With K >= 1 the run also carries `projection_writes_per_s`, a projection
+(not a measurement) for 4, 8 and 16 cores: min(1e6 / ordering µs, (cores - 1) × 1e6 /
+(frontends + host µs)), the ordering process having one core to itself.
 
 Receipts: a sample of the phase's committed transactions, fetched and verified offline.
 --profile-dir DIR records py-spy profiles (pip install py-spy, a developer tool) of the
@@ -79,6 +87,8 @@ from charter.sdk import CharterClient, build_ssl_context  # noqa: E402
 WRITE_PATH = bench_commit.WRITE_PATH
 RECEIPT_CONCURRENCY_MAX = 8
 NODES_MAX = 7
+FRONTENDS_MAX = 64  # NodeConfig.frontends' bound
+PROJECTION_CORES = (4, 8, 16)
 SIGNATURE_SETTING_MAX = 1_000_000
 ROUNDS_MAX = 10
 PROFILE_TOP = 25
@@ -105,6 +115,7 @@ class Target:
     nodes: int
     pids: dict[str, int]  # "enclave"/"host" -> pid of the primary's processes, if known
     backup_pids: tuple[int, ...] = ()  # every process of the other nodes
+    frontends: int | None = None  # the nodes' `frontends` option, if the bench set it
 
 
 # --- finding the primary ------------------------------------------------------------------------
@@ -144,16 +155,57 @@ async def target_from_network(path: Path) -> Target:
     )
 
 
+def frontend_pids(enclave_pid: int) -> tuple[int, ...]:
+    """The frontend processes an enclave started (its children running frontend_process)."""
+    pids: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{enclave_pid}/task"):
+            with contextlib.suppress(OSError):
+                children = Path(f"/proc/{enclave_pid}/task/{task}/children").read_text()
+                pids.extend(int(p) for p in children.split())
+    found = []
+    for pid in sorted(set(pids)):
+        with contextlib.suppress(OSError):
+            if b"frontend_process" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+    return tuple(found)
+
+
+def projection(
+    ordering_us: float | None, frontends_us: float | None, host_us: float | None
+) -> dict[str, float] | None:
+    """Projected writes/s for more cores (a projection, not a measurement): the ordering
+    process on one core, the frontends and the host sharing the others."""
+    if not ordering_us or not frontends_us or not host_us:
+        return None
+    ordering_limit = 1e6 / ordering_us
+    return {
+        str(cores): round(min(ordering_limit, (cores - 1) * 1e6 / (frontends_us + host_us)), 0)
+        for cores in PROJECTION_CORES
+    } | {"ordering_limit": round(ordering_limit, 0)}
+
+
 @contextlib.asynccontextmanager
 async def own_network(
-    nodes: int, workspace: Path, signature_tx_count: int, signature_delay_ms: int
+    nodes: int,
+    workspace: Path,
+    signature_tx_count: int,
+    signature_delay_ms: int,
+    frontends: int | None = None,
 ) -> AsyncIterator[Target]:
     """A sandbox network of `nodes` nodes in `workspace`, always stopped afterwards."""
+
+    def configure(index: int, config: dict[str, Any]) -> None:
+        del index
+        if frontends is not None:
+            config["frontends"] = frontends
+
     sandbox = Sandbox(
         workspace,
         nodes=nodes,
         signature_tx_count=signature_tx_count,
         signature_delay_ms=signature_delay_ms,
+        configure_node=configure,
     )
     try:
         await sandbox.start()
@@ -164,7 +216,14 @@ async def own_network(
         )
         cert, key = sandbox.user_paths(0)
         yield Target(
-            primary.url, sandbox.service_cert_path, cert, key, nodes, _pids(primary.ports), backups
+            primary.url,
+            sandbox.service_cert_path,
+            cert,
+            key,
+            nodes,
+            _pids(primary.ports),
+            backups,
+            frontends,
         )
     finally:
         await asyncio.to_thread(sandbox.stop)
@@ -333,6 +392,12 @@ async def measure_node(
         ]
         groups = {name: (pid,) for name, pid in target.pids.items()}
         groups["backups"] = target.backup_pids
+        if "enclave" in groups:
+            # The enclave process orders; its frontends (if any) serve TLS and HTTP.
+            frontends = frontend_pids(target.pids["enclave"])
+            groups["ordering"] = groups["enclave"]
+            groups["frontends"] = frontends
+            groups["enclave"] = groups["enclave"] + frontends
         meter = CpuMeter(groups)
         started_s = time.monotonic()
         try:
@@ -369,7 +434,10 @@ async def measure_node(
             "answered_req_per_s": round(load.ok / load.elapsed_s, 1) if load.elapsed_s else None,
             **{k: None if v is None else round(v, 3) for k, v in load.latency_ms.items()},
             # The primary's processes; the backups' together (they also share the cores).
+            "frontends": target.frontends,
             "enclave_us_per_write": _us(used.get("enclave"), committed),
+            "ordering_us_per_write": _us(used.get("ordering"), committed),
+            "frontends_us_per_write": _us(used.get("frontends"), committed),
             "host_us_per_write": _us(used.get("host"), committed),
             "backups_us_per_write": _us(used["backups"], committed) if target.backup_pids else None,
             "loadgen_us_per_write": _us(load.loadgen_cpu_s, committed),
@@ -377,6 +445,12 @@ async def measure_node(
                 counters_before, counters_after, committed
             ),
         }
+        if target.frontends:
+            result["projection_writes_per_s"] = projection(
+                result["ordering_us_per_write"],
+                result["frontends_us_per_write"],
+                result["host_us_per_write"],
+            )
         if load.first_error:
             result["first_error"] = load.first_error
         if committed == 0:
@@ -530,6 +604,16 @@ def profile_summary(raw: Path, top: int = PROFILE_TOP) -> str:
 # --- the run ---------------------------------------------------------------------------------------
 
 
+def frontend_counts(args: argparse.Namespace) -> list[int | None]:
+    """The `frontends` values to measure in turn (None: leave the node's default)."""
+    if args.frontends is None:
+        return [None]
+    counts = [int(x) for x in args.frontends.split(",") if x.strip()]
+    if not counts or any(not 0 <= k <= FRONTENDS_MAX for k in counts):
+        raise SystemExit(f"bench: --frontends values must be in 0..{FRONTENDS_MAX}")
+    return list(counts)
+
+
 def node_counts(args: argparse.Namespace) -> list[int]:
     if args.nodes is not None:
         counts = [args.nodes]
@@ -611,16 +695,21 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     runs.append(failed_run(0, args, e))
             else:
                 for nodes in node_counts(args):
-                    try:
-                        async with own_network(
-                            nodes,
-                            workspace_root / f"net{nodes}",
-                            args.signature_tx_count,
-                            args.signature_delay_ms,
-                        ) as target:
-                            runs.append(await measure_rounds(target, args, gen, server, ceilings))
-                    except Exception as e:
-                        runs.append(failed_run(nodes, args, e))
+                    for frontends in frontend_counts(args):
+                        name = f"net{nodes}" if frontends is None else f"net{nodes}-fe{frontends}"
+                        try:
+                            async with own_network(
+                                nodes,
+                                workspace_root / name,
+                                args.signature_tx_count,
+                                args.signature_delay_ms,
+                                frontends,
+                            ) as target:
+                                runs.append(
+                                    await measure_rounds(target, args, gen, server, ceilings)
+                                )
+                        except Exception as e:
+                            runs.append(failed_run(nodes, args, e) | {"frontends": frontends})
     return summarise(args, runs, ceilings)
 
 
@@ -641,7 +730,8 @@ def summarise(
 
     def ratio(name: str) -> float | None:
         a, b = first.get(name), last.get(name)
-        return round(b / a, 3) if a and b and len(runs) > 1 else None
+        more_nodes = first.get("nodes") != last.get("nodes")
+        return round(b / a, 3) if a and b and len(runs) > 1 and more_nodes else None
 
     result["replication_ratio"] = ratio("committed_tx_per_s")
     # The same, each divided by its own ceiling first: robust to load drift between them.
@@ -651,6 +741,31 @@ def summarise(
     result["p99_commit_ms_at_half_load_by_nodes"] = {
         str(r["nodes"]): r.get("p99_commit_ms_at_half_load") for r in runs
     }
+    if args.frontends is not None:
+        # Each `frontends` value side by side, and as a ratio of the first one's rate.
+        base = first.get("committed_tx_per_s")
+        result["by_frontends"] = [
+            {
+                k: r.get(k)
+                for k in (
+                    "nodes",
+                    "frontends",
+                    "committed_tx_per_s",
+                    "ceiling_ratio",
+                    "enclave_us_per_write",
+                    "ordering_us_per_write",
+                    "frontends_us_per_write",
+                    "host_us_per_write",
+                    "projection_writes_per_s",
+                )
+            }
+            | {
+                "rate_vs_first": round(r["committed_tx_per_s"] / base, 3)
+                if base and r.get("committed_tx_per_s")
+                else None
+            }
+            for r in runs
+        ]
     result["load_generator"] = args.load_generator
     result["duration_s"] = args.duration_s
     if args.network is None:
@@ -672,16 +787,17 @@ def show_table(result: dict[str, Any]) -> None:
     runs = result.get("runs") or [result]
     table = Table(title=f"Charter node benchmark ({result['load_generator']}, "
                   f"{result['clients']} connections, {result['duration_s']:g} s)")  # fmt: skip
-    cols = ("nodes", "committed tx/s", "ceiling req/s", "ratio", "enclave µs/w", "host µs/w",
-            "loadgen µs/w", "p99 commit ms @½", "receipts/s")  # fmt: skip
+    cols = ("nodes", "frontends", "committed tx/s", "ceiling req/s", "ratio", "enclave µs/w",
+            "ordering µs/w", "host µs/w", "loadgen µs/w", "p99 commit ms @½", "receipts/s")  # fmt: skip
     for col in cols:
         table.add_column(col, justify="right")
 
     def fmt(v: Any) -> str:
         return "-" if v is None else f"{v:g}" if isinstance(v, float) else str(v)
 
-    keys = ("nodes", "committed_tx_per_s", "ceiling_req_per_s", "ceiling_ratio",
-            "enclave_us_per_write", "host_us_per_write", "loadgen_us_per_write",
+    keys = ("nodes", "frontends", "committed_tx_per_s", "ceiling_req_per_s", "ceiling_ratio",
+            "enclave_us_per_write", "ordering_us_per_write", "host_us_per_write",
+            "loadgen_us_per_write",
             "p99_commit_ms_at_half_load", "receipts_per_s")  # fmt: skip
     for r in runs:
         table.add_row(*(fmt(r.get(k)) for k in keys))
@@ -731,6 +847,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--profile-dir", type=Path, default=None, help="py-spy the primary's processes")
     p.add_argument(
+        "--frontends",
+        default=None,
+        metavar="K[,K...]",
+        help="the nodes' frontends option, each value measured in turn (default: the node's)",
+    )
+    p.add_argument(
         "--wan",
         metavar="PROFILE",
         default=None,
@@ -763,6 +885,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.nodes is not None and args.compare_nodes:
         p.error("give --nodes N or --compare-nodes A,B, not both")
     node_counts(args)
+    if args.frontends is not None and args.network is not None:
+        p.error("--frontends configures the bench's own network, not a running --network")
+    try:
+        frontend_counts(args)
+    except (SystemExit, ValueError) as e:
+        p.error(str(e) or "--frontends takes integers such as 0,1,2")
     if args.load_generator == "ab":
         try:
             bench_ab.find_ab()

@@ -339,6 +339,8 @@ class NodeConfig(_Model):
     rpc_address: Address = "127.0.0.1:0"
     published_rpc_address: Address | None = None
     rpc_interface: RpcInterfaceConfig = pydantic.Field(default_factory=RpcInterfaceConfig)
+    # Processes that serve TLS and HTTP for the enclave (0: the enclave process itself).
+    frontends: int = pydantic.Field(default=1, ge=0, le=64)
     node_to_node_address: Address = "127.0.0.1:0"
     # What peers dial (e.g. a relay in front of this node); defaults to node_to_node_address.
     published_node_to_node_address: Address | None = None

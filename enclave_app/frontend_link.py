@@ -1,0 +1,497 @@
+"""The link between the ordering process and one frontend process (`NodeConfig.frontends`).
+
+Both ends run inside the trust boundary; the link is a Unix socketpair the ordering process
+creates and hands to the frontend it spawns. The frames, and who sends them:
+
+    ordering → frontend   Configure(limits)                 first frame: the session limits
+                          Tls(generation, chain, key, cas)  the node's TLS bundle, and each
+                                                            new one (users/members changed)
+                          Session(seq) + 1 fd               an accepted client socket
+                          Answer(request_id, status, headers, body, content_type)
+    frontend → ordering   Request(request_id, cert_id, peer_der, method, path, query,
+                                  headers, body, source)
+                          ForgetCerts()                     the frontend emptied its cert table
+                          Load(open_sessions, sessions_received)
+
+Wire format: `u32 big-endian length` + msgpack `[LINK_VERSION, tag, field, …]` (fields by
+position: this link carries every request and answer, so no field names on the wire). Every
+frame is validated on receipt (`decode_link_frame` raises `LinkError` only); a malformed one
+is logged by the `Link` and dropped, and a length prefix above `LINK_FRAME_BYTES_MAX` closes
+the link (framing is lost; the frontend is then restarted). A frame with an fd leaves in a
+`sendmsg` of its own that starts at its first byte, so the receiver ties the fd to it.
+
+A client certificate travels once per frontend, not with every request: the frontend
+numbers the certificates it has seen (`cert_id`, 0 = none) and sends the DER with the first
+request that uses a number; the ordering process keeps the table (bounded: when the
+frontend's table is full it empties it and says so with `ForgetCerts`).
+
+`Link` writes each loop turn's frames in one `sendmsg` (one wake-up of the peer): `send`
+queues and the flush runs once at the end of the turn.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import collections
+import contextlib
+import errno
+import logging
+import os
+import socket
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final
+
+import msgpack
+
+from charter.enclave_app.interface import MAX_FRAME_BYTES, MAX_STRING_CHARS, REQUEST_BODY_BYTES_MAX
+
+LOG = logging.getLogger("enclave.frontend_link")
+
+LINK_VERSION: Final = 1
+_PREFIX: Final = struct.Struct(">I")
+# The largest frame: a request with the largest body, or an answer as large as anything the
+# ordering process serves (one control frame's payload: a snapshot, a ledger chunk), each
+# with room for its headers.
+LINK_ENVELOPE_BYTES: Final = 1024 * 1024
+LINK_FRAME_BYTES_MAX: Final = max(REQUEST_BODY_BYTES_MAX, MAX_FRAME_BYTES) + LINK_ENVELOPE_BYTES
+HEADERS_MAX: Final = 256  # header lines per request or answer (the HTTP layer allows fewer)
+CERT_DER_BYTES_MAX: Final = 64 * 1024
+CERT_IDS_MAX: Final = 4096  # certificates a frontend numbers before it starts over
+PEM_CHARS_MAX: Final = 16 * 1024 * 1024  # a client CA bundle of many registered certificates
+# Bytes queued for a peer that does not read: past this the link is closed.
+OUTGOING_BYTES_MAX: Final = 4 * LINK_FRAME_BYTES_MAX
+FDS_QUEUED_MAX: Final = 256
+_RECV_CHUNK_BYTES: Final = 256 * 1024
+_ANC_BYTES: Final = socket.CMSG_SPACE(4 * 4)
+_SEGMENTS_PER_SEND_MAX: Final = 64
+_MAX_U64: Final = 2**64 - 1
+
+
+class LinkError(Exception):
+    """A frame that cannot be encoded or that failed validation on receipt."""
+
+
+# ------------------------------------------------------------------------------ field checks
+
+
+def _int(v: object) -> int:
+    if type(v) is not int or not 0 <= v <= _MAX_U64:
+        raise LinkError("expected an unsigned 64-bit int")
+    return v
+
+
+def _float(v: object) -> float:
+    if type(v) not in (int, float) or not 0 < v <= 86_400:  # type: ignore[operator]
+        raise LinkError("expected a positive number of seconds")
+    return float(v)  # type: ignore[arg-type]
+
+
+def _str(v: object) -> str:
+    # isinstance: header names from the HTTP layer are a str subclass (case-insensitive);
+    # msgpack sends them as str, and decoding only ever yields str.
+    if not isinstance(v, str) or len(v) > MAX_STRING_CHARS:
+        raise LinkError(f"expected a str of at most {MAX_STRING_CHARS} chars")
+    return v
+
+
+def _pem(v: object) -> str:
+    if type(v) is not str or len(v) > PEM_CHARS_MAX:
+        raise LinkError(f"expected PEM text of at most {PEM_CHARS_MAX} chars")
+    return v
+
+
+def _body(v: object) -> bytes:
+    if type(v) is not bytes or len(v) > LINK_FRAME_BYTES_MAX - LINK_ENVELOPE_BYTES:
+        raise LinkError("expected a body within the frame limit")
+    return v
+
+
+def _opt_str(v: object) -> str | None:
+    return None if v is None else _str(v)
+
+
+def _opt_der(v: object) -> bytes | None:
+    if v is None:
+        return None
+    if type(v) is not bytes or not 0 < len(v) <= CERT_DER_BYTES_MAX:
+        raise LinkError(f"expected a certificate of at most {CERT_DER_BYTES_MAX} bytes")
+    return v
+
+
+def _headers(v: object) -> list[tuple[str, str]]:
+    if type(v) is not list or len(v) > HEADERS_MAX:
+        raise LinkError(f"expected at most {HEADERS_MAX} header lines")
+    out: list[tuple[str, str]] = []
+    for pair in v:
+        if type(pair) not in (list, tuple) or len(pair) != 2:
+            raise LinkError("a header line is [name, value]")
+        out.append((_str(pair[0]), _str(pair[1])))
+    return out
+
+
+def _limits(v: object) -> tuple[int, int, float, float, float]:
+    if type(v) is not list or len(v) != 5:
+        raise LinkError("limits are [soft, hard, idle_s, header_s, read_s]")
+    soft, hard = _int(v[0]), _int(v[1])
+    if not 1 <= soft <= hard:
+        raise LinkError("limits need 1 <= soft <= hard")
+    return soft, hard, _float(v[2]), _float(v[3]), _float(v[4])
+
+
+# ------------------------------------------------------------------------------ frames
+
+
+@dataclass(frozen=True, slots=True)
+class Configure:
+    TAG: ClassVar[int] = 1
+    FD_COUNT: ClassVar[int] = 0
+    limits: tuple[int, int, float, float, float]  # SessionLimits, in its field order
+
+
+@dataclass(frozen=True, slots=True)
+class Tls:
+    TAG: ClassVar[int] = 2
+    FD_COUNT: ClassVar[int] = 0
+    generation: int
+    cert_chain_pem: str
+    key_pem: str
+    client_cas_pem: str
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    TAG: ClassVar[int] = 3
+    FD_COUNT: ClassVar[int] = 1
+    seq: int  # the ordering process's count of sessions sent to this frontend
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    TAG: ClassVar[int] = 4
+    FD_COUNT: ClassVar[int] = 0
+    request_id: int
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    content_type: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    TAG: ClassVar[int] = 5
+    FD_COUNT: ClassVar[int] = 0
+    request_id: int
+    cert_id: int  # 0: no client certificate
+    peer_der: bytes | None  # only with the first request that uses cert_id
+    method: str
+    path: str
+    query_string: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    source: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetCerts:
+    TAG: ClassVar[int] = 6
+    FD_COUNT: ClassVar[int] = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    TAG: ClassVar[int] = 7
+    FD_COUNT: ClassVar[int] = 0
+    open_sessions: int
+    sessions_received: int
+
+
+LinkFrame = Configure | Tls | Session | Answer | Request | ForgetCerts | Load
+
+_CHECKS: dict[type[Any], tuple[Callable[[object], Any], ...]] = {
+    Configure: (_limits,),
+    Tls: (_int, _pem, _pem, _pem),
+    Session: (_int,),
+    Answer: (_int, _int, _headers, _body, _opt_str),
+    Request: (_int, _int, _opt_der, _str, _str, _str, _headers, _body, _opt_str),
+    ForgetCerts: (),
+    Load: (_int, _int),
+}
+_BY_TAG: dict[int, type[Any]] = {cls.TAG: cls for cls in _CHECKS}
+assert len(_BY_TAG) == len(_CHECKS)
+TO_FRONTEND: Final = frozenset({Configure, Tls, Session, Answer})
+TO_ORDERER: Final = frozenset({Request, ForgetCerts, Load})
+
+
+def encode_link_frame(frame: LinkFrame) -> bytes:
+    """The msgpack body of `frame` (no length prefix); raises `LinkError`. Fields are checked
+    as on receipt, so a frame the peer would drop is refused here, where the sender can still
+    answer its client (a dropped request would leave its client waiting)."""
+    cls = type(frame)
+    checks = _CHECKS.get(cls)
+    if checks is None:
+        raise LinkError(f"not a link frame: {cls.__name__}")
+    values = [getattr(frame, name) for name in cls.__slots__]
+    try:
+        for check, value in zip(checks, values, strict=True):
+            check(list(value) if type(value) is tuple else value)
+    except LinkError as exc:
+        raise LinkError(f"{cls.__name__}: {exc}") from None
+    # Tuples pack as msgpack arrays, as lists do.
+    fields = [LINK_VERSION, cls.TAG, *values]
+    try:
+        data: bytes = msgpack.packb(fields, use_bin_type=True)
+    except (ValueError, OverflowError, TypeError) as exc:
+        raise LinkError(f"{cls.__name__}: cannot encode: {type(exc).__name__}") from None
+    if len(data) > LINK_FRAME_BYTES_MAX:
+        raise LinkError(f"{cls.__name__} of {len(data)} bytes exceeds LINK_FRAME_BYTES_MAX")
+    return data
+
+
+def decode_link_frame(data: bytes) -> LinkFrame:
+    """Parse and validate one frame body; raises `LinkError` only."""
+    if type(data) is not bytes or len(data) > LINK_FRAME_BYTES_MAX:
+        raise LinkError("a frame is bytes within LINK_FRAME_BYTES_MAX")
+    try:
+        obj = msgpack.unpackb(data, raw=False, use_list=True, max_bin_len=len(data))
+    except Exception as exc:  # msgpack raises several unrelated types on bad input
+        raise LinkError(f"not msgpack: {type(exc).__name__}") from None
+    if type(obj) is not list or len(obj) < 2:
+        raise LinkError("a frame is [version, tag, fields...]")
+    if type(obj[0]) is not int or obj[0] != LINK_VERSION:
+        raise LinkError(f"unsupported link version (expected {LINK_VERSION})")
+    cls = _BY_TAG.get(obj[1]) if type(obj[1]) is int else None
+    if cls is None:
+        raise LinkError("unknown frame tag")
+    checks = _CHECKS[cls]
+    if len(obj) != 2 + len(checks):
+        raise LinkError(f"{cls.__name__} has {len(checks)} fields")
+    try:
+        frame: LinkFrame = cls(*(check(v) for check, v in zip(checks, obj[2:], strict=True)))
+    except LinkError as exc:
+        raise LinkError(f"{cls.__name__}: {exc}") from None
+    return frame
+
+
+# ------------------------------------------------------------------------------ the link
+
+
+def _close_fds(fds: Sequence[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+class Link:
+    """Frames (and passed fds) over a connected AF_UNIX stream socket, on the running loop.
+
+    `on_frame(frame, fds)` is called for every valid frame the peer sends that `accepts`
+    holds (the receiver owns the fds); `on_closed(reason)` once, when the peer hangs up or
+    the link fails. `send` never blocks: frames queue and leave at the end of the loop turn.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        name: str,
+        accepts: frozenset[type[Any]],
+        on_frame: Callable[[LinkFrame, list[int]], None],
+        on_closed: Callable[[str], None],
+    ) -> None:
+        assert sock.family == socket.AF_UNIX and sock.type == socket.SOCK_STREAM
+        sock.setblocking(False)
+        self.name = name
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._accepts = accepts
+        self._on_frame = on_frame
+        self._on_closed = on_closed
+        self._loop = asyncio.get_running_loop()
+        self._inbuf = bytearray()
+        self._inbuf_pos = 0  # stream offset of _inbuf[0]
+        self._fd_marks: collections.deque[tuple[int, list[int]]] = collections.deque()
+        self._out: collections.deque[tuple[memoryview, list[int]]] = collections.deque()
+        self._out_bytes = 0
+        self._out_fds = 0
+        self._flush_scheduled = False
+        self._writing = False
+        self.closed = False
+        self.dropped_frames = 0
+        self._loop.add_reader(self._fd, self._on_readable)
+
+    # -- sending ------------------------------------------------------------------------
+    def send(self, frame: LinkFrame, fds: Sequence[int] = ()) -> bool:
+        """Queue `frame` (its fds duplicated: the caller keeps its copies). False if the link
+        is closed or the frame could not be queued (logged; the link closes when full)."""
+        if self.closed:
+            return False
+        assert len(fds) == type(frame).FD_COUNT
+        try:
+            body = encode_link_frame(frame)
+        except LinkError as exc:
+            LOG.error("event=link_frame_not_sent link=%s reason=%s", self.name, exc)
+            return False
+        if self._out_bytes + len(body) > OUTGOING_BYTES_MAX:
+            self.close("the peer does not read its frames")
+            return False
+        if fds and self._out_fds + len(fds) > FDS_QUEUED_MAX:
+            LOG.warning("event=link_fds_full link=%s", self.name)
+            return False
+        owned = [os.dup(fd) for fd in fds]
+        self._out_fds += len(owned)
+        self._out.append((memoryview(_PREFIX.pack(len(body)) + body), owned))
+        self._out_bytes += 4 + len(body)
+        if not self._flush_scheduled and not self._writing:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+        return True
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self.closed:
+            return
+        while self._out:
+            view, fds = self._out[0]
+            try:
+                if fds:
+                    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+                    sent = self._sock.sendmsg([view], anc)
+                    _close_fds(fds)  # the kernel holds them now
+                    self._out_fds -= len(fds)
+                    fds.clear()
+                else:
+                    views: list[memoryview] = []
+                    for v, f in self._out:
+                        if f or len(views) == _SEGMENTS_PER_SEND_MAX:
+                            break
+                        views.append(v)
+                    sent = self._sock.sendmsg(views)
+            except (BlockingIOError, InterruptedError):
+                if not self._writing:
+                    self._writing = True
+                    self._loop.add_writer(self._fd, self._on_writable)
+                return
+            except OSError as exc:
+                self.close(f"send failed: {errno.errorcode.get(exc.errno or 0, exc)}")
+                return
+            self._out_bytes -= sent
+            while sent:
+                v, f = self._out[0]
+                if sent >= len(v):
+                    sent -= len(v)
+                    self._out.popleft()
+                else:
+                    self._out[0] = (v[sent:], f)
+                    sent = 0
+        if self._writing:
+            self._writing = False
+            self._loop.remove_writer(self._fd)
+
+    def _on_writable(self) -> None:
+        self._flush()
+
+    # -- receiving ----------------------------------------------------------------------
+    def _on_readable(self) -> None:
+        try:
+            data, anc, flags, _ = self._sock.recvmsg(_RECV_CHUNK_BYTES, _ANC_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.close(f"receive failed: {errno.errorcode.get(exc.errno or 0, exc)}")
+            return
+        fds: list[int] = []
+        for level, kind, payload in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                arr = array.array("i")
+                arr.frombytes(payload[: len(payload) - (len(payload) % arr.itemsize)])
+                fds.extend(arr)
+        if flags & socket.MSG_CTRUNC:
+            LOG.error("event=link_fds_truncated link=%s", self.name)
+        if not data:
+            _close_fds(fds)
+            self.close("peer closed the link")
+            return
+        if fds:
+            # They belong to the frame holding this chunk's last byte.
+            self._fd_marks.append((self._inbuf_pos + len(self._inbuf) + len(data) - 1, fds))
+            if len(self._fd_marks) > FDS_QUEUED_MAX:
+                self.close("fds received without their frames")
+                return
+        self._inbuf += data
+        buf, off = self._inbuf, 0
+        while len(buf) - off >= 4 and not self.closed:
+            (length,) = _PREFIX.unpack_from(buf, off)
+            if length > LINK_FRAME_BYTES_MAX:
+                self.close(f"frame length {length} exceeds LINK_FRAME_BYTES_MAX")
+                return
+            if len(buf) - off - 4 < length:
+                break
+            start = self._inbuf_pos + off
+            body = bytes(buf[off + 4 : off + 4 + length])
+            off += 4 + length
+            self._deliver(body, start, self._inbuf_pos + off)
+        if off and not self.closed:
+            del buf[:off]
+            self._inbuf_pos += off
+
+    def _deliver(self, body: bytes, start: int, end: int) -> None:
+        fds: list[int] = []
+        while self._fd_marks and self._fd_marks[0][0] < end:
+            pos, marked = self._fd_marks.popleft()
+            if pos < start:  # not from a Link peer: never leak them
+                _close_fds(marked)
+            else:
+                fds.extend(marked)
+        try:
+            frame = decode_link_frame(body)
+            if type(frame) not in self._accepts:
+                raise LinkError(f"{type(frame).__name__} is not sent this way")
+            if len(fds) != type(frame).FD_COUNT:
+                raise LinkError(f"{type(frame).__name__} arrived with {len(fds)} fds")
+        except LinkError as exc:
+            _close_fds(fds)
+            self.dropped_frames += 1
+            # Never the frame's bytes: they may be a client's request.
+            LOG.warning(
+                "event=link_frame_dropped link=%s size_bytes=%d reason=%s",
+                self.name,
+                len(body),
+                exc,
+            )
+            return
+        try:
+            self._on_frame(frame, fds)
+        except Exception as exc:
+            LOG.error(
+                "event=link_frame_failed link=%s frame=%s error=%s",
+                self.name,
+                type(frame).__name__,
+                type(exc).__name__,
+                exc_info=True,
+            )
+
+    # -- closing ------------------------------------------------------------------------
+    def close(self, reason: str = "closed locally", *, flush: bool = False) -> None:
+        """Close now; with `flush`, first write what is queued if the socket takes it."""
+        if self.closed:
+            return
+        if flush and self._out:
+            self._flush()
+            if self.closed:
+                return
+        self.closed = True
+        self._loop.remove_reader(self._fd)
+        if self._writing:
+            self._loop.remove_writer(self._fd)
+        for _, fds in self._out:
+            _close_fds(fds)
+        self._out.clear()
+        self._out_bytes = self._out_fds = 0
+        for _, fds in self._fd_marks:
+            _close_fds(fds)
+        self._fd_marks.clear()
+        self._sock.close()
+        self._on_closed(reason)
