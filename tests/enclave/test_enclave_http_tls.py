@@ -26,7 +26,7 @@ from http_session_support import parse_answers
 
 from charter.enclave_app.app import HttpResponse
 from charter.enclave_app.http_server import HttpServer, PlainRequest, SessionLimits
-from charter.enclave_app.tls import _server_context
+from charter.enclave_app.tls import server_context
 
 WITHIN_S = 10.0
 
@@ -70,7 +70,7 @@ class Harness:
         self, handler: Callable[[PlainRequest], Awaitable[HttpResponse]], limits: SessionLimits
     ) -> None:
         self.server = HttpServer(handler, limits, loop=asyncio.get_running_loop())
-        self.context = _server_context(SERVER[0], SERVER[1], CLIENT[0])
+        self.context = server_context(SERVER[0], SERVER[1], CLIENT[0])
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(64)
