@@ -31,15 +31,8 @@ queues and the flush runs once at the end of the turn.
 
 from __future__ import annotations
 
-import array
-import asyncio
-import collections
-import contextlib
-import errno
 import logging
-import os
 import socket
-import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
@@ -47,11 +40,11 @@ from typing import Any, ClassVar, Final
 import msgpack
 
 from charter.enclave_app.interface import MAX_FRAME_BYTES, MAX_STRING_CHARS, REQUEST_BODY_BYTES_MAX
+from charter.enclave_app.interface.transport import FramedSocket, close_fds
 
 LOG = logging.getLogger("enclave.frontend_link")
 
 LINK_VERSION: Final = 1
-_PREFIX: Final = struct.Struct(">I")
 # The largest frame: a request with the largest body, or an answer as large as anything the
 # ordering process serves (one control frame's payload: a snapshot, a ledger chunk), each
 # with room for its headers.
@@ -64,9 +57,7 @@ PEM_CHARS_MAX: Final = 16 * 1024 * 1024  # a client CA bundle of many registered
 # Bytes queued for a peer that does not read: past this the link is closed.
 OUTGOING_BYTES_MAX: Final = 4 * LINK_FRAME_BYTES_MAX
 FDS_QUEUED_MAX: Final = 256
-_RECV_CHUNK_BYTES: Final = 256 * 1024
 _ANC_BYTES: Final = socket.CMSG_SPACE(4 * 4)
-_SEGMENTS_PER_SEND_MAX: Final = 64
 _MAX_U64: Final = 2**64 - 1
 
 
@@ -278,19 +269,17 @@ def decode_link_frame(data: bytes) -> LinkFrame:
 # ------------------------------------------------------------------------------ the link
 
 
-def _close_fds(fds: Sequence[int]) -> None:
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-
-
-class Link:
+class Link(FramedSocket):
     """Frames (and passed fds) over a connected AF_UNIX stream socket, on the running loop.
 
     `on_frame(frame, fds)` is called for every valid frame the peer sends that `accepts`
     holds (the receiver owns the fds); `on_closed(reason)` once, when the peer hangs up or
     the link fails. `send` never blocks: frames queue and leave at the end of the loop turn.
+    The bytes and fds travel by `FramedSocket` (`interface/transport.py`).
     """
+
+    _OVERSIZED_REASON = "frame length {length} exceeds LINK_FRAME_BYTES_MAX"
+    _STRAY_FDS_REASON = "fds received without their frames"
 
     def __init__(
         self,
@@ -301,32 +290,24 @@ class Link:
         on_frame: Callable[[LinkFrame, list[int]], None],
         on_closed: Callable[[str], None],
     ) -> None:
-        assert sock.family == socket.AF_UNIX and sock.type == socket.SOCK_STREAM
-        sock.setblocking(False)
         self.name = name
-        self._sock = sock
-        self._fd = sock.fileno()
         self._accepts = accepts
         self._on_frame = on_frame
         self._on_closed = on_closed
-        self._loop = asyncio.get_running_loop()
-        self._inbuf = bytearray()
-        self._inbuf_pos = 0  # stream offset of _inbuf[0]
-        self._fd_marks: collections.deque[tuple[int, list[int]]] = collections.deque()
-        self._out: collections.deque[tuple[memoryview, list[int]]] = collections.deque()
-        self._out_bytes = 0
-        self._out_fds = 0
         self._flush_scheduled = False
-        self._writing = False
-        self.closed = False
         self.dropped_frames = 0
-        self._loop.add_reader(self._fd, self._on_readable)
+        super().__init__(
+            sock,
+            frame_bytes_max=LINK_FRAME_BYTES_MAX,
+            fd_marks_max=FDS_QUEUED_MAX,
+            anc_bytes=_ANC_BYTES,
+        )
 
     # -- sending ------------------------------------------------------------------------
     def send(self, frame: LinkFrame, fds: Sequence[int] = ()) -> bool:
         """Queue `frame` (its fds duplicated: the caller keeps its copies). False if the link
         is closed or the frame could not be queued (logged; the link closes when full)."""
-        if self.closed:
+        if self._closed:
             return False
         assert len(fds) == type(frame).FD_COUNT
         try:
@@ -340,10 +321,7 @@ class Link:
         if fds and self._out_fds + len(fds) > FDS_QUEUED_MAX:
             LOG.warning("event=link_fds_full link=%s", self.name)
             return False
-        owned = [os.dup(fd) for fd in fds]
-        self._out_fds += len(owned)
-        self._out.append((memoryview(_PREFIX.pack(len(body)) + body), owned))
-        self._out_bytes += 4 + len(body)
+        self._enqueue(body, fds)
         if not self._flush_scheduled and not self._writing:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
@@ -351,100 +329,21 @@ class Link:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if self.closed:
+        if self._closed:
             return
-        while self._out:
-            view, fds = self._out[0]
-            try:
-                if fds:
-                    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
-                    sent = self._sock.sendmsg([view], anc)
-                    _close_fds(fds)  # the kernel holds them now
-                    self._out_fds -= len(fds)
-                    fds.clear()
-                else:
-                    views: list[memoryview] = []
-                    for v, f in self._out:
-                        if f or len(views) == _SEGMENTS_PER_SEND_MAX:
-                            break
-                        views.append(v)
-                    sent = self._sock.sendmsg(views)
-            except (BlockingIOError, InterruptedError):
-                if not self._writing:
-                    self._writing = True
-                    self._loop.add_writer(self._fd, self._on_writable)
-                return
-            except OSError as exc:
-                self.close(f"send failed: {errno.errorcode.get(exc.errno or 0, exc)}")
-                return
-            self._out_bytes -= sent
-            while sent:
-                v, f = self._out[0]
-                if sent >= len(v):
-                    sent -= len(v)
-                    self._out.popleft()
-                else:
-                    self._out[0] = (v[sent:], f)
-                    sent = 0
-        if self._writing:
-            self._writing = False
-            self._loop.remove_writer(self._fd)
+        if self._write_queued():
+            self._disarm_writer()
+        elif not self._closed:  # the socket is full: go on when it takes more
+            self._arm_writer()
 
     def _on_writable(self) -> None:
         self._flush()
 
     # -- receiving ----------------------------------------------------------------------
-    def _on_readable(self) -> None:
-        try:
-            data, anc, flags, _ = self._sock.recvmsg(_RECV_CHUNK_BYTES, _ANC_BYTES)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            self.close(f"receive failed: {errno.errorcode.get(exc.errno or 0, exc)}")
-            return
-        fds: list[int] = []
-        for level, kind, payload in anc:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                arr = array.array("i")
-                arr.frombytes(payload[: len(payload) - (len(payload) % arr.itemsize)])
-                fds.extend(arr)
-        if flags & socket.MSG_CTRUNC:
-            LOG.error("event=link_fds_truncated link=%s", self.name)
-        if not data:
-            _close_fds(fds)
-            self.close("peer closed the link")
-            return
-        if fds:
-            # They belong to the frame holding this chunk's last byte.
-            self._fd_marks.append((self._inbuf_pos + len(self._inbuf) + len(data) - 1, fds))
-            if len(self._fd_marks) > FDS_QUEUED_MAX:
-                self.close("fds received without their frames")
-                return
-        self._inbuf += data
-        buf, off = self._inbuf, 0
-        while len(buf) - off >= 4 and not self.closed:
-            (length,) = _PREFIX.unpack_from(buf, off)
-            if length > LINK_FRAME_BYTES_MAX:
-                self.close(f"frame length {length} exceeds LINK_FRAME_BYTES_MAX")
-                return
-            if len(buf) - off - 4 < length:
-                break
-            start = self._inbuf_pos + off
-            body = bytes(buf[off + 4 : off + 4 + length])
-            off += 4 + length
-            self._deliver(body, start, self._inbuf_pos + off)
-        if off and not self.closed:
-            del buf[:off]
-            self._inbuf_pos += off
+    def _fds_truncated(self) -> None:
+        LOG.error("event=link_fds_truncated link=%s", self.name)
 
-    def _deliver(self, body: bytes, start: int, end: int) -> None:
-        fds: list[int] = []
-        while self._fd_marks and self._fd_marks[0][0] < end:
-            pos, marked = self._fd_marks.popleft()
-            if pos < start:  # not from a Link peer: never leak them
-                _close_fds(marked)
-            else:
-                fds.extend(marked)
+    def _frame_received(self, body: bytes, fds: list[int]) -> None:
         try:
             frame = decode_link_frame(body)
             if type(frame) not in self._accepts:
@@ -452,7 +351,7 @@ class Link:
             if len(fds) != type(frame).FD_COUNT:
                 raise LinkError(f"{type(frame).__name__} arrived with {len(fds)} fds")
         except LinkError as exc:
-            _close_fds(fds)
+            close_fds(fds)
             self.dropped_frames += 1
             # Never the frame's bytes: they may be a client's request.
             LOG.warning(
@@ -474,24 +373,19 @@ class Link:
             )
 
     # -- closing ------------------------------------------------------------------------
+    def _hangup(self) -> None:
+        self.close("peer closed the link")
+
+    def _lose(self, reason: str, *, error: bool) -> None:
+        self.close(reason)
+
     def close(self, reason: str = "closed locally", *, flush: bool = False) -> None:
         """Close now; with `flush`, first write what is queued if the socket takes it."""
-        if self.closed:
+        if self._closed:
             return
         if flush and self._out:
             self._flush()
-            if self.closed:
+            if self._closed:
                 return
-        self.closed = True
-        self._loop.remove_reader(self._fd)
-        if self._writing:
-            self._loop.remove_writer(self._fd)
-        for _, fds in self._out:
-            _close_fds(fds)
-        self._out.clear()
-        self._out_bytes = self._out_fds = 0
-        for _, fds in self._fd_marks:
-            _close_fds(fds)
-        self._fd_marks.clear()
-        self._sock.close()
+        self._release()
         self._on_closed(reason)

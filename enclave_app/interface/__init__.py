@@ -5,6 +5,8 @@ The only part of `charter.enclave_app` that `charter.host` imports. Its modules:
 - `errors`: `InterfaceError(message, *, code)` and `ChannelClosed`;
 - `frames`: the typed frames, their validating msgpack codec and the host's duties for each;
 - `channel`: `ControlChannel`, frames and passed fds over a Unix socket, on asyncio;
+- `transport`: `FramedSocket`, the length-prefixed frames and passed fds under both
+  `ControlChannel` and the frontend link (`charter.enclave_app.frontend_link.Link`);
 - `config`: `NodeConfig` (pydantic) and `load_config`, the operator's JSON file.
 
 May import: `charter.ledger` and `charter.consensus` (for their size limits) only; never
@@ -96,6 +98,7 @@ from charter.enclave_app.interface.limits import (
     SNP_CHIP_ID_BYTES,
     SNP_PRODUCTS,
 )
+from charter.enclave_app.interface.transport import FramedSocket
 
 # Snapshot file names: one definition, shared with auditors (`charter.ledger.snapshot`).
 from charter.ledger.snapshot import parse_snapshot_file_name
@@ -148,6 +151,7 @@ __all__ = [
     "FetchEndorsements",
     "FilesCleanupConfig",
     "Frame",
+    "FramedSocket",
     "IndexBlobFetch",
     "IndexBlobFetched",
     "IndexBlobStore",
