@@ -119,7 +119,9 @@ def _wait_recovery_log(workspace: Path, marker: str, timeout_s: float = 120.0) -
     log = workspace / "node0" / "node.log"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        archived = (workspace / "recovered1").is_dir() and log.is_file()
+        # network.json is the last thing moved into the archive: until it is there, node0/
+        # may still be the dead network's node, whose log holds its own genesis opening.
+        archived = (workspace / "recovered1" / "network.json").is_file() and log.is_file()
         if archived and marker in log.read_text(errors="replace"):
             return
         time.sleep(0.002)
