@@ -289,8 +289,12 @@ class Link(FramedSocket):
         accepts: frozenset[type[Any]],
         on_frame: Callable[[LinkFrame, list[int]], None],
         on_closed: Callable[[str], None],
+        fds_queued_max: int = FDS_QUEUED_MAX,
     ) -> None:
         self.name = name
+        # Passed fds waiting to be sent: the ordering process raises this to the node's hard
+        # session cap (every queued fd is a session already admitted under that cap).
+        self._fds_queued_max = fds_queued_max
         self._accepts = accepts
         self._on_frame = on_frame
         self._on_closed = on_closed
@@ -318,7 +322,7 @@ class Link(FramedSocket):
         if self._out_bytes + len(body) > OUTGOING_BYTES_MAX:
             self.close("the peer does not read its frames")
             return False
-        if fds and self._out_fds + len(fds) > FDS_QUEUED_MAX:
+        if fds and self._out_fds + len(fds) > self._fds_queued_max:
             LOG.warning("event=link_fds_full link=%s", self.name)
             return False
         self._enqueue(body, fds)

@@ -132,6 +132,9 @@ class FrontendPool:
             on_closed=lambda reason: LOG.info(
                 "event=frontend_link_closed index=%d reason=%s", index, reason
             ),
+            # A burst of new sessions waits here while the frontend is busy with handshakes,
+            # instead of being closed: bounded by the node's hard cap, checked before.
+            fds_queued_max=max(fl.FDS_QUEUED_MAX, self.node_limits.max_open_sessions_hard),
         )
         limits = self.limits
         fe.link.send(

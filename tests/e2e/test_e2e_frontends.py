@@ -166,6 +166,28 @@ async def test_users_are_authenticated_by_client_certificate_in_frontends(
     assert await read(net, primary, 401) is None
 
 
+BURST = 900  # new sessions at once: more than a link queues fds by default (256)
+
+
+async def test_a_burst_of_new_sessions_is_served_not_dropped_while_frontends_handshake(
+    net: Sandbox,
+) -> None:
+    # The ordering process passes each new socket over a link; while a frontend is busy with
+    # a burst of TLS handshakes those fds queue. They used to be closed past 256 queued
+    # (`ab -c 900` saw most handshakes cut); the node's hard session cap is the bound now.
+    async def one() -> bytes:
+        reader, writer = await _connect(net)
+        try:
+            return await _ask(reader, writer)
+        finally:
+            writer.close()
+
+    heads = await asyncio.gather(*(one() for _ in range(BURST)), return_exceptions=True)
+    failures = [h for h in heads if not isinstance(h, bytes)]
+    assert not failures, f"{len(failures)} of {BURST} sessions failed: {failures[:3]}"
+    assert all(h.startswith(b"HTTP/1.1 200") for h in heads if isinstance(h, bytes))
+
+
 async def test_frontend_killed_with_sigkill_is_restarted_and_the_node_keeps_serving(
     net: Sandbox,
 ) -> None:

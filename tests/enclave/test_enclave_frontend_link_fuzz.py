@@ -236,3 +236,46 @@ def test_header_names_from_the_http_layer_cross_as_plain_strings() -> None:
     assert isinstance(decoded, fl.Request)
     assert decoded.headers == [("Content-Type", "application/json"), ("X-A", "1")]
     assert all(type(name) is str for name, _ in decoded.headers)
+
+
+async def test_session_fds_queue_up_to_the_bound_the_link_was_given_while_the_peer_is_busy() -> (
+    None
+):
+    # A frontend busy with a burst of TLS handshakes reads its link late; the sockets passed
+    # meanwhile queue in the ordering process up to the node's hard session cap (given to the
+    # link), not the default 256, past which a session would be closed before its handshake.
+    sessions = 500
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    client, server_side = socket.socketpair()
+
+    def link(sock: socket.socket, **bound: int) -> fl.Link:
+        return fl.Link(
+            sock,
+            name="orderer",
+            accepts=fl.TO_ORDERER,
+            on_frame=lambda frame, fds: None,
+            on_closed=lambda reason: None,
+            **bound,
+        )
+
+    busy, default = link(a, fds_queued_max=sessions), link(c)
+    try:
+        # Queued in this loop turn, none sent yet: each link's bound is what decides.
+        assert all(busy.send(fl.Session(i + 1), [server_side.fileno()]) for i in range(sessions))
+        refused = [
+            default.send(fl.Session(i + 1), [server_side.fileno()])
+            for i in range(fl.FDS_QUEUED_MAX + 1)
+        ]
+        assert all(refused[:-1]) and refused[-1] is False
+        frontend = Peer(b, fl.TO_FRONTEND)  # the frontend reads at last: every session arrives
+        await frontend.wait(sessions)
+        assert [f.seq for f, _ in frontend.frames] == list(range(1, sessions + 1))
+        for _, fds in frontend.frames:
+            for fd in fds:
+                os.close(fd)
+    finally:
+        busy.close()
+        default.close()
+        for sock in (d, server_side, client):
+            sock.close()
