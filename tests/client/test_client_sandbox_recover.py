@@ -66,10 +66,9 @@ def _env() -> dict[str, str]:
     return env
 
 
-def test_a_dead_sandbox_is_recovered_by_its_members_with_every_committed_write(
-    tmp_path: Path,
-) -> None:
-    env = _env()
+def _dead_two_node_sandbox(tmp_path: Path, env: dict[str, str]) -> tuple[Path, dict[int, str], str]:
+    """A 2-node sandbox in tmp_path/ws given five private writes, then killed with -9: its
+    workspace, the values written and its service certificate."""
     workspace = tmp_path / "ws"
     first = Running(["--nodes", "2", "--workspace", "ws"], tmp_path, env)
     first.wait_ready()
@@ -79,6 +78,14 @@ def test_a_dead_sandbox_is_recovered_by_its_members_with_every_committed_write(
         old_cert = (workspace / "service_cert.pem").read_text()
     finally:
         _kill_everything(workspace, first)
+    return workspace, before, old_cert
+
+
+def test_a_dead_sandbox_is_recovered_by_its_members_with_every_committed_write(
+    tmp_path: Path,
+) -> None:
+    env = _env()
+    workspace, before, old_cert = _dead_two_node_sandbox(tmp_path, env)
 
     recovered = Running(["--workspace", "ws", "--recover"], tmp_path, env)
     try:
@@ -135,15 +142,7 @@ def test_a_recover_killed_half_way_is_retried_from_the_same_dead_network(
     # Killed half-way, `--recover` used to retry on the half-recovered node alone: a 1-node
     # network, from a ledger whose new entries no share decrypts (409 RecoveryLedgerMismatch).
     env = _env()
-    workspace = tmp_path / "ws"
-    first = Running(["--nodes", "2", "--workspace", "ws"], tmp_path, env)
-    first.wait_ready()
-    before = {k: f"private value {k}" for k in range(1, 6)}
-    try:
-        asyncio.run(_write(workspace, before))
-        old_cert = (workspace / "service_cert.pem").read_text()
-    finally:
-        _kill_everything(workspace, first)
+    workspace, before, old_cert = _dead_two_node_sandbox(tmp_path, env)
 
     interrupted = Running(["--workspace", "ws", "--recover"], tmp_path, env)
     try:
