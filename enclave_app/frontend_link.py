@@ -14,7 +14,8 @@ creates and hands to the frontend it spawns. The frames, and who sends them:
                           Load(open_sessions, sessions_received)
 
 Wire format: `u32 big-endian length` + msgpack `[LINK_VERSION, tag, field, …]` (fields by
-position: this link carries every request and answer, so no field names on the wire). Every
+position: this link carries every request and answer, so no field names on the wire; header
+lines as one flat list of names and values). Every
 frame is validated on receipt (`decode_link_frame` raises `LinkError` only); a malformed one
 is logged by the `Link` and dropped, and a length prefix above `LINK_FRAME_BYTES_MAX` closes
 the link (framing is lost; the frontend is then restarted). A frame with an fd leaves in a
@@ -32,9 +33,11 @@ queues and the flush runs once at the end of the turn.
 from __future__ import annotations
 
 import logging
+import operator
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, ClassVar, Final
 
 import msgpack
@@ -44,13 +47,16 @@ from charter.enclave_app.interface.transport import FramedSocket, close_fds
 
 LOG = logging.getLogger("enclave.frontend_link")
 
-LINK_VERSION: Final = 1
+LINK_VERSION: Final = 2  # 2: header lines as one flat list
 # The largest frame: a request with the largest body, or an answer as large as anything the
 # ordering process serves (one control frame's payload: a snapshot, a ledger chunk), each
 # with room for its headers.
 LINK_ENVELOPE_BYTES: Final = 1024 * 1024
 LINK_FRAME_BYTES_MAX: Final = max(REQUEST_BODY_BYTES_MAX, MAX_FRAME_BYTES) + LINK_ENVELOPE_BYTES
 HEADERS_MAX: Final = 256  # header lines per request or answer (the HTTP layer allows fewer)
+# Names and values of one frame's header lines together (a request's whole header section is
+# at most 32 KiB: `http_parse.HEADER_SECTION_BYTES_MAX`; an app's answer may set more).
+HEADER_CHARS_MAX: Final = 256 * 1024
 CERT_DER_BYTES_MAX: Final = 64 * 1024
 CERT_IDS_MAX: Final = 4096  # certificates a frontend numbers before it starts over
 PEM_CHARS_MAX: Final = 16 * 1024 * 1024  # a client CA bundle of many registered certificates
@@ -112,19 +118,44 @@ def _opt_der(v: object) -> bytes | None:
     return v
 
 
-def _headers(v: object) -> list[tuple[str, str]]:
-    if type(v) is not list or len(v) > HEADERS_MAX:
-        raise LinkError(f"expected at most {HEADERS_MAX} header lines")
-    out: list[tuple[str, str]] = []
-    for pair in v:
-        if type(pair) not in (list, tuple) or len(pair) != 2:
-            raise LinkError("a header line is [name, value]")
-        out.append((_str(pair[0]), _str(pair[1])))
-    return out
+def _flat_headers(headers: object) -> list[str]:
+    """Header lines as the wire carries them, one flat list `[name, value, name, value, …]`
+    (no array per line, so the receiver checks them in a few C calls), checked as on
+    receipt."""
+    if type(headers) is not list or len(headers) > HEADERS_MAX:
+        raise LinkError(f"expected a list of at most {HEADERS_MAX} header lines")
+    try:
+        flat = list(chain.from_iterable(headers))
+    except TypeError:
+        raise LinkError("a header line is (name, value)") from None
+    if len(flat) != 2 * len(headers):
+        raise LinkError("a header line is (name, value)")
+    _check_header_parts(flat)
+    return flat
+
+
+def _paired_headers(flat: object) -> list[tuple[str, str]]:
+    """The header lines of a received flat list."""
+    if type(flat) is not list or len(flat) % 2 or len(flat) > 2 * HEADERS_MAX:
+        raise LinkError(f"expected names and values of at most {HEADERS_MAX} header lines")
+    _check_header_parts(flat)
+    parts = iter(flat)
+    return list(zip(parts, parts, strict=False))  # an even count: checked above
+
+
+def _check_header_parts(parts: list[Any]) -> None:
+    # `join` accepts only str (header names from the HTTP layer are a case-insensitive str
+    # subclass; decoding only ever yields str), and bounds them all in one C call.
+    try:
+        chars = len("".join(parts))
+    except TypeError:
+        raise LinkError("header names and values are str") from None
+    if chars > HEADER_CHARS_MAX:
+        raise LinkError(f"header names and values exceed {HEADER_CHARS_MAX} chars")
 
 
 def _limits(v: object) -> tuple[int, int, float, float, float]:
-    if type(v) is not list or len(v) != 5:
+    if not isinstance(v, (list, tuple)) or len(v) != 5:
         raise LinkError("limits are [soft, hard, idle_s, header_s, read_s]")
     soft, hard = _int(v[0]), _int(v[1])
     if not 1 <= soft <= hard:
@@ -135,14 +166,14 @@ def _limits(v: object) -> tuple[int, int, float, float, float]:
 # ------------------------------------------------------------------------------ frames
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Configure:
     TAG: ClassVar[int] = 1
     FD_COUNT: ClassVar[int] = 0
     limits: tuple[int, int, float, float, float]  # SessionLimits, in its field order
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Tls:
     TAG: ClassVar[int] = 2
     FD_COUNT: ClassVar[int] = 0
@@ -152,14 +183,14 @@ class Tls:
     client_cas_pem: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Session:
     TAG: ClassVar[int] = 3
     FD_COUNT: ClassVar[int] = 1
     seq: int  # the ordering process's count of sessions sent to this frontend
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Answer:
     TAG: ClassVar[int] = 4
     FD_COUNT: ClassVar[int] = 0
@@ -170,7 +201,7 @@ class Answer:
     content_type: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Request:
     TAG: ClassVar[int] = 5
     FD_COUNT: ClassVar[int] = 0
@@ -185,13 +216,13 @@ class Request:
     source: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ForgetCerts:
     TAG: ClassVar[int] = 6
     FD_COUNT: ClassVar[int] = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Load:
     TAG: ClassVar[int] = 7
     FD_COUNT: ClassVar[int] = 0
@@ -201,15 +232,43 @@ class Load:
 
 LinkFrame = Configure | Tls | Session | Answer | Request | ForgetCerts | Load
 
+
+_Fields = Callable[[Any], tuple[Any, ...]]
+
+
+def _fields_getter(names: tuple[str, ...]) -> _Fields:
+    """A frame's field values in order, read in C (attrgetter gives a tuple for two or more)."""
+    if not names:
+        return lambda frame: ()
+    if len(names) == 1:
+        one = operator.attrgetter(names[0])
+        return lambda frame: (one(frame),)
+    return operator.attrgetter(*names)
+
+
+# Per frame, in field order: the check of each received field (it returns the value the
+# frame holds), and the check of each field sent (it returns what the wire carries). They
+# differ only for header lines, which travel as one flat list.
 _CHECKS: dict[type[Any], tuple[Callable[[object], Any], ...]] = {
     Configure: (_limits,),
     Tls: (_int, _pem, _pem, _pem),
     Session: (_int,),
-    Answer: (_int, _int, _headers, _body, _opt_str),
-    Request: (_int, _int, _opt_der, _str, _str, _str, _headers, _body, _opt_str),
+    Answer: (_int, _int, _paired_headers, _body, _opt_str),
+    Request: (_int, _int, _opt_der, _str, _str, _str, _paired_headers, _body, _opt_str),
     ForgetCerts: (),
     Load: (_int, _int),
 }
+# Per frame: the checks of the fields sent, and what reads the frame's field values in order.
+_SENDING: dict[type[Any], tuple[tuple[Callable[[object], Any], ...], _Fields]] = {
+    cls: (
+        tuple(_flat_headers if check is _paired_headers else check for check in checks),
+        _fields_getter(cls.__slots__),
+    )
+    for cls, checks in _CHECKS.items()
+}
+assert all(len(checks) == len(cls.__slots__) for cls, checks in _CHECKS.items())
+# One packer for the process (a frame is packed whole before the next: no interleaving).
+_PACKER: Final = msgpack.Packer(use_bin_type=True)
 _BY_TAG: dict[int, type[Any]] = {cls.TAG: cls for cls in _CHECKS}
 assert len(_BY_TAG) == len(_CHECKS)
 TO_FRONTEND: Final = frozenset({Configure, Tls, Session, Answer})
@@ -221,19 +280,18 @@ def encode_link_frame(frame: LinkFrame) -> bytes:
     as on receipt, so a frame the peer would drop is refused here, where the sender can still
     answer its client (a dropped request would leave its client waiting)."""
     cls = type(frame)
-    checks = _CHECKS.get(cls)
-    if checks is None:
+    sending = _SENDING.get(cls)
+    if sending is None:
         raise LinkError(f"not a link frame: {cls.__name__}")
-    values = [getattr(frame, name) for name in cls.__slots__]
+    checks, values = sending
     try:
-        for check, value in zip(checks, values, strict=True):
-            check(list(value) if type(value) is tuple else value)
+        # As many checks as fields (checked at import).
+        fields = [LINK_VERSION, cls.TAG]
+        fields += [c(v) for c, v in zip(checks, values(frame), strict=False)]
     except LinkError as exc:
         raise LinkError(f"{cls.__name__}: {exc}") from None
-    # Tuples pack as msgpack arrays, as lists do.
-    fields = [LINK_VERSION, cls.TAG, *values]
     try:
-        data: bytes = msgpack.packb(fields, use_bin_type=True)
+        data: bytes = _PACKER.pack(fields)
     except (ValueError, OverflowError, TypeError) as exc:
         raise LinkError(f"{cls.__name__}: cannot encode: {type(exc).__name__}") from None
     if len(data) > LINK_FRAME_BYTES_MAX:
@@ -260,7 +318,8 @@ def decode_link_frame(data: bytes) -> LinkFrame:
     if len(obj) != 2 + len(checks):
         raise LinkError(f"{cls.__name__} has {len(checks)} fields")
     try:
-        frame: LinkFrame = cls(*(check(v) for check, v in zip(checks, obj[2:], strict=True)))
+        # As many fields as checks: checked above.
+        frame: LinkFrame = cls(*[check(v) for check, v in zip(checks, obj[2:], strict=False)])
     except LinkError as exc:
         raise LinkError(f"{cls.__name__}: {exc}") from None
     return frame

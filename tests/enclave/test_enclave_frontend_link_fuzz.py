@@ -83,14 +83,17 @@ def test_cut_or_mutated_frames_raise_link_error_or_decode_to_a_valid_frame(
 @pytest.mark.parametrize(
     "fields",
     [
-        [2, fl.Load.TAG, 1, 1],  # another version
+        [fl.LINK_VERSION + 1, fl.Load.TAG, 1, 1],  # another version
         [fl.LINK_VERSION, 99, 1, 1],  # unknown tag
         [fl.LINK_VERSION, fl.Load.TAG, 1],  # a field missing
         [fl.LINK_VERSION, fl.Load.TAG, -1, 1],  # negative
         [fl.LINK_VERSION, fl.Load.TAG, True, 1],  # a bool is not an int
         [fl.LINK_VERSION, fl.Configure.TAG, [5, 4, 1.0, 1.0, 1.0]],  # soft above hard
-        [fl.LINK_VERSION, fl.Answer.TAG, 1, 200, [["a"]], b"", None],  # half a header
-        [fl.LINK_VERSION, fl.Answer.TAG, 1, 200, [["a", "b"]] * 257, b"", None],  # too many
+        [fl.LINK_VERSION, fl.Answer.TAG, 1, 200, ["a"], b"", None],  # half a header
+        [fl.LINK_VERSION, fl.Answer.TAG, 1, 200, ["a", "b"] * 257, b"", None],  # too many
+        [fl.LINK_VERSION, fl.Answer.TAG, 1, 200, [["a", "b"]], b"", None],  # a line as an array
+        [fl.LINK_VERSION, fl.Answer.TAG, 1, 200, ["a", 1], b"", None],  # a value not a str
+        [fl.LINK_VERSION, fl.Answer.TAG, 1, 200, ["a", "b" * fl.HEADER_CHARS_MAX], b"", None],
         [fl.LINK_VERSION, fl.Request.TAG, 1, 1, b"", "GET", "/", "", [], b"", None],  # empty cert
         [fl.LINK_VERSION, fl.Request.TAG, 1, 1, b"x" * 70_000, "GET", "/", "", [], b"", None],
         [fl.LINK_VERSION, fl.Session.TAG, "1"],  # a str for an int
@@ -99,6 +102,20 @@ def test_cut_or_mutated_frames_raise_link_error_or_decode_to_a_valid_frame(
 def test_frames_breaking_their_schema_are_refused(fields: list[object]) -> None:
     with pytest.raises(fl.LinkError):
         fl.decode_link_frame(msgpack.packb(fields, use_bin_type=True))
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [("a", "b", "c")],  # not a (name, value) line
+        [("a", 1)],  # a value that is not a str
+        [("a", "b")] * (fl.HEADERS_MAX + 1),  # too many lines
+        [("a", "b" * fl.HEADER_CHARS_MAX)],  # too many chars
+    ],
+)
+def test_header_lines_the_peer_would_refuse_are_refused_when_sent(headers: list[object]) -> None:
+    with pytest.raises(fl.LinkError):
+        fl.encode_link_frame(fl.Answer(1, 200, headers, b"", None))  # type: ignore[arg-type]
 
 
 def test_a_frame_over_the_size_limit_is_neither_encoded_nor_decoded() -> None:
