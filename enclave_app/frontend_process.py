@@ -109,10 +109,11 @@ class Frontend:
             if self.server is not None and self.server.open_sessions != self.reported_open:
                 self.report_load()
 
-    async def handle(self, request: PlainRequest) -> HttpResponse:
-        """The HTTP server's handler: the request to the ordering process, its answer back."""
+    def handle(self, request: PlainRequest) -> HttpResponse | asyncio.Future[HttpResponse]:
+        """The HTTP server's handler: the request to the ordering process; the future of its
+        answer (set when the answer comes back: no task per request)."""
         if self.link.closed:
-            return await self.never
+            return self.never
         headers = list(request.headers.items())
         if len(headers) > fl.HEADERS_MAX:
             return error_response("Too many header lines", code="RequestHeaderTooLarge")
@@ -145,12 +146,11 @@ class Frontend:
             if first_use is not None:
                 del self.cert_ids[first_use]  # the ordering process never learned it
             return error_response("Request could not be passed on", code="InternalError")
+        # Removed from `pending` when its answer arrives, or all at once when the link
+        # closes (an answer that never comes means the ordering process is gone).
         future: asyncio.Future[HttpResponse] = self.loop.create_future()
         self.pending[request_id] = future
-        try:
-            return await future
-        finally:
-            self.pending.pop(request_id, None)
+        return future
 
 
 async def serve(fd: int) -> int:

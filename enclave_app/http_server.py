@@ -38,6 +38,7 @@ answer in one `transport.write`. What it promises:
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import socket
@@ -150,8 +151,9 @@ class PlainRequest:
     source: str | None  # the client's address, for rate limits and logs
 
 
-# What an `HttpServer` serves with: a request in plain values, its answer.
-Handler = Callable[[PlainRequest], Awaitable[HttpResponse]]
+# What an `HttpServer` serves with: a request in plain values, its answer, given at once, as a
+# future (no task is made for it), or as any other awaitable.
+Handler = Callable[[PlainRequest], HttpResponse | Awaitable[HttpResponse]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,7 +220,9 @@ class _Session(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._closes_at: float | None = None  # once the session is ending
-        self._task: asyncio.Task[None] | None = None  # the handler's, while busy
+        # The handler's task, or the future of its answer, while busy.
+        self._task: asyncio.Task[None] | None = None
+        self._pending: asyncio.Future[HttpResponse] | None = None
 
     def cut_off_at(self) -> float | None:
         """The loop time by which the session ends if its client sends nothing more; None
@@ -292,50 +296,97 @@ class _Session(asyncio.Protocol):
 
     # ------------------------------------------------------------ requests
     def _next(self) -> None:
-        """Start the handler of the next complete request, if the session may."""
+        """Start the handler of each complete request the session may start: an answer the
+        handler gives at once is written here, and the next request started (a loop, not a
+        recursion, however many requests a client pipelined)."""
         reader = self._reader
-        if self.busy or self._ending or self._writing_paused or not reader.events:
-            return
-        event = reader.events.popleft()
-        if isinstance(event, int):
-            self._refuse(event)
-            return
-        self.busy = True
-        self._waiting = _NONE  # the node's time, not the client's
-        # Referenced here until it ends: the loop holds tasks only weakly.
-        self._task = self._loop.create_task(self._serve(event))
+        while not (self.busy or self._ending or self._writing_paused or not reader.events):
+            event = reader.events.popleft()
+            if isinstance(event, int):
+                self._refuse(event)
+                return
+            self.busy = True
+            self._waiting = _NONE  # the node's time, not the client's
+            plain = PlainRequest(
+                event.method,
+                event.path,
+                event.query_string,
+                event.headers,
+                event.body,
+                self._peer_der,
+                self._source,
+            )
+            try:
+                result = self._handler(plain)
+            except Exception as exc:
+                self._handler_failed(exc)
+                return
+            if isinstance(result, HttpResponse):
+                if not self._answered(event, result):
+                    return
+            elif isinstance(result, asyncio.Future):
+                # No task for a request whose answer comes from elsewhere (a frontend's
+                # link): the future's callback writes it.
+                self._pending = result
+                result.add_done_callback(functools.partial(self._future_done, event))
+                return
+            else:
+                # Referenced here until it ends: the loop holds tasks only weakly.
+                self._task = self._loop.create_task(self._serve(event, result))
+                return
 
-    async def _serve(self, request: ParsedRequest) -> None:
-        plain = PlainRequest(
-            request.method,
-            request.path,
-            request.query_string,
-            request.headers,
-            request.body,
-            self._peer_der,
-            self._source,
-        )
+    async def _serve(self, request: ParsedRequest, result: Awaitable[HttpResponse]) -> None:
         try:
-            result = await self._handler(plain)
-            head, body = self._render(request, result)
+            response = await result
         except Exception as exc:
-            # The exception's text may quote request bytes: its type only.
-            LOG.error("event=http_server_error error=%s", type(exc).__name__)
-            self.busy, self._task = False, None
-            self._refuse(500)
+            self._task = None
+            self._handler_failed(exc)
             return
-        self.busy, self._task = False, None
-        transport = self._transport
-        if transport is None:
-            return  # the client went away while its request was handled
-        self._write_answer(transport, head, body)
-        if not request.keep_alive or self._ending:
-            self._end()
+        self._task = None
+        if self._answered(request, response):
+            self._go_on()
+
+    def _future_done(self, request: ParsedRequest, future: asyncio.Future[HttpResponse]) -> None:
+        self._pending = None
+        if future.cancelled():  # an abort: the transport is gone with it
+            self.busy = False
             return
-        self._resume_reading()
+        exc = future.exception()
+        if exc is not None:
+            self._handler_failed(exc)
+            return
+        if self._answered(request, future.result()):
+            self._go_on()
+
+    def _go_on(self) -> None:
+        """After an answer written out of turn: the next request, else wait for one."""
         self._next()
         if not self.busy and not self._ending:
             self._await_input()
+
+    def _handler_failed(self, exc: BaseException) -> None:
+        # The exception's text may quote request bytes: its type only.
+        LOG.error("event=http_server_error error=%s", type(exc).__name__)
+        self.busy = False
+        self._refuse(500)
+
+    def _answered(self, request: ParsedRequest, result: HttpResponse) -> bool:
+        """Write the handler's answer; True if the session goes on to its next request."""
+        try:
+            head, body = self._render(request, result)
+        except Exception as exc:
+            self._handler_failed(exc)
+            return False
+        self.busy = False
+        transport = self._transport
+        if transport is None:
+            return False  # the client went away while its request was handled
+        self._write_answer(transport, head, body)
+        if not request.keep_alive or self._ending:
+            self._end()
+            return False
+        self._resume_reading()
+        return True
 
     @staticmethod
     def _write_answer(transport: asyncio.Transport, head: bytes, body: bytes) -> None:
@@ -401,6 +452,8 @@ class _Session(asyncio.Protocol):
         """End the session now (a shutdown's time is up): its handler too, if one runs."""
         if self._task is not None:
             self._task.cancel()
+        if self._pending is not None:
+            self._pending.cancel()
         if self._transport is not None:
             self._transport.abort()
 

@@ -179,7 +179,7 @@ class Runtime:
         config = itf.NodeConfig.model_validate(frame.config)
         limits = SessionLimits.from_config(config.rpc_interface)
         if config.frontends == 0:
-            self.server = HttpServer(self.dispatch, limits, loop=asyncio.get_running_loop())
+            self.server = HttpServer(self.dispatch_now, limits, loop=asyncio.get_running_loop())
         platform = make_platform(config)
         if isinstance(platform, SnpPlatform):
             servers = len(config.snp.endorsements_servers)
@@ -625,17 +625,10 @@ class Runtime:
                 future.set_result(None)
 
     # ------------------------------------------------------------------ HTTP
-    async def dispatch(self, request: PlainRequest) -> HttpResponse:
-        """Everything after TLS and HTTP: the console, operator files, or the node's request
-        pipeline (with a write forwarded to the primary awaited here)."""
-        result = self.dispatch_now(request)
-        if isinstance(result, HttpResponse):
-            return result
-        return await result
-
     def dispatch_now(self, request: PlainRequest) -> HttpResponse | Awaitable[HttpResponse]:
-        """`dispatch`, answering at once what needs no waiting (most requests: no task is
-        made for them), else the awaitable of the answer (the frontends' path)."""
+        """Everything after TLS and HTTP: the console, operator files, or the node's request
+        pipeline. Answers at once what needs no waiting (most requests: no task is made for
+        them), else gives the awaitable of the answer (a write forwarded to the primary)."""
         node = self.node
         if node is None:
             return error_response("The node is starting", code="ServiceNotReady")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from charter.enclave_app.app import HttpResponse
-from charter.enclave_app.http_server import PlainRequest, SessionLimits, _Session
+from charter.enclave_app.http_server import Handler, PlainRequest, SessionLimits, _Session
 
 
 class FakeTransport:
@@ -114,7 +114,7 @@ def ok_handler(body: bytes = b"ok") -> Callable[[PlainRequest], Awaitable[HttpRe
 
 
 def open_session(
-    handler: Callable[[PlainRequest], Awaitable[HttpResponse]],
+    handler: Handler,
     session_limits: SessionLimits | None = None,
 ) -> tuple[_Session, FakeTransport, list[_Session]]:
     """A session with its transport made; the list gets the session when it is lost."""

@@ -311,3 +311,78 @@ async def test_a_client_that_ends_its_input_still_gets_the_answer_being_prepared
     await settle(asyncio.get_running_loop())
     assert [a.body for a in parse_answers(bytes(transport.written))] == [b"late"]
     assert transport.closed
+
+
+async def test_answers_given_at_once_are_written_in_order_without_a_task_however_many_are_pipelined() -> (
+    None
+):
+    # More pipelined requests than Python's recursion limit: a session that recursed per
+    # answer would fail here; it loops.
+    count = 3000
+    seen: list[str] = []
+
+    def handler(request: PlainRequest) -> HttpResponse:
+        seen.append(request.path)
+        return HttpResponse(200, request.path.encode(), {}, "text/plain")
+
+    session, transport, _ = open_session(handler)
+    tasks_before = len(asyncio.all_tasks())
+    session.data_received(b"".join(b"GET /%d HTTP/1.1\r\n\r\n" % i for i in range(count)))
+    assert len(asyncio.all_tasks()) == tasks_before  # answered within the call, no task
+    answers = parse_answers(bytes(transport.written))
+    assert [a.body for a in answers] == [b"/%d" % i for i in range(count)]
+    assert len(seen) == count and not transport.closed and not session.busy
+
+
+async def test_an_answer_given_as_a_future_is_written_when_it_is_set_and_the_next_request_follows() -> (
+    None
+):
+    futures: list[asyncio.Future[HttpResponse]] = []
+    loop = asyncio.get_running_loop()
+
+    def handler(request: PlainRequest) -> asyncio.Future[HttpResponse]:
+        future: asyncio.Future[HttpResponse] = loop.create_future()
+        futures.append(future)
+        return future
+
+    session, transport, _ = open_session(handler)
+    session.data_received(b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n")
+    await settle(loop)
+    assert len(futures) == 1 and not transport.written and session.busy
+    futures[0].set_result(HttpResponse(200, b"first", {}, "text/plain"))
+    await settle(loop)
+    assert len(futures) == 2  # the pipelined request started once the first was answered
+    futures[1].set_result(HttpResponse(201, b"second", {}, "text/plain"))
+    await settle(loop)
+    answers = parse_answers(bytes(transport.written))
+    assert [(a.status, a.body) for a in answers] == [(200, b"first"), (201, b"second")]
+    assert not session.busy and not transport.closed
+
+
+async def test_a_failing_handler_or_future_gets_a_500_and_an_aborted_future_is_cancelled() -> None:
+    loop = asyncio.get_running_loop()
+
+    def raises(request: PlainRequest) -> HttpResponse:
+        raise RuntimeError("handler bug")
+
+    session, transport, _ = open_session(raises)
+    session.data_received(b"GET / HTTP/1.1\r\n\r\n")
+    await settle(loop)
+    [answer] = parse_answers(bytes(transport.written))
+    assert answer.status == 500 and not session.busy
+
+    failed: asyncio.Future[HttpResponse] = loop.create_future()
+    session, transport, _ = open_session(lambda request: failed)
+    session.data_received(b"GET / HTTP/1.1\r\n\r\n")
+    failed.set_exception(RuntimeError("answer failed"))
+    await settle(loop)
+    [answer] = parse_answers(bytes(transport.written))
+    assert answer.status == 500 and not session.busy
+
+    pending: asyncio.Future[HttpResponse] = loop.create_future()
+    session, transport, _ = open_session(lambda request: pending)
+    session.data_received(b"GET / HTTP/1.1\r\n\r\n")
+    await settle(loop)
+    session.abort()
+    await settle(loop)
+    assert pending.cancelled() and transport.aborted and not transport.written
