@@ -294,14 +294,16 @@ def _child(write_fd: int, parent: int, encode: Callable[[], bytes]) -> NoReturn:
     status = 1
     try:
         gc.disable()
+        # A signal must not wake the parent's loop through the shared wake-up fd, nor run
+        # the parent's handlers here.
+        signal.set_wakeup_fd(-1)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_DFL)
         # Every inherited fd but the pipe: the child must not hold the parent's sockets
         # open (a client the parent closes would stay connected), nor its epoll set.
         limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         os.closerange(3, write_fd)
         os.closerange(write_fd + 1, limit if limit != resource.RLIM_INFINITY else 1 << 20)
-        signal.set_wakeup_fd(-1)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(signum, signal.SIG_DFL)
         # SIGPIPE stays ignored (as Python sets it): a write to a parent gone fails, EPIPE.
         if _LIBC is not None:
             _LIBC.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
