@@ -7,7 +7,7 @@ GET /node/snapshot and to joiners).
 Encoding the whole state is O(keys) (about 1.7 us a key), far too long to do on the loop
 that orders transactions. The core does not encode itself: at the snapshot's signature it
 hands an `encode` closure to its `SnapshotEncoder`, which must run it on the state exactly
-as it is at that moment (the runtime's forks a child, `enclave_app/snapshot_fork.py`; the
+as it is at that moment (the runtime forks a child, `enclave_app/snapshot_fork.py`; the
 in-process tests and the simulator run it at once, `SyncSnapshotEncoder`). The result comes
 back as an event (`encoded` / `encode_failed`), and `settle` completes it (`complete`): the
 primary records its evidence at whatever seqno is next then, a backup keeps it as its
