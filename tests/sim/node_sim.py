@@ -431,6 +431,18 @@ class Simulation:
             node = slot.node
             if node is None or incarnation != slot.incarnation:
                 return  # the child died with its enclave
+            encoding = node.snapshots.encoding
+            raft = node.raft
+            # A primary's snapshot that comes back once another view began is dropped: no
+            # evidence, no file (another primary's snapshots are the service's now).
+            stale = (
+                entry is not None
+                and encoding is not None
+                and encoding.primary
+                and encoding.seqno == seqno
+                and (not node.is_primary or raft is None or raft.view != encoding.view)
+            )
+            files_before = set(slot.disk.snapshots)
             if entry is None:
                 node.snapshot_encode_failed(seqno, "simulated child failure")
                 self.count("snapshot_encodings_failed")
@@ -438,6 +450,15 @@ class Simulation:
                 node.snapshot_encoded(seqno, entry)
                 self.count("snapshot_encodings_deferred")
             self.flush(slot)
+            if stale:
+                self.count("snapshot_results_dropped")
+                made = [
+                    name
+                    for name in set(slot.disk.snapshots) - files_before
+                    if name.startswith(f"snapshot_{seqno}_")
+                ]
+                if made:
+                    raise self.fail(f"{slot.name}: a stale primary wrote snapshot {made}")
 
     # -------------------------------------------------------------------- requests
     def request(

@@ -150,3 +150,16 @@ def test_snapshots_encoded_off_the_loop_commit_with_later_evidence_and_survive_f
                 verify_snapshot(data, sim.service_cert_pem, name=name)
                 gaps.add(evidence - seqno)
     assert max(gaps) > 1, f"every evidence right after its snapshot: {gaps}"
+
+
+def test_a_primarys_snapshot_that_comes_back_in_a_later_view_is_dropped() -> None:
+    """Seed 28: a primary's snapshot was still encoding when another view began; when it
+    came back the node wrote no evidence and no file for it (checked in `deliver`), and
+    the service went on snapshotting under the new primary."""
+    sim = Simulation(
+        28, test_name="test_a_primarys_snapshot_that_comes_back_in_a_later_view_is_dropped"
+    )
+    assert sim.encode_ms_max > 0
+    sim.run(300)
+    assert sim.stats["snapshot_results_dropped"] > 0
+    assert sim.stats["joins_from_snapshot"] > 0
