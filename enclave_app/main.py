@@ -42,6 +42,7 @@ from charter.enclave_app.loop import run_loop
 from charter.enclave_app.node import TXID_HEADER, Forwarded, Node
 from charter.enclave_app.operator_files import SNAPSHOT_NAME_HEADER
 from charter.enclave_app.platform import PlatformError
+from charter.enclave_app.snapshot_fork import ForkSnapshotEncoder, SnapshotEncodeError
 from charter.enclave_app.snp_platform import SnpPlatform, obtain_endorsements
 from charter.enclave_app.startup import (
     genesis_constitution,
@@ -96,6 +97,8 @@ class Runtime:
         self.console: Console | None = None
         # Tells the node when its next deadline (a signature) comes between the host's ticks.
         self.deadline: DeadlineTimer | None = None
+        # Encodes the node's snapshots in a forked child, off this loop.
+        self.snapshot_encoder: ForkSnapshotEncoder | None = None
 
     # ------------------------------------------------------------------ frames to the host
     def flush(self) -> None:
@@ -160,6 +163,17 @@ class Runtime:
             self.node.deadline_reached(now_ms)
             self.schedule_flush()
 
+    def _snapshot_encoded(self, seqno: int, entry: bytes) -> None:
+        """The forked child's snapshot entry: the node records its evidence (primary)."""
+        if self.node is not None:
+            self.node.snapshot_encoded(seqno, entry)
+            self.schedule_flush()
+
+    def _snapshot_encode_failed(self, seqno: int, error: SnapshotEncodeError) -> None:
+        if self.node is not None:
+            self.node.snapshot_encode_failed(seqno, f"{error.code}: {error.message}")
+            self.schedule_flush()
+
     def schedule_flush(self) -> None:
         """Settle and flush once per event-loop turn (scheduled by the turn's first event):
         requests served in one turn share one Ready, one AppendEntries per peer and one
@@ -185,7 +199,10 @@ class Runtime:
             servers = len(config.snp.endorsements_servers)
             await obtain_endorsements(platform, servers, self._fetch_endorsements)
         app = load_app(config.app)
-        node = Node(config, platform, app, extra_apps=())
+        self.snapshot_encoder = ForkSnapshotEncoder(
+            asyncio.get_running_loop(), self._snapshot_encoded, self._snapshot_encode_failed
+        )
+        node = Node(config, platform, app, extra_apps=(), snapshot_encoder=self.snapshot_encoder)
         self.node = node
         self.deadline = DeadlineTimer(asyncio.get_running_loop(), self._on_deadline)
         if config.frontends > 0:
@@ -450,6 +467,13 @@ class Runtime:
         if not isinstance(frame, itf.Start):
             LOG.error("event=bad_first_frame type=%s", type(frame).__name__)
             return 2
+        try:
+            return await self._run(frame)
+        finally:
+            if self.snapshot_encoder is not None:
+                self.snapshot_encoder.close()  # no child outlives the node
+
+    async def _run(self, frame: itf.Start) -> int:
         loop = asyncio.get_running_loop()
         frames = loop.create_task(self.frame_loop())
         try:

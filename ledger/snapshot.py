@@ -21,7 +21,8 @@ import hashlib
 import json
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from cryptography import x509
@@ -46,21 +47,48 @@ _FILE_NAME = re.compile(r"snapshot_([0-9]{1,19})_([0-9]{1,19})(\.committed)?")
 _COMMIT_EVIDENCE_TXID = re.compile(r"ce:([0-9]{1,19})\.([0-9]{1,19}):[0-9a-f]{64}")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Snapshot:
-    """A decoded snapshot entry (the private tables still encrypted)."""
+    """A decoded snapshot entry (the private tables still encrypted).
+
+    The large parts (`entry`, `public_domain`, `public_tables`, `private_ciphertext`) are
+    slices of the file bytes `data`, made on first use: checking a snapshot
+    (`verify_snapshot`) hashes the entry in place and copies none of them."""
 
     seqno: int
     view: int
     hash_at_snapshot: bytes  # the Merkle leaf of the snapshot's seqno
     view_history: tuple[int, ...]  # first seqno of each view, index = view
-    public_tables: bytes
-    private_ciphertext: bytes
     gcm_tag: bytes
     gcm_iv: bytes
-    public_domain: bytes
-    entry: bytes  # the raw snapshot entry (what the evidence transaction hashes)
     receipt: dict[str, Any] | None
+    data: bytes = field(repr=False)  # the file this was decoded from
+    entry_size: int  # the entry is data[:entry_size]; its receipt follows
+    public_at: int  # the public domain is data[public_at:private_at]
+    tables_at: int  # the public tables are data[tables_at:private_at]
+    private_at: int  # the private ciphertext is data[private_at:entry_size]
+
+    @cached_property
+    def entry(self) -> bytes:
+        """The raw snapshot entry (what the evidence transaction hashes)."""
+        return self.data[: self.entry_size]
+
+    @cached_property
+    def public_domain(self) -> bytes:
+        return self.data[self.public_at : self.private_at]
+
+    @cached_property
+    def public_tables(self) -> bytes:
+        return self.data[self.tables_at : self.private_at]
+
+    @cached_property
+    def private_ciphertext(self) -> bytes:
+        return self.data[self.private_at : self.entry_size]
+
+    def entry_digest(self) -> bytes:
+        """SHA-256 of the entry, hashed where it lies in `data`."""
+        with memoryview(self.data) as view, view[: self.entry_size] as entry:
+            return hashlib.sha256(entry).digest()
 
     def decrypt_private(self, secret: bytes) -> bytes:
         try:
@@ -129,8 +157,7 @@ def decode_snapshot(data: bytes) -> Snapshot:
     pos += 8
     if public_size > end - pos:
         raise DecodeError("public domain overruns the entry", offset=pos - 8, field="public_size")
-    public_domain = data[pos : pos + public_size]
-    ciphertext = data[pos + public_size : end]
+    public_at, private_at = pos, pos + public_size
     iv_seqno = int.from_bytes(iv[:8], "little")
     iv_view = int.from_bytes(iv[8:], "little")
     if not iv_view & _SNAPSHOT_IV_BIT:
@@ -139,9 +166,9 @@ def decode_snapshot(data: bytes) -> Snapshot:
 
     def take(n: int, field: str) -> bytes:
         nonlocal p
-        if n > len(public_domain) - p:
+        if n > public_size - p:
             raise DecodeError("truncated snapshot header", offset=pos + p, field=field)
-        chunk = public_domain[p : p + n]
+        chunk = data[public_at + p : public_at + p + n]
         p += n
         return chunk
 
@@ -178,13 +205,14 @@ def decode_snapshot(data: bytes) -> Snapshot:
         view=iv_view & ~_SNAPSHOT_IV_BIT,
         hash_at_snapshot=hash_at_snapshot,
         view_history=view_history,
-        public_tables=public_domain[p:],
-        private_ciphertext=ciphertext,
         gcm_tag=tag,
         gcm_iv=iv,
-        public_domain=public_domain,
-        entry=data[:end],
         receipt=receipt,
+        data=data,
+        entry_size=end,
+        public_at=public_at,
+        tables_at=public_at + p,
+        private_at=private_at,
     )
 
 
@@ -246,14 +274,14 @@ def _verify(
     data: bytes, service_cert_pem: x509.Certificate | str | bytes, name: str
 ) -> VerifiedSnapshot:
     snapshot = decode_snapshot(data)
-    receipt_bytes = data[len(snapshot.entry) :]  # decode_snapshot bounded its size
+    receipt_bytes = data[snapshot.entry_size :]  # decode_snapshot bounded its size
     if not receipt_bytes:
         raise VerificationError("has no receipt: its evidence is not committed", field="receipt")
     parsed = receipts.parse_json_receipt(receipt_bytes)
     components = parsed.leaf_components
     if parsed.is_signature_transaction or components is None:
         raise VerificationError("receipt is not a transaction receipt", field="receipt")
-    if components.claims_digest != hashlib.sha256(snapshot.entry).digest():
+    if components.claims_digest != snapshot.entry_digest():
         raise VerificationError(
             "the snapshot entry's SHA-256 is not the claims digest its evidence receipt "
             "commits to (the entry was changed, or the receipt is another transaction's)",
@@ -284,7 +312,7 @@ def _verify(
         )
         raise VerificationError(
             "receipt is not in its canonical encoding",
-            offset=len(snapshot.entry) + at,
+            offset=snapshot.entry_size + at,
             field="receipt",
         )
     return VerifiedSnapshot(snapshot, evidence_seqno, evidence_view, root)

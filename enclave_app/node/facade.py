@@ -48,7 +48,7 @@ from charter.enclave_app.node.replication import (
 )
 from charter.enclave_app.node.restart import restart_raft
 from charter.enclave_app.node.retirement import Retirement
-from charter.enclave_app.node.snapshots import Snapshots
+from charter.enclave_app.node.snapshots import SnapshotEncoder, Snapshots
 from charter.enclave_app.platform import Platform
 from charter.enclave_app.runtime_view import RuntimeView
 from charter.enclave_app.tls import ServerTls
@@ -88,10 +88,15 @@ class Node:
         extra_apps: tuple[App, ...] = (),
         clock_s: Callable[[], float] = time.time,
         entropy: Entropy = SYSTEM_ENTROPY,
+        snapshot_encoder: SnapshotEncoder | None = None,
     ) -> None:
         core = self.core = NodeCore(config, platform, clock_s, entropy)
         self.log = LocalLog(core)
         self.snapshots = Snapshots(core, self.log)
+        if snapshot_encoder is not None:
+            # Off the node's loop (the runtime's fork); its results come back through
+            # `snapshot_encoded` / `snapshot_encode_failed`. Else encoded at once, in order.
+            self.snapshots.encoder = snapshot_encoder
         self.log.on_replicated = self._on_replicated
         self.historical = HistoricalCache(
             history=lambda: self.log.history,
@@ -631,6 +636,8 @@ class Node:
                 self._finish_recovery(replication)
             elif self.snapshots.due is not None:
                 self.snapshots.take_due(replication)
+            elif self.snapshots.encoded_entry is not None:
+                self.snapshots.complete(replication)
             elif replication.raft.has_ready():
                 self._act_on_ready(replication)
             elif replication.is_primary and (untold := self.retirement.untold_released(peers)):
@@ -676,6 +683,17 @@ class Node:
                 # (down, or cut off): try them again now and then.
                 self._retired_checked_ms = now_ms
                 self._refresh_peers()
+        self.settle()
+
+    def snapshot_encoded(self, seqno: int, entry: bytes) -> None:
+        """The snapshot encoder's entry of the state at signature `seqno`: the primary
+        records its evidence, a backup keeps it as its candidate."""
+        self.snapshots.encoded(seqno, entry)
+        self.settle()
+
+    def snapshot_encode_failed(self, seqno: int, reason: str) -> None:
+        """The snapshot encoder failed at `seqno` (logged): the next due signature tries again."""
+        self.snapshots.encode_failed(seqno, reason)
         self.settle()
 
     def next_deadline_ms(self) -> int | None:

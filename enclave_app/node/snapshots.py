@@ -3,6 +3,15 @@ every snapshot before it is installed or served, and installing one (restart, jo
 
 Only bytes that passed `verify_snapshot` are ever held in `latest` (served on
 GET /node/snapshot and to joiners).
+
+Encoding the whole state is O(keys) (about 1.7 us a key), far too long to do on the loop
+that orders transactions. The core does not encode itself: at the snapshot's signature it
+hands an `encode` closure to its `SnapshotEncoder`, which must run it on the state exactly
+as it is at that moment (the runtime forks a child, `enclave_app/snapshot_fork.py`; the
+in-process tests and the simulator run it at once, `SyncSnapshotEncoder`). The result comes
+back as an event (`encoded` / `encode_failed`), and `settle` completes it (`complete`): the
+primary records its evidence at whatever seqno is next then, a backup keeps it as its
+candidate. At most one encoding is in flight, and no snapshot falls due while it runs.
 """
 
 from __future__ import annotations
@@ -11,6 +20,8 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
 
 from charter.consensus.errors import ConsensusError
 from charter.enclave_app import interface as itf
@@ -41,12 +52,52 @@ LOG = logging.getLogger(__name__)
 ReceiptFn = Callable[[int, int], HttpResponse]
 
 
+class SnapshotEncoder(Protocol):
+    """Runs a snapshot's `encode` on the state as it is when `start` is called, and reports
+    the entry (or the failure) back to the node as an event, never from inside `start`
+    unless through a function that only records it (see `SyncSnapshotEncoder`)."""
+
+    def start(self, seqno: int, view: int, encode: Callable[[], bytes]) -> None: ...
+
+
+class SyncSnapshotEncoder:
+    """Encodes at once, in the caller's process: deterministic, for the in-process tests and
+    the simulator. `deliver` must only record the result (`Snapshots.encoded`): the `settle`
+    that asked for the snapshot then completes it in its next step."""
+
+    def __init__(self, deliver: Callable[[int, bytes], None]) -> None:
+        self._deliver = deliver
+
+    def start(self, seqno: int, view: int, encode: Callable[[], bytes]) -> None:
+        self._deliver(seqno, encode())
+
+
+@dataclass(frozen=True, slots=True)
+class Encoding:
+    """A snapshot being encoded: at signature (seqno, view), the primary's own (`primary`)
+    or a backup's candidate; `forced` if a trigger_snapshot asked for it."""
+
+    seqno: int
+    view: int
+    primary: bool
+    forced: bool
+
+
 class Snapshots:
     """The snapshot side of one node."""
 
     def __init__(self, core: NodeCore, log: LocalLog) -> None:
         self.core = core
         self.log = log
+        # Encodes the state at a snapshot's signature (the node sets the runtime's).
+        self.encoder: SnapshotEncoder = SyncSnapshotEncoder(self.encoded)
+        # The snapshot being encoded (at most one), and its entry once it came back, until
+        # `settle` completes it.
+        self.encoding: Encoding | None = None
+        self.encoded_entry: bytes | None = None
+        # A backup's: the primary's evidence (snapshot seqno, digest, evidence seqno) that
+        # arrived while the candidate at that seqno was still being encoded.
+        self.held_evidence: tuple[int, str, int] | None = None
         self.last_seqno = 0
         # A signature at which a snapshot is due: (seqno, view), taken by the facade's loop.
         self.due: tuple[int, int] | None = None
@@ -76,7 +127,11 @@ class Snapshots:
         the same on every node, restarted or not), so backups snapshot where the primary does."""
         interval = self.core.config.snapshots.tx_count
         last = max(self.last_seqno, self._recorded_seqno())
-        return (self.forced or seqno - last >= interval) and self.pending is None
+        return (
+            (self.forced or seqno - last >= interval)
+            and self.pending is None
+            and self.encoding is None
+        )
 
     def _recorded_seqno(self) -> int:
         value = self.log.store.begin().get(SNAPSHOT_EVIDENCE_TABLE, gt.SINGLETON_KEY)
@@ -88,7 +143,8 @@ class Snapshots:
             return 0
 
     def take_due(self, replication: Replication) -> None:
-        """Snapshot the state at the due signature and record its evidence."""
+        """Start encoding the state at the due signature (its evidence is recorded when the
+        entry comes back, in `complete`)."""
         assert self.due is not None
         seqno, view = self.due
         self.due = None
@@ -98,55 +154,121 @@ class Snapshots:
             # next signature will be the snapshot's point instead.
             LOG.info("event=snapshot_skipped seqno=%d version=%d", seqno, log.store.version)
             return
-        entry = self._encode(seqno, view)
-        self.last_seqno = seqno
-        self.forced = False
         self.candidate = None  # a backup's, from before this node became primary
-        tx = log.store.begin()
+        self._start(Encoding(seqno, view, primary=True, forced=self.forced))
+
+    def _start(self, encoding: Encoding) -> None:
+        assert self.encoding is None, "one snapshot encoding at a time"
+        self.encoding = encoding
+        self.forced = False
+        LOG.info(
+            "event=snapshot_encoding seqno=%d role=%s",
+            encoding.seqno,
+            "primary" if encoding.primary else "backup",
+        )
+        self.encoder.start(
+            encoding.seqno, encoding.view, self._encoder(encoding.seqno, encoding.view)
+        )
+
+    def _encoder(self, seqno: int, view: int) -> Callable[[], bytes]:
+        """What encodes the snapshot entry of the state at `seqno` (the store's version now):
+        everything but the tables is taken now; the tables when it runs, so it must run on
+        the state as it is now (a fork of this process, or at once). Deterministic: every
+        node that applied the same entries encodes the same bytes, so a backup's snapshot
+        matches the digest in the primary's evidence."""
+        log = self.log
+        store = log.store
+        assert store.version == seqno
+        hash_at_snapshot = log.history.tree.leaf(seqno)
+        view_history = log.view_history()
+        secret = self.core.identity.secret_for(seqno)
+
+        def encode() -> bytes:
+            assert store.version == seqno, "encoded on the state of the snapshot's signature"
+            public, private = store.snapshot()
+            return encode_snapshot(
+                seqno=seqno,
+                view=view,
+                hash_at_snapshot=hash_at_snapshot,
+                view_history=view_history,
+                public_tables=public,
+                private_tables=private,
+                secret=secret,
+            )
+
+        return encode
+
+    # ------------------------------------------------------------------ encoding's events
+    def encoded(self, seqno: int, entry: bytes) -> None:
+        """The encoder's result for `seqno`: only recorded; `settle` completes it."""
+        encoding = self.encoding
+        if encoding is None or encoding.seqno != seqno or self.encoded_entry is not None:
+            LOG.warning("event=snapshot_encoded_unexpected seqno=%d", seqno)
+            return
+        self.encoded_entry = entry
+
+    def encode_failed(self, seqno: int, reason: str) -> None:
+        """The encoder could not encode `seqno`: nothing is recorded, and the next due
+        signature tries again (a trigger_snapshot that asked for this one still holds)."""
+        encoding = self.encoding
+        if encoding is None or encoding.seqno != seqno or self.encoded_entry is not None:
+            LOG.warning("event=snapshot_encode_failed_unexpected seqno=%d", seqno)
+            return
+        LOG.error("event=snapshot_encode_failed seqno=%d reason=%s", seqno, reason)
+        self.encoding = None
+        self.forced = self.forced or encoding.forced
+        if not encoding.primary:
+            self.held_evidence = None
+
+    def complete(self, replication: Replication) -> None:
+        """An encoded snapshot came back: the primary records its evidence now (at the next
+        seqno, whatever it is: as in CCF, not necessarily the snapshot's seqno + 1); a
+        backup keeps it as its candidate, matched against the primary's evidence."""
+        encoding, entry = self.encoding, self.encoded_entry
+        assert encoding is not None and entry is not None
+        self.encoding = self.encoded_entry = None
+        seqno = encoding.seqno
+        if not encoding.primary:
+            self.candidate = (seqno, entry)
+            held, self.held_evidence = self.held_evidence, None
+            if held is not None:
+                self._match_evidence(*held)
+            return
+        if not replication.is_primary or replication.raft.view != encoding.view:
+            # Another primary now orders the service: its own snapshots are the service's.
+            LOG.info("event=snapshot_dropped seqno=%d reason=no longer primary", seqno)
+            return
+        self.last_seqno = seqno
+        digest = hashlib.sha256(entry).digest()
+        tx = self.log.store.begin()
         gt.put_json(
             tx,
             SNAPSHOT_EVIDENCE_TABLE,
             gt.SINGLETON_KEY,
-            {"hash": snapshot_digest(entry), "version": seqno},
+            {"hash": digest.hex(), "version": seqno},
         )
         # As in CCF, the evidence's claims digest is the snapshot's digest: its receipt then
         # vouches for the snapshot's bytes (`verify_snapshot`).
-        _, evidence_seqno = replication.commit_tx(tx, claims_digest=hashlib.sha256(entry).digest())
+        _, evidence_seqno = replication.commit_tx(tx, claims_digest=digest)
         self.pending = (seqno, evidence_seqno, entry)
         self.core.outbox.append(itf.WriteSnapshot(seqno, evidence_seqno, entry, False))
         LOG.info("event=snapshot_taken seqno=%d evidence=%d", seqno, evidence_seqno)
-
-    def _encode(self, seqno: int, view: int) -> bytes:
-        """The snapshot entry of the state at `seqno` (the store's version). Deterministic:
-        every node that applied the same entries encodes the same bytes, so a backup's
-        snapshot matches the digest in the primary's evidence."""
-        log = self.log
-        assert log.store.version == seqno
-        public, private = log.store.snapshot()
-        return encode_snapshot(
-            seqno=seqno,
-            view=view,
-            hash_at_snapshot=log.history.tree.leaf(seqno),
-            view_history=log.view_history(),
-            public_tables=public,
-            private_tables=private,
-            secret=self.core.identity.secret_for(seqno),
-        )
 
     # ------------------------------------------------------------------ a backup's side
     def on_replicated(self, seqno: int, view: int, public: WriteSet) -> None:
         """A replicated entry was applied. At a signature where the primary would take a
         snapshot, encode one; when the primary's evidence arrives, keep it if its digest is
         the evidence's (then it completes as the primary's does, in `finish`), so any
-        trusted node, not only the primary, holds the latest snapshot."""
+        trusted node, not only the primary, holds the latest snapshot. Evidence that
+        arrives while that candidate is still being encoded waits for it."""
         if SIGNATURES_TABLE in public:
             if self._is_due(seqno):
-                self.candidate = (seqno, self._encode(seqno, view))
+                self.candidate = None
+                self._start(Encoding(seqno, view, primary=False, forced=self.forced))
             return
         value = public.get(SNAPSHOT_EVIDENCE_TABLE, {}).get(gt.SINGLETON_KEY)
         if value is None:
             return
-        candidate, self.candidate = self.candidate, None
         try:
             record = json.loads(value)
             version, digest = int(record["version"]), str(record["hash"])
@@ -155,16 +277,26 @@ class Snapshots:
             return
         self.last_seqno = version
         self.forced = False
+        encoding = self.encoding
+        if encoding is not None and not encoding.primary and encoding.seqno == version:
+            self.held_evidence = (version, digest, seqno)
+            return
+        self._match_evidence(version, digest, seqno)
+
+    def _match_evidence(self, version: int, digest: str, evidence_seqno: int) -> None:
+        """The primary's evidence of a snapshot at `version`: keep the own candidate if it is
+        that snapshot, byte for byte (same digest)."""
+        candidate, self.candidate = self.candidate, None
         if candidate is None or candidate[0] != version or snapshot_digest(candidate[1]) != digest:
             LOG.warning(
                 "event=snapshot_not_taken seqno=%d evidence=%d reason=no matching local snapshot",
                 version,
-                seqno,
+                evidence_seqno,
             )
             return
-        self.pending = (version, seqno, candidate[1])
-        self.core.outbox.append(itf.WriteSnapshot(version, seqno, candidate[1], False))
-        LOG.info("event=snapshot_taken seqno=%d evidence=%d role=backup", version, seqno)
+        self.pending = (version, evidence_seqno, candidate[1])
+        self.core.outbox.append(itf.WriteSnapshot(version, evidence_seqno, candidate[1], False))
+        LOG.info("event=snapshot_taken seqno=%d evidence=%d role=backup", version, evidence_seqno)
 
     def finish(self, receipt: ReceiptFn) -> None:
         """Once the evidence and a signature after it are committed, the file is complete."""

@@ -165,6 +165,25 @@ class GovTask:
 
 
 # ------------------------------------------------------------------------------------------
+class SimSnapshotEncoder:
+    """The runtime's fork encoder as the simulator has it: the entry is encoded at once (a
+    forked child sees the state as it is at the fork) and comes back, or fails (one in ten),
+    a drawn time later, as an event; a crash of the node loses it."""
+
+    def __init__(self, sim: Simulation, slot: Slot) -> None:
+        self.sim = sim
+        self.slot = slot
+        self.incarnation = slot.incarnation
+
+    def start(self, seqno: int, view: int, encode: Callable[[], bytes]) -> None:
+        sim = self.sim
+        entry: bytes | None = encode()
+        delay_ms = sim.encode_rng.randint(1, sim.encode_ms_max)
+        if sim.encode_rng.random() < 0.1:
+            entry = None
+        sim.schedule(sim.now_ms + delay_ms, "snapshot", (self.slot, self.incarnation, seqno, entry))
+
+
 class Simulation:
     def __init__(
         self,
@@ -207,6 +226,11 @@ class Simulation:
         self.sig_tx = self.rng.choice((3, 5, 10, 100))
         self.raft_log_entries = self.rng.choice((10, 20, 1000))
         self.fsync_ms_max = self.rng.choice((0, 5, 30))
+        # How snapshots are encoded: at once (0), or as the runtime's forked child does,
+        # coming back (or failing) a drawn time later while the node goes on. Drawn from a
+        # generator of its own, so that the other draws of a seed stay what they were.
+        self.encode_rng = random.Random(f"{seed}:snapshot-encoding")
+        self.encode_ms_max = self.encode_rng.choice((0, 0, 40, 400))
         # Quiet while it runs (thousands of nodes' logs); `run` puts the levels back, so
         # tests that read logs after it in the same process see them.
         self._log_levels = {
@@ -288,7 +312,15 @@ class Simulation:
         platform = VirtualPlatform(
             slot.workspace, _measurement(), entropy=SeededEntropy(tag + ":platform")
         )
-        node = Node(slot.config, platform, _app(), clock_s=self.clock_s, entropy=SeededEntropy(tag))
+        encoder = SimSnapshotEncoder(self, slot) if self.encode_ms_max else None
+        node = Node(
+            slot.config,
+            platform,
+            _app(),
+            clock_s=self.clock_s,
+            entropy=SeededEntropy(tag),
+            snapshot_encoder=encoder,
+        )
         node.routes.include(node_endpoints.build(node))
         include_governance(node)
 
@@ -394,6 +426,39 @@ class Simulation:
             elif isinstance(frame, itf.EntriesRead):
                 node.on_entries_read(frame)
             self.flush(slot)
+        elif kind == "snapshot":
+            slot, incarnation, seqno, entry = payload
+            node = slot.node
+            if node is None or incarnation != slot.incarnation:
+                return  # the child died with its enclave
+            encoding = node.snapshots.encoding
+            raft = node.raft
+            # A primary's snapshot that comes back once another view began is dropped: no
+            # evidence, no file (another primary's snapshots are the service's now).
+            stale = (
+                entry is not None
+                and encoding is not None
+                and encoding.primary
+                and encoding.seqno == seqno
+                and (not node.is_primary or raft is None or raft.view != encoding.view)
+            )
+            files_before = set(slot.disk.snapshots)
+            if entry is None:
+                node.snapshot_encode_failed(seqno, "simulated child failure")
+                self.count("snapshot_encodings_failed")
+            else:
+                node.snapshot_encoded(seqno, entry)
+                self.count("snapshot_encodings_deferred")
+            self.flush(slot)
+            if stale:
+                self.count("snapshot_results_dropped")
+                made = [
+                    name
+                    for name in set(slot.disk.snapshots) - files_before
+                    if name.startswith(f"snapshot_{seqno}_")
+                ]
+                if made:
+                    raise self.fail(f"{slot.name}: a stale primary wrote snapshot {made}")
 
     # -------------------------------------------------------------------- requests
     def request(
@@ -913,7 +978,10 @@ class Simulation:
                 continue
             index = node.index(PRIVATE_BY_ID.name)
             assert isinstance(index, SeqnosByKeyIndex)
-            if index.indexed_to > node.commit_seqno:
+            # A restarted node indexes, as it replays, what it had sealed as committed,
+            # before its Raft (which restarts at commit 0) hears of commit again.
+            committed = max(node.commit_seqno, node.identity.committed_seqno)
+            if index.indexed_to > committed:
                 raise self.fail(f"{slot.name}: index at {index.indexed_to} past commit")
             if not written:
                 for seqno in range(known_from, known_to + 1):

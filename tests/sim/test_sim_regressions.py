@@ -119,3 +119,47 @@ def test_a_joiner_trusted_by_a_rolled_back_vote_gets_no_secrets() -> None:
     Simulation(2339, test_name="test_a_joiner_trusted_by_a_rolled_back_vote_gets_no_secrets").run(
         300
     )
+
+
+def test_snapshots_encoded_off_the_loop_commit_with_later_evidence_and_survive_failures() -> None:
+    """Seed 147 encodes snapshots as the runtime's forked child does: each comes back a drawn
+    time later (one in ten fails), while the nodes go on. Its evidence then lands seqnos
+    after the snapshot, backups hold the evidence until their own candidate is encoded, and
+    failed encodings are tried again; committed snapshots verify on every node that wrote
+    them, and nodes join from them. (It also found the index check above counting a
+    restarted node's index past its Raft commit, which restarts at 0, while the node had
+    sealed that seqno as committed.)"""
+    from charter.ledger.snapshot import parse_snapshot_file_name, verify_snapshot
+
+    sim = Simulation(
+        147,
+        test_name="test_snapshots_encoded_off_the_loop_commit_with_later_evidence_and_survive_failures",
+    )
+    assert sim.encode_ms_max > 0
+    sim.run(300)
+    assert sim.stats["snapshot_encodings_deferred"] > 0
+    assert sim.stats["snapshot_encodings_failed"] > 0
+    assert sim.stats["joins_from_snapshot"] > 0
+    gaps = set()
+    for slot in sim.slots:
+        for name, data in slot.disk.snapshots.items():
+            parsed = parse_snapshot_file_name(name)
+            assert parsed is not None
+            seqno, evidence, committed = parsed
+            if committed:
+                verify_snapshot(data, sim.service_cert_pem, name=name)
+                gaps.add(evidence - seqno)
+    assert max(gaps) > 1, f"every evidence right after its snapshot: {gaps}"
+
+
+def test_a_primarys_snapshot_that_comes_back_in_a_later_view_is_dropped() -> None:
+    """Seed 28: a primary's snapshot was still encoding when another view began; when it
+    came back the node wrote no evidence and no file for it (checked in `deliver`), and
+    the service went on snapshotting under the new primary."""
+    sim = Simulation(
+        28, test_name="test_a_primarys_snapshot_that_comes_back_in_a_later_view_is_dropped"
+    )
+    assert sim.encode_ms_max > 0
+    sim.run(300)
+    assert sim.stats["snapshot_results_dropped"] > 0
+    assert sim.stats["joins_from_snapshot"] > 0

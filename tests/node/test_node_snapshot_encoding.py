@@ -1,0 +1,150 @@
+"""The node core's side of snapshot encoding (node/snapshots.py): it hands `encode` to its
+encoder and completes the snapshot when the result comes back as an event. Driven here by an
+encoder that holds each job until the test completes or fails it: plain, deterministic
+calls, no fork (tests/enclave/test_enclave_snapshot_fork.py has the fork)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from charter.enclave_app import interface as itf
+from charter.enclave_app import node_endpoints
+from charter.enclave_app.node import Node
+from charter.enclave_app.platform import VirtualPlatform
+from charter.enclave_app.startup import include_governance, initial_members, load_app
+from charter.ledger import certs
+from charter.ledger.snapshot import decode_snapshot, parse_snapshot_file_name
+
+SNAPSHOT_TX = 10
+
+
+class HeldEncoder:
+    """Encodes at once (as a fork sees the state at the fork) but tells the node only when
+    the test says: `jobs` are (seqno, view, entry) as the node asked."""
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[int, int, bytes]] = []
+
+    def start(self, seqno: int, view: int, encode: Callable[[], bytes]) -> None:
+        self.jobs.append((seqno, view, encode()))
+
+
+def _node(tmp: Path, encoder: HeldEncoder | None) -> Node:
+    key = certs.new_key()
+    cert = tmp / "member0_cert.pem"
+    cert.write_text(certs.cert_pem(certs.identity_cert(key, "member0")))
+    config = itf.NodeConfig.model_validate(
+        {
+            "workspace": str(tmp),
+            "start": {"mode": "start", "members": [{"cert": str(cert)}]},
+            "snapshots": {"tx_count": SNAPSHOT_TX},
+            "signatures": {"tx_count": 1000, "delay_ms": 1},
+        }
+    )
+    node = Node(config, VirtualPlatform(tmp), load_app(config.app), snapshot_encoder=encoder)
+    node.routes.include(node_endpoints.build(node))
+    include_governance(node)
+    node.start_new_network(initial_members(config), None)
+    _drain(node)
+    return node
+
+
+def _drain(node: Node) -> list[itf.WriteSnapshot]:
+    """Act as a host that makes every write durable at once; the snapshot frames sent."""
+    snapshots = []
+    node.settle()
+    while node.outbox:
+        frames, node.outbox = node.outbox, []
+        for frame in frames:
+            if isinstance(frame, itf.WriteEntries):
+                node.durable(max(s for s, _ in frame.entries))
+            elif isinstance(frame, itf.WriteSnapshot):
+                snapshots.append(frame)
+    return snapshots
+
+
+def _writes_and_signature(node: Node, count: int, tag: str) -> list[itf.WriteSnapshot]:
+    for i in range(count):
+        tx = node.store.begin()
+        tx.put("records", f"{tag}{i}".encode(), b"value")
+        node.commit_tx(tx)
+    node.emit_signature()
+    return _drain(node)
+
+
+def _evidence(node: Node) -> None:
+    """Two signatures: the evidence's, then one after it, so the snapshot completes."""
+    for _ in range(2):
+        node.emit_signature()
+        _drain(node)
+
+
+def test_the_primary_records_evidence_when_the_encoding_comes_back_at_the_seqno_next_then(
+    tmp_path: Path,
+) -> None:
+    """Writes go on while the snapshot encodes, and no other snapshot falls due meanwhile;
+    the evidence then takes the next seqno (not the snapshot's + 1), and the file completes
+    and verifies with that evidence in its name."""
+    encoder = HeldEncoder()
+    node = _node(tmp_path, encoder)
+    _writes_and_signature(node, SNAPSHOT_TX, "a")
+    assert len(encoder.jobs) == 1
+    seqno, _, entry = encoder.jobs[0]
+    assert node.applied_seqno == seqno
+    _writes_and_signature(node, SNAPSHOT_TX, "b")  # due again, but one is encoding
+    _writes_and_signature(node, SNAPSHOT_TX, "c")
+    assert len(encoder.jobs) == 1
+    next_seqno = node.applied_seqno + 1
+    node.snapshot_encoded(seqno, entry)
+    frames = _drain(node)
+    assert [(f.seqno, f.evidence_seqno, f.committed) for f in frames] == [
+        (seqno, next_seqno, False)
+    ]
+    _evidence(node)
+    assert node.latest_snapshot is not None and node.latest_snapshot_name is not None
+    assert parse_snapshot_file_name(node.latest_snapshot_name) == (seqno, next_seqno, True)
+    assert decode_snapshot(node.latest_snapshot).seqno == seqno
+
+
+def test_an_encoding_that_failed_is_tried_again_at_the_next_signature(tmp_path: Path) -> None:
+    encoder = HeldEncoder()
+    node = _node(tmp_path, encoder)
+    _writes_and_signature(node, SNAPSHOT_TX, "a")
+    failed_seqno = encoder.jobs[0][0]
+    node.snapshot_encode_failed(failed_seqno, "child killed")
+    assert _drain(node) == []
+    # One write and a signature: still due (counted from the last snapshot, none yet).
+    _writes_and_signature(node, 1, "b")
+    assert len(encoder.jobs) == 2
+    seqno, _, entry = encoder.jobs[1]
+    assert seqno > failed_seqno
+    node.snapshot_encoded(seqno, entry)
+    assert [f.seqno for f in _drain(node)] == [seqno]
+    _evidence(node)
+    assert node.latest_snapshot_name is not None
+    assert node.latest_snapshot_name.startswith(f"snapshot_{seqno}_")
+
+
+def test_a_result_for_a_snapshot_not_being_encoded_changes_nothing(tmp_path: Path) -> None:
+    encoder = HeldEncoder()
+    node = _node(tmp_path, encoder)
+    _writes_and_signature(node, SNAPSHOT_TX, "a")
+    seqno, _, entry = encoder.jobs[0]
+    node.snapshot_encoded(seqno + 1, entry)  # not the one asked for
+    node.snapshot_encode_failed(seqno + 1, "stale")
+    assert _drain(node) == []
+    node.snapshot_encoded(seqno, entry)
+    assert [f.seqno for f in _drain(node)] == [seqno]
+    node.snapshot_encoded(seqno, entry)  # twice: the second is ignored
+    assert _drain(node) == []
+
+
+def test_the_synchronous_encoder_records_evidence_right_after_the_snapshot(
+    tmp_path: Path,
+) -> None:
+    """The default encoder (in-process tests, the simulator) encodes at once: the evidence
+    follows the snapshot's signature, as before encoding moved off the loop."""
+    node = _node(tmp_path, None)
+    frames = _writes_and_signature(node, SNAPSHOT_TX, "a")
+    assert [(f.evidence_seqno - f.seqno, f.committed) for f in frames] == [(1, False)]
