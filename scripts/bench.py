@@ -355,7 +355,15 @@ def counters_per_write(
     before: dict[str, int], after: dict[str, int], writes: int
 ) -> dict[str, float]:
     """The change of each monotonic counter of /node/metrics per committed write."""
-    monotonic = ("requests", "writes", "errors", "signatures", "rollbacks", "gc_collections")
+    monotonic = (
+        "requests",
+        "writes",
+        "errors",
+        "signatures",
+        "rollbacks",
+        "gc_collections",
+        "gc_pause_us",
+    )
     return {
         k: round((after[k] - before[k]) / writes, 4)
         for k in monotonic

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gc
 import hashlib
 import json
 
@@ -223,3 +224,24 @@ def test_replica_with_the_secret_detects_a_changed_public_only_entry() -> None:
         replica.append_raw(forged, secret=SECRET)
     assert replica.last_seqno == 0
     replica.append_raw(raw, secret=SECRET)
+
+
+def test_what_a_history_keeps_per_transaction_drops_out_of_the_garbage_collectors_walks() -> None:
+    # A node keeps this for every retained transaction (100,000 by default): while the
+    # collector tracked it, each full collection walked all of it (a pause of the loop).
+    primary, replica = History(), History()
+    raws = []
+    for seqno in range(1, 40):
+        record = primary.add_transaction(
+            seqno=seqno, view=2, public={"public:t": {b"k": b"v"}}, private={}, secret=SECRET
+        )
+        raws.append(record.raw)
+    raws.append(_sign(primary, 40))
+    for raw in raws:
+        replica.append_raw(raw, secret=SECRET)
+    gc.collect()
+    for history in (primary, replica):
+        kept = list(history._components.values())
+        assert len(kept) == 40 and not any(gc.is_tracked(c) for c in kept)
+        assert history.is_signature(40) and not history.is_signature(39)
+        assert history.leaf_components(3) == primary.leaf_components(3)
