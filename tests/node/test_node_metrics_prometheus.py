@@ -111,11 +111,22 @@ def test_the_enclave_garbage_collector_pauses_are_counted_and_exported(tmp_path:
 
 
 def test_start_up_objects_frozen_out_of_the_collector_are_never_walked_again() -> None:
+    pauses = gc_pauses.install()
+    was_enabled = gc.isenabled()
+    gc.disable()  # no automatic collection may be counted meanwhile: only the start-up one runs
+    counted_before = pauses.metrics()
     try:
         frozen = gc_pauses.freeze_startup()
+        # The start-up collection is not a pause of a serving node: not counted.
+        assert {k: v for k, v in pauses.metrics().items() if k != "gc_frozen_objects"} == {
+            k: v for k, v in counted_before.items() if k != "gc_frozen_objects"
+        }
+        assert pauses.on_gc in gc.callbacks  # counting goes on afterwards
         assert frozen > 0 and gc.get_freeze_count() == frozen
         assert gc_pauses.PAUSES.metrics()["gc_frozen_objects"] == frozen
         # A full collection now walks only what was made after the freeze.
         assert sum(len(gc.get_objects(generation)) for generation in range(3)) < frozen
     finally:
         gc.unfreeze()
+        if was_enabled:
+            gc.enable()
