@@ -96,7 +96,7 @@ def entry_view(raw: bytes) -> int:
 
 def write_atomically(path: Path, data: bytes) -> None:
     """Write, fsync, rename over `path`, fsync the directory: all or nothing after a crash."""
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(path.name + TMP_SUFFIX)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         write_all_at(fd, data, 0, path=str(tmp), what="writing")
@@ -112,6 +112,27 @@ def write_atomically(path: Path, data: bytes) -> None:
     os.close(fd)
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+
+
+TMP_SUFFIX = ".tmp"
+
+
+def remove_unfinished_writes(directory: Path, names: Callable[[str], bool]) -> list[str]:
+    """Delete what a `write_atomically` killed before its rename left in `directory` (the
+    files named `<name>.tmp` for which `names(<name>)` holds): never read, never renamed into
+    place, so nothing but disk taken. Returns the names removed (logged)."""
+    removed = []
+    for entry in os.listdir(directory):
+        if not entry.endswith(TMP_SUFFIX) or not names(entry[: -len(TMP_SUFFIX)]):
+            continue
+        path = directory / entry
+        if not path.is_file() or path.is_symlink():
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(entry)
+            _log.warning("removed an unfinished write path=%s", path)
+    return removed
 
 
 def _read_limited(path: Path, limit_bytes: int) -> bytes | None:
@@ -143,6 +164,10 @@ class Storage:
         self.snapshots_dir = snapshots_dir
         for d in (workspace, ledger_dir, snapshots_dir):
             d.mkdir(parents=True, exist_ok=True)
+        # A host killed mid-write leaves its temporary file (a snapshot, the sealed state):
+        # each crash would otherwise keep one for good.
+        remove_unfinished_writes(snapshots_dir, lambda name: parse_snapshot_name(name) is not None)
+        remove_unfinished_writes(workspace, lambda name: name == SEALED_FILE_NAME)
         self._writer = LedgerWriter(str(ledger_dir), chunk_size_bytes=chunk_size_bytes)
         # Entries the ledger directory no longer (or never) held: read-only dirs, archive.
         elsewhere = list(read_only_dirs or [])

@@ -235,3 +235,20 @@ async def test_a_read_that_fails_is_answered_as_nothing_and_the_worker_keeps_wri
     worker.storage.close()
     host_end.close()
     enclave.close()
+
+
+def test_a_snapshot_write_cut_by_a_crash_leaves_no_file_behind_after_restart(
+    tmp_path: Path,
+) -> None:
+    s = make_storage(tmp_path)
+    s.write_snapshot(10, 11, b"snapshot ten", False)
+    s.close()
+    snapshots, workspace = s.snapshots_dir, s.workspace
+    # What a host killed inside write_atomically leaves: the temporary, never renamed.
+    (snapshots / "snapshot_20_23.tmp").write_bytes(b"half a snapshot")
+    (workspace / f"{storage_mod.SEALED_FILE_NAME}.tmp").write_bytes(b"half a blob")
+    (snapshots / "operator-notes.tmp").write_bytes(b"not ours")  # not a name we write
+    restarted = make_storage(tmp_path)
+    assert sorted(os.listdir(snapshots)) == ["operator-notes.tmp", "snapshot_10_11"]
+    assert not (workspace / f"{storage_mod.SEALED_FILE_NAME}.tmp").exists()
+    restarted.close()
