@@ -135,6 +135,25 @@ def remove_unfinished_writes(directory: Path, names: Callable[[str], bool]) -> l
     return removed
 
 
+def remove_uncommitted_snapshots(directory: Path) -> list[str]:
+    """Delete the uncommitted snapshot files an earlier run of this node left: only the run
+    that wrote one could commit it (its evidence was pending in that run's memory), none is
+    ever served or read, and each, as large as the state, would otherwise stay for good."""
+    removed = []
+    for entry in os.listdir(directory):
+        parsed = parse_snapshot_name(entry)
+        if parsed is None or parsed[2]:
+            continue
+        path = directory / entry
+        if not path.is_file() or path.is_symlink():
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(entry)
+            _log.warning("removed a snapshot an earlier run left uncommitted path=%s", path)
+    return removed
+
+
 def _read_limited(path: Path, limit_bytes: int) -> bytes | None:
     """File contents, or None (logged) when the file is larger than `limit_bytes`."""
     with path.open("rb") as f:
@@ -168,6 +187,7 @@ class Storage:
         # each crash would otherwise keep one for good.
         remove_unfinished_writes(snapshots_dir, lambda name: parse_snapshot_name(name) is not None)
         remove_unfinished_writes(workspace, lambda name: name == SEALED_FILE_NAME)
+        remove_uncommitted_snapshots(snapshots_dir)
         self._writer = LedgerWriter(str(ledger_dir), chunk_size_bytes=chunk_size_bytes)
         # Entries the ledger directory no longer (or never) held: read-only dirs, archive.
         elsewhere = list(read_only_dirs or [])

@@ -241,7 +241,6 @@ def test_a_snapshot_write_cut_by_a_crash_leaves_no_file_behind_after_restart(
     tmp_path: Path,
 ) -> None:
     s = make_storage(tmp_path)
-    s.write_snapshot(10, 11, b"snapshot ten", False)
     s.close()
     snapshots, workspace = s.snapshots_dir, s.workspace
     # What a host killed inside write_atomically leaves: the temporary, never renamed.
@@ -249,6 +248,20 @@ def test_a_snapshot_write_cut_by_a_crash_leaves_no_file_behind_after_restart(
     (workspace / f"{storage_mod.SEALED_FILE_NAME}.tmp").write_bytes(b"half a blob")
     (snapshots / "operator-notes.tmp").write_bytes(b"not ours")  # not a name we write
     restarted = make_storage(tmp_path)
-    assert sorted(os.listdir(snapshots)) == ["operator-notes.tmp", "snapshot_10_11"]
+    assert sorted(os.listdir(snapshots)) == ["operator-notes.tmp"]
     assert not (workspace / f"{storage_mod.SEALED_FILE_NAME}.tmp").exists()
+    restarted.close()
+
+
+def test_snapshots_an_earlier_run_left_uncommitted_are_removed_and_committed_ones_kept(
+    tmp_path: Path,
+) -> None:
+    s = make_storage(tmp_path)
+    s.write_snapshot(10, 11, b"committed ten", True)
+    s.write_snapshot(20, 23, b"uncommitted twenty", False)  # its run died before commit
+    s.close()
+    restarted = make_storage(tmp_path)
+    assert sorted(os.listdir(restarted.snapshots_dir)) == ["snapshot_10_11.committed"]
+    latest = restarted.latest_committed_snapshot()
+    assert latest is not None and latest[1] == b"committed ten"
     restarted.close()
