@@ -117,13 +117,12 @@ def write_atomically(path: Path, data: bytes) -> None:
 TMP_SUFFIX = ".tmp"
 
 
-def remove_unfinished_writes(directory: Path, names: Callable[[str], bool]) -> list[str]:
-    """Delete what a `write_atomically` killed before its rename left in `directory` (the
-    files named `<name>.tmp` for which `names(<name>)` holds): never read, never renamed into
-    place, so nothing but disk taken. Returns the names removed (logged)."""
+def remove_leftovers(directory: Path, is_leftover: Callable[[str], bool], what: str) -> list[str]:
+    """Delete the regular files of `directory` whose names `is_leftover` picks (logged as
+    `what`); returns their names."""
     removed = []
     for entry in os.listdir(directory):
-        if not entry.endswith(TMP_SUFFIX) or not names(entry[: -len(TMP_SUFFIX)]):
+        if not is_leftover(entry):
             continue
         path = directory / entry
         if not path.is_file() or path.is_symlink():
@@ -131,27 +130,22 @@ def remove_unfinished_writes(directory: Path, names: Callable[[str], bool]) -> l
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
             removed.append(entry)
-            _log.warning("removed an unfinished write path=%s", path)
+            _log.warning("removed %s path=%s", what, path)
     return removed
 
 
-def remove_uncommitted_snapshots(directory: Path) -> list[str]:
-    """Delete the uncommitted snapshot files an earlier run of this node left: only the run
-    that wrote one could commit it (its evidence was pending in that run's memory), none is
-    ever served or read, and each, as large as the state, would otherwise stay for good."""
-    removed = []
-    for entry in os.listdir(directory):
-        parsed = parse_snapshot_name(entry)
-        if parsed is None or parsed[2]:
-            continue
-        path = directory / entry
-        if not path.is_file() or path.is_symlink():
-            continue
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-            removed.append(entry)
-            _log.warning("removed a snapshot an earlier run left uncommitted path=%s", path)
-    return removed
+def unfinished_write_of(names: Callable[[str], bool]) -> Callable[[str], bool]:
+    """Picks what a `write_atomically` killed before its rename left: `<name>.tmp` for a
+    `name` that `names` holds (never read, never renamed into place: only disk taken)."""
+    return lambda entry: entry.endswith(TMP_SUFFIX) and names(entry[: -len(TMP_SUFFIX)])
+
+
+def uncommitted_snapshot(entry: str) -> bool:
+    """An uncommitted snapshot file. At start, one an earlier run left: only the run that
+    wrote it could commit it (its evidence was pending in that run's memory), none is ever
+    served or read, and each, as large as the state, would otherwise stay for good."""
+    parsed = parse_snapshot_name(entry)
+    return parsed is not None and not parsed[2]
 
 
 def _read_limited(path: Path, limit_bytes: int) -> bytes | None:
@@ -185,9 +179,11 @@ class Storage:
             d.mkdir(parents=True, exist_ok=True)
         # A host killed mid-write leaves its temporary file (a snapshot, the sealed state):
         # each crash would otherwise keep one for good.
-        remove_unfinished_writes(snapshots_dir, lambda name: parse_snapshot_name(name) is not None)
-        remove_unfinished_writes(workspace, lambda name: name == SEALED_FILE_NAME)
-        remove_uncommitted_snapshots(snapshots_dir)
+        is_snapshot = unfinished_write_of(lambda name: parse_snapshot_name(name) is not None)
+        remove_leftovers(snapshots_dir, is_snapshot, "an unfinished write")
+        is_sealed = unfinished_write_of(lambda name: name == SEALED_FILE_NAME)
+        remove_leftovers(workspace, is_sealed, "an unfinished write")
+        remove_leftovers(snapshots_dir, uncommitted_snapshot, "a snapshot left uncommitted")
         self._writer = LedgerWriter(str(ledger_dir), chunk_size_bytes=chunk_size_bytes)
         # Entries the ledger directory no longer (or never) held: read-only dirs, archive.
         elsewhere = list(read_only_dirs or [])
