@@ -26,7 +26,13 @@ and, each in a loop of its own on the same node (so they overlap the above, not 
 - `auth_us`: `Frontend.authenticate` of the user's certificate;
 - `invoke_us`: route match + app handler on a fresh transaction (not committed);
 - `add_transaction_us`: `History.add_transaction` of the record's write set;
-- `signature_us`: one signature transaction (`Node.emit_signature`), per signature.
+- `signature_us`: one signature transaction (`Node.emit_signature`), per signature;
+- `link_codec_us`: the frontend link's request and answer frames of one write, each built,
+  encoded and decoded (`enclave_app.frontend_link`);
+
+and, once every round is done, `gc_tracked_objects` and `gc_full_collection_ms`: what a full
+collection of the garbage collector walks, and takes (wall time), with what the node keeps of
+those writes (start-up objects frozen first, as the enclave freezes them).
 
 `--rounds N` repeats the whole measurement and reports each figure's median. The last line
 of stdout is one JSON object. Performance is compared between revisions by running this
@@ -36,6 +42,7 @@ script from each (alternated: A B B A), never asserted.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import sys
@@ -278,6 +285,19 @@ def measure_parts(bench: Bench, count: int) -> dict[str, float]:
         )
     out["add_transaction_us"] = _per_write(clock() - t0, count)
 
+    # The frontend link's codec (frontends: K >= 1), per write: the request from the frontend
+    # and its answer back, each built, encoded and decoded as the two ends do.
+    from charter.enclave_app import frontend_link as fl
+
+    header_lines = list(bench.headers.items())
+    t0 = clock()
+    for i in range(count):
+        request = fl.Request(i, 1, None, "POST", PATH, "", header_lines, BODY, "127.0.0.1")
+        fl.decode_link_frame(fl.encode_link_frame(request))
+        answer = fl.Answer(i, 200, [("x-ms-ccf-transaction-id", "2.12345")], b"", None)
+        fl.decode_link_frame(fl.encode_link_frame(answer))
+    out["link_codec_us"] = _per_write(clock() - t0, count)
+
     signatures = max(1, count // 100)
     t0 = clock()
     for _ in range(signatures):
@@ -299,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--writes, --per-turn and --rounds must be positive (writes ≤ 10^7)")
     with tempfile.TemporaryDirectory(prefix="bench-request-path-") as tmp:
         bench = Bench(Path(tmp), args.per_turn, max(1, args.tick_every_turns))
+        from charter.enclave_app import gc_pauses
+
+        gc_pauses.freeze_startup()  # as the enclave does once it runs
         measure_path(bench, min(args.writes, 2_000))  # warm-up: caches, allocator
         rounds: list[dict[str, float]] = []
         for _ in range(args.rounds):
@@ -322,6 +345,13 @@ def main(argv: list[str] | None = None) -> int:
             bench.frame_bytes / max(1, bench.node.metrics["writes"]), 1
         )
         result["signatures"] = bench.node.metrics["signatures"]
+        # What a full collection of the garbage collector walks once the node holds what it
+        # retains of every write above (the receipts' material, Raft's log).
+        gc.collect()
+        result["gc_tracked_objects"] = len(gc.get_objects())
+        t0 = time.perf_counter()
+        gc.collect()
+        result["gc_full_collection_ms"] = round((time.perf_counter() - t0) * 1000, 2)
     print(json.dumps(result), flush=True)
     return 0
 
