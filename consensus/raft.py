@@ -132,10 +132,27 @@ class Raft(RaftState):
             self.check_configuration_change(configuration)
         entry = self._log.append_new(self._term, data, signature, configuration)
         self._unstable.append(entry)
+        cfg = self._cfg
+        if cfg.hold_until_signature and not signature and configuration is None:
+            self._held_bytes += len(data)
+            held = entry.index - self._release_index
+            if held < cfg.max_batch_entries and self._held_bytes < cfg.max_batch_bytes:
+                return self._term, entry.index
+        self._release_index = entry.index
+        self._held_bytes = 0
         self._unsent = True
         if configuration is not None:
             self._on_primary_configuration(entry.index, configuration)
         return self._term, entry.index
+
+    def release_held(self) -> None:
+        """Send the entries `hold_until_signature` holds with the next `ready()` (a write
+        whose effect a backup waits to see, a hand-over)."""
+        last = self._log.last_index
+        if self._role is Role.PRIMARY and self._release_index < last:
+            self._release_index = last
+            self._held_bytes = 0
+            self._unsent = True
 
     def durable(self, seqno: int, view: int | None = None) -> None:
         """The host made every entry up to `seqno` durable. Pass the entry's `view` when a
@@ -344,6 +361,8 @@ class Raft(RaftState):
         self._election_elapsed_ms = 0
         self._heartbeat_elapsed_ms = 0
         nxt = self._log.last_index + 1
+        # What earlier views left in the log goes out at once.
+        self._release_index, self._held_bytes = self._log.last_index, 0
         self._progress = {}
         for peer in sorted(self._log.configuration | self._learners):
             if peer != self.id:
@@ -373,6 +392,7 @@ class Raft(RaftState):
                 return
         if self._heartbeat_elapsed_ms >= self._cfg.heartbeat_interval_ms:
             self._heartbeat_elapsed_ms = 0
+            self.release_held()  # held entries wait at most one heartbeat interval
             for peer, pr in list(self._progress.items()):
                 if pr.removal_index is not None:
                     self._done_with_removed(peer, pr)
@@ -406,6 +426,8 @@ class Raft(RaftState):
     def _send_commit(self) -> None:
         """Tell idle peers that commit advanced (busy peers learn it from the next batch)."""
         self._commit_sent = self._commit_index
+        if self._cfg.hold_until_signature and self._release_index < self._log.last_index:
+            return  # entries wait for their signature: the batch with them tells everyone
         busy = {to for to, m in self._msgs if isinstance(m, AppendEntries)}
         for peer, pr in self._progress.items():
             if peer not in busy and not pr.probing and not pr.awaiting_entries:
@@ -415,6 +437,8 @@ class Raft(RaftState):
     def _send_entries(self, peer: str, pr: Progress, *, empty_ok: bool = False) -> None:
         log, cfg = self._log, self._cfg
         last = log.last_index
+        if cfg.hold_until_signature:
+            last = min(last, self._release_index)
         for _ in range(cfg.max_inflight_messages):
             if pr.awaiting_entries or (pr.probing and pr.paused):
                 return
@@ -569,6 +593,7 @@ class Raft(RaftState):
             if self._handover_since_ms is None:
                 logger.info("handing over node=%s view=%d", self.id, self._term)
                 self._handover_since_ms = self._now_ms
+                self.release_held()  # a successor must hold the whole log
             self._continue_hand_over()
             return
         self._retire_now()
@@ -682,7 +707,8 @@ class Raft(RaftState):
                 self._truncate(e.index - 1)
                 break
             start += 1
-        if start < len(entries):
+        appended = start < len(entries)
+        if appended:
             new = entries[start:]
             log.extend(new)
             self._unstable.extend(new)
@@ -697,6 +723,8 @@ class Raft(RaftState):
             if target > self._commit_index:
                 self._advance_commit(target)
         durable = min(self._durable_index, self._verified_index)
+        if appended and self._cfg.ack_when_durable and durable < verified:
+            return  # `durable()` answers, with the durable index the primary counts
         self._durable_reported = max(self._durable_reported, durable)
         self._send_ack(
             m.sender,

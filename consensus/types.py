@@ -62,6 +62,16 @@ class RaftConfig:
     max_inflight_messages: int = 64
     # Bound on the size of one entry's data, enforced on propose and when decoding.
     max_entry_bytes: int = MAX_ENTRY_BYTES
+    # The primary holds entries proposed without `signature` until a signature or a
+    # configuration change is proposed, `max_batch_entries` or `max_batch_bytes` of them
+    # wait, a heartbeat falls due, or `release_held()` is called. Only signatures commit,
+    # so no commit waits longer for it; peers get one AppendEntries per signature instead
+    # of one per `ready()`.
+    hold_until_signature: bool = False
+    # A backup answers a batch that brought it new entries once they are durable (its
+    # `durable()` report), not also on receipt: the primary counts only durable copies, so
+    # the receipt answer told it nothing it waits for.
+    ack_when_durable: bool = False
 
     def __post_init__(self) -> None:
         if not 0 < self.election_timeout_min_ms < self.election_timeout_max_ms:

@@ -29,6 +29,15 @@ _COUNTERS: dict[str, tuple[str, str]] = {
     "errors": ("charter_errors_total", "Responses with a status of 400 or more."),
     "signatures": ("charter_signatures_total", "Signature transactions emitted."),
     "rollbacks": ("charter_rollbacks_total", "Rollbacks of uncommitted transactions."),
+    "ready_turns": (
+        "charter_ready_turns_total",
+        "Raft Ready batches acted on (each persists, sends and applies what a turn produced).",
+    ),
+    "peer_messages_sent": ("charter_peer_messages_sent_total", "Messages sealed to other nodes."),
+    "peer_messages_received": (
+        "charter_peer_messages_received_total",
+        "Messages from other nodes opened and accepted.",
+    ),
     "gc_collections": ("charter_gc_collections_total", "Garbage collector runs in the enclave."),
     "gc_pause_us": ("charter_gc_pause_microseconds_total", "Time the enclave spent collecting."),
     "historical_fetched_entries": (

@@ -44,7 +44,8 @@ stays all of them. With K >= 1 the run also carries `projection_writes_per_s`, a
 
 Receipts: a sample of the phase's committed transactions, fetched and verified offline.
 --profile-dir DIR records py-spy profiles (pip install py-spy, a developer tool) of the
-primary's processes during the first node phase of each node count.
+primary's processes (its enclave, each frontend, its host) during the first node phase of each
+node count.
 
 The last line of stdout is one JSON object (the same as the --out file), with at least
 committed_tx_per_s, ceiling_req_per_s, ceiling_ratio, replication_ratio,
@@ -363,6 +364,9 @@ def counters_per_write(
         "rollbacks",
         "gc_collections",
         "gc_pause_us",
+        "ready_turns",
+        "peer_messages_sent",
+        "peer_messages_received",
     )
     return {
         k: round((after[k] - before[k]) / writes, 4)
@@ -394,18 +398,20 @@ async def measure_node(
         counters_before = await node_counters(client)
         err.print(f"{target.nodes} node(s): {gen.name}, {gen.clients} connections, "
                   f"{gen.duration_s:g} s of writes")  # fmt: skip
-        profilers = [
-            start_profiler(name, pid, target.nodes, profile, args.duration_s)
-            for name, pid in target.pids.items()
-        ]
         groups = {name: (pid,) for name, pid in target.pids.items()}
         groups["backups"] = target.backup_pids
+        profiled = dict(target.pids)
         if "enclave" in groups:
             # The enclave process orders; its frontends (if any) serve TLS and HTTP.
             frontends = frontend_pids(target.pids["enclave"])
             groups["ordering"] = groups["enclave"]
             groups["frontends"] = frontends
             groups["enclave"] = groups["enclave"] + frontends
+            profiled |= {f"frontend{i}": pid for i, pid in enumerate(frontends)}
+        profilers = [
+            start_profiler(name, pid, target.nodes, profile, args.duration_s)
+            for name, pid in profiled.items()
+        ]
         meter = CpuMeter(groups)
         started_s = time.monotonic()
         try:
@@ -853,7 +859,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=None,
         help="the own network's signatures.tx_count (100, the sandbox's)",
     )
-    p.add_argument("--profile-dir", type=Path, default=None, help="py-spy the primary's processes")
+    p.add_argument(
+        "--profile-dir",
+        type=Path,
+        default=None,
+        help="py-spy the primary's processes (enclave, frontends, host)",
+    )
     p.add_argument(
         "--frontends",
         default=None,

@@ -656,6 +656,7 @@ class Node:
 
     def _act_on_ready(self, replication: Replication) -> None:
         outcome = replication.process_ready()
+        self.core.metrics["ready_turns"] += 1
         peers = self._peers()
         peers.released.update(outcome.released)
         if outcome.committed is not None:
@@ -798,6 +799,9 @@ class Node:
         )
         assert isinstance(response, HttpResponse), "a forwarded request is never re-forwarded"
         peers.answer(sender, request.forward_id, response)
+        if self.replication is not None and self.replication.is_primary:
+            # The backup answers its client once it applied the write: send it now.
+            self.replication.raft.release_held()
 
     # ------------------------------------------------------------------ requests
     def _refresh_client_cas(self) -> None:

@@ -161,6 +161,7 @@ class Peers:
             LOG.warning("event=n2n_seal_failed peer=%s reason=%s", peer[:16], exc)
             return
         self.core.outbox.append(itf.SendToNode(peer, address, payload))
+        self.core.metrics["peer_messages_sent"] += 1
 
     def send_raft(self, peer: str, message: Message) -> None:
         self._send(peer, messages.RaftFrame(message))
@@ -242,6 +243,7 @@ class Peers:
             self.channels.dropped += 1
             LOG.warning("event=n2n_frame_dropped reason=%s", str(exc)[:200])
             return None
+        self.core.metrics["peer_messages_received"] += 1
         if (
             isinstance(message, messages.ForwardAnswer)
             and self._forward_targets.pop(message.forward_id, None) != sender

@@ -135,6 +135,7 @@ async def test_write_flood_keeps_the_primary_and_commits_every_accepted_write(
     p = await primary_index(net)
     async with net.client(net.nodes[p]) as c:
         view = (await c.network())["current_view"]
+        before = c.check(await c.get("/node/metrics")).body
     accepted: list[TxId] = []
     refused: list[int] = []
     deadline = time.monotonic() + FLOOD_S
@@ -162,7 +163,14 @@ async def test_write_flood_keeps_the_primary_and_commits_every_accepted_write(
         assert (await c.network())["current_view"] == view, log_tails(net)
         for txid in accepted[:: max(1, len(accepted) // 50)]:
             assert await c.tx_status(txid) == "Committed", str(txid)
+        after = c.check(await c.get("/node/metrics")).body
     assert await primary_index(net) == p
+    # Replicated in batches that follow the signatures: a few messages per backup per
+    # signature (the batch, an occasional heartbeat), not one per turn of writes.
+    sent = after["peer_messages_sent"] - before["peer_messages_sent"]
+    signatures = after["signatures"] - before["signatures"]
+    backups = len(net.nodes) - 1
+    assert signatures > 0 and sent <= 3 * backups * signatures, (sent, signatures)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ simulator's seed 2264 showed a committed-looking write that was never written th
 
 from __future__ import annotations
 
+import collections
 from types import SimpleNamespace
 
 from charter.enclave_app.channels import Channels
@@ -23,7 +24,7 @@ def test_a_late_answer_from_before_a_restart_never_answers_a_request_sent_since(
     def backup(epoch: int) -> Peers:
         channels = Channels(backup_key, epoch=epoch)
         channels.know(primary_key.public_key())
-        peers = Peers(SimpleNamespace(outbox=[]), channels)  # type: ignore[arg-type]
+        peers = Peers(SimpleNamespace(outbox=[], metrics=collections.Counter()), channels)  # type: ignore[arg-type]
         peers.addresses[primary_id] = "127.0.0.1:1"
         return peers
 
@@ -45,6 +46,8 @@ def test_a_late_answer_from_before_a_restart_never_answers_a_request_sent_since(
 
 def test_forward_ids_stay_valid_wire_ids_at_the_largest_epoch() -> None:
     key = certs.new_key()
-    peers = Peers(SimpleNamespace(outbox=[]), Channels(key, epoch=2**32 - 1))  # type: ignore[arg-type]
+    peers = Peers(
+        SimpleNamespace(outbox=[], metrics=collections.Counter()), Channels(key, epoch=2**32 - 1)
+    )  # type: ignore[arg-type]
     first = peers.forward("0" * 64, "POST", "/app/x", "", {}, b"", None)
     assert 0 < first.forward_id < 2**63  # type: ignore[union-attr]

@@ -31,14 +31,16 @@ def test_node_removed_as_a_learner_retires_after_the_primary_changes() -> None:
     )
     sim.run(300)
     # The primary that told it recorded so (CCF's `retired_committed`): no later primary
-    # has to tell it again.
+    # has to tell it again. (A removed node that crashed and was refused its way back is
+    # gone: nobody can tell it.)
     primary = sim.primary()
     assert primary is not None and primary.node is not None
     tx = primary.node.store.begin()
+    running = {s.node_id for s in sim.slots if s.gone is None and s.node is not None}
     retired = [
         json.loads(raw)
-        for _, raw in tx.items(gt.NODES_INFO)
-        if json.loads(raw).get("status") == "Retired"
+        for key, raw in tx.items(gt.NODES_INFO)
+        if json.loads(raw).get("status") == "Retired" and gt.key_to_id(key) in running
     ]
     assert retired and all(info.get("retired_committed") is True for info in retired)
 
@@ -153,11 +155,13 @@ def test_snapshots_encoded_off_the_loop_commit_with_later_evidence_and_survive_f
 
 
 def test_a_primarys_snapshot_that_comes_back_in_a_later_view_is_dropped() -> None:
-    """Seed 28: a primary's snapshot was still encoding when another view began; when it
-    came back the node wrote no evidence and no file for it (checked in `deliver`), and
-    the service went on snapshotting under the new primary."""
+    """A primary's snapshot was still encoding when another view began; when it came back
+    the node wrote no evidence and no file for it (checked in `deliver`), and the service
+    went on snapshotting under the new primary. (Seed 28 showed it until the primary held
+    unsigned entries for its next signature and backups answered batches once durable,
+    which changed the seed's run; seed 13 shows it since.)"""
     sim = Simulation(
-        28, test_name="test_a_primarys_snapshot_that_comes_back_in_a_later_view_is_dropped"
+        13, test_name="test_a_primarys_snapshot_that_comes_back_in_a_later_view_is_dropped"
     )
     assert sim.encode_ms_max > 0
     sim.run(300)
