@@ -244,6 +244,21 @@ class History:
         the GCM tag authenticates the entry and the commit evidence matches. Raises
         DecodeError or VerificationError otherwise (nothing is appended then).
         """
+        return self._append_checked(raw, secret, decoded)[0]
+
+    def append_decrypted(
+        self, raw: bytes, *, secret: bytes, decoded: tuple[Entry, int] | None = None
+    ) -> tuple[TxRecord, WriteSet]:
+        """`append_raw` with the ledger secret, and the private write set the check
+        decrypted (empty when the entry has none): a replica applying the entry need not
+        decrypt it a second time."""
+        record, private = self._append_checked(raw, secret, decoded)
+        assert private is not None
+        return record, private
+
+    def _append_checked(
+        self, raw: bytes, secret: bytes | None, decoded: tuple[Entry, int] | None
+    ) -> tuple[TxRecord, WriteSet | None]:
         entry, end = decode_entry(raw) if decoded is None else decoded  # `raw`, decoded
         if end != len(raw):
             raise DecodeError("trailing bytes after entry", offset=end, field="size")
@@ -253,10 +268,11 @@ class History:
         if entry.commit_evidence_digest is None or entry.claims_digest is None:
             raise DecodeError("replicated entries must be of type 4", field="entry_type")
         evidence: str | None = None
+        private: WriteSet | None = None
         if secret is not None:
             # The GCM tag authenticates the public domain (the AAD) even when the private
             # domain is empty: a node holding the secret detects any change by the host.
-            decrypt_private(entry, secret)
+            private = decrypt_private(entry, secret)
             evidence = commit_evidence(secret, entry.view, seqno)
             if commit_evidence_digest(evidence) != entry.commit_evidence_digest:
                 raise VerificationError("commit evidence digest does not match", field="evidence")
@@ -281,7 +297,7 @@ class History:
         self._append(raw, seqno, entry.view, components, leaf)
         if signature is not None:
             self._record_signature(signature)
-        return TxRecord(
+        record = TxRecord(
             seqno,
             entry.view,
             raw,
@@ -292,6 +308,7 @@ class History:
             entry.flags,
             is_signature=signature is not None,
         )
+        return record, private
 
     def truncate(self, seqno: int) -> None:
         """Roll back every transaction after `seqno`."""

@@ -34,7 +34,6 @@ from charter.ledger.entry import (
     ZERO_DIGEST,
     WriteSet,
     decode_entry,
-    decrypt_private,
     entry_leaf,
 )
 from charter.ledger.errors import DecodeError, VerificationError
@@ -128,13 +127,13 @@ class LocalLog:
         decrypt and check it against the history (signed roots must match)."""
         seqno = self.applied_seqno + 1  # the host returns the own ledger in order
         try:
-            entry, _ = decode_entry(raw)
+            decoded = decode_entry(raw)
+            entry = decoded[0]
             seqno = entry.seqno
             secret = identity.secret_for(seqno)
-            record = self.history.append_raw(raw, secret=secret)
+            record, private = self.history.append_decrypted(raw, secret=secret, decoded=decoded)
             write_set = dict(entry.public)
-            if entry.private_ciphertext:
-                write_set.update(decrypt_private(entry, secret))
+            write_set.update(private)
         except (DecodeError, VerificationError) as e:
             # Say which entry: the host names the file that holds it (host/storage.py).
             raise type(e)(f"ledger entry seqno {seqno}: {e}") from e
@@ -154,12 +153,13 @@ class LocalLog:
         if decoded.seqno != entry.index or decoded.view != entry.term:
             raise ConsensusError("replicated entry does not match its log position")
         secret = identity.secret_for(entry.index)
-        # Decoded once: the history checks the same decoding (about 4 us of a backup's ~70
-        # per write).
-        self.history.append_raw(entry.data, secret=secret, decoded=(decoded, end))
+        # Decoded once, and decrypted once: the history checks the same decoding and the
+        # same GCM tag (about 4 and 5 us of a backup's CPU per write).
+        _, private = self.history.append_decrypted(
+            entry.data, secret=secret, decoded=(decoded, end)
+        )
         write_set = dict(decoded.public)
-        if decoded.private_ciphertext:
-            write_set.update(decrypt_private(decoded, secret))
+        write_set.update(private)
         self.store.apply(write_set, entry.index)
         self.appended(entry.term, entry.index, len(entry.data), decoded.flags)
         if self.on_replicated is not None:

@@ -12,7 +12,7 @@ import pytest
 from cryptography import x509
 
 from charter.ledger import certs
-from charter.ledger.entry import decode_entry, entry_leaf
+from charter.ledger.entry import decode_entry, decrypt_private, entry_leaf
 from charter.ledger.errors import DecodeError, VerificationError
 from charter.ledger.history import History
 from charter.ledger.merkle import MerkleTree, root_from_proof
@@ -200,6 +200,32 @@ def test_signatures_after_compaction_serialise_only_held_leaves() -> None:
     entry, _ = decode_entry(raw)
     tree = MerkleTree.deserialise(entry.public[TREE_TABLE][SINGLETON_KEY])
     assert tree.min_index == 12 and tree.root_at(14) == history.tree.root_at(14)
+
+
+def test_a_replica_gets_the_private_writes_it_checked_and_a_tampered_entry_appends_nothing() -> (
+    None
+):
+    """A backup applies the private write set the history decrypted to check the GCM tag
+    (one decryption per entry): it is the one the primary wrote, and an entry whose private
+    domain was changed is refused with nothing appended."""
+    primary, replica = History(), History()
+    private = {"t": {b"k": b"secret value"}}
+    raw = primary.add_transaction(
+        seqno=1, view=2, public={"public:t": {b"p": b"v"}}, private=private, secret=SECRET
+    ).raw
+    entry, _ = decode_entry(raw)
+    flipped = bytearray(raw)
+    flipped[raw.index(entry.private_ciphertext) + len(entry.private_ciphertext) // 2] ^= 1
+    with pytest.raises(VerificationError):
+        replica.append_decrypted(bytes(flipped), secret=SECRET)
+    assert replica.last_seqno == 0
+    record, decrypted = replica.append_decrypted(raw, secret=SECRET, decoded=decode_entry(raw))
+    assert decrypted == private == decrypt_private(entry, SECRET)
+    assert record == History().append_raw(raw, secret=SECRET)
+    public_only = primary.add_transaction(
+        seqno=2, view=2, public={"public:t": {b"p": b"w"}}, private={}, secret=SECRET
+    ).raw
+    assert replica.append_decrypted(public_only, secret=SECRET)[1] == {}
 
 
 def test_replica_with_the_wrong_ledger_secret_rejects_commit_evidence() -> None:
