@@ -365,7 +365,8 @@ class Node:
         core, log = self.core, self.log
         core.lifecycle.expect(NodeState.READING_OWN_LEDGER, action="resumed")
         entries, self._replayed = self._replayed, []
-        raft = restart_raft(core, log, self.snapshots.replay_base, entries)
+        snapshots = self.snapshots
+        raft = restart_raft(core, log, snapshots.replay_base, snapshots.replay_base_voters, entries)
         self._start_replication(raft)
         core.lifecycle.advance(NodeState.PART_OF_NETWORK)
         self.settle()

@@ -20,10 +20,15 @@ class RollbackError(Exception):
 
 
 def restart_raft(
-    core: NodeCore, log: LocalLog, replay_base: tuple[int, int], entries: list[LogEntry]
+    core: NodeCore,
+    log: LocalLog,
+    replay_base: tuple[int, int],
+    base_voters: frozenset[str],
+    entries: list[LogEntry],
 ) -> Raft:
     """A Raft on the replayed `entries`, from the snapshot (seqno, view) `replay_base` that
-    the replay started after ((0, 0) for a whole ledger); truncates what it must drop."""
+    the replay started after ((0, 0) for a whole ledger), whose configuration was
+    `base_voters`; truncates what it must drop."""
     identity = core.identity
     if log.applied_seqno < identity.committed_seqno:
         raise RollbackError(
@@ -44,10 +49,12 @@ def restart_raft(
     # Governance may have removed this code's measurement while the node ran (it ran on,
     # as in CCF); coming back with it is a new admission, refused as a join would be.
     check_own_code(core.store.begin(), core.platform.evidence(identity.public_key_der))
-    configuration = core.voters()
+    # The configuration at the base, not the store's latest: Raft rebuilds the later ones
+    # from the entries, and a node whose uncommitted removal is among them must still know
+    # it was a voter before it (it may be the only node whose log can win an election).
     raft = core.new_raft(
         StartState(
-            configuration=configuration,
+            configuration=base_voters,
             last_index=base_seqno,
             last_term=base_view,
             commit_index=base_seqno,
@@ -56,6 +63,6 @@ def restart_raft(
         ),
         entries,
     )
-    if configuration == frozenset({identity.node_id}):
+    if raft.configuration == frozenset({identity.node_id}):
         raft.campaign()
     return raft

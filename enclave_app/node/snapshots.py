@@ -108,8 +108,10 @@ class Snapshots:
         self.latest_name: str | None = None
         # A joiner's snapshot, kept until the ledger secrets arrive to open it.
         self.join_snapshot: Snapshot | None = None
-        # (seqno, view) the replayed ledger follows: a snapshot's, or (0, 0).
+        # (seqno, view) the replayed ledger follows: a snapshot's, or (0, 0); and the Raft
+        # configuration in force there (the replay's later entries may change it).
         self.replay_base = (0, 0)
+        self.replay_base_voters: frozenset[str] = frozenset()
         # A backup's snapshot entry at a signature, until the primary's evidence says
         # whether it took one there: (seqno, snapshot entry).
         self.candidate: tuple[int, bytes] | None = None
@@ -365,6 +367,7 @@ class Snapshots:
         log.restart_at(snapshot.seqno, snapshot.view_history)
         self.last_seqno = snapshot.seqno
         self.replay_base = (snapshot.seqno, snapshot.view)
+        self.replay_base_voters = self.core.voters()
 
     def install_public(self, verified: VerifiedSnapshot, data: bytes, name: str) -> Snapshot:
         """A joiner's snapshot: its public state now, its private state once trusted."""

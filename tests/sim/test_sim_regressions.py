@@ -167,3 +167,19 @@ def test_a_primarys_snapshot_that_comes_back_in_a_later_view_is_dropped() -> Non
     sim.run(300)
     assert sim.stats["snapshot_results_dropped"] > 0
     assert sim.stats["joins_from_snapshot"] > 0
+
+
+def test_a_node_restarted_after_its_uncommitted_removal_can_still_hand_the_service_on() -> None:
+    """Seed 20141 (1,000 steps): a primary proposed its own removal, the one other voter
+    missed it, and the primary lost its quorum and restarted. Raft restarted on its replayed
+    ledger with the store's latest configuration as the one *before* the replayed entries,
+    so the node believed it had never been a voter, did not campaign (the rule that lets a
+    node whose removal is uncommitted campaign, Raft dissertation 4.2.2), and refused its vote
+    to the lagging voter: no primary ever again. Raft now restarts from the configuration in
+    force at the replay's base."""
+    sim = Simulation(
+        20141,
+        test_name="test_a_node_restarted_after_its_uncommitted_removal_can_still_hand_the_service_on",
+    )
+    sim.run(1000)
+    assert sim.stats["retirements_asked"] > 0
