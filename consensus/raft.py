@@ -84,6 +84,13 @@ class Raft(RaftState):
         it still replicates, but proposes nothing."""
         return self._handover_since_ms is not None
 
+    @property
+    def held_count(self) -> int:
+        """Entries `hold_until_signature` holds back from the peers (primary only)."""
+        if self._role is not Role.PRIMARY:
+            return 0
+        return max(0, self._log.last_index - self._release_index)
+
     def is_caught_up(self, node_id: str) -> bool:
         """On the primary: has `node_id` durably replicated everything committed so far?"""
         pr = self._progress.get(node_id)

@@ -87,7 +87,9 @@ def test_release_held_sends_what_waits_at_once() -> None:
     _c, a = _settled()
     base = a.last_index
     a.propose(b"w", signature=False)
+    assert a.held_count == 1
     a.release_held()
+    assert a.held_count == 0
     assert [e.index for m in _batches(a) for e in m.entries] == [base + 1]
     a.release_held()  # nothing more held: nothing more sent
     assert _batches(a) == []
