@@ -89,10 +89,8 @@ class RaftState:
         self._entry_requests: list[EntryRequest] = []
         self._released: list[str] = []
         self._unsent = False  # entries proposed since the last broadcast
-        # With `hold_until_signature`: entries above this index are not sent yet, and the
-        # data bytes they hold.
+        # With `hold_until_signature`: entries above this index are not sent yet.
         self._release_index = 0
-        self._held_bytes = 0
         self._reset_election_timer()
 
     # -- read-only state ---------------------------------------------------------------------

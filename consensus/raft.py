@@ -89,7 +89,7 @@ class Raft(RaftState):
         """Entries `hold_until_signature` holds back from the peers (primary only)."""
         if self._role is not Role.PRIMARY:
             return 0
-        return max(0, self._log.last_index - self._release_index)
+        return self._log.last_index - self._release_index
 
     def is_caught_up(self, node_id: str) -> bool:
         """On the primary: has `node_id` durably replicated everything committed so far?"""
@@ -141,12 +141,15 @@ class Raft(RaftState):
         self._unstable.append(entry)
         cfg = self._cfg
         if cfg.hold_until_signature and not signature and configuration is None:
-            self._held_bytes += len(data)
-            held = entry.index - self._release_index
-            if held < cfg.max_batch_entries and self._held_bytes < cfg.max_batch_bytes:
+            # Commit (so compaction) never passes a released signature: the held entries
+            # are all in memory.
+            first_held = self._release_index + 1
+            if (
+                entry.index - self._release_index < cfg.max_batch_entries
+                and self._log.bytes_between(first_held, entry.index) < cfg.max_batch_bytes
+            ):
                 return self._term, entry.index
         self._release_index = entry.index
-        self._held_bytes = 0
         self._unsent = True
         if configuration is not None:
             self._on_primary_configuration(entry.index, configuration)
@@ -158,7 +161,6 @@ class Raft(RaftState):
         last = self._log.last_index
         if self._role is Role.PRIMARY and self._release_index < last:
             self._release_index = last
-            self._held_bytes = 0
             self._unsent = True
 
     def durable(self, seqno: int, view: int | None = None) -> None:
@@ -369,7 +371,7 @@ class Raft(RaftState):
         self._heartbeat_elapsed_ms = 0
         nxt = self._log.last_index + 1
         # What earlier views left in the log goes out at once.
-        self._release_index, self._held_bytes = self._log.last_index, 0
+        self._release_index = self._log.last_index
         self._progress = {}
         for peer in sorted(self._log.configuration | self._learners):
             if peer != self.id:

@@ -800,7 +800,7 @@ class Node:
         )
         assert isinstance(response, HttpResponse), "a forwarded request is never re-forwarded"
         peers.answer(sender, request.forward_id, response)
-        if self.replication is not None and self.replication.is_primary:
+        if self.replication is not None:
             # The backup answers its client once it applied the write: send it now.
             self.replication.raft.release_held()
 

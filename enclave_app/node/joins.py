@@ -278,7 +278,7 @@ class Joiner:
             return
         raft = core.new_raft(
             StartState(
-                configuration=core.voters() if base_seqno else frozenset(),
+                configuration=self.snapshots.replay_base_voters,
                 last_index=base_seqno,
                 last_term=base_view,
                 commit_index=base_seqno,

@@ -8,12 +8,13 @@ import asyncio
 import json
 import logging
 import secrets
+from collections.abc import Callable
 
 import pytest
 from http_session_support import limits, ok_handler, open_session, parse_answers, settle
 
 from charter.enclave_app.app import HttpResponse
-from charter.enclave_app.http_server import PlainRequest
+from charter.enclave_app.http_server import Handler, PlainRequest
 
 # Deadlines in these tests are short; a session must be gone well within this.
 ENDED_WITHIN_S = 5.0
@@ -362,22 +363,22 @@ async def test_an_answer_given_as_a_future_is_written_when_it_is_set_and_the_nex
 async def test_a_failing_handler_or_future_gets_a_500_and_an_aborted_future_is_cancelled() -> None:
     loop = asyncio.get_running_loop()
 
+    async def sole_answer(handler: Handler, then: Callable[[], object] = lambda: None) -> None:
+        session, transport, _ = open_session(handler)
+        session.data_received(b"GET / HTTP/1.1\r\n\r\n")
+        then()
+        await settle(loop)
+        [answer] = parse_answers(bytes(transport.written))
+        assert answer.status == 500 and not session.busy
+
     def raises(request: PlainRequest) -> HttpResponse:
         raise RuntimeError("handler bug")
 
-    session, transport, _ = open_session(raises)
-    session.data_received(b"GET / HTTP/1.1\r\n\r\n")
-    await settle(loop)
-    [answer] = parse_answers(bytes(transport.written))
-    assert answer.status == 500 and not session.busy
-
+    await sole_answer(raises)
     failed: asyncio.Future[HttpResponse] = loop.create_future()
-    session, transport, _ = open_session(lambda request: failed)
-    session.data_received(b"GET / HTTP/1.1\r\n\r\n")
-    failed.set_exception(RuntimeError("answer failed"))
-    await settle(loop)
-    [answer] = parse_answers(bytes(transport.written))
-    assert answer.status == 500 and not session.busy
+    await sole_answer(
+        lambda request: failed, then=lambda: failed.set_exception(RuntimeError("answer failed"))
+    )
 
     pending: asyncio.Future[HttpResponse] = loop.create_future()
     session, transport, _ = open_session(lambda request: pending)
