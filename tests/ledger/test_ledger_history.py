@@ -49,6 +49,17 @@ def _sign(history: History, seqno: int, view: int = 2) -> bytes:
     ).raw
 
 
+def _signed_run(history: History, writes: int) -> list[bytes]:
+    """`writes` transactions from seqno 1 (view 2), then a signature: their raw entries."""
+    raws = [
+        history.add_transaction(
+            seqno=seqno, view=2, public={"public:t": {b"k": b"v"}}, private={}, secret=SECRET
+        ).raw
+        for seqno in range(1, writes + 1)
+    ]
+    return [*raws, _sign(history, writes + 1)]
+
+
 def test_signature_signs_root_of_all_earlier_leaves_then_appends_its_own() -> None:
     history = History()
     for seqno in range(1, 6):
@@ -97,13 +108,7 @@ def test_receipt_material_verifies_with_ccf_receipt_code() -> None:
 
 def test_replica_append_raw_rebuilds_the_same_tree() -> None:
     primary, replica = History(), History()
-    entries = []
-    for seqno in range(1, 5):
-        record = primary.add_transaction(
-            seqno=seqno, view=2, public={"public:t": {b"k": b"v"}}, private={}, secret=SECRET
-        )
-        entries.append(record.raw)
-    entries.append(_sign(primary, 5))
+    entries = _signed_run(primary, 4)
     for raw in entries:
         replica.append_raw(raw, secret=SECRET)
     assert replica.tree.root() == primary.tree.root()
@@ -115,13 +120,7 @@ def test_an_entry_decoded_by_the_caller_is_appended_as_from_its_bytes() -> None:
     """A backup decodes each replicated entry once and hands the decoding in; the history
     then checks and records exactly what it would from the bytes alone."""
     primary, from_bytes, from_decoded = History(), History(), History()
-    entries = []
-    for seqno in range(1, 4):
-        record = primary.add_transaction(
-            seqno=seqno, view=2, public={"public:t": {b"k": b"v"}}, private={}, secret=SECRET
-        )
-        entries.append(record.raw)
-    entries.append(_sign(primary, 4))
+    entries = _signed_run(primary, 3)
     for raw in entries:
         a = from_bytes.append_raw(raw, secret=SECRET)
         b = from_decoded.append_raw(raw, secret=SECRET, decoded=decode_entry(raw))
@@ -256,13 +255,7 @@ def test_what_a_history_keeps_per_transaction_drops_out_of_the_garbage_collector
     # A node keeps this for every retained transaction (100,000 by default): while the
     # collector tracked it, each full collection walked all of it (a pause of the loop).
     primary, replica = History(), History()
-    raws = []
-    for seqno in range(1, 40):
-        record = primary.add_transaction(
-            seqno=seqno, view=2, public={"public:t": {b"k": b"v"}}, private={}, secret=SECRET
-        )
-        raws.append(record.raw)
-    raws.append(_sign(primary, 40))
+    raws = _signed_run(primary, 39)
     for raw in raws:
         replica.append_raw(raw, secret=SECRET)
     gc.collect()
