@@ -114,7 +114,7 @@ class Runtime:
         if node is None:
             return
         # Ready/Advance once per turn: every write served this turn goes out together.
-        node.settle()
+        node.end_turn()
         self._wake_applied()
         if self.deadline is not None:
             self.deadline.arm(node.next_deadline_ms())

@@ -7,7 +7,7 @@ One node is started in a temporary workspace as the tests in tests/node start it
 logging sample, governance, a member and a user), its service opened and the user added
 through governance's real actions. Then the user's `POST /app/log/private` (the bench's
 record, as `ab` sends it) is served `--per-turn` times per event-loop turn, and each turn
-ends as `enclave_app.main.Runtime.flush` ends one: `Node.settle()`, every frame of the
+ends as `enclave_app.main.Runtime.flush` ends one: `Node.end_turn()`, every frame of the
 outbox encoded for the host (`interface.encode_frame`), and the writes reported durable
 (`Node.durable`), which commits them. A tick every `--tick-every-turns` turns drives the
 signature timer; signatures fall due every `signatures.tx_count` (100) writes as in the
@@ -17,7 +17,7 @@ What is measured is CPU time (`time.process_time`), never wall time, in µs per 
 
 - `request_path_us_per_write`: all of the above, per write (the headline figure);
 - `handle_us`: `Node.handle` (route, service open, auth, app handler, KV, `commit_tx`);
-- `settle_us`: `Node.settle` after the turn's requests (Raft's Ready: persist, apply);
+- `settle_us`: `Node.end_turn` after the turn's requests (Raft's Ready: persist, apply);
 - `frames_us`: encoding the turn's frames for the host;
 - `durable_us`: `Node.durable` (commit, signatures as they fall due);
 
@@ -87,13 +87,16 @@ def _headers() -> CIMultiDict[str]:
 class Bench:
     """One node, its service open, one user; the runtime's turn played by hand."""
 
-    def __init__(self, workspace: Path, per_turn: int, tick_every_turns: int) -> None:
+    def __init__(
+        self, workspace: Path, per_turn: int, tick_every_turns: int, signature_tx_count: int
+    ) -> None:
         member_key = certs.new_key()
         member_pem = certs.cert_pem(certs.identity_cert(member_key, "member0"))
         (workspace / "member0_cert.pem").write_text(member_pem)
         config = itf.NodeConfig.model_validate(
             {
                 "workspace": str(workspace),
+                "signatures": {"tx_count": signature_tx_count},
                 "start": {
                     "mode": "start",
                     "members": [{"cert": str(workspace / "member0_cert.pem")}],
@@ -154,7 +157,7 @@ class Bench:
     # ------------------------------------------------------------------ one turn
     def settle(self) -> list[itf.Frame]:
         node = self.node
-        node.settle()
+        node.end_turn()
         frames, node.outbox = node.outbox, []
         node.outbox_write_bytes = 0
         return frames
@@ -314,11 +317,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tick-every-turns", type=int, default=4)
     parser.add_argument("--parts", type=int, default=5_000, help="iterations of each part")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--signature-tx-count", type=int, default=100, help="signatures.tx_count (100)"
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.writes <= WRITES_MAX or args.per_turn < 1 or args.rounds < 1:
         parser.error("--writes, --per-turn and --rounds must be positive (writes ≤ 10^7)")
+    if args.signature_tx_count < 1:
+        parser.error("--signature-tx-count must be positive")
     with tempfile.TemporaryDirectory(prefix="bench-request-path-") as tmp:
-        bench = Bench(Path(tmp), args.per_turn, max(1, args.tick_every_turns))
+        bench = Bench(
+            Path(tmp), args.per_turn, max(1, args.tick_every_turns), args.signature_tx_count
+        )
         from charter.enclave_app import gc_pauses
 
         gc_pauses.freeze_startup()  # as the enclave does once it runs

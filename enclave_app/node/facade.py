@@ -623,6 +623,13 @@ class Node:
         self.snapshots.on_replicated(seqno, view, public)
 
     # ------------------------------------------------------------------ Ready and Advance
+    def end_turn(self) -> None:
+        """The runtime's event-loop turn is over: note how many writes it served (the
+        signature rule under light load, `Replication.end_turn`), then settle."""
+        if self.replication is not None:
+            self.replication.end_turn()
+        self.settle()
+
     def settle(self) -> None:
         """Act on everything that fell due: Raft's Ready (persist, send, apply, commit), a
         signature, a snapshot. Each is marked where it falls due and done here, after the

@@ -49,6 +49,13 @@ LOG = logging.getLogger(__name__)
 MAX_TICK_ELAPSED_MS = 1_000
 # How often the committed seqno is sealed (a rollback by the host can erase at most this).
 COMMIT_SEAL_INTERVAL_MS = 1_000
+# A node whose turns serve at most this many writes, on average, is not queueing them
+# (`Replication.end_turn`): its signatures follow `signatures.light_load_delay_ms` apart.
+# Under a closed-loop flood a turn finds ~20 waiting; a paced client at half that rate
+# delivers ~5 per turn (measured, docs/performance.md "Signatures under light load").
+LIGHT_LOAD_WRITES_PER_TURN = 8.0
+# The average's weight for the newest turn (an exponential moving average over ~8 turns).
+TURN_AVERAGE_WEIGHT = 1 / 8
 ENTRY_REQUEST_ID_BASE = 1 << 48
 ENTRY_REQUEST_MAX = 1_000
 # Outstanding host reads for lagging peers (each answers one Raft entry request).
@@ -240,6 +247,10 @@ class Replication:
         self.txs_since_signature = 0
         self.last_signature_ms = 0
         self.signature_due = False
+        # Writes served since the last end of a turn, and their average per turn that
+        # served any (`end_turn`): how many writes a turn finds waiting.
+        self.writes_this_turn = 0
+        self.writes_per_turn = 0.0  # a node starts idle
         # When the deadline timer found the due signature due (its time, for the next one).
         self._due_at_ms: int | None = None
         self._commit_sealed_ms = 0
@@ -292,6 +303,7 @@ class Replication:
         assert proposed == (view, seqno)
         log.appended(view, seqno, len(record.raw), 0)
         self.txs_since_signature += 1
+        self.writes_this_turn += 1
         self.core.metrics["writes"] += 1
         if self.txs_since_signature >= self.core.config.signatures.tx_count:
             self.signature_due = True
@@ -458,7 +470,28 @@ class Replication:
         """
         if self.txs_since_signature == 0 or self.signature_due or not self.is_primary:
             return None
-        return self.last_signature_ms + self.core.config.signatures.delay_ms
+        return self.last_signature_ms + self.signature_delay_ms()
+
+    @property
+    def light_load(self) -> bool:
+        """Turns serve few writes each: the node is not queueing them."""
+        return self.writes_per_turn <= LIGHT_LOAD_WRITES_PER_TURN
+
+    def signature_delay_ms(self) -> int:
+        """How long after the last signature the next falls due while writes wait."""
+        signatures = self.core.config.signatures
+        if self.light_load and signatures.light_load_delay_ms:
+            return min(signatures.delay_ms, signatures.light_load_delay_ms)
+        return signatures.delay_ms
+
+    def end_turn(self) -> None:
+        """The runtime ends a turn of its event loop (everything that was ready to read has
+        been served). The writes the turn served are how many were waiting: a few while
+        the node keeps up, tens under a flood, as writes queue behind each other."""
+        served = self.writes_this_turn
+        if served:
+            self.writes_this_turn = 0
+            self.writes_per_turn += (served - self.writes_per_turn) * TURN_AVERAGE_WEIGHT
 
     def deadline_reached(self, now_ms: int) -> None:
         """The runtime's timer for `signature_deadline_ms` ran out at `now_ms` (the host
@@ -479,7 +512,7 @@ class Replication:
         if (
             self.is_primary
             and self.txs_since_signature > 0
-            and now_ms - self.last_signature_ms >= core.config.signatures.delay_ms
+            and now_ms - self.last_signature_ms >= self.signature_delay_ms()
         ):
             self.signature_due = True
         if now_ms - self._commit_sealed_ms >= COMMIT_SEAL_INTERVAL_MS:

@@ -609,7 +609,9 @@ def test_a_signature_falls_due_at_the_deadline_the_node_exposes_and_not_before(
         ctx.tx.put("public:deadline", bytes(ctx.body), b"v")
         return {}
 
-    config = _config(tmp_path, signatures={"delay_ms": 40, "tx_count": 1_000})
+    config = _config(
+        tmp_path, signatures={"delay_ms": 40, "light_load_delay_ms": 0, "tx_count": 1_000}
+    )
     node = Node(config, VirtualPlatform(tmp_path), load_app(config.app), extra_apps=(app,))
     node.routes.include(node_endpoints.build(node))
     include_governance(node)
@@ -652,7 +654,9 @@ def test_the_deadline_timer_signs_at_its_time_and_leaves_raft_to_the_host_ticks(
     next deadline counts from then, while Raft's clock does not move (it moves with the
     host's ticks alone, so an enclave running on while its host stalls times nothing out).
     Reached before the deadline, it does nothing."""
-    node, _ = _start(tmp_path, signatures={"delay_ms": 40, "tx_count": 1_000})
+    node, _ = _start(
+        tmp_path, signatures={"delay_ms": 40, "light_load_delay_ms": 0, "tx_count": 1_000}
+    )
     node.tick(5_000)
     _drain(node)
     raft = node.raft
@@ -684,6 +688,86 @@ def test_the_deadline_timer_signs_at_its_time_and_leaves_raft_to_the_host_ticks(
     assert raft.now_ms == raft_ms, "Raft's clock moved only with host ticks"
     node.tick(5_010)
     assert raft.now_ms == raft_ms + 10
+
+
+def _signed_then_turns(node: Node, at_ms: int, writes_per_turn: int, turns: int) -> None:
+    """A signature at `at_ms` (the node's clock; the last one is at least `delay_ms`
+    older), then `turns` event-loop turns of `writes_per_turn` writes each, ended as the
+    runtime ends them (`Node.end_turn`)."""
+    replication = node.replication
+    assert replication is not None
+
+    def write() -> None:
+        assert replication is not None
+        tx = node.core.store.begin()
+        tx.put("public:light", node.metrics["writes"].to_bytes(8, "big"), b"v")
+        replication.commit_tx(tx)
+
+    write()
+    node.deadline_reached(at_ms)
+    _drain(node)
+    assert replication.txs_since_signature == 0
+    for _ in range(turns):
+        for _ in range(writes_per_turn):
+            write()
+        node.end_turn()
+        _drain(node)
+
+
+def test_under_light_load_a_signature_follows_the_last_by_the_light_load_delay(
+    tmp_path: Path,
+) -> None:
+    """Turns that each serve a write or two (the node keeps up) bring the next signature
+    `signatures.light_load_delay_ms` after the last, not `delay_ms`; a flood, whose turns
+    each find tens of writes waiting, brings `delay_ms` back within a few turns."""
+    signatures = {"delay_ms": 40, "light_load_delay_ms": 5, "tx_count": 1_000}
+    node, _ = _start(tmp_path / "a", signatures=signatures)
+    node.tick(5_000)
+    _drain(node)
+    _signed_then_turns(node, 5_000, writes_per_turn=0, turns=0)
+    assert node.next_deadline_ms() is None, "no write waits"
+    _signed_then_turns(node, 5_500, writes_per_turn=1, turns=1)
+    assert node.next_deadline_ms() == 5_505, "a node starts idle"
+    _signed_then_turns(node, 6_000, writes_per_turn=1, turns=12)
+    assert node.next_deadline_ms() == 6_005
+    count = node.metrics["signatures"]
+    node.deadline_reached(6_004)
+    _drain(node)
+    assert node.metrics["signatures"] == count, "not before its time"
+    node.deadline_reached(6_005)
+    _drain(node)
+    assert node.metrics["signatures"] == count + 1
+    assert node.commit_seqno == node.applied_seqno, "the light-load signature committed"
+
+    _signed_then_turns(node, 7_000, writes_per_turn=30, turns=1)
+    assert node.next_deadline_ms() == 7_005, "one flooded turn is not yet a flood"
+    _signed_then_turns(node, 7_500, writes_per_turn=30, turns=12)
+    assert node.next_deadline_ms() == 7_540, "a flood signs by delay_ms (and tx_count)"
+    _signed_then_turns(node, 8_000, writes_per_turn=2, turns=12)
+    assert node.next_deadline_ms() == 8_005, "the load fell again"
+
+    off = {"delay_ms": 40, "light_load_delay_ms": 0, "tx_count": 1_000}
+    quiet, _ = _start(tmp_path / "b", signatures=off)
+    quiet.tick(5_000)
+    _drain(quiet)
+    _signed_then_turns(quiet, 5_000, writes_per_turn=1, turns=12)
+    assert quiet.next_deadline_ms() == 5_040, "light_load_delay_ms 0 turns the rule off"
+
+
+def test_a_light_load_delay_longer_than_the_delay_is_refused(tmp_path: Path) -> None:
+    """`light_load_delay_ms` only ever shortens the wait: one set above `delay_ms` is a
+    configuration error, not a value silently ignored; left unset, it never lengthens a
+    shorter `delay_ms`."""
+    import pydantic
+    import pytest
+
+    with pytest.raises(pydantic.ValidationError, match="light_load_delay_ms"):
+        _config(tmp_path, signatures={"delay_ms": 10, "light_load_delay_ms": 20})
+    node, _ = _start(tmp_path / "n", signatures={"delay_ms": 2, "tx_count": 1_000})
+    node.tick(5_000)
+    _drain(node)
+    _signed_then_turns(node, 5_000, writes_per_turn=1, turns=12)
+    assert node.next_deadline_ms() == 5_002, "the default (5) never lengthens delay_ms 2"
 
 
 def test_an_illegal_lifecycle_step_raises_a_typed_error(tmp_path: Path) -> None:
