@@ -193,6 +193,7 @@ async def own_network(
     signature_tx_count: int,
     signature_delay_ms: int,
     frontends: int | None = None,
+    signature_light_load_delay_ms: int | None = None,
 ) -> AsyncIterator[Target]:
     """A sandbox network of `nodes` nodes in `workspace`, always stopped afterwards."""
 
@@ -200,6 +201,8 @@ async def own_network(
         del index
         if frontends is not None:
             config["frontends"] = frontends
+        if signature_light_load_delay_ms is not None:
+            config["signatures"]["light_load_delay_ms"] = signature_light_load_delay_ms
 
     sandbox = Sandbox(
         workspace,
@@ -718,6 +721,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                 args.signature_tx_count,
                                 args.signature_delay_ms,
                                 frontends,
+                                args.signature_light_load_delay_ms,
                             ) as target:
                                 runs.append(
                                     await measure_rounds(target, args, gen, server, ceilings)
@@ -787,6 +791,8 @@ def summarise(
             "tx_count": args.signature_tx_count,
             "delay_ms": args.signature_delay_ms,
         }
+        if args.signature_light_load_delay_ms is not None:
+            result["signatures"]["light_load_delay_ms"] = args.signature_light_load_delay_ms
     result["loop"] = args.loop  # of the Python load generator and the ceiling server
     if len(runs) > 1:
         result["runs"] = runs
@@ -860,6 +866,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="the own network's signatures.tx_count (100, the sandbox's)",
     )
     p.add_argument(
+        "--signature-light-load-delay-ms",
+        type=int,
+        default=None,
+        help="the own network's signatures.light_load_delay_ms (default: the node's, 5; 0: off)",
+    )
+    p.add_argument(
         "--profile-dir",
         type=Path,
         default=None,
@@ -878,8 +890,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="measure a namespaced 3-node network under a WAN profile instead (bench_wan.py)",
     )
     args = p.parse_args(argv)
-    signature_flags = (args.signature_delay_ms, args.signature_tx_count)
-    if args.network is not None and signature_flags != (None, None):
+    signature_flags = (
+        args.signature_delay_ms,
+        args.signature_tx_count,
+        args.signature_light_load_delay_ms,
+    )
+    if args.network is not None and signature_flags != (None, None, None):
         p.error("--signature-* configure the bench's own network, not a running --network")
     args.signature_delay_ms = 50 if args.signature_delay_ms is None else args.signature_delay_ms
     args.signature_tx_count = 100 if args.signature_tx_count is None else args.signature_tx_count
@@ -887,6 +903,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error(f"--signature-delay-ms must be in 1..{SIGNATURE_SETTING_MAX}")
     if not 1 <= args.signature_tx_count <= SIGNATURE_SETTING_MAX:
         p.error(f"--signature-tx-count must be in 1..{SIGNATURE_SETTING_MAX}")
+    light = args.signature_light_load_delay_ms
+    if light is not None and not 0 <= light <= args.signature_delay_ms:
+        p.error("--signature-light-load-delay-ms must be in 0..--signature-delay-ms")
     if not 1 <= args.clients <= bench_ab.AB_CONCURRENCY_MAX:
         p.error(f"--clients must be in 1..{bench_ab.AB_CONCURRENCY_MAX}")
     if not 0 < args.duration_s <= bench.DURATION_S_MAX:

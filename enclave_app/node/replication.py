@@ -246,6 +246,7 @@ class Replication:
         self.deferred: list[LogEntry] = []
         self.txs_since_signature = 0
         self.last_signature_ms = 0
+        self.last_signature_seqno = 0
         self.signature_due = False
         # Writes served since the last end of a turn, and their average per turn that
         # served any (`end_turn`): how many writes a turn finds waiting.
@@ -339,6 +340,7 @@ class Replication:
         self.signature_due = False
         due_at_ms, self._due_at_ms = self._due_at_ms, None
         self.last_signature_ms = due_at_ms if due_at_ms is not None else self.core.last_tick_ms or 0
+        self.last_signature_seqno = seqno
         self.core.metrics["signatures"] += 1
         if self.trace is not None:
             self.trace.emitted(seqno)
@@ -478,9 +480,16 @@ class Replication:
         return self.writes_per_turn <= LIGHT_LOAD_WRITES_PER_TURN
 
     def signature_delay_ms(self) -> int:
-        """How long after the last signature the next falls due while writes wait."""
+        """How long after the last signature the next falls due while writes wait: under
+        light load `light_load_delay_ms`, once the last signature has committed (one in
+        flight at a time, as Nagle's rule keeps one small segment unacknowledged: the
+        replicas' round trip paces the signatures, so a slower network gets fewer)."""
         signatures = self.core.config.signatures
-        if self.light_load and signatures.light_load_delay_ms:
+        if (
+            self.light_load
+            and signatures.light_load_delay_ms
+            and self.log.commit_seqno >= self.last_signature_seqno
+        ):
             return min(signatures.delay_ms, signatures.light_load_delay_ms)
         return signatures.delay_ms
 

@@ -719,7 +719,8 @@ def test_under_light_load_a_signature_follows_the_last_by_the_light_load_delay(
 ) -> None:
     """Turns that each serve a write or two (the node keeps up) bring the next signature
     `signatures.light_load_delay_ms` after the last, not `delay_ms`; a flood, whose turns
-    each find tens of writes waiting, brings `delay_ms` back within a few turns."""
+    each find tens of writes waiting, brings `delay_ms` back within a few turns. Under light
+    load one signature is in flight at a time: the next waits for the last to commit."""
     signatures = {"delay_ms": 40, "light_load_delay_ms": 5, "tx_count": 1_000}
     node, _ = _start(tmp_path / "a", signatures=signatures)
     node.tick(5_000)
@@ -738,6 +739,28 @@ def test_under_light_load_a_signature_follows_the_last_by_the_light_load_delay(
     _drain(node)
     assert node.metrics["signatures"] == count + 1
     assert node.commit_seqno == node.applied_seqno, "the light-load signature committed"
+
+    # One light-load signature in flight at a time: the next waits for the last to commit.
+    replication = node.replication
+    assert replication is not None
+    tx = node.core.store.begin()
+    tx.put("public:light", b"in flight", b"v")
+    replication.commit_tx(tx)
+    node.deadline_reached(6_100)
+    node.end_turn()
+    written = [f for f in node.outbox if isinstance(f, itf.WriteEntries)]
+    node.outbox.clear()  # the host has not made the signature durable yet: not committed
+    tx = node.core.store.begin()
+    tx.put("public:light", b"after it", b"v")
+    replication.commit_tx(tx)
+    node.end_turn()
+    node.outbox.clear()
+    assert node.commit_seqno < replication.last_signature_seqno
+    assert node.next_deadline_ms() == 6_140, "the last signature is not committed yet"
+    node.durable(max(seqno for frame in written for seqno, _ in frame.entries))
+    assert node.commit_seqno >= replication.last_signature_seqno
+    assert node.next_deadline_ms() == 6_105, "committed: the light-load delay again"
+    _drain(node)
 
     _signed_then_turns(node, 7_000, writes_per_turn=30, turns=1)
     assert node.next_deadline_ms() == 7_005, "one flooded turn is not yet a flood"
