@@ -28,6 +28,10 @@ _COUNTERS: dict[str, tuple[str, str]] = {
     "writes": ("charter_writes_total", "Write transactions committed to the local store."),
     "errors": ("charter_errors_total", "Responses with a status of 400 or more."),
     "signatures": ("charter_signatures_total", "Signature transactions emitted."),
+    "light_load_signatures": (
+        "charter_light_load_signatures_total",
+        "Signatures made due early by signatures.light_load_delay_ms (the node kept up).",
+    ),
     "rollbacks": ("charter_rollbacks_total", "Rollbacks of uncommitted transactions."),
     "ready_turns": (
         "charter_ready_turns_total",

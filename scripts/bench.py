@@ -364,6 +364,7 @@ def counters_per_write(
         "writes",
         "errors",
         "signatures",
+        "light_load_signatures",
         "rollbacks",
         "gc_collections",
         "gc_pause_us",

@@ -75,6 +75,7 @@ class NodeCore:
             "writes": 0,
             "errors": 0,
             "signatures": 0,
+            "light_load_signatures": 0,
             "rollbacks": 0,
             "ready_turns": 0,
             "peer_messages_sent": 0,

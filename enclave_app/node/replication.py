@@ -252,6 +252,8 @@ class Replication:
         # served any (`end_turn`): how many writes a turn finds waiting.
         self.writes_this_turn = 0
         self.writes_per_turn = 0.0  # a node starts idle
+        # The due signature was made due early by the light-load delay (not count, not delay).
+        self._due_early = False
         # When the deadline timer found the due signature due (its time, for the next one).
         self._due_at_ms: int | None = None
         self._commit_sealed_ms = 0
@@ -342,6 +344,9 @@ class Replication:
         self.last_signature_ms = due_at_ms if due_at_ms is not None else self.core.last_tick_ms or 0
         self.last_signature_seqno = seqno
         self.core.metrics["signatures"] += 1
+        early, self._due_early = self._due_early, False
+        if early:
+            self.core.metrics["light_load_signatures"] += 1
         if self.trace is not None:
             self.trace.emitted(seqno)
         self.assert_consistent()
@@ -509,8 +514,14 @@ class Replication:
         so an enclave that runs on while its host is stalled never times Raft out."""
         deadline_ms = self.signature_deadline_ms()
         if deadline_ms is not None and now_ms >= deadline_ms:
-            self.signature_due = True
+            self._mark_due_by_time(now_ms)
             self._due_at_ms = now_ms
+
+    def _mark_due_by_time(self, now_ms: int) -> None:
+        """The time rule made a signature due; noted as early if only the light-load
+        delay made it so (the `light_load_signatures` counter)."""
+        self.signature_due = True
+        self._due_early = now_ms - self.last_signature_ms < self.core.config.signatures.delay_ms
 
     # ------------------------------------------------------------------ host events
     def tick(self, now_ms: int) -> None:
@@ -523,7 +534,7 @@ class Replication:
             and self.txs_since_signature > 0
             and now_ms - self.last_signature_ms >= self.signature_delay_ms()
         ):
-            self.signature_due = True
+            self._mark_due_by_time(now_ms)
         if now_ms - self._commit_sealed_ms >= COMMIT_SEAL_INTERVAL_MS:
             # Also when the service went idle right after its last commits.
             self._commit_sealed_ms = now_ms

@@ -246,7 +246,12 @@ async def test_a_node_joined_from_a_snapshot_says_which_seqnos_its_index_covers(
     await wait_committed_on(net, joiner, last)
     async with net.client(joiner, user=0) as c:
         got, _, _ = await _index(c, "private", IDS[0], covers_from, last)
-        r = c.check(await c.get("/app/log/private/index", params={"id": str(IDS[0])}))
+        for _ in range(500):  # 202 while a bucket is read back from the host
+            r = c.check(await c.get("/app/log/private/index", params={"id": str(IDS[0])}))
+            if r.status != 202:
+                break
+            await asyncio.sleep(0.02)
+        assert r.status == 200 and "covers_from" in r.body, r
         assert r.body["covers_from"] == covers_from and r.body["indexed_to"] >= last
     async with net.client(first, user=0) as c:
         expected, _, _ = await _index(c, "private", IDS[0], covers_from, last)

@@ -183,7 +183,8 @@ async def test_connections_reaching_a_restarting_node_are_served_as_their_users(
     [
         {
             "consensus": {"max_uncommitted_tx_count": 20},
-            "signatures": {"tx_count": 1000, "delay_ms": 300},
+            # Signatures 300 ms apart at any load, so writes pile up uncommitted.
+            "signatures": {"tx_count": 1000, "delay_ms": 300, "light_load_delay_ms": 0},
         }
     ],
     indirect=True,

@@ -646,6 +646,18 @@ def test_a_signature_falls_due_at_the_deadline_the_node_exposes_and_not_before(
     assert node.commit_seqno == node.applied_seqno, "the signature committed the write"
 
 
+def _signs_when_reached(node: Node, early_ms: int, reached_ms: int) -> None:
+    """The deadline timer reached at `early_ms` signs nothing; reached at `reached_ms`, it
+    signs once."""
+    signatures = node.metrics["signatures"]
+    node.deadline_reached(early_ms)
+    _drain(node)
+    assert node.metrics["signatures"] == signatures, "not before its time"
+    node.deadline_reached(reached_ms)
+    _drain(node)
+    assert node.metrics["signatures"] == signatures + 1
+
+
 def test_the_deadline_timer_signs_at_its_time_and_leaves_raft_to_the_host_ticks(
     tmp_path: Path,
 ) -> None:
@@ -675,13 +687,7 @@ def test_the_deadline_timer_signs_at_its_time_and_leaves_raft_to_the_host_ticks(
     _drain(node)
     write(b"b")
     assert node.next_deadline_ms() == 5_040
-    signatures = node.metrics["signatures"]
-    node.deadline_reached(5_039)
-    _drain(node)
-    assert node.metrics["signatures"] == signatures, "not before its time"
-    node.deadline_reached(5_043)
-    _drain(node)
-    assert node.metrics["signatures"] == signatures + 1
+    _signs_when_reached(node, early_ms=5_039, reached_ms=5_043)
     assert node.commit_seqno == node.applied_seqno
     write(b"c")
     assert node.next_deadline_ms() == 5_083, "40 ms after the signature's own time"
@@ -731,13 +737,9 @@ def test_under_light_load_a_signature_follows_the_last_by_the_light_load_delay(
     assert node.next_deadline_ms() == 5_505, "a node starts idle"
     _signed_then_turns(node, 6_000, writes_per_turn=1, turns=12)
     assert node.next_deadline_ms() == 6_005
-    count = node.metrics["signatures"]
-    node.deadline_reached(6_004)
-    _drain(node)
-    assert node.metrics["signatures"] == count, "not before its time"
-    node.deadline_reached(6_005)
-    _drain(node)
-    assert node.metrics["signatures"] == count + 1
+    early = node.metrics["light_load_signatures"]
+    _signs_when_reached(node, early_ms=6_004, reached_ms=6_005)
+    assert node.metrics["light_load_signatures"] == early + 1, "counted as early"
     assert node.commit_seqno == node.applied_seqno, "the light-load signature committed"
 
     # One light-load signature in flight at a time: the next waits for the last to commit.
@@ -766,6 +768,11 @@ def test_under_light_load_a_signature_follows_the_last_by_the_light_load_delay(
     assert node.next_deadline_ms() == 7_005, "one flooded turn is not yet a flood"
     _signed_then_turns(node, 7_500, writes_per_turn=30, turns=12)
     assert node.next_deadline_ms() == 7_540, "a flood signs by delay_ms (and tx_count)"
+    early = node.metrics["light_load_signatures"]
+    node.deadline_reached(7_540)
+    _drain(node)
+    assert node.metrics["light_load_signatures"] == early, "signed by delay_ms: not early"
+    assert node.next_deadline_ms() is None
     _signed_then_turns(node, 8_000, writes_per_turn=2, turns=12)
     assert node.next_deadline_ms() == 8_005, "the load fell again"
 
