@@ -81,6 +81,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from charter import bench, bench_ab, bench_commit  # noqa: E402
+from charter.enclave_app.interface.config import SignaturesConfig  # noqa: E402
 from charter.identity import Network, TxId, load_json_file  # noqa: E402
 from charter.sandbox import Sandbox  # noqa: E402
 from charter.sdk import CharterClient, build_ssl_context  # noqa: E402
@@ -788,12 +789,15 @@ def summarise(
     result["load_generator"] = args.load_generator
     result["duration_s"] = args.duration_s
     if args.network is None:
+        light = args.signature_light_load_delay_ms
         result["signatures"] = {
             "tx_count": args.signature_tx_count,
             "delay_ms": args.signature_delay_ms,
+            # The node's default when not set (only ever shorter than delay_ms).
+            "light_load_delay_ms": SignaturesConfig().light_load_delay_ms
+            if light is None
+            else light,
         }
-        if args.signature_light_load_delay_ms is not None:
-            result["signatures"]["light_load_delay_ms"] = args.signature_light_load_delay_ms
     result["loop"] = args.loop  # of the Python load generator and the ceiling server
     if len(runs) > 1:
         result["runs"] = runs
