@@ -49,7 +49,9 @@ async def _read_all(workspace: Path, keys: list[int], node: int = 0) -> dict[int
 
 
 def _kill_everything(workspace: Path, sandbox: Running) -> None:
-    """kill -9 every node process of the workspace, and the sandbox command itself."""
+    """kill -9 every node process of the workspace, and the sandbox command itself: those
+    its ports.json files name, and any process started with one of its node configs (a node
+    the sandbox was launching when it was killed has no ports.json yet), until none is left."""
     sandbox.process.kill()
     sandbox.process.wait()
     for ports in workspace.glob("node*/workspace/ports.json"):
@@ -58,6 +60,23 @@ def _kill_everything(workspace: Path, sandbox: Running) -> None:
             if pid:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(pid), signal.SIGKILL)
+    marker = str(workspace).encode()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        left = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                if marker in (proc / "cmdline").read_bytes():
+                    left.append(int(proc.name))
+        if not left:
+            return
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+    raise AssertionError(f"processes of {workspace} still run after kill -9")
 
 
 def _env() -> dict[str, str]:
