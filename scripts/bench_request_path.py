@@ -351,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         result["writes_per_round"] = args.writes
         result["per_turn"] = args.per_turn
+        result["signature_tx_count"] = args.signature_tx_count
         result["frame_bytes_per_write"] = round(
             bench.frame_bytes / max(1, bench.node.metrics["writes"]), 1
         )

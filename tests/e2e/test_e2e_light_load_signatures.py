@@ -5,7 +5,6 @@ event-loop turn serves (`Node.end_turn`)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -48,4 +47,3 @@ async def test_a_write_under_light_load_commits_long_before_the_signature_delay(
     for i in range(1, 4):
         txid = await write(net, node, 1 + i, f"light load {i}")
         await wait_committed_on(net, node, txid.seqno, timeout_s=DELAY_MS / 4000)
-        await asyncio.sleep(0.05)

@@ -53,6 +53,7 @@ def test_a_prometheus_scrape_gets_the_text_exposition_format(tmp_path: Path) -> 
         elif not line.startswith("# HELP "):
             assert SAMPLE_LINE.match(line), f"not a sample line: {line!r}"
     assert families["charter_requests_total"] == "counter"
+    assert families["charter_light_load_signatures_total"] == "counter"
     assert families["charter_commit_seqno"] == "gauge"
     assert "charter_is_primary 1" in text.splitlines()
     assert 'state="PartOfNetwork"' in text
