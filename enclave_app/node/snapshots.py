@@ -117,6 +117,10 @@ class Snapshots:
         self.candidate: tuple[int, bytes] | None = None
         # Set by trigger_snapshot (governance): the next signature takes a snapshot.
         self.forced = False
+        # The primary's encoding failed: its next signature tries again.
+        self.retry = False
+        # The last signature this node saw (`_is_due`).
+        self.last_signature_seqno = 0
 
     # ------------------------------------------------------------------ the primary's side
     def after_signature(self, seqno: int, view: int) -> None:
@@ -124,14 +128,30 @@ class Snapshots:
         if self._is_due(seqno):
             self.due = (seqno, view)
 
-    def _is_due(self, seqno: int) -> bool:
-        """Counted from the last snapshot the service recorded evidence of (in the store, so
-        the same on every node, restarted or not), so backups snapshot where the primary does."""
+    def _is_due(self, seqno: int, *, backup: bool = False) -> bool:
+        """Whether the signature at `seqno` takes a snapshot: the first signature of each
+        `tx_count` interval of seqnos (or the next one after a trigger_snapshot, or after
+        the primary's encoding failed), while no snapshot is being encoded here.
+
+        A rule of the ledger's signatures alone, so that every node applies it at the same
+        seqnos: a backup encodes its candidate where the primary encodes, although neither
+        knows when the other finishes. (Counting `tx_count` from the last snapshot instead,
+        a backup whose candidate still waited for the primary's evidence found the next
+        signature due, encoded another and dropped the one waiting.) Intervals are counted
+        from the last snapshot the service recorded evidence of (in the store, the same on
+        every node, restarted or not) and this node's own latest candidate, so none takes
+        two in one interval. The primary takes one at a time, until its file is committed;
+        a backup learns of that commit later, and encodes its next candidate all the same.
+        A node busy at an interval's first signature skips that interval."""
         interval = self.core.config.snapshots.tx_count
-        last = max(self.last_seqno, self._recorded_seqno())
+        previous, self.last_signature_seqno = self.last_signature_seqno, seqno
+        last = max(self.last_seqno, self._recorded_seqno(), previous)
+        if self.candidate is not None:
+            last = max(last, self.candidate[0])
+        opens_interval = seqno // interval > last // interval
         return (
-            (self.forced or seqno - last >= interval)
-            and self.pending is None
+            (self.forced or self.retry or opens_interval)
+            and (backup or self.pending is None)
             and self.encoding is None
         )
 
@@ -155,6 +175,7 @@ class Snapshots:
             # Something was written after the signature before the loop came here: the
             # next signature will be the snapshot's point instead.
             LOG.info("event=snapshot_skipped seqno=%d version=%d", seqno, log.store.version)
+            self.retry = True
             return
         self.candidate = None  # a backup's, from before this node became primary
         self._start(Encoding(seqno, view, primary=True, forced=self.forced))
@@ -162,7 +183,7 @@ class Snapshots:
     def _start(self, encoding: Encoding) -> None:
         assert self.encoding is None, "one snapshot encoding at a time"
         self.encoding = encoding
-        self.forced = False
+        self.forced = self.retry = False
         LOG.info(
             "event=snapshot_encoding seqno=%d role=%s",
             encoding.seqno,
@@ -210,8 +231,10 @@ class Snapshots:
         self.encoded_entry = entry
 
     def encode_failed(self, seqno: int, reason: str) -> None:
-        """The encoder could not encode `seqno`: nothing is recorded, and the next due
-        signature tries again (a trigger_snapshot that asked for this one still holds)."""
+        """The encoder could not encode `seqno`: nothing is recorded. The primary tries again
+        at its next signature (a trigger_snapshot that asked for this one still holds); a
+        backup at the next interval's first signature, as the primary's retry is not where
+        a candidate could match it anyway."""
         encoding = self.encoding
         if encoding is None or encoding.seqno != seqno or self.encoded_entry is not None:
             LOG.warning("event=snapshot_encode_failed_unexpected seqno=%d", seqno)
@@ -219,7 +242,9 @@ class Snapshots:
         LOG.error("event=snapshot_encode_failed seqno=%d reason=%s", seqno, reason)
         self.encoding = None
         self.forced = self.forced or encoding.forced
-        if not encoding.primary:
+        if encoding.primary:
+            self.retry = True
+        else:
             self.held_evidence = None
 
     def complete(self, replication: Replication) -> None:
@@ -264,7 +289,7 @@ class Snapshots:
         trusted node, not only the primary, holds the latest snapshot. Evidence that
         arrives while that candidate is still being encoded waits for it."""
         if SIGNATURES_TABLE in public:
-            if self._is_due(seqno):
+            if self._is_due(seqno, backup=True):
                 self.candidate = None
                 self._start(Encoding(seqno, view, primary=False, forced=self.forced))
             return

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import random
+from collections import Counter
+from typing import Any
 
-from node_sim import Simulation
+import pytest
+from node_sim import SimSnapshotEncoder, Simulation
 
 from charter.governance import tables as gt
 
@@ -159,9 +163,10 @@ def test_a_primarys_snapshot_that_comes_back_in_a_later_view_is_dropped() -> Non
     the node wrote no evidence and no file for it (checked in `deliver`), and the service
     went on snapshotting under the new primary. (Seed 28 showed it until the primary held
     unsigned entries for its next signature and backups answered batches once durable,
-    which changed the seed's run; seed 13 shows it since.)"""
+    which changed the seed's run; seed 13 showed it until backups took their snapshots at
+    the first signature of each interval; seed 67 shows it since.)"""
     sim = Simulation(
-        13, test_name="test_a_primarys_snapshot_that_comes_back_in_a_later_view_is_dropped"
+        67, test_name="test_a_primarys_snapshot_that_comes_back_in_a_later_view_is_dropped"
     )
     assert sim.encode_ms_max > 0
     sim.run(300)
@@ -183,3 +188,63 @@ def test_a_node_restarted_after_its_uncommitted_removal_can_still_hand_the_servi
     )
     sim.run(1000)
     assert sim.stats["retirements_asked"] > 0
+
+
+def test_backups_keep_every_snapshot_the_primary_takes_when_encoding_is_slow(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Snapshots encoded off the loop come back some signatures later, and the primary's
+    evidence later still. A backup whose snapshot waited for that evidence took the next
+    signature as due again, encoded another snapshot and dropped the one waiting, so the
+    evidence found nothing to match ("no matching local snapshot"): backups kept almost
+    none of the service's snapshots, and each one cost them an extra fork. A backup now
+    counts the interval from its waiting snapshot, as the primary counts from its pending
+    one."""
+    from charter.ledger.snapshot import parse_snapshot_file_name
+
+    class NoFailures(random.Random):
+        def random(self) -> float:
+            return 0.5  # above the one-in-ten failure draw: every encoding comes back
+
+    sim = Simulation(
+        3, test_name="test_backups_keep_every_snapshot_the_primary_takes_when_encoding_is_slow"
+    )
+    sim.snapshot_tx, sim.sig_tx = 100, 5
+    sim.encode_rng = NoFailures(3)
+    sim.encode_ms_max = 300  # back a few signatures later, as a forked child on a busy node
+    encodings: Counter[str] = Counter()
+    start = SimSnapshotEncoder.start
+
+    def counted(encoder: SimSnapshotEncoder, *args: Any) -> None:
+        encodings[encoder.slot.name] += 1
+        start(encoder, *args)
+
+    monkeypatch.setattr(SimSnapshotEncoder, "start", counted)
+    try:
+        sim.start_network()
+        for _ in range(2):
+            sim.add_node()
+        sim.settle_until(lambda: all(s.joined for s in sim.slots), 15_000, "no joins")
+        for i in range(1_500):
+            sim.client_write()
+            if i % 10 == 0:
+                sim.poll_writes()
+            sim.step()
+            sim.check()
+        sim.settle(3_000)
+        primary = sim.primary()
+        assert primary is not None
+
+        def committed(slot: Any) -> set[int]:
+            names = (parse_snapshot_file_name(n) for n in slot.disk.snapshots)
+            return {p[0] for p in names if p is not None and p[2]}
+
+        taken = committed(primary)
+        assert len(taken) >= 10, taken
+        for backup in (s for s in sim.serving() if s is not primary):
+            # Those after the backup joined (a joiner is handed the one before).
+            assert committed(backup) >= {s for s in taken if s > min(taken)}, backup.name
+            # No encoding beyond the primary's: each fork of a backup is one it keeps.
+            assert encodings[backup.name] <= encodings[primary.name], dict(encodings)
+    finally:
+        sim.close()
