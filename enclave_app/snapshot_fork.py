@@ -7,11 +7,12 @@ forks at the moment the node asks (its store is then at exactly the snapshot's s
 the child sees that state copy-on-write and encodes it while the parent goes on serving.
 
 The child, which shares every fd of the parent (the loop's epoll, its sockets, the signal
-wake-up fd): closes all of them but its pipe, undoes the signal wake-up fd and handlers,
-turns the garbage collector off (no finaliser of a parent object may run), dies with its
-parent (PR_SET_PDEATHSIG on Linux; EPIPE elsewhere), runs `encode()`, writes the entry with
-an 8-byte length before it to the pipe and leaves with `os._exit` (0, or 1 on any exception:
-never atexit handlers, never the loop). It logs nothing: the log is an inherited fd.
+wake-up fd): runs at the lowest priority (`CHILD_NICE`), closes all of them but its pipe,
+undoes the signal wake-up fd and handlers, turns the garbage collector off (no finaliser of
+a parent object may run), dies with its parent (PR_SET_PDEATHSIG on Linux; EPIPE
+elsewhere), runs `encode()`, writes the entry with an 8-byte length before it to the pipe
+and leaves with `os._exit` (0, or 1 on any exception: never atexit handlers, never the
+loop). It logs nothing: the log is an inherited fd.
 
 The parent reads the pipe from a loop reader, at most `READ_CHUNK_BYTES` a turn, refuses
 more than `entry_bytes_max` (`SnapshotEncodeError` code `SnapshotTooLarge`, the child
@@ -56,6 +57,11 @@ ENTRY_BYTES_MAX = itf.SNAPSHOT_READ_BYTES_MAX
 TIMEOUT_S = 600.0
 # Without a pidfd, how often the parent looks whether a child that closed its pipe has exited.
 REAP_POLL_S = 0.005
+# The child's nice value: the encoding is background work, and on a node whose cores are
+# busy serving it must wait for them, not take its fair share (three nodes on two cores:
+# the children of a snapshot at the same signature delayed the nodes' loops by up to 67 ms
+# at nice 0, by at most ~20 ms at 19; docs/performance.md). `TIMEOUT_S` still bounds it.
+CHILD_NICE = 19
 _F_SETPIPE_SZ = 1031
 _PR_SET_PDEATHSIG = 1
 
@@ -294,6 +300,8 @@ def _child(write_fd: int, parent: int, encode: Callable[[], bytes]) -> NoReturn:
     status = 1
     try:
         gc.disable()
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, 0, CHILD_NICE)
         # A signal must not wake the parent's loop through the shared wake-up fd, nor run
         # the parent's handlers here.
         signal.set_wakeup_fd(-1)

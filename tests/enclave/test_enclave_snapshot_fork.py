@@ -439,3 +439,22 @@ def test_a_node_whose_encoding_child_is_killed_serves_on_and_snapshots_at_the_ne
         inner.close()
 
     _run(test)
+
+
+def test_the_child_encodes_at_the_lowest_priority_so_serving_goes_first(tmp_path: Path) -> None:
+    """Encoding is background work: where the cores are busy serving (nodes sharing a
+    machine, each forking at the same signature) the child waits for them."""
+    from charter.enclave_app.snapshot_fork import CHILD_NICE
+
+    def encode() -> bytes:
+        return str(os.getpriority(os.PRIO_PROCESS, 0)).encode()
+
+    async def test() -> None:
+        results = _Results(asyncio.get_running_loop())
+        results.encoder().start(4, 1, encode)
+        outcome = await results.next()
+        assert outcome[:2] == ("encoded", 4)
+        assert int(outcome[2]) == max(CHILD_NICE, os.getpriority(os.PRIO_PROCESS, 0))
+        assert os.getpriority(os.PRIO_PROCESS, 0) < CHILD_NICE  # the parent's is its own
+
+    _run(test)
