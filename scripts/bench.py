@@ -4,7 +4,8 @@
     .venv/bin/python scripts/bench.py [--compare-nodes 1,3 | --nodes N | --network FILE]
         [--load-generator ab|python] [--clients 64] [--duration-s 10] [--rounds 1]
         [--latency-duration-s 5] [--receipts 200] [--out FILE] [--workspace DIR]
-        [--profile-dir DIR] [--loop auto] [--frontends 0,1,2]
+        [--profile-dir DIR] [--loop auto] [--frontends 0,1,2] [--snapshot-tx-count N]
+        [--signature-delay-ms D] [--signature-tx-count N] [--signature-light-load-delay-ms L]
 
 Without --network it starts its own sandbox network in a temporary workspace for each node
 count (default 1 then 3); with --network it drives a running one (its primary).
@@ -44,8 +45,9 @@ stays all of them. With K >= 1 the run also carries `projection_writes_per_s`, a
 
 Receipts: a sample of the phase's committed transactions, fetched and verified offline.
 --profile-dir DIR records py-spy profiles (pip install py-spy, a developer tool) of the
-primary's processes (its enclave, each frontend, its host) during the first node phase of each
-node count.
+primary's processes (its enclave, each frontend, its host) and of every backup process
+(`backupN`: the other nodes' enclaves, frontends and hosts) during the first node phase of
+each node count.
 
 The last line of stdout is one JSON object (the same as the --out file), with at least
 committed_tx_per_s, ceiling_req_per_s, ceiling_ratio, replication_ratio,
@@ -81,7 +83,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from charter import bench, bench_ab, bench_commit  # noqa: E402
-from charter.enclave_app.interface.config import SignaturesConfig  # noqa: E402
+from charter.enclave_app.interface.config import SignaturesConfig, SnapshotsConfig  # noqa: E402
 from charter.identity import Network, TxId, load_json_file  # noqa: E402
 from charter.sandbox import Sandbox  # noqa: E402
 from charter.sdk import CharterClient, build_ssl_context  # noqa: E402
@@ -195,11 +197,14 @@ async def own_network(
     signature_delay_ms: int,
     frontends: int | None = None,
     signature_light_load_delay_ms: int | None = None,
+    snapshot_tx_count: int | None = None,
 ) -> AsyncIterator[Target]:
     """A sandbox network of `nodes` nodes in `workspace`, always stopped afterwards."""
 
     def configure(index: int, config: dict[str, Any]) -> None:
         del index
+        if snapshot_tx_count is not None:
+            config["snapshots"] = {"tx_count": snapshot_tx_count}
         if frontends is not None:
             config["frontends"] = frontends
         if signature_light_load_delay_ms is not None:
@@ -413,6 +418,7 @@ async def measure_node(
             groups["frontends"] = frontends
             groups["enclave"] = groups["enclave"] + frontends
             profiled |= {f"frontend{i}": pid for i, pid in enumerate(frontends)}
+        profiled |= {f"backup{i}": pid for i, pid in enumerate(target.backup_pids)}
         profilers = [
             start_profiler(name, pid, target.nodes, profile, args.duration_s)
             for name, pid in profiled.items()
@@ -555,7 +561,7 @@ def failed_run(nodes: int, args: argparse.Namespace, error: BaseException) -> di
 def start_profiler(
     name: str, pid: int, nodes: int, directory: Path | None, duration_s: float
 ) -> tuple[subprocess.Popen[bytes], Path] | None:
-    """py-spy the primary's `name` process during the load (collapsed stacks in `directory`)."""
+    """py-spy the node process `name` during the load (collapsed stacks in `directory`)."""
     if directory is None:
         return None
     exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -724,6 +730,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                 args.signature_delay_ms,
                                 frontends,
                                 args.signature_light_load_delay_ms,
+                                args.snapshot_tx_count,
                             ) as target:
                                 runs.append(
                                     await measure_rounds(target, args, gen, server, ceilings)
@@ -798,6 +805,9 @@ def summarise(
             if light is None
             else light,
         }
+        result["snapshot_tx_count"] = (
+            SnapshotsConfig().tx_count if args.snapshot_tx_count is None else args.snapshot_tx_count
+        )
     result["loop"] = args.loop  # of the Python load generator and the ceiling server
     if len(runs) > 1:
         result["runs"] = runs
@@ -871,6 +881,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="the own network's signatures.tx_count (100, the sandbox's)",
     )
     p.add_argument(
+        "--snapshot-tx-count",
+        type=int,
+        default=None,
+        help="the own network's snapshots.tx_count (default: the node's, 10000)",
+    )
+    p.add_argument(
         "--signature-light-load-delay-ms",
         type=int,
         default=None,
@@ -880,7 +896,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--profile-dir",
         type=Path,
         default=None,
-        help="py-spy the primary's processes (enclave, frontends, host)",
+        help="py-spy the primary's processes (enclave, frontends, host) and the backups'",
     )
     p.add_argument(
         "--frontends",
@@ -899,9 +915,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.signature_delay_ms,
         args.signature_tx_count,
         args.signature_light_load_delay_ms,
+        args.snapshot_tx_count,
     )
-    if args.network is not None and signature_flags != (None, None, None):
-        p.error("--signature-* configure the bench's own network, not a running --network")
+    if args.network is not None and signature_flags != (None, None, None, None):
+        p.error(
+            "--signature-* and --snapshot-tx-count configure the bench's own network, "
+            "not a running --network"
+        )
+    if args.snapshot_tx_count is not None and args.snapshot_tx_count < 1:
+        p.error("--snapshot-tx-count must be at least 1")
     args.signature_delay_ms = 50 if args.signature_delay_ms is None else args.signature_delay_ms
     args.signature_tx_count = 100 if args.signature_tx_count is None else args.signature_tx_count
     if not 1 <= args.signature_delay_ms <= SIGNATURE_SETTING_MAX:

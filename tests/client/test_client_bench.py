@@ -87,9 +87,21 @@ def test_bench_with_ab_counts_only_writes_committed_between_its_markers(tmp_path
 @pytest.mark.e2e
 @pytest.mark.timeout(120)
 def test_bench_keeps_the_python_load_generator(tmp_path: Path) -> None:
-    last = _run_bench(tmp_path, "--load-generator", "python")
+    # Also: the network it starts takes the snapshot interval it is given.
+    workspace = tmp_path / "ws"
+    last = _run_bench(
+        tmp_path,
+        "--load-generator",
+        "python",
+        "--snapshot-tx-count",
+        "50",
+        "--workspace",
+        str(workspace),
+    )
     assert last["load_generator"] == "python"
     _check_committed_figures(last)
+    assert last["snapshot_tx_count"] == 50
+    assert list(workspace.glob("net1/node0/workspace/snapshots/snapshot_*.committed"))
 
 
 def test_bench_without_ab_says_how_to_install_it(tmp_path: Path) -> None:
@@ -107,6 +119,8 @@ def test_bench_without_ab_says_how_to_install_it(tmp_path: Path) -> None:
         (["--network", "n.json", "--nodes", "1"], "not with --network"),
         (["--nodes", "1", "--compare-nodes", "1,3"], "not both"),
         (["--load-generator", "ab", "--duration-s", "0.5"], "at least 1 with ab"),
+        (["--network", "n.json", "--snapshot-tx-count", "5"], "not a running --network"),
+        (["--snapshot-tx-count", "0"], "--snapshot-tx-count must be at least 1"),
     ],
 )
 def test_bench_refuses_options_it_could_not_honour(
