@@ -30,7 +30,7 @@ class HeldEncoder:
         self.jobs.append((seqno, view, encode()))
 
 
-def _node(tmp: Path, encoder: HeldEncoder | None) -> Node:
+def _node(tmp: Path, encoder: HeldEncoder | None, snapshot_tx: int = SNAPSHOT_TX) -> Node:
     key = certs.new_key()
     cert = tmp / "member0_cert.pem"
     cert.write_text(certs.cert_pem(certs.identity_cert(key, "member0")))
@@ -38,7 +38,7 @@ def _node(tmp: Path, encoder: HeldEncoder | None) -> Node:
         {
             "workspace": str(tmp),
             "start": {"mode": "start", "members": [{"cert": str(cert)}]},
-            "snapshots": {"tx_count": SNAPSHOT_TX},
+            "snapshots": {"tx_count": snapshot_tx},
             "signatures": {"tx_count": 1000, "delay_ms": 1},
         }
     )
@@ -148,3 +148,32 @@ def test_the_synchronous_encoder_records_evidence_right_after_the_snapshot(
     node = _node(tmp_path, None)
     frames = _writes_and_signature(node, SNAPSHOT_TX, "a")
     assert [(f.evidence_seqno - f.seqno, f.committed) for f in frames] == [(1, False)]
+
+
+def test_a_snapshot_skipped_at_its_signature_is_taken_at_the_next_one(tmp_path: Path) -> None:
+    """A snapshot falls due at the first signature of each `tx_count` interval. When the
+    primary's loop finds the store moved past that signature before it could fork (a
+    write came first), it skips it; the next signature then takes the snapshot, rather than
+    the service going a whole interval without one."""
+    encoder = HeldEncoder()
+    interval = 100  # what follows stays in one interval
+    node = _node(tmp_path, encoder, interval)
+    _writes_and_signature(node, interval, "a")
+    seqno, _, entry = encoder.jobs[-1]
+    node.snapshot_encoded(seqno, entry)
+    _drain(node)
+    _evidence(node)
+    jobs = len(encoder.jobs)
+    # Another signature in the same interval: not due.
+    _writes_and_signature(node, 1, "b")
+    assert len(encoder.jobs) == jobs
+    # Due at a signature the store has already moved past: skipped...
+    raft = node.raft
+    assert raft is not None
+    node.snapshots.due = (node.applied_seqno - 1, raft.view)
+    assert _drain(node) == [] and len(encoder.jobs) == jobs
+    # ...and taken at the next signature, though not the first of an interval.
+    _writes_and_signature(node, 1, "c")
+    assert len(encoder.jobs) == jobs + 1
+    assert encoder.jobs[-1][0] == node.applied_seqno
+    assert encoder.jobs[-1][0] // interval == seqno // interval
