@@ -338,6 +338,11 @@ class History:
             del self._signatures[dropped]
         del self._signature_seqnos[:cut]
 
+    def signature_before(self, seqno: int) -> int:
+        """The seqno of the last signature transaction held at S < seqno (0: none held)."""
+        index = bisect.bisect_left(self._signature_seqnos, seqno)
+        return self._signature_seqnos[index - 1] if index else 0
+
     def signature_after(self, seqno: int) -> SignatureRecord | None:
         """The first signature transaction at S > seqno, if one exists yet."""
         index = bisect.bisect_right(self._signature_seqnos, seqno)

@@ -246,7 +246,6 @@ class Replication:
         self.deferred: list[LogEntry] = []
         self.txs_since_signature = 0
         self.last_signature_ms = 0
-        self.last_signature_seqno = 0
         self.signature_due = False
         # Writes served since the last end of a turn, and their average per turn that
         # served any (`end_turn`): how many writes a turn finds waiting.
@@ -342,7 +341,6 @@ class Replication:
         self.signature_due = False
         due_at_ms, self._due_at_ms = self._due_at_ms, None
         self.last_signature_ms = due_at_ms if due_at_ms is not None else self.core.last_tick_ms or 0
-        self.last_signature_seqno = seqno
         self.core.metrics["signatures"] += 1
         early, self._due_early = self._due_early, False
         if early:
@@ -484,6 +482,11 @@ class Replication:
         """Turns serve few writes each: the node is not queueing them."""
         return self.writes_per_turn <= LIGHT_LOAD_WRITES_PER_TURN
 
+    def last_signature_seqno(self) -> int:
+        """The seqno of the last signature in this node's log (0: none held)."""
+        last = self.log.history.last_signature
+        return 0 if last is None else last.seqno
+
     def signature_delay_ms(self) -> int:
         """How long after the last signature the next falls due while writes wait: under
         light load `light_load_delay_ms`, once the last signature has committed (one in
@@ -493,7 +496,7 @@ class Replication:
         if (
             self.light_load
             and signatures.light_load_delay_ms
-            and self.log.commit_seqno >= self.last_signature_seqno
+            and self.log.commit_seqno >= self.last_signature_seqno()
         ):
             return min(signatures.delay_ms, signatures.light_load_delay_ms)
         return signatures.delay_ms

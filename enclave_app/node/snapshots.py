@@ -119,8 +119,6 @@ class Snapshots:
         self.forced = False
         # The primary's encoding failed: its next signature tries again.
         self.retry = False
-        # The last signature this node saw (`_is_due`).
-        self.last_signature_seqno = 0
 
     # ------------------------------------------------------------------ the primary's side
     def after_signature(self, seqno: int, view: int) -> None:
@@ -144,7 +142,7 @@ class Snapshots:
         a backup learns of that commit later, and encodes its next candidate all the same.
         A node busy at an interval's first signature skips that interval."""
         interval = self.core.config.snapshots.tx_count
-        previous, self.last_signature_seqno = self.last_signature_seqno, seqno
+        previous = self.log.history.signature_before(seqno)
         last = max(self.last_seqno, self._recorded_seqno(), previous)
         if self.candidate is not None:
             last = max(last, self.candidate[0])

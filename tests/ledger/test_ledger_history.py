@@ -170,6 +170,20 @@ def test_truncate_rolls_back_tree_and_signatures() -> None:
     assert history.receipt_material(5) is not None
 
 
+def test_signature_before_names_the_last_signature_held_strictly_before_a_seqno() -> None:
+    history = History()
+    assert history.signature_before(5) == 0
+    _tx(history, 1)
+    _sign(history, 2)
+    _tx(history, 3)
+    _sign(history, 4)
+    assert [history.signature_before(s) for s in (1, 2, 3, 4, 5, 99)] == [0, 0, 2, 2, 4, 4]
+    history.compact(3)  # the signature at 2 is forgotten
+    assert history.signature_before(4) == 0 and history.signature_before(5) == 4
+    history.truncate(3)  # the signature at 4 is rolled back
+    assert history.signature_before(5) == 0
+
+
 def test_compact_keeps_receipts_for_later_transactions() -> None:
     history = History()
     for seqno in range(1, 10):

@@ -757,10 +757,10 @@ def test_under_light_load_a_signature_follows_the_last_by_the_light_load_delay(
     replication.commit_tx(tx)
     node.end_turn()
     node.outbox.clear()
-    assert node.commit_seqno < replication.last_signature_seqno
+    assert node.commit_seqno < replication.last_signature_seqno()
     assert node.next_deadline_ms() == 6_140, "the last signature is not committed yet"
     node.durable(max(seqno for frame in written for seqno, _ in frame.entries))
-    assert node.commit_seqno >= replication.last_signature_seqno
+    assert node.commit_seqno >= replication.last_signature_seqno()
     assert node.next_deadline_ms() == 6_105, "committed: the light-load delay again"
     _drain(node)
 
