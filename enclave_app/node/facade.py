@@ -646,6 +646,9 @@ class Node:
                 self.snapshots.take_due(replication)
             elif self.snapshots.encoded_entry is not None:
                 self.snapshots.complete(replication)
+                # A backup's candidate whose evidence committed while it was encoding: its
+                # file completes now, not at a later commit that may never come.
+                self.snapshots.finish(self.receipts.receipt)
             elif replication.raft.has_ready():
                 self._act_on_ready(replication)
             elif replication.is_primary and (untold := self.retirement.untold_released(peers)):
