@@ -228,6 +228,19 @@ def start_sandbox(sb: Sandbox) -> Sandbox:
     return sb
 
 
+@contextlib.contextmanager
+def running_sandbox(
+    workspace: Path, nodes: int, configure_node: Callable[[int, dict[str, Any]], None]
+) -> Iterator[Sandbox]:
+    """A started network (`make_sandbox` + `start_sandbox`), always stopped afterwards: the
+    body of a module's network fixture."""
+    sb = start_sandbox(make_sandbox(workspace, nodes, configure_node))
+    try:
+        yield sb
+    finally:
+        sb.stop()
+
+
 def alive(node: NodeProcess) -> bool:
     return node.process is not None and node.process.poll() is None
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from e2e_support import log_tails, log_text, make_sandbox, start_sandbox, wait_committed_on
+from e2e_support import log_tails, log_text, running_sandbox, wait_committed_on
 
 from charter.identity import TxId
 from charter.ledger.snapshot import parse_snapshot_file_name
@@ -33,12 +33,8 @@ def _configure(index: int, config: dict[str, Any]) -> None:
 
 @pytest.fixture
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    sb = make_sandbox(tmp_path_factory.mktemp("e2e-snapbackups") / "sb", 3, _configure)
-    start_sandbox(sb)
-    try:
+    with running_sandbox(tmp_path_factory.mktemp("e2e-snapbackups") / "sb", 3, _configure) as sb:
         yield sb
-    finally:
-        sb.stop()
 
 
 def _committed_snapshot_seqnos(node: NodeProcess) -> set[int]:

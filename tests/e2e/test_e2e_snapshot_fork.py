@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import ccf_validate, log_tails, log_text, make_sandbox, start_sandbox, write
+from e2e_support import ccf_validate, log_tails, log_text, running_sandbox, write
 
 from charter.ledger.snapshot import parse_snapshot_file_name, verify_snapshot
 from charter.sandbox import NodeProcess, Sandbox
@@ -29,12 +29,8 @@ def _configure(i: int, config: dict[str, Any]) -> None:
 
 @pytest.fixture
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    sb = make_sandbox(tmp_path_factory.mktemp("e2e-snapfork") / "sb", 2, _configure)
-    start_sandbox(sb)
-    try:
+    with running_sandbox(tmp_path_factory.mktemp("e2e-snapfork") / "sb", 2, _configure) as sb:
         yield sb
-    finally:
-        sb.stop()
 
 
 def _stat(pid: int) -> list[str] | None:
