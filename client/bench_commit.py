@@ -171,6 +171,8 @@ class PacedResult:
     commit_latencies_ms: tuple[float, ...]
     answer_latencies_ms: tuple[float, ...]
     commit_polls: int
+    # When each write of `commit_latencies_ms` was due (time.monotonic), in the same order.
+    commit_due_s: tuple[float, ...]
 
     @property
     def achieved_rate_per_s(self) -> float:
@@ -274,6 +276,7 @@ async def run_paced(
             await watch_task
         for conn in sessions:
             conn.close()
+    points = commit_points(sent, observations, end)
     return PacedResult(
         target_rate_per_s=rate_per_s,
         writes_scheduled=total,
@@ -281,7 +284,8 @@ async def run_paced(
         errors=errors[0],
         first_error=first_error[0] if first_error else None,
         elapsed_s=elapsed_s,
-        commit_latencies_ms=commit_latencies_ms(sent, observations, end),
+        commit_latencies_ms=tuple(latency for _, latency in points),
+        commit_due_s=tuple(due for due, _ in points),
         answer_latencies_ms=tuple(answer_ms),
         commit_polls=len(observations),
     )
@@ -295,13 +299,20 @@ def commit_latencies_ms(
     Writes in another view than the committed end marker are not counted (they may have
     been rolled back); the commit point never moves back, so the observations are sorted.
     """
+    return tuple(latency for _, latency in commit_points(sent, observations, end))
+
+
+def commit_points(
+    sent: list[tuple[float, TxId]], observations: list[tuple[float, int, int]], end: TxId
+) -> list[tuple[float, float]]:
+    """(when due, commit latency in ms) of each write `commit_latencies_ms` counts."""
     seqnos = [seqno for _, view, seqno in observations]
-    latencies: list[float] = []
+    points: list[tuple[float, float]] = []
     for due_s, txid in sent:
         if txid.view != end.view or txid.seqno >= end.seqno:
             continue
         i = bisect.bisect_left(seqnos, txid.seqno)
         if i == len(seqnos) or observations[i][1] != txid.view:
             continue
-        latencies.append((observations[i][0] - due_s) * 1000.0)
-    return tuple(latencies)
+        points.append((due_s, (observations[i][0] - due_s) * 1000.0))
+    return points

@@ -236,6 +236,10 @@ def test_commit_latency_runs_from_when_a_write_was_due_to_the_first_commit_seen(
     # 5: first seen at 6 (1.25 s); 8: at 12 (2.0 s); 1.9 is of another view: not counted;
     # 30: at 31 (2.5 s).
     assert latencies == pytest.approx((250.0, 500.0, 800.0))
+    # With when each counted write was due (the snapshot bench's split by time).
+    points = bench_commit.commit_points(sent, observations, TxId(2, 31))
+    assert [due for due, _ in points] == [1.0, 1.5, 1.7]
+    assert [latency for _, latency in points] == pytest.approx(list(latencies))
 
 
 def test_percentile_is_a_latency_that_was_seen() -> None:
@@ -328,3 +332,23 @@ async def test_paced_client_refuses_answers_it_cannot_bound(answer: bytes, messa
         conn.close()
         server.close()
         await server.wait_closed()
+
+
+def test_snapshot_stall_bench_finds_the_snapshots_the_primary_started_in_its_log() -> None:
+    import datetime
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_snapshot_stall", REPO_ROOT / "scripts" / "bench_snapshot_stall.py"
+    )
+    assert spec is not None and spec.loader is not None
+    stall = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stall)
+    log = (
+        "2026-12-06 22:50:42,933 enclave INFO x event=snapshot_encoding seqno=10000 role=primary\n"
+        "2026-12-06 22:50:42,939 enclave INFO x event=snapshot_encoding seqno=10000 role=backup\n"
+        "2026-12-06 22:50:43,020 enclave INFO x event=snapshot_committed seqno=10000\n"
+        "2026-12-06 22:50:46,138 enclave INFO x event=snapshot_encoding seqno=20006 role=primary\n"
+    )
+    local = datetime.datetime(2026, 12, 6, 22, 50, 42, 933_000).timestamp()
+    assert stall.snapshot_starts(log) == pytest.approx([local, local + 3.205])
