@@ -218,26 +218,42 @@ class Storage:
         a different entry at a held seqno needs a `Truncate` first.
         """
         writer = self._writer
+        held = 0  # a leading run of entries already written (sent again)
         for seqno, raw in entries:
             if 0 < seqno < writer.first_seqno and seqno <= writer.committed_seqno:
                 # Committed here once, archived and removed by files_cleanup: nothing to
                 # compare it with, and nothing to write.
-                continue
-            if 0 < seqno <= writer.last_seqno and self._holds(seqno, raw):
-                continue
-            try:
-                self._writer.append(seqno, raw)
-                self.last_entry_view = entry_view(raw)
-            except (ValueError, AssertionError) as e:
-                _log.error(
-                    "rejected ledger write seqno=%d last_seqno=%d reason=%r",
-                    seqno,
-                    self._writer.last_seqno,
-                    str(e),
-                )
-                return False
-            self._unflushed = True
-        return True
+                held += 1
+            elif 0 < seqno <= writer.last_seqno and self._holds(seqno, raw):
+                held += 1
+            else:
+                break
+        new = entries[held:]
+        if not new:
+            return True
+        last_before = writer.last_seqno
+        try:
+            writer.append_many(new)  # one pwrite for the entries of one chunk
+            return True
+        except (ValueError, AssertionError) as e:
+            _log.error(
+                "rejected ledger write seqno=%d last_seqno=%d reason=%r",
+                new[self._written_of(new, last_before)][0],
+                writer.last_seqno,
+                str(e),
+            )
+            return False
+        finally:
+            written = self._written_of(new, last_before)
+            if written:
+                self.last_entry_view = entry_view(new[written - 1][1])
+                self._unflushed = True
+
+    def _written_of(self, entries: list[tuple[int, bytes]], last_before: int) -> int:
+        """How many of `entries` (contiguous) the writer took, its last seqno having been
+        `last_before`."""
+        last = self._writer.last_seqno
+        return 0 if last == last_before else last - entries[0][0] + 1
 
     def _holds(self, seqno: int, raw: bytes) -> bool:
         try:

@@ -22,7 +22,7 @@ import mmap
 import os
 import re
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from charter.ledger.entry import (
@@ -401,51 +401,96 @@ class LedgerWriter:
 
     def append(self, seqno: int, raw_entry: bytes) -> None:
         """Write one entry (no fsync). Seqnos must be contiguous."""
-        # An empty directory may start anywhere: a node that joined from a snapshot at S
-        # keeps ledger files from S + 1 on, as CCF's nodes do.
-        starts_empty = self.last_seqno == 0 and self._open is None
-        if seqno != self.last_seqno + 1 and not (starts_empty and seqno > 0):
-            raise ValueError(f"append seqno {seqno} after {self.last_seqno}")
-        if len(raw_entry) < HEADER_SIZE:
-            raise ValueError("entry shorter than its header")
-        version, flags, lo, hi = _HEADER.unpack_from(raw_entry, 0)
-        assert version == ENTRY_VERSION and (lo | (hi << 16)) == len(raw_entry) - HEADER_SIZE
-        if flags & FLAG_FORCE_CHUNK_BEFORE and self._open is not None and self._open.positions:
-            # CCF's host closes the current chunk first, so this entry starts a new one.
-            self._complete_open_chunk()
-        if self._open is None:
-            path = self._path(seqno)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                write_all_at(fd, bytes(CHUNK_HEADER_SIZE), 0, path=path, what="starting")
-            except LedgerWriteError:
-                os.close(fd)
-                os.unlink(path)
-                raise
-            self._open = _OpenChunk(first=seqno, fd=fd, positions=[], size_bytes=CHUNK_HEADER_SIZE)
-            self._dir_dirty = True
-        chunk = self._open
-        if (
-            chunk.size_bytes + len(raw_entry) + 4 * (len(chunk.positions) + 1)
-            > CHUNK_FILE_BYTES_MAX
-        ):
-            raise ValueError("chunk would exceed 4 GiB; the chunk policy must cut earlier")
-        path = self._path(chunk.first)
+        self.append_many(((seqno, raw_entry),))
+
+    def append_many(self, entries: Iterable[tuple[int, bytes]]) -> None:
+        """Write entries in order (no fsync); the entries that land in one chunk leave in one
+        pwrite. Seqnos must be contiguous. An entry refused (ValueError) stops the batch
+        there, the entries before it written; a failed write (LedgerWriteError) leaves the
+        files at the last entry written whole."""
+        run: list[bytes] = []  # checked entries of the open chunk, not written yet
+        run_bytes = 0
         try:
-            write_all_at(
-                chunk.fd, raw_entry, chunk.size_bytes, path=path, what=f"writing entry {seqno} to"
-            )
+            for seqno, raw in entries:
+                # An empty directory may start anywhere: a node that joined from a snapshot
+                # at S keeps ledger files from S + 1 on, as CCF's nodes do.
+                chunk = self._open
+                if chunk is None:
+                    last = self.last_seqno
+                else:  # the open chunk's entries, written or in the run, follow its first
+                    last = chunk.first + len(chunk.positions) + len(run) - 1
+                starts_empty = self.last_seqno == 0 and chunk is None
+                if seqno != last + 1 and not (starts_empty and seqno > 0):
+                    raise ValueError(f"append seqno {seqno} after {last}")
+                if len(raw) < HEADER_SIZE:
+                    raise ValueError("entry shorter than its header")
+                version, flags, lo, hi = _HEADER.unpack_from(raw, 0)
+                assert version == ENTRY_VERSION and (lo | (hi << 16)) == len(raw) - HEADER_SIZE
+                if (
+                    flags & FLAG_FORCE_CHUNK_BEFORE
+                    and chunk is not None
+                    and (chunk.positions or run)
+                ):
+                    # CCF's host closes the current chunk first, so this entry starts a new one.
+                    self._write_run(run)
+                    run_bytes = 0
+                    self._complete_open_chunk()
+                    chunk = None
+                if chunk is None:
+                    chunk = self._start_chunk(seqno)
+                offsets_bytes = 4 * (len(chunk.positions) + len(run) + 1)
+                if chunk.size_bytes + run_bytes + len(raw) + offsets_bytes > CHUNK_FILE_BYTES_MAX:
+                    raise ValueError("chunk would exceed 4 GiB; the chunk policy must cut earlier")
+                run.append(raw)
+                run_bytes += len(raw)
+                if flags & FLAG_FORCE_CHUNK_AFTER:
+                    self._write_run(run)
+                    run_bytes = 0
+                    self._complete_open_chunk()
+        finally:
+            self._write_run(run)  # the entries checked before one that was refused
+
+    def _start_chunk(self, seqno: int) -> _OpenChunk:
+        path = self._path(seqno)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            write_all_at(fd, bytes(CHUNK_HEADER_SIZE), 0, path=path, what="starting")
         except LedgerWriteError:
+            os.close(fd)
+            os.unlink(path)
+            raise
+        self._open = _OpenChunk(first=seqno, fd=fd, positions=[], size_bytes=CHUNK_HEADER_SIZE)
+        self._dir_dirty = True
+        return self._open
+
+    def _write_run(self, run: list[bytes]) -> None:
+        """Write `run`, entries following the open chunk's, with one pwrite; empties it."""
+        if not run:
+            return
+        chunk = self._open
+        assert chunk is not None
+        first = chunk.first + len(chunk.positions)
+        last = first + len(run) - 1
+        what = (
+            f"writing entry {first} to" if first == last else f"writing entries {first}-{last} to"
+        )
+        data = run[0] if len(run) == 1 else b"".join(run)
+        try:
+            write_all_at(chunk.fd, data, chunk.size_bytes, path=self._path(chunk.first), what=what)
+        except LedgerWriteError:
+            run.clear()
             # Leave no partial entry behind: the file ends at its last whole entry.
             with contextlib.suppress(OSError):
                 os.ftruncate(chunk.fd, chunk.size_bytes)
             raise
-        chunk.positions.append(chunk.size_bytes)
-        chunk.size_bytes += len(raw_entry)
+        pos = chunk.size_bytes
+        for raw in run:
+            chunk.positions.append(pos)
+            pos += len(raw)
+        run.clear()
+        chunk.size_bytes = pos
         self._open_dirty = True
-        self.last_seqno = seqno
-        if flags & FLAG_FORCE_CHUNK_AFTER:
-            self._complete_open_chunk()
+        self.last_seqno = last
 
     def _complete_open_chunk(self) -> None:
         chunk = self._open

@@ -74,6 +74,19 @@ def test_resent_identical_entries_are_skipped_but_a_conflicting_one_is_refused(
     s.close()
 
 
+def test_a_write_refused_midway_keeps_the_entries_before_it(tmp_path: Path) -> None:
+    """The entries of one frame leave in one pwrite; one that does not follow is refused
+    and the ones before it are written and become durable as before."""
+    s = make_storage(tmp_path)
+    assert not s.write_entries([(1, entry(1)), (2, entry(2)), (4, entry(4))])
+    assert s.last_seqno == 2 and s.needs_flush and s.last_entry_view == 2
+    assert s.flush() == 2
+    assert s.write_entries([(3, entry(3)), (4, entry(4))])
+    assert s.flush() == 4
+    assert s.read_entries(1, 1, 4).entries == [entry(i) for i in range(1, 5)]
+    s.close()
+
+
 def test_read_entries_returns_the_range_and_stops_at_the_end(tmp_path: Path) -> None:
     s = make_storage(tmp_path)
     raws = {i: entry(i, last_in_chunk=(i % 4 == 0)) for i in range(1, 11)}

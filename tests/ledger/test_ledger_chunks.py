@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import struct
 import subprocess
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import ccf.ledger
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from charter.ledger.chunks import ChunkPolicy, LedgerReader, LedgerWriter, parse_chunk_name
 from charter.ledger.entry import (
@@ -286,4 +289,93 @@ def test_full_disk_names_no_space_the_chunk_file_and_the_bytes_needed(tmp_path: 
         subprocess.run(["mount", "-o", "remount,size=1m", str(disk)], check=True)
         reopened.append(seqno, _raw(seqno, size=1000))
         assert reopened.flush() == seqno
+        reopened.close()
+
+
+def _flagged(seqno: int, flags: int, size: int = 10) -> bytes:
+    return encode_entry(
+        seqno=seqno,
+        view=1,
+        public={"public:t": {seqno.to_bytes(8, "little"): b"v" * size}},
+        private={},
+        secret=SECRET,
+        commit_evidence_digest=commit_evidence_digest(commit_evidence(SECRET, 1, seqno)),
+        flags=flags,
+    )
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {name: (directory / name).read_bytes() for name in sorted(os.listdir(directory))}
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    first=st.sampled_from([1, 501]),
+    flags=st.lists(
+        st.sampled_from([0, 0, 0, FLAG_FORCE_CHUNK_AFTER, FLAG_FORCE_CHUNK_BEFORE]),
+        min_size=1,
+        max_size=40,
+    ),
+    cuts=st.lists(st.integers(min_value=1, max_value=40), max_size=8),
+)
+def test_batched_appends_write_the_same_files_as_one_entry_at_a_time(
+    tmp_path_factory: pytest.TempPathFactory, first: int, flags: list[int], cuts: list[int]
+) -> None:
+    """The host writes each WriteEntries frame with `append_many` (one pwrite per chunk):
+    however the entries are split into batches, the chunk files are byte for byte those of
+    appending them one by one, chunk cuts before and after flagged entries included."""
+    entries = [(first + i, _flagged(first + i, f)) for i, f in enumerate(flags)]
+    one_by_one, batched = tmp_path_factory.mktemp("one"), tmp_path_factory.mktemp("batched")
+    with LedgerWriter(str(one_by_one)) as writer:
+        for seqno, raw in entries:
+            writer.append(seqno, raw)
+    bounds = sorted({0, len(entries), *(c for c in cuts if c < len(entries))})
+    with LedgerWriter(str(batched)) as writer:
+        for start, end in itertools.pairwise(bounds):
+            writer.append_many(entries[start:end])
+        assert writer.last_seqno == entries[-1][0]
+    assert _files(batched) == _files(one_by_one)
+
+
+def test_a_refused_entry_stops_a_batch_after_writing_the_entries_before_it(
+    tmp_path: Path,
+) -> None:
+    with LedgerWriter(str(tmp_path)) as writer:
+        writer.append_many([(1, _raw(1)), (2, _raw(2))])
+        with pytest.raises(ValueError, match="append seqno 6 after 4"):
+            writer.append_many([(3, _raw(3)), (4, _raw(4)), (6, _raw(6))])
+        assert writer.last_seqno == 4
+        with pytest.raises(ValueError, match="append seqno 7 after 4"):
+            writer.append_many([(7, _raw(7))])
+        with pytest.raises(ValueError, match="shorter than its header"):
+            writer.append_many([(5, _raw(5)), (6, b"\x01")])
+        assert writer.last_seqno == 5
+        assert writer.flush() == 5
+    reader = LedgerReader(str(tmp_path))
+    assert [reader.get(s) for s in range(1, 6)] == [_raw(s) for s in range(1, 6)]
+
+
+def test_a_batch_the_full_disk_cannot_take_leaves_no_part_of_it(tmp_path: Path) -> None:
+    """One pwrite for the batch: on a full disk none of it stays, the error names the
+    entries and the chunk file, and once space is freed the same batch is taken."""
+    with _small_disk(tmp_path / "disk", 64 * 1024) as disk:
+        ledger = disk / "ledger"
+        writer = LedgerWriter(str(ledger))
+        writer.append_many([(s, _raw(s, size=1000)) for s in range(1, 11)])
+        assert writer.flush() == 10
+        batch = [(s, _raw(s, size=1000)) for s in range(11, 111)]  # ~100 KiB > the disk
+        with pytest.raises(LedgerWriteError) as caught:
+            writer.append_many(batch)
+        message = str(caught.value)
+        assert message.startswith("no space left on device: "), message
+        assert f"writing entries 11-110 to {ledger / 'ledger_1'}" in message
+        assert writer.last_seqno == 10
+        writer.close()
+        reopened = LedgerWriter(str(ledger))
+        assert reopened.last_seqno == 10 and reopened.recovered_torn_bytes == 0
+        subprocess.run(["mount", "-o", "remount,size=1m", str(disk)], check=True)
+        reopened.append_many(batch)
+        assert reopened.flush() == 110
         reopened.close()
