@@ -43,6 +43,15 @@ stays all of them. With K >= 1 the run also carries `projection_writes_per_s`, a
 (not a measurement) for 4, 8 and 16 cores: min(1e6 / ordering µs, (cores - 1) × 1e6 /
 (frontends + host µs)), the ordering process having one core to itself.
 
+Each run also carries `own_cores_limit_writes_per_s`, a projection (not a measurement): the
+rate were each process of the network on a core of its own, 1e6 / the CPU per write of the
+busiest one (the primary's ordering process, each of its frontends, its host, each backup
+process: `busiest_backup_process_us_per_write`). On one small machine every node shares the
+same cores, which no deployment does; `replication_ratio_own_cores` is `replication_ratio`
+with these limits in place of the measured rates. With a list of frontends values,
+`replication_ratio_by_frontends` gives both ratios for each value (each from the runs with
+that value); `replication_ratio` itself is the first value's.
+
 Receipts: a sample of the phase's committed transactions, fetched and verified offline.
 --profile-dir DIR records py-spy profiles (pip install py-spy, a developer tool) of the
 primary's processes (its enclave, each frontend, its host) and of every backup process
@@ -93,6 +102,7 @@ RECEIPT_CONCURRENCY_MAX = 8
 NODES_MAX = 7
 FRONTENDS_MAX = 64  # NodeConfig.frontends' bound
 PROJECTION_CORES = (4, 8, 16)
+BACKUP_PROCESS = "backup_process:"  # CPU meter groups of one backup process each
 SIGNATURE_SETTING_MAX = 1_000_000
 ROUNDS_MAX = 10
 PROFILE_TOP = 25
@@ -187,6 +197,21 @@ def projection(
         str(cores): round(min(ordering_limit, (cores - 1) * 1e6 / (frontends_us + host_us)), 0)
         for cores in PROJECTION_CORES
     } | {"ordering_limit": round(ordering_limit, 0)}
+
+
+def own_cores_limit(run: dict[str, Any]) -> float | None:
+    """Writes/s if every process of the network had a core of its own (a projection, not a
+    measurement): the busiest process's CPU per write bounds the rate. The processes are
+    the primary's ordering process, each of its K frontends (their CPU split evenly), its
+    host, and each backup process."""
+    frontends = run.get("frontend_processes") or 0
+    ordering, host = run.get("ordering_us_per_write"), run.get("host_us_per_write")
+    if not ordering or not host:
+        return None
+    busiest = float(max(ordering, host, run.get("busiest_backup_process_us_per_write") or 0.0))
+    if frontends and run.get("frontends_us_per_write"):
+        busiest = max(busiest, float(run["frontends_us_per_write"]) / frontends)
+    return round(1e6 / busiest, 0)
 
 
 @contextlib.asynccontextmanager
@@ -410,6 +435,7 @@ async def measure_node(
                   f"{gen.duration_s:g} s of writes")  # fmt: skip
         groups = {name: (pid,) for name, pid in target.pids.items()}
         groups["backups"] = target.backup_pids
+        groups |= {f"{BACKUP_PROCESS}{pid}": (pid,) for pid in target.backup_pids}
         profiled = dict(target.pids)
         if "enclave" in groups:
             # The enclave process orders; its frontends (if any) serve TLS and HTTP.
@@ -460,6 +486,7 @@ async def measure_node(
             **{k: None if v is None else round(v, 3) for k, v in load.latency_ms.items()},
             # The primary's processes; the backups' together (they also share the cores).
             "frontends": target.frontends,
+            "frontend_processes": len(groups.get("frontends", ())),
             "enclave_us_per_write": _us(used.get("enclave"), committed),
             "ordering_us_per_write": _us(used.get("ordering"), committed),
             "frontends_us_per_write": _us(used.get("frontends"), committed),
@@ -470,6 +497,12 @@ async def measure_node(
                 counters_before, counters_after, committed
             ),
         }
+        busiest = max(
+            (v for k, v in used.items() if k.startswith(BACKUP_PROCESS) and v is not None),
+            default=None,
+        )
+        result["busiest_backup_process_us_per_write"] = _us(busiest, committed)
+        result["own_cores_limit_writes_per_s"] = own_cores_limit(result)
         if target.frontends:
             result["projection_writes_per_s"] = projection(
                 result["ordering_us_per_write"],
@@ -755,14 +788,19 @@ def summarise(
         result["ceiling_req_per_s"] = _mean(list(rates))
     first, last = runs[0], runs[-1]
 
-    def ratio(name: str) -> float | None:
-        a, b = first.get(name), last.get(name)
-        more_nodes = first.get("nodes") != last.get("nodes")
-        return round(b / a, 3) if a and b and len(runs) > 1 and more_nodes else None
+    def ratio(name: str, frontends: int | None = first.get("frontends")) -> float | None:
+        """The largest node count's figure over the smallest's, both with `frontends`."""
+        same = [r for r in runs if r.get("frontends") == frontends]
+        a, b = same[0].get(name), same[-1].get(name)
+        more_nodes = same[0].get("nodes") != same[-1].get("nodes")
+        return round(b / a, 3) if a and b and more_nodes else None
 
     result["replication_ratio"] = ratio("committed_tx_per_s")
     # The same, each divided by its own ceiling first: robust to load drift between them.
     result["replication_ratio_vs_ceiling"] = ratio("ceiling_ratio")
+    # A projection: the same ratio were each process on a core of its own, as each node
+    # is on machines of its own in a deployment (here all of them share the two cores).
+    result["replication_ratio_own_cores"] = ratio("own_cores_limit_writes_per_s")
     # The latency target is about replication: the headline is the largest node count's.
     result["p99_commit_ms_at_half_load"] = last.get("p99_commit_ms_at_half_load")
     result["p99_commit_ms_at_half_load_by_nodes"] = {
@@ -793,6 +831,13 @@ def summarise(
             }
             for r in runs
         ]
+        result["replication_ratio_by_frontends"] = {
+            str(k): {
+                "measured": ratio("committed_tx_per_s", k),
+                "own_cores": ratio("own_cores_limit_writes_per_s", k),
+            }
+            for k in dict.fromkeys(r.get("frontends") for r in runs)
+        }
     result["load_generator"] = args.load_generator
     result["duration_s"] = args.duration_s
     if args.network is None:
@@ -843,6 +888,9 @@ def show_table(result: dict[str, Any]) -> None:
     if result.get("replication_ratio") is not None:
         out.print(f"replication ratio (tx/s {runs[-1]['nodes']} nodes ÷ {runs[0]['nodes']} node): "
                   f"{result['replication_ratio']:g}")  # fmt: skip
+    if result.get("replication_ratio_own_cores") is not None:
+        out.print("projected, each process on a core of its own (not measured): "
+                  f"{result['replication_ratio_own_cores']:g}")  # fmt: skip
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

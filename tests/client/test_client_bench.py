@@ -352,3 +352,52 @@ def test_snapshot_stall_bench_finds_the_snapshots_the_primary_started_in_its_log
     )
     local = datetime.datetime(2026, 12, 6, 22, 50, 42, 933_000).timestamp()
     assert stall.snapshot_starts(log) == pytest.approx([local, local + 3.205])
+
+
+def _bench_script() -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_script", REPO_ROOT / "scripts" / "bench.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_replication_ratios_compare_runs_with_the_same_frontends_and_project_own_cores() -> None:
+    """With a list of frontends values, each ratio compares the node counts measured with
+    the same value; the own-cores projection is bounded by the busiest process."""
+    script = _bench_script()
+
+    def run(nodes: int, frontends: int, rate: float, ordering: float, **more: float) -> Any:
+        r = {"nodes": nodes, "frontends": frontends, "frontend_processes": frontends}
+        r |= {"committed_tx_per_s": rate, "ordering_us_per_write": ordering}
+        r |= {"host_us_per_write": 30.0, **more}
+        r["own_cores_limit_writes_per_s"] = script.own_cores_limit(r)
+        return r
+
+    runs = [
+        run(1, 0, 4000.0, 250.0),
+        run(1, 1, 3600.0, 200.0, frontends_us_per_write=150.0),
+        run(3, 0, 2800.0, 300.0, busiest_backup_process_us_per_write=90.0),
+        # The frontend is the busiest process here: 1e6 / 240 µs.
+        run(3, 1, 2200.0, 230.0, frontends_us_per_write=240.0),
+    ]
+    assert runs[0]["own_cores_limit_writes_per_s"] == 4000.0
+    assert runs[3]["own_cores_limit_writes_per_s"] == round(1e6 / 240.0)
+    args = script.argparse.Namespace(
+        frontends=[0, 1], load_generator="ab", duration_s=8.0, network=None,
+        signature_light_load_delay_ms=None, signature_tx_count=100, signature_delay_ms=50,
+        snapshot_tx_count=None, loop="uvloop", rounds=1, argv=[],
+    )  # fmt: skip
+    ceilings = [script.CeilingPhase(6000.0, 150.0, 50.0, 0, None)]
+    result = script.summarise(args, runs, ceilings)
+    assert result["replication_ratio"] == round(2800 / 4000, 3)  # frontends 0 with 0
+    by = result["replication_ratio_by_frontends"]
+    assert by["1"]["measured"] == round(2200 / 3600, 3)  # not 2200 / 4000
+    assert by["0"]["own_cores"] == round(round(1e6 / 300.0) / 4000.0, 3)
+    assert by["1"]["own_cores"] == round(round(1e6 / 240.0) / round(1e6 / 200.0), 3)
+    assert result["replication_ratio_own_cores"] == by["0"]["own_cores"]
