@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from charter.sandbox import DEFAULT_WORKSPACE, SCITT_MODULE, Sandbox, SandboxError
+from charter.sandbox import DEFAULT_WORKSPACE, SCITT_MODULE, NodeProcess, Sandbox, SandboxError
 from charter.sandbox_banner import ACL_MODULE, acl_lines, curl_lines
 
 # ---------------------------------------------------------------------------------------------
@@ -77,6 +77,16 @@ def panel_text(sandbox: Sandbox, doc: dict[str, Any] | None = None) -> str:
     return "\n".join(lines)
 
 
+def stopped_text(node: NodeProcess) -> str:
+    """What the sandbox says, once, when one of its nodes stops while it runs."""
+    assert node.process is not None
+    why = node.fatal_reason() or f"exit code {node.process.returncode}"
+    return (
+        f"\nnode{node.index} stopped ({why}; log {node.log_path}). The others go on; "
+        "stop the sandbox and start it again on the same workspace to bring it back."
+    )
+
+
 async def _status_line(sandbox: Sandbox) -> str:
     for node in sandbox.nodes:
         with contextlib.suppress(Exception):
@@ -127,12 +137,16 @@ async def _serve(sandbox: Sandbox, *, recover: bool = False) -> int:
     console.print("Press Ctrl-C to stop.")
     last_commit = None
     last_time = time.monotonic()
+    reported: set[int] = set()  # nodes whose stop was told (once each)
     try:
         while not stop.is_set():
             line = await _status_line(sandbox)
             for node in sandbox.nodes:
-                if node.process is not None and node.process.poll() is not None:
-                    console.print(f"node{node.index} stopped (code {node.process.returncode})")
+                if node.index in reported or node.process is None:
+                    continue
+                if node.process.poll() is not None:
+                    reported.add(node.index)
+                    console.print(stopped_text(node), soft_wrap=True, markup=False)
             now = time.monotonic()
             seqno = line.rpartition(".")[2] if "commit" in line else None
             rate = ""

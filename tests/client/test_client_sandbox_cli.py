@@ -293,3 +293,28 @@ def test_an_app_module_that_does_not_import_stops_the_sandbox_with_one_line(
             (tmp_path / f"ws-{module}" / "node0" / "workspace" / "ports.json").read_text()
         )
         assert re.search(pattern, ports["fatal"])
+
+
+def test_a_node_that_dies_is_reported_once_and_the_sandbox_still_stops_cleanly(
+    tmp_path: Path,
+) -> None:
+    """kill -9 of a node's enclave while the sandbox runs: the sandbox says so once (it
+    used to repeat it every two seconds until stopped), names the node's log, and Ctrl-C
+    still stops it with exit code 0."""
+    env = dict(os.environ, COLUMNS="200")
+    running = Running(["--nodes", "1", "--workspace", "ws"], tmp_path, env)
+    running.wait_ready()
+    try:
+        ports = json.loads((tmp_path / "ws" / "node0" / "workspace" / "ports.json").read_text())
+        os.kill(ports["enclave_pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while "node0 stopped" not in "".join(running.stdout) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(5)  # the sandbox looks at its nodes every 2 s
+    finally:
+        running.stop()
+    out = "".join(running.stdout)
+    assert out.count("node0 stopped") == 1, out
+    assert "exit code 1" in out and str(Path("ws") / "node0" / "node.log") in out, out
+    assert "start it again on the same workspace" in out, out
+    assert running.process.returncode == 0, "".join(running.stderr)
