@@ -88,6 +88,7 @@ class RaftState:
         self._role_changed = False
         self._entry_requests: list[EntryRequest] = []
         self._released: list[str] = []
+        self._durable_msgs: list[tuple[str, Message, int]] = []
         self._unsent = False  # entries proposed since the last broadcast
         # With `hold_until_signature`: entries above this index are not sent yet.
         self._release_index = 0

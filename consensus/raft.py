@@ -326,6 +326,7 @@ class Raft(RaftState):
             or self._role_changed
             or self._entry_requests
             or self._released
+            or self._durable_msgs
             or (
                 self._role is Role.PRIMARY
                 and (self._unsent or self._commit_sent < self._commit_index)
@@ -355,8 +356,10 @@ class Raft(RaftState):
             view=self._term,
             entry_requests=self._entry_requests,
             released=self._released,
+            durable_messages=self._durable_msgs,
         )
         self._msgs, self._unstable, self._entry_requests, self._released = [], [], [], []
+        self._durable_msgs = []
         self._truncate_to = None
         self._commit_changed = self._hard_dirty = self._role_changed = False
         return r
@@ -733,7 +736,22 @@ class Raft(RaftState):
                 self._advance_commit(target)
         durable = min(self._durable_index, self._verified_index)
         if appended and self._cfg.ack_when_durable and durable < verified:
-            return  # `durable()` answers, with the durable index the primary counts
+            if self._cfg.ack_released_on_durable:
+                # The answer `durable()` would give, made now and sent by the caller once
+                # `verified` is durable: it no longer waits for that report.
+                self._durable_reported = max(self._durable_reported, verified)
+                self._hold_ack(
+                    m.sender,
+                    AppendEntriesResponse(
+                        self._term,
+                        self.id,
+                        True,
+                        verified,
+                        verified,
+                        commit_index=self._commit_index,
+                    ),
+                )
+            return  # else `durable()` answers, with the durable index the primary counts
         self._durable_reported = max(self._durable_reported, durable)
         self._send_ack(
             m.sender,
@@ -741,6 +759,22 @@ class Raft(RaftState):
                 self._term, self.id, True, verified, durable, commit_index=self._commit_index
             ),
         )
+
+    def _hold_ack(self, to: str, ack: AppendEntriesResponse) -> None:
+        """Queue an answer to send once `ack.durable_index` is durable; it replaces the one
+        queued before it in this Ready when that says no more to the same primary."""
+        held = self._durable_msgs
+        if held:
+            last_to, last, _ = held[-1]
+            if (
+                last_to == to
+                and type(last) is AppendEntriesResponse
+                and last.term == ack.term
+                and last.durable_index <= ack.durable_index
+            ):
+                held[-1] = (to, ack, ack.durable_index)
+                return
+        held.append((to, ack, ack.durable_index))
 
     def _send_ack(self, to: str, ack: AppendEntriesResponse) -> None:
         """Queue a successful answer; it replaces the previous message queued in this Ready
@@ -797,6 +831,8 @@ class Raft(RaftState):
             self._truncate_to = index
         while self._unstable and self._unstable[-1].index > index:
             self._unstable.pop()
+        # Answers for entries this truncation dropped, not handed out yet, must never go.
+        self._durable_msgs = [h for h in self._durable_msgs if h[2] <= index]
         self._durable_index = min(self._durable_index, index)
         self._durable_reported = min(self._durable_reported, index)
 

@@ -29,6 +29,10 @@ class Ready:
     # Removed peers the primary stopped replicating to because each said it committed its
     # removal (one that stayed silent long after is dropped without a word: it may be down).
     released: list[str] = field(default_factory=list)
+    # (peer, message, index): send each once the stored log is durable up to `index`, after
+    # acting on `entries` and `truncate_to` above; drop it if the stored log is truncated
+    # below `index` before that (`RaftConfig.ack_released_on_durable`).
+    durable_messages: list[tuple[str, Message, int]] = field(default_factory=list)
 
     @property
     def has_output(self) -> bool:
@@ -41,4 +45,5 @@ class Ready:
             or self.role_changed
             or self.entry_requests
             or self.released
+            or self.durable_messages
         )

@@ -72,6 +72,12 @@ class RaftConfig:
     # `durable()` report), not also on receipt: the primary counts only durable copies, so
     # the receipt answer told it nothing it waits for.
     ack_when_durable: bool = False
+    # With `ack_when_durable`: that answer is made at once, and handed to the caller in
+    # `Ready.durable_messages` with the index it waits for; the caller sends it once its
+    # storage made that index durable, and drops it if the stored log is truncated below
+    # that index first. (A node's host does this right after its fsync: the answer skips
+    # the round trip through the backup's `durable()`.)
+    ack_released_on_durable: bool = False
 
     def __post_init__(self) -> None:
         if not 0 < self.election_timeout_min_ms < self.election_timeout_max_ms:
@@ -84,6 +90,8 @@ class RaftConfig:
             raise ConsensusError("batch bounds must be positive", code="BadConfig")
         if self.max_inflight_bytes < 1 or self.max_inflight_messages < 1:
             raise ConsensusError("in-flight bounds must be positive", code="BadConfig")
+        if self.ack_released_on_durable and not self.ack_when_durable:
+            raise ConsensusError("ack_released_on_durable needs ack_when_durable", code="BadConfig")
 
 
 @dataclass(frozen=True, slots=True)

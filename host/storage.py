@@ -29,6 +29,7 @@ from charter.enclave_app.interface import (
     ReadEntries,
     ReadLatestSnapshot,
     ReadOperatorFile,
+    SendWhenDurable,
     SnapshotRead,
     StoreSealed,
     Truncate,
@@ -69,6 +70,7 @@ STORAGE_QUEUE_FRAMES_MAX = 1024
 _ENTRY_SEQNO = re.compile(r"ledger entry seqno (\d{1,19})\b")
 STORAGE_FRAMES = (
     WriteEntries,
+    SendWhenDurable,
     Truncate,
     CommitUpTo,
     ReadEntries,
@@ -508,10 +510,15 @@ class StorageWorker:
         storage: Storage,
         reply: Callable[[Frame], None],
         on_failure: Callable[[str], None],
+        send_to_node: Callable[[str, bytes], None],
         *,
         cleanup_interval_ms: int = 1000,
     ) -> None:
         self.storage = storage
+        # `SendWhenDurable` frames waiting for the ledger to be durable up to their seqno,
+        # in arrival order (bounded by the queue: one per frame of entries).
+        self._send_to_node = send_to_node
+        self._held: list[SendWhenDurable] = []
         self._cleanup_interval_s = cleanup_interval_ms / 1000
         self._cleanup_due = True  # after a commit or a committed snapshot
         self._cleanup_last = float("-inf")
@@ -524,6 +531,7 @@ class StorageWorker:
         # Frame type → handler: one row per frame in STORAGE_FRAMES (checked below).
         self._handlers: dict[type[Frame], Callable[[Any], Awaitable[None]]] = {
             WriteEntries: self._write_entries,
+            SendWhenDurable: self._send_when_durable,
             Truncate: self._truncate,
             CommitUpTo: self._commit_up_to,
             ReadEntries: self._read_entries,
@@ -560,6 +568,7 @@ class StorageWorker:
                     await self._handle(self._queue.get_nowait())
                 if self.storage.needs_flush:
                     await self._flush()
+                self._release_held()  # also those whose entries were durable already
                 await self._maybe_clean_up()
         except LedgerWriteError as e:
             # A full disk (or a failing one): stop the node, saying where and how much. What
@@ -593,6 +602,7 @@ class StorageWorker:
             )
         view = self.storage.last_entry_view if durable == self.storage.last_seqno else 0
         self._reply(Durable(seqno=durable, view=view))
+        self._release_held()
 
     async def _handle(self, frame: Frame) -> None:
         await self._handlers[type(frame)](frame)
@@ -601,7 +611,25 @@ class StorageWorker:
         if not self.storage.write_entries(frame.entries):
             self._on_failure("enclave sent a ledger write that does not follow the ledger")
 
+    async def _send_when_durable(self, frame: SendWhenDurable) -> None:
+        self._held.append(frame)
+
+    def _release_held(self) -> None:
+        """Send the held frames whose seqno the ledger holds durably now."""
+        if not self._held:
+            return
+        durable = self.storage.durable_seqno
+        keep = []
+        for frame in self._held:
+            if frame.seqno <= durable:
+                self._send_to_node(frame.address, frame.payload)
+            else:
+                keep.append(frame)
+        self._held = keep
+
     async def _truncate(self, frame: Truncate) -> None:
+        # What was held for entries this drops must never be sent: it speaks for them.
+        self._held = [h for h in self._held if h.seqno <= frame.seqno]
         await self._call(self.storage.truncate, frame.seqno)
 
     async def _commit_up_to(self, frame: CommitUpTo) -> None:

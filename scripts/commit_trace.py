@@ -10,7 +10,10 @@ one folder per node), takes the
 `event=commit_trace` lines (enclave_app/node/commit_trace.py) and, for each signature the
 primary emitted, the time from its emission to: the primary's own durable report, each
 backup receiving it, that backup's durable report, the primary hearing the backup's
-acknowledgement, and the commit. Prints p50 / p90 / p99 / max in milliseconds of each step
+acknowledgement, and the commit. (A backup's host sends its acknowledgement right after its
+fsync, so the primary may hear it before that backup's enclave hears of the fsync: then
+`ack_return`, from the first backup's durable report to the first acknowledgement, is
+negative.) Prints p50 / p90 / p99 / max in milliseconds of each step
 and, as the last line, the same as one JSON object.
 """
 

@@ -387,6 +387,19 @@ class SendToNode(Frame):
 
 @_frame
 @dataclass(frozen=True, slots=True)
+class SendWhenDurable(Frame):
+    """A `SendToNode` the host sends once its ledger is durable up to `seqno`, and drops if
+    the ledger is truncated below `seqno` first: a backup's answer to entries it received,
+    which then leaves right after the host's fsync."""
+
+    seqno: int
+    node_id: str
+    address: str
+    payload: bytes
+
+
+@_frame
+@dataclass(frozen=True, slots=True)
 class Log(Frame):
     level: int
     message: str
@@ -511,6 +524,7 @@ ENCLAVE_TO_HOST = (
     ReadLatestSnapshot,
     StoreSealed,
     SendToNode,
+    SendWhenDurable,
     Log,
     Fatal,
     FetchEndorsements,

@@ -139,6 +139,7 @@ class NodeCore:
             # against ~37 us per entry): one per signature, not one per turn.
             hold_until_signature=True,
             ack_when_durable=True,
+            ack_released_on_durable=True,
         )
 
     def new_raft(self, start: StartState, entries: list[LogEntry] | None = None) -> Raft:

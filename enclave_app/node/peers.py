@@ -148,8 +148,11 @@ class Peers:
         )
 
     # ------------------------------------------------------------------ sending
-    def _send(self, peer: str, message: messages.NodeMessage) -> None:
-        """Seal `message` to `peer` (EncodeError if it is too large for the peer to accept)."""
+    def _send(
+        self, peer: str, message: messages.NodeMessage, after_durable: int | None = None
+    ) -> None:
+        """Seal `message` to `peer` (EncodeError if it is too large for the peer to accept);
+        with `after_durable`, for the host to send once its ledger is durable up to it."""
         address = self.addresses.get(peer)
         if address is None:
             LOG.debug("event=no_route_to_peer peer=%s", peer[:16])
@@ -160,11 +163,14 @@ class Peers:
         except ChannelError as exc:
             LOG.warning("event=n2n_seal_failed peer=%s reason=%s", peer[:16], exc)
             return
-        self.core.outbox.append(itf.SendToNode(peer, address, payload))
+        if after_durable is None:
+            self.core.outbox.append(itf.SendToNode(peer, address, payload))
+        else:
+            self.core.outbox.append(itf.SendWhenDurable(after_durable, peer, address, payload))
         self.core.metrics["peer_messages_sent"] += 1
 
-    def send_raft(self, peer: str, message: Message) -> None:
-        self._send(peer, messages.RaftFrame(message))
+    def send_raft(self, peer: str, message: Message, after_durable: int | None = None) -> None:
+        self._send(peer, messages.RaftFrame(message), after_durable)
 
     def forward(
         self,

@@ -235,7 +235,11 @@ class Replication:
     """Raft plus the log it drives, for a node that holds an identity."""
 
     def __init__(
-        self, core: NodeCore, log: LocalLog, raft: Raft, send: Callable[[str, Message], None]
+        self,
+        core: NodeCore,
+        log: LocalLog,
+        raft: Raft,
+        send: Callable[[str, Message, int | None], None],
     ) -> None:
         self.core = core
         self._send = send
@@ -418,7 +422,11 @@ class Replication:
             last = min(request.to_index, request.from_index + ENTRY_REQUEST_MAX - 1)
             core.outbox.append(itf.ReadEntries(request_id, request.from_index, last))
         for peer, message in ready.messages:
-            self._send(peer, message)
+            self._send(peer, message, None)
+        for peer, message, index in ready.durable_messages:
+            # After this Ready's WriteEntries and Truncate: the host sends it once its
+            # ledger is durable up to `index` (a backup's answer skips a round trip here).
+            self._send(peer, message, index)
         outcome.released = tuple(ready.released)
         if ready.commit_index is not None and ready.commit_index > log.commit_seqno:
             self._on_commit(ready.commit_index)

@@ -176,8 +176,13 @@ def _answers(raft: Raft, to: str = "a") -> list[AppendEntriesResponse]:
     return [m for t, m in raft.ready().messages if t == to and isinstance(m, AppendEntriesResponse)]
 
 
-def test_a_backup_that_acks_when_durable_answers_new_entries_once_they_are_durable() -> None:
-    config = dataclasses.replace(HOLD, ack_when_durable=True)
+DURABLE = dataclasses.replace(HOLD, ack_when_durable=True)
+RELEASED = dataclasses.replace(DURABLE, ack_released_on_durable=True)
+
+
+def _one_batch_to_b(config: RaftConfig) -> tuple[Raft, Raft, AppendEntries, int]:
+    """(primary a, backup b, a batch of one write and a signature for b, the index before
+    it), every node durable up to that index."""
     c = Cluster(ABC, config=config, auto_durable=False)
     a = c.elect("a")
     for node in ABC:
@@ -185,11 +190,15 @@ def test_a_backup_that_acks_when_durable_answers_new_entries_once_they_are_durab
     c.deliver()
     c.process("a")
     c.deliver()
-    b = c.nodes["b"]
     base = a.last_index
     a.propose(b"w", signature=False)
     a.propose(b"sig", signature=True)
     (batch,) = _batches(a)
+    return a, c.nodes["b"], batch, base
+
+
+def test_a_backup_that_acks_when_durable_answers_new_entries_once_they_are_durable() -> None:
+    a, b, batch, base = _one_batch_to_b(DURABLE)
     b.step(batch)
     assert _answers(b) == []  # received, not yet durable: nothing to count
     b.durable(base + 2, a.term)
@@ -203,3 +212,51 @@ def test_a_backup_that_acks_when_durable_answers_new_entries_once_they_are_durab
     b.step(dataclasses.replace(batch, entries=(), prev_index=base + 2, prev_term=a.term))
     (heard,) = _answers(b)
     assert heard.success and heard.durable_index == base + 2
+
+
+def test_a_backup_hands_its_answer_to_new_entries_to_the_caller_to_send_once_durable() -> None:
+    """`ack_released_on_durable`: the answer `durable()` would give is made on receipt and
+    handed out with the index it waits for; the later `durable()` report sends nothing
+    again, and the primary commits on that answer as before."""
+    a, b, batch, base = _one_batch_to_b(RELEASED)
+    b.step(batch)
+    ready = b.ready()
+    assert [m for _, m in ready.messages if isinstance(m, AppendEntriesResponse)] == []
+    (held,) = ready.durable_messages
+    to, answer, index = held
+    assert to == "a" and index == base + 2
+    assert isinstance(answer, AppendEntriesResponse) and answer.success
+    assert answer.durable_index == answer.last_index == base + 2
+    b.durable(base + 2, a.term)
+    assert _answers(b) == []  # already answered: no second answer for the same entries
+    a.durable(base + 2, a.term)
+    a.step(answer)
+    assert a.commit_index == base + 2
+
+
+def test_a_held_answer_for_entries_a_truncation_dropped_is_never_handed_out() -> None:
+    """A new primary's batch replaces entries the backup had just received: the answer
+    held for them must not go (it would count copies the backup no longer has)."""
+    a, b, batch, base = _one_batch_to_b(RELEASED)
+    b.step(batch)  # held answer for base + 2, not handed out yet
+    conflicting = AppendEntries(
+        term=a.term + 1,
+        sender="c",
+        prev_index=base,
+        prev_term=a.term,
+        entries=(batch.entries[0]._replace(term=a.term + 1),),
+        leader_commit=base,
+    )
+    b.step(conflicting)
+    ready = b.ready()
+    assert ready.truncate_to == base
+    assert [(to, index) for to, _, index in ready.durable_messages] == [("c", base + 1)]
+
+
+def test_releasing_answers_without_acking_when_durable_is_refused() -> None:
+    import pytest
+
+    from charter.consensus.errors import ConsensusError
+
+    with pytest.raises(ConsensusError, match="needs ack_when_durable"):
+        dataclasses.replace(HOLD, ack_released_on_durable=True)

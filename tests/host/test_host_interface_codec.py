@@ -44,6 +44,7 @@ ONE_OF_EACH: list[itf.Frame] = [
     itf.ReadLatestSnapshot(request_id=5),
     itf.StoreSealed(blob=b"sealed-blob"),
     itf.SendToNode(node_id="cd" * 32, address="127.0.0.1:9001", payload=b"x"),
+    itf.SendWhenDurable(seqno=12, node_id="cd" * 32, address="127.0.0.1:9001", payload=b"x"),
     itf.Log(level=20, message="hello"),
     itf.Fatal(reason="ledger secret lost"),
     itf.FetchEndorsements(

@@ -29,6 +29,10 @@ def entry(seqno: int, *, last_in_chunk: bool = False, size: int = 10) -> bytes:
     )
 
 
+def _no_node_messages(address: str, payload: bytes) -> None:
+    raise AssertionError(f"no node message expected, got one to {address}")
+
+
 def make_storage(tmp_path: Path) -> Storage:
     return Storage(
         workspace=tmp_path / "ws",
@@ -185,7 +189,9 @@ async def test_worker_group_commits_writes_and_replies_durable_over_the_channel(
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     host_end, enclave = ControlChannel(a, name="host"), ControlChannel(b, name="enclave")
     failures: list[str] = []
-    worker = StorageWorker(make_storage(tmp_path), host_end.send, failures.append)
+    worker = StorageWorker(
+        make_storage(tmp_path), host_end.send, failures.append, _no_node_messages
+    )
 
     async def host_loop() -> None:
         async for frame, _ in host_end:
@@ -227,7 +233,7 @@ async def test_a_read_that_fails_is_answered_as_nothing_and_the_worker_keeps_wri
     failures: list[str] = []
     storage = make_storage(tmp_path)
     (storage.snapshots_dir / "snapshot_5_6.committed").mkdir()
-    worker = StorageWorker(storage, host_end.send, failures.append)
+    worker = StorageWorker(storage, host_end.send, failures.append, _no_node_messages)
 
     async def host_loop() -> None:
         async for frame, _ in host_end:
@@ -278,3 +284,55 @@ def test_snapshots_an_earlier_run_left_uncommitted_are_removed_and_committed_one
     latest = restarted.latest_committed_snapshot()
     assert latest is not None and latest[1] == b"committed ten"
     restarted.close()
+
+
+async def test_a_held_node_message_leaves_after_the_fsync_and_never_for_truncated_entries(
+    tmp_path: Path,
+) -> None:
+    """`SendWhenDurable` (a backup's answer to entries it received): the host sends it once
+    an fsync made its seqno durable, and drops it when a truncation removes that seqno
+    first (the answer would count copies this node no longer has)."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    host_end, enclave = ControlChannel(a, name="host"), ControlChannel(b, name="enclave")
+    failures: list[str] = []
+    storage = make_storage(tmp_path)
+    sent: list[tuple[bytes, int]] = []  # (payload, durable seqno when it left)
+    worker = StorageWorker(
+        storage,
+        host_end.send,
+        failures.append,
+        lambda address, payload: sent.append((payload, storage.durable_seqno)),
+    )
+    peer, address = "ab" * 32, "127.0.0.1:1"
+    other = entry(3, size=99)  # the new primary's entry 3
+    frames = [
+        itf.WriteEntries(entries=[(1, entry(1)), (2, entry(2))]),
+        itf.SendWhenDurable(2, peer, address, b"answer 2"),
+        itf.WriteEntries(entries=[(3, entry(3)), (4, entry(4))]),
+        itf.SendWhenDurable(4, peer, address, b"answer 4"),
+        itf.Truncate(seqno=2),
+        itf.WriteEntries(entries=[(3, other)]),
+        itf.SendWhenDurable(3, peer, address, b"answer 3"),
+        itf.SendWhenDurable(9, peer, address, b"answer 9"),  # not written: stays held
+    ]
+    for frame in frames:  # queued before the worker runs: one batch, one fsync
+        await worker.submit(frame)
+    run = asyncio.create_task(worker.run())
+    reply, _ = await asyncio.wait_for(enclave.receive(), 10)
+    assert reply == itf.Durable(seqno=3, view=2)
+    await asyncio.sleep(0.1)
+    assert sent == [(b"answer 2", 3), (b"answer 3", 3)]
+    assert storage.read_entries(1, 3, 3).entries == [other]
+    # Seqno 4 becomes durable again, with the new primary's entry: the answer held for
+    # the old entry 4 was dropped with it and does not leave now either.
+    await worker.submit(itf.WriteEntries(entries=[(4, entry(4, size=98))]))
+    reply, _ = await asyncio.wait_for(enclave.receive(), 10)
+    assert reply == itf.Durable(seqno=4, view=2)
+    await asyncio.sleep(0.1)
+    assert [payload for payload, _ in sent] == [b"answer 2", b"answer 3"]
+    assert failures == []
+    run.cancel()
+    await asyncio.gather(run, return_exceptions=True)
+    storage.close()
+    host_end.close()
+    enclave.close()

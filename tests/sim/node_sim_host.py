@@ -76,6 +76,10 @@ class SimStorage:
         self.queue: deque[itf.Frame] = deque()
         self.flush: Flush | None = None
         self.replies: list[itf.Frame] = []
+        # SendWhenDurable frames waiting for their seqno to be durable, and those now due
+        # (the simulation sends them on as SendToNode).
+        self.held: list[itf.SendWhenDurable] = []
+        self.released: list[itf.SendToNode] = []
         self.last_entry_view = 0
         self.fsyncs = 0
 
@@ -99,6 +103,7 @@ class SimStorage:
                 self.replies.append(itf.Durable(durable, view))
                 self.flush = None
                 self.fsyncs += 1
+                self._release(durable)
                 continue
             if self.queue:
                 frame = self.queue[0]
@@ -111,11 +116,22 @@ class SimStorage:
             if self.unflushed:
                 self._start_flush(now_ms)
                 continue
+            self._release(disk.base_seqno + disk.durable_count)
             break
         else:
             raise AssertionError("storage worker did not settle")
         replies, self.replies = self.replies, []
         return replies
+
+    def take_released(self) -> list[itf.SendToNode]:
+        released, self.released = self.released, []
+        return released
+
+    def _release(self, durable: int) -> None:
+        due = [h for h in self.held if h.seqno <= durable]
+        if due:
+            self.held = [h for h in self.held if h.seqno > durable]
+            self.released.extend(itf.SendToNode(h.node_id, h.address, h.payload) for h in due)
 
     def _start_flush(self, now_ms: int) -> None:
         delay = self.rng.choice((0, 0, 1, self.rng.randrange(self.fsync_ms_max + 1)))
@@ -138,7 +154,10 @@ class SimStorage:
                     raise StorageFault("simulated disk is full")
                 disk.entries.append(raw)
                 self.last_entry_view = decode_entry(raw)[0].view
+        elif isinstance(frame, itf.SendWhenDurable):
+            self.held.append(frame)
         elif isinstance(frame, itf.Truncate):
+            self.held = [h for h in self.held if h.seqno <= frame.seqno]
             if frame.seqno < disk.committed_seqno:
                 raise StorageFault(
                     f"truncation to {frame.seqno} below the committed {disk.committed_seqno}"
