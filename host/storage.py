@@ -66,6 +66,9 @@ SEALED_FILE_NAME = "sealed.bin"
 # Entry header (8) + GCM tag (16) + IV seqno (8): the IV's u32 view follows.
 _IV_VIEW_OFFSET = 8 + 16 + 8
 STORAGE_QUEUE_FRAMES_MAX = 1024
+# Node messages held for their seqno to be durable (one per frame of entries a backup
+# received); past this the oldest is dropped and logged, as a lost message would be.
+HELD_NODE_MESSAGES_MAX = 1024
 # How the enclave names a ledger entry it refused (enclave_app/node.py `replay`).
 _ENTRY_SEQNO = re.compile(r"ledger entry seqno (\d{1,19})\b")
 STORAGE_FRAMES = (
@@ -613,6 +616,9 @@ class StorageWorker:
 
     async def _send_when_durable(self, frame: SendWhenDurable) -> None:
         self._held.append(frame)
+        if len(self._held) > HELD_NODE_MESSAGES_MAX:
+            dropped = self._held.pop(0)
+            _log.warning("held node message dropped seqno=%d (too many held)", dropped.seqno)
 
     def _release_held(self) -> None:
         """Send the held frames whose seqno the ledger holds durably now."""

@@ -336,3 +336,25 @@ async def test_a_held_node_message_leaves_after_the_fsync_and_never_for_truncate
     storage.close()
     host_end.close()
     enclave.close()
+
+
+async def test_node_messages_held_for_seqnos_never_written_are_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(storage_mod, "HELD_NODE_MESSAGES_MAX", 3)
+    storage = make_storage(tmp_path)
+    sent: list[bytes] = []
+    worker = StorageWorker(
+        storage, lambda frame: None, lambda reason: None, lambda a, p: sent.append(p)
+    )
+    for seqno in range(1, 6):  # nothing is ever written: they can only wait
+        await worker.submit(itf.SendWhenDurable(seqno, "ab" * 32, "127.0.0.1:1", b"%d" % seqno))
+    run = asyncio.create_task(worker.run())
+    await asyncio.sleep(0.1)
+    assert sent == []
+    await worker.submit(itf.WriteEntries(entries=[(s, entry(s)) for s in range(1, 5)]))
+    await asyncio.sleep(0.3)
+    assert sent == [b"3", b"4"]  # 1 and 2 were dropped when 4 and 5 came; 5 still waits
+    run.cancel()
+    await asyncio.gather(run, return_exceptions=True)
+    storage.close()
