@@ -27,8 +27,8 @@ SOAK_STEPS = 1_000
 SOAK_CHUNKS = 50
 
 
-RELEASED_SEEDS = 100  # the first seeds again, with the hosts releasing backups' answers
-RELEASED_CHUNKS = 10
+RELEASED_SEEDS = 40  # the first seeds again, with the hosts releasing backups' answers
+RELEASED_CHUNKS = 4
 
 
 def _run_chunk(
