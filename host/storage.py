@@ -237,28 +237,27 @@ class Storage:
         if not new:
             return True
         last_before = writer.last_seqno
+        refused: Exception | None = None
         try:
             writer.append_many(new)  # one pwrite for the entries of one chunk
-            return True
         except (ValueError, AssertionError) as e:
-            _log.error(
-                "rejected ledger write seqno=%d last_seqno=%d reason=%r",
-                new[self._written_of(new, last_before)][0],
-                writer.last_seqno,
-                str(e),
-            )
-            return False
-        finally:
-            written = self._written_of(new, last_before)
+            refused = e
+        finally:  # a failed write (LedgerWriteError) too may follow entries it wrote
+            # The entries are contiguous: those up to the writer's last seqno were taken.
+            last = writer.last_seqno
+            written = 0 if last == last_before else last - new[0][0] + 1
             if written:
                 self.last_entry_view = entry_view(new[written - 1][1])
                 self._unflushed = True
-
-    def _written_of(self, entries: list[tuple[int, bytes]], last_before: int) -> int:
-        """How many of `entries` (contiguous) the writer took, its last seqno having been
-        `last_before`."""
-        last = self._writer.last_seqno
-        return 0 if last == last_before else last - entries[0][0] + 1
+        if refused is not None:
+            _log.error(
+                "rejected ledger write seqno=%d last_seqno=%d reason=%r",
+                new[written][0],
+                writer.last_seqno,
+                str(refused),
+            )
+            return False
+        return True
 
     def _holds(self, seqno: int, raw: bytes) -> bool:
         try:
@@ -519,7 +518,7 @@ class StorageWorker:
     ) -> None:
         self.storage = storage
         # `SendWhenDurable` frames waiting for the ledger to be durable up to their seqno,
-        # in arrival order (bounded by the queue: one per frame of entries).
+        # in arrival order (at most HELD_NODE_MESSAGES_MAX).
         self._send_to_node = send_to_node
         self._held: list[SendWhenDurable] = []
         self._cleanup_interval_s = cleanup_interval_ms / 1000
