@@ -168,47 +168,57 @@ def parse_ab_output(text: str) -> AbReport:
 
 
 async def run_ab(cmd: list[str], workdir: Path, *, duration_s: float) -> AbRun:
-    """Run ab to completion (killed if it overruns); its report and its CPU time.
-
-    ab is spawned directly and reaped with `wait4`, whose resource usage is exactly ab's
-    CPU time (a /proc reading after it exits is impossible, and RUSAGE_CHILDREN would mix
-    in any other child that ends meanwhile). Output goes to files, never a pipe that could
-    fill up.
-    """
+    """Run ab to completion (killed if it overruns); its report and its CPU time."""
     out_path, err_path = workdir / "ab.out", workdir / "ab.err"
+    started_s = time.monotonic()
+    reaped = await run_reaped(cmd, out_path, err_path, timeout_s=duration_s + AB_EXTRA_WAIT_S)
+    if reaped is None:
+        raise AbError(f"ab did not stop within {duration_s + AB_EXTRA_WAIT_S:g} s",
+                      code="AbTimeout")  # fmt: skip
+    code, cpu_s = reaped
+    wall_s = time.monotonic() - started_s
+    text = _read_bounded(out_path)
+    if code != 0:
+        detail = (_read_bounded(err_path).strip() or text.strip())[-500:]
+        raise AbError(f"ab exited with {code}: {detail}", code="AbFailed")
+    return AbRun(parse_ab_output(text), cpu_s, wall_s)
+
+
+async def run_reaped(
+    cmd: list[str], out_path: Path, err_path: Path, *, timeout_s: float
+) -> tuple[int, float] | None:
+    """Run a native tool to completion: (exit code, CPU seconds), or None if it overran
+    `timeout_s` (then it was killed).
+
+    The tool is spawned directly and reaped with `wait4`, whose resource usage is exactly
+    its CPU time (a /proc reading after it exits is impossible, and RUSAGE_CHILDREN would
+    mix in any other child that ends meanwhile). Output goes to files, never a pipe that
+    could fill up; a timeout or Ctrl-C kills it, so it never outlives the benchmark.
+    """
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
     actions = [
         (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
         (os.POSIX_SPAWN_OPEN, 1, str(out_path), flags, 0o600),
         (os.POSIX_SPAWN_OPEN, 2, str(err_path), flags, 0o600),
     ]
-    started_s = time.monotonic()
     pid = os.posix_spawn(cmd[0], cmd, dict(os.environ), file_actions=actions)
-    deadline_s = started_s + duration_s + AB_EXTRA_WAIT_S
+    deadline_s = time.monotonic() + timeout_s
     reaped = False
     try:
         while True:
             wpid, status, usage = os.wait4(pid, os.WNOHANG)
             if wpid == pid:
                 reaped = True
-                break
+                return os.waitstatus_to_exitcode(status), usage.ru_utime + usage.ru_stime
             if time.monotonic() > deadline_s:
-                raise AbError(f"ab did not stop within {duration_s + AB_EXTRA_WAIT_S:g} s",
-                              code="AbTimeout")  # fmt: skip
+                return None
             await asyncio.sleep(AB_POLL_INTERVAL_S)
     finally:
-        if not reaped:  # timeout or Ctrl-C: ab never outlives the benchmark
+        if not reaped:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             with contextlib.suppress(ChildProcessError):
                 os.wait4(pid, 0)
-    wall_s = time.monotonic() - started_s
-    text = _read_bounded(out_path)
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        detail = (_read_bounded(err_path).strip() or text.strip())[-500:]
-        raise AbError(f"ab exited with {code}: {detail}", code="AbFailed")
-    return AbRun(parse_ab_output(text), usage.ru_utime + usage.ru_stime, wall_s)
 
 
 def _read_bounded(path: Path) -> str:

@@ -6,6 +6,7 @@
         [--latency-duration-s 5] [--receipts 200] [--out FILE] [--workspace DIR]
         [--profile-dir DIR] [--loop auto] [--frontends 0,1,2] [--snapshot-tx-count N]
         [--signature-delay-ms D] [--signature-tx-count N] [--signature-light-load-delay-ms L]
+        [--paced-client auto|native|python]
 
 Without --network it starts its own sandbox network in a temporary workspace for each node
 count (default 1 then 3); with --network it drives a running one (its primary).
@@ -31,9 +32,13 @@ the primary's enclave and host, of the backups' processes together, and of the l
 generator; CPU per request of the ceiling server. `node_counters_per_write` is the change of
 the node's own counters (`/node/metrics`) per committed write.
 
-Commit latency at half load: after each node phase, a paced (open-loop) Python client writes
-at half the committed rate just measured for --latency-duration-s, while a watcher polls the
-commit point (`charter.bench_commit.run_paced`); p50/p99 are from when each write was due.
+Commit latency at half load: after each node phase, a paced (open-loop) client writes at
+half the committed rate just measured for --latency-duration-s, while a watcher polls the
+commit point; p50/p99 are from when each write was due. --paced-client: `native` (the
+default with ab; `charter-paced`, C and OpenSSL, built on first use, `charter.bench_paced`:
+a few µs of CPU per write) or `python` (the default with the Python load generator;
+`charter.bench_commit.run_paced`, ~370 µs per write on a 2-core machine, a third of a core
+taken from the nodes it measures at half load). `half_load_client_us_per_write` is its CPU.
 
 Frontends (--frontends K or a list such as 0,1,2, each measured in turn on its own network
 of each node count): sets the nodes' `frontends` option. The primary's enclave CPU is then
@@ -91,7 +96,7 @@ if str(REPO_ROOT) not in sys.path:
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from charter import bench, bench_ab, bench_commit  # noqa: E402
+from charter import bench, bench_ab, bench_commit, bench_paced  # noqa: E402
 from charter.enclave_app.interface.config import SignaturesConfig, SnapshotsConfig  # noqa: E402
 from charter.identity import Network, TxId, load_json_file  # noqa: E402
 from charter.sandbox import Sandbox  # noqa: E402
@@ -109,6 +114,7 @@ PROFILE_TOP = 25
 PROFILE_RATE_HZ = 250  # py-spy samples per second (it runs in its own process)
 LATENCY_CLIENTS_MAX = 64
 LOAD_GENERATORS = ("ab", "python")
+PACED_CLIENTS = ("auto", "native", "python")
 DEFAULT_NODE_COUNTS = "1,3"
 HALF_LOAD_REACHED_FRACTION = 0.95
 BODY = json.dumps({"id": 1, "msg": "bench record"}).encode()
@@ -525,7 +531,7 @@ async def measure_node(
         )
         if receipts.first_error:
             result["receipt_first_error"] = receipts.first_error
-        result.update(await measure_latency(target, args, client, ssl_ctx, rate))
+        result.update(await measure_latency(target, args, client, ssl_ctx, rate, gen))
     return result
 
 
@@ -535,6 +541,7 @@ async def measure_latency(
     watcher: CharterClient,
     ssl_ctx: Any,
     max_rate_per_s: float,
+    gen: LoadGenerator,
 ) -> dict[str, Any]:
     """Commit latency with a paced client at half the committed rate just measured."""
     if args.latency_duration_s <= 0:
@@ -542,25 +549,44 @@ async def measure_latency(
     rate = max_rate_per_s / 2
     clients = min(args.clients, LATENCY_CLIENTS_MAX)
     err.print(f"{target.nodes} node(s): commit latency at {rate:,.0f} writes/s "
-              f"(half load), {args.latency_duration_s:g} s")  # fmt: skip
-    client_cpu_before_s = time.process_time()
-    paced = await bench_commit.run_paced(
-        target.url + WRITE_PATH,
-        ssl_ctx,
-        watcher,
-        rate_per_s=rate,
-        duration_s=args.latency_duration_s,
-        clients=clients,
-    )
+              f"(half load), {args.latency_duration_s:g} s, {args.paced_client} client")  # fmt: skip
+    if args.paced_exe is not None:
+        out = gen.workdir / "paced.events"
+        cmd = bench_paced.command(
+            args.paced_exe,
+            target.url + WRITE_PATH,
+            watch_path="/node/commit",
+            service_cert=target.service_cert,
+            cert=target.user_cert,
+            key=target.user_key,
+            rate_per_s=rate,
+            duration_s=args.latency_duration_s,
+            clients=clients,
+            out=out,
+        )
+        native = await bench_paced.run_native(
+            cmd, out, rate_per_s=rate, duration_s=args.latency_duration_s
+        )
+        paced, client_cpu_s = native.result, native.cpu_s
+    else:
+        client_cpu_before_s = time.process_time()
+        paced = await bench_commit.run_paced(
+            target.url + WRITE_PATH,
+            ssl_ctx,
+            watcher,
+            rate_per_s=rate,
+            duration_s=args.latency_duration_s,
+            clients=clients,
+        )
+        client_cpu_s = time.process_time() - client_cpu_before_s
     result: dict[str, Any] = {
+        "paced_client": args.paced_client,
         "half_load_target_per_s": round(rate, 1),
         "half_load_achieved_per_s": round(paced.achieved_rate_per_s, 1),
         # Below 95 % of the target the client or the node fell behind: the latencies then
         # include that queueing (see the answer latencies) and are not those of half load.
         "half_load_reached": paced.achieved_rate_per_s >= HALF_LOAD_REACHED_FRACTION * rate,
-        "half_load_client_us_per_write": _us(
-            time.process_time() - client_cpu_before_s, paced.writes_ok
-        ),
+        "half_load_client_us_per_write": _us(client_cpu_s, paced.writes_ok),
         "half_load_writes_committed": len(paced.commit_latencies_ms),
         "half_load_errors": paced.errors,
         "p50_commit_ms_at_half_load": paced.commit_ms(50),
@@ -839,6 +865,7 @@ def summarise(
             for k in dict.fromkeys(r.get("frontends") for r in runs)
         }
     result["load_generator"] = args.load_generator
+    result["paced_client"] = args.paced_client
     result["duration_s"] = args.duration_s
     if args.network is None:
         light = args.signature_light_load_delay_ms
@@ -953,6 +980,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="the nodes' frontends option, each value measured in turn (default: the node's)",
     )
     p.add_argument(
+        "--paced-client",
+        choices=PACED_CLIENTS,
+        default="auto",
+        help="the half-load phase's writer: native (C; auto's choice with ab) or python",
+    )
+    p.add_argument(
         "--wan",
         metavar="PROFILE",
         default=None,
@@ -1008,6 +1041,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         try:
             bench_ab.find_ab()
         except bench_ab.AbError as e:
+            p.error(str(e))
+    if args.paced_client == "auto":
+        args.paced_client = "native" if args.load_generator == "ab" else "python"
+    args.paced_exe = None
+    if args.paced_client == "native" and args.latency_duration_s > 0:
+        try:
+            args.paced_exe = bench_paced.build()
+        except (bench_paced.PacedToolError, OSError, subprocess.TimeoutExpired) as e:
             p.error(str(e))
     try:
         args.loop = bench.resolve_loop(args.loop)

@@ -85,6 +85,17 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     )
 
 
+# Answers a paced benchmark client cannot bound, with the reason it must give (both the
+# Python one in charter.bench_commit and the native one in client/native/paced_load.c).
+UNBOUNDED_ANSWERS = [
+    (b"HTTP/1.1 200 OK\r\nx-ms-ccf-transaction-id: 2.3\r\n\r\n", "Content-Length"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 99999999\r\n\r\n", "Content-Length"),
+    (b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * 20_000 + b"\r\n\r\n", "exceed the limit"),
+    (b"SMTP ready\r\n\r\n", "malformed status line"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", "closed mid-answer"),
+    (b"", "connection closed"),
+]
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 StartServer = Callable[..., Awaitable[str]]
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from client_helpers import UNBOUNDED_ANSWERS
 
 from charter import bench, bench_ab, bench_commit
 from charter.identity import TxId
@@ -78,7 +79,7 @@ def _check_committed_figures(last: dict[str, Any]) -> None:
 @pytest.mark.timeout(120)
 def test_bench_with_ab_counts_only_writes_committed_between_its_markers(tmp_path: Path) -> None:
     last = _run_bench(tmp_path)
-    assert last["load_generator"] == "ab"
+    assert last["load_generator"] == "ab" and last["paced_client"] == "native"
     _check_committed_figures(last)
     # ab answers all count: every 2xx write between the committed markers is committed.
     assert last["writes_committed"] == last["writes_ok"]
@@ -98,7 +99,7 @@ def test_bench_keeps_the_python_load_generator(tmp_path: Path) -> None:
         "--workspace",
         str(workspace),
     )
-    assert last["load_generator"] == "python"
+    assert last["load_generator"] == "python" and last["paced_client"] == "python"
     _check_committed_figures(last)
     assert last["snapshot_tx_count"] == 50
     assert list(workspace.glob("net1/node0/workspace/snapshots/snapshot_*.committed"))
@@ -303,14 +304,7 @@ async def test_paced_client_connection_reads_status_and_txid_over_keep_alive_tls
 
 @pytest.mark.parametrize(
     ("answer", "message"),
-    [
-        (b"HTTP/1.1 200 OK\r\nx-ms-ccf-transaction-id: 2.3\r\n\r\n", "Content-Length"),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 99999999\r\n\r\n", "Content-Length"),
-        (b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * 20_000 + b"\r\n\r\n", "exceed the limit"),
-        (b"SMTP ready\r\n\r\n", "malformed status line"),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", "closed mid-answer"),
-        (b"", "connection closed"),
-    ],
+    UNBOUNDED_ANSWERS,
 )
 async def test_paced_client_refuses_answers_it_cannot_bound(answer: bytes, message: str) -> None:
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -389,7 +383,7 @@ def test_replication_ratios_compare_runs_with_the_same_frontends_and_project_own
     assert runs[0]["own_cores_limit_writes_per_s"] == 4000.0
     assert runs[3]["own_cores_limit_writes_per_s"] == round(1e6 / 240.0)
     args = script.argparse.Namespace(
-        frontends=[0, 1], load_generator="ab", duration_s=8.0, network=None,
+        frontends=[0, 1], load_generator="ab", paced_client="native", duration_s=8.0, network=None,
         signature_light_load_delay_ms=None, signature_tx_count=100, signature_delay_ms=50,
         snapshot_tx_count=None, loop="uvloop", rounds=1, argv=[],
     )  # fmt: skip
