@@ -102,13 +102,8 @@ class Runtime:
 
     # ------------------------------------------------------------------ frames to the host
     def flush(self) -> None:
-        """Send the node's frames in order, adjacent ledger writes merged into one frame.
-
-        A frame with ledger writes is never dropped: the host would see a gap and stop the
-        node, and the writes may already be answered 200. The node refuses new writes while
-        the host is behind (`Node.host_backlog_bytes`), so this queue stays bounded. Only
-        node-to-node frames give way when the host is behind: consensus sends them again.
-        """
+        """End the turn: the node settles what the turn's events made due, then its frames
+        go to the host (`send_outbox`)."""
         self._flush_scheduled = False
         node = self.node
         if node is None:
@@ -118,7 +113,19 @@ class Runtime:
         self._wake_applied()
         if self.deadline is not None:
             self.deadline.arm(node.next_deadline_ms())
-        if not node.outbox:
+        self.send_outbox()
+
+    def send_outbox(self) -> None:
+        """Send the frames the node holds now, in order, adjacent ledger writes merged into
+        one frame (`flush` at the end of a turn; the node's `hand_off` in the middle of one).
+
+        A frame with ledger writes is never dropped: the host would see a gap and stop the
+        node, and the writes may already be answered 200. The node refuses new writes while
+        the host is behind (`Node.host_backlog_bytes`), so this queue stays bounded. Only
+        node-to-node frames give way when the host is behind: consensus sends them again.
+        """
+        node = self.node
+        if node is None or not node.outbox:
             return
         frames, node.outbox = node.outbox, []
         node.outbox_write_bytes = 0
@@ -204,6 +211,7 @@ class Runtime:
         )
         node = Node(config, platform, app, extra_apps=(), snapshot_encoder=self.snapshot_encoder)
         self.node = node
+        node.core.hand_off = self.send_outbox
         self.deadline = DeadlineTimer(asyncio.get_running_loop(), self._on_deadline)
         if config.frontends > 0:
             self.frontends = FrontendPool(config.frontends, limits, self.dispatch_now, node.metrics)

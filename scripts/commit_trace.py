@@ -13,8 +13,10 @@ backup receiving it, that backup's durable report, the primary hearing the backu
 acknowledgement, and the commit. (A backup's host sends its acknowledgement right after its
 fsync, so the primary may hear it before that backup's enclave hears of the fsync: then
 `ack_return`, from the first backup's durable report to the first acknowledgement, is
-negative.) Prints p50 / p90 / p99 / max in milliseconds of each step
-and, as the last line, the same as one JSON object.
+negative.) `backup_host_fsynced` is from a backup receiving a signature to its host's
+fsync that covers it. `--last-s S` keeps only the signatures emitted in the last S seconds
+of the trace (a bench run's half-load phase is its last 5 s). Prints p50 / p90 / p99 / max
+in milliseconds of each step and, as the last line, the same as one JSON object.
 """
 
 from __future__ import annotations
@@ -103,6 +105,9 @@ def breakdown(nodes: dict[str, dict[tuple[str, int, str], float]]) -> dict[str, 
                 durable = theirs.get(("durable", seqno, ""))
                 if received is not None:
                     out["backup_received"].append(received - emitted)
+                host_durable = _first_covering(theirs, "host_durable", seqno)
+                if received is not None and host_durable is not None:
+                    out["backup_host_fsynced"].append(host_durable - received)
                 if received is not None and durable is not None:
                     out["backup_fsync"].append(durable - received)
                     out["backup_durable"].append(durable - emitted)
@@ -120,8 +125,18 @@ def breakdown(nodes: dict[str, dict[tuple[str, int, str], float]]) -> dict[str, 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("root", type=Path, help="the bench's --workspace (or one network's)")
+    p.add_argument(
+        "--last-s", type=float, default=None, help="only signatures of the trace's last S s"
+    )
     args = p.parse_args()
-    out = breakdown(read(args.root))
+    nodes = read(args.root)
+    if args.last_s is not None:
+        end_ms = max((t for steps in nodes.values() for t in steps.values()), default=0.0)
+        for steps in nodes.values():
+            for key in [k for k, t in steps.items() if k[0] == "emitted"]:
+                if steps[key] < end_ms - args.last_s * 1000:
+                    del steps[key]
+    out = breakdown(nodes)
     summary = {}
     for step, values in out.items():
         if not values:

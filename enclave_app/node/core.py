@@ -69,6 +69,10 @@ class NodeCore:
         self.outbox: list[itf.Frame] = []
         # Ledger bytes in `outbox` (the runtime zeroes it when it flushes).
         self.outbox_write_bytes = 0
+        # Hands the host what `outbox` holds now, ahead of the end of the turn: a backup
+        # calls it before applying the entries it just wrote there (`Replication.
+        # process_ready`). The runtime sets it; by default the frames wait for the turn.
+        self.hand_off: Callable[[], None] = lambda: None
         self.last_tick_ms: int | None = None
         self.metrics: dict[str, int] = {
             "requests": 0,

@@ -69,11 +69,12 @@ def test_each_step_of_each_followed_signature_is_logged_once_and_merges_into_a_t
     # The host's line per fsync (host/storage.py): one fsync made 5..20 durable.
     t_ms = float(primary_lines[-1].split("t_ms=")[1].split()[0])
     primary_lines.append(f"event=commit_trace step=host_durable seqno=20 t_ms={t_ms:.2f}")
+    backup_lines.append(f"event=commit_trace step=host_durable seqno=20 t_ms={t_ms:.2f}")
     for name, lines in (("node0", primary_lines), ("node1", backup_lines)):
         (tmp_path / name).mkdir()
         (tmp_path / name / "node.log").write_text("\n".join(lines))
     out = merge.breakdown(merge.read(tmp_path))
     steps_merged = ("committed", "primary_durable", "first_ack", "backup_received", "backup_fsync")
-    for step in (*steps_merged, "primary_host_fsynced"):
+    for step in (*steps_merged, "primary_host_fsynced", "backup_host_fsynced"):
         assert len(out[step]) == 2, step
         assert all(v >= 0 for v in out[step])

@@ -199,7 +199,9 @@ class Simulation:
         # Whether backups hand their answers to new entries to their hosts, which send them
         # after the fsync (`RaftConfig.ack_released_on_durable`, what nodes do). Off by
         # default here so that the seeds kept for their runs keep them: the answers' timing
-        # changes every run. test_sim_seeds.py sweeps seeds with it on as well.
+        # changes every run. test_sim_seeds.py sweeps seeds with it on as well. With it on,
+        # a backup also hands its host the entries and its answer before it applies them
+        # (`NodeCore.hand_off`, as the runtime does), not at the end of the turn.
         self.hosts_release_answers = hosts_release_answers
         self.test_name = test_name
         self.rng = random.Random(seed)
@@ -337,6 +339,8 @@ class Simulation:
             core.raft_config = lambda: dataclasses.replace(  # type: ignore[method-assign]
                 node_config(core), ack_released_on_durable=False
             )
+        else:
+            node.core.hand_off = lambda: self.hand_off(slot)
 
         def answered(forward_id: int, response: HttpResponse) -> None:
             pending = slot.forwards.pop(forward_id, None)
@@ -383,6 +387,26 @@ class Simulation:
         if node is None:
             return
         node.end_turn()  # Ready/Advance once per turn, as the runtime does
+        self.send_outbox(slot)
+        if node.retired and slot.retired_at_ms is None:
+            slot.retired_at_ms = self.now_ms
+
+    def hand_off(self, slot: Slot) -> None:
+        """A backup's `NodeCore.hand_off`: what it holds goes to the host before it applies
+        the entries it received, which are among it."""
+        node = slot.node
+        assert node is not None
+        written = [s for f in node.outbox if isinstance(f, itf.WriteEntries) for s, _ in f.entries]
+        if not written or max(written) <= node.applied_seqno:
+            raise self.fail(f"{slot.name} handed off no entries left to apply")
+        self.count("hand_offs")
+        self.send_outbox(slot)
+
+    def send_outbox(self, slot: Slot) -> None:
+        """What `Runtime.send_outbox` and the host do with the frames the node holds."""
+        node = slot.node
+        if node is None:
+            return
         for _ in range(100):  # bounded: acting on frames can make more (durable at once)
             if not node.outbox:
                 break
@@ -399,8 +423,6 @@ class Simulation:
             for frame in sorted(sends, key=lambda f: f.node_id):
                 self.send(slot, frame)
             self.run_storage(slot)
-        if node.retired and slot.retired_at_ms is None:
-            slot.retired_at_ms = self.now_ms
 
     def run_storage(self, slot: Slot) -> None:
         for reply in slot.storage.run(self.now_ms):

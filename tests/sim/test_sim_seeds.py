@@ -55,7 +55,8 @@ def test_sim_safety_holds_and_service_recovers_for_every_seed(chunk: int) -> Non
 def test_sim_safety_holds_and_service_recovers_when_hosts_send_backups_answers(chunk: int) -> None:
     """What nodes do (`RaftConfig.ack_released_on_durable`): a backup's answer to new entries
     goes to its host with them, which sends it after the fsync and drops it on a truncation
-    below it. The seeds' runs differ from the sweep above (the answers leave earlier), so
+    below it; the backup hands both to its host before it applies the entries
+    (`NodeCore.hand_off`). The seeds' runs differ from the sweep above (the answers leave earlier), so
     the same seeds explore other interleavings; a crash loses the answers still held."""
     per = RELEASED_SEEDS // RELEASED_CHUNKS
     seen = _run_chunk(
@@ -65,7 +66,7 @@ def test_sim_safety_holds_and_service_recovers_when_hosts_send_backups_answers(c
         "test_sim_replay_one_seed_with_released_answers",
         hosts_release_answers=True,
     )
-    for kind in ("writes_committed", "crashes", "restarts", "lost"):
+    for kind in ("writes_committed", "crashes", "restarts", "lost", "hand_offs"):
         assert seen[kind] > 0, f"no {kind} in chunk {chunk}: {dict(seen)}"
 
 
