@@ -38,6 +38,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -363,6 +364,8 @@ int main(int argc, char **argv) {
                         "RATE DURATION_S CLIENTS POLL_MS OUT\n");
         return 2;
     }
+    /* A connection the server closed is an error to count, not a reason to die. */
+    signal(SIGPIPE, SIG_IGN);
     host = argv[1];
     int port = (int)parse_number(argv[2], "PORT", 1, 65535);
     const char *write_path = argv[3], *watch_path = argv[4];

@@ -86,6 +86,30 @@ async def test_paced_client_counts_each_write_from_when_due_to_the_commit_it_saw
     assert (max(due) - min(due)) / 1e9 == pytest.approx(199 / 200, abs=0.001)
 
 
+async def test_paced_client_counts_closed_connections_and_stops_when_none_is_left(
+    tls_server: StartServer, pki: Pki, paced_exe: Path, tmp_path: Path
+) -> None:
+    served = [0]
+
+    async def write(request: web.Request) -> web.Response:
+        await request.read()
+        served[0] += 1
+        response = web.json_response({}, headers={"x-ms-ccf-transaction-id": f"2.{served[0]}"})
+        if served[0] > 4:  # after the warm-up writes, a connection closes after its next answer
+            response.force_close()
+        return response
+
+    url = await tls_server({"/app/log/private": write}, client_ca=pki.user.cert_path)
+    out = tmp_path / "events"
+    with pytest.raises(bench_paced.PacedToolError, match="every connection failed"):
+        await bench_paced.run_native(
+            _command(paced_exe, url, pki, out, 200.0, 1.0), out, rate_per_s=200.0, duration_s=1.0
+        )
+    lines = out.read_text().splitlines()
+    assert sum(line.startswith("W ") for line in lines) == 4  # one answer per connection
+    assert sum(line.startswith("X ") for line in lines) >= 1
+
+
 @pytest.mark.parametrize(
     ("answer", "reason"),
     UNBOUNDED_ANSWERS,
