@@ -25,7 +25,13 @@ from pathlib import Path
 
 from charter.bench import CLIENTS_MAX, DURATION_S_MAX
 from charter.bench_ab import run_reaped
-from charter.bench_commit import COMMIT_POLL_INTERVAL_S, RATE_PER_S_MAX, PacedResult, commit_points
+from charter.bench_commit import (
+    COMMIT_POLL_INTERVAL_S,
+    PACED_WRITES_MAX,
+    RATE_PER_S_MAX,
+    PacedResult,
+    commit_points,
+)
 from charter.identity import TxId
 
 SOURCE = Path(__file__).with_name("native") / "paced_load.c"
@@ -184,7 +190,7 @@ def result_of(events: PacedEvents, *, rate_per_s: float, duration_s: float) -> P
     points = commit_points(sent, observations, events.marker)
     return PacedResult(
         target_rate_per_s=rate_per_s,
-        writes_scheduled=int(rate_per_s * duration_s),
+        writes_scheduled=min(int(rate_per_s * duration_s), PACED_WRITES_MAX),
         writes_ok=len(events.writes),
         errors=len(events.errors),
         first_error=events.errors[0][1] if events.errors else None,

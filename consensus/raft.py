@@ -764,16 +764,9 @@ class Raft(RaftState):
         """Queue an answer to send once `ack.durable_index` is durable; it replaces the one
         queued before it in this Ready when that says no more to the same primary."""
         held = self._durable_msgs
-        if held:
-            last_to, last, _ = held[-1]
-            if (
-                last_to == to
-                and type(last) is AppendEntriesResponse
-                and last.term == ack.term
-                and last.durable_index <= ack.durable_index
-            ):
-                held[-1] = (to, ack, ack.durable_index)
-                return
+        if held and _says_no_less(held[-1][0], held[-1][1], to, ack):
+            held[-1] = (to, ack, ack.durable_index)
+            return
         held.append((to, ack, ack.durable_index))
 
     def _send_ack(self, to: str, ack: AppendEntriesResponse) -> None:
@@ -783,18 +776,9 @@ class Raft(RaftState):
         report that follows them, then cost the primary one answer instead of one each."""
         assert ack.success
         msgs = self._msgs
-        if msgs:
-            last_to, last = msgs[-1]
-            if (
-                last_to == to
-                and type(last) is AppendEntriesResponse
-                and last.success
-                and last.term == ack.term
-                and last.last_index <= ack.last_index
-                and last.durable_index <= ack.durable_index
-            ):
-                msgs[-1] = (to, ack)
-                return
+        if msgs and _says_no_less(msgs[-1][0], msgs[-1][1], to, ack):
+            msgs[-1] = (to, ack)
+            return
         self._send(to, ack)
 
     def _reject(self, m: AppendEntries, prev: int, local_term: int | None) -> None:
@@ -854,3 +838,16 @@ class Raft(RaftState):
             )
 
     # -- votes -------------------------------------------------------------------------------
+
+
+def _says_no_less(last_to: str, last: Message, to: str, ack: AppendEntriesResponse) -> bool:
+    """`ack` says all the queued `last` said: a successful answer to the same primary in
+    the same view, with indices no lower (so it may take `last`'s place)."""
+    return (
+        last_to == to
+        and type(last) is AppendEntriesResponse
+        and last.success
+        and last.term == ack.term
+        and last.last_index <= ack.last_index
+        and last.durable_index <= ack.durable_index
+    )

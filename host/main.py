@@ -109,7 +109,7 @@ class Host:
             self.storage,
             self._reply,
             self._on_storage_failure,
-            self._send_to_node,
+            self.relay.send,  # a `SendWhenDurable` payload, once the worker made it due
             cleanup_interval_ms=config.files_cleanup.interval_ms,
         )
         self._next_conn_id = 1
@@ -366,10 +366,6 @@ class Host:
     async def _on_send_to_node(self, frame: SendToNode) -> bool:
         self.relay.send(frame.address, frame.payload)
         return True
-
-    def _send_to_node(self, address: str, payload: bytes) -> None:
-        """A `SendWhenDurable` frame's payload, once the storage worker made it due."""
-        self.relay.send(address, payload)
 
     async def _on_fetch_endorsements(self, frame: FetchEndorsements) -> bool:
         # HTTP to AMD or a cache takes seconds: answered from its own task.
