@@ -19,7 +19,9 @@ more than `entry_bytes_max` (`SnapshotEncodeError` code `SnapshotTooLarge`, the 
 killed), reaps the child without blocking (a pidfd reader, else a short poll) and then
 delivers: `on_encoded(seqno, entry)` only if the child exited 0 having written exactly what
 its length said; otherwise `on_failed(seqno, error)`. A child still running after
-`timeout_s` is killed (a failure too). `close()` kills and reaps a running child.
+`timeout_s` is killed (a failure too). Several children may run at once, each with its own
+pipe (the node bounds how many, `node/snapshots.py`); each delivers on its own. `close()`
+kills and reaps every running child.
 """
 
 from __future__ import annotations
@@ -113,18 +115,17 @@ class ForkSnapshotEncoder:
         self._on_failed = on_failed
         self._entry_bytes_max = entry_bytes_max
         self._timeout_s = timeout_s
-        self._job: _Job | None = None
+        self._jobs: dict[int, _Job] = {}  # by pid
 
     @property
-    def child_pid(self) -> int | None:
-        """The pid of the child encoding now (None when none is)."""
-        return None if self._job is None else self._job.pid
+    def child_pids(self) -> list[int]:
+        """The pids of the children encoding now, oldest first."""
+        return list(self._jobs)
 
     # ------------------------------------------------------------------ the parent
     def start(self, seqno: int, view: int, encode: Callable[[], bytes]) -> None:
         """Fork now; the child encodes the state as it is at this moment. The result is
         delivered from a later loop callback, never from inside this call."""
-        assert self._job is None, "one snapshot encoding at a time"
         read_fd, write_fd = os.pipe()
         with contextlib.suppress(OSError):
             import fcntl
@@ -146,7 +147,7 @@ class ForkSnapshotEncoder:
         pidfd: int | None = None
         with contextlib.suppress(OSError, AttributeError):
             pidfd = os.pidfd_open(pid)
-        job = self._job = _Job(seqno, pid, read_fd, pidfd)
+        job = self._jobs[pid] = _Job(seqno, pid, read_fd, pidfd)
         job.timer = self._loop.call_later(self._timeout_s, self._timed_out, job)
         self._loop.add_reader(read_fd, self._readable, job)
         LOG.info("event=snapshot_encode_forked seqno=%d view=%d pid=%d", seqno, view, pid)
@@ -218,7 +219,7 @@ class ForkSnapshotEncoder:
             self._reap(job)
 
     def _reap(self, job: _Job) -> None:
-        if self._job is not job:
+        if self._jobs.get(job.pid) is not job:
             return  # closed meanwhile: `close` reaped it
         try:
             pid, status = os.waitpid(job.pid, os.WNOHANG)
@@ -236,7 +237,7 @@ class ForkSnapshotEncoder:
         if job.pidfd is not None:
             self._loop.remove_reader(job.pidfd)
             os.close(job.pidfd)
-        self._job = None
+        del self._jobs[job.pid]
         error = job.error
         if error is None and status != 0:
             how = (
@@ -266,7 +267,7 @@ class ForkSnapshotEncoder:
 
     def _timed_out(self, job: _Job) -> None:
         job.timer = None
-        if self._job is job and not job.eof:
+        if self._jobs.get(job.pid) is job and not job.eof:
             self._fail(
                 job,
                 SnapshotEncodeError(
@@ -275,10 +276,12 @@ class ForkSnapshotEncoder:
             )
 
     def close(self) -> None:
-        """Kill and reap a running child (runtime shutdown); nothing is delivered."""
-        job, self._job = self._job, None
-        if job is None:
-            return
+        """Kill and reap every running child (runtime shutdown); nothing is delivered."""
+        jobs, self._jobs = list(self._jobs.values()), {}
+        for job in jobs:
+            self._stop(job)
+
+    def _stop(self, job: _Job) -> None:
         if job.timer is not None:
             job.timer.cancel()
         if not job.eof:

@@ -98,6 +98,7 @@ class Node:
             # `snapshot_encoded` / `snapshot_encode_failed`. Else encoded at once, in order.
             self.snapshots.encoder = snapshot_encoder
         self.log.on_replicated = self._on_replicated
+        self.log.on_rollback = self.snapshots.rolled_back
         self.historical = HistoricalCache(
             history=lambda: self.log.history,
             identity=core.maybe_identity,
@@ -644,7 +645,7 @@ class Node:
                 self._finish_recovery(replication)
             elif self.snapshots.due is not None:
                 self.snapshots.take_due(replication)
-            elif self.snapshots.encoded_entry is not None:
+            elif self.snapshots.completable():
                 self.snapshots.complete(replication)
                 # A backup's candidate whose evidence committed while it was encoding: its
                 # file completes now, not at a later commit that may never come.

@@ -80,6 +80,9 @@ class LocalLog:
         # Told of each replicated entry once applied (seqno, view, public write set): a
         # backup takes the snapshots the primary records evidence of (node/snapshots.py).
         self.on_replicated: Callable[[int, int, WriteSet], None] | None = None
+        # Told of each truncation (the seqno kept): what was on the way for later seqnos
+        # (snapshots) belongs to entries that are gone.
+        self.on_rollback: Callable[[int], None] | None = None
 
     def appended(self, view: int, seqno: int, size: int, flags: int) -> None:
         self.applied_seqno = seqno
@@ -183,6 +186,8 @@ class LocalLog:
         while self.chunk_marks and self.chunk_marks[-1][0] > seqno:
             self.chunk_marks.pop()
         self.chunks.reset(self.chunk_marks[-1][1] if self.chunk_marks else 0)
+        if self.on_rollback is not None:
+            self.on_rollback(seqno)
 
     def assert_consistent(self) -> None:
         """The KV store, the Merkle history and the applied seqno count the same entries."""

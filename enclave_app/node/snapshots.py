@@ -11,11 +11,19 @@ as it is at that moment (the runtime forks a child, `enclave_app/snapshot_fork.p
 in-process tests and the simulator run it at once, `SyncSnapshotEncoder`). The result comes
 back as an event (`encoded` / `encode_failed`), and `settle` completes it (`complete`): the
 primary records its evidence at whatever seqno is next then, a backup keeps it as its
-candidate. At most one encoding is in flight, and no snapshot falls due while it runs.
+candidate. Snapshots complete in the order of their seqnos, whatever order the encodings
+come back in.
+
+Every node snapshots at the same signatures (`Snapshots._is_due`), whether or not it is
+still busy with the previous snapshot: a backup whose last encoding is slow to come back (its
+child runs at the lowest priority, and a loaded machine may starve it for a while) must
+still encode where the primary does, or it has nothing to match the primary's evidence
+with. So a node may have several snapshots on the way at once, up to `IN_FLIGHT_MAX`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -51,6 +59,14 @@ LOG = logging.getLogger(__name__)
 
 ReceiptFn = Callable[[int, int], HttpResponse]
 
+# Snapshots one node may have on the way at once: being encoded (a forked child each),
+# encoded and waiting for the primary's evidence (a backup's candidates), or waiting for
+# their evidence to commit (an entry in memory each). A node with that many skips a due
+# snapshot (logged `snapshot_skipped`), and so may miss one the others take: with encodings
+# of tens of milliseconds and the default interval of 10,000 transactions, only a node
+# starved for several intervals in a row gets there.
+IN_FLIGHT_MAX = 3
+
 
 class SnapshotEncoder(Protocol):
     """Runs a snapshot's `encode` on the state as it is when `start` is called, and reports
@@ -75,12 +91,14 @@ class SyncSnapshotEncoder:
 @dataclass(frozen=True, slots=True)
 class Encoding:
     """A snapshot being encoded: at signature (seqno, view), the primary's own (`primary`)
-    or a backup's candidate; `forced` if a trigger_snapshot asked for it."""
+    or a backup's candidate; `forced` if a trigger_snapshot asked for it; `gone` once the
+    log was truncated below it (its result is then dropped)."""
 
     seqno: int
     view: int
     primary: bool
     forced: bool
+    gone: bool = False
 
 
 class Snapshots:
@@ -91,18 +109,19 @@ class Snapshots:
         self.log = log
         # Encodes the state at a snapshot's signature (the node sets the runtime's).
         self.encoder: SnapshotEncoder = SyncSnapshotEncoder(self.encoded)
-        # The snapshot being encoded (at most one), and its entry once it came back, until
-        # `settle` completes it.
-        self.encoding: Encoding | None = None
-        self.encoded_entry: bytes | None = None
-        # A backup's: the primary's evidence (snapshot seqno, digest, evidence seqno) that
+        # The snapshots being encoded, by seqno; and the entries that came back, until
+        # `settle` completes them (oldest first).
+        self.encodings: dict[int, Encoding] = {}
+        self.encoded_entries: dict[int, bytes] = {}
+        # A backup's: the primary's evidence (digest, evidence seqno) by snapshot seqno, that
         # arrived while the candidate at that seqno was still being encoded.
-        self.held_evidence: tuple[int, str, int] | None = None
+        self.held_evidence: dict[int, tuple[str, int]] = {}
         self.last_seqno = 0
         # A signature at which a snapshot is due: (seqno, view), taken by the facade's loop.
         self.due: tuple[int, int] | None = None
-        # (snapshot seqno, evidence seqno, snapshot entry) until its evidence commits.
-        self.pending: tuple[int, int, bytes] | None = None
+        # (snapshot seqno, evidence seqno, snapshot entry), oldest first, until its
+        # evidence commits.
+        self.pending: list[tuple[int, int, bytes]] = []
         # The latest committed snapshot file (entry + receipt) and its file name.
         self.latest: bytes | None = None
         self.latest_name: str | None = None
@@ -112,9 +131,9 @@ class Snapshots:
         # configuration in force there (the replay's later entries may change it).
         self.replay_base = (0, 0)
         self.replay_base_voters: frozenset[str] = frozenset()
-        # A backup's snapshot entry at a signature, until the primary's evidence says
-        # whether it took one there: (seqno, snapshot entry).
-        self.candidate: tuple[int, bytes] | None = None
+        # A backup's snapshot entries at signatures, by seqno, until the primary's evidence
+        # says whether it took one there.
+        self.candidates: dict[int, bytes] = {}
         # Set by trigger_snapshot (governance): the next signature takes a snapshot.
         self.forced = False
         # The primary's encoding failed: its next signature tries again.
@@ -123,35 +142,67 @@ class Snapshots:
     # ------------------------------------------------------------------ the primary's side
     def after_signature(self, seqno: int, view: int) -> None:
         """A signature at `seqno`: mark a snapshot due if enough has happened since."""
-        if self._is_due(seqno):
+        if self._is_due(seqno) and self._has_room(seqno):
             self.due = (seqno, view)
 
-    def _is_due(self, seqno: int, *, backup: bool = False) -> bool:
+    def _is_due(self, seqno: int) -> bool:
         """Whether the signature at `seqno` takes a snapshot: the first signature of each
         `tx_count` interval of seqnos (or the next one after a trigger_snapshot, or after
-        the primary's encoding failed), while no snapshot is being encoded here.
+        the primary's encoding failed).
 
         A rule of the ledger's signatures alone, so that every node applies it at the same
         seqnos: a backup encodes its candidate where the primary encodes, although neither
-        knows when the other finishes. (Counting `tx_count` from the last snapshot instead,
-        a backup whose candidate still waited for the primary's evidence found the next
-        signature due, encoded another and dropped the one waiting.) Intervals are counted
-        from the last snapshot the service recorded evidence of (in the store, the same on
-        every node, restarted or not) and this node's own latest candidate, so none takes
-        two in one interval. The primary takes one at a time, until its file is committed;
-        a backup learns of that commit later, and encodes its next candidate all the same.
-        A node busy at an interval's first signature skips that interval."""
+        knows when the other finishes, and whether or not its own previous snapshot is
+        still on the way. (Counting `tx_count` from the last snapshot instead, a backup
+        whose candidate still waited for the primary's evidence found the next signature
+        due, encoded another and dropped the one waiting; skipping an interval while busy,
+        a backup whose encoding came back late missed the primary's next snapshot.)
+        Intervals are counted from the last snapshot the service recorded evidence of (in
+        the store, the same on every node, restarted or not) and this node's own latest
+        one, so none takes two in one interval."""
         interval = self.core.config.snapshots.tx_count
         previous = self.log.history.signature_before(seqno)
-        last = max(self.last_seqno, self._recorded_seqno(), previous)
-        if self.candidate is not None:
-            last = max(last, self.candidate[0])
-        opens_interval = seqno // interval > last // interval
-        return (
-            (self.forced or self.retry or opens_interval)
-            and (backup or self.pending is None)
-            and self.encoding is None
+        last = max(
+            self.last_seqno,
+            self._recorded_seqno(),
+            previous,
+            *(s for s, e in self.encodings.items() if not e.gone),
+            *self.candidates,
+            *(p[0] for p in self.pending),
         )
+        opens_interval = seqno // interval > last // interval
+        return self.forced or self.retry or opens_interval
+
+    def _in_flight(self) -> int:
+        return len(self.encodings) + len(self.candidates) + len(self.pending)
+
+    def _has_room(self, seqno: int) -> bool:
+        """Whether this node can take on another snapshot (`IN_FLIGHT_MAX`, and none still
+        encoding at this seqno from before a truncation); logged if not."""
+        if self._in_flight() < IN_FLIGHT_MAX and seqno not in self.encodings:
+            return True
+        LOG.warning(
+            "event=snapshot_skipped seqno=%d reason=busy encoding=%d candidates=%d pending=%d",
+            seqno,
+            len(self.encodings),
+            len(self.candidates),
+            len(self.pending),
+        )
+        return False
+
+    def rolled_back(self, seqno: int) -> None:
+        """The log was truncated to `seqno`: forget what was on the way for the entries that
+        are gone (candidates, held evidence, snapshots whose evidence is gone); encodings
+        still running for them are dropped when they come back."""
+        for gone in [s for s in self.candidates if s > seqno]:
+            del self.candidates[gone]
+        for gone, (_, evidence_seqno) in list(self.held_evidence.items()):
+            if evidence_seqno > seqno:
+                del self.held_evidence[gone]
+        self.pending = [p for p in self.pending if p[1] <= seqno]
+        for at, encoding in self.encodings.items():
+            if at > seqno:
+                self.encodings[at] = dataclasses.replace(encoding, gone=True)
 
     def _recorded_seqno(self) -> int:
         value = self.log.store.begin().get(SNAPSHOT_EVIDENCE_TABLE, gt.SINGLETON_KEY)
@@ -175,12 +226,14 @@ class Snapshots:
             LOG.info("event=snapshot_skipped seqno=%d version=%d", seqno, log.store.version)
             self.retry = True
             return
-        self.candidate = None  # a backup's, from before this node became primary
+        # A backup's, from before this node became primary: no evidence will come for them.
+        self.candidates.clear()
+        self.held_evidence.clear()
         self._start(Encoding(seqno, view, primary=True, forced=self.forced))
 
     def _start(self, encoding: Encoding) -> None:
-        assert self.encoding is None, "one snapshot encoding at a time"
-        self.encoding = encoding
+        assert encoding.seqno not in self.encodings, "one encoding per snapshot"
+        self.encodings[encoding.seqno] = encoding
         self.forced = self.retry = False
         LOG.info(
             "event=snapshot_encoding seqno=%d role=%s",
@@ -222,42 +275,56 @@ class Snapshots:
     # ------------------------------------------------------------------ encoding's events
     def encoded(self, seqno: int, entry: bytes) -> None:
         """The encoder's result for `seqno`: only recorded; `settle` completes it."""
-        encoding = self.encoding
-        if encoding is None or encoding.seqno != seqno or self.encoded_entry is not None:
+        if seqno not in self.encodings or seqno in self.encoded_entries:
             LOG.warning("event=snapshot_encoded_unexpected seqno=%d", seqno)
             return
-        self.encoded_entry = entry
+        self.encoded_entries[seqno] = entry
 
     def encode_failed(self, seqno: int, reason: str) -> None:
         """The encoder could not encode `seqno`: nothing is recorded. The primary tries again
         at its next signature (a trigger_snapshot that asked for this one still holds); a
         backup at the next interval's first signature, as the primary's retry is not where
         a candidate could match it anyway."""
-        encoding = self.encoding
-        if encoding is None or encoding.seqno != seqno or self.encoded_entry is not None:
+        encoding = self.encodings.get(seqno)
+        if encoding is None or seqno in self.encoded_entries:
             LOG.warning("event=snapshot_encode_failed_unexpected seqno=%d", seqno)
             return
         LOG.error("event=snapshot_encode_failed seqno=%d reason=%s", seqno, reason)
-        self.encoding = None
+        del self.encodings[seqno]
         self.forced = self.forced or encoding.forced
         if encoding.primary:
             self.retry = True
-        else:
-            self.held_evidence = None
+        elif self.held_evidence.pop(seqno, None) is not None:
+            self._not_taken(seqno, "its encoding failed")
+
+    def completable(self) -> bool:
+        """Whether the oldest snapshot being encoded has come back (`complete` takes it):
+        snapshots complete in the order of their seqnos."""
+        return bool(self.encodings) and min(self.encodings) in self.encoded_entries
 
     def complete(self, replication: Replication) -> None:
-        """An encoded snapshot came back: the primary records its evidence now (at the next
-        seqno, whatever it is: as in CCF, not necessarily the snapshot's seqno + 1); a
-        backup keeps it as its candidate, matched against the primary's evidence."""
-        encoding, entry = self.encoding, self.encoded_entry
-        assert encoding is not None and entry is not None
-        self.encoding = self.encoded_entry = None
-        seqno = encoding.seqno
+        """The oldest encoded snapshot came back: the primary records its evidence now (at
+        the next seqno, whatever it is: as in CCF, not necessarily the snapshot's seqno +
+        1); a backup keeps it as its candidate, matched against the primary's evidence."""
+        seqno = min(self.encodings)
+        encoding = self.encodings.pop(seqno)
+        entry = self.encoded_entries.pop(seqno)
+        if encoding.gone:
+            LOG.info("event=snapshot_dropped seqno=%d reason=rolled back", seqno)
+            return
         if not encoding.primary:
-            self.candidate = (seqno, entry)
-            held, self.held_evidence = self.held_evidence, None
+            if replication.is_primary:
+                LOG.info("event=snapshot_dropped seqno=%d reason=now primary", seqno)
+                return
+            held = self.held_evidence.pop(seqno, None)
+            if held is None and seqno < self.last_seqno:
+                # The primary's evidence of a later snapshot came first, and none of this
+                # one: the primary took none here.
+                LOG.info("event=snapshot_dropped seqno=%d reason=superseded", seqno)
+                return
+            self.candidates[seqno] = entry
             if held is not None:
-                self._match_evidence(*held)
+                self._match_evidence(seqno, *held)
             return
         if not replication.is_primary or replication.raft.view != encoding.view:
             # Another primary now orders the service: its own snapshots are the service's.
@@ -275,7 +342,7 @@ class Snapshots:
         # As in CCF, the evidence's claims digest is the snapshot's digest: its receipt then
         # vouches for the snapshot's bytes (`verify_snapshot`).
         _, evidence_seqno = replication.commit_tx(tx, claims_digest=digest)
-        self.pending = (seqno, evidence_seqno, entry)
+        self.pending.append((seqno, evidence_seqno, entry))
         self.core.outbox.append(itf.WriteSnapshot(seqno, evidence_seqno, entry, False))
         LOG.info("event=snapshot_taken seqno=%d evidence=%d", seqno, evidence_seqno)
 
@@ -287,8 +354,7 @@ class Snapshots:
         trusted node, not only the primary, holds the latest snapshot. Evidence that
         arrives while that candidate is still being encoded waits for it."""
         if SIGNATURES_TABLE in public:
-            if self._is_due(seqno, backup=True):
-                self.candidate = None
+            if self._is_due(seqno) and self._has_room(seqno):
                 self._start(Encoding(seqno, view, primary=False, forced=self.forced))
             return
         value = public.get(SNAPSHOT_EVIDENCE_TABLE, {}).get(gt.SINGLETON_KEY)
@@ -302,55 +368,67 @@ class Snapshots:
             return
         self.last_seqno = version
         self.forced = False
-        encoding = self.encoding
-        if encoding is not None and not encoding.primary and encoding.seqno == version:
-            self.held_evidence = (version, digest, seqno)
+        encoding = self.encodings.get(version)
+        if encoding is not None and not encoding.primary:
+            self.held_evidence[version] = (digest, seqno)
             return
         self._match_evidence(version, digest, seqno)
 
     def _match_evidence(self, version: int, digest: str, evidence_seqno: int) -> None:
         """The primary's evidence of a snapshot at `version`: keep the own candidate if it is
-        that snapshot, byte for byte (same digest)."""
-        candidate, self.candidate = self.candidate, None
-        if candidate is None or candidate[0] != version or snapshot_digest(candidate[1]) != digest:
-            LOG.warning(
-                "event=snapshot_not_taken seqno=%d evidence=%d reason=no matching local snapshot",
-                version,
-                evidence_seqno,
-            )
+        that snapshot, byte for byte (same digest). Candidates before it are dropped: the
+        primary took none there (its evidence comes in the order of its snapshots)."""
+        for older in [s for s in self.candidates if s < version]:
+            del self.candidates[older]
+            LOG.info("event=snapshot_dropped seqno=%d reason=superseded", older)
+        entry = self.candidates.pop(version, None)
+        if entry is None or snapshot_digest(entry) != digest:
+            self._not_taken(version, "no matching local snapshot", evidence_seqno)
             return
-        self.pending = (version, evidence_seqno, candidate[1])
-        self.core.outbox.append(itf.WriteSnapshot(version, evidence_seqno, candidate[1], False))
+        self.pending.append((version, evidence_seqno, entry))
+        self.core.outbox.append(itf.WriteSnapshot(version, evidence_seqno, entry, False))
         LOG.info("event=snapshot_taken seqno=%d evidence=%d role=backup", version, evidence_seqno)
 
+    @staticmethod
+    def _not_taken(seqno: int, reason: str, evidence_seqno: int = 0) -> None:
+        LOG.warning(
+            "event=snapshot_not_taken seqno=%d evidence=%d reason=%s", seqno, evidence_seqno, reason
+        )
+
     def finish(self, receipt: ReceiptFn) -> None:
-        """Once the evidence and a signature after it are committed, the file is complete."""
-        if self.pending is None:
-            return
-        seqno, evidence_seqno, entry = self.pending
+        """Once a snapshot's evidence and a signature after it are committed, its file is
+        complete (oldest first)."""
+        while self.pending and self._finish_oldest(receipt):
+            pass
+
+    def _finish_oldest(self, receipt: ReceiptFn) -> bool:
+        """Complete the oldest pending snapshot if its evidence's receipt is committed;
+        whether it left `pending` (completed, or abandoned)."""
+        seqno, evidence_seqno, entry = self.pending[0]
         log = self.log
         if evidence_seqno > log.commit_seqno:
-            return
+            return False
         try:
             material = log.history.receipt_material(evidence_seqno)
         except KeyError:
             # Its receipt material was compacted away before commit came (a backup that
             # applied a long catch-up in one go): this snapshot cannot be completed.
             LOG.warning("event=snapshot_abandoned seqno=%d evidence=%d", seqno, evidence_seqno)
-            self.pending = None
-            return
+            del self.pending[0]
+            return True
         if material is None or material[1].seqno > log.commit_seqno:
-            return
+            return False
         response = receipt(log.view_at(evidence_seqno) or 0, evidence_seqno)
         if response.status != 200:
-            return
-        self.pending = None
+            return False
+        del self.pending[0]
         data = entry + encode_snapshot_receipt(json.loads(response.body))
         name = snapshot_file_name(seqno, evidence_seqno, True)
         if self.offer(data, name) is None:
-            return  # logged; the uncommitted file stays as it is, never served
+            return True  # logged; the uncommitted file stays as it is, never served
         self.core.outbox.append(itf.WriteSnapshot(seqno, evidence_seqno, data, True))
         LOG.info("event=snapshot_committed seqno=%d", seqno)
+        return True
 
     # ------------------------------------------------------------------ checking
     def verify(

@@ -35,6 +35,7 @@ Outcome = tuple[str, int, Any]
 # How long a test waits for something that must happen (a bound on a hang, never a
 # measured time: every wait ends as soon as what it waits for is there).
 WAIT_S = 30.0
+SNAPSHOT_TX = 10
 
 
 def _run(test: Callable[[], Awaitable[None]]) -> None:
@@ -103,7 +104,7 @@ def _config(tmp: Path, **extra: Any) -> itf.NodeConfig:
     )
 
 
-def _one_node(tmp: Path, snapshot_tx: int = 10, **kwargs: Any) -> Node:
+def _one_node(tmp: Path, snapshot_tx: int = SNAPSHOT_TX, **kwargs: Any) -> Node:
     config = _config(
         tmp, snapshots={"tx_count": snapshot_tx}, signatures={"tx_count": 1000, "delay_ms": 1}
     )
@@ -176,12 +177,37 @@ def test_the_event_loop_keeps_running_while_a_snapshot_is_encoded(tmp_path: Path
         results = _Results(loop)
         encoder = results.encoder()
         encoder.start(7, 2, encode)
-        pid = encoder.child_pid
-        assert pid is not None
+        (pid,) = encoder.child_pids
         loop.call_soon(go.touch)
         assert await results.next() == ("encoded", 7, b"entry made after the parent's loop ran")
-        assert encoder.child_pid is None
+        assert encoder.child_pids == []
         _assert_reaped(pid)
+
+    _run(test)
+
+
+def test_children_encoding_at_once_each_deliver_their_own_entry(tmp_path: Path) -> None:
+    """A second snapshot forks while the first is still encoding: each child delivers its
+    own entry, in the order they finish, and both are reaped."""
+    go = tmp_path / "go"
+
+    def slow() -> bytes:
+        _wait_for_file(go)
+        return b"the first"
+
+    async def test() -> None:
+        results = _Results(asyncio.get_running_loop())
+        encoder = results.encoder()
+        encoder.start(5, 1, slow)
+        encoder.start(9, 1, lambda: b"the second")
+        pids = encoder.child_pids
+        assert len(pids) == 2
+        assert await results.next() == ("encoded", 9, b"the second")
+        go.touch()
+        assert await results.next() == ("encoded", 5, b"the first")
+        assert encoder.child_pids == []
+        for pid in pids:
+            _assert_reaped(pid)
 
     _run(test)
 
@@ -229,8 +255,7 @@ def test_a_child_that_dies_or_writes_a_wrong_result_is_a_failed_snapshot_and_is_
         results = _Results(loop)
         encoder = results.encoder(entry_bytes_max=64, timeout_s=1.0 if how == "hangs" else WAIT_S)
         encoder.start(11, 3, encode)
-        pid = encoder.child_pid
-        assert pid is not None
+        (pid,) = encoder.child_pids
         if how == "killed":
             while not started.exists():
                 await asyncio.sleep(0.001)
@@ -238,7 +263,7 @@ def test_a_child_that_dies_or_writes_a_wrong_result_is_a_failed_snapshot_and_is_
         kind, seqno, error = await results.next()
         assert (kind, seqno) == ("failed", 11)
         assert isinstance(error, SnapshotEncodeError) and error.code == code, error
-        assert encoder.child_pid is None
+        assert encoder.child_pids == []
         _assert_reaped(pid)
         # The encoder takes the next snapshot as if nothing happened.
         encoder.start(12, 3, lambda: b"ok")
@@ -247,7 +272,7 @@ def test_a_child_that_dies_or_writes_a_wrong_result_is_a_failed_snapshot_and_is_
     _run(test)
 
 
-def test_close_kills_and_reaps_a_running_child(tmp_path: Path) -> None:
+def test_close_kills_and_reaps_every_running_child(tmp_path: Path) -> None:
     started = tmp_path / "started"
 
     def encode() -> bytes:
@@ -259,13 +284,15 @@ def test_close_kills_and_reaps_a_running_child(tmp_path: Path) -> None:
         results = _Results(asyncio.get_running_loop())
         encoder = results.encoder()
         encoder.start(5, 1, encode)
-        pid = encoder.child_pid
-        assert pid is not None
+        encoder.start(6, 1, encode)
+        pids = encoder.child_pids
+        assert len(pids) == 2
         while not started.exists():
             await asyncio.sleep(0.001)
         encoder.close()
-        _assert_reaped(pid)
-        assert encoder.child_pid is None
+        for pid in pids:
+            _assert_reaped(pid)
+        assert encoder.child_pids == []
         await asyncio.sleep(0.05)
         assert results.queue.empty(), "nothing is delivered after close"
 
@@ -318,7 +345,7 @@ def test_the_child_does_not_outlive_a_parent_killed_with_sigkill(tmp_path: Path)
                 loop = asyncio.get_running_loop()
                 encoder = ForkSnapshotEncoder(loop, print, print)
                 encoder.start(1, 1, encode)
-                print(encoder.child_pid, flush=True)
+                print(*encoder.child_pids, flush=True)
                 await asyncio.sleep(3600)
 
             run_loop(main())
@@ -403,8 +430,7 @@ def test_a_node_whose_encoding_child_is_killed_serves_on_and_snapshots_at_the_ne
         first = encoder.starts[0]
         while not encoder.started.exists():
             await asyncio.sleep(0.001)
-        pid = inner.child_pid
-        assert pid is not None
+        (pid,) = inner.child_pids
         os.kill(pid, signal.SIGKILL)
         while not events:
             await asyncio.sleep(0.001)
@@ -420,11 +446,14 @@ def test_a_node_whose_encoding_child_is_killed_serves_on_and_snapshots_at_the_ne
         _write(node, 4, "c")  # served while the second child encodes
         node.emit_signature()
         _drain(node)
-        assert len(encoder.starts) == 2, "no snapshot falls due while one is encoding"
-        while len(events) < 2:
+        # That signature opens the next interval: it forks too, the second still encoding.
+        assert len(encoder.starts) == 3
+        third = encoder.starts[2]
+        assert second // SNAPSHOT_TX < third // SNAPSHOT_TX
+        while len(events) < 3:
             await asyncio.sleep(0.001)
-        assert events[1] == f"encoded {second}"
-        node.emit_signature()  # the evidence's signature, then the evidence commits
+        assert sorted(events[1:]) == sorted([f"encoded {second}", f"encoded {third}"])
+        node.emit_signature()  # the evidence's signature, then the evidences commit
         _drain(node)
         node.emit_signature()
         _drain(node)
@@ -432,10 +461,10 @@ def test_a_node_whose_encoding_child_is_killed_serves_on_and_snapshots_at_the_ne
         parsed = parse_snapshot_file_name(node.latest_snapshot_name)
         assert parsed is not None
         snap_seqno, evidence_seqno, committed = parsed
-        assert (snap_seqno, committed) == (second, True)
+        assert (snap_seqno, committed) == (third, True)
         assert evidence_seqno > snap_seqno + 1
         node.snapshots.verify(node.latest_snapshot, node.latest_snapshot_name)
-        assert inner.child_pid is None
+        assert inner.child_pids == []
         inner.close()
 
     _run(test)

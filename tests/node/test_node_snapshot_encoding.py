@@ -11,6 +11,7 @@ from pathlib import Path
 from charter.enclave_app import interface as itf
 from charter.enclave_app import node_endpoints
 from charter.enclave_app.node import Node
+from charter.enclave_app.node.snapshots import IN_FLIGHT_MAX
 from charter.enclave_app.platform import VirtualPlatform
 from charter.enclave_app.startup import include_governance, initial_members, load_app
 from charter.ledger import certs
@@ -73,29 +74,32 @@ def _writes_and_signature(node: Node, count: int, tag: str) -> list[itf.WriteSna
     return _drain(node)
 
 
-def _evidence(node: Node) -> None:
-    """Two signatures: the evidence's, then one after it, so the snapshot completes."""
+def _evidence(node: Node) -> list[itf.WriteSnapshot]:
+    """Two signatures: the evidence's, then one after it, so the snapshots complete; the
+    snapshot frames sent."""
+    frames = []
     for _ in range(2):
         node.emit_signature()
-        _drain(node)
+        frames += _drain(node)
+    return frames
 
 
 def test_the_primary_records_evidence_when_the_encoding_comes_back_at_the_seqno_next_then(
     tmp_path: Path,
 ) -> None:
-    """Writes go on while the snapshot encodes, and no other snapshot falls due meanwhile;
-    the evidence then takes the next seqno (not the snapshot's + 1), and the file completes
-    and verifies with that evidence in its name."""
+    """Writes go on while the snapshot encodes; the evidence then takes the next seqno (not
+    the snapshot's + 1), and the file completes and verifies with that evidence in its
+    name."""
     encoder = HeldEncoder()
     node = _node(tmp_path, encoder)
     _writes_and_signature(node, SNAPSHOT_TX, "a")
     assert len(encoder.jobs) == 1
     seqno, _, entry = encoder.jobs[0]
     assert node.applied_seqno == seqno
-    _writes_and_signature(node, SNAPSHOT_TX, "b")  # due again, but one is encoding
-    _writes_and_signature(node, SNAPSHOT_TX, "c")
+    _writes_and_signature(node, 2, "b")  # in the same interval: nothing more is due
     assert len(encoder.jobs) == 1
     next_seqno = node.applied_seqno + 1
+    assert next_seqno > seqno + 1
     node.snapshot_encoded(seqno, entry)
     frames = _drain(node)
     assert [(f.seqno, f.evidence_seqno, f.committed) for f in frames] == [
@@ -105,6 +109,52 @@ def test_the_primary_records_evidence_when_the_encoding_comes_back_at_the_seqno_
     assert node.latest_snapshot is not None and node.latest_snapshot_name is not None
     assert parse_snapshot_file_name(node.latest_snapshot_name) == (seqno, next_seqno, True)
     assert decode_snapshot(node.latest_snapshot).seqno == seqno
+
+
+def test_snapshots_due_while_others_encode_fork_too_and_complete_in_seqno_order(
+    tmp_path: Path,
+) -> None:
+    """Each interval's first signature forks a snapshot whether or not the last one is back
+    (a backup must encode where the primary does, however slow its own child is). Results
+    that come back out of order complete in the order of their seqnos, and every file
+    completes."""
+    encoder = HeldEncoder()
+    node = _node(tmp_path, encoder)
+    for tag in "abc":
+        _writes_and_signature(node, SNAPSHOT_TX, tag)
+    assert len(encoder.jobs) == 3
+    (first, _, entry1), (second, _, entry2), (third, _, entry3) = encoder.jobs
+    assert first // SNAPSHOT_TX < second // SNAPSHOT_TX < third // SNAPSHOT_TX
+    node.snapshot_encoded(third, entry3)
+    assert _drain(node) == [], "the last waits for those before it"
+    node.snapshot_encoded(first, entry1)
+    assert [f.seqno for f in _drain(node)] == [first]
+    node.snapshot_encoded(second, entry2)
+    assert [f.seqno for f in _drain(node)] == [second, third]
+    committed = _evidence(node)
+    assert [(f.seqno, f.committed) for f in committed] == [
+        (s, True) for s in (first, second, third)
+    ]
+    assert node.latest_snapshot is not None and node.latest_snapshot_name is not None
+    assert decode_snapshot(node.latest_snapshot).seqno == third
+
+
+def test_a_node_with_the_most_snapshots_on_the_way_skips_the_next_until_one_is_done(
+    tmp_path: Path,
+) -> None:
+    """At most `IN_FLIGHT_MAX` snapshots are on the way (a forked child or an entry in memory
+    each): the interval after that takes none; once one is done, the next interval does."""
+    encoder = HeldEncoder()
+    node = _node(tmp_path, encoder)
+    for i in range(IN_FLIGHT_MAX + 1):
+        _writes_and_signature(node, SNAPSHOT_TX, f"w{i}")
+    assert len(encoder.jobs) == IN_FLIGHT_MAX
+    seqno, _, entry = encoder.jobs[0]
+    node.snapshot_encoded(seqno, entry)
+    _drain(node)
+    assert [f.seqno for f in _evidence(node)] == [seqno]
+    _writes_and_signature(node, SNAPSHOT_TX, "next")
+    assert len(encoder.jobs) == IN_FLIGHT_MAX + 1
 
 
 def test_an_encoding_that_failed_is_tried_again_at_the_next_signature(tmp_path: Path) -> None:

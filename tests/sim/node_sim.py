@@ -470,7 +470,7 @@ class Simulation:
             node = slot.node
             if node is None or incarnation != slot.incarnation:
                 return  # the child died with its enclave
-            encoding = node.snapshots.encoding
+            encoding = node.snapshots.encodings.get(seqno)
             raft = node.raft
             # A primary's snapshot that comes back once another view began is dropped: no
             # evidence, no file (another primary's snapshots are the service's now).
@@ -478,7 +478,6 @@ class Simulation:
                 entry is not None
                 and encoding is not None
                 and encoding.primary
-                and encoding.seqno == seqno
                 and (not node.is_primary or raft is None or raft.view != encoding.view)
             )
             files_before = set(slot.disk.snapshots)
