@@ -227,3 +227,35 @@ def test_a_snapshot_skipped_at_its_signature_is_taken_at_the_next_one(tmp_path: 
     assert len(encoder.jobs) == jobs + 1
     assert encoder.jobs[-1][0] == node.applied_seqno
     assert encoder.jobs[-1][0] // interval == seqno // interval
+
+
+def test_a_truncation_forgets_the_snapshots_of_the_entries_it_took_away(tmp_path: Path) -> None:
+    """What the log's truncation (`LocalLog.on_rollback`) tells the snapshots: an encoding
+    of a signature that is gone is dropped when it comes back, and a snapshot whose
+    evidence is gone never completes; those before the truncation point are kept."""
+    encoder = HeldEncoder()
+    node = _node(tmp_path, encoder)
+    _writes_and_signature(node, SNAPSHOT_TX, "a")
+    kept, _, kept_entry = encoder.jobs[0]
+    node.snapshot_encoded(kept, kept_entry)
+    [frame] = _drain(node)
+    evidence = frame.evidence_seqno
+    # The next interval's signature: it also completes the first snapshot's file.
+    frames = _writes_and_signature(node, SNAPSHOT_TX, "b")
+    assert [(f.seqno, f.committed) for f in frames] == [(kept, True)]
+    gone, _, gone_entry = encoder.jobs[1]
+    assert evidence < gone
+    # A truncation between the first snapshot's evidence and the second's signature.
+    node.snapshots.rolled_back(gone - 1)
+    node.snapshot_encoded(gone, gone_entry)
+    assert _drain(node) == [], "no evidence for a snapshot whose signature is gone"
+    assert _evidence(node) == []
+    # Below the evidence: the first snapshot's file is forgotten too.
+    (tmp_path / "second").mkdir()
+    node2 = _node(tmp_path / "second", encoder := HeldEncoder())
+    _writes_and_signature(node2, SNAPSHOT_TX, "a")
+    seqno, _, entry = encoder.jobs[0]
+    node2.snapshot_encoded(seqno, entry)
+    [frame] = _drain(node2)
+    node2.snapshots.rolled_back(frame.evidence_seqno - 1)
+    assert _evidence(node2) == []

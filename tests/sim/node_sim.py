@@ -480,6 +480,8 @@ class Simulation:
                 and encoding.primary
                 and (not node.is_primary or raft is None or raft.view != encoding.view)
             )
+            # One whose signature a truncation took away is dropped too (`Encoding.gone`).
+            gone = entry is not None and encoding is not None and encoding.gone
             files_before = set(slot.disk.snapshots)
             if entry is None:
                 node.snapshot_encode_failed(seqno, "simulated child failure")
@@ -488,15 +490,15 @@ class Simulation:
                 node.snapshot_encoded(seqno, entry)
                 self.count("snapshot_encodings_deferred")
             self.flush(slot)
-            if stale:
-                self.count("snapshot_results_dropped")
+            if stale or gone:
+                self.count("snapshot_results_dropped" if stale else "snapshot_results_rolled_back")
                 made = [
                     name
                     for name in set(slot.disk.snapshots) - files_before
                     if name.startswith(f"snapshot_{seqno}_")
                 ]
                 if made:
-                    raise self.fail(f"{slot.name}: a stale primary wrote snapshot {made}")
+                    raise self.fail(f"{slot.name}: a dropped snapshot result wrote {made}")
 
     # -------------------------------------------------------------------- requests
     def request(
