@@ -14,6 +14,16 @@ that sees a higher epoch from a peer restarts that peer's window; a lower epoch 
 
 Wire format (`u8` version = 1 | 32 B sender id | 32 B receiver id | u32 epoch | u64 seqno |
 ciphertext with its 16-byte tag); the first 77 bytes are the GCM associated data.
+
+A node that does not know the sender's identity key (its own state is from before the
+sender was trusted: a node far behind, or restarted from an old ledger) cannot open its
+frames, and a node it cannot hear from can never bring it up to date. So a sender whose
+peer has been silent attaches an introduction to a frame (`introduce`): `u8` version = 2 |
+`u16` certificate length | `u16` address length | the sender's node certificate (DER) | its
+node-to-node address (UTF-8) | the sealed frame. The receiver learns the key only if the
+certificate was issued by the service's key (checked by the caller) and the sealed frame it
+carries opens under the pairwise key of that certificate's key, which proves the sender
+holds the private key (`Channels.open_introduced`).
 """
 
 from __future__ import annotations
@@ -42,6 +52,10 @@ MAX_FRAME_BYTES = NODE_FRAME_BYTES_MAX
 assert HEADER.size + TAG_BYTES + 1024 <= NODE_FRAME_ENVELOPE_BYTES
 REPLAY_WINDOW = 256
 _INFO = b"charter node-to-node v1"
+INTRODUCED_VERSION = 2
+INTRODUCTION_HEADER = struct.Struct("<BHH")  # version, certificate length, address length
+INTRODUCTION_CERT_BYTES_MAX = 4096
+INTRODUCTION_ADDRESS_BYTES_MAX = 256
 
 
 class ChannelError(Exception):
@@ -168,6 +182,26 @@ class Channels:
         else:
             peer.seen_mask |= 1 << (peer.highest_seen - seqno)
 
+    def open_introduced(
+        self, public_key: ec.EllipticCurvePublicKey, frame: bytes
+    ) -> tuple[str, bytes]:
+        """Open the sealed `frame` an introduction carried, under `public_key` (its sender's,
+        from a certificate the caller checked). The key is kept only if the frame opens and
+        comes from that key's node; otherwise nothing changes (ChannelError)."""
+        peer_id = certs.node_id(public_key)
+        if peer_id in self.public_keys:
+            sender, plaintext = self.open(frame)
+        else:
+            self.public_keys[peer_id] = public_key
+            try:
+                sender, plaintext = self.open(frame)
+            except ChannelError:
+                self.forget(peer_id)
+                raise
+        if sender != peer_id:
+            raise ChannelError("an introduction carries another node's frame")
+        return sender, plaintext
+
     def forget(self, peer_id: str) -> None:
         """Drop a peer's channel (a retired node): its frames no longer open."""
         self.peers.pop(peer_id, None)
@@ -224,3 +258,46 @@ def open_sealed(
         return AESGCM(key).decrypt(bytes(12), blob[2 + der_len :], recipient)
     except InvalidTag:
         raise ChannelError("sealed blob fails authentication") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Introductions: a sealed frame with the sender's certificate and address (module docstring).
+
+
+@dataclass(frozen=True, slots=True)
+class Introduction:
+    cert_der: bytes
+    address: str
+    sealed: bytes
+
+
+def introduce(cert_der: bytes, address: str, sealed: bytes) -> bytes:
+    encoded = address.encode()
+    assert len(cert_der) <= INTRODUCTION_CERT_BYTES_MAX
+    assert len(encoded) <= INTRODUCTION_ADDRESS_BYTES_MAX
+    header = INTRODUCTION_HEADER.pack(INTRODUCED_VERSION, len(cert_der), len(encoded))
+    return header + cert_der + encoded + sealed
+
+
+def is_introduction(frame: bytes) -> bool:
+    return frame[:1] == bytes([INTRODUCED_VERSION])
+
+
+def parse_introduction(frame: bytes) -> Introduction:
+    """The parts of an introduced frame (ChannelError if malformed or over its limits)."""
+    if not INTRODUCTION_HEADER.size <= len(frame) <= MAX_FRAME_BYTES:
+        raise ChannelError(f"introduction of {len(frame)} bytes has an impossible size")
+    version, cert_len, address_len = INTRODUCTION_HEADER.unpack_from(frame)
+    if version != INTRODUCED_VERSION:
+        raise ChannelError(f"not an introduction: version {version}")
+    if cert_len > INTRODUCTION_CERT_BYTES_MAX or address_len > INTRODUCTION_ADDRESS_BYTES_MAX:
+        raise ChannelError("introduction's certificate or address is over its limit")
+    start = INTRODUCTION_HEADER.size
+    end = start + cert_len + address_len
+    if len(frame) < end + HEADER.size + TAG_BYTES:
+        raise ChannelError("introduction is truncated")
+    try:
+        address = frame[start + cert_len : end].decode()
+    except UnicodeDecodeError:
+        raise ChannelError("introduction's address is not UTF-8") from None
+    return Introduction(frame[start : start + cert_len], address, frame[end:])

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -146,6 +147,23 @@ def spki_der(public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey) -> bytes:
     return public_key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+
+
+def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """Whether `cert`'s TBS is signed by `issuer`'s EC key (what ccf.receipt.check_endorsement
+    checks; names and dates are not)."""
+    try:
+        hash_alg = cert.signature_hash_algorithm
+        issuer_key = issuer.public_key()
+    except (UnsupportedAlgorithm, ValueError):
+        return False
+    if hash_alg is None or not isinstance(issuer_key, ec.EllipticCurvePublicKey):
+        return False
+    try:
+        issuer_key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(hash_alg))
+    except (InvalidSignature, ValueError):
+        return False
+    return True
 
 
 def node_id(public_key: ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey) -> str:

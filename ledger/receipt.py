@@ -24,12 +24,12 @@ from typing import Any
 
 import cbor2
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from charter.ledger import cose
-from charter.ledger.certs import load_cert
+from charter.ledger.certs import issued_by, load_cert
 from charter.ledger.errors import DecodeError, VerificationError
 from charter.ledger.signatures import decode_b64, verify_root
 
@@ -281,19 +281,6 @@ def _spki_id(pem: str) -> str:
     return hashlib.sha256(spki).hexdigest()
 
 
-def _check_endorsement(endorsee: x509.Certificate, endorser: x509.Certificate) -> bool:
-    """Is `endorsee`'s TBS signed by `endorser`'s key (what ccf.receipt.check_endorsement does)?"""
-    hash_alg = endorsee.signature_hash_algorithm
-    endorser_key = endorser.public_key()
-    if hash_alg is None or not isinstance(endorser_key, ec.EllipticCurvePublicKey):
-        return False
-    try:
-        endorser_key.verify(endorsee.signature, endorsee.tbs_certificate_bytes, ec.ECDSA(hash_alg))
-    except (InvalidSignature, ValueError):
-        return False
-    return True
-
-
 @functools.lru_cache(maxsize=_CACHE_ENTRIES)
 def _chain_is_endorsed(
     node_cert_pem: str, endorsements: tuple[str, ...], service_der: bytes
@@ -303,7 +290,7 @@ def _chain_is_endorsed(
     chain = [_cert(node_cert_pem), *(_cert(e) for e in endorsements)]
     service_cert = x509.load_der_x509_certificate(service_der)
     chain.append(service_cert)
-    return all(_check_endorsement(chain[i], chain[i + 1]) for i in range(len(chain) - 1))
+    return all(issued_by(chain[i], chain[i + 1]) for i in range(len(chain) - 1))
 
 
 def _service_cert(service_cert: x509.Certificate | str | bytes) -> x509.Certificate:

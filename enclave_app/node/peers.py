@@ -12,10 +12,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from charter.consensus import Message, Raft
 from charter.enclave_app import interface as itf
 from charter.enclave_app.app import HttpResponse, error_response
-from charter.enclave_app.channels import ChannelError, Channels
+from charter.enclave_app.channels import (
+    INTRODUCTION_ADDRESS_BYTES_MAX,
+    MAX_FRAME_BYTES,
+    ChannelError,
+    Channels,
+    introduce,
+    is_introduction,
+    parse_introduction,
+)
 from charter.enclave_app.frontend import Forwarded
 from charter.enclave_app.node import messages
 from charter.enclave_app.node.core import NodeCore
@@ -29,6 +41,10 @@ MAX_PENDING_FORWARDS = 10_000
 # Forward ids: the channel epoch (u32) above, a per-incarnation counter below (< 2^63).
 FORWARD_ID_EPOCH_SHIFT = 31
 _FORWARDED_HEADERS = frozenset({"content-type", "accept", "authorization"})
+# A peer this node has sent to and not heard from for this long gets an introduction with
+# the next frame (it may not know this node's key, channels.py), then again at this
+# interval while it stays silent.
+INTRODUCE_AFTER_SILENT_MS = 1_000
 
 
 class Peers:
@@ -58,6 +74,12 @@ class Peers:
         self._last_forward_id = channels.epoch << FORWARD_ID_EPOCH_SHIFT
         # forward id -> the primary it went to (only that node may answer it)
         self._forward_targets: dict[int, str] = {}
+        # node id -> when (the host clock of `tick`) a frame from it last opened; since
+        # the first send to it when none has yet. And when it was last introduced to.
+        self.heard_ms: dict[str, int] = {}
+        self.introduced_ms: dict[str, int] = {}
+        # (this node's certificate PEM, its DER), as the introductions carry it.
+        self._cert_der: tuple[str, bytes] | None = None
 
     # ------------------------------------------------------------------ the peer table
     def refresh(self, raft: Raft | None) -> None:
@@ -163,6 +185,7 @@ class Peers:
         except ChannelError as exc:
             LOG.warning("event=n2n_seal_failed peer=%s reason=%s", peer[:16], exc)
             return
+        payload = self._introduced_if_silent(peer, payload)
         if after_durable is None:
             self.core.outbox.append(itf.SendToNode(peer, address, payload))
         else:
@@ -237,18 +260,58 @@ class Peers:
                 ),
             )
 
+    def _introduced_if_silent(self, peer: str, sealed: bytes) -> bytes:
+        """`sealed` with this node's introduction if `peer` has been silent for
+        `INTRODUCE_AFTER_SILENT_MS` (and was not introduced to within that time)."""
+        now = self.core.last_tick_ms
+        if now is None:
+            return sealed
+        silent_since = self.heard_ms.setdefault(peer, now)
+        last = self.introduced_ms.get(peer)
+        if now - silent_since < INTRODUCE_AFTER_SILENT_MS or (
+            last is not None and now - last < INTRODUCE_AFTER_SILENT_MS
+        ):
+            return sealed
+        cert_der = self._own_cert_der()
+        address = self.core.n2n_published()
+        if cert_der is None or len(address.encode()) > INTRODUCTION_ADDRESS_BYTES_MAX:
+            return sealed
+        framed = introduce(cert_der, address, sealed)
+        if len(framed) > MAX_FRAME_BYTES:
+            return sealed  # a later, smaller frame (a heartbeat) carries it
+        self.introduced_ms[peer] = now
+        LOG.info("event=peer_introduction_sent peer=%s", peer[:16])
+        return framed
+
+    def _own_cert_der(self) -> bytes | None:
+        """This node's certificate as the service endorsed it (None before it has one)."""
+        identity = self.core.maybe_identity()
+        if identity is None or not identity.node_cert_pem:
+            return None
+        pem = identity.node_cert_pem
+        if self._cert_der is None or self._cert_der[0] != pem:
+            der = certs.load_cert(pem).public_bytes(serialization.Encoding.DER)
+            self._cert_der = (pem, der)
+        return self._cert_der[1]
+
     # ------------------------------------------------------------------ receiving
     def open(self, payload: bytes) -> tuple[str, messages.NodeMessage] | None:
-        """A sealed frame relayed by the host: (sender, message) once opened and checked;
-        None if it is dropped. (Who may send what is the facade's decision, on the sender's
-        status; only an answer's sender is checked here, against where the request went.)"""
+        """A sealed frame relayed by the host, or one with its sender's introduction:
+        (sender, message) once opened and checked; None if it is dropped. (Who may send
+        what is the facade's decision, on the sender's status; only an answer's sender is
+        checked here, against where the request went.)"""
         try:
-            sender, plaintext = self.channels.open(payload)
+            if is_introduction(payload):
+                sender, plaintext = self._open_introduced(payload)
+            else:
+                sender, plaintext = self.channels.open(payload)
             message = messages.decode(plaintext)
         except (ChannelError, messages.DecodeError) as exc:
             self.channels.dropped += 1
             LOG.warning("event=n2n_frame_dropped reason=%s", str(exc)[:200])
             return None
+        if self.core.last_tick_ms is not None:
+            self.heard_ms[sender] = self.core.last_tick_ms
         self.core.metrics["peer_messages_received"] += 1
         if (
             isinstance(message, messages.ForwardAnswer)
@@ -257,3 +320,28 @@ class Peers:
             LOG.warning("event=forward_answer_refused peer=%s", sender[:16])
             return None
         return sender, message
+
+    def _open_introduced(self, payload: bytes) -> tuple[str, bytes]:
+        """An introduced frame: from a known peer, its sealed frame as any other; from an
+        unknown one, its key and address are learned if the service's key issued its
+        certificate and the sealed frame opens under that key (else ChannelError)."""
+        introduction = parse_introduction(payload)
+        if introduction.sealed[1:33].hex() in self.channels.public_keys:
+            return self.channels.open(introduction.sealed)
+        identity = self.core.maybe_identity()
+        if identity is None or not identity.service_cert_pem:
+            raise ChannelError("no service certificate to check an introduction against")
+        try:
+            cert = x509.load_der_x509_certificate(introduction.cert_der)
+            public_key = cert.public_key()
+        except Exception:  # outside bytes: cryptography raises several types for them
+            raise ChannelError("an introduction's certificate is unreadable") from None
+        if not isinstance(public_key, ec.EllipticCurvePublicKey) or not certs.issued_by(
+            cert, identity.service_cert
+        ):
+            raise ChannelError("an introduction's certificate was not issued by the service")
+        sender, plaintext = self.channels.open_introduced(public_key, introduction.sealed)
+        if sender not in self.addresses and introduction.address:
+            self.addresses[sender] = introduction.address
+        LOG.info("event=peer_introduced peer=%s", sender[:16])
+        return sender, plaintext

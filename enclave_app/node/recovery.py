@@ -30,8 +30,6 @@ import struct
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from charter.consensus import LogEntry
 from charter.enclave_app import interface as itf
@@ -79,18 +77,6 @@ class ReplayStop:
 
 def _u64(seqno: int) -> bytes:
     return struct.pack("<Q", seqno)
-
-
-def _endorses(endorsee: x509.Certificate, endorser_key: Any) -> bool:
-    """Did `endorser_key` sign `endorsee` (as ccf.receipt.check_endorsement asks)?"""
-    hash_alg = endorsee.signature_hash_algorithm
-    if hash_alg is None or not isinstance(endorser_key, ec.EllipticCurvePublicKey):
-        return False
-    try:
-        endorser_key.verify(endorsee.signature, endorsee.tbs_certificate_bytes, ec.ECDSA(hash_alg))
-    except (InvalidSignature, ValueError):
-        return False
-    return True
 
 
 class Recovery:
@@ -178,8 +164,8 @@ class Recovery:
             if raw is None:
                 continue
             endorsement = certs.load_cert(gt.load_json(raw, what="endorsement")["endorsement"])
-            if endorsement.public_key() == current.public_key() and _endorses(
-                endorsement, cert.public_key()
+            if endorsement.public_key() == current.public_key() and certs.issued_by(
+                endorsement, cert
             ):
                 return cert
         raise RecoveryError("the service key changes without an endorsement of the previous one")
@@ -191,7 +177,7 @@ class Recovery:
         if service is None:
             raise RecoveryError(f"signature at seqno {seqno} precedes any service identity")
         node_cert = certs.load_cert(signature.node_cert_pem or "")
-        if not _endorses(node_cert, service.public_key()):
+        if not certs.issued_by(node_cert, service):
             raise RecoveryError(f"the node that signed seqno {seqno} is not the service's")
         verify_root(node_cert, signature.root, signature.signature)
         if signature.cose_sign1:

@@ -24,7 +24,9 @@ def test_a_late_answer_from_before_a_restart_never_answers_a_request_sent_since(
     def backup(epoch: int) -> Peers:
         channels = Channels(backup_key, epoch=epoch)
         channels.know(primary_key.public_key())
-        peers = Peers(SimpleNamespace(outbox=[], metrics=collections.Counter()), channels)  # type: ignore[arg-type]
+        peers = Peers(
+            SimpleNamespace(outbox=[], metrics=collections.Counter(), last_tick_ms=None), channels
+        )  # type: ignore[arg-type]
         peers.addresses[primary_id] = "127.0.0.1:1"
         return peers
 
@@ -47,7 +49,8 @@ def test_a_late_answer_from_before_a_restart_never_answers_a_request_sent_since(
 def test_forward_ids_stay_valid_wire_ids_at_the_largest_epoch() -> None:
     key = certs.new_key()
     peers = Peers(
-        SimpleNamespace(outbox=[], metrics=collections.Counter()), Channels(key, epoch=2**32 - 1)
+        SimpleNamespace(outbox=[], metrics=collections.Counter(), last_tick_ms=None),
+        Channels(key, epoch=2**32 - 1),
     )  # type: ignore[arg-type]
     first = peers.forward("0" * 64, "POST", "/app/x", "", {}, b"", None)
     assert 0 < first.forward_id < 2**63  # type: ignore[union-attr]
