@@ -31,8 +31,10 @@ SOAK_CHUNKS = 50
 
 
 RELEASED_SEEDS = 40  # the first seeds again, with the hosts releasing backups' answers
-# A known liveness class, not a safety failure: a node far behind does not accept a node
-# trusted after its state (docs/performance.md, "A backup's answer leaves from its host").
+# A known liveness class, not a safety failure: a voter far behind a primary that started
+# from a snapshot after the voter's last entry; the primary probes down to entries it does
+# not hold and has no snapshot to send instead. (Until introductions, channels.py, the
+# voter could not even open that primary's frames: it was trusted after the voter's state.)
 RELEASED_KNOWN_STUCK = (104,)
 
 
