@@ -244,7 +244,27 @@ class Raft(RaftState):
     def provide_entries(self, peer: str, entries: Sequence[LogEntry]) -> None:
         """Answer an EntryRequest with entries read back from the ledger."""
         pr = self._progress.get(peer)
-        if self._role is not Role.PRIMARY or pr is None or not pr.awaiting_entries or not entries:
+        if self._role is not Role.PRIMARY or pr is None or not pr.awaiting_entries:
+            return
+        if not entries:
+            if pr.next_index <= self._log.start_index:
+                # Before this log's start point (this node started from a snapshot after
+                # them): no ledger here holds them, and only a snapshot could bring the peer
+                # up. It stays waiting, as before; say so once.
+                logger.warning(
+                    "peer behind the start point node=%s peer=%s next=%d start=%d",
+                    self.id,
+                    peer,
+                    pr.next_index,
+                    self._log.start_index,
+                )
+                return
+            # The read failed (the entries should be in the ledger): read again at the next
+            # heartbeat. Before, the peer stayed waiting for entries and was sent nothing
+            # again, ever.
+            pr.awaiting_entries = False
+            pr.become_probe(max(pr.next_index, pr.acked_index + 1))
+            pr.paused = True
             return
         for k, e in enumerate(entries):
             known = self._log.term_at(e.index)

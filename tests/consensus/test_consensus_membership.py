@@ -383,6 +383,41 @@ def test_a_peer_whose_log_ends_below_the_primarys_start_gets_the_anchor_entry_to
     assert message.entries[0].index == 6
 
 
+def _primary_with_entries_compacted_below(compacted: int) -> Raft:
+    """A primary of {a, b} holding entries 1..20 (all committed), those up to `compacted`
+    forgotten from memory: a lagging b must be sent them read back from the ledger."""
+    a = Raft.restore(
+        "a",
+        config=RaftConfig(pre_vote=False),
+        start=StartState(configuration=frozenset({"a", "b"}), commit_index=20),
+        entries=[LogEntry(i, 1, f"e{i}".encode(), signature=True) for i in range(1, 21)],
+    )
+    a.campaign()
+    a.step(RequestVoteResponse(a.term, "b", True))
+    assert a.role is Role.PRIMARY
+    a.ready()
+    a.compact(compacted)
+    assert a.log.first_index == compacted + 1
+    return a
+
+
+def test_a_failed_read_of_entries_for_a_lagging_peer_is_tried_again_at_the_next_heartbeat() -> None:
+    """The runtime's read of compacted entries came back empty (the ledger read failed): the
+    peer was left waiting for entries and sent nothing again, ever. It is read again at the
+    next heartbeat, and served once the read succeeds."""
+    a = _primary_with_entries_compacted_below(15)
+    a.step(AppendEntriesResponse(a.term, "b", False, 0, 0, 20, 6, 0, 5))
+    (request,) = a.ready().entry_requests
+    a.provide_entries("b", [])
+    a.tick(RaftConfig().heartbeat_interval_ms)
+    (again,) = a.ready().entry_requests
+    assert (again.peer, again.from_index) == (request.peer, request.from_index)
+    stored = [LogEntry(i, 1, f"e{i}".encode(), signature=True) for i in range(1, 16)]
+    a.provide_entries("b", stored[again.from_index - 1 : again.to_index])
+    sent = [m for to, m in a.ready().messages if to == "b" and isinstance(m, AppendEntries)]
+    assert sent and sent[0].entries[0].index == 6
+
+
 def test_a_primary_tracking_a_removed_node_lets_it_go_once_it_says_it_committed_its_removal() -> (
     None
 ):
