@@ -72,6 +72,14 @@ def _sealed_from(key: ec.EllipticCurvePrivateKey | Channels, node: Node) -> byte
     return sender.seal(node.node_id, m.encode(message))
 
 
+def _node_and_stranger(
+    tmp: Path,
+) -> tuple[Node, ec.EllipticCurvePrivateKey, str]:
+    """A started node, and the key and id of a node it knows nothing of."""
+    key = certs.new_key()
+    return _started(tmp), key, certs.node_id(key.public_key())
+
+
 def _knows(node: Node, peer_id: str) -> bool:
     assert node.peers is not None
     return peer_id in node.peers.channels.public_keys or peer_id in node.peers.addresses
@@ -80,10 +88,8 @@ def _knows(node: Node, peer_id: str) -> bool:
 def test_a_node_learns_a_peer_it_did_not_know_from_an_introduction_the_service_issued(
     tmp_path: Path,
 ) -> None:
-    node = _started(tmp_path)
+    node, key, peer_id = _node_and_stranger(tmp_path)
     assert node.peers is not None
-    key = certs.new_key()
-    peer_id = certs.node_id(key.public_key())
     sender = _sender(key, node)
     assert node.peers.open(_sealed_from(sender, node)) is None, "an unknown sender's frame"
     assert not _knows(node, peer_id)
@@ -101,10 +107,8 @@ def test_a_node_learns_a_peer_it_did_not_know_from_an_introduction_the_service_i
 def test_an_introduction_the_service_did_not_issue_is_dropped_and_teaches_nothing(
     tmp_path: Path,
 ) -> None:
-    node = _started(tmp_path)
+    node, key, peer_id = _node_and_stranger(tmp_path)
     assert node.peers is not None
-    key = certs.new_key()
-    peer_id = certs.node_id(key.public_key())
     self_signed = certs.self_signed_cert(key, "CCF Node", ca=False).public_bytes(
         serialization.Encoding.DER
     )
@@ -145,10 +149,8 @@ def test_an_introduction_whose_frame_its_certificates_key_did_not_seal_teaches_n
 
 
 def test_an_introduction_never_replaces_the_address_governance_gave(tmp_path: Path) -> None:
-    node = _started(tmp_path)
+    node, key, peer_id = _node_and_stranger(tmp_path)
     assert node.peers is not None
-    key = certs.new_key()
-    peer_id = certs.node_id(key.public_key())
     node.peers.know(peer_id, certs.public_key_pem(key.public_key()), "127.0.0.1:1111")
     framed = introduce(_issued(node, key), "10.9.9.9:1", _sealed_from(key, node))
     assert node.peers.open(framed) is not None
@@ -215,10 +217,8 @@ def test_mutated_introductions_are_dropped_and_teach_nothing_but_the_genuine_one
     """Every byte of a genuine introduction flipped in turn (certificate, address, lengths,
     the sealed frame): each is dropped without raising or teaching the key; the genuine
     one still teaches it."""
-    node = _started(tmp_path)
+    node, key, peer_id = _node_and_stranger(tmp_path)
     assert node.peers is not None
-    key = certs.new_key()
-    peer_id = certs.node_id(key.public_key())
     genuine = introduce(_issued(node, key), PEER_ADDRESS, _sealed_from(key, node))
     rng = random.Random(11)
     positions = sorted(rng.sample(range(len(genuine)), min(len(genuine), 300)))
