@@ -64,6 +64,11 @@ class ChannelError(Exception):
     code = "ChannelError"
 
 
+def sealed_sender(frame: bytes) -> str:
+    """The sender id a sealed frame's header claims (not yet authenticated)."""
+    return frame[1 : 1 + 32].hex()
+
+
 def _nonce(epoch: int, seqno: int) -> bytes:
     return epoch.to_bytes(4, "little") + seqno.to_bytes(8, "little")
 
@@ -189,18 +194,17 @@ class Channels:
         from a certificate the caller checked). The key is kept only if the frame opens and
         comes from that key's node; otherwise nothing changes (ChannelError)."""
         peer_id = certs.node_id(public_key)
-        if peer_id in self.public_keys:
-            sender, plaintext = self.open(frame)
-        else:
-            self.public_keys[peer_id] = public_key
-            try:
-                sender, plaintext = self.open(frame)
-            except ChannelError:
-                self.forget(peer_id)
-                raise
-        if sender != peer_id:
+        if sealed_sender(frame) != peer_id:
             raise ChannelError("an introduction carries another node's frame")
-        return sender, plaintext
+        known = peer_id in self.public_keys
+        if not known:
+            self.public_keys[peer_id] = public_key
+        try:
+            return self.open(frame)
+        except ChannelError:
+            if not known:
+                self.forget(peer_id)
+            raise
 
     def forget(self, peer_id: str) -> None:
         """Drop a peer's channel (a retired node): its frames no longer open."""

@@ -27,6 +27,7 @@ from charter.enclave_app.channels import (
     introduce,
     is_introduction,
     parse_introduction,
+    sealed_sender,
 )
 from charter.enclave_app.frontend import Forwarded
 from charter.enclave_app.node import messages
@@ -326,7 +327,7 @@ class Peers:
         unknown one, its key and address are learned if the service's key issued its
         certificate and the sealed frame opens under that key (else ChannelError)."""
         introduction = parse_introduction(payload)
-        if introduction.sealed[1:33].hex() in self.channels.public_keys:
+        if sealed_sender(introduction.sealed) in self.channels.public_keys:
             return self.channels.open(introduction.sealed)
         identity = self.core.maybe_identity()
         if identity is None or not identity.service_cert_pem:

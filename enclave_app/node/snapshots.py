@@ -294,8 +294,8 @@ class Snapshots:
         self.forced = self.forced or encoding.forced
         if encoding.primary:
             self.retry = True
-        elif self.held_evidence.pop(seqno, None) is not None:
-            self._not_taken(seqno, "its encoding failed")
+        elif (held := self.held_evidence.pop(seqno, None)) is not None:
+            self._not_taken(seqno, "its encoding failed", held[1])
 
     def completable(self) -> bool:
         """Whether the oldest snapshot being encoded has come back (`complete` takes it):
@@ -390,7 +390,7 @@ class Snapshots:
         LOG.info("event=snapshot_taken seqno=%d evidence=%d role=backup", version, evidence_seqno)
 
     @staticmethod
-    def _not_taken(seqno: int, reason: str, evidence_seqno: int = 0) -> None:
+    def _not_taken(seqno: int, reason: str, evidence_seqno: int) -> None:
         LOG.warning(
             "event=snapshot_not_taken seqno=%d evidence=%d reason=%s", seqno, evidence_seqno, reason
         )

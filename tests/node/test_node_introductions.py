@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -235,3 +236,21 @@ def test_mutated_introductions_are_dropped_and_teach_nothing_but_the_genuine_one
         assert not _knows(node, peer_id)
     assert node.peers.open(genuine) is not None
     assert _knows(node, peer_id)
+
+
+def test_an_introduction_carrying_another_known_nodes_frame_teaches_nothing_and_spends_nothing() -> (
+    None
+):
+    """At the channel level: a certificate's key with a frame genuinely sealed by another,
+    known node. It is refused before it is opened: the certificate's key is not kept, and
+    the known node's frame still opens afterwards (its replay window was not spent)."""
+    own, known, stranger = certs.new_key(), certs.new_key(), certs.new_key()
+    receiver = Channels(own, epoch=1)
+    receiver.know(known.public_key())
+    sender = Channels(known, epoch=1)
+    sender.know(own.public_key())
+    frame = sender.seal(receiver.own_id, b"hello")
+    with pytest.raises(ChannelError, match="another node's frame"):
+        receiver.open_introduced(stranger.public_key(), frame)
+    assert certs.node_id(stranger.public_key()) not in receiver.public_keys
+    assert receiver.open(frame) == (sender.own_id, b"hello")
