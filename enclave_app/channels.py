@@ -111,7 +111,6 @@ class Channels:
     own_id: str = ""
     peers: dict[str, _Peer] = field(default_factory=dict)
     public_keys: dict[str, ec.EllipticCurvePublicKey] = field(default_factory=dict)
-    dropped: int = 0
 
     def __post_init__(self) -> None:
         self.own_id = certs.node_id(self.own_key.public_key())

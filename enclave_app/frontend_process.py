@@ -28,6 +28,7 @@ from typing import Any
 from charter.enclave_app import frontend_link as fl
 from charter.enclave_app.app import HttpResponse, error_response
 from charter.enclave_app.http_server import HttpServer, PlainRequest, SessionLimits
+from charter.enclave_app.interface.logs import limit_repeats
 from charter.enclave_app.loop import run_loop
 from charter.enclave_app.tls import server_context
 
@@ -174,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s frontend %(levelname)s %(name)s %(message)s",
     )
+    limit_repeats()
     # A Ctrl-C in the operator's terminal reaches the whole process group: the ordering
     # process decides when frontends stop (they exit when it closes the link).
     signal.signal(signal.SIGINT, signal.SIG_IGN)

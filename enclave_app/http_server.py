@@ -50,6 +50,7 @@ from typing import Any, Final, cast
 
 from charter.enclave_app.app import HttpResponse
 from charter.enclave_app.http_parse import BODY, HEAD, IDLE, ParsedRequest, RequestReader
+from charter.enclave_app.interface.logs import REPEATS_LIMITED
 from charter.governance.errors import http_status
 
 LOG = logging.getLogger("enclave.http")
@@ -366,7 +367,7 @@ class _Session(asyncio.Protocol):
 
     def _handler_failed(self, exc: BaseException) -> None:
         # The exception's text may quote request bytes: its type only.
-        LOG.error("event=http_server_error error=%s", type(exc).__name__)
+        LOG.error("event=http_server_error error=%s", type(exc).__name__, extra=REPEATS_LIMITED)
         self.busy = False
         self._refuse(500)
 
@@ -426,7 +427,7 @@ class _Session(asyncio.Protocol):
             return
         self._ending = True
         self._waiting = _NONE
-        LOG.info("event=http_request_refused status=%d", status)
+        LOG.info("event=http_request_refused status=%d", status, extra=REPEATS_LIMITED)
         transport.write(raw_error_response(status))
         # Read and drop what the client still sends, briefly, so that closing does not
         # reset a session whose answer is still on its way.
@@ -506,10 +507,10 @@ class _Session(asyncio.Protocol):
         if self._waiting == IDLE:
             self._end()
         elif self._waiting == HEAD:
-            LOG.info("event=http_header_timeout")
+            LOG.info("event=http_header_timeout", extra=REPEATS_LIMITED)
             self._refuse(408)
         else:
-            LOG.info("event=http_body_timeout")
+            LOG.info("event=http_body_timeout", extra=REPEATS_LIMITED)
             self._refuse(408)
 
 
@@ -567,7 +568,9 @@ class HttpServer:
             sock.close()
             return
         if self.open_sessions >= limits.max_open_sessions_hard:
-            LOG.warning("event=session_refused open=%d cap=hard", self.open_sessions)
+            LOG.warning(
+                "event=session_refused open=%d cap=hard", self.open_sessions, extra=REPEATS_LIMITED
+            )
             sock.close()
             return
         self.open_sessions += 1
@@ -591,7 +594,11 @@ class HttpServer:
 
         factory: Callable[[], asyncio.Protocol]
         if self.open_sessions > limits.max_open_sessions_soft:
-            LOG.warning("event=session_overloaded open=%d cap=soft", self.open_sessions)
+            LOG.warning(
+                "event=session_overloaded open=%d cap=soft",
+                self.open_sessions,
+                extra=REPEATS_LIMITED,
+            )
             factory = lambda: _Overloaded(release, limits.header_timeout_s)  # noqa: E731
         else:
             factory = new_session
@@ -609,7 +616,11 @@ class HttpServer:
             if task.cancelled() or task.exception() is not None:
                 # The handshake failed or timed out: no protocol ever saw the session.
                 if not task.cancelled():
-                    LOG.info("event=tls_handshake_failed error=%s", type(task.exception()).__name__)
+                    LOG.info(
+                        "event=tls_handshake_failed error=%s",
+                        type(task.exception()).__name__,
+                        extra=REPEATS_LIMITED,
+                    )
                 release()
 
         task.add_done_callback(done)

@@ -38,6 +38,7 @@ from charter.enclave_app.errors import AppLoadError, StartRefused
 from charter.enclave_app.frontend_pool import FrontendPool
 from charter.enclave_app.http_server import HttpServer, PlainRequest, SessionLimits
 from charter.enclave_app.identity import IdentityError
+from charter.enclave_app.interface.logs import REPEATS_LIMITED, limit_repeats
 from charter.enclave_app.loop import run_loop
 from charter.enclave_app.node import TXID_HEADER, Forwarded, Node
 from charter.enclave_app.operator_files import SNAPSHOT_NAME_HEADER
@@ -680,7 +681,12 @@ class Runtime:
             )
         except Exception as exc:
             # Neither the path nor the exception's text: both may quote request bytes.
-            LOG.error("event=request_failed error=%s at=%s", type(exc).__name__, _frames(exc))
+            LOG.error(
+                "event=request_failed error=%s at=%s",
+                type(exc).__name__,
+                _frames(exc),
+                extra=REPEATS_LIMITED,
+            )
             self.schedule_flush()
             return error_response("Internal error", code="InternalError")
         self.schedule_flush()
@@ -759,6 +765,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s enclave %(levelname)s %(name)s %(message)s",
     )
+    limit_repeats()
 
     gc_pauses.install()
 

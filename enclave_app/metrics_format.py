@@ -42,6 +42,11 @@ _COUNTERS: dict[str, tuple[str, str]] = {
         "charter_peer_messages_received_total",
         "Messages from other nodes opened and accepted.",
     ),
+    "peer_messages_dropped": (
+        "charter_peer_messages_dropped_total",
+        "Frames on the node-to-node port dropped: unopenable, malformed, or from a sender "
+        "not allowed to send them.",
+    ),
     "gc_collections": ("charter_gc_collections_total", "Garbage collector runs in the enclave."),
     "gc_pause_us": ("charter_gc_pause_microseconds_total", "Time the enclave spent collecting."),
     "historical_fetched_entries": (

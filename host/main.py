@@ -43,6 +43,7 @@ from charter.enclave_app.interface import (
     Tick,
     load_config,
 )
+from charter.enclave_app.interface.logs import REPEATS_LIMITED, limit_repeats
 from charter.host.endorsements import EndorsementsFetcher
 from charter.host.index_blobs import IndexBlobs
 from charter.host.relay import Relay, split_address
@@ -306,7 +307,12 @@ class Host:
         try:
             self.channel.send(NodeMessage(from_address=from_address, payload=payload))
         except InterfaceError as e:
-            _log.warning("node message dropped from=%s reason=%r", from_address, str(e))
+            _log.warning(
+                "node message dropped from=%s reason=%r",
+                from_address,
+                str(e),
+                extra=REPEATS_LIMITED,
+            )
 
     async def _frame_loop(self) -> None:
         assert self.channel is not None
@@ -429,6 +435,7 @@ def setup_logging(workspace: Path) -> None:
     ):
         handler.setFormatter(fmt)
         root.addHandler(handler)
+    limit_repeats(root)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,6 +20,7 @@ import struct
 from collections.abc import Callable
 
 from charter.enclave_app.interface import NODE_FRAME_BYTES_MAX
+from charter.enclave_app.interface.logs import REPEATS_LIMITED
 
 _log = logging.getLogger(__name__)
 
@@ -181,7 +182,7 @@ class Relay:
         task = asyncio.current_task()
         assert task is not None
         if len(self._inbound) >= MAX_INBOUND_CONNECTIONS:
-            _log.warning("too many inbound relay connections, refusing one")
+            _log.warning("too many inbound relay connections, refusing one", extra=REPEATS_LIMITED)
             writer.close()
             return
         self._inbound[task] = writer
@@ -194,7 +195,12 @@ class Relay:
         except asyncio.IncompleteReadError:
             pass  # peer closed
         except (ValueError, UnicodeDecodeError, OSError) as e:
-            _log.warning("relay inbound connection dropped peer=%s reason=%r", peer, str(e))
+            _log.warning(
+                "relay inbound connection dropped peer=%s reason=%r",
+                peer,
+                str(e),
+                extra=REPEATS_LIMITED,
+            )
         finally:
             self._inbound.pop(task, None)
             writer.close()

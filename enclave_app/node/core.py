@@ -84,6 +84,7 @@ class NodeCore:
             "ready_turns": 0,
             "peer_messages_sent": 0,
             "peer_messages_received": 0,
+            "peer_messages_dropped": 0,
         }
         self.indexer = self.new_indexer(())
 

@@ -24,6 +24,7 @@ from charter.enclave_app.errors import HttpError
 from charter.enclave_app.frontend import AuthError, Forwarded, Frontend, unavailable
 from charter.enclave_app.identity import Identity
 from charter.enclave_app.indexing import LiveIndex
+from charter.enclave_app.interface.logs import REPEATS_LIMITED
 from charter.enclave_app.kv import Store, Tx
 from charter.enclave_app.node import certificates, messages, shares
 from charter.enclave_app.node.core import NodeCore, NodeNotReady, write_genesis
@@ -774,8 +775,13 @@ class Node:
                 status not in ("Trusted", "Retired")
                 and not peers.trusted_by_configuration(sender, replication.raft)
             ):
-                peers.channels.dropped += 1
-                LOG.warning("event=raft_message_refused peer=%s status=%s", sender[:16], status)
+                self.core.metrics["peer_messages_dropped"] += 1
+                LOG.warning(
+                    "event=raft_message_refused peer=%s status=%s",
+                    sender[:16],
+                    status,
+                    extra=REPEATS_LIMITED,
+                )
                 return
             if status == "Retired":
                 # Still running, so still untold (e.g. down while its removal committed and

@@ -30,6 +30,7 @@ from charter.enclave_app.channels import (
     sealed_sender,
 )
 from charter.enclave_app.frontend import Forwarded
+from charter.enclave_app.interface.logs import REPEATS_LIMITED
 from charter.enclave_app.node import messages
 from charter.enclave_app.node.core import NodeCore
 from charter.enclave_app.node.lifecycle import NodeState
@@ -308,8 +309,8 @@ class Peers:
                 sender, plaintext = self.channels.open(payload)
             message = messages.decode(plaintext)
         except (ChannelError, messages.DecodeError) as exc:
-            self.channels.dropped += 1
-            LOG.warning("event=n2n_frame_dropped reason=%s", str(exc)[:200])
+            self.core.metrics["peer_messages_dropped"] += 1
+            LOG.warning("event=n2n_frame_dropped reason=%s", str(exc)[:200], extra=REPEATS_LIMITED)
             return None
         if self.core.last_tick_ms is not None:
             self.heard_ms[sender] = self.core.last_tick_ms
@@ -318,7 +319,7 @@ class Peers:
             isinstance(message, messages.ForwardAnswer)
             and self._forward_targets.pop(message.forward_id, None) != sender
         ):
-            LOG.warning("event=forward_answer_refused peer=%s", sender[:16])
+            LOG.warning("event=forward_answer_refused peer=%s", sender[:16], extra=REPEATS_LIMITED)
             return None
         return sender, message
 

@@ -255,6 +255,51 @@ async def test_malformed_requests_get_clear_errors_and_change_nothing(
     assert await read(net, node, 42) == "still serving"
 
 
+async def test_garbage_sent_as_fast_as_it_goes_is_counted_but_cannot_flood_the_log(
+    net: Sandbox,
+) -> None:
+    """Thousands of garbage frames on the node-to-node port and a hundred non-TLS
+    connections on the client port: every frame is counted as dropped, but each kind of
+    line reaches the node's log at most a burst's worth of times per window (RepeatLimit,
+    charter.enclave_app.interface.logs), and the node keeps committing."""
+    node = net.nodes[0]
+    frames, connections = 3_000, 120
+    before_dropped = (await metrics_of(net, node))["peer_messages_dropped"]
+    before_log = log_text(node)
+    hello = b"127.0.0.1:9"
+    flood = [struct.pack(">I", len(hello)), hello]
+    for _ in range(frames):
+        garbage = secrets.token_bytes(100)
+        flood += [struct.pack(">I", len(garbage)), garbage]
+    await send_raw(str(node.ports["node_to_node_address"]), b"".join(flood), linger_s=0.5)
+    rpc = node.url.removeprefix("https://")
+    for _round in range(connections // 40):
+        await asyncio.gather(
+            *(send_raw(rpc, b"GET / HTTP/1.1\r\n\r\n" * 4, linger_s=0.3) for _ in range(40))
+        )
+    deadline = asyncio.get_running_loop().time() + 30
+    while (await metrics_of(net, node))["peer_messages_dropped"] < before_dropped + frames:
+        assert asyncio.get_running_loop().time() < deadline, log_tails(net)
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(0.5)  # the last handshakes' lines
+    new_log = log_text(node)[len(before_log) :]
+    dropped_lines = new_log.count("event=n2n_frame_dropped")
+    handshake_lines = new_log.count("event=tls_handshake_failed")
+    # One window's burst (20), or two if the flood crossed a window's end.
+    assert 1 <= dropped_lines <= 40, (dropped_lines, log_tails(net))
+    assert 1 <= handshake_lines <= 40, (handshake_lines, log_tails(net))
+    after = await write(net, node, 44, "served through the flood")
+    await wait_committed_on(net, node, after.seqno)
+    assert await read(net, node, 44) == "served through the flood"
+
+
+async def metrics_of(sb: Sandbox, node: NodeProcess) -> dict[str, int]:
+    async with sb.client(node) as c:
+        r = c.check(await c.get("/node/metrics"))
+    assert isinstance(r.body, dict)
+    return r.body
+
+
 async def test_large_bodies_are_read_whole_and_judged_by_their_size(net: Sandbox) -> None:
     node = net.nodes[0]
     async with net.client(node, user=0) as c:
