@@ -46,6 +46,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -59,6 +60,7 @@
 #define POLL_MS_MAX 1000
 #define EXTRA_WAIT_NS (30LL * 1000000000LL)  /* past the duration, as the Python client */
 #define MARKER_WAIT_NS (60LL * 1000000000LL) /* the end marker's commit */
+#define HANDSHAKE_TIMEOUT_S 5                /* each blocking step of a connect and TLS handshake */
 #define ID_STRIDE (1ULL << 32)
 #define MARKER_ID 7
 #define TXID_HEADER "x-ms-ccf-transaction-id"
@@ -108,12 +110,20 @@ static void die(int code, const char *fmt, ...) {
     exit(code);
 }
 
-/* A blocking TLS connection, made non-blocking once the handshake is done. */
+/* A blocking TLS connection, made non-blocking once the handshake is done. The connect
+ * and the handshake block for at most HANDSHAKE_TIMEOUT_S each step: a server that accepts
+ * and then says nothing fails the connection instead of holding the tool. */
 static int open_conn(struct conn *c, enum role role) {
     memset(c, 0, sizeof *c);
     c->role = role;
     c->fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (c->fd < 0 || connect(c->fd, (struct sockaddr *)&address, sizeof address) != 0) {
+    if (c->fd < 0) {
+        return -1;
+    }
+    struct timeval limit = {.tv_sec = HANDSHAKE_TIMEOUT_S};
+    setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);
+    setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit);
+    if (connect(c->fd, (struct sockaddr *)&address, sizeof address) != 0) {
         return -1;
     }
     int one = 1;

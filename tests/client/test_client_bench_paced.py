@@ -153,6 +153,33 @@ async def test_paced_client_refuses_a_server_the_service_certificate_does_not_vo
         )
 
 
+async def test_paced_client_gives_up_on_a_server_that_accepts_and_says_nothing(
+    pki: Pki, paced_exe: Path, tmp_path: Path
+) -> None:
+    """A listener that takes the connection and never answers the TLS handshake: the tool
+    says it cannot connect after its handshake timeout, rather than block until the
+    wrapper kills it (or forever, run by hand)."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # open, unread, unanswered
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    out = tmp_path / "events"
+    try:
+        cmd = _command(paced_exe, f"https://127.0.0.1:{port}", pki, out, 100.0, 0.5)
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(bench_paced.PacedToolError, match="cannot connect"):
+            await bench_paced.run_native(cmd, out, rate_per_s=100.0, duration_s=0.5)
+        assert asyncio.get_running_loop().time() - started < bench_paced.EXTRA_WAIT_S
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
 def test_events_that_are_not_the_tools_are_a_typed_error() -> None:
     good = "T 5 1000\nW 10 20 2 7\nO 30 2 7\nX 503 HTTP 503\nM 2 9\n"
     events = bench_paced.parse_output(good)
