@@ -64,8 +64,9 @@ class AppendEntriesResponse:
     `durable_index` the highest such index the host has made durable (what counts toward
     commit). On failure `reject_index` is the rejected prev_index and (`hint_index`,
     `hint_term`) let the primary skip back a whole term at once. `commit_index` is the
-    sender's commit index when it answered: it counts toward nothing, the primary only
-    reports it (`/node/consensus`)."""
+    sender's commit index when it answered: it counts toward no commit; the primary
+    reports it (`/node/consensus`), learns from it that a removed peer heard of its
+    removal, and probes a rejecting peer no lower than it."""
 
     term: int
     sender: str
@@ -76,6 +77,12 @@ class AppendEntriesResponse:
     hint_index: int = 0
     hint_term: int = 0
     commit_index: int = 0
+
+    @property
+    def from_retired(self) -> bool:
+        """A retired node's answer (`Raft.step`): a rejection without a hint, where every
+        other rejection hints at index 1 or later."""
+        return not self.success and self.hint_index == 0
 
 
 @dataclass(frozen=True, slots=True)

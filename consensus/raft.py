@@ -515,8 +515,13 @@ class Raft(RaftState):
         pr.recent_active = True
         pr.heard_at_ms = self._now_ms
         pr.peer_commit_index = max(pr.peer_commit_index, m.commit_index)
-        if pr.removal_index is not None and pr.peer_commit_index >= pr.removal_index:
-            self._done_with_removed(m.sender, pr)  # it committed its removal: it retired
+        if pr.removal_index is not None and (
+            pr.peer_commit_index >= pr.removal_index or m.from_retired
+        ):
+            # It committed its removal, or says it retired: a primary that tracks it since
+            # (elected after the removal) counts from its own log's end, which a retired
+            # node, whose commit index stopped at its removal, never reaches.
+            self._done_with_removed(m.sender, pr, said_retired=m.from_retired)
             return
         last = self._log.last_index
         if m.success:
@@ -564,10 +569,15 @@ class Raft(RaftState):
             if mine is not None:
                 nxt = mine + 1
         nxt = max(pr.acked_index + 1, min(nxt, m.reject_index))
+        # Nor below the peer's commit index: its committed prefix is in this log (Leader
+        # Completeness), and a peer rejects only past it. Without this, a hint of a view
+        # this log no longer holds in memory (it started from a later snapshot) sends the
+        # probe back to the view's first entry, which may be before any ledger here.
+        nxt = max(nxt, min(m.commit_index + 1, m.reject_index))
         pr.become_probe(nxt)
         self._send_entries(m.sender, pr, empty_ok=True)
 
-    def _done_with_removed(self, peer: str, pr: Progress) -> bool:
+    def _done_with_removed(self, peer: str, pr: Progress, *, said_retired: bool = False) -> bool:
         """Stop replicating to a removed peer once it said it committed its removal (so it
         retired), or once it stayed silent for long after the removal committed (it stopped,
         or is cut off). Holding its removal entry is not enough: it commits, and so retires,
@@ -575,7 +585,7 @@ class Raft(RaftState):
         committed; a last heartbeat sent without them (or lost) would leave it running as a
         backup of a configuration that no longer has it, never told."""
         assert pr.removal_index is not None
-        told = pr.peer_commit_index >= pr.removal_index
+        told = said_retired or pr.peer_commit_index >= pr.removal_index
         silent_ms = self._now_ms - pr.heard_at_ms
         gone = (
             self._commit_index >= pr.removal_index

@@ -369,7 +369,7 @@ class Node:
         entries, self._replayed = self._replayed, []
         snapshots = self.snapshots
         raft = restart_raft(core, log, snapshots.replay_base, snapshots.replay_base_voters, entries)
-        self._start_replication(raft)
+        self._start_replication(raft).resume_commit()
         core.lifecycle.advance(NodeState.PART_OF_NETWORK)
         self.settle()
         self._refresh_client_cas()

@@ -464,6 +464,13 @@ class Replication:
             if entry.index > log.applied_seqno:
                 log.apply(entry, self.identity)
 
+    def resume_commit(self) -> None:
+        """A restarted node's Raft starts knowing what the node had committed (sealed,
+        `restart_raft`): act on it as on any commit (the host's chunks, the indexes, the
+        memory bounds)."""
+        if self.raft.commit_index > self.log.commit_seqno:
+            self._on_commit(self.raft.commit_index)
+
     def _on_commit(self, seqno: int) -> None:
         log, raft = self.log, self.raft
         log.commit_seqno = seqno

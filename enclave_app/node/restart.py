@@ -46,6 +46,10 @@ def restart_raft(
         log.rollback(keep)
         core.outbox.append(itf.Truncate(keep))
         entries = [e for e in entries if e.index <= keep]
+    # What this node had committed (sealed) is committed still: Raft starts knowing it.
+    # A far-behind peer's answer carries it, so the primary never needs to send entries
+    # at or below it, which a primary that started from a later snapshot may not hold.
+    committed = max(base_seqno, min(identity.committed_seqno, keep))
     # Governance may have removed this code's measurement while the node ran (it ran on,
     # as in CCF); coming back with it is a new admission, refused as a join would be.
     check_own_code(core.store.begin(), core.platform.evidence(identity.public_key_der))
@@ -57,7 +61,7 @@ def restart_raft(
             configuration=base_voters,
             last_index=base_seqno,
             last_term=base_view,
-            commit_index=base_seqno,
+            commit_index=committed,
             term=max(identity.term, base_view),
             voted_for=identity.voted_for,
         ),

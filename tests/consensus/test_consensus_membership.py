@@ -383,6 +383,36 @@ def test_a_peer_whose_log_ends_below_the_primarys_start_gets_the_anchor_entry_to
     assert message.entries[0].index == 6
 
 
+def test_a_primary_probes_a_rejecting_peer_no_lower_than_the_peers_commit_index() -> None:
+    """Seed 104 of the node simulator: a primary restarted from a snapshot at 50 (view 2)
+    holds no term-1 entries in memory, and its ledger starts at 22. A voter whose whole log
+    is of view 1 rejects its probe with the hint (view 1, from index 1); the primary took
+    the hint's index, asked its host for entries from 0, which no ledger here holds, and
+    waited forever. The voter's committed prefix (up to 42) is in every primary's log, so
+    the probe goes back no further than 43."""
+    a = Raft.restore(
+        "a",
+        config=RaftConfig(pre_vote=False),
+        start=StartState(
+            configuration=frozenset({"a", "b"}), last_index=50, last_term=2, commit_index=50
+        ),
+        entries=[LogEntry(i, 2, f"e{i}".encode(), signature=True) for i in range(51, 56)],
+    )
+    a.campaign()
+    a.step(RequestVoteResponse(a.term, "b", True))
+    assert a.role is Role.PRIMARY
+    a.ready()
+    a.step(AppendEntriesResponse(a.term, "b", False, 0, 0, 55, 1, 1, 42))
+    (request,) = a.ready().entry_requests
+    assert (request.peer, request.from_index) == ("b", 42)  # 43, anchored on 42
+    stored = {i: LogEntry(i, 1 if i <= 45 else 2, f"e{i}".encode()) for i in range(22, 51)}
+    a.provide_entries("b", [stored[i] for i in range(request.from_index, request.to_index + 1)])
+    (to, message), *_ = a.ready().messages
+    assert to == "b" and isinstance(message, AppendEntries)
+    assert (message.prev_index, message.prev_term) == (42, 1)
+    assert message.entries[0].index == 43
+
+
 def _primary_with_entries_compacted_below(compacted: int) -> Raft:
     """A primary of {a, b} holding entries 1..20 (all committed), those up to `compacted`
     forgotten from memory: a lagging b must be sent them read back from the ledger."""
@@ -418,12 +448,10 @@ def test_a_failed_read_of_entries_for_a_lagging_peer_is_tried_again_at_the_next_
     assert sent and sent[0].entries[0].index == 6
 
 
-def test_a_primary_tracking_a_removed_node_lets_it_go_once_it_says_it_committed_its_removal() -> (
-    None
-):
-    """A primary elected after a removal tracks the removed node (the runtime asks it to):
-    a node that had already retired answers with its commit index, which is enough, and is
-    released (`Ready.released`) so the runtime can record that it was told."""
+def _d_retired_then_a_new_primary() -> tuple[Cluster, Raft, int, list[str]]:
+    """{a, b, c, d} with d removed and retired, then a crashed and another node primary:
+    (cluster, new primary, d's commit index at its removal, the peers the new primary
+    releases from now on, `Ready.released`)."""
     c = Cluster(["a", "b", "c", "d"])
     a = c.elect("a")
     a.propose(b"rm d", signature=True, configuration=frozenset(ABC))
@@ -437,8 +465,6 @@ def test_a_primary_tracking_a_removed_node_lets_it_go_once_it_says_it_committed_
     new = c.primary()
     assert new in ("b", "c")
     b = c.nodes[new]
-    b.track_removed("d", removal)
-    assert "d" in b.details().acks
     released: list[str] = []
     ready = b.ready
 
@@ -448,11 +474,41 @@ def test_a_primary_tracking_a_removed_node_lets_it_go_once_it_says_it_committed_
         return r
 
     b.ready = recording_ready  # type: ignore[method-assign]
+    return c, b, removal, released
+
+
+def test_a_primary_tracking_a_removed_node_lets_it_go_once_it_says_it_committed_its_removal() -> (
+    None
+):
+    """A primary elected after a removal tracks the removed node (the runtime asks it to):
+    a node that had already retired answers with its commit index, which is enough, and is
+    released (`Ready.released`) so the runtime can record that it was told."""
+    c, b, removal, released = _d_retired_then_a_new_primary()
+    b.track_removed("d", removal)
+    assert "d" in b.details().acks
     c.run_for(200)  # far below the silence after which a removed node is dropped unheard
     assert released == ["d"] and "d" not in b.details().acks
     acks_before = dict(b.details().acks)
     b.track_removed("a", removal)  # a voter is never tracked as removed
     assert b.details().acks.keys() == acks_before.keys()
+
+
+def test_a_primary_tracking_a_retired_node_from_past_its_removal_lets_it_go_when_it_answers() -> (
+    None
+):
+    """The runtime tracks a removed node from the primary's store version when it tracks it
+    (the removal's own index is not at hand), which can be past the removal: a node that
+    retired there stopped its commit index at the removal and could never reach it, so it
+    was told forever and never recorded as told (seen in seed 17 of the node simulator).
+    Its answer says it retired: that is enough."""
+    c, b, removal, released = _d_retired_then_a_new_primary()
+    c.propose(b.id, b"later", signature=True)
+    c.run_for(60)
+    assert b.commit_index > removal
+    b.track_removed("d", b.last_index)  # past what d committed
+    c.run_for(200)  # far below the silence after which a removed node is dropped unheard
+    assert released == ["d"] and "d" not in b.details().acks
+    assert c.nodes["d"].commit_index == removal  # it learnt nothing past its removal
 
 
 def test_retire_waits_for_the_configuration_without_the_node_to_commit() -> None:

@@ -112,6 +112,32 @@ def test_restart_does_not_accept_host_tampered_public_entries(tmp_path: Path) ->
     raise AssertionError(f"forged ledger accepted, member status is now {status}")
 
 
+def test_a_node_restarts_knowing_what_it_had_committed(tmp_path: Path) -> None:
+    """Raft restarted at the snapshot it replayed from (0 here) with commit index 0: a
+    voter that had diverged past its commit then rejected a new primary's probes with a
+    commit index of 0, and a primary that started from a later snapshot could not go back
+    that far (seed 104 of the node simulator). The sealed committed seqno is committed
+    still: Raft starts knowing it, and the node acts on it as on a commit."""
+    node, config = _start(tmp_path)
+    raws, _ = _drain(node)
+    for _ in range(3):
+        node.emit_signature()
+        raws += _drain(node)[0]
+    node.seal_progress()
+    sealed = _drain(node)[1]
+    committed = node.commit_seqno
+    assert committed == len(raws) > 2
+
+    restarted = _node(config, tmp_path)
+    restarted.resume(sealed)
+    for raw in raws:
+        restarted.replay(raw)
+    restarted.resumed()
+    assert restarted.raft is not None and restarted.raft.commit_index == committed
+    assert restarted.commit_seqno == committed
+    assert any(isinstance(f, itf.CommitUpTo) and f.seqno == committed for f in restarted.outbox)
+
+
 def test_channel_epoch_is_sealed_before_first_frame_after_restart(tmp_path: Path) -> None:
     """Every restart takes a new node-to-node epoch and seals it before any frame can use
     it, so (epoch, seqno) — the AES-GCM nonce under a pairwise key — never repeats."""

@@ -29,9 +29,14 @@ def test_trusted_node_killed_before_its_first_ledger_write_rejoins() -> None:
 def test_node_removed_as_a_learner_retires_after_the_primary_changes() -> None:
     """Seed 17: a learner removed by governance was told only by the primary that removed
     it; a primary elected afterwards (or restarted) never told it, and the removed node ran
-    on. Every primary now tells each Retired node not yet recorded `retired_committed`."""
+    on. Every primary now tells each Retired node not yet recorded `retired_committed`.
+    Seed 17's run changed when restarted nodes came back knowing their commit (2026-12-07),
+    and then showed a later primary tracking a node that had retired as primary from past
+    its removal, which it never released (`AppendEntriesResponse.from_retired` since). Seed
+    5 shows two nodes, each removed as primary, recorded as told by the primaries after
+    them."""
     sim = Simulation(
-        17, test_name="test_node_removed_as_a_learner_retires_after_the_primary_changes"
+        5, test_name="test_node_removed_as_a_learner_retires_after_the_primary_changes"
     )
     sim.run(300)
     # The primary that told it recorded so (CCF's `retired_committed`): no later primary
@@ -165,9 +170,10 @@ def test_a_primarys_snapshot_that_comes_back_in_a_later_view_is_dropped() -> Non
     unsigned entries for its next signature and backups answered batches once durable,
     which changed the seed's run; seed 13 showed it until backups took their snapshots at
     the first signature of each interval; seed 67 until a node busy with its last snapshot
-    took the next one all the same; seed 49 shows it since.)"""
+    took the next one all the same; seed 49 until restarted nodes came back knowing their
+    commit; seed 62 shows it since.)"""
     sim = Simulation(
-        49, test_name="test_a_primarys_snapshot_that_comes_back_in_a_later_view_is_dropped"
+        62, test_name="test_a_primarys_snapshot_that_comes_back_in_a_later_view_is_dropped"
     )
     assert sim.encode_ms_max > 0
     sim.run(300)
@@ -315,3 +321,23 @@ def test_a_backup_still_encoding_its_last_snapshot_takes_the_next_one_where_the_
         backup_encode_ms=BACKUP_ENCODE_SLOW_MS,
         slowest=True,
     )
+
+
+def test_a_restarted_voter_whose_diverged_entries_precede_the_primarys_snapshot_catches_up() -> (
+    None
+):
+    """Seed 104 (hosts release answers): a voter restarted on its own ledger with entries of
+    view 1 past what it had committed, where the service committed view 2's; the primary
+    had started from a later snapshot (seqno 50), and its ledger began at 22. The voter
+    rejected the primary's probe with a hint of view 1, which the primary's log no longer
+    held, so the probe went back to seqno 1, before any ledger the primary had, and stayed
+    there: governance stalled for want of that voter. The voter's Raft now restarts knowing
+    what it had committed (sealed), and a primary probes no lower than a rejecting peer's
+    commit index."""
+    sim = Simulation(
+        104,
+        test_name="test_a_restarted_voter_whose_diverged_entries_precede_the_primarys_snapshot_catches_up",
+        hosts_release_answers=True,
+    )
+    sim.run(300)
+    assert sim.stats["restarts"] > 0

@@ -18,7 +18,7 @@ import sys
 from collections import Counter
 
 import pytest
-from node_sim import Simulation, SimulationFailure
+from node_sim import Simulation
 from sim_paths import HERE, seed_from_env, steps_from_env
 
 SEEDS = 80  # in the suite (scripts/test); soak runs seeds SEEDS..SWEEP_SEEDS - 1 too
@@ -31,11 +31,6 @@ SOAK_CHUNKS = 50
 
 
 RELEASED_SEEDS = 40  # the first seeds again, with the hosts releasing backups' answers
-# A known liveness class, not a safety failure: a voter far behind a primary that started
-# from a snapshot after the voter's last entry; the primary probes down to entries it does
-# not hold and has no snapshot to send instead. (Until introductions, channels.py, the
-# voter could not even open that primary's frames: it was trusted after the voter's state.)
-RELEASED_KNOWN_STUCK = (104,)
 
 
 def _run_chunk(
@@ -45,12 +40,9 @@ def _run_chunk(
     name: str,
     *,
     hosts_release_answers: bool = False,
-    skip: tuple[int, ...] = (),
 ) -> Counter[str]:
     seen: Counter[str] = Counter()
     for seed in range(first, first + count):
-        if seed in skip:
-            continue
         sim = Simulation(seed, test_name=name, hosts_release_answers=hosts_release_answers)
         sim.run(steps)
         seen.update(sim.stats)
@@ -88,15 +80,6 @@ def test_sim_safety_holds_and_service_recovers_when_hosts_send_answers_for_more_
     _released_sweep(chunk)
 
 
-@pytest.mark.soak
-@pytest.mark.xfail(strict=True, raises=SimulationFailure, reason="a known liveness class")
-@pytest.mark.parametrize("seed", RELEASED_KNOWN_STUCK)
-def test_sim_seeds_known_to_stick_with_released_answers(seed: int) -> None:
-    Simulation(
-        seed, test_name="test_sim_replay_one_seed_with_released_answers", hosts_release_answers=True
-    ).run(STEPS)
-
-
 def _released_sweep(chunk: int) -> None:
     """What nodes do (`RaftConfig.ack_released_on_durable`): a backup's answer to new entries
     goes to its host with them, which sends it after the fsync and drops it on a truncation
@@ -109,7 +92,6 @@ def _released_sweep(chunk: int) -> None:
         STEPS,
         "test_sim_replay_one_seed_with_released_answers",
         hosts_release_answers=True,
-        skip=RELEASED_KNOWN_STUCK,
     )
     for kind in ("writes_committed", "crashes", "restarts", "lost", "hand_offs"):
         assert seen[kind] > 0, f"no {kind} in chunk {chunk}: {dict(seen)}"
