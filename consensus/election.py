@@ -162,7 +162,9 @@ class RaftState:
         if self._role is Role.PRIMARY:
             for peer, pr in sorted(self._progress.items()):
                 assert pr.heard_at_ms <= now
-                acks[peer] = Ack(pr.match_index, now - pr.heard_at_ms, pr.peer_commit_index)
+                acks[peer] = Ack(
+                    pr.match_index, now - pr.heard_at_ms, pr.peer_commit_index, pr.behind_start
+                )
         heard_ms = None
         leader = self._leader_id
         if leader is not None and leader != self.id and self._primary_heard is not None:

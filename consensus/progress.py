@@ -17,12 +17,15 @@ class Progress:
     tracking began if it never has; `peer_commit_index` is the commit index its latest
     answer reported. Both are reported (`Raft.details()`); for a removed peer they also
     tell when to stop replicating to it (it committed its removal, or fell silent).
+    `behind_start` says the peer needs entries before this log's start point, which no
+    ledger of this node holds: only a snapshot could bring it up (reported too).
     """
 
     __slots__ = (
         "acked_at_heartbeat",
         "acked_index",
         "awaiting_entries",
+        "behind_start",
         "heard_at_ms",
         "inflight",
         "inflight_bytes",
@@ -50,6 +53,7 @@ class Progress:
         self.inflight_bytes = 0
         self.recent_active = False
         self.awaiting_entries = False
+        self.behind_start = False
         self.acked_at_heartbeat = -1
         # Set when a configuration entry removes this peer: we keep replicating to it only so
         # that it learns its removal is committed, and never count it.

@@ -250,7 +250,8 @@ class Raft(RaftState):
             if pr.next_index <= self._log.start_index:
                 # Before this log's start point (this node started from a snapshot after
                 # them): no ledger here holds them, and only a snapshot could bring the peer
-                # up. It stays waiting, as before; say so once.
+                # up. It stays waiting, as before; say so once, and report it (`details`).
+                pr.behind_start = True
                 logger.warning(
                     "peer behind the start point node=%s peer=%s next=%d start=%d",
                     self.id,

@@ -142,12 +142,15 @@ class Ack:
     made durable by its host. `last_received_ms` is how long ago, on the clock the core is
     ticked with, the peer last answered (counted from when this primary started tracking it
     if it never has). `commit_seqno` (Charter's addition) is the commit seqno that answer
-    reported.
+    reported; `needs_snapshot` (Charter's too) says the peer is behind this primary's start
+    point (it started from a snapshot after the peer's last matching entry): no ledger here
+    can bring it up, and an operator should replace it.
     """
 
     seqno: int
     last_received_ms: int
     commit_seqno: int
+    needs_snapshot: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -94,8 +94,8 @@ def consensus_details(d: ConsensusDetails, addresses: dict[str, str]) -> dict[st
 
     CCF's `configs` lists configurations by `idx` (the seqno that set them) and `rid`;
     Charter numbers a configuration by that seqno alone, so `rid` = `idx`. Charter adds
-    `node_id`, `commit_seqno`, `last_seqno`, `durable_seqno`, each ack's `commit_seqno`,
-    and `primary_last_received_ms` on a node following a primary.
+    `node_id`, `commit_seqno`, `last_seqno`, `durable_seqno`, each ack's `commit_seqno` and
+    `needs_snapshot`, and `primary_last_received_ms` on a node following a primary.
     """
     details: dict[str, Any] = {
         "node_id": d.node_id,
@@ -111,6 +111,7 @@ def consensus_details(d: ConsensusDetails, addresses: dict[str, str]) -> dict[st
                 "seqno": ack.seqno,
                 "last_received_ms": ack.last_received_ms,
                 "commit_seqno": ack.commit_seqno,
+                "needs_snapshot": ack.needs_snapshot,
             }
             for peer, ack in d.acks.items()
         },

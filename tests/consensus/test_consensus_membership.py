@@ -383,13 +383,9 @@ def test_a_peer_whose_log_ends_below_the_primarys_start_gets_the_anchor_entry_to
     assert message.entries[0].index == 6
 
 
-def test_a_primary_probes_a_rejecting_peer_no_lower_than_the_peers_commit_index() -> None:
-    """Seed 104 of the node simulator: a primary restarted from a snapshot at 50 (view 2)
-    holds no term-1 entries in memory, and its ledger starts at 22. A voter whose whole log
-    is of view 1 rejects its probe with the hint (view 1, from index 1); the primary took
-    the hint's index, asked its host for entries from 0, which no ledger here holds, and
-    waited forever. The voter's committed prefix (up to 42) is in every primary's log, so
-    the probe goes back no further than 43."""
+def _primary_started_from_a_snapshot_at_50() -> Raft:
+    """A primary of {a, b} restarted from a snapshot at 50 (view 2) with entries 51..55: it
+    holds nothing of view 1 in memory."""
     a = Raft.restore(
         "a",
         config=RaftConfig(pre_vote=False),
@@ -402,6 +398,17 @@ def test_a_primary_probes_a_rejecting_peer_no_lower_than_the_peers_commit_index(
     a.step(RequestVoteResponse(a.term, "b", True))
     assert a.role is Role.PRIMARY
     a.ready()
+    return a
+
+
+def test_a_primary_probes_a_rejecting_peer_no_lower_than_the_peers_commit_index() -> None:
+    """Seed 104 of the node simulator: a primary restarted from a snapshot at 50 (view 2)
+    holds no term-1 entries in memory, and its ledger starts at 22. A voter whose whole log
+    is of view 1 rejects its probe with the hint (view 1, from index 1); the primary took
+    the hint's index, asked its host for entries from 0, which no ledger here holds, and
+    waited forever. The voter's committed prefix (up to 42) is in every primary's log, so
+    the probe goes back no further than 43."""
+    a = _primary_started_from_a_snapshot_at_50()
     a.step(AppendEntriesResponse(a.term, "b", False, 0, 0, 55, 1, 1, 42))
     (request,) = a.ready().entry_requests
     assert (request.peer, request.from_index) == ("b", 42)  # 43, anchored on 42
@@ -411,6 +418,24 @@ def test_a_primary_probes_a_rejecting_peer_no_lower_than_the_peers_commit_index(
     assert to == "b" and isinstance(message, AppendEntries)
     assert (message.prev_index, message.prev_term) == (42, 1)
     assert message.entries[0].index == 43
+
+
+def test_a_peer_whose_commit_precedes_every_ledger_of_the_primary_is_reported_needing_a_snapshot() -> (
+    None
+):
+    """The same primary (started from a snapshot at 50, its ledger from 22), and a peer that
+    committed only up to 10: the entries it needs are in no ledger here. The primary waits,
+    says so once in its log, and reports the peer in `details()` (`needs_snapshot`), so that
+    an operator sees that node must be replaced."""
+    a = _primary_started_from_a_snapshot_at_50()
+    assert not a.details().acks["b"].needs_snapshot
+    a.step(AppendEntriesResponse(a.term, "b", False, 0, 0, 55, 1, 1, 10))
+    (request,) = a.ready().entry_requests
+    assert request.from_index == 10
+    a.provide_entries("b", [])  # the host's ledger begins at 22
+    assert a.details().acks["b"].needs_snapshot
+    a.tick(RaftConfig().heartbeat_interval_ms)
+    assert not a.ready().entry_requests  # it is not asked for again: no ledger holds them
 
 
 def _primary_with_entries_compacted_below(compacted: int) -> Raft:

@@ -96,6 +96,7 @@ async def test_node_consensus_on_the_primary_acknowledges_each_backup_and_a_back
     assert set(acks) == {b.node_id for b in backups}
     for ack in acks.values():
         assert ack["seqno"] >= seqno and ack["last_received_ms"] >= 0
+        assert ack["needs_snapshot"] is False
     assert details["commit_seqno"] >= seqno and details["last_seqno"] >= details["commit_seqno"]
     (config,) = details["configs"]
     assert set(config["nodes"]) == {n.node_id for n in sandbox.nodes}
