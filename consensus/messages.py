@@ -80,9 +80,11 @@ class AppendEntriesResponse:
 
     @property
     def from_retired(self) -> bool:
-        """A retired node's answer (`Raft.step`): a rejection without a hint, where every
-        other rejection hints at index 1 or later."""
-        return not self.success and self.hint_index == 0
+        """A retired node's answer (`Raft.step`): a rejection without a hint but with a
+        commit index (at least its removal's). A live node's rejection of a mismatch hints
+        at index 1 or later; its rejection of a stale view has neither hint nor commit
+        index."""
+        return not self.success and self.hint_index == 0 and self.commit_index > 0
 
 
 @dataclass(frozen=True, slots=True)

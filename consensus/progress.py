@@ -18,7 +18,8 @@ class Progress:
     answer reported. Both are reported (`Raft.details()`); for a removed peer they also
     tell when to stop replicating to it (it committed its removal, or fell silent).
     `behind_start` says the peer needs entries before this log's start point, which no
-    ledger of this node holds: only a snapshot could bring it up (reported too).
+    ledger of this node holds: only a snapshot could bring it up (reported too; the peer
+    is asked again from the start point now and then, `BEHIND_START_RETRY_MS`).
     """
 
     __slots__ = (
@@ -26,6 +27,7 @@ class Progress:
         "acked_index",
         "awaiting_entries",
         "behind_start",
+        "behind_start_ms",
         "heard_at_ms",
         "inflight",
         "inflight_bytes",
@@ -54,6 +56,7 @@ class Progress:
         self.recent_active = False
         self.awaiting_entries = False
         self.behind_start = False
+        self.behind_start_ms = 0  # when it was last found so
         self.acked_at_heartbeat = -1
         # Set when a configuration entry removes this peer: we keep replicating to it only so
         # that it learns its removal is committed, and never count it.

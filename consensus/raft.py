@@ -46,6 +46,10 @@ logger = logging.getLogger(__name__)
 # A removed peer that has not answered for this many (longest) election timeouts since its
 # removal committed is taken as gone: heartbeats to it stop.
 REMOVED_PEER_SILENT_TIMEOUTS = 10
+# A peer found behind this log's start point is asked again, from the start point, this
+# often: it may have been rebuilt from a later snapshot since, or the ledger read that came
+# back empty may have failed.
+BEHIND_START_RETRY_MS = 10_000
 
 
 class Raft(RaftState):
@@ -250,7 +254,11 @@ class Raft(RaftState):
             if pr.next_index <= self._log.start_index:
                 # Before this log's start point (this node started from a snapshot after
                 # them): no ledger here holds them, and only a snapshot could bring the peer
-                # up. It stays waiting, as before; say so once, and report it (`details`).
+                # up. It stays waiting; say so, and report it (`details`). The heartbeat asks
+                # it again now and then (`BEHIND_START_RETRY_MS`).
+                pr.behind_start_ms = self._now_ms
+                if pr.behind_start:
+                    return
                 pr.behind_start = True
                 logger.warning(
                     "peer behind the start point node=%s peer=%s next=%d start=%d",
@@ -434,6 +442,14 @@ class Raft(RaftState):
     def _heartbeat(self) -> None:
         for peer, pr in self._progress.items():
             if pr.awaiting_entries:
+                if pr.behind_start and self._now_ms - pr.behind_start_ms >= BEHIND_START_RETRY_MS:
+                    # Probe it at this log's start point: a peer that holds it by now (it
+                    # was rebuilt from a later snapshot) answers with success; one that
+                    # still does not leads back here.
+                    pr.awaiting_entries = False
+                    pr.behind_start_ms = self._now_ms
+                    pr.become_probe(max(self._log.start_index + 1, pr.acked_index + 1))
+                    self._send_entries(peer, pr, empty_ok=True)
                 continue
             if pr.probing:
                 pr.paused = False
@@ -526,6 +542,7 @@ class Raft(RaftState):
             return
         last = self._log.last_index
         if m.success:
+            pr.behind_start = False
             acked = min(m.last_index, last)
             pr.on_ack(acked)
             durable = min(m.durable_index, last)

@@ -37,6 +37,7 @@ from multidict import CIMultiDict
 from charter.enclave_app import frontend_link as fl
 from charter.enclave_app.app import HttpResponse, error_response
 from charter.enclave_app.http_server import PlainRequest, SessionLimits
+from charter.enclave_app.interface.logs import REPEATS_LIMITED
 from charter.enclave_app.tls import ServerTls
 
 LOG = logging.getLogger("enclave.frontends")
@@ -226,7 +227,12 @@ class FrontendPool:
         live = running or live
         total = sum(f.open_sessions for f in self.frontends)
         if not live or total >= self.node_limits.max_open_sessions_hard:
-            LOG.warning("event=session_refused open=%d frontends_up=%d", total, len(live))
+            LOG.warning(
+                "event=session_refused open=%d frontends_up=%d",
+                total,
+                len(live),
+                extra=REPEATS_LIMITED,
+            )
             sock.close()
             return
         fe = min(live, key=lambda f: f.open_sessions)
@@ -281,7 +287,7 @@ class FrontendPool:
         try:
             result = self.dispatch(request)
         except Exception as exc:
-            LOG.error("event=dispatch_failed error=%s", type(exc).__name__)
+            LOG.error("event=dispatch_failed error=%s", type(exc).__name__, extra=REPEATS_LIMITED)
             result = _internal_error()
         if isinstance(result, HttpResponse):
             self._answer(fe, frame.request_id, result)
@@ -317,7 +323,7 @@ async def _awaited(result: Awaitable[HttpResponse]) -> HttpResponse:
     try:
         return await result
     except Exception as exc:
-        LOG.error("event=dispatch_failed error=%s", type(exc).__name__)
+        LOG.error("event=dispatch_failed error=%s", type(exc).__name__, extra=REPEATS_LIMITED)
         return _internal_error()
 
 

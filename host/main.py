@@ -289,7 +289,12 @@ class Host:
                     fds=[conn.fileno()],
                 )
             except InterfaceError as e:
-                _log.warning("client connection dropped conn_id=%d reason=%r", conn_id, str(e))
+                _log.warning(
+                    "client connection dropped conn_id=%d reason=%r",
+                    conn_id,
+                    str(e),
+                    extra=REPEATS_LIMITED,
+                )
             finally:
                 conn.close()  # the enclave has its own copy now
 

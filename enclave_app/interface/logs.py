@@ -6,9 +6,11 @@ the network carries it. Such lines are logged with `extra=REPEATS_LIMITED`; `Rep
 a filter on every handler of the host, the enclave and its frontends, lets through at most
 `burst` lines of one kind (logger, level and message template) per `window_s`, counts the
 rest, and appends `repeats_suppressed=N` to the first line of that kind let through once its
-window has passed. Counters (`/node/metrics`) still count every event. Lines logged without
-the mark are never held back: the limit is for what the outside decides, not for the
-node's own record.
+window has passed (a flood's last window is reported only if another line of its kind
+follows). Dropped node-to-node frames are also counted in `/node/metrics`
+(`peer_messages_dropped`); for the other kinds the log's counts are the record. Lines
+logged without the mark are never held back: the limit is for what the outside decides,
+not for the node's own record.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from charter.consensus import (
     Role,
     StartState,
 )
+from charter.consensus.raft import BEHIND_START_RETRY_MS
 
 ABC = ["a", "b", "c"]
 
@@ -435,7 +436,16 @@ def test_a_peer_whose_commit_precedes_every_ledger_of_the_primary_is_reported_ne
     a.provide_entries("b", [])  # the host's ledger begins at 22
     assert a.details().acks["b"].needs_snapshot
     a.tick(RaftConfig().heartbeat_interval_ms)
-    assert not a.ready().entry_requests  # it is not asked for again: no ledger holds them
+    assert not a.ready().messages and not a.ready().entry_requests  # b waits
+    # Now and then b is asked again, from the start point: rebuilt from a snapshot at 50
+    # meanwhile, it holds it, and is served from there.
+    a.tick(BEHIND_START_RETRY_MS)
+    (probe,) = [m for to, m in a.ready().messages if to == "b" and isinstance(m, AppendEntries)]
+    assert (probe.prev_index, probe.prev_term) == (50, 2)
+    a.step(AppendEntriesResponse(a.term, "b", True, 50, 50, commit_index=50))
+    assert not a.details().acks["b"].needs_snapshot
+    sent = [m for to, m in a.ready().messages if to == "b" and isinstance(m, AppendEntries)]
+    assert sent and sent[0].entries[0].index == 51
 
 
 def _primary_with_entries_compacted_below(compacted: int) -> Raft:
@@ -531,6 +541,11 @@ def test_a_primary_tracking_a_retired_node_from_past_its_removal_lets_it_go_when
     c.run_for(60)
     assert b.commit_index > removal
     b.track_removed("d", b.last_index)  # past what d committed
+    # A live node's rejection of a stale view has no hint either, but no commit index: it
+    # says nothing of a retirement.
+    b.step(AppendEntriesResponse(b.term, "d", False, 0, 0))
+    b.ready()
+    assert released == [] and "d" in b.details().acks
     c.run_for(200)  # far below the silence after which a removed node is dropped unheard
     assert released == ["d"] and "d" not in b.details().acks
     assert c.nodes["d"].commit_index == removal  # it learnt nothing past its removal

@@ -26,7 +26,7 @@ def test_trusted_node_killed_before_its_first_ledger_write_rejoins() -> None:
         assert sim.stats["restarts"] > 0
 
 
-def test_node_removed_as_a_learner_retires_after_the_primary_changes() -> None:
+def test_a_removed_node_is_told_and_recorded_by_a_primary_after_the_one_that_removed_it() -> None:
     """Seed 17: a learner removed by governance was told only by the primary that removed
     it; a primary elected afterwards (or restarted) never told it, and the removed node ran
     on. Every primary now tells each Retired node not yet recorded `retired_committed`.
@@ -36,7 +36,8 @@ def test_node_removed_as_a_learner_retires_after_the_primary_changes() -> None:
     5 shows two nodes, each removed as primary, recorded as told by the primaries after
     them."""
     sim = Simulation(
-        5, test_name="test_node_removed_as_a_learner_retires_after_the_primary_changes"
+        5,
+        test_name="test_a_removed_node_is_told_and_recorded_by_a_primary_after_the_one_that_removed_it",
     )
     sim.run(300)
     # The primary that told it recorded so (CCF's `retired_committed`): no later primary
