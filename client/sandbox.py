@@ -31,7 +31,7 @@ from typing import Any
 from charter.keygen import generate_identity
 from charter.ledger import service_state as ss
 from charter.member import Member
-from charter.sdk import CharterClient
+from charter.sdk import REQUEST_TIMEOUT_S_DEFAULT, CharterClient
 
 DEFAULT_WORKSPACE = Path("workspace/sandbox")
 # The SCITT sample signs with the address it is reached at as its COSE issuer.
@@ -44,6 +44,12 @@ NODE_START_TIMEOUT_S = 60.0
 # A recovery node replays the whole old ledger before it reports Started.
 RECOVERY_START_TIMEOUT_S = 600.0
 POLL_INTERVAL_S = 0.05
+# Each try of a wait that polls a node (`wait_for_primary`, `wait_part_of_network`) gives up
+# after this, so that one lost packet cannot use up the whole wait: a node that closes a
+# connection it will not serve (a joiner not yet trusted) sends a reset, which is not
+# retransmitted, and a client whose reset was lost would wait for an answer for its whole
+# request timeout.
+WAIT_TRY_TIMEOUT_S = 5.0
 LOCK_FILE_NAME = "sandbox.pid"
 # Bounds the scan for an earlier run's node configs.
 NODES_MAX = 64
@@ -451,7 +457,7 @@ class Sandbox:
         while time.monotonic() < deadline:
             for node in self.nodes:
                 with contextlib.suppress(Exception):
-                    async with self.client(node) as client:
+                    async with self.client(node, request_timeout_s=WAIT_TRY_TIMEOUT_S) as client:
                         network = await client.network()
                         if (
                             network.get("primary_id")
@@ -480,7 +486,7 @@ class Sandbox:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             with contextlib.suppress(Exception):
-                async with self.client(node) as client:
+                async with self.client(node, request_timeout_s=WAIT_TRY_TIMEOUT_S) as client:
                     if (await client.node_state()).get("state") == "PartOfNetwork" and (
                         await client.network()
                     ).get("service_status") == ss.ServiceStatus.OPEN:
@@ -687,13 +693,25 @@ class Sandbox:
     def member_identities(self) -> list[tuple[Path, Path]]:
         return [self.member_paths(i)[:2] for i in range(MEMBER_COUNT)]
 
-    def client(self, node: NodeProcess | None = None, *, user: int | None = None) -> CharterClient:
+    def client(
+        self,
+        node: NodeProcess | None = None,
+        *,
+        user: int | None = None,
+        request_timeout_s: float = REQUEST_TIMEOUT_S_DEFAULT,
+    ) -> CharterClient:
         live = [n for n in self.nodes if n.process is not None and n.process.poll() is None]
         target = node or (live[0] if live else self.nodes[0])
         cert = key = None
         if user is not None:
             cert, key = self.user_paths(user)
-        return CharterClient(target.url, self.service_cert_path, cert_path=cert, key_path=key)
+        return CharterClient(
+            target.url,
+            self.service_cert_path,
+            cert_path=cert,
+            key_path=key,
+            request_timeout_s=request_timeout_s,
+        )
 
     def stop(self) -> None:
         for node in reversed(self.nodes):

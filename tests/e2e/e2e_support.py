@@ -27,7 +27,7 @@ from charter.errors import CharterError
 from charter.identity import TxId
 from charter.ledger.chunks import LedgerReader
 from charter.ledger.receipt import verify_json_receipt
-from charter.sandbox import NodeProcess, Sandbox
+from charter.sandbox import WAIT_TRY_TIMEOUT_S, NodeProcess, Sandbox
 
 # Short timeouts so that elections and commits happen in well under a second on 2 cores.
 ELECTION_TIMEOUT_MS = (300, 600)
@@ -202,7 +202,7 @@ NOT_SERVING_AT_START: dict[Path, list[int]] = {}
 async def serving_now(sb: Sandbox, node: NodeProcess) -> bool:
     """One try, no waiting: does `node` answer /node/state over TLS as PartOfNetwork?"""
     try:
-        async with sb.client(node) as c:
+        async with sb.client(node, request_timeout_s=WAIT_TRY_TIMEOUT_S) as c:
             return (await c.node_state()).get("state") == "PartOfNetwork"
     except CharterError:
         return False
@@ -265,7 +265,7 @@ async def wait_ready(sb: Sandbox, node: NodeProcess, timeout_s: float = READY_TI
     last: object = None
     while time.monotonic() < deadline:
         try:
-            async with sb.client(node) as c:
+            async with sb.client(node, request_timeout_s=WAIT_TRY_TIMEOUT_S) as c:
                 state = await c.node_state()
                 if state.get("state") == "PartOfNetwork":
                     return

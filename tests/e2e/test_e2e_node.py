@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import dataclasses
 import json
 import secrets
 import struct
@@ -38,7 +40,7 @@ from e2e_support import (
 from charter.auditor import verify_receipt_bytes
 from charter.errors import ConnectionFailed, Unauthorized
 from charter.keygen import generate_identity
-from charter.sandbox import NodeProcess, Sandbox
+from charter.sandbox import WAIT_TRY_TIMEOUT_S, NodeProcess, Sandbox
 from charter.sdk import CharterClient
 
 pytestmark = pytest.mark.e2e
@@ -291,6 +293,57 @@ async def test_garbage_sent_as_fast_as_it_goes_is_counted_but_cannot_flood_the_l
     after = await write(net, node, 44, "served through the flood")
     await wait_committed_on(net, node, after.seqno)
     assert await read(net, node, 44) == "served through the flood"
+
+
+@dataclasses.dataclass
+class _Behind:
+    """A node as the sandbox's waits see it, reached at another address."""
+
+    url: str
+    index: int
+    log_path: Path
+
+
+async def test_a_wait_for_a_node_outlasts_a_connection_that_is_never_answered(
+    net: Sandbox,
+) -> None:
+    """A joiner closes the connections it will not serve yet with a reset, and a lost reset
+    is not sent again: the client then waits for an answer that never comes. The sandbox's
+    waits give each try `WAIT_TRY_TIMEOUT_S`, not the client's whole request timeout (30 s,
+    as long as the wait itself), so one such connection costs a try, not the wait (the
+    WAN test, whose nodes drop 0.5 % of their packets, failed so)."""
+    node = net.nodes[0]
+    target = node.rpc_address.rpartition(":")
+    held: list[asyncio.StreamWriter] = []
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not held:
+            held.append(writer)  # the first connection: never answered, never closed
+            return
+        up_reader, up_writer = await asyncio.open_connection(target[0], int(target[2]))
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    server = await asyncio.start_server(relay, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    behind = _Behind(f"https://127.0.0.1:{port}", node.index, node.log_path)
+    try:
+        started = asyncio.get_running_loop().time()
+        await net.wait_part_of_network(behind, timeout_s=20.0)  # type: ignore[arg-type]
+        took = asyncio.get_running_loop().time() - started
+        assert held and WAIT_TRY_TIMEOUT_S <= took < 20.0
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
 
 
 async def metrics_of(sb: Sandbox, node: NodeProcess) -> dict[str, int]:
