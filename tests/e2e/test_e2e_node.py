@@ -9,6 +9,7 @@ import base64
 import contextlib
 import dataclasses
 import json
+import re
 import secrets
 import struct
 import subprocess
@@ -293,6 +294,12 @@ async def test_garbage_sent_as_fast_as_it_goes_is_counted_but_cannot_flood_the_l
     after = await write(net, node, 44, "served through the flood")
     await wait_committed_on(net, node, after.seqno)
     assert await read(net, node, 44) == "served through the flood"
+    # The flood stopped: once its window ends, each process says how many it held back.
+    while "event=log_lines_held" not in log_text(node)[len(before_log) :]:
+        assert asyncio.get_running_loop().time() < deadline + 20, log_tails(net)
+        await asyncio.sleep(0.5)
+    held = re.findall(r"event=log_lines_held count=(\d+)", log_text(node)[len(before_log) :])
+    assert sum(int(n) for n in held) > 0
 
 
 @dataclasses.dataclass

@@ -3,6 +3,7 @@ to a burst per window and kind; the node's own lines are never held back."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 from collections.abc import Iterator
@@ -94,3 +95,28 @@ def test_the_kinds_remembered_are_bounded(logged: Logged) -> None:
         logger.warning(f"event=kind{k}", extra=REPEATS_LIMITED)
     assert len(limit._kinds) == 4
     assert len(lines(first)) == 50
+
+
+async def test_a_window_that_ends_with_lines_held_back_is_reported_once_it_ends() -> None:
+    """A flood that stops leaves no later line to carry its count: the filter reports it by
+    itself when the window ends, from the event loop, and the next line carries no count."""
+    limit = RepeatLimit(burst=2, window_s=0.05)
+    logger = logging.getLogger("test.repeats.report")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.addFilter(limit)
+    logger.addHandler(handler)
+    try:
+        for k in range(9):
+            logger.warning("event=dropped n=%d", k, extra=REPEATS_LIMITED)
+        assert lines(out) == ["event=dropped n=0", "event=dropped n=1"]
+        await asyncio.sleep(0.15)
+        assert lines(out)[2:] == [
+            "event=log_lines_held count=7 window_s=0.05 of='event=dropped n=%d'"
+        ]
+        logger.warning("event=dropped n=%d", 9, extra=REPEATS_LIMITED)
+        assert lines(out)[-1] == "event=dropped n=9"
+    finally:
+        logger.removeHandler(handler)
