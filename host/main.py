@@ -23,6 +23,7 @@ from typing import Any
 
 from charter.enclave_app.interface import (
     ENCLAVE_TO_HOST,
+    MAX_QUEUED_FDS,
     ChannelClosed,
     ClientConnection,
     ControlChannel,
@@ -149,7 +150,14 @@ class Host:
         finally:
             child_end.close()
         _log.info("enclave started pid=%d", self.process.pid)
-        channel = ControlChannel(host_end, name="host")
+        # A burst of new clients is a burst of fds for the enclave to take: queue up to the
+        # node's hard session cap of them (the enclave refuses sessions past it anyway),
+        # not the channel's default, past which each new connection was reset.
+        channel = ControlChannel(
+            host_end,
+            name="host",
+            fds_queued_max=max(MAX_QUEUED_FDS, self.config.rpc_interface.max_open_sessions_hard),
+        )
         capture = os.environ.get(CAPTURE_ENV)
         if capture:
             # Every frame crossing the boundary, as the host sees it (privacy tests read it).

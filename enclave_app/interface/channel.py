@@ -41,8 +41,19 @@ class ControlChannel(FramedSocket):
     _OVERSIZED_REASON = "frame length {length} exceeds MAX_FRAME_BYTES {limit}"
     _STRAY_FDS_REASON = "too many fds received without their frames"
 
-    def __init__(self, sock: socket.socket, *, name: str = "control") -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        name: str = "control",
+        fds_queued_max: int = MAX_QUEUED_FDS,
+    ) -> None:
+        """`fds_queued_max` bounds the fds sent and not yet taken by the peer: past it
+        `send` refuses the frame. The host raises it to the node's hard session cap, since
+        each new client connection is an fd the enclave may take a moment to read."""
+        assert fds_queued_max >= 1
         self.name = name
+        self._fds_queued_max = fds_queued_max
         self._frames: collections.deque[tuple[Frame, list[int], int]] = collections.deque()
         self._pending_bytes = 0
         self._held = False
@@ -86,7 +97,7 @@ class ControlChannel(FramedSocket):
             self.tap(body)
         if self._out_bytes + len(body) + 4 > _MAX_OUTGOING_BYTES:
             raise InterfaceError(f"channel {self.name}: outgoing buffer full")
-        if fds and self._out_fds + len(fds) > MAX_QUEUED_FDS:
+        if fds and self._out_fds + len(fds) > self._fds_queued_max:
             raise InterfaceError(f"channel {self.name}: too many fds queued")
         self._enqueue(body, fds)
         if len(self._out) == 1 and not self._held:

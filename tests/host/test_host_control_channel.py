@@ -249,16 +249,23 @@ async def test_receiver_pauses_reading_when_frames_pile_up_and_resumes(
         assert frame == itf.Tick(now_ms=i)
 
 
-async def test_sender_refuses_to_hold_more_than_the_fd_bound() -> None:
+@pytest.mark.parametrize("bound", [None, 1010])
+async def test_sender_refuses_to_hold_more_than_the_fd_bound(bound: int | None) -> None:
+    """The default bound, and the one the host sets (the node's hard session cap, 1010 by
+    default: a burst of new clients queues that many fds while the enclave is busy, where
+    past 256 each new connection was reset)."""
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    host = ControlChannel(a, name="host")
+    if bound is None:
+        host, bound = ControlChannel(a, name="host"), itf.MAX_QUEUED_FDS
+    else:
+        host = ControlChannel(a, name="host", fds_queued_max=bound)
     for i in range(40):  # fill the socket so fd frames stay queued in the channel
         host.send(itf.NodeMessage(from_address=str(i), payload=bytes(1024 * 1024)))
     r, w = os.pipe()
-    for conn_id in range(itf.MAX_QUEUED_FDS):
+    for conn_id in range(bound):
         host.send(itf.ClientConnection(conn_id=conn_id, peer="p"), fds=[r])
     with pytest.raises(InterfaceError, match="too many fds queued"):
-        host.send(itf.ClientConnection(conn_id=999, peer="p"), fds=[r])
+        host.send(itf.ClientConnection(conn_id=9999, peer="p"), fds=[r])
     host.close()
     os.close(r)
     os.close(w)
