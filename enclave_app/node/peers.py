@@ -34,6 +34,7 @@ from charter.enclave_app.interface.logs import REPEATS_LIMITED
 from charter.enclave_app.node import messages
 from charter.enclave_app.node.core import NodeCore
 from charter.enclave_app.node.lifecycle import NodeState
+from charter.enclave_app.rate_limit import RateLimiter
 from charter.governance import tables as gt
 from charter.ledger import certs
 
@@ -47,6 +48,11 @@ _FORWARDED_HEADERS = frozenset({"content-type", "accept", "authorization"})
 # the next frame (it may not know this node's key, channels.py), then again at this
 # interval while it stays silent.
 INTRODUCE_AFTER_SILENT_MS = 1_000
+# Introductions from senders this node does not know cost a certificate check each (an
+# ECDSA verification): at most this many a second, all such senders together (a real one
+# sends one a second), so that garbage at the node-to-node port cannot spend the enclave's
+# CPU on them. Frames from known peers are never held to it.
+UNKNOWN_INTRODUCTIONS_PER_S = 20
 
 
 class Peers:
@@ -82,6 +88,9 @@ class Peers:
         self.introduced_ms: dict[str, int] = {}
         # (this node's certificate PEM, its DER), as the introductions carry it.
         self._cert_der: tuple[str, bytes] | None = None
+        self._unknown_introductions = RateLimiter(
+            rate_per_s=UNKNOWN_INTRODUCTIONS_PER_S, burst=UNKNOWN_INTRODUCTIONS_PER_S, sources_max=1
+        )
 
     # ------------------------------------------------------------------ the peer table
     def refresh(self, raft: Raft | None) -> None:
@@ -333,6 +342,9 @@ class Peers:
         identity = self.core.maybe_identity()
         if identity is None or not identity.service_cert_pem:
             raise ChannelError("no service certificate to check an introduction against")
+        now_s = (self.core.last_tick_ms or 0) / 1000
+        if not self._unknown_introductions.allow("unknown senders", now_s):
+            raise ChannelError("too many introductions from unknown senders")
         try:
             cert = x509.load_der_x509_certificate(introduction.cert_der)
             public_key = cert.public_key()

@@ -30,7 +30,7 @@ from charter.enclave_app.channels import (
 )
 from charter.enclave_app.node import Node
 from charter.enclave_app.node import messages as m
-from charter.enclave_app.node.peers import INTRODUCE_AFTER_SILENT_MS
+from charter.enclave_app.node.peers import INTRODUCE_AFTER_SILENT_MS, UNKNOWN_INTRODUCTIONS_PER_S
 from charter.ledger import certs
 
 FUZZ = settings(
@@ -226,6 +226,9 @@ def test_mutated_introductions_are_dropped_and_teach_nothing_but_the_genuine_one
     for position in positions:
         mutated = bytearray(genuine)
         mutated[position] ^= 1 << rng.randrange(8)
+        # Below the rate of introductions from unknown senders, so that the checks judge
+        # each one.
+        node.core.last_tick_ms = (node.core.last_tick_ms or 0) + 100
         opened = node.peers.open(bytes(mutated))
         if opened is not None:
             # Only the address's bytes are outside what the certificate and the sealed
@@ -234,8 +237,41 @@ def test_mutated_introductions_are_dropped_and_teach_nothing_but_the_genuine_one
             node.peers.channels.forget(peer_id)
             node.peers.addresses.pop(peer_id, None)
         assert not _knows(node, peer_id)
+    node.core.last_tick_ms += 100
     assert node.peers.open(genuine) is not None
     assert _knows(node, peer_id)
+
+
+def test_a_flood_of_introductions_from_unknown_senders_is_cut_off_before_its_certificates_are_checked(
+    tmp_path: Path,
+) -> None:
+    """Each introduction from a sender the node does not know costs a certificate check: at
+    most `UNKNOWN_INTRODUCTIONS_PER_S` a second are checked, the rest dropped unchecked; a
+    genuine one a second later still teaches its key."""
+    node, key, peer_id = _node_and_stranger(tmp_path)
+    assert node.peers is not None
+    node.core.last_tick_ms = 50_000
+    self_signed = certs.self_signed_cert(key, "CCF Node", ca=False).public_bytes(
+        serialization.Encoding.DER
+    )
+    forged = introduce(self_signed, PEER_ADDRESS, _sealed_from(key, node))
+    checked = 0
+    original = certs.issued_by
+
+    def counting(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+        nonlocal checked
+        checked += 1
+        return original(cert, issuer)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(certs, "issued_by", counting)
+        for _ in range(10 * UNKNOWN_INTRODUCTIONS_PER_S):
+            assert node.peers.open(forged) is None
+    assert checked == UNKNOWN_INTRODUCTIONS_PER_S
+    assert node.metrics["peer_messages_dropped"] >= 10 * UNKNOWN_INTRODUCTIONS_PER_S
+    node.core.last_tick_ms += 1_000
+    genuine = introduce(_issued(node, key), PEER_ADDRESS, _sealed_from(key, node))
+    assert node.peers.open(genuine) is not None and _knows(node, peer_id)
 
 
 def test_an_introduction_carrying_another_known_nodes_frame_teaches_nothing_and_spends_nothing() -> (
