@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 
 import pytest
 
@@ -350,19 +349,17 @@ def test_undecodable_stored_values_raise_kverror() -> None:
         tx.view("m", RAW, U64).get(b"short")
 
 
-def test_get_put_commit_take_microseconds() -> None:
+def test_a_long_run_of_commits_keeps_every_write_and_compacts_to_no_undo_state() -> None:
+    # What a transaction costs is measured by scripts/bench_kv.py, not asserted here.
     store = Store()
-    rounds = 20_000
-    keys = [i.to_bytes(8, "little") for i in range(rounds)]
-    # CPU time: other test workers share the 2 cores.
-    started = time.process_time()
+    keys = [i.to_bytes(8, "little") for i in range(20_000)]
     for key in keys:
         tx = store.begin()
-        tx.get("m", key)
+        assert tx.get("m", key) is None
         tx.put("m", key, b"value")
         store.commit(tx, store.version + 1)
-    per_tx_us = (time.process_time() - started) / rounds * 1e6
-    # Measured ~5 us on the 2-core dev machine; the bound leaves room for a loaded CI box.
-    assert per_tx_us < 50, per_tx_us
+    assert store.version == len(keys)
     store.compact(store.version)
     assert store.undo_depth == 0
+    check = store.begin()
+    assert all(check.get("m", key) == b"value" for key in keys)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import struct
-import time
 
 import pytest
 from ccf.ledger import PublicDomain
@@ -203,23 +202,15 @@ def test_restore_of_arbitrary_bytes_raises_only_kverror(public: bytes, private: 
         assert exc.code == "SnapshotDecodeError"
 
 
-def test_snapshot_and_restore_of_100k_keys_take_well_under_a_second() -> None:
+def test_a_snapshot_of_100k_keys_restores_every_key() -> None:
+    # How long snapshot and restore take is measured by scripts/bench_kv.py, not asserted here.
     store = Store()
     writes: dict[bytes, bytes | None] = {
         i.to_bytes(8, "little"): b"value-%d" % i for i in range(100_000)
     }
     store.apply({"records": writes}, 1)
-    # Best of three in CPU time: other test workers share the 2 cores.
-    snapshot_s = restore_s = float("inf")
-    for _ in range(3):
-        started = time.process_time()
-        public, private = store.snapshot()
-        snapshot_s = min(snapshot_s, time.process_time() - started)
-        started = time.process_time()
-        restored = Store()
-        restored.restore(public, private, seqno=1)
-        restore_s = min(restore_s, time.process_time() - started)
-    # Measured ~0.12 s and ~0.09 s on the 2-core dev machine.
-    assert snapshot_s < 0.5, snapshot_s
-    assert restore_s < 0.5, restore_s
-    assert restored.begin().get("records", (99_999).to_bytes(8, "little")) == b"value-99999"
+    public, private = store.snapshot()
+    restored = Store()
+    restored.restore(public, private, seqno=1)
+    check = restored.begin()
+    assert all(check.get("records", key) == value for key, value in writes.items())

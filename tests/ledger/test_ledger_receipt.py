@@ -6,7 +6,6 @@ import base64
 import copy
 import hashlib
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,8 +17,7 @@ import ccf.receipt
 import pytest
 from ccf.ledger import Ledger
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, utils
+from cryptography.hazmat.primitives.asymmetric import ec
 from shared_data import CCF_LEDGERS as SHARED_CCF_LEDGERS
 
 from charter.ledger import certs, cose, receipt, signatures
@@ -448,27 +446,15 @@ def test_cose_receipt_without_proof_is_a_decode_error(sc: Scenario) -> None:
         receipt.verify_cose_receipt(sc.cose_sig, sc.service.pem, bytes(32))
 
 
-def _best_seconds(fn: Callable[[], object], runs: int) -> float:
-    best = float("inf")
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def test_json_receipt_verification_costs_about_one_ecdsa_verify(sc: Scenario) -> None:
+def test_receipts_from_one_node_check_its_endorsement_chain_once(sc: Scenario) -> None:
+    # What a verification costs against one ECDSA verify is measured by
+    # scripts/bench_ledger.py; here, that the chain is not checked again for every receipt.
     r = _json_receipt(sc)
-    public_key = sc.node.cert.public_key()
-    assert isinstance(public_key, ec.EllipticCurvePublicKey)
-    prehashed = ec.ECDSA(utils.Prehashed(hashes.SHA256()))
-    receipt.verify_json_receipt(r, sc.service.pem)  # warm the endorsement cache
-    one_verify = _best_seconds(lambda: public_key.verify(sc.sig, sc.root, prehashed), 30)
-    full = _best_seconds(lambda: receipt.verify_json_receipt(r, sc.service.pem), 30)
-    # Budget is ~1.3x; allow slack for a loaded 2-core CI machine.
-    assert full <= 1.6 * one_verify, (
-        f"receipt {full * 1e6:.0f}us vs verify {one_verify * 1e6:.0f}us"
-    )
+    receipt._chain_is_endorsed.cache_clear()
+    for _ in range(5):
+        assert receipt.verify_json_receipt(r, sc.service.pem) == sc.root
+    checked = receipt._chain_is_endorsed.cache_info()
+    assert (checked.misses, checked.hits) == (1, 4)
 
 
 def test_bad_receipt_input_raises_ledger_errors_only(sc: Scenario) -> None:
