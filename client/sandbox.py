@@ -403,21 +403,30 @@ class Sandbox:
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        """Start (or resume) every node and open the service; then write network.json."""
+        """Start (or resume) every node and open the service; then write network.json.
+
+        The other nodes boot together: on a resumed network each restarts on its own
+        ledger at once; on a new one they start as soon as the service certificate they pin
+        exists, join while the members open the service, and are trusted in one proposal."""
         self.lock()
         self.prepare()
-        first = self.nodes[0]
+        first, rest = self.nodes[0], self.nodes[1:]
         first.start()
+        if self.resumed:
+            for node in rest:
+                node.start()
         await asyncio.to_thread(first.wait_started)
         if not self.resumed:
             self.service_cert_path.write_text(await _fetch_service_cert(first.rpc_address))
+            for node in rest:
+                node.start()
             await self.open_service()
-        for node in self.nodes[1:]:
-            node.start()
-            await asyncio.to_thread(node.wait_started)
-            if not self.resumed:
-                await self.trust_node(node.node_id)
-            await self.wait_part_of_network(node)
+        if self.resumed:
+            for node in rest:
+                await asyncio.to_thread(node.wait_started)
+                await self.wait_part_of_network(node)
+        else:
+            await self._admit(rest)
         await self.wait_for_primary()
         self.write_network()
 
@@ -447,9 +456,17 @@ class Sandbox:
         return proposal
 
     async def trust_node(self, node_id: str) -> None:
+        await self.trust_nodes([node_id])
+
+    async def trust_nodes(self, node_ids: list[str]) -> None:
+        """Trust joining nodes by one proposal (each must have asked to join)."""
         async with self.client() as client:
             await self.pass_proposal(
-                client, [{"name": "transition_node_to_trusted", "args": {"node_id": node_id}}]
+                client,
+                [
+                    {"name": "transition_node_to_trusted", "args": {"node_id": node_id}}
+                    for node_id in node_ids
+                ],
             )
 
     async def wait_for_primary(self, timeout_s: float = 30.0) -> str:
@@ -469,15 +486,30 @@ class Sandbox:
 
     async def add_node(self) -> NodeProcess:
         """Grow the network: start one more node, which joins, and trust it by governance."""
-        node = self._node(len(self.nodes))
-        self.nodes.append(node)
-        self.node_count = len(self.nodes)
-        node.start()
-        await asyncio.to_thread(node.wait_started)
-        await self.trust_node(node.node_id)
-        await self.wait_part_of_network(node)
-        self.write_network()
+        (node,) = await self.add_nodes(1)
         return node
+
+    async def add_nodes(self, count: int) -> list[NodeProcess]:
+        """Grow the network by `count` nodes at once: they start together, join, and are
+        trusted in one proposal; returns once each serves as part of the network."""
+        nodes = [self._node(len(self.nodes) + i) for i in range(count)]
+        self.nodes.extend(nodes)
+        self.node_count = len(self.nodes)
+        for node in nodes:
+            node.start()
+        await self._admit(nodes)
+        self.write_network()
+        return nodes
+
+    async def _admit(self, nodes: list[NodeProcess]) -> None:
+        """Wait until started joiners have asked to join, trust them all in one proposal,
+        and wait until each serves as part of the network."""
+        for node in nodes:
+            await asyncio.to_thread(node.wait_started)
+        if nodes:
+            await self.trust_nodes([node.node_id for node in nodes])
+        for node in nodes:
+            await self.wait_part_of_network(node)
 
     async def wait_part_of_network(self, node: NodeProcess, timeout_s: float = 30.0) -> None:
         """Wait until a joining node is trusted, holds the secrets, serves TLS and has
@@ -546,13 +578,11 @@ class Sandbox:
         await asyncio.to_thread(first.wait_started, RECOVERY_START_TIMEOUT_S)
         self.service_cert_path.write_text(await _fetch_service_cert(first.rpc_address))
         await self._open_recovered(previous_cert.read_text(), self.service_cert_path.read_text())
-        for i in range(1, count):
-            node = self._node(i)
-            self.nodes.append(node)
+        rest = [self._node(i) for i in range(1, count)]
+        self.nodes.extend(rest)
+        for node in rest:
             node.start()
-            await asyncio.to_thread(node.wait_started)
-            await self.trust_node(node.node_id)
-            await self.wait_part_of_network(node)
+        await self._admit(rest)
         await self.wait_for_primary()
         self.write_network()
 

@@ -168,32 +168,6 @@ def make_sandbox(
     )
 
 
-async def add_nodes(sb: Sandbox, count: int) -> list[NodeProcess]:
-    """Grow the network by `count` nodes at once: start them together, trust them all in one
-    proposal, wait until each serves as part of the network (`Sandbox.add_node` does one)."""
-    nodes = []
-    for _ in range(count):
-        node = sb._node(len(sb.nodes))
-        sb.nodes.append(node)
-        node.start()
-        nodes.append(node)
-    sb.node_count = len(sb.nodes)
-    for node in nodes:
-        await asyncio.to_thread(node.wait_started)
-    async with sb.client() as c:
-        await sb.pass_proposal(
-            c,
-            [
-                {"name": "transition_node_to_trusted", "args": {"node_id": node.node_id}}
-                for node in nodes
-            ],
-        )
-    for node in nodes:
-        await sb.wait_part_of_network(node)
-    sb.write_network()
-    return nodes
-
-
 # Workspace -> indexes of the nodes that did not serve as PartOfNetwork the moment
 # `Sandbox.start()` returned (it promises they all do); checked by a test.
 NOT_SERVING_AT_START: dict[Path, list[int]] = {}

@@ -23,7 +23,6 @@ from typing import Any
 
 import pytest
 from e2e_support import (
-    add_nodes,
     alive,
     app_on_path,
     app_version,
@@ -170,7 +169,7 @@ async def test_rolling_upgrade_under_writes_moves_the_network_to_new_code_losing
         )
         # 2. Three nodes running B join and are trusted, under the load.
         with app_on_path(version_b):
-            new = await add_nodes(sb, 3)
+            new = await sb.add_nodes(3)
         for node in new:
             assert await _measurement_of(sb, node) == measurement_b
         await load.until_answered(5)
