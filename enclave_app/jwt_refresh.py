@@ -19,11 +19,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import aiohttp
-
 from charter.governance import jwt as gov_jwt
 
 if TYPE_CHECKING:
+    import aiohttp
+
     from charter.enclave_app.interface import JwtConfig
     from charter.enclave_app.node import Node
 
@@ -56,6 +56,8 @@ async def _get_json(session: aiohttp.ClientSession, url: str, limit_bytes: int) 
 
 async def fetch_issuer_keys(issuer: str, ca_bundle_pem: str) -> dict[str, str]:
     """kid → SPKI PEM of the issuer's current keys, trusting only `ca_bundle_pem`."""
+    import aiohttp  # here, not at import: a third of the enclave's start-up, used by few
+
     context = ssl.create_default_context(cadata=ca_bundle_pem)
     timeout = aiohttp.ClientTimeout(total=FETCH_TIMEOUT_S)
     connector = aiohttp.TCPConnector(ssl=context)
@@ -105,6 +107,8 @@ class JwtKeyRefresher:
 
     async def refresh_once(self) -> int:
         """Fetch every auto-refreshed issuer's keys; returns how many issuers changed."""
+        import aiohttp
+
         changed = 0
         for issuer, metadata, bundle in self._targets():
             self.attempts += 1

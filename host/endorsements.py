@@ -25,8 +25,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import aiohttp
+from typing import TYPE_CHECKING
 
 from charter.enclave_app.interface import (
     ENDORSEMENT_PART_MAX_BYTES,
@@ -37,6 +36,9 @@ from charter.enclave_app.interface import (
     InterfaceError,
 )
 from charter.ledger import snp
+
+if TYPE_CHECKING:
+    import aiohttp
 
 _log = logging.getLogger(__name__)
 
@@ -91,6 +93,8 @@ def endorsement_urls(
 
 
 async def _get(session: aiohttp.ClientSession, url: str, max_bytes: int) -> bytes:
+    import aiohttp
+
     try:
         async with session.get(url, allow_redirects=False) as response:
             if response.status != 200:
@@ -122,6 +126,8 @@ async def fetch_from(
     server: EndorsementsServer, product: str, chip_id: bytes, reported_tcb: int
 ) -> tuple[str, bytes, bytes]:
     """(VCEK URL, VCEK, chain) from one server, with its retries; raises `FetchFailed`."""
+    import aiohttp  # here, not at import: half the host's start-up, used on SEV-SNP only
+
     urls = endorsement_urls(server, product, chip_id, reported_tcb)
     timeout = aiohttp.ClientTimeout(total=server.timeout_ms / 1000)
     last: FetchFailed | None = None
