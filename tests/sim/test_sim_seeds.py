@@ -21,7 +21,7 @@ import pytest
 from node_sim import Simulation
 from sim_paths import HERE, seed_from_env, steps_from_env
 
-SEEDS = 80  # in the suite (scripts/test); soak runs seeds SEEDS..SWEEP_SEEDS - 1 too
+SEEDS = 40  # in the suite (scripts/test); soak runs seeds SEEDS..SWEEP_SEEDS - 1 too
 STEPS = 300
 PER_CHUNK = 10  # seeds per test, so that pytest-xdist spreads them over the cores
 SWEEP_SEEDS = 200
@@ -30,7 +30,7 @@ SOAK_STEPS = 1_000
 SOAK_CHUNKS = 50
 
 
-RELEASED_SEEDS = 40  # the first seeds again, with the hosts releasing backups' answers
+RELEASED_SEEDS = 20  # the first seeds again, with the hosts releasing backups' answers
 
 
 def _run_chunk(
