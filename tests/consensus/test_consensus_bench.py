@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
+from collections.abc import Callable
+from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
+RunBench = Callable[..., dict[str, Any]]  # the suite-wide `run_bench` fixture (tests/conftest.py)
 
 
-def test_bench_script_commits_every_entry_and_ends_with_its_json_figures() -> None:
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "bench_consensus.py"),
-            "--entries",
-            "50000",
-            "--repeat",
-            "2",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-        cwd=ROOT,
-    )
-    summary = json.loads(out.stdout.strip().splitlines()[-1])
+def test_bench_script_commits_every_entry_and_ends_with_its_json_figures(
+    run_bench: RunBench,
+) -> None:
+    summary = run_bench("bench_consensus.py", "--entries", "50000", "--repeat", "2")
     assert summary["entries"] == 50_000
     assert summary["us_per_entry"] > 0 and summary["entries_per_s_cpu"] > 0
