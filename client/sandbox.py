@@ -411,21 +411,20 @@ class Sandbox:
         self.lock()
         self.prepare()
         first, rest = self.nodes[0], self.nodes[1:]
-        first.start()
         if self.resumed:
-            for node in rest:
+            for node in self.nodes:
                 node.start()
-        await asyncio.to_thread(first.wait_started)
-        if not self.resumed:
+            for node in self.nodes:
+                await asyncio.to_thread(node.wait_started)
+            for node in rest:
+                await self.wait_part_of_network(node)
+        else:
+            first.start()
+            await asyncio.to_thread(first.wait_started)
             self.service_cert_path.write_text(await _fetch_service_cert(first.rpc_address))
             for node in rest:
                 node.start()
             await self.open_service()
-        if self.resumed:
-            for node in rest:
-                await asyncio.to_thread(node.wait_started)
-                await self.wait_part_of_network(node)
-        else:
             await self._admit(rest)
         await self.wait_for_primary()
         self.write_network()
