@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """What an idle node costs: CPU per second of each process of a sandbox network that serves
-no request, for several `tick_ms` values.
+no request, for several `tick_ms` values; and what starting one costs.
 
 Run from the repository root:  .venv/bin/python scripts/bench_idle.py [--ticks 10,50]
     [--nodes 3] [--seconds 10]
@@ -12,10 +12,15 @@ whose asyncio loop sends one small frame over a socket pair at the same period, 
 second one that reads it: the floor of waking two Python processes that often on this
 machine, so the ratio says what the node adds to its ticks.
 
-Prints a table, then as its LAST line one JSON object: for each tick period,
-`host_ms_per_s`, `enclave_ms_per_s`, `frontend_ms_per_s` (per node, mean over nodes),
-`baseline_ms_per_s` (the two bare processes together) and `node_vs_baseline_ratio`
-(host + enclave over the baseline).
+Start: `network_start_s` is how long `Sandbox.start` took for that network (nodes started,
+joined, trusted, the service opened). Before the networks, the wall time of importing the
+host's and the enclave's main modules in a fresh interpreter (`host_import_s`,
+`enclave_import_s`, best of 3), against a bare interpreter's start (`python_start_s`).
+
+Prints a table, then as its LAST line one JSON object: the import figures, and for each
+tick period `host_ms_per_s`, `enclave_ms_per_s`, `frontend_ms_per_s` (per node, mean over
+nodes), `baseline_ms_per_s` (the two bare processes together), `node_vs_baseline_ratio`
+(host + enclave over the baseline) and `network_start_s`.
 """
 
 from __future__ import annotations
@@ -72,7 +77,7 @@ def _cpu_ticks(pid: int) -> int:
 
 
 def _children(pid: int) -> list[int]:
-    found = []
+    found: list[int] = []
     for task in Path(f"/proc/{pid}/task").iterdir():
         children = (task / "children").read_text().split()
         found.extend(int(c) for c in children)
@@ -118,6 +123,16 @@ def _ms_per_s(before: dict[int, int], after: dict[int, int], seconds: float) -> 
     }
 
 
+def best_start_s(code: str, runs: int = 3) -> float:
+    """Best wall time of a fresh interpreter running `code`."""
+    best = float("inf")
+    for _ in range(runs):
+        started = time.monotonic()
+        subprocess.run([sys.executable, "-c", code], check=True)
+        best = min(best, time.monotonic() - started)
+    return round(best, 3)
+
+
 async def measure_network(tick_ms: int, nodes: int, seconds: float) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="bench-idle-") as workspace:
 
@@ -126,7 +141,9 @@ async def measure_network(tick_ms: int, nodes: int, seconds: float) -> dict[str,
 
         sandbox = Sandbox(Path(workspace) / "net", nodes=nodes, configure_node=configure)
         try:
+            start_began = time.monotonic()
             await sandbox.start()
+            start_s = time.monotonic() - start_began
             await asyncio.sleep(SETTLE_S)
             roots = [node.process.pid for node in sandbox.nodes if node.process is not None]
             pids = [pid for root in roots for pid in _tree(root)]
@@ -140,7 +157,8 @@ async def measure_network(tick_ms: int, nodes: int, seconds: float) -> dict[str,
     for pid, ms in used.items():
         if roles[pid] in totals:
             totals[roles[pid]] += ms
-    return {f"{role}_ms_per_s": round(ms / nodes, 2) for role, ms in totals.items()}
+    figures = {f"{role}_ms_per_s": round(ms / nodes, 2) for role, ms in totals.items()}
+    return {**figures, "network_start_s": round(start_s, 2)}
 
 
 def measure_baseline(tick_ms: int, seconds: float) -> float:
@@ -166,8 +184,21 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()
     ticks = [int(t) for t in args.ticks.split(",") if t.strip()]
-    figures: dict[str, Any] = {"nodes": args.nodes, "seconds": args.seconds}
-    print(f"{'tick_ms':>8} {'host':>8} {'enclave':>8} {'frontend':>9} {'baseline':>9} {'ratio':>6}")
+    figures: dict[str, Any] = {
+        "nodes": args.nodes,
+        "seconds": args.seconds,
+        "python_start_s": best_start_s("pass"),
+        "host_import_s": best_start_s("import charter.host.main"),
+        "enclave_import_s": best_start_s("import charter.enclave_app.main"),
+    }
+    print(
+        f"fresh interpreter {figures['python_start_s']:.3f} s; importing the host's main "
+        f"{figures['host_import_s']:.3f} s, the enclave's {figures['enclave_import_s']:.3f} s"
+    )
+    print(
+        f"{'tick_ms':>8} {'host':>8} {'enclave':>8} {'frontend':>9} {'baseline':>9} "
+        f"{'ratio':>6} {'start':>7}"
+    )
     for tick_ms in ticks:
         network = asyncio.run(measure_network(tick_ms, args.nodes, args.seconds))
         baseline = measure_baseline(tick_ms, args.seconds)
@@ -181,7 +212,7 @@ def main() -> None:
         print(
             f"{tick_ms:>8} {row['host_ms_per_s']:>8.1f} {row['enclave_ms_per_s']:>8.1f} "
             f"{row['frontend_ms_per_s']:>9.1f} {baseline:>9.1f} "
-            f"{row['node_vs_baseline_ratio'] or 0:>6.2f}"
+            f"{row['node_vs_baseline_ratio'] or 0:>6.2f} {row['network_start_s']:>6.2f}s"
         )
     print("(ms of CPU per second of each process, per node; baseline: two bare asyncio")
     print(" processes ticking each other over a socket pair at the same period)")

@@ -20,3 +20,6 @@ def test_idle_bench_measures_every_process_of_a_node_and_ends_with_its_json_figu
     assert row["host_ms_per_s"] > 0 and row["enclave_ms_per_s"] > 0, row
     assert row["baseline_ms_per_s"] > 0 and row["node_vs_baseline_ratio"] > 0, row
     assert row["frontend_ms_per_s"] >= 0, row
+    assert row["network_start_s"] > 0, row
+    assert 0 < summary["python_start_s"] < summary["host_import_s"], summary
+    assert summary["python_start_s"] < summary["enclave_import_s"], summary
